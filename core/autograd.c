@@ -1,0 +1,479 @@
+/* autograd.c — nodes, grad mode, hooks and the backward walk. */
+#include "autograd.h"
+
+#include <stdlib.h>
+
+#include "internal.h"
+
+static _Thread_local bool grad_disabled; /* zero-initialised: grad mode on */
+
+bool moe_grad_enabled(void) { return !grad_disabled; }
+
+bool moe_grad_set_enabled(bool enabled)
+{
+    bool prev = !grad_disabled;
+    grad_disabled = !enabled;
+    return prev;
+}
+
+bool moe_tensor_needs_grad(const moe_tensor *t)
+{
+    return t && t->requires_grad && !grad_disabled;
+}
+
+bool moe_any_needs_grad(int n, moe_tensor *const *inputs)
+{
+    for (int i = 0; i < n; i++)
+        if (moe_tensor_needs_grad(inputs[i])) return true;
+    return false;
+}
+
+moe_status moe_tensor_requires_grad_(moe_tensor *t, bool requires_grad)
+{
+    if (requires_grad && !moe_dtype_is_float(t->dtype))
+        return moe_fail(MOE_ERR_DTYPE, "requires-grad!",
+                        "only floating tensors can require grad, got %s", moe_dtype_name(t->dtype));
+    if (!requires_grad && t->grad_fn)
+        return moe_fail(MOE_ERR_STATE, "requires-grad!",
+                        "cannot turn off grad on a non-leaf tensor (made by '%s'); use detach",
+                        t->grad_fn->name);
+    t->requires_grad = requires_grad;
+    return MOE_OK;
+}
+
+void moe_tensor_zero_grad(moe_tensor *t)
+{
+    moe_tensor_release(t->grad);
+    t->grad = NULL;
+}
+
+moe_status moe_detach(moe_tensor **out, moe_tensor *t)
+{
+    return moe_tensor_new_view(out, t, t->storage, t->ndim, t->shape, t->strides, t->offset);
+}
+
+/* ---- hooks ------------------------------------------------------------------ */
+
+static int next_hook_id = 1;
+
+moe_status moe_tensor_register_hook(moe_tensor *t, moe_hook_fn fn, void *ctx,
+                                    void (*ctx_free)(void *), int *id)
+{
+    if (!t->requires_grad)
+        return moe_fail(MOE_ERR_STATE, "register-hook!",
+                        "tensor of shape %s does not require grad; its gradient is never computed",
+                        moe_shape_str(t));
+    moe_hook *h = calloc(1, sizeof *h);
+    if (!h) return moe_fail(MOE_ERR_NOMEM, "register-hook!", "out of memory");
+    h->fn = fn;
+    h->ctx = ctx;
+    h->ctx_free = ctx_free;
+    h->id = __atomic_fetch_add(&next_hook_id, 1, __ATOMIC_RELAXED);
+    moe_hook **list = t->grad_fn ? &t->grad_fn->hooks : &t->hooks;
+    moe_hook **tail = list;
+    while (*tail) tail = &(*tail)->next;
+    *tail = h;
+    if (id) *id = h->id;
+    return MOE_OK;
+}
+
+bool moe_tensor_remove_hook(moe_tensor *t, int id)
+{
+    moe_hook **list = t->grad_fn ? &t->grad_fn->hooks : &t->hooks;
+    for (moe_hook **p = list; *p; p = &(*p)->next)
+        if ((*p)->id == id) {
+            moe_hook *h = *p;
+            *p = h->next;
+            if (h->ctx_free) h->ctx_free(h->ctx);
+            free(h);
+            return true;
+        }
+    return false;
+}
+
+static void free_hooks(moe_hook *h)
+{
+    while (h) {
+        moe_hook *next = h->next;
+        if (h->ctx_free) h->ctx_free(h->ctx);
+        free(h);
+        h = next;
+    }
+}
+
+static moe_status run_hooks(moe_hook *h, moe_tensor **grad)
+{
+    bool prev = moe_grad_set_enabled(false);
+    moe_status st = MOE_OK;
+    for (; h && st == MOE_OK; h = h->next) st = h->fn(grad, h->ctx);
+    moe_grad_set_enabled(prev);
+    return st;
+}
+
+/* ---- nodes -------------------------------------------------------------------- */
+
+moe_status moe_node_new(moe_node **out, const char *name, moe_backward_fn backward, int n_inputs,
+                        moe_tensor *const *inputs)
+{
+    *out = NULL;
+    if (n_inputs > MOE_NODE_MAX_INPUTS)
+        return moe_fail(MOE_ERR_ARG, name, "too many differentiable inputs (%d > %d)", n_inputs,
+                        MOE_NODE_MAX_INPUTS);
+    if (!backward) return moe_fail(MOE_ERR_ARG, name, "a node needs a backward function");
+    moe_node *n = calloc(1, sizeof *n);
+    if (!n) return moe_fail(MOE_ERR_NOMEM, name, "out of memory for an autograd node");
+    n->name = name;
+    n->backward = backward;
+    n->n_inputs = n_inputs;
+    for (int i = 0; i < n_inputs; i++)
+        n->inputs[i] = moe_tensor_needs_grad(inputs[i]) ? moe_tensor_retain(inputs[i]) : NULL;
+    n->refcount = 1;
+    *out = n;
+    return MOE_OK;
+}
+
+moe_status moe_node_save(moe_node *node, moe_tensor *t)
+{
+    if (node->n_saved >= MOE_NODE_MAX_SAVED)
+        return moe_fail(MOE_ERR_ARG, node->name, "too many saved tensors (max %d)", MOE_NODE_MAX_SAVED);
+    moe_tensor *keep = NULL;
+    if (t && t->grad_fn == node) {
+        MOE_TRY(moe_detach(&keep, t)); /* no cycle through our own output */
+    } else {
+        keep = moe_tensor_retain(t);
+    }
+    node->saved[node->n_saved++] = keep;
+    return MOE_OK;
+}
+
+void moe_node_attach(moe_node *node, moe_tensor *out)
+{
+    if (out->grad_fn) moe_node_release(out->grad_fn);
+    out->grad_fn = node;
+    out->requires_grad = true;
+    node->out_ndim = out->ndim;
+    for (int i = 0; i < out->ndim; i++) node->out_shape[i] = out->shape[i];
+    node->out_dtype = out->dtype;
+    node->out_device = out->device;
+}
+
+void moe_node_retain(moe_node *node) { __atomic_add_fetch(&node->refcount, 1, __ATOMIC_RELAXED); }
+
+static void node_free_saved(moe_node *n)
+{
+    for (int i = 0; i < n->n_saved; i++) {
+        moe_tensor_release(n->saved[i]);
+        n->saved[i] = NULL;
+    }
+    n->n_saved = 0;
+    if (n->ctx_free) n->ctx_free(n->ctx);
+    n->ctx = NULL;
+    n->ctx_free = NULL;
+}
+
+/* Releasing a long chain recursively could overflow the C stack, so nodes
+ * whose count drops to zero are freed from an explicit work list. */
+void moe_node_release(moe_node *node)
+{
+    moe_node **stack = NULL;
+    size_t len = 0, cap = 0;
+    moe_node *n = node;
+    while (n) {
+        if (__atomic_sub_fetch(&n->refcount, 1, __ATOMIC_ACQ_REL) == 0) {
+            node_free_saved(n);
+            free_hooks(n->hooks);
+            moe_tensor_release(n->grad_acc);
+            for (int i = 0; i < n->n_inputs; i++) {
+                moe_tensor *in = n->inputs[i];
+                if (!in) continue;
+                /* Detach the input's grad_fn from it before freeing the tensor
+                 * so that its node is released here, iteratively. */
+                if (in->refcount == 1 && in->grad_fn) {
+                    moe_node *child = in->grad_fn;
+                    in->grad_fn = NULL;
+                    if (len == cap) {
+                        cap = cap ? 2 * cap : 16;
+                        moe_node **grown = realloc(stack, cap * sizeof *stack);
+                        if (!grown) { /* fall back to recursion */
+                            moe_node_release(child);
+                            moe_tensor_release(in);
+                            continue;
+                        }
+                        stack = grown;
+                    }
+                    stack[len++] = child;
+                }
+                moe_tensor_release(in);
+            }
+            free(n);
+        }
+        n = len ? stack[--len] : NULL;
+    }
+    free(stack);
+}
+
+moe_status moe_autograd_record(moe_tensor *out, const char *name, moe_backward_fn backward,
+                               int n_inputs, moe_tensor *const *inputs, int n_saved,
+                               moe_tensor *const *saved, void *ctx, void (*ctx_free)(void *))
+{
+    if (!moe_any_needs_grad(n_inputs, inputs)) {
+        if (ctx_free) ctx_free(ctx);
+        return MOE_OK;
+    }
+    moe_node *node;
+    moe_status st = moe_node_new(&node, name, backward, n_inputs, inputs);
+    if (st != MOE_OK) {
+        if (ctx_free) ctx_free(ctx);
+        return st;
+    }
+    node->ctx = ctx;
+    node->ctx_free = ctx_free;
+    moe_node_attach(node, out);
+    for (int i = 0; i < n_saved; i++) MOE_TRY(moe_node_save(node, saved[i]));
+    return MOE_OK;
+}
+
+moe_status moe_function_apply(moe_tensor **out, const moe_function *fn, int n_inputs,
+                              moe_tensor *const *inputs, void *ctx, void (*ctx_free)(void *))
+{
+    *out = NULL;
+    bool record = moe_any_needs_grad(n_inputs, inputs);
+    moe_node *node = NULL;
+    if (record) {
+        moe_status st = moe_node_new(&node, fn->name, fn->backward, n_inputs, inputs);
+        if (st != MOE_OK) {
+            if (ctx_free) ctx_free(ctx);
+            return st;
+        }
+    } else {
+        /* The forward still gets a node to save into; it is simply dropped. */
+        node = calloc(1, sizeof *node);
+        if (!node) {
+            if (ctx_free) ctx_free(ctx);
+            return moe_fail(MOE_ERR_NOMEM, fn->name, "out of memory");
+        }
+        node->name = fn->name;
+        node->backward = fn->backward;
+        node->refcount = 1;
+    }
+    node->ctx = ctx;
+    node->ctx_free = ctx_free;
+    bool prev = moe_grad_set_enabled(false);
+    moe_status st = fn->forward(out, n_inputs, inputs, node);
+    moe_grad_set_enabled(prev);
+    if (st == MOE_OK && !*out) st = moe_fail(MOE_ERR_STATE, fn->name, "forward returned no tensor");
+    if (st != MOE_OK || !record) {
+        moe_node_release(node);
+        return st;
+    }
+    if ((*out)->grad_fn) { /* forward returned a graph tensor: cut it loose */
+        moe_tensor *d;
+        st = moe_detach(&d, *out);
+        moe_tensor_release(*out);
+        *out = d;
+        if (st != MOE_OK) {
+            moe_node_release(node);
+            return st;
+        }
+    }
+    moe_node_attach(node, *out);
+    return MOE_OK;
+}
+
+/* ---- backward -------------------------------------------------------------------- */
+
+typedef struct node_list {
+    moe_node **items;
+    size_t len, cap;
+} node_list;
+
+static moe_status list_push(node_list *l, moe_node *n)
+{
+    if (l->len == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        moe_node **grown = realloc(l->items, cap * sizeof *grown);
+        if (!grown) return moe_fail(MOE_ERR_NOMEM, "backward", "out of memory for the graph walk");
+        l->items = grown;
+        l->cap = cap;
+    }
+    l->items[l->len++] = n;
+    return MOE_OK;
+}
+
+static unsigned visit_epoch;
+
+/* Accumulate G into *ACC (taking over the reference to G). */
+static moe_status accumulate(moe_tensor **acc, moe_tensor *g)
+{
+    if (!*acc) {
+        *acc = g;
+        return MOE_OK;
+    }
+    moe_tensor *sum;
+    moe_status st = moe_add(&sum, *acc, g);
+    moe_tensor_release(g);
+    if (st != MOE_OK) return st;
+    moe_tensor_release(*acc);
+    *acc = sum;
+    return MOE_OK;
+}
+
+/* A leaf's accumulated gradient is a fresh tensor owned by the leaf: grads
+ * flowing in may be views of other tensors, so copy before keeping them. */
+static moe_status accumulate_leaf(moe_tensor *leaf, moe_tensor *g)
+{
+    moe_status st = run_hooks(leaf->hooks, &g);
+    if (st != MOE_OK) {
+        moe_tensor_release(g);
+        return st;
+    }
+    if (!leaf->grad) {
+        moe_tensor *own;
+        st = moe_tensor_empty(&own, leaf->dtype, leaf->device, leaf->ndim, leaf->shape);
+        if (st == MOE_OK) st = moe_tensor_copy_(own, g);
+        moe_tensor_release(g);
+        if (st != MOE_OK) {
+            moe_tensor_release(own);
+            return st;
+        }
+        leaf->grad = own;
+        return MOE_OK;
+    }
+    moe_tensor *sum;
+    st = moe_add(&sum, leaf->grad, g);
+    moe_tensor_release(g);
+    if (st != MOE_OK) return st;
+    if (sum->dtype != leaf->dtype) {
+        moe_tensor *c;
+        st = moe_to_dtype(&c, sum, leaf->dtype);
+        moe_tensor_release(sum);
+        if (st != MOE_OK) return st;
+        sum = c;
+    }
+    moe_tensor_release(leaf->grad);
+    leaf->grad = sum;
+    return MOE_OK;
+}
+
+static moe_status check_grad_shape(const char *who, moe_tensor *expect, moe_tensor *g)
+{
+    if (!moe_tensor_same_shape(expect, g))
+        return moe_fail(MOE_ERR_SHAPE, "backward", "'%s' produced a gradient of shape %s for an input of shape %s",
+                        who, moe_shape_str(g), moe_shape_str(expect));
+    return MOE_OK;
+}
+
+moe_status moe_backward(moe_tensor *root, moe_tensor *grad, bool retain_graph)
+{
+    if (!root->requires_grad)
+        return moe_fail(MOE_ERR_STATE, "backward",
+                        "tensor of shape %s does not require grad (it was made by non-differentiable "
+                        "ops, under no-grad, or detached)",
+                        moe_shape_str(root));
+    moe_tensor *seed;
+    if (grad) {
+        if (!moe_tensor_same_shape(root, grad))
+            return moe_fail(MOE_ERR_SHAPE, "backward", "gradient of shape %s for an output of shape %s",
+                            moe_shape_str(grad), moe_shape_str(root));
+        seed = moe_tensor_retain(grad);
+    } else {
+        if (moe_tensor_numel(root) != 1)
+            return moe_fail(MOE_ERR_SHAPE, "backward",
+                            "backward without a gradient needs a one-element output, got shape %s",
+                            moe_shape_str(root));
+        MOE_TRY(moe_tensor_ones(&seed, root->dtype, root->device, root->ndim, root->shape));
+    }
+    bool prev = moe_grad_set_enabled(false);
+    moe_status st = MOE_OK;
+    node_list order = {0}, ready = {0};
+
+    if (!root->grad_fn) { /* backward on a leaf: its gradient is the seed */
+        st = accumulate_leaf(root, seed);
+        moe_grad_set_enabled(prev);
+        return st;
+    }
+
+    /* 1. Find reachable nodes and count each node's consumers. */
+    unsigned epoch = __atomic_add_fetch(&visit_epoch, 1, __ATOMIC_RELAXED);
+    node_list stack = {0};
+    MOE_TRYG(list_push(&stack, root->grad_fn));
+    root->grad_fn->visit = epoch;
+    root->grad_fn->pending = 0;
+    while (stack.len) {
+        moe_node *n = stack.items[--stack.len];
+        if (n->freed) {
+            st = moe_fail(MOE_ERR_STATE, "backward",
+                          "the graph through '%s' was freed by an earlier backward; pass "
+                          "retain-graph to backward more than once",
+                          n->name);
+            goto done;
+        }
+        MOE_TRYG(list_push(&order, n));
+        for (int i = 0; i < n->n_inputs; i++) {
+            moe_tensor *in = n->inputs[i];
+            if (!in || !in->grad_fn) continue;
+            moe_node *c = in->grad_fn;
+            if (c->visit != epoch) {
+                c->visit = epoch;
+                c->pending = 0;
+                moe_tensor_release(c->grad_acc);
+                c->grad_acc = NULL;
+                MOE_TRYG(list_push(&stack, c));
+            }
+            c->pending++;
+        }
+    }
+
+    /* 2. Kahn's order: a node runs once all its consumers have delivered. */
+    moe_tensor_release(root->grad_fn->grad_acc);
+    root->grad_fn->grad_acc = seed;
+    seed = NULL;
+    MOE_TRYG(list_push(&ready, root->grad_fn));
+    while (ready.len) {
+        moe_node *n = ready.items[--ready.len];
+        moe_tensor *g = n->grad_acc;
+        n->grad_acc = NULL;
+        if (!g) MOE_TRYG(moe_tensor_zeros(&g, n->out_dtype, n->out_device, n->out_ndim, n->out_shape));
+        st = run_hooks(n->hooks, &g);
+        moe_tensor *gin[MOE_NODE_MAX_INPUTS] = {0};
+        if (st == MOE_OK) st = n->backward(n, g, gin);
+        moe_tensor_release(g);
+        for (int i = 0; i < n->n_inputs; i++) {
+            moe_tensor *in = n->inputs[i], *gi = gin[i];
+            if (st != MOE_OK || !in) {
+                moe_tensor_release(gi);
+                continue;
+            }
+            if (gi) st = check_grad_shape(n->name, in, gi);
+            if (st != MOE_OK) {
+                moe_tensor_release(gi);
+                continue;
+            }
+            if (in->grad_fn) {
+                if (gi) st = accumulate(&in->grad_fn->grad_acc, gi);
+                if (--in->grad_fn->pending == 0 && st == MOE_OK) st = list_push(&ready, in->grad_fn);
+            } else if (gi) {
+                st = accumulate_leaf(in, gi);
+            }
+        }
+        if (st != MOE_OK) goto done;
+    }
+
+done:
+    /* 3. Free saved tensors unless retained; drop any stray accumulators. */
+    for (size_t i = 0; i < order.len; i++) {
+        moe_node *n = order.items[i];
+        moe_tensor_release(n->grad_acc);
+        n->grad_acc = NULL;
+        if (!retain_graph && st == MOE_OK) {
+            node_free_saved(n);
+            n->freed = true;
+        }
+    }
+    moe_tensor_release(seed);
+    free(order.items);
+    free(ready.items);
+    free(stack.items);
+    moe_grad_set_enabled(prev);
+    return st;
+}

@@ -1,0 +1,74 @@
+/* internal.h — shared between core files; not installed. */
+#ifndef MOELAB_INTERNAL_H
+#define MOELAB_INTERNAL_H
+
+#include "autograd.h"
+#include "ops.h"
+#include "tensor.h"
+
+/* storage.c */
+void moe_memory_count_tensor(moe_device device, int delta);
+moe_status moe_storage_wrap(moe_storage **out, void *data, size_t nbytes,
+                            void (*free_fn)(void *, void *), void *ctx);
+
+/* tensor.c: a fresh tensor header viewing STORAGE (retained). */
+moe_status moe_tensor_new_view(moe_tensor **out, const moe_tensor *like, moe_storage *storage,
+                               int ndim, const int64_t *shape, const int64_t *strides,
+                               int64_t offset);
+void moe_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides);
+
+/* Element byte pointer of T at flat element offset OFF into its storage. */
+static inline char *moe_storage_ptr(const moe_tensor *t, int64_t off)
+{
+    return (char *)t->storage->data + off * (int64_t)moe_dtype_size(t->dtype);
+}
+
+/* ---- argument checks that name the op ----------------------------------- */
+#define MOE_CHECK_NOT_NULL(op, t)                                                   \
+    do {                                                                            \
+        if (!(t)) return moe_fail(MOE_ERR_ARG, op, "argument '%s' is NULL", #t);    \
+    } while (0)
+
+/* CPU kernels only until the CUDA backend dispatches here. */
+#define MOE_CHECK_CPU(op, t)                                                        \
+    do {                                                                            \
+        if ((t)->device != MOE_CPU)                                                 \
+            return moe_fail(MOE_ERR_DEVICE, op, "no %s kernel for this op yet",     \
+                            moe_device_name((t)->device));                          \
+    } while (0)
+
+#define MOE_CHECK_SAME_DEVICE(op, a, b)                                             \
+    do {                                                                            \
+        if ((a)->device != (b)->device)                                             \
+            return moe_fail(MOE_ERR_DEVICE, op, "tensors on different devices: %s and %s", \
+                            moe_device_name((a)->device), moe_device_name((b)->device)); \
+    } while (0)
+
+#define MOE_CHECK_FLOAT(op, t)                                                      \
+    do {                                                                            \
+        if (!moe_dtype_is_float((t)->dtype))                                        \
+            return moe_fail(MOE_ERR_DTYPE, op, "expected a floating dtype, got %s", \
+                            moe_dtype_name((t)->dtype));                            \
+    } while (0)
+
+#define MOE_CHECK_INTEGER(op, t)                                                    \
+    do {                                                                            \
+        if ((t)->dtype != MOE_I64 && (t)->dtype != MOE_I32)                         \
+            return moe_fail(MOE_ERR_DTYPE, op, "expected an i64 or i32 index tensor, got %s", \
+                            moe_dtype_name((t)->dtype));                            \
+    } while (0)
+
+/* A contiguous tensor in the compute dtype of T (f32 for f32/bf16, else f64):
+ * T itself (retained) when it already is one. Not recorded by autograd. */
+moe_status moe_as_compute(moe_tensor **out, moe_tensor *t, moe_dtype compute);
+
+/* Run an op body with grad mode off (backward functions compose ops). */
+#define MOE_NO_GRAD_BEGIN bool moe_prev_grad_ = moe_grad_set_enabled(false)
+#define MOE_NO_GRAD_END moe_grad_set_enabled(moe_prev_grad_)
+
+/* kernels/cpu/copy.c: dst ← src elementwise; same shape (src may have zero
+ * strides from a broadcast), any dtypes, CPU. */
+void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src);
+void moe_cpu_fill(moe_tensor *t, double value);
+
+#endif

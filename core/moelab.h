@@ -1,0 +1,40 @@
+/* moelab.h — the moelab C core in one include.
+ *
+ * A short tour. Tensors are views on refcounted storage; every call returns a
+ * moe_status and hands out owned references:
+ *
+ *     #include <moelab.h>
+ *
+ *     moe_tensor *x, *w, *y, *loss;
+ *     moe_rng rng;  moe_rng_init(&rng, 42);
+ *     moe_tensor_randn(&x, &rng, MOE_F32, MOE_CPU, 2, (int64_t[]){4, 8});
+ *     moe_tensor_randn(&w, &rng, MOE_F32, MOE_CPU, 2, (int64_t[]){3, 8});
+ *     moe_tensor_requires_grad_(w, true);
+ *
+ *     if (moe_linear(&y, x, w, NULL) != MOE_OK)          // y = x wᵀ  [4 3]
+ *         fprintf(stderr, "%s\n", moe_last_error());     // "linear: …"
+ *     moe_mean(&loss, y, 0, NULL, false);                // all dims → scalar
+ *     moe_backward(loss, NULL, false);                   // fills w->grad
+ *
+ *     moe_tensor_release(loss); moe_tensor_release(y);
+ *     moe_tensor_release(x);    moe_tensor_release(w);
+ *
+ * Layers of the core:
+ *   error.h     status codes and moe_last_error()
+ *   dtype.h     f32 f64 bf16 i32 i64 bool; cpu and cuda devices
+ *   tensor.h    creation, views, RNG, element access
+ *   autograd.h  grad mode, backward, hooks, custom functions
+ *   ops.h       every op, forward and backward
+ */
+#ifndef MOELAB_H
+#define MOELAB_H
+
+#include "autograd.h"
+#include "dtype.h"
+#include "error.h"
+#include "ops.h"
+#include "tensor.h"
+
+#define MOELAB_VERSION "0.1.0"
+
+#endif

@@ -1,0 +1,1 @@
+/* binary.c — not written yet. */

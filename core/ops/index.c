@@ -1,0 +1,1 @@
+/* index.c — not written yet. */

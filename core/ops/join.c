@@ -1,0 +1,1 @@
+/* join.c — not written yet. */

@@ -1,0 +1,1 @@
+/* nn.c — not written yet. */

@@ -1,0 +1,1 @@
+/* softmax.c — not written yet. */

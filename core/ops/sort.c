@@ -1,0 +1,1 @@
+/* sort.c — not written yet. */

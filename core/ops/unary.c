@@ -1,0 +1,1 @@
+/* unary.c — not written yet. */

@@ -1,0 +1,115 @@
+/* copy.c — strided copy with dtype conversion, and fill: the kernels behind
+ * contiguous(), clone(), to_dtype(), copy_() and expand().contiguous(). */
+#include <omp.h>
+#include <string.h>
+
+#include "../../core/internal.h"
+
+/* Copy one row of N elements with strides (in elements). */
+static void copy_row(char *d, int64_t ds, moe_dtype dt, const char *s, int64_t ss, moe_dtype st,
+                     int64_t n)
+{
+    size_t dsz = moe_dtype_size(dt), ssz = moe_dtype_size(st);
+    if (dt == st) {
+        if (ds == 1 && ss == 1) {
+            memcpy(d, s, (size_t)n * dsz);
+            return;
+        }
+        switch (dsz) {
+        case 1: for (int64_t i = 0; i < n; i++) d[i * ds] = s[i * ss]; return;
+        case 2: for (int64_t i = 0; i < n; i++) ((uint16_t *)d)[i * ds] = ((const uint16_t *)s)[i * ss]; return;
+        case 4: for (int64_t i = 0; i < n; i++) ((uint32_t *)d)[i * ds] = ((const uint32_t *)s)[i * ss]; return;
+        default: for (int64_t i = 0; i < n; i++) ((uint64_t *)d)[i * ds] = ((const uint64_t *)s)[i * ss]; return;
+        }
+    }
+    if (dt == MOE_F32 && st == MOE_BF16) {
+        for (int64_t i = 0; i < n; i++)
+            ((float *)d)[i * ds] = moe_bf16_to_f32(((const uint16_t *)s)[i * ss]);
+        return;
+    }
+    if (dt == MOE_BF16 && st == MOE_F32) {
+        for (int64_t i = 0; i < n; i++)
+            ((uint16_t *)d)[i * ds] = moe_f32_to_bf16(((const float *)s)[i * ss]);
+        return;
+    }
+    if (dt == MOE_F64 && st == MOE_F32) {
+        for (int64_t i = 0; i < n; i++) ((double *)d)[i * ds] = ((const float *)s)[i * ss];
+        return;
+    }
+    if (dt == MOE_F32 && st == MOE_F64) {
+        for (int64_t i = 0; i < n; i++) ((float *)d)[i * ds] = (float)((const double *)s)[i * ss];
+        return;
+    }
+    for (int64_t i = 0; i < n; i++)
+        moe_dtype_store(dt, d + i * ds * (int64_t)dsz, moe_dtype_load(st, s + i * ss * (int64_t)ssz));
+}
+
+void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src)
+{
+    int64_t numel = moe_tensor_numel(dst);
+    if (numel == 0) return;
+    int nd = dst->ndim;
+    if (nd == 0) {
+        copy_row(moe_storage_ptr(dst, dst->offset), 1, dst->dtype,
+                 moe_storage_ptr(src, src->offset), 1, src->dtype, 1);
+        return;
+    }
+    if (moe_tensor_is_contiguous(dst) && moe_tensor_is_contiguous(src)) {
+        /* One flat row, split across threads. */
+        int64_t chunk = 1 << 16;
+        int64_t nchunks = (numel + chunk - 1) / chunk;
+#pragma omp parallel for if (nchunks > 1) schedule(static)
+        for (int64_t c = 0; c < nchunks; c++) {
+            int64_t b = c * chunk, n = numel - b < chunk ? numel - b : chunk;
+            copy_row(moe_storage_ptr(dst, dst->offset + b), 1, dst->dtype,
+                     moe_storage_ptr(src, src->offset + b), 1, src->dtype, n);
+        }
+        return;
+    }
+    int64_t inner = dst->shape[nd - 1];
+    int64_t rows = numel / inner;
+#pragma omp parallel for if (numel > (1 << 15)) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t doff = dst->offset, soff = src->offset, rem = r;
+        for (int k = nd - 2; k >= 0; k--) {
+            int64_t i = rem % dst->shape[k];
+            rem /= dst->shape[k];
+            doff += i * dst->strides[k];
+            soff += i * src->strides[k];
+        }
+        copy_row(moe_storage_ptr(dst, doff), dst->strides[nd - 1], dst->dtype,
+                 moe_storage_ptr(src, soff), src->strides[nd - 1], src->dtype, inner);
+    }
+}
+
+void moe_cpu_fill(moe_tensor *t, double value)
+{
+    int64_t numel = moe_tensor_numel(t);
+    if (numel == 0) return;
+    char one[8];
+    moe_dtype_store(t->dtype, one, value);
+    size_t sz = moe_dtype_size(t->dtype);
+    if (moe_tensor_is_contiguous(t)) {
+        char *p = moe_storage_ptr(t, t->offset);
+        if (t->dtype == MOE_F32) {
+            float v = (float)value;
+#pragma omp parallel for if (numel > (1 << 16)) schedule(static)
+            for (int64_t i = 0; i < numel; i++) ((float *)p)[i] = v;
+            return;
+        }
+#pragma omp parallel for if (numel > (1 << 16)) schedule(static)
+        for (int64_t i = 0; i < numel; i++) memcpy(p + i * (int64_t)sz, one, sz);
+        return;
+    }
+    int nd = t->ndim;
+    int64_t inner = t->shape[nd - 1], rows = numel / inner;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t off = t->offset, rem = r;
+        for (int k = nd - 2; k >= 0; k--) {
+            off += (rem % t->shape[k]) * t->strides[k];
+            rem /= t->shape[k];
+        }
+        for (int64_t i = 0; i < inner; i++)
+            memcpy(moe_storage_ptr(t, off + i * t->strides[nd - 1]), one, sz);
+    }
+}

@@ -1,0 +1,1 @@
+/* elementwise.c — not written yet. */

@@ -1,0 +1,1 @@
+/* gemm.c — not written yet. */

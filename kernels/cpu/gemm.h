@@ -1,0 +1,4 @@
+/* gemm.h */
+#ifndef MOELAB_CPU_GEMM_H
+#define MOELAB_CPU_GEMM_H
+#endif

@@ -1,0 +1,4 @@
+/* index.h */
+#ifndef MOELAB_CPU_INDEX_H
+#define MOELAB_CPU_INDEX_H
+#endif

@@ -1,0 +1,1 @@
+/* reduce.c — not written yet. */
