@@ -1,0 +1,2 @@
+## scheme/program.mk — the moelab program, embedding example, REPL tests.
+## (placeholder)
