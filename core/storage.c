@@ -4,6 +4,11 @@
 
 #include "tensor.h"
 
+#include "config.h"
+#ifdef MOELAB_HAVE_CUDA
+#include "../kernels/cuda/cuda.h"
+#endif
+
 static moe_status cpu_alloc(void **ptr, size_t nbytes, void *ctx)
 {
     (void)ctx;
@@ -25,6 +30,24 @@ static const moe_allocator *allocators[MOE_DEVICE_COUNT] = {[MOE_CPU] = &cpu_all
 static const moe_allocator *const default_allocators[MOE_DEVICE_COUNT] = {[MOE_CPU] = &cpu_allocator};
 
 static moe_memory_stats stats[MOE_DEVICE_COUNT];
+
+int moe_device_count(moe_device device)
+{
+    if (device == MOE_CPU) return 1;
+#ifdef MOELAB_HAVE_CUDA
+    if (device == MOE_CUDA) return moe_cuda_device_count();
+#endif
+    return 0;
+}
+
+bool moe_built_with_cuda(void)
+{
+#ifdef MOELAB_HAVE_CUDA
+    return true;
+#else
+    return false;
+#endif
+}
 
 const moe_allocator *moe_allocator_get(moe_device device)
 {
@@ -74,6 +97,12 @@ moe_status moe_storage_new(moe_storage **out, moe_device device, size_t nbytes)
 {
     *out = NULL;
     const moe_allocator *a = moe_allocator_get(device);
+#ifdef MOELAB_HAVE_CUDA
+    if (!a && device == MOE_CUDA) {
+        MOE_TRY(moe_cuda_init());
+        a = moe_allocator_get(device);
+    }
+#endif
     if (!a)
         return moe_fail(MOE_ERR_DEVICE, "alloc",
                         "no allocator for device %s (moelab was built without %s support)",

@@ -62,6 +62,12 @@ moe_status moe_storage_new(moe_storage **out, moe_device device, size_t nbytes);
 void moe_storage_retain(moe_storage *s);
 void moe_storage_release(moe_storage *s);
 
+/* Devices of a kind usable now (cpu: 1; cuda: visible GPUs, 0 without a
+ * CUDA build or a GPU). */
+int moe_device_count(moe_device device);
+/* True when this build includes the CUDA backend. */
+bool moe_built_with_cuda(void);
+
 /* Live tensors and storage bytes per device (for ,mem and leak tests). */
 typedef struct moe_memory_stats {
     int64_t live_tensors;

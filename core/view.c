@@ -4,6 +4,11 @@
 
 #include "internal.h"
 
+#include "config.h"
+#ifdef MOELAB_HAVE_CUDA
+#include "../kernels/cuda/cuda.h"
+#endif
+
 static moe_status record1(moe_tensor *out, const char *name, moe_backward_fn bw, moe_tensor *in,
                           moe_node **node)
 {
@@ -440,16 +445,58 @@ moe_status moe_to_dtype(moe_tensor **out, moe_tensor *t, moe_dtype dtype)
     return copy_as("to-dtype", out, t, dtype, to_dtype_backward);
 }
 
+static moe_status to_device_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    return moe_to_device(&gin[0], g, (moe_device)n->iargs[0]);
+}
+
 moe_status moe_to_device(moe_tensor **out, moe_tensor *t, moe_device device)
 {
+    *out = NULL;
     if ((unsigned)device >= MOE_DEVICE_COUNT)
         return moe_fail(MOE_ERR_DEVICE, "to-device", "unknown device %d", (int)device);
     if (device == t->device) {
         *out = moe_tensor_retain(t);
         return MOE_OK;
     }
-    *out = NULL;
+#ifdef MOELAB_HAVE_CUDA
+    /* Host staging keeps this simple: make the source contiguous on its own
+     * device, then one memcpy across. */
+    moe_tensor *src = NULL, *r = NULL;
+    moe_status st = MOE_OK;
+    if (t->device == MOE_CPU) {
+        MOE_NO_GRAD_BEGIN;
+        st = moe_contiguous(&src, t);
+        MOE_NO_GRAD_END;
+    } else if (moe_tensor_is_contiguous(t)) {
+        src = moe_tensor_retain(t);
+    } else {
+        st = moe_fail(MOE_ERR_UNSUPPORTED, "to-device", "moving a non-contiguous %s tensor off the GPU "
+                      "needs the CUDA copy kernel; call contiguous first", moe_shape_str(t));
+    }
+    if (st == MOE_OK) st = moe_tensor_empty(&r, t->dtype, device, t->ndim, t->shape);
+    if (st == MOE_OK)
+        st = moe_cuda_memcpy(moe_tensor_data(r), moe_tensor_data(src), moe_tensor_nbytes(r),
+                             device == MOE_CUDA ? MOE_COPY_H2D : MOE_COPY_D2H);
+    moe_tensor_release(src);
+    if (st == MOE_OK && moe_tensor_needs_grad(t)) {
+        moe_node *n;
+        st = moe_node_new(&n, "to-device", to_device_backward, 1, &t);
+        if (st == MOE_OK) {
+            n->iargs[0] = t->device;
+            moe_node_attach(n, r);
+        }
+    }
+    if (st != MOE_OK) {
+        moe_tensor_release(r);
+        return st;
+    }
+    *out = r;
+    return MOE_OK;
+#else
+    (void)to_device_backward;
     return moe_fail(MOE_ERR_DEVICE, "to-device",
                     "cannot move a tensor from %s to %s: moelab was built without CUDA support",
                     moe_device_name(t->device), moe_device_name(device));
+#endif
 }

@@ -1,0 +1,18 @@
+/* cublas.cu — the one place moelab talks to cuBLAS: a lazily created handle.
+ * GEMM wrappers join it with the CUDA backend's ops. */
+#include <cublas_v2.h>
+
+#include "cuda.h"
+
+static cublasHandle_t handle;
+
+extern "C" moe_status moe_cublas_handle(void **out)
+{
+    if (!handle) {
+        cublasStatus_t s = cublasCreate(&handle);
+        if (s != CUBLAS_STATUS_SUCCESS)
+            return moe_fail(MOE_ERR_BACKEND, "cublas", "cublasCreate failed: status %d", (int)s);
+    }
+    *out = handle;
+    return MOE_OK;
+}
