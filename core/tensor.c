@@ -242,13 +242,17 @@ bool moe_tensor_same_shape(const moe_tensor *a, const moe_tensor *b)
 
 const char *moe_dims_str(int ndim, const int64_t *shape)
 {
-    static _Thread_local char ring[8][128];
+    static _Thread_local char ring[8][MOE_MAX_DIMS * 21 + 4];
     static _Thread_local int next;
     char *buf = ring[next++ & 7];
-    int n = snprintf(buf, 128, "[");
-    for (int i = 0; i < ndim && n < 120; i++)
-        n += snprintf(buf + n, (size_t)(128 - n), i ? " %lld" : "%lld", (long long)shape[i]);
-    snprintf(buf + n, (size_t)(128 - n), "]");
+    size_t cap = sizeof ring[0], n = 0;
+    buf[n++] = '[';
+    for (int i = 0; i < ndim && i < MOE_MAX_DIMS; i++) {
+        int w = snprintf(buf + n, cap - n, i ? " %lld" : "%lld", (long long)shape[i]);
+        if (w < 0 || (size_t)w >= cap - n) break;
+        n += (size_t)w;
+    }
+    snprintf(buf + n, cap - n, "]");
     return buf;
 }
 

@@ -1,1 +1,516 @@
-/* elementwise.c — not written yet. */
+/* elementwise.c — CPU loops for the elementwise ops.
+ *
+ * Dimension letters: N output elements, R rows (all dims but the last,
+ * flattened; `nrow` in code), C the innermost dim (a row; `ncol`), J inputs.
+ * (<tgmath.h> pulls in <complex.h>, whose I macro rules out the letter I.)
+ *
+ * Two paths:
+ *  - flat: every operand contiguous over [N] → one OpenMP loop over raw
+ *    pointers (vectorisable: no index arithmetic beyond i);
+ *  - strided: the output is walked as R rows of I; each input is read with
+ *    its own strides (0 on broadcast dims), offsets advanced once per row.
+ * Both write each output element exactly once, so results do not depend on
+ * the thread count. The f32 and f64 kernels come from one template (the
+ * DEFINE_* macros below); <tgmath.h> picks expf/exp etc. by type. */
+#include "elementwise.h"
+
+#include <tgmath.h>
+
+#define PAR_MIN 32768  /* below this many elements, stay on one thread */
+#define COL_BLOCK 16384 /* split long rows into blocks of this many elements */
+#define TASK_MIN 4096   /* aim for at least this many elements per task */
+#define TILE 64         /* tile side when an input is read with a row stride */
+
+/* ---- iteration description ------------------------------------------------ */
+
+void moe_cpu_iter_init(moe_cpu_iter *it, int ndim, const int64_t *shape, int n_in,
+                       const moe_tensor *const *ins)
+{
+    it->n_in = n_in;
+    it->numel = 1;
+    for (int d = 0; d < ndim; d++) it->numel *= shape[d];
+    /* Per-operand strides aligned to the output, size-1 dims dropped. */
+    int nd = 0;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] == 1) continue;
+        it->shape[nd] = shape[d];
+        for (int j = 0; j < n_in; j++) {
+            const moe_tensor *t = ins[j];
+            int k = d - (ndim - t->ndim);
+            it->strides[j][nd] = (k < 0 || t->shape[k] == 1) ? 0 : t->strides[k];
+        }
+        nd++;
+    }
+    /* Merge dim d into d+1 when every operand walks them as one. */
+    int m = 0;
+    for (int d = 0; d < nd; d++) {
+        if (m > 0) {
+            bool mergeable = true;
+            for (int j = 0; j < n_in && mergeable; j++)
+                mergeable = it->strides[j][m - 1] == it->strides[j][d] * it->shape[d];
+            if (mergeable) {
+                it->shape[m - 1] *= it->shape[d];
+                for (int j = 0; j < n_in; j++) it->strides[j][m - 1] = it->strides[j][d];
+                continue;
+            }
+        }
+        it->shape[m] = it->shape[d];
+        for (int j = 0; j < n_in; j++) it->strides[j][m] = it->strides[j][d];
+        m++;
+    }
+    if (m == 0) { /* one element (or a 0-d output) */
+        it->shape[0] = it->numel ? 1 : 0;
+        for (int j = 0; j < n_in; j++) it->strides[j][0] = 1;
+        m = 1;
+    }
+    it->ndim = m;
+}
+
+bool moe_cpu_iter_is_flat(const moe_cpu_iter *it)
+{
+    if (it->ndim != 1) return false;
+    for (int j = 0; j < it->n_in; j++)
+        if (it->strides[j][0] != 1 && it->shape[0] > 1) return false;
+    return true;
+}
+
+/* A row of I elements: OUT contiguous, input j at IN[j] with stride ST[j]. */
+typedef void (*row_fn)(const void *ctx, int64_t n, char *out, const char *const *in,
+                       const int64_t *st);
+
+/* Walk the output [R C] in tasks of whole rows (short rows) or row blocks
+ * (long rows), computing each task's starting offsets once and stepping a
+ * multi-index per row. When an input walks its rows with a stride (a
+ * transposed operand), tasks are square TILE x TILE tiles instead, so the
+ * cache lines such an input touches in one row are reused by the next rows.
+ * OSZ / ISZ: element sizes in bytes. */
+static void iter_run(const moe_cpu_iter *it, size_t osz, const size_t *isz, char *out,
+                     const char *const *in, row_fn fn, const void *ctx)
+{
+    int64_t N = it->numel;
+    if (N == 0) return;
+    int nd = it->ndim, nj = it->n_in;
+    int64_t ncol = it->shape[nd - 1], nrow = N / ncol;
+    int64_t st[MOE_CPU_ITER_MAX_IN];
+    bool strided = false;
+    for (int j = 0; j < nj; j++) {
+        st[j] = it->strides[j][nd - 1];
+        strided |= st[j] != 0 && st[j] != 1;
+    }
+    int64_t cb, rb; /* columns and rows per task */
+    if (strided && nrow > 1) {
+        cb = ncol < TILE ? ncol : TILE;
+        rb = TILE;
+    } else {
+        cb = ncol > COL_BLOCK ? COL_BLOCK : ncol;
+        rb = cb >= TASK_MIN ? 1 : TASK_MIN / cb;
+    }
+    int64_t ncb = (ncol + cb - 1) / cb; /* column blocks per row */
+    int64_t nrb = (nrow + rb - 1) / rb;
+    int64_t ntask = nrb * ncb;
+#pragma omp parallel for if (N > PAR_MIN && ntask > 1) schedule(static)
+    for (int64_t t = 0; t < ntask; t++) {
+        int64_t r0 = (t / ncb) * rb, r1 = r0 + rb < nrow ? r0 + rb : nrow;
+        int64_t c0 = (t % ncb) * cb, cn = ncol - c0 < cb ? ncol - c0 : cb;
+        int64_t idx[MOE_MAX_DIMS], off[MOE_CPU_ITER_MAX_IN] = {0};
+        int64_t rem = r0;
+        for (int k = nd - 2; k >= 0; k--) {
+            idx[k] = rem % it->shape[k];
+            rem /= it->shape[k];
+            for (int j = 0; j < nj; j++) off[j] += idx[k] * it->strides[j][k];
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            const char *ip[MOE_CPU_ITER_MAX_IN];
+            for (int j = 0; j < nj; j++) ip[j] = in[j] + (off[j] + c0 * st[j]) * (int64_t)isz[j];
+            fn(ctx, cn, out + (r * ncol + c0) * (int64_t)osz, ip, st);
+            for (int k = nd - 2; k >= 0; k--) { /* next row */
+                for (int j = 0; j < nj; j++) off[j] += it->strides[j][k];
+                if (++idx[k] < it->shape[k]) break;
+                for (int j = 0; j < nj; j++) off[j] -= it->strides[j][k] * it->shape[k];
+                idx[k] = 0;
+            }
+        }
+    }
+}
+
+/* ---- binary ----------------------------------------------------------------- */
+
+/* One row of O[i] = EXPR(x, y), x = a[i*sa], y = b[i*sb], with the common
+ * stride patterns spelled out so the compiler vectorises them. */
+#define BIN_ROW(T, EXPR)                                                            \
+    do {                                                                            \
+        if (sa == 1 && sb == 1) {                                                   \
+            _Pragma("omp simd")                                                     \
+            for (int64_t i = 0; i < n; i++) {                                       \
+                T x = a[i], y = b[i];                                               \
+                o[i] = (EXPR);                                                      \
+            }                                                                       \
+        } else if (sa == 1 && sb == 0) {                                            \
+            T y = b[0];                                                             \
+            _Pragma("omp simd")                                                     \
+            for (int64_t i = 0; i < n; i++) {                                       \
+                T x = a[i];                                                         \
+                o[i] = (EXPR);                                                      \
+            }                                                                       \
+        } else if (sa == 0 && sb == 1) {                                            \
+            T x = a[0];                                                             \
+            _Pragma("omp simd")                                                     \
+            for (int64_t i = 0; i < n; i++) {                                       \
+                T y = b[i];                                                         \
+                o[i] = (EXPR);                                                      \
+            }                                                                       \
+        } else {                                                                    \
+            _Pragma("omp simd")                                                     \
+            for (int64_t i = 0; i < n; i++) {                                       \
+                T x = a[i * sa], y = b[i * sb];                                     \
+                o[i] = (EXPR);                                                      \
+            }                                                                       \
+        }                                                                           \
+    } while (0)
+
+/* The whole contiguous output in one parallel loop. */
+#define BIN_FLAT(T, EXPR)                                                           \
+    do {                                                                            \
+        _Pragma("omp parallel for simd if (n > PAR_MIN) schedule(static)")          \
+        for (int64_t i = 0; i < n; i++) {                                           \
+            T x = a[i], y = b[i];                                                   \
+            o[i] = (EXPR);                                                          \
+        }                                                                           \
+    } while (0)
+
+#define BIN_SWITCH(MAC, T)                                                          \
+    switch (op) {                                                                   \
+    case MOE_CPU_ADD: MAC(T, x + y); break;                                         \
+    case MOE_CPU_SUB: MAC(T, x - y); break;                                         \
+    case MOE_CPU_MUL: MAC(T, x * y); break;                                         \
+    case MOE_CPU_DIV: MAC(T, x / y); break;                                         \
+    case MOE_CPU_POW: MAC(T, pow(x, y)); break;                                     \
+    default: break;                                                                 \
+    }
+
+#define DEFINE_BINARY(T, SFX)                                                       \
+    static void binary_row_##SFX(const void *ctx, int64_t n, char *out,             \
+                                 const char *const *in, const int64_t *st)          \
+    {                                                                               \
+        moe_cpu_binop op = *(const moe_cpu_binop *)ctx;                             \
+        T *restrict o = (T *)out;                                                   \
+        const T *restrict a = (const T *)in[0];                                     \
+        const T *restrict b = (const T *)in[1];                                     \
+        int64_t sa = st[0], sb = st[1];                                             \
+        BIN_SWITCH(BIN_ROW, T)                                                      \
+    }                                                                               \
+    static void binary_flat_##SFX(moe_cpu_binop op, T *restrict o,                  \
+                                  const T *restrict a, const T *restrict b,         \
+                                  int64_t n)                                        \
+    {                                                                               \
+        BIN_SWITCH(BIN_FLAT, T)                                                     \
+    }                                                                               \
+    void moe_cpu_binary_##SFX(moe_cpu_binop op, T *out, const T *a, const T *b,     \
+                              const moe_cpu_iter *it)                               \
+    {                                                                               \
+        if (moe_cpu_iter_is_flat(it)) {                                             \
+            binary_flat_##SFX(op, out, a, b, it->numel);                            \
+            return;                                                                 \
+        }                                                                           \
+        const size_t isz[2] = {sizeof(T), sizeof(T)};                               \
+        const char *in[2] = {(const char *)a, (const char *)b};                     \
+        iter_run(it, sizeof(T), isz, (char *)out, in, binary_row_##SFX, &op);       \
+    }
+
+DEFINE_BINARY(float, f32)
+DEFINE_BINARY(double, f64)
+
+/* ---- unary ------------------------------------------------------------------ */
+
+#define GELU_C 0.7978845608028654   /* sqrt(2/pi) */
+#define GELU_K 0.044715
+#define INV_SQRT_2PI 0.3989422804014327
+
+#define UN_ROW(T, EXPR)                                                             \
+    do {                                                                            \
+        if (sa == 1) {                                                              \
+            _Pragma("omp simd")                                                     \
+            for (int64_t i = 0; i < n; i++) {                                       \
+                T x = a[i];                                                         \
+                o[i] = (EXPR);                                                      \
+            }                                                                       \
+        } else {                                                                    \
+            _Pragma("omp simd")                                                     \
+            for (int64_t i = 0; i < n; i++) {                                       \
+                T x = a[i * sa];                                                    \
+                o[i] = (EXPR);                                                      \
+            }                                                                       \
+        }                                                                           \
+    } while (0)
+
+#define UN_FLAT(T, EXPR)                                                            \
+    do {                                                                            \
+        _Pragma("omp parallel for simd if (n > PAR_MIN) schedule(static)")          \
+        for (int64_t i = 0; i < n; i++) {                                           \
+            T x = a[i];                                                             \
+            o[i] = (EXPR);                                                          \
+        }                                                                           \
+    } while (0)
+
+/* s, lo, hi: the parameters converted to T. */
+#define UN_SWITCH(MAC, T)                                                           \
+    switch (op) {                                                                   \
+    case MOE_CPU_NEG: MAC(T, -x); break;                                            \
+    case MOE_CPU_EXP: MAC(T, exp(x)); break;                                        \
+    case MOE_CPU_LOG: MAC(T, log(x)); break;                                        \
+    case MOE_CPU_SQRT: MAC(T, sqrt(x)); break;                                      \
+    case MOE_CPU_RSQRT: MAC(T, (T)1 / sqrt(x)); break;                              \
+    case MOE_CPU_ABS: MAC(T, fabs(x)); break;                                       \
+    case MOE_CPU_TANH: MAC(T, tanh(x)); break;                                      \
+    case MOE_CPU_SIGMOID: MAC(T, (T)1 / ((T)1 + exp(-x))); break;                   \
+    case MOE_CPU_SILU: MAC(T, x / ((T)1 + exp(-x))); break;                         \
+    case MOE_CPU_RELU: MAC(T, x < 0 ? (T)0 : x); break;                             \
+    case MOE_CPU_GELU_ERF: MAC(T, x * (T)0.5 * ((T)1 + erf(x * (T)M_SQRT1_2))); break; \
+    case MOE_CPU_GELU_TANH:                                                         \
+        MAC(T, (T)0.5 * x * ((T)1 + tanh((T)GELU_C * (x + (T)GELU_K * x * x * x)))); \
+        break;                                                                      \
+    case MOE_CPU_CLAMP: MAC(T, x < lo ? lo : (x > hi ? hi : x)); break;             \
+    case MOE_CPU_ADD_S: MAC(T, x + s); break;                                       \
+    case MOE_CPU_MUL_S: MAC(T, x * s); break;                                       \
+    case MOE_CPU_RSUB_S: MAC(T, s - x); break;                                      \
+    case MOE_CPU_RDIV_S: MAC(T, s / x); break;                                      \
+    case MOE_CPU_POW_S:                                                             \
+        if (p[0] == 2.0) MAC(T, x * x);                                             \
+        else if (p[0] == 1.0) MAC(T, x);                                            \
+        else MAC(T, pow(x, s));                                                     \
+        break;                                                                      \
+    default: break;                                                                 \
+    }
+
+typedef struct unary_ctx {
+    moe_cpu_unop op;
+    const double *p;
+} unary_ctx;
+
+#define DEFINE_UNARY(T, SFX)                                                        \
+    static void unary_row_##SFX(const void *ctx, int64_t n, char *out,              \
+                                const char *const *in, const int64_t *st)           \
+    {                                                                               \
+        const unary_ctx *c = ctx;                                                   \
+        moe_cpu_unop op = c->op;                                                    \
+        const double *p = c->p;                                                     \
+        T s = (T)p[0], lo = (T)p[0], hi = (T)p[1];                                  \
+        T *restrict o = (T *)out;                                                   \
+        const T *restrict a = (const T *)in[0];                                     \
+        int64_t sa = st[0];                                                         \
+        UN_SWITCH(UN_ROW, T)                                                        \
+    }                                                                               \
+    static void unary_flat_##SFX(moe_cpu_unop op, const double *p, T *restrict o,   \
+                                 const T *restrict a, int64_t n)                    \
+    {                                                                               \
+        T s = (T)p[0], lo = (T)p[0], hi = (T)p[1];                                  \
+        UN_SWITCH(UN_FLAT, T)                                                       \
+    }                                                                               \
+    void moe_cpu_unary_##SFX(moe_cpu_unop op, const double *p, T *out, const T *a,  \
+                             const moe_cpu_iter *it)                                \
+    {                                                                               \
+        double none[2] = {0, 0};                                                    \
+        if (!p) p = none;                                                           \
+        if (moe_cpu_iter_is_flat(it)) {                                             \
+            unary_flat_##SFX(op, p, out, a, it->numel);                             \
+            return;                                                                 \
+        }                                                                           \
+        const size_t isz[1] = {sizeof(T)};                                          \
+        const char *in[1] = {(const char *)a};                                      \
+        unary_ctx c = {op, p};                                                      \
+        iter_run(it, sizeof(T), isz, (char *)out, in, unary_row_##SFX, &c);         \
+    }
+
+DEFINE_UNARY(float, f32)
+DEFINE_UNARY(double, f64)
+
+/* ---- unary backward ------------------------------------------------------------ */
+
+#define GRAD_LOOP(T, EXPR)                                                          \
+    do {                                                                            \
+        _Pragma("omp parallel for simd if (n > PAR_MIN) schedule(static)")          \
+        for (int64_t i = 0; i < n; i++) {                                           \
+            T gi = g[i];                                                            \
+            T x = x_[i], y = y_[i];                                                 \
+            (void)x;                                                                \
+            (void)gi;                                                               \
+            (void)y;                                                                \
+            gin[i] = (EXPR);                                                        \
+        }                                                                           \
+    } while (0)
+
+#define DEFINE_UNARY_GRAD(T, SFX)                                                   \
+    static inline T gelu_erf_grad_##SFX(T x)                                        \
+    {                                                                               \
+        return (T)0.5 * ((T)1 + erf(x * (T)M_SQRT1_2)) +                            \
+               x * exp((T)-0.5 * x * x) * (T)INV_SQRT_2PI;                          \
+    }                                                                               \
+    static inline T gelu_tanh_grad_##SFX(T x)                                       \
+    {                                                                               \
+        T t = tanh((T)GELU_C * (x + (T)GELU_K * x * x * x));                        \
+        return (T)0.5 * ((T)1 + t) +                                                \
+               (T)0.5 * x * ((T)1 - t * t) * (T)GELU_C * ((T)1 + (T)(3 * GELU_K) * x * x); \
+    }                                                                               \
+    static inline T silu_grad_##SFX(T x)                                            \
+    {                                                                               \
+        T sg = (T)1 / ((T)1 + exp(-x));                                             \
+        return sg * ((T)1 + x * ((T)1 - sg));                                       \
+    }                                                                               \
+    void moe_cpu_unary_grad_##SFX(moe_cpu_unop op, const double *p, T *gin,         \
+                                  const T *g, const T *x_, const T *y_, int64_t n)  \
+    {                                                                               \
+        double none[2] = {0, 0};                                                    \
+        if (!p) p = none;                                                           \
+        if (!x_) x_ = g; /* unread by this op: any valid buffer */                   \
+        if (!y_) y_ = g;                                                            \
+        T s = (T)p[0], lo = (T)p[0], hi = (T)p[1];                                  \
+        switch (op) {                                                               \
+        case MOE_CPU_NEG: GRAD_LOOP(T, -gi); break;                                 \
+        case MOE_CPU_EXP: GRAD_LOOP(T, gi * y); break;                              \
+        case MOE_CPU_LOG: GRAD_LOOP(T, gi / x); break;                              \
+        case MOE_CPU_SQRT: GRAD_LOOP(T, gi / ((T)2 * y)); break;                    \
+        case MOE_CPU_RSQRT: GRAD_LOOP(T, (T)-0.5 * gi * y * y * y); break;          \
+        case MOE_CPU_ABS: GRAD_LOOP(T, x > 0 ? gi : (x < 0 ? -gi : (T)0)); break;   \
+        case MOE_CPU_TANH: GRAD_LOOP(T, gi * ((T)1 - y * y)); break;                \
+        case MOE_CPU_SIGMOID: GRAD_LOOP(T, gi * y * ((T)1 - y)); break;             \
+        case MOE_CPU_SILU: GRAD_LOOP(T, gi * silu_grad_##SFX(x)); break;            \
+        case MOE_CPU_RELU: GRAD_LOOP(T, x > 0 ? gi : (T)0); break;                  \
+        case MOE_CPU_GELU_ERF: GRAD_LOOP(T, gi * gelu_erf_grad_##SFX(x)); break;    \
+        case MOE_CPU_GELU_TANH: GRAD_LOOP(T, gi * gelu_tanh_grad_##SFX(x)); break;  \
+        case MOE_CPU_CLAMP: GRAD_LOOP(T, (x >= lo && x <= hi) ? gi : (T)0); break;  \
+        case MOE_CPU_ADD_S: GRAD_LOOP(T, gi); break;                                \
+        case MOE_CPU_MUL_S: GRAD_LOOP(T, gi * s); break;                            \
+        case MOE_CPU_RSUB_S: GRAD_LOOP(T, -gi); break;                              \
+        case MOE_CPU_RDIV_S: GRAD_LOOP(T, -gi * s / (x * x)); break;                \
+        case MOE_CPU_POW_S:                                                         \
+            if (p[0] == 0.0) GRAD_LOOP(T, (T)0);                                    \
+            else if (p[0] == 1.0) GRAD_LOOP(T, gi);                                 \
+            else if (p[0] == 2.0) GRAD_LOOP(T, (T)2 * gi * x);                      \
+            else GRAD_LOOP(T, gi * s * pow(x, s - (T)1));                           \
+            break;                                                                  \
+        default: break;                                                             \
+        }                                                                           \
+    }
+
+DEFINE_UNARY_GRAD(float, f32)
+DEFINE_UNARY_GRAD(double, f64)
+
+/* ---- where / masked_fill / compare ----------------------------------------------- */
+
+#define DEFINE_SELECT(T, SFX)                                                       \
+    static void where_row_##SFX(const void *ctx, int64_t n, char *out,              \
+                                const char *const *in, const int64_t *st)           \
+    {                                                                               \
+        T *restrict o = (T *)out;                                                   \
+        const uint8_t *restrict c = (const uint8_t *)in[0];                         \
+        const T *restrict a = (const T *)in[1];                                     \
+        const T *restrict b = (const T *)in[2];                                     \
+        int64_t sc = st[0], sa = st[1], sb = st[2];                                 \
+        if (sc == 1 && sa == 1 && sb == 1) {                                        \
+            _Pragma("omp simd")                                                     \
+            for (int64_t i = 0; i < n; i++) o[i] = c[i] ? a[i] : b[i];              \
+        } else {                                                                    \
+            _Pragma("omp simd")                                                     \
+            for (int64_t i = 0; i < n; i++) o[i] = c[i * sc] ? a[i * sa] : b[i * sb]; \
+        }                                                                           \
+    }                                                                               \
+    void moe_cpu_where_##SFX(T *out, const uint8_t *cond, const T *a, const T *b,   \
+                             const moe_cpu_iter *it)                                \
+    {                                                                               \
+        const size_t isz[3] = {1, sizeof(T), sizeof(T)};                            \
+        const char *in[3] = {(const char *)cond, (const char *)a, (const char *)b}; \
+        iter_run(it, sizeof(T), isz, (char *)out, in, where_row_##SFX, NULL);       \
+    }                                                                               \
+    static void masked_row_##SFX(const void *ctx, int64_t n, char *out,             \
+                                 const char *const *in, const int64_t *st)          \
+    {                                                                               \
+        T v = (T)(*(const double *)ctx);                                            \
+        T *restrict o = (T *)out;                                                   \
+        const T *restrict a = (const T *)in[0];                                     \
+        const uint8_t *restrict m = (const uint8_t *)in[1];                         \
+        int64_t sa = st[0], sm = st[1];                                             \
+        if (sa == 1 && sm == 1) {                                                   \
+            _Pragma("omp simd")                                                     \
+            for (int64_t i = 0; i < n; i++) o[i] = m[i] ? v : a[i];                 \
+        } else {                                                                    \
+            _Pragma("omp simd")                                                     \
+            for (int64_t i = 0; i < n; i++) o[i] = m[i * sm] ? v : a[i * sa];       \
+        }                                                                           \
+    }                                                                               \
+    void moe_cpu_masked_fill_##SFX(T *out, const T *a, const uint8_t *mask,         \
+                                   double value, const moe_cpu_iter *it)            \
+    {                                                                               \
+        const size_t isz[2] = {sizeof(T), 1};                                       \
+        const char *in[2] = {(const char *)a, (const char *)mask};                  \
+        iter_run(it, sizeof(T), isz, (char *)out, in, masked_row_##SFX, &value);    \
+    }
+
+DEFINE_SELECT(float, f32)
+DEFINE_SELECT(double, f64)
+
+#define CMP_ROW(T, EXPR)                                                            \
+    do {                                                                            \
+        _Pragma("omp simd")                                                         \
+        for (int64_t i = 0; i < n; i++) {                                           \
+            T x = a[i * sa], y = b[i * sb];                                         \
+            o[i] = (uint8_t)(EXPR);                                                 \
+        }                                                                           \
+    } while (0)
+
+#define DEFINE_COMPARE(T, SFX)                                                      \
+    static void compare_row_##SFX(const void *ctx, int64_t n, char *out,            \
+                                  const char *const *in, const int64_t *st)         \
+    {                                                                               \
+        moe_cpu_cmp cmp = *(const moe_cpu_cmp *)ctx;                                \
+        uint8_t *restrict o = (uint8_t *)out;                                       \
+        const T *restrict a = (const T *)in[0];                                     \
+        const T *restrict b = (const T *)in[1];                                     \
+        int64_t sa = st[0], sb = st[1];                                             \
+        switch (cmp) {                                                              \
+        case MOE_CPU_EQ: CMP_ROW(T, x == y); break;                                 \
+        case MOE_CPU_NE: CMP_ROW(T, x != y); break;                                 \
+        case MOE_CPU_LT: CMP_ROW(T, x < y); break;                                  \
+        case MOE_CPU_LE: CMP_ROW(T, x <= y); break;                                 \
+        case MOE_CPU_GT: CMP_ROW(T, x > y); break;                                  \
+        case MOE_CPU_GE: CMP_ROW(T, x >= y); break;                                 \
+        default: break;                                                             \
+        }                                                                           \
+    }                                                                               \
+    void moe_cpu_compare_##SFX(moe_cpu_cmp cmp, uint8_t *out, const T *a,           \
+                               const T *b, const moe_cpu_iter *it)                  \
+    {                                                                               \
+        const size_t isz[2] = {sizeof(T), sizeof(T)};                               \
+        const char *in[2] = {(const char *)a, (const char *)b};                     \
+        iter_run(it, 1, isz, (char *)out, in, compare_row_##SFX, &cmp);             \
+    }
+
+DEFINE_COMPARE(float, f32)
+DEFINE_COMPARE(double, f64)
+
+/* ---- dropout / non-finite counts ------------------------------------------------ */
+
+#define DEFINE_MISC(T, SFX)                                                         \
+    void moe_cpu_dropout_##SFX(T *out, const T *a, int64_t n, uint64_t seed,        \
+                               uint64_t base, double p, double scale)               \
+    {                                                                               \
+        T sc = (T)scale;                                                            \
+        _Pragma("omp parallel for if (n > PAR_MIN / 8) schedule(static)")           \
+        for (int64_t i = 0; i < n; i++)                                             \
+            out[i] = moe_rng_uniform(seed, base + (uint64_t)i) >= p ? a[i] * sc : (T)0; \
+    }                                                                               \
+    void moe_cpu_count_nonfinite_##SFX(const T *a, int64_t n, int64_t *nan_count,   \
+                                       int64_t *inf_count)                          \
+    {                                                                               \
+        int64_t nn = 0, ni = 0;                                                     \
+        _Pragma("omp parallel for simd if (n > PAR_MIN) schedule(static) reduction(+ : nn, ni)") \
+        for (int64_t i = 0; i < n; i++) {                                           \
+            T v = a[i];                                                             \
+            nn += v != v;                                                           \
+            ni += fabs(v) == (T)INFINITY;                                           \
+        }                                                                           \
+        *nan_count = nn;                                                            \
+        *inf_count = ni;                                                            \
+    }
+
+DEFINE_MISC(float, f32)
+DEFINE_MISC(double, f64)
