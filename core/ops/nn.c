@@ -1,1 +1,593 @@
-/* nn.c — not written yet. */
+/* nn.c — fused neural-net ops: rms_norm, layer_norm, cross_entropy and
+ * embedding, each forward beside its analytic backward.
+ *
+ * Dimension letters: R rows (all leading dims of x, flattened), D the
+ * normalised last dim (embedding: the row width), N samples and C classes of
+ * cross_entropy, V rows of the embedding table, I ids (all ids, flattened),
+ * H chunks of CHUNK rows.
+ *
+ * The row loops are written once for f32 and f64 (the *_KERNELS macros) and
+ * make one pass per row, OpenMP across rows. Sums accumulate in double over
+ * eight fixed lanes. Parameter gradients (dweight, dbias) reduce over rows in
+ * fixed chunks of CHUNK rows that are then summed in chunk order, so results
+ * do not depend on the thread count. bf16 computes in f32.
+ *
+ * (These loops belong in kernels/cpu/nn.c; they sit here until the build
+ * lists that file.) */
+#include <math.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define CHUNK 32         /* rows per partial sum of a parameter gradient */
+#define COL_BLOCK 256    /* columns per task when reducing chunks / ids */
+
+/* OUT = the sum over j in [0, N) of EXPR (which reads index jj), in double,
+ * over eight independent lanes combined in a fixed order. */
+#define LANE_SUM(out, n, EXPR)                                                      \
+    do {                                                                            \
+        double l_[8] = {0}, t_ = 0;                                                 \
+        int64_t j_ = 0;                                                             \
+        for (; j_ + 8 <= (n); j_ += 8)                                              \
+            for (int k_ = 0; k_ < 8; k_++) {                                        \
+                int64_t jj = j_ + k_;                                               \
+                l_[k_] += (EXPR);                                                   \
+            }                                                                       \
+        for (; j_ < (n); j_++) {                                                    \
+            int64_t jj = j_;                                                        \
+            t_ += (EXPR);                                                           \
+        }                                                                           \
+        (out) = ((l_[0] + l_[4]) + (l_[1] + l_[5])) + ((l_[2] + l_[6]) + (l_[3] + l_[7])) + t_; \
+    } while (0)
+
+/* ---- kernels -------------------------------------------------------------------------- */
+
+#define NN_KERNELS(T, SUF, EXP)                                                              \
+    /* y [R D] = x r w, r [R] = 1/sqrt(mean(x²) + eps) */                                     \
+    static void rms_fwd_##SUF(T *restrict y, T *restrict rinv, const T *restrict x,          \
+                              const T *restrict w, int64_t R, int64_t D, double eps)         \
+    {                                                                                        \
+        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
+        for (int64_t r = 0; r < R; r++) {                                                    \
+            const T *xr = x + r * D;                                                         \
+            T *yr = y + r * D;                                                               \
+            double ss;                                                                       \
+            LANE_SUM(ss, D, (double)xr[jj] * xr[jj]);                                        \
+            T ri = (T)(1.0 / sqrt(ss / (double)D + eps));                                    \
+            rinv[r] = ri;                                                                    \
+            for (int64_t j = 0; j < D; j++) yr[j] = xr[j] * ri * w[j];                       \
+        }                                                                                    \
+    }                                                                                        \
+    /* dx = r (g w - x r² mean(g w x)); dwp [H D] += g x r per chunk */                      \
+    static void rms_bwd_##SUF(T *restrict dx, double *restrict dwp, const T *restrict g,     \
+                              const T *restrict x, const T *restrict w,                      \
+                              const T *restrict rinv, int64_t R, int64_t D)                  \
+    {                                                                                        \
+        int64_t nch = (R + CHUNK - 1) / CHUNK;                                               \
+        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
+        for (int64_t ch = 0; ch < nch; ch++) {                                               \
+            double *p = dwp ? dwp + ch * D : NULL;                                           \
+            if (p) memset(p, 0, sizeof(double) * (size_t)D);                                 \
+            int64_t r1 = (ch + 1) * CHUNK < R ? (ch + 1) * CHUNK : R;                        \
+            for (int64_t r = ch * CHUNK; r < r1; r++) {                                      \
+                const T *gr = g + r * D, *xr = x + r * D;                                    \
+                T ri = rinv[r];                                                              \
+                if (dx) {                                                                    \
+                    double dot;                                                              \
+                    LANE_SUM(dot, D, (double)gr[jj] * w[jj] * xr[jj]);                       \
+                    T c = (T)((double)ri * ri * ri * dot / (double)D);                       \
+                    T *dxr = dx + r * D;                                                     \
+                    for (int64_t j = 0; j < D; j++) dxr[j] = ri * gr[j] * w[j] - xr[j] * c;  \
+                }                                                                            \
+                if (p)                                                                       \
+                    for (int64_t j = 0; j < D; j++) p[j] += (double)(gr[j] * xr[j] * ri);    \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    /* y = (x - mean) rstd w + b; mean, rstd [R] */                                          \
+    static void ln_fwd_##SUF(T *restrict y, T *restrict mean, T *restrict rstd,              \
+                             const T *restrict x, const T *restrict w, const T *restrict b,  \
+                             int64_t R, int64_t D, double eps)                               \
+    {                                                                                        \
+        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
+        for (int64_t r = 0; r < R; r++) {                                                    \
+            const T *xr = x + r * D;                                                         \
+            T *yr = y + r * D;                                                               \
+            double s, v;                                                                     \
+            LANE_SUM(s, D, (double)xr[jj]);                                                  \
+            double mu = s / (double)D;                                                       \
+            LANE_SUM(v, D, ((double)xr[jj] - mu) * ((double)xr[jj] - mu));                   \
+            T rs = (T)(1.0 / sqrt(v / (double)D + eps)), m = (T)mu;                          \
+            mean[r] = m;                                                                     \
+            rstd[r] = rs;                                                                    \
+            for (int64_t j = 0; j < D; j++) yr[j] = (xr[j] - m) * rs * w[j] + b[j];          \
+        }                                                                                    \
+    }                                                                                        \
+    /* with x̂ = (x - mean) rstd: dx = rstd (g w - mean(g w) - x̂ mean(g w x̂));              \
+     * dwp [H D] += g x̂, dbp [H D] += g per chunk */                                         \
+    static void ln_bwd_##SUF(T *restrict dx, double *restrict dwp, double *restrict dbp,     \
+                             const T *restrict g, const T *restrict x, const T *restrict w,  \
+                             const T *restrict mean, const T *restrict rstd, int64_t R,      \
+                             int64_t D)                                                      \
+    {                                                                                        \
+        int64_t nch = (R + CHUNK - 1) / CHUNK;                                               \
+        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
+        for (int64_t ch = 0; ch < nch; ch++) {                                               \
+            double *pw = dwp ? dwp + ch * D : NULL, *pb = dbp ? dbp + ch * D : NULL;         \
+            if (pw) memset(pw, 0, sizeof(double) * (size_t)D);                               \
+            if (pb) memset(pb, 0, sizeof(double) * (size_t)D);                               \
+            int64_t r1 = (ch + 1) * CHUNK < R ? (ch + 1) * CHUNK : R;                        \
+            for (int64_t r = ch * CHUNK; r < r1; r++) {                                      \
+                const T *gr = g + r * D, *xr = x + r * D;                                    \
+                T m = mean[r], rs = rstd[r];                                                 \
+                if (dx) {                                                                    \
+                    double sg, sgx;                                                          \
+                    LANE_SUM(sg, D, (double)gr[jj] * w[jj]);                                 \
+                    LANE_SUM(sgx, D, (double)gr[jj] * w[jj] * ((xr[jj] - m) * rs));          \
+                    T a = (T)(sg / (double)D), c = (T)(sgx / (double)D);                     \
+                    T *dxr = dx + r * D;                                                     \
+                    for (int64_t j = 0; j < D; j++)                                          \
+                        dxr[j] = rs * (gr[j] * w[j] - a - (xr[j] - m) * rs * c);             \
+                }                                                                            \
+                if (pw)                                                                      \
+                    for (int64_t j = 0; j < D; j++) pw[j] += (double)(gr[j] * ((xr[j] - m) * rs)); \
+                if (pb)                                                                      \
+                    for (int64_t j = 0; j < D; j++) pb[j] += (double)gr[j];                  \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    /* OUT [D] = sum over chunks, in chunk order, of P [H D] */                              \
+    static void chunks_sum_##SUF(T *restrict out, const double *restrict p, int64_t nch,     \
+                                 int64_t D)                                                  \
+    {                                                                                        \
+        int64_t nb = (D + COL_BLOCK - 1) / COL_BLOCK;                                        \
+        _Pragma("omp parallel for if (nch * D > 32768) schedule(static)")                    \
+        for (int64_t blk = 0; blk < nb; blk++) {                                             \
+            int64_t j0 = blk * COL_BLOCK, wd = D - j0 < COL_BLOCK ? D - j0 : COL_BLOCK;      \
+            double acc[COL_BLOCK] = {0};                                                     \
+            for (int64_t ch = 0; ch < nch; ch++)                                             \
+                for (int64_t j = 0; j < wd; j++) acc[j] += p[ch * D + j0 + j];               \
+            for (int64_t j = 0; j < wd; j++) out[j0 + j] = (T)acc[j];                        \
+        }                                                                                    \
+    }                                                                                        \
+    /* per row: lse [N] = log sum exp x, loss [N] = lse - x[t] (0 where ignored) */          \
+    static void ce_fwd_##SUF(double *restrict loss, T *restrict lse, const T *restrict x,    \
+                             const int64_t *restrict t, int64_t N, int64_t C, int64_t ignore) \
+    {                                                                                        \
+        _Pragma("omp parallel for if (N * C > 32768) schedule(static)")                      \
+        for (int64_t i = 0; i < N; i++) {                                                    \
+            const T *xr = x + i * C;                                                         \
+            if (t[i] == ignore) {                                                            \
+                loss[i] = 0;                                                                 \
+                lse[i] = 0;                                                                  \
+                continue;                                                                    \
+            }                                                                                \
+            T mx = xr[0];                                                                    \
+            for (int64_t j = 1; j < C; j++) mx = xr[j] > mx ? xr[j] : mx;                    \
+            double s;                                                                        \
+            LANE_SUM(s, C, (double)EXP(xr[jj] - mx));                                        \
+            double l = (double)mx + log(s);                                                  \
+            lse[i] = (T)l;                                                                   \
+            loss[i] = l - (double)xr[t[i]];                                                  \
+        }                                                                                    \
+    }                                                                                        \
+    /* dx [N C] = scale (softmax - onehot) on counted rows, 0 on ignored ones */             \
+    static void ce_bwd_##SUF(T *restrict dx, const T *restrict x, const T *restrict lse,     \
+                             const int64_t *restrict t, int64_t N, int64_t C,                \
+                             int64_t ignore, T scale)                                        \
+    {                                                                                        \
+        _Pragma("omp parallel for if (N * C > 32768) schedule(static)")                      \
+        for (int64_t i = 0; i < N; i++) {                                                    \
+            const T *xr = x + i * C;                                                         \
+            T *dr = dx + i * C;                                                              \
+            if (t[i] == ignore) {                                                            \
+                memset(dr, 0, sizeof(T) * (size_t)C);                                        \
+                continue;                                                                    \
+            }                                                                                \
+            T l = lse[i];                                                                    \
+            for (int64_t j = 0; j < C; j++) dr[j] = scale * EXP(xr[j] - l);                  \
+            dr[t[i]] -= scale;                                                               \
+        }                                                                                    \
+    }                                                                                        \
+    /* dw [V D] += g [I D] rows at ids; column blocks in parallel, ids in order */           \
+    static void emb_bwd_##SUF(T *restrict dw, const T *restrict g, const int64_t *restrict ids, \
+                              int64_t I, int64_t D)                                          \
+    {                                                                                        \
+        int64_t nb = (D + COL_BLOCK - 1) / COL_BLOCK;                                        \
+        _Pragma("omp parallel for if (I * D > 32768) schedule(static)")                      \
+        for (int64_t blk = 0; blk < nb; blk++) {                                             \
+            int64_t j0 = blk * COL_BLOCK, wd = D - j0 < COL_BLOCK ? D - j0 : COL_BLOCK;      \
+            for (int64_t i = 0; i < I; i++) {                                                \
+                T *dr = dw + ids[i] * D + j0;                                                \
+                const T *gr = g + i * D + j0;                                                \
+                for (int64_t j = 0; j < wd; j++) dr[j] += gr[j];                             \
+            }                                                                                \
+        }                                                                                    \
+    }
+
+NN_KERNELS(float, f32, expf)
+NN_KERNELS(double, f64, exp)
+
+/* Call the f32 or f64 version of a kernel: DISPATCH(rms_fwd, dt, args…). */
+#define DISPATCH(name, dt, ...)                                                     \
+    do {                                                                            \
+        if ((dt) == MOE_F32)                                                        \
+            name##_f32(__VA_ARGS__);                                                \
+        else                                                                        \
+            name##_f64(__VA_ARGS__);                                                \
+    } while (0)
+
+/* ---- shared helpers ------------------------------------------------------------------------ */
+
+static inline void *dp(const moe_tensor *t) { return t ? moe_tensor_data(t) : NULL; }
+
+/* Product of all dims but the last (the rows of a row-wise op). */
+static int64_t leading_rows(const moe_tensor *t)
+{
+    int64_t r = 1;
+    for (int i = 0; i + 1 < t->ndim; i++) r *= t->shape[i];
+    return r;
+}
+
+/* Hand G (compute dtype) back in the dtype of input T. */
+static moe_status to_input_dtype(moe_tensor **gin, moe_tensor *g, const moe_tensor *t)
+{
+    if (g->dtype == t->dtype) {
+        *gin = moe_tensor_retain(g);
+        return MOE_OK;
+    }
+    return moe_to_dtype(gin, g, t->dtype);
+}
+
+/* R converted to dtype ODT (or R itself) as the op's result. */
+static moe_status to_result(moe_tensor **res, moe_tensor **r, moe_dtype odt)
+{
+    if ((*r)->dtype == odt) {
+        *res = *r;
+        *r = NULL;
+        return MOE_OK;
+    }
+    return moe_to_dtype(res, *r, odt);
+}
+
+/* A per-feature parameter (weight/bias) [D] in compute dtype, or FILL when
+ * absent (so the kernels need no NULL branches). */
+static moe_status param_or_fill(moe_tensor **out, moe_tensor *p, moe_dtype cdt, int64_t d,
+                                double fill)
+{
+    if (p) return moe_as_compute(out, p, cdt);
+    return moe_tensor_full(out, cdt, MOE_CPU, 1, &d, fill);
+}
+
+static moe_status check_param(const char *op, const char *what, const moe_tensor *x,
+                              const moe_tensor *p)
+{
+    if (!p) return MOE_OK;
+    MOE_CHECK_CPU(op, p);
+    MOE_CHECK_FLOAT(op, p);
+    int64_t d = x->shape[x->ndim - 1];
+    if (p->ndim != 1 || p->shape[0] != d)
+        return moe_fail(MOE_ERR_SHAPE, op, "%s %s does not match the last dim of x %s (expected [%lld])",
+                        what, moe_shape_str(p), moe_shape_str(x), (long long)d);
+    return MOE_OK;
+}
+
+static moe_status check_norm_args(const char *op, moe_tensor *x, moe_tensor *w, moe_tensor *b,
+                                  double eps)
+{
+    MOE_CHECK_NOT_NULL(op, x);
+    MOE_CHECK_CPU(op, x);
+    MOE_CHECK_FLOAT(op, x);
+    if (x->ndim == 0) return moe_fail(MOE_ERR_SHAPE, op, "x needs at least 1 dim, got []");
+    MOE_TRY(check_param(op, "weight", x, w));
+    MOE_TRY(check_param(op, "bias", x, b));
+    if (!(eps >= 0) || isinf(eps))
+        return moe_fail(MOE_ERR_ARG, op, "eps must be finite and >= 0, got %g", eps);
+    return MOE_OK;
+}
+
+/* A [H D] f64 scratch for chunked parameter-gradient sums. */
+static moe_status chunk_buffer(moe_tensor **out, int64_t rows, int64_t d)
+{
+    int64_t shape[2] = {(rows + CHUNK - 1) / CHUNK, d};
+    return moe_tensor_empty(out, MOE_F64, MOE_CPU, 2, shape);
+}
+
+/* ---- rms_norm ---------------------------------------------------------------------------------- */
+
+/* saved: x [R D], weight [D] (NULL: none), rinv [R], all in compute dtype. */
+static moe_status rms_norm_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    moe_tensor *cx = n->saved[0], *cw = n->saved[1], *rinv = n->saved[2];
+    moe_tensor *x = n->inputs[0], *w = n->inputs[1];
+    moe_dtype cdt = cx->dtype;
+    int64_t D = cx->shape[cx->ndim - 1], R = leading_rows(cx);
+    moe_tensor *cg = NULL, *ones = NULL, *dx = NULL, *part = NULL, *dw = NULL;
+    moe_status st = MOE_OK;
+    MOE_TRYG(moe_as_compute(&cg, g, cdt));
+    if (!cw) MOE_TRYG(param_or_fill(&ones, NULL, cdt, D, 1.0));
+    if (x) MOE_TRYG(moe_tensor_empty(&dx, cdt, MOE_CPU, cx->ndim, cx->shape));
+    if (w) {
+        MOE_TRYG(chunk_buffer(&part, R, D));
+        MOE_TRYG(moe_tensor_empty(&dw, cdt, MOE_CPU, 1, &D));
+    }
+    DISPATCH(rms_bwd, cdt, dp(dx), dp(part), dp(cg), dp(cx), dp(cw ? cw : ones), dp(rinv), R, D);
+    if (x) MOE_TRYG(to_input_dtype(&gin[0], dx, x));
+    if (w) {
+        DISPATCH(chunks_sum, cdt, dp(dw), dp(part), part->shape[0], D);
+        MOE_TRYG(to_input_dtype(&gin[1], dw, w));
+    }
+done:
+    moe_tensor_release(cg);
+    moe_tensor_release(ones);
+    moe_tensor_release(dx);
+    moe_tensor_release(part);
+    moe_tensor_release(dw);
+    return st;
+}
+
+moe_status moe_rms_norm(moe_tensor **out, moe_tensor *x, moe_tensor *weight, double eps)
+{
+    *out = NULL;
+    MOE_TRY(check_norm_args("rms-norm", x, weight, NULL, eps));
+    moe_dtype odt = weight ? moe_dtype_promote(x->dtype, weight->dtype) : x->dtype;
+    moe_dtype cdt = moe_dtype_compute(odt);
+    int64_t D = x->shape[x->ndim - 1], R = leading_rows(x);
+    moe_tensor *cx = NULL, *cw = NULL, *y = NULL, *rinv = NULL, *res = NULL;
+    moe_status st = MOE_OK;
+    MOE_TRYG(moe_as_compute(&cx, x, cdt));
+    MOE_TRYG(param_or_fill(&cw, weight, cdt, D, 1.0));
+    MOE_TRYG(moe_tensor_empty(&y, cdt, MOE_CPU, x->ndim, x->shape));
+    MOE_TRYG(moe_tensor_empty(&rinv, cdt, MOE_CPU, 1, &R));
+    DISPATCH(rms_fwd, cdt, dp(y), dp(rinv), dp(cx), dp(cw), R, D, eps);
+    MOE_TRYG(to_result(&res, &y, odt));
+    moe_tensor *inputs[2] = {x, weight}, *saved[3] = {cx, weight ? cw : NULL, rinv};
+    MOE_TRYG(moe_autograd_record(res, "rms-norm", rms_norm_backward, 2, inputs, 3, saved, NULL, NULL));
+    if (res->grad_fn) res->grad_fn->dargs[0] = eps;
+    *out = res;
+    res = NULL;
+done:
+    moe_tensor_release(cx);
+    moe_tensor_release(cw);
+    moe_tensor_release(y);
+    moe_tensor_release(rinv);
+    moe_tensor_release(res);
+    return st;
+}
+
+/* ---- layer_norm -------------------------------------------------------------------------------- */
+
+/* saved: x [R D], weight [D] (NULL: none), mean [R], rstd [R], compute dtype. */
+static moe_status layer_norm_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    moe_tensor *cx = n->saved[0], *cw = n->saved[1], *mean = n->saved[2], *rstd = n->saved[3];
+    moe_tensor *x = n->inputs[0], *w = n->inputs[1], *b = n->inputs[2];
+    moe_dtype cdt = cx->dtype;
+    int64_t D = cx->shape[cx->ndim - 1], R = leading_rows(cx);
+    moe_tensor *cg = NULL, *ones = NULL, *dx = NULL, *pw = NULL, *pb = NULL, *dw = NULL, *db = NULL;
+    moe_status st = MOE_OK;
+    MOE_TRYG(moe_as_compute(&cg, g, cdt));
+    if (!cw) MOE_TRYG(param_or_fill(&ones, NULL, cdt, D, 1.0));
+    if (x) MOE_TRYG(moe_tensor_empty(&dx, cdt, MOE_CPU, cx->ndim, cx->shape));
+    if (w) {
+        MOE_TRYG(chunk_buffer(&pw, R, D));
+        MOE_TRYG(moe_tensor_empty(&dw, cdt, MOE_CPU, 1, &D));
+    }
+    if (b) {
+        MOE_TRYG(chunk_buffer(&pb, R, D));
+        MOE_TRYG(moe_tensor_empty(&db, cdt, MOE_CPU, 1, &D));
+    }
+    DISPATCH(ln_bwd, cdt, dp(dx), dp(pw), dp(pb), dp(cg), dp(cx), dp(cw ? cw : ones), dp(mean),
+             dp(rstd), R, D);
+    if (x) MOE_TRYG(to_input_dtype(&gin[0], dx, x));
+    if (w) {
+        DISPATCH(chunks_sum, cdt, dp(dw), dp(pw), pw->shape[0], D);
+        MOE_TRYG(to_input_dtype(&gin[1], dw, w));
+    }
+    if (b) {
+        DISPATCH(chunks_sum, cdt, dp(db), dp(pb), pb->shape[0], D);
+        MOE_TRYG(to_input_dtype(&gin[2], db, b));
+    }
+done:
+    moe_tensor_release(cg);
+    moe_tensor_release(ones);
+    moe_tensor_release(dx);
+    moe_tensor_release(pw);
+    moe_tensor_release(pb);
+    moe_tensor_release(dw);
+    moe_tensor_release(db);
+    return st;
+}
+
+moe_status moe_layer_norm(moe_tensor **out, moe_tensor *x, moe_tensor *weight, moe_tensor *bias,
+                          double eps)
+{
+    *out = NULL;
+    MOE_TRY(check_norm_args("layer-norm", x, weight, bias, eps));
+    moe_dtype odt = x->dtype;
+    if (weight) odt = moe_dtype_promote(odt, weight->dtype);
+    if (bias) odt = moe_dtype_promote(odt, bias->dtype);
+    moe_dtype cdt = moe_dtype_compute(odt);
+    int64_t D = x->shape[x->ndim - 1], R = leading_rows(x);
+    moe_tensor *cx = NULL, *cw = NULL, *cb = NULL, *y = NULL, *mean = NULL, *rstd = NULL, *res = NULL;
+    moe_status st = MOE_OK;
+    MOE_TRYG(moe_as_compute(&cx, x, cdt));
+    MOE_TRYG(param_or_fill(&cw, weight, cdt, D, 1.0));
+    MOE_TRYG(param_or_fill(&cb, bias, cdt, D, 0.0));
+    MOE_TRYG(moe_tensor_empty(&y, cdt, MOE_CPU, x->ndim, x->shape));
+    MOE_TRYG(moe_tensor_empty(&mean, cdt, MOE_CPU, 1, &R));
+    MOE_TRYG(moe_tensor_empty(&rstd, cdt, MOE_CPU, 1, &R));
+    DISPATCH(ln_fwd, cdt, dp(y), dp(mean), dp(rstd), dp(cx), dp(cw), dp(cb), R, D, eps);
+    MOE_TRYG(to_result(&res, &y, odt));
+    moe_tensor *inputs[3] = {x, weight, bias}, *saved[4] = {cx, weight ? cw : NULL, mean, rstd};
+    MOE_TRYG(moe_autograd_record(res, "layer-norm", layer_norm_backward, 3, inputs, 4, saved, NULL,
+                                 NULL));
+    if (res->grad_fn) res->grad_fn->dargs[0] = eps;
+    *out = res;
+    res = NULL;
+done:
+    moe_tensor_release(cx);
+    moe_tensor_release(cw);
+    moe_tensor_release(cb);
+    moe_tensor_release(y);
+    moe_tensor_release(mean);
+    moe_tensor_release(rstd);
+    moe_tensor_release(res);
+    return st;
+}
+
+/* ---- cross_entropy ------------------------------------------------------------------------------ */
+
+/* saved: logits [N C] (compute dtype), targets [N] i64, lse [N];
+ * iargs[0] = ignore_index, dargs[0] = number of counted targets. */
+static moe_status cross_entropy_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    moe_tensor *cl = n->saved[0], *tg = n->saved[1], *lse = n->saved[2], *dl = NULL;
+    double gv, count = n->dargs[0];
+    MOE_TRY(moe_tensor_item(g, &gv));
+    moe_dtype cdt = cl->dtype;
+    moe_status st = MOE_OK;
+    MOE_TRYG(moe_tensor_empty(&dl, cdt, MOE_CPU, 2, cl->shape));
+    double scale = count > 0 ? gv / count : 0.0; /* nothing counted: no gradient */
+    if (cdt == MOE_F32)
+        ce_bwd_f32(dp(dl), dp(cl), dp(lse), dp(tg), cl->shape[0], cl->shape[1], n->iargs[0],
+                   (float)scale);
+    else
+        ce_bwd_f64(dp(dl), dp(cl), dp(lse), dp(tg), cl->shape[0], cl->shape[1], n->iargs[0], scale);
+    MOE_TRYG(to_input_dtype(&gin[0], dl, n->inputs[0]));
+done:
+    moe_tensor_release(dl);
+    return st;
+}
+
+moe_status moe_cross_entropy(moe_tensor **out, moe_tensor *logits, moe_tensor *targets,
+                             int64_t ignore_index)
+{
+    *out = NULL;
+    const char *op = "cross-entropy";
+    MOE_CHECK_NOT_NULL(op, logits);
+    MOE_CHECK_NOT_NULL(op, targets);
+    MOE_CHECK_CPU(op, logits);
+    MOE_CHECK_CPU(op, targets);
+    MOE_CHECK_FLOAT(op, logits);
+    MOE_CHECK_INTEGER(op, targets);
+    if (logits->ndim != 2)
+        return moe_fail(MOE_ERR_SHAPE, op, "logits must be [N C], got %s", moe_shape_str(logits));
+    int64_t N = logits->shape[0], C = logits->shape[1];
+    if (targets->ndim != 1 || targets->shape[0] != N)
+        return moe_fail(MOE_ERR_SHAPE, op, "targets %s do not match logits %s (expected [%lld])",
+                        moe_shape_str(targets), moe_shape_str(logits), (long long)N);
+    moe_dtype cdt = moe_dtype_compute(logits->dtype);
+    moe_tensor *cl = NULL, *tg = NULL, *lse = NULL, *loss = NULL, *r = NULL;
+    moe_status st = MOE_OK;
+    MOE_TRYG(moe_as_compute(&tg, targets, MOE_I64));
+    const int64_t *t = dp(tg);
+    int64_t count = 0;
+    for (int64_t i = 0; i < N; i++) {
+        if (t[i] == ignore_index) continue;
+        if (t[i] < 0 || t[i] >= C) {
+            st = moe_fail(MOE_ERR_INDEX, op, "target %lld at position %lld is out of range for %lld classes",
+                          (long long)t[i], (long long)i, (long long)C);
+            goto done;
+        }
+        count++;
+    }
+    MOE_TRYG(moe_as_compute(&cl, logits, cdt));
+    MOE_TRYG(moe_tensor_empty(&lse, cdt, MOE_CPU, 1, &N));
+    MOE_TRYG(moe_tensor_empty(&loss, MOE_F64, MOE_CPU, 1, &N));
+    DISPATCH(ce_fwd, cdt, dp(loss), dp(lse), dp(cl), t, N, C, ignore_index);
+    double sum = 0; /* in row order: deterministic */
+    const double *lv = dp(loss);
+    for (int64_t i = 0; i < N; i++) sum += lv[i];
+    MOE_TRYG(moe_tensor_scalar(&r, logits->dtype, MOE_CPU, count ? sum / (double)count : NAN));
+    moe_tensor *inputs[1] = {logits}, *saved[3] = {cl, tg, lse};
+    MOE_TRYG(moe_autograd_record(r, op, cross_entropy_backward, 1, inputs, 3, saved, NULL, NULL));
+    if (r->grad_fn) {
+        r->grad_fn->iargs[0] = ignore_index;
+        r->grad_fn->dargs[0] = (double)count;
+    }
+    *out = r;
+    r = NULL;
+done:
+    moe_tensor_release(cl);
+    moe_tensor_release(tg);
+    moe_tensor_release(lse);
+    moe_tensor_release(loss);
+    moe_tensor_release(r);
+    return st;
+}
+
+/* ---- embedding ------------------------------------------------------------------------------------ */
+
+/* saved: ids [I] i64; iargs[0] = V, iargs[1] = D. */
+static moe_status embedding_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    moe_tensor *w = n->inputs[0], *ids = n->saved[0], *cg = NULL, *dw = NULL;
+    moe_dtype cdt = moe_dtype_compute(w->dtype);
+    int64_t D = n->iargs[1];
+    moe_status st = MOE_OK;
+    MOE_TRYG(moe_as_compute(&cg, g, cdt));
+    MOE_TRYG(moe_tensor_zeros(&dw, cdt, MOE_CPU, 2, (int64_t[]){n->iargs[0], D}));
+    DISPATCH(emb_bwd, cdt, dp(dw), dp(cg), dp(ids), moe_tensor_numel(ids), D);
+    MOE_TRYG(to_input_dtype(&gin[0], dw, w));
+done:
+    moe_tensor_release(cg);
+    moe_tensor_release(dw);
+    return st;
+}
+
+moe_status moe_embedding(moe_tensor **out, moe_tensor *weight, moe_tensor *ids)
+{
+    *out = NULL;
+    const char *op = "embedding";
+    MOE_CHECK_NOT_NULL(op, weight);
+    MOE_CHECK_NOT_NULL(op, ids);
+    MOE_CHECK_CPU(op, weight);
+    MOE_CHECK_CPU(op, ids);
+    MOE_CHECK_INTEGER(op, ids);
+    if (weight->ndim != 2)
+        return moe_fail(MOE_ERR_SHAPE, op, "weight must be [V D], got %s", moe_shape_str(weight));
+    if (ids->ndim + 1 > MOE_MAX_DIMS)
+        return moe_fail(MOE_ERR_SHAPE, op, "ids %s leave no room for the embedding dim (max %d dims)",
+                        moe_shape_str(ids), MOE_MAX_DIMS);
+    int64_t V = weight->shape[0], D = weight->shape[1];
+    moe_tensor *idx = NULL, *cw = NULL, *r = NULL;
+    moe_status st = MOE_OK;
+    MOE_TRYG(moe_as_compute(&idx, ids, MOE_I64));
+    const int64_t *iv = dp(idx);
+    int64_t I = moe_tensor_numel(idx);
+    for (int64_t i = 0; i < I; i++)
+        if (iv[i] < 0 || iv[i] >= V) {
+            st = moe_fail(MOE_ERR_INDEX, op, "id %lld at position %lld is out of range for V = %lld rows",
+                          (long long)iv[i], (long long)i, (long long)V);
+            goto done;
+        }
+    if (moe_tensor_is_contiguous(weight)) {
+        cw = moe_tensor_retain(weight);
+    } else {
+        MOE_TRYG(moe_tensor_empty(&cw, weight->dtype, MOE_CPU, 2, weight->shape));
+        moe_cpu_copy(cw, weight);
+    }
+    int64_t shape[MOE_MAX_DIMS];
+    memcpy(shape, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);
+    shape[ids->ndim] = D;
+    MOE_TRYG(moe_tensor_empty(&r, weight->dtype, MOE_CPU, ids->ndim + 1, shape));
+    size_t row = (size_t)D * moe_dtype_size(weight->dtype);
+    char *dst = dp(r);
+    const char *src = dp(cw);
+#pragma omp parallel for if (I * D > 32768) schedule(static)
+    for (int64_t i = 0; i < I; i++) memcpy(dst + (size_t)i * row, src + (size_t)iv[i] * row, row);
+    moe_tensor *inputs[1] = {weight}, *saved[1] = {idx};
+    MOE_TRYG(moe_autograd_record(r, op, embedding_backward, 1, inputs, 1, saved, NULL, NULL));
+    if (r->grad_fn) {
+        r->grad_fn->iargs[0] = V;
+        r->grad_fn->iargs[1] = D;
+    }
+    *out = r;
+    r = NULL;
+done:
+    moe_tensor_release(idx);
+    moe_tensor_release(cw);
+    moe_tensor_release(r);
+    return st;
+}

@@ -1,4 +1,54 @@
-/* gemm.h */
+/* gemm.h — the CPU GEMM behind matmul, bmm and linear: one wrapper around
+ * CBLAS for strided, batched, broadcast matrix products.
+ *
+ * A matrix operand is described by strides (in elements), so transposed and
+ * broadcast views reach BLAS without copies:
+ *   element (i, j) of matrix b  =  data[sum_d idx_d * bstride[d] + i * rs + j * cs]
+ * BLAS reads an operand directly when it is row-major (cs == 1, rs >= cols)
+ * or a transposed row-major matrix (rs == 1, cs >= rows). */
 #ifndef MOELAB_CPU_GEMM_H
 #define MOELAB_CPU_GEMM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../../core/tensor.h"
+
+/* One operand (or the result) of a batched GEMM. */
+typedef struct moe_cpu_mat {
+    void *data;                       /* element 0 of matrix 0 */
+    int64_t rows, cols;
+    int64_t rs, cs;                   /* row and column strides */
+    int64_t bstride[MOE_MAX_DIMS];    /* per batch dim; 0 where broadcast */
+} moe_cpu_mat;
+
+/* True when BLAS can read M as it is (row-major or transposed). */
+bool moe_cpu_mat_blas_ok(const moe_cpu_mat *m);
+
+/* For every batch index b of the NB-dim batch BSHAPE:
+ *     C[b] = A[b] @ B[b]          (ACCUMULATE false)
+ *     C[b] += A[b] @ B[b]         (ACCUMULATE true: C holds zeros, a bias, …)
+ * DTYPE is MOE_F32 or MOE_F64. A [M K], B [K N], C [M N]; A and B must pass
+ * moe_cpu_mat_blas_ok, C must be row-major (cs == 1). A zero batch stride of
+ * C reduces over that batch dim and needs ACCUMULATE. Batch dims fold into M
+ * (B shared) or K (C shared) so that a broadcast product is one BLAS call.
+ * Fails (MOE_ERR_UNSUPPORTED) only when a size exceeds BLAS's int range. */
+moe_status moe_cpu_gemm(moe_dtype dtype, int nb, const int64_t *bshape, moe_cpu_mat a,
+                        moe_cpu_mat b, moe_cpu_mat c, bool accumulate);
+
+/* Plain row-major GEMM on contiguous buffers (A [M K], B [K N], C [M N]):
+ * C = alpha A B + beta C, with optional transposes of the stored A/B. */
+void moe_cpu_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                   const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+                   int64_t ldc);
+void moe_cpu_dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                   const double *a, int64_t lda, const double *b, int64_t ldb, double beta,
+                   double *c, int64_t ldc);
+
+/* Bias helpers for linear (contiguous buffers, f32 or f64):
+ *   C [R N]: every row ← BIAS [N]                    (fill_rows)
+ *   OUT [N] = sum over the R rows of G [R N]          (sum_rows; fixed order) */
+void moe_cpu_fill_rows(moe_dtype dtype, void *c, int64_t rows, int64_t n, const void *bias);
+void moe_cpu_sum_rows(moe_dtype dtype, void *out, const void *g, int64_t rows, int64_t n);
+
 #endif
