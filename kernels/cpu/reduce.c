@@ -11,6 +11,11 @@
 
 #include "reduce.h"
 
+/* vf8 values only live inside softmax_row_f32, where everything is inlined,
+ * so the baseline clone's lack of an AVX calling convention does not matter;
+ * GCC reports that late in the file, hence a file-wide switch. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 #define LANES 16                       /* fixed lanes of a block sum */
 #define CHUNK MOE_CPU_REDUCE_CHUNK     /* fixed chunk of a long row */
 #define COLS 256                       /* columns per task when I > 1 */
@@ -327,22 +332,6 @@ static inline vf4 exp4(vf4 x)
     return select4(x != x, x, y);
 }
 
-/* The max of x[0..n), NaN ignored (-inf when there is none). */
-static float rowmax_f32(const float *x, int64_t n)
-{
-    vf4 m4 = SPLAT4(-INFINITY);
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        vf4 v;
-        memcpy(&v, x + i, sizeof v);
-        m4 = select4(v > m4, v, m4);
-    }
-    float m = -INFINITY;
-    for (int j = 0; j < 4; j++) m = m4[j] > m ? m4[j] : m;
-    for (; i < n; i++) m = x[i] > m ? x[i] : m;
-    return m;
-}
-
 static double rowmax_f64(const double *x, int64_t n)
 {
     double m = -INFINITY;
@@ -350,30 +339,7 @@ static double rowmax_f64(const double *x, int64_t n)
     return m;
 }
 
-/* Sum (in double) of e^(x - sh) over x[0..n); the exps go to y unless NULL. */
-static double expsum_f32(float *y, const float *x, int64_t n, float sh)
-{
-    vd2 s0 = {0, 0}, s1 = {0, 0}; /* lanes 0 1, 2 3 */
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        vf4 v;
-        memcpy(&v, x + i, sizeof v);
-        vf4 e = exp4(v - sh);
-        if (y) memcpy(y + i, &e, sizeof e);
-        s0 += (vd2){e[0], e[1]};
-        s1 += (vd2){e[2], e[3]};
-    }
-    if (i < n) {
-        vf4 v = SPLAT4(-INFINITY); /* the tail pads with e^-inf = 0 */
-        for (int j = 0; i + j < n; j++) v[j] = x[i + j];
-        vf4 e = exp4(v - sh);
-        for (int j = 0; y && i + j < n; j++) y[i + j] = e[j];
-        s0 += (vd2){e[0], e[1]};
-        s1 += (vd2){e[2], e[3]};
-    }
-    return (s0[0] + s0[1]) + (s1[0] + s1[1]);
-}
-
+/* Sum of e^(x - sh) over x[0..n); the exps go to y unless NULL. */
 static double expsum_f64(double *y, const double *x, int64_t n, double sh)
 {
     double s = 0;
@@ -383,6 +349,111 @@ static double expsum_f64(double *y, const double *x, int64_t n, double sh)
         s += e;
     }
     return s;
+}
+
+/* One f32 softmax / log-softmax row, eight lanes at a time. Built twice (AVX2
+ * and baseline) and picked at load time, so a generic build still runs the
+ * wide code where the CPU has it. The exp sum is kept in float within blocks
+ * of 64 elements and in double across blocks: fast, and as accurate as a
+ * double sum for any row length that matters. */
+typedef float vf8 __attribute__((vector_size(32)));
+typedef int32_t vm8 __attribute__((vector_size(32)));
+
+static inline __attribute__((always_inline)) vf8 max8(vf8 a, vf8 b)
+{
+    vm8 gt = a > b;
+    return (vf8)(((vm8)a & gt) | ((vm8)b & ~gt));
+}
+
+typedef uint32_t vu8 __attribute__((vector_size(32)));
+
+static inline __attribute__((always_inline)) vf8 select8(vm8 mask, vf8 a, vf8 b)
+{
+    return (vf8)(((vm8)a & mask) | ((vm8)b & ~mask));
+}
+
+/* exp4's method (see above) on eight lanes. */
+static inline __attribute__((always_inline)) vf8 exp8(vf8 x)
+{
+    const vf8 zero = {0}, magic = zero + 12582912.0f; /* 1.5 * 2^23 */
+    vm8 under = x < -87.3f, over = x > 88.72283f, nan = x != x;
+    vf8 xc = select8(under, zero - 87.3f, select8(over, zero + 88.72283f, x));
+    vf8 t = xc * 1.44269504089f + magic;
+    vm8 k = (vm8)t - 0x4B400000;
+    vf8 kf = t - magic;
+    vf8 r = (xc - kf * 0.693145751953125f) - kf * 1.428606765330187e-06f;
+    vf8 p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120
+                  + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    vf8 s1 = (vf8)((vu8)((k >> 1) + 127) << 23), s2 = (vf8)((vu8)(k - (k >> 1) + 127) << 23);
+    vf8 y = p * s1 * s2;
+    y = select8(under, zero, y);
+    y = select8(over, zero + INFINITY, y);
+    return select8(nan, x, y);
+}
+
+__attribute__((target_clones("avx2", "default")))
+static void softmax_row_f32(float *restrict y, const float *restrict x, int64_t n,
+                            moe_cpu_softmax_mode mode, float *lse_out)
+{
+    /* max, NaN ignored */
+    vf8 m8 = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        vf8 v;
+        memcpy(&v, x + i, sizeof v);
+        m8 = max8(v, m8);
+    }
+    float m = -INFINITY;
+    for (int j = 0; j < 8; j++) m = m8[j] > m ? m8[j] : m;
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    float sh = isinf(m) ? 0 : m;
+    /* exp and its sum */
+    double total = 0;
+    float *dst = mode == MOE_CPU_SOFTMAX ? y : NULL;
+    for (i = 0; i < n;) {
+        int64_t end = i + 64 <= n ? i + 64 : n;
+        vf8 acc = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (; i + 8 <= end; i += 8) {
+            vf8 v;
+            memcpy(&v, x + i, sizeof v);
+            vf8 e = exp8(v - sh);
+            if (dst) memcpy(dst + i, &e, sizeof e);
+            acc += e;
+        }
+        float part = 0;
+        for (int j = 0; j < 8; j++) part += acc[j];
+        for (; i < end; i++) {
+            vf4 one = SPLAT4(-INFINITY);
+            one[0] = x[i] - sh;
+            float e = exp4(one)[0];
+            if (dst) dst[i] = e;
+            part += e;
+        }
+        total += part;
+    }
+    if (mode == MOE_CPU_LOGSUMEXP) {
+        *lse_out = (float)((double)sh + log(total));
+        return;
+    }
+    /* softmax: y *= 1/total; log-softmax: y = (x - sh) - log(total) */
+    bool scale = mode == MOE_CPU_SOFTMAX;
+    float a = scale ? (float)(1.0 / total) : 0, b = scale ? 0 : (float)log(total);
+    const float *src = scale ? y : x;
+    for (i = 0; i + 8 <= n; i += 8) {
+        vf8 v;
+        memcpy(&v, src + i, sizeof v);
+        v = scale ? v * a : (v - sh) - b;
+        memcpy(y + i, &v, sizeof v);
+    }
+    for (; i < n; i++) y[i] = scale ? src[i] * a : (src[i] - sh) - b;
+}
+
+void moe_cpu_softmax_f32(float *out, const float *x, int64_t O, int64_t N, moe_cpu_softmax_mode mode)
+{
+#pragma omp parallel for if (O * N > 32768) schedule(static)
+    for (int64_t o = 0; o < O; o++)
+        softmax_row_f32(mode == MOE_CPU_LOGSUMEXP ? NULL : out + o * N, x + o * N, N, mode,
+                        mode == MOE_CPU_LOGSUMEXP ? out + o : NULL);
 }
 
 /* Per row: one pass for the max, one for exp and its sum, one to scale (or
@@ -412,5 +483,4 @@ static double expsum_f64(double *y, const double *x, int64_t n, double sh)
         }                                                                                 \
     }
 
-DEFINE_SOFTMAX(f32, float)
 DEFINE_SOFTMAX(f64, double)
