@@ -25,11 +25,16 @@
  *   tensor.h    creation, views, RNG, element access
  *   autograd.h  grad mode, backward, hooks, custom functions
  *   ops.h       every op, forward and backward
+ *   dist/comm.h process groups and (differentiable) collectives: threads,
+ *               MPI and NCCL backends
+ *   dist/mesh.h the world factored into named dims (pp dp cp tp ep)
  */
 #ifndef MOELAB_H
 #define MOELAB_H
 
 #include "autograd.h"
+#include "dist/comm.h"
+#include "dist/mesh.h"
 #include "dtype.h"
 #include "error.h"
 #include "ops.h"

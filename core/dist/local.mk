@@ -1,1 +1,68 @@
 ## core/dist/local.mk — collectives, process groups, mesh (issue 5): sources and tests.
+## Headers install under $(includedir)/moelab/dist and are included as "dist/comm.h".
+libmoelab_la_SOURCES += \
+	core/dist/comm.c core/dist/comm_impl.h core/dist/comm_threads.c core/dist/mesh.c
+moelabdistdir = $(includedir)/moelab/dist
+moelabdist_HEADERS = core/dist/comm.h core/dist/mesh.h
+
+## MPI backend: only when configure found Open MPI.
+EXTRA_DIST += core/dist/comm_mpi.c core/dist/comm_nccl.c
+if HAVE_MPI
+libmoelab_la_SOURCES += core/dist/comm_mpi.c
+libmoelab_la_LIBADD += $(MPI_LIBS)
+AM_CPPFLAGS += $(MPI_CFLAGS)
+endif
+
+## NCCL backend: with CUDA (libnccl is opened at run time, so a CUDA machine
+## without NCCL still builds and fails with a clear message when asked).
+if HAVE_CUDA
+libmoelab_la_SOURCES += core/dist/comm_nccl.c
+libmoelab_la_LIBADD += -ldl
+AM_CPPFLAGS += $(CUDA_CFLAGS)
+endif
+
+## ---- tests -----------------------------------------------------------------
+DIST_TESTS = tests/dist/check_comm tests/dist/check_mesh
+check_PROGRAMS += $(DIST_TESTS)
+TESTS += $(DIST_TESTS)
+DIST_TEST_SOURCES = tests/dist/cases.c tests/dist/cases.h tests/dist/disttest.h tests/unit/testutil.h
+tests_dist_check_comm_SOURCES = tests/dist/check_comm.c $(DIST_TEST_SOURCES)
+tests_dist_check_mesh_SOURCES = tests/dist/check_mesh.c $(DIST_TEST_SOURCES)
+
+## CUDA tensors through NCCL and through host staging (skips without a GPU).
+EXTRA_DIST += tests/dist/check_nccl.c
+if HAVE_CUDA
+check_PROGRAMS += tests/dist/check_nccl
+tests_dist_check_nccl_SOURCES = tests/dist/check_nccl.c $(DIST_TEST_SOURCES)
+TESTS += tests/dist/check_nccl
+endif
+
+## Under mpirun: one program, run by a script with -np 2 and -np 4.
+EXTRA_DIST += tests/dist/run-mpi.sh
+if HAVE_MPI
+check_PROGRAMS += tests/dist/mpi_comm
+tests_dist_mpi_comm_SOURCES = tests/dist/mpi_comm.c $(DIST_TEST_SOURCES)
+TESTS += tests/dist/run-mpi.sh
+endif
+
+## Memory: the threads tests under valgrind (no fork, so leaks are seen).
+check-valgrind-dist: $(DIST_TESTS)
+	@fail=0; for t in $(DIST_TESTS); do \
+	  echo "valgrind: $$t"; \
+	  CK_FORK=no OMP_NUM_THREADS=2 $(LIBTOOL) --mode=execute $(VALGRIND) -q --leak-check=full \
+	    --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
+	    --suppressions=$(srcdir)/tests/valgrind.supp --error-exitcode=1 ./$$t >$$t.vg.log 2>&1 || { fail=1; tail -40 $$t.vg.log; }; \
+	done; test $$fail = 0 && echo "valgrind: no leaks, no errors"
+.PHONY: check-valgrind-dist
+CLEANFILES += tests/dist/*.vg.log
+
+## ---- benchmark: all-reduce and all-to-all bandwidth vs memcpy ---------------
+noinst_PROGRAMS += tests/bench/bench-comm
+tests_bench_bench_comm_SOURCES = tests/bench/bench-comm.c
+tests_bench_bench_comm_LDADD = libmoelab.la -lm
+bench-comm: tests/bench/bench-comm
+	./tests/bench/bench-comm
+	@if test -n "$(MPIRUN)" && test "$(have_mpi)" = yes; then \
+	  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+	  $(MPIRUN) --oversubscribe -np 2 ./tests/bench/bench-comm --mpi; fi
+.PHONY: bench-comm

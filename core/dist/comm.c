@@ -1,0 +1,1284 @@
+/* comm.c — process groups and collectives on tensors: argument checks,
+ * staging (non-contiguous, bf16, device), split exchange for all-to-all,
+ * dispatch through the backend vtable, and the differentiable forms with their
+ * backwards side by side.
+ *
+ * Dimension letters: N ranks in the group, R rows (dim 0), W elements per row
+ * (the product of the trailing dims). */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "comm_impl.h"
+#include "internal.h"
+#ifdef MOELAB_HAVE_CUDA
+#include "../../kernels/cuda/cuda.h"
+#endif
+
+/* ---- names ----------------------------------------------------------------- */
+
+static const char *const reduce_op_names[] = {"sum", "avg", "max", "min"};
+_Static_assert(sizeof reduce_op_names / sizeof *reduce_op_names == MOE_REDUCE_OP_COUNT,
+               "reduce op name table");
+
+const char *moe_reduce_op_name(moe_reduce_op op)
+{
+    return (unsigned)op < MOE_REDUCE_OP_COUNT ? reduce_op_names[op] : "?";
+}
+
+bool moe_reduce_op_parse(const char *name, moe_reduce_op *out)
+{
+    for (int i = 0; i < MOE_REDUCE_OP_COUNT; i++)
+        if (name && strcmp(name, reduce_op_names[i]) == 0) {
+            *out = (moe_reduce_op)i;
+            return true;
+        }
+    return false;
+}
+
+static const char *const coll_names[] = {"all_reduce", "all_gather", "reduce_scatter", "all_to_all",
+                                         "broadcast",  "barrier",    "split"};
+_Static_assert(sizeof coll_names / sizeof *coll_names == MOE_COLL_KIND_COUNT, "collective name table");
+
+const char *moe_coll_name(moe_coll_kind k)
+{
+    return (unsigned)k < MOE_COLL_KIND_COUNT ? coll_names[k] : "?";
+}
+
+/* ---- settings ---------------------------------------------------------------- */
+
+static _Atomic int64_t timeout_us = -1; /* -1: not yet read from the environment */
+static atomic_bool check_on = true;
+
+double moe_comm_timeout(void)
+{
+    int64_t us = atomic_load(&timeout_us);
+    if (us == -1) {
+        double s = 300.0;
+        const char *env = getenv("MOELAB_COMM_TIMEOUT");
+        if (env && *env) {
+            char *end;
+            double v = strtod(env, &end);
+            if (end != env) s = v;
+        }
+        int64_t want = s <= 0 ? 0 : (int64_t)(s * 1e6);
+        int64_t expect = -1;
+        atomic_compare_exchange_strong(&timeout_us, &expect, want);
+        us = atomic_load(&timeout_us);
+    }
+    return (double)us / 1e6;
+}
+
+void moe_comm_set_timeout(double seconds)
+{
+    atomic_store(&timeout_us, seconds <= 0 || !isfinite(seconds) ? 0 : (int64_t)(seconds * 1e6));
+}
+
+void moe_comm_set_check(bool on) { atomic_store(&check_on, on); }
+bool moe_comm_check(void) { return atomic_load(&check_on); }
+
+static _Thread_local moe_group *tls_world;
+#ifdef MOELAB_HAVE_MPI
+moe_group *moe_mpi_world_peek(void); /* comm_mpi.c */
+#endif
+
+moe_group *moe_comm_world(void)
+{
+    if (tls_world) return tls_world;
+#ifdef MOELAB_HAVE_MPI
+    return moe_mpi_world_peek();
+#else
+    return NULL;
+#endif
+}
+
+void moe_comm_set_world(moe_group *g) { tls_world = g; }
+
+bool moe_built_with_mpi(void)
+{
+#ifdef MOELAB_HAVE_MPI
+    return true;
+#else
+    return false;
+#endif
+}
+
+bool moe_built_with_nccl(void)
+{
+#ifdef MOELAB_HAVE_CUDA
+    return true;
+#else
+    return false;
+#endif
+}
+
+/* ---- groups --------------------------------------------------------------------- */
+
+moe_status moe_group_alloc(moe_group **out, const moe_comm_backend *ops, int rank, int size,
+                           const int *world_ranks, void *impl)
+{
+    *out = NULL;
+    moe_group *g = calloc(1, sizeof *g);
+    int *wr = malloc(sizeof(int) * (size_t)(size > 0 ? size : 1));
+    if (!g || !wr) {
+        free(g);
+        free(wr);
+        return moe_fail(MOE_ERR_NOMEM, "group", "out of memory for a group of %d ranks", size);
+    }
+    for (int i = 0; i < size; i++) wr[i] = world_ranks ? world_ranks[i] : i;
+    g->ops = ops;
+    g->rank = rank;
+    g->size = size;
+    g->world_ranks = wr;
+    g->refcount = 1;
+    g->impl = impl;
+    snprintf(g->name, sizeof g->name, "%s", "group");
+    *out = g;
+    return MOE_OK;
+}
+
+int moe_group_size(const moe_group *g) { return g ? g->size : 1; }
+int moe_group_rank(const moe_group *g) { return g ? g->rank : 0; }
+
+moe_group *moe_group_retain(moe_group *g)
+{
+    if (g) g->refcount++;
+    return g;
+}
+
+void moe_group_release(moe_group *g)
+{
+    if (!g || --g->refcount > 0) return;
+    moe_group_release(g->nccl);
+    if (g->ops && g->ops->destroy) g->ops->destroy(g);
+    free(g->world_ranks);
+    free(g);
+}
+
+const char *moe_group_backend(const moe_group *g) { return g ? g->ops->name : "self"; }
+
+int moe_group_world_rank(const moe_group *g, int i)
+{
+    if (!g) return i == 0 ? 0 : -1;
+    return i >= 0 && i < g->size ? g->world_ranks[i] : -1;
+}
+
+const char *moe_group_name(const moe_group *g) { return g ? g->name : "self"; }
+
+void moe_group_set_name(moe_group *g, const char *name)
+{
+    if (g) snprintf(g->name, sizeof g->name, "%s", name ? name : "");
+}
+
+bool moe_group_has_nccl(const moe_group *g) { return g && g->nccl; }
+
+void moe_comm_poison(moe_group *g, moe_status code)
+{
+    if (g && g->ops->poison) g->ops->poison(g, code, moe_last_error());
+}
+
+/* ---- peer checks (backends that cannot see their peers' arguments) ---------- */
+
+typedef struct peer_desc {
+    int64_t kind, count, dtype, arg, status;
+    char msg[200];
+} peer_desc;
+
+static const char *dtype_label(int64_t d)
+{
+    return d >= 0 && d < MOE_DTYPE_COUNT ? moe_dtype_name((moe_dtype)d) : "?";
+}
+
+/* Exchange descriptors over G (its own all_gather of bytes) and compare:
+ * every rank reaches the same verdict. LOCAL is this rank's status so far
+ * (its message is sent along, so peers can name it). */
+static moe_status exchange_check(moe_group *g, moe_coll_kind kind, int64_t count, moe_dtype dt,
+                                 int64_t arg, moe_status local)
+{
+    const char *op = moe_coll_name(kind);
+    peer_desc mine = {kind, count, dt, arg, local, {0}};
+    if (local != MOE_OK) snprintf(mine.msg, sizeof mine.msg, "%s", moe_last_error());
+    peer_desc *all = calloc((size_t)g->size, sizeof *all);
+    if (!all) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for the peer check");
+    moe_status st = g->ops->all_gather(g, all, &mine, (int64_t)sizeof mine, MOE_BOOL);
+    if (st != MOE_OK) {
+        free(all);
+        return st;
+    }
+    if (local != MOE_OK) {
+        free(all);
+        return moe_fail(local, op, "%s", mine.msg); /* keep this rank's own message */
+    }
+    for (int q = 0; q < g->size; q++)
+        if (all[q].status != MOE_OK) {
+            st = moe_fail((moe_status)all[q].status, op, "rank %d failed: %s", q, all[q].msg);
+            free(all);
+            return st;
+        }
+    for (int q = 1; q < g->size; q++) {
+        const peer_desc *a = &all[0], *b = &all[q];
+        if (b->kind != a->kind)
+            st = moe_fail(MOE_ERR_STATE, op, "collectives out of order: rank 0 called %s, rank %d called %s",
+                          moe_coll_name((moe_coll_kind)a->kind), q, moe_coll_name((moe_coll_kind)b->kind));
+        else if (b->count != a->count || b->dtype != a->dtype)
+            st = moe_fail(MOE_ERR_SHAPE, op, "size mismatch: rank 0 has %lld elements (%s), rank %d has %lld elements (%s)",
+                          (long long)a->count, dtype_label(a->dtype), q, (long long)b->count, dtype_label(b->dtype));
+        else if (b->arg != a->arg)
+            st = moe_fail(MOE_ERR_ARG, op, "%s mismatch: rank 0 passed %lld, rank %d passed %lld",
+                          kind == MOE_COLL_BROADCAST ? "root" : "reduce op", (long long)a->arg, q,
+                          (long long)b->arg);
+        if (st != MOE_OK) break;
+    }
+    free(all);
+    return st;
+}
+
+moe_status moe_comm_check_peers(moe_group *g, moe_coll_kind kind, int64_t count, moe_dtype dt,
+                                int64_t op_or_root)
+{
+    return exchange_check(g, kind, count, dt, op_or_root, MOE_OK);
+}
+
+/* Every public collective passes through here after its local checks, with
+ * LOCAL their result; G is the group the ranks synchronise on. FORCE asks for
+ * the descriptor exchange even on backends that check by themselves (the work
+ * will run on another communicator, e.g. NCCL). A local failure does not
+ * poison a threads world: argument errors are usually the same on every rank
+ * (a dim that does not divide), and a rank that fails alone either returns
+ * the error (the runner poisons the world) or goes on to another collective
+ * (its peers report "collectives out of order") or returns (its peers report
+ * that it returned without entering). */
+static moe_status enter(moe_group *g, moe_coll_kind kind, int64_t count, moe_dtype dt, int64_t arg,
+                        moe_status local, bool force)
+{
+    if (!g) return local;
+    if ((g->ops->needs_check || force) && moe_comm_check()) {
+        moe_status st = exchange_check(g, kind, count, dt, arg, local);
+        if (st != MOE_OK && local == MOE_OK) moe_comm_poison(g, st);
+        return st;
+    }
+    return local;
+}
+
+/* After the rendezvous: a failure on this rank poisons the group. */
+static moe_status done(moe_group *g, moe_status st)
+{
+    if (st != MOE_OK) moe_comm_poison(g, st);
+    return st;
+}
+
+/* ---- reductions (shared by host backends) ----------------------------------------
+ * Serial kernels over one block: DST[i] = OP over SRCS[0..n)[i] in that
+ * order, i in [0, len); DST may alias a source. bf16 accumulates in f32 and
+ * rounds once; AVG divides the sum by n (integers: truncated quotient). The
+ * drivers below split the work into fixed blocks (deterministic for any
+ * thread count) and run the blocks on the OpenMP pool. */
+#define REDUCE_BLOCK 2048
+#define DEF_REDUCE(NAME, T, ACC)                                                              \
+    static void NAME(T *restrict dst, const T *const *srcs, int n, int64_t len, moe_reduce_op op) \
+    {                                                                                         \
+        ACC acc[REDUCE_BLOCK];                                                                \
+        const T *s0 = srcs[0];                                                                \
+        for (int64_t i = 0; i < len; i++) acc[i] = (ACC)s0[i];                                \
+        for (int k = 1; k < n; k++) {                                                         \
+            const T *restrict s = srcs[k];                                                    \
+            switch (op) {                                                                     \
+            case MOE_REDUCE_SUM:                                                              \
+            case MOE_REDUCE_AVG:                                                              \
+                for (int64_t i = 0; i < len; i++) acc[i] += (ACC)s[i];                        \
+                break;                                                                        \
+            case MOE_REDUCE_MAX:                                                              \
+                for (int64_t i = 0; i < len; i++) {                                           \
+                    ACC v = (ACC)s[i];                                                        \
+                    if (v > acc[i] || v != v) acc[i] = v;                                     \
+                }                                                                             \
+                break;                                                                        \
+            default:                                                                          \
+                for (int64_t i = 0; i < len; i++) {                                           \
+                    ACC v = (ACC)s[i];                                                        \
+                    if (v < acc[i] || v != v) acc[i] = v;                                     \
+                }                                                                             \
+                break;                                                                        \
+            }                                                                                 \
+        }                                                                                     \
+        if (op == MOE_REDUCE_AVG)                                                             \
+            for (int64_t i = 0; i < len; i++) acc[i] = acc[i] / (ACC)n;                       \
+        for (int64_t i = 0; i < len; i++) dst[i] = (T)acc[i];                                 \
+    }
+DEF_REDUCE(reduce_f32, float, float)
+DEF_REDUCE(reduce_f64, double, double)
+DEF_REDUCE(reduce_i32, int32_t, int64_t)
+DEF_REDUCE(reduce_i64, int64_t, int64_t)
+DEF_REDUCE(reduce_u8, uint8_t, int)
+
+static void reduce_bf16(uint16_t *restrict dst, const uint16_t *const *srcs, int n, int64_t len, moe_reduce_op op)
+{
+    float acc[REDUCE_BLOCK];
+    for (int64_t i = 0; i < len; i++) acc[i] = moe_bf16_to_f32(srcs[0][i]);
+    for (int k = 1; k < n; k++)
+        for (int64_t i = 0; i < len; i++) {
+            float v = moe_bf16_to_f32(srcs[k][i]);
+            if (op == MOE_REDUCE_SUM || op == MOE_REDUCE_AVG) acc[i] += v;
+            else if (op == MOE_REDUCE_MAX) { if (v > acc[i] || v != v) acc[i] = v; }
+            else if (v < acc[i] || v != v) acc[i] = v;
+        }
+    for (int64_t i = 0; i < len; i++) dst[i] = moe_f32_to_bf16(op == MOE_REDUCE_AVG ? acc[i] / (float)n : acc[i]);
+}
+
+/* Block [off, off+len) of the reduction into DST (DST already offset). */
+static void reduce_block(void *dst, const void *const *srcs, int n, int64_t off, int64_t len, moe_dtype dt,
+                         moe_reduce_op op)
+{
+    size_t esz = moe_dtype_size(dt);
+    const void *s[n];
+    for (int k = 0; k < n; k++) s[k] = (const char *)srcs[k] + off * (int64_t)esz;
+    switch (dt) {
+    case MOE_F32: reduce_f32(dst, (const float *const *)s, n, len, op); break;
+    case MOE_F64: reduce_f64(dst, (const double *const *)s, n, len, op); break;
+    case MOE_I32: reduce_i32(dst, (const int32_t *const *)s, n, len, op); break;
+    case MOE_I64: reduce_i64(dst, (const int64_t *const *)s, n, len, op); break;
+    case MOE_BF16: reduce_bf16(dst, (const uint16_t *const *)s, n, len, op); break;
+    case MOE_BOOL: reduce_u8(dst, (const uint8_t *const *)s, n, len, op); break;
+    default: break;
+    }
+}
+
+void moe_comm_reduce_n(void *dst, const void *const *srcs, int n, int64_t count, moe_dtype dt,
+                       moe_reduce_op op)
+{
+    if (count <= 0) return;
+    size_t esz = moe_dtype_size(dt);
+    int64_t nblocks = (count + REDUCE_BLOCK - 1) / REDUCE_BLOCK;
+#pragma omp parallel for if (count > 65536) schedule(static)
+    for (int64_t b = 0; b < nblocks; b++) {
+        int64_t off = b * REDUCE_BLOCK, len = count - off < REDUCE_BLOCK ? count - off : REDUCE_BLOCK;
+        reduce_block((char *)dst + off * (int64_t)esz, srcs, n, off, len, dt, op);
+    }
+}
+
+/* Two ranks summing (or averaging) f32, written to both buffers: one pass.
+ * (Streaming stores were tried: slower on the machines measured.) */
+static void sum2_bcast_f32(float *restrict a, float *restrict b, int64_t count, float scale)
+{
+#pragma omp parallel for simd if (count > 65536) schedule(static)
+    for (int64_t i = 0; i < count; i++) {
+        float v = (a[i] + b[i]) * scale;
+        a[i] = v;
+        b[i] = v;
+    }
+}
+
+void moe_comm_reduce_bcast(void *const *bufs, int n, int64_t count, moe_dtype dt, moe_reduce_op op)
+{
+    if (count <= 0) return;
+    /* x * 0.5f is exactly x / 2.0f, so the fast path gives the same bits */
+    if (n == 2 && dt == MOE_F32 && (op == MOE_REDUCE_SUM || op == MOE_REDUCE_AVG)) {
+        sum2_bcast_f32(bufs[0], bufs[1], count, op == MOE_REDUCE_AVG ? 0.5f : 1.0f);
+        return;
+    }
+    size_t esz = moe_dtype_size(dt);
+    int64_t nblocks = (count + REDUCE_BLOCK - 1) / REDUCE_BLOCK;
+#pragma omp parallel for if (count > 65536) schedule(static)
+    for (int64_t b = 0; b < nblocks; b++) {
+        int64_t off = b * REDUCE_BLOCK, len = count - off < REDUCE_BLOCK ? count - off : REDUCE_BLOCK;
+        _Alignas(64) char tmp[REDUCE_BLOCK * 8];
+        reduce_block(tmp, (const void *const *)bufs, n, off, len, dt, op);
+        for (int k = 0; k < n; k++) memcpy((char *)bufs[k] + off * (int64_t)esz, tmp, (size_t)len * esz);
+    }
+}
+
+/* In-place AVG finish for backends that only sum: BUF /= N. */
+static void divide_in_place(void *buf, int64_t count, moe_dtype dt, int64_t n)
+{
+    switch (dt) {
+    case MOE_F32: for (int64_t i = 0; i < count; i++) ((float *)buf)[i] /= (float)n; break;
+    case MOE_F64: for (int64_t i = 0; i < count; i++) ((double *)buf)[i] /= (double)n; break;
+    case MOE_I32: for (int64_t i = 0; i < count; i++) ((int32_t *)buf)[i] /= (int32_t)n; break;
+    case MOE_I64: for (int64_t i = 0; i < count; i++) ((int64_t *)buf)[i] /= n; break;
+    default: break;
+    }
+}
+
+/* ---- argument checks -------------------------------------------------------------- */
+
+static moe_status check_tensor(const char *op, const moe_tensor *t)
+{
+    if (!t) return moe_fail(MOE_ERR_ARG, op, "tensor argument is NULL");
+    if (t->device != MOE_CPU && t->device != MOE_CUDA)
+        return moe_fail(MOE_ERR_DEVICE, op, "unsupported device %s", moe_device_name(t->device));
+    return MOE_OK;
+}
+
+static moe_status check_reduce(const char *op, const moe_tensor *t, moe_reduce_op rop)
+{
+    MOE_TRY(check_tensor(op, t));
+    if ((unsigned)rop >= MOE_REDUCE_OP_COUNT)
+        return moe_fail(MOE_ERR_ARG, op, "unknown reduce op %d", (int)rop);
+    if (t->dtype == MOE_BOOL && (rop == MOE_REDUCE_SUM || rop == MOE_REDUCE_AVG))
+        return moe_fail(MOE_ERR_DTYPE, op, "%s of a bool tensor: use max (or) or min (and), or convert to i64",
+                        moe_reduce_op_name(rop));
+    return MOE_OK;
+}
+
+static moe_status check_inplace(const char *op, const moe_tensor *t)
+{
+    if (moe_tensor_needs_grad(t))
+        return moe_fail(MOE_ERR_STATE, op, "in-place collective on a tensor that requires grad "
+                        "(shape %s): use the out-of-place form or disable grad mode", moe_shape_str(t));
+    return MOE_OK;
+}
+
+/* ---- staging ------------------------------------------------------------------------
+ * A collective runs on a contiguous buffer in the memory of the group that
+ * executes it: the NCCL communicator for CUDA tensors when attached, else the
+ * host group (CUDA tensors then travel through host memory). */
+
+static moe_group *exec_group(moe_group *g, const moe_tensor *t)
+{
+    return t->device == MOE_CUDA && g->nccl ? g->nccl : g;
+}
+
+/* *OUT: a contiguous copy of T (or T retained) on DEVICE in DTYPE; no autograd. */
+static moe_status stage(moe_tensor **out, moe_tensor *t, moe_device device, moe_dtype dtype)
+{
+    *out = NULL;
+    moe_status st;
+    MOE_NO_GRAD_BEGIN;
+    moe_tensor *a = NULL, *b = NULL;
+    st = moe_to_device(&a, t, device);
+    if (st == MOE_OK) st = moe_to_dtype(&b, a, dtype);
+    if (st == MOE_OK) st = moe_contiguous(out, b);
+    moe_tensor_release(a);
+    moe_tensor_release(b);
+    MOE_NO_GRAD_END;
+    return st;
+}
+
+/* DST ← SRC (same shape), converting dtype and device. */
+static moe_status unstage(moe_tensor *dst, moe_tensor *src)
+{
+    if (dst == src) return MOE_OK;
+    MOE_NO_GRAD_BEGIN;
+    moe_tensor *a = NULL;
+    moe_status st = MOE_OK;
+    if (dst->device == MOE_CPU) {
+        st = moe_to_device(&a, src, MOE_CPU);
+        if (st == MOE_OK) {
+            if (dst->dtype == a->dtype && moe_tensor_is_contiguous(dst))
+                memcpy(moe_tensor_data(dst), moe_tensor_data(a), moe_tensor_nbytes(dst));
+            else
+                moe_cpu_copy(dst, a);
+        }
+    } else {
+        /* device destination: convert on the host, move, then copy in place */
+        moe_tensor *h = NULL, *d = NULL;
+        st = moe_to_device(&h, src, MOE_CPU);
+        if (st == MOE_OK) st = moe_to_dtype(&a, h, dst->dtype);
+        if (st == MOE_OK) st = moe_to_device(&d, a, dst->device);
+        if (st == MOE_OK && !moe_tensor_is_contiguous(dst))
+            st = moe_fail(MOE_ERR_UNSUPPORTED, "collective", "writing into a non-contiguous %s tensor "
+                          "on the GPU is not supported: make it contiguous first", moe_shape_str(dst));
+#ifdef MOELAB_HAVE_CUDA
+        if (st == MOE_OK)
+            st = moe_cuda_memcpy(moe_tensor_data(dst), moe_tensor_data(d), moe_tensor_nbytes(dst), MOE_COPY_D2D);
+#endif
+        moe_tensor_release(h);
+        moe_tensor_release(d);
+    }
+    moe_tensor_release(a);
+    MOE_NO_GRAD_END;
+    return st;
+}
+
+/* The device and dtype a collective on T runs in on group EG. */
+static void exec_layout(const moe_group *eg, const moe_tensor *t, bool reduces, moe_device *dev,
+                        moe_dtype *dt)
+{
+    *dev = eg->ops->name[0] == 'n' ? MOE_CUDA : MOE_CPU; /* "nccl" */
+    *dt = t->dtype;
+    if (reduces && t->dtype == MOE_BF16 && !eg->ops->native_bf16) *dt = MOE_F32;
+}
+
+/* ---- all-reduce ------------------------------------------------------------------------ */
+
+/* Reduce T in place over G (G non-NULL). */
+static moe_status all_reduce_inplace(moe_tensor *t, moe_reduce_op op, moe_group *g)
+{
+    moe_group *eg = exec_group(g, t);
+    moe_device dev;
+    moe_dtype dt;
+    exec_layout(eg, t, true, &dev, &dt);
+    moe_tensor *w = NULL;
+    moe_status st = stage(&w, t, dev, dt);
+    if (st == MOE_OK) st = eg->ops->all_reduce(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, op);
+    if (st == MOE_OK) st = unstage(t, w);
+    moe_tensor_release(w);
+    return st;
+}
+
+moe_status moe_all_reduce_(moe_tensor *t, moe_reduce_op op, moe_group *g)
+{
+    const char *opn = "all_reduce";
+    moe_status st = check_reduce(opn, t, op);
+    if (st == MOE_OK) st = check_inplace(opn, t);
+    if (!g) return st;
+    MOE_TRY(enter(g, MOE_COLL_ALL_REDUCE, st == MOE_OK ? moe_tensor_numel(t) : 0,
+                  st == MOE_OK ? t->dtype : MOE_F32, op, st, t && exec_group(g, t) != g));
+    return done(g, all_reduce_inplace(t, op, g));
+}
+
+/* Out-of-place all-reduce into a fresh contiguous tensor (no autograd). */
+static moe_status all_reduce_copy(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
+{
+    *out = NULL;
+    moe_status st = check_reduce("all_reduce", t, op);
+    moe_tensor *r = NULL;
+    if (st == MOE_OK) {
+        MOE_NO_GRAD_BEGIN;
+        st = moe_clone(&r, t);
+        MOE_NO_GRAD_END;
+    }
+    if (g) {
+        st = enter(g, MOE_COLL_ALL_REDUCE, st == MOE_OK ? moe_tensor_numel(t) : 0,
+                   st == MOE_OK ? t->dtype : MOE_F32, op, st, t && exec_group(g, t) != g);
+        if (st == MOE_OK) st = done(g, all_reduce_inplace(r, op, g));
+    }
+    if (st != MOE_OK) {
+        moe_tensor_release(r);
+        return st;
+    }
+    *out = r;
+    return MOE_OK;
+}
+
+/* iargs[0]: reduce op. ctx: the group (a reference). */
+static void group_ctx_free(void *ctx) { moe_group_release(ctx); }
+
+static moe_status all_reduce_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    return all_reduce_copy(&gin[0], g, (moe_reduce_op)n->iargs[0], n->ctx);
+}
+
+static moe_status record_with_group(moe_tensor *out, const char *name, moe_backward_fn bw,
+                                    moe_tensor *in, moe_group *g, int64_t iarg0, moe_node **node)
+{
+    *node = NULL;
+    if (!moe_tensor_needs_grad(in)) return MOE_OK;
+    MOE_TRY(moe_node_new(node, name, bw, 1, &in));
+    (*node)->ctx = moe_group_retain(g);
+    (*node)->ctx_free = group_ctx_free;
+    (*node)->iargs[0] = iarg0;
+    moe_node_attach(*node, out);
+    return MOE_OK;
+}
+
+/* Run a collective that made *OUT, then record its node; on failure drop *OUT. */
+static moe_status finish_record(moe_status st, moe_tensor **out, const char *name, moe_backward_fn bw,
+                                moe_tensor *in, moe_group *g, int64_t iarg0)
+{
+    if (st != MOE_OK) return st;
+    moe_node *node;
+    st = record_with_group(*out, name, bw, in, g, iarg0, &node);
+    if (st != MOE_OK) {
+        moe_tensor_release(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
+moe_status moe_all_reduce(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
+{
+    *out = NULL;
+    moe_status st = MOE_OK;
+    if (t && (op == MOE_REDUCE_MAX || op == MOE_REDUCE_MIN) && moe_tensor_needs_grad(t))
+        st = moe_fail(MOE_ERR_UNSUPPORTED, "all_reduce", "%s is not differentiable: detach the input "
+                      "or use sum/avg", moe_reduce_op_name(op));
+    if (st != MOE_OK) {
+        if (g) enter(g, MOE_COLL_ALL_REDUCE, 0, MOE_F32, op, st, false);
+        return st;
+    }
+    return finish_record(all_reduce_copy(out, t, op, g), out, "all_reduce", all_reduce_backward, t, g, op);
+}
+
+static moe_status identity_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    (void)n;
+    gin[0] = moe_tensor_retain(g);
+    return MOE_OK;
+}
+
+moe_status moe_all_reduce_identity_grad(moe_tensor **out, moe_tensor *t, moe_group *g)
+{
+    *out = NULL;
+    return finish_record(all_reduce_copy(out, t, MOE_REDUCE_SUM, g), out, "all_reduce_identity_grad",
+                         identity_backward, t, g, MOE_REDUCE_SUM);
+}
+
+static moe_status sum_grad_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    return all_reduce_copy(&gin[0], g, MOE_REDUCE_SUM, n->ctx);
+}
+
+moe_status moe_identity_all_reduce_grad(moe_tensor **out, moe_tensor *t, moe_group *g)
+{
+    *out = NULL;
+    MOE_TRY(check_tensor("identity_all_reduce_grad", t));
+    MOE_TRY(moe_detach(out, t));
+    return finish_record(MOE_OK, out, "identity_all_reduce_grad", sum_grad_backward, t, g,
+                         MOE_REDUCE_SUM);
+}
+
+/* ---- all-gather -------------------------------------------------------------------------- */
+
+/* OUT [N*d0, ...] (0-dim T: [N]) */
+static moe_status gathered_shape(const moe_tensor *t, int n, int *ndim, int64_t *shape)
+{
+    if (t->ndim == 0) {
+        *ndim = 1;
+        shape[0] = n;
+    } else {
+        *ndim = t->ndim;
+        memcpy(shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+        shape[0] *= n;
+    }
+    return MOE_OK;
+}
+
+static moe_status all_gather_impl(moe_tensor **out, moe_tensor *t, moe_group *g)
+{
+    *out = NULL;
+    const char *opn = "all_gather";
+    moe_status st = check_tensor(opn, t);
+    int n = moe_group_size(g);
+    if (!g) {
+        if (st != MOE_OK) return st;
+        int nd;
+        int64_t shape[MOE_MAX_DIMS];
+        gathered_shape(t, 1, &nd, shape);
+        MOE_NO_GRAD_BEGIN;
+        moe_tensor *c = NULL;
+        st = moe_clone(&c, t);
+        if (st == MOE_OK) st = moe_reshape(out, c, nd, shape);
+        moe_tensor_release(c);
+        MOE_NO_GRAD_END;
+        return st;
+    }
+    MOE_TRY(enter(g, MOE_COLL_ALL_GATHER, st == MOE_OK ? moe_tensor_numel(t) : 0,
+                  st == MOE_OK ? t->dtype : MOE_F32, 0, st, t && exec_group(g, t) != g));
+    moe_group *eg = exec_group(g, t);
+    moe_device dev;
+    moe_dtype dt;
+    exec_layout(eg, t, false, &dev, &dt);
+    int nd;
+    int64_t shape[MOE_MAX_DIMS];
+    gathered_shape(t, n, &nd, shape);
+    moe_tensor *w = NULL, *r = NULL, *res = NULL;
+    st = stage(&w, t, dev, dt);
+    if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, nd, shape);
+    if (st == MOE_OK)
+        st = eg->ops->all_gather(eg, moe_tensor_data(r), moe_tensor_data(w), moe_tensor_numel(w), dt);
+    if (st == MOE_OK && (dev != t->device)) {
+        st = moe_tensor_empty(&res, t->dtype, t->device, nd, shape);
+        if (st == MOE_OK) st = unstage(res, r);
+    } else if (st == MOE_OK) {
+        res = moe_tensor_retain(r);
+    }
+    moe_tensor_release(w);
+    moe_tensor_release(r);
+    if (st != MOE_OK) {
+        moe_tensor_release(res);
+        return done(g, st);
+    }
+    *out = res;
+    return MOE_OK;
+}
+
+static moe_status reduce_scatter_impl(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g);
+
+/* iargs[0]: input ndim (0-dim input: the gradient is reshaped back). */
+static moe_status all_gather_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    moe_tensor *r = NULL;
+    MOE_TRY(reduce_scatter_impl(&r, g, MOE_REDUCE_SUM, n->ctx));
+    if (n->iargs[0] != 0) {
+        gin[0] = r;
+        return MOE_OK;
+    }
+    moe_status st = moe_reshape(&gin[0], r, 0, NULL);
+    moe_tensor_release(r);
+    return st;
+}
+
+moe_status moe_all_gather(moe_tensor **out, moe_tensor *t, moe_group *g)
+{
+    *out = NULL;
+    return finish_record(all_gather_impl(out, t, g), out, "all_gather", all_gather_backward, t, g,
+                         t ? t->ndim : 0);
+}
+
+/* ---- reduce-scatter ------------------------------------------------------------------------ */
+
+static moe_status reduce_scatter_impl(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
+{
+    *out = NULL;
+    const char *opn = "reduce_scatter";
+    int n = moe_group_size(g);
+    moe_status st = check_reduce(opn, t, op);
+    if (st == MOE_OK && t->ndim == 0)
+        st = moe_fail(MOE_ERR_SHAPE, opn, "input must have at least one dim (dim 0 is split over %d ranks)", n);
+    if (st == MOE_OK && t->shape[0] % n != 0)
+        st = moe_fail(MOE_ERR_SHAPE, opn, "dim 0 of %s does not divide by the group size %d",
+                      moe_shape_str(t), n);
+    if (!g) {
+        if (st != MOE_OK) return st;
+        MOE_NO_GRAD_BEGIN;
+        st = moe_clone(out, t);
+        MOE_NO_GRAD_END;
+        return st;
+    }
+    MOE_TRY(enter(g, MOE_COLL_REDUCE_SCATTER, st == MOE_OK ? moe_tensor_numel(t) : 0,
+                  st == MOE_OK ? t->dtype : MOE_F32, op, st, t && exec_group(g, t) != g));
+    moe_group *eg = exec_group(g, t);
+    moe_device dev;
+    moe_dtype dt;
+    exec_layout(eg, t, true, &dev, &dt);
+    int64_t shape[MOE_MAX_DIMS];
+    memcpy(shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+    shape[0] /= n;
+    moe_tensor *w = NULL, *r = NULL, *res = NULL;
+    st = stage(&w, t, dev, dt);
+    if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, t->ndim, shape);
+    if (st == MOE_OK)
+        st = eg->ops->reduce_scatter(eg, moe_tensor_data(r), moe_tensor_data(w), moe_tensor_numel(r), dt, op);
+    if (st == MOE_OK && (dev != t->device || dt != t->dtype)) {
+        st = moe_tensor_empty(&res, t->dtype, t->device, t->ndim, shape);
+        if (st == MOE_OK) st = unstage(res, r);
+    } else if (st == MOE_OK) {
+        res = moe_tensor_retain(r);
+    }
+    moe_tensor_release(w);
+    moe_tensor_release(r);
+    if (st != MOE_OK) {
+        moe_tensor_release(res);
+        return done(g, st);
+    }
+    *out = res;
+    return MOE_OK;
+}
+
+static moe_status reduce_scatter_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    moe_group *grp = n->ctx;
+    if (n->iargs[0] == MOE_REDUCE_SUM) return all_gather_impl(&gin[0], g, grp);
+    moe_tensor *r = NULL;
+    MOE_TRY(all_gather_impl(&r, g, grp));
+    moe_status st = moe_mul_scalar(&gin[0], r, 1.0 / moe_group_size(grp));
+    moe_tensor_release(r);
+    return st;
+}
+
+moe_status moe_reduce_scatter(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
+{
+    *out = NULL;
+    if (t && (op == MOE_REDUCE_MAX || op == MOE_REDUCE_MIN) && moe_tensor_needs_grad(t)) {
+        moe_status st = moe_fail(MOE_ERR_UNSUPPORTED, "reduce_scatter", "%s is not differentiable: "
+                                 "detach the input or use sum/avg", moe_reduce_op_name(op));
+        if (g) enter(g, MOE_COLL_REDUCE_SCATTER, 0, MOE_F32, op, st, false);
+        return st;
+    }
+    return finish_record(reduce_scatter_impl(out, t, op, g), out, "reduce_scatter",
+                         reduce_scatter_backward, t, g, op);
+}
+
+/* ---- all-to-all ------------------------------------------------------------------------------ */
+
+/* Exchanged per peer before the data: rows sent, row width W, dtype. */
+enum { A2A_ROWS, A2A_WIDTH, A2A_DTYPE, A2A_INFO };
+
+static moe_status all_to_all_impl(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
+                                  const int64_t *send_splits, moe_group *g)
+{
+    *out = NULL;
+    const char *opn = "all_to_all";
+    int n = moe_group_size(g);
+    moe_status st = check_tensor(opn, t);
+    if (st == MOE_OK && t->ndim == 0)
+        st = moe_fail(MOE_ERR_SHAPE, opn, "input must have at least one dim (rows are sent along dim 0)");
+    int64_t *info = NULL, *sc = NULL; /* info: [2][N][A2A_INFO]; sc: [4][N] element counts */
+    int64_t width = 1;
+    if (st == MOE_OK) {
+        info = calloc((size_t)n * 2 * A2A_INFO, sizeof *info);
+        sc = calloc((size_t)n * 4, sizeof *sc);
+        if (!info || !sc) st = moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %d ranks' splits", n);
+    }
+    if (st == MOE_OK) {
+        for (int d = 1; d < t->ndim; d++) width *= t->shape[d];
+        int64_t total = 0;
+        for (int q = 0; q < n && st == MOE_OK; q++) {
+            int64_t s = send_splits ? send_splits[q] : (t->shape[0] % n == 0 ? t->shape[0] / n : -1);
+            if (!send_splits && s < 0)
+                st = moe_fail(MOE_ERR_SHAPE, opn, "no send splits given and dim 0 of %s does not divide by "
+                              "the group size %d", moe_shape_str(t), n);
+            else if (s < 0)
+                st = moe_fail(MOE_ERR_ARG, opn, "send split %d is negative (%lld)", q, (long long)s);
+            info[q * A2A_INFO + A2A_ROWS] = s;
+            info[q * A2A_INFO + A2A_WIDTH] = width;
+            info[q * A2A_INFO + A2A_DTYPE] = t->dtype;
+            total += s;
+        }
+        if (st == MOE_OK && total != t->shape[0])
+            st = moe_fail(MOE_ERR_SHAPE, opn, "send splits sum to %lld but dim 0 of %s is %lld",
+                          (long long)total, moe_shape_str(t), (long long)t->shape[0]);
+    }
+    if (g) {
+        st = enter(g, MOE_COLL_ALL_TO_ALL, st == MOE_OK ? width : 0, st == MOE_OK ? t->dtype : MOE_F32, 0,
+                   st, t && exec_group(g, t) != g);
+    }
+    if (st != MOE_OK) {
+        free(info);
+        free(sc);
+        return st;
+    }
+    int64_t *rinfo = info + (size_t)n * A2A_INFO;
+    if (g) {
+        /* split exchange over the host group: A2A_INFO numbers to each peer */
+        int64_t *ones = sc; /* [N] counts of A2A_INFO */
+        for (int q = 0; q < n; q++) ones[q] = A2A_INFO;
+        st = g->ops->all_to_all(g, rinfo, ones, info, ones, MOE_I64);
+        for (int q = 1; q < n && st == MOE_OK; q++)
+            if (rinfo[q * A2A_INFO + A2A_WIDTH] != rinfo[A2A_WIDTH] ||
+                rinfo[q * A2A_INFO + A2A_DTYPE] != rinfo[A2A_DTYPE])
+                st = moe_fail(MOE_ERR_SHAPE, opn, "row mismatch: rank 0 sends rows of %lld elements (%s), "
+                              "rank %d rows of %lld elements (%s)",
+                              (long long)rinfo[A2A_WIDTH], dtype_label(rinfo[A2A_DTYPE]), q,
+                              (long long)rinfo[q * A2A_INFO + A2A_WIDTH],
+                              dtype_label(rinfo[q * A2A_INFO + A2A_DTYPE]));
+    } else {
+        memcpy(rinfo, info, sizeof(int64_t) * A2A_INFO);
+    }
+    moe_tensor *w = NULL, *r = NULL, *res = NULL;
+    moe_group *eg = g ? exec_group(g, t) : NULL;
+    int64_t rows = 0;
+    for (int q = 0; q < n; q++) rows += rinfo[q * A2A_INFO + A2A_ROWS];
+    int64_t shape[MOE_MAX_DIMS];
+    memcpy(shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+    shape[0] = rows;
+    if (st == MOE_OK && !g) {
+        MOE_NO_GRAD_BEGIN;
+        st = moe_clone(&res, t);
+        MOE_NO_GRAD_END;
+    } else if (st == MOE_OK) {
+        moe_device dev;
+        moe_dtype dt;
+        exec_layout(eg, t, false, &dev, &dt);
+        int64_t *send_counts = sc, *recv_counts = sc + n;
+        for (int q = 0; q < n; q++) {
+            send_counts[q] = info[q * A2A_INFO + A2A_ROWS] * width;
+            recv_counts[q] = rinfo[q * A2A_INFO + A2A_ROWS] * width;
+        }
+        st = stage(&w, t, dev, dt);
+        if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, t->ndim, shape);
+        if (st == MOE_OK)
+            st = eg->ops->all_to_all(eg, moe_tensor_data(r), recv_counts, moe_tensor_data(w), send_counts, dt);
+        if (st == MOE_OK && dev != t->device) {
+            st = moe_tensor_empty(&res, t->dtype, t->device, t->ndim, shape);
+            if (st == MOE_OK) st = unstage(res, r);
+        } else if (st == MOE_OK) {
+            res = moe_tensor_retain(r);
+        }
+    }
+    if (st == MOE_OK && recv_splits)
+        for (int q = 0; q < n; q++) recv_splits[q] = rinfo[q * A2A_INFO + A2A_ROWS];
+    moe_tensor_release(w);
+    moe_tensor_release(r);
+    free(info);
+    free(sc);
+    if (st != MOE_OK) {
+        moe_tensor_release(res);
+        return g ? done(g, st) : st;
+    }
+    *out = res;
+    return MOE_OK;
+}
+
+typedef struct a2a_ctx {
+    moe_group *g;
+    int n;
+    int64_t *splits; /* [2][N]: forward send splits, forward receive splits */
+} a2a_ctx;
+
+static void a2a_ctx_free(void *p)
+{
+    a2a_ctx *c = p;
+    moe_group_release(c->g);
+    free(c->splits);
+    free(c);
+}
+
+static moe_status all_to_all_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    a2a_ctx *c = n->ctx;
+    /* the reverse exchange: send back what was received */
+    return all_to_all_impl(&gin[0], NULL, g, c->splits + c->n, c->g);
+}
+
+moe_status moe_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
+                          const int64_t *send_splits, moe_group *g)
+{
+    *out = NULL;
+    int n = moe_group_size(g);
+    int64_t *splits = malloc(sizeof(int64_t) * 2 * (size_t)n);
+    if (!splits) {
+        moe_status st = moe_fail(MOE_ERR_NOMEM, "all_to_all", "out of memory");
+        if (g) enter(g, MOE_COLL_ALL_TO_ALL, 0, MOE_F32, 0, st, false);
+        return st;
+    }
+    moe_status st = all_to_all_impl(out, splits + n, t, send_splits, g);
+    if (st == MOE_OK && recv_splits) memcpy(recv_splits, splits + n, sizeof(int64_t) * (size_t)n);
+    if (st != MOE_OK || !moe_tensor_needs_grad(t)) {
+        free(splits);
+        return st;
+    }
+    for (int q = 0; q < n; q++)
+        splits[q] = send_splits ? send_splits[q] : t->shape[0] / n;
+    a2a_ctx *c = malloc(sizeof *c);
+    if (!c) {
+        free(splits);
+        moe_tensor_release(*out);
+        *out = NULL;
+        return moe_fail(MOE_ERR_NOMEM, "all_to_all", "out of memory");
+    }
+    c->g = moe_group_retain(g);
+    c->n = n;
+    c->splits = splits;
+    st = moe_autograd_record(*out, "all_to_all", all_to_all_backward, 1, &t, 0, NULL, c, a2a_ctx_free);
+    if (st != MOE_OK) {
+        moe_tensor_release(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
+/* ---- broadcast ------------------------------------------------------------------------------------ */
+
+static moe_status broadcast_impl(moe_tensor *t, int root, moe_group *g, bool inplace_check)
+{
+    const char *opn = "broadcast";
+    moe_status st = check_tensor(opn, t);
+    if (st == MOE_OK && inplace_check) st = check_inplace(opn, t);
+    if (st == MOE_OK && (root < 0 || root >= moe_group_size(g)))
+        st = moe_fail(MOE_ERR_ARG, opn, "root %d is not a rank of the group (size %d)", root, moe_group_size(g));
+    if (!g) return st;
+    MOE_TRY(enter(g, MOE_COLL_BROADCAST, st == MOE_OK ? moe_tensor_numel(t) : 0,
+                  st == MOE_OK ? t->dtype : MOE_F32, root, st, t && exec_group(g, t) != g));
+    moe_group *eg = exec_group(g, t);
+    moe_device dev;
+    moe_dtype dt;
+    exec_layout(eg, t, false, &dev, &dt);
+    moe_tensor *w = NULL;
+    st = stage(&w, t, dev, dt);
+    if (st == MOE_OK) st = eg->ops->broadcast(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, root);
+    if (st == MOE_OK && g->rank != root) st = unstage(t, w);
+    moe_tensor_release(w);
+    return done(g, st);
+}
+
+moe_status moe_broadcast_(moe_tensor *t, int root, moe_group *g) { return broadcast_impl(t, root, g, true); }
+
+static moe_status broadcast_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    moe_group *grp = n->ctx;
+    moe_tensor *r = NULL;
+    MOE_TRY(all_reduce_copy(&r, g, MOE_REDUCE_SUM, grp));
+    if (moe_group_rank(grp) == n->iargs[0]) gin[0] = r;
+    else moe_tensor_release(r); /* zero gradient off the root */
+    return MOE_OK;
+}
+
+moe_status moe_broadcast(moe_tensor **out, moe_tensor *t, int root, moe_group *g)
+{
+    *out = NULL;
+    moe_tensor *r = NULL;
+    moe_status st = MOE_OK;
+    if (t) {
+        MOE_NO_GRAD_BEGIN;
+        st = moe_clone(&r, t);
+        MOE_NO_GRAD_END;
+    }
+    if (st != MOE_OK) {
+        if (g) enter(g, MOE_COLL_BROADCAST, 0, MOE_F32, root, st, false);
+        return st;
+    }
+    st = broadcast_impl(r, root, g, false);
+    if (st != MOE_OK) {
+        moe_tensor_release(r);
+        return st;
+    }
+    *out = r;
+    return finish_record(MOE_OK, out, "broadcast", broadcast_backward, t, g, root);
+}
+
+/* ---- point to point ---------------------------------------------------------------------------------- */
+
+static moe_status check_peer(const char *op, moe_group *g, int peer, int tag)
+{
+    if (peer < 0 || peer >= moe_group_size(g))
+        return moe_fail(MOE_ERR_ARG, op, "peer %d is not a rank of the group (size %d)", peer, moe_group_size(g));
+    if (peer == moe_group_rank(g))
+        return moe_fail(MOE_ERR_ARG, op, "rank %d cannot %s itself", peer, op);
+    if (tag < 0) return moe_fail(MOE_ERR_ARG, op, "tag %d is negative", tag);
+    return MOE_OK;
+}
+
+moe_status moe_send(moe_tensor *t, int dst, int tag, moe_group *g)
+{
+    MOE_TRY(check_tensor("send", t));
+    MOE_TRY(check_peer("send", g, dst, tag));
+    moe_group *eg = exec_group(g, t);
+    moe_device dev;
+    moe_dtype dt;
+    exec_layout(eg, t, false, &dev, &dt);
+    moe_tensor *w = NULL;
+    moe_status st = stage(&w, t, dev, dt);
+    if (st == MOE_OK) st = eg->ops->send(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, dst, tag);
+    moe_tensor_release(w);
+    return st;
+}
+
+moe_status moe_recv_(moe_tensor *t, int src, int tag, moe_group *g)
+{
+    MOE_TRY(check_tensor("recv", t));
+    MOE_TRY(check_inplace("recv", t));
+    MOE_TRY(check_peer("recv", g, src, tag));
+    moe_group *eg = exec_group(g, t);
+    moe_device dev;
+    moe_dtype dt;
+    exec_layout(eg, t, false, &dev, &dt);
+    moe_tensor *w = NULL;
+    moe_status st;
+    if (dev == t->device && moe_tensor_is_contiguous(t)) {
+        w = moe_tensor_retain(t);
+        st = MOE_OK;
+    } else {
+        st = moe_tensor_empty(&w, dt, dev, t->ndim, t->shape);
+    }
+    if (st == MOE_OK) st = eg->ops->recv(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, src, tag);
+    if (st == MOE_OK) st = unstage(t, w);
+    moe_tensor_release(w);
+    return st;
+}
+
+moe_status moe_barrier(moe_group *g)
+{
+    if (!g) return MOE_OK;
+    MOE_TRY(enter(g, MOE_COLL_BARRIER, 0, MOE_BOOL, 0, MOE_OK, false));
+    return done(g, g->ops->barrier(g));
+}
+
+/* ---- groups: split and subset ----------------------------------------------------------------------------- */
+
+moe_status moe_group_split(moe_group **out, moe_group *g, int color, int key)
+{
+    *out = NULL;
+    if (!g) return MOE_OK;
+    MOE_TRY(enter(g, MOE_COLL_SPLIT, 0, MOE_I32, 0, MOE_OK, false));
+    moe_status st = g->ops->split(out, g, color, key);
+    if (st == MOE_OK && *out) snprintf((*out)->name, sizeof (*out)->name, "%.16s/%d", g->name, color);
+    return done(g, st);
+}
+
+moe_status moe_group_subset(moe_group **out, moe_group *g, int n, const int *ranks)
+{
+    *out = NULL;
+    const char *opn = "group_subset";
+    int size = moe_group_size(g), me = moe_group_rank(g), pos = -1;
+    moe_status st = MOE_OK;
+    if (n < 1 || n > size || !ranks)
+        st = moe_fail(MOE_ERR_ARG, opn, "%d ranks requested from a group of %d", n, size);
+    for (int i = 0; i < n && st == MOE_OK; i++) {
+        if (ranks[i] < 0 || ranks[i] >= size)
+            st = moe_fail(MOE_ERR_ARG, opn, "rank %d is not in the group (size %d)", ranks[i], size);
+        for (int j = 0; j < i && st == MOE_OK; j++)
+            if (ranks[j] == ranks[i]) st = moe_fail(MOE_ERR_ARG, opn, "rank %d listed twice", ranks[i]);
+        if (ranks[i] == me) pos = i;
+    }
+    if (!g) return st;
+    MOE_TRY(enter(g, MOE_COLL_SPLIT, n, MOE_I32, 0, st, false));
+    st = g->ops->split(out, g, pos >= 0 ? 0 : -1, pos);
+    if (st == MOE_OK && *out) snprintf((*out)->name, sizeof (*out)->name, "%s", "subset");
+    return done(g, st);
+}
+
+moe_status moe_group_attach_nccl(moe_group *g, int device)
+{
+#ifdef MOELAB_HAVE_CUDA
+    if (!g) return moe_fail(MOE_ERR_ARG, "attach_nccl", "the trivial (NULL) group has no communicator");
+    if (g->nccl) return MOE_OK;
+    return moe_nccl_group_new(&g->nccl, g, device);
+#else
+    (void)g;
+    (void)device;
+    return moe_fail(MOE_ERR_UNSUPPORTED, "attach_nccl", "this build has no CUDA/NCCL backend "
+                    "(configure --with-cuda on a machine with the CUDA toolkit)");
+#endif
+}
+
+/* ---- asynchronous collectives ---------------------------------------------------------------------------- */
+
+static moe_status work_new(moe_work **out, moe_group *g)
+{
+    *out = calloc(1, sizeof **out);
+    if (!*out) return moe_fail(MOE_ERR_NOMEM, "collective", "out of memory for a work handle");
+    (*out)->g = moe_group_retain(g);
+    return MOE_OK;
+}
+
+static void work_free(moe_work *w)
+{
+    for (int i = 0; i < 4; i++) moe_tensor_release(w->keep[i]);
+    moe_tensor_release(w->copy_back);
+    moe_group_release(w->g);
+    free(w->message);
+    free(w);
+}
+
+/* Wrap an eagerly run collective's result in a completed handle. */
+static moe_status work_eager(moe_work **work, moe_group *g, moe_status st)
+{
+    *work = NULL;
+    moe_status ws = work_new(work, g);
+    if (ws != MOE_OK) return ws;
+    (*work)->status = st;
+    if (st != MOE_OK) (*work)->message = strdup(moe_last_error());
+    return MOE_OK;
+}
+
+moe_status moe_work_wait(moe_work *w)
+{
+    if (!w) return MOE_OK;
+    moe_status st = w->status;
+    if (st == MOE_OK) {
+        if (w->finish) st = w->finish(w);
+        w->finish = NULL;
+        if (st == MOE_OK && w->avg_divisor > 1)
+            divide_in_place(moe_tensor_data(w->keep[0]), moe_tensor_numel(w->keep[0]), w->keep[0]->dtype,
+                            w->avg_divisor);
+        if (st == MOE_OK && w->copy_back) st = unstage(w->copy_back, w->keep[0]);
+        if (st != MOE_OK) moe_comm_poison(w->g, st);
+    } else if (st != MOE_OK) {
+        moe_fail(st, "wait", "%s", w->message ? w->message : moe_status_name(st));
+    }
+    work_free(w);
+    return st;
+}
+
+bool moe_work_done(moe_work *w)
+{
+    if (!w || !w->finish) return true;
+    return w->test ? w->test(w) : false;
+}
+
+moe_status moe_all_reduce_async_(moe_work **work, moe_tensor *t, moe_reduce_op op, moe_group *g)
+{
+    *work = NULL;
+    if (g && g->ops->all_reduce_start && t && t->device == MOE_CPU && t->dtype != MOE_BF16 &&
+        check_reduce("all_reduce", t, op) == MOE_OK && check_inplace("all_reduce", t) == MOE_OK) {
+        moe_status st = enter(g, MOE_COLL_ALL_REDUCE, moe_tensor_numel(t), t->dtype, op, MOE_OK, false);
+        if (st != MOE_OK) return st;
+        moe_tensor *w = NULL;
+        MOE_TRY(stage(&w, t, MOE_CPU, t->dtype));
+        moe_work *wk;
+        st = work_new(&wk, g);
+        if (st != MOE_OK) {
+            moe_tensor_release(w);
+            return done(g, st);
+        }
+        wk->keep[0] = w;
+        if (w != t) wk->copy_back = moe_tensor_retain(t);
+        st = g->ops->all_reduce_start(wk, g, moe_tensor_data(w), moe_tensor_numel(w), t->dtype, op);
+        if (st != MOE_OK) {
+            work_free(wk);
+            return done(g, st);
+        }
+        *work = wk;
+        return MOE_OK;
+    }
+    return work_eager(work, g, moe_all_reduce_(t, op, g));
+}
+
+moe_status moe_all_gather_async(moe_work **work, moe_tensor **out, moe_tensor *t, moe_group *g)
+{
+    MOE_NO_GRAD_BEGIN;
+    moe_status st = all_gather_impl(out, t, g);
+    MOE_NO_GRAD_END;
+    return work_eager(work, g, st);
+}
+
+moe_status moe_reduce_scatter_async(moe_work **work, moe_tensor **out, moe_tensor *t, moe_reduce_op op,
+                                    moe_group *g)
+{
+    MOE_NO_GRAD_BEGIN;
+    moe_status st = reduce_scatter_impl(out, t, op, g);
+    MOE_NO_GRAD_END;
+    return work_eager(work, g, st);
+}
+
+moe_status moe_all_to_all_async(moe_work **work, moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
+                                const int64_t *send_splits, moe_group *g)
+{
+    MOE_NO_GRAD_BEGIN;
+    moe_status st = all_to_all_impl(out, recv_splits, t, send_splits, g);
+    MOE_NO_GRAD_END;
+    return work_eager(work, g, st);
+}
+
+moe_status moe_broadcast_async_(moe_work **work, moe_tensor *t, int root, moe_group *g)
+{
+    return work_eager(work, g, moe_broadcast_(t, root, g));
+}
+
+/* ---- launch environment -------------------------------------------------------------------------------------- */
+
+static bool env_int(const char *name, int *out)
+{
+    const char *v = getenv(name);
+    if (!v || !*v) return false;
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (*end || x < 0 || x > 1 << 24) return false;
+    *out = (int)x;
+    return true;
+}
+
+bool moe_mpi_launched(void)
+{
+    int x;
+    return env_int("OMPI_COMM_WORLD_SIZE", &x) || env_int("PMI_SIZE", &x) || env_int("PMIX_RANK", &x) ||
+           env_int("PMI_RANK", &x);
+}
+
+void moe_launch_env(int *rank, int *size)
+{
+    int r = 0, s = 1;
+    if (env_int("OMPI_COMM_WORLD_SIZE", &s)) env_int("OMPI_COMM_WORLD_RANK", &r);
+    else if (env_int("PMI_SIZE", &s)) env_int("PMI_RANK", &r);
+    else if (env_int("WORLD_SIZE", &s)) env_int("RANK", &r);
+    if (s < 1) s = 1;
+    if (rank) *rank = r;
+    if (size) *size = s;
+}
+
+#ifndef MOELAB_HAVE_MPI
+moe_status moe_mpi_world(moe_group **out)
+{
+    *out = NULL;
+    return moe_fail(MOE_ERR_UNSUPPORTED, "mpi_world", "this build has no MPI backend "
+                    "(install libopenmpi-dev and re-run configure)");
+}
+
+moe_status moe_mpi_finalize(void) { return MOE_OK; }
+#endif
