@@ -1,2 +1,40 @@
-## scheme/program.mk — the moelab program, embedding example, REPL tests.
-## (placeholder)
+## scheme/program.mk — the moelab program (REPL, batch runs, REPL server), the
+## embedding example and their tests. Included from the top-level Makefile.am
+## after scheme/local.mk (whose module directories and .scm.go rule it uses);
+## paths are relative to the top directory.
+
+## ---- the program ---------------------------------------------------------------
+bin_PROGRAMS += moelab
+moelab_SOURCES = scheme/main.c
+# The installed program finds its modules where `make install` puts them even
+# when Guile's default load path does not include those directories.
+moelab_CPPFLAGS = $(AM_CPPFLAGS) -I$(srcdir)/scheme/bindings $(GUILE_CFLAGS) \
+	-DMOELAB_SCHEME_DIR='"$(guilemoduledir)"' \
+	-DMOELAB_CCACHE_DIR='"$(guileobjectdir)"'
+moelab_LDADD = libguile-moelab.la libmoelab.la $(GUILE_LIBS)
+
+# (moelab repl): command line, REPL set-up, meta-commands. Installed and
+# compiled with the other (moelab …) modules (scheme/local.mk).
+dist_guilesub_DATA += scheme/moelab/repl.scm
+nodist_guilesubgo_DATA += scheme/moelab/repl.go
+scheme/moelab/repl.go: scheme/moelab.go scheme/moelab/config.go
+
+## ---- embedding example -----------------------------------------------------------
+check_PROGRAMS += examples/embed
+examples_embed_SOURCES = examples/embed.c
+examples_embed_CPPFLAGS = $(AM_CPPFLAGS) -I$(srcdir)/scheme/bindings $(GUILE_CFLAGS)
+examples_embed_LDADD = libguile-moelab.la libmoelab.la $(GUILE_LIBS)
+
+## ---- tests -------------------------------------------------------------------------
+# Shell scripts, run from the top build directory; they run the program
+# through pre-inst-env.
+PROGRAM_TESTS = \
+	tests/scheme/program-test.sh \
+	tests/scheme/repl-test.sh \
+	tests/scheme/embed-test.sh \
+	tests/scheme/run-examples.sh
+TESTS += $(PROGRAM_TESTS)
+TEST_EXTENSIONS += .sh
+SH_LOG_COMPILER = $(SHELL)
+AM_SH_LOG_FLAGS =
+EXTRA_DIST += $(PROGRAM_TESTS)

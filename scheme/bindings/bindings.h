@@ -1,0 +1,97 @@
+/* bindings.h — shared by the files of libguile-moelab; not installed.
+ *
+ * The pieces:
+ *   tensor-type.c   the <tensor> foreign object: wrap, unwrap, finalizer, printing
+ *   convert.c       Scheme arguments → C (dtypes, devices, shapes, dims, numbers)
+ *   error.c         C statuses → moelab-error; Scheme errors inside callbacks → statuses
+ *   tensor-func.c   creation, element access, conversion to lists and SRFI-4 vectors
+ *   ops-func.c      every op of core/ops.h and the views of core/tensor.h
+ *   autograd-func.c backward, grads, grad mode, hooks, custom functions
+ *   gc-roots.c      keeps the collector from scanning the big numeric libraries
+ *   init.c          scm_init_moelab: the (moelab primitives) module
+ *
+ * Every primitive is a %-prefixed snarfed SCM_DEFINE; the documented public
+ * procedures wrapping them live in the scheme/moelab/ modules. */
+#ifndef MOELAB_GUILE_BINDINGS_H
+#define MOELAB_GUILE_BINDINGS_H
+
+#include <libguile.h>
+
+#include "moelab-guile.h"
+#include "moelab.h"
+
+/* Exported from the shared library (everything else is hidden). */
+#define MOELAB_API __attribute__((visibility("default")))
+
+/* ---- tensor-type.c ------------------------------------------------------- */
+void moelab_init_tensor_type(void);
+/* The <tensor> class. */
+SCM moelab_tensor_class(void);
+/* True when OBJ is a <tensor> (freed or not). */
+bool moelab_is_tensor(SCM obj);
+/* Wrap T, taking over the caller's reference. */
+SCM moelab_wrap(moe_tensor *t);
+/* The live tensor in OBJ (borrowed): wrong-type-arg when OBJ is not a tensor
+ * (position POS of SUBR), moelab-error when it has been freed. Callers keep
+ * OBJ reachable (scm_remember_upto_here) while they use the pointer. */
+moe_tensor *moelab_unwrap(SCM obj, int pos, const char *subr);
+/* Like moelab_unwrap, but #f gives NULL. */
+moe_tensor *moelab_unwrap_opt(SCM obj, int pos, const char *subr);
+/* Release device tensors queued by finalizers (run on a Guile thread). */
+void moelab_drain_release_queue(void);
+void moelab_init_tensor_type_functions(void);
+
+/* ---- convert.c ------------------------------------------------------------- */
+moe_dtype moelab_to_dtype(SCM sym, int pos, const char *subr);
+SCM moelab_from_dtype(moe_dtype d);
+moe_device moelab_to_device(SCM sym, int pos, const char *subr);
+SCM moelab_from_device(moe_device d);
+/* A shape: a list of non-negative exact integers (or one integer: 1-D).
+ * Returns the number of dims; fills SHAPE (MOE_MAX_DIMS slots). */
+int moelab_to_shape(SCM obj, int64_t *shape, int pos, const char *subr);
+/* Like moelab_to_shape, but -1 is allowed (reshape/view/expand). */
+int moelab_to_shape_infer(SCM obj, int64_t *shape, int pos, const char *subr);
+SCM moelab_from_dims(int ndim, const int64_t *dims);
+/* Dims: #f (none: returns 0), an integer, or a list of integers. */
+int moelab_to_dims(SCM obj, int *dims, int pos, const char *subr);
+int moelab_to_int(SCM obj, int pos, const char *subr);
+int64_t moelab_to_int64(SCM obj, int pos, const char *subr);
+/* Any real number (exact or inexact). */
+double moelab_to_double(SCM obj, int pos, const char *subr);
+/* A real number or #f (→ FALLBACK). */
+double moelab_to_double_or(SCM obj, double fallback, int pos, const char *subr);
+/* A Scheme value for element value V of dtype D: inexact real for floats,
+ * exact integer for i32/i64, boolean for bool. */
+SCM moelab_from_element(moe_dtype d, double v);
+
+/* ---- error.c ----------------------------------------------------------------- */
+void moelab_init_error(void);
+/* Raise moelab-error for the last C error, naming SUBR (the Scheme procedure). */
+SCM_NORETURN void moelab_throw_last(const char *subr);
+/* Raise moelab-error with a message of our own. */
+SCM_NORETURN void moelab_throw(const char *subr, moe_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Check a status: raise moelab-error unless MOE_OK. */
+#define MOELAB_CHECK(subr, expr)                                               \
+    do {                                                                       \
+        if ((expr) != MOE_OK) moelab_throw_last(subr);                         \
+    } while (0)
+
+/* Calling Scheme from inside libmoelab (callbacks): no non-local exit may
+ * cross the C frames, so the call runs under a catch-all. On success *RESULT
+ * is the value and MOE_OK is returned; on a Scheme error the error is recorded
+ * with moe_fail(MOE_ERR_STATE, OP, "WHAT: <printed Scheme error>") and, when
+ * KEY/ARGS are non-NULL, the thrown key and arguments are stored there.
+ * Works from any thread (enters Guile mode when needed). */
+moe_status moelab_call_safely(SCM proc, SCM args, SCM *result, const char *op, const char *what,
+                              SCM *key, SCM *throw_args);
+
+/* ---- gc-roots.c -------------------------------------------------------------- */
+void moelab_init_gc_roots(void);
+
+/* ---- per-file primitive registration (init.c calls them) ------------------ */
+void moelab_init_tensor_func(void);
+void moelab_init_ops_func(void);
+void moelab_init_autograd_func(void);
+
+#endif

@@ -1,0 +1,27 @@
+/* init.c — scm_init_moelab: every primitive, once, in (moelab primitives).
+ *
+ * The primitives always go to that module, whichever module is current when
+ * scm_init_moelab runs (load-extension from scheme/moelab/primitives.scm, or
+ * a program calling it directly before loading (moelab)); they are all
+ * exported. The documented public procedures are in (moelab). */
+#include "bindings.h"
+
+static void define_primitives(void *data)
+{
+    (void)data;
+    moelab_init_gc_roots();
+    moelab_init_error();
+    moelab_init_tensor_type();
+    moelab_init_tensor_type_functions();
+    moelab_init_tensor_func();
+    moelab_init_ops_func();
+    moelab_init_autograd_func();
+    scm_call_1(scm_c_public_ref("guile", "module-export-all!"), scm_current_module());
+}
+
+MOELAB_API void scm_init_moelab(void)
+{
+    static int done;
+    if (__atomic_exchange_n(&done, 1, __ATOMIC_ACQ_REL)) return;
+    scm_c_define_module("moelab primitives", define_primitives, NULL);
+}
