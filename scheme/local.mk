@@ -9,6 +9,7 @@ libguile_moelab_la_SOURCES = \
 	scheme/bindings/convert.c scheme/bindings/error.c \
 	scheme/bindings/tensor-type.c scheme/bindings/tensor-func.c \
 	scheme/bindings/ops-func.c scheme/bindings/autograd-func.c \
+	scheme/bindings/dist-func.c \
 	scheme/bindings/gc-roots.c scheme/bindings/init.c
 libguile_moelab_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(builddir)/scheme/bindings $(GUILE_CFLAGS)
 libguile_moelab_la_CFLAGS = $(AM_CFLAGS) -fvisibility=hidden
@@ -20,7 +21,8 @@ moelabinclude_HEADERS += scheme/bindings/moelab-guile.h
 # primitives into a .x file (in the build tree) that the file includes.
 moelab_snarf_x = \
 	scheme/bindings/tensor-type.x scheme/bindings/tensor-func.x \
-	scheme/bindings/ops-func.x scheme/bindings/autograd-func.x
+	scheme/bindings/ops-func.x scheme/bindings/autograd-func.x \
+	scheme/bindings/dist-func.x
 BUILT_SOURCES += $(moelab_snarf_x)
 CLEANFILES += $(moelab_snarf_x)
 $(libguile_moelab_la_OBJECTS): $(moelab_snarf_x)
@@ -38,7 +40,8 @@ guileobjectdir = $(GUILE_SITE_CCACHE_DIR)
 moelab_top_scm = scheme/moelab.scm
 moelab_sub_scm = \
 	scheme/moelab/primitives.scm scheme/moelab/tensor.scm \
-	scheme/moelab/ops.scm scheme/moelab/autograd.scm
+	scheme/moelab/ops.scm scheme/moelab/autograd.scm \
+	scheme/moelab/dist.scm
 moelab_gen_scm = scheme/moelab/config.scm
 
 guiletopdir = $(guilemoduledir)
@@ -81,8 +84,9 @@ scheme/moelab/primitives.go: scheme/moelab/config.go libguile-moelab.la
 scheme/moelab/tensor.go: scheme/moelab/primitives.go
 scheme/moelab/ops.go: scheme/moelab/tensor.go
 scheme/moelab/autograd.go: scheme/moelab/tensor.go
+scheme/moelab/dist.go: scheme/moelab/tensor.go
 scheme/moelab.go: scheme/moelab/tensor.go scheme/moelab/ops.go scheme/moelab/autograd.go \
-	scheme/moelab/config.go
+	scheme/moelab/dist.go scheme/moelab/config.go
 
 # Installed .go files must be newer than the installed .scm files, or Guile
 # ignores them: install the sources first. (Named through variables so that
@@ -95,7 +99,8 @@ $(moelab_install_sub_go): install-dist_guilesubDATA install-nodist_guilesubDATA
 ## ---- SRFI-64 tests (automake parallel test driver, one .log/.trs per file) -----
 SCHEME_TESTS = \
 	tests/scheme/tensor.scm tests/scheme/ops.scm tests/scheme/autograd.scm \
-	tests/scheme/errors.scm tests/scheme/printing.scm tests/scheme/docs.scm
+	tests/scheme/errors.scm tests/scheme/printing.scm tests/scheme/docs.scm \
+	tests/scheme/dist.scm
 TESTS += $(SCHEME_TESTS)
 TEST_EXTENSIONS = .scm
 SCM_LOG_COMPILER = $(top_builddir)/tests/scheme/run-test
@@ -103,4 +108,9 @@ AM_SCM_LOG_FLAGS =
 EXTRA_DIST += $(SCHEME_TESTS) tests/scheme/common.scm
 
 ## ---- examples written in Scheme (tests/scheme/run-examples.sh runs them all) ---------
-EXTRA_DIST += examples/two-layer.scm
+EXTRA_DIST += examples/two-layer.scm examples/collectives.scm
+
+## ---- with-ranks under mpirun -np 2 and -np 4 (exit 77 without MPI) -------------
+## (a .sh test: run by SH_LOG_COMPILER from scheme/program.mk)
+TESTS += tests/scheme/dist-mpi.sh
+EXTRA_DIST += tests/scheme/dist-mpi.sh

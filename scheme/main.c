@@ -15,6 +15,7 @@
 #include <libguile.h>
 #include <omp.h>
 
+#include "dist/comm.h"
 #include "moelab-guile.h"
 
 /* Where `make install` puts the Scheme modules and their compiled .go files
@@ -101,6 +102,11 @@ static void inner_main(void *closure, int argc, char **argv)
     else if (scm_is_signed_integer(status, 0, 255))
         code = scm_to_int(status);
     scm_flush_all_ports();
+    /* Under mpirun, with-ranks initialised MPI: finalize after a clean run.
+     * After an error, exit without it: a peer may be blocked in a collective
+     * (MPI cannot interrupt it), and a process that ends without finalizing
+     * makes mpirun stop the whole job instead of waiting forever. */
+    if (code == 0) moe_mpi_finalize();
     exit(code);
 }
 

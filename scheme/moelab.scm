@@ -5,6 +5,7 @@
 ;;;   (moelab ops)       every op (t+ matmul softmax cross-entropy topk …)
 ;;;   (moelab autograd)  backward!, tensor-grad, no-grad, hooks,
 ;;;                      define-autograd-function
+;;;   (moelab dist)      with-ranks, process groups, the mesh, collectives
 ;;;   (moelab config)    %moelab-version and build facts
 ;;;
 ;;; @example
@@ -32,4 +33,4 @@
               (hashq-set! (module-replacements public) name #t))
             (module-add! public name var))
           iface)))
-     '((moelab tensor) (moelab ops) (moelab autograd) (moelab config)))))
+     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab config)))))

@@ -1,1 +1,25 @@
 ## core/moe/local.mk — routers, aux losses, metrics (issue 4): sources and tests.
+## Headers install under $(includedir)/moelab/moe and are included as "moe/router.h".
+libmoelab_la_SOURCES += \
+	core/moe/router.c core/moe/config.c core/moe/select.c core/moe/sinkhorn.c \
+	core/moe/capacity.c core/moe/aux_loss.c core/moe/metrics.c core/moe/moe_internal.h
+moelabmoedir = $(includedir)/moelab/moe
+moelabmoe_HEADERS = core/moe/router.h core/moe/aux_loss.h core/moe/metrics.h
+
+## ---- tests ------------------------------------------------------------------
+MOE_ROUTER_TESTS = tests/unit/check_router tests/unit/check_aux_loss tests/unit/check_router_refs
+check_PROGRAMS += $(MOE_ROUTER_TESTS)
+TESTS += $(MOE_ROUTER_TESTS)
+tests_unit_check_router_SOURCES = tests/unit/check_router.c tests/unit/testutil.h
+tests_unit_check_aux_loss_SOURCES = tests/unit/check_aux_loss.c tests/unit/testutil.h
+tests_unit_check_router_refs_SOURCES = tests/unit/check_router_refs.c tests/unit/testutil.h
+tests_unit_check_router_refs_CPPFLAGS = $(AM_CPPFLAGS) -DMOE_REFS_FILE='"$(abs_srcdir)/tests/reference/router_refs.txt"'
+EXTRA_DIST += tests/reference/router_refs.txt tests/reference/gen_router_refs.py
+
+## ---- benchmark: router forward+backward next to the gate matmul ------------------
+noinst_PROGRAMS += tests/bench/bench-router
+tests_bench_bench_router_SOURCES = tests/bench/bench-router.c
+tests_bench_bench_router_LDADD = libmoelab.la $(BLAS_LIBS) -lm
+bench-router: tests/bench/bench-router
+	./tests/bench/bench-router
+.PHONY: bench-router

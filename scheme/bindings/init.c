@@ -6,6 +6,8 @@
  * exported. The documented public procedures are in (moelab). */
 #include "bindings.h"
 
+void moelab_init_dist_func(void); /* dist-func.c */
+
 static void define_primitives(void *data)
 {
     (void)data;
@@ -16,6 +18,7 @@ static void define_primitives(void *data)
     moelab_init_tensor_func();
     moelab_init_ops_func();
     moelab_init_autograd_func();
+    moelab_init_dist_func();
     scm_call_1(scm_c_public_ref("guile", "module-export-all!"), scm_current_module());
 }
 

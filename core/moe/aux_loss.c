@@ -1,0 +1,1121 @@
+/* aux_loss.c — load-balancing losses, z-loss, balance tracker and balance
+ * statistics (see aux_loss.h for the maths of every variant).
+ *
+ * Dimension letters: T tokens, E experts, K top-k, N scopes (the micro-batch,
+ * or one per sequence/document).
+ *
+ * Every balance variant is linear in the loss scores once the counts are
+ * known:  L = Σ_n Σ_i A[n][i]·P[n][i],  P[n][i] = Σ_{valid t in scope n} p_{t,i},
+ * with A built from counts and token totals (constants for autograd). So one
+ * forward computes the per-scope sums, reduces the counts over the groups,
+ * builds A, and the value is Σ A·P; the backward is, per token,
+ * dL/dz_t = g · J_p(z_t)ᵀ A[scope(t)]. One node can carry several terms (the
+ * router's inject mode: one backward pass for every variant and the z-loss). */
+#include <assert.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe_internal.h"
+
+/* ---- names ------------------------------------------------------------------------ */
+
+static const char *const score_names[] = {"softmax", "sigmoid"};
+static_assert(sizeof score_names / sizeof *score_names == MOE_SCORE_FN_COUNT, "score names");
+static const char *const aux_names[] = {"micro-batch",      "sequence",      "global-batch",
+                                        "olmo-local-batch", "olmo-instance", "megablocks",
+                                        "z"};
+static_assert(sizeof aux_names / sizeof *aux_names == MOE_AUX_KIND_COUNT, "aux names");
+
+const char *moe_score_fn_name(moe_score_fn f)
+{
+    return (unsigned)f < MOE_SCORE_FN_COUNT ? score_names[f] : "?";
+}
+
+bool moe_score_fn_parse(const char *name, moe_score_fn *out)
+{
+    for (int i = 0; i < MOE_SCORE_FN_COUNT; i++)
+        if (name && strcmp(name, score_names[i]) == 0) {
+            *out = (moe_score_fn)i;
+            return true;
+        }
+    return false;
+}
+
+const char *moe_aux_kind_name(moe_aux_kind k)
+{
+    return (unsigned)k < MOE_AUX_KIND_COUNT ? aux_names[k] : "?";
+}
+
+bool moe_aux_kind_parse(const char *name, moe_aux_kind *out)
+{
+    for (int i = 0; i < MOE_AUX_KIND_COUNT; i++)
+        if (name && strcmp(name, aux_names[i]) == 0) {
+            *out = (moe_aux_kind)i;
+            return true;
+        }
+    return false;
+}
+
+bool moe_aux_kind_is_sequence(moe_aux_kind k)
+{
+    return k == MOE_AUX_SEQUENCE || k == MOE_AUX_OLMO_INSTANCE;
+}
+
+void moe_aux_options_default(moe_aux_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->top_k = 1;
+    o->score = MOE_SCORE_SOFTMAX;
+    o->sigmoid_eps = 1e-20;
+    o->num_layers = 1;
+    o->k_in_f = true;
+}
+
+/* ---- scopes ------------------------------------------------------------------------ */
+
+moe_status moe_scopes_single(moe_scopes *sc, int64_t T)
+{
+    sc->n = 1;
+    sc->bounds = malloc(2 * sizeof(int64_t));
+    if (!sc->bounds) return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory");
+    sc->bounds[0] = 0;
+    sc->bounds[1] = T;
+    return MOE_OK;
+}
+
+moe_status moe_scopes_sequences(moe_scopes *sc, const char *op, int64_t B, int64_t S,
+                                moe_tensor *doc_bounds)
+{
+    int64_t T = B * S;
+    sc->n = 0;
+    sc->bounds = NULL;
+    if (!doc_bounds) {
+        sc->bounds = malloc(sizeof(int64_t) * (size_t)(B + 1));
+        if (!sc->bounds) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        for (int64_t b = 0; b <= B; b++) sc->bounds[b] = b * S;
+        sc->n = B;
+        return MOE_OK;
+    }
+    if (doc_bounds->ndim != 1 || doc_bounds->shape[0] < 2 ||
+        (doc_bounds->dtype != MOE_I64 && doc_bounds->dtype != MOE_I32))
+        return moe_fail(MOE_ERR_SHAPE, op,
+                        "document bounds must be an i64 vector [N+1] of starts 0 … T, got %s %s",
+                        moe_dtype_name(doc_bounds->dtype), moe_shape_str(doc_bounds));
+    int64_t n1 = doc_bounds->shape[0];
+    double *v = malloc(sizeof(double) * (size_t)n1);
+    sc->bounds = malloc(sizeof(int64_t) * (size_t)n1);
+    if (!v || !sc->bounds) {
+        free(v);
+        moe_scopes_free(sc);
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    }
+    moe_status st = moe_tensor_to_doubles(doc_bounds, v);
+    for (int64_t i = 0; st == MOE_OK && i < n1; i++) {
+        sc->bounds[i] = (int64_t)v[i];
+        if ((i == 0 && v[0] != 0) || (i == n1 - 1 && v[i] != (double)T) ||
+            (i > 0 && v[i] <= v[i - 1]))
+            st = moe_fail(MOE_ERR_VALUE, op,
+                          "document bounds must rise strictly from 0 to T = %lld; entry %lld is %lld",
+                          (long long)T, (long long)i, (long long)v[i]);
+    }
+    free(v);
+    if (st != MOE_OK) {
+        moe_scopes_free(sc);
+        return st;
+    }
+    sc->n = n1 - 1;
+    return MOE_OK;
+}
+
+void moe_scopes_free(moe_scopes *sc)
+{
+    free(sc->bounds);
+    sc->bounds = NULL;
+    sc->n = 0;
+}
+
+/* Scope of token T (bounds sorted). */
+static int64_t scope_of(const int64_t *bounds, int64_t n, int64_t t)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int64_t mid = (lo + hi + 1) / 2;
+        if (bounds[mid] <= t) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* ---- per-scope statistics ---------------------------------------------------------- */
+
+void moe_scope_stats_free(moe_scope_stats *st)
+{
+    free(st->P);
+    free(st->C);
+    free(st->Tn);
+    st->P = st->C = st->Tn = NULL;
+}
+
+moe_status moe_scope_stats_compute(moe_scope_stats *st, const moe_scopes *sc, const void *s,
+                                   moe_dtype dt, const double *rowsum, moe_score_fn score,
+                                   double eps, const uint8_t *valid, const int64_t *count_ids,
+                                   int64_t T, int64_t E, int64_t K)
+{
+    int64_t N = sc->n;
+    st->n = N;
+    st->E = E;
+    st->P = calloc(MOE_NZ(N * E), sizeof(double));
+    st->C = calloc(MOE_NZ(N * E), sizeof(double));
+    st->Tn = calloc(MOE_NZ(N), sizeof(double));
+    /* chunks: fixed MOE_RCHUNK-token pieces of each scope, reduced in order */
+    int64_t nch = 0;
+    for (int64_t n = 0; n < N; n++)
+        nch += (sc->bounds[n + 1] - sc->bounds[n] + MOE_RCHUNK - 1) / MOE_RCHUNK;
+    int64_t *ch_lo = malloc(sizeof(int64_t) * MOE_NZ(nch));
+    int64_t *ch_scope = malloc(sizeof(int64_t) * MOE_NZ(nch));
+    double *part = malloc(sizeof(double) * MOE_NZ(nch * (E + 1)));
+    if (!st->P || !st->C || !st->Tn || !ch_lo || !ch_scope || !part) {
+        free(ch_lo), free(ch_scope), free(part);
+        moe_scope_stats_free(st);
+        return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory for loss statistics");
+    }
+    for (int64_t n = 0, c = 0; n < N; n++)
+        for (int64_t lo = sc->bounds[n]; lo < sc->bounds[n + 1]; lo += MOE_RCHUNK) {
+            ch_lo[c] = lo;
+            ch_scope[c++] = n;
+        }
+#pragma omp parallel for if (T * E > 32768) schedule(static)
+    for (int64_t c = 0; c < nch; c++) {
+        double *pc = part + c * (E + 1);
+        for (int64_t j = 0; j <= E; j++) pc[j] = 0;
+        int64_t hi = ch_lo[c] + MOE_RCHUNK, end = sc->bounds[ch_scope[c] + 1];
+        if (hi > end) hi = end;
+        for (int64_t t = ch_lo[c]; t < hi; t++) {
+            if (valid && !valid[t]) continue;
+            double inv = 1.0;
+            if (score == MOE_SCORE_SIGMOID) {
+                double rs = 0;
+                if (rowsum) rs = rowsum[t];
+                else
+                    for (int64_t j = 0; j < E; j++) rs += moe_ld(s, dt, t * E + j);
+                inv = 1.0 / (rs + eps);
+            }
+            for (int64_t j = 0; j < E; j++) pc[j] += moe_ld(s, dt, t * E + j) * inv;
+            pc[E] += 1;
+        }
+    }
+    for (int64_t c = 0; c < nch; c++) {
+        double *dst = st->P + ch_scope[c] * E, *pc = part + c * (E + 1);
+        for (int64_t j = 0; j < E; j++) dst[j] += pc[j];
+        st->Tn[ch_scope[c]] += pc[E];
+    }
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t t = sc->bounds[n]; t < sc->bounds[n + 1]; t++) {
+            if (valid && !valid[t]) continue;
+            for (int64_t k = 0; k < K; k++) st->C[n * E + count_ids[t * K + k]] += 1;
+        }
+    free(ch_lo), free(ch_scope), free(part);
+    return MOE_OK;
+}
+
+/* Sum BUF [n] over each group in turn (in place). */
+static moe_status reduce_doubles(double *buf, int64_t n, int n_groups, moe_group *const *groups)
+{
+    for (int g = 0; g < n_groups; g++) {
+        if (moe_group_size(groups[g]) <= 1) continue;
+        moe_tensor *t;
+        MOE_TRY(moe_tensor_from_data(&t, MOE_F64, MOE_CPU, 1, &n, buf));
+        moe_status st = moe_all_reduce_(t, MOE_REDUCE_SUM, groups[g]);
+        if (st == MOE_OK) memcpy(buf, moe_tensor_data(t), sizeof(double) * (size_t)n);
+        moe_tensor_release(t);
+        MOE_TRY(st);
+    }
+    return MOE_OK;
+}
+
+moe_status moe_scope_stats_reduce(moe_scope_stats *st, int n_groups, moe_group *const *groups)
+{
+    bool any = false;
+    for (int g = 0; g < n_groups; g++) any |= moe_group_size(groups[g]) > 1;
+    if (!any) return MOE_OK;
+    int64_t N = st->n, E = st->E, len = N * (E + 1);
+    double *buf = malloc(sizeof(double) * MOE_NZ(len)); /* [N (E+1)] */
+    if (!buf) return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory");
+    for (int64_t n = 0; n < N; n++) {
+        memcpy(buf + n * (E + 1), st->C + n * E, sizeof(double) * (size_t)E);
+        buf[n * (E + 1) + E] = st->Tn[n];
+    }
+    moe_status s = reduce_doubles(buf, len, n_groups, groups);
+    if (s == MOE_OK)
+        for (int64_t n = 0; n < N; n++) {
+            memcpy(st->C + n * E, buf + n * (E + 1), sizeof(double) * (size_t)E);
+            st->Tn[n] = buf[n * (E + 1) + E];
+        }
+    free(buf);
+    return s;
+}
+
+/* ---- terms ------------------------------------------------------------------------- */
+
+void moe_aux_term_plan_free(moe_aux_term_plan *tp)
+{
+    free(tp->A);
+    free(tp->bounds);
+    tp->A = NULL;
+    tp->bounds = NULL;
+}
+
+moe_status moe_aux_term_build(moe_aux_term_plan *tp, moe_aux_kind kind, double coeff,
+                              const moe_scope_stats *stats, const moe_scopes *sc,
+                              const moe_aux_params *prm)
+{
+    int64_t N = stats->n, E = stats->E;
+    memset(tp, 0, sizeof *tp);
+    tp->kind = kind;
+    tp->coeff = coeff;
+    tp->n = N;
+    tp->A = calloc(MOE_NZ(N * E), sizeof(double));
+    tp->bounds = malloc(sizeof(int64_t) * (size_t)(N + 1));
+    if (!tp->A || !tp->bounds) {
+        moe_aux_term_plan_free(tp);
+        return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory");
+    }
+    memcpy(tp->bounds, sc->bounds, sizeof(int64_t) * (size_t)(N + 1));
+    double kf = prm->k_in_f ? (double)prm->K : 1.0, dE = (double)E;
+    const double *C = stats->C, *Tn = stats->Tn;
+    double *A = tp->A;
+    switch (kind) {
+    case MOE_AUX_MICRO_BATCH:
+    case MOE_AUX_MEGABLOCKS: {
+        double T = Tn[0], L = kind == MOE_AUX_MEGABLOCKS ? (double)prm->num_layers : 1.0;
+        if (T > 0)
+            for (int64_t i = 0; i < E; i++) A[i] = dE / (kf * L * T * T) * C[i];
+        break;
+    }
+    case MOE_AUX_SEQUENCE: {
+        double neff = 0;
+        for (int64_t n = 0; n < N; n++) neff += Tn[n] > 0;
+        for (int64_t n = 0; n < N; n++)
+            if (Tn[n] > 0)
+                for (int64_t i = 0; i < E; i++)
+                    A[n * E + i] = dE / (kf * Tn[n] * Tn[n]) * C[n * E + i] / neff;
+        break;
+    }
+    case MOE_AUX_OLMO_LOCAL_BATCH: {
+        double T = Tn[0], div = prm->loss_div_factor > 0 ? prm->loss_div_factor : T;
+        if (T > 0 && div > 0)
+            for (int64_t i = 0; i < E; i++) A[i] = dE / kf * C[i] / (T * div);
+        break;
+    }
+    case MOE_AUX_OLMO_INSTANCE: {
+        double tot = 0;
+        for (int64_t n = 0; n < N; n++) tot += Tn[n];
+        double div = prm->loss_div_factor > 0 ? prm->loss_div_factor : tot;
+        for (int64_t n = 0; n < N; n++)
+            if (Tn[n] > 0 && div > 0)
+                for (int64_t i = 0; i < E; i++) A[n * E + i] = dE / kf * C[n * E + i] / (Tn[n] * div);
+        break;
+    }
+    case MOE_AUX_GLOBAL_BATCH:
+        if (prm->acc_tokens > 0 && prm->mb_tokens > 0)
+            for (int64_t i = 0; i < E; i++)
+                A[i] = dE / kf * prm->acc_counts[i] / prm->acc_tokens / prm->mb_tokens;
+        break;
+    default:
+        moe_aux_term_plan_free(tp);
+        return moe_fail(MOE_ERR_ARG, "aux-loss", "'%s' is not a balance loss", moe_aux_kind_name(kind));
+    }
+    double v = 0;
+    for (int64_t j = 0; j < N * E; j++) v += A[j] * stats->P[j];
+    tp->value = v;
+    return MOE_OK;
+}
+
+void moe_z_plan_compute(moe_z_plan *zp, const double *lse, const uint8_t *valid, int64_t T)
+{
+    double sum = 0, n = 0;
+    for (int64_t t = 0; t < T; t++) {
+        if (valid && !valid[t]) continue;
+        sum += lse[t] * lse[t];
+        n += 1;
+    }
+    zp->on = true;
+    zp->n_valid = n;
+    zp->value = n > 0 ? sum / n : 0.0;
+}
+
+/* ---- the loss node ------------------------------------------------------------------- */
+
+typedef struct aux_ctx {
+    int64_t T, E;
+    moe_dtype dtype;
+    moe_score_fn score;
+    double eps, offset;
+    uint8_t *valid;     /* [T] or NULL */
+    int n_terms;
+    moe_aux_term_plan *terms;
+    moe_z_plan zterm;
+    double *lse;        /* [T] when the z term is on */
+} aux_ctx;
+
+static void aux_ctx_free(void *p)
+{
+    aux_ctx *c = p;
+    if (!c) return;
+    for (int i = 0; i < c->n_terms; i++) moe_aux_term_plan_free(&c->terms[i]);
+    free(c->terms);
+    free(c->valid);
+    free(c->lse);
+    free(c);
+}
+
+/* The terms' scopes merged into segments on which every term's scope is
+ * constant, with W[seg] = Σ_terms coeff·A_term[scope] (built once per backward). */
+typedef struct aux_segs {
+    int64_t n;
+    int64_t *bounds; /* [n+1] */
+    double *W;       /* [n E] */
+    float *Wf;       /* [n E] f32 copy for f32 rows */
+} aux_segs;
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static void aux_segs_free(aux_segs *sg)
+{
+    free(sg->bounds);
+    free(sg->W);
+    free(sg->Wf);
+}
+
+static moe_status aux_segs_build(aux_segs *sg, const aux_ctx *c)
+{
+    const int64_t E = c->E;
+    int64_t nb = 2;
+    for (int i = 0; i < c->n_terms; i++) nb += c->terms[i].n + 1;
+    sg->bounds = malloc(sizeof(int64_t) * (size_t)nb);
+    if (!sg->bounds) return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory");
+    int64_t m = 0;
+    sg->bounds[m++] = 0;
+    sg->bounds[m++] = c->T;
+    for (int i = 0; i < c->n_terms; i++)
+        for (int64_t j = 0; j <= c->terms[i].n; j++) sg->bounds[m++] = c->terms[i].bounds[j];
+    qsort(sg->bounds, (size_t)m, sizeof(int64_t), cmp_i64);
+    int64_t u = 0;
+    for (int64_t j = 0; j < m; j++)
+        if (u == 0 || sg->bounds[j] != sg->bounds[u - 1]) sg->bounds[u++] = sg->bounds[j];
+    sg->n = u - 1;
+    sg->W = calloc((size_t)(sg->n * E), sizeof(double));
+    sg->Wf = malloc(sizeof(float) * (size_t)(sg->n * E));
+    if (!sg->W || !sg->Wf) return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory");
+    for (int64_t q = 0; q < sg->n; q++) {
+        int64_t t0 = sg->bounds[q];
+        for (int i = 0; i < c->n_terms; i++) {
+            const moe_aux_term_plan *tp = &c->terms[i];
+            int64_t n = tp->n == 1 ? 0 : scope_of(tp->bounds, tp->n, t0);
+            for (int64_t j = 0; j < E; j++) sg->W[q * E + j] += tp->coeff * tp->A[n * E + j];
+        }
+        for (int64_t j = 0; j < E; j++) sg->Wf[q * E + j] = (float)sg->W[q * E + j];
+    }
+    return MOE_OK;
+}
+
+/* One f64 token: dz = g · (J_p(z)ᵀ w + z-term), w the token's segment row. */
+static void aux_row_f64(const aux_ctx *c, int64_t t, double g, const double *W, const double *s,
+                        const double *z, double *dz, double *w)
+{
+    const int64_t E = c->E;
+    if (c->valid && !c->valid[t]) {
+        for (int64_t j = 0; j < E; j++) dz[j] = 0;
+        return;
+    }
+    if (c->score == MOE_SCORE_SOFTMAX) {
+        double dot = 0;
+        for (int64_t j = 0; j < E; j++) dot += W[j] * s[j];
+        for (int64_t j = 0; j < E; j++) w[j] = s[j] * (W[j] - dot);
+    } else {
+        double S = 0, cw = 0;
+        for (int64_t j = 0; j < E; j++) {
+            S += s[j];
+            cw += W[j] * s[j];
+        }
+        double D = S + c->eps;
+        for (int64_t j = 0; j < E; j++) {
+            double sg = s[j] - c->offset;
+            w[j] = (W[j] / D - cw / (D * D)) * sg * (1.0 - sg);
+        }
+    }
+    if (c->zterm.on && c->zterm.n_valid > 0) {
+        double coef = c->zterm.coeff * 2.0 * c->lse[t] / c->zterm.n_valid;
+        if (c->score == MOE_SCORE_SOFTMAX)
+            for (int64_t j = 0; j < E; j++) w[j] += coef * s[j];
+        else
+            for (int64_t j = 0; j < E; j++) w[j] += coef * exp(z[j] - c->lse[t]);
+    }
+    for (int64_t j = 0; j < E; j++) dz[j] = g * w[j];
+}
+
+/* One f32 token, four lanes at a time (the scalar form for the tail). */
+static void aux_row_f32(const aux_ctx *c, int64_t t, double g, const float *W, const float *s,
+                        const float *z, float *dz)
+{
+    const int64_t E = c->E, E4 = E - E % 4;
+    if (c->valid && !c->valid[t]) {
+        memset(dz, 0, sizeof(float) * (size_t)E);
+        return;
+    }
+    bool zon = c->zterm.on && c->zterm.n_valid > 0;
+    float coef = zon ? (float)(c->zterm.coeff * 2.0 * c->lse[t] / c->zterm.n_valid) : 0.0f;
+    float lse = zon ? (float)c->lse[t] : 0.0f, gf = (float)g;
+    moe_v4f a4 = moe_vsplat(0), b4 = moe_vsplat(0);
+    for (int64_t j = 0; j < E4; j += 4) {
+        moe_v4f sj = moe_vload(s + j);
+        a4 += moe_vload(W + j) * sj;
+        b4 += sj;
+    }
+    float dot = moe_vsum(a4), S = moe_vsum(b4);
+    for (int64_t j = E4; j < E; j++) {
+        dot += W[j] * s[j];
+        S += s[j];
+    }
+    if (c->score == MOE_SCORE_SOFTMAX) { /* dz = g·s ⊙ (W − W·s + coef) */
+        moe_v4f d = moe_vsplat(dot - coef), gg = moe_vsplat(gf);
+        for (int64_t j = 0; j < E4; j += 4) {
+            moe_v4f v = gg * moe_vload(s + j) * (moe_vload(W + j) - d);
+            memcpy(dz + j, &v, sizeof v);
+        }
+        for (int64_t j = E4; j < E; j++) dz[j] = gf * s[j] * (W[j] - (dot - coef));
+        return;
+    }
+    /* sigmoid: p = s/D, D = S + ε: dz = g·((W/D − cw/D²)·σ(1−σ) + coef·softmax(z)) */
+    float invD = (float)(1.0 / ((double)S + c->eps)), c2 = dot * invD * invD, off = (float)c->offset;
+    moe_v4f vi = moe_vsplat(invD), vc = moe_vsplat(c2), vo = moe_vsplat(off), one = moe_vsplat(1.0f),
+            gg = moe_vsplat(gf), vcoef = moe_vsplat(coef), vl = moe_vsplat(lse);
+    for (int64_t j = 0; j < E4; j += 4) {
+        moe_v4f sg = moe_vload(s + j) - vo;
+        moe_v4f v = (moe_vload(W + j) * vi - vc) * sg * (one - sg);
+        if (zon) v += vcoef * moe_vexp(moe_vload(z + j) - vl);
+        v *= gg;
+        memcpy(dz + j, &v, sizeof v);
+    }
+    for (int64_t j = E4; j < E; j++) {
+        float sg = s[j] - off, v = (W[j] * invD - c2) * sg * (1.0f - sg);
+        if (zon) v += coef * moe_fexp(z[j] - lse);
+        dz[j] = gf * v;
+    }
+}
+
+/* dz_t = g · (J_p(z_t)ᵀ Σ_terms coeff·A[scope(t)] + z-term). saved: s, z. */
+static moe_status aux_backward(moe_node *node, moe_tensor *grad, moe_tensor **gin)
+{
+    if (!node->inputs[0]) return MOE_OK;
+    aux_ctx *c = node->ctx;
+    double g;
+    MOE_TRY(moe_tensor_item(grad, &g));
+    aux_segs sg = {0};
+    moe_status st = aux_segs_build(&sg, c);
+    moe_tensor *s = node->saved[0], *z = node->saved[1], *dz = NULL;
+    if (st == MOE_OK)
+        st = moe_tensor_empty(&dz, c->dtype, MOE_CPU, node->inputs[0]->ndim, node->inputs[0]->shape);
+    if (st != MOE_OK) {
+        aux_segs_free(&sg);
+        return st;
+    }
+    const int64_t T = c->T, E = c->E;
+    bool fail = false;
+#pragma omp parallel if (T * E > 32768)
+    {
+        double *w = c->dtype == MOE_F64 ? malloc(sizeof(double) * (size_t)E) : NULL;
+        if (c->dtype == MOE_F64 && !w) fail = true;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < T; t++) {
+            int64_t q = sg.n == 1 ? 0 : scope_of(sg.bounds, sg.n, t);
+            if (c->dtype == MOE_F32)
+                aux_row_f32(c, t, g, sg.Wf + q * E, (const float *)moe_tensor_data(s) + t * E,
+                            (const float *)moe_tensor_data(z) + t * E, (float *)moe_tensor_data(dz) + t * E);
+            else if (w)
+                aux_row_f64(c, t, g, sg.W + q * E, (const double *)moe_tensor_data(s) + t * E,
+                            (const double *)moe_tensor_data(z) + t * E,
+                            (double *)moe_tensor_data(dz) + t * E, w);
+        }
+        free(w);
+    }
+    aux_segs_free(&sg);
+    if (fail) {
+        moe_tensor_release(dz);
+        return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory in backward");
+    }
+    gin[0] = dz;
+    return MOE_OK;
+}
+
+moe_status moe_aux_node_make(moe_tensor **out, moe_aux_node_spec *spec)
+{
+    *out = NULL;
+    moe_tensor *z = spec->z;
+    int64_t E = z->shape[z->ndim - 1], T = moe_tensor_numel(z) / (E ? E : 1);
+    double total = 0;
+    for (int i = 0; i < spec->n_terms; i++) total += spec->terms[i].coeff * spec->terms[i].value;
+    if (spec->zterm.on) total += spec->zterm.coeff * spec->zterm.value;
+    moe_tensor *o;
+    moe_status st = moe_tensor_scalar(&o, z->dtype, MOE_CPU, total);
+    if (st != MOE_OK) goto fail;
+    if (!moe_tensor_needs_grad(z)) goto plain;
+    aux_ctx *c = calloc(1, sizeof *c);
+    if (!c) {
+        st = moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory");
+        moe_tensor_release(o);
+        goto fail;
+    }
+    c->T = T;
+    c->E = E;
+    c->dtype = z->dtype;
+    c->score = spec->score;
+    c->eps = spec->eps;
+    c->offset = spec->offset;
+    c->n_terms = spec->n_terms;
+    c->terms = spec->terms; /* taken over */
+    spec->terms = NULL;
+    spec->n_terms = 0;
+    c->zterm = spec->zterm;
+    if (spec->valid) {
+        c->valid = malloc((size_t)T);
+        if (c->valid) memcpy(c->valid, spec->valid, (size_t)T);
+    }
+    if (spec->zterm.on) {
+        c->lse = malloc(sizeof(double) * MOE_NZ(T));
+        if (c->lse) memcpy(c->lse, spec->lse, sizeof(double) * (size_t)T);
+    }
+    if ((spec->valid && !c->valid) || (spec->zterm.on && !c->lse)) {
+        aux_ctx_free(c);
+        moe_tensor_release(o);
+        return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory");
+    }
+    moe_tensor *saved[2] = {spec->s, z};
+    st = moe_autograd_record(o, "aux-loss", aux_backward, 1, &z, 2, saved, c, aux_ctx_free);
+    if (st != MOE_OK) {
+        moe_tensor_release(o);
+        return st;
+    }
+    *out = o;
+    return MOE_OK;
+plain:
+    *out = o;
+fail:
+    for (int i = 0; i < spec->n_terms; i++) moe_aux_term_plan_free(&spec->terms[i]);
+    free(spec->terms);
+    spec->terms = NULL;
+    spec->n_terms = 0;
+    return st;
+}
+
+/* ---- balance tracker --------------------------------------------------------------- */
+
+#define TRACKER_MAX_GROUPS 4
+
+struct moe_balance_tracker {
+    int64_t E;
+    moe_group *groups[TRACKER_MAX_GROUPS];
+    int n_groups;
+    double *buf;      /* [E+1] counts, tokens */
+    int64_t micro;
+    bool buffer, recomputing;
+    double *snaps;    /* [n_snaps (E+1)] the buffer after each commit */
+    int64_t n_snaps, cap_snaps, cursor;
+};
+
+moe_status moe_balance_tracker_new(moe_balance_tracker **out, int64_t experts, moe_group *group)
+{
+    *out = NULL;
+    if (experts < 1)
+        return moe_fail(MOE_ERR_ARG, "make-balance-tracker", "experts must be >= 1, got %lld",
+                        (long long)experts);
+    moe_balance_tracker *tr = calloc(1, sizeof *tr);
+    if (tr) tr->buf = calloc((size_t)experts + 1, sizeof(double));
+    if (!tr || !tr->buf) {
+        free(tr);
+        return moe_fail(MOE_ERR_NOMEM, "make-balance-tracker", "out of memory");
+    }
+    tr->E = experts;
+    tr->buffer = true;
+    if (group) tr->groups[tr->n_groups++] = moe_group_retain(group);
+    *out = tr;
+    return MOE_OK;
+}
+
+moe_status moe_balance_tracker_add_group(moe_balance_tracker *tr, moe_group *group)
+{
+    if (!group) return MOE_OK;
+    if (tr->n_groups == TRACKER_MAX_GROUPS)
+        return moe_fail(MOE_ERR_ARG, "balance-tracker", "at most %d groups", TRACKER_MAX_GROUPS);
+    tr->groups[tr->n_groups++] = moe_group_retain(group);
+    return MOE_OK;
+}
+
+void moe_balance_tracker_free(moe_balance_tracker *tr)
+{
+    if (!tr) return;
+    for (int g = 0; g < tr->n_groups; g++) moe_group_release(tr->groups[g]);
+    free(tr->buf);
+    free(tr->snaps);
+    free(tr);
+}
+
+void moe_balance_tracker_reset(moe_balance_tracker *tr)
+{
+    memset(tr->buf, 0, sizeof(double) * (size_t)(tr->E + 1));
+    tr->micro = 0;
+    tr->n_snaps = 0;
+    tr->cursor = 0;
+}
+
+void moe_balance_tracker_set_buffer(moe_balance_tracker *tr, bool buffer) { tr->buffer = buffer; }
+bool moe_balance_tracker_buffer(const moe_balance_tracker *tr) { return tr->buffer; }
+void moe_balance_tracker_set_recomputing(moe_balance_tracker *tr, bool recomputing)
+{
+    tr->recomputing = recomputing; /* the replay cursor runs on until the reset */
+}
+bool moe_tracker_recomputing(const moe_balance_tracker *tr) { return tr->recomputing; }
+int64_t moe_balance_tracker_experts(const moe_balance_tracker *tr) { return tr->E; }
+int64_t moe_balance_tracker_micro_batches(const moe_balance_tracker *tr) { return tr->micro; }
+const double *moe_tracker_buffer(const moe_balance_tracker *tr) { return tr->buf; }
+
+moe_status moe_balance_tracker_counts(moe_tensor **counts, double *tokens,
+                                      const moe_balance_tracker *tr)
+{
+    *counts = NULL;
+    MOE_TRY(moe_tensor_from_data(counts, MOE_F64, MOE_CPU, 1, &tr->E, tr->buf));
+    if (tokens) *tokens = tr->buf[tr->E];
+    return MOE_OK;
+}
+
+static moe_status read_counts(double *dst, const char *op, moe_tensor *counts, int64_t E)
+{
+    if (counts->ndim != 1 || counts->shape[0] != E)
+        return moe_fail(MOE_ERR_SHAPE, op, "counts must be [%lld], got %s", (long long)E,
+                        moe_shape_str(counts));
+    return moe_tensor_to_doubles(counts, dst);
+}
+
+moe_status moe_balance_tracker_add_counts(moe_balance_tracker *tr, moe_tensor *counts, double tokens)
+{
+    double *tmp = malloc(sizeof(double) * (size_t)tr->E);
+    if (!tmp) return moe_fail(MOE_ERR_NOMEM, "balance-tracker-add!", "out of memory");
+    moe_status st = read_counts(tmp, "balance-tracker-add!", counts, tr->E);
+    if (st == MOE_OK) {
+        for (int64_t i = 0; i < tr->E; i++) tr->buf[i] += tmp[i];
+        tr->buf[tr->E] += tokens;
+    }
+    free(tmp);
+    return st;
+}
+
+moe_status moe_balance_tracker_load(moe_balance_tracker *tr, moe_tensor *counts, double tokens,
+                                    int64_t micro_batches)
+{
+    double *tmp = malloc(sizeof(double) * (size_t)tr->E);
+    if (!tmp) return moe_fail(MOE_ERR_NOMEM, "balance-tracker-load!", "out of memory");
+    moe_status st = read_counts(tmp, "balance-tracker-load!", counts, tr->E);
+    if (st == MOE_OK) {
+        memcpy(tr->buf, tmp, sizeof(double) * (size_t)tr->E);
+        tr->buf[tr->E] = tokens;
+        tr->micro = micro_batches;
+        tr->n_snaps = 0;
+        tr->cursor = 0;
+    }
+    free(tmp);
+    return st;
+}
+
+moe_status moe_tracker_reduce(moe_balance_tracker *tr, const double *counts, double tokens, double *red)
+{
+    memcpy(red, counts, sizeof(double) * (size_t)tr->E);
+    red[tr->E] = tokens;
+    return reduce_doubles(red, tr->E + 1, tr->n_groups, tr->groups);
+}
+
+moe_status moe_tracker_view(moe_balance_tracker *tr, const double *red, double *acc)
+{
+    int64_t n = tr->E + 1;
+    if (tr->recomputing) {
+        if (tr->cursor >= tr->n_snaps)
+            return moe_fail(MOE_ERR_STATE, "global-batch",
+                            "recomputing micro-batch %lld but only %lld forwards were recorded "
+                            "since the last reset",
+                            (long long)tr->cursor + 1, (long long)tr->n_snaps);
+        memcpy(acc, tr->snaps + tr->cursor * n, sizeof(double) * (size_t)n);
+        return MOE_OK;
+    }
+    for (int64_t i = 0; i < n; i++) acc[i] = (tr->buffer ? tr->buf[i] : 0.0) + red[i];
+    return MOE_OK;
+}
+
+moe_status moe_tracker_commit(moe_balance_tracker *tr, const double *red)
+{
+    int64_t n = tr->E + 1;
+    if (tr->recomputing) {
+        tr->cursor++;
+        return MOE_OK;
+    }
+    if (tr->n_snaps == tr->cap_snaps) {
+        int64_t cap = tr->cap_snaps ? 2 * tr->cap_snaps : 8;
+        double *grown = realloc(tr->snaps, sizeof(double) * (size_t)(cap * n));
+        if (!grown) return moe_fail(MOE_ERR_NOMEM, "global-batch", "out of memory");
+        tr->snaps = grown;
+        tr->cap_snaps = cap;
+    }
+    for (int64_t i = 0; i < n; i++) tr->buf[i] = (tr->buffer ? tr->buf[i] : 0.0) + red[i];
+    memcpy(tr->snaps + tr->n_snaps * n, tr->buf, sizeof(double) * (size_t)n);
+    tr->n_snaps++;
+    tr->micro++;
+    return MOE_OK;
+}
+
+/* ---- standalone losses -------------------------------------------------------------- */
+
+/* Inputs of a standalone loss, checked and converted. */
+typedef struct loss_in {
+    moe_tensor *z;        /* contiguous f32/f64, in the graph of the caller's logits */
+    int64_t B, S, T, E;
+    uint8_t *valid;       /* [T] or NULL */
+    moe_tensor *s;        /* [T E] base scores */
+    double *rowsum, *lse; /* [T] */
+    int64_t *count_ids;   /* [T K] */
+} loss_in;
+
+static void loss_in_free(loss_in *in)
+{
+    moe_tensor_release(in->z);
+    moe_tensor_release(in->s);
+    free(in->valid);
+    free(in->rowsum);
+    free(in->lse);
+    free(in->count_ids);
+    memset(in, 0, sizeof *in);
+}
+
+/* Validity mask of T tokens from a [T] or [B S] tensor (nonzero = valid). */
+static moe_status read_valid(uint8_t **out, const char *op, moe_tensor *valid, int64_t B, int64_t S,
+                             bool allow_bs)
+{
+    *out = NULL;
+    if (!valid) return MOE_OK;
+    int64_t T = B * S;
+    bool ok = (valid->ndim == 1 && valid->shape[0] == T) ||
+              (allow_bs && valid->ndim == 2 && valid->shape[0] == B && valid->shape[1] == S);
+    if (!ok)
+        return moe_fail(MOE_ERR_SHAPE, op, "valid mask must be %s%s, got %s", moe_dims_str(1, &T),
+                        allow_bs ? " or [B S]" : "", moe_shape_str(valid));
+    double *v = malloc(sizeof(double) * MOE_NZ(T));
+    uint8_t *m = malloc(MOE_NZ(T));
+    if (!v || !m) {
+        free(v), free(m);
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    }
+    moe_status st = moe_tensor_to_doubles(valid, v);
+    for (int64_t t = 0; t < T; t++) m[t] = v[t] != 0;
+    free(v);
+    if (st != MOE_OK) {
+        free(m);
+        return st;
+    }
+    *out = m;
+    return MOE_OK;
+}
+
+static moe_status check_finite(const char *op, moe_tensor *z, int64_t E)
+{
+    int64_t nans, infs, first;
+    moe_count_nonfinite_rows(moe_tensor_data(z), z->dtype, moe_tensor_numel(z), &nans, &infs, &first);
+    if (nans || infs)
+        return moe_fail(MOE_ERR_VALUE, op,
+                        "logits hold %lld NaN and %lld Inf values (first at token %lld, expert %lld)",
+                        (long long)nans, (long long)infs, (long long)(first / E), (long long)(first % E));
+    return MOE_OK;
+}
+
+/* Check LOGITS and options, compute the base scores and the counting ids. */
+static moe_status loss_prepare(loss_in *in, const char *op, moe_tensor *logits,
+                               const moe_aux_options *o, bool sequence, bool need_lse)
+{
+    memset(in, 0, sizeof *in);
+    MOE_CHECK_NOT_NULL(op, logits);
+    MOE_CHECK_CPU(op, logits);
+    MOE_CHECK_FLOAT(op, logits);
+    if (logits->ndim != 2 && logits->ndim != 3)
+        return moe_fail(MOE_ERR_SHAPE, op, "logits must be [T E] or [B S E], got %s", moe_shape_str(logits));
+    int64_t E = logits->shape[logits->ndim - 1];
+    in->B = logits->ndim == 3 ? logits->shape[0] : 1;
+    in->S = logits->ndim == 3 ? logits->shape[1] : logits->shape[0];
+    in->T = in->B * in->S;
+    in->E = E;
+    int64_t K = o->top_k, T = in->T;
+    if (E < 1) return moe_fail(MOE_ERR_SHAPE, op, "logits %s have no experts", moe_shape_str(logits));
+    if (K < 1 || K > E)
+        return moe_fail(MOE_ERR_ARG, op, "top-k must be in [1, %lld] (experts), got %lld", (long long)E,
+                        (long long)K);
+    if (sequence && logits->ndim == 2 && !o->doc_bounds)
+        return moe_fail(MOE_ERR_SHAPE, op,
+                        "a sequence loss needs [B S E] logits (or document bounds); got a 2-D "
+                        "input %s",
+                        moe_shape_str(logits));
+    if (o->routing_ids) {
+        moe_tensor *r = o->routing_ids;
+        if (r->ndim != 2 || r->shape[0] != T || r->shape[1] != K || (r->dtype != MOE_I64 && r->dtype != MOE_I32))
+            return moe_fail(MOE_ERR_SHAPE, op, "routing ids must be i64 [%lld %lld], got %s %s",
+                            (long long)T, (long long)K, moe_dtype_name(r->dtype), moe_shape_str(r));
+    }
+    /* a contiguous f32/f64 tensor, differentiably linked to the caller's logits */
+    moe_tensor *z = moe_tensor_retain(logits);
+    moe_status st = MOE_OK;
+    if (z->dtype == MOE_BF16) {
+        moe_tensor *c;
+        st = moe_to_dtype(&c, z, MOE_F32);
+        moe_tensor_release(z);
+        z = st == MOE_OK ? c : NULL;
+    }
+    if (st == MOE_OK && !moe_tensor_is_contiguous(z)) {
+        moe_tensor *c;
+        st = moe_contiguous(&c, z);
+        moe_tensor_release(z);
+        z = st == MOE_OK ? c : NULL;
+    }
+    in->z = z;
+    if (st == MOE_OK) st = check_finite(op, z, E);
+    if (st == MOE_OK) st = read_valid(&in->valid, op, o->valid, in->B, in->S, logits->ndim == 3);
+    if (st == MOE_OK) st = moe_tensor_empty(&in->s, z->dtype, MOE_CPU, 2, (int64_t[]){T, E});
+    if (st != MOE_OK) {
+        loss_in_free(in);
+        return st;
+    }
+    in->rowsum = malloc(sizeof(double) * MOE_NZ(T));
+    in->lse = malloc(sizeof(double) * MOE_NZ(T));
+    in->count_ids = malloc(sizeof(int64_t) * MOE_NZ(T * K));
+    if (!in->rowsum || !in->lse || !in->count_ids) {
+        loss_in_free(in);
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    }
+    if (o->routing_ids) {
+        double *v = malloc(sizeof(double) * MOE_NZ(T * K));
+        if (!v) {
+            loss_in_free(in);
+            return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        }
+        st = moe_tensor_to_doubles(o->routing_ids, v);
+        for (int64_t i = 0; st == MOE_OK && i < T * K; i++) {
+            if (v[i] < 0 || v[i] >= (double)E)
+                st = moe_fail(MOE_ERR_INDEX, op, "routing id %lld at slot %lld is outside [0, %lld)",
+                              (long long)v[i], (long long)i, (long long)E);
+            in->count_ids[i] = (int64_t)v[i];
+        }
+        free(v);
+        if (st != MOE_OK) {
+            loss_in_free(in);
+            return st;
+        }
+    }
+    moe_route_plan p = {
+        .T = T, .E = E, .K = K, .dtype = z->dtype, .z = moe_tensor_data(z), .valid = in->valid,
+        .score = o->score, .score_offset = o->score_offset, .loss_eps = o->sigmoid_eps,
+        .select = false, .count_topk = true, .s = moe_tensor_data(in->s), .rowsum = in->rowsum,
+        .lse = need_lse ? in->lse : NULL, .count_ids = o->routing_ids ? NULL : in->count_ids,
+    };
+    moe_route_rows(&p);
+    return MOE_OK;
+}
+
+/* One balance term of a prepared input, with its scopes and reductions. */
+static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_kind kind, loss_in *in,
+                               const moe_aux_options *o, double **gb_red, moe_balance_tracker **gb_tr)
+{
+    moe_scopes sc = {0};
+    moe_scope_stats stats = {0};
+    moe_status st;
+    if (moe_aux_kind_is_sequence(kind)) st = moe_scopes_sequences(&sc, op, in->B, in->S, o->doc_bounds);
+    else st = moe_scopes_single(&sc, in->T);
+    if (st == MOE_OK)
+        st = moe_scope_stats_compute(&stats, &sc, moe_tensor_data(in->s), in->s->dtype, in->rowsum,
+                                     o->score, o->sigmoid_eps, in->valid, in->count_ids, in->T, in->E,
+                                     o->top_k);
+    moe_aux_params prm = {.K = o->top_k, .k_in_f = o->k_in_f, .loss_div_factor = o->loss_div_factor,
+                          .num_layers = o->num_layers};
+    double *red = NULL, *acc = NULL;
+    if (st == MOE_OK && kind != MOE_AUX_OLMO_LOCAL_BATCH && kind != MOE_AUX_GLOBAL_BATCH) {
+        moe_group *g = o->group;
+        st = moe_scope_stats_reduce(&stats, 1, &g);
+    }
+    if (st == MOE_OK && kind == MOE_AUX_GLOBAL_BATCH) {
+        moe_balance_tracker *tr = o->tracker;
+        if (!tr) st = moe_fail(MOE_ERR_ARG, op, "the global-batch loss needs a balance tracker");
+        else if (tr->E != in->E)
+            st = moe_fail(MOE_ERR_SHAPE, op, "tracker counts %lld experts, logits have %lld",
+                          (long long)tr->E, (long long)in->E);
+        if (st == MOE_OK) {
+            red = malloc(sizeof(double) * (size_t)(in->E + 1));
+            acc = malloc(sizeof(double) * (size_t)(in->E + 1));
+            if (!red || !acc) st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        }
+        if (st == MOE_OK) st = moe_tracker_reduce(tr, stats.C, stats.Tn[0], red);
+        if (st == MOE_OK) st = moe_tracker_view(tr, red, acc);
+        double mb = stats.Tn[0];
+        if (st == MOE_OK) {
+            moe_group *g = o->group;
+            st = reduce_doubles(&mb, 1, 1, &g);
+        }
+        prm.acc_counts = acc;
+        prm.acc_tokens = acc ? acc[in->E] : 0;
+        prm.mb_tokens = mb;
+        *gb_tr = tr;
+    }
+    if (st == MOE_OK) st = moe_aux_term_build(tp, kind, 1.0, &stats, &sc, &prm);
+    free(acc);
+    if (st == MOE_OK) *gb_red = red;
+    else free(red);
+    moe_scope_stats_free(&stats);
+    moe_scopes_free(&sc);
+    return st;
+}
+
+moe_status moe_load_balancing_loss(moe_tensor **out, moe_aux_kind kind, moe_tensor *logits,
+                                   const moe_aux_options *options)
+{
+    const char *op = "load-balancing-loss";
+    *out = NULL;
+    MOE_CHECK_NOT_NULL(op, options);
+    if ((unsigned)kind >= MOE_AUX_KIND_COUNT)
+        return moe_fail(MOE_ERR_ARG, op, "unknown loss kind %d", (int)kind);
+    if (kind == MOE_AUX_Z) return moe_z_loss(out, logits, options->valid);
+    if (options->num_layers < 1)
+        return moe_fail(MOE_ERR_ARG, op, "num_layers must be >= 1, got %lld", (long long)options->num_layers);
+    if (!(options->sigmoid_eps >= 0) || !(options->loss_div_factor >= 0))
+        return moe_fail(MOE_ERR_ARG, op, "sigmoid_eps and loss_div_factor must be >= 0");
+    loss_in in;
+    MOE_TRY(loss_prepare(&in, op, logits, options, moe_aux_kind_is_sequence(kind), false));
+    moe_aux_term_plan *tp = calloc(1, sizeof *tp);
+    double *red = NULL;
+    moe_balance_tracker *tr = NULL;
+    moe_status st = tp ? balance_term(tp, op, kind, &in, options, &red, &tr)
+                       : moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    if (st != MOE_OK) {
+        free(tp);
+        loss_in_free(&in);
+        return st;
+    }
+    moe_aux_node_spec spec = {.z = in.z, .s = in.s, .valid = in.valid, .score = options->score,
+                              .eps = options->sigmoid_eps, .offset = options->score_offset,
+                              .n_terms = 1, .terms = tp};
+    st = moe_aux_node_make(out, &spec);
+    if (st == MOE_OK && tr) st = moe_tracker_commit(tr, red);
+    if (st != MOE_OK) {
+        moe_tensor_release(*out);
+        *out = NULL;
+    }
+    free(red);
+    loss_in_free(&in);
+    return st;
+}
+
+moe_status moe_z_loss(moe_tensor **out, moe_tensor *logits, moe_tensor *valid)
+{
+    *out = NULL;
+    moe_aux_options o;
+    moe_aux_options_default(&o);
+    o.valid = valid;
+    loss_in in;
+    MOE_TRY(loss_prepare(&in, "z-loss", logits, &o, false, true));
+    moe_aux_node_spec spec = {.z = in.z, .s = in.s, .valid = in.valid, .lse = in.lse,
+                              .score = MOE_SCORE_SOFTMAX};
+    moe_z_plan_compute(&spec.zterm, in.lse, in.valid, in.T);
+    spec.zterm.coeff = 1.0;
+    moe_status st = moe_aux_node_make(out, &spec);
+    loss_in_free(&in);
+    return st;
+}
+
+moe_status moe_megablocks_batched_loss(moe_tensor **out, int n, moe_tensor *const *logits,
+                                       moe_tensor *const *routing_ids, const moe_aux_options *options)
+{
+    const char *op = "megablocks-batched-loss";
+    *out = NULL;
+    if (n < 1) return moe_fail(MOE_ERR_ARG, op, "needs at least one layer, got %d", n);
+    MOE_CHECK_NOT_NULL(op, options);
+    moe_tensor *total = NULL;
+    for (int l = 0; l < n; l++) {
+        MOE_CHECK_NOT_NULL(op, logits[l]);
+        if (moe_tensor_numel(logits[l]) != moe_tensor_numel(logits[0]) ||
+            logits[l]->ndim != logits[0]->ndim)
+            return moe_fail(MOE_ERR_SHAPE, op, "layer %d logits %s differ from layer 0's %s", l,
+                            moe_shape_str(logits[l]), moe_shape_str(logits[0]));
+    }
+    moe_status st = MOE_OK;
+    for (int l = 0; l < n && st == MOE_OK; l++) {
+        moe_aux_options o = *options;
+        o.routing_ids = routing_ids ? routing_ids[l] : NULL;
+        moe_tensor *li = NULL, *sum = NULL;
+        st = moe_load_balancing_loss(&li, MOE_AUX_MEGABLOCKS, logits[l], &o);
+        if (st == MOE_OK && total) {
+            st = moe_add(&sum, total, li);
+            moe_tensor_release(total);
+            moe_tensor_release(li);
+            total = sum;
+        } else if (st == MOE_OK) {
+            total = li;
+        }
+    }
+    if (st != MOE_OK) {
+        moe_tensor_release(total);
+        return st;
+    }
+    *out = total;
+    return MOE_OK;
+}
+
+/* ---- balance statistics ---------------------------------------------------------------- */
+
+moe_status moe_balance_stats_compute(moe_balance_stats *out, moe_tensor *counts)
+{
+    memset(out, 0, sizeof *out);
+    MOE_CHECK_NOT_NULL("balance-stats", counts);
+    if (counts->ndim != 1 || counts->shape[0] < 1)
+        return moe_fail(MOE_ERR_SHAPE, "balance-stats", "counts must be a non-empty vector [E], got %s",
+                        moe_shape_str(counts));
+    int64_t E = counts->shape[0];
+    double *c = malloc(sizeof(double) * (size_t)E);
+    if (!c) return moe_fail(MOE_ERR_NOMEM, "balance-stats", "out of memory");
+    moe_status st = moe_tensor_to_doubles(counts, c);
+    if (st != MOE_OK) {
+        free(c);
+        return st;
+    }
+    double sum = 0, mx = c[0], dead = 0;
+    for (int64_t i = 0; i < E; i++) {
+        sum += c[i];
+        mx = c[i] > mx ? c[i] : mx;
+        dead += c[i] == 0;
+    }
+    double mean = sum / (double)E, var = 0;
+    for (int64_t i = 0; i < E; i++) var += (c[i] - mean) * (c[i] - mean);
+    var /= (double)E;
+    out->total = sum;
+    out->dead_fraction = dead / (double)E;
+    if (mean != 0) {
+        out->max_violation = (mx - mean) / mean;
+        out->max_over_mean = mx / mean;
+        out->cv = sqrt(var) / mean;
+    }
+    free(c);
+    return MOE_OK;
+}
+
+moe_status moe_max_violation(double *out, moe_tensor *counts)
+{
+    moe_balance_stats s;
+    *out = 0;
+    MOE_TRY(moe_balance_stats_compute(&s, counts));
+    *out = s.max_violation;
+    return MOE_OK;
+}

@@ -1,0 +1,121 @@
+/* metrics.c — routing metrics of one router and the logging reductions
+ * across layers and ranks (see metrics.h for the windows and reductions).
+ *
+ * Dimension letters: E experts, L MoE layers, K top-k. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metrics.h"
+#include "moe_internal.h"
+
+static moe_status counts_tensor(moe_tensor **out, const double *c, int64_t E)
+{
+    return moe_tensor_from_data(out, MOE_F64, MOE_CPU, 1, &E, c);
+}
+
+void moe_router_metrics_release(moe_router_metrics *m)
+{
+    if (!m) return;
+    moe_tensor_release(m->tokens_per_expert);
+    moe_tensor_release(m->tokens_per_expert_step);
+    moe_tensor_release(m->tokens_per_expert_global);
+    moe_tensor_release(m->bias);
+    memset(m, 0, sizeof *m);
+}
+
+moe_status moe_router_metrics_get(moe_router_metrics *m, moe_router *r)
+{
+    memset(m, 0, sizeof *m);
+    MOE_CHECK_NOT_NULL("router-metrics", r);
+    int64_t E = r->cfg.experts, K = r->cfg.top_k;
+    moe_status st = counts_tensor(&m->tokens_per_expert, r->batch_counts, E);
+    if (st == MOE_OK) st = counts_tensor(&m->tokens_per_expert_step, r->step_counts, E);
+    if (st == MOE_OK && r->have_global) st = counts_tensor(&m->tokens_per_expert_global, r->global_counts, E);
+    if (st == MOE_OK && r->bias) st = moe_clone(&m->bias, r->bias);
+    moe_balance_stats b = {0}, s = {0}, g = {0};
+    if (st == MOE_OK) st = moe_balance_stats_compute(&b, m->tokens_per_expert);
+    if (st == MOE_OK) st = moe_balance_stats_compute(&s, m->tokens_per_expert_step);
+    if (st == MOE_OK && r->have_global) st = moe_balance_stats_compute(&g, m->tokens_per_expert_global);
+    if (st != MOE_OK) {
+        moe_router_metrics_release(m);
+        return st;
+    }
+    m->max_violation_batch = b.max_violation;
+    m->max_violation_step = s.max_violation;
+    m->max_violation_global = r->have_global ? g.max_violation : NAN;
+    m->cv = s.cv;
+    m->max_over_mean = s.max_over_mean;
+    m->dead_fraction = s.dead_fraction;
+    double tok = r->step_tokens;
+    m->entropy = tok > 0 && E > 1 ? r->step_entropy / tok / log((double)E) : 0.0;
+    m->selected_mass = tok > 0 ? r->step_mass / tok : 0.0;
+    m->dropped_fraction = tok > 0 ? r->step_dropped / ((double)K * tok) : 0.0;
+    m->n_aux = r->n_aux;
+    for (int i = 0; i < r->n_aux; i++) {
+        m->aux_kind[i] = r->aux_kind[i];
+        m->aux_value[i] = r->step_micro ? r->step_aux[i] / (double)r->step_micro : 0.0;
+    }
+    m->micro_batches = r->step_micro;
+    m->tokens = (int64_t)tok;
+    m->step = r->steps;
+    return MOE_OK;
+}
+
+static moe_status sum_over(double *buf, int64_t n, moe_group *g)
+{
+    if (moe_group_size(g) <= 1) return MOE_OK;
+    moe_tensor *t;
+    MOE_TRY(moe_tensor_from_data(&t, MOE_F64, MOE_CPU, 1, &n, buf));
+    moe_status st = moe_all_reduce_(t, MOE_REDUCE_SUM, g);
+    if (st == MOE_OK) memcpy(buf, moe_tensor_data(t), sizeof(double) * (size_t)n);
+    moe_tensor_release(t);
+    return st;
+}
+
+moe_status moe_router_log_reduce(moe_tensor **table, double aux_values[MOE_AUX_KIND_COUNT], int n,
+                                 moe_router *const *routers, const int64_t *layer_ids,
+                                 int64_t n_layers, moe_group *pp)
+{
+    const char *op = "router-log-reduce";
+    *table = NULL;
+    if (n < 1 || n_layers < 1)
+        return moe_fail(MOE_ERR_ARG, op, "needs at least one router and one layer (got %d, %lld)", n,
+                        (long long)n_layers);
+    int64_t E = routers[0]->cfg.experts;
+    for (int i = 0; i < n; i++) {
+        if (routers[i]->cfg.experts != E)
+            return moe_fail(MOE_ERR_SHAPE, op, "router %d has %lld experts, router 0 has %lld", i,
+                            (long long)routers[i]->cfg.experts, (long long)E);
+        if (layer_ids[i] < 0 || layer_ids[i] >= n_layers)
+            return moe_fail(MOE_ERR_INDEX, op, "layer id %lld outside [0, %lld)", (long long)layer_ids[i],
+                            (long long)n_layers);
+    }
+    double *tab = calloc((size_t)(n_layers * E), sizeof(double)); /* [L E] */
+    double vals[2 * MOE_AUX_KIND_COUNT] = {0};                    /* values, presence */
+    if (!tab) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const moe_router *r = routers[i];
+        for (int64_t e = 0; e < E; e++) tab[layer_ids[i] * E + e] += r->step_counts[e];
+        for (int a = 0; a < r->n_aux; a++) {
+            vals[r->aux_kind[a]] += r->step_micro ? r->step_aux[a] / (double)r->step_micro : 0.0;
+            vals[MOE_AUX_KIND_COUNT + r->aux_kind[a]] += 1;
+        }
+    }
+    moe_router *r0 = routers[0];
+    /* loss group (cp, tp): partial values add up; dp: average; pp: gather layers */
+    moe_status st = sum_over(vals, MOE_AUX_KIND_COUNT, r0->cp);
+    if (st == MOE_OK) st = sum_over(vals, MOE_AUX_KIND_COUNT, r0->tp);
+    if (st == MOE_OK) st = sum_over(vals, MOE_AUX_KIND_COUNT, r0->dp);
+    for (int k = 0; k < MOE_AUX_KIND_COUNT; k++) vals[k] /= (double)moe_group_size(r0->dp);
+    if (st == MOE_OK) st = sum_over(vals, 2 * MOE_AUX_KIND_COUNT, pp);
+    if (st == MOE_OK) st = sum_over(tab, n_layers * E, pp);
+    if (st == MOE_OK) st = moe_tensor_from_data(table, MOE_F64, MOE_CPU, 2, (int64_t[]){n_layers, E}, tab);
+    free(tab);
+    if (st != MOE_OK) return st;
+    for (int k = 0; k < MOE_AUX_KIND_COUNT; k++) {
+        double pres = vals[MOE_AUX_KIND_COUNT + k];
+        aux_values[k] = pres > 0 ? vals[k] / pres : NAN;
+    }
+    return MOE_OK;
+}

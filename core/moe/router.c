@@ -1,0 +1,962 @@
+/* router.c — the router object: gate, routing pass, capacity, outputs and
+ * their autograd nodes, the aux losses and their delivery, the expert-bias
+ * update and the router state.
+ *
+ * Dimension letters: T tokens (b-major), D hidden, E experts, K top-k.
+ *
+ * Graph of one forward (inject mode):
+ *
+ *   x ─reshape/to-dtype─(×jitter)─ linear(W) ─→ z [T E]
+ *   z ─"router-weights"─→ w_raw [T K] ─"router-aux-inject"(w_raw, aux)─→ weights [T K]
+ *   z ─"aux-loss"(all terms, α-weighted)─→ aux (0-d)        ↑ backward: g, and scale to aux
+ *   weights ─"router-densify"─→ probs [T E]
+ *
+ * The inject node is the identity on the weights; its backward hands `scale`
+ * to the aux node, whose backward adds scale·Σ α_v ∂L_v/∂z. Whichever of
+ * weights and probs the layer consumes, the gradient passes the inject node.
+ * Add mode drops the inject node and returns each loss as its own node. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe_internal.h"
+
+#define OP "router-forward"
+
+/* Counter streams: jitter draws T·D values, debug imbalance T·E. */
+#define JITTER_SEED_MIX 0x6a09e667f3bcc908ULL
+#define DEBUG_SEED_MIX 0xbb67ae8584caa73bULL
+#define INIT_SEED_MIX 0x3c6ef372fe94f82bULL
+
+/* ---- lifetime ------------------------------------------------------------------------ */
+
+static bool has_loss(const moe_router_config *c, moe_aux_kind k)
+{
+    for (int i = 0; i < c->n_losses; i++)
+        if (c->losses[i].kind == k) return true;
+    return false;
+}
+
+static moe_status make_tracker(moe_router *r)
+{
+    moe_balance_tracker *old = r->tracker, *tr;
+    MOE_TRY(moe_balance_tracker_new(&tr, r->cfg.experts, r->cp));
+    moe_status st = moe_balance_tracker_add_group(tr, r->tp);
+    if (st == MOE_OK) st = moe_balance_tracker_add_group(tr, r->dp);
+    if (st != MOE_OK) {
+        moe_balance_tracker_free(tr);
+        return st;
+    }
+    moe_balance_tracker_set_buffer(tr, r->cfg.global_buffer);
+    if (old) {
+        moe_tensor *c;
+        double tok;
+        st = moe_balance_tracker_counts(&c, &tok, old);
+        if (st == MOE_OK) st = moe_balance_tracker_load(tr, c, tok, moe_balance_tracker_micro_batches(old));
+        moe_tensor_release(c);
+        if (st != MOE_OK) {
+            moe_balance_tracker_free(tr);
+            return st;
+        }
+        moe_balance_tracker_free(old);
+    }
+    r->tracker = tr;
+    return MOE_OK;
+}
+
+moe_status moe_router_new(moe_router **out, const moe_router_config *cfg)
+{
+    *out = NULL;
+    MOE_TRY(moe_router_config_validate(cfg));
+    moe_router *r = calloc(1, sizeof *r);
+    if (!r) return moe_fail(MOE_ERR_NOMEM, "make-router", "out of memory");
+    r->cfg = *cfg;
+    int64_t E = cfg->experts, D = cfg->hidden;
+    r->grad_accum = cfg->grad_accum;
+    r->per_token_loss = cfg->per_token_loss;
+    r->bias_counts = calloc((size_t)E, sizeof(double));
+    r->batch_counts = calloc((size_t)E, sizeof(double));
+    r->step_counts = calloc((size_t)E, sizeof(double));
+    r->global_counts = calloc((size_t)E, sizeof(double));
+    moe_status st = MOE_OK;
+    if (!r->bias_counts || !r->batch_counts || !r->step_counts || !r->global_counts)
+        st = moe_fail(MOE_ERR_NOMEM, "make-router", "out of memory");
+    moe_rng rng;
+    moe_rng_init(&rng, cfg->seed ^ INIT_SEED_MIX);
+    if (st == MOE_OK) st = moe_tensor_randn(&r->weight, &rng, cfg->dtype, MOE_CPU, 2, (int64_t[]){E, D});
+    if (st == MOE_OK) {
+        void *w = moe_tensor_data(r->weight);
+        for (int64_t i = 0; i < E * D; i++) moe_st(w, cfg->dtype, i, 0.02 * moe_ld(w, cfg->dtype, i));
+        st = moe_tensor_requires_grad_(r->weight, true);
+    }
+    if (st == MOE_OK && cfg->expert_bias) st = moe_tensor_zeros(&r->bias, MOE_F32, MOE_CPU, 1, &E);
+    if (st == MOE_OK && has_loss(cfg, MOE_AUX_GLOBAL_BATCH)) st = make_tracker(r);
+    r->n_aux = cfg->n_losses;
+    for (int i = 0; i < cfg->n_losses; i++) r->aux_kind[i] = cfg->losses[i].kind;
+    if (st != MOE_OK) {
+        moe_router_free(r);
+        return st;
+    }
+    *out = r;
+    return MOE_OK;
+}
+
+void moe_router_free(moe_router *r)
+{
+    if (!r) return;
+    moe_tensor_release(r->weight);
+    moe_tensor_release(r->bias);
+    moe_group_release(r->tp);
+    moe_group_release(r->cp);
+    moe_group_release(r->dp);
+    moe_balance_tracker_free(r->tracker);
+    free(r->rec_offsets);
+    free(r->bias_counts);
+    free(r->batch_counts);
+    free(r->step_counts);
+    free(r->global_counts);
+    free(r);
+}
+
+const moe_router_config *moe_router_get_config(const moe_router *r) { return &r->cfg; }
+moe_tensor *moe_router_weight(moe_router *r) { return r->weight; }
+moe_tensor *moe_router_bias(moe_router *r) { return r->bias; }
+moe_balance_tracker *moe_router_tracker(moe_router *r) { return r->tracker; }
+void moe_router_set_training(moe_router *r, bool training) { r->cfg.training = training; }
+
+void moe_router_set_recomputing(moe_router *r, bool recomputing)
+{
+    r->recomputing = recomputing;
+    if (r->tracker) moe_balance_tracker_set_recomputing(r->tracker, recomputing);
+}
+
+moe_status moe_router_set_grad_scale(moe_router *r, int64_t grad_accum, bool per_token_loss)
+{
+    if (grad_accum < 1)
+        return moe_fail(MOE_ERR_ARG, "router-grad-scale!", "grad-accum must be >= 1, got %lld",
+                        (long long)grad_accum);
+    r->grad_accum = grad_accum;
+    r->per_token_loss = per_token_loss;
+    return MOE_OK;
+}
+
+static moe_status copy_into(const char *op, moe_tensor *dst, moe_tensor *src)
+{
+    MOE_CHECK_NOT_NULL(op, src);
+    if (!moe_tensor_same_shape(dst, src))
+        return moe_fail(MOE_ERR_SHAPE, op, "expected shape %s, got %s", moe_shape_str(dst), moe_shape_str(src));
+    if (!moe_dtype_is_float(src->dtype) && dst->dtype != MOE_F64)
+        return moe_fail(MOE_ERR_DTYPE, op, "expected a floating tensor, got %s", moe_dtype_name(src->dtype));
+    bool prev = moe_grad_set_enabled(false);
+    moe_status st = moe_tensor_copy_(dst, src);
+    moe_grad_set_enabled(prev);
+    return st;
+}
+
+moe_status moe_router_set_weight(moe_router *r, moe_tensor *w)
+{
+    MOE_TRY(copy_into("set-router-weight!", r->weight, w));
+    moe_tensor_zero_grad(r->weight);
+    return MOE_OK;
+}
+
+moe_status moe_router_set_bias(moe_router *r, moe_tensor *bias)
+{
+    if (!r->bias)
+        return moe_fail(MOE_ERR_STATE, "set-router-bias!", "the router has no expert bias (#:expert-bias? #f)");
+    return copy_into("set-router-bias!", r->bias, bias);
+}
+
+moe_status moe_router_set_groups(moe_router *r, moe_group *tp, moe_group *cp, moe_group *dp)
+{
+    moe_group *old[3] = {r->tp, r->cp, r->dp};
+    r->tp = moe_group_retain(tp);
+    r->cp = moe_group_retain(cp);
+    r->dp = moe_group_retain(dp);
+    for (int i = 0; i < 3; i++) moe_group_release(old[i]);
+    return r->tracker ? make_tracker(r) : MOE_OK;
+}
+
+/* ---- autograd nodes ---------------------------------------------------------------------- */
+
+/* iargs: [0] wmode [1] wnorm [2] score; dargs: [0] scale [1] norm eps [2] norm p [3] offset.
+ * saved: s [T E], ids [T K] i64, wu [T K] f64, kept [T K] bool. */
+static moe_status weights_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    if (!n->inputs[0]) return MOE_OK;
+    moe_tensor *s = n->saved[0], *ids = n->saved[1], *wu = n->saved[2], *kept = n->saved[3];
+    moe_tensor *gc = NULL, *dz = NULL;
+    MOE_TRY(moe_as_compute(&gc, g, s->dtype));
+    moe_status st = moe_tensor_empty(&dz, s->dtype, MOE_CPU, 2, s->shape);
+    if (st == MOE_OK) {
+        moe_route_grad p = {
+            .T = s->shape[0], .E = s->shape[1], .K = ids->shape[1], .dtype = s->dtype,
+            .s = moe_tensor_data(s), .ids = moe_tensor_data(ids), .wu = moe_tensor_data(wu),
+            .kept = moe_tensor_data(kept), .g = moe_tensor_data(gc),
+            .wmode = (moe_wmode)n->iargs[0], .wnorm = (moe_wnorm)n->iargs[1],
+            .score = (moe_score_fn)n->iargs[2], .scale = n->dargs[0], .norm_eps = n->dargs[1],
+            .norm_p = n->dargs[2], .score_offset = n->dargs[3], .dz = moe_tensor_data(dz),
+        };
+        moe_route_rows_backward(&p);
+        gin[0] = dz;
+    }
+    moe_tensor_release(gc);
+    return st;
+}
+
+/* Identity on the weights; hands dargs[0] (the inject scale) to the aux loss. */
+static moe_status inject_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    if (n->inputs[0]) gin[0] = moe_tensor_retain(g);
+    if (n->inputs[1]) MOE_TRY(moe_tensor_scalar(&gin[1], n->inputs[1]->dtype, MOE_CPU, n->dargs[0]));
+    return MOE_OK;
+}
+
+/* probs [T E] from the weights [T K]; backward gathers. saved: ids, kept. iargs[0] = E. */
+static moe_status densify_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    if (!n->inputs[0]) return MOE_OK;
+    moe_tensor *ids = n->saved[0], *kept = n->saved[1], *gc = NULL, *dw = NULL;
+    moe_dtype dt = n->inputs[0]->dtype;
+    MOE_TRY(moe_as_compute(&gc, g, dt));
+    moe_status st = moe_tensor_empty(&dw, dt, MOE_CPU, 2, ids->shape);
+    if (st == MOE_OK) {
+        int64_t TK = moe_tensor_numel(ids), K = ids->shape[1], E = n->iargs[0];
+        const int64_t *id = moe_tensor_data(ids);
+        const uint8_t *kp = moe_tensor_data(kept);
+        const void *gp = moe_tensor_data(gc);
+        void *dp = moe_tensor_data(dw);
+        for (int64_t i = 0; i < TK; i++)
+            moe_st(dp, dt, i, kp[i] ? moe_ld(gp, dt, (i / K) * E + id[i]) : 0.0);
+        gin[0] = dw;
+    }
+    moe_tensor_release(gc);
+    return st;
+}
+
+/* ---- forward helpers ------------------------------------------------------------------- */
+
+/* Everything one forward allocates; released together. */
+typedef struct fwd {
+    int64_t B, S, T, E, K, D, Tv;
+    uint8_t *valid;             /* [T] or NULL */
+    moe_tensor *x2, *xc, *noise, *xj, *z;
+    moe_tensor *s;              /* [T E] base scores */
+    moe_tensor *ids_t, *wu_t, *kept_t; /* [T K] */
+    double *rowsum, *lse, *entropy, *mass, *log_d1; /* [T] [T] [T] [T] [E] */
+    int64_t *count_ids;         /* [T K] */
+    uint8_t *pad_map;           /* [T E] */
+    moe_scopes single, seqs;
+    moe_scope_stats st_single, st_local, st_seqs;
+    double *gb_red, *gb_acc;    /* [E+1] */
+    moe_score_fn score;         /* of s (sinkhorn picks its own) */
+} fwd;
+
+static void fwd_free(fwd *f)
+{
+    moe_tensor *ts[] = {f->x2, f->xc, f->noise, f->xj, f->z, f->s, f->ids_t, f->wu_t, f->kept_t};
+    for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) moe_tensor_release(ts[i]);
+    free(f->valid), free(f->rowsum), free(f->lse), free(f->entropy), free(f->mass), free(f->log_d1);
+    free(f->count_ids), free(f->pad_map), free(f->gb_red), free(f->gb_acc);
+    moe_scopes_free(&f->single);
+    moe_scopes_free(&f->seqs);
+    moe_scope_stats_free(&f->st_single);
+    moe_scope_stats_free(&f->st_local);
+    moe_scope_stats_free(&f->st_seqs);
+}
+
+static moe_status read_mask(fwd *f, moe_tensor *valid, bool allow_bs)
+{
+    if (!valid) return MOE_OK;
+    MOE_CHECK_CPU(OP, valid);
+    bool ok = (valid->ndim == 1 && valid->shape[0] == f->T) ||
+              (allow_bs && valid->ndim == 2 && valid->shape[0] == f->B && valid->shape[1] == f->S);
+    if (!ok)
+        return moe_fail(MOE_ERR_SHAPE, OP, "valid mask must be [%lld]%s for x of %lld tokens, got %s",
+                        (long long)f->T, allow_bs ? " or [B S]" : "", (long long)f->T, moe_shape_str(valid));
+    double *v = malloc(sizeof(double) * (size_t)f->T);
+    f->valid = malloc((size_t)f->T);
+    if (!v || !f->valid) {
+        free(v);
+        return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+    }
+    moe_status st = moe_tensor_to_doubles(valid, v);
+    for (int64_t t = 0; t < f->T; t++) f->valid[t] = v[t] != 0;
+    free(v);
+    return st;
+}
+
+/* x [T D] (or [B S D]) → z [T E] in the router dtype, with jitter. */
+static moe_status gate(fwd *f, moe_router *r, moe_tensor *x, uint64_t offset)
+{
+    MOE_TRY(moe_reshape(&f->x2, x, 2, (int64_t[]){f->T, f->D}));
+    if (f->x2->dtype != r->cfg.dtype) MOE_TRY(moe_to_dtype(&f->xc, f->x2, r->cfg.dtype));
+    else f->xc = moe_tensor_retain(f->x2);
+    moe_tensor *xin = f->xc;
+    if (r->cfg.training && r->cfg.jitter > 0) {
+        MOE_TRY(moe_tensor_empty(&f->noise, r->cfg.dtype, MOE_CPU, 2, (int64_t[]){f->T, f->D}));
+        void *u = moe_tensor_data(f->noise);
+        double eps = r->cfg.jitter;
+        uint64_t seed = r->cfg.seed ^ JITTER_SEED_MIX;
+        for (int64_t i = 0; i < f->T * f->D; i++)
+            moe_st(u, r->cfg.dtype, i, 1.0 - eps + 2.0 * eps * moe_rng_uniform(seed, offset + (uint64_t)i));
+        MOE_TRY(moe_mul(&f->xj, f->xc, f->noise));
+        xin = f->xj;
+    }
+    MOE_TRY(moe_linear(&f->z, xin, r->weight, NULL));
+    if (!moe_tensor_is_contiguous(f->z)) {
+        moe_tensor *c;
+        MOE_TRY(moe_contiguous(&c, f->z));
+        moe_tensor_release(f->z);
+        f->z = c;
+    }
+    return MOE_OK;
+}
+
+/* The error for logits holding NaN/Inf (the routing pass flags such rows). */
+static moe_status nonfinite_error(fwd *f)
+{
+    int64_t nans, infs, first;
+    moe_count_nonfinite_rows(moe_tensor_data(f->z), f->z->dtype, f->T * f->E, &nans, &infs, &first);
+    return moe_fail(MOE_ERR_VALUE, OP,
+                    "gate logits hold %lld NaN and %lld Inf values (first at token %lld, expert "
+                    "%lld); check the input and the router weight",
+                    (long long)nans, (long long)infs, (long long)(first / f->E), (long long)(first % f->E));
+}
+
+static int tp_cp_size(const moe_router *r) { return moe_group_size(r->tp) * moe_group_size(r->cp); }
+
+/* The loss terms of the router's losses (all of them, or just kind ONLY). */
+static moe_status build_terms(moe_aux_term_plan **out, int *n_out, moe_z_plan *zp, fwd *f,
+                              moe_router *r, int only, bool unit_coeff)
+{
+    const moe_router_config *c = &r->cfg;
+    *out = NULL;
+    *n_out = 0;
+    memset(zp, 0, sizeof *zp);
+    moe_aux_term_plan *terms = calloc((size_t)c->n_losses + 1, sizeof *terms);
+    if (!terms) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+    int n = 0;
+    moe_status st = MOE_OK;
+    for (int i = 0; i < c->n_losses && st == MOE_OK; i++) {
+        if (only >= 0 && i != only) continue;
+        moe_aux_kind k = c->losses[i].kind;
+        double coeff = unit_coeff ? 1.0 : c->losses[i].coeff;
+        if (k == MOE_AUX_Z) {
+            moe_z_plan_compute(zp, f->lse, f->valid, f->T);
+            zp->coeff = unit_coeff ? 1.0 : coeff / tp_cp_size(r);
+            continue;
+        }
+        moe_aux_params prm = {.K = f->K, .k_in_f = c->k_in_f, .loss_div_factor = c->loss_div_factor,
+                              .num_layers = c->num_moe_layers};
+        const moe_scope_stats *stats = &f->st_single;
+        const moe_scopes *sc = &f->single;
+        if (moe_aux_kind_is_sequence(k)) {
+            stats = &f->st_seqs;
+            sc = &f->seqs;
+        } else if (k == MOE_AUX_OLMO_LOCAL_BATCH) {
+            stats = &f->st_local;
+        } else if (k == MOE_AUX_GLOBAL_BATCH) {
+            prm.acc_counts = f->gb_acc;
+            prm.acc_tokens = f->gb_acc[f->E];
+            prm.mb_tokens = f->st_single.Tn[0];
+        }
+        st = moe_aux_term_build(&terms[n], k, coeff, stats, sc, &prm);
+        if (st == MOE_OK) n++;
+    }
+    if (st != MOE_OK) {
+        for (int i = 0; i < n; i++) moe_aux_term_plan_free(&terms[i]);
+        free(terms);
+        return st;
+    }
+    *out = terms;
+    *n_out = n;
+    return MOE_OK;
+}
+
+/* Scopes and statistics for the losses, with their group reductions. */
+static moe_status loss_stats(fwd *f, moe_router *r, moe_tensor *doc_bounds)
+{
+    const moe_router_config *c = &r->cfg;
+    bool any_batch = false, any_seq = false, local = false, global = false;
+    for (int i = 0; i < c->n_losses; i++) {
+        moe_aux_kind k = c->losses[i].kind;
+        if (k == MOE_AUX_Z) continue;
+        if (moe_aux_kind_is_sequence(k)) any_seq = true;
+        else any_batch = true;
+        local |= k == MOE_AUX_OLMO_LOCAL_BATCH;
+        global |= k == MOE_AUX_GLOBAL_BATCH;
+    }
+    moe_group *groups[2] = {r->cp, r->tp};
+    const void *s = moe_tensor_data(f->s);
+    if (any_seq) {
+        MOE_TRY(moe_scopes_sequences(&f->seqs, OP, f->B, f->S, doc_bounds));
+        MOE_TRY(moe_scope_stats_compute(&f->st_seqs, &f->seqs, s, f->s->dtype, f->rowsum, f->score,
+                                        c->loss_eps, f->valid, f->count_ids, f->T, f->E, f->K));
+    }
+    if (any_batch) {
+        MOE_TRY(moe_scopes_single(&f->single, f->T));
+        if (any_seq) { /* the sequences tile the micro-batch: sum their statistics */
+            moe_scope_stats *S = &f->st_single, *Q = &f->st_seqs;
+            S->n = 1;
+            S->E = f->E;
+            S->P = calloc((size_t)f->E, sizeof(double));
+            S->C = calloc((size_t)f->E, sizeof(double));
+            S->Tn = calloc(1, sizeof(double));
+            if (!S->P || !S->C || !S->Tn) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+            for (int64_t n = 0; n < Q->n; n++) {
+                for (int64_t i = 0; i < f->E; i++) {
+                    S->P[i] += Q->P[n * f->E + i];
+                    S->C[i] += Q->C[n * f->E + i];
+                }
+                S->Tn[0] += Q->Tn[n];
+            }
+        } else {
+            MOE_TRY(moe_scope_stats_compute(&f->st_single, &f->single, s, f->s->dtype, f->rowsum, f->score,
+                                            c->loss_eps, f->valid, f->count_ids, f->T, f->E, f->K));
+        }
+        if (local) { /* rank-local copy before the tp×cp reduction */
+            moe_scope_stats *L = &f->st_local, *S = &f->st_single;
+            L->n = 1;
+            L->E = f->E;
+            L->P = malloc(sizeof(double) * (size_t)f->E);
+            L->C = malloc(sizeof(double) * (size_t)f->E);
+            L->Tn = malloc(sizeof(double));
+            if (!L->P || !L->C || !L->Tn) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+            memcpy(L->P, S->P, sizeof(double) * (size_t)f->E);
+            memcpy(L->C, S->C, sizeof(double) * (size_t)f->E);
+            L->Tn[0] = S->Tn[0];
+        }
+        if (global) {
+            f->gb_red = malloc(sizeof(double) * (size_t)(f->E + 1));
+            f->gb_acc = malloc(sizeof(double) * (size_t)(f->E + 1));
+            if (!f->gb_red || !f->gb_acc) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+            MOE_TRY(moe_tracker_reduce(r->tracker, f->st_single.C, f->st_single.Tn[0], f->gb_red));
+            if (c->training) {
+                MOE_TRY(moe_tracker_view(r->tracker, f->gb_red, f->gb_acc));
+            } else {
+                memcpy(f->gb_acc, f->gb_red, sizeof(double) * (size_t)(f->E + 1));
+            }
+        }
+        MOE_TRY(moe_scope_stats_reduce(&f->st_single, 2, groups));
+    }
+    if (any_seq) MOE_TRY(moe_scope_stats_reduce(&f->st_seqs, 2, groups));
+    return MOE_OK;
+}
+
+static moe_status push_record(moe_router *r, uint64_t offset)
+{
+    if (r->n_rec == r->cap_rec) {
+        int64_t cap = r->cap_rec ? 2 * r->cap_rec : 8;
+        uint64_t *g = realloc(r->rec_offsets, sizeof(uint64_t) * (size_t)cap);
+        if (!g) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+        r->rec_offsets = g;
+        r->cap_rec = cap;
+    }
+    r->rec_offsets[r->n_rec++] = offset;
+    return MOE_OK;
+}
+
+struct moe_routing_priv {
+    int64_t E;
+    moe_dtype dtype;
+    uint8_t *pad_map; /* [T E] filler entries or NULL */
+};
+
+void moe_routing_free(moe_routing *o)
+{
+    if (!o) return;
+    if (o->priv) free(o->priv->pad_map);
+    free(o->priv);
+    moe_tensor *ts[] = {o->weights, o->experts, o->kept, o->probs, o->map, o->logits, o->counts, o->aux_total};
+    for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) moe_tensor_release(ts[i]);
+    for (int i = 0; i < o->n_aux; i++) moe_tensor_release(o->aux[i]);
+    free(o);
+}
+
+moe_tensor *moe_routing_aux(const moe_routing *o, moe_aux_kind kind)
+{
+    for (int i = 0; o && i < o->n_aux; i++)
+        if (o->aux_kind[i] == kind) return o->aux[i];
+    return NULL;
+}
+
+moe_status moe_routing_dense(moe_routing *o)
+{
+    MOE_CHECK_NOT_NULL("routing-dense", o);
+    if (o->probs && o->map) return MOE_OK;
+    if (!o->priv || !o->weights)
+        return moe_fail(MOE_ERR_STATE, "routing-dense", "not a routing result of moe_router_forward");
+    int64_t T = o->weights->shape[0], K = o->weights->shape[1], E = o->priv->E;
+    moe_dtype dt = o->priv->dtype;
+    moe_tensor *probs = NULL, *map = NULL;
+    moe_status st = moe_tensor_zeros(&probs, dt, MOE_CPU, 2, (int64_t[]){T, E});
+    if (st == MOE_OK) st = moe_tensor_zeros(&map, MOE_BOOL, MOE_CPU, 2, (int64_t[]){T, E});
+    if (st == MOE_OK) {
+        void *pp = moe_tensor_data(probs);
+        const void *wp = moe_tensor_data(o->weights);
+        uint8_t *mp = moe_tensor_data(map);
+        const uint8_t *kp = moe_tensor_data(o->kept), *pad = o->priv->pad_map;
+        const int64_t *ids = moe_tensor_data(o->experts);
+#pragma omp parallel for if (T * E > 32768) schedule(static)
+        for (int64_t t = 0; t < T; t++) {
+            for (int64_t k = 0; k < K; k++) {
+                int64_t i = t * K + k;
+                if (!kp[i]) continue;
+                moe_st(pp, dt, t * E + ids[i], moe_ld(wp, dt, i));
+                mp[t * E + ids[i]] = 1;
+            }
+            if (pad)
+                for (int64_t j = t * E; j < (t + 1) * E; j++) mp[j] |= pad[j];
+        }
+        moe_tensor *saved[2] = {o->experts, o->kept};
+        st = moe_autograd_record(probs, "router-densify", densify_backward, 1, &o->weights, 2, saved, NULL, NULL);
+        if (st == MOE_OK && probs->grad_fn) probs->grad_fn->iargs[0] = E;
+    }
+    if (st != MOE_OK) {
+        moe_tensor_release(probs);
+        moe_tensor_release(map);
+        return st;
+    }
+    o->probs = probs;
+    o->map = map;
+    return MOE_OK;
+}
+
+/* ---- forward -------------------------------------------------------------------------------- */
+
+moe_status moe_router_forward(moe_routing **out, moe_router *r, moe_tensor *x, moe_tensor *valid,
+                              moe_tensor *doc_bounds)
+{
+    *out = NULL;
+    MOE_CHECK_NOT_NULL(OP, r);
+    MOE_CHECK_NOT_NULL(OP, x);
+    MOE_CHECK_CPU(OP, x);
+    MOE_CHECK_FLOAT(OP, x);
+    const moe_router_config *c = &r->cfg;
+    fwd f = {0};
+    f.E = c->experts;
+    f.K = c->top_k;
+    f.D = c->hidden;
+    if ((x->ndim != 2 && x->ndim != 3) || x->shape[x->ndim - 1] != f.D)
+        return moe_fail(MOE_ERR_SHAPE, OP, "x must be [T %lld] or [B S %lld], got %s", (long long)f.D,
+                        (long long)f.D, moe_shape_str(x));
+    f.B = x->ndim == 3 ? x->shape[0] : 1;
+    f.S = x->ndim == 3 ? x->shape[1] : x->shape[0];
+    f.T = f.B * f.S;
+    if (f.T < 1) return moe_fail(MOE_ERR_SHAPE, OP, "x %s holds no tokens", moe_shape_str(x));
+    bool seq_loss = false, z_loss = false, balance = false;
+    for (int i = 0; i < c->n_losses; i++) {
+        seq_loss |= moe_aux_kind_is_sequence(c->losses[i].kind);
+        z_loss |= c->losses[i].kind == MOE_AUX_Z;
+        balance |= c->losses[i].kind != MOE_AUX_Z;
+    }
+    if (seq_loss && x->ndim == 2 && !doc_bounds)
+        return moe_fail(MOE_ERR_SHAPE, OP,
+                        "a sequence loss needs x as [B S D] (or document bounds); got a 2-D input %s",
+                        moe_shape_str(x));
+    const int64_t T = f.T, E = f.E, K = f.K;
+    bool recomp = r->recomputing && c->training;
+    if (recomp && r->rec_cursor >= r->n_rec)
+        return moe_fail(MOE_ERR_STATE, OP, "recomputing forward %lld but only %lld were recorded this step",
+                        (long long)r->rec_cursor + 1, (long long)r->n_rec);
+    uint64_t offset = recomp ? r->rec_offsets[r->rec_cursor] : r->rng_next;
+
+    moe_routing *o = calloc(1, sizeof *o);
+    moe_status st = o ? MOE_OK : moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+    moe_aux_term_plan *terms = NULL;
+    int n_terms = 0;
+    if (st == MOE_OK) st = read_mask(&f, valid, x->ndim == 3);
+    if (st == MOE_OK && doc_bounds) { /* validate early: no work is wasted */
+        moe_scopes tmp;
+        st = moe_scopes_sequences(&tmp, OP, f.B, f.S, doc_bounds);
+        if (st == MOE_OK) moe_scopes_free(&tmp);
+    }
+    if (st == MOE_OK) st = gate(&f, r, x, offset);
+    f.Tv = 0;
+    for (int64_t t = 0; t < T; t++) f.Tv += !f.valid || f.valid[t];
+
+    /* ---- the routing pass ---- */
+    bool sink = c->sinkhorn;
+    moe_route_plan p = {
+        .T = T, .E = E, .K = K, .dtype = c->dtype, .valid = f.valid, .score = c->score,
+        .score_offset = c->score_offset, .loss_eps = c->loss_eps, .select = true,
+        .wmode = MOE_WMODE_GATHER, .wnorm = MOE_WNORM_NONE, .norm_eps = c->norm_eps,
+        .norm_p = c->norm_p, .groups = c->groups, .group_topk = c->group_topk,
+        .group_m = c->groups ? (c->group_score_top ? c->group_score_top : K / c->group_topk) : 0,
+        .debug = c->debug_routing, .debug_seed = c->seed ^ DEBUG_SEED_MIX,
+        .debug_offset = offset + (uint64_t)(T * f.D), .debug_skew = c->debug_skew,
+        .count_topk = c->count_from == MOE_COUNT_TOPK,
+    };
+    if (sink) { /* Megatron: weights from σ (K = 1) or the full softmax, not renormalised */
+        p.score = K == 1 ? MOE_SCORE_SIGMOID : MOE_SCORE_SOFTMAX;
+        p.score_offset = 0;
+        p.select_on_logits = c->training;
+    } else if (c->score == MOE_SCORE_SOFTMAX && !c->pre_softmax) {
+        p.select_on_logits = true;
+        p.wmode = MOE_WMODE_POST_SOFTMAX;
+    } else if (c->normalize == MOE_NORM_ON || (c->normalize == MOE_NORM_AUTO && c->score == MOE_SCORE_SIGMOID && K > 1)) {
+        p.wnorm = c->norm_p == 1.0 ? MOE_WNORM_SUM : MOE_WNORM_PNORM;
+    }
+    if (r->bias) p.bias = moe_tensor_data(r->bias);
+    f.score = p.score;
+    if (st == MOE_OK) {
+        f.rowsum = malloc(sizeof(double) * (size_t)T);
+        f.lse = malloc(sizeof(double) * (size_t)T);
+        f.entropy = malloc(sizeof(double) * (size_t)T);
+        f.mass = malloc(sizeof(double) * (size_t)T);
+        f.count_ids = balance ? malloc(sizeof(int64_t) * (size_t)(T * K)) : NULL;
+        f.log_d1 = malloc(sizeof(double) * (size_t)E);
+        if (!f.rowsum || !f.lse || !f.entropy || !f.mass || (balance && !f.count_ids) || !f.log_d1)
+            st = moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+    }
+    if (st == MOE_OK) st = moe_tensor_empty(&f.s, c->dtype, MOE_CPU, 2, (int64_t[]){T, E});
+    if (st == MOE_OK) st = moe_tensor_empty(&f.ids_t, MOE_I64, MOE_CPU, 2, (int64_t[]){T, K});
+    if (st == MOE_OK) st = moe_tensor_empty(&f.wu_t, MOE_F64, MOE_CPU, 2, (int64_t[]){T, K});
+    if (st == MOE_OK) st = moe_tensor_empty(&f.kept_t, MOE_BOOL, MOE_CPU, 2, (int64_t[]){T, K});
+    if (st == MOE_OK && sink && c->training) {
+        int64_t nn, ni, first;
+        moe_count_nonfinite_rows(moe_tensor_data(f.z), c->dtype, T * E, &nn, &ni, &first);
+        if (nn || ni) st = nonfinite_error(&f);
+    }
+    if (st == MOE_OK && sink && c->training) {
+        st = moe_sinkhorn_log_offsets(f.log_d1, moe_tensor_data(f.z), c->dtype, T, E, f.valid, NULL);
+        p.sel_offset = f.log_d1;
+    }
+    int64_t *ids = NULL;
+    double *wu = NULL;
+    uint8_t *kept = NULL;
+    if (st == MOE_OK) {
+        p.z = moe_tensor_data(f.z);
+        p.s = moe_tensor_data(f.s);
+        p.rowsum = f.rowsum;
+        p.lse = z_loss ? f.lse : NULL;
+        p.ids = ids = moe_tensor_data(f.ids_t);
+        p.wu = wu = moe_tensor_data(f.wu_t);
+        p.count_ids = f.count_ids;
+        p.entropy = f.entropy;
+        p.mass = f.mass;
+        int64_t bad = 0;
+        p.bad_rows = &bad;
+        moe_route_rows(&p);
+        if (bad) st = nonfinite_error(&f);
+        kept = moe_tensor_data(f.kept_t);
+        for (int64_t i = 0; i < T * K; i++) kept[i] = !f.valid || f.valid[i / K];
+    }
+
+    /* ---- capacity ---- */
+    int64_t C = -1, dropped = 0;
+    if (st == MOE_OK) {
+        C = moe_capacity_of(c, f.Tv);
+        if (C >= 0 && c->pad_to_capacity) {
+            f.pad_map = calloc((size_t)(T * E), 1);
+            if (!f.pad_map) st = moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+        }
+        if (st == MOE_OK && C >= 0)
+            st = moe_capacity_apply(kept, &dropped, f.pad_map, ids, wu, T, K, E, C, c->drop_policy);
+    }
+
+    /* ---- weights, with the routing-weights node ---- */
+    moe_tensor *w_raw = NULL;
+    if (st == MOE_OK) st = moe_tensor_empty(&w_raw, c->dtype, MOE_CPU, 2, (int64_t[]){T, K});
+    if (st == MOE_OK) {
+        void *wp = moe_tensor_data(w_raw);
+        for (int64_t i = 0; i < T * K; i++) moe_st(wp, c->dtype, i, kept[i] ? wu[i] * c->scaling_factor : 0.0);
+        moe_tensor *saved[4] = {f.s, f.ids_t, f.wu_t, f.kept_t};
+        st = moe_autograd_record(w_raw, "router-weights", weights_backward, 1, &f.z, 4, saved, NULL, NULL);
+        if (st == MOE_OK && w_raw->grad_fn) {
+            moe_node *n = w_raw->grad_fn;
+            n->iargs[0] = p.wmode;
+            n->iargs[1] = p.wnorm;
+            n->iargs[2] = p.score;
+            n->dargs[0] = c->scaling_factor;
+            n->dargs[1] = c->norm_eps;
+            n->dargs[2] = c->norm_p;
+            n->dargs[3] = p.score == MOE_SCORE_SIGMOID ? p.score_offset : 0.0;
+        }
+    }
+
+    /* ---- losses ---- */
+    o->n_aux = c->n_losses;
+    for (int i = 0; i < c->n_losses; i++) {
+        o->aux_kind[i] = c->losses[i].kind;
+        o->aux_coeff[i] = c->losses[i].coeff;
+    }
+    double values[MOE_ROUTER_MAX_LOSSES] = {0};
+    moe_tensor *aux_graph = NULL;
+    bool inject = c->grad_mode == MOE_GRAD_INJECT;
+    if (st == MOE_OK && c->n_losses > 0) st = loss_stats(&f, r, doc_bounds);
+    /* unscaled values (unit coefficients) */
+    if (st == MOE_OK && c->n_losses > 0) {
+        moe_z_plan zp;
+        for (int i = 0; i < c->n_losses && st == MOE_OK; i++) {
+            st = build_terms(&terms, &n_terms, &zp, &f, r, i, true);
+            if (st != MOE_OK) break;
+            values[i] = c->losses[i].kind == MOE_AUX_Z ? zp.value : terms[0].value;
+            if (!inject) { /* add mode: each loss its own node */
+                moe_aux_node_spec spec = {.z = f.z, .s = f.s, .valid = f.valid, .lse = f.lse,
+                                          .score = p.score, .eps = c->loss_eps,
+                                          .offset = p.score_offset, .n_terms = n_terms,
+                                          .terms = terms, .zterm = zp};
+                st = moe_aux_node_make(&o->aux[i], &spec);
+                terms = spec.terms;
+                n_terms = spec.n_terms;
+            } else {
+                st = moe_tensor_scalar(&o->aux[i], c->dtype, MOE_CPU, values[i]);
+            }
+            for (int j = 0; j < n_terms; j++) moe_aux_term_plan_free(&terms[j]);
+            free(terms);
+            terms = NULL;
+            n_terms = 0;
+        }
+    }
+    double total = 0;
+    for (int i = 0; i < c->n_losses; i++)
+        total += (c->losses[i].kind == MOE_AUX_Z ? c->losses[i].coeff / tp_cp_size(r) : c->losses[i].coeff) * values[i];
+    if (st == MOE_OK && !inject) { /* aux_total = Σ α_i L_i, differentiable */
+        st = moe_tensor_scalar(&o->aux_total, c->dtype, MOE_CPU, 0.0);
+        for (int i = 0; i < c->n_losses && st == MOE_OK; i++) {
+            double a = c->losses[i].kind == MOE_AUX_Z ? c->losses[i].coeff / tp_cp_size(r) : c->losses[i].coeff;
+            moe_tensor *term = NULL, *sum = NULL;
+            st = moe_mul_scalar(&term, o->aux[i], a);
+            if (st == MOE_OK) st = moe_add(&sum, o->aux_total, term);
+            moe_tensor_release(term);
+            if (st == MOE_OK) {
+                moe_tensor_release(o->aux_total);
+                o->aux_total = sum;
+            }
+        }
+    } else if (st == MOE_OK) {
+        st = moe_tensor_scalar(&o->aux_total, c->dtype, MOE_CPU, total);
+    }
+    /* inject mode: one node with every α-weighted term, fed by the inject node */
+    bool any_coeff = false;
+    for (int i = 0; i < c->n_losses; i++) any_coeff |= c->losses[i].coeff != 0;
+    if (st == MOE_OK && inject && any_coeff && c->training && moe_tensor_needs_grad(f.z)) {
+        moe_z_plan zp;
+        st = build_terms(&terms, &n_terms, &zp, &f, r, -1, false);
+        if (st == MOE_OK) {
+            moe_aux_node_spec spec = {.z = f.z, .s = f.s, .valid = f.valid, .lse = f.lse,
+                                      .score = p.score, .eps = c->loss_eps, .offset = p.score_offset,
+                                      .n_terms = n_terms, .terms = terms, .zterm = zp};
+            st = moe_aux_node_make(&aux_graph, &spec);
+            terms = NULL;
+            n_terms = 0;
+        }
+    }
+    moe_tensor *w_final = NULL;
+    if (st == MOE_OK && aux_graph && w_raw->grad_fn) {
+        double scale = r->per_token_loss ? (double)f.Tv * tp_cp_size(r)
+                                         : (double)moe_group_size(r->cp) / (double)r->grad_accum;
+        moe_node *n = NULL;
+        st = moe_detach(&w_final, w_raw);
+        if (st == MOE_OK) st = moe_node_new(&n, "router-aux-inject", inject_backward, 2, (moe_tensor *[]){w_raw, aux_graph});
+        if (st == MOE_OK) {
+            n->dargs[0] = scale;
+            moe_node_attach(n, w_final);
+        }
+    } else if (st == MOE_OK) {
+        w_final = moe_tensor_retain(w_raw);
+    }
+    moe_tensor_release(aux_graph);
+    moe_tensor_release(w_raw);
+
+    /* ---- counts; the dense views wait for moe_routing_dense ---- */
+    double *cnt = NULL;
+    if (st == MOE_OK) {
+        o->weights = w_final;
+        w_final = NULL;
+        st = moe_tensor_zeros(&o->counts, MOE_I64, MOE_CPU, 1, &E);
+    }
+    if (st == MOE_OK) {
+        cnt = calloc((size_t)E, sizeof(double));
+        o->priv = calloc(1, sizeof *o->priv);
+        if (!cnt || !o->priv) st = moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+    }
+    if (st == MOE_OK) {
+        int64_t *cp = moe_tensor_data(o->counts);
+        for (int64_t i = 0; i < T * K; i++)
+            if (kept[i]) cp[ids[i]]++;
+        for (int64_t e = 0; e < E; e++) cnt[e] = (double)cp[e];
+        o->priv->E = E;
+        o->priv->dtype = c->dtype;
+        o->priv->pad_map = f.pad_map; /* taken over */
+        f.pad_map = NULL;
+        o->experts = moe_tensor_retain(f.ids_t);
+        o->kept = moe_tensor_retain(f.kept_t);
+        o->logits = moe_tensor_retain(f.z);
+        o->tokens = f.Tv;
+        o->capacity = C;
+        o->dropped = dropped;
+    }
+
+    /* ---- commit the router's state (nothing above changed it) ---- */
+    if (st == MOE_OK && c->training && r->tracker && f.gb_red) st = moe_tracker_commit(r->tracker, f.gb_red);
+    if (st == MOE_OK && c->training && !recomp) st = push_record(r, offset);
+    if (st == MOE_OK) {
+        memcpy(r->batch_counts, cnt, sizeof(double) * (size_t)E);
+        r->batch_tokens = (double)f.Tv;
+        if (recomp) {
+            r->rec_cursor++;
+        } else if (c->training) {
+            r->rng_next = offset + (uint64_t)(T * (f.D + E));
+            for (int64_t e = 0; e < E; e++) {
+                r->bias_counts[e] += cnt[e];
+                r->step_counts[e] += cnt[e];
+            }
+            r->bias_tokens += (double)f.Tv;
+            r->step_tokens += (double)f.Tv;
+            r->step_dropped += (double)dropped;
+            for (int64_t t = 0; t < T; t++) {
+                if (f.valid && !f.valid[t]) continue;
+                r->step_entropy += f.entropy[t];
+                r->step_mass += f.mass[t];
+            }
+            for (int i = 0; i < c->n_losses; i++) r->step_aux[i] += values[i];
+            r->step_micro++;
+        }
+    }
+    free(cnt);
+    moe_tensor_release(w_final);
+    for (int j = 0; j < n_terms; j++) moe_aux_term_plan_free(&terms[j]);
+    free(terms);
+    fwd_free(&f);
+    if (st != MOE_OK) {
+        moe_routing_free(o);
+        return st;
+    }
+    *out = o;
+    return MOE_OK;
+}
+
+/* ---- optimizer step ---------------------------------------------------------------------- */
+
+moe_status moe_router_step(moe_router *r)
+{
+    int64_t E = r->cfg.experts;
+    double *buf = malloc(sizeof(double) * (size_t)(2 * (E + 1))); /* [bias counts, tok | step counts, tok] */
+    if (!buf) return moe_fail(MOE_ERR_NOMEM, "router-step!", "out of memory");
+    memcpy(buf, r->bias_counts, sizeof(double) * (size_t)E);
+    buf[E] = r->bias_tokens;
+    memcpy(buf + E + 1, r->step_counts, sizeof(double) * (size_t)E);
+    buf[2 * E + 1] = r->step_tokens;
+    moe_status st = MOE_OK;
+    moe_group *groups[3] = {r->cp, r->tp, r->dp};
+    for (int g = 0; g < 3 && st == MOE_OK; g++) {
+        if (moe_group_size(groups[g]) <= 1) continue;
+        moe_tensor *t;
+        int64_t n = 2 * (E + 1);
+        st = moe_tensor_from_data(&t, MOE_F64, MOE_CPU, 1, &n, buf);
+        if (st == MOE_OK) st = moe_all_reduce_(t, MOE_REDUCE_SUM, groups[g]);
+        if (st == MOE_OK) memcpy(buf, moe_tensor_data(t), sizeof(double) * (size_t)n);
+        moe_tensor_release(t);
+    }
+    if (st != MOE_OK) {
+        free(buf);
+        return st;
+    }
+    if (r->bias && r->cfg.training) {
+        double mean = 0, dmean = 0;
+        for (int64_t e = 0; e < E; e++) mean += buf[e];
+        mean /= (double)E;
+        /* the bias is f32: the update is f32 arithmetic, as in the references */
+        float *d = malloc(sizeof(float) * (size_t)E);
+        if (!d) {
+            free(buf);
+            return moe_fail(MOE_ERR_NOMEM, "router-step!", "out of memory");
+        }
+        for (int64_t e = 0; e < E; e++) {
+            double off = mean - buf[e];
+            d[e] = (float)(r->cfg.bias_rate * (double)((off > 0) - (off < 0)));
+            dmean += d[e];
+        }
+        float dm = (float)(dmean / (double)E);
+        float *b = moe_tensor_data(r->bias);
+        for (int64_t e = 0; e < E; e++) b[e] = b[e] + (r->cfg.bias_center ? d[e] - dm : d[e]);
+        free(d);
+    }
+    memcpy(r->global_counts, buf + E + 1, sizeof(double) * (size_t)E);
+    r->have_global = true;
+    free(buf);
+    memset(r->bias_counts, 0, sizeof(double) * (size_t)E);
+    memset(r->step_counts, 0, sizeof(double) * (size_t)E);
+    r->bias_tokens = r->step_tokens = r->step_dropped = r->step_entropy = r->step_mass = 0;
+    r->step_micro = 0;
+    memset(r->step_aux, 0, sizeof r->step_aux);
+    if (r->tracker) moe_balance_tracker_reset(r->tracker);
+    r->n_rec = 0;
+    r->rec_cursor = 0;
+    r->steps++;
+    return MOE_OK;
+}
+
+/* ---- state ---------------------------------------------------------------------------------- */
+
+moe_status moe_router_state_save(moe_router *r, moe_tensor **bias, moe_tensor **counters)
+{
+    *counters = NULL;
+    if (bias) *bias = NULL;
+    int64_t E = r->cfg.experts;
+    double *buf = calloc((size_t)(3 * (E + 1)), sizeof(double)); /* [3 E+1] */
+    if (!buf) return moe_fail(MOE_ERR_NOMEM, "router-state", "out of memory");
+    memcpy(buf, r->bias_counts, sizeof(double) * (size_t)E);
+    buf[E] = r->bias_tokens;
+    if (r->tracker) memcpy(buf + E + 1, moe_tracker_buffer(r->tracker), sizeof(double) * (size_t)(E + 1));
+    memcpy(buf + 2 * (E + 1), r->step_counts, sizeof(double) * (size_t)E);
+    buf[3 * (E + 1) - 1] = r->step_tokens;
+    moe_status st = moe_tensor_from_data(counters, MOE_F64, MOE_CPU, 2, (int64_t[]){3, E + 1}, buf);
+    free(buf);
+    if (st == MOE_OK && bias && r->bias) st = moe_clone(bias, r->bias);
+    if (st != MOE_OK) {
+        moe_tensor_release(*counters);
+        *counters = NULL;
+    }
+    return st;
+}
+
+moe_status moe_router_state_load(moe_router *r, moe_tensor *bias, moe_tensor *counters)
+{
+    const char *op = "router-state-load!";
+    int64_t E = r->cfg.experts;
+    if (bias && !r->bias) return moe_fail(MOE_ERR_STATE, op, "the router has no expert bias to load");
+    if (bias && (bias->ndim != 1 || bias->shape[0] != E))
+        return moe_fail(MOE_ERR_SHAPE, op, "bias must be [%lld], got %s", (long long)E, moe_shape_str(bias));
+    double *buf = NULL;
+    if (counters) {
+        if (counters->ndim != 2 || counters->shape[0] != 3 || counters->shape[1] != E + 1)
+            return moe_fail(MOE_ERR_SHAPE, op, "counters must be [3 %lld], got %s", (long long)(E + 1),
+                            moe_shape_str(counters));
+        buf = malloc(sizeof(double) * (size_t)(3 * (E + 1)));
+        if (!buf) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        moe_status st = moe_tensor_to_doubles(counters, buf);
+        if (st != MOE_OK) {
+            free(buf);
+            return st;
+        }
+    }
+    if (bias) {
+        moe_status st = copy_into(op, r->bias, bias);
+        if (st != MOE_OK) {
+            free(buf);
+            return st;
+        }
+    }
+    if (buf) {
+        memcpy(r->bias_counts, buf, sizeof(double) * (size_t)E);
+        r->bias_tokens = buf[E];
+        if (r->tracker) {
+            moe_tensor *tc = NULL;
+            moe_status st = moe_tensor_from_data(&tc, MOE_F64, MOE_CPU, 1, &E, buf + E + 1);
+            if (st == MOE_OK) st = moe_balance_tracker_load(r->tracker, tc, buf[2 * E + 1], 0);
+            moe_tensor_release(tc);
+            if (st != MOE_OK) {
+                free(buf);
+                return st;
+            }
+        }
+        memcpy(r->step_counts, buf + 2 * (E + 1), sizeof(double) * (size_t)E);
+        r->step_tokens = buf[3 * (E + 1) - 1];
+        free(buf);
+    }
+    return MOE_OK;
+}

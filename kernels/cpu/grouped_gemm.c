@@ -1,0 +1,553 @@
+/* grouped_gemm.c — GEMMs over variable-size expert groups and the fused
+ * expert MLP on top of them (see grouped_gemm.h).
+ *
+ * Dimension letters: E experts, N rows (expert-contiguous), n_e rows of
+ * group e, D model dim, F expert ffn dim, S scratch slots (one per group
+ * running at the same time). */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "grouped_gemm.h"
+
+#define PAR_MIN 32768 /* elementwise loops below this many elements stay on one thread */
+#define SUM_BLOCK 256 /* columns summed at once by the bias-gradient loop */
+
+/* ---- schedule ------------------------------------------------------------------- */
+
+static int forced_mode = -1; /* -1: not read from the environment yet */
+
+static moe_cpu_group_mode env_mode(void)
+{
+    int m = __atomic_load_n(&forced_mode, __ATOMIC_RELAXED);
+    if (m >= 0) return (moe_cpu_group_mode)m;
+    const char *s = getenv("MOELAB_GROUPED_GEMM");
+    m = MOE_CPU_GROUP_AUTO;
+    if (s && strcmp(s, "parallel") == 0) m = MOE_CPU_GROUP_PARALLEL;
+    if (s && strcmp(s, "serial") == 0) m = MOE_CPU_GROUP_SERIAL;
+    __atomic_store_n(&forced_mode, m, __ATOMIC_RELAXED);
+    return (moe_cpu_group_mode)m;
+}
+
+void moe_cpu_group_set_mode(moe_cpu_group_mode mode)
+{
+    __atomic_store_n(&forced_mode, (int)mode, __ATOMIC_RELAXED);
+}
+
+moe_cpu_group_mode moe_cpu_group_get_mode(void) { return env_mode(); }
+
+moe_cpu_group_mode moe_cpu_group_plan(int64_t E, const int64_t *off, int *slots, int64_t *max_rows)
+{
+    int64_t mx = 0, total = off[E] - off[0];
+    int nonempty = 0;
+    for (int64_t e = 0; e < E; e++) {
+        int64_t n = off[e + 1] - off[e];
+        if (n > mx) mx = n;
+        nonempty += n > 0;
+    }
+    *max_rows = mx;
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    moe_cpu_group_mode mode = env_mode();
+    if (mode == MOE_CPU_GROUP_AUTO) {
+        /* Side by side when the largest group is no more than a fair share
+         * of the work (a dynamic largest-first loop then keeps every thread
+         * busy), or when groups are too small for threaded BLAS to pay. */
+        bool even = mx * nt <= total + total / 4;
+        mode = (nt > 1 && nonempty >= 2 && (even || mx < 64)) ? MOE_CPU_GROUP_PARALLEL
+                                                             : MOE_CPU_GROUP_SERIAL;
+    }
+    if (mode == MOE_CPU_GROUP_PARALLEL) {
+        int s = nt < nonempty ? nt : nonempty;
+        *slots = s > 0 ? s : 1;
+    } else {
+        *slots = 1;
+    }
+    return mode;
+}
+
+/* Group indices ordered by decreasing size (ties: lower index first), so a
+ * dynamic loop starts the long groups first. ORDER has E entries. */
+static void order_groups(int64_t E, const int64_t *off, int64_t *order)
+{
+    for (int64_t e = 0; e < E; e++) order[e] = e;
+    for (int64_t i = 1; i < E; i++) { /* insertion sort: E is small */
+        int64_t v = order[i], nv = off[v + 1] - off[v], j = i;
+        while (j > 0 && off[order[j - 1] + 1] - off[order[j - 1]] < nv) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = v;
+    }
+}
+
+/* Run BODY(e, slot) for every group: side by side (dynamic, largest first)
+ * or one after the other. */
+typedef void (*group_body)(int64_t e, int slot, void *ctx);
+
+static void for_each_group(int64_t E, const int64_t *off, moe_cpu_group_mode mode, bool skip_empty,
+                           group_body body, void *ctx)
+{
+    if (mode != MOE_CPU_GROUP_PARALLEL || E < 2) {
+        for (int64_t e = 0; e < E; e++)
+            if (!skip_empty || off[e + 1] > off[e]) body(e, 0, ctx);
+        return;
+    }
+    int64_t stack_order[64];
+    int64_t *order = E <= 64 ? stack_order : malloc(sizeof *order * (size_t)E);
+    if (!order) { /* no memory for the order: natural order still works */
+        for (int64_t e = 0; e < E; e++)
+            if (!skip_empty || off[e + 1] > off[e]) body(e, 0, ctx);
+        return;
+    }
+    order_groups(E, off, order);
+    int64_t nonempty = 0;
+    for (int64_t e = 0; e < E; e++) nonempty += off[e + 1] > off[e];
+    int64_t count = skip_empty ? nonempty : E;
+    /* The same count as moe_cpu_group_plan's slots: thread t uses slot t. */
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nt > nonempty) nt = nonempty > 0 ? (int)nonempty : 1;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t i = 0; i < count; i++) body(order[i], omp_get_thread_num(), ctx);
+    if (order != stack_order) free(order);
+}
+
+/* ---- BLAS dispatch -------------------------------------------------------------- */
+
+static inline void gemm(moe_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                        double alpha, const void *a, int64_t lda, const void *b, int64_t ldb,
+                        double beta, void *c, int64_t ldc)
+{
+    if (m == 0 || n == 0) return;
+    if (dt == MOE_F32)
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    (int)m, (int)n, (int)k, (float)alpha, a, (int)lda, b, (int)ldb, (float)beta, c,
+                    (int)ldc);
+    else
+        cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    (int)m, (int)n, (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
+}
+
+static inline char *at(moe_dtype dt, const void *p, int64_t elems)
+{
+    return (char *)p + elems * (int64_t)(dt == MOE_F32 ? sizeof(float) : sizeof(double));
+}
+
+/* ---- generic grouped GEMM ----------------------------------------------------------- */
+
+typedef struct gg_ctx {
+    moe_dtype dt;
+    const int64_t *off;
+    moe_cpu_gmat a, b, c;
+    int64_t m, n, k;
+    double alpha, beta;
+} gg_ctx;
+
+static const char *gmat_ptr(moe_dtype dt, const moe_cpu_gmat *g, const int64_t *off, int64_t e)
+{
+    return g->kind == MOE_CPU_GROUP_ROWS ? at(dt, g->data, off[e] * g->ld)
+                                         : at(dt, g->data, e * g->stride);
+}
+
+static void gg_body(int64_t e, int slot, void *vctx)
+{
+    (void)slot;
+    const gg_ctx *x = vctx;
+    int64_t rows = x->off[e + 1] - x->off[e];
+    bool a_rows = x->a.kind == MOE_CPU_GROUP_ROWS, b_rows = x->b.kind == MOE_CPU_GROUP_ROWS;
+    int64_t m = a_rows && !x->a.trans ? rows : x->m;
+    int64_t k = a_rows && x->a.trans ? rows : x->k;
+    int64_t n = b_rows && x->b.trans ? rows : x->n;
+    gemm(x->dt, x->a.trans, x->b.trans, m, n, k, x->alpha, gmat_ptr(x->dt, &x->a, x->off, e),
+         x->a.ld, gmat_ptr(x->dt, &x->b, x->off, e), x->b.ld, x->beta,
+         (void *)gmat_ptr(x->dt, &x->c, x->off, e), x->c.ld);
+}
+
+void moe_cpu_grouped_gemm(moe_dtype dtype, int64_t E, const int64_t *off, moe_cpu_gmat a,
+                          moe_cpu_gmat b, moe_cpu_gmat c, int64_t m_fixed, int64_t n_fixed,
+                          int64_t k_fixed, double alpha, double beta)
+{
+    gg_ctx x = {dtype, off, a, b, c, m_fixed, n_fixed, k_fixed, alpha, beta};
+    int slots;
+    int64_t max_rows;
+    moe_cpu_group_mode mode = moe_cpu_group_plan(E, off, &slots, &max_rows);
+    for_each_group(E, off, mode, true, gg_body, &x);
+}
+
+/* ---- activations ------------------------------------------------------------------------ */
+
+/* exp for f32 that vectorises: 2^n · p(r) with x = n ln2 + r, |r| <= ln2/2,
+ * p a degree-6 polynomial (relative error ~2e-7). Inputs are clamped to the
+ * range where the result is a normal float. */
+static inline __attribute__((always_inline)) float exp_f32(float x)
+{
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float shift = 12582912.0f; /* 1.5 * 2^23: rounds to an integer */
+    float t = x * 1.44269504088896341f + shift;
+    float n = t - shift;
+    float r = x - n * 0.693145751953125f;
+    r = r - n * 1.42860682030941723212e-6f;
+    float p = 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t ti, ni;
+    memcpy(&ti, &t, sizeof ti);
+    ni = ti - 0x4B400000; /* the bits of shift */
+    int32_t bits = (ni + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline __attribute__((always_inline)) double exp_f64(double x) { return exp(x); }
+static inline float erf_f32(float x) { return erff(x); }
+static inline double erf_f64(double x) { return erf(x); }
+static inline float tanh_f32(float x) { return tanhf(x); }
+static inline double tanh_f64(double x) { return tanh(x); }
+
+#define SQRT1_2 0.70710678118654752440
+#define INV_SQRT_2PI 0.39894228040143267794
+#define GELU_C 0.79788456080286535588 /* sqrt(2/pi) */
+#define GELU_A 0.044715
+
+/* The SwiGLU loops are compiled for AVX-512, AVX2 and baseline x86-64 and
+ * picked at load time (GCC function multiversioning), so the vectorised exp
+ * above runs 16 or 8 lanes wide on CPUs that have them. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && \
+    defined(__linux__)
+#define SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SIMD_CLONES
+#endif
+
+#define CHUNK 4096 /* elements per task of the elementwise loops */
+
+/* The per-element maps, f32 and f64 from one template:
+ *   act_fw:   h = act(g, u)
+ *   act_bw:   (SwiGLU) dU = dh silu(g) into BU, dG = dh u silu'(g) into A (in place);
+ *             (GELU)   dU = dh gelu'(u) into A (in place). */
+#define DEFINE_ACT(T, SFX)                                                                    \
+    SIMD_CLONES static void swiglu_fw_##SFX(const T *restrict g, const T *restrict u,         \
+                                            T *restrict h, int64_t n)                         \
+    {                                                                                         \
+        _Pragma("omp simd")                                                                   \
+        for (int64_t i = 0; i < n; i++) h[i] = g[i] / ((T)1 + exp_##SFX(-g[i])) * u[i];       \
+    }                                                                                         \
+    SIMD_CLONES static void swiglu_bw_##SFX(const T *restrict g, const T *restrict u,         \
+                                            T *restrict a, T *restrict bu, int64_t n)         \
+    {                                                                                         \
+        _Pragma("omp simd")                                                                   \
+        for (int64_t i = 0; i < n; i++) {                                                     \
+            T x = g[i], s = (T)1 / ((T)1 + exp_##SFX(-x)), dh = a[i];                         \
+            bu[i] = dh * x * s;                                                               \
+            a[i] = dh * u[i] * s * ((T)1 + x * ((T)1 - s));                                   \
+        }                                                                                     \
+    }                                                                                         \
+    static void act_fw_##SFX(moe_cpu_ffn_act act, const T *restrict g, const T *restrict u,   \
+                             T *restrict h, int64_t n, bool par)                              \
+    {                                                                                         \
+        if (act == MOE_CPU_FFN_SWIGLU) {                                                      \
+            _Pragma("omp parallel for if (par && n > PAR_MIN) schedule(static)")              \
+            for (int64_t b = 0; b < n; b += CHUNK)                                            \
+                swiglu_fw_##SFX(g + b, u + b, h + b, n - b < CHUNK ? n - b : CHUNK);          \
+        } else if (act == MOE_CPU_FFN_GELU) {                                                 \
+            _Pragma("omp parallel for if (par && n > PAR_MIN) schedule(static)")              \
+            for (int64_t i = 0; i < n; i++)                                                   \
+                h[i] = (T)0.5 * u[i] * ((T)1 + erf_##SFX(u[i] * (T)SQRT1_2));                 \
+        } else {                                                                              \
+            _Pragma("omp parallel for if (par && n > PAR_MIN) schedule(static)")              \
+            for (int64_t i = 0; i < n; i++) {                                                 \
+                T x = u[i];                                                                   \
+                h[i] = (T)0.5 * x * ((T)1 + tanh_##SFX((T)GELU_C * (x + (T)GELU_A * x * x * x))); \
+            }                                                                                 \
+        }                                                                                     \
+    }                                                                                         \
+    static void act_bw_##SFX(moe_cpu_ffn_act act, const T *restrict g, const T *restrict u,   \
+                             T *restrict a, T *restrict bu, int64_t n, bool par)              \
+    {                                                                                         \
+        if (act == MOE_CPU_FFN_SWIGLU) {                                                      \
+            _Pragma("omp parallel for if (par && n > PAR_MIN) schedule(static)")              \
+            for (int64_t b = 0; b < n; b += CHUNK)                                            \
+                swiglu_bw_##SFX(g + b, u + b, a + b, bu + b, n - b < CHUNK ? n - b : CHUNK);  \
+        } else if (act == MOE_CPU_FFN_GELU) {                                                 \
+            _Pragma("omp parallel for if (par && n > PAR_MIN) schedule(static)")              \
+            for (int64_t i = 0; i < n; i++) {                                                 \
+                T x = u[i];                                                                   \
+                T cdf = (T)0.5 * ((T)1 + erf_##SFX(x * (T)SQRT1_2));                          \
+                T pdf = exp_##SFX((T)-0.5 * x * x) * (T)INV_SQRT_2PI;                         \
+                a[i] *= cdf + x * pdf;                                                        \
+            }                                                                                 \
+        } else {                                                                              \
+            _Pragma("omp parallel for if (par && n > PAR_MIN) schedule(static)")              \
+            for (int64_t i = 0; i < n; i++) {                                                 \
+                T x = u[i], x2 = x * x;                                                       \
+                T th = tanh_##SFX((T)GELU_C * (x + (T)GELU_A * x2 * x));                      \
+                T dinner = (T)GELU_C * ((T)1 + (T)(3 * GELU_A) * x2);                         \
+                a[i] *= (T)0.5 * ((T)1 + th) + (T)0.5 * x * ((T)1 - th * th) * dinner;        \
+            }                                                                                 \
+        }                                                                                     \
+    }                                                                                         \
+    /* OUT [C] = sum of the R rows of G [R C] (fixed order, double accumulators). */          \
+    static void colsum_##SFX(T *restrict out, const T *restrict g, int64_t rows, int64_t cols) \
+    {                                                                                         \
+        for (int64_t j0 = 0; j0 < cols; j0 += SUM_BLOCK) {                                    \
+            int64_t w = cols - j0 < SUM_BLOCK ? cols - j0 : SUM_BLOCK;                        \
+            double acc[SUM_BLOCK] = {0};                                                      \
+            for (int64_t r = 0; r < rows; r++) {                                              \
+                const T *row = g + r * cols + j0;                                             \
+                for (int64_t j = 0; j < w; j++) acc[j] += row[j];                             \
+            }                                                                                 \
+            for (int64_t j = 0; j < w; j++) out[j0 + j] = (T)acc[j];                          \
+        }                                                                                     \
+    }                                                                                         \
+    static void fill_rows_##SFX(T *restrict c, int64_t rows, int64_t n, const T *restrict bias) \
+    {                                                                                         \
+        for (int64_t r = 0; r < rows; r++) memcpy(c + r * n, bias, (size_t)n * sizeof(T));    \
+    }
+
+DEFINE_ACT(float, f32)
+DEFINE_ACT(double, f64)
+
+static void act_fw(moe_dtype dt, moe_cpu_ffn_act act, const void *g, const void *u, void *h,
+                   int64_t n, bool par)
+{
+    if (dt == MOE_F32)
+        act_fw_f32(act, g, u, h, n, par);
+    else
+        act_fw_f64(act, g, u, h, n, par);
+}
+
+static void act_bw(moe_dtype dt, moe_cpu_ffn_act act, const void *g, const void *u, void *a,
+                   void *bu, int64_t n, bool par)
+{
+    if (dt == MOE_F32)
+        act_bw_f32(act, g, u, a, bu, n, par);
+    else
+        act_bw_f64(act, g, u, a, bu, n, par);
+}
+
+static void colsum(moe_dtype dt, void *out, const void *g, int64_t rows, int64_t cols)
+{
+    if (dt == MOE_F32)
+        colsum_f32(out, g, rows, cols);
+    else
+        colsum_f64(out, g, rows, cols);
+}
+
+static void fill_rows(moe_dtype dt, void *c, int64_t rows, int64_t n, const void *bias)
+{
+    if (dt == MOE_F32)
+        fill_rows_f32(c, rows, n, bias);
+    else
+        fill_rows_f64(c, rows, n, bias);
+}
+
+static void zero(moe_dtype dt, void *p, int64_t n)
+{
+    if (p && n > 0) memset(p, 0, (size_t)n * (dt == MOE_F32 ? sizeof(float) : sizeof(double)));
+}
+
+/* ---- fused expert MLP: forward ------------------------------------------------------------ */
+
+typedef struct ffn_ctx {
+    const moe_cpu_ffn *p;
+    const void *g, *u, *dy;
+    void *go, *uo, *y; /* forward outputs */
+    void *dx, *dwg, *dwu, *dwd, *dbg, *dbu, *dbd;
+    void *scratch;
+    int64_t max_rows;
+    bool par_inner; /* elementwise loops may use threads (serial schedule) */
+} ffn_ctx;
+
+static void ffn_fw_body(int64_t e, int slot, void *vctx)
+{
+    const ffn_ctx *c = vctx;
+    const moe_cpu_ffn *p = c->p;
+    moe_dtype dt = p->dtype;
+    int64_t r0 = p->off[e], n = p->off[e + 1] - r0, D = p->D, F = p->F;
+    const void *x = at(dt, p->x, r0 * D);
+    void *g = p->act == MOE_CPU_FFN_SWIGLU ? at(dt, c->go, r0 * F) : NULL;
+    void *u = at(dt, c->uo, r0 * F), *y = at(dt, c->y, r0 * D);
+    void *h = at(dt, c->scratch, (int64_t)slot * c->max_rows * F);
+    if (g) {
+        if (p->bg) fill_rows(dt, g, n, F, at(dt, p->bg, e * F));
+        gemm(dt, false, false, n, F, D, 1, x, D, at(dt, p->wg, e * D * F), F, p->bg ? 1 : 0, g, F);
+    }
+    if (p->bu) fill_rows(dt, u, n, F, at(dt, p->bu, e * F));
+    gemm(dt, false, false, n, F, D, 1, x, D, at(dt, p->wu, e * D * F), F, p->bu ? 1 : 0, u, F);
+    act_fw(dt, p->act, g, u, h, n * F, c->par_inner);
+    if (p->bd) fill_rows(dt, y, n, D, at(dt, p->bd, e * D));
+    gemm(dt, false, false, n, D, F, 1, h, F, at(dt, p->wd, e * F * D), D, p->bd ? 1 : 0, y, D);
+}
+
+void moe_cpu_ffn_forward(const moe_cpu_ffn *p, void *g, void *u, void *y, void *scratch,
+                         moe_cpu_group_mode mode, int64_t max_rows)
+{
+    ffn_ctx c = {.p = p, .go = g, .uo = u, .y = y, .scratch = scratch, .max_rows = max_rows,
+                 .par_inner = mode != MOE_CPU_GROUP_PARALLEL};
+    for_each_group(p->E, p->off, mode, true, ffn_fw_body, &c);
+}
+
+/* ---- fused expert MLP: backward ----------------------------------------------------------- */
+
+static void ffn_bw_body(int64_t e, int slot, void *vctx)
+{
+    const ffn_ctx *c = vctx;
+    const moe_cpu_ffn *p = c->p;
+    moe_dtype dt = p->dtype;
+    bool swiglu = p->act == MOE_CPU_FFN_SWIGLU;
+    int64_t r0 = p->off[e], n = p->off[e + 1] - r0, D = p->D, F = p->F;
+    int64_t wsz = D * F;
+    if (n == 0) { /* no rows: zero gradients */
+        if (c->dwg) zero(dt, at(dt, c->dwg, e * wsz), wsz);
+        if (c->dwu) zero(dt, at(dt, c->dwu, e * wsz), wsz);
+        if (c->dwd) zero(dt, at(dt, c->dwd, e * wsz), wsz);
+        if (c->dbg) zero(dt, at(dt, c->dbg, e * F), F);
+        if (c->dbu) zero(dt, at(dt, c->dbu, e * F), F);
+        if (c->dbd) zero(dt, at(dt, c->dbd, e * D), D);
+        return;
+    }
+    const void *x = at(dt, p->x, r0 * D), *dy = at(dt, c->dy, r0 * D);
+    const void *g = swiglu ? at(dt, c->g, r0 * F) : NULL, *u = at(dt, c->u, r0 * F);
+    void *A = at(dt, c->scratch, (int64_t)slot * 2 * c->max_rows * F);
+    void *B = at(dt, A, c->max_rows * F);
+    const void *wg = swiglu ? at(dt, p->wg, e * wsz) : NULL, *wu = at(dt, p->wu, e * wsz);
+    const void *wd = at(dt, p->wd, e * wsz);
+    bool need_in = c->dx || c->dwg || c->dwu || c->dbg || c->dbu;
+
+    if (c->dwd) { /* dWd = hᵀ dY: recompute h into B */
+        act_fw(dt, p->act, g, u, B, n * F, c->par_inner);
+        gemm(dt, true, false, F, D, n, 1, B, F, dy, D, 0, at(dt, c->dwd, e * wsz), D);
+    }
+    if (c->dbd) colsum(dt, at(dt, c->dbd, e * D), dy, n, D);
+    if (!need_in) return;
+    /* dh = dY Wdᵀ into A; then dG into A and dU into B (SwiGLU) or dU into A (GELU) */
+    gemm(dt, false, true, n, F, D, 1, dy, D, wd, D, 0, A, F);
+    act_bw(dt, p->act, g, u, A, B, n * F, c->par_inner);
+    const void *dg = swiglu ? A : NULL, *du = swiglu ? B : A;
+    if (dg && c->dwg) gemm(dt, true, false, D, F, n, 1, x, D, dg, F, 0, at(dt, c->dwg, e * wsz), F);
+    if (dg && c->dbg) colsum(dt, at(dt, c->dbg, e * F), dg, n, F);
+    if (c->dwu) gemm(dt, true, false, D, F, n, 1, x, D, du, F, 0, at(dt, c->dwu, e * wsz), F);
+    if (c->dbu) colsum(dt, at(dt, c->dbu, e * F), du, n, F);
+    if (c->dx) {
+        void *dx = at(dt, c->dx, r0 * D);
+        if (dg) gemm(dt, false, true, n, D, F, 1, dg, F, wg, F, 0, dx, D);
+        gemm(dt, false, true, n, D, F, 1, du, F, wu, F, dg ? 1 : 0, dx, D);
+    }
+}
+
+void moe_cpu_ffn_backward(const moe_cpu_ffn *p, const void *g, const void *u, const void *dy,
+                          void *dx, void *dwg, void *dwu, void *dwd, void *dbg, void *dbu,
+                          void *dbd, void *scratch, moe_cpu_group_mode mode, int64_t max_rows)
+{
+    ffn_ctx c = {.p = p, .g = g, .u = u, .dy = dy, .dx = dx, .dwg = dwg, .dwu = dwu, .dwd = dwd,
+                 .dbg = dbg, .dbu = dbu, .dbd = dbd, .scratch = scratch, .max_rows = max_rows,
+                 .par_inner = mode != MOE_CPU_GROUP_PARALLEL};
+    /* Empty groups still run (to zero their weight gradients), cheaply. */
+    for_each_group(p->E, p->off, mode, false, ffn_bw_body, &c);
+}
+
+double moe_cpu_ffn_flops(moe_cpu_ffn_act act, int64_t N, int64_t D, int64_t F, bool backward)
+{
+    double one = 2.0 * (double)N * (double)D * (double)F;
+    int gemms = act == MOE_CPU_FFN_SWIGLU ? (backward ? 6 : 3) : (backward ? 4 : 2);
+    return one * gemms;
+}
+
+/* ---- token movement ------------------------------------------------------------------------ */
+
+#define DEFINE_ROWS(T, SFX)                                                                   \
+    static void rows_gather_##SFX(T *restrict out, const T *restrict x,                       \
+                                  const int64_t *restrict row_token,                          \
+                                  const int64_t *restrict row_slot, const T *restrict w,      \
+                                  int64_t N, int64_t D)                                       \
+    {                                                                                         \
+        _Pragma("omp parallel for if (N * D > PAR_MIN) schedule(static)")                     \
+        for (int64_t r = 0; r < N; r++) {                                                     \
+            T *o = out + r * D;                                                               \
+            int64_t t = row_token[r];                                                         \
+            if (t < 0) {                                                                      \
+                memset(o, 0, (size_t)D * sizeof(T));                                          \
+            } else if (w) {                                                                   \
+                const T *xr = x + t * D;                                                      \
+                T s = w[row_slot[r]];                                                         \
+                for (int64_t j = 0; j < D; j++) o[j] = s * xr[j];                             \
+            } else {                                                                          \
+                memcpy(o, x + t * D, (size_t)D * sizeof(T));                                  \
+            }                                                                                 \
+        }                                                                                     \
+    }                                                                                         \
+    static void rows_combine_##SFX(T *restrict out, const T *restrict y,                      \
+                                   const int64_t *restrict slot_row, const T *restrict w,     \
+                                   int64_t ntok, int64_t K, int64_t D)                        \
+    {                                                                                         \
+        _Pragma("omp parallel for if (ntok * K * D > PAR_MIN) schedule(static)")              \
+        for (int64_t t = 0; t < ntok; t++) {                                                  \
+            T *o = out + t * D;                                                               \
+            bool first = true;                                                                \
+            for (int64_t k = 0; k < K; k++) {                                                 \
+                int64_t r = slot_row[t * K + k];                                              \
+                if (r < 0) continue;                                                          \
+                const T *yr = y + r * D;                                                      \
+                T s = w ? w[t * K + k] : (T)1;                                                \
+                if (first)                                                                    \
+                    for (int64_t j = 0; j < D; j++) o[j] = s * yr[j];                         \
+                else                                                                          \
+                    for (int64_t j = 0; j < D; j++) o[j] += s * yr[j];                        \
+                first = false;                                                                \
+            }                                                                                 \
+            if (first) memset(o, 0, (size_t)D * sizeof(T));                                   \
+        }                                                                                     \
+    }                                                                                         \
+    static void rows_dot_##SFX(T *restrict out, const T *restrict g, const T *restrict y,     \
+                               const int64_t *restrict slot_row, int64_t ntok, int64_t K,     \
+                               int64_t D)                                                     \
+    {                                                                                         \
+        _Pragma("omp parallel for if (ntok * K * D > PAR_MIN) schedule(static)")              \
+        for (int64_t t = 0; t < ntok; t++) {                                                  \
+            for (int64_t k = 0; k < K; k++) {                                                 \
+                int64_t r = slot_row[t * K + k];                                              \
+                T acc = 0;                                                                    \
+                if (r >= 0) {                                                                 \
+                    const T *gr = g + t * D, *yr = y + r * D;                                 \
+                    for (int64_t j = 0; j < D; j++) acc += gr[j] * yr[j];                     \
+                }                                                                             \
+                out[t * K + k] = acc;                                                         \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+DEFINE_ROWS(float, f32)
+DEFINE_ROWS(double, f64)
+
+void moe_cpu_rows_gather(moe_dtype dtype, void *out, const void *x, const int64_t *row_token,
+                         const int64_t *row_slot, const void *w, int64_t N, int64_t D)
+{
+    if (dtype == MOE_F32)
+        rows_gather_f32(out, x, row_token, row_slot, w, N, D);
+    else
+        rows_gather_f64(out, x, row_token, row_slot, w, N, D);
+}
+
+void moe_cpu_rows_combine(moe_dtype dtype, void *out, const void *y, const int64_t *slot_row,
+                          const void *w, int64_t T, int64_t K, int64_t D)
+{
+    if (dtype == MOE_F32)
+        rows_combine_f32(out, y, slot_row, w, T, K, D);
+    else
+        rows_combine_f64(out, y, slot_row, w, T, K, D);
+}
+
+void moe_cpu_rows_dot(moe_dtype dtype, void *out, const void *g, const void *y,
+                      const int64_t *slot_row, int64_t T, int64_t K, int64_t D)
+{
+    if (dtype == MOE_F32)
+        rows_dot_f32(out, g, y, slot_row, T, K, D);
+    else
+        rows_dot_f64(out, g, y, slot_row, T, K, D);
+}

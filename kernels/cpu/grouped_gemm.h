@@ -1,0 +1,132 @@
+/* grouped_gemm.h — GEMMs over variable-size expert groups, and the fused
+ * expert MLP (forward and backward) built on them.
+ *
+ * Dimension letters: E experts (groups), N rows in expert-contiguous order
+ * (group e owns rows [off[e], off[e+1])), n_e = off[e+1] - off[e], D model
+ * dim, F expert ffn dim. All buffers are contiguous row-major, f32 or f64.
+ *
+ * One BLAS call per non-empty group, straight on the group's row block and
+ * the group's weight slice (no copies). Two schedules:
+ *   - side by side: an OpenMP loop over the groups (largest first, dynamic),
+ *     BLAS single-threaded inside (the OpenMP build of OpenBLAS runs one
+ *     thread inside a parallel region); chosen when the groups are small or
+ *     even enough to keep every thread busy;
+ *   - one at a time: each group's GEMM uses all BLAS threads.
+ * Each group's product is the same BLAS call either way and every other loop
+ * writes each element once in a fixed order, so a given thread count always
+ * gives the same bits; across thread counts results agree to rounding (to
+ * the bit where BLAS itself does not depend on its thread count). */
+#ifndef MOELAB_CPU_GROUPED_GEMM_H
+#define MOELAB_CPU_GROUPED_GEMM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../../core/tensor.h"
+
+typedef enum moe_cpu_group_mode {
+    MOE_CPU_GROUP_AUTO,     /* pick per call (see moe_cpu_group_plan) */
+    MOE_CPU_GROUP_PARALLEL, /* groups side by side, BLAS single-threaded */
+    MOE_CPU_GROUP_SERIAL,   /* one group at a time, BLAS threads inside */
+    MOE_CPU_GROUP_MODE_COUNT
+} moe_cpu_group_mode;
+
+/* Force a schedule process-wide (benchmarks, tests); AUTO restores the
+ * default. MOELAB_GROUPED_GEMM=parallel|serial sets it at start too. */
+void moe_cpu_group_set_mode(moe_cpu_group_mode mode);
+moe_cpu_group_mode moe_cpu_group_get_mode(void);
+
+/* The schedule for E groups at OFF [E+1] whose per-row work is similar:
+ * *SLOTS receives how many scratch slots (one per concurrent group) the
+ * caller must provide, *MAX_ROWS the largest group. Returns PARALLEL or
+ * SERIAL. */
+moe_cpu_group_mode moe_cpu_group_plan(int64_t E, const int64_t *off, int *slots,
+                                      int64_t *max_rows);
+
+/* Where an operand lives for group e:
+ *   ROWS:  the group's row block: data + off[e] * ld (A or C of [n_e, ·]);
+ *   SLICE: a per-group matrix: data + e * stride (an expert's weight). */
+typedef enum moe_cpu_group_operand {
+    MOE_CPU_GROUP_ROWS,
+    MOE_CPU_GROUP_SLICE,
+    MOE_CPU_GROUP_OPERAND_COUNT
+} moe_cpu_group_operand;
+
+typedef struct moe_cpu_gmat {
+    void *data;
+    moe_cpu_group_operand kind;
+    int64_t ld;     /* leading dimension (row stride) */
+    int64_t stride; /* elements between groups (SLICE) */
+    bool trans;     /* use the stored matrix transposed */
+} moe_cpu_gmat;
+
+/* For every non-empty group e:  C_e = alpha op(A_e) op(B_e) + beta C_e.
+ * The product's shape: M = n_e when A is ROWS and not transposed, else
+ * given by M_FIXED; likewise N = n_e when B is ROWS and transposed, else
+ * N_FIXED; K = n_e when A is ROWS and transposed (a weight gradient: the
+ * group's rows are the inner dim), else K_FIXED. Groups with zero rows are
+ * skipped (a SLICE result for them is left untouched: zero it first when
+ * it must be zero). DTYPE: MOE_F32 or MOE_F64. */
+void moe_cpu_grouped_gemm(moe_dtype dtype, int64_t E, const int64_t *off, moe_cpu_gmat a,
+                          moe_cpu_gmat b, moe_cpu_gmat c, int64_t m_fixed, int64_t n_fixed,
+                          int64_t k_fixed, double alpha, double beta);
+
+/* ---- fused expert MLP ---------------------------------------------------------- */
+
+typedef enum moe_cpu_ffn_act {
+    MOE_CPU_FFN_SWIGLU,    /* h = silu(x Wg + bg) * (x Wu + bu) */
+    MOE_CPU_FFN_GELU,      /* h = gelu_erf(x Wu + bu) */
+    MOE_CPU_FFN_GELU_TANH, /* h = gelu_tanh(x Wu + bu) */
+    MOE_CPU_FFN_ACT_COUNT
+} moe_cpu_ffn_act;
+
+typedef struct moe_cpu_ffn {
+    moe_dtype dtype; /* MOE_F32 or MOE_F64 */
+    moe_cpu_ffn_act act;
+    int64_t E, D, F;
+    const int64_t *off;     /* [E+1] */
+    const void *x;          /* [N D] */
+    const void *wg, *wu;    /* [E D F] (wg NULL unless SWIGLU) */
+    const void *wd;         /* [E F D] */
+    const void *bg, *bu;    /* [E F] or NULL */
+    const void *bd;         /* [E D] or NULL */
+} moe_cpu_ffn;
+
+/* Forward: G [N F] = x Wg + bg (SwiGLU only; NULL otherwise), U [N F] =
+ * x Wu + bu, Y [N D] = h Wd + bd. SCRATCH: SLOTS * MAX_ROWS * F elements
+ * (from moe_cpu_group_plan) for h. */
+void moe_cpu_ffn_forward(const moe_cpu_ffn *p, void *g, void *u, void *y, void *scratch,
+                         moe_cpu_group_mode mode, int64_t max_rows);
+
+/* Backward from DY [N D] with the saved G and U. Any output may be NULL
+ * (not needed): DX [N D], DWG/DWU [E D F], DWD [E F D], DBG/DBU [E F],
+ * DBD [E D]. Weight gradients are written (not accumulated); empty experts
+ * get zeros. SCRATCH: SLOTS * 2 * MAX_ROWS * F elements. */
+void moe_cpu_ffn_backward(const moe_cpu_ffn *p, const void *g, const void *u, const void *dy,
+                          void *dx, void *dwg, void *dwu, void *dwd, void *dbg, void *dbu,
+                          void *dbd, void *scratch, moe_cpu_group_mode mode, int64_t max_rows);
+
+/* Multiply-add count of one forward / one backward (all weight gradients
+ * and DX) of the expert GEMMs over N rows, as FLOPs (2 per multiply-add). */
+double moe_cpu_ffn_flops(moe_cpu_ffn_act act, int64_t N, int64_t D, int64_t F, bool backward);
+
+/* ---- token movement (dispatch and combine) --------------------------------------
+ * T tokens, K slots per token, N permuted rows, D row length. ROW_TOKEN [N]
+ * gives each permuted row's token (-1: a padding row), ROW_SLOT [N] its flat
+ * slot t*K + k, SLOT_ROW [T*K] each slot's row (-1: dropped). Every output
+ * row is written by one thread in a fixed order (deterministic). */
+
+/* OUT [N D]: row r = X [T D] row ROW_TOKEN[r], times W [T*K] at ROW_SLOT[r]
+ * when W is given; padding rows are zero. */
+void moe_cpu_rows_gather(moe_dtype dtype, void *out, const void *x, const int64_t *row_token,
+                         const int64_t *row_slot, const void *w, int64_t N, int64_t D);
+/* OUT [T D]: row t = sum over k = 0..K-1 of W[t K + k] (1 when W is NULL)
+ * times Y [N D] row SLOT_ROW[t K + k], skipping dropped slots (zero when
+ * all are dropped). */
+void moe_cpu_rows_combine(moe_dtype dtype, void *out, const void *y, const int64_t *slot_row,
+                          const void *w, int64_t T, int64_t K, int64_t D);
+/* OUT [T K]: <G [T D] row t, Y [N D] row SLOT_ROW[t K + k]>, 0 when dropped. */
+void moe_cpu_rows_dot(moe_dtype dtype, void *out, const void *g, const void *y,
+                      const int64_t *slot_row, int64_t T, int64_t K, int64_t D);
+
+#endif
