@@ -146,13 +146,14 @@ int moe_group_rank(const moe_group *g) { return g ? g->rank : 0; }
 
 moe_group *moe_group_retain(moe_group *g)
 {
-    if (g) g->refcount++;
+    if (g) __atomic_add_fetch(&g->refcount, 1, __ATOMIC_RELAXED);
     return g;
 }
 
 void moe_group_release(moe_group *g)
 {
-    if (!g || --g->refcount > 0) return;
+    /* atomic: Guile's finalizer thread may drop a reference while a rank runs */
+    if (!g || __atomic_sub_fetch(&g->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
     moe_group_release(g->nccl);
     if (g->ops && g->ops->destroy) g->ops->destroy(g);
     free(g->world_ranks);
