@@ -55,81 +55,56 @@ static bool scratch_new(scratch *sc, int64_t E, int64_t K, int64_t G)
  * elements reaching it compete (branch-free compaction). The candidates, in
  * index order, are then inserted into a sorted prefix. Exact, ties included;
  * −∞ entries only weaken the bound. */
+#define DEFINE_TOPK_ROW(SFX, T)                                                            \
+    /* A finite HINT is a known lower bound of the K-th largest (K distinct      \
+     * elements reach it); -INFINITY means none, so the chunk bound is used. */ \
+    static void topk_row_##SFX##_hint(const T *v, int64_t E, int64_t K, int64_t *idx, T *val, \
+                                      int64_t *cand, T hint)                            \
+    {                                                                                   \
+        int64_t n = 0;                                                                  \
+        if (hint > -INFINITY) {                                                         \
+            for (int64_t j = 0; j < E; j++) {                                           \
+                cand[n] = j;                                                            \
+                n += v[j] >= hint;                                                      \
+            }                                                                           \
+        } else if (E >= 2 * K) {                                                        \
+            for (int64_t c = 0; c < K; c++) val[c] = v[c];                              \
+            for (int64_t r = K; r + K <= E; r += K)                                     \
+                for (int64_t c = 0; c < K; c++) val[c] = v[r + c] > val[c] ? v[r + c] : val[c]; \
+            for (int64_t r = E - E % K; r < E; r++) /* the tail joins chunk 0 */        \
+                val[0] = v[r] > val[0] ? v[r] : val[0];                                 \
+            T thr = val[0];                                                             \
+            for (int64_t c = 1; c < K; c++) thr = val[c] < thr ? val[c] : thr;          \
+            for (int64_t j = 0; j < E; j++) {                                           \
+                cand[n] = j;                                                            \
+                n += v[j] >= thr;                                                       \
+            }                                                                           \
+        } else {                                                                        \
+            for (int64_t j = 0; j < E; j++) cand[j] = j;                                \
+            n = E;                                                                      \
+        }                                                                               \
+        int64_t k = 0;                                                                  \
+        for (int64_t q = 0; q < n; q++) {                                               \
+            int64_t j = cand[q];                                                        \
+            T x = v[j];                                                                 \
+            if (k == K && !(x > val[K - 1])) continue;                                  \
+            int64_t p = k < K ? k++ : K - 1;                                            \
+            while (p > 0 && val[p - 1] < x) {                                           \
+                val[p] = val[p - 1];                                                    \
+                idx[p] = idx[p - 1];                                                    \
+                p--;                                                                    \
+            }                                                                           \
+            val[p] = x;                                                                 \
+            idx[p] = j;                                                                 \
+        }                                                                               \
+    }
+
+DEFINE_TOPK_ROW(f64, double)
+DEFINE_TOPK_ROW(f32, float)
+
 static void topk_row(const double *v, int64_t E, int64_t K, int64_t *idx, double *val, int64_t *cand)
 {
-    int64_t n = 0;
-    if (E >= 2 * K) {
-        for (int64_t c = 0; c < K; c++) val[c] = v[c];
-        for (int64_t r = K; r + K <= E; r += K)
-            for (int64_t c = 0; c < K; c++) val[c] = v[r + c] > val[c] ? v[r + c] : val[c];
-        for (int64_t r = E - E % K; r < E; r++) /* the tail joins chunk 0 */
-            val[0] = v[r] > val[0] ? v[r] : val[0];
-        double thr = val[0];
-        for (int64_t c = 1; c < K; c++) thr = val[c] < thr ? val[c] : thr;
-        for (int64_t j = 0; j < E; j++) {
-            cand[n] = j;
-            n += v[j] >= thr;
-        }
-    } else {
-        for (int64_t j = 0; j < E; j++) cand[j] = j;
-        n = E;
-    }
-    int64_t k = 0;
-    for (int64_t q = 0; q < n; q++) {
-        int64_t j = cand[q];
-        double x = v[j];
-        if (k == K && !(x > val[K - 1])) continue;
-        int64_t p = k < K ? k++ : K - 1;
-        while (p > 0 && val[p - 1] < x) {
-            val[p] = val[p - 1];
-            idx[p] = idx[p - 1];
-            p--;
-        }
-        val[p] = x;
-        idx[p] = j;
-    }
-}
-
-/* The same for f32 rows (values compare exactly as stored). A finite HINT is
- * a known lower bound of the K-th largest (K distinct elements reach it). */
-static void topk_row_f32_hint(const float *v, int64_t E, int64_t K, int64_t *idx, float *val,
-                              int64_t *cand, float hint)
-{
-    int64_t n = 0;
-    if (hint > -INFINITY) {
-        for (int64_t j = 0; j < E; j++) {
-            cand[n] = j;
-            n += v[j] >= hint;
-        }
-    } else if (E >= 2 * K) {
-        for (int64_t c = 0; c < K; c++) val[c] = v[c];
-        for (int64_t r = K; r + K <= E; r += K)
-            for (int64_t c = 0; c < K; c++) val[c] = v[r + c] > val[c] ? v[r + c] : val[c];
-        for (int64_t r = E - E % K; r < E; r++) val[0] = v[r] > val[0] ? v[r] : val[0];
-        float thr = val[0];
-        for (int64_t c = 1; c < K; c++) thr = val[c] < thr ? val[c] : thr;
-        for (int64_t j = 0; j < E; j++) {
-            cand[n] = j;
-            n += v[j] >= thr;
-        }
-    } else {
-        for (int64_t j = 0; j < E; j++) cand[j] = j;
-        n = E;
-    }
-    int64_t k = 0;
-    for (int64_t q = 0; q < n; q++) {
-        int64_t j = cand[q];
-        float x = v[j];
-        if (k == K && !(x > val[K - 1])) continue;
-        int64_t p = k < K ? k++ : K - 1;
-        while (p > 0 && val[p - 1] < x) {
-            val[p] = val[p - 1];
-            idx[p] = idx[p - 1];
-            p--;
-        }
-        val[p] = x;
-        idx[p] = j;
-    }
+    topk_row_f64_hint(v, E, K, idx, val, cand, -INFINITY);
 }
 
 static void topk_row_f32(const float *v, int64_t E, int64_t K, int64_t *idx, float *val, int64_t *cand)
