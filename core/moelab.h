@@ -28,6 +28,12 @@
  *   dist/comm.h process groups and (differentiable) collectives: threads,
  *               MPI and NCCL backends
  *   dist/mesh.h the world factored into named dims (pp dp cp tp ep)
+ *   moe/router.h     routers: scoring, top-k, groups, capacity, expert bias
+ *   moe/aux_loss.h   every load-balancing loss, z-loss, balance trackers
+ *   moe/metrics.h    per-layer routing metrics (MaxVio, CV, entropy, …)
+ *   moe/dispatch.h   token permutation by expert and the weighted combine
+ *   moe/experts.h    E MLPs as a grouped GEMM (SwiGLU, GELU)
+ *   moe/layer.h      the MoE layer: router + dispatch + experts (+ shared), EP
  */
 #ifndef MOELAB_H
 #define MOELAB_H
@@ -37,6 +43,12 @@
 #include "dist/mesh.h"
 #include "dtype.h"
 #include "error.h"
+#include "moe/aux_loss.h"
+#include "moe/dispatch.h"
+#include "moe/experts.h"
+#include "moe/layer.h"
+#include "moe/metrics.h"
+#include "moe/router.h"
 #include "ops.h"
 #include "tensor.h"
 

@@ -86,6 +86,13 @@ SCM_NORETURN void moelab_throw(const char *subr, moe_status code, const char *fm
 moe_status moelab_call_safely(SCM proc, SCM args, SCM *result, const char *op, const char *what,
                               SCM *key, SCM *throw_args);
 
+/* ---- dist-func.c ----------------------------------------------------------------- */
+/* The C group behind a Scheme <group> (NULL for #f or the trivial one-rank
+ * group), usable on the calling thread: raises moelab-error when its
+ * with-ranks has returned or it belongs to another rank's thread. Whoever
+ * keeps it beyond the call takes a reference (moe_group_retain). */
+moe_group *moelab_to_group(SCM obj, int pos, const char *subr);
+
 /* ---- gc-roots.c -------------------------------------------------------------- */
 void moelab_init_gc_roots(void);
 

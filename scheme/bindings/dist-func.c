@@ -219,6 +219,14 @@ static moe_group *use_group(SCM obj, int pos, const char *subr)
     return r->g;
 }
 
+/* Exported to the other binding files (bindings.h): #f and the trivial
+ * one-rank group give NULL. */
+moe_group *moelab_to_group(SCM obj, int pos, const char *subr)
+{
+    if (scm_is_false(obj)) return NULL;
+    return use_group(obj, pos, subr);
+}
+
 /* ---- rank contexts (internal: (moelab dist) keeps the current one) ------------------ */
 
 static void finalize_context(SCM obj)
