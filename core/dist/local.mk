@@ -22,12 +22,15 @@ AM_CPPFLAGS += $(CUDA_CFLAGS)
 endif
 
 ## ---- tests -----------------------------------------------------------------
-DIST_TESTS = tests/dist/check_comm tests/dist/check_mesh
+DIST_TESTS = tests/dist/check_comm tests/dist/check_mesh tests/dist/check_balance
 check_PROGRAMS += $(DIST_TESTS)
 TESTS += $(DIST_TESTS)
 DIST_TEST_SOURCES = tests/dist/cases.c tests/dist/cases.h tests/dist/disttest.h tests/unit/testutil.h
 tests_dist_check_comm_SOURCES = tests/dist/check_comm.c $(DIST_TEST_SOURCES)
 tests_dist_check_mesh_SOURCES = tests/dist/check_mesh.c $(DIST_TEST_SOURCES)
+## Distributed load balancing (router losses, metrics, expert bias vs one process).
+BALANCE_TEST_SOURCES = tests/dist/balance_cases.c tests/dist/balance_cases.h $(DIST_TEST_SOURCES)
+tests_dist_check_balance_SOURCES = tests/dist/check_balance.c $(BALANCE_TEST_SOURCES)
 
 ## CUDA tensors through NCCL and through host staging (skips without a GPU).
 EXTRA_DIST += tests/dist/check_nccl.c
@@ -37,11 +40,13 @@ tests_dist_check_nccl_SOURCES = tests/dist/check_nccl.c $(DIST_TEST_SOURCES)
 TESTS += tests/dist/check_nccl
 endif
 
-## Under mpirun: one program, run by a script with -np 2 and -np 4.
+## Under mpirun: two programs (collectives, load balancing), run by a script
+## with -np 2 and -np 4.
 EXTRA_DIST += tests/dist/run-mpi.sh
 if HAVE_MPI
-check_PROGRAMS += tests/dist/mpi_comm
+check_PROGRAMS += tests/dist/mpi_comm tests/dist/mpi_balance
 tests_dist_mpi_comm_SOURCES = tests/dist/mpi_comm.c $(DIST_TEST_SOURCES)
+tests_dist_mpi_balance_SOURCES = tests/dist/mpi_balance.c $(BALANCE_TEST_SOURCES)
 TESTS += tests/dist/run-mpi.sh
 endif
 

@@ -961,11 +961,19 @@ static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_ki
         }
         if (st == MOE_OK) st = moe_tracker_reduce(tr, stats.C, stats.Tn[0], red);
         if (st == MOE_OK) st = moe_tracker_view(tr, red, acc);
+        /* P̄ divides by the micro-batch's tokens per data-parallel replica: its
+         * tokens over all the tracker's ranks / |dp|, |dp| = those ranks / |group|.
+         * With as many valid tokens on every replica that is the tp×cp sum; with
+         * uneven padding it keeps the data-parallel gradient average equal to
+         * the formula on the concatenated batch. */
         double mb = stats.Tn[0];
         if (st == MOE_OK) {
             moe_group *g = o->group;
             st = reduce_doubles(&mb, 1, 1, &g);
         }
+        int64_t ranks = 1, gs = moe_group_size(o->group);
+        for (int g = 0; tr && g < tr->n_groups; g++) ranks *= moe_group_size(tr->groups[g]);
+        if (st == MOE_OK && ranks >= gs && ranks % gs == 0) mb = red[in->E] * (double)gs / (double)ranks;
         prm.acc_counts = acc;
         prm.acc_tokens = acc ? acc[in->E] : 0;
         prm.mb_tokens = mb;

@@ -30,11 +30,15 @@
  *                     (summed over its group — dp×cp×tp — and, in buffer mode,
  *                     over the micro-batches of the step), normalised by the
  *                     tokens accumulated; P̄ = the local scores over the
- *                     micro-batch's tokens (summed over options.group = tp×cp):
+ *                     micro-batch's tokens per data-parallel replica (its
+ *                     tokens over all the tracker's ranks / |dp|, |dp| = those
+ *                     ranks / |options.group|; the tp×cp sum when replicas
+ *                     hold equal valid tokens):
  *                         L = E·Σ_i (c_i^acc/(K·T^acc))·(P_i/T_mb)
  *                     After the data-parallel gradient average this is exactly
  *                     the gradient of the micro-batch formula on the
- *                     concatenated global batch (no 1/dp-too-small gradient).
+ *                     concatenated global batch (no 1/dp-too-small gradient),
+ *                     uneven padding across replicas included.
  *   olmo-local-batch  OLMo-core local_batch: rank-local counts (no group),
  *                         L = E/K · Σ_i c_i·P̄_i / div,  div = loss_div_factor or T.
  *   olmo-instance     OLMo-core instance: per sequence b, counts c_b summed over

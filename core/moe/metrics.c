@@ -97,8 +97,12 @@ moe_status moe_router_log_reduce(moe_tensor **table, double aux_values[MOE_AUX_K
     for (int i = 0; i < n; i++) {
         const moe_router *r = routers[i];
         for (int64_t e = 0; e < E; e++) tab[layer_ids[i] * E + e] += r->step_counts[e];
+        /* a z value is the rank's whole mean; its partial share (what the tp×cp
+         * sum below adds up) is value/|tp×cp|, the router's α/|tp×cp| rule */
+        double ztp = (double)moe_group_size(r->tp) * (double)moe_group_size(r->cp);
         for (int a = 0; a < r->n_aux; a++) {
-            vals[r->aux_kind[a]] += r->step_micro ? r->step_aux[a] / (double)r->step_micro : 0.0;
+            double v = r->step_micro ? r->step_aux[a] / (double)r->step_micro : 0.0;
+            vals[r->aux_kind[a]] += r->aux_kind[a] == MOE_AUX_Z ? v / ztp : v;
             vals[MOE_AUX_KIND_COUNT + r->aux_kind[a]] += 1;
         }
     }

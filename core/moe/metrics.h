@@ -49,7 +49,8 @@ void moe_router_metrics_release(moe_router_metrics *m);
  * tokens-per-expert rows are summed over the pipeline group PP into
  * TABLE [N_LAYERS E] f64 (layers held elsewhere arrive through the sum); each
  * variant's value (averaged over micro-batches by the router) is summed over
- * the loss's group (cp then tp, where the partial losses live), averaged over
+ * the loss's group (cp then tp, where the partial losses live; a z value, a
+ * whole per-rank mean, enters as value/|tp×cp|), averaged over
  * dp (this also turns the global-batch value, computed with local scores on
  * each replica, into the global one), summed over PP and averaged over the
  * N_LAYERS layers into AUX_VALUES[kind] (NaN for kinds no router has). The

@@ -316,8 +316,6 @@ struct moe_router {
     moe_group *tp, *cp, *dp;
     moe_balance_tracker *tracker;
     bool recomputing;
-    int64_t grad_accum;
-    bool per_token_loss;
     /* noise streams: fresh counter, and the offsets each forward of the step
      * used (replayed in order while recomputing) */
     uint64_t rng_next;

@@ -72,8 +72,6 @@ moe_status moe_router_new(moe_router **out, const moe_router_config *cfg)
     if (!r) return moe_fail(MOE_ERR_NOMEM, "make-router", "out of memory");
     r->cfg = *cfg;
     int64_t E = cfg->experts, D = cfg->hidden;
-    r->grad_accum = cfg->grad_accum;
-    r->per_token_loss = cfg->per_token_loss;
     r->bias_counts = calloc((size_t)E, sizeof(double));
     r->batch_counts = calloc((size_t)E, sizeof(double));
     r->step_counts = calloc((size_t)E, sizeof(double));
@@ -135,8 +133,8 @@ moe_status moe_router_set_grad_scale(moe_router *r, int64_t grad_accum, bool per
     if (grad_accum < 1)
         return moe_fail(MOE_ERR_ARG, "router-grad-scale!", "grad-accum must be >= 1, got %lld",
                         (long long)grad_accum);
-    r->grad_accum = grad_accum;
-    r->per_token_loss = per_token_loss;
+    r->cfg.grad_accum = grad_accum;
+    r->cfg.per_token_loss = per_token_loss;
     return MOE_OK;
 }
 
@@ -359,7 +357,8 @@ static moe_status build_terms(moe_aux_term_plan **out, int *n_out, moe_z_plan *z
         } else if (k == MOE_AUX_GLOBAL_BATCH) {
             prm.acc_counts = f->gb_acc;
             prm.acc_tokens = f->gb_acc[f->E];
-            prm.mb_tokens = f->st_single.Tn[0];
+            /* tokens per dp replica (see aux_loss.c: exact under uneven padding) */
+            prm.mb_tokens = f->gb_red[f->E] / moe_group_size(r->dp);
         }
         st = moe_aux_term_build(&terms[n], k, coeff, stats, sc, &prm);
         if (st == MOE_OK) n++;
@@ -746,8 +745,8 @@ moe_status moe_router_forward(moe_routing **out, moe_router *r, moe_tensor *x, m
     }
     moe_tensor *w_final = NULL;
     if (st == MOE_OK && aux_graph && w_raw->grad_fn) {
-        double scale = r->per_token_loss ? (double)f.Tv * tp_cp_size(r)
-                                         : (double)moe_group_size(r->cp) / (double)r->grad_accum;
+        double scale = r->cfg.per_token_loss ? (double)f.Tv * tp_cp_size(r)
+                                             : (double)moe_group_size(r->cp) / (double)r->cfg.grad_accum;
         moe_node *n = NULL;
         st = moe_detach(&w_final, w_raw);
         if (st == MOE_OK) st = moe_node_new(&n, "router-aux-inject", inject_backward, 2, (moe_tensor *[]){w_raw, aux_graph});

@@ -1,0 +1,101 @@
+#!/bin/sh
+# global-vs-micro.sh — examples/global-vs-micro.scm prints the same report
+# on 4 threads (moelab FILE) and under `mpirun -np 4 moelab FILE`, byte for
+# byte; and the report holds what it claims: every rank sees the same global
+# counts (the sum of the local ones, K·T·dp tokens), the local counts differ,
+# and the mean over ranks of the global-batch loss is the micro-batch loss of
+# the whole global batch. The threads run is checked first; then exit 77
+# (skipped) when mpirun is missing or moelab was built without MPI.
+# Run by `make check` from the top build directory.
+set -u
+builddir=$(pwd)
+: "${srcdir:=.}"
+MPIRUN=${MPIRUN:-mpirun}
+run="$builddir/pre-inst-env $builddir/moelab"
+example=$srcdir/examples/global-vs-micro.scm
+test -f "$example" || { echo "global-vs-micro.sh: $example not found"; exit 99; }
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/moelab-gvm.XXXXXX") || exit 99
+trap 'rm -rf "$tmp"' EXIT
+HOME=$tmp; export HOME
+LC_ALL=C.UTF-8; export LC_ALL
+unset MOELAB_NUM_THREADS
+OMPI_ALLOW_RUN_AS_ROOT=1; OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
+export OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM OMPI_MCA_btl_vader_single_copy_mechanism
+if command -v timeout >/dev/null 2>&1; then guard="timeout 300"; else guard=; fi
+
+failures=0
+checks=0
+pass() { checks=$((checks + 1)); echo "ok   $1"; }
+fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAIL $1"; }
+show() { sed 's/^/     | /' "$@" | tail -40; }
+
+# ---- threads -----------------------------------------------------------------
+$guard $run "$example" </dev/null >"$tmp/threads.out" 2>"$tmp/threads.err"
+status=$?
+if [ "$status" = 0 ] && [ "$(wc -l <"$tmp/threads.out")" = 7 ]; then
+    pass "threads: exit 0, 7 lines"
+else
+    fail "threads: status $status, $(wc -l <"$tmp/threads.out") lines"
+    show "$tmp/threads.out" "$tmp/threads.err"
+fi
+
+# The rank lines: "rank R: local … (c…)  global … (g…)  micro-batch loss M  global-batch loss G".
+grep '^rank ' "$tmp/threads.out" | sed 's/[()]/ /g' >"$tmp/ranks"
+awk '
+  { n = 0; local = ""; glob = ""; ls = 0; gs = 0
+    for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+$/ && i > 2) { n++; if (n <= 8) { local = local " " $i; ls += $i } else if (n <= 16) { glob = glob " " $i; gs += $i } }
+    if (NR == 1) g0 = glob; else if (glob != g0) bad = bad " global counts differ on line " NR
+    if (ls != 128) bad = bad " local sum " ls " on line " NR
+    if (gs != 512) bad = bad " global sum " gs " on line " NR
+    if (local == glob) bad = bad " local = global on line " NR
+    for (e = 1; e <= 8; e++) { split(local, lv, " "); tot[e] += lv[e] }
+  }
+  END {
+    split(g0, gv, " ")
+    for (e = 1; e <= 8; e++) if (tot[e] != gv[e]) bad = bad " expert " e - 1 ": locals sum to " tot[e] ", global " gv[e]
+    if (NR != 4) bad = bad " " NR " rank lines"
+    if (bad != "") { print bad; exit 1 }
+  }' "$tmp/ranks" >"$tmp/why"
+if [ $? = 0 ]; then
+    pass "every rank sees the global counts: the sum of the 4 local ones, 512 = K·T·dp"
+else
+    fail "counts: $(cat "$tmp/why")"
+    show "$tmp/threads.out"
+fi
+
+mean=$(sed -n 's/^mean over ranks: .*global-batch loss \([0-9.]*\)$/\1/p' "$tmp/threads.out")
+whole=$(sed -n 's/^micro-batch loss of the whole global batch in one process: \([0-9.]*\)$/\1/p' "$tmp/threads.out")
+if [ -n "$mean" ] && [ "$mean" = "$whole" ]; then
+    pass "mean global-batch loss over ranks = micro-batch loss of the whole batch ($mean)"
+else
+    fail "mean global-batch loss '$mean', whole-batch micro-batch loss '$whole'"
+fi
+
+# ---- mpirun -np 4 --------------------------------------------------------------
+if ! command -v "$MPIRUN" >/dev/null 2>&1; then
+    echo "SKIP: $MPIRUN not found ($checks checks, $failures failed)"
+    test "$failures" = 0 && exit 77 || exit 1
+fi
+$run -c '(exit (if %moelab-have-mpi? 0 77))' </dev/null >"$tmp/out" 2>&1
+status=$?
+if [ "$status" = 77 ]; then
+    echo "SKIP: moelab was built without MPI ($checks checks, $failures failed)"
+    test "$failures" = 0 && exit 77 || exit 1
+fi
+OMP_NUM_THREADS=1 $guard "$MPIRUN" --oversubscribe -np 4 $run "$example" \
+    </dev/null >"$tmp/mpi.out" 2>"$tmp/mpi.err"
+status=$?
+if [ "$status" != 0 ]; then
+    fail "mpirun -np 4: exit status $status"
+    show "$tmp/mpi.out" "$tmp/mpi.err"
+elif cmp -s "$tmp/threads.out" "$tmp/mpi.out"; then
+    pass "mpirun -np 4 prints what 4 threads print"
+else
+    fail "mpirun -np 4 prints something else than 4 threads"
+    diff "$tmp/threads.out" "$tmp/mpi.out" | head -20
+fi
+
+echo "$checks checks, $failures failed"
+test "$failures" = 0
