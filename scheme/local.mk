@@ -10,6 +10,9 @@ libguile_moelab_la_SOURCES = \
 	scheme/bindings/tensor-type.c scheme/bindings/tensor-func.c \
 	scheme/bindings/ops-func.c scheme/bindings/autograd-func.c \
 	scheme/bindings/dist-func.c \
+	scheme/bindings/layer-func.c \
+	scheme/bindings/router-options.c \
+	scheme/bindings/router-func.c \
 	scheme/bindings/gc-roots.c scheme/bindings/init.c
 libguile_moelab_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(builddir)/scheme/bindings $(GUILE_CFLAGS)
 libguile_moelab_la_CFLAGS = $(AM_CFLAGS) -fvisibility=hidden
@@ -22,7 +25,8 @@ moelabinclude_HEADERS += scheme/bindings/moelab-guile.h
 moelab_snarf_x = \
 	scheme/bindings/tensor-type.x scheme/bindings/tensor-func.x \
 	scheme/bindings/ops-func.x scheme/bindings/autograd-func.x \
-	scheme/bindings/dist-func.x
+	scheme/bindings/dist-func.x scheme/bindings/layer-func.x \
+	scheme/bindings/router-func.x
 BUILT_SOURCES += $(moelab_snarf_x)
 CLEANFILES += $(moelab_snarf_x)
 $(libguile_moelab_la_OBJECTS): $(moelab_snarf_x)
@@ -41,7 +45,8 @@ moelab_top_scm = scheme/moelab.scm
 moelab_sub_scm = \
 	scheme/moelab/primitives.scm scheme/moelab/tensor.scm \
 	scheme/moelab/ops.scm scheme/moelab/autograd.scm \
-	scheme/moelab/dist.scm
+	scheme/moelab/dist.scm scheme/moelab/layer.scm \
+	scheme/moelab/router.scm
 moelab_gen_scm = scheme/moelab/config.scm
 
 guiletopdir = $(guilemoduledir)
@@ -85,8 +90,11 @@ scheme/moelab/tensor.go: scheme/moelab/primitives.go
 scheme/moelab/ops.go: scheme/moelab/tensor.go
 scheme/moelab/autograd.go: scheme/moelab/tensor.go
 scheme/moelab/dist.go: scheme/moelab/tensor.go
+scheme/moelab/layer.go: scheme/moelab/tensor.go scheme/moelab/dist.go
+scheme/moelab/router.go: scheme/moelab/tensor.go scheme/moelab/dist.go
 scheme/moelab.go: scheme/moelab/tensor.go scheme/moelab/ops.go scheme/moelab/autograd.go \
-	scheme/moelab/dist.go scheme/moelab/config.go
+	scheme/moelab/dist.go scheme/moelab/config.go scheme/moelab/layer.go \
+	scheme/moelab/router.go
 
 # Installed .go files must be newer than the installed .scm files, or Guile
 # ignores them: install the sources first. (Named through variables so that
@@ -100,7 +108,7 @@ $(moelab_install_sub_go): install-dist_guilesubDATA install-nodist_guilesubDATA
 SCHEME_TESTS = \
 	tests/scheme/tensor.scm tests/scheme/ops.scm tests/scheme/autograd.scm \
 	tests/scheme/errors.scm tests/scheme/printing.scm tests/scheme/docs.scm \
-	tests/scheme/dist.scm
+	tests/scheme/dist.scm tests/scheme/layer.scm tests/scheme/router.scm
 TESTS += $(SCHEME_TESTS)
 TEST_EXTENSIONS = .scm
 SCM_LOG_COMPILER = $(top_builddir)/tests/scheme/run-test
@@ -109,8 +117,13 @@ EXTRA_DIST += $(SCHEME_TESTS) tests/scheme/common.scm
 
 ## ---- examples written in Scheme (tests/scheme/run-examples.sh runs them all) ---------
 EXTRA_DIST += examples/two-layer.scm examples/collectives.scm
+EXTRA_DIST += examples/toy-regression.scm
+EXTRA_DIST += examples/global-vs-micro.scm
 
 ## ---- with-ranks under mpirun -np 2 and -np 4 (exit 77 without MPI) -------------
 ## (a .sh test: run by SH_LOG_COMPILER from scheme/program.mk)
 TESTS += tests/scheme/dist-mpi.sh
 EXTRA_DIST += tests/scheme/dist-mpi.sh
+## the global-vs-micro example: the same report on 4 threads and mpirun -np 4
+TESTS += tests/scheme/global-vs-micro.sh
+EXTRA_DIST += tests/scheme/global-vs-micro.sh

@@ -6,6 +6,8 @@
 ;;;   (moelab autograd)  backward!, tensor-grad, no-grad, hooks,
 ;;;                      define-autograd-function
 ;;;   (moelab dist)      with-ranks, process groups, the mesh, collectives
+;;;   (moelab router)    routers, routings, load-balancing losses, balance trackers
+;;;   (moelab layer)     the MoE layer: make-moe-layer, moe-forward, parameters
 ;;;   (moelab config)    %moelab-version and build facts
 ;;;
 ;;; @example
@@ -33,4 +35,4 @@
               (hashq-set! (module-replacements public) name #t))
             (module-add! public name var))
           iface)))
-     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab config)))))
+     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router) (moelab config)))))

@@ -93,6 +93,19 @@ moe_status moelab_call_safely(SCM proc, SCM args, SCM *result, const char *op, c
  * keeps it beyond the call takes a reference (moe_group_retain). */
 moe_group *moelab_to_group(SCM obj, int pos, const char *subr);
 
+/* ---- router-options.c ------------------------------------------------------------ */
+/* Apply a keyword list such as (#:score sigmoid #:top-k 2 #:losses ((micro-batch . 1e-2))) to CFG:
+ * #:preset first (when present), then every other keyword in order. Keys and values exactly as
+ * make-router takes them (symbols or strings for enums, #f for "none", 'auto where the contract has it).
+ * Unknown keywords or bad values raise moelab-error naming SUBR, the keyword and the value.
+ * Ranges are left to moe_router_config_validate. */
+void moelab_router_options(SCM options, moe_router_config *cfg, const char *subr);
+/* The metrics of R as an alist (what router-metrics returns). */
+SCM moelab_router_metrics_alist(moe_router *r, const char *subr);
+/* CFG as an alist of (keyword-name . value), values as make-router takes them
+ * (what router-config returns). */
+SCM moelab_router_config_alist(const moe_router_config *cfg);
+
 /* ---- gc-roots.c -------------------------------------------------------------- */
 void moelab_init_gc_roots(void);
 

@@ -7,6 +7,8 @@
 #include "bindings.h"
 
 void moelab_init_dist_func(void); /* dist-func.c */
+void moelab_init_layer_func(void); /* layer-func.c */
+void moelab_init_router_func(void); /* router-func.c */
 
 static void define_primitives(void *data)
 {
@@ -19,6 +21,8 @@ static void define_primitives(void *data)
     moelab_init_ops_func();
     moelab_init_autograd_func();
     moelab_init_dist_func();
+    moelab_init_router_func();
+    moelab_init_layer_func();
     scm_call_1(scm_c_public_ref("guile", "module-export-all!"), scm_current_module());
 }
 

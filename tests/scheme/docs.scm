@@ -29,7 +29,14 @@
     with-no-grad no-grad register-hook! define-autograd-function tensor-free!
     ;; issue 5: ranks, groups, collectives
     with-ranks current-rank world-size mesh-group group-size group-rank
-    all-reduce! all-gather reduce-scatter all-to-all broadcast! barrier))
+    all-reduce! all-gather reduce-scatter all-to-all broadcast! barrier
+    ;; issue 6: the MoE layer
+    make-moe-layer moe-forward moe-last-routing moe-parameters set-moe-parameter!
+    ;; issue 4: routers and load-balancing losses
+    make-router router-weight set-router-weight! router-forward routing-weights
+    routing-experts routing-probs routing-map routing-aux-losses router-step!
+    router-metrics load-balancing-loss make-balance-tracker balance-tracker-reset!
+    z-loss max-violation))
 
 (test-group "the contract"
   (for-each (lambda (name)
@@ -49,7 +56,8 @@
 
 ;; Every public name must appear in a test suite (this file lists the
 ;; exports, so it does not count).
-(define suites '("tensor.scm" "ops.scm" "autograd.scm" "errors.scm" "printing.scm" "dist.scm"))
+(define suites '("tensor.scm" "ops.scm" "autograd.scm" "errors.scm" "printing.scm" "dist.scm"
+                 "layer.scm" "router.scm"))
 
 (define here (dirname (current-filename)))
 

@@ -1,0 +1,634 @@
+/* router-func.c — routers, routings, balance trackers and the standalone
+ * load-balancing losses from Scheme (issue 4). The documented procedures are
+ * in scheme/moelab/router.scm.
+ *
+ * Three foreign objects, each holding one C object in its single slot and
+ * freeing it in an idempotent finalizer: <router> (moe_router), <routing>
+ * (moe_routing: the result of one forward) and <balance-tracker>. Tensors
+ * handed out are retained, so they outlive the object they came from. A
+ * router or tracker holds references to its process groups (the C side takes
+ * them; group reference counts are atomic, so a finalizer may drop them).
+ *
+ * Errors come from the C core, which names the Scheme procedure (its op names
+ * are the Scheme names) and leaves the router unchanged on failure. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bindings.h"
+
+static SCM router_class = SCM_BOOL_F;
+static SCM routing_class = SCM_BOOL_F;
+static SCM tracker_class = SCM_BOOL_F;
+
+/* Native memory is reported at this fraction (see moelab_wrap). */
+#define NATIVE_PER_HEAP 16
+
+static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
+
+/* Raise the last C error naming SUBR. The core's messages start with its
+ * operation ("router-state-load!: …"), which may differ from the Scheme name:
+ * drop it, SUBR is shown instead. */
+static SCM_NORETURN void router_throw(const char *subr)
+{
+    moe_status code = moe_last_status();
+    const char *m = moe_last_error();
+    const char *colon = strstr(m, ": ");
+    char text[1100];
+    if (colon && !memchr(m, ' ', (size_t)(colon - m))) m = colon + 2;
+    snprintf(text, sizeof text, "%s", m);
+    moe_clear_error();
+    moelab_throw(subr, code == MOE_OK ? MOE_ERR_STATE : code, "%s", text);
+}
+
+#define ROUTER_CHECK(subr, expr)                                               \
+    do {                                                                       \
+        if ((expr) != MOE_OK) router_throw(subr);                              \
+    } while (0)
+
+/* ---- foreign objects ------------------------------------------------------------------ */
+
+static void finalize_router(SCM obj)
+{
+    moe_router *r = scm_foreign_object_ref(obj, 0);
+    if (!r) return;
+    scm_foreign_object_set_x(obj, 0, NULL);
+    moe_router_free(r);
+}
+
+static void finalize_routing(SCM obj)
+{
+    moe_routing *o = scm_foreign_object_ref(obj, 0);
+    if (!o) return;
+    scm_foreign_object_set_x(obj, 0, NULL);
+    moe_routing_free(o);
+}
+
+static void finalize_tracker(SCM obj)
+{
+    moe_balance_tracker *t = scm_foreign_object_ref(obj, 0);
+    if (!t) return;
+    scm_foreign_object_set_x(obj, 0, NULL);
+    moe_balance_tracker_free(t);
+}
+
+static moe_router *router_of(SCM obj, int pos, const char *subr)
+{
+    if (!SCM_IS_A_P(obj, router_class)) scm_wrong_type_arg_msg(subr, pos, obj, "router");
+    return scm_foreign_object_ref(obj, 0);
+}
+
+static moe_routing *routing_of(SCM obj, int pos, const char *subr)
+{
+    if (!SCM_IS_A_P(obj, routing_class)) scm_wrong_type_arg_msg(subr, pos, obj, "routing");
+    return scm_foreign_object_ref(obj, 0);
+}
+
+static moe_balance_tracker *tracker_of(SCM obj, int pos, const char *subr)
+{
+    if (!SCM_IS_A_P(obj, tracker_class)) scm_wrong_type_arg_msg(subr, pos, obj, "balance tracker");
+    return scm_foreign_object_ref(obj, 0);
+}
+
+/* T retained for Scheme, or #f for NULL. */
+static SCM share(moe_tensor *t) { return t ? moelab_wrap(moe_tensor_retain(t)) : SCM_BOOL_F; }
+
+/* A name (symbol or string) into BUF; wrong-type-arg otherwise. */
+static void name_arg(SCM obj, char *buf, size_t size, int pos, const char *subr)
+{
+    if (scm_is_symbol(obj)) obj = scm_symbol_to_string(obj);
+    if (!scm_is_string(obj)) scm_wrong_type_arg_msg(subr, pos, obj, "symbol");
+    char *s = scm_to_utf8_string(obj);
+    snprintf(buf, size, "%s", s);
+    free(s);
+}
+
+static bool bool_arg(SCM obj, int pos, const char *subr)
+{
+    if (!scm_is_bool(obj)) scm_wrong_type_arg_msg(subr, pos, obj, "boolean");
+    return scm_is_true(obj);
+}
+
+/* ---- routers --------------------------------------------------------------------------- */
+
+SCM_DEFINE(moelab_make_router, "%make-router", 1, 0, 0, (SCM options),
+           "A router configured by the keyword list @var{options} (see make-router).")
+#define FUNC_NAME "make-router"
+{
+    moe_router_config cfg;
+    moe_router_config_default(&cfg);
+    moelab_router_options(options, &cfg, FUNC_NAME);
+    moe_router *r;
+    ROUTER_CHECK(FUNC_NAME, moe_router_new(&r, &cfg));
+    moe_tensor *w = moe_router_weight(r);
+    scm_gc_register_allocation(moe_tensor_nbytes(w) / NATIVE_PER_HEAP);
+    return scm_make_foreign_object_1(router_class, r);
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_p, "%router?", 1, 0, 0, (SCM obj), "True when @var{obj} is a router.")
+{
+    return scm_from_bool(SCM_IS_A_P(obj, router_class));
+}
+
+SCM_DEFINE(moelab_router_repr, "%router-repr", 1, 0, 0, (SCM obj), "The printed form of a router.")
+#define FUNC_NAME "router-repr"
+{
+    const moe_router_config *c = moe_router_get_config(router_of(obj, 1, FUNC_NAME));
+    char buf[512], part[96];
+    snprintf(buf, sizeof buf, "#<router E=%lld K=%lld D=%lld %s", (long long)c->experts,
+             (long long)c->top_k, (long long)c->hidden, moe_score_fn_name(c->score));
+#define ADD(...)                                                               \
+    do {                                                                       \
+        snprintf(part, sizeof part, __VA_ARGS__);                              \
+        strncat(buf, part, sizeof buf - strlen(buf) - 1);                      \
+    } while (0)
+    if (c->dtype != MOE_F32) ADD(" %s", moe_dtype_name(c->dtype));
+    if (c->score == MOE_SCORE_SOFTMAX) ADD(c->pre_softmax ? " pre-softmax" : " post-softmax");
+    if (c->groups) ADD(" groups=%lld/%lld", (long long)c->group_topk, (long long)c->groups);
+    if (c->scaling_factor != 1.0) ADD(" scaling=%g", c->scaling_factor);
+    if (c->sinkhorn) ADD(" sinkhorn");
+    if (c->debug_routing != MOE_DEBUG_NONE) ADD(" debug=%s", moe_debug_routing_name(c->debug_routing));
+    if (!isnan(c->capacity_factor)) ADD(" capacity=%g", c->capacity_factor);
+    if (c->expert_bias) ADD(" expert-bias");
+    for (int i = 0; i < c->n_losses; i++)
+        ADD(" %s=%g", moe_aux_kind_name(c->losses[i].kind), c->losses[i].coeff);
+    if (c->preset) ADD(" (%s)", c->preset);
+#undef ADD
+    strncat(buf, ">", sizeof buf - strlen(buf) - 1);
+    scm_remember_upto_here_1(obj);
+    return scm_from_utf8_string(buf);
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_config, "%router-config", 1, 0, 0, (SCM obj),
+           "The effective configuration of a router as an alist.")
+#define FUNC_NAME "router-config"
+{
+    SCM l = moelab_router_config_alist(moe_router_get_config(router_of(obj, 1, FUNC_NAME)));
+    scm_remember_upto_here_1(obj);
+    return l;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_weight, "%router-weight", 1, 0, 0, (SCM obj), "The gate weight [E D].")
+#define FUNC_NAME "router-weight"
+{
+    SCM w = share(moe_router_weight(router_of(obj, 1, FUNC_NAME)));
+    scm_remember_upto_here_1(obj);
+    return w;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_set_router_weight_x, "%set-router-weight!", 2, 0, 0, (SCM obj, SCM w),
+           "Copy @var{w} [E D] into the gate weight.")
+#define FUNC_NAME "set-router-weight!"
+{
+    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    ROUTER_CHECK(FUNC_NAME, moe_router_set_weight(r, moelab_unwrap(w, 2, FUNC_NAME)));
+    scm_remember_upto_here_2(obj, w);
+    return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_bias, "%router-bias", 1, 0, 0, (SCM obj),
+           "The expert bias [E] f32, or #f without one.")
+#define FUNC_NAME "router-bias"
+{
+    SCM b = share(moe_router_bias(router_of(obj, 1, FUNC_NAME)));
+    scm_remember_upto_here_1(obj);
+    return b;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_set_router_bias_x, "%set-router-bias!", 2, 0, 0, (SCM obj, SCM b),
+           "Copy @var{b} [E] into the expert bias.")
+#define FUNC_NAME "set-router-bias!"
+{
+    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    ROUTER_CHECK(FUNC_NAME, moe_router_set_bias(r, moelab_unwrap(b, 2, FUNC_NAME)));
+    scm_remember_upto_here_2(obj, b);
+    return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_set_groups_x, "%router-set-groups!", 4, 0, 0, (SCM obj, SCM tp, SCM cp, SCM dp),
+           "Set the tensor-, context- and data-parallel groups (#f: size 1).")
+#define FUNC_NAME "router-set-groups!"
+{
+    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    moe_group *gtp = moelab_to_group(tp, 2, FUNC_NAME);
+    moe_group *gcp = moelab_to_group(cp, 3, FUNC_NAME);
+    moe_group *gdp = moelab_to_group(dp, 4, FUNC_NAME);
+    ROUTER_CHECK(FUNC_NAME, moe_router_set_groups(r, gtp, gcp, gdp)); /* takes references */
+    scm_remember_upto_here_1(obj);
+    scm_remember_upto_here_2(tp, cp);
+    scm_remember_upto_here_1(dp);
+    return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_mode_x, "%router-mode!", 3, 0, 0, (SCM obj, SCM what, SCM on),
+           "Set the router's @var{what} flag ('training or 'recomputing) to @var{on}.")
+#define FUNC_NAME "router-mode!"
+{
+    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    bool v = bool_arg(on, 3, FUNC_NAME);
+    if (scm_is_eq(what, sym("training")))
+        moe_router_set_training(r, v);
+    else if (scm_is_eq(what, sym("recomputing")))
+        moe_router_set_recomputing(r, v);
+    else
+        scm_wrong_type_arg_msg(FUNC_NAME, 2, what, "'training or 'recomputing");
+    scm_remember_upto_here_1(obj);
+    return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_grad_scale_x, "%router-grad-scale!", 3, 0, 0, (SCM obj, SCM m, SCM per_token),
+           "Set gradient-accumulation steps @var{m} and per-token-loss mode.")
+#define FUNC_NAME "router-grad-scale!"
+{
+    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    ROUTER_CHECK(FUNC_NAME, moe_router_set_grad_scale(r, moelab_to_int64(m, 2, FUNC_NAME),
+                                                      bool_arg(per_token, 3, FUNC_NAME)));
+    scm_remember_upto_here_1(obj);
+    return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_forward, "%router-forward", 4, 0, 0, (SCM obj, SCM x, SCM valid, SCM bounds),
+           "Route @var{x}; @var{valid} and @var{bounds} may be #f.")
+#define FUNC_NAME "router-forward"
+{
+    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    moe_tensor *tx = moelab_unwrap(x, 2, FUNC_NAME);
+    moe_tensor *tv = moelab_unwrap_opt(valid, 3, FUNC_NAME);
+    moe_tensor *tb = moelab_unwrap_opt(bounds, 4, FUNC_NAME);
+    moe_routing *out;
+    ROUTER_CHECK(FUNC_NAME, moe_router_forward(&out, r, tx, tv, tb));
+    scm_remember_upto_here_2(obj, x);
+    scm_remember_upto_here_2(valid, bounds);
+    /* weights, ids, kept, logits and the graph's saved scores: a few [T E]-ish buffers */
+    scm_gc_register_allocation(3 * moe_tensor_nbytes(out->logits) / NATIVE_PER_HEAP);
+    return scm_make_foreign_object_1(routing_class, out);
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_step_x, "%router-step!", 1, 0, 0, (SCM obj),
+           "End of optimizer step: bias update, global buffers reset.")
+#define FUNC_NAME "router-step!"
+{
+    ROUTER_CHECK(FUNC_NAME, moe_router_step(router_of(obj, 1, FUNC_NAME)));
+    scm_remember_upto_here_1(obj);
+    return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_metrics, "%router-metrics", 1, 0, 0, (SCM obj), "The router's metrics (alist).")
+#define FUNC_NAME "router-metrics"
+{
+    SCM m = moelab_router_metrics_alist(router_of(obj, 1, FUNC_NAME), FUNC_NAME);
+    scm_remember_upto_here_1(obj);
+    return m;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_state, "%router-state", 1, 0, 0, (SCM obj),
+           "The router's state as (bias counters); bias is #f without expert bias.")
+#define FUNC_NAME "router-state"
+{
+    moe_tensor *bias, *counters;
+    ROUTER_CHECK(FUNC_NAME, moe_router_state_save(router_of(obj, 1, FUNC_NAME), &bias, &counters));
+    scm_remember_upto_here_1(obj);
+    SCM c = moelab_wrap(counters);
+    SCM b = bias ? moelab_wrap(bias) : SCM_BOOL_F;
+    return scm_list_2(b, c);
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_load_state_x, "%router-load-state!", 3, 0, 0, (SCM obj, SCM bias, SCM counters),
+           "Restore what %router-state saved.")
+#define FUNC_NAME "router-load-state!"
+{
+    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    ROUTER_CHECK(FUNC_NAME, moe_router_state_load(r, moelab_unwrap_opt(bias, 2, FUNC_NAME),
+                                                  moelab_unwrap(counters, 3, FUNC_NAME)));
+    scm_remember_upto_here_1(obj);
+    scm_remember_upto_here_2(bias, counters);
+    return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
+/* ---- routings -------------------------------------------------------------------------- */
+
+SCM_DEFINE(moelab_routing_p, "%routing?", 1, 0, 0, (SCM obj), "True when @var{obj} is a routing.")
+{
+    return scm_from_bool(SCM_IS_A_P(obj, routing_class));
+}
+
+SCM_DEFINE(moelab_routing_ref, "%routing-ref", 2, 0, 0, (SCM obj, SCM field),
+           "One part of a routing: a tensor (weights experts kept probs map logits counts "
+           "aux-total) or a number (tokens capacity dropped).")
+#define FUNC_NAME "routing-ref"
+{
+    moe_routing *o = routing_of(obj, 1, FUNC_NAME);
+    char name[32];
+    name_arg(field, name, sizeof name, 2, FUNC_NAME);
+    SCM v;
+    if (strcmp(name, "probs") == 0 || strcmp(name, "map") == 0) {
+        ROUTER_CHECK(name[0] == 'p' ? "routing-probs" : "routing-map", moe_routing_dense(o));
+        v = share(name[0] == 'p' ? o->probs : o->map);
+    } else if (strcmp(name, "weights") == 0) {
+        v = share(o->weights);
+    } else if (strcmp(name, "experts") == 0) {
+        v = share(o->experts);
+    } else if (strcmp(name, "kept") == 0) {
+        v = share(o->kept);
+    } else if (strcmp(name, "logits") == 0) {
+        v = share(o->logits);
+    } else if (strcmp(name, "counts") == 0) {
+        v = share(o->counts);
+    } else if (strcmp(name, "aux-total") == 0) {
+        v = share(o->aux_total);
+    } else if (strcmp(name, "tokens") == 0) {
+        v = scm_from_int64(o->tokens);
+    } else if (strcmp(name, "capacity") == 0) {
+        v = o->capacity < 0 ? SCM_BOOL_F : scm_from_int64(o->capacity);
+    } else if (strcmp(name, "dropped") == 0) {
+        v = scm_from_int64(o->dropped);
+    } else {
+        scm_wrong_type_arg_msg(FUNC_NAME, 2, field, "routing field");
+    }
+    scm_remember_upto_here_1(obj);
+    return v;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_routing_aux_losses, "%routing-aux-losses", 1, 0, 0, (SCM obj),
+           "The unscaled losses of a routing: alist (kind . 0-d tensor).")
+#define FUNC_NAME "routing-aux-losses"
+{
+    moe_routing *o = routing_of(obj, 1, FUNC_NAME);
+    SCM l = SCM_EOL;
+    for (int i = o->n_aux - 1; i >= 0; i--)
+        l = scm_acons(sym(moe_aux_kind_name(o->aux_kind[i])), share(o->aux[i]), l);
+    scm_remember_upto_here_1(obj);
+    return l;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_routing_repr, "%routing-repr", 1, 0, 0, (SCM obj), "The printed form of a routing.")
+#define FUNC_NAME "routing-repr"
+{
+    moe_routing *o = routing_of(obj, 1, FUNC_NAME);
+    char buf[256];
+    int n = snprintf(buf, sizeof buf, "#<routing T=%lld K=%lld E=%lld tokens=%lld",
+                     (long long)o->experts->shape[0], (long long)o->experts->shape[1],
+                     (long long)o->logits->shape[o->logits->ndim - 1], (long long)o->tokens);
+    if (o->capacity >= 0)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " capacity=%lld dropped=%lld",
+                      (long long)o->capacity, (long long)o->dropped);
+    for (int i = 0; i < o->n_aux && n < (int)sizeof buf - 24; i++)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " %s", moe_aux_kind_name(o->aux_kind[i]));
+    snprintf(buf + n, sizeof buf - (size_t)n, ">");
+    scm_remember_upto_here_1(obj);
+    return scm_from_utf8_string(buf);
+}
+#undef FUNC_NAME
+
+/* ---- balance trackers ------------------------------------------------------------------- */
+
+SCM_DEFINE(moelab_make_balance_tracker, "%make-balance-tracker", 2, 0, 0, (SCM experts, SCM groups),
+           "A global-batch balance tracker over @var{experts}, its counts summed over each of "
+           "the list @var{groups} in turn.")
+#define FUNC_NAME "make-balance-tracker"
+{
+    int64_t E = moelab_to_int64(experts, 1, FUNC_NAME);
+    if (scm_ilength(groups) < 0) scm_wrong_type_arg_msg(FUNC_NAME, 2, groups, "list of groups");
+    moe_group *first = scm_is_pair(groups) ? moelab_to_group(SCM_CAR(groups), 2, FUNC_NAME) : NULL;
+    moe_balance_tracker *tr;
+    ROUTER_CHECK(FUNC_NAME, moe_balance_tracker_new(&tr, E, first));
+    SCM obj = scm_make_foreign_object_1(tracker_class, tr);
+    if (scm_is_pair(groups))
+        for (SCM l = SCM_CDR(groups); scm_is_pair(l); l = SCM_CDR(l)) {
+            moe_group *g = moelab_to_group(SCM_CAR(l), 2, FUNC_NAME);
+            if (g) ROUTER_CHECK(FUNC_NAME, moe_balance_tracker_add_group(tr, g));
+        }
+    scm_remember_upto_here_1(groups);
+    return obj;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_balance_tracker_p, "%balance-tracker?", 1, 0, 0, (SCM obj),
+           "True when @var{obj} is a balance tracker.")
+{
+    return scm_from_bool(SCM_IS_A_P(obj, tracker_class));
+}
+
+SCM_DEFINE(moelab_balance_tracker_reset_x, "%balance-tracker-reset!", 1, 0, 0, (SCM obj),
+           "Clear the tracker's buffer (end of optimizer step).")
+#define FUNC_NAME "balance-tracker-reset!"
+{
+    moe_balance_tracker_reset(tracker_of(obj, 1, FUNC_NAME));
+    scm_remember_upto_here_1(obj);
+    return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_balance_tracker_buffer_x, "%balance-tracker-buffer!", 2, 0, 0, (SCM obj, SCM on),
+           "Buffer mode on (accumulate over micro-batches) or off.")
+#define FUNC_NAME "balance-tracker-buffer!"
+{
+    moe_balance_tracker_set_buffer(tracker_of(obj, 1, FUNC_NAME), bool_arg(on, 2, FUNC_NAME));
+    scm_remember_upto_here_1(obj);
+    return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_balance_tracker_state, "%balance-tracker-state", 1, 0, 0, (SCM obj),
+           "(counts tokens micro-batches experts buffer?) of a tracker.")
+#define FUNC_NAME "balance-tracker-state"
+{
+    moe_balance_tracker *tr = tracker_of(obj, 1, FUNC_NAME);
+    moe_tensor *counts;
+    double tokens;
+    ROUTER_CHECK(FUNC_NAME, moe_balance_tracker_counts(&counts, &tokens, tr));
+    SCM l = scm_list_5(moelab_wrap(counts), scm_from_double(tokens),
+                       scm_from_int64(moe_balance_tracker_micro_batches(tr)),
+                       scm_from_int64(moe_balance_tracker_experts(tr)),
+                       scm_from_bool(moe_balance_tracker_buffer(tr)));
+    scm_remember_upto_here_1(obj);
+    return l;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_balance_tracker_add_x, "%balance-tracker-add!", 3, 0, 0, (SCM obj, SCM counts, SCM tokens),
+           "Add @var{counts} [E] and @var{tokens} to the buffer without a collective.")
+#define FUNC_NAME "balance-tracker-add!"
+{
+    moe_balance_tracker *tr = tracker_of(obj, 1, FUNC_NAME);
+    ROUTER_CHECK(FUNC_NAME, moe_balance_tracker_add_counts(tr, moelab_unwrap(counts, 2, FUNC_NAME),
+                                                           moelab_to_double(tokens, 3, FUNC_NAME)));
+    scm_remember_upto_here_2(obj, counts);
+    return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
+/* ---- standalone losses -------------------------------------------------------------------- */
+
+/* OPTIONS: a keyword list from (moelab router): #:top-k #:score #:sigmoid-eps
+ * #:score-offset #:valid #:doc-bounds #:routing-ids #:group #:tracker
+ * #:loss-div-factor #:num-layers #:k-in-f?. The tensors and the tracker stay
+ * reachable through OPTIONS, which the caller keeps alive. */
+static void aux_options(moe_aux_options *o, SCM options, const char *subr)
+{
+    moe_aux_options_default(o);
+    if (scm_ilength(options) < 0 || scm_ilength(options) % 2)
+        scm_wrong_type_arg_msg(subr, 3, options, "keyword list");
+    for (SCM l = options; scm_is_pair(l); l = SCM_CDDR(l)) {
+        SCM key = SCM_CAR(l), v = SCM_CADR(l);
+        char name[32];
+        if (!scm_is_keyword(key)) scm_wrong_type_arg_msg(subr, 3, key, "keyword");
+        name_arg(scm_keyword_to_symbol(key), name, sizeof name, 3, subr);
+        if (strcmp(name, "top-k") == 0) {
+            o->top_k = moelab_to_int64(v, 3, subr);
+        } else if (strcmp(name, "score") == 0) {
+            char s[32];
+            name_arg(v, s, sizeof s, 3, subr);
+            if (!moe_score_fn_parse(s, &o->score))
+                moelab_throw(subr, MOE_ERR_ARG, "#:score expects softmax or sigmoid, got %s", s);
+        } else if (strcmp(name, "sigmoid-eps") == 0) {
+            o->sigmoid_eps = moelab_to_double(v, 3, subr);
+        } else if (strcmp(name, "score-offset") == 0) {
+            o->score_offset = moelab_to_double(v, 3, subr);
+        } else if (strcmp(name, "valid") == 0) {
+            o->valid = moelab_unwrap_opt(v, 3, subr);
+        } else if (strcmp(name, "doc-bounds") == 0) {
+            o->doc_bounds = moelab_unwrap_opt(v, 3, subr);
+        } else if (strcmp(name, "routing-ids") == 0) {
+            o->routing_ids = moelab_unwrap_opt(v, 3, subr);
+        } else if (strcmp(name, "group") == 0) {
+            o->group = moelab_to_group(v, 3, subr);
+        } else if (strcmp(name, "tracker") == 0) {
+            o->tracker = scm_is_false(v) ? NULL : tracker_of(v, 3, subr);
+        } else if (strcmp(name, "loss-div-factor") == 0) {
+            o->loss_div_factor = moelab_to_double_or(v, 0, 3, subr);
+        } else if (strcmp(name, "num-layers") == 0) {
+            o->num_layers = moelab_to_int64(v, 3, subr);
+        } else if (strcmp(name, "k-in-f?") == 0) {
+            o->k_in_f = bool_arg(v, 3, subr);
+        } else {
+            moelab_throw(subr, MOE_ERR_ARG, "unknown option #:%s", name);
+        }
+    }
+}
+
+static moe_aux_kind kind_arg(SCM kind, int pos, const char *subr)
+{
+    char name[64];
+    moe_aux_kind k;
+    name_arg(kind, name, sizeof name, pos, subr);
+    if (!moe_aux_kind_parse(name, &k))
+        moelab_throw(subr, MOE_ERR_ARG,
+                     "unknown loss kind '%s'; known: micro-batch sequence global-batch "
+                     "olmo-local-batch olmo-instance megablocks z",
+                     name);
+    return k;
+}
+
+SCM_DEFINE(moelab_load_balancing_loss, "%load-balancing-loss", 3, 0, 0, (SCM kind, SCM logits, SCM options),
+           "The unscaled balance loss @var{kind} of @var{logits}.")
+#define FUNC_NAME "load-balancing-loss"
+{
+    moe_aux_kind k = kind_arg(kind, 1, FUNC_NAME);
+    moe_tensor *z = moelab_unwrap(logits, 2, FUNC_NAME), *out;
+    moe_aux_options o;
+    aux_options(&o, options, FUNC_NAME);
+    ROUTER_CHECK(FUNC_NAME, moe_load_balancing_loss(&out, k, z, &o));
+    scm_remember_upto_here_2(logits, options);
+    return moelab_wrap(out);
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_z_loss, "%z-loss", 2, 0, 0, (SCM logits, SCM valid), "The router z-loss of @var{logits}.")
+#define FUNC_NAME "z-loss"
+{
+    moe_tensor *out;
+    ROUTER_CHECK(FUNC_NAME, moe_z_loss(&out, moelab_unwrap(logits, 1, FUNC_NAME),
+                                       moelab_unwrap_opt(valid, 2, FUNC_NAME)));
+    scm_remember_upto_here_2(logits, valid);
+    return moelab_wrap(out);
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_megablocks_batched_loss, "%megablocks-batched-loss", 3, 0, 0,
+           (SCM logits, SCM ids, SCM options),
+           "MegaBlocks' loss over a list of layers' logits (and routing ids, or #f).")
+#define FUNC_NAME "megablocks-batched-loss"
+{
+    long n = scm_ilength(logits);
+    if (n < 1 || n > INT32_MAX) scm_wrong_type_arg_msg(FUNC_NAME, 1, logits, "non-empty list of tensors");
+    if (!scm_is_false(ids) && scm_ilength(ids) != n)
+        moelab_throw(FUNC_NAME, MOE_ERR_ARG, "%ld logits but %ld routing-ids given", n, scm_ilength(ids));
+    /* collected memory: nothing leaks when an argument check raises */
+    moe_tensor **z = scm_gc_malloc_pointerless((size_t)n * sizeof *z, "logits");
+    moe_tensor **r = scm_is_false(ids) ? NULL : scm_gc_malloc_pointerless((size_t)n * sizeof *r, "ids");
+    long i = 0;
+    for (SCM l = logits; scm_is_pair(l); l = SCM_CDR(l)) z[i++] = moelab_unwrap(SCM_CAR(l), 1, FUNC_NAME);
+    i = 0;
+    for (SCM l = ids; r && scm_is_pair(l); l = SCM_CDR(l)) r[i++] = moelab_unwrap_opt(SCM_CAR(l), 2, FUNC_NAME);
+    moe_aux_options o;
+    aux_options(&o, options, FUNC_NAME);
+    moe_tensor *out;
+    ROUTER_CHECK(FUNC_NAME, moe_megablocks_batched_loss(&out, (int)n, z, r, &o));
+    scm_remember_upto_here_2(logits, ids);
+    scm_remember_upto_here_1(options);
+    return moelab_wrap(out);
+}
+#undef FUNC_NAME
+
+/* ---- balance statistics ------------------------------------------------------------------ */
+
+SCM_DEFINE(moelab_balance_stats, "%balance-stats", 1, 0, 0, (SCM counts),
+           "Balance statistics of @var{counts} [E] as an alist.")
+#define FUNC_NAME "balance-stats"
+{
+    moe_balance_stats s;
+    ROUTER_CHECK(FUNC_NAME, moe_balance_stats_compute(&s, moelab_unwrap(counts, 1, FUNC_NAME)));
+    scm_remember_upto_here_1(counts);
+    return scm_list_5(scm_cons(sym("max-violation"), scm_from_double(s.max_violation)),
+                      scm_cons(sym("cv"), scm_from_double(s.cv)),
+                      scm_cons(sym("max-over-mean"), scm_from_double(s.max_over_mean)),
+                      scm_cons(sym("dead-fraction"), scm_from_double(s.dead_fraction)),
+                      scm_cons(sym("total"), scm_from_double(s.total)));
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_max_violation, "%max-violation", 1, 0, 0, (SCM counts), "MaxVio of @var{counts} [E].")
+#define FUNC_NAME "max-violation"
+{
+    double v;
+    ROUTER_CHECK(FUNC_NAME, moe_max_violation(&v, moelab_unwrap(counts, 1, FUNC_NAME)));
+    scm_remember_upto_here_1(counts);
+    return scm_from_double(v);
+}
+#undef FUNC_NAME
+
+void moelab_init_router_func(void)
+{
+    router_class = scm_make_foreign_object_type(sym("<router>"), scm_list_1(sym("ptr")), finalize_router);
+    routing_class = scm_make_foreign_object_type(sym("<routing>"), scm_list_1(sym("ptr")), finalize_routing);
+    tracker_class =
+        scm_make_foreign_object_type(sym("<balance-tracker>"), scm_list_1(sym("ptr")), finalize_tracker);
+    scm_gc_protect_object(router_class);
+    scm_gc_protect_object(routing_class);
+    scm_gc_protect_object(tracker_class);
+    scm_c_define("<router>", router_class);
+    scm_c_define("<routing>", routing_class);
+    scm_c_define("<balance-tracker>", tracker_class);
+#ifndef SCM_MAGIC_SNARFER
+#include "router-func.x"
+#endif
+}

@@ -1,0 +1,382 @@
+;;; (moelab router) — MoE routers and the load-balancing losses (issue 4;
+;;; the maths is in shared/spec/aux-losses.md, the C core in core/moe/).
+;;;
+;;; A router scores each token against E experts with a gate weight [E D],
+;;; picks K of them (top-k, group-limited, sinkhorn or debug routing), applies
+;;; capacity, and computes the balance losses it was configured with. Presets
+;;; ('megatron 'olmo-core 'torchtitan 'megablocks 'deepseek-v3 'qwen-global)
+;;; set every convention of that framework; explicit keywords override them.
+;;; The losses also stand alone, as differentiable functions of logits.
+;;;
+;;; @example
+;;; (define r (make-router #:hidden 16 #:experts 8 #:top-k 2
+;;;             #:losses '((micro-batch . 1e-2) (z . 1e-3))))
+;;; (define out (router-forward r (randn '(32 16) #:seed 1)))
+;;; (routing-experts out)            ; i64[32 2]
+;;; (routing-aux-losses out)         ; ((micro-batch . #<tensor …>) (z . #<tensor …>))
+;;; (router-step! r)                 ; after the optimizer step
+;;; (assq-ref (router-metrics r) 'max-violation-global)
+;;;
+;;; (define z (randn '(64 8) #:dtype 'f64 #:requires-grad #t))
+;;; (backward! (load-balancing-loss 'micro-batch z #:top-k 2))
+;;; (tensor-grad z)
+;;; @end example
+
+(define-module (moelab router)
+  #:use-module (moelab primitives)
+  #:use-module (moelab tensor)
+  #:use-module (moelab dist)
+  #:use-module ((oop goops) #:select (define-method))
+  #:use-module (srfi srfi-1)
+  #:re-export (<router> <routing> <balance-tracker>)
+  #:export (make-router router? router-config router-weight set-router-weight!
+            router-bias set-router-bias! router-set-groups! router-training!
+            router-recomputing! router-set-grad-scale!
+            router-forward router-step! router-metrics router-state router-load-state!
+            routing? routing-weights routing-experts routing-probs routing-map
+            routing-kept routing-logits routing-counts routing-aux-losses
+            routing-aux-total routing-tokens routing-capacity routing-dropped
+            load-balancing-loss z-loss megablocks-batched-loss
+            make-balance-tracker balance-tracker? balance-tracker-reset!
+            balance-tracker-counts balance-tracker-tokens balance-tracker-micro-batches
+            balance-tracker-add-counts!
+            max-violation balance-stats))
+
+;;; ---- arguments ------------------------------------------------------------------------
+
+(define (as-mask who m)
+  ;; #f, a tensor, or a (nested) list of booleans/numbers
+  (cond ((or (not m) (tensor? m)) m)
+        ((list? m) (tensor m #:dtype 'bool))
+        (else (scm-error 'wrong-type-arg who "expected a mask tensor, a list or #f, got ~s"
+                         (list m) (list m)))))
+
+(define (as-ids who v)
+  (cond ((or (not v) (tensor? v)) v)
+        ((list? v) (tensor v #:dtype 'i64))
+        (else (scm-error 'wrong-type-arg who "expected an i64 tensor, a list or #f, got ~s"
+                         (list v) (list v)))))
+
+(define (as-counts who v)
+  (cond ((tensor? v) v)
+        ((and (list? v) (every real? v)) (tensor v #:dtype 'f64))
+        (else (scm-error 'wrong-type-arg who "expected a counts tensor [E] or a list of numbers, got ~s"
+                         (list v) (list v)))))
+
+(define (as-group who g)
+  ;; #f (size 1), a group, or mesh dimensions such as 'dp or '(cp tp)
+  (cond ((or (not g) (group? g)) g)
+        ((or (symbol? g) (and (list? g) (every symbol? g))) (mesh-group g))
+        (else (scm-error 'wrong-type-arg who "expected a group, mesh dimensions or #f, got ~s"
+                         (list g) (list g)))))
+
+;;; ---- routers ------------------------------------------------------------------------------
+
+(define (make-router . options)
+  "A router, configured by keywords (defaults in brackets):
+
+@table @code
+@item #:hidden D, #:experts E, #:top-k K
+Sizes (required). The gate weight is [E D], N(0, 0.02²) from #:seed.
+@item #:score ['softmax]
+or 'sigmoid.
+@item #:pre-softmax? [#f]
+softmax over all E then top-k (else top-k on the logits, softmax over the K).
+@item #:normalize? ['auto]
+renormalise the K weights: 'auto (sigmoid with K > 1), #t or #f.
+@item #:groups [#f], #:group-top-k [#f], #:group-score-top ['auto]
+group-limited routing: keep the best group-top-k of G groups, a group
+scored by the sum of its top m scores ('auto: m = floor(K/group-top-k)).
+@item #:scaling-factor [1.0], #:jitter [0.0]
+@item #:capacity-factor [#f], #:capacity-formula ['megatron], #:drop-policy ['probs], #:pad-to-capacity? [#f]
+capacity per expert, 'megatron (ceil(T·K/E·cf)) or 'megablocks
+(floor(cf·K·T·ep/E)); drop the lowest-weight ('probs) or latest
+('position) tokens.
+@item #:expert-bias? [#f], #:bias-rate [1e-3], #:bias-center? [#f]
+aux-loss-free balancing: a selection-only bias updated by router-step!.
+@item #:losses ['()]
+an alist (kind . coefficient), kinds micro-batch sequence global-batch
+olmo-local-batch olmo-instance megablocks z.
+@item #:count-from ['topk]
+counts for the losses from the plain top-k of the loss scores, or 'actual.
+@item #:grad-mode ['inject]
+'inject: the aux gradient rides on the routing weights' backward; 'add: add
+(routing-aux-total out) to the model loss yourself.
+@item #:preset [#f]
+'megatron 'olmo-core 'torchtitan 'megablocks 'deepseek-v3 'qwen-global,
+applied first; other keywords override it.
+@item #:seed [0]
+@end table
+
+Extensions (the C config fields): #:dtype ['f32 or 'f64], #:norm-eps
+[1e-20], #:norm-p [1], #:score-offset [0], #:sinkhorn? [#f],
+#:debug-routing [#f, 'uniform or 'imbalance], #:debug-skew [4], #:ep-size [1],
+#:loss-eps [1e-20], #:loss-div-factor [0 = default], #:num-moe-layers [1],
+#:k-in-f? [#t], #:global-buffer? [#t], #:grad-accum [1],
+#:per-token-loss? [#f], #:pp-size [1], #:training? [#t]. A boolean keyword
+may drop its '?'. Invalid settings (K > E, E not divisible by the groups,
+capacity factor <= 0, …) raise moelab-error."
+  (%make-router options))
+
+(define (router? obj)
+  "True when OBJ is a router (from make-router)."
+  (%router? obj))
+
+(define (router-config r)
+  "The effective configuration of router R (after its preset) as an alist
+keyed by make-router's keyword names: ((hidden . 16) (experts . 8) (top-k . 2)
+(dtype . f32) (score . softmax) … (preset . #f)). Values are as make-router
+takes them, so the keywords and values of this alist rebuild the router."
+  (%router-config r))
+
+(define (router-weight r)
+  "The gate weight [E D] of router R (the live parameter: it requires grad,
+and backward! fills its tensor-grad)."
+  (%router-weight r))
+
+(define (set-router-weight! r w)
+  "Copy the tensor W [E D] (any float dtype) into the gate weight of R; its
+gradient is dropped."
+  (%set-router-weight! r w))
+
+(define (router-bias r)
+  "The expert bias [E] f32 of router R (selection only), or #f when R has no
+expert bias."
+  (%router-bias r))
+
+(define (set-router-bias! r b)
+  "Copy the tensor (or list) B [E] into the expert bias of R."
+  (%set-router-bias! r (if (list? b) (tensor b) b)))
+
+(define* (router-set-groups! r #:key (tp #f) (cp #f) (dp #f))
+  "Set the tensor-, context- and data-parallel groups of R: each a group,
+mesh dimensions ('tp, '(dp cp)) or #f (size 1). TP and CP split a
+micro-batch's tokens (counts of the micro-batch, sequence and instance losses
+are summed over them); DP shares the optimizer step (global-batch counts and
+the bias update are summed over cp, tp and dp)."
+  (%router-set-groups! r (as-group "router-set-groups!" tp) (as-group "router-set-groups!" cp)
+                       (as-group "router-set-groups!" dp)))
+
+(define (router-training! r on?)
+  "Training mode on or off: jitter, losses and counters only work in training."
+  (%router-mode! r 'training on?))
+
+(define (router-recomputing! r on?)
+  "Recomputation mode (activation checkpointing): forwards neither count nor
+advance the global buffer and replay the original forwards' noise and counts."
+  (%router-mode! r 'recomputing on?))
+
+(define* (router-set-grad-scale! r #:key (grad-accum 1) (per-token-loss? #f))
+  "Set the micro-batches per optimizer step M (the injected gradient is scaled
+by |cp|/M) and per-token-loss mode (scale by the micro-batch's valid tokens)."
+  (%router-grad-scale! r grad-accum per-token-loss?))
+
+(define* (router-forward r x #:key (valid #f) (doc-bounds #f))
+  "Route X [T D] or [B S D] with router R; returns a routing. VALID is a mask
+[T] or [B S] (tensor or list; true = real token) or #f; DOC-BOUNDS the
+document starts over the T tokens (i64 [N+1], 0 … T) for packed sequences.
+Rows of the results are in token order, b-major for [B S D]."
+  (%router-forward r x (as-mask "router-forward" valid) (as-ids "router-forward" doc-bounds)))
+
+(define (router-step! r)
+  "End of an optimizer step for R: update the expert bias (sign rule), record
+the global metrics, reset the counters and the global-batch buffer.
+Collective over R's groups."
+  (%router-step! r))
+
+(define (router-metrics r)
+  "The metrics of R as an alist: tokens-per-expert (last forward),
+tokens-per-expert-step, tokens-per-expert-global ([E] f64 tensors; the last
+is #f before the first router-step!), bias, max-violation-batch,
+max-violation-step, max-violation-global (#f before a step), cv,
+max-over-mean, dead-fraction, entropy (normalised by log E), selected-mass,
+dropped-fraction, aux-losses (alist kind . mean unscaled value over the
+step), micro-batches, tokens and step."
+  (%router-metrics r))
+
+(define (router-state r)
+  "The state of R for a checkpoint: an alist (bias . [E] f32 or #f) and
+(counters . [3 E+1] f64: bias-update counts, global-batch buffer, step metric
+counts, each followed by its token total)."
+  (let ((s (%router-state r)))
+    `((bias . ,(car s)) (counters . ,(cadr s)))))
+
+(define (router-load-state! r state)
+  "Restore a state from router-state into R."
+  (%router-load-state! r (assq-ref state 'bias) (assq-ref state 'counters)))
+
+(define-method (write (r <router>) port) (display (%router-repr r) port))
+(define-method (display (r <router>) port) (display (%router-repr r) port))
+
+;;; ---- routings -------------------------------------------------------------------------------
+
+(define (routing? obj)
+  "True when OBJ is a routing (from router-forward)."
+  (%routing? obj))
+
+(define (routing-weights out)
+  "The routing weights [T K] of OUT (router dtype, differentiable; 0 for
+dropped or padded slots)."
+  (%routing-ref out 'weights))
+
+(define (routing-experts out)
+  "The selected experts [T K] i64 of OUT, by descending selection score."
+  (%routing-ref out 'experts))
+
+(define (routing-probs out)
+  "The dense weights [T E] of OUT (0 off the routing map; differentiable)."
+  (%routing-ref out 'probs))
+
+(define (routing-map out)
+  "The routing map [T E] bool of OUT (pad-to-capacity adds filler entries)."
+  (%routing-ref out 'map))
+
+(define (routing-kept out)
+  "[T K] bool: the slots of OUT actually routed (valid token, not dropped)."
+  (%routing-ref out 'kept))
+
+(define (routing-logits out)
+  "The gate logits [T E] of OUT (in the autograd graph)."
+  (%routing-ref out 'logits))
+
+(define (routing-counts out)
+  "Tokens per expert [E] i64 of OUT (kept slots)."
+  (%routing-ref out 'counts))
+
+(define (routing-aux-losses out)
+  "The losses of OUT as an alist (kind . 0-d tensor), each unscaled by its
+coefficient. In add mode they are differentiable."
+  (%routing-aux-losses out))
+
+(define (routing-aux-total out)
+  "The sum of OUT's losses times their coefficients (0-d tensor). In add mode
+add it to the model loss; in inject mode it is for logging."
+  (%routing-ref out 'aux-total))
+
+(define (routing-tokens out)
+  "The number of valid tokens OUT routed."
+  (%routing-ref out 'tokens))
+
+(define (routing-capacity out)
+  "The capacity C per expert of OUT, or #f without capacity."
+  (%routing-ref out 'capacity))
+
+(define (routing-dropped out)
+  "The number of valid slots OUT dropped for capacity."
+  (%routing-ref out 'dropped))
+
+(define-method (write (o <routing>) port) (display (%routing-repr o) port))
+(define-method (display (o <routing>) port) (display (%routing-repr o) port))
+
+;;; ---- standalone losses ----------------------------------------------------------------------
+
+(define* (load-balancing-loss kind logits #:key (top-k #f) (score 'softmax) (valid #f)
+                              (doc-bounds #f) (routing-ids #f) (tracker #f) (group #f)
+                              (sigmoid-eps 1e-20) (score-offset 0) (loss-div-factor #f)
+                              (num-layers 1) (k-in-f? #t))
+  "The unscaled (coefficient 1) balance loss KIND of LOGITS as a 0-d tensor,
+differentiable in LOGITS. KIND is 'micro-batch (logits [T E]), 'sequence
+(logits [B S E], or [T E] with DOC-BOUNDS), 'global-batch (needs #:tracker from
+make-balance-tracker), 'olmo-local-batch, 'olmo-instance, 'megablocks or 'z.
+TOP-K (K) is required; SCORE is 'softmax or 'sigmoid (scores
+s/(sum s + SIGMOID-EPS) after adding SCORE-OFFSET). VALID masks padding ([T] or
+[B S]). ROUTING-IDS [T K] counts that routing instead of the top-k of the
+scores. GROUP (a group or mesh dimensions) sums counts and token totals over
+tp×cp. LOSS-DIV-FACTOR overrides OLMo-core's divisor, NUM-LAYERS is
+MegaBlocks' MoE layer count, K-IN-F? #f drops the 1/K in f (HF's convention).
+NaN or Inf logits raise moelab-error."
+  (unless (or top-k (memq kind '(z "z")))
+    (throw 'moelab-error "load-balancing-loss" "#:top-k is required" '() '(arg)))
+  (%load-balancing-loss
+   kind logits
+   (list #:top-k (or top-k 1) #:score score
+         #:valid (as-mask "load-balancing-loss" valid)
+         #:doc-bounds (as-ids "load-balancing-loss" doc-bounds)
+         #:routing-ids (as-ids "load-balancing-loss" routing-ids)
+         #:tracker tracker #:group (as-group "load-balancing-loss" group)
+         #:sigmoid-eps sigmoid-eps #:score-offset score-offset
+         #:loss-div-factor loss-div-factor #:num-layers num-layers #:k-in-f? k-in-f?)))
+
+(define* (z-loss logits #:key (valid #f))
+  "The router z-loss of LOGITS [T E] (or [B S E]): the mean over valid tokens
+of (logsumexp_i z_ti)², as a 0-d tensor, differentiable in LOGITS."
+  (%z-loss logits (as-mask "z-loss" valid)))
+
+(define* (megablocks-batched-loss logits-list #:key (top-k #f) (score 'softmax)
+                                  (routing-ids #f) (num-layers #f))
+  "MegaBlocks' batched load-balancing loss over the layers of one pipeline
+stage: LOGITS-LIST holds each layer's logits [T E] (same T), ROUTING-IDS an
+optional list of each layer's actual routing [T K] (#f entries: top-k of the
+scores). NUM-LAYERS is the model's MoE layer count (default: the list's
+length). Returns E/(L·T·K)·<c_cat, mean_t p_cat> as a 0-d tensor."
+  (unless top-k
+    (throw 'moelab-error "megablocks-batched-loss" "#:top-k is required" '() '(arg)))
+  (%megablocks-batched-loss
+   logits-list
+   (and routing-ids (map (lambda (v) (as-ids "megablocks-batched-loss" v)) routing-ids))
+   (list #:top-k top-k #:score score #:num-layers (or num-layers (length logits-list)))))
+
+;;; ---- balance trackers -------------------------------------------------------------------------
+
+(define* (make-balance-tracker #:key experts (group #f) (groups '()) (buffer? #t))
+  "A tracker of the global-batch counts over EXPERTS experts. Each
+global-batch loss that uses it adds this micro-batch's counts, summed over
+GROUP (the data-parallel group; a group, mesh dimensions or #f), then over
+each of GROUPS (further factor groups). With BUFFER? (the default) the counts
+accumulate over the micro-batches of an optimizer step until
+balance-tracker-reset!."
+  (unless (exact-integer? experts)
+    (scm-error 'wrong-type-arg "make-balance-tracker" "#:experts expects an integer, got ~s"
+               (list experts) (list experts)))
+  (let ((tr (%make-balance-tracker
+             experts
+             (map (lambda (g) (as-group "make-balance-tracker" g))
+                  (if group (cons group groups) groups)))))
+    (unless buffer? (%balance-tracker-buffer! tr #f))
+    tr))
+
+(define (balance-tracker? obj)
+  "True when OBJ is a balance tracker."
+  (%balance-tracker? obj))
+
+(define (balance-tracker-reset! tr)
+  "Clear the buffer of TR (call after the optimizer step)."
+  (%balance-tracker-reset! tr))
+
+(define (balance-tracker-counts tr)
+  "The counts [E] f64 accumulated in TR."
+  (car (%balance-tracker-state tr)))
+
+(define (balance-tracker-tokens tr)
+  "The valid tokens accumulated in TR."
+  (cadr (%balance-tracker-state tr)))
+
+(define (balance-tracker-micro-batches tr)
+  "The micro-batches accumulated in TR since its last reset."
+  (caddr (%balance-tracker-state tr)))
+
+(define (balance-tracker-add-counts! tr counts tokens)
+  "Add COUNTS [E] (tensor or list) and TOKENS to the buffer of TR without a
+collective: e.g. the other data-parallel ranks' counts, given explicitly."
+  (%balance-tracker-add! tr (as-counts "balance-tracker-add-counts!" counts) tokens))
+
+(define (tracker-repr tr)
+  (let ((s (%balance-tracker-state tr)))
+    (string-append "#<balance-tracker E=" (number->string (list-ref s 3))
+                   " tokens=" (number->string (inexact->exact (list-ref s 1)))
+                   " micro-batches=" (number->string (list-ref s 2))
+                   (if (list-ref s 4) "" " unbuffered") ">")))
+
+(define-method (write (tr <balance-tracker>) port) (display (tracker-repr tr) port))
+(define-method (display (tr <balance-tracker>) port) (display (tracker-repr tr) port))
+
+;;; ---- balance statistics -------------------------------------------------------------------------
+
+(define (max-violation counts)
+  "MaxVio of COUNTS [E] (tensor or list): (max_i c_i - mean c) / mean c, a number."
+  (%max-violation (as-counts "max-violation" counts)))
+
+(define (balance-stats counts)
+  "Balance statistics of COUNTS [E] as an alist: max-violation, cv
+(std/mean), max-over-mean, dead-fraction, total."
+  (%balance-stats (as-counts "balance-stats" counts)))
