@@ -42,6 +42,12 @@ void moelab_drain_release_queue(void);
 void moelab_init_tensor_type_functions(void);
 
 /* ---- convert.c ------------------------------------------------------------- */
+/* The text of a symbol or string into BUF (truncated to SIZE); false for
+ * anything else. */
+bool moelab_name_text(SCM obj, char *buf, size_t size);
+/* A symbol's text into BUF, raising wrong-type-arg (position POS of SUBR,
+ * expecting WHAT) for anything else: enum-like arguments (dtype, op, …). */
+void moelab_to_name(SCM obj, char *buf, size_t size, int pos, const char *subr, const char *what);
 moe_dtype moelab_to_dtype(SCM sym, int pos, const char *subr);
 SCM moelab_from_dtype(moe_dtype d);
 moe_device moelab_to_device(SCM sym, int pos, const char *subr);

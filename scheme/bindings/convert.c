@@ -12,18 +12,30 @@
 
 #include "bindings.h"
 
+bool moelab_name_text(SCM obj, char *buf, size_t size)
+{
+    if (scm_is_symbol(obj)) obj = scm_symbol_to_string(obj);
+    if (!scm_is_string(obj)) return false;
+    char *s = scm_to_utf8_string(obj);
+    snprintf(buf, size, "%s", s);
+    free(s);
+    return true;
+}
+
+void moelab_to_name(SCM obj, char *buf, size_t size, int pos, const char *subr, const char *what)
+{
+    if (!scm_is_symbol(obj)) scm_wrong_type_arg_msg(subr, pos, obj, what);
+    moelab_name_text(obj, buf, size);
+}
+
 moe_dtype moelab_to_dtype(SCM sym, int pos, const char *subr)
 {
-    if (!scm_is_symbol(sym)) scm_wrong_type_arg_msg(subr, pos, sym, "dtype symbol");
-    char *name = scm_to_utf8_string(scm_symbol_to_string(sym));
+    char name[64];
     moe_dtype d;
-    char shown[64];
-    bool ok = moe_dtype_parse(name, &d);
-    snprintf(shown, sizeof shown, "%s", name);
-    free(name);
-    if (!ok)
+    moelab_to_name(sym, name, sizeof name, pos, subr, "dtype symbol");
+    if (!moe_dtype_parse(name, &d))
         moelab_throw(subr, MOE_ERR_DTYPE, "unknown dtype '%s (expected f32 f64 bf16 i32 i64 or bool)",
-                     shown);
+                     name);
     return d;
 }
 
@@ -31,14 +43,11 @@ SCM moelab_from_dtype(moe_dtype d) { return scm_from_utf8_symbol(moe_dtype_name(
 
 moe_device moelab_to_device(SCM sym, int pos, const char *subr)
 {
-    if (!scm_is_symbol(sym)) scm_wrong_type_arg_msg(subr, pos, sym, "device symbol");
-    char *name = scm_to_utf8_string(scm_symbol_to_string(sym));
+    char name[64];
     moe_device d;
-    char shown[64];
-    bool ok = moe_device_parse(name, &d);
-    snprintf(shown, sizeof shown, "%s", name);
-    free(name);
-    if (!ok) moelab_throw(subr, MOE_ERR_DEVICE, "unknown device '%s (expected cpu or cuda)", shown);
+    moelab_to_name(sym, name, sizeof name, pos, subr, "device symbol");
+    if (!moe_device_parse(name, &d))
+        moelab_throw(subr, MOE_ERR_DEVICE, "unknown device '%s (expected cpu or cuda)", name);
     return d;
 }
 

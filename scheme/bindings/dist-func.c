@@ -653,17 +653,11 @@ SCM_DEFINE(moelab_group_repr, "%group-repr", 1, 0, 0, (SCM g), "The printed form
 
 static moe_reduce_op to_reduce_op(SCM sym, int pos, const char *subr)
 {
-    if (!scm_is_symbol(sym)) scm_wrong_type_arg_msg(subr, pos, sym, "symbol (sum, avg, max or min)");
-    char *name = scm_to_utf8_string(scm_symbol_to_string(sym));
+    char name[64];
     moe_reduce_op op;
-    bool ok = moe_reduce_op_parse(name, &op);
-    if (!ok) {
-        char shown[64];
-        snprintf(shown, sizeof shown, "%s", name);
-        free(name);
-        moelab_throw(subr, MOE_ERR_ARG, "unknown reduce op '%s': use sum, avg, max or min", shown);
-    }
-    free(name);
+    moelab_to_name(sym, name, sizeof name, pos, subr, "symbol (sum, avg, max or min)");
+    if (!moe_reduce_op_parse(name, &op))
+        moelab_throw(subr, MOE_ERR_ARG, "unknown reduce op '%s': use sum, avg, max or min", name);
     return op;
 }
 

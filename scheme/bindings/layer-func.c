@@ -60,17 +60,11 @@ static int64_t non_negative(SCM obj, const char *what, int pos, const char *subr
 
 static moe_activation to_activation(SCM obj, int pos, const char *subr)
 {
-    if (!scm_is_symbol(obj)) scm_wrong_type_arg_msg(subr, pos, obj, "activation symbol");
-    char *name = scm_to_utf8_string(scm_symbol_to_string(obj));
+    char name[64];
     moe_activation a;
-    bool ok = moe_activation_parse(name, &a);
-    if (!ok) {
-        char text[128];
-        snprintf(text, sizeof text, "%s", name);
-        free(name);
-        moelab_throw(subr, MOE_ERR_ARG, "unknown activation '%s' (known: swiglu, gelu, gelu-tanh)", text);
-    }
-    free(name);
+    moelab_to_name(obj, name, sizeof name, pos, subr, "activation symbol");
+    if (!moe_activation_parse(name, &a))
+        moelab_throw(subr, MOE_ERR_ARG, "unknown activation '%s' (known: swiglu, gelu, gelu-tanh)", name);
     return a;
 }
 

@@ -94,16 +94,6 @@ static moe_balance_tracker *tracker_of(SCM obj, int pos, const char *subr)
 /* T retained for Scheme, or #f for NULL. */
 static SCM share(moe_tensor *t) { return t ? moelab_wrap(moe_tensor_retain(t)) : SCM_BOOL_F; }
 
-/* A name (symbol or string) into BUF; wrong-type-arg otherwise. */
-static void name_arg(SCM obj, char *buf, size_t size, int pos, const char *subr)
-{
-    if (scm_is_symbol(obj)) obj = scm_symbol_to_string(obj);
-    if (!scm_is_string(obj)) scm_wrong_type_arg_msg(subr, pos, obj, "symbol");
-    char *s = scm_to_utf8_string(obj);
-    snprintf(buf, size, "%s", s);
-    free(s);
-}
-
 static bool bool_arg(SCM obj, int pos, const char *subr)
 {
     if (!scm_is_bool(obj)) scm_wrong_type_arg_msg(subr, pos, obj, "boolean");
@@ -335,7 +325,7 @@ SCM_DEFINE(moelab_routing_ref, "%routing-ref", 2, 0, 0, (SCM obj, SCM field),
 {
     moe_routing *o = routing_of(obj, 1, FUNC_NAME);
     char name[32];
-    name_arg(field, name, sizeof name, 2, FUNC_NAME);
+    moelab_to_name(field, name, sizeof name, 2, FUNC_NAME, "symbol");
     SCM v;
     if (strcmp(name, "probs") == 0 || strcmp(name, "map") == 0) {
         ROUTER_CHECK(name[0] == 'p' ? "routing-probs" : "routing-map", moe_routing_dense(o));
@@ -491,12 +481,12 @@ static void aux_options(moe_aux_options *o, SCM options, const char *subr)
         SCM key = SCM_CAR(l), v = SCM_CADR(l);
         char name[32];
         if (!scm_is_keyword(key)) scm_wrong_type_arg_msg(subr, 3, key, "keyword");
-        name_arg(scm_keyword_to_symbol(key), name, sizeof name, 3, subr);
+        moelab_to_name(scm_keyword_to_symbol(key), name, sizeof name, 3, subr, "symbol");
         if (strcmp(name, "top-k") == 0) {
             o->top_k = moelab_to_int64(v, 3, subr);
         } else if (strcmp(name, "score") == 0) {
             char s[32];
-            name_arg(v, s, sizeof s, 3, subr);
+            moelab_to_name(v, s, sizeof s, 3, subr, "symbol");
             if (!moe_score_fn_parse(s, &o->score))
                 moelab_throw(subr, MOE_ERR_ARG, "#:score expects softmax or sigmoid, got %s", s);
         } else if (strcmp(name, "sigmoid-eps") == 0) {
@@ -529,7 +519,7 @@ static moe_aux_kind kind_arg(SCM kind, int pos, const char *subr)
 {
     char name[64];
     moe_aux_kind k;
-    name_arg(kind, name, sizeof name, pos, subr);
+    moelab_to_name(kind, name, sizeof name, pos, subr, "symbol");
     if (!moe_aux_kind_parse(name, &k))
         moelab_throw(subr, MOE_ERR_ARG,
                      "unknown loss kind '%s'; known: micro-batch sequence global-batch "

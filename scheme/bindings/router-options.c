@@ -143,17 +143,6 @@ static SCM_NORETURN void bad_value_last(const char *subr, const char *key)
 
 /* ---- values --------------------------------------------------------------------------- */
 
-/* A symbol's or string's text into BUF; false for anything else. */
-static bool name_of(SCM value, char *buf, size_t size)
-{
-    if (scm_is_symbol(value)) value = scm_symbol_to_string(value);
-    if (!scm_is_string(value)) return false;
-    char *s = scm_to_utf8_string(value);
-    snprintf(buf, size, "%s", s);
-    free(s);
-    return true;
-}
-
 static int64_t int_value(const char *subr, const char *key, SCM value)
 {
     if (!scm_is_signed_integer(value, INT64_MIN, INT64_MAX)) bad_value(subr, key, value, "an integer");
@@ -172,7 +161,7 @@ static double real_value(const char *subr, const char *key, SCM value)
     {                                                                          \
         char name[64];                                                         \
         type v;                                                                \
-        if (!name_of(value, name, sizeof name) || !parse(name, &v))            \
+        if (!moelab_name_text(value, name, sizeof name) || !parse(name, &v))   \
             bad_value(subr, key, value, "one of " choices);                    \
         return v;                                                              \
     }
@@ -198,7 +187,7 @@ static void set_losses(moe_router_config *cfg, SCM value, const char *subr, cons
         SCM term = SCM_CAR(l);
         char name[64];
         moe_aux_kind kind;
-        if (!scm_is_pair(term) || !name_of(SCM_CAR(term), name, sizeof name) ||
+        if (!scm_is_pair(term) || !moelab_name_text(SCM_CAR(term), name, sizeof name) ||
             !moe_aux_kind_parse(name, &kind) || !scm_is_real(SCM_CDR(term)))
             bad_value(subr, key, term, expected);
         if (n == MOE_ROUTER_MAX_LOSSES)
@@ -213,7 +202,7 @@ static void apply_preset(moe_router_config *cfg, SCM value, const char *subr)
 {
     char name[64];
     if (scm_is_false(value)) return;
-    if (!name_of(value, name, sizeof name))
+    if (!moelab_name_text(value, name, sizeof name))
         bad_value(subr, "preset", value,
                   "#f or one of megatron olmo-core torchtitan megablocks deepseek-v3 qwen-global");
     if (moe_router_config_preset(cfg, name) != MOE_OK) bad_value_last(subr, "preset");
@@ -295,7 +284,7 @@ static const opt_spec *spec_of(SCM key, const char *subr)
         moelab_throw(subr, MOE_ERR_ARG, "expected a keyword such as #:top-k, got %s", shown);
     }
     char name[64];
-    name_of(scm_keyword_to_symbol(key), name, sizeof name);
+    moelab_name_text(scm_keyword_to_symbol(key), name, sizeof name);
     const opt_spec *spec = find_spec(name);
     if (!spec) {
         char known[1400] = "";
