@@ -42,7 +42,7 @@ endif
 
 ## Under mpirun: two programs (collectives, load balancing), run by a script
 ## with -np 2 and -np 4.
-EXTRA_DIST += tests/dist/run-mpi.sh
+EXTRA_DIST += tests/dist/run-mpi.sh tests/mpi-env.sh
 if HAVE_MPI
 check_PROGRAMS += tests/dist/mpi_comm tests/dist/mpi_balance
 tests_dist_mpi_comm_SOURCES = tests/dist/mpi_comm.c $(DIST_TEST_SOURCES)

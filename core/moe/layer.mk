@@ -26,7 +26,7 @@ CLEANFILES += tests/unit/check_moe_layer_mpi.sh
 tests/unit/check_moe_layer_mpi.sh: Makefile
 	@$(MKDIR_P) tests/unit
 	$(AM_V_GEN){ echo '#!/bin/sh'; \
-	  echo 'MPI_COMM_TEST=./tests/unit/check_moe_layer exec $(SHELL) $(abs_top_srcdir)/tests/dist/run-mpi.sh'; \
+	  echo 'exec $(SHELL) $(abs_top_srcdir)/tests/dist/run-mpi.sh ./tests/unit/check_moe_layer'; \
 	} >$@ && chmod +x $@
 check_SCRIPTS = tests/unit/check_moe_layer_mpi.sh
 endif

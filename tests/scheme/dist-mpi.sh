@@ -10,7 +10,7 @@
 set -u
 builddir=$(pwd)
 : "${srcdir:=.}"
-MPIRUN=${MPIRUN:-mpirun}
+. "$srcdir/tests/mpi-env.sh"
 run="$builddir/pre-inst-env $builddir/moelab"
 example=$srcdir/examples/collectives.scm
 
@@ -22,12 +22,6 @@ trap 'rm -rf "$tmp"' EXIT
 HOME=$tmp; export HOME
 LC_ALL=C.UTF-8; export LC_ALL
 unset MOELAB_NUM_THREADS
-# Root is allowed in containers and CI; shared-memory single-copy needs
-# ptrace rights containers rarely grant; one OpenMP thread per process.
-OMPI_ALLOW_RUN_AS_ROOT=1; OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
-export OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM OMPI_MCA_btl_vader_single_copy_mechanism
-if command -v timeout >/dev/null 2>&1; then guard="timeout 300"; else guard=; fi
 
 # The reference run also makes libtool's wrapper ready before mpirun starts
 # several copies of it at once.
@@ -45,13 +39,13 @@ show() { sed 's/^/     | /' "$@" | tail -40; }
 mpi() { # mpi NP ARGS...: output in $tmp/mpi.out and $tmp/mpi.err, status in $status
     np=$1
     shift
-    OMP_NUM_THREADS=1 $guard "$MPIRUN" --oversubscribe -np "$np" $run "$@" \
+    $GUARD "$MPIRUN" --oversubscribe -np "$np" $run "$@" \
         </dev/null >"$tmp/mpi.out" 2>"$tmp/mpi.err"
     status=$?
 }
 
 for np in 2 4; do
-    $guard $run "$example" "$np" </dev/null >"$tmp/threads.out" 2>"$tmp/threads.err"
+    $GUARD $run "$example" "$np" </dev/null >"$tmp/threads.out" 2>"$tmp/threads.err"
     status=$?
     if [ "$status" != 0 ] || [ "$(wc -l <"$tmp/threads.out")" != "$np" ]; then
         fail "threads, $np ranks: status $status, $(wc -l <"$tmp/threads.out") lines"

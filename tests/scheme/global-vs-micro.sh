@@ -10,7 +10,7 @@
 set -u
 builddir=$(pwd)
 : "${srcdir:=.}"
-MPIRUN=${MPIRUN:-mpirun}
+. "$srcdir/tests/mpi-env.sh"
 run="$builddir/pre-inst-env $builddir/moelab"
 example=$srcdir/examples/global-vs-micro.scm
 test -f "$example" || { echo "global-vs-micro.sh: $example not found"; exit 99; }
@@ -20,10 +20,6 @@ trap 'rm -rf "$tmp"' EXIT
 HOME=$tmp; export HOME
 LC_ALL=C.UTF-8; export LC_ALL
 unset MOELAB_NUM_THREADS
-OMPI_ALLOW_RUN_AS_ROOT=1; OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
-export OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM OMPI_MCA_btl_vader_single_copy_mechanism
-if command -v timeout >/dev/null 2>&1; then guard="timeout 300"; else guard=; fi
 
 failures=0
 checks=0
@@ -32,7 +28,7 @@ fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAIL $1"; }
 show() { sed 's/^/     | /' "$@" | tail -40; }
 
 # ---- threads -----------------------------------------------------------------
-$guard $run "$example" </dev/null >"$tmp/threads.out" 2>"$tmp/threads.err"
+$GUARD $run "$example" </dev/null >"$tmp/threads.out" 2>"$tmp/threads.err"
 status=$?
 if [ "$status" = 0 ] && [ "$(wc -l <"$tmp/threads.out")" = 7 ]; then
     pass "threads: exit 0, 7 lines"
@@ -84,7 +80,7 @@ if [ "$status" = 77 ]; then
     echo "SKIP: moelab was built without MPI ($checks checks, $failures failed)"
     test "$failures" = 0 && exit 77 || exit 1
 fi
-OMP_NUM_THREADS=1 $guard "$MPIRUN" --oversubscribe -np 4 $run "$example" \
+$GUARD "$MPIRUN" --oversubscribe -np 4 $run "$example" \
     </dev/null >"$tmp/mpi.out" 2>"$tmp/mpi.err"
 status=$?
 if [ "$status" != 0 ]; then
