@@ -1,16 +1,10 @@
 /* runtime.cu — device allocator and copies. Status propagation, no exits. */
-#include <cuda_runtime.h>
-
 #include "../../core/tensor.h"
-#include "cuda.h"
+#include "cuda_internal.h"
 
-#define CHECK_CUDA(op, call)                                                            \
-    do {                                                                                \
-        cudaError_t e_ = (call);                                                        \
-        if (e_ != cudaSuccess)                                                          \
-            return moe_fail(MOE_ERR_BACKEND, op, "%s failed: %s (%s:%d)", #call,         \
-                            cudaGetErrorString(e_), __FILE__, __LINE__);                \
-    } while (0)
+/* One stream for now (the legacy default stream); streams per thread and
+ * events come with overlap of communication and compute. */
+cudaStream_t moe_cuda_stream(void) { return 0; }
 
 extern "C" int moe_cuda_device_count(void)
 {
