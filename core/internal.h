@@ -29,12 +29,13 @@ static inline char *moe_storage_ptr(const moe_tensor *t, int64_t off)
         if (!(t)) return moe_fail(MOE_ERR_ARG, op, "argument '%s' is NULL", #t);    \
     } while (0)
 
-/* CPU kernels only until the CUDA backend dispatches here. */
+/* The mark of an op with CPU kernels only (see core/device.h): a tensor on
+ * another device gets a clear error. Drop it when the op gets a CUDA kernel. */
 #define MOE_CHECK_CPU(op, t)                                                        \
     do {                                                                            \
         if ((t)->device != MOE_CPU)                                                 \
-            return moe_fail(MOE_ERR_DEVICE, op, "no %s kernel for this op yet",     \
-                            moe_device_name((t)->device));                          \
+            return moe_fail(MOE_ERR_DEVICE, op, "no %s kernel for %s yet",          \
+                            moe_device_name((t)->device), (op));                    \
     } while (0)
 
 #define MOE_CHECK_SAME_DEVICE(op, a, b)                                             \

@@ -83,6 +83,9 @@ static void cpu_free(void *ptr, size_t nbytes, void *ctx)
 
 void moe_allocator_empty_cache(moe_device device)
 {
+#ifdef MOELAB_HAVE_CUDA
+    if (device == MOE_CUDA) moe_cuda_empty_cache();
+#endif
     if (device != MOE_CPU) return;
     pthread_mutex_lock(&cpu_cache.lock);
     for (int i = 0; i < CACHE_SLOTS; i++) {

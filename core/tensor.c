@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "autograd.h"
+#include "device.h"
 #include "internal.h"
 
 /* ---- lifetime ------------------------------------------------------------ */
@@ -105,7 +106,12 @@ moe_status moe_tensor_full(moe_tensor **out, moe_dtype dtype, moe_device device,
                            const int64_t *shape, double value)
 {
     MOE_TRY(moe_tensor_empty(out, dtype, device, ndim, shape));
-    return moe_tensor_fill_(*out, value);
+    moe_status st = moe_fill_elements(*out, value);
+    if (st != MOE_OK) {
+        moe_tensor_release(*out);
+        *out = NULL;
+    }
+    return st;
 }
 
 moe_status moe_tensor_zeros(moe_tensor **out, moe_dtype dtype, moe_device device, int ndim,
@@ -281,30 +287,24 @@ static moe_status element_offset(const char *op, const moe_tensor *t, const int6
     return MOE_OK;
 }
 
-static moe_status check_host(const char *op, const moe_tensor *t)
-{
-    if (t->device != MOE_CPU)
-        return moe_fail(MOE_ERR_DEVICE, op, "element access needs a cpu tensor, got %s; move it with to_device",
-                        moe_device_name(t->device));
-    return MOE_OK;
-}
-
+/* One element goes through a small host buffer (a copy for device tensors). */
 moe_status moe_tensor_get(const moe_tensor *t, const int64_t *index, double *out)
 {
     int64_t off;
-    MOE_TRY(check_host("tensor-ref", t));
+    char one[8];
     MOE_TRY(element_offset("tensor-ref", t, index, &off));
-    *out = moe_dtype_load(t->dtype, moe_storage_ptr(t, off));
+    MOE_TRY(moe_bytes_to_host(one, moe_storage_ptr(t, off), moe_dtype_size(t->dtype), t->device));
+    *out = moe_dtype_load(t->dtype, one);
     return MOE_OK;
 }
 
 moe_status moe_tensor_set(moe_tensor *t, const int64_t *index, double value)
 {
     int64_t off;
-    MOE_TRY(check_host("tensor-set", t));
+    char one[8];
     MOE_TRY(element_offset("tensor-set", t, index, &off));
-    moe_dtype_store(t->dtype, moe_storage_ptr(t, off), value);
-    return MOE_OK;
+    moe_dtype_store(t->dtype, one, value);
+    return moe_bytes_from_host(moe_storage_ptr(t, off), one, moe_dtype_size(t->dtype), t->device);
 }
 
 moe_status moe_tensor_item(const moe_tensor *t, double *out)
@@ -318,12 +318,21 @@ moe_status moe_tensor_item(const moe_tensor *t, double *out)
 
 moe_status moe_tensor_to_host(const moe_tensor *t, moe_dtype dtype, void *out)
 {
-    MOE_TRY(check_host("to-host", t));
-    moe_tensor *dst;
-    MOE_TRY(moe_tensor_wrap(&dst, dtype, t->ndim, t->shape, out, NULL, NULL));
-    moe_cpu_copy(dst, t);
-    moe_tensor_release(dst);
-    return MOE_OK;
+    moe_tensor *dst, *host = NULL;
+    if (t->device != MOE_CPU) { /* contiguous on its device, then one copy across */
+        bool prev = moe_grad_set_enabled(false);
+        moe_status st = moe_to_device(&host, (moe_tensor *)t, MOE_CPU);
+        moe_grad_set_enabled(prev);
+        MOE_TRY(st);
+        t = host;
+    }
+    moe_status st = moe_tensor_wrap(&dst, dtype, t->ndim, t->shape, out, NULL, NULL);
+    if (st == MOE_OK) {
+        moe_cpu_copy(dst, t);
+        moe_tensor_release(dst);
+    }
+    moe_tensor_release(host);
+    return st;
 }
 
 moe_status moe_tensor_to_doubles(const moe_tensor *t, double *out)
@@ -345,9 +354,7 @@ static moe_status check_inplace(const char *op, const moe_tensor *t)
 moe_status moe_tensor_fill_(moe_tensor *t, double value)
 {
     MOE_TRY(check_inplace("fill!", t));
-    MOE_CHECK_CPU("fill!", t);
-    moe_cpu_fill(t, value);
-    return MOE_OK;
+    return moe_fill_elements(t, value);
 }
 
 moe_status moe_broadcast_shapes(const char *op, int a_ndim, const int64_t *a_shape, int b_ndim,
@@ -370,9 +377,7 @@ moe_status moe_broadcast_shapes(const char *op, int a_ndim, const int64_t *a_sha
 moe_status moe_tensor_copy_(moe_tensor *dst, const moe_tensor *src)
 {
     MOE_TRY(check_inplace("copy!", dst));
-    MOE_CHECK_CPU("copy!", dst);
-    MOE_CHECK_CPU("copy!", src);
-    moe_tensor *b;
+    moe_tensor *b, *moved = NULL;
     int nd;
     int64_t shape[MOE_MAX_DIMS];
     MOE_TRY(moe_broadcast_shapes("copy!", dst->ndim, dst->shape, src->ndim, src->shape, &nd, shape));
@@ -380,12 +385,16 @@ moe_status moe_tensor_copy_(moe_tensor *dst, const moe_tensor *src)
         return moe_fail(MOE_ERR_SHAPE, "copy!", "source %s does not broadcast to destination %s",
                         moe_shape_str(src), moe_shape_str(dst));
     bool prev = moe_grad_set_enabled(false);
-    moe_status st = moe_expand(&b, (moe_tensor *)src, dst->ndim, dst->shape);
+    moe_status st = MOE_OK;
+    if (src->device != dst->device) /* across devices: move the source first */
+        st = moe_to_device(&moved, (moe_tensor *)src, dst->device);
+    if (st == MOE_OK) st = moe_expand(&b, moved ? moved : (moe_tensor *)src, dst->ndim, dst->shape);
     moe_grad_set_enabled(prev);
+    moe_tensor_release(moved);
     MOE_TRY(st);
-    moe_cpu_copy(dst, b);
+    st = moe_copy_elements(dst, b);
     moe_tensor_release(b);
-    return MOE_OK;
+    return st;
 }
 
 moe_status moe_as_compute(moe_tensor **out, moe_tensor *t, moe_dtype compute)
@@ -395,8 +404,12 @@ moe_status moe_as_compute(moe_tensor **out, moe_tensor *t, moe_dtype compute)
         return MOE_OK;
     }
     MOE_TRY(moe_tensor_empty(out, compute, t->device, t->ndim, t->shape));
-    moe_cpu_copy(*out, t);
-    return MOE_OK;
+    moe_status st = moe_copy_elements(*out, t);
+    if (st != MOE_OK) {
+        moe_tensor_release(*out);
+        *out = NULL;
+    }
+    return st;
 }
 
 /* ---- random numbers --------------------------------------------------------- */

@@ -59,7 +59,8 @@ const moe_allocator *moe_allocator_get(moe_device device);
 /* Install an allocator for a device (NULL restores the default). */
 void moe_allocator_set(moe_device device, const moe_allocator *allocator);
 /* Give cached free blocks of DEVICE back to the system (the CPU allocator
- * keeps large blocks for reuse; see storage.c). */
+ * keeps large blocks for reuse, see storage.c; the CUDA one every freed
+ * block, see kernels/cuda/alloc.cu). */
 void moe_allocator_empty_cache(moe_device device);
 moe_status moe_storage_new(moe_storage **out, moe_device device, size_t nbytes);
 void moe_storage_retain(moe_storage *s);

@@ -2,12 +2,8 @@
  * Views share storage with their source; autograd sees them as ops. */
 #include <stdlib.h>
 
+#include "device.h"
 #include "internal.h"
-
-#include "config.h"
-#ifdef MOELAB_HAVE_CUDA
-#include "../kernels/cuda/cuda.h"
-#endif
 
 static moe_status record1(moe_tensor *out, const char *name, moe_backward_fn bw, moe_tensor *in,
                           moe_node **node)
@@ -396,12 +392,11 @@ static moe_status copy_as(const char *op, moe_tensor **out, moe_tensor *t, moe_d
                           moe_backward_fn bw)
 {
     *out = NULL;
-    MOE_CHECK_CPU(op, t);
     moe_tensor *r;
     MOE_TRY(moe_tensor_empty(&r, dtype, t->device, t->ndim, t->shape));
-    moe_cpu_copy(r, t);
-    moe_node *n;
-    moe_status st = record1(r, op, bw, t, &n);
+    moe_node *n = NULL;
+    moe_status st = moe_copy_elements(r, t);
+    if (st == MOE_OK) st = record1(r, op, bw, t, &n);
     if (st != MOE_OK) {
         moe_tensor_release(r);
         return st;
@@ -460,20 +455,11 @@ moe_status moe_to_device(moe_tensor **out, moe_tensor *t, moe_device device)
         return MOE_OK;
     }
 #ifdef MOELAB_HAVE_CUDA
-    /* Host staging keeps this simple: make the source contiguous on its own
-     * device, then one memcpy across. */
+    /* Make the source contiguous on its own device, then one memcpy across. */
     moe_tensor *src = NULL, *r = NULL;
-    moe_status st = MOE_OK;
-    if (t->device == MOE_CPU) {
-        MOE_NO_GRAD_BEGIN;
-        st = moe_contiguous(&src, t);
-        MOE_NO_GRAD_END;
-    } else if (moe_tensor_is_contiguous(t)) {
-        src = moe_tensor_retain(t);
-    } else {
-        st = moe_fail(MOE_ERR_UNSUPPORTED, "to-device", "moving a non-contiguous %s tensor off the GPU "
-                      "needs the CUDA copy kernel; call contiguous first", moe_shape_str(t));
-    }
+    MOE_NO_GRAD_BEGIN;
+    moe_status st = moe_contiguous(&src, t);
+    MOE_NO_GRAD_END;
     if (st == MOE_OK) st = moe_tensor_empty(&r, t->dtype, device, t->ndim, t->shape);
     if (st == MOE_OK)
         st = moe_cuda_memcpy(moe_tensor_data(r), moe_tensor_data(src), moe_tensor_nbytes(r),

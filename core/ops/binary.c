@@ -8,11 +8,17 @@
  * compute dtype (f32 for f32/bf16, f64 otherwise) and the result is converted
  * back when the two differ (bf16 rounds, integers are exact below 2^53).
  * Inputs already in the compute dtype are read in place with their strides
- * (broadcast dims have stride 0); others are converted once, unexpanded. */
+ * (broadcast dims have stride 0); others are converted once, unexpanded.
+ *
+ * Devices: CPU loops (kernels/cpu/elementwise.c) or CUDA kernels
+ * (kernels/cuda/elementwise.cu) at the innermost call, as core/device.h
+ * describes; both operands must be on one device. */
 #include <assert.h>
 #include <string.h>
 
 #include "../../kernels/cpu/elementwise.h"
+#include "../../kernels/cuda/elementwise.h"
+#include "device.h"
 #include "internal.h"
 
 /* ---- shared plumbing ------------------------------------------------------------ */
@@ -38,10 +44,9 @@ static moe_status finish(moe_tensor **out, moe_tensor *r, moe_dtype rt)
     }
     moe_tensor *c;
     moe_status st = moe_tensor_empty(&c, rt, r->device, r->ndim, r->shape);
-    if (st == MOE_OK) {
-        moe_cpu_copy(c, r);
-        *out = c;
-    }
+    if (st == MOE_OK) st = moe_copy_elements(c, r);
+    if (st == MOE_OK) *out = c;
+    else moe_tensor_release(c);
     moe_tensor_release(r);
     return st;
 }
@@ -70,8 +75,6 @@ static moe_status check_pair(const char *op, moe_tensor **out, moe_tensor *a, mo
     *out = NULL;
     MOE_CHECK_NOT_NULL(op, a);
     MOE_CHECK_NOT_NULL(op, b);
-    MOE_CHECK_CPU(op, a);
-    MOE_CHECK_CPU(op, b);
     MOE_CHECK_SAME_DEVICE(op, a, b);
     return MOE_OK;
 }
@@ -79,11 +82,11 @@ static moe_status check_pair(const char *op, moe_tensor **out, moe_tensor *a, mo
 /* ---- the arithmetic family ---------------------------------------------------- */
 
 /* O = a op b in compute dtype, returned in the promoted dtype (not recorded). */
-static moe_status binary_compute(const char *op, moe_cpu_binop kind, moe_tensor **out,
+static moe_status binary_compute(const char *op, moe_binop kind, moe_tensor **out,
                                  moe_tensor *a, moe_tensor *b)
 {
     moe_dtype rt = moe_dtype_promote(a->dtype, b->dtype);
-    if ((kind == MOE_CPU_DIV || kind == MOE_CPU_POW) && !moe_dtype_is_float(rt))
+    if ((kind == MOE_BIN_DIV || kind == MOE_BIN_POW) && !moe_dtype_is_float(rt))
         return moe_fail(MOE_ERR_DTYPE, op,
                         "expected a floating dtype, got %s and %s (convert with to-dtype first)",
                         moe_dtype_name(a->dtype), moe_dtype_name(b->dtype));
@@ -95,11 +98,14 @@ static moe_status binary_compute(const char *op, moe_cpu_binop kind, moe_tensor 
     moe_status st;
     MOE_TRYG(operand(&ac, a, ct));
     MOE_TRYG(operand(&bc, b, ct));
-    MOE_TRYG(moe_tensor_empty(&r, ct, MOE_CPU, nd, shape)); /* [O] */
-    moe_cpu_iter it;
+    MOE_TRYG(moe_tensor_empty(&r, ct, a->device, nd, shape)); /* [O] */
+    moe_iter it;
     const moe_tensor *ins[2] = {ac, bc};
-    moe_cpu_iter_init(&it, nd, shape, 2, ins);
-    if (ct == MOE_F32)
+    moe_iter_init(&it, nd, shape, 2, ins);
+    if (moe_on_cuda(r))
+        MOE_TRYG(MOE_CUDA(moe_cuda_binary(kind, ct, moe_tensor_data(r), moe_tensor_data(ac),
+                                          moe_tensor_data(bc), &it)));
+    else if (ct == MOE_F32)
         moe_cpu_binary_f32(kind, moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(bc), &it);
     else
         moe_cpu_binary_f64(kind, moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(bc), &it);
@@ -113,7 +119,7 @@ done:
 }
 
 /* Forward + record: SAVE_MASK bit 0 saves a, bit 1 b, bit 2 the output. */
-static moe_status binary_op(const char *op, moe_cpu_binop kind, moe_backward_fn bw,
+static moe_status binary_op(const char *op, moe_binop kind, moe_backward_fn bw,
                             unsigned save_mask, moe_tensor **out, moe_tensor *a, moe_tensor *b)
 {
     MOE_TRY(check_pair(op, out, a, b));
@@ -142,7 +148,7 @@ static moe_status add_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 
 moe_status moe_add(moe_tensor **out, moe_tensor *a, moe_tensor *b)
 {
-    return binary_op("add", MOE_CPU_ADD, add_backward, 0, out, a, b);
+    return binary_op("add", MOE_BIN_ADD, add_backward, 0, out, a, b);
 }
 
 static moe_status sub_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
@@ -158,7 +164,7 @@ static moe_status sub_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 
 moe_status moe_sub(moe_tensor **out, moe_tensor *a, moe_tensor *b)
 {
-    return binary_op("sub", MOE_CPU_SUB, sub_backward, 0, out, a, b);
+    return binary_op("sub", MOE_BIN_SUB, sub_backward, 0, out, a, b);
 }
 
 /* saved: a, b */
@@ -175,7 +181,7 @@ static moe_status mul_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 
 moe_status moe_mul(moe_tensor **out, moe_tensor *a, moe_tensor *b)
 {
-    return binary_op("mul", MOE_CPU_MUL, mul_backward, 1 | 2, out, a, b);
+    return binary_op("mul", MOE_BIN_MUL, mul_backward, 1 | 2, out, a, b);
 }
 
 /* saved: b, out. da = g / b; db = -(g / b) * out. */
@@ -199,7 +205,7 @@ static moe_status div_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 
 moe_status moe_div(moe_tensor **out, moe_tensor *a, moe_tensor *b)
 {
-    return binary_op("div", MOE_CPU_DIV, div_backward, 2 | 4, out, a, b);
+    return binary_op("div", MOE_BIN_DIV, div_backward, 2 | 4, out, a, b);
 }
 
 /* saved: a, b, out. da = g * b * a^(b-1); db = g * out * log(a) (0 where a == 0). */
@@ -253,7 +259,7 @@ done:
 
 moe_status moe_pow(moe_tensor **out, moe_tensor *a, moe_tensor *b)
 {
-    return binary_op("pow", MOE_CPU_POW, pow_backward, 1 | 2 | 4, out, a, b);
+    return binary_op("pow", MOE_BIN_POW, pow_backward, 1 | 2 | 4, out, a, b);
 }
 
 /* ---- where / masked_fill ---------------------------------------------------------- */
@@ -277,7 +283,7 @@ moe_status moe_where(moe_tensor **out, moe_tensor *cond, moe_tensor *a, moe_tens
 {
     MOE_TRY(check_pair("where", out, a, b));
     MOE_CHECK_NOT_NULL("where", cond);
-    MOE_CHECK_CPU("where", cond);
+    MOE_CHECK_SAME_DEVICE("where", cond, a);
     if (cond->dtype != MOE_BOOL)
         return moe_fail(MOE_ERR_DTYPE, "where", "condition must be bool, got %s (compare first)",
                         moe_dtype_name(cond->dtype));
@@ -290,11 +296,14 @@ moe_status moe_where(moe_tensor **out, moe_tensor *cond, moe_tensor *a, moe_tens
     moe_status st;
     MOE_TRYG(operand(&ac, a, ct));
     MOE_TRYG(operand(&bc, b, ct));
-    MOE_TRYG(moe_tensor_empty(&r, ct, MOE_CPU, nd, shape));
-    moe_cpu_iter it;
+    MOE_TRYG(moe_tensor_empty(&r, ct, a->device, nd, shape));
+    moe_iter it;
     const moe_tensor *ins[3] = {cond, ac, bc};
-    moe_cpu_iter_init(&it, nd, shape, 3, ins);
-    if (ct == MOE_F32)
+    moe_iter_init(&it, nd, shape, 3, ins);
+    if (moe_on_cuda(r))
+        MOE_TRYG(MOE_CUDA(moe_cuda_where(ct, moe_tensor_data(r), moe_tensor_data(cond),
+                                         moe_tensor_data(ac), moe_tensor_data(bc), &it)));
+    else if (ct == MOE_F32)
         moe_cpu_where_f32(moe_tensor_data(r), moe_tensor_data(cond), moe_tensor_data(ac),
                           moe_tensor_data(bc), &it);
     else
@@ -338,11 +347,14 @@ moe_status moe_masked_fill(moe_tensor **out, moe_tensor *a, moe_tensor *mask, do
     moe_tensor *ac = NULL, *r = NULL, *res = NULL;
     moe_status st;
     MOE_TRYG(operand(&ac, a, ct));
-    MOE_TRYG(moe_tensor_empty(&r, ct, MOE_CPU, a->ndim, a->shape));
-    moe_cpu_iter it;
+    MOE_TRYG(moe_tensor_empty(&r, ct, a->device, a->ndim, a->shape));
+    moe_iter it;
     const moe_tensor *ins[2] = {ac, mask};
-    moe_cpu_iter_init(&it, a->ndim, a->shape, 2, ins);
-    if (ct == MOE_F32)
+    moe_iter_init(&it, a->ndim, a->shape, 2, ins);
+    if (moe_on_cuda(r))
+        MOE_TRYG(MOE_CUDA(moe_cuda_masked_fill(ct, moe_tensor_data(r), moe_tensor_data(ac),
+                                               moe_tensor_data(mask), value, &it)));
+    else if (ct == MOE_F32)
         moe_cpu_masked_fill_f32(moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(mask), value, &it);
     else
         moe_cpu_masked_fill_f64(moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(mask), value, &it);
@@ -361,7 +373,7 @@ done:
 
 /* ---- comparisons (no grad) --------------------------------------------------------- */
 
-static_assert((int)MOE_CPU_CMP_COUNT == (int)MOE_COMPARE_COUNT, "compare enums differ");
+static_assert((int)MOE_CMP_COUNT == (int)MOE_COMPARE_COUNT, "compare enums differ");
 
 moe_status moe_compare_op(moe_tensor **out, moe_tensor *a, moe_tensor *b, moe_compare cmp)
 {
@@ -376,15 +388,18 @@ moe_status moe_compare_op(moe_tensor **out, moe_tensor *a, moe_tensor *b, moe_co
     moe_status st;
     MOE_TRYG(operand(&ac, a, ct));
     MOE_TRYG(operand(&bc, b, ct));
-    MOE_TRYG(moe_tensor_empty(&r, MOE_BOOL, MOE_CPU, nd, shape));
-    moe_cpu_iter it;
+    MOE_TRYG(moe_tensor_empty(&r, MOE_BOOL, a->device, nd, shape));
+    moe_iter it;
     const moe_tensor *ins[2] = {ac, bc};
-    moe_cpu_iter_init(&it, nd, shape, 2, ins);
-    if (ct == MOE_F32)
-        moe_cpu_compare_f32((moe_cpu_cmp)cmp, moe_tensor_data(r), moe_tensor_data(ac),
+    moe_iter_init(&it, nd, shape, 2, ins);
+    if (moe_on_cuda(r))
+        MOE_TRYG(MOE_CUDA(moe_cuda_compare((moe_cmp)cmp, ct, moe_tensor_data(r), moe_tensor_data(ac),
+                                           moe_tensor_data(bc), &it)));
+    else if (ct == MOE_F32)
+        moe_cpu_compare_f32((moe_cmp)cmp, moe_tensor_data(r), moe_tensor_data(ac),
                             moe_tensor_data(bc), &it);
     else
-        moe_cpu_compare_f64((moe_cpu_cmp)cmp, moe_tensor_data(r), moe_tensor_data(ac),
+        moe_cpu_compare_f64((moe_cmp)cmp, moe_tensor_data(r), moe_tensor_data(ac),
                             moe_tensor_data(bc), &it);
     *out = r;
     r = NULL;

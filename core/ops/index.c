@@ -10,11 +10,19 @@
  *
  * Index tensors may be i64 or i32 and any layout; they are turned into a
  * contiguous i64 copy and range-checked before any kernel runs, so a bad index
- * is an MOE_ERR_INDEX naming the value, where it sits and the valid range. */
+ * is an MOE_ERR_INDEX naming the value, where it sits and the valid range.
+ *
+ * Devices: each loop has a CUDA twin with the same contract
+ * (kernels/cuda/index.cu), chosen at the innermost call (core/device.h); the
+ * range check of a device index runs on the device and brings back only the
+ * first bad position. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../../kernels/cpu/index.h"
+#include "../../kernels/cuda/index.h"
+#include "device.h"
 #include "internal.h"
 
 static const int64_t one_dim[1] = {1}; /* a 0-d tensor seen as [1] */
@@ -30,7 +38,6 @@ static int64_t prod_dims(const int64_t *shape, int from, int to)
 static moe_status index_i64(const char *op, moe_tensor **out, moe_tensor *index)
 {
     *out = NULL;
-    MOE_CHECK_CPU(op, index);
     MOE_CHECK_INTEGER(op, index);
     return moe_as_compute(out, index, MOE_I64);
 }
@@ -39,8 +46,15 @@ static moe_status index_i64(const char *op, moe_tensor **out, moe_tensor *index)
  * the indexed thing ("dim 1 of shape [4 3]"). */
 static moe_status check_range(const char *op, const moe_tensor *idx, int64_t size, const char *what)
 {
-    const int64_t *v = moe_tensor_data(idx);
-    int64_t bad = moe_cpu_index_find_bad(v, moe_tensor_numel(idx), size);
+    int64_t bad, value = 0;
+    if (moe_on_cuda(idx)) {
+        MOE_TRY(MOE_CUDA(moe_cuda_index_find_bad(moe_tensor_data(idx), moe_tensor_numel(idx), size, &bad,
+                                                 &value)));
+    } else {
+        const int64_t *v = moe_tensor_data(idx);
+        bad = moe_cpu_index_find_bad(v, moe_tensor_numel(idx), size);
+        if (bad >= 0) value = v[bad];
+    }
     if (bad < 0) return MOE_OK;
     int64_t pos[MOE_MAX_DIMS], rem = bad;
     for (int k = idx->ndim - 1; k >= 0; k--) {
@@ -48,7 +62,7 @@ static moe_status check_range(const char *op, const moe_tensor *idx, int64_t siz
         rem /= idx->shape[k];
     }
     return moe_fail(MOE_ERR_INDEX, op, "index %lld at position %s is out of range [0, %lld) for %s",
-                    (long long)v[bad], moe_dims_str(idx->ndim, pos), (long long)size, what);
+                    (long long)value, moe_dims_str(idx->ndim, pos), (long long)size, what);
 }
 
 static moe_status check_range_dim(const char *op, const moe_tensor *idx, const moe_tensor *a, int d)
@@ -70,8 +84,12 @@ static void keep_dim_shape(moe_node *n, int d, const moe_tensor *t)
 static moe_status fresh_copy(moe_tensor **out, moe_tensor *t, moe_dtype c)
 {
     MOE_TRY(moe_tensor_empty(out, c, t->device, t->ndim, t->shape));
-    moe_cpu_copy(*out, t);
-    return MOE_OK;
+    moe_status st = moe_copy_elements(*out, t);
+    if (st != MOE_OK) {
+        moe_tensor_release(*out);
+        *out = NULL;
+    }
+    return st;
 }
 
 /* Turn the compute-dtype result RES into dtype D, consuming RES. */
@@ -117,7 +135,7 @@ moe_status moe_gather(moe_tensor **out, moe_tensor *a, int dim, moe_tensor *inde
     *out = NULL;
     MOE_CHECK_NOT_NULL("gather", a);
     MOE_CHECK_NOT_NULL("gather", index);
-    MOE_CHECK_CPU("gather", a);
+    MOE_CHECK_SAME_DEVICE("gather", a, index);
     int d;
     MOE_TRY(moe_dim_normalize("gather", a, dim, &d));
     MOE_TRY(check_fits("gather", index, "index", a, "input", d));
@@ -126,9 +144,14 @@ moe_status moe_gather(moe_tensor **out, moe_tensor *a, int dim, moe_tensor *inde
     moe_status st = MOE_OK;
     MOE_TRYG(check_range_dim("gather", idx, a, d));
     MOE_TRYG(moe_tensor_empty(&r, a->dtype, a->device, idx->ndim, idx->shape));
-    moe_cpu_gather(moe_tensor_data(r), moe_tensor_data(a), a->ndim ? a->strides : one_dim,
-                   moe_dtype_size(a->dtype), moe_tensor_data(idx), a->ndim ? a->ndim : 1,
-                   a->ndim ? idx->shape : one_dim, d);
+    if (moe_on_cuda(r))
+        MOE_TRYG(MOE_CUDA(moe_cuda_gather(moe_tensor_data(r), moe_tensor_data(a), a->ndim ? a->strides : one_dim,
+                                          moe_dtype_size(a->dtype), moe_tensor_data(idx), a->ndim ? a->ndim : 1,
+                                          a->ndim ? idx->shape : one_dim, d)));
+    else
+        moe_cpu_gather(moe_tensor_data(r), moe_tensor_data(a), a->ndim ? a->strides : one_dim,
+                       moe_dtype_size(a->dtype), moe_tensor_data(idx), a->ndim ? a->ndim : 1,
+                       a->ndim ? idx->shape : one_dim, d);
     MOE_TRYG(moe_autograd_record(r, "gather", gather_backward, 1, &a, 1, &idx, NULL, NULL));
     if (r->grad_fn) keep_dim_shape(r->grad_fn, d, a);
 done:
@@ -177,8 +200,8 @@ moe_status moe_scatter_add(moe_tensor **out, moe_tensor *a, int dim, moe_tensor 
     MOE_CHECK_NOT_NULL(op, a);
     MOE_CHECK_NOT_NULL(op, index);
     MOE_CHECK_NOT_NULL(op, src);
-    MOE_CHECK_CPU(op, a);
-    MOE_CHECK_CPU(op, src);
+    MOE_CHECK_SAME_DEVICE(op, a, index);
+    MOE_CHECK_SAME_DEVICE(op, a, src);
     if (a->dtype != src->dtype)
         return moe_fail(MOE_ERR_DTYPE, op, "input is %s but src is %s; convert one first",
                         moe_dtype_name(a->dtype), moe_dtype_name(src->dtype));
@@ -199,7 +222,10 @@ moe_status moe_scatter_add(moe_tensor **out, moe_tensor *a, int dim, moe_tensor 
     int nd = a->ndim ? a->ndim : 1;
     const int64_t *rs = a->ndim ? res->strides : one_dim, *ss = a->ndim ? sc->strides : one_dim;
     const int64_t *ish = a->ndim ? idx->shape : one_dim;
-    if (c == MOE_F32)
+    if (moe_on_cuda(res))
+        MOE_TRYG(MOE_CUDA(moe_cuda_scatter_add(c, moe_tensor_data(res), rs, moe_tensor_data(sc), ss,
+                                               moe_tensor_data(idx), nd, ish, d)));
+    else if (c == MOE_F32)
         moe_cpu_scatter_add_f32(moe_tensor_data(res), rs, moe_tensor_data(sc), ss,
                                 moe_tensor_data(idx), nd, ish, d);
     else
@@ -228,7 +254,7 @@ done:
 /* Common checks of index_select / index_add: A has a dim D; INDEX is 0-d or 1-D. */
 static moe_status check_row_index(const char *op, moe_tensor *a, int dim, moe_tensor *index, int *d)
 {
-    MOE_CHECK_CPU(op, a);
+    MOE_CHECK_SAME_DEVICE(op, a, index);
     if (a->ndim == 0) return moe_fail(MOE_ERR_SHAPE, op, "cannot index rows of a 0-d tensor");
     MOE_TRY(moe_dim_normalize(op, a, dim, d));
     if (index->ndim > 1)
@@ -265,9 +291,14 @@ moe_status moe_index_select(moe_tensor **out, moe_tensor *a, int dim, moe_tensor
     sh[d] = M;
     MOE_TRYG(moe_tensor_empty(&r, a->dtype, a->device, a->ndim, sh));
     /* r [P M Q] ← a [P N Q] */
-    moe_cpu_index_select(moe_tensor_data(r), moe_tensor_data(ac), moe_dtype_size(a->dtype),
-                         moe_tensor_data(idx), prod_dims(a->shape, 0, d), a->shape[d], M,
-                         prod_dims(a->shape, d + 1, a->ndim));
+    if (moe_on_cuda(r))
+        MOE_TRYG(MOE_CUDA(moe_cuda_index_select(moe_tensor_data(r), moe_tensor_data(ac), moe_dtype_size(a->dtype),
+                                                moe_tensor_data(idx), prod_dims(a->shape, 0, d), a->shape[d], M,
+                                                prod_dims(a->shape, d + 1, a->ndim))));
+    else
+        moe_cpu_index_select(moe_tensor_data(r), moe_tensor_data(ac), moe_dtype_size(a->dtype),
+                             moe_tensor_data(idx), prod_dims(a->shape, 0, d), a->shape[d], M,
+                             prod_dims(a->shape, d + 1, a->ndim));
     MOE_TRYG(moe_autograd_record(r, op, index_select_backward, 1, &a, 1, &idx, NULL, NULL));
     if (r->grad_fn) keep_dim_shape(r->grad_fn, d, a);
 done:
@@ -301,7 +332,7 @@ moe_status moe_index_add(moe_tensor **out, moe_tensor *a, int dim, moe_tensor *i
     MOE_CHECK_NOT_NULL(op, src);
     int d;
     MOE_TRY(check_row_index(op, a, dim, index, &d));
-    MOE_CHECK_CPU(op, src);
+    MOE_CHECK_SAME_DEVICE(op, a, src);
     if (a->dtype != src->dtype)
         return moe_fail(MOE_ERR_DTYPE, op, "input is %s but src is %s; convert one first",
                         moe_dtype_name(a->dtype), moe_dtype_name(src->dtype));
@@ -322,13 +353,18 @@ moe_status moe_index_add(moe_tensor **out, moe_tensor *a, int dim, moe_tensor *i
     MOE_TRYG(moe_as_compute(&sc, src, c));
     int64_t P = prod_dims(a->shape, 0, d), N = a->shape[d], Q = prod_dims(a->shape, d + 1, a->ndim);
     /* res [P N Q] += src [P M Q] at rows idx [M] */
-    bool ok = c == MOE_F32 ? moe_cpu_index_add_f32(moe_tensor_data(res), moe_tensor_data(sc),
-                                                   moe_tensor_data(idx), P, N, M, Q)
-                           : moe_cpu_index_add_f64(moe_tensor_data(res), moe_tensor_data(sc),
-                                                   moe_tensor_data(idx), P, N, M, Q);
-    if (!ok) {
-        st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %lld index entries", (long long)M);
-        goto done;
+    if (moe_on_cuda(res)) {
+        MOE_TRYG(MOE_CUDA(moe_cuda_index_add(c, moe_tensor_data(res), moe_tensor_data(sc), moe_tensor_data(idx),
+                                             P, N, M, Q)));
+    } else {
+        bool ok = c == MOE_F32 ? moe_cpu_index_add_f32(moe_tensor_data(res), moe_tensor_data(sc),
+                                                       moe_tensor_data(idx), P, N, M, Q)
+                               : moe_cpu_index_add_f64(moe_tensor_data(res), moe_tensor_data(sc),
+                                                       moe_tensor_data(idx), P, N, M, Q);
+        if (!ok) {
+            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %lld index entries", (long long)M);
+            goto done;
+        }
     }
     st = finish_dtype(&r, res, a->dtype);
     res = NULL;
@@ -362,11 +398,21 @@ moe_status moe_one_hot(moe_tensor **out, moe_tensor *index, int64_t num_classes)
         return moe_fail(MOE_ERR_SHAPE, op, "index %s already has %d dims; one more is too many",
                         moe_shape_str(index), MOE_MAX_DIMS);
     moe_tensor *idx, *r = NULL;
+    int64_t *host = NULL;
     MOE_TRY(index_i64(op, &idx, index));
     moe_status st = MOE_OK;
     const int64_t *v = moe_tensor_data(idx);
     int64_t n = moe_tensor_numel(idx), C = num_classes;
     if (C == -1) { /* infer: max + 1 (negative values are caught below) */
+        if (moe_on_cuda(idx) && n > 0) { /* the values, on the host */
+            host = malloc(sizeof *host * (size_t)n);
+            if (!host) {
+                st = moe_fail(MOE_ERR_NOMEM, op, "out of host memory for %lld indices", (long long)n);
+                goto done;
+            }
+            MOE_TRYG(moe_bytes_to_host(host, v, sizeof *host * (size_t)n, idx->device));
+            v = host;
+        }
         C = 0;
         for (int64_t i = 0; i < n; i++)
             if (v[i] + 1 > C) C = v[i] + 1;
@@ -378,8 +424,12 @@ moe_status moe_one_hot(moe_tensor **out, moe_tensor *index, int64_t num_classes)
     memcpy(sh, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
     sh[idx->ndim] = C;
     MOE_TRYG(moe_tensor_empty(&r, MOE_I64, index->device, idx->ndim + 1, sh));
-    moe_cpu_one_hot(moe_tensor_data(r), v, n, C); /* r [n C] */
+    if (moe_on_cuda(r)) /* r [n C] */
+        MOE_TRYG(MOE_CUDA(moe_cuda_one_hot(moe_tensor_data(r), moe_tensor_data(idx), n, C)));
+    else
+        moe_cpu_one_hot(moe_tensor_data(r), moe_tensor_data(idx), n, C);
 done:
+    free(host);
     moe_tensor_release(idx);
     if (st != MOE_OK) {
         moe_tensor_release(r);

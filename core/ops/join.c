@@ -7,10 +7,14 @@
  *
  * A node has at most MOE_NODE_MAX_INPUTS inputs, so a differentiable join of
  * more tensors is built as a join of joins of at most that many: cat is
- * associative along one dim, and a stack of groups is a cat of stacks. */
+ * associative along one dim, and a stack of groups is a cat of stacks.
+ *
+ * Devices: the copies go through moe_copy_elements (core/device.h), so a join
+ * of GPU tensors runs the CUDA strided copy; all inputs share one device. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "device.h"
 #include "internal.h"
 
 /* Node parameters: iargs[0..n] = start offsets along DIM (iargs[n] = total),
@@ -57,7 +61,9 @@ static moe_status join_check(const char *op, int n, moe_tensor *const *ts, int d
     }
     for (int i = 0; i < n; i++) {
         const moe_tensor *t = ts[i];
-        MOE_CHECK_CPU(op, t);
+        if (t->device != t0->device)
+            return moe_fail(MOE_ERR_DEVICE, op, "tensor %d is on %s but tensor 0 is on %s; move it first",
+                            i, moe_device_name(t->device), moe_device_name(t0->device));
         if (t->dtype != t0->dtype)
             return moe_fail(MOE_ERR_DTYPE, op, "tensor %d is %s but tensor 0 is %s; convert first",
                             i, moe_dtype_name(t->dtype), moe_dtype_name(t0->dtype));
@@ -120,8 +126,9 @@ static moe_status join_run(const char *op, moe_tensor **out, int n, moe_tensor *
         st = moe_tensor_new_view(&slot, r, r->storage, t->ndim, t->shape, vstr,
                                  r->offset + start * r->strides[d]);
         if (st != MOE_OK) break;
-        moe_cpu_copy(slot, t);
+        st = moe_copy_elements(slot, t);
         moe_tensor_release(slot);
+        if (st != MOE_OK) break;
         if (i <= MOE_NODE_MAX_INPUTS) offs[i] = start;
         start += stack ? 1 : t->shape[d];
     }

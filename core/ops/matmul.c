@@ -9,10 +9,20 @@
  * Operands reach BLAS without copies whenever their last two strides allow
  * (row-major, or a transposed view); otherwise they are made contiguous. A
  * 1-D left operand is a row [1 K], a 1-D right operand a column [K 1], and the
- * added dim is dropped from the result. f32/f64 compute natively, bf16 in f32. */
+ * added dim is dropped from the result. f32/f64 compute natively; bf16 in
+ * f32 on the CPU, while cuBLASLt reads and writes bf16 itself (f32
+ * accumulation) so a bf16 product moves no extra bytes.
+ *
+ * Devices: the innermost GEMM call (run_gemm) picks moe_cpu_gemm or the
+ * cuBLASLt driver moe_cuda_gemm (kernels/cuda/blaslt.cu); both take the same
+ * strided description, fold batch dims the same way and reduce over a
+ * broadcast batch in batch order. On the GPU a bias is the GEMM's epilogue
+ * and a reduced bf16 gradient accumulates in f32. */
 #include <string.h>
 
 #include "../../kernels/cpu/gemm.h"
+#include "../../kernels/cuda/blaslt.h"
+#include "device.h"
 #include "internal.h"
 
 enum { LEFT, RIGHT };
@@ -106,6 +116,25 @@ static moe_cpu_mat mat_t(moe_cpu_mat m)
 
 enum { AS_LEFT = LEFT, AS_RIGHT = RIGHT, AS_RESULT };
 
+/* The dtype GEMM operands are read in for a result of dtype ODT on DEVICE:
+ * the compute dtype, except that the GPU reads bf16 as it is. */
+static moe_dtype operand_dtype(moe_dtype odt, const moe_tensor *on)
+{
+    if (moe_on_cuda(on) && odt == MOE_BF16) return MOE_BF16;
+    return moe_dtype_compute(odt);
+}
+
+/* C (CD) = A @ B (AB dtype), += when ACCUMULATE, on the device of ON. GPU_BIAS
+ * (device pointer, CD, or NULL) is added to every row by the GEMM itself. */
+static moe_status run_gemm(const moe_tensor *on, moe_dtype ab, moe_dtype cd, const mm_shape *s,
+                           moe_cpu_mat a, moe_cpu_mat b, moe_cpu_mat c, bool accumulate,
+                           const void *gpu_bias)
+{
+    if (moe_on_cuda(on))
+        return MOE_CUDA(moe_cuda_gemm(ab, cd, s->nb, s->bshape, a, b, c, accumulate, gpu_bias));
+    return moe_cpu_gemm(ab, s->nb, s->bshape, a, b, c, accumulate);
+}
+
 /* T as a compute-dtype operand BLAS reads directly: T itself (retained) when
  * its strides allow, else a contiguous copy. */
 static moe_status operand(moe_tensor **out, moe_tensor *t, moe_dtype cdt, int role,
@@ -129,16 +158,22 @@ static bool reduces(const moe_cpu_mat *c, const mm_shape *s)
     return false;
 }
 
-/* A fresh gradient buffer shaped like T in the compute dtype, with its matrix
- * view; zeroed when it is the target of a reduction. */
+/* A fresh gradient buffer shaped like T in dtype CDT on T's device, with its
+ * matrix view; zeroed when it is the target of a reduction (which
+ * accumulates in f32 when CDT is bf16). */
 static moe_status grad_buffer(moe_tensor **out, moe_cpu_mat *m, bool *reduce, const moe_tensor *t,
                               moe_dtype cdt, int role, const mm_shape *s)
 {
-    MOE_TRY(moe_tensor_empty(out, cdt, MOE_CPU, t->ndim, t->shape));
+    MOE_TRY(moe_tensor_empty(out, cdt, t->device, t->ndim, t->shape));
     *m = mat_of(*out, role, s);
     *reduce = reduces(m, s);
-    if (*reduce) memset(moe_tensor_data(*out), 0, moe_tensor_nbytes(*out));
-    return MOE_OK;
+    if (!*reduce) return MOE_OK;
+    if (cdt == MOE_BF16) {
+        moe_tensor_release(*out);
+        MOE_TRY(moe_tensor_empty(out, MOE_F32, t->device, t->ndim, t->shape));
+        *m = mat_of(*out, role, s);
+    }
+    return moe_fill_elements(*out, 0.0);
 }
 
 /* Hand G (compute dtype) back in the dtype of input T. */
@@ -168,7 +203,7 @@ static moe_status mm_backward(moe_node *nd, moe_tensor *g, moe_tensor **gin)
     } else {
         MOE_TRYG(plan_shape(nd->name, &s, a, b->ndim, b->shape));
     }
-    moe_dtype cdt = moe_dtype_compute(nd->out_dtype);
+    moe_dtype cdt = operand_dtype(nd->out_dtype, g);
     MOE_TRYG(operand(&cg, g, cdt, AS_RESULT, &s));
     moe_cpu_mat G = mat_of_result(cg, &s), C;
     bool reduce;
@@ -178,7 +213,7 @@ static moe_status mm_backward(moe_node *nd, moe_tensor *g, moe_tensor **gin)
         moe_cpu_mat Bt = mat_of(cb, RIGHT, &s);
         if (!linear) Bt = mat_t(Bt); /* W [N K] already is (Wᵀ)ᵀ */
         MOE_TRYG(grad_buffer(&da, &C, &reduce, a, cdt, LEFT, &s));
-        MOE_TRYG(moe_cpu_gemm(cdt, s.nb, s.bshape, G, Bt, C, reduce));
+        MOE_TRYG(run_gemm(da, cdt, da->dtype, &s, G, Bt, C, reduce, NULL));
         MOE_TRYG(to_input_dtype(&gin[0], da, a));
     }
     if (nd->inputs[1]) {
@@ -186,17 +221,21 @@ static moe_status mm_backward(moe_node *nd, moe_tensor *g, moe_tensor **gin)
         moe_cpu_mat A = mat_of(ca, LEFT, &s);
         MOE_TRYG(grad_buffer(&db, &C, &reduce, b, cdt, RIGHT, &s));
         if (linear) /* dW [N K] = gᵀ x, summed over the leading dims */
-            MOE_TRYG(moe_cpu_gemm(cdt, s.nb, s.bshape, mat_t(G), A, C, reduce));
+            MOE_TRYG(run_gemm(db, cdt, db->dtype, &s, mat_t(G), A, C, reduce, NULL));
         else /* dB = Aᵀ @ dC */
-            MOE_TRYG(moe_cpu_gemm(cdt, s.nb, s.bshape, mat_t(A), G, C, reduce));
+            MOE_TRYG(run_gemm(db, cdt, db->dtype, &s, mat_t(A), G, C, reduce, NULL));
         MOE_TRYG(to_input_dtype(&gin[1], db, b));
     }
     if (linear && nd->n_inputs == 3 && nd->inputs[2]) { /* dbias = sum of g over rows */
         moe_tensor *bias = nd->inputs[2];
+        moe_dtype sdt = moe_dtype_compute(cdt); /* the sum's dtype (f32 for bf16) */
         MOE_TRYG(moe_as_compute(&gc, g, cdt));
-        MOE_TRYG(moe_tensor_empty(&dbias, cdt, MOE_CPU, bias->ndim, bias->shape));
-        moe_cpu_sum_rows(cdt, moe_tensor_data(dbias), moe_tensor_data(gc), s.n ? moe_tensor_numel(gc) / s.n : 0,
-                         s.n);
+        MOE_TRYG(moe_tensor_empty(&dbias, sdt, g->device, bias->ndim, bias->shape));
+        int64_t rows = s.n ? moe_tensor_numel(gc) / s.n : 0;
+        if (moe_on_cuda(gc))
+            MOE_TRYG(MOE_CUDA(moe_cuda_sum_rows(sdt, cdt, moe_tensor_data(dbias), moe_tensor_data(gc), rows, s.n)));
+        else
+            moe_cpu_sum_rows(cdt, moe_tensor_data(dbias), moe_tensor_data(gc), rows, s.n);
         MOE_TRYG(to_input_dtype(&gin[2], dbias, bias));
     }
 done:
@@ -217,20 +256,24 @@ static moe_status mm_forward(const char *op, moe_tensor **out, moe_tensor *a, mo
     *out = NULL;
     moe_dtype odt = moe_dtype_promote(a->dtype, b->dtype);
     if (bias) odt = moe_dtype_promote(odt, bias->dtype);
-    moe_dtype cdt = moe_dtype_compute(odt);
+    moe_dtype cdt = operand_dtype(odt, a);
     moe_tensor *ca = NULL, *cb = NULL, *cbias = NULL, *c = NULL, *r = NULL;
     moe_status st = MOE_OK;
     MOE_TRYG(operand(&ca, a, cdt, LEFT, s));
     MOE_TRYG(operand(&cb, b, cdt, RIGHT, s));
-    MOE_TRYG(moe_tensor_empty(&c, cdt, MOE_CPU, s->out_ndim, s->out_shape));
+    MOE_TRYG(moe_tensor_empty(&c, cdt, a->device, s->out_ndim, s->out_shape));
+    const void *gpu_bias = NULL; /* the GPU adds the bias in the GEMM's epilogue */
     if (bias) {
         MOE_TRYG(moe_as_compute(&cbias, bias, cdt));
-        moe_cpu_fill_rows(cdt, moe_tensor_data(c), s->n ? moe_tensor_numel(c) / s->n : 0, s->n,
-                          moe_tensor_data(cbias));
+        if (moe_on_cuda(c))
+            gpu_bias = moe_tensor_data(cbias);
+        else /* the CPU GEMM accumulates onto rows holding the bias */
+            moe_cpu_fill_rows(cdt, moe_tensor_data(c), s->n ? moe_tensor_numel(c) / s->n : 0, s->n,
+                              moe_tensor_data(cbias));
     }
     moe_cpu_mat A = mat_of(ca, LEFT, s), B = mat_of(cb, RIGHT, s);
     if (linear) B = mat_t(B);
-    MOE_TRYG(moe_cpu_gemm(cdt, s->nb, s->bshape, A, B, mat_of_result(c, s), bias != NULL));
+    MOE_TRYG(run_gemm(c, cdt, cdt, s, A, B, mat_of_result(c, s), bias && !gpu_bias, gpu_bias));
     if (odt != cdt) {
         MOE_TRYG(moe_to_dtype(&r, c, odt));
     } else {
@@ -255,8 +298,6 @@ static moe_status check_operands(const char *op, moe_tensor *a, moe_tensor *b)
 {
     MOE_CHECK_NOT_NULL(op, a);
     MOE_CHECK_NOT_NULL(op, b);
-    MOE_CHECK_CPU(op, a);
-    MOE_CHECK_CPU(op, b);
     MOE_CHECK_SAME_DEVICE(op, a, b);
     MOE_CHECK_FLOAT(op, a);
     MOE_CHECK_FLOAT(op, b);
@@ -310,7 +351,7 @@ moe_status moe_linear(moe_tensor **out, moe_tensor *x, moe_tensor *w, moe_tensor
                         "input %s does not fit weight %s (last dim must be %lld in features)",
                         moe_shape_str(x), moe_shape_str(w), (long long)w->shape[1]);
     if (bias) {
-        MOE_CHECK_CPU("linear", bias);
+        MOE_CHECK_SAME_DEVICE("linear", x, bias);
         MOE_CHECK_FLOAT("linear", bias);
         if (bias->ndim != 1 || bias->shape[0] != w->shape[0])
             return moe_fail(MOE_ERR_SHAPE, "linear", "bias %s does not match weight %s (expected [%lld])",

@@ -13,10 +13,20 @@
  * do not depend on the thread count. bf16 computes in f32.
  *
  * (These loops belong in kernels/cpu/nn.c; they sit here until the build
- * lists that file.) */
+ * lists that file.)
+ *
+ * Devices: each loop has a CUDA twin with the same arguments
+ * (kernels/cuda/nn.cu; embedding uses the index kernels), chosen at the
+ * innermost call (core/device.h). The GPU versions keep the same sums in
+ * double, the same chunked parameter-gradient partials and the same order of
+ * the final chunk sums. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/cuda/index.h"
+#include "../../kernels/cuda/nn.h"
+#include "device.h"
 #include "internal.h"
 
 #define CHUNK 32         /* rows per partial sum of a parameter gradient */
@@ -208,10 +218,13 @@
 NN_KERNELS(float, f32, expf)
 NN_KERNELS(double, f64, exp)
 
-/* Call the f32 or f64 version of a kernel: DISPATCH(rms_fwd, dt, args…). */
-#define DISPATCH(name, dt, ...)                                                     \
+/* The innermost call: the CUDA twin when ON lives on a GPU, else the f32 or
+ * f64 CPU loop: KERNEL(rms_fwd, on, dt, args…). Needs st and a done label. */
+#define KERNEL(name, on, dt, ...)                                                   \
     do {                                                                            \
-        if ((dt) == MOE_F32)                                                        \
+        if (moe_on_cuda(on))                                                        \
+            MOE_TRYG(MOE_CUDA(moe_cuda_##name((dt), __VA_ARGS__)));                 \
+        else if ((dt) == MOE_F32)                                                   \
             name##_f32(__VA_ARGS__);                                                \
         else                                                                        \
             name##_f64(__VA_ARGS__);                                                \
@@ -252,18 +265,18 @@ static moe_status to_result(moe_tensor **res, moe_tensor **r, moe_dtype odt)
 
 /* A per-feature parameter (weight/bias) [D] in compute dtype, or FILL when
  * absent (so the kernels need no NULL branches). */
-static moe_status param_or_fill(moe_tensor **out, moe_tensor *p, moe_dtype cdt, int64_t d,
-                                double fill)
+static moe_status param_or_fill(moe_tensor **out, moe_tensor *p, moe_dtype cdt, moe_device dev,
+                                int64_t d, double fill)
 {
     if (p) return moe_as_compute(out, p, cdt);
-    return moe_tensor_full(out, cdt, MOE_CPU, 1, &d, fill);
+    return moe_tensor_full(out, cdt, dev, 1, &d, fill);
 }
 
 static moe_status check_param(const char *op, const char *what, const moe_tensor *x,
                               const moe_tensor *p)
 {
     if (!p) return MOE_OK;
-    MOE_CHECK_CPU(op, p);
+    MOE_CHECK_SAME_DEVICE(op, x, p);
     MOE_CHECK_FLOAT(op, p);
     int64_t d = x->shape[x->ndim - 1];
     if (p->ndim != 1 || p->shape[0] != d)
@@ -276,7 +289,6 @@ static moe_status check_norm_args(const char *op, moe_tensor *x, moe_tensor *w, 
                                   double eps)
 {
     MOE_CHECK_NOT_NULL(op, x);
-    MOE_CHECK_CPU(op, x);
     MOE_CHECK_FLOAT(op, x);
     if (x->ndim == 0) return moe_fail(MOE_ERR_SHAPE, op, "x needs at least 1 dim, got []");
     MOE_TRY(check_param(op, "weight", x, w));
@@ -287,10 +299,24 @@ static moe_status check_norm_args(const char *op, moe_tensor *x, moe_tensor *w, 
 }
 
 /* A [H D] f64 scratch for chunked parameter-gradient sums. */
-static moe_status chunk_buffer(moe_tensor **out, int64_t rows, int64_t d)
+static moe_status chunk_buffer(moe_tensor **out, moe_device dev, int64_t rows, int64_t d)
 {
     int64_t shape[2] = {(rows + CHUNK - 1) / CHUNK, d};
-    return moe_tensor_empty(out, MOE_F64, MOE_CPU, 2, shape);
+    return moe_tensor_empty(out, MOE_F64, dev, 2, shape);
+}
+
+/* The elements of contiguous T readable on the host in *V: T's own data, or
+ * a copy in *HOST (free it) for a device tensor. */
+static moe_status host_view(const char *op, const moe_tensor *t, const void **v, void **host)
+{
+    size_t nbytes = moe_tensor_nbytes(t);
+    *host = NULL;
+    *v = moe_tensor_data(t);
+    if (t->device == MOE_CPU || nbytes == 0) return MOE_OK;
+    *host = malloc(nbytes);
+    if (!*host) return moe_fail(MOE_ERR_NOMEM, op, "out of host memory for %zu bytes", nbytes);
+    *v = *host;
+    return moe_bytes_to_host(*host, moe_tensor_data(t), nbytes, t->device);
 }
 
 /* ---- rms_norm ---------------------------------------------------------------------------------- */
@@ -304,17 +330,24 @@ static moe_status rms_norm_backward(moe_node *n, moe_tensor *g, moe_tensor **gin
     int64_t D = cx->shape[cx->ndim - 1], R = leading_rows(cx);
     moe_tensor *cg = NULL, *ones = NULL, *dx = NULL, *part = NULL, *dw = NULL;
     moe_status st = MOE_OK;
+    moe_device dev = cx->device;
     MOE_TRYG(moe_as_compute(&cg, g, cdt));
-    if (!cw) MOE_TRYG(param_or_fill(&ones, NULL, cdt, D, 1.0));
-    if (x) MOE_TRYG(moe_tensor_empty(&dx, cdt, MOE_CPU, cx->ndim, cx->shape));
+    if (!cw) MOE_TRYG(param_or_fill(&ones, NULL, cdt, dev, D, 1.0));
+    if (x) MOE_TRYG(moe_tensor_empty(&dx, cdt, dev, cx->ndim, cx->shape));
     if (w) {
-        MOE_TRYG(chunk_buffer(&part, R, D));
-        MOE_TRYG(moe_tensor_empty(&dw, cdt, MOE_CPU, 1, &D));
+        MOE_TRYG(chunk_buffer(&part, dev, R, D));
+        MOE_TRYG(moe_tensor_empty(&dw, cdt, dev, 1, &D));
     }
-    DISPATCH(rms_bwd, cdt, dp(dx), dp(part), dp(cg), dp(cx), dp(cw ? cw : ones), dp(rinv), R, D);
+    if (moe_on_cuda(cx))
+        MOE_TRYG(MOE_CUDA(moe_cuda_rms_bwd(cdt, dp(dx), dp(part), dp(cg), dp(cx), dp(cw ? cw : ones),
+                                           dp(rinv), R, D, CHUNK)));
+    else if (cdt == MOE_F32)
+        rms_bwd_f32(dp(dx), dp(part), dp(cg), dp(cx), dp(cw ? cw : ones), dp(rinv), R, D);
+    else
+        rms_bwd_f64(dp(dx), dp(part), dp(cg), dp(cx), dp(cw ? cw : ones), dp(rinv), R, D);
     if (x) MOE_TRYG(to_input_dtype(&gin[0], dx, x));
     if (w) {
-        DISPATCH(chunks_sum, cdt, dp(dw), dp(part), part->shape[0], D);
+        KERNEL(chunks_sum, part, cdt, dp(dw), dp(part), part->shape[0], D);
         MOE_TRYG(to_input_dtype(&gin[1], dw, w));
     }
 done:
@@ -336,10 +369,10 @@ moe_status moe_rms_norm(moe_tensor **out, moe_tensor *x, moe_tensor *weight, dou
     moe_tensor *cx = NULL, *cw = NULL, *y = NULL, *rinv = NULL, *res = NULL;
     moe_status st = MOE_OK;
     MOE_TRYG(moe_as_compute(&cx, x, cdt));
-    MOE_TRYG(param_or_fill(&cw, weight, cdt, D, 1.0));
-    MOE_TRYG(moe_tensor_empty(&y, cdt, MOE_CPU, x->ndim, x->shape));
-    MOE_TRYG(moe_tensor_empty(&rinv, cdt, MOE_CPU, 1, &R));
-    DISPATCH(rms_fwd, cdt, dp(y), dp(rinv), dp(cx), dp(cw), R, D, eps);
+    MOE_TRYG(param_or_fill(&cw, weight, cdt, x->device, D, 1.0));
+    MOE_TRYG(moe_tensor_empty(&y, cdt, x->device, x->ndim, x->shape));
+    MOE_TRYG(moe_tensor_empty(&rinv, cdt, x->device, 1, &R));
+    KERNEL(rms_fwd, y, cdt, dp(y), dp(rinv), dp(cx), dp(cw), R, D, eps);
     MOE_TRYG(to_result(&res, &y, odt));
     moe_tensor *inputs[2] = {x, weight}, *saved[3] = {cx, weight ? cw : NULL, rinv};
     MOE_TRYG(moe_autograd_record(res, "rms-norm", rms_norm_backward, 2, inputs, 3, saved, NULL, NULL));
@@ -366,26 +399,32 @@ static moe_status layer_norm_backward(moe_node *n, moe_tensor *g, moe_tensor **g
     int64_t D = cx->shape[cx->ndim - 1], R = leading_rows(cx);
     moe_tensor *cg = NULL, *ones = NULL, *dx = NULL, *pw = NULL, *pb = NULL, *dw = NULL, *db = NULL;
     moe_status st = MOE_OK;
+    moe_device dev = cx->device;
     MOE_TRYG(moe_as_compute(&cg, g, cdt));
-    if (!cw) MOE_TRYG(param_or_fill(&ones, NULL, cdt, D, 1.0));
-    if (x) MOE_TRYG(moe_tensor_empty(&dx, cdt, MOE_CPU, cx->ndim, cx->shape));
+    if (!cw) MOE_TRYG(param_or_fill(&ones, NULL, cdt, dev, D, 1.0));
+    if (x) MOE_TRYG(moe_tensor_empty(&dx, cdt, dev, cx->ndim, cx->shape));
     if (w) {
-        MOE_TRYG(chunk_buffer(&pw, R, D));
-        MOE_TRYG(moe_tensor_empty(&dw, cdt, MOE_CPU, 1, &D));
+        MOE_TRYG(chunk_buffer(&pw, dev, R, D));
+        MOE_TRYG(moe_tensor_empty(&dw, cdt, dev, 1, &D));
     }
     if (b) {
-        MOE_TRYG(chunk_buffer(&pb, R, D));
-        MOE_TRYG(moe_tensor_empty(&db, cdt, MOE_CPU, 1, &D));
+        MOE_TRYG(chunk_buffer(&pb, dev, R, D));
+        MOE_TRYG(moe_tensor_empty(&db, cdt, dev, 1, &D));
     }
-    DISPATCH(ln_bwd, cdt, dp(dx), dp(pw), dp(pb), dp(cg), dp(cx), dp(cw ? cw : ones), dp(mean),
-             dp(rstd), R, D);
+    if (moe_on_cuda(cx))
+        MOE_TRYG(MOE_CUDA(moe_cuda_ln_bwd(cdt, dp(dx), dp(pw), dp(pb), dp(cg), dp(cx), dp(cw ? cw : ones),
+                                          dp(mean), dp(rstd), R, D, CHUNK)));
+    else if (cdt == MOE_F32)
+        ln_bwd_f32(dp(dx), dp(pw), dp(pb), dp(cg), dp(cx), dp(cw ? cw : ones), dp(mean), dp(rstd), R, D);
+    else
+        ln_bwd_f64(dp(dx), dp(pw), dp(pb), dp(cg), dp(cx), dp(cw ? cw : ones), dp(mean), dp(rstd), R, D);
     if (x) MOE_TRYG(to_input_dtype(&gin[0], dx, x));
     if (w) {
-        DISPATCH(chunks_sum, cdt, dp(dw), dp(pw), pw->shape[0], D);
+        KERNEL(chunks_sum, pw, cdt, dp(dw), dp(pw), pw->shape[0], D);
         MOE_TRYG(to_input_dtype(&gin[1], dw, w));
     }
     if (b) {
-        DISPATCH(chunks_sum, cdt, dp(db), dp(pb), pb->shape[0], D);
+        KERNEL(chunks_sum, pb, cdt, dp(db), dp(pb), pb->shape[0], D);
         MOE_TRYG(to_input_dtype(&gin[2], db, b));
     }
 done:
@@ -412,12 +451,12 @@ moe_status moe_layer_norm(moe_tensor **out, moe_tensor *x, moe_tensor *weight, m
     moe_tensor *cx = NULL, *cw = NULL, *cb = NULL, *y = NULL, *mean = NULL, *rstd = NULL, *res = NULL;
     moe_status st = MOE_OK;
     MOE_TRYG(moe_as_compute(&cx, x, cdt));
-    MOE_TRYG(param_or_fill(&cw, weight, cdt, D, 1.0));
-    MOE_TRYG(param_or_fill(&cb, bias, cdt, D, 0.0));
-    MOE_TRYG(moe_tensor_empty(&y, cdt, MOE_CPU, x->ndim, x->shape));
-    MOE_TRYG(moe_tensor_empty(&mean, cdt, MOE_CPU, 1, &R));
-    MOE_TRYG(moe_tensor_empty(&rstd, cdt, MOE_CPU, 1, &R));
-    DISPATCH(ln_fwd, cdt, dp(y), dp(mean), dp(rstd), dp(cx), dp(cw), dp(cb), R, D, eps);
+    MOE_TRYG(param_or_fill(&cw, weight, cdt, x->device, D, 1.0));
+    MOE_TRYG(param_or_fill(&cb, bias, cdt, x->device, D, 0.0));
+    MOE_TRYG(moe_tensor_empty(&y, cdt, x->device, x->ndim, x->shape));
+    MOE_TRYG(moe_tensor_empty(&mean, cdt, x->device, 1, &R));
+    MOE_TRYG(moe_tensor_empty(&rstd, cdt, x->device, 1, &R));
+    KERNEL(ln_fwd, y, cdt, dp(y), dp(mean), dp(rstd), dp(cx), dp(cw), dp(cb), R, D, eps);
     MOE_TRYG(to_result(&res, &y, odt));
     moe_tensor *inputs[3] = {x, weight, bias}, *saved[4] = {cx, weight ? cw : NULL, mean, rstd};
     MOE_TRYG(moe_autograd_record(res, "layer-norm", layer_norm_backward, 3, inputs, 4, saved, NULL,
@@ -442,21 +481,28 @@ done:
  * iargs[0] = ignore_index, dargs[0] = number of counted targets. */
 static moe_status cross_entropy_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 {
-    moe_tensor *cl = n->saved[0], *tg = n->saved[1], *lse = n->saved[2], *dl = NULL;
+    moe_tensor *cl = n->saved[0], *tg = n->saved[1], *lse = n->saved[2], *dl = NULL, *cg = NULL;
     double gv, count = n->dargs[0];
-    MOE_TRY(moe_tensor_item(g, &gv));
     moe_dtype cdt = cl->dtype;
     moe_status st = MOE_OK;
-    MOE_TRYG(moe_tensor_empty(&dl, cdt, MOE_CPU, 2, cl->shape));
-    double scale = count > 0 ? gv / count : 0.0; /* nothing counted: no gradient */
-    if (cdt == MOE_F32)
-        ce_bwd_f32(dp(dl), dp(cl), dp(lse), dp(tg), cl->shape[0], cl->shape[1], n->iargs[0],
-                   (float)scale);
-    else
-        ce_bwd_f64(dp(dl), dp(cl), dp(lse), dp(tg), cl->shape[0], cl->shape[1], n->iargs[0], scale);
+    MOE_TRYG(moe_tensor_empty(&dl, cdt, cl->device, 2, cl->shape));
+    if (moe_on_cuda(dl)) { /* the kernel reads g on the device: no round trip */
+        MOE_TRYG(moe_as_compute(&cg, g, cdt));
+        MOE_TRYG(MOE_CUDA(moe_cuda_ce_bwd(cdt, dp(dl), dp(cl), dp(lse), dp(tg), cl->shape[0], cl->shape[1],
+                                          n->iargs[0], dp(cg), count)));
+    } else {
+        MOE_TRYG(moe_tensor_item(g, &gv));
+        double scale = count > 0 ? gv / count : 0.0; /* nothing counted: no gradient */
+        if (cdt == MOE_F32)
+            ce_bwd_f32(dp(dl), dp(cl), dp(lse), dp(tg), cl->shape[0], cl->shape[1], n->iargs[0],
+                       (float)scale);
+        else
+            ce_bwd_f64(dp(dl), dp(cl), dp(lse), dp(tg), cl->shape[0], cl->shape[1], n->iargs[0], scale);
+    }
     MOE_TRYG(to_input_dtype(&gin[0], dl, n->inputs[0]));
 done:
     moe_tensor_release(dl);
+    moe_tensor_release(cg);
     return st;
 }
 
@@ -467,8 +513,7 @@ moe_status moe_cross_entropy(moe_tensor **out, moe_tensor *logits, moe_tensor *t
     const char *op = "cross-entropy";
     MOE_CHECK_NOT_NULL(op, logits);
     MOE_CHECK_NOT_NULL(op, targets);
-    MOE_CHECK_CPU(op, logits);
-    MOE_CHECK_CPU(op, targets);
+    MOE_CHECK_SAME_DEVICE(op, logits, targets);
     MOE_CHECK_FLOAT(op, logits);
     MOE_CHECK_INTEGER(op, targets);
     if (logits->ndim != 2)
@@ -479,9 +524,11 @@ moe_status moe_cross_entropy(moe_tensor **out, moe_tensor *logits, moe_tensor *t
                         moe_shape_str(targets), moe_shape_str(logits), (long long)N);
     moe_dtype cdt = moe_dtype_compute(logits->dtype);
     moe_tensor *cl = NULL, *tg = NULL, *lse = NULL, *loss = NULL, *r = NULL;
+    void *t_host = NULL, *loss_host = NULL;
     moe_status st = MOE_OK;
     MOE_TRYG(moe_as_compute(&tg, targets, MOE_I64));
-    const int64_t *t = dp(tg);
+    const int64_t *t;
+    MOE_TRYG(host_view(op, tg, (const void **)&t, &t_host)); /* checked and counted on the host */
     int64_t count = 0;
     for (int64_t i = 0; i < N; i++) {
         if (t[i] == ignore_index) continue;
@@ -493,13 +540,14 @@ moe_status moe_cross_entropy(moe_tensor **out, moe_tensor *logits, moe_tensor *t
         count++;
     }
     MOE_TRYG(moe_as_compute(&cl, logits, cdt));
-    MOE_TRYG(moe_tensor_empty(&lse, cdt, MOE_CPU, 1, &N));
-    MOE_TRYG(moe_tensor_empty(&loss, MOE_F64, MOE_CPU, 1, &N));
-    DISPATCH(ce_fwd, cdt, dp(loss), dp(lse), dp(cl), t, N, C, ignore_index);
-    double sum = 0; /* in row order: deterministic */
-    const double *lv = dp(loss);
+    MOE_TRYG(moe_tensor_empty(&lse, cdt, logits->device, 1, &N));
+    MOE_TRYG(moe_tensor_empty(&loss, MOE_F64, logits->device, 1, &N));
+    KERNEL(ce_fwd, loss, cdt, dp(loss), dp(lse), dp(cl), dp(tg), N, C, ignore_index);
+    double sum = 0; /* in row order on the host: deterministic */
+    const double *lv;
+    MOE_TRYG(host_view(op, loss, (const void **)&lv, &loss_host));
     for (int64_t i = 0; i < N; i++) sum += lv[i];
-    MOE_TRYG(moe_tensor_scalar(&r, logits->dtype, MOE_CPU, count ? sum / (double)count : NAN));
+    MOE_TRYG(moe_tensor_scalar(&r, logits->dtype, logits->device, count ? sum / (double)count : NAN));
     moe_tensor *inputs[1] = {logits}, *saved[3] = {cl, tg, lse};
     MOE_TRYG(moe_autograd_record(r, op, cross_entropy_backward, 1, inputs, 3, saved, NULL, NULL));
     if (r->grad_fn) {
@@ -509,6 +557,8 @@ moe_status moe_cross_entropy(moe_tensor **out, moe_tensor *logits, moe_tensor *t
     *out = r;
     r = NULL;
 done:
+    free(t_host);
+    free(loss_host);
     moe_tensor_release(cl);
     moe_tensor_release(tg);
     moe_tensor_release(lse);
@@ -527,8 +577,14 @@ static moe_status embedding_backward(moe_node *n, moe_tensor *g, moe_tensor **gi
     int64_t D = n->iargs[1];
     moe_status st = MOE_OK;
     MOE_TRYG(moe_as_compute(&cg, g, cdt));
-    MOE_TRYG(moe_tensor_zeros(&dw, cdt, MOE_CPU, 2, (int64_t[]){n->iargs[0], D}));
-    DISPATCH(emb_bwd, cdt, dp(dw), dp(cg), dp(ids), moe_tensor_numel(ids), D);
+    MOE_TRYG(moe_tensor_zeros(&dw, cdt, g->device, 2, (int64_t[]){n->iargs[0], D}));
+    if (moe_on_cuda(dw)) /* rows of dw gather their ids' rows of g in id order, as emb_bwd */
+        MOE_TRYG(MOE_CUDA(moe_cuda_index_add(cdt, dp(dw), dp(cg), dp(ids), 1, n->iargs[0],
+                                             moe_tensor_numel(ids), D)));
+    else if (cdt == MOE_F32)
+        emb_bwd_f32(dp(dw), dp(cg), dp(ids), moe_tensor_numel(ids), D);
+    else
+        emb_bwd_f64(dp(dw), dp(cg), dp(ids), moe_tensor_numel(ids), D);
     MOE_TRYG(to_input_dtype(&gin[0], dw, w));
 done:
     moe_tensor_release(cg);
@@ -542,8 +598,7 @@ moe_status moe_embedding(moe_tensor **out, moe_tensor *weight, moe_tensor *ids)
     const char *op = "embedding";
     MOE_CHECK_NOT_NULL(op, weight);
     MOE_CHECK_NOT_NULL(op, ids);
-    MOE_CHECK_CPU(op, weight);
-    MOE_CHECK_CPU(op, ids);
+    MOE_CHECK_SAME_DEVICE(op, weight, ids);
     MOE_CHECK_INTEGER(op, ids);
     if (weight->ndim != 2)
         return moe_fail(MOE_ERR_SHAPE, op, "weight must be [V D], got %s", moe_shape_str(weight));
@@ -552,9 +607,11 @@ moe_status moe_embedding(moe_tensor **out, moe_tensor *weight, moe_tensor *ids)
                         moe_shape_str(ids), MOE_MAX_DIMS);
     int64_t V = weight->shape[0], D = weight->shape[1];
     moe_tensor *idx = NULL, *cw = NULL, *r = NULL;
+    void *iv_host = NULL;
     moe_status st = MOE_OK;
     MOE_TRYG(moe_as_compute(&idx, ids, MOE_I64));
-    const int64_t *iv = dp(idx);
+    const int64_t *iv;
+    MOE_TRYG(host_view(op, idx, (const void **)&iv, &iv_host)); /* checked on the host */
     int64_t I = moe_tensor_numel(idx);
     for (int64_t i = 0; i < I; i++)
         if (iv[i] < 0 || iv[i] >= V) {
@@ -562,21 +619,20 @@ moe_status moe_embedding(moe_tensor **out, moe_tensor *weight, moe_tensor *ids)
                           (long long)iv[i], (long long)i, (long long)V);
             goto done;
         }
-    if (moe_tensor_is_contiguous(weight)) {
-        cw = moe_tensor_retain(weight);
-    } else {
-        MOE_TRYG(moe_tensor_empty(&cw, weight->dtype, MOE_CPU, 2, weight->shape));
-        moe_cpu_copy(cw, weight);
-    }
+    MOE_TRYG(moe_as_compute(&cw, weight, weight->dtype)); /* contiguous */
     int64_t shape[MOE_MAX_DIMS];
     memcpy(shape, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);
     shape[ids->ndim] = D;
-    MOE_TRYG(moe_tensor_empty(&r, weight->dtype, MOE_CPU, ids->ndim + 1, shape));
+    MOE_TRYG(moe_tensor_empty(&r, weight->dtype, weight->device, ids->ndim + 1, shape));
     size_t row = (size_t)D * moe_dtype_size(weight->dtype);
-    char *dst = dp(r);
-    const char *src = dp(cw);
+    if (moe_on_cuda(r)) { /* r [I D] ← rows of cw [V D] */
+        MOE_TRYG(MOE_CUDA(moe_cuda_index_select(dp(r), dp(cw), moe_dtype_size(weight->dtype), dp(idx), 1, V, I, D)));
+    } else {
+        char *dst = dp(r);
+        const char *src = dp(cw);
 #pragma omp parallel for if (I * D > 32768) schedule(static)
-    for (int64_t i = 0; i < I; i++) memcpy(dst + (size_t)i * row, src + (size_t)iv[i] * row, row);
+        for (int64_t i = 0; i < I; i++) memcpy(dst + (size_t)i * row, src + (size_t)iv[i] * row, row);
+    }
     moe_tensor *inputs[1] = {weight}, *saved[1] = {idx};
     MOE_TRYG(moe_autograd_record(r, op, embedding_backward, 1, inputs, 1, saved, NULL, NULL));
     if (r->grad_fn) {
@@ -586,6 +642,7 @@ moe_status moe_embedding(moe_tensor **out, moe_tensor *weight, moe_tensor *ids)
     *out = r;
     r = NULL;
 done:
+    free(iv_host);
     moe_tensor_release(idx);
     moe_tensor_release(cw);
     moe_tensor_release(r);

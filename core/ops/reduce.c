@@ -14,12 +14,17 @@
  * Node parameters of every reduction here: iargs[0] input ndim,
  * iargs[1..8] input shape, iargs[9] bit mask of reduced dims, iargs[10]
  * keepdim, iargs[11] op extra (var: correction; cumsum: reverse);
- * dargs[0] the number of elements reduced into each output. */
+ * dargs[0] the number of elements reduced into each output.
+ *
+ * Devices: the CPU loops or the CUDA kernels (kernels/cuda/reduce.cu) over
+ * the same [O R I] buffer, chosen at the innermost call (core/device.h). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../../kernels/cpu/reduce.h"
+#include "../../kernels/cuda/reduce.h"
+#include "device.h"
 #include "internal.h"
 
 enum { IA_NDIM = 0, IA_SHAPE = 1, IA_MASK = 9, IA_KEEPDIM = 10, IA_EXTRA = 11 };
@@ -186,7 +191,6 @@ static moe_status sum_impl(const char *op, moe_tensor **out, moe_tensor *a, int 
     MOE_CHECK_NOT_NULL(op, out);
     *out = NULL;
     MOE_CHECK_NOT_NULL(op, a);
-    MOE_CHECK_CPU(op, a);
     if (mean) MOE_CHECK_FLOAT(op, a);
     reduce_dims rd;
     MOE_TRY(parse_dims(op, a, ndims, dims, keepdim, &rd));
@@ -200,7 +204,8 @@ static moe_status sum_impl(const char *op, moe_tensor **out, moe_tensor *a, int 
     if (st == MOE_OK) st = moe_tensor_empty(&res, cd, a->device, rd.out_ndim, rd.out_shape);
     if (st == MOE_OK) {
         void *y = moe_tensor_data(res), *x = moe_tensor_data(src);
-        if (cd == MOE_F32) st = moe_cpu_sum_f32(y, x, O, R, I, scale);
+        if (moe_on_cuda(res)) st = MOE_CUDA(moe_cuda_sum(cd, y, x, O, R, I, scale));
+        else if (cd == MOE_F32) st = moe_cpu_sum_f32(y, x, O, R, I, scale);
         else if (cd == MOE_F64) st = moe_cpu_sum_f64(y, x, O, R, I, scale);
         else st = moe_cpu_sum_i64(y, x, O, R, I, 1.0);
     }
@@ -257,7 +262,6 @@ moe_status moe_var(moe_tensor **out, moe_tensor *a, int ndims, const int *dims, 
     MOE_CHECK_NOT_NULL("var", out);
     *out = NULL;
     MOE_CHECK_NOT_NULL("var", a);
-    MOE_CHECK_CPU("var", a);
     MOE_CHECK_FLOAT("var", a);
     if (correction < 0)
         return moe_fail(MOE_ERR_ARG, "var", "correction must be >= 0, got %d", correction);
@@ -271,8 +275,9 @@ moe_status moe_var(moe_tensor **out, moe_tensor *a, int ndims, const int *dims, 
     if (st == MOE_OK) st = moe_tensor_empty(&res, cd, a->device, rd.out_ndim, rd.out_shape);
     if (st == MOE_OK) {
         void *y = moe_tensor_data(res), *x = moe_tensor_data(src);
-        st = cd == MOE_F32 ? moe_cpu_var_f32(y, x, O, R, correction)
-                           : moe_cpu_var_f64(y, x, O, R, correction);
+        if (moe_on_cuda(res)) st = MOE_CUDA(moe_cuda_var(cd, y, x, O, R, correction));
+        else st = cd == MOE_F32 ? moe_cpu_var_f32(y, x, O, R, correction)
+                                : moe_cpu_var_f64(y, x, O, R, correction);
     }
     if (st == MOE_OK) st = moe_to_dtype(&r, res, a->dtype);
     MOE_NO_GRAD_END;
@@ -320,11 +325,13 @@ static moe_status extreme_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
         st = moe_tensor_zeros(&z, cd, g->device, (int)n->iargs[IA_NDIM], &n->iargs[IA_SHAPE]);
     if (st == MOE_OK) {
         const int64_t *idx = moe_tensor_data(n->saved[0]);
-        if (cd == MOE_F32)
+        if (moe_on_cuda(z))
+            st = MOE_CUDA(moe_cuda_scatter_dim(cd, moe_tensor_data(z), moe_tensor_data(gc), idx, O, R, I));
+        else if (cd == MOE_F32)
             moe_cpu_scatter_dim_f32(moe_tensor_data(z), moe_tensor_data(gc), idx, O, R, I);
         else
             moe_cpu_scatter_dim_f64(moe_tensor_data(z), moe_tensor_data(gc), idx, O, R, I);
-        st = moe_to_dtype(&gin[0], z, g->dtype);
+        if (st == MOE_OK) st = moe_to_dtype(&gin[0], z, g->dtype);
     }
     moe_tensor_release(gc);
     moe_tensor_release(z);
@@ -350,7 +357,8 @@ static moe_status extreme_impl(const char *op, moe_tensor **values, moe_tensor *
     if (st == MOE_OK) {
         void *y = val ? moe_tensor_data(val) : NULL, *x = moe_tensor_data(src);
         int64_t *k = moe_tensor_data(idx);
-        if (cd == MOE_F32) st = moe_cpu_extreme_f32(y, k, x, O, R, I, is_max);
+        if (moe_on_cuda(idx)) st = MOE_CUDA(moe_cuda_extreme(cd, y, k, x, O, R, I, is_max));
+        else if (cd == MOE_F32) st = moe_cpu_extreme_f32(y, k, x, O, R, I, is_max);
         else if (cd == MOE_F64) st = moe_cpu_extreme_f64(y, k, x, O, R, I, is_max);
         else st = moe_cpu_extreme_i64(y, k, x, O, R, I, is_max);
     }
@@ -387,7 +395,6 @@ static moe_status extreme_dim(const char *op, moe_tensor **values, moe_tensor **
     if (values) *values = NULL;
     if (indices) *indices = NULL;
     MOE_CHECK_NOT_NULL(op, a);
-    MOE_CHECK_CPU(op, a);
     reduce_dims rd;
     MOE_TRY(parse_dims(op, a, 1, &dim, keepdim, &rd));
     return extreme_impl(op, values, indices, a, &rd, keepdim, is_max);
@@ -398,7 +405,6 @@ static moe_status extreme_all(const char *op, moe_tensor **out, moe_tensor *a, b
     MOE_CHECK_NOT_NULL(op, out);
     *out = NULL;
     MOE_CHECK_NOT_NULL(op, a);
-    MOE_CHECK_CPU(op, a);
     reduce_dims rd;
     MOE_TRY(parse_dims(op, a, 0, NULL, false, &rd));
     return extreme_impl(op, out, NULL, a, &rd, false, is_max);
@@ -441,7 +447,6 @@ static moe_status cumsum_impl(moe_tensor **out, moe_tensor *a, int dim, bool rev
     MOE_CHECK_NOT_NULL("cumsum", out);
     *out = NULL;
     MOE_CHECK_NOT_NULL("cumsum", a);
-    MOE_CHECK_CPU("cumsum", a);
     reduce_dims rd;
     MOE_TRY(parse_dims("cumsum", a, 1, &dim, true, &rd));
     int d = rd.nred ? rd.dims[0] : 0;
@@ -454,10 +459,11 @@ static moe_status cumsum_impl(moe_tensor **out, moe_tensor *a, int dim, bool rev
     if (st == MOE_OK) st = moe_tensor_empty(&res, cd, a->device, a->ndim, a->shape);
     if (st == MOE_OK) {
         void *y = moe_tensor_data(res), *x = moe_tensor_data(src);
-        if (cd == MOE_F32) moe_cpu_cumsum_f32(y, x, O, R, I, reverse);
+        if (moe_on_cuda(res)) st = MOE_CUDA(moe_cuda_cumsum(cd, y, x, O, R, I, reverse));
+        else if (cd == MOE_F32) moe_cpu_cumsum_f32(y, x, O, R, I, reverse);
         else if (cd == MOE_F64) moe_cpu_cumsum_f64(y, x, O, R, I, reverse);
         else moe_cpu_cumsum_i64(y, x, O, R, I, reverse);
-        st = moe_to_dtype(&r, res, fl ? a->dtype : MOE_I64);
+        if (st == MOE_OK) st = moe_to_dtype(&r, res, fl ? a->dtype : MOE_I64);
     }
     MOE_NO_GRAD_END;
     moe_tensor_release(src);

@@ -13,14 +13,47 @@
 #include <math.h>
 
 #include "../../kernels/cpu/reduce.h"
+#include "../../kernels/cuda/reduce.h"
+#include "device.h"
 #include "internal.h"
+
+_Static_assert(MOE_CPU_SOFTMAX == 0 && MOE_CPU_LOG_SOFTMAX == 1 && MOE_CPU_LOGSUMEXP == 2,
+               "moe_cuda_softmax takes the mode as these numbers");
 
 static moe_status softmax_impl(const char *op, moe_tensor **out, moe_tensor *a, int dim,
                                bool keepdim, moe_cpu_softmax_mode mode, moe_backward_fn bw);
 
+/* On the GPU, a backward over the last dim is one row kernel instead of
+ * four ops (*DONE false: not this case, use the ops). */
+static moe_status backward_rows_cuda(moe_node *n, moe_tensor *g, moe_tensor **gin, bool log,
+                                     bool *done)
+{
+    moe_tensor *y = n->saved[0], *gc = NULL, *yc = NULL, *r = NULL;
+    *done = false;
+    if (!moe_on_cuda(y) || y->ndim == 0 || n->iargs[0] != y->ndim - 1 || !moe_tensor_same_shape(g, y))
+        return MOE_OK;
+    *done = true;
+    moe_dtype cd = moe_dtype_compute(y->dtype);
+    int64_t N = y->shape[y->ndim - 1], O = N ? moe_tensor_numel(y) / N : 0;
+    moe_status st = moe_as_compute(&gc, g, cd); /* [O N] */
+    if (st == MOE_OK) st = moe_as_compute(&yc, y, cd);
+    if (st == MOE_OK) st = moe_tensor_empty(&r, cd, y->device, y->ndim, y->shape);
+    if (st == MOE_OK)
+        st = MOE_CUDA(moe_cuda_softmax_backward(cd, moe_tensor_data(r), moe_tensor_data(gc),
+                                                moe_tensor_data(yc), O, N, log));
+    if (st == MOE_OK) st = moe_to_dtype(&gin[0], r, y->dtype);
+    moe_tensor_release(gc);
+    moe_tensor_release(yc);
+    moe_tensor_release(r);
+    return st;
+}
+
 /* dx = y * (g - sum(g * y)) */
 static moe_status softmax_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 {
+    bool done;
+    MOE_TRY(backward_rows_cuda(n, g, gin, false, &done));
+    if (done) return MOE_OK;
     moe_tensor *y = n->saved[0], *gy = NULL, *s = NULL, *d = NULL;
     int dim = (int)n->iargs[0];
     moe_status st = moe_mul(&gy, g, y);
@@ -36,6 +69,9 @@ static moe_status softmax_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 /* dx = g - exp(y) * sum(g) */
 static moe_status log_softmax_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 {
+    bool done;
+    MOE_TRY(backward_rows_cuda(n, g, gin, true, &done));
+    if (done) return MOE_OK;
     moe_tensor *y = n->saved[0], *p = NULL, *s = NULL, *ps = NULL;
     int dim = (int)n->iargs[0];
     moe_status st = moe_exp(&p, y);
@@ -69,7 +105,6 @@ static moe_status softmax_impl(const char *op, moe_tensor **out, moe_tensor *a, 
     MOE_CHECK_NOT_NULL(op, out);
     *out = NULL;
     MOE_CHECK_NOT_NULL(op, a);
-    MOE_CHECK_CPU(op, a);
     MOE_CHECK_FLOAT(op, a);
     int d;
     MOE_TRY(moe_dim_normalize(op, a, dim, &d));
@@ -98,13 +133,15 @@ static moe_status softmax_impl(const char *op, moe_tensor **out, moe_tensor *a, 
         else st = moe_tensor_empty(&res, cd, a->device, nd, p->shape);
     }
     if (st == MOE_OK) {
-        if (cd == MOE_F32)
+        if (moe_on_cuda(res))
+            st = MOE_CUDA(moe_cuda_softmax(cd, moe_tensor_data(res), moe_tensor_data(src), O, N, (int)mode));
+        else if (cd == MOE_F32)
             moe_cpu_softmax_f32(moe_tensor_data(res), moe_tensor_data(src), O, N, mode);
         else
             moe_cpu_softmax_f64(moe_tensor_data(res), moe_tensor_data(src), O, N, mode);
-        if (mode == MOE_CPU_LOGSUMEXP) {
+        if (st == MOE_OK && mode == MOE_CPU_LOGSUMEXP) {
             st = moe_to_dtype(&r, res, a->dtype);
-        } else {
+        } else if (st == MOE_OK) {
             st = moe_permute(&back, res, inv);
             if (st == MOE_OK) st = moe_contiguous(&c, back);
             if (st == MOE_OK) st = moe_to_dtype(&r, c, a->dtype);

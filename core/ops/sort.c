@@ -11,11 +11,17 @@
  * their index order, ascending or descending — so top-k ties go to the lower
  * index. The sorted dim is moved last (a view), made contiguous in the compute
  * dtype (f32 for f32/bf16, f64 otherwise, integers included), sorted row by
- * row, and the results are laid back out in the input's dim order. */
+ * row, and the results are laid back out in the input's dim order.
+ *
+ * Devices: topk/sort/argsort run the CUDA row sort (kernels/cuda/sort.cu, one
+ * block per row, the same total order) on GPU tensors; bincount and
+ * histogram are CPU only for now. */
 #include <math.h>
 #include <string.h>
 
 #include "../../kernels/cpu/index.h"
+#include "../../kernels/cuda/sort.h"
+#include "device.h"
 #include "internal.h"
 
 /* ---- topk / sort / argsort ---------------------------------------------------- */
@@ -39,7 +45,6 @@ static moe_status order_impl(const char *op, moe_tensor **values, moe_tensor **i
     if (values) *values = NULL;
     if (indices) *indices = NULL;
     MOE_CHECK_NOT_NULL(op, a);
-    MOE_CHECK_CPU(op, a);
     int d, nd = a->ndim;
     MOE_TRY(moe_dim_normalize(op, a, dim, &d));
     int64_t E = nd ? a->shape[d] : 1;
@@ -70,7 +75,7 @@ static moe_status order_impl(const char *op, moe_tensor **values, moe_tensor **i
     for (int j = 0; j + 1 < nd; j++) R *= psh[j];
 
     moe_status st = MOE_OK;
-    moe_tensor *pv = NULL, *x = NULL, *vr = NULL, *ir = NULL, *vals = NULL, *idxs = NULL;
+    moe_tensor *pv = NULL, *x = NULL, *vr = NULL, *ir = NULL, *vals = NULL, *idxs = NULL, *scratch = NULL;
     if (moved)
         MOE_TRYG(moe_tensor_new_view(&pv, a, a->storage, nd, psh, pstr, a->offset));
     else
@@ -79,9 +84,15 @@ static moe_status order_impl(const char *op, moe_tensor **values, moe_tensor **i
     bool want_vals = values != NULL || !full; /* topk's kernel always writes values */
     if (want_vals) MOE_TRYG(moe_tensor_empty(&vr, c, a->device, nd, rsh)); /* vr [R K] */
     MOE_TRYG(moe_tensor_empty(&ir, MOE_I64, a->device, nd, rsh)); /* ir [R K] */
-    bool ok;
+    bool ok = true;
     void *vp = vr ? moe_tensor_data(vr) : NULL;
-    if (c == MOE_F32)
+    if (moe_on_cuda(ir)) {
+        size_t sb = 0; /* bytes for rows too long for shared memory */
+        MOE_TRYG(MOE_CUDA(moe_cuda_sort_scratch_bytes(c, R, E, &sb)));
+        if (sb > 0) MOE_TRYG(moe_tensor_empty(&scratch, MOE_I32, a->device, 1, (int64_t[]){(int64_t)(sb + 3) / 4}));
+        MOE_TRYG(MOE_CUDA(moe_cuda_sort_rows(c, vp, moe_tensor_data(ir), moe_tensor_data(x), R, E, k,
+                                             first_big, scratch ? moe_tensor_data(scratch) : NULL)));
+    } else if (c == MOE_F32)
         ok = full ? moe_cpu_sort_f32(vp, moe_tensor_data(ir), moe_tensor_data(x), R, E, first_big)
                   : moe_cpu_topk_f32(vp, moe_tensor_data(ir), moe_tensor_data(x), R, E, k,
                                      first_big);
@@ -127,6 +138,7 @@ static moe_status order_impl(const char *op, moe_tensor **values, moe_tensor **i
         }
     }
 done:
+    moe_tensor_release(scratch);
     moe_tensor_release(pv);
     moe_tensor_release(x);
     moe_tensor_release(vr);

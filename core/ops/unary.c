@@ -9,10 +9,14 @@
  * saved output y in a single pass (kernels/cpu/elementwise.c). Dtypes: f32
  * and f64 natively, bf16 through f32; integer tensors are accepted by the
  * maps that keep integers integers (neg, abs, relu, clamp, and the scalar
- * ops with an integral scalar); the others fail with a dtype error. */
+ * ops with an integral scalar); the others fail with a dtype error.
+ * Devices: the CPU loops or their CUDA twins (kernels/cuda/elementwise.cu),
+ * chosen at the innermost call (core/device.h). */
 #include <math.h>
 
 #include "../../kernels/cpu/elementwise.h"
+#include "../../kernels/cuda/elementwise.h"
+#include "device.h"
 #include "internal.h"
 
 /* What a map's backward reads. */
@@ -24,25 +28,25 @@ typedef struct unary_info {
     unsigned needs;
 } unary_info;
 
-static const unary_info unary_table[MOE_CPU_UNOP_COUNT] = {
-    [MOE_CPU_NEG] = {"neg", false, 0},
-    [MOE_CPU_EXP] = {"exp", true, NEEDS_Y},
-    [MOE_CPU_LOG] = {"log", true, NEEDS_X},
-    [MOE_CPU_SQRT] = {"sqrt", true, NEEDS_Y},
-    [MOE_CPU_RSQRT] = {"rsqrt", true, NEEDS_Y},
-    [MOE_CPU_ABS] = {"abs", false, NEEDS_X},
-    [MOE_CPU_TANH] = {"tanh", true, NEEDS_Y},
-    [MOE_CPU_SIGMOID] = {"sigmoid", true, NEEDS_Y},
-    [MOE_CPU_SILU] = {"silu", true, NEEDS_X},
-    [MOE_CPU_RELU] = {"relu", false, NEEDS_X},
-    [MOE_CPU_GELU_ERF] = {"gelu", true, NEEDS_X},
-    [MOE_CPU_GELU_TANH] = {"gelu", true, NEEDS_X},
-    [MOE_CPU_CLAMP] = {"clamp", false, NEEDS_X},
-    [MOE_CPU_ADD_S] = {"add-scalar", false, 0},
-    [MOE_CPU_MUL_S] = {"mul-scalar", false, 0},
-    [MOE_CPU_RSUB_S] = {"rsub-scalar", false, 0},
-    [MOE_CPU_RDIV_S] = {"rdiv-scalar", false, NEEDS_X},
-    [MOE_CPU_POW_S] = {"pow-scalar", false, NEEDS_X},
+static const unary_info unary_table[MOE_UNOP_COUNT] = {
+    [MOE_UN_NEG] = {"neg", false, 0},
+    [MOE_UN_EXP] = {"exp", true, NEEDS_Y},
+    [MOE_UN_LOG] = {"log", true, NEEDS_X},
+    [MOE_UN_SQRT] = {"sqrt", true, NEEDS_Y},
+    [MOE_UN_RSQRT] = {"rsqrt", true, NEEDS_Y},
+    [MOE_UN_ABS] = {"abs", false, NEEDS_X},
+    [MOE_UN_TANH] = {"tanh", true, NEEDS_Y},
+    [MOE_UN_SIGMOID] = {"sigmoid", true, NEEDS_Y},
+    [MOE_UN_SILU] = {"silu", true, NEEDS_X},
+    [MOE_UN_RELU] = {"relu", false, NEEDS_X},
+    [MOE_UN_GELU_ERF] = {"gelu", true, NEEDS_X},
+    [MOE_UN_GELU_TANH] = {"gelu", true, NEEDS_X},
+    [MOE_UN_CLAMP] = {"clamp", false, NEEDS_X},
+    [MOE_UN_ADD_S] = {"add-scalar", false, 0},
+    [MOE_UN_MUL_S] = {"mul-scalar", false, 0},
+    [MOE_UN_RSUB_S] = {"rsub-scalar", false, 0},
+    [MOE_UN_RDIV_S] = {"rdiv-scalar", false, NEEDS_X},
+    [MOE_UN_POW_S] = {"pow-scalar", false, NEEDS_X},
 };
 
 /* The result in dtype RT from the compute-dtype buffer R (takes over R). */
@@ -55,10 +59,9 @@ static moe_status finish(moe_tensor **out, moe_tensor *r, moe_dtype rt)
     }
     moe_tensor *c;
     moe_status st = moe_tensor_empty(&c, rt, r->device, r->ndim, r->shape);
-    if (st == MOE_OK) {
-        moe_cpu_copy(c, r);
-        *out = c;
-    }
+    if (st == MOE_OK) st = moe_copy_elements(c, r);
+    if (st == MOE_OK) *out = c;
+    else moe_tensor_release(c);
     moe_tensor_release(r);
     return st;
 }
@@ -69,16 +72,20 @@ static moe_status unary_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 {
     moe_tensor *in = n->inputs[0];
     if (!in) return MOE_OK;
-    moe_cpu_unop op = (moe_cpu_unop)n->iargs[0];
+    moe_unop op = (moe_unop)n->iargs[0];
     moe_dtype ct = moe_dtype_compute(in->dtype);
     moe_tensor *gc = NULL, *xc = NULL, *yc = NULL, *r = NULL;
     moe_status st;
     MOE_TRYG(moe_as_compute(&gc, g, ct));
     if (n->iargs[1] >= 0) MOE_TRYG(moe_as_compute(&xc, n->saved[n->iargs[1]], ct));
     if (n->iargs[2] >= 0) MOE_TRYG(moe_as_compute(&yc, n->saved[n->iargs[2]], ct));
-    MOE_TRYG(moe_tensor_empty(&r, ct, MOE_CPU, in->ndim, in->shape)); /* [X] */
+    MOE_TRYG(moe_tensor_empty(&r, ct, in->device, in->ndim, in->shape)); /* [X] */
     int64_t numel = moe_tensor_numel(r);
-    if (ct == MOE_F32)
+    if (moe_on_cuda(r))
+        MOE_TRYG(MOE_CUDA(moe_cuda_unary_grad(op, n->dargs, ct, moe_tensor_data(r), moe_tensor_data(gc),
+                                              xc ? moe_tensor_data(xc) : NULL,
+                                              yc ? moe_tensor_data(yc) : NULL, numel)));
+    else if (ct == MOE_F32)
         moe_cpu_unary_grad_f32(op, n->dargs, moe_tensor_data(r), moe_tensor_data(gc),
                                xc ? moe_tensor_data(xc) : NULL, yc ? moe_tensor_data(yc) : NULL, numel);
     else
@@ -95,7 +102,7 @@ done:
 }
 
 /* out = f(a) with parameters P[2], returned in dtype RT. */
-static moe_status unary_op(moe_cpu_unop op, const double *p, moe_dtype rt, moe_tensor **out,
+static moe_status unary_op(moe_unop op, const double *p, moe_dtype rt, moe_tensor **out,
                            moe_tensor *a)
 {
     const unary_info *info = &unary_table[op];
@@ -105,11 +112,13 @@ static moe_status unary_op(moe_cpu_unop op, const double *p, moe_dtype rt, moe_t
     moe_status st;
     if (a->dtype == ct) ac = moe_tensor_retain(a); /* read in place, any strides */
     else MOE_TRYG(moe_as_compute(&ac, a, ct));
-    MOE_TRYG(moe_tensor_empty(&r, ct, MOE_CPU, a->ndim, a->shape)); /* [X] */
-    moe_cpu_iter it;
+    MOE_TRYG(moe_tensor_empty(&r, ct, a->device, a->ndim, a->shape)); /* [X] */
+    moe_iter it;
     const moe_tensor *ins[1] = {ac};
-    moe_cpu_iter_init(&it, a->ndim, a->shape, 1, ins);
-    if (ct == MOE_F32)
+    moe_iter_init(&it, a->ndim, a->shape, 1, ins);
+    if (moe_on_cuda(r))
+        MOE_TRYG(MOE_CUDA(moe_cuda_unary(op, p, ct, moe_tensor_data(r), moe_tensor_data(ac), &it)));
+    else if (ct == MOE_F32)
         moe_cpu_unary_f32(op, p, moe_tensor_data(r), moe_tensor_data(ac), &it);
     else
         moe_cpu_unary_f64(op, p, moe_tensor_data(r), moe_tensor_data(ac), &it);
@@ -146,12 +155,11 @@ static moe_status check_one(const char *op, moe_tensor **out, moe_tensor *a)
     if (!out) return moe_fail(MOE_ERR_ARG, op, "argument 'out' is NULL");
     *out = NULL;
     MOE_CHECK_NOT_NULL(op, a);
-    MOE_CHECK_CPU(op, a);
     return MOE_OK;
 }
 
 /* A parameterless map. */
-static moe_status map(moe_cpu_unop op, moe_tensor **out, moe_tensor *a)
+static moe_status map(moe_unop op, moe_tensor **out, moe_tensor *a)
 {
     const char *name = unary_table[op].name;
     MOE_TRY(check_one(name, out, a));
@@ -160,22 +168,22 @@ static moe_status map(moe_cpu_unop op, moe_tensor **out, moe_tensor *a)
     return unary_op(op, p, a->dtype, out, a);
 }
 
-moe_status moe_neg(moe_tensor **out, moe_tensor *a) { return map(MOE_CPU_NEG, out, a); }
-moe_status moe_exp(moe_tensor **out, moe_tensor *a) { return map(MOE_CPU_EXP, out, a); }
-moe_status moe_log(moe_tensor **out, moe_tensor *a) { return map(MOE_CPU_LOG, out, a); }
-moe_status moe_sqrt(moe_tensor **out, moe_tensor *a) { return map(MOE_CPU_SQRT, out, a); }
-moe_status moe_rsqrt(moe_tensor **out, moe_tensor *a) { return map(MOE_CPU_RSQRT, out, a); }
-moe_status moe_abs(moe_tensor **out, moe_tensor *a) { return map(MOE_CPU_ABS, out, a); }
-moe_status moe_tanh(moe_tensor **out, moe_tensor *a) { return map(MOE_CPU_TANH, out, a); }
-moe_status moe_sigmoid(moe_tensor **out, moe_tensor *a) { return map(MOE_CPU_SIGMOID, out, a); }
-moe_status moe_silu(moe_tensor **out, moe_tensor *a) { return map(MOE_CPU_SILU, out, a); }
-moe_status moe_relu(moe_tensor **out, moe_tensor *a) { return map(MOE_CPU_RELU, out, a); }
+moe_status moe_neg(moe_tensor **out, moe_tensor *a) { return map(MOE_UN_NEG, out, a); }
+moe_status moe_exp(moe_tensor **out, moe_tensor *a) { return map(MOE_UN_EXP, out, a); }
+moe_status moe_log(moe_tensor **out, moe_tensor *a) { return map(MOE_UN_LOG, out, a); }
+moe_status moe_sqrt(moe_tensor **out, moe_tensor *a) { return map(MOE_UN_SQRT, out, a); }
+moe_status moe_rsqrt(moe_tensor **out, moe_tensor *a) { return map(MOE_UN_RSQRT, out, a); }
+moe_status moe_abs(moe_tensor **out, moe_tensor *a) { return map(MOE_UN_ABS, out, a); }
+moe_status moe_tanh(moe_tensor **out, moe_tensor *a) { return map(MOE_UN_TANH, out, a); }
+moe_status moe_sigmoid(moe_tensor **out, moe_tensor *a) { return map(MOE_UN_SIGMOID, out, a); }
+moe_status moe_silu(moe_tensor **out, moe_tensor *a) { return map(MOE_UN_SILU, out, a); }
+moe_status moe_relu(moe_tensor **out, moe_tensor *a) { return map(MOE_UN_RELU, out, a); }
 
 moe_status moe_gelu(moe_tensor **out, moe_tensor *a, moe_gelu_kind kind)
 {
     MOE_TRY(check_one("gelu", out, a));
-    if (kind == MOE_GELU_ERF) return map(MOE_CPU_GELU_ERF, out, a);
-    if (kind == MOE_GELU_TANH) return map(MOE_CPU_GELU_TANH, out, a);
+    if (kind == MOE_GELU_ERF) return map(MOE_UN_GELU_ERF, out, a);
+    if (kind == MOE_GELU_TANH) return map(MOE_UN_GELU_TANH, out, a);
     return moe_fail(MOE_ERR_ARG, "gelu", "unknown gelu kind %d (expected erf or tanh)", (int)kind);
 }
 
@@ -185,7 +193,7 @@ moe_status moe_clamp(moe_tensor **out, moe_tensor *a, double lo, double hi)
     if (isnan(lo) || isnan(hi) || lo > hi)
         return moe_fail(MOE_ERR_ARG, "clamp", "bounds [%g, %g] are not an interval", lo, hi);
     const double p[2] = {lo, hi};
-    return unary_op(MOE_CPU_CLAMP, p, a->dtype, out, a);
+    return unary_op(MOE_UN_CLAMP, p, a->dtype, out, a);
 }
 
 /* ---- tensor-scalar ops -------------------------------------------------------------
@@ -194,15 +202,15 @@ moe_status moe_clamp(moe_tensor **out, moe_tensor *a, double lo, double hi)
  * mul, rsub and pow with a non-negative exponent, by an integral scalar; bool
  * becomes i64) and becomes f32 otherwise. */
 
-static moe_status scalar_op(moe_cpu_unop op, moe_tensor **out, moe_tensor *a, double s)
+static moe_status scalar_op(moe_unop op, moe_tensor **out, moe_tensor *a, double s)
 {
     const char *name = unary_table[op].name;
     MOE_TRY(check_one(name, out, a));
     moe_dtype rt = a->dtype;
     if (!moe_dtype_is_float(rt)) {
         bool integral = isfinite(s) && s == floor(s);
-        bool stays = integral && (op == MOE_CPU_ADD_S || op == MOE_CPU_MUL_S || op == MOE_CPU_RSUB_S ||
-                                  (op == MOE_CPU_POW_S && s >= 0));
+        bool stays = integral && (op == MOE_UN_ADD_S || op == MOE_UN_MUL_S || op == MOE_UN_RSUB_S ||
+                                  (op == MOE_UN_POW_S && s >= 0));
         rt = !stays ? MOE_F32 : rt == MOE_BOOL ? MOE_I64 : rt;
     }
     const double p[2] = {s, 0};
@@ -211,27 +219,27 @@ static moe_status scalar_op(moe_cpu_unop op, moe_tensor **out, moe_tensor *a, do
 
 moe_status moe_add_scalar(moe_tensor **out, moe_tensor *a, double s)
 {
-    return scalar_op(MOE_CPU_ADD_S, out, a, s);
+    return scalar_op(MOE_UN_ADD_S, out, a, s);
 }
 
 moe_status moe_mul_scalar(moe_tensor **out, moe_tensor *a, double s)
 {
-    return scalar_op(MOE_CPU_MUL_S, out, a, s);
+    return scalar_op(MOE_UN_MUL_S, out, a, s);
 }
 
 moe_status moe_rsub_scalar(moe_tensor **out, moe_tensor *a, double s)
 {
-    return scalar_op(MOE_CPU_RSUB_S, out, a, s);
+    return scalar_op(MOE_UN_RSUB_S, out, a, s);
 }
 
 moe_status moe_rdiv_scalar(moe_tensor **out, moe_tensor *a, double s)
 {
-    return scalar_op(MOE_CPU_RDIV_S, out, a, s);
+    return scalar_op(MOE_UN_RDIV_S, out, a, s);
 }
 
 moe_status moe_pow_scalar(moe_tensor **out, moe_tensor *a, double s)
 {
-    return scalar_op(MOE_CPU_POW_S, out, a, s);
+    return scalar_op(MOE_UN_POW_S, out, a, s);
 }
 
 /* ---- dropout --------------------------------------------------------------------------
@@ -247,17 +255,24 @@ static moe_status dropout_apply(moe_tensor **out, moe_tensor *a, moe_dtype rt, u
     moe_dtype ct = moe_dtype_compute(rt);
     moe_tensor *ac, *r;
     MOE_TRY(moe_as_compute(&ac, a, ct));
-    moe_status st = moe_tensor_empty(&r, ct, MOE_CPU, a->ndim, a->shape); /* [X] */
+    moe_status st = moe_tensor_empty(&r, ct, a->device, a->ndim, a->shape); /* [X] */
     if (st != MOE_OK) {
         moe_tensor_release(ac);
         return st;
     }
     int64_t numel = moe_tensor_numel(r);
-    if (ct == MOE_F32)
+    if (moe_on_cuda(r))
+        st = MOE_CUDA(moe_cuda_dropout(ct, moe_tensor_data(r), moe_tensor_data(ac), numel, seed, base,
+                                       p, scale));
+    else if (ct == MOE_F32)
         moe_cpu_dropout_f32(moe_tensor_data(r), moe_tensor_data(ac), numel, seed, base, p, scale);
     else
         moe_cpu_dropout_f64(moe_tensor_data(r), moe_tensor_data(ac), numel, seed, base, p, scale);
     moe_tensor_release(ac);
+    if (st != MOE_OK) {
+        moe_tensor_release(r);
+        return st;
+    }
     return finish(out, r, rt);
 }
 
@@ -308,18 +323,21 @@ moe_status moe_dropout(moe_tensor **out, moe_tensor *a, double p, bool training,
 moe_status moe_count_nonfinite(const moe_tensor *a, int64_t *nan_count, int64_t *inf_count)
 {
     MOE_CHECK_NOT_NULL("count-nonfinite", a);
-    MOE_CHECK_CPU("count-nonfinite", a);
     int64_t nn = 0, ni = 0;
     if (moe_dtype_is_float(a->dtype)) {
         moe_dtype ct = moe_dtype_compute(a->dtype);
         moe_tensor *ac;
         MOE_TRY(moe_as_compute(&ac, (moe_tensor *)a, ct));
         int64_t numel = moe_tensor_numel(ac);
-        if (ct == MOE_F32)
+        moe_status st = MOE_OK;
+        if (moe_on_cuda(ac))
+            st = MOE_CUDA(moe_cuda_count_nonfinite(ct, moe_tensor_data(ac), numel, &nn, &ni));
+        else if (ct == MOE_F32)
             moe_cpu_count_nonfinite_f32(moe_tensor_data(ac), numel, &nn, &ni);
         else
             moe_cpu_count_nonfinite_f64(moe_tensor_data(ac), numel, &nn, &ni);
         moe_tensor_release(ac);
+        MOE_TRY(st);
     }
     if (nan_count) *nan_count = nn;
     if (inf_count) *inf_count = ni;

@@ -23,8 +23,8 @@
 
 /* ---- iteration description ------------------------------------------------ */
 
-void moe_cpu_iter_init(moe_cpu_iter *it, int ndim, const int64_t *shape, int n_in,
-                       const moe_tensor *const *ins)
+void moe_iter_init(moe_iter *it, int ndim, const int64_t *shape, int n_in,
+                   const moe_tensor *const *ins)
 {
     it->n_in = n_in;
     it->numel = 1;
@@ -66,7 +66,7 @@ void moe_cpu_iter_init(moe_cpu_iter *it, int ndim, const int64_t *shape, int n_i
     it->ndim = m;
 }
 
-bool moe_cpu_iter_is_flat(const moe_cpu_iter *it)
+bool moe_iter_is_flat(const moe_iter *it)
 {
     if (it->ndim != 1) return false;
     for (int j = 0; j < it->n_in; j++)
@@ -84,14 +84,14 @@ typedef void (*row_fn)(const void *ctx, int64_t n, char *out, const char *const 
  * transposed operand), tasks are square TILE x TILE tiles instead, so the
  * cache lines such an input touches in one row are reused by the next rows.
  * OSZ / ISZ: element sizes in bytes. */
-static void iter_run(const moe_cpu_iter *it, size_t osz, const size_t *isz, char *out,
+static void iter_run(const moe_iter *it, size_t osz, const size_t *isz, char *out,
                      const char *const *in, row_fn fn, const void *ctx)
 {
     int64_t N = it->numel;
     if (N == 0) return;
     int nd = it->ndim, nj = it->n_in;
     int64_t ncol = it->shape[nd - 1], nrow = N / ncol;
-    int64_t st[MOE_CPU_ITER_MAX_IN];
+    int64_t st[MOE_ITER_MAX_IN];
     bool strided = false;
     for (int j = 0; j < nj; j++) {
         st[j] = it->strides[j][nd - 1];
@@ -112,7 +112,7 @@ static void iter_run(const moe_cpu_iter *it, size_t osz, const size_t *isz, char
     for (int64_t t = 0; t < ntask; t++) {
         int64_t r0 = (t / ncb) * rb, r1 = r0 + rb < nrow ? r0 + rb : nrow;
         int64_t c0 = (t % ncb) * cb, cn = ncol - c0 < cb ? ncol - c0 : cb;
-        int64_t idx[MOE_MAX_DIMS], off[MOE_CPU_ITER_MAX_IN] = {0};
+        int64_t idx[MOE_MAX_DIMS], off[MOE_ITER_MAX_IN] = {0};
         int64_t rem = r0;
         for (int k = nd - 2; k >= 0; k--) {
             idx[k] = rem % it->shape[k];
@@ -120,7 +120,7 @@ static void iter_run(const moe_cpu_iter *it, size_t osz, const size_t *isz, char
             for (int j = 0; j < nj; j++) off[j] += idx[k] * it->strides[j][k];
         }
         for (int64_t r = r0; r < r1; r++) {
-            const char *ip[MOE_CPU_ITER_MAX_IN];
+            const char *ip[MOE_ITER_MAX_IN];
             for (int j = 0; j < nj; j++) ip[j] = in[j] + (off[j] + c0 * st[j]) * (int64_t)isz[j];
             fn(ctx, cn, out + (r * ncol + c0) * (int64_t)osz, ip, st);
             for (int k = nd - 2; k >= 0; k--) { /* next row */
@@ -180,11 +180,11 @@ static void iter_run(const moe_cpu_iter *it, size_t osz, const size_t *isz, char
 
 #define BIN_SWITCH(MAC, T)                                                          \
     switch (op) {                                                                   \
-    case MOE_CPU_ADD: MAC(T, x + y); break;                                         \
-    case MOE_CPU_SUB: MAC(T, x - y); break;                                         \
-    case MOE_CPU_MUL: MAC(T, x * y); break;                                         \
-    case MOE_CPU_DIV: MAC(T, x / y); break;                                         \
-    case MOE_CPU_POW: MAC(T, pow(x, y)); break;                                     \
+    case MOE_BIN_ADD: MAC(T, x + y); break;                                         \
+    case MOE_BIN_SUB: MAC(T, x - y); break;                                         \
+    case MOE_BIN_MUL: MAC(T, x * y); break;                                         \
+    case MOE_BIN_DIV: MAC(T, x / y); break;                                         \
+    case MOE_BIN_POW: MAC(T, pow(x, y)); break;                                     \
     default: break;                                                                 \
     }
 
@@ -192,23 +192,23 @@ static void iter_run(const moe_cpu_iter *it, size_t osz, const size_t *isz, char
     static void binary_row_##SFX(const void *ctx, int64_t n, char *out,             \
                                  const char *const *in, const int64_t *st)          \
     {                                                                               \
-        moe_cpu_binop op = *(const moe_cpu_binop *)ctx;                             \
+        moe_binop op = *(const moe_binop *)ctx;                             \
         T *restrict o = (T *)out;                                                   \
         const T *restrict a = (const T *)in[0];                                     \
         const T *restrict b = (const T *)in[1];                                     \
         int64_t sa = st[0], sb = st[1];                                             \
         BIN_SWITCH(BIN_ROW, T)                                                      \
     }                                                                               \
-    static void binary_flat_##SFX(moe_cpu_binop op, T *restrict o,                  \
+    static void binary_flat_##SFX(moe_binop op, T *restrict o,                  \
                                   const T *restrict a, const T *restrict b,         \
                                   int64_t n)                                        \
     {                                                                               \
         BIN_SWITCH(BIN_FLAT, T)                                                     \
     }                                                                               \
-    void moe_cpu_binary_##SFX(moe_cpu_binop op, T *out, const T *a, const T *b,     \
-                              const moe_cpu_iter *it)                               \
+    void moe_cpu_binary_##SFX(moe_binop op, T *out, const T *a, const T *b,     \
+                              const moe_iter *it)                               \
     {                                                                               \
-        if (moe_cpu_iter_is_flat(it)) {                                             \
+        if (moe_iter_is_flat(it)) {                                             \
             binary_flat_##SFX(op, out, a, b, it->numel);                            \
             return;                                                                 \
         }                                                                           \
@@ -255,26 +255,26 @@ DEFINE_BINARY(double, f64)
 /* s, lo, hi: the parameters converted to T. */
 #define UN_SWITCH(MAC, T)                                                           \
     switch (op) {                                                                   \
-    case MOE_CPU_NEG: MAC(T, -x); break;                                            \
-    case MOE_CPU_EXP: MAC(T, exp(x)); break;                                        \
-    case MOE_CPU_LOG: MAC(T, log(x)); break;                                        \
-    case MOE_CPU_SQRT: MAC(T, sqrt(x)); break;                                      \
-    case MOE_CPU_RSQRT: MAC(T, (T)1 / sqrt(x)); break;                              \
-    case MOE_CPU_ABS: MAC(T, fabs(x)); break;                                       \
-    case MOE_CPU_TANH: MAC(T, tanh(x)); break;                                      \
-    case MOE_CPU_SIGMOID: MAC(T, (T)1 / ((T)1 + exp(-x))); break;                   \
-    case MOE_CPU_SILU: MAC(T, x / ((T)1 + exp(-x))); break;                         \
-    case MOE_CPU_RELU: MAC(T, x < 0 ? (T)0 : x); break;                             \
-    case MOE_CPU_GELU_ERF: MAC(T, x * (T)0.5 * ((T)1 + erf(x * (T)M_SQRT1_2))); break; \
-    case MOE_CPU_GELU_TANH:                                                         \
+    case MOE_UN_NEG: MAC(T, -x); break;                                            \
+    case MOE_UN_EXP: MAC(T, exp(x)); break;                                        \
+    case MOE_UN_LOG: MAC(T, log(x)); break;                                        \
+    case MOE_UN_SQRT: MAC(T, sqrt(x)); break;                                      \
+    case MOE_UN_RSQRT: MAC(T, (T)1 / sqrt(x)); break;                              \
+    case MOE_UN_ABS: MAC(T, fabs(x)); break;                                       \
+    case MOE_UN_TANH: MAC(T, tanh(x)); break;                                      \
+    case MOE_UN_SIGMOID: MAC(T, (T)1 / ((T)1 + exp(-x))); break;                   \
+    case MOE_UN_SILU: MAC(T, x / ((T)1 + exp(-x))); break;                         \
+    case MOE_UN_RELU: MAC(T, x < 0 ? (T)0 : x); break;                             \
+    case MOE_UN_GELU_ERF: MAC(T, x * (T)0.5 * ((T)1 + erf(x * (T)M_SQRT1_2))); break; \
+    case MOE_UN_GELU_TANH:                                                         \
         MAC(T, (T)0.5 * x * ((T)1 + tanh((T)GELU_C * (x + (T)GELU_K * x * x * x)))); \
         break;                                                                      \
-    case MOE_CPU_CLAMP: MAC(T, x < lo ? lo : (x > hi ? hi : x)); break;             \
-    case MOE_CPU_ADD_S: MAC(T, x + s); break;                                       \
-    case MOE_CPU_MUL_S: MAC(T, x * s); break;                                       \
-    case MOE_CPU_RSUB_S: MAC(T, s - x); break;                                      \
-    case MOE_CPU_RDIV_S: MAC(T, s / x); break;                                      \
-    case MOE_CPU_POW_S:                                                             \
+    case MOE_UN_CLAMP: MAC(T, x < lo ? lo : (x > hi ? hi : x)); break;             \
+    case MOE_UN_ADD_S: MAC(T, x + s); break;                                       \
+    case MOE_UN_MUL_S: MAC(T, x * s); break;                                       \
+    case MOE_UN_RSUB_S: MAC(T, s - x); break;                                      \
+    case MOE_UN_RDIV_S: MAC(T, s / x); break;                                      \
+    case MOE_UN_POW_S:                                                             \
         if (p[0] == 2.0) MAC(T, x * x);                                             \
         else if (p[0] == 1.0) MAC(T, x);                                            \
         else MAC(T, pow(x, s));                                                     \
@@ -283,7 +283,7 @@ DEFINE_BINARY(double, f64)
     }
 
 typedef struct unary_ctx {
-    moe_cpu_unop op;
+    moe_unop op;
     const double *p;
 } unary_ctx;
 
@@ -292,7 +292,7 @@ typedef struct unary_ctx {
                                 const char *const *in, const int64_t *st)           \
     {                                                                               \
         const unary_ctx *c = ctx;                                                   \
-        moe_cpu_unop op = c->op;                                                    \
+        moe_unop op = c->op;                                                    \
         const double *p = c->p;                                                     \
         T s = (T)p[0], lo = (T)p[0], hi = (T)p[1];                                  \
         T *restrict o = (T *)out;                                                   \
@@ -300,18 +300,18 @@ typedef struct unary_ctx {
         int64_t sa = st[0];                                                         \
         UN_SWITCH(UN_ROW, T)                                                        \
     }                                                                               \
-    static void unary_flat_##SFX(moe_cpu_unop op, const double *p, T *restrict o,   \
+    static void unary_flat_##SFX(moe_unop op, const double *p, T *restrict o,   \
                                  const T *restrict a, int64_t n)                    \
     {                                                                               \
         T s = (T)p[0], lo = (T)p[0], hi = (T)p[1];                                  \
         UN_SWITCH(UN_FLAT, T)                                                       \
     }                                                                               \
-    void moe_cpu_unary_##SFX(moe_cpu_unop op, const double *p, T *out, const T *a,  \
-                             const moe_cpu_iter *it)                                \
+    void moe_cpu_unary_##SFX(moe_unop op, const double *p, T *out, const T *a,  \
+                             const moe_iter *it)                                \
     {                                                                               \
         double none[2] = {0, 0};                                                    \
         if (!p) p = none;                                                           \
-        if (moe_cpu_iter_is_flat(it)) {                                             \
+        if (moe_iter_is_flat(it)) {                                             \
             unary_flat_##SFX(op, p, out, a, it->numel);                             \
             return;                                                                 \
         }                                                                           \
@@ -356,7 +356,7 @@ DEFINE_UNARY(double, f64)
         T sg = (T)1 / ((T)1 + exp(-x));                                             \
         return sg * ((T)1 + x * ((T)1 - sg));                                       \
     }                                                                               \
-    void moe_cpu_unary_grad_##SFX(moe_cpu_unop op, const double *p, T *gin,         \
+    void moe_cpu_unary_grad_##SFX(moe_unop op, const double *p, T *gin,         \
                                   const T *g, const T *x_, const T *y_, int64_t n)  \
     {                                                                               \
         double none[2] = {0, 0};                                                    \
@@ -365,24 +365,24 @@ DEFINE_UNARY(double, f64)
         if (!y_) y_ = g;                                                            \
         T s = (T)p[0], lo = (T)p[0], hi = (T)p[1];                                  \
         switch (op) {                                                               \
-        case MOE_CPU_NEG: GRAD_LOOP(T, -gi); break;                                 \
-        case MOE_CPU_EXP: GRAD_LOOP(T, gi * y); break;                              \
-        case MOE_CPU_LOG: GRAD_LOOP(T, gi / x); break;                              \
-        case MOE_CPU_SQRT: GRAD_LOOP(T, gi / ((T)2 * y)); break;                    \
-        case MOE_CPU_RSQRT: GRAD_LOOP(T, (T)-0.5 * gi * y * y * y); break;          \
-        case MOE_CPU_ABS: GRAD_LOOP(T, x > 0 ? gi : (x < 0 ? -gi : (T)0)); break;   \
-        case MOE_CPU_TANH: GRAD_LOOP(T, gi * ((T)1 - y * y)); break;                \
-        case MOE_CPU_SIGMOID: GRAD_LOOP(T, gi * y * ((T)1 - y)); break;             \
-        case MOE_CPU_SILU: GRAD_LOOP(T, gi * silu_grad_##SFX(x)); break;            \
-        case MOE_CPU_RELU: GRAD_LOOP(T, x > 0 ? gi : (T)0); break;                  \
-        case MOE_CPU_GELU_ERF: GRAD_LOOP(T, gi * gelu_erf_grad_##SFX(x)); break;    \
-        case MOE_CPU_GELU_TANH: GRAD_LOOP(T, gi * gelu_tanh_grad_##SFX(x)); break;  \
-        case MOE_CPU_CLAMP: GRAD_LOOP(T, (x >= lo && x <= hi) ? gi : (T)0); break;  \
-        case MOE_CPU_ADD_S: GRAD_LOOP(T, gi); break;                                \
-        case MOE_CPU_MUL_S: GRAD_LOOP(T, gi * s); break;                            \
-        case MOE_CPU_RSUB_S: GRAD_LOOP(T, -gi); break;                              \
-        case MOE_CPU_RDIV_S: GRAD_LOOP(T, -gi * s / (x * x)); break;                \
-        case MOE_CPU_POW_S:                                                         \
+        case MOE_UN_NEG: GRAD_LOOP(T, -gi); break;                                 \
+        case MOE_UN_EXP: GRAD_LOOP(T, gi * y); break;                              \
+        case MOE_UN_LOG: GRAD_LOOP(T, gi / x); break;                              \
+        case MOE_UN_SQRT: GRAD_LOOP(T, gi / ((T)2 * y)); break;                    \
+        case MOE_UN_RSQRT: GRAD_LOOP(T, (T)-0.5 * gi * y * y * y); break;          \
+        case MOE_UN_ABS: GRAD_LOOP(T, x > 0 ? gi : (x < 0 ? -gi : (T)0)); break;   \
+        case MOE_UN_TANH: GRAD_LOOP(T, gi * ((T)1 - y * y)); break;                \
+        case MOE_UN_SIGMOID: GRAD_LOOP(T, gi * y * ((T)1 - y)); break;             \
+        case MOE_UN_SILU: GRAD_LOOP(T, gi * silu_grad_##SFX(x)); break;            \
+        case MOE_UN_RELU: GRAD_LOOP(T, x > 0 ? gi : (T)0); break;                  \
+        case MOE_UN_GELU_ERF: GRAD_LOOP(T, gi * gelu_erf_grad_##SFX(x)); break;    \
+        case MOE_UN_GELU_TANH: GRAD_LOOP(T, gi * gelu_tanh_grad_##SFX(x)); break;  \
+        case MOE_UN_CLAMP: GRAD_LOOP(T, (x >= lo && x <= hi) ? gi : (T)0); break;  \
+        case MOE_UN_ADD_S: GRAD_LOOP(T, gi); break;                                \
+        case MOE_UN_MUL_S: GRAD_LOOP(T, gi * s); break;                            \
+        case MOE_UN_RSUB_S: GRAD_LOOP(T, -gi); break;                              \
+        case MOE_UN_RDIV_S: GRAD_LOOP(T, -gi * s / (x * x)); break;                \
+        case MOE_UN_POW_S:                                                         \
             if (p[0] == 0.0) GRAD_LOOP(T, (T)0);                                    \
             else if (p[0] == 1.0) GRAD_LOOP(T, gi);                                 \
             else if (p[0] == 2.0) GRAD_LOOP(T, (T)2 * gi * x);                      \
@@ -415,7 +415,7 @@ DEFINE_UNARY_GRAD(double, f64)
         }                                                                           \
     }                                                                               \
     void moe_cpu_where_##SFX(T *out, const uint8_t *cond, const T *a, const T *b,   \
-                             const moe_cpu_iter *it)                                \
+                             const moe_iter *it)                                \
     {                                                                               \
         const size_t isz[3] = {1, sizeof(T), sizeof(T)};                            \
         const char *in[3] = {(const char *)cond, (const char *)a, (const char *)b}; \
@@ -438,7 +438,7 @@ DEFINE_UNARY_GRAD(double, f64)
         }                                                                           \
     }                                                                               \
     void moe_cpu_masked_fill_##SFX(T *out, const T *a, const uint8_t *mask,         \
-                                   double value, const moe_cpu_iter *it)            \
+                                   double value, const moe_iter *it)            \
     {                                                                               \
         const size_t isz[2] = {sizeof(T), 1};                                       \
         const char *in[2] = {(const char *)a, (const char *)mask};                  \
@@ -461,23 +461,23 @@ DEFINE_SELECT(double, f64)
     static void compare_row_##SFX(const void *ctx, int64_t n, char *out,            \
                                   const char *const *in, const int64_t *st)         \
     {                                                                               \
-        moe_cpu_cmp cmp = *(const moe_cpu_cmp *)ctx;                                \
+        moe_cmp cmp = *(const moe_cmp *)ctx;                                \
         uint8_t *restrict o = (uint8_t *)out;                                       \
         const T *restrict a = (const T *)in[0];                                     \
         const T *restrict b = (const T *)in[1];                                     \
         int64_t sa = st[0], sb = st[1];                                             \
         switch (cmp) {                                                              \
-        case MOE_CPU_EQ: CMP_ROW(T, x == y); break;                                 \
-        case MOE_CPU_NE: CMP_ROW(T, x != y); break;                                 \
-        case MOE_CPU_LT: CMP_ROW(T, x < y); break;                                  \
-        case MOE_CPU_LE: CMP_ROW(T, x <= y); break;                                 \
-        case MOE_CPU_GT: CMP_ROW(T, x > y); break;                                  \
-        case MOE_CPU_GE: CMP_ROW(T, x >= y); break;                                 \
+        case MOE_CMP_EQ: CMP_ROW(T, x == y); break;                                 \
+        case MOE_CMP_NE: CMP_ROW(T, x != y); break;                                 \
+        case MOE_CMP_LT: CMP_ROW(T, x < y); break;                                  \
+        case MOE_CMP_LE: CMP_ROW(T, x <= y); break;                                 \
+        case MOE_CMP_GT: CMP_ROW(T, x > y); break;                                  \
+        case MOE_CMP_GE: CMP_ROW(T, x >= y); break;                                 \
         default: break;                                                             \
         }                                                                           \
     }                                                                               \
-    void moe_cpu_compare_##SFX(moe_cpu_cmp cmp, uint8_t *out, const T *a,           \
-                               const T *b, const moe_cpu_iter *it)                  \
+    void moe_cpu_compare_##SFX(moe_cmp cmp, uint8_t *out, const T *a,           \
+                               const T *b, const moe_iter *it)                  \
     {                                                                               \
         const size_t isz[2] = {sizeof(T), sizeof(T)};                               \
         const char *in[2] = {(const char *)a, (const char *)b};                     \

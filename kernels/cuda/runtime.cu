@@ -1,4 +1,5 @@
-/* runtime.cu — device allocator and copies. Status propagation, no exits. */
+/* runtime.cu — device discovery, the allocator installed at first use
+ * (alloc.cu), copies and synchronisation. Status propagation, no exits. */
 #include "../../core/tensor.h"
 #include "cuda_internal.h"
 
@@ -16,22 +17,6 @@ extern "C" int moe_cuda_device_count(void)
     return n;
 }
 
-static moe_status device_alloc(void **ptr, size_t nbytes, void *ctx)
-{
-    (void)ctx;
-    CHECK_CUDA("alloc", cudaMalloc(ptr, nbytes ? nbytes : 1));
-    return MOE_OK;
-}
-
-static void device_free(void *ptr, size_t nbytes, void *ctx)
-{
-    (void)nbytes;
-    (void)ctx;
-    cudaFree(ptr);
-}
-
-static const moe_allocator device_allocator = {"cuda", device_alloc, device_free, NULL};
-
 extern "C" moe_status moe_cuda_init(void)
 {
     if (moe_allocator_get(MOE_CUDA)) return MOE_OK;
@@ -39,7 +24,7 @@ extern "C" moe_status moe_cuda_init(void)
     if (n == 0)
         return moe_fail(MOE_ERR_DEVICE, "cuda", "no CUDA device is visible (built with CUDA, but "
                                                 "cudaGetDeviceCount found none)");
-    moe_allocator_set(MOE_CUDA, &device_allocator);
+    moe_allocator_set(MOE_CUDA, moe_cuda_caching_allocator());
     return MOE_OK;
 }
 
@@ -47,6 +32,15 @@ extern "C" moe_status moe_cuda_memcpy(void *dst, const void *src, size_t nbytes,
 {
     static const cudaMemcpyKind kinds[] = {cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost,
                                            cudaMemcpyDeviceToDevice};
-    CHECK_CUDA("copy", cudaMemcpy(dst, src, nbytes, kinds[kind]));
+    /* In stream order after the kernels that produced SRC, and finished on
+     * return: the host side may be read or freed at once. */
+    CHECK_CUDA("copy", cudaMemcpyAsync(dst, src, nbytes, kinds[kind], moe_cuda_stream()));
+    CHECK_CUDA("copy", cudaStreamSynchronize(moe_cuda_stream()));
+    return MOE_OK;
+}
+
+extern "C" moe_status moe_cuda_synchronize(void)
+{
+    CHECK_CUDA("synchronize", cudaStreamSynchronize(moe_cuda_stream()));
     return MOE_OK;
 }
