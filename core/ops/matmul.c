@@ -66,9 +66,9 @@ static moe_status plan_shape(const char *op, mm_shape *s, const moe_tensor *a, i
 
 /* Tensor T [B… rows cols] (or 1-D, promoted by ROLE) as a GEMM operand over
  * the product's batch: batch dims T lacks or broadcasts get stride 0. */
-static moe_cpu_mat mat_of(const moe_tensor *t, int role, const mm_shape *s)
+static moe_gemm_mat mat_of(const moe_tensor *t, int role, const mm_shape *s)
 {
-    moe_cpu_mat m = {.data = moe_tensor_data(t)};
+    moe_gemm_mat m = {.data = moe_tensor_data(t)};
     int nd = t->ndim;
     if (nd == 1) {
         if (role == LEFT) { /* [1 K] */
@@ -93,9 +93,9 @@ static moe_cpu_mat mat_of(const moe_tensor *t, int role, const mm_shape *s)
 }
 
 /* The result (or its gradient) T, shaped like the product's output. */
-static moe_cpu_mat mat_of_result(const moe_tensor *t, const mm_shape *s)
+static moe_gemm_mat mat_of_result(const moe_tensor *t, const mm_shape *s)
 {
-    moe_cpu_mat r = {.data = moe_tensor_data(t), .rows = s->m, .cols = s->n};
+    moe_gemm_mat r = {.data = moe_tensor_data(t), .rows = s->m, .cols = s->n};
     int d = 0;
     for (; d < s->nb; d++) r.bstride[d] = t->strides[d];
     r.rs = s->a_vec ? 0 : t->strides[d++];
@@ -103,7 +103,7 @@ static moe_cpu_mat mat_of_result(const moe_tensor *t, const mm_shape *s)
     return r;
 }
 
-static moe_cpu_mat mat_t(moe_cpu_mat m)
+static moe_gemm_mat mat_t(moe_gemm_mat m)
 {
     int64_t t = m.rows;
     m.rows = m.cols;
@@ -127,7 +127,7 @@ static moe_dtype operand_dtype(moe_dtype odt, const moe_tensor *on)
 /* C (CD) = A @ B (AB dtype), += when ACCUMULATE, on the device of ON. GPU_BIAS
  * (device pointer, CD, or NULL) is added to every row by the GEMM itself. */
 static moe_status run_gemm(const moe_tensor *on, moe_dtype ab, moe_dtype cd, const mm_shape *s,
-                           moe_cpu_mat a, moe_cpu_mat b, moe_cpu_mat c, bool accumulate,
+                           moe_gemm_mat a, moe_gemm_mat b, moe_gemm_mat c, bool accumulate,
                            const void *gpu_bias)
 {
     if (moe_on_cuda(on))
@@ -141,8 +141,8 @@ static moe_status operand(moe_tensor **out, moe_tensor *t, moe_dtype cdt, int ro
                           const mm_shape *s)
 {
     if (t->dtype == cdt) {
-        moe_cpu_mat m = role == AS_RESULT ? mat_of_result(t, s) : mat_of(t, role, s);
-        if (moe_cpu_mat_blas_ok(&m)) {
+        moe_gemm_mat m = role == AS_RESULT ? mat_of_result(t, s) : mat_of(t, role, s);
+        if (moe_gemm_mat_ok(&m)) {
             *out = moe_tensor_retain(t);
             return MOE_OK;
         }
@@ -151,7 +151,7 @@ static moe_status operand(moe_tensor **out, moe_tensor *t, moe_dtype cdt, int ro
 }
 
 /* Does the result matrix C repeat over a batch dim (a reduction)? */
-static bool reduces(const moe_cpu_mat *c, const mm_shape *s)
+static bool reduces(const moe_gemm_mat *c, const mm_shape *s)
 {
     for (int d = 0; d < s->nb; d++)
         if (c->bstride[d] == 0 && s->bshape[d] > 1) return true;
@@ -161,7 +161,7 @@ static bool reduces(const moe_cpu_mat *c, const mm_shape *s)
 /* A fresh gradient buffer shaped like T in dtype CDT on T's device, with its
  * matrix view; zeroed when it is the target of a reduction (which
  * accumulates in f32 when CDT is bf16). */
-static moe_status grad_buffer(moe_tensor **out, moe_cpu_mat *m, bool *reduce, const moe_tensor *t,
+static moe_status grad_buffer(moe_tensor **out, moe_gemm_mat *m, bool *reduce, const moe_tensor *t,
                               moe_dtype cdt, int role, const mm_shape *s)
 {
     MOE_TRY(moe_tensor_empty(out, cdt, t->device, t->ndim, t->shape));
@@ -205,12 +205,12 @@ static moe_status mm_backward(moe_node *nd, moe_tensor *g, moe_tensor **gin)
     }
     moe_dtype cdt = operand_dtype(nd->out_dtype, g);
     MOE_TRYG(operand(&cg, g, cdt, AS_RESULT, &s));
-    moe_cpu_mat G = mat_of_result(cg, &s), C;
+    moe_gemm_mat G = mat_of_result(cg, &s), C;
     bool reduce;
 
     if (nd->inputs[0]) { /* dA = dC @ Bᵀ  (linear: dx = g W) */
         MOE_TRYG(operand(&cb, b, cdt, RIGHT, &s));
-        moe_cpu_mat Bt = mat_of(cb, RIGHT, &s);
+        moe_gemm_mat Bt = mat_of(cb, RIGHT, &s);
         if (!linear) Bt = mat_t(Bt); /* W [N K] already is (Wᵀ)ᵀ */
         MOE_TRYG(grad_buffer(&da, &C, &reduce, a, cdt, LEFT, &s));
         MOE_TRYG(run_gemm(da, cdt, da->dtype, &s, G, Bt, C, reduce, NULL));
@@ -218,7 +218,7 @@ static moe_status mm_backward(moe_node *nd, moe_tensor *g, moe_tensor **gin)
     }
     if (nd->inputs[1]) {
         MOE_TRYG(operand(&ca, a, cdt, LEFT, &s));
-        moe_cpu_mat A = mat_of(ca, LEFT, &s);
+        moe_gemm_mat A = mat_of(ca, LEFT, &s);
         MOE_TRYG(grad_buffer(&db, &C, &reduce, b, cdt, RIGHT, &s));
         if (linear) /* dW [N K] = gᵀ x, summed over the leading dims */
             MOE_TRYG(run_gemm(db, cdt, db->dtype, &s, mat_t(G), A, C, reduce, NULL));
@@ -271,7 +271,7 @@ static moe_status mm_forward(const char *op, moe_tensor **out, moe_tensor *a, mo
             moe_cpu_fill_rows(cdt, moe_tensor_data(c), s->n ? moe_tensor_numel(c) / s->n : 0, s->n,
                               moe_tensor_data(cbias));
     }
-    moe_cpu_mat A = mat_of(ca, LEFT, s), B = mat_of(cb, RIGHT, s);
+    moe_gemm_mat A = mat_of(ca, LEFT, s), B = mat_of(cb, RIGHT, s);
     if (linear) B = mat_t(B);
     MOE_TRYG(run_gemm(c, cdt, cdt, s, A, B, mat_of_result(c, s), bias && !gpu_bias, gpu_bias));
     if (odt != cdt) {

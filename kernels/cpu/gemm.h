@@ -1,11 +1,6 @@
 /* gemm.h — the CPU GEMM behind matmul, bmm and linear: one wrapper around
- * CBLAS for strided, batched, broadcast matrix products.
- *
- * A matrix operand is described by strides (in elements), so transposed and
- * broadcast views reach BLAS without copies:
- *   element (i, j) of matrix b  =  data[sum_d idx_d * bstride[d] + i * rs + j * cs]
- * BLAS reads an operand directly when it is row-major (cs == 1, rs >= cols)
- * or a transposed row-major matrix (rs == 1, cs >= rows). */
+ * CBLAS for strided, batched, broadcast matrix products (the operand
+ * description and the batch folding are in kernels/gemm_plan.h). */
 #ifndef MOELAB_CPU_GEMM_H
 #define MOELAB_CPU_GEMM_H
 
@@ -13,28 +8,18 @@
 #include <stdint.h>
 
 #include "../../core/tensor.h"
-
-/* One operand (or the result) of a batched GEMM. */
-typedef struct moe_cpu_mat {
-    void *data;                       /* element 0 of matrix 0 */
-    int64_t rows, cols;
-    int64_t rs, cs;                   /* row and column strides */
-    int64_t bstride[MOE_MAX_DIMS];    /* per batch dim; 0 where broadcast */
-} moe_cpu_mat;
-
-/* True when BLAS can read M as it is (row-major or transposed). */
-bool moe_cpu_mat_blas_ok(const moe_cpu_mat *m);
+#include "../gemm_plan.h"
 
 /* For every batch index b of the NB-dim batch BSHAPE:
  *     C[b] = A[b] @ B[b]          (ACCUMULATE false)
  *     C[b] += A[b] @ B[b]         (ACCUMULATE true: C holds zeros, a bias, …)
  * DTYPE is MOE_F32 or MOE_F64. A [M K], B [K N], C [M N]; A and B must pass
- * moe_cpu_mat_blas_ok, C must be row-major (cs == 1). A zero batch stride of
+ * moe_gemm_mat_ok, C must be row-major (cs == 1). A zero batch stride of
  * C reduces over that batch dim and needs ACCUMULATE. Batch dims fold into M
  * (B shared) or K (C shared) so that a broadcast product is one BLAS call.
  * Fails (MOE_ERR_UNSUPPORTED) only when a size exceeds BLAS's int range. */
-moe_status moe_cpu_gemm(moe_dtype dtype, int nb, const int64_t *bshape, moe_cpu_mat a,
-                        moe_cpu_mat b, moe_cpu_mat c, bool accumulate);
+moe_status moe_cpu_gemm(moe_dtype dtype, int nb, const int64_t *bshape, moe_gemm_mat a,
+                        moe_gemm_mat b, moe_gemm_mat c, bool accumulate);
 
 /* Plain row-major GEMM on contiguous buffers (A [M K], B [K N], C [M N]):
  * C = alpha A B + beta C, with optional transposes of the stored A/B. */

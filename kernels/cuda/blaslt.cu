@@ -380,163 +380,57 @@ extern "C" moe_status moe_blaslt_matmul(const moe_blaslt_gemm *g)
     return blaslt_run(&acc, false);
 }
 
-/* ---- the batched broadcast driver (mirrors kernels/cpu/gemm.c) ------------------------------ */
-
-typedef struct layout {
-    bool trans;
-    int64_t ld;
-} layout;
-
-/* Row-major (cs == 1) or transposed row-major (rs == 1); strides of size-1
- * dims never matter. */
-static bool mat_layout(const moe_cpu_mat *m, layout *l)
-{
-    int64_t r = m->rows, c = m->cols;
-    if ((c <= 1 || m->cs == 1) && (r <= 1 || m->rs >= max1(c))) {
-        l->trans = false;
-        l->ld = r <= 1 ? max1(c) : m->rs;
-        return true;
-    }
-    if ((r <= 1 || m->rs == 1) && (c <= 1 || m->cs >= max1(r))) {
-        l->trans = true;
-        l->ld = c <= 1 ? max1(r) : m->cs;
-        return true;
-    }
-    return false;
-}
-
-static bool out_layout(const moe_cpu_mat *c, int64_t *ldc)
-{
-    if (!(c->cols <= 1 || c->cs == 1)) return false;
-    if (c->rows <= 1) {
-        *ldc = max1(c->cols);
-        return true;
-    }
-    *ldc = c->rs;
-    return c->rs >= max1(c->cols);
-}
-
-static bool fold_rows(moe_cpu_mat *m, int64_t n, int64_t s)
-{
-    if (m->rows == 1)
-        m->rs = s;
-    else if (s != m->rows * m->rs)
-        return false;
-    m->rows *= n;
-    return true;
-}
-
-static bool fold_cols(moe_cpu_mat *m, int64_t n, int64_t s)
-{
-    if (m->cols == 1)
-        m->cs = s;
-    else if (s != m->cols * m->cs)
-        return false;
-    m->cols *= n;
-    return true;
-}
-
-/* Absorb batch dim D into M (B shared across it) or K (C shared: a reduction). */
-static bool try_fold(moe_cpu_mat *a, moe_cpu_mat *b, moe_cpu_mat *c, int d, int64_t n, bool accumulate)
-{
-    layout la, lb;
-    int64_t ldc;
-    if (b->bstride[d] == 0) {
-        moe_cpu_mat a2 = *a, c2 = *c;
-        if (fold_rows(&a2, n, a->bstride[d]) && fold_rows(&c2, n, c->bstride[d]) &&
-            mat_layout(&a2, &la) && out_layout(&c2, &ldc)) {
-            *a = a2;
-            *c = c2;
-            return true;
-        }
-    }
-    if (c->bstride[d] == 0 && accumulate) {
-        moe_cpu_mat a2 = *a, b2 = *b;
-        if (fold_cols(&a2, n, a->bstride[d]) && fold_rows(&b2, n, b->bstride[d]) &&
-            mat_layout(&a2, &la) && mat_layout(&b2, &lb)) {
-            *a = a2;
-            *b = b2;
-            return true;
-        }
-    }
-    return false;
-}
+/* ---- the batched broadcast driver (planned by kernels/gemm_plan.h) -------------------------- */
 
 extern "C" moe_status moe_cuda_gemm(moe_dtype ab_dtype, moe_dtype c_dtype, int nb, const int64_t *bshape,
-                                    moe_cpu_mat a, moe_cpu_mat b, moe_cpu_mat c, bool accumulate,
+                                    moe_gemm_mat a, moe_gemm_mat b, moe_gemm_mat c, bool accumulate,
                                     const void *bias)
 {
     if (!gemm_dtypes_ok(ab_dtype, c_dtype))
         return moe_fail(MOE_ERR_DTYPE, "gemm", "no GPU GEMM for %s operands with a %s result",
                         moe_dtype_name(ab_dtype), moe_dtype_name(c_dtype));
-    if (a.cols != b.rows || a.rows != c.rows || b.cols != c.cols)
-        return moe_fail(MOE_ERR_SHAPE, "gemm", "operands do not fit: [%lld %lld] @ [%lld %lld] -> [%lld %lld]",
-                        (long long)a.rows, (long long)a.cols, (long long)b.rows, (long long)b.cols,
-                        (long long)c.rows, (long long)c.cols);
-    int64_t shape[MOE_MAX_DIMS];
-    int n = 0;
-    for (int d = 0; d < nb; d++) {
-        if (bshape[d] == 0) return MOE_OK;
-        if (bshape[d] == 1) continue;
-        shape[n] = bshape[d];
-        a.bstride[n] = a.bstride[d];
-        b.bstride[n] = b.bstride[d];
-        c.bstride[n] = c.bstride[d];
-        n++;
-    }
-    if (c.rows == 0 || c.cols == 0) return MOE_OK;
-    while (n > 0 && try_fold(&a, &b, &c, n - 1, shape[n - 1], accumulate)) n--;
-    bool reduce = false;
-    for (int d = 0; d < n; d++) reduce |= c.bstride[d] == 0;
-    if (reduce && !accumulate)
+    moe_gemm_plan p;
+    MOE_TRY(moe_gemm_plan_make(&p, nb, bshape, a, b, c, accumulate));
+    if (p.empty) return MOE_OK;
+    if (p.reduce && !accumulate)
         return moe_fail(MOE_ERR_ARG, "gemm", "a result shared across a batch dim needs accumulation");
-    if (reduce && bias)
+    if (p.reduce && bias)
         return moe_fail(MOE_ERR_ARG, "gemm", "a bias cannot be added inside a batch reduction");
-    layout la, lb;
-    int64_t ldc;
-    if (!mat_layout(&a, &la) || !mat_layout(&b, &lb) || !out_layout(&c, &ldc))
-        return moe_fail(MOE_ERR_ARG, "gemm", "an operand's strides are not BLAS-compatible");
 
     moe_blaslt_gemm g;
     memset(&g, 0, sizeof g);
     g.ab_dtype = ab_dtype;
     g.c_dtype = c_dtype;
-    g.m = a.rows;
-    g.n = b.cols;
-    g.k = a.cols;
+    g.m = p.m;
+    g.n = p.n;
+    g.k = p.k;
     g.batch = 1;
-    g.a.ld = la.ld;
-    g.a.trans = la.trans;
-    g.b.ld = lb.ld;
-    g.b.trans = lb.trans;
-    g.ldc = ldc;
+    g.a.ld = p.la.ld;
+    g.a.trans = p.la.trans;
+    g.b.ld = p.lb.ld;
+    g.b.trans = p.lb.trans;
+    g.ldc = p.ldc;
     g.alpha = 1.0f;
     g.beta = accumulate ? 1.0f : 0.0f;
     g.bias = bias;
     /* the innermost batch dim becomes the strided batch unless C repeats over it */
-    int outer = n;
-    if (n > 0 && c.bstride[n - 1] != 0) {
-        outer = n - 1;
-        g.batch = shape[n - 1];
-        g.a.batch_stride = a.bstride[n - 1];
-        g.b.batch_stride = b.bstride[n - 1];
-        g.c_batch_stride = c.bstride[n - 1];
+    int outer = p.nb;
+    if (p.nb > 0 && p.c.bstride[p.nb - 1] != 0) {
+        outer = p.nb - 1;
+        g.batch = p.shape[p.nb - 1];
+        g.a.batch_stride = p.a.bstride[p.nb - 1];
+        g.b.batch_stride = p.b.bstride[p.nb - 1];
+        g.c_batch_stride = p.c.bstride[p.nb - 1];
     }
     int64_t nouter = 1;
-    for (int d = 0; d < outer; d++) nouter *= shape[d];
+    for (int d = 0; d < outer; d++) nouter *= p.shape[d];
     size_t ab = moe_dtype_size(ab_dtype), cb = moe_dtype_size(c_dtype);
     for (int64_t i = 0; i < nouter; i++) { /* in order: a reduction stays deterministic */
-        int64_t oa = 0, ob = 0, oc = 0, rem = i;
-        for (int d = outer - 1; d >= 0; d--) {
-            int64_t idx = rem % shape[d];
-            rem /= shape[d];
-            oa += idx * a.bstride[d];
-            ob += idx * b.bstride[d];
-            oc += idx * c.bstride[d];
-        }
-        g.a.data = (const char *)a.data + oa * (int64_t)ab;
-        g.b.data = (const char *)b.data + ob * (int64_t)ab;
-        g.c = (char *)c.data + oc * (int64_t)cb;
+        int64_t oa, ob, oc;
+        moe_gemm_plan_offsets(&p, outer, i, &oa, &ob, &oc);
+        g.a.data = (const char *)p.a.data + oa * (int64_t)ab;
+        g.b.data = (const char *)p.b.data + ob * (int64_t)ab;
+        g.c = (char *)p.c.data + oc * (int64_t)cb;
         MOE_TRY(moe_blaslt_matmul(&g));
     }
     return MOE_OK;

@@ -20,7 +20,7 @@
 
 #include "../../core/dtype.h"
 #include "../../core/error.h"
-#include "../cpu/gemm.h" /* moe_cpu_mat: the strided matrix description both GEMMs share */
+#include "../gemm_plan.h" /* moe_gemm_mat: the strided matrix description both GEMMs share */
 
 #ifdef __cplusplus
 extern "C" {
@@ -61,7 +61,7 @@ moe_status moe_blaslt_matmul(const moe_blaslt_gemm *g);
  * M or K where strides allow, the innermost remaining one becomes cuBLASLt's
  * strided batch, outer ones loop on the host. BIAS (C_DTYPE, [N]) may be NULL. */
 moe_status moe_cuda_gemm(moe_dtype ab_dtype, moe_dtype c_dtype, int nb, const int64_t *bshape,
-                         moe_cpu_mat a, moe_cpu_mat b, moe_cpu_mat c, bool accumulate,
+                         moe_gemm_mat a, moe_gemm_mat b, moe_gemm_mat c, bool accumulate,
                          const void *bias);
 
 /* OUT [N] (f32 or f64) = the sum over the ROWS rows of G [ROWS N] (OUT's
