@@ -20,6 +20,7 @@
 #include "moe/dispatch.h"
 #include "moe/experts.h"
 #include "moe/router.h"
+#include "../reference/refs.h"
 #include "../unit/testutil.h"
 
 #ifdef MOELAB_HAVE_CUDA
@@ -334,148 +335,35 @@ END_TEST
 
 /* ---- router reference vectors ----------------------------------------------------------- */
 
-/* The reference cases the fused kernel covers: f32 router cases, one
- * micro-batch, no Sinkhorn/debug/capacity, losses among micro-batch and z. */
-typedef struct ref_case {
-    char name[96];
-    int nsets, ntens;
-    char *key[64], *val[64];
-    char *tname[160];
-    moe_tensor *tens[160];
-} ref_case;
-
 static ref_case *refs;
 static int nrefs;
 
-static void load_refs(void)
-{
-    FILE *f = fopen(MOE_REFS_FILE, "rb");
-    if (!f) return;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)len + 1);
-    if (fread(buf, 1, (size_t)len, f) != (size_t)len) len = 0;
-    buf[len] = 0;
-    fclose(f);
-    int cap = 0;
-    ref_case *cur = NULL;
-    char *save = NULL;
-    for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        if (!strncmp(line, "case ", 5)) {
-            if (nrefs == cap) {
-                cap = cap ? 2 * cap : 64;
-                refs = realloc(refs, sizeof *refs * (size_t)cap);
-            }
-            cur = &refs[nrefs++];
-            memset(cur, 0, sizeof *cur);
-            snprintf(cur->name, sizeof cur->name, "%s", line + 5);
-        } else if (cur && !strncmp(line, "set ", 4) && cur->nsets < 64) {
-            char *sp = strchr(line + 4, ' ');
-            if (!sp) continue;
-            *sp = 0;
-            cur->key[cur->nsets] = strdup(line + 4);
-            cur->val[cur->nsets++] = strdup(sp + 1);
-        } else if (cur && !strncmp(line, "tensor ", 7) && cur->ntens < 160) {
-            char *s2 = NULL;
-            strtok_r(line, " ", &s2);
-            char *nm = strdup(strtok_r(NULL, " ", &s2));
-            moe_dtype dt;
-            ck_assert(moe_dtype_parse(strtok_r(NULL, " ", &s2), &dt));
-            int nd = atoi(strtok_r(NULL, " ", &s2));
-            int64_t shape[MOE_MAX_DIMS];
-            for (int i = 0; i < nd; i++) shape[i] = atoll(strtok_r(NULL, " ", &s2));
-            moe_tensor *t;
-            OK(moe_tensor_empty(&t, dt, MOE_CPU, nd, shape));
-            for (int64_t i = 0; i < moe_tensor_numel(t); i++) {
-                char *tok = strtok_r(NULL, " ", &s2);
-                moe_dtype_store(dt, (char *)moe_tensor_data(t) + (size_t)i * moe_dtype_size(dt), tok ? strtod(tok, NULL) : 0);
-            }
-            cur->tname[cur->ntens] = nm;
-            cur->tens[cur->ntens++] = t;
-        }
-    }
-    free(buf);
-}
-
-static const char *ref_get(const ref_case *c, const char *k)
-{
-    for (int i = 0; i < c->nsets; i++)
-        if (!strcmp(c->key[i], k)) return c->val[i];
-    return NULL;
-}
-
-static moe_tensor *ref_tens(const ref_case *c, const char *name)
-{
-    for (int i = 0; i < c->ntens; i++)
-        if (!strcmp(c->tname[i], name)) return c->tens[i];
-    return NULL;
-}
-
+/* The reference cases the fused kernel covers: f32 router cases, one
+ * micro-batch, no Sinkhorn/debug/capacity, losses among micro-batch and z. */
 static bool ref_config(moe_router_config *cfg, const ref_case *c)
 {
-    moe_router_config_default(cfg);
     const char *op = ref_get(c, "op");
-    if (!op || strcmp(op, "router")) return false;
-    const char *p = ref_get(c, "preset");
-    if (p && moe_router_config_preset(cfg, p) != MOE_OK) return false;
-    for (int i = 0; i < c->nsets; i++) {
-        const char *k = c->key[i], *v = c->val[i];
-        double d = strtod(v, NULL);
-        if (!strcmp(k, "hidden")) cfg->hidden = (int64_t)d;
-        else if (!strcmp(k, "experts")) cfg->experts = (int64_t)d;
-        else if (!strcmp(k, "top_k")) cfg->top_k = (int64_t)d;
-        else if (!strcmp(k, "dtype")) moe_dtype_parse(v, &cfg->dtype);
-        else if (!strcmp(k, "score")) moe_score_fn_parse(v, &cfg->score);
-        else if (!strcmp(k, "pre_softmax")) cfg->pre_softmax = d != 0;
-        else if (!strcmp(k, "normalize")) moe_norm_mode_parse(v, &cfg->normalize);
-        else if (!strcmp(k, "norm_eps")) cfg->norm_eps = d;
-        else if (!strcmp(k, "norm_p")) cfg->norm_p = d;
-        else if (!strcmp(k, "groups")) cfg->groups = (int64_t)d;
-        else if (!strcmp(k, "group_topk")) cfg->group_topk = (int64_t)d;
-        else if (!strcmp(k, "group_score_top")) cfg->group_score_top = (int64_t)d;
-        else if (!strcmp(k, "scaling")) cfg->scaling_factor = d;
-        else if (!strcmp(k, "score_offset")) cfg->score_offset = d;
-        else if (!strcmp(k, "count_from")) moe_count_from_parse(v, &cfg->count_from);
-        else if (!strcmp(k, "loss_eps")) cfg->loss_eps = d;
-        else if (!strcmp(k, "k_in_f")) cfg->k_in_f = d != 0;
-        else if (!strcmp(k, "expert_bias")) cfg->expert_bias = d != 0;
-        else if (!strcmp(k, "losses")) {
-            moe_aux_term terms[MOE_ROUTER_MAX_LOSSES];
-            int n = 0;
-            char *dup = strdup(v), *s = NULL;
-            for (char *it = strtok_r(dup, ",", &s); it && n < MOE_ROUTER_MAX_LOSSES; it = strtok_r(NULL, ",", &s)) {
-                char *colon = strchr(it, ':');
-                if (!colon) continue;
-                *colon = 0;
-                if (moe_aux_kind_parse(it, &terms[n].kind)) terms[n++].coeff = strtod(colon + 1, NULL);
-            }
-            free(dup);
-            moe_router_config_set_losses(cfg, n, terms);
-        } else if (!strcmp(k, "sinkhorn") || !strcmp(k, "debug") || !strcmp(k, "capacity") || !strcmp(k, "loss_div") ||
-                   !strcmp(k, "num_layers")) {
-            if (strcmp(v, "none") && strcmp(v, "0")) return false;
-        } else if (!strcmp(k, "micro_batches")) {
-            if (d != 1) return false;
-        }
-    }
+    if (!op || strcmp(op, "router") || !ref_router_config(cfg, c)) return false;
+    if (ref_getd(c, "micro_batches", 1) != 1 || cfg->loss_div_factor != 0 || cfg->num_moe_layers != 1)
+        return false;
     if (cfg->dtype != MOE_F32 || cfg->sinkhorn || cfg->debug_routing != MOE_DEBUG_NONE || !cfg->k_in_f) return false;
     if (!isnan(cfg->capacity_factor)) return false;
     for (int i = 0; i < cfg->n_losses; i++)
         if (cfg->losses[i].kind != MOE_AUX_MICRO_BATCH && cfg->losses[i].kind != MOE_AUX_Z) return false;
-    return ref_tens(c, "x#0") && ref_tens(c, "W") && !ref_tens(c, "bounds#0") && !ref_tens(c, "x#1");
+    return ref_tensor(c, "x", 0) && ref_tensor(c, "W", -1) && !ref_tensor(c, "bounds", 0) &&
+           !ref_tensor(c, "x", 1);
 }
 
 START_TEST(test_router_refs)
 {
-    load_refs();
+    nrefs = refs_load(MOE_REFS_FILE, &refs);
     ck_assert_msg(nrefs > 0, "cannot read %s", MOE_REFS_FILE);
     int ran = 0;
     for (int ci = 0; ci < nrefs; ci++) {
         const ref_case *c = &refs[ci];
         moe_router_config cfg;
         if (!ref_config(&cfg, c)) continue;
-        moe_tensor *x = ref_tens(c, "x#0"), *W = ref_tens(c, "W"), *valid = ref_tens(c, "valid#0");
+        moe_tensor *x = ref_tensor(c, "x#0", -1), *W = ref_tensor(c, "W", -1), *valid = ref_tensor(c, "valid#0", -1);
         int64_t D = cfg.hidden, E = cfg.experts, K = cfg.top_k, T = moe_tensor_numel(x) / D;
         moe_tensor *x2, *xf, *Wf, *z, *vflat = NULL;
         OK(moe_reshape(&x2, x, 2, SHAPE(T, D)));
@@ -484,8 +372,8 @@ START_TEST(test_router_refs)
         OK(moe_linear(&z, xf, Wf, NULL));
         if (valid) OK(moe_reshape(&vflat, valid, 1, SHAPE(T)));
         /* the weights' gradient: R, plus Rp gathered at the selection (probs' share) */
-        double *R = cpu_doubles(ref_tens(c, "R#0")), *Rp = cpu_doubles(ref_tens(c, "Rp#0"));
-        double *ids = cpu_doubles(ref_tens(c, "ids#0"));
+        double *R = cpu_doubles(ref_tensor(c, "R#0", -1)), *Rp = cpu_doubles(ref_tensor(c, "Rp#0", -1));
+        double *ids = cpu_doubles(ref_tensor(c, "ids#0", -1));
         moe_tensor *dw;
         OK(moe_tensor_empty(&dw, MOE_F32, MOE_CPU, 2, SHAPE(T, K)));
         float *dwp = moe_tensor_data(dw);
@@ -496,9 +384,9 @@ START_TEST(test_router_refs)
             if (cfg.losses[i].kind == MOE_AUX_Z) a_z = cfg.losses[i].coeff;
         }
         gpu_route g;
-        gpu_route_run(&g, &cfg, z, vflat, ref_tens(c, "bias"), dw, a_mb, a_z);
+        gpu_route_run(&g, &cfg, z, vflat, ref_tensor(c, "bias", -1), dw, a_mb, a_z);
         char what[192];
-        double *wr = cpu_doubles(ref_tens(c, "weights#0")), *cr = cpu_doubles(ref_tens(c, "counts#0"));
+        double *wr = cpu_doubles(ref_tensor(c, "weights#0", -1)), *cr = cpu_doubles(ref_tensor(c, "counts#0", -1));
         snprintf(what, sizeof what, "ref %s ids", c->name);
         check_exact(what, g.ids, ids, T * K);
         snprintf(what, sizeof what, "ref %s counts", c->name);
@@ -509,12 +397,12 @@ START_TEST(test_router_refs)
             char nm[64];
             snprintf(nm, sizeof nm, "aux.%s#0", moe_aux_kind_name(cfg.losses[i].kind));
             double want;
-            OK(moe_tensor_item(ref_tens(c, nm), &want));
+            OK(moe_tensor_item(ref_tensor(c, nm, -1), &want));
             double got = cfg.losses[i].kind == MOE_AUX_Z ? g.stats[E] / g.stats[E + 1] : micro_loss(&g, E, K);
             snprintf(what, sizeof what, "ref %s %s", c->name, nm);
             check_close(what, &got, &want, 1, 1e-4);
         }
-        double *gx = grad_x_of(g.dz, Wf, T, E, D), *gr = cpu_doubles(ref_tens(c, "grad_x#0"));
+        double *gx = grad_x_of(g.dz, Wf, T, E, D), *gr = cpu_doubles(ref_tensor(c, "grad_x#0", -1));
         snprintf(what, sizeof what, "ref %s grad_x", c->name);
         check_close(what, gx, gr, T * D, 1e-4);
         free(R), free(Rp), free(ids), free(wr), free(cr), free(gx), free(gr);
@@ -524,6 +412,7 @@ START_TEST(test_router_refs)
         ran++;
     }
     printf("check_gpu_moe: %d reference cases on the GPU\n", ran);
+    refs_free(refs, nrefs);
     ck_assert_int_ge(ran, 5);
 }
 END_TEST

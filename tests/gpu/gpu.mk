@@ -11,7 +11,8 @@ EXTRA_DIST += tests/gpu/gpucheck.h
 tests_gpu_check_gpu_ops_SOURCES = tests/gpu/check_gpu_ops.c tests/gpu/gpucheck.h
 tests_gpu_check_gpu_matmul_SOURCES = tests/gpu/check_gpu_matmul.c tests/gpu/gpucheck.h
 tests_gpu_check_gpu_nn_SOURCES = tests/gpu/check_gpu_nn.c tests/gpu/gpucheck.h
-tests_gpu_check_gpu_moe_SOURCES = tests/gpu/check_gpu_moe.c tests/unit/testutil.h
+tests_gpu_check_gpu_moe_SOURCES = tests/gpu/check_gpu_moe.c tests/unit/testutil.h \
+	tests/reference/refs.c tests/reference/refs.h
 tests_gpu_check_gpu_moe_CPPFLAGS = $(AM_CPPFLAGS) -DMOE_REFS_FILE='"$(abs_srcdir)/tests/reference/router_refs.txt"'
 
 check-gpu: $(GPU_TESTS)

@@ -1,0 +1,199 @@
+/* refs.c — reading tests/reference/router_refs.txt (see refs.h). */
+#include "refs.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe/aux_loss.h"
+
+static moe_tensor *parse_tensor(char *line, char **name)
+{
+    char *save = NULL;
+    strtok_r(line, " ", &save); /* "tensor" */
+    const char *nm = strtok_r(NULL, " ", &save), *dts = strtok_r(NULL, " ", &save),
+               *nds = strtok_r(NULL, " ", &save);
+    moe_dtype dt;
+    if (!nm || !dts || !nds || !moe_dtype_parse(dts, &dt)) return NULL;
+    int nd = atoi(nds);
+    if (nd < 0 || nd > MOE_MAX_DIMS) return NULL;
+    int64_t shape[MOE_MAX_DIMS];
+    for (int i = 0; i < nd; i++) {
+        const char *tok = strtok_r(NULL, " ", &save);
+        if (!tok) return NULL;
+        shape[i] = atoll(tok);
+    }
+    moe_tensor *t;
+    if (moe_tensor_empty(&t, dt, MOE_CPU, nd, shape) != MOE_OK) return NULL;
+    int64_t n = moe_tensor_numel(t);
+    char *data = moe_tensor_data(t);
+    for (int64_t i = 0; i < n; i++) {
+        char *tok = strtok_r(NULL, " ", &save);
+        if (!tok) {
+            moe_tensor_release(t);
+            return NULL;
+        }
+        moe_dtype_store(dt, data + (size_t)i * moe_dtype_size(dt), strtod(tok, NULL));
+    }
+    *name = strdup(nm);
+    return t;
+}
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    long len = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    if (len >= 0 && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)len + 1))) {
+        if (fread(buf, 1, (size_t)len, f) == (size_t)len) {
+            buf[len] = 0;
+        } else {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
+int refs_load(const char *path, ref_case **out)
+{
+    *out = NULL;
+    char *buf = read_file(path);
+    if (!buf) return -1;
+    ref_case *cases = NULL, *cur = NULL;
+    int n = 0, cap = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (strncmp(line, "case ", 5) == 0) {
+            if (n == cap) {
+                cap = cap ? 2 * cap : 64;
+                ref_case *grown = realloc(cases, sizeof *cases * (size_t)cap);
+                if (!grown) goto fail;
+                cases = grown;
+            }
+            cur = &cases[n++];
+            memset(cur, 0, sizeof *cur);
+            snprintf(cur->name, sizeof cur->name, "%s", line + 5);
+        } else if (cur && strncmp(line, "set ", 4) == 0 && cur->nsets < REF_MAX_SETS) {
+            char *sp = strchr(line + 4, ' ');
+            if (!sp) continue;
+            *sp = 0;
+            cur->key[cur->nsets] = strdup(line + 4);
+            cur->val[cur->nsets++] = strdup(sp + 1);
+        } else if (cur && strncmp(line, "tensor ", 7) == 0 && cur->ntens < REF_MAX_TENSORS) {
+            char *nm = NULL;
+            moe_tensor *t = parse_tensor(line, &nm);
+            if (!t) goto fail;
+            cur->tname[cur->ntens] = nm;
+            cur->tens[cur->ntens++] = t;
+        }
+    }
+    free(buf);
+    *out = cases;
+    return n;
+fail:
+    free(buf);
+    refs_free(cases, n);
+    return -1;
+}
+
+void refs_free(ref_case *cases, int n)
+{
+    for (int c = 0; c < n; c++) {
+        for (int i = 0; i < cases[c].nsets; i++) free(cases[c].key[i]), free(cases[c].val[i]);
+        for (int i = 0; i < cases[c].ntens; i++)
+            free(cases[c].tname[i]), moe_tensor_release(cases[c].tens[i]);
+    }
+    free(cases);
+}
+
+const char *ref_get(const ref_case *c, const char *key)
+{
+    for (int i = 0; i < c->nsets; i++)
+        if (strcmp(c->key[i], key) == 0) return c->val[i];
+    return NULL;
+}
+
+double ref_getd(const ref_case *c, const char *key, double dflt)
+{
+    const char *v = ref_get(c, key);
+    return v ? strtod(v, NULL) : dflt;
+}
+
+moe_tensor *ref_tensor(const ref_case *c, const char *name, int m)
+{
+    char full[128];
+    if (m >= 0)
+        snprintf(full, sizeof full, "%s#%d", name, m);
+    else
+        snprintf(full, sizeof full, "%s", name);
+    for (int i = 0; i < c->ntens; i++)
+        if (strcmp(c->tname[i], full) == 0) return c->tens[i];
+    return NULL;
+}
+
+/* "kind:coeff,kind:coeff" */
+static bool parse_losses(moe_router_config *cfg, const char *spec)
+{
+    moe_aux_term terms[MOE_ROUTER_MAX_LOSSES];
+    int n = 0;
+    bool ok = true;
+    char *dup = strdup(spec), *save = NULL;
+    for (char *it = strtok_r(dup, ",", &save); it && ok; it = strtok_r(NULL, ",", &save)) {
+        char *colon = strchr(it, ':');
+        ok = colon && n < MOE_ROUTER_MAX_LOSSES;
+        if (!ok) break;
+        *colon = 0;
+        ok = moe_aux_kind_parse(it, &terms[n].kind);
+        terms[n++].coeff = strtod(colon + 1, NULL);
+    }
+    free(dup);
+    return ok && moe_router_config_set_losses(cfg, n, terms) == MOE_OK;
+}
+
+bool ref_router_config(moe_router_config *cfg, const ref_case *c)
+{
+    moe_router_config_default(cfg);
+    const char *p = ref_get(c, "preset");
+    if (p && moe_router_config_preset(cfg, p) != MOE_OK) return false;
+    bool ok = true;
+    for (int i = 0; i < c->nsets && ok; i++) {
+        const char *k = c->key[i], *v = c->val[i];
+        double d = strtod(v, NULL);
+        if (!strcmp(k, "hidden")) cfg->hidden = (int64_t)d;
+        else if (!strcmp(k, "experts")) cfg->experts = (int64_t)d;
+        else if (!strcmp(k, "top_k")) cfg->top_k = (int64_t)d;
+        else if (!strcmp(k, "dtype")) ok = moe_dtype_parse(v, &cfg->dtype);
+        else if (!strcmp(k, "score")) ok = moe_score_fn_parse(v, &cfg->score);
+        else if (!strcmp(k, "pre_softmax")) cfg->pre_softmax = d != 0;
+        else if (!strcmp(k, "normalize")) ok = moe_norm_mode_parse(v, &cfg->normalize);
+        else if (!strcmp(k, "norm_eps")) cfg->norm_eps = d;
+        else if (!strcmp(k, "norm_p")) cfg->norm_p = d;
+        else if (!strcmp(k, "groups")) cfg->groups = (int64_t)d;
+        else if (!strcmp(k, "group_topk")) cfg->group_topk = (int64_t)d;
+        else if (!strcmp(k, "group_score_top")) cfg->group_score_top = (int64_t)d;
+        else if (!strcmp(k, "scaling")) cfg->scaling_factor = d;
+        else if (!strcmp(k, "score_offset")) cfg->score_offset = d;
+        else if (!strcmp(k, "sinkhorn")) cfg->sinkhorn = d != 0;
+        else if (!strcmp(k, "debug")) ok = moe_debug_routing_parse(v, &cfg->debug_routing);
+        else if (!strcmp(k, "capacity")) cfg->capacity_factor = !strcmp(v, "none") ? MOE_CAPACITY_NONE : d;
+        else if (!strcmp(k, "capacity_formula")) ok = moe_capacity_formula_parse(v, &cfg->capacity_formula);
+        else if (!strcmp(k, "ep")) cfg->ep_size = (int64_t)d;
+        else if (!strcmp(k, "drop")) ok = moe_drop_policy_parse(v, &cfg->drop_policy);
+        else if (!strcmp(k, "pad")) cfg->pad_to_capacity = d != 0;
+        else if (!strcmp(k, "expert_bias")) cfg->expert_bias = d != 0;
+        else if (!strcmp(k, "bias_rate")) cfg->bias_rate = d;
+        else if (!strcmp(k, "bias_center")) cfg->bias_center = d != 0;
+        else if (!strcmp(k, "count_from")) ok = moe_count_from_parse(v, &cfg->count_from);
+        else if (!strcmp(k, "loss_eps")) cfg->loss_eps = d;
+        else if (!strcmp(k, "loss_div")) cfg->loss_div_factor = d;
+        else if (!strcmp(k, "num_layers")) cfg->num_moe_layers = (int64_t)d;
+        else if (!strcmp(k, "k_in_f")) cfg->k_in_f = d != 0;
+        else if (!strcmp(k, "global_buffer")) cfg->global_buffer = d != 0;
+        else if (!strcmp(k, "grad_mode")) ok = moe_grad_mode_parse(v, &cfg->grad_mode);
+        else if (!strcmp(k, "losses")) ok = parse_losses(cfg, v);
+    }
+    return ok;
+}
