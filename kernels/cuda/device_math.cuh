@@ -74,4 +74,43 @@ __device__ inline double d_pow(double x, double y) { return pow(x, y); }
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);            \
          i += (int64_t)gridDim.x * blockDim.x)
 
+/* ---- reductions over a warp and a block ------------------------------------------------------ */
+
+/* Combining rules: a sum; fmax, which skips a NaN unless both are (identity
+ * NaN); and "keep the larger" as the CPU loops write it, b > a ? b : a
+ * (identity -inf). */
+struct d_sum {
+    template <typename T> __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct d_fmax {
+    template <typename T> __device__ T operator()(T a, T b) const { return fmax(a, b); }
+};
+struct d_larger {
+    template <typename T> __device__ T operator()(T a, T b) const { return b > a ? b : a; }
+};
+struct d_or {
+    template <typename T> __device__ T operator()(T a, T b) const { return a | b; }
+};
+
+/* OP over the 32 lanes of a full warp; every lane gets the result. */
+template <typename T, typename Op> __device__ inline T warp_reduce(T v, Op op)
+{
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* OP over the block (blockDim.x a multiple of 32); every thread gets the
+ * result. Every thread must call it (barriers inside); safe to call again
+ * right away (the leading barrier protects the scratch of the last call). */
+template <typename T, typename Op> __device__ T block_reduce(T v, Op op, T identity)
+{
+    __shared__ T part[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_reduce(v, op);
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    return warp_reduce(lane < nw ? part[lane] : identity, op);
+}
+
 #endif

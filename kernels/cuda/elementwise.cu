@@ -280,10 +280,8 @@ __global__ void count_nonfinite_kernel(const T *a, int64_t n, unsigned long long
         ni += isinf(v) ? 1 : 0;
     }
     /* one atomic per warp */
-    for (int o = 16; o > 0; o /= 2) {
-        nn += __shfl_down_sync(0xffffffffu, nn, o);
-        ni += __shfl_down_sync(0xffffffffu, ni, o);
-    }
+    nn = warp_reduce(nn, d_sum{});
+    ni = warp_reduce(ni, d_sum{});
     if ((threadIdx.x & 31) == 0) {
         if (nn) atomicAdd(&counts[0], nn);
         if (ni) atomicAdd(&counts[1], ni);

@@ -13,41 +13,13 @@
 
 enum { ROW_THREADS = 256 };
 
-static __device__ inline double warp_sum(double v)
-{
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* The sum of V over the block, returned to every thread. blockDim.x is a
- * multiple of 32. Safe to call repeatedly (the leading barrier protects the
- * scratch from the previous call). */
-static __device__ double block_sum(double v)
-{
-    __shared__ double part[32];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    return warp_sum(lane < nw ? part[lane] : 0.0);
-}
+/* The sum of V over the block, returned to every thread. */
+static __device__ double block_sum(double v) { return block_reduce(v, d_sum{}, 0.0); }
 
 /* max as the CPU loop takes it: start from x[0], keep a larger value (a NaN
  * start stays NaN; a later NaN is skipped). Combined over the block with
  * fmax, which likewise ignores a NaN unless both are. */
-template <typename T> static __device__ T block_max(T v)
-{
-    __shared__ T part[32];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
-    __syncthreads();
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    v = lane < nw ? part[lane] : part[0];
-    for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
+template <typename T> static __device__ T block_max(T v) { return block_reduce(v, d_fmax{}, (T)NAN); }
 
 static unsigned row_grid(int64_t rows) { return (unsigned)(rows < 1 ? 1 : rows > 65535 * 8 ? 65535 * 8 : rows); }
 

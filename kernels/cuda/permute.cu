@@ -9,6 +9,7 @@
 
 #include "../../core/tensor.h"
 #include "cuda_internal.h"
+#include "device_math.cuh"
 #include "permute.h"
 
 #define OP "cuda-dispatch"
@@ -153,7 +154,7 @@ __global__ void dot_kernel(float *out, const TV *g, const TV *y, const int64_t *
         float acc = 0.0f;
         if (r >= 0)
             for (int64_t j = lane; j < D; j += 32) acc += ld(g, t * D + j) * ld(y, r * D + j);
-        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        acc = warp_reduce(acc, d_sum{});
         if (lane == 0) out[s] = acc;
     }
 }

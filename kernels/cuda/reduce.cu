@@ -27,58 +27,11 @@ constexpr int kBlock = 256; /* block size of row kernels: a multiple of 32 */
 template <typename T> struct acc_of { using type = T; };
 template <> struct acc_of<float> { using type = double; }; /* sums of f32 in double, as on the CPU */
 
-template <typename A>
-__device__ inline A warp_sum(A v)
-{
-    for (int o = 16; o > 0; o /= 2) v += __shfl_down_sync(0xffffffffu, v, o);
-    return v;
-}
-
 /* Sum of V over the block, returned to every thread. */
-template <typename A>
-__device__ A block_sum(A v)
-{
-    __shared__ A part[32];
-    __shared__ A total;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_sum(v);
-    __syncthreads(); /* the previous call's readers are done with part/total */
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        A w = lane < nw ? part[lane] : (A)0;
-        w = warp_sum(w);
-        if (lane == 0) total = w;
-    }
-    __syncthreads();
-    return total;
-}
+template <typename A> __device__ A block_sum(A v) { return block_reduce(v, d_sum{}, (A)0); }
 
-/* Max of V over the block (NaN ignored, as `v > m ? v : m` does). */
-template <typename T>
-__device__ T block_max(T v)
-{
-    __shared__ T part[32];
-    __shared__ T total;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int o = 16; o > 0; o /= 2) {
-        T u = __shfl_down_sync(0xffffffffu, v, o);
-        v = u > v ? u : v;
-    }
-    __syncthreads();
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        T w = lane < nw ? part[lane] : (T)-INFINITY;
-        for (int o = 16; o > 0; o /= 2) {
-            T u = __shfl_down_sync(0xffffffffu, w, o);
-            w = u > w ? u : w;
-        }
-        if (lane == 0) total = w;
-    }
-    __syncthreads();
-    return total;
-}
+/* Max of V over the block (a NaN is skipped as `v > m ? v : m` skips it). */
+template <typename T> __device__ T block_max(T v) { return block_reduce(v, d_larger{}, (T)-INFINITY); }
 
 /* ---- sum / var / cumsum ------------------------------------------------------------- */
 

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "cuda_internal.h"
+#include "device_math.cuh"
 #include "router.h"
 
 #define OP "cuda-router"
@@ -25,27 +26,6 @@ __device__ __forceinline__ float load_z(const float *z, int64_t i) { return z[i]
 __device__ __forceinline__ float load_z(const __nv_bfloat16 *z, int64_t i) { return __bfloat162float(z[i]); }
 __device__ __forceinline__ void store_z(float *z, int64_t i, float v) { z[i] = v; }
 __device__ __forceinline__ void store_z(__nv_bfloat16 *z, int64_t i, float v) { z[i] = __float2bfloat16(v); }
-
-__device__ __forceinline__ float warp_max(float v)
-{
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-__device__ __forceinline__ float warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ double warp_sum_d(double v)
-{
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ int warp_or(int v)
-{
-    for (int o = 16; o > 0; o >>= 1) v |= __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 /* (x, j) comes after (pv, pi) in the order "descending value, then
  * ascending index": the elements not picked yet. */
@@ -141,11 +121,11 @@ __device__ bool row_scores(const moe_cuda_router_args &a, const warp_smem &w, in
         bad |= !isfinite(x);
         m = fmaxf(m, x);
     }
-    if (warp_or(bad)) return false;
-    m = warp_max(m);
+    if (warp_reduce(bad, d_or{})) return false;
+    m = warp_reduce(m, d_fmax{});
     float sum = 0.0f;
     for (int j = lane; j < E; j += 32) sum += expf(w.z[j] - m);
-    sum = warp_sum(sum);
+    sum = warp_reduce(sum, d_sum{});
     *lse = (double)m + log((double)sum);
     if (a.score == 0) {
         float inv = 1.0f / sum;
@@ -158,7 +138,7 @@ __device__ bool row_scores(const moe_cuda_router_args &a, const warp_smem &w, in
             w.s[j] = q;
             rs += q;
         }
-        *rowsum = warp_sum(rs);
+        *rowsum = warp_reduce(rs, d_sum{});
     }
     __syncwarp();
     return true;
@@ -224,14 +204,14 @@ __global__ void router_forward_kernel(moe_cuda_router_args a, moe_cuda_router_ou
             for (int o2 = 16; o2 > 0; o2 >>= 1) m2 = fmax(m2, __shfl_xor_sync(0xffffffffu, m2, o2));
             double sum = 0;
             for (int k = lane; k < K; k += 32) sum += (double)expf((float)((double)w.z[w.idx[k]] - m2));
-            denom = warp_sum_d(sum);
+            denom = warp_reduce(sum, d_sum{});
         } else if (a.wnorm != MOE_CUDA_WNORM_NONE) {
             double sum = 0;
             for (int k = lane; k < K; k += 32) {
                 double u = w.s[w.idx[k]];
                 sum += a.wnorm == MOE_CUDA_WNORM_PNORM ? pow(u, a.norm_p) : u;
             }
-            sum = warp_sum_d(sum);
+            sum = warp_reduce(sum, d_sum{});
             denom = a.wnorm == MOE_CUDA_WNORM_SUM ? sum + a.norm_eps : pow(sum, 1.0 / a.norm_p);
         }
         for (int k = lane; k < K; k += 32) {
@@ -391,8 +371,8 @@ __global__ void router_backward_kernel(moe_cuda_router_args a, moe_cuda_router_g
                 dot += g.aux_w[j] * w.s[j];
                 S += w.s[j];
             }
-        dot = warp_sum(dot);
-        S = warp_sum(S);
+        dot = warp_reduce(dot, d_sum{});
+        S = warp_reduce(S, d_sum{});
         const float coef = valid ? (float)(zc * lse) : 0.0f;
         const float invD = (float)(1.0 / ((double)S + a.loss_eps)), c2 = dot * invD * invD;
         const float off = (float)a.score_offset;
