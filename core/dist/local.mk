@@ -50,15 +50,6 @@ tests_dist_mpi_balance_SOURCES = tests/dist/mpi_balance.c $(BALANCE_TEST_SOURCES
 TESTS += tests/dist/run-mpi.sh
 endif
 
-## Memory: the threads tests under valgrind (no fork, so leaks are seen).
-check-valgrind-dist: $(DIST_TESTS)
-	@fail=0; for t in $(DIST_TESTS); do \
-	  echo "valgrind: $$t"; \
-	  CK_FORK=no OMP_NUM_THREADS=2 $(LIBTOOL) --mode=execute $(VALGRIND) -q --leak-check=full \
-	    --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
-	    --suppressions=$(srcdir)/tests/valgrind.supp --error-exitcode=1 ./$$t >$$t.vg.log 2>&1 || { fail=1; tail -40 $$t.vg.log; }; \
-	done; test $$fail = 0 && echo "valgrind: no leaks, no errors"
-.PHONY: check-valgrind-dist
 CLEANFILES += tests/dist/*.vg.log
 
 ## ---- benchmark: all-reduce and all-to-all bandwidth vs memcpy ---------------

@@ -31,15 +31,6 @@ tests/unit/check_moe_layer_mpi.sh: Makefile
 check_SCRIPTS = tests/unit/check_moe_layer_mpi.sh
 endif
 
-## Memory: these suites under valgrind (no fork, so leaks are seen).
-check-valgrind-moe: $(MOE_LAYER_TESTS)
-	@fail=0; for t in $(MOE_LAYER_TESTS); do \
-	  echo "valgrind: $$t"; \
-	  CK_FORK=no OMP_NUM_THREADS=2 $(LIBTOOL) --mode=execute $(VALGRIND) -q --leak-check=full \
-	    --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
-	    --suppressions=$(srcdir)/tests/valgrind.supp --error-exitcode=1 ./$$t >$$t.vg.log 2>&1 || { fail=1; tail -40 $$t.vg.log; }; \
-	done; test $$fail = 0 && echo "valgrind: no leaks, no errors"
-.PHONY: check-valgrind-moe
 
 ## ---- benchmark: the layer vs the PyTorch reference, expert GEMMs vs sgemm ---------
 EXTRA_DIST += tests/bench/moe_reference.py
