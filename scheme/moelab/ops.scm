@@ -482,7 +482,12 @@ repeat; -1 keeps a size."
   "T converted to DTYPE (a copy; differentiable between float dtypes)."
   (%to-dtype t dtype))
 
-(define* (tensor-to t #:key (device #f) (dtype #f))
-  "T moved to DEVICE and/or converted to DTYPE (differentiable)."
-  (let* ((t (if dtype (%to-dtype t dtype) t)))
+(define* (tensor-to t #:optional target #:key (device #f) (dtype #f))
+  "T moved to DEVICE and/or converted to DTYPE (differentiable). TARGET, when
+given, is a device ('cpu 'cuda) or a dtype symbol: @code{(tensor-to t 'cuda)}
+is @code{(tensor-to t #:device 'cuda)}, @code{(tensor-to t 'f64)} is
+@code{(tensor-to t #:dtype 'f64)}."
+  (let* ((device (if (memq target '(cpu cuda)) target device))
+         (dtype (if (and target (not (memq target '(cpu cuda)))) target dtype))
+         (t (if dtype (%to-dtype t dtype) t)))
     (if device (%to-device t device) t)))

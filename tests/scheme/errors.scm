@@ -93,6 +93,7 @@
   (when (zero? (device-count 'cuda))
     (test-moelab-error "cuda without a GPU" "cuda" (zeros '(2) #:device 'cuda))
     (test-moelab-error "tensor-to cuda without a GPU" "CUDA" (tensor-to t #:device 'cuda))
+    (test-moelab-error "tensor-to 'cuda without a GPU" "CUDA" (tensor-to t 'cuda))
     (test-equal "work goes on after it" '(1.0 2.0 3.0) (tensor->list (tensor '(1 2 3)))))
   (test-moelab-error "requires-grad! on integers" "requires-grad!" (requires-grad! (tensor '(1) #:dtype 'i64)))
   (test-moelab-error "softmax of integers" "softmax" (softmax (tensor '(1 2) #:dtype 'i64)))

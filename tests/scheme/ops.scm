@@ -259,7 +259,10 @@
                                           (list (tensor-dtype t) (tensor->list t))))
   (test-equal "to-dtype bool" '(#t #f) (tensor->list (to-dtype (tensor '(2 0)) 'bool)))
   (test-equal "tensor-to #:dtype" 'f64 (tensor-dtype (tensor-to a #:dtype 'f64)))
-  (test-equal "tensor-to #:device cpu" 'cpu (tensor-device (tensor-to a #:device 'cpu))))
+  (test-equal "tensor-to #:device cpu" 'cpu (tensor-device (tensor-to a #:device 'cpu)))
+  (test-equal "tensor-to 'cpu" 'cpu (tensor-device (tensor-to a 'cpu)))
+  (test-equal "tensor-to 'f64" 'f64 (tensor-dtype (tensor-to a 'f64)))
+  (test-equal "tensor-to 'f64 keeps the values" (tensor->list a) (tensor->list (tensor-to a 'f64))))
 
 ;;; ---- non-contiguous and other dtypes go through the same ops ------------------------------
 
