@@ -1,7 +1,8 @@
 ;;; toy-regression.scm — train one MoE layer with plain SGD in a Scheme loop
 ;;; and watch the experts specialise.
 ;;;
-;;;   moelab examples/toy-regression.scm
+;;;   moelab examples/toy-regression.scm          ; on the CPU
+;;;   moelab examples/toy-regression.scm cuda     ; the same script on a GPU
 ;;;
 ;;; The task: tokens come from 4 clusters; each cluster has its own linear
 ;;; map, y = x·A_c. A single small MLP would have to fit four maps at once;
@@ -11,6 +12,19 @@
 (use-modules (moelab)
              (ice-9 format)
              (srfi srfi-1))
+
+;;; The device is the one argument that changes: the layer's parameters live
+;;; there and every batch is moved there; the rest of the script is the same.
+(define device
+  (let ((args (cdr (command-line))))
+    (if (null? args) 'cpu (string->symbol (car args)))))
+(unless (memq device '(cpu cuda))
+  (format (current-error-port) "toy-regression: unknown device ~a (expected cpu or cuda)~%" device)
+  (exit 2))
+(when (and (eq? device 'cuda) (zero? (device-count 'cuda)))
+  (format #t "toy-regression: skipped: device cuda requested but no GPU is available~a~%"
+          (if (built-with-cuda?) "" " (moelab was built without CUDA)"))
+  (exit 77))
 
 (define D 16)         ; hidden size
 (define clusters 4)
@@ -23,7 +37,7 @@
 ;;; model's, so the training loop needs nothing extra).
 (define moe (make-moe-layer #:hidden D #:ffn 32 #:experts 4 #:top-k 2 #:activation 'swiglu
                             #:router-options '(#:losses ((micro-batch . 1e-2)))
-                            #:seed 1))
+                            #:seed 1 #:device device))
 (format #t "~a~%" moe)
 
 ;;; The data: cluster centres [4 D], one linear map per cluster [4 D D].
@@ -33,14 +47,15 @@
 (define cluster-mask (one-hot cluster-of clusters))                     ; [T 4]
 
 (define (batch step)
-  "Inputs [T D] (a centre plus noise) and targets [T D] for this step."
+  "Inputs [T D] (a centre plus noise) and targets [T D] for this step, on the
+device (made on the CPU, so both devices see the same numbers)."
   (let* ((x (t+ (index-select centres 0 cluster-of)
                 (t* (randn (list T D) #:seed (+ 100 step)) 0.5)))
          (y (fold (lambda (c acc)
                     (t+ acc (t* (to-dtype (narrow cluster-mask 1 c 1) 'f32)
                                 (matmul x (tselect maps 0 c)))))
                   (zeros (list T D)) (iota clusters))))
-    (values x y)))
+    (values (tensor-to x device) (tensor-to y device))))
 
 ;;; One SGD step: forward, mean squared error, backward, then every live
 ;;; parameter (moe-parameters gives the layer's own tensors) moves against its

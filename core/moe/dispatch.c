@@ -1,5 +1,7 @@
 /* dispatch.c — dispatch plans, permute and combine (each forward beside its
- * backward). Loops: kernels/cpu/grouped_gemm.c (token movement).
+ * backward). Loops: kernels/cpu/grouped_gemm.c (token movement); on a CUDA
+ * device kernels/cuda/permute.cu with the plan's index arrays copied to the
+ * device once per plan. The plan itself is made on the host.
  *
  * Dimension letters: T tokens, K slots per token, E experts, D model dim,
  * C capacity, N permuted rows. */
@@ -7,6 +9,8 @@
 #include <string.h>
 
 #include "../../kernels/cpu/grouped_gemm.h"
+#include "../../kernels/cuda/permute.h"
+#include "../device.h"
 #include "internal.h"
 #include "dispatch.h"
 
@@ -27,6 +31,7 @@ void moe_dispatch_release(moe_dispatch *d)
     free(d->row_token);
     free(d->row_slot);
     free(d->slot_row);
+    moe_tensor_release(d->device_index);
     free(d);
 }
 
@@ -35,7 +40,7 @@ static void release_ctx(void *ctx) { moe_dispatch_release(ctx); }
 static moe_status check_routing_tensor(const char *op, const char *what, const moe_tensor *t,
                                        const moe_tensor *experts)
 {
-    MOE_CHECK_CPU(op, t);
+    MOE_CHECK_CPU(op, t); /* plans are made on the host */
     if (t->ndim != 2 || t->shape[0] != experts->shape[0] || t->shape[1] != experts->shape[1])
         return moe_fail(MOE_ERR_SHAPE, op, "%s %s does not match expert ids %s (expected [T K])",
                         what, moe_shape_str(t), moe_shape_str(experts));
@@ -183,6 +188,33 @@ moe_status moe_dispatch_kept(moe_tensor **out, const moe_dispatch *d)
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
+/* The plan's row_token, row_slot and slot_row on DEVICE (CUDA), copied on
+ * first use and kept with the plan (pointers into d->device_index). */
+typedef struct dev_index {
+    const int64_t *row_token, *row_slot, *slot_row;
+} dev_index;
+
+static moe_status device_index(dev_index *ix, moe_dispatch *d, moe_device device)
+{
+    int64_t N = d->rows, S = d->T * d->K;
+    if (!d->device_index) {
+        int64_t n = 2 * N + S;
+        moe_tensor *h = NULL, *t = NULL;
+        MOE_TRY(moe_tensor_empty(&h, MOE_I64, MOE_CPU, 1, &n));
+        int64_t *v = moe_tensor_data(h);
+        memcpy(v, d->row_token, sizeof *v * (size_t)N);
+        memcpy(v + N, d->row_slot, sizeof *v * (size_t)N);
+        memcpy(v + 2 * N, d->slot_row, sizeof *v * (size_t)S);
+        moe_status st = moe_to_device(&t, h, device);
+        moe_tensor_release(h);
+        MOE_TRY(st);
+        d->device_index = t;
+    }
+    const int64_t *v = moe_tensor_data(d->device_index);
+    *ix = (dev_index){.row_token = v, .row_slot = v + N, .slot_row = v + 2 * N};
+    return MOE_OK;
+}
+
 /* Convert RES (compute dtype, no graph) to DTYPE, consuming RES. */
 static moe_status finish_dtype(moe_tensor **res, moe_dtype dtype)
 {
@@ -206,20 +238,28 @@ static moe_status permute_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
     moe_tensor *gc = NULL;
     MOE_TRY(moe_as_compute(&gc, g, c));
     int64_t D = g->shape[1], shape[2] = {d->T, D};
-    moe_status st = moe_tensor_empty(&gin[0], c, MOE_CPU, 2, shape);
-    if (st == MOE_OK) {
+    moe_status st = moe_tensor_empty(&gin[0], c, g->device, 2, shape);
+    if (st == MOE_OK && moe_on_cuda(gc)) {
+        dev_index ix;
+        st = device_index(&ix, d, gc->device);
+        if (st == MOE_OK)
+            st = MOE_CUDA(moe_cuda_rows_combine(false, moe_tensor_data(gin[0]), moe_tensor_data(gc),
+                                                ix.slot_row, NULL, d->T, d->K, D));
+    } else if (st == MOE_OK) {
         moe_cpu_rows_combine(c, moe_tensor_data(gin[0]), moe_tensor_data(gc), d->slot_row, NULL,
                              d->T, d->K, D);
-        st = finish_dtype(&gin[0], n->inputs[0]->dtype);
     }
+    if (st == MOE_OK) st = finish_dtype(&gin[0], n->inputs[0]->dtype);
     moe_tensor_release(gc);
     return st;
 }
 
 static moe_status check_rows(const char *op, const moe_tensor *x, int64_t rows, const char *what)
 {
-    MOE_CHECK_CPU(op, x);
     MOE_CHECK_FLOAT(op, x);
+    if (moe_on_cuda(x) && moe_dtype_compute(x->dtype) != MOE_F32)
+        return moe_fail(MOE_ERR_DTYPE, op, "%s on cuda must be f32 or bf16, got %s", what,
+                        moe_dtype_name(x->dtype));
     if (x->ndim != 2 || x->shape[0] != rows)
         return moe_fail(MOE_ERR_SHAPE, op, "%s must be [%lld D] for this plan, got %s", what,
                         (long long)rows, moe_shape_str(x));
@@ -238,9 +278,16 @@ moe_status moe_dispatch_permute(moe_tensor **out, moe_tensor *x, moe_dispatch *d
     moe_tensor *xc = NULL, *r = NULL;
     moe_status st = MOE_OK;
     MOE_TRYG(moe_as_compute(&xc, x, c));
-    MOE_TRYG(moe_tensor_empty(&r, c, MOE_CPU, 2, shape));
-    moe_cpu_rows_gather(c, moe_tensor_data(r), moe_tensor_data(xc), d->row_token, d->row_slot, NULL,
-                        d->rows, D);
+    MOE_TRYG(moe_tensor_empty(&r, c, x->device, 2, shape));
+    if (moe_on_cuda(r)) {
+        dev_index ix;
+        MOE_TRYG(device_index(&ix, d, r->device));
+        MOE_TRYG(MOE_CUDA(moe_cuda_rows_gather(false, moe_tensor_data(r), moe_tensor_data(xc), ix.row_token,
+                                               ix.row_slot, NULL, d->rows, D)));
+    } else {
+        moe_cpu_rows_gather(c, moe_tensor_data(r), moe_tensor_data(xc), d->row_token, d->row_slot, NULL,
+                            d->rows, D);
+    }
     MOE_TRYG(finish_dtype(&r, x->dtype));
     MOE_TRYG(moe_autograd_record(r, op, permute_backward, 1, &x, 0, NULL, moe_dispatch_retain(d),
                                  release_ctx));
@@ -265,19 +312,31 @@ static moe_status combine_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
     int64_t D = yc->shape[1];
     moe_tensor *gc = NULL;
     moe_status st = MOE_OK;
+    bool cuda = moe_on_cuda(yc);
+    dev_index ix = {0};
+    if (cuda) MOE_TRYG(device_index(&ix, d, yc->device));
     MOE_TRYG(moe_as_compute(&gc, g, c));
     if (n->inputs[0]) {
         int64_t shape[2] = {d->rows, D};
-        MOE_TRYG(moe_tensor_empty(&gin[0], c, MOE_CPU, 2, shape));
-        moe_cpu_rows_gather(c, moe_tensor_data(gin[0]), moe_tensor_data(gc), d->row_token,
-                            d->row_slot, wc ? moe_tensor_data(wc) : NULL, d->rows, D);
+        MOE_TRYG(moe_tensor_empty(&gin[0], c, yc->device, 2, shape));
+        if (cuda)
+            MOE_TRYG(MOE_CUDA(moe_cuda_rows_gather(false, moe_tensor_data(gin[0]), moe_tensor_data(gc),
+                                                   ix.row_token, ix.row_slot,
+                                                   wc ? moe_tensor_data(wc) : NULL, d->rows, D)));
+        else
+            moe_cpu_rows_gather(c, moe_tensor_data(gin[0]), moe_tensor_data(gc), d->row_token,
+                                d->row_slot, wc ? moe_tensor_data(wc) : NULL, d->rows, D);
         MOE_TRYG(finish_dtype(&gin[0], n->inputs[0]->dtype));
     }
     if (n->inputs[1]) {
         int64_t shape[2] = {d->T, d->K};
-        MOE_TRYG(moe_tensor_empty(&gin[1], c, MOE_CPU, 2, shape));
-        moe_cpu_rows_dot(c, moe_tensor_data(gin[1]), moe_tensor_data(gc), moe_tensor_data(yc),
-                         d->slot_row, d->T, d->K, D);
+        MOE_TRYG(moe_tensor_empty(&gin[1], c, yc->device, 2, shape));
+        if (cuda)
+            MOE_TRYG(MOE_CUDA(moe_cuda_rows_dot(false, moe_tensor_data(gin[1]), moe_tensor_data(gc),
+                                                moe_tensor_data(yc), ix.slot_row, d->T, d->K, D)));
+        else
+            moe_cpu_rows_dot(c, moe_tensor_data(gin[1]), moe_tensor_data(gc), moe_tensor_data(yc),
+                             d->slot_row, d->T, d->K, D);
         MOE_TRYG(finish_dtype(&gin[1], n->inputs[1]->dtype));
     }
 done:
@@ -293,8 +352,10 @@ moe_status moe_dispatch_combine(moe_tensor **out, moe_tensor *y, moe_tensor *w, 
     MOE_CHECK_NOT_NULL(op, d);
     MOE_TRY(check_rows(op, y, d->rows, "expert output"));
     if (w) {
-        MOE_CHECK_CPU(op, w);
         MOE_CHECK_FLOAT(op, w);
+        if (w->device != y->device)
+            return moe_fail(MOE_ERR_DEVICE, op, "weights are on %s but the expert output is on %s",
+                            moe_device_name(w->device), moe_device_name(y->device));
         if (w->ndim != 2 || w->shape[0] != d->T || w->shape[1] != d->K)
             return moe_fail(MOE_ERR_SHAPE, op, "weights %s do not match the plan's routing [%lld %lld]",
                             moe_shape_str(w), (long long)d->T, (long long)d->K);
@@ -305,9 +366,16 @@ moe_status moe_dispatch_combine(moe_tensor **out, moe_tensor *y, moe_tensor *w, 
     moe_status st = MOE_OK;
     MOE_TRYG(moe_as_compute(&yc, y, c));
     if (w) MOE_TRYG(moe_as_compute(&wc, w, c));
-    MOE_TRYG(moe_tensor_empty(&r, c, MOE_CPU, 2, shape));
-    moe_cpu_rows_combine(c, moe_tensor_data(r), moe_tensor_data(yc), d->slot_row,
-                         wc ? moe_tensor_data(wc) : NULL, d->T, d->K, D);
+    MOE_TRYG(moe_tensor_empty(&r, c, y->device, 2, shape));
+    if (moe_on_cuda(r)) {
+        dev_index ix;
+        MOE_TRYG(device_index(&ix, d, r->device));
+        MOE_TRYG(MOE_CUDA(moe_cuda_rows_combine(false, moe_tensor_data(r), moe_tensor_data(yc), ix.slot_row,
+                                                wc ? moe_tensor_data(wc) : NULL, d->T, d->K, D)));
+    } else {
+        moe_cpu_rows_combine(c, moe_tensor_data(r), moe_tensor_data(yc), d->slot_row,
+                             wc ? moe_tensor_data(wc) : NULL, d->T, d->K, D);
+    }
     MOE_TRYG(finish_dtype(&r, y->dtype));
     moe_tensor *ins[2] = {y, w}, *saved[2] = {yc, wc};
     MOE_TRYG(moe_autograd_record(r, op, combine_backward, 2, ins, 2, saved, moe_dispatch_retain(d),

@@ -51,6 +51,9 @@ typedef struct moe_dispatch {
     int64_t *row_token; /* [N] token of each row; -1 for a padding row */
     int64_t *row_slot;  /* [N] slot t*K + k of each row; -1 for a padding row */
     int64_t *slot_row;  /* [T*K] row of each slot; -1 when dropped */
+    /* Device copy of row_token, row_slot and slot_row (i64 [2N + T*K]),
+     * made by the first permute/combine of a CUDA tensor; NULL until then. */
+    moe_tensor *device_index;
 } moe_dispatch;
 
 /* Plan the dispatch of EXPERTS [T K] (integer ids in [0, E)) with an

@@ -1,5 +1,6 @@
 /* experts.c — the fused grouped expert MLP (forward beside backward) and the
- * experts module. Loops and BLAS calls: kernels/cpu/grouped_gemm.c.
+ * experts module. Loops and BLAS calls: kernels/cpu/grouped_gemm.c; on a
+ * CUDA device kernels/cuda/grouped_gemm.cu (f32 compute, no biases yet).
  *
  * Dimension letters: E experts, N rows in expert order, D model dim, F
  * expert ffn dim, S scratch slots. */
@@ -9,6 +10,8 @@
 #include <string.h>
 
 #include "../../kernels/cpu/grouped_gemm.h"
+#include "../../kernels/cuda/grouped_gemm.h"
+#include "../device.h"
 #include "experts.h"
 #include "internal.h"
 
@@ -48,6 +51,7 @@ typedef struct gmlp_ctx {
     int64_t *off;             /* [E+1] */
     moe_tensor *in[IN_COUNT]; /* compute-dtype contiguous copies (or the inputs) */
     moe_tensor *g, *u;        /* [N F] pre-activations (g NULL unless gated) */
+    moe_tensor *h;            /* [N F] activations (CUDA only: its backward reads them) */
 } gmlp_ctx;
 
 static void gmlp_ctx_free(void *p)
@@ -57,6 +61,7 @@ static void gmlp_ctx_free(void *p)
     for (int i = 0; i < IN_COUNT; i++) moe_tensor_release(c->in[i]);
     moe_tensor_release(c->g);
     moe_tensor_release(c->u);
+    moe_tensor_release(c->h);
     free(c->off);
     free(c);
 }
@@ -71,6 +76,17 @@ static void fill_ffn(moe_cpu_ffn *p, const gmlp_ctx *c, moe_dtype dt)
                        .wd = data_or_null(c->in[IN_WD]), .bg = data_or_null(c->in[IN_BG]),
                        .bu = data_or_null(c->in[IN_BU]), .bd = data_or_null(c->in[IN_BD])};
 }
+
+/* The same operands for the CUDA kernels (f32, no biases). */
+static void fill_cuda_ffn(moe_cuda_ffn *p, const gmlp_ctx *c)
+{
+    *p = (moe_cuda_ffn){.bf16 = false, .act = (int)cpu_act(c->act), .E = c->E, .D = c->D, .F = c->F,
+                        .off = c->off, .x = data_or_null(c->in[IN_X]), .wg = data_or_null(c->in[IN_WG]),
+                        .wu = data_or_null(c->in[IN_WU]), .wd = data_or_null(c->in[IN_WD])};
+}
+_Static_assert((int)MOE_CPU_FFN_SWIGLU == MOE_CUDA_FFN_SWIGLU && (int)MOE_CPU_FFN_GELU == MOE_CUDA_FFN_GELU &&
+                   (int)MOE_CPU_FFN_GELU_TANH == MOE_CUDA_FFN_GELU_TANH,
+               "CPU and CUDA activation codes agree");
 
 /* ---- grouped MLP: backward -------------------------------------------------------------- */
 
@@ -109,7 +125,19 @@ static moe_status gmlp_backward(moe_node *n, moe_tensor *grad, moe_tensor **gin)
     for (int i = 0; i < IN_COUNT; i++) {
         if (!n->inputs[i]) continue;
         moe_tensor *like = c->in[i];
-        MOE_TRYG(moe_tensor_empty(&res[i], dt, MOE_CPU, like->ndim, like->shape));
+        MOE_TRYG(moe_tensor_empty(&res[i], dt, like->device, like->ndim, like->shape));
+    }
+    void *r[IN_COUNT];
+    for (int i = 0; i < IN_COUNT; i++) r[i] = res[i] ? moe_tensor_data(res[i]) : NULL;
+    if (moe_on_cuda(gc)) {
+        int64_t ssz = 3 * c->off[c->E] * c->F;
+        MOE_TRYG(moe_tensor_empty(&scratch, dt, gc->device, 1, &ssz));
+        moe_cuda_ffn p;
+        fill_cuda_ffn(&p, c);
+        MOE_TRYG(MOE_CUDA(moe_cuda_ffn_backward(&p, data_or_null(c->g), moe_tensor_data(c->u),
+                                                data_or_null(c->h), moe_tensor_data(gc), r[IN_X], r[IN_WG],
+                                                r[IN_WU], r[IN_WD], moe_tensor_data(scratch))));
+        goto deliver_all;
     }
     int slots;
     int64_t max_rows;
@@ -118,11 +146,10 @@ static moe_status gmlp_backward(moe_node *n, moe_tensor *grad, moe_tensor **gin)
     MOE_TRYG(moe_tensor_empty(&scratch, dt, MOE_CPU, 1, &ssz));
     moe_cpu_ffn p;
     fill_ffn(&p, c, dt);
-    void *r[IN_COUNT];
-    for (int i = 0; i < IN_COUNT; i++) r[i] = res[i] ? moe_tensor_data(res[i]) : NULL;
     moe_cpu_ffn_backward(&p, data_or_null(c->g), moe_tensor_data(c->u), moe_tensor_data(gc), r[IN_X],
                          r[IN_WG], r[IN_WU], r[IN_WD], r[IN_BG], r[IN_BU], r[IN_BD],
                          moe_tensor_data(scratch), mode, max_rows);
+deliver_all:
     moe_tensor_release(scratch);
     scratch = NULL;
     /* Gradients in each input's own dtype. */
@@ -146,10 +173,12 @@ done:
 /* ---- grouped MLP: forward ---------------------------------------------------------------- */
 
 static moe_status check_w(const char *op, const char *name, const moe_tensor *w, int ndim,
-                          const int64_t *shape)
+                          const int64_t *shape, const moe_tensor *x)
 {
-    MOE_CHECK_CPU(op, w);
     MOE_CHECK_FLOAT(op, w);
+    if (w->device != x->device)
+        return moe_fail(MOE_ERR_DEVICE, op, "%s is on %s but the input rows are on %s", name,
+                        moe_device_name(w->device), moe_device_name(x->device));
     bool same = w->ndim == ndim;
     for (int i = 0; same && i < ndim; i++) same = w->shape[i] == shape[i];
     if (!same)
@@ -170,8 +199,11 @@ moe_status moe_grouped_mlp(moe_tensor **out, moe_tensor *x, moe_tensor *w_gate, 
     MOE_CHECK_NOT_NULL(op, group_sizes);
     if ((unsigned)act >= MOE_ACTIVATION_COUNT)
         return moe_fail(MOE_ERR_ARG, op, "unknown activation %d", (int)act);
-    MOE_CHECK_CPU(op, x);
     MOE_CHECK_FLOAT(op, x);
+    if (moe_on_cuda(x) && moe_dtype_compute(x->dtype) != MOE_F32)
+        return moe_fail(MOE_ERR_DTYPE, op, "rows on cuda must be f32 or bf16, got %s", moe_dtype_name(x->dtype));
+    if (moe_on_cuda(x) && (b_gate || b_up || b_down))
+        return moe_fail(MOE_ERR_UNSUPPORTED, op, "expert biases are not supported on cuda yet (make the experts without bias)");
     if (x->ndim != 2) return moe_fail(MOE_ERR_SHAPE, op, "input must be [N D], got %s", moe_shape_str(x));
     if (w_up->ndim != 3)
         return moe_fail(MOE_ERR_SHAPE, op, "w_up must be [E D F], got %s", moe_shape_str(w_up));
@@ -180,19 +212,19 @@ moe_status moe_grouped_mlp(moe_tensor **out, moe_tensor *x, moe_tensor *w_gate, 
         return moe_fail(MOE_ERR_SHAPE, op, "input %s does not fit w_up %s (D = %lld)", moe_shape_str(x),
                         moe_shape_str(w_up), (long long)D);
     int64_t s_edf[3] = {E, D, F}, s_efd[3] = {E, F, D}, s_ef[2] = {E, F}, s_ed[2] = {E, D};
-    MOE_TRY(check_w(op, "w_up", w_up, 3, s_edf));
-    MOE_TRY(check_w(op, "w_down", w_down, 3, s_efd));
+    MOE_TRY(check_w(op, "w_up", w_up, 3, s_edf, x));
+    MOE_TRY(check_w(op, "w_down", w_down, 3, s_efd, x));
     if (moe_activation_gated(act)) {
         if (!w_gate)
             return moe_fail(MOE_ERR_ARG, op, "%s experts need w_gate [E D F]", moe_activation_name(act));
-        MOE_TRY(check_w(op, "w_gate", w_gate, 3, s_edf));
+        MOE_TRY(check_w(op, "w_gate", w_gate, 3, s_edf, x));
     } else if (w_gate || b_gate) {
         return moe_fail(MOE_ERR_ARG, op, "%s experts have no gate projection; pass w_gate = NULL",
                         moe_activation_name(act));
     }
-    if (b_gate) MOE_TRY(check_w(op, "b_gate", b_gate, 2, s_ef));
-    if (b_up) MOE_TRY(check_w(op, "b_up", b_up, 2, s_ef));
-    if (b_down) MOE_TRY(check_w(op, "b_down", b_down, 2, s_ed));
+    if (b_gate) MOE_TRY(check_w(op, "b_gate", b_gate, 2, s_ef, x));
+    if (b_up) MOE_TRY(check_w(op, "b_up", b_up, 2, s_ef, x));
+    if (b_down) MOE_TRY(check_w(op, "b_down", b_down, 2, s_ed, x));
     int64_t total = 0;
     for (int64_t e = 0; e < E; e++) {
         if (group_sizes[e] < 0)
@@ -228,9 +260,17 @@ moe_status moe_grouped_mlp(moe_tensor **out, moe_tensor *x, moe_tensor *w_gate, 
         if (ins[i]) MOE_TRYG(moe_as_compute(&c->in[i], ins[i], dt));
 
     int64_t s_nf[2] = {N, F}, s_nd[2] = {N, D};
-    if (moe_activation_gated(act)) MOE_TRYG(moe_tensor_empty(&c->g, dt, MOE_CPU, 2, s_nf));
-    MOE_TRYG(moe_tensor_empty(&c->u, dt, MOE_CPU, 2, s_nf));
-    MOE_TRYG(moe_tensor_empty(&y, dt, MOE_CPU, 2, s_nd));
+    if (moe_activation_gated(act)) MOE_TRYG(moe_tensor_empty(&c->g, dt, x->device, 2, s_nf));
+    MOE_TRYG(moe_tensor_empty(&c->u, dt, x->device, 2, s_nf));
+    MOE_TRYG(moe_tensor_empty(&y, dt, x->device, 2, s_nd));
+    if (moe_on_cuda(y)) {
+        MOE_TRYG(moe_tensor_empty(&c->h, dt, x->device, 2, s_nf));
+        moe_cuda_ffn p;
+        fill_cuda_ffn(&p, c);
+        MOE_TRYG(MOE_CUDA(moe_cuda_ffn_forward(&p, c->g ? moe_tensor_data(c->g) : NULL, moe_tensor_data(c->u),
+                                               moe_tensor_data(c->h), moe_tensor_data(y))));
+        goto to_input_dtype;
+    }
     int slots;
     int64_t max_rows;
     moe_cpu_group_mode mode = moe_cpu_group_plan(E, c->off, &slots, &max_rows);
@@ -242,6 +282,7 @@ moe_status moe_grouped_mlp(moe_tensor **out, moe_tensor *x, moe_tensor *w_gate, 
                         moe_tensor_data(scratch), mode, max_rows);
     moe_tensor_release(scratch);
     scratch = NULL;
+to_input_dtype:
     if (x->dtype != dt) { /* bf16 rows: the output in the input's dtype */
         moe_tensor *cv;
         MOE_NO_GRAD_BEGIN;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../device.h"
 #include "internal.h"
 #include "layer.h"
 
@@ -29,6 +30,7 @@ void moe_layer_config_default(moe_layer_config *cfg)
     memset(cfg, 0, sizeof *cfg);
     cfg->activation = MOE_ACT_SWIGLU;
     cfg->dtype = MOE_F32;
+    cfg->device = MOE_CPU;
     moe_router_config_default(&cfg->router);
 }
 
@@ -117,8 +119,7 @@ moe_status moe_layer_set_parameter(moe_layer *l, const char *name, moe_tensor *v
         return moe_fail(MOE_ERR_ARG, op, "no parameter named '%s' in this layer (known: %s)",
                         name ? name : "(null)", known);
     }
-    MOE_CHECK_CPU(op, value);
-    MOE_CHECK_FLOAT(op, value);
+    MOE_CHECK_FLOAT(op, value); /* any device: the copy moves it */
     if (strcmp(p[i].name, "router.weight") == 0) {
         if (!moe_tensor_same_shape(value, p[i].t))
             return moe_fail(MOE_ERR_SHAPE, op, "'%s' is %s, got a %s tensor", name, moe_shape_str(p[i].t),
@@ -192,6 +193,44 @@ static moe_status param_new(moe_tensor **out, moe_dtype dt, int ndim, const int6
     return moe_tensor_requires_grad_(*out, true);
 }
 
+/* Move the parameter *P (if any) to DEVICE as a fresh leaf requiring grad. */
+static moe_status param_to(moe_tensor **p, moe_device device)
+{
+    if (!*p || (*p)->device == device) return MOE_OK;
+    moe_tensor *d;
+    MOE_NO_GRAD_BEGIN;
+    moe_status st = moe_to_device(&d, *p, device);
+    MOE_NO_GRAD_END;
+    MOE_TRY(st);
+    moe_tensor_release(*p);
+    *p = d;
+    return moe_tensor_requires_grad_(d, true);
+}
+
+/* What a layer on DEVICE needs beyond the CPU checks. */
+static moe_status check_device(const char *op, const moe_layer_config *cfg, int P)
+{
+    if ((unsigned)cfg->device >= MOE_DEVICE_COUNT)
+        return moe_fail(MOE_ERR_DEVICE, op, "unknown device %d", (int)cfg->device);
+    if (cfg->device == MOE_CPU) return MOE_OK;
+    if (!moe_built_with_cuda())
+        return moe_fail(MOE_ERR_DEVICE, op, "device %s requested but moelab was built without CUDA support",
+                        moe_device_name(cfg->device));
+    if (moe_device_count(cfg->device) < 1)
+        return moe_fail(MOE_ERR_DEVICE, op, "device %s requested but no CUDA GPU is available",
+                        moe_device_name(cfg->device));
+    if (cfg->dtype != MOE_F32)
+        return moe_fail(MOE_ERR_DTYPE, op, "a layer on %s needs f32 parameters, got %s",
+                        moe_device_name(cfg->device), moe_dtype_name(cfg->dtype));
+    if (cfg->bias)
+        return moe_fail(MOE_ERR_UNSUPPORTED, op, "expert biases are not supported on %s yet",
+                        moe_device_name(cfg->device));
+    if (P > 1)
+        return moe_fail(MOE_ERR_UNSUPPORTED, op, "expert parallelism is not supported on %s yet",
+                        moe_device_name(cfg->device));
+    return MOE_OK;
+}
+
 moe_status moe_layer_new(moe_layer **out, const moe_layer_config *cfg)
 {
     static const char *op = "make-moe-layer";
@@ -213,6 +252,7 @@ moe_status moe_layer_new(moe_layer **out, const moe_layer_config *cfg)
     if (cfg->experts % P != 0)
         return moe_fail(MOE_ERR_ARG, op, "%lld experts cannot be split evenly over an ep group of %d ranks",
                         (long long)cfg->experts, P);
+    MOE_TRY(check_device(op, cfg, P));
 
     moe_layer *l = calloc(1, sizeof *l);
     if (!l) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
@@ -245,6 +285,11 @@ moe_status moe_layer_new(moe_layer **out, const moe_layer_config *cfg)
         }
         if (cfg->shared_gate) MOE_TRYG(param_new(&l->s_gate, dt, 2, d1, sd, seed, 104));
     }
+    /* The router stays on the host (see layer.h); the rest moves. */
+    moe_experts *ex = l->experts;
+    moe_tensor **move[] = {&ex->w_gate, &ex->w_up, &ex->w_down, &ex->b_gate, &ex->b_up, &ex->b_down,
+                           &l->s_wg, &l->s_wu, &l->s_wd, &l->s_bg, &l->s_bu, &l->s_bd, &l->s_gate};
+    for (size_t i = 0; i < sizeof move / sizeof *move; i++) MOE_TRYG(param_to(move[i], cfg->device));
     *out = l;
     return MOE_OK;
 done:
@@ -328,23 +373,31 @@ moe_status moe_layer_forward(moe_tensor **out, moe_layer *l, moe_tensor *x, moe_
     *out = NULL;
     MOE_CHECK_NOT_NULL(op, l);
     MOE_CHECK_NOT_NULL(op, x);
-    MOE_CHECK_CPU(op, x);
     MOE_CHECK_FLOAT(op, x);
+    moe_device dev = l->cfg.device;
+    if (x->device != dev)
+        return moe_fail(MOE_ERR_DEVICE, op, "input is on %s but the layer is on %s (move it with tensor-to)",
+                        moe_device_name(x->device), moe_device_name(dev));
     int64_t D = l->cfg.hidden;
     if ((x->ndim != 2 && x->ndim != 3) || x->shape[x->ndim - 1] != D)
         return moe_fail(MOE_ERR_SHAPE, op, "input must be [T %lld] or [B S %lld], got %s", (long long)D,
                         (long long)D, moe_shape_str(x));
     int64_t T = moe_tensor_numel(x) / D, s2[2] = {T, D};
     moe_tensor *x2 = NULL, *y = NULL, *sh = NULL, *sum = NULL, *res = NULL;
+    moe_tensor *xr = NULL, *vr = NULL, *wts = NULL; /* host router input, weights on dev */
     moe_routing *rt = NULL;
     moe_dispatch *plan = NULL;
     moe_status st = MOE_OK;
     MOE_TRYG(moe_reshape(&x2, x, 2, s2));
-    MOE_TRYG(moe_router_forward(&rt, l->router, x, valid, NULL));
+    /* The router runs on the host: on CPU these are the tensors themselves. */
+    MOE_TRYG(moe_to_device(&xr, x, MOE_CPU));
+    if (valid) MOE_TRYG(moe_to_device(&vr, valid, MOE_CPU));
+    MOE_TRYG(moe_router_forward(&rt, l->router, xr, vr, NULL));
     int64_t C = rt->capacity > 0 ? rt->capacity : 0;
     bool pad = C > 0 && l->cfg.router.pad_to_capacity;
     MOE_TRYG(moe_dispatch_plan(&plan, rt->experts, rt->kept, l->cfg.experts, C, pad));
-    MOE_TRYG(routed(&y, l, x2, plan, rt->weights));
+    MOE_TRYG(moe_to_device(&wts, rt->weights, dev));
+    MOE_TRYG(routed(&y, l, x2, plan, wts));
     if (l->Fs > 0) {
         MOE_TRYG(shared(&sh, l, x2));
         MOE_TRYG(moe_add(&sum, y, sh));
@@ -371,6 +424,9 @@ done:
     moe_routing_free(rt);
     moe_dispatch_release(plan);
     moe_tensor_release(x2);
+    moe_tensor_release(xr);
+    moe_tensor_release(vr);
+    moe_tensor_release(wts);
     moe_tensor_release(y);
     moe_tensor_release(sh);
     moe_tensor_release(sum);

@@ -44,9 +44,16 @@
  * router and shared experts are replicated: their gradients on each rank
  * cover that rank's tokens (reduce them over data parallelism as usual).
  *
+ * On a CUDA device (config.device): the expert and shared parameters live
+ * on the GPU (permute, grouped MLP and combine run there); the router stays
+ * on the host — its weight is a CPU tensor and it reads a host copy of the
+ * input (a differentiable moe_to_device), its combine weights go back to the
+ * GPU. So moe_layer_last_routing and moe_layer_aux_loss are CPU tensors.
+ * CUDA layers are f32 without biases and without expert parallelism for now.
+ *
  * Scheme mapping: (make-moe-layer #:hidden #:ffn #:experts #:top-k
  * #:activation #:shared-experts #:shared-ffn #:shared-gate? #:bias? #:dtype
- * #:router-options #:ep-group #:seed) fills moe_layer_config field by field;
+ * #:router-options #:ep-group #:seed #:device) fills moe_layer_config field by field;
  * moe-forward = moe_layer_forward; moe-last-routing = moe_layer_last_routing
  * (+ moe_layer_last_dispatch); moe-parameters = moe_layer_parameter_count /
  * moe_layer_parameter; set-moe-parameter! = moe_layer_set_parameter. */
@@ -79,10 +86,11 @@ typedef struct moe_layer_config {
                                   overwritten from the fields above */
     moe_group *ep_group;       /* experts sharded over this group (NULL: none); retained */
     uint64_t seed;             /* parameter initialisation */
+    moe_device device;         /* where the expert and shared parameters live (MOE_CPU) */
 } moe_layer_config;
 
 /* Defaults: SwiGLU, no shared experts, no bias, f32, the router's defaults
- * (moe_router_config_default), no expert parallelism, seed 0; hidden, ffn,
+ * (moe_router_config_default), no expert parallelism, seed 0, CPU; hidden, ffn,
  * experts and top_k are 0 and must be set. */
 void moe_layer_config_default(moe_layer_config *cfg);
 
@@ -93,7 +101,10 @@ typedef struct moe_layer moe_layer;
  * own streams), biases zero, shared.gate ~ N(0, 1/D). Expert e's weights
  * depend only on SEED and e, so an expert-parallel layer holds exactly the
  * shard of the single-rank layer with the same seed. Fails on an invalid
- * configuration (the router's checks, E % |ep| != 0, sizes < 1, dtype). */
+ * configuration (the router's checks, E % |ep| != 0, sizes < 1, dtype), and
+ * on a device that is not available (cuda without a GPU or without CUDA
+ * support in the build). Parameters are drawn on the host and then moved,
+ * so a CUDA layer starts from exactly the CPU layer's values. */
 moe_status moe_layer_new(moe_layer **out, const moe_layer_config *cfg);
 void moe_layer_free(moe_layer *l); /* NULL is fine */
 const moe_layer_config *moe_layer_get_config(const moe_layer *l);

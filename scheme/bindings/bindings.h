@@ -39,6 +39,9 @@ moe_tensor *moelab_unwrap(SCM obj, int pos, const char *subr);
 moe_tensor *moelab_unwrap_opt(SCM obj, int pos, const char *subr);
 /* Release device tensors queued by finalizers (run on a Guile thread). */
 void moelab_drain_release_queue(void);
+/* Drop a reference from a finalizer: host tensors at once, device tensors
+ * queued for the next drain. */
+void moelab_release_from_finalizer(moe_tensor *t);
 void moelab_init_tensor_type_functions(void);
 
 /* ---- convert.c ------------------------------------------------------------- */

@@ -25,6 +25,15 @@ static void finalize_layer(SCM obj)
     moe_layer *l = scm_foreign_object_ref(obj, 0);
     if (!l) return;
     scm_foreign_object_set_x(obj, 0, NULL);
+    /* Device memory is released on a Guile thread, not the finalizer's: the
+     * queue takes the last reference of every device tensor the layer holds. */
+    for (int i = 0, n = moe_layer_parameter_count(l); i < n; i++) {
+        moe_tensor *t;
+        if (moe_layer_parameter(l, i, NULL, &t) == MOE_OK && t->device != MOE_CPU)
+            moelab_release_from_finalizer(moe_tensor_retain(t));
+    }
+    const moe_dispatch *plan = moe_layer_last_dispatch(l);
+    if (plan && plan->device_index) moelab_release_from_finalizer(moe_tensor_retain(plan->device_index));
     moe_layer_free(l);
 }
 
@@ -71,9 +80,9 @@ static moe_activation to_activation(SCM obj, int pos, const char *subr)
 /* Guile subrs take at most 10 arguments: the sizes come as one list
  * (hidden ffn experts top-k) and the shared MLP as another
  * (shared-experts shared-ffn-or-#f shared-gate?). */
-SCM_DEFINE(moelab_make_moe_layer, "%make-moe-layer", 8, 0, 0,
+SCM_DEFINE(moelab_make_moe_layer, "%make-moe-layer", 9, 0, 0,
            (SCM sizes, SCM activation, SCM shared, SCM bias, SCM dtype, SCM router_options,
-            SCM ep_group, SCM seed),
+            SCM ep_group, SCM seed, SCM device),
            "A new MoE layer; see make-moe-layer.")
 #define FUNC_NAME "make-moe-layer"
 {
@@ -96,6 +105,7 @@ SCM_DEFINE(moelab_make_moe_layer, "%make-moe-layer", 8, 0, 0,
     if (!scm_is_null(router_options) && scm_is_true(router_options))
         moelab_router_options(router_options, &cfg.router, FUNC_NAME);
     cfg.seed = (uint64_t)non_negative(seed, "#:seed", 8, FUNC_NAME);
+    cfg.device = moelab_to_device(device, 9, FUNC_NAME);
     /* last: nothing may raise between taking the group and making the layer */
     cfg.ep_group = moelab_to_group(ep_group, 7, FUNC_NAME);
     moe_layer *l;
@@ -138,7 +148,8 @@ SCM_DEFINE(moelab_moe_layer_config, "%moe-layer-config", 1, 0, 0, (SCM layer),
                        scm_cons(sym("ep-size"), scm_from_int64(ep)),
                        scm_cons(sym("local-experts"), scm_from_int64(local)),
                        scm_cons(sym("first-expert"), scm_from_int64(ex->first)),
-                       scm_cons(sym("seed"), scm_from_uint64(c->seed)), SCM_UNDEFINED);
+                       scm_cons(sym("seed"), scm_from_uint64(c->seed)),
+                       scm_cons(sym("device"), moelab_from_device(c->device)), SCM_UNDEFINED);
     scm_remember_upto_here_1(layer);
     return r;
 }

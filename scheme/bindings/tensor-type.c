@@ -50,7 +50,7 @@ void moelab_drain_release_queue(void)
     }
 }
 
-static void release_from_finalizer(moe_tensor *t)
+void moelab_release_from_finalizer(moe_tensor *t)
 {
     if (t->device == MOE_CPU) {
         moe_tensor_release(t);
@@ -74,7 +74,7 @@ static void finalize_tensor(SCM obj)
     moe_tensor *t = scm_foreign_object_ref(obj, 0);
     if (!t) return;
     scm_foreign_object_set_x(obj, 0, NULL);
-    release_from_finalizer(t);
+    moelab_release_from_finalizer(t);
 }
 
 /* ---- wrap / unwrap ----------------------------------------------------------- */

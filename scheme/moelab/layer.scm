@@ -50,7 +50,8 @@
 
 (define* (make-moe-layer #:key hidden ffn experts (top-k 2) (activation 'swiglu)
                          (shared-experts 0) (shared-ffn #f) (shared-gate? #f) (bias? #f)
-                         (dtype 'f32) (router-options '()) (ep-group #f) (seed 0))
+                         (dtype 'f32) (router-options '()) (ep-group #f) (seed 0)
+                         (device 'cpu))
   "A new MoE layer with freshly initialised parameters.
 
 HIDDEN (D), FFN (F, each expert's inner width), EXPERTS (E) and TOP-K (K,
@@ -67,7 +68,13 @@ experts over a process group (a group, or mesh dimensions such as 'ep; #f:
 none): each rank holds E/|ep| experts and the forward is collective over
 the group. SEED fixes the initialisation: expert weights ~ N(0, 1/D) (down
 projections N(0, 1/F)), biases zero, router weight N(0, 0.02²); expert e's
-weights depend only on SEED and e."
+weights depend only on SEED and e.
+
+DEVICE ('cpu or 'cuda) is where the expert and shared parameters live and
+where moe-forward expects its input; the router stays on the host (its
+weight and moe-last-routing are CPU tensors). A 'cuda layer starts from the
+same values as the 'cpu layer of the same SEED; it needs f32, no BIAS? and
+no EP-GROUP for now, and raises a moelab-error when no GPU is available."
   (define (need name v)
     (unless v
       (throw 'moelab-error "make-moe-layer" (string-append "missing #:" name) '() '(arg))))
@@ -77,7 +84,7 @@ weights depend only on SEED and e."
   (let* ((g (ep-group-of "make-moe-layer" ep-group))
          (moe (%make-moe-layer (list hidden ffn experts top-k) activation
                                (list shared-experts shared-ffn shared-gate?) bias? dtype
-                               router-options g seed)))
+                               router-options g seed device)))
     (when g (set! (layer-group moe) g))
     moe))
 
@@ -88,7 +95,7 @@ weights depend only on SEED and e."
 (define (moe-layer-config moe)
   "The configuration of the layer MOE as an alist: hidden ffn experts top-k
 activation shared-ffn (0: no shared experts) shared-gate? bias? dtype
-router-dtype ep-size local-experts first-expert seed."
+router-dtype ep-size local-experts first-expert seed device."
   (%moe-layer-config moe))
 
 (define* (moe-forward moe x #:key (valid #f))
@@ -203,6 +210,7 @@ fraction, aux-loss values, …; see router-metrics)."
      (if (ref 'bias?) " bias" "")
      (if (eq? (ref 'dtype) 'f32) "" (format #f " ~a" (ref 'dtype)))
      (if (> (ref 'ep-size) 1) (format #f " ep=~a" (ref 'ep-size)) "")
+     (if (eq? (ref 'device) 'cpu) "" (format #f " ~a" (ref 'device)))
      ">")))
 
 (define-method (write (moe <moe-layer>) port)

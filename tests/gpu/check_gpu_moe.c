@@ -3,8 +3,10 @@
  * expert bias and padding: ids and counts exact, weights, loss values and the
  * gradient w.r.t. x to f32 tolerance), the router reference vectors the
  * fused kernel covers, the device dispatch plan and permute / un-permute
- * (forward, backward, round trip), and the grouped expert MLP (f32 and
- * bf16, forward and every gradient).
+ * (forward, backward, round trip), the grouped expert MLP (f32 and
+ * bf16, forward and every gradient), and the whole MoE layer on a CUDA
+ * device against the same layer on the CPU (output, input gradient and
+ * every parameter gradient).
  *
  * Each case prints its normalised error max|g−c|/max(1, max|c|). Without a
  * GPU (or without CUDA in the build): "skipped: no GPU", exit 77.
@@ -19,6 +21,7 @@
 
 #include "moe/dispatch.h"
 #include "moe/experts.h"
+#include "moe/layer.h"
 #include "moe/router.h"
 #include "../reference/refs.h"
 #include "../unit/testutil.h"
@@ -658,6 +661,101 @@ START_TEST(test_grouped_loop_vs_grouped)
 }
 END_TEST
 
+/* ---- the MoE layer on the device ------------------------------------------------------------ */
+
+typedef struct layer_case {
+    const char *name;
+    moe_activation act;
+    int64_t shared;          /* shared experts */
+    double capacity_factor;  /* 0: dropless */
+    bool pad;
+    bool batched;            /* [B S D] input */
+} layer_case;
+
+static const layer_case layer_cases[] = {
+    {"swiglu dropless", MOE_ACT_SWIGLU, 0, 0, false, false},
+    {"gelu + gated shared expert", MOE_ACT_GELU, 1, 0, false, false},
+    {"swiglu capacity 1.0", MOE_ACT_SWIGLU, 0, 1.0, false, false},
+    {"swiglu capacity 1.0 padded", MOE_ACT_SWIGLU, 0, 1.0, true, false},
+    {"gelu-tanh [B S D]", MOE_ACT_GELU_TANH, 0, 0, false, true},
+};
+#define N_LAYER_CASES ((int)(sizeof layer_cases / sizeof *layer_cases))
+
+/* Forward and backward of Σ y·R through L on X (a leaf on L's device). */
+static moe_tensor *layer_run(moe_layer *l, moe_tensor *x, moe_tensor *R)
+{
+    moe_tensor *y, *pr, *obj;
+    OK(moe_layer_forward(&y, l, x, NULL));
+    OK(moe_mul(&pr, y, R));
+    OK(moe_sum(&obj, pr, 0, NULL, false));
+    OK(moe_backward(obj, NULL, false));
+    RELEASE(pr, obj);
+    return y;
+}
+
+START_TEST(test_moe_layer)
+{
+    const layer_case *lc = &layer_cases[_i];
+    const int64_t T = 37, D = 24, F = 20, E = 6, K = 2;
+    moe_layer_config cfg;
+    moe_layer_config_default(&cfg);
+    cfg.hidden = D, cfg.ffn = F, cfg.experts = E, cfg.top_k = K;
+    cfg.activation = lc->act;
+    cfg.shared_experts = lc->shared;
+    cfg.shared_gate = lc->shared > 0;
+    cfg.seed = 21;
+    if (lc->capacity_factor > 0) cfg.router.capacity_factor = lc->capacity_factor;
+    cfg.router.pad_to_capacity = lc->pad;
+    moe_layer *lcpu, *lgpu;
+    OK(moe_layer_new(&lcpu, &cfg));
+    cfg.device = MOE_CUDA;
+    OK(moe_layer_new(&lgpu, &cfg));
+
+    moe_tensor *xc = lc->batched ? tu_randn(MOE_F32, 3, SHAPE(1, T, D), 31) : tu_randn(MOE_F32, 2, SHAPE(T, D), 31);
+    moe_tensor *Rc = tu_randn(MOE_F32, xc->ndim, xc->shape, 32);
+    moe_tensor *xd = to_dev(xc), *Rd = to_dev(Rc);
+    OK(moe_tensor_requires_grad_(xc, true));
+    OK(moe_tensor_requires_grad_(xd, true));
+    moe_tensor *yc = layer_run(lcpu, xc, Rc), *yd = layer_run(lgpu, xd, Rd);
+    OK(moe_cuda_synchronize());
+    ck_assert_int_eq(yd->device, MOE_CUDA);
+
+    const moe_routing *rc = moe_layer_last_routing(lcpu), *rg = moe_layer_last_routing(lgpu);
+    double *a = cpu_doubles(rg->experts), *b = cpu_doubles(rc->experts);
+    char what[96];
+    snprintf(what, sizeof what, "layer %s: expert ids", lc->name);
+    check_exact(what, a, b, T * K);
+    free(a), free(b);
+    ck_assert_int_eq(moe_layer_last_dispatch(lgpu)->n_dropped, moe_layer_last_dispatch(lcpu)->n_dropped);
+
+    typedef struct {
+        const char *name;
+        moe_tensor *gpu, *cpu;
+    } pair;
+    pair cmp[2 + 16];
+    int n = 0;
+    cmp[n++] = (pair){"y", yd, yc};
+    cmp[n++] = (pair){"dx", xd->grad, xc->grad};
+    for (int i = 0; i < moe_layer_parameter_count(lcpu); i++) {
+        const char *name;
+        moe_tensor *pc, *pg;
+        OK(moe_layer_parameter(lcpu, i, &name, &pc));
+        OK(moe_layer_parameter(lgpu, i, NULL, &pg));
+        ck_assert_msg(pc->grad && pg->grad, "layer %s: %s has no gradient", lc->name, name);
+        cmp[n++] = (pair){name, pg->grad, pc->grad};
+    }
+    for (int i = 0; i < n; i++) {
+        a = host_doubles(cmp[i].gpu), b = cpu_doubles(cmp[i].cpu);
+        snprintf(what, sizeof what, "layer %s: %s", lc->name, cmp[i].name);
+        check_close(what, a, b, moe_tensor_numel(cmp[i].cpu), 1e-5);
+        free(a), free(b);
+    }
+    RELEASE(xc, Rc, xd, Rd, yc, yd);
+    moe_layer_free(lcpu);
+    moe_layer_free(lgpu);
+}
+END_TEST
+
 int main(void)
 {
     if (moe_device_count(MOE_CUDA) == 0 || moe_cuda_init() != MOE_OK) {
@@ -681,6 +779,10 @@ int main(void)
     tcase_add_loop_test(tg, test_grouped_mlp, 0, 6);
     tcase_add_test(tg, test_grouped_loop_vs_grouped);
     suite_add_tcase(s, tg);
+    TCase *tl = tcase_create("layer");
+    tcase_set_timeout(tl, 600);
+    tcase_add_loop_test(tl, test_moe_layer, 0, N_LAYER_CASES);
+    suite_add_tcase(s, tl);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK); /* one CUDA context for every test */
     srunner_run_all(sr, CK_NORMAL);

@@ -473,6 +473,8 @@ the largest difference (shown by the failure report)."
     (make-moe-layer #:hidden 6 #:ffn 5 #:experts 4 #:shared-gate? #t))
   (test-moelab-error "bf16 parameters" "f32 or f64"
     (make-moe-layer #:hidden 6 #:ffn 5 #:experts 4 #:dtype 'bf16))
+  (test-moelab-error "unknown device" "unknown device"
+    (make-moe-layer #:hidden 6 #:ffn 5 #:experts 4 #:device 'tpu))
   (test-moelab-error "bad router option" "make-moe-layer"
     (make-moe-layer #:hidden 6 #:ffn 5 #:experts 4 #:router-options '(#:score cosine)))
   (test-moelab-error "K=1 post-softmax (router check)" "pre-softmax"
@@ -514,6 +516,30 @@ the largest difference (shown by the failure report)."
                                           #:ep-group (world-group)))))))
     (test-moelab-error "a forward after its with-ranks has returned" "with-ranks"
       (moe-forward escaped (zeros '(2 4))))))
+
+;; #:device 'cuda: parameters on the GPU, the router on the host. Here
+;; without a GPU only the error; with one, the same numbers as the CPU layer
+;; (tests/gpu/check_gpu_moe.c compares every gradient too).
+(test-group "#:device"
+  (test-equal "cpu by default" 'cpu
+    (assq-ref (moe-layer-config (make-moe-layer #:hidden 4 #:ffn 3 #:experts 4)) 'device))
+  (if (zero? (device-count 'cuda))
+      (test-moelab-error "cuda without a GPU" "device cuda requested"
+        (make-moe-layer #:hidden 4 #:ffn 3 #:experts 4 #:device 'cuda))
+      (let* ((x (randn '(9 6) #:seed 5))
+             (cpu (make-moe-layer #:hidden 6 #:ffn 5 #:experts 4 #:seed 3))
+             (gpu (make-moe-layer #:hidden 6 #:ffn 5 #:experts 4 #:seed 3 #:device 'cuda))
+             (y (moe-forward cpu x))
+             (yg (moe-forward gpu (tensor-to x 'cuda))))
+        (test-equal "config says cuda" 'cuda (assq-ref (moe-layer-config gpu) 'device))
+        (test-equal "experts on cuda" 'cuda (tensor-device (moe-parameter gpu "experts.w-up")))
+        (test-equal "router on the host" 'cpu (tensor-device (moe-parameter gpu "router.weight")))
+        (test-equal "output on cuda" 'cuda (tensor-device yg))
+        (test-assert "same output as the cpu layer"
+          (close? (tensor->list (tensor-to yg 'cpu)) (tensor->list y) 1e-5))
+        (test-moelab-error "no biases on cuda yet" "biases"
+          (make-moe-layer #:hidden 6 #:ffn 5 #:experts 4 #:bias? #t #:device 'cuda))
+        (test-moelab-error "a cpu input to a cuda layer" "tensor-to" (moe-forward gpu x)))))
 
 (test-end "layer")
 (exit-with-test-status)
