@@ -401,6 +401,15 @@ Show the shape of the tensor EXPR evaluates to (or of each tensor in a list)."
 Show dtype, device, shape, strides, min/max/mean, NaN count and grad of a tensor."
   (describe-tensor (eval-in-repl repl form)))
 
+(define-meta-command ((routing moelab) repl (form))
+  "routing EXPR
+Show what a router did: EXPR gives a routing, a router or an MoE layer.
+
+Prints routing-report: tokens per expert, their share of the K·T slots with
+a bar, dead experts, MaxVio, CV, min/max and the aux losses."
+  (routing-report (eval-in-repl repl form))
+  (values))
+
 (define-meta-command ((grad-check moelab) repl (form) . more)
   "grad-check EXPR
 Check a gradient: EXPR gives (list F X), F a procedure of one tensor, X a tensor.

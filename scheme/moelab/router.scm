@@ -16,6 +16,7 @@
 ;;; (routing-aux-losses out)         ; ((micro-batch . #<tensor …>) (z . #<tensor …>))
 ;;; (router-step! r)                 ; after the optimizer step
 ;;; (assq-ref (router-metrics r) 'max-violation-global)
+;;; (routing-report out)             ; tokens per expert, shares, dead experts, MaxVio
 ;;;
 ;;; (define z (randn '(64 8) #:dtype 'f64 #:requires-grad #t))
 ;;; (backward! (load-balancing-loss 'micro-batch z #:top-k 2))
@@ -27,6 +28,7 @@
   #:use-module (moelab tensor)
   #:use-module (moelab dist)
   #:use-module ((oop goops) #:select (define-method))
+  #:use-module ((ice-9 format) #:select (format))
   #:use-module (srfi srfi-1)
   #:re-export (<router> <routing> <balance-tracker>)
   #:export (make-router router? router-config router-weight set-router-weight!
@@ -40,7 +42,8 @@
             make-balance-tracker balance-tracker? balance-tracker-reset!
             balance-tracker-counts balance-tracker-tokens balance-tracker-micro-batches
             balance-tracker-add-counts!
-            max-violation balance-stats))
+            max-violation balance-stats
+            routing-report))
 
 ;;; ---- arguments ------------------------------------------------------------------------
 
@@ -380,3 +383,131 @@ collective: e.g. the other data-parallel ranks' counts, given explicitly."
   "Balance statistics of COUNTS [E] as an alist: max-violation, cv
 (std/mean), max-over-mean, dead-fraction, total."
   (%balance-stats (as-counts "balance-stats" counts)))
+;;; ---- routing reports ---------------------------------------------------------------------
+
+;; What a report shows, gathered from a routing, a router or a layer: COUNTS
+;; exact integers; TOKENS and DROPPED #f when the source does not record
+;; them; CAPACITY a number, #f (no capacity) or 'unknown.
+(define (report-data title counts k tokens capacity dropped aux)
+  (list title (map (lambda (c) (inexact->exact (round c))) counts) k tokens capacity dropped aux))
+
+(define (report-error fmt . args)
+  (throw 'moelab-error "routing-report" fmt args '(arg)))
+
+(define (aux-number v) (if (tensor? v) (tensor-item v) v))
+
+(define (metrics-data title m k window)
+  ;; the 'last, 'step or 'global window of router metrics M
+  (case window
+    ((step)
+     (let ((tokens (assq-ref m 'tokens)))
+       (report-data (let ((n (assq-ref m 'micro-batches)))
+                         (format #f "~a (step so far: ~a micro-batch~a)" title n
+                                 (if (= n 1) "" "es")))
+                    (tensor->list (assq-ref m 'tokens-per-expert-step)) k tokens 'unknown
+                    (inexact->exact (round (* (assq-ref m 'dropped-fraction) k tokens)))
+                    ;; the aux means of an empty step are not values
+                    (if (zero? (assq-ref m 'micro-batches)) '() (assq-ref m 'aux-losses)))))
+    ((global)
+     (let ((g (assq-ref m 'tokens-per-expert-global)))
+       (unless g (report-error "no global counts before the first optimizer step (router-step!)"))
+       (report-data (format #f "~a (last step, global)" title) (tensor->list g) k #f 'unknown #f
+                    '())))
+    ((last)
+     (report-data (format #f "~a (last forward)" title)
+                  (tensor->list (assq-ref m 'tokens-per-expert)) k #f 'unknown #f '()))
+    (else (report-error "#:window expects last, step or global, got ~s" window))))
+
+(define (gather-report obj window)
+  (cond
+   ((routing? obj)
+    (report-data "routing" (tensor->list (routing-counts obj))
+                 (cadr (tensor-shape (routing-experts obj))) (routing-tokens obj)
+                 (routing-capacity obj) (routing-dropped obj) (routing-aux-losses obj)))
+   ((router? obj)
+    (metrics-data "router" (router-metrics obj) (assq-ref (router-config obj) 'top-k) window))
+   ((%moe-layer? obj)
+    (let ((k (assq-ref (%moe-layer-config obj) 'top-k)))
+      (if (eq? window 'last)
+          (let ((r (or (%moe-last-routing obj)
+                       (report-error "the MoE layer has not run a forward yet"))))
+            (report-data "moe-layer (last forward)" (tensor->list (assq-ref r 'counts)) k
+                         (assq-ref r 'tokens) (assq-ref r 'capacity) (assq-ref r 'dropped)
+                         (assq-ref r 'aux-losses)))
+          (metrics-data "moe-layer" (%moe-metrics obj) k window))))
+   (else (report-error "expected a routing, a router or an MoE layer, got ~s" obj))))
+
+(define (fmt-value x)
+  (cond ((not (real? x)) "n/a")
+        ((or (zero? x) (and (>= (abs x) 1e-3) (< (abs x) 1e5))) (format #f "~,4f" x))
+        (else (format #f "~,3e" x))))
+
+(define (digits n) (string-length (number->string n)))
+
+(define* (routing-report obj #:key (port (current-output-port)) (width 40) (window 'last))
+  "Print to PORT a readable report of what a router did, and return its
+counts per expert as a list of exact integers. OBJ is a routing (from
+router-forward), a router, or an MoE layer.
+
+The first line says what is reported: T (valid tokens), E, K, the capacity
+per expert and the dropped slots, where the source records them. Then one
+line per expert: its id, tokens routed to it, its share of the K·T slots
+(of the counted slots when T is not recorded), and a bar of '#' of up to
+WIDTH characters scaled to the largest count (at least one '#' for a
+non-zero count), or @samp{dead} for an expert with no token. The last line
+gives MaxVio (max/mean - 1), CV (std/mean, population std), min and max of
+the counts, and the unscaled aux losses when there are any. Every number
+comes from the counts, so it is exact:
+
+@example
+routing: T=4 tokens, E=4 experts, K=1, capacity none, dropped 0 slots
+  expert 0  3   75.0%  ########################################
+  expert 1  1   25.0%  #############
+  expert 2  0    0.0%  dead
+  expert 3  0    0.0%  dead
+MaxVio 2.00  CV 1.22  min 0  max 3
+@end example
+
+For a router or a layer, WINDOW picks the counts: 'last (default) the last
+forward (a layer's moe-last-routing: T, capacity, drops and aux losses; a
+router's tokens-per-expert metric: counts only), 'step the optimizer step
+so far (router-metrics: T, dropped slots, mean aux losses) or 'global the
+last completed step summed over the data-parallel group (counts only).
+Anything else for OBJ, a layer before its first forward or 'global before
+the first router-step! raise moelab-error."
+  (unless (and (exact-integer? width) (positive? width))
+    (report-error "#:width expects a positive integer, got ~s" width))
+  (let* ((data (gather-report obj window))
+         (title (list-ref data 0)) (counts (list-ref data 1)) (k (list-ref data 2))
+         (tokens (list-ref data 3)) (capacity (list-ref data 4)) (dropped (list-ref data 5))
+         (aux (filter (lambda (p) (real? (aux-number (cdr p)))) (list-ref data 6)))
+         (e (length counts))
+         (total (apply + counts))
+         (top (apply max counts))
+         (slots (if tokens (* k tokens) total)))
+    (format port "~a: ~@[T=~a tokens, ~]E=~a experts, K=~a~a~@[, dropped ~a slots~]~%"
+            title tokens e k
+            (cond ((number? capacity) (format #f ", capacity ~a" capacity))
+                  ((and tokens (not capacity)) ", capacity none")
+                  (else ""))
+            dropped)
+    (for-each
+     (lambda (id c)
+       (format port "  expert ~vd  ~vd  ~5,1f%  ~a~%" (digits (- e 1)) id (digits top) c
+               (if (zero? slots) 0.0 (exact->inexact (* 100 (/ c slots))))
+               (if (zero? c)
+                   "dead"
+                   (make-string (max 1 (round (/ (* width c) top))) #\#))))
+     (iota e) counts)
+    (if (zero? total)
+        (format port "MaxVio n/a  CV n/a  min 0  max 0")
+        (let* ((mean (/ total e))
+               (var (/ (apply + (map (lambda (c) (expt (- c mean) 2)) counts)) e)))
+          (format port "MaxVio ~,2f  CV ~,2f  min ~a  max ~a"
+                  (exact->inexact (- (/ top mean) 1)) (sqrt (exact->inexact (/ var (* mean mean))))
+                  (apply min counts) top)))
+    (unless (null? aux)
+      (format port "  aux~{ ~a~}"
+              (map (lambda (p) (format #f "~a=~a" (car p) (fmt-value (aux-number (cdr p))))) aux)))
+    (newline port)
+    counts))

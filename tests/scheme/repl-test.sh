@@ -93,7 +93,14 @@ step ",grad-check catches a wrong gradient" \
     ",grad-check (list (lambda (x) (t+ (detach (t* x x)) x)) (tensor '(1.0 2.0)))" \
     {\r\n +FAIL\r\n}
 step ",mem" ",mem" {cpu +[0-9]+ live tensors?}
-step ",help moelab" ",help moelab" {,shape EXPR} {,describe-tensor EXPR} {,grad-check EXPR} {,mem}
+# A gate that sends tokens 0-2 to expert 0 and token 3 to expert 1.
+step "a hand-set router" \
+    "(define rt (let ((r (make-router #:hidden 2 #:experts 4 #:top-k 1 #:pre-softmax? #t))) (set-router-weight! r (tensor '((1 0) (0 1) (-1 0) (0 -1)))) r))" {}
+step ",routing" ",routing (router-forward rt (tensor '((1 0) (2 0) (3 0) (0 1))))" \
+    {routing: T=4 tokens, E=4 experts, K=1} {expert 0 +3 +75\.0% +#{40}\r\n} \
+    {expert 1 +1 +25\.0% +#{13}\r\n} {expert 2 +0 +0\.0% +dead} {expert 3 +0 +0\.0% +dead} \
+    {MaxVio 2\.00 +CV 1\.22 +min 0 +max 3\r\n}
+step ",help moelab" ",help moelab" {,shape EXPR} {,describe-tensor EXPR} {,routing EXPR} {,grad-check EXPR} {,mem}
 step ",describe shows docstrings" ",describe tensor" {[a-z]}
 step "~/.moelabrc was loaded" "from-rc" {"rc was loaded"}
 

@@ -705,5 +705,131 @@
       (router-load-state! r `((bias . #f) (counters . ,(zeros '(2 2) #:dtype 'f64)))))
     (test-equal "router unchanged after the errors" #t (equal? before (snapshot)))))
 
+;;; ---- routing-report ----------------------------------------------------------------------------
+
+;; D=2, E=4, K=1 with W = ((1 0) (0 1) (-1 0) (0 -1)): tokens x0 = 1, 2, 3 go
+;; to expert 0 and the token (0 1) to expert 1, so the counts are (3 1 0 0):
+;; shares 75% and 25%, experts 2 and 3 dead, mean 1, MaxVio 3/1 - 1 = 2,
+;; CV = sqrt(((3-1)² + 0 + 1 + 1)/4) / 1 = sqrt(1.5) = 1.22.
+(define report-w '((1 0) (0 1) (-1 0) (0 -1)))
+(define report-x '((1 0) (2 0) (3 0) (0 1)))
+
+(define* (report-router #:rest options)
+  (let ((r (apply make-router #:hidden 2 #:experts 4 #:top-k 1 #:pre-softmax? #t options)))
+    (set-router-weight! r (tensor report-w))
+    r))
+
+(define (report-lines obj . options)
+  ;; the report of OBJ as a list of lines, and its return value
+  (let* ((ret #f)
+         (text (call-with-output-string
+                 (lambda (port) (set! ret (apply routing-report obj #:port port options))))))
+    (values (string-split (string-trim-right text #\newline) #\newline) ret)))
+
+(define expert-lines-3100
+  '("  expert 0  3   75.0%  ########################################"
+    "  expert 1  1   25.0%  #############"
+    "  expert 2  0    0.0%  dead"
+    "  expert 3  0    0.0%  dead"))
+
+(test-group "routing-report"
+  (let* ((r (report-router #:losses '((micro-batch . 1e-2))))
+         (out (router-forward r (tensor report-x)))
+         ;; micro-batch loss by hand: E/(K·T²)·Σ_i c_i·P_i, P_i the summed softmax
+         (probs (map (lambda (x)
+                       (let* ((z (map (lambda (w) (+ (* (car w) (car x)) (* (cadr w) (cadr x))))
+                                      report-w))
+                              (s (apply + (map exp z))))
+                         (map (lambda (zi) (/ (exp zi) s)) z)))
+                     report-x))
+         (p (apply map + probs))
+         (loss (* (/ 4 (* 1 16)) (+ (* 3 (car p)) (* 1 (cadr p))))))
+    (test-equal "counts of the hand-set gate" '(3 1 0 0) (tensor->list (routing-counts out)))
+    (call-with-values (lambda () (report-lines out))
+      (lambda (lines ret)
+        (test-equal "returns the counts" '(3 1 0 0) ret)
+        (test-equal "header" "routing: T=4 tokens, E=4 experts, K=1, capacity none, dropped 0 slots"
+          (car lines))
+        (test-equal "one line per expert: count, share, bar, dead" expert-lines-3100
+          (list-head (cdr lines) 4))
+        (test-equal "summary: MaxVio 2, CV sqrt(1.5), min, max, aux by hand"
+          (format #f "MaxVio 2.00  CV 1.22  min 0  max 3  aux micro-batch=~a"
+                  ((@ (ice-9 format) format) #f "~,4f" loss))
+          (list-ref lines 5))
+        (test-equal "six lines" 6 (length lines))))
+    (test-assert "hand loss is the routing's" (close? loss (aux-ref out 'micro-batch) 1e-5))
+    (test-equal "the summary agrees with max-violation and balance-stats"
+      (list (format #f "~a" (max-violation '(3 1 0 0)))
+            ((@ (ice-9 format) format) #f "~,2f" (assq-ref (balance-stats '(3 1 0 0)) 'cv)))
+      '("2.0" "1.22"))
+    (call-with-values (lambda () (report-lines out #:width 10))
+      (lambda (lines ret)
+        (test-equal "#:width scales the bars (10·1/3 rounds to 3)"
+          '("  expert 0  3   75.0%  ##########" "  expert 1  1   25.0%  ###")
+          (list (cadr lines) (caddr lines)))))
+    ;; a router: the last forward's counts, then the step's, then the global ones
+    (call-with-values (lambda () (report-lines r #:window 'step))
+      (lambda (lines ret)
+        (test-equal "router, step window: T and drops from the metrics"
+          "router (step so far: 1 micro-batch): T=4 tokens, E=4 experts, K=1, dropped 0 slots"
+          (car lines))
+        (test-equal "router, step window: the same experts" expert-lines-3100
+          (list-head (cdr lines) 4))))
+    (test-moelab-error "global window before router-step!" "before the first optimizer step"
+      (routing-report r #:window 'global #:port (%make-void-port "w")))
+    (router-forward r (tensor '((0 1) (0 1) (1 0) (1 0))))   ; counts (2 2 0 0)
+    (router-step! r)
+    (call-with-values (lambda () (report-lines r))
+      (lambda (lines ret)
+        (test-equal "router after router-step!: last forward" '(2 2 0 0) ret)
+        (test-equal "router: header without T" "router (last forward): E=4 experts, K=1" (car lines))
+        (test-equal "router: MaxVio 2/1 - 1 = 1, CV 1"
+          "MaxVio 1.00  CV 1.00  min 0  max 2" (list-ref lines 5))))
+    (call-with-values (lambda () (report-lines r #:window 'global))
+      (lambda (lines ret)
+        (test-equal "router: global window sums the step's forwards" '(5 3 0 0) ret)
+        (test-equal "global: shares of the counted slots"
+          '("  expert 0  5   62.5%  ########################################"
+            "  expert 1  3   37.5%  ########################")
+          (list (cadr lines) (caddr lines)))
+        (test-equal "global: MaxVio 5/2 - 1" "MaxVio 1.50" (substring (list-ref lines 5) 0 11))))
+    (call-with-values (lambda () (report-lines r #:window 'step))
+      (lambda (lines ret)
+        (test-equal "empty step window: no tokens, all dead, no MaxVio, no aux"
+          '((0 0 0 0) "  expert 3  0    0.0%  dead" "MaxVio n/a  CV n/a  min 0  max 0")
+          (list ret (list-ref lines 4) (list-ref lines 5))))))
+  ;; capacity: ceil(T·K/E·1.0) = 1 per expert, expert 0 keeps 1 of its 3 tokens
+  (let ((out (router-forward (report-router #:capacity-factor 1.0) (tensor report-x))))
+    (call-with-values (lambda () (report-lines out))
+      (lambda (lines ret)
+        (test-equal "capacity: counts after drops" '(1 1 0 0) ret)
+        (test-equal "capacity and dropped slots in the header"
+          "routing: T=4 tokens, E=4 experts, K=1, capacity 1, dropped 2 slots" (car lines))
+        (test-equal "shares are of the K·T slots, dropped ones included"
+          '("  expert 0  1   25.0%  ########################################"
+            "  expert 1  1   25.0%  ########################################")
+          (list (cadr lines) (caddr lines)))
+        (test-equal "MaxVio 1/0.5 - 1 = 1" "MaxVio 1.00  CV 1.00  min 0  max 1" (list-ref lines 5)))))
+  ;; an MoE layer with the same gate: its last routing
+  (let ((moe (make-moe-layer #:hidden 2 #:ffn 4 #:experts 4 #:top-k 1
+                             #:router-options '(#:pre-softmax? #t))))
+    (test-moelab-error "a layer before its first forward" "has not run a forward"
+      (routing-report moe #:port (%make-void-port "w")))
+    (set-moe-parameter! moe "router.weight" (tensor report-w))
+    (moe-forward moe (tensor report-x))
+    (call-with-values (lambda () (report-lines moe))
+      (lambda (lines ret)
+        (test-equal "layer: counts" '(3 1 0 0) ret)
+        (test-equal "layer: header"
+          "moe-layer (last forward): T=4 tokens, E=4 experts, K=1, capacity none, dropped 0 slots"
+          (car lines))
+        (test-equal "layer: experts" expert-lines-3100 (list-head (cdr lines) 4)))))
+  (test-moelab-error "not a routing, router or layer" "expected a routing, a router or an MoE layer"
+    (routing-report (tensor '(1 2)) #:port (%make-void-port "w")))
+  (test-moelab-error "unknown window" "#:window expects last, step or global"
+    (routing-report (report-router) #:window 'epoch #:port (%make-void-port "w")))
+  (test-moelab-error "bad width" "#:width expects a positive integer"
+    (routing-report (report-router) #:width 0 #:port (%make-void-port "w"))))
+
 (test-end "router")
 (exit-with-test-status)
