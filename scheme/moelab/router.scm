@@ -217,56 +217,51 @@ counts, each followed by its token total)."
   "True when OBJ is a routing (from router-forward)."
   (%routing? obj))
 
-(define (routing-weights out)
+;; Each field of a routing is one accessor: (NAME out) → (%routing-ref out 'FIELD).
+(define-syntax-rule (define-routing-field name field doc)
+  (define (name out)
+    doc
+    (%routing-ref out 'field)))
+
+(define-routing-field routing-weights weights
   "The routing weights [T K] of OUT (router dtype, differentiable; 0 for
-dropped or padded slots)."
-  (%routing-ref out 'weights))
+dropped or padded slots).")
 
-(define (routing-experts out)
-  "The selected experts [T K] i64 of OUT, by descending selection score."
-  (%routing-ref out 'experts))
+(define-routing-field routing-experts experts
+  "The selected experts [T K] i64 of OUT, by descending selection score.")
 
-(define (routing-probs out)
-  "The dense weights [T E] of OUT (0 off the routing map; differentiable)."
-  (%routing-ref out 'probs))
+(define-routing-field routing-probs probs
+  "The dense weights [T E] of OUT (0 off the routing map; differentiable).")
 
-(define (routing-map out)
-  "The routing map [T E] bool of OUT (pad-to-capacity adds filler entries)."
-  (%routing-ref out 'map))
+(define-routing-field routing-map map
+  "The routing map [T E] bool of OUT (pad-to-capacity adds filler entries).")
 
-(define (routing-kept out)
-  "[T K] bool: the slots of OUT actually routed (valid token, not dropped)."
-  (%routing-ref out 'kept))
+(define-routing-field routing-kept kept
+  "[T K] bool: the slots of OUT actually routed (valid token, not dropped).")
 
-(define (routing-logits out)
-  "The gate logits [T E] of OUT (in the autograd graph)."
-  (%routing-ref out 'logits))
+(define-routing-field routing-logits logits
+  "The gate logits [T E] of OUT (in the autograd graph).")
 
-(define (routing-counts out)
-  "Tokens per expert [E] i64 of OUT (kept slots)."
-  (%routing-ref out 'counts))
+(define-routing-field routing-counts counts
+  "Tokens per expert [E] i64 of OUT (kept slots).")
+
+(define-routing-field routing-aux-total aux-total
+  "The sum of OUT's losses times their coefficients (0-d tensor). In add mode
+add it to the model loss; in inject mode it is for logging.")
+
+(define-routing-field routing-tokens tokens
+  "The number of valid tokens OUT routed.")
+
+(define-routing-field routing-capacity capacity
+  "The capacity C per expert of OUT, or #f without capacity.")
+
+(define-routing-field routing-dropped dropped
+  "The number of valid slots OUT dropped for capacity.")
 
 (define (routing-aux-losses out)
   "The losses of OUT as an alist (kind . 0-d tensor), each unscaled by its
 coefficient. In add mode they are differentiable."
   (%routing-aux-losses out))
-
-(define (routing-aux-total out)
-  "The sum of OUT's losses times their coefficients (0-d tensor). In add mode
-add it to the model loss; in inject mode it is for logging."
-  (%routing-ref out 'aux-total))
-
-(define (routing-tokens out)
-  "The number of valid tokens OUT routed."
-  (%routing-ref out 'tokens))
-
-(define (routing-capacity out)
-  "The capacity C per expert of OUT, or #f without capacity."
-  (%routing-ref out 'capacity))
-
-(define (routing-dropped out)
-  "The number of valid slots OUT dropped for capacity."
-  (%routing-ref out 'dropped))
 
 (define-method (write (o <routing>) port) (display (%routing-repr o) port))
 (define-method (display (o <routing>) port) (display (%routing-repr o) port))
