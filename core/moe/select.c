@@ -329,6 +329,22 @@ static void bad_row(int64_t t, const moe_route_plan *p)
 
 /* The whole row for f32 logits: scores in f32 lanes, selection on f32 values
  * (the stored precision), weights and sums in double. */
+/* The K gathered scores WU of a row, renormalised as the plan says: by their
+ * sum + eps, by their p-norm, or not at all. */
+static void renormalize(double *wu, int64_t K, const moe_route_plan *p)
+{
+    double sum = 0;
+    if (p->wnorm == MOE_WNORM_SUM) {
+        for (int64_t k = 0; k < K; k++) sum += wu[k];
+        double d = sum + p->norm_eps;
+        for (int64_t k = 0; k < K; k++) wu[k] /= d;
+    } else if (p->wnorm == MOE_WNORM_PNORM) {
+        for (int64_t k = 0; k < K; k++) sum += pow(wu[k], p->norm_p);
+        double nrm = pow(sum, 1.0 / p->norm_p);
+        for (int64_t k = 0; k < K; k++) wu[k] /= nrm;
+    }
+}
+
 static void route_row_f32(int64_t t, const moe_route_plan *p, scratch *sc)
 {
     const int64_t E = p->E, K = p->K;
@@ -369,17 +385,8 @@ static void route_row_f32(int64_t t, const moe_route_plan *p, scratch *sc)
             for (int64_t k = 0; k < K; k++) sum += (wu[k] = moe_fexp((float)(zr[ids[k]] - m)));
             for (int64_t k = 0; k < K; k++) wu[k] /= sum;
         } else {
-            double sum = 0;
             for (int64_t k = 0; k < K; k++) wu[k] = sf[ids[k]];
-            if (p->wnorm == MOE_WNORM_SUM) {
-                for (int64_t k = 0; k < K; k++) sum += wu[k];
-                double d = sum + p->norm_eps;
-                for (int64_t k = 0; k < K; k++) wu[k] /= d;
-            } else if (p->wnorm == MOE_WNORM_PNORM) {
-                for (int64_t k = 0; k < K; k++) sum += pow(wu[k], p->norm_p);
-                double nrm = pow(sum, 1.0 / p->norm_p);
-                for (int64_t k = 0; k < K; k++) wu[k] /= nrm;
-            }
+            renormalize(wu, K, p);
         }
     }
     if (p->count_ids) {
@@ -491,17 +498,8 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
             for (int64_t k = 0; k < K; k++) sum += (wu[k] = exp(z[ids[k]] - m));
             for (int64_t k = 0; k < K; k++) wu[k] /= sum;
         } else {
-            double sum = 0;
             for (int64_t k = 0; k < K; k++) wu[k] = s[ids[k]];
-            if (p->wnorm == MOE_WNORM_SUM) {
-                for (int64_t k = 0; k < K; k++) sum += wu[k];
-                double d = sum + p->norm_eps;
-                for (int64_t k = 0; k < K; k++) wu[k] /= d;
-            } else if (p->wnorm == MOE_WNORM_PNORM) {
-                for (int64_t k = 0; k < K; k++) sum += pow(wu[k], p->norm_p);
-                double nrm = pow(sum, 1.0 / p->norm_p);
-                for (int64_t k = 0; k < K; k++) wu[k] /= nrm;
-            }
+            renormalize(wu, K, p);
         }
     }
     if (p->count_ids) {
