@@ -67,6 +67,12 @@ moe_status moe_as_compute(moe_tensor **out, moe_tensor *t, moe_dtype compute);
 #define MOE_NO_GRAD_BEGIN bool moe_prev_grad_ = moe_grad_set_enabled(false)
 #define MOE_NO_GRAD_END moe_grad_set_enabled(moe_prev_grad_)
 
+/* core/ops/index.c, shared with sort.c: keep DIM and T's shape in a node
+ * (iargs[0] = dim, [1] = ndim, [2..] = shape), and the backward of a gather
+ * recorded that way (saved[0] the index): scatter-add g into zeros. */
+void moe_node_keep_dim_shape(moe_node *n, int d, const moe_tensor *t);
+moe_status moe_gather_backward(moe_node *n, moe_tensor *g, moe_tensor **gin);
+
 /* kernels/cpu/copy.c: dst ← src elementwise; same shape (src may have zero
  * strides from a broadcast), any dtypes, CPU. */
 void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src);

@@ -72,8 +72,8 @@ static moe_status check_range_dim(const char *op, const moe_tensor *idx, const m
     return check_range(op, idx, a->ndim ? a->shape[d] : 1, what);
 }
 
-/* Keep DIM and a shape in a node: iargs[0] = dim, [1] = ndim, [2..] = shape. */
-static void keep_dim_shape(moe_node *n, int d, const moe_tensor *t)
+/* See internal.h: shared with sort.c. */
+void moe_node_keep_dim_shape(moe_node *n, int d, const moe_tensor *t)
 {
     n->iargs[0] = d;
     n->iargs[1] = t->ndim;
@@ -120,14 +120,23 @@ static moe_status check_fits(const char *op, const moe_tensor *index, const char
     return MOE_OK;
 }
 
-static moe_status gather_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+typedef moe_status (*index_add_fn)(moe_tensor **out, moe_tensor *a, int dim, moe_tensor *index,
+                                   moe_tensor *src);
+
+/* da = ADD(zeros like a, dim, index, g): the gradient of an op that picked
+ * elements of a by index goes back to where they came from. */
+static moe_status add_into_zeros(moe_node *n, moe_tensor *g, moe_tensor **gin, index_add_fn add)
 {
-    /* da = scatter_add(zeros like a, dim, index, g) */
     moe_tensor *z;
     MOE_TRY(moe_tensor_zeros(&z, g->dtype, g->device, (int)n->iargs[1], &n->iargs[2]));
-    moe_status st = moe_scatter_add(&gin[0], z, (int)n->iargs[0], n->saved[0], g);
+    moe_status st = add(&gin[0], z, (int)n->iargs[0], n->saved[0], g);
     moe_tensor_release(z);
     return st;
+}
+
+moe_status moe_gather_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
+{
+    return add_into_zeros(n, g, gin, moe_scatter_add);
 }
 
 moe_status moe_gather(moe_tensor **out, moe_tensor *a, int dim, moe_tensor *index)
@@ -152,8 +161,8 @@ moe_status moe_gather(moe_tensor **out, moe_tensor *a, int dim, moe_tensor *inde
         moe_cpu_gather(moe_tensor_data(r), moe_tensor_data(a), a->ndim ? a->strides : one_dim,
                        moe_dtype_size(a->dtype), moe_tensor_data(idx), a->ndim ? a->ndim : 1,
                        a->ndim ? idx->shape : one_dim, d);
-    MOE_TRYG(moe_autograd_record(r, "gather", gather_backward, 1, &a, 1, &idx, NULL, NULL));
-    if (r->grad_fn) keep_dim_shape(r->grad_fn, d, a);
+    MOE_TRYG(moe_autograd_record(r, "gather", moe_gather_backward, 1, &a, 1, &idx, NULL, NULL));
+    if (r->grad_fn) moe_node_keep_dim_shape(r->grad_fn, d, a);
 done:
     moe_tensor_release(idx);
     if (st != MOE_OK) {
@@ -236,7 +245,7 @@ moe_status moe_scatter_add(moe_tensor **out, moe_tensor *a, int dim, moe_tensor 
     if (st != MOE_OK) goto done;
     MOE_TRYG(moe_autograd_record(r, op, scatter_add_backward, 2, (moe_tensor *[]){a, src}, 1, &idx,
                                  NULL, NULL));
-    if (r->grad_fn) keep_dim_shape(r->grad_fn, d, src);
+    if (r->grad_fn) moe_node_keep_dim_shape(r->grad_fn, d, src);
 done:
     moe_tensor_release(idx);
     moe_tensor_release(res);
@@ -265,12 +274,7 @@ static moe_status check_row_index(const char *op, moe_tensor *a, int dim, moe_te
 
 static moe_status index_select_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 {
-    /* da = index_add(zeros like a, dim, index, g) */
-    moe_tensor *z;
-    MOE_TRY(moe_tensor_zeros(&z, g->dtype, g->device, (int)n->iargs[1], &n->iargs[2]));
-    moe_status st = moe_index_add(&gin[0], z, (int)n->iargs[0], n->saved[0], g);
-    moe_tensor_release(z);
-    return st;
+    return add_into_zeros(n, g, gin, moe_index_add);
 }
 
 moe_status moe_index_select(moe_tensor **out, moe_tensor *a, int dim, moe_tensor *index)
@@ -300,7 +304,7 @@ moe_status moe_index_select(moe_tensor **out, moe_tensor *a, int dim, moe_tensor
                              moe_tensor_data(idx), prod_dims(a->shape, 0, d), a->shape[d], M,
                              prod_dims(a->shape, d + 1, a->ndim));
     MOE_TRYG(moe_autograd_record(r, op, index_select_backward, 1, &a, 1, &idx, NULL, NULL));
-    if (r->grad_fn) keep_dim_shape(r->grad_fn, d, a);
+    if (r->grad_fn) moe_node_keep_dim_shape(r->grad_fn, d, a);
 done:
     moe_tensor_release(idx);
     moe_tensor_release(ac);

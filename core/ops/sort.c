@@ -26,17 +26,6 @@
 
 /* ---- topk / sort / argsort ---------------------------------------------------- */
 
-static moe_status order_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
-{
-    /* da = scatter_add(zeros like a, dim, indices, g): each kept value's
-     * gradient goes back to the position it came from */
-    moe_tensor *z;
-    MOE_TRY(moe_tensor_zeros(&z, g->dtype, g->device, (int)n->iargs[1], &n->iargs[2]));
-    moe_status st = moe_scatter_add(&gin[0], z, (int)n->iargs[0], n->saved[0], g);
-    moe_tensor_release(z);
-    return st;
-}
-
 /* Sorted K entries of every row along DIM (FULL: K = the dim size). FIRST_BIG:
  * largest first (topk largest, descending sort). VALUES or INDICES may be NULL. */
 static moe_status order_impl(const char *op, moe_tensor **values, moe_tensor **indices,
@@ -129,13 +118,10 @@ static moe_status order_impl(const char *op, moe_tensor **values, moe_tensor **i
         if (vr) MOE_TRYG(moe_as_compute(&vals, vr, a->dtype));
     }
     if (vals) {
-        MOE_TRYG(moe_autograd_record(vals, op, order_backward, 1, &a, 1, &idxs, NULL, NULL));
-        if (vals->grad_fn) {
-            moe_node *n = vals->grad_fn;
-            n->iargs[0] = d;
-            n->iargs[1] = nd;
-            for (int j = 0; j < nd; j++) n->iargs[2 + j] = a->shape[j];
-        }
+        /* the values are a gather of a along d: each kept value's gradient
+         * goes back to the position it came from */
+        MOE_TRYG(moe_autograd_record(vals, op, moe_gather_backward, 1, &a, 1, &idxs, NULL, NULL));
+        if (vals->grad_fn) moe_node_keep_dim_shape(vals->grad_fn, d, a);
     }
 done:
     moe_tensor_release(scratch);
