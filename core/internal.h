@@ -62,6 +62,9 @@ static inline char *moe_storage_ptr(const moe_tensor *t, int64_t off)
 /* A contiguous tensor in the compute dtype of T (f32 for f32/bf16, else f64):
  * T itself (retained) when it already is one. Not recorded by autograd. */
 moe_status moe_as_compute(moe_tensor **out, moe_tensor *t, moe_dtype compute);
+/* The other way: the result in dtype RT from a fresh compute-dtype buffer R
+ * (takes over R; R itself when it already has dtype RT). */
+moe_status moe_from_compute(moe_tensor **out, moe_tensor *r, moe_dtype rt);
 
 /* Run an op body with grad mode off (backward functions compose ops). */
 #define MOE_NO_GRAD_BEGIN bool moe_prev_grad_ = moe_grad_set_enabled(false)

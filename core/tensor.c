@@ -412,6 +412,13 @@ moe_status moe_as_compute(moe_tensor **out, moe_tensor *t, moe_dtype compute)
     return st;
 }
 
+moe_status moe_from_compute(moe_tensor **out, moe_tensor *r, moe_dtype rt)
+{
+    moe_status st = moe_as_compute(out, r, rt);
+    moe_tensor_release(r);
+    return st;
+}
+
 /* ---- random numbers --------------------------------------------------------- */
 
 static moe_rng default_rng;

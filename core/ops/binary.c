@@ -34,23 +34,6 @@ static moe_status operand(moe_tensor **out, moe_tensor *t, moe_dtype ct)
     return moe_as_compute(out, t, ct);
 }
 
-/* The result in dtype RT from the compute-dtype buffer R (takes over R). */
-static moe_status finish(moe_tensor **out, moe_tensor *r, moe_dtype rt)
-{
-    *out = NULL;
-    if (r->dtype == rt) {
-        *out = r;
-        return MOE_OK;
-    }
-    moe_tensor *c;
-    moe_status st = moe_tensor_empty(&c, rt, r->device, r->ndim, r->shape);
-    if (st == MOE_OK) st = moe_copy_elements(c, r);
-    if (st == MOE_OK) *out = c;
-    else moe_tensor_release(c);
-    moe_tensor_release(r);
-    return st;
-}
-
 /* Reduce G (of the output shape) to the shape and dtype of input IN: the
  * backward of broadcasting and promotion. Takes over G. */
 static moe_status to_input(moe_tensor **out, moe_tensor *g, const moe_tensor *in)
@@ -109,7 +92,7 @@ static moe_status binary_compute(const char *op, moe_binop kind, moe_tensor **ou
         moe_cpu_binary_f32(kind, moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(bc), &it);
     else
         moe_cpu_binary_f64(kind, moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(bc), &it);
-    st = finish(out, r, rt);
+    st = moe_from_compute(out, r, rt);
     r = NULL;
 done:
     moe_tensor_release(ac);
@@ -309,7 +292,7 @@ moe_status moe_where(moe_tensor **out, moe_tensor *cond, moe_tensor *a, moe_tens
     else
         moe_cpu_where_f64(moe_tensor_data(r), moe_tensor_data(cond), moe_tensor_data(ac),
                           moe_tensor_data(bc), &it);
-    st = finish(&res, r, rt);
+    st = moe_from_compute(&res, r, rt);
     r = NULL;
     if (st != MOE_OK) goto done;
     moe_tensor *inputs[2] = {a, b};
@@ -358,7 +341,7 @@ moe_status moe_masked_fill(moe_tensor **out, moe_tensor *a, moe_tensor *mask, do
         moe_cpu_masked_fill_f32(moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(mask), value, &it);
     else
         moe_cpu_masked_fill_f64(moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(mask), value, &it);
-    st = finish(&res, r, a->dtype);
+    st = moe_from_compute(&res, r, a->dtype);
     r = NULL;
     if (st != MOE_OK) goto done;
     MOE_TRYG(moe_autograd_record(res, "masked-fill", masked_fill_backward, 1, &a, 1, &mask, NULL, NULL));

@@ -49,23 +49,6 @@ static const unary_info unary_table[MOE_UNOP_COUNT] = {
     [MOE_UN_POW_S] = {"pow-scalar", false, NEEDS_X},
 };
 
-/* The result in dtype RT from the compute-dtype buffer R (takes over R). */
-static moe_status finish(moe_tensor **out, moe_tensor *r, moe_dtype rt)
-{
-    *out = NULL;
-    if (r->dtype == rt) {
-        *out = r;
-        return MOE_OK;
-    }
-    moe_tensor *c;
-    moe_status st = moe_tensor_empty(&c, rt, r->device, r->ndim, r->shape);
-    if (st == MOE_OK) st = moe_copy_elements(c, r);
-    if (st == MOE_OK) *out = c;
-    else moe_tensor_release(c);
-    moe_tensor_release(r);
-    return st;
-}
-
 /* node: iargs[0] = op, iargs[1] = saved index of x (or -1), iargs[2] = of y;
  * dargs[0..1] = the op's parameters. */
 static moe_status unary_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
@@ -91,7 +74,7 @@ static moe_status unary_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
     else
         moe_cpu_unary_grad_f64(op, n->dargs, moe_tensor_data(r), moe_tensor_data(gc),
                                xc ? moe_tensor_data(xc) : NULL, yc ? moe_tensor_data(yc) : NULL, numel);
-    st = finish(&gin[0], r, in->dtype);
+    st = moe_from_compute(&gin[0], r, in->dtype);
     r = NULL;
 done:
     moe_tensor_release(gc);
@@ -122,7 +105,7 @@ static moe_status unary_op(moe_unop op, const double *p, moe_dtype rt, moe_tenso
         moe_cpu_unary_f32(op, p, moe_tensor_data(r), moe_tensor_data(ac), &it);
     else
         moe_cpu_unary_f64(op, p, moe_tensor_data(r), moe_tensor_data(ac), &it);
-    st = finish(&res, r, rt);
+    st = moe_from_compute(&res, r, rt);
     r = NULL;
     if (st != MOE_OK) goto done;
     if (moe_tensor_needs_grad(a)) {
@@ -273,7 +256,7 @@ static moe_status dropout_apply(moe_tensor **out, moe_tensor *a, moe_dtype rt, u
         moe_tensor_release(r);
         return st;
     }
-    return finish(out, r, rt);
+    return moe_from_compute(out, r, rt);
 }
 
 static moe_status dropout_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
