@@ -495,6 +495,18 @@ static moe_status unstage(moe_tensor *dst, moe_tensor *src)
     return st;
 }
 
+/* The output R of a collective (in its staging device and dtype) as a tensor
+ * of T's device and dtype: R itself (retained) when they already match. */
+static moe_status unstaged_result(moe_tensor **res, moe_tensor *r, const moe_tensor *t)
+{
+    if (r->device == t->device && r->dtype == t->dtype) {
+        *res = moe_tensor_retain(r);
+        return MOE_OK;
+    }
+    MOE_TRY(moe_tensor_empty(res, t->dtype, t->device, r->ndim, r->shape));
+    return unstage(*res, r);
+}
+
 /* The device and dtype a collective on T runs in on group EG. */
 static void exec_layout(const moe_group *eg, const moe_tensor *t, bool reduces, moe_device *dev,
                         moe_dtype *dt)
@@ -682,12 +694,7 @@ static moe_status all_gather_impl(moe_tensor **out, moe_tensor *t, moe_group *g)
     if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, nd, shape);
     if (st == MOE_OK)
         st = eg->ops->all_gather(eg, moe_tensor_data(r), moe_tensor_data(w), moe_tensor_numel(w), dt);
-    if (st == MOE_OK && (dev != t->device)) {
-        st = moe_tensor_empty(&res, t->dtype, t->device, nd, shape);
-        if (st == MOE_OK) st = unstage(res, r);
-    } else if (st == MOE_OK) {
-        res = moe_tensor_retain(r);
-    }
+    if (st == MOE_OK) st = unstaged_result(&res, r, t);
     moe_tensor_release(w);
     moe_tensor_release(r);
     if (st != MOE_OK) {
@@ -755,12 +762,7 @@ static moe_status reduce_scatter_impl(moe_tensor **out, moe_tensor *t, moe_reduc
     if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, t->ndim, shape);
     if (st == MOE_OK)
         st = eg->ops->reduce_scatter(eg, moe_tensor_data(r), moe_tensor_data(w), moe_tensor_numel(r), dt, op);
-    if (st == MOE_OK && (dev != t->device || dt != t->dtype)) {
-        st = moe_tensor_empty(&res, t->dtype, t->device, t->ndim, shape);
-        if (st == MOE_OK) st = unstage(res, r);
-    } else if (st == MOE_OK) {
-        res = moe_tensor_retain(r);
-    }
+    if (st == MOE_OK) st = unstaged_result(&res, r, t);
     moe_tensor_release(w);
     moe_tensor_release(r);
     if (st != MOE_OK) {
@@ -885,12 +887,7 @@ static moe_status all_to_all_impl(moe_tensor **out, int64_t *recv_splits, moe_te
         if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, t->ndim, shape);
         if (st == MOE_OK)
             st = eg->ops->all_to_all(eg, moe_tensor_data(r), recv_counts, moe_tensor_data(w), send_counts, dt);
-        if (st == MOE_OK && dev != t->device) {
-            st = moe_tensor_empty(&res, t->dtype, t->device, t->ndim, shape);
-            if (st == MOE_OK) st = unstage(res, r);
-        } else if (st == MOE_OK) {
-            res = moe_tensor_retain(r);
-        }
+        if (st == MOE_OK) st = unstaged_result(&res, r, t);
     }
     if (st == MOE_OK && recv_splits)
         for (int q = 0; q < n; q++) recv_splits[q] = rinfo[q * A2A_INFO + A2A_ROWS];
