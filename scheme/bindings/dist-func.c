@@ -346,15 +346,11 @@ SCM_DEFINE(moelab_context_mesh_coord, "%context-mesh-coord", 2, 0, 0, (SCM ctx, 
     SCM_VALIDATE_STRING(2, dim);
     const moe_mesh *m = s ? usable_mesh(s, FUNC_NAME) : NULL;
     const moe_mesh *lookup = m ? m : one_rank_mesh(FUNC_NAME);
-    char *d = scm_to_utf8_string(dim);
+    char d[64];
+    moelab_name_text(dim, d, sizeof d);
     int c = moe_mesh_coord(lookup, d);
-    if (c < 0) {
-        char name[64];
-        snprintf(name, sizeof name, "%s", d);
-        free(d);
-        moelab_throw(FUNC_NAME, MOE_ERR_ARG, "unknown dimension '%s': use tp, cp, ep, dp or pp", name);
-    }
-    free(d);
+    if (c < 0)
+        moelab_throw(FUNC_NAME, MOE_ERR_ARG, "unknown dimension '%s': use tp, cp, ep, dp or pp", d);
     scm_remember_upto_here_1(ctx);
     return scm_from_int(c);
 }
