@@ -1,4 +1,4 @@
-/* comm.h — process groups and collectives (issue 5).
+/* comm.h — process groups and collectives.
  *
  * A process group is a set of ranks that run collectives together. Each rank
  * holds its own handle (moe_group *) to the group; collectives are called by

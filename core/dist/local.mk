@@ -1,4 +1,4 @@
-## core/dist/local.mk — collectives, process groups, mesh (issue 5): sources and tests.
+## core/dist/local.mk — collectives, process groups, mesh: sources and tests.
 ## Headers install under $(includedir)/moelab/dist and are included as "dist/comm.h".
 libmoelab_la_SOURCES += \
 	core/dist/comm.c core/dist/comm_impl.h core/dist/comm_threads.c core/dist/mesh.c

@@ -1,5 +1,5 @@
 /* aux_loss.h — load-balancing losses and the z-loss, as differentiable
- * functions of the router logits (spec: shared/spec/aux-losses.md §2–§4).
+ * functions of the router logits (the maths: the manual, "Routers and balancing losses").
  *
  * Notation (used in every comment below): T valid tokens in the scope named,
  * E routed experts, K top-k, z logits [T E], p loss scores [T E] (softmax over

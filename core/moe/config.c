@@ -1,5 +1,5 @@
 /* config.c — router configuration: defaults, name tables, the reference
- * presets and validation (the "Bad input" list of issue 4). See router.h for
+ * presets and validation (every bad input is a clear error). See router.h for
  * what each preset sets. */
 #include <assert.h>
 #include <math.h>

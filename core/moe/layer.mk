@@ -1,4 +1,4 @@
-## core/moe/layer.mk — token dispatch, grouped experts, the MoE layer (issue 6).
+## core/moe/layer.mk — token dispatch, grouped experts, the MoE layer.
 ## Included from Makefile.am after libmoelab_la_SOURCES is defined.
 libmoelab_la_SOURCES += \
 	core/moe/dispatch.c core/moe/dispatch.h \

@@ -1,4 +1,4 @@
-## core/moe/local.mk — routers, aux losses, metrics (issue 4): sources and tests.
+## core/moe/local.mk — routers, aux losses, metrics: sources and tests.
 ## Headers install under $(includedir)/moelab/moe and are included as "moe/router.h".
 libmoelab_la_SOURCES += \
 	core/moe/router.c core/moe/config.c core/moe/select.c core/moe/sinkhorn.c \

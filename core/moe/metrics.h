@@ -1,5 +1,5 @@
 /* metrics.h — per-layer, per-step routing metrics and their logging
- * reductions (spec: shared/spec/aux-losses.md §5).
+ * reductions (the manual, "Routers and balancing losses").
  *
  * Windows: "batch" is the last forward (micro-batch) of the router; "step" is
  * everything this rank routed since the last moe_router_step; "global" is the

@@ -1,7 +1,7 @@
 /* router.h — the MoE router: gate, scoring, top-k selection (plain,
  * group-limited, sinkhorn, debug), capacity, aux-loss-free expert bias, and
  * the load-balancing losses with their gradient delivery
- * (spec: shared/spec/aux-losses.md §1, §4, §5).
+ * (the maths: the manual, "Routers and balancing losses").
  *
  * Dimension letters: T tokens (B·S, b-major, for [B S D] input), D hidden,
  * E experts, K top-k, G expert groups, C capacity.

@@ -1,4 +1,4 @@
-/* dist-func.c — process groups and collectives from Scheme (issue 5): the
+/* dist-func.c — process groups and collectives from Scheme: the
  * <group> foreign object, rank contexts, with-ranks on the threads backend
  * and under mpirun, and the collectives of core/dist/comm.h.
  *

@@ -1,4 +1,4 @@
-/* layer-func.c — the MoE layer from Scheme (issue 6): the <moe-layer>
+/* layer-func.c — the MoE layer from Scheme: the <moe-layer>
  * foreign object and the primitives behind (moelab layer).
  *
  * A <moe-layer> owns its moe_layer; the finalizer frees it (once: the slot

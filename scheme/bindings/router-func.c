@@ -1,5 +1,5 @@
 /* router-func.c — routers, routings, balance trackers and the standalone
- * load-balancing losses from Scheme (issue 4). The documented procedures are
+ * load-balancing losses from Scheme. The documented procedures are
  * in scheme/moelab/router.scm.
  *
  * Three foreign objects, each holding one C object in its single slot and

@@ -1,5 +1,5 @@
-;;; (moelab router) — MoE routers and the load-balancing losses (issue 4;
-;;; the maths is in shared/spec/aux-losses.md, the C core in core/moe/).
+;;; (moelab router) — MoE routers and the load-balancing losses (the maths
+;;; is in the manual, "Routers and balancing losses"; the C core in core/moe/).
 ;;;
 ;;; A router scores each token against E experts with a gate weight [E D],
 ;;; picks K of them (top-k, group-limited, sinkhorn or debug routing), applies

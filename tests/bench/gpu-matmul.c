@@ -1,6 +1,6 @@
 /* gpu-matmul.c — moelab's GPU matmul (moe_matmul on CUDA tensors, through
  * kernels/cuda/blaslt.cu) against cuBLASLt and cuBLAS called directly in the
- * same run, on the same buffers (issue 7):
+ * same run, on the same buffers:
  *   bf16 8192³ (bf16 in and out, f32 accumulation): target >= 90% of the
  *   faster direct call;
  *   f32 4096³ (exact f32, no TF32 on either side), and moelab with TF32

@@ -1,5 +1,5 @@
 /* gpu-moe.c — an MoE layer forward + backward on the GPU from the backend's
- * kernels (issue 7): T = 16384 tokens, D = 2048, F = 1408, E = 64 SwiGLU
+ * kernels: T = 16384 tokens, D = 2048, F = 1408, E = 64 SwiGLU
  * experts, K = 6, bf16 storage. One step: gate GEMM (cuBLASLt), fused router
  * (softmax post-top-k, micro-batch balance loss), device dispatch plan,
  * permute, grouped expert MLP (cuBLAS grouped GEMMs), un-permute with the

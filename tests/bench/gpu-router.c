@@ -1,5 +1,5 @@
 /* gpu-router.c — the fused router kernel, forward + backward, on the GPU
- * (issue 7): T = 65536, E = 256, K = 8, sigmoid scores, 8 groups (4 kept,
+ *: T = 65536, E = 256, K = 8, sigmoid scores, 8 groups (4 kept,
  * group score = top-2 sum), expert bias, micro-batch balance loss and
  * z-loss. The gate GEMM is excluded: the logits [T E] f32 are the input.
  *

@@ -8,7 +8,7 @@ python3-torch (torch 1.13):
 
     /usr/bin/python3 tests/reference/gen_router_refs.py > tests/reference/router_refs.txt
 
-Formulas (spec: shared/spec/aux-losses.md). T valid tokens, E experts, K top-k,
+Formulas: the manual, chapter "Routers and balancing losses". T valid tokens, E experts, K top-k,
 p loss scores (softmax over E, or sigmoid normalised per token s/(Σs+ε)),
 c_i routing counts, P_i = Σ_t p_{t,i}:
 

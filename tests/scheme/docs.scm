@@ -22,17 +22,17 @@
         (and (macro? value) (procedure-documentation (macro-transformer value))))))
 
 (define contract
-  ;; names that code outside this repository calls (issues 3 and 5)
+  ;; names that code outside this repository calls (contract names)
   '(tensor zeros ones randn arange tensor->list tensor-shape tensor-dtype tensor-ref
     tensor->f32vector matmul softmax log-softmax cross-entropy topk gather index-add
     rms-norm t+ t- t* t/ requires-grad! backward! tensor-grad zero-grad! detach
     with-no-grad no-grad register-hook! define-autograd-function tensor-free!
-    ;; issue 5: ranks, groups, collectives
+    ;; ranks, groups, collectives
     with-ranks current-rank world-size mesh-group group-size group-rank
     all-reduce! all-gather reduce-scatter all-to-all broadcast! barrier
-    ;; issue 6: the MoE layer
+    ;; the MoE layer
     make-moe-layer moe-forward moe-last-routing moe-parameters set-moe-parameter!
-    ;; issue 4: routers and load-balancing losses
+    ;; routers and load-balancing losses
     make-router router-weight set-router-weight! router-forward routing-weights
     routing-experts routing-probs routing-map routing-aux-losses router-step!
     router-metrics load-balancing-loss make-balance-tracker balance-tracker-reset!

@@ -2,7 +2,7 @@
 ;;; results for a hand-set gate, the load-balancing losses on hand-computed
 ;;; logits, gradients against finite differences, the global-batch tracker,
 ;;; presets, metrics, expert-bias updates, state save/load, and every bad
-;;; input of issue 4 (each a moelab-error that leaves the router unchanged).
+;;; input of the router contract (each a moelab-error that leaves the router unchanged).
 ;;;
 ;;; Hand computations use the canonical form L = E/(K·T²)·Σ_i c_i·P_i with c
 ;;; the top-k counts and P_i = Σ_t p_ti the summed loss scores.

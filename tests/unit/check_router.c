@@ -1,5 +1,5 @@
 /* check_router.c — the router: configuration, presets and every bad input
- * of issue 4; selection rules on hand-made logits (ties, groups, capacity
+ * of the router contract; selection rules on hand-made logits (ties, groups, capacity
  * policies, expert bias, debug routing, jitter); gradient delivery (inject
  * equals add, the injected gradient is α·∇L and reaches the weight through
  * either output, the 1/M, ×cp and per-token scales, tp/cp/dp independence on
