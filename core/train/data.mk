@@ -1,6 +1,7 @@
 ## core/train/data.mk — tokenizers, token files, text sources and datasets
-## (the data side of training). Included from Makefile.am after
-## libmoelab_la_SOURCES is defined. Headers install under
+## (the data side of training): the C sources, their Guile bindings and
+## (moelab data), and the tests. Included from Makefile.am after
+## scheme/local.mk (it appends to that fragment's lists). Headers install under
 ## $(includedir)/moelab/train and are included as "train/dataset.h".
 libmoelab_la_SOURCES += \
 	core/train/source.c core/train/source.h \
@@ -27,3 +28,20 @@ tests_unit_check_dataset_SOURCES = tests/unit/check_dataset.c tests/unit/testuti
 tests_unit_check_dataset_CPPFLAGS = $(DATA_TEST_CPPFLAGS)
 VALGRIND_TESTS += $(DATA_TESTS)
 EXTRA_DIST += scripts/make-corpus
+
+## ---- Guile bindings and the (moelab data) module ----------------------------
+libguile_moelab_la_SOURCES += scheme/bindings/data-func.c scheme/bindings/data-func.h \
+	scheme/bindings/dataset-func.c
+moelab_snarf_x += scheme/bindings/data-func.x scheme/bindings/dataset-func.x
+moelab_sub_scm += scheme/moelab/data.scm
+scheme/moelab/data.go: scheme/moelab/tensor.go
+scheme/moelab.go: scheme/moelab/data.go
+SCHEME_TESTS += tests/scheme/data.scm
+
+## the tiny corpora the tests read
+EXTRA_DIST += tests/data/spm-train.txt \
+	tests/data/corpus/alpha/train tests/data/corpus/alpha/val \
+	tests/data/corpus/beta/train tests/data/corpus/beta/val \
+	tests/data/empty/train tests/data/empty/val \
+	tests/data/tree/.hidden tests/data/tree/x/1.txt tests/data/tree/x/2.txt \
+	tests/data/tree/y.txt tests/data/tree/z.md
