@@ -19,7 +19,8 @@
  * recursively, a glob). A spec naming a directory that holds an entry called
  * after the split ("train", "val") reads that entry instead, so
  * data/corpus/<domain> serves both splits. Files ending in .bin, .u16, .u32
- * are token files (tokfile.h), read as they are; every other file is text:
+ * are token files (tokfile.h), read as they are (each counts as one document);
+ * every other file is text:
  * NUL-separated documents, each tokenized and followed by the tokenizer's
  * end-of-document token.
  *
