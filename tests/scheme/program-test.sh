@@ -253,7 +253,8 @@ if [ -e "$tmp/repl.sock" ]; then fail "--listen: socket removed on SIGTERM"; els
 # TCP on loopback; port 0 lets the kernel choose, the server says which.
 $run --listen=0 </dev/null >"$tmp/server.out" 2>"$tmp/server.err" &
 server_pid=$!
-if wait_for "grep -q 'listening on' '$tmp/server.err'"; then
+# (the whole line: stderr is unbuffered, the message may arrive in pieces)
+if wait_for "grep -q 'listening on .*(loopback only)' '$tmp/server.err'"; then
     status=0
     check "--listen=PORT: loopback only" 0 'listening on 127\.0\.0\.1:[0-9]' "$tmp/server.err"
     port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/server.err")
