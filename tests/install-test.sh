@@ -18,7 +18,8 @@ set -u
 builddir=$(pwd)
 abs_srcdir=$(cd "${srcdir:-.}" && pwd)
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moelab-install-test.XXXXXX") || exit 99
-trap 'rm -rf "$tmp"' EXIT
+# (the mirror of a read-only source tree, as under distcheck, is read-only too)
+trap 'chmod -R u+w "$tmp" 2>/dev/null; rm -rf "$tmp"' EXIT
 # Called from make check: the sub-makes below must not use its jobserver.
 unset MAKEFLAGS MFLAGS MAKELEVEL
 HOME=$tmp/home; export HOME
