@@ -760,7 +760,11 @@ The moelab workbench: Guile Scheme with (moelab) loaded.
 
 REPL: readline on a terminal, history in ~/.moelab_history (or $MOELAB_HISTORY),
 TAB completes moelab names; ,help moelab lists the moelab meta-commands.
-Environment: MOELAB_NUM_THREADS sets the number of OpenMP threads.
+Standard input that is not a terminal is read as a quiet REPL that carries on
+after an error and exits with status 1 if any form raised one.
+Environment: MOELAB_NUM_THREADS sets the number of OpenMP threads;
+MOELAB_LOAD_PATH and MOELAB_LOAD_COMPILED_PATH replace the directories of
+moelab's own modules, which come before GUILE_LOAD_PATH.
 ")
 
 (define (usage-error message)
