@@ -130,7 +130,7 @@ START_TEST(test_presets)
 }
 END_TEST
 
-/* Every bad input of the issue: a clear status and message, no router. */
+/* Every kind of bad input: a clear status and message, no router. */
 START_TEST(test_bad_config)
 {
     moe_router_config c;

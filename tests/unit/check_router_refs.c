@@ -206,7 +206,7 @@ END_TEST
 
 START_TEST(test_ref_count)
 {
-    /* the issue asks for at least 60 reference cases */
+    /* the reference set holds at least 60 cases */
     ck_assert_int_ge(ncases, 60);
 }
 END_TEST
