@@ -872,6 +872,7 @@ moe_status moe_router_step(moe_router *r)
         float dm = (float)(dmean / (double)E);
         float *b = moe_tensor_data(r->bias);
         for (int64_t e = 0; e < E; e++) b[e] = b[e] + (r->cfg.bias_center ? d[e] - dm : d[e]);
+        moe_tensor_bump_version(r->bias);
         free(d);
     }
     memcpy(r->global_counts, buf + E + 1, sizeof(double) * (size_t)E);
