@@ -213,8 +213,28 @@ counts, each followed by its token total)."
     `((bias . ,(car s)) (counters . ,(cadr s)))))
 
 (define (router-load-state! r state)
-  "Restore a state from router-state into R."
-  (%router-load-state! r (assq-ref state 'bias) (assq-ref state 'counters)))
+  "Restore a state from router-state into R: STATE is an alist with the keys
+bias (an [E] tensor, or #f for a router without expert bias) and counters (a
+[3 E+1] tensor). A missing or unknown key, or a value of the wrong kind or
+shape, raises moelab-error naming the key; R is then unchanged."
+  (define (fail fmt . args)
+    (throw 'moelab-error "router-load-state!" fmt args '(arg)))
+  (unless (and (list? state) (every pair? state))
+    (fail "expected the alist router-state returns (keys bias and counters), got ~s" state))
+  (for-each (lambda (entry)
+              (unless (memq (car entry) '(bias counters))
+                (fail "unknown key ~s in the state (the keys are bias and counters)" (car entry))))
+            state)
+  (let ((bias (assq 'bias state)) (counters (assq 'counters state)))
+    (unless counters
+      (fail "the state has no counters entry (a [3 E+1] tensor, as router-state makes)"))
+    (unless (tensor? (cdr counters))
+      (fail "counters must be a [3 E+1] tensor, got ~s" (cdr counters)))
+    (unless bias
+      (fail "the state has no bias entry (an [E] tensor, or #f for a router without expert bias)"))
+    (unless (or (not (cdr bias)) (tensor? (cdr bias)))
+      (fail "bias must be an [E] tensor or #f, got ~s" (cdr bias)))
+    (%router-load-state! r (cdr bias) (cdr counters))))
 
 (define-method (write (r <router>) port) (display (%router-repr r) port))
 (define-method (display (r <router>) port) (display (%router-repr r) port))

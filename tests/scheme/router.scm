@@ -757,8 +757,22 @@
       (set-router-weight! r (tensor '((1 0) (0 1)))))
     (test-moelab-error "bias of the wrong shape" "set-router-bias!"
       (set-router-bias! r '(1 2)))
-    (test-moelab-error "state of the wrong shape" "router-load-state!"
+    (test-moelab-error "state of the wrong shape names counters and the shape" "counters must be [3 4], got [2 2]"
       (router-load-state! r `((bias . #f) (counters . ,(zeros '(2 2) #:dtype 'f64)))))
+    (test-moelab-error "a bias of the wrong shape names bias" "bias must be [3], got [2]"
+      (router-load-state! r `((bias . ,(zeros '(2))) (counters . ,(zeros '(3 4) #:dtype 'f64)))))
+    (test-moelab-error "state without counters: says which key is missing" "no counters entry"
+      (router-load-state! r `((bias . ,(zeros '(3))))))
+    (test-moelab-error "state without bias: says which key is missing" "no bias entry"
+      (router-load-state! r `((counters . ,(zeros '(3 4) #:dtype 'f64)))))
+    (test-moelab-error "counters not a tensor" "counters must be a [3 E+1] tensor"
+      (router-load-state! r '((bias . #f) (counters . #f))))
+    (test-moelab-error "bias not a tensor" "bias must be an [E] tensor or #f"
+      (router-load-state! r `((bias . (1 2 3)) (counters . ,(zeros '(3 4) #:dtype 'f64)))))
+    (test-moelab-error "an unknown key" "unknown key"
+      (router-load-state! r `((bias . #f) (counts . ,(zeros '(3 4) #:dtype 'f64)))))
+    (test-moelab-error "not an alist" "expected the alist router-state returns"
+      (router-load-state! r 'state))
     (test-equal "router unchanged after the errors" #t (equal? before (snapshot)))))
 
 ;;; ---- routing-report ----------------------------------------------------------------------------
