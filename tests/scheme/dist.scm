@@ -427,6 +427,14 @@ what happened instead."
   (test-wrong-type "op not a symbol" (all-reduce! (tensor '(1)) #:op "sum"))
   (test-moelab-error "ops that differ across ranks are named" "reduce op mismatch: rank 0 passed sum, rank 1 passed max"
     (with-ranks 2 (lambda (r) (all-reduce! (tensor '(1)) #:op (if (= r 0) 'sum 'max)))))
+  (test-moelab-error "a global-batch loss with different expert counts names the experts"
+    "the ranks of group 'world' count different experts: rank 0 has 4 experts, rank 1 has 8"
+    (with-ranks 2 #:mesh '((dp . 2))
+      (lambda (rank)
+        (let* ((experts (if (= rank 0) 4 8))
+               (tracker (make-balance-tracker #:experts experts #:group 'dp)))
+          (load-balancing-loss 'global-batch (randn (list 8 experts) #:seed 1)
+                               #:top-k 2 #:tracker tracker)))))
   (test-moelab-error "reduce-scatter too" "reduce op mismatch: rank 0 passed avg, rank 1 passed min"
     (with-ranks 2 (lambda (r) (reduce-scatter (zeros '(2)) #:op (if (= r 0) 'avg 'min)))))
   (test-moelab-error "bad root outside with-ranks" "root 1 is not a rank of the group (size 1)"
