@@ -95,7 +95,7 @@ bool moe_mpi_failed(const char **message)
  * at most SLEEP_MAX_NS of latency. */
 #define SPIN_NS 200000L
 #define SLEEP_MIN_NS 20000L
-#define SLEEP_MAX_NS 4000000L
+#define SLEEP_MAX_NS 2000000L
 
 static double seconds_now(void)
 {
