@@ -384,8 +384,8 @@ static moe_status mpi_broadcast(moe_group *g, void *buf, int64_t count, moe_dtyp
 }
 
 /* Point to point: a header {count, dtype} (tag 2t) goes before the payload
- * (tag 2t+1), so the receiver can report a mismatch. The largest tag is kept
- * for the peer check's entry exchange (ENTRY_TAG). */
+ * (tag 2t+1), so the receiver can report a mismatch. The largest tag,
+ * MPI_TAG_UB, is kept for the peer check's exchange (mpi_gather_entry). */
 static int tag_ub(void)
 {
     int *ub = NULL, flag = 0;
