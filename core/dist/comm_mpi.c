@@ -384,8 +384,9 @@ static moe_status mpi_broadcast(moe_group *g, void *buf, int64_t count, moe_dtyp
 }
 
 /* Point to point: a header {count, dtype} (tag 2t) goes before the payload
- * (tag 2t+1), so the receiver can report a mismatch. The largest tag,
- * MPI_TAG_UB, is kept for the peer check's exchange (mpi_gather_entry). */
+ * (tag 2t+1), so the receiver can report a mismatch. The two largest tags
+ * are kept: MPI_TAG_UB for the peer check's exchange (mpi_gather_entry),
+ * MPI_TAG_UB - 1 for the wait at finalize. */
 static int tag_ub(void)
 {
     int *ub = NULL, flag = 0;
@@ -395,7 +396,7 @@ static int tag_ub(void)
 
 static moe_status check_tag(const char *op, int tag)
 {
-    int limit = (tag_ub() - 2) / 2;
+    int limit = (tag_ub() - 3) / 2; /* 2t + 1 stays below the reserved tags */
     if (tag > limit) return moe_fail(MOE_ERR_ARG, op, "tag %d too large (at most %d with MPI)", tag, limit);
     return MOE_OK;
 }
@@ -663,6 +664,39 @@ moe_status moe_mpi_world(moe_group **out)
     return MOE_OK;
 }
 
+/* The end of the job: every rank tells rank 0 it is done, rank 0 answers
+ * once all have, each waiting with sleeps. Point to point on a reserved tag
+ * (MPI_TAG_UB - 1), so it can never pair with a collective that a peer is
+ * still (wrongly) waiting in. */
+static void wait_for_everyone(void)
+{
+    int n = 1, me = 0, tag = tag_ub() - 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &n);
+    MPI_Comm_rank(MPI_COMM_WORLD, &me);
+    if (n == 1) return;
+    MPI_Request *reqs = malloc(sizeof *reqs * (size_t)n);
+    if (!reqs) return;
+    int k = 0;
+    for (int q = 1; me == 0 && q < n; q++)
+        if (MPI_Irecv(NULL, 0, MPI_BYTE, q, tag, MPI_COMM_WORLD, &reqs[k]) == MPI_SUCCESS) k++;
+    if (me != 0 && MPI_Isend(NULL, 0, MPI_BYTE, 0, tag, MPI_COMM_WORLD, &reqs[k]) == MPI_SUCCESS) k++;
+    for (int round = 0; round < 2; round++) {
+        int done = 0;
+        long sleep_ns = SLEEP_MIN_NS;
+        while (MPI_Testall(k, reqs, &done, MPI_STATUSES_IGNORE) == MPI_SUCCESS && !done) {
+            struct timespec ts = {0, sleep_ns};
+            nanosleep(&ts, NULL);
+            if (sleep_ns < SLEEP_MAX_NS) sleep_ns = sleep_ns * 2 < SLEEP_MAX_NS ? sleep_ns * 2 : SLEEP_MAX_NS;
+        }
+        /* round 1: rank 0 releases the others, who wait for it */
+        k = 0;
+        for (int q = 1; round == 0 && me == 0 && q < n; q++)
+            if (MPI_Isend(NULL, 0, MPI_BYTE, q, tag, MPI_COMM_WORLD, &reqs[k]) == MPI_SUCCESS) k++;
+        if (round == 0 && me != 0 && MPI_Irecv(NULL, 0, MPI_BYTE, 0, tag, MPI_COMM_WORLD, &reqs[k]) == MPI_SUCCESS) k++;
+    }
+    free(reqs);
+}
+
 moe_status moe_mpi_finalize(void)
 {
     moe_group_release(mpi_world_group);
@@ -680,16 +714,7 @@ moe_status moe_mpi_finalize(void)
         /* MPI_Finalize waits for the peers at full speed: wait for them here,
          * idle (without a timeout: a peer may legitimately still be busy,
          * and one that fails aborts the job) */
-        MPI_Request req;
-        if (MPI_Ibarrier(MPI_COMM_WORLD, &req) == MPI_SUCCESS) {
-            int done = 0;
-            long sleep_ns = SLEEP_MIN_NS;
-            while (MPI_Test(&req, &done, MPI_STATUS_IGNORE) == MPI_SUCCESS && !done) {
-                struct timespec ts = {0, sleep_ns};
-                nanosleep(&ts, NULL);
-                if (sleep_ns < SLEEP_MAX_NS) sleep_ns = sleep_ns * 2 < SLEEP_MAX_NS ? sleep_ns * 2 : SLEEP_MAX_NS;
-            }
-        }
+        wait_for_everyone();
         we_initialized = false;
         CHECK_MPI("mpi_finalize", MPI_Finalize());
     }
