@@ -191,7 +191,8 @@ double moe_comm_timeout(void);
 moe_status moe_comm_wait_limit(const char *op, double *seconds);
 /* Exchange sizes before each collective on backends that cannot see their
  * peers' arguments (MPI, NCCL) to report mismatches instead of corrupting
- * data (default on; costs one small all-gather per collective). */
+ * data (default on; costs one small exchange per collective). On MPI it
+ * also tells a timeout which ranks never arrived. */
 void moe_comm_set_check(bool on);
 bool moe_comm_check(void);
 
