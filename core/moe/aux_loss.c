@@ -939,6 +939,31 @@ static moe_status loss_prepare(loss_in *in, const char *op, moe_tensor *logits,
     return MOE_OK;
 }
 
+/* The ranks of the tracker's groups must count the same experts: compare
+ * the counts first, so that a mismatch names experts, not buffer sizes. */
+static moe_status tracker_same_experts(const moe_balance_tracker *tr, const char *op)
+{
+    for (int g = 0; g < tr->n_groups; g++) {
+        moe_group *grp = tr->groups[g];
+        int n = moe_group_size(grp);
+        if (n <= 1) continue;
+        moe_tensor *e, *all = NULL;
+        MOE_TRY(moe_tensor_scalar(&e, MOE_I64, MOE_CPU, (double)tr->E));
+        moe_status st = moe_all_gather(&all, e, grp);
+        moe_tensor_release(e);
+        MOE_TRY(st);
+        const int64_t *experts = moe_tensor_data(all); /* [n] */
+        for (int q = 1; q < n && st == MOE_OK; q++)
+            if (experts[q] != experts[0])
+                st = moe_fail(MOE_ERR_SHAPE, op, "the ranks of group '%s' count different experts: rank 0 has "
+                              "%lld experts, rank %d has %lld", moe_group_name(grp), (long long)experts[0], q,
+                              (long long)experts[q]);
+        moe_tensor_release(all);
+        MOE_TRY(st);
+    }
+    return MOE_OK;
+}
+
 /* One balance term of a prepared input, with its scopes and reductions. */
 static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_kind kind, loss_in *in,
                                const moe_aux_options *o, double **gb_red, moe_balance_tracker **gb_tr)
@@ -970,6 +995,7 @@ static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_ki
             acc = malloc(sizeof(double) * (size_t)(in->E + 1));
             if (!red || !acc) st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
         }
+        if (st == MOE_OK) st = tracker_same_experts(tr, op);
         if (st == MOE_OK) st = moe_tracker_reduce(tr, stats.C, stats.Tn[0], red);
         if (st == MOE_OK) st = moe_tracker_view(tr, red, acc);
         /* P̄ divides by the micro-batch's tokens per data-parallel replica: its
