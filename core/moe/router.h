@@ -104,10 +104,29 @@ typedef enum moe_debug_routing {
     MOE_DEBUG_NONE,
     MOE_DEBUG_UNIFORM,   /* ids = arange(T·K) mod E, row-major [T K] */
     MOE_DEBUG_IMBALANCE, /* seeded skew: expert e drawn with weight ∝ exp(−skew·e/E) */
+    MOE_DEBUG_RANDOM,    /* the logits replaced by seeded uniform random numbers in [0, 1)
+                            (Megatron's forced load balancing); no gradient reaches W */
     MOE_DEBUG_ROUTING_COUNT
 } moe_debug_routing;
-const char *moe_debug_routing_name(moe_debug_routing d); /* "none" "uniform" "imbalance" */
+const char *moe_debug_routing_name(moe_debug_routing d); /* "none" "uniform" "imbalance" "random" */
 bool moe_debug_routing_parse(const char *name, moe_debug_routing *out);
+
+typedef enum moe_routing_mode {
+    MOE_ROUTING_TOPK,               /* score, (group-limited) top-k: the default */
+    MOE_ROUTING_QUANTILE_BALANCING, /* top-K of z − β, β a per-expert dual variable updated
+                                       at each optimizer step (Megatron-Core) */
+    MOE_ROUTING_MODE_COUNT
+} moe_routing_mode;
+const char *moe_routing_mode_name(moe_routing_mode m); /* "topk" "quantile-balancing" */
+bool moe_routing_mode_parse(const char *name, moe_routing_mode *out);
+
+typedef enum moe_replay_mode {
+    MOE_REPLAY_OFF,
+    MOE_REPLAY_RECORD, /* keep every forward's expert ids (router-replay! plays them back) */
+    MOE_REPLAY_MODE_COUNT
+} moe_replay_mode;
+const char *moe_replay_mode_name(moe_replay_mode m); /* "off" "record" */
+bool moe_replay_mode_parse(const char *name, moe_replay_mode *out);
 
 /* capacity_factor value meaning "no capacity" (dropless; Scheme #f). */
 #define MOE_CAPACITY_NONE NAN
@@ -142,6 +161,11 @@ typedef struct moe_router_config {
     bool sinkhorn;             /* Sinkhorn-balanced selection (Megatron "sinkhorn") */
     moe_debug_routing debug_routing;
     double debug_skew;         /* imbalance strength (default 4) */
+    bool debug_keep_weights;   /* uniform debug routing keeps the weights of the routing it
+                                  replaces (MegaBlocks), else gathers the forced experts' scores */
+    moe_routing_mode routing;  /* top-k (default) or quantile balancing */
+    double qb_ema;             /* quantile balancing: β ← ema·β + (1−ema)·q̄ (default 0) */
+    moe_replay_mode replay;    /* record every forward's expert ids */
     /* capacity */
     double capacity_factor;    /* MOE_CAPACITY_NONE or > 0 */
     moe_capacity_formula capacity_formula;
@@ -162,6 +186,9 @@ typedef struct moe_router_config {
     int64_t num_moe_layers;    /* MegaBlocks L (default 1) */
     bool k_in_f;               /* canonical 1/K in f (true) */
     bool global_buffer;        /* global-batch counts accumulate over micro-batches (true) */
+    moe_convention convention; /* exact (default) or megatron: see moe_convention */
+    bool z_loss_div;           /* the z-loss divides its token sum by loss_div_factor when
+                                  that is set (OLMo-core), instead of taking the mean */
     /* gradient delivery */
     moe_grad_mode grad_mode;
     int64_t grad_accum;        /* M micro-batches per optimizer step: inject scale |cp|/M */
@@ -286,6 +313,13 @@ typedef struct moe_routing {
  * the router unchanged. */
 moe_status moe_router_forward(moe_routing **out, moe_router *r, moe_tensor *x, moe_tensor *valid,
                               moe_tensor *doc_bounds);
+/* The same, routing with the given expert ids IDS [T K] (i64, distinct in a
+ * row, in [0, E)) instead of selecting (replay): the weights are the scores at
+ * those ids normalised as the score function does; routing and expert-bias
+ * counts follow IDS, the losses count as count_from says. IDS NULL: as
+ * moe_router_forward (which also plays back a router-replay! list). */
+moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *x, moe_tensor *valid,
+                                  moe_tensor *doc_bounds, moe_tensor *ids);
 void moe_routing_free(moe_routing *out);
 /* Build out->probs (from out->weights, in its graph: a gradient reaching probs
  * passes the inject node too) and out->map. Idempotent. */
@@ -304,6 +338,20 @@ moe_status moe_router_step(moe_router *r);
  * row 2 the step's metric counts, each followed by its token total. */
 moe_status moe_router_state_save(moe_router *r, moe_tensor **bias, moe_tensor **counters);
 moe_status moe_router_state_load(moe_router *r, moe_tensor *bias, moe_tensor *counters);
+
+/* Replay: the next N forwards route with IDS[0..N) in turn (retained), then
+ * forwards select again; N = 0 stops a replay. Each entry is checked as
+ * moe_router_forward_ids checks its ids, when its forward runs. */
+moe_status moe_router_replay(moe_router *r, int64_t n, moe_tensor *const *ids);
+/* The expert ids [T K] of every forward since the router was made (replay
+ * "record"; borrowed) and their number; moe_router_clear_record empties it. */
+moe_tensor *const *moe_router_record(const moe_router *r, int64_t *n);
+void moe_router_clear_record(moe_router *r);
+
+/* Quantile balancing: β [E] f32 (borrowed; NULL for top-k routing) and its
+ * replacement (any float [E]; the step's accumulated quantiles are kept). */
+moe_tensor *moe_router_qb_beta(moe_router *r);
+moe_status moe_router_set_qb_beta(moe_router *r, moe_tensor *beta);
 
 /* The router's global-batch tracker (borrowed; NULL without that loss). */
 moe_balance_tracker *moe_router_tracker(moe_router *r);
