@@ -684,7 +684,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
     } else if (c->score == MOE_SCORE_SOFTMAX && !c->pre_softmax) {
         p.select_on_logits = true;
         p.wmode = MOE_WMODE_POST_SOFTMAX;
-    } else if (c->normalize == MOE_NORM_ON || (c->normalize == MOE_NORM_AUTO && c->score == MOE_SCORE_SIGMOID && K > 1)) {
+    } else if (c->normalize == MOE_NORM_ON || (c->normalize == MOE_NORM_AUTO && moe_score_is_normalized(c->score) && K > 1)) {
         p.wnorm = c->norm_p == 1.0 ? MOE_WNORM_SUM : MOE_WNORM_PNORM;
     }
     if (r->bias) p.bias = moe_tensor_data(r->bias);
