@@ -362,6 +362,7 @@ struct moe_router {
      * used (replayed in order while recomputing) */
     uint64_t rng_next;
     uint64_t *rec_offsets;
+    moe_tensor **rec_given; /* the given expert ids of each recorded forward, or NULL */
     int64_t n_rec, cap_rec, rec_cursor;
     /* bias update: actual counts of the step (kept slots) */
     double *bias_counts;

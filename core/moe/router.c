@@ -30,6 +30,13 @@
 
 /* ---- lifetime ------------------------------------------------------------------------ */
 
+/* Forget the forwards recorded for recomputation (and their given ids). */
+static void clear_records(moe_router *r)
+{
+    for (int64_t i = 0; i < r->n_rec; i++) moe_tensor_release(r->rec_given[i]);
+    r->n_rec = 0;
+}
+
 static bool has_loss(const moe_router_config *c, moe_aux_kind k)
 {
     for (int i = 0; i < c->n_losses; i++)
@@ -116,7 +123,9 @@ void moe_router_free(moe_router *r)
     moe_group_release(r->cp);
     moe_group_release(r->dp);
     moe_balance_tracker_free(r->tracker);
+    clear_records(r);
     free(r->rec_offsets);
+    free(r->rec_given);
     free(r->bias_counts);
     free(r->batch_counts);
     free(r->step_counts);
@@ -469,15 +478,20 @@ static moe_status loss_stats(fwd *f, moe_router *r, moe_tensor *doc_bounds)
     return MOE_OK;
 }
 
-static moe_status push_record(moe_router *r, uint64_t offset)
+/* What a recomputation must replay: the noise offset and the given expert
+ * ids (retained; NULL when the forward selected). */
+static moe_status push_record(moe_router *r, uint64_t offset, moe_tensor *given)
 {
     if (r->n_rec == r->cap_rec) {
         int64_t cap = r->cap_rec ? 2 * r->cap_rec : 8;
         uint64_t *g = realloc(r->rec_offsets, sizeof(uint64_t) * (size_t)cap);
-        if (!g) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
-        r->rec_offsets = g;
+        if (g) r->rec_offsets = g;
+        moe_tensor **h = g ? realloc(r->rec_given, sizeof(moe_tensor *) * (size_t)cap) : NULL;
+        if (!g || !h) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+        r->rec_given = h;
         r->cap_rec = cap;
     }
+    r->rec_given[r->n_rec] = moe_tensor_retain(given);
     r->rec_offsets[r->n_rec++] = offset;
     return MOE_OK;
 }
@@ -637,6 +651,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
                         (long long)T_all, (long long)K, (long long)(T_all * K), (long long)E);
     bool replaying = !given_ids && !recomp && r->replay_cursor < r->n_replay;
     if (replaying) given_ids = r->replay_ids[r->replay_cursor];
+    if (!given_ids && recomp) given_ids = r->rec_given[r->rec_cursor]; /* route as the original did */
 
     moe_routing *o = calloc(1, sizeof *o);
     moe_status st = o ? MOE_OK : moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
@@ -897,7 +912,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
 
     /* ---- commit the router's state (nothing above changed it) ---- */
     if (st == MOE_OK && c->training && r->tracker && f.gb_red) st = moe_tracker_commit(r->tracker, f.gb_red);
-    if (st == MOE_OK && c->training && !recomp) st = push_record(r, offset);
+    if (st == MOE_OK && c->training && !recomp) st = push_record(r, offset, given_ids);
     if (st == MOE_OK && c->replay == MOE_REPLAY_RECORD && !recomp) st = moe_replay_push_record(r, o->experts);
     if (st == MOE_OK && replaying) r->replay_cursor++;
     if (st == MOE_OK && qb_train) {
@@ -1024,7 +1039,7 @@ moe_status moe_router_step(moe_router *r)
     r->step_micro = 0;
     memset(r->step_aux, 0, sizeof r->step_aux);
     if (r->tracker) moe_balance_tracker_reset(r->tracker);
-    r->n_rec = 0;
+    clear_records(r);
     r->rec_cursor = 0;
     r->steps++;
     return MOE_OK;
