@@ -62,6 +62,13 @@
  * fractions), giving K × the canonical value: options.k_in_f = false
  * reproduces that convention.
  *
+ * Conventions (options.convention): MOE_CONVENTION_EXACT is every form above.
+ * MOE_CONVENTION_MEGATRON reproduces Megatron-Core's arithmetic: sequence
+ * uses one length for all N sequences, T̄ = Σ_{n,i} c_{n,i}/(K·N), and the
+ * mean over all N; global-batch takes f_i = (c_i^acc/M)/(K·T_cur), M the
+ * micro-batches accumulated and T_cur this micro-batch's tokens over the
+ * tracker's group. Equal lengths and equal micro-batches make both agree.
+ *
  * Which routing map counts: by default the plain top-k of the loss scores
  * (unbiased, not group-limited, not capacity-dropped; Megatron, DeepSeek-V3);
  * pass options.routing_ids [T K] to count the actual routing instead

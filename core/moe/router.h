@@ -31,8 +31,11 @@
  * #:expert-bias? expert_bias, #:bias-rate bias_rate, #:bias-center? bias_center,
  * #:losses losses/n_losses (moe_router_config_set_losses), #:count-from
  * count_from, #:grad-mode grad_mode, #:preset moe_router_config_preset (applied
- * first, explicit keywords override), #:seed seed. Other fields are extensions
- * with the same names. (routing-probs out) and (routing-map out) call
+ * first, explicit keywords override), #:seed seed, #:convention convention,
+ * #:routing routing, #:qb-ema qb_ema, #:replay replay (#f = off),
+ * #:debug-keep-weights? debug_keep_weights, #:z-loss-div? z_loss_div. Other
+ * fields are extensions with the same names. (router-forward r x #:experts ids)
+ * is moe_router_forward_ids. (routing-probs out) and (routing-map out) call
  * moe_routing_dense first; (routing-aux-losses out) pairs aux_kind[i] with
  * aux[i]; (router-metrics r) is moe_router_metrics_get (metrics.h).
  *
@@ -214,13 +217,15 @@ void moe_router_config_default(moe_router_config *cfg);
  * Shape fields (hidden, experts, top_k, groups, group_topk) are left alone.
  * Unknown name: MOE_ERR_ARG listing the known ones. What each sets:
  *
- *  megatron     softmax post-softmax (top-k on logits, softmax over the K);
+ *  megatron     convention megatron (see moe_convention);
+ *               softmax post-softmax (top-k on logits, softmax over the K);
  *               sigmoid renormalised by Σ+1e-20 when K>1; group score top-m
  *               m = ⌊K/group_topk⌋; capacity ⌈T·K/E·cf⌉, drop "probs";
  *               loss scores softmax / σ/(Σσ+1e-20); counts = top-k of the loss
  *               scores; losses micro-batch 1e-2; bias off (u 1e-3, no
  *               centering when on); inject; f = c/(K·T).
- *  olmo-core    softmax then top-k on the full softmax, weights not
+ *  olmo-core    z_loss_div (loss_div_factor divides the z-loss too);
+ *               softmax then top-k on the full softmax, weights not
  *               renormalised; sigmoid σ+1e-7, loss scores s/Σs (ε 0); counts =
  *               actual routing; losses olmo-local-batch 1e-2 and z 1e-3;
  *               bias (when on) u 1e-3 no centering; add mode; f = c/(K·T).
@@ -228,15 +233,16 @@ void moe_router_config_default(moe_router_config *cfg);
  *               (normalize on = torchtitan route_norm, K=1 included, Σ+1e-20);
  *               group score top-2; expert bias on, u 1e-3, centered; counts =
  *               actual routing; no aux loss; inject; f = c/(K·T).
- *  megablocks   softmax then top-k on the softmax, no renorm; capacity
+ *  megablocks   debug_keep_weights (uniform debug routing keeps the top-k
+ *               weights); softmax then top-k on the softmax, no renorm; capacity
  *               ⌊cf·K·T·ep/E⌋ (0 ⇒ dropless), drop "position"; counts = actual
  *               routing; losses megablocks 0.1 (set num_moe_layers to the
  *               model's MoE layer count); add mode; f = c/(K·T).
- *  deepseek-v3  sigmoid, renormalised Σ+1e-20 when K>1, scaling 2.5; group
+ *  deepseek-v3  convention megatron; sigmoid, renormalised Σ+1e-20 when K>1, scaling 2.5; group
  *               score top-2; expert bias on, u 1e-3, no centering; sequence
  *               loss 1e-4 with loss scores s/Σs (ε 0, eq. 19) and counts = the
  *               unbiased top-k (eq. 18); inject; f = c/(K·T).
- *  qwen-global  softmax then top-k, renormalised (norm_topk_prob: same values
+ *  qwen-global  convention megatron; softmax then top-k, renormalised (norm_topk_prob: same values
  *               as post-softmax); global-batch loss 1e-3, buffered over the
  *               step's micro-batches, counts = top-k of the scores; inject;
  *               f = c/(K·T). */
@@ -247,7 +253,9 @@ moe_status moe_router_config_set_losses(moe_router_config *cfg, int n, const moe
  * E % G, group_topk > G, K above the experts left by group limiting,
  * post-softmax with K = 1, capacity factor <= 0, sinkhorn with a non-zero
  * balance-loss coefficient, add mode with batch-wise losses under pipeline
- * parallelism, and out-of-domain numbers. */
+ * parallelism, quantile balancing with K >= E, groups, sinkhorn, an expert
+ * bias or a non-zero balance-loss coefficient, qb_ema outside [0, 1) (or set
+ * without quantile balancing), and out-of-domain numbers. */
 moe_status moe_router_config_validate(const moe_router_config *cfg);
 
 /* ---- the router ------------------------------------------------------------------- */
@@ -329,8 +337,10 @@ moe_tensor *moe_routing_aux(const moe_routing *out, moe_aux_kind kind);
 
 /* End of the optimizer step: sum the step's actual counts over cp, tp, dp;
  * update the expert bias b_i += u·sign(mean c − c_i) (sign 0 = 0; centered when
- * bias_center); record the global metrics; reset counters and the global
- * buffer. Collective over the router's groups. */
+ * bias_center); quantile balancing: average the step's quantiles over its
+ * micro-batches and dp, β ← ema·β + (1−ema)·q̄, re-centred; record the global
+ * metrics; reset counters and the global buffer. Collective over the
+ * router's groups. */
 moe_status moe_router_step(moe_router *r);
 
 /* State for checkpoints: bias [E] f32 (NULL without expert bias) and counters
