@@ -128,3 +128,6 @@ EXTRA_DIST += tests/scheme/dist-mpi.sh
 ## the global-vs-micro example: the same report on 4 threads and mpirun -np 4
 TESTS += tests/scheme/global-vs-micro.sh
 EXTRA_DIST += tests/scheme/global-vs-micro.sh
+## quantile balancing over dp = 2: 2 threads and mpirun -np 2 give the β of one process
+TESTS += tests/scheme/qb-dp.sh
+EXTRA_DIST += tests/scheme/qb-dp.sh tests/scheme/qb-dp-ranks.scm
