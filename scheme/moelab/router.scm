@@ -280,9 +280,11 @@ router, (qb-beta . [E] f32: its bias β)."
                "the state holds a quantile-balancing qb-beta but the router does not route by quantile balancing"
                '() '(state)))
       ;; check the shape before anything changes
-      (unless (equal? (tensor-shape beta) (tensor-shape (%router-qb-beta r)))
-        (throw 'moelab-error "router-load-state!" "qb-beta must be ~a, got ~a"
-               (list (tensor-shape (%router-qb-beta r)) (tensor-shape beta)) '(shape))))
+      (unless (and (equal? (tensor-shape beta) (tensor-shape (%router-qb-beta r)))
+                   (memq (tensor-dtype beta) '(f32 f64 bf16)))
+        (throw 'moelab-error "router-load-state!" "qb-beta must be a float tensor ~a, got ~a ~a"
+               (list (tensor-shape (%router-qb-beta r)) (tensor-dtype beta) (tensor-shape beta))
+               '(shape))))
     (%router-load-state! r (assq-ref state 'bias) (assq-ref state 'counters))
     (when beta (%set-router-qb-beta! r beta))))
 
