@@ -343,6 +343,22 @@
                    (router-forward r (if (zero? rank) x1 x2))
                    (router-step! r)
                    (tensor->list (router-qb-beta r))))))))
+  ;; tp = 2: each rank holds half the tokens; the quantiles see the gathered logits
+  (let* ((rows (tensor->list x1))
+         (half (lambda (rank) (tensor (if (zero? rank) (list-head rows 4) (list-tail rows 4))
+                                      #:dtype 'f64 #:requires-grad #t)))
+         (whole (qb-router)))
+    (router-forward whole x1)
+    (router-step! whole)
+    (test-assert "tp = 2: the quantiles of the whole micro-batch on both ranks"
+      (every (lambda (b) (close? b (tensor->list (router-qb-beta whole)) 1e-7))
+             (with-ranks 2
+               (lambda (rank)
+                 (let ((r (qb-router)))
+                   (router-set-groups! r #:tp (world-group))
+                   (router-forward r (half rank))
+                   (router-step! r)
+                   (tensor->list (router-qb-beta r))))))))
   (let ((r (qb-router)))
     (router-forward r x1)
     (test-moelab-error "T·K not divisible by E while updating β, values named"
