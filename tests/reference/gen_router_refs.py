@@ -7,6 +7,22 @@ autograd): it shares no code with moelab's C core. Run with Debian's
 python3-torch (torch 1.13):
 
     /usr/bin/python3 tests/reference/gen_router_refs.py > tests/reference/router_refs.txt
+    /usr/bin/python3 tests/reference/gen_router_refs.py --conventions \
+        > tests/reference/router_conv_refs.txt
+
+The first file holds moelab's exact forms; the second (check_router_conv_refs
+reads it) the frameworks' conventions and the newer routing modes:
+
+  Megatron sequence      every sequence uses T̄ = Σ c/(K·N), mean over all N sequences
+  Megatron global-batch  f_i = (c_i^acc/M)/(K·T_cur), M micro-batches accumulated
+  Megatron capacity      ⌈T·K/E·cf⌉ reported even above T
+  OLMo-core z-loss       Σ_t lse_t² / loss_div when the divisor is set
+  MegaBlocks uniform     forced ids arange(T·K) mod E with the router's own top-k weights
+  sqrtsoftplus           s = √softplus(z), handled as sigmoid (renormalised, s/(Σs+ε))
+  replay                 given ids, weights from the score function at them
+  quantile balancing     top-K of z − β; α_t = (K+1)-th largest of z_t − β,
+                         q_e = (T·K/E+1)-th largest of z_e − α; at the step
+                         β ← ema·β + (1−ema)·mean q, centred (f32)
 
 Formulas: the manual, chapter "Routers and balancing losses". T valid tokens, E experts, K top-k,
 p loss scores (softmax over E, or sigmoid normalised per token s/(Σs+ε)),
