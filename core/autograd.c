@@ -6,6 +6,10 @@
 #include "internal.h"
 
 static _Thread_local bool grad_disabled; /* zero-initialised: grad mode on */
+/* Where this thread is inside a backward walk: hooks and backward functions
+ * run with grad mode off, and a nested walk would clobber the scratch fields
+ * of nodes the outer one is using. */
+static _Thread_local int hook_depth, backward_depth;
 
 bool moe_grad_enabled(void) { return !grad_disabled; }
 
@@ -105,7 +109,9 @@ static moe_status run_hooks(moe_hook *h, moe_tensor **grad)
 {
     bool prev = moe_grad_set_enabled(false);
     moe_status st = MOE_OK;
+    hook_depth++;
     for (; h && st == MOE_OK; h = h->next) st = h->fn(grad, h->ctx);
+    hook_depth--;
     moe_grad_set_enabled(prev);
     return st;
 }
@@ -142,6 +148,7 @@ moe_status moe_node_save(moe_node *node, moe_tensor *t)
     } else {
         keep = moe_tensor_retain(t);
     }
+    node->saved_version[node->n_saved] = keep ? moe_tensor_version(keep) : 0;
     node->saved[node->n_saved++] = keep;
     return MOE_OK;
 }
@@ -355,6 +362,24 @@ static moe_status accumulate_leaf(moe_tensor *leaf, moe_tensor *g)
     return MOE_OK;
 }
 
+/* The tensors N saved must still hold the values its forward saw. */
+static moe_status check_saved_versions(const moe_node *n)
+{
+    for (int i = 0; i < n->n_saved; i++) {
+        const moe_tensor *t = n->saved[i];
+        if (!t) continue;
+        uint64_t now = moe_tensor_version(t);
+        if (now != n->saved_version[i])
+            return moe_fail(MOE_ERR_STATE, "backward",
+                            "a tensor needed for the gradient (%s %s, saved by '%s') was modified by "
+                            "an in-place operation: it is at version %llu, expected version %llu; "
+                            "change a clone instead, or change it after backward",
+                            moe_dtype_name(t->dtype), moe_shape_str(t), n->name,
+                            (unsigned long long)now, (unsigned long long)n->saved_version[i]);
+    }
+    return MOE_OK;
+}
+
 static moe_status check_grad_shape(const char *who, moe_tensor *expect, moe_tensor *g)
 {
     if (!moe_tensor_same_shape(expect, g))
@@ -363,7 +388,25 @@ static moe_status check_grad_shape(const char *who, moe_tensor *expect, moe_tens
     return MOE_OK;
 }
 
+static moe_status backward_walk(moe_tensor *root, moe_tensor *grad, bool retain_graph);
+
 moe_status moe_backward(moe_tensor *root, moe_tensor *grad, bool retain_graph)
+{
+    if (hook_depth > 0)
+        return moe_fail(MOE_ERR_STATE, "backward",
+                        "called inside a gradient hook, where gradient recording is off; a hook "
+                        "gets the gradient and may return a replacement, it cannot run a backward");
+    if (backward_depth > 0)
+        return moe_fail(MOE_ERR_STATE, "backward",
+                        "called inside the backward function of a node, where gradient recording "
+                        "is off; a backward function returns gradients, it cannot run a backward");
+    backward_depth++;
+    moe_status st = backward_walk(root, grad, retain_graph);
+    backward_depth--;
+    return st;
+}
+
+static moe_status backward_walk(moe_tensor *root, moe_tensor *grad, bool retain_graph)
 {
     if (!root->requires_grad)
         return moe_fail(MOE_ERR_STATE, "backward",
@@ -435,6 +478,7 @@ moe_status moe_backward(moe_tensor *root, moe_tensor *grad, bool retain_graph)
         n->grad_acc = NULL;
         if (!g) MOE_TRYG(moe_tensor_zeros(&g, n->out_dtype, n->out_device, n->out_ndim, n->out_shape));
         st = run_hooks(n->hooks, &g);
+        if (st == MOE_OK) st = check_saved_versions(n);
         moe_tensor *gin[MOE_NODE_MAX_INPUTS] = {0};
         if (st == MOE_OK) st = n->backward(n, g, gin);
         moe_tensor_release(g);

@@ -36,11 +36,8 @@ $(libguile_moelab_la_OBJECTS): $(moelab_snarf_x)
 	  -I$(builddir) -I$(srcdir)/core -I$(srcdir)/scheme/bindings
 
 ## ---- Scheme modules ----------------------------------------------------------
-# Installed where Guile looks by default; overridable on the make command line
-# (make install guilemoduledir=… guileobjectdir=…).
-guilemoduledir = $(GUILE_SITE)
-guileobjectdir = $(GUILE_SITE_CCACHE_DIR)
-
+# guilemoduledir and guileobjectdir come from configure (under the prefix
+# unless --with-guile-site or --with-guile-site-dir/-ccache-dir say otherwise).
 moelab_top_scm = scheme/moelab.scm
 moelab_sub_scm = \
 	scheme/moelab/primitives.scm scheme/moelab/tensor.scm \

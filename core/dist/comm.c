@@ -529,6 +529,7 @@ static moe_status all_reduce_inplace(moe_tensor *t, moe_reduce_op op, moe_group 
     moe_status st = stage(&w, t, dev, dt);
     if (st == MOE_OK) st = eg->ops->all_reduce(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, op);
     if (st == MOE_OK) st = unstage(t, w);
+    moe_tensor_bump_version(t);
     moe_tensor_release(w);
     return st;
 }
@@ -981,6 +982,7 @@ static moe_status broadcast_impl(moe_tensor *t, int root, moe_group *g, bool inp
     st = stage(&w, t, dev, dt);
     if (st == MOE_OK) st = eg->ops->broadcast(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, root);
     if (st == MOE_OK && g->rank != root) st = unstage(t, w);
+    if (g->rank != root) moe_tensor_bump_version(t);
     moe_tensor_release(w);
     return done(g, st);
 }
@@ -1066,6 +1068,7 @@ moe_status moe_recv_(moe_tensor *t, int src, int tag, moe_group *g)
     }
     if (st == MOE_OK) st = eg->ops->recv(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, src, tag);
     if (st == MOE_OK) st = unstage(t, w);
+    moe_tensor_bump_version(t);
     moe_tensor_release(w);
     return st;
 }
@@ -1197,6 +1200,7 @@ moe_status moe_all_reduce_async_(moe_work **work, moe_tensor *t, moe_reduce_op o
         }
         wk->keep[0] = w;
         if (w != t) wk->copy_back = moe_tensor_retain(t);
+        moe_tensor_bump_version(t); /* its values change by the time the work is done */
         st = g->ops->all_reduce_start(wk, g, moe_tensor_data(w), moe_tensor_numel(w), t->dtype, op);
         if (st != MOE_OK) {
             work_free(wk);

@@ -714,12 +714,23 @@ moe_status moe_balance_tracker_counts(moe_tensor **counts, double *tokens,
     return MOE_OK;
 }
 
+/* Counts are tokens routed: finite and never negative. */
+static moe_status check_counts(const char *op, const double *c, int64_t E)
+{
+    for (int64_t e = 0; e < E; e++)
+        if (!(c[e] >= 0) || isinf(c[e]))
+            return moe_fail(MOE_ERR_VALUE, op, "counts must be finite and non-negative, but expert %lld has %g",
+                            (long long)e, c[e]);
+    return MOE_OK;
+}
+
 static moe_status read_counts(double *dst, const char *op, moe_tensor *counts, int64_t E)
 {
     if (counts->ndim != 1 || counts->shape[0] != E)
         return moe_fail(MOE_ERR_SHAPE, op, "counts must be [%lld], got %s", (long long)E,
                         moe_shape_str(counts));
-    return moe_tensor_to_doubles(counts, dst);
+    MOE_TRY(moe_tensor_to_doubles(counts, dst));
+    return check_counts(op, dst, E);
 }
 
 moe_status moe_balance_tracker_add_counts(moe_balance_tracker *tr, moe_tensor *counts, double tokens)
@@ -1133,6 +1144,7 @@ moe_status moe_balance_stats_compute(moe_balance_stats *out, moe_tensor *counts)
     double *c = malloc(sizeof(double) * (size_t)E);
     if (!c) return moe_fail(MOE_ERR_NOMEM, "balance-stats", "out of memory");
     moe_status st = moe_tensor_to_doubles(counts, c);
+    if (st == MOE_OK) st = check_counts("balance-stats", c, E);
     if (st != MOE_OK) {
         free(c);
         return st;

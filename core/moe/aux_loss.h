@@ -229,8 +229,8 @@ typedef struct moe_balance_stats {
     double total;         /* Σ c_i */
 } moe_balance_stats;
 
-/* Statistics of COUNTS [E] (any numeric dtype). All zero counts: ratios are 0,
- * dead_fraction 1. */
+/* Statistics of COUNTS [E] (any numeric dtype; finite, non-negative). All
+ * zero counts: ratios are 0, dead_fraction 1. */
 moe_status moe_balance_stats_compute(moe_balance_stats *out, moe_tensor *counts);
 /* MaxVio of COUNTS [E] alone. */
 moe_status moe_max_violation(double *out, moe_tensor *counts);

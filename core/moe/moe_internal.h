@@ -379,6 +379,12 @@ struct moe_router {
     double *global_counts;
     bool have_global;
     int64_t steps;
+    /* the local step window the last moe_router_step closed: the metrics
+     * describe it until the next step routes something */
+    double *ended_counts;
+    double ended_tokens, ended_dropped, ended_entropy, ended_mass;
+    int64_t ended_micro;
+    double ended_aux[MOE_ROUTER_MAX_LOSSES];
     /* quantile balancing: β [E] f32, the step's summed quantiles [E] and their count */
     moe_tensor *qb_beta;
     double *qb_sum;

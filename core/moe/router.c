@@ -83,8 +83,9 @@ moe_status moe_router_new(moe_router **out, const moe_router_config *cfg)
     r->batch_counts = calloc((size_t)E, sizeof(double));
     r->step_counts = calloc((size_t)E, sizeof(double));
     r->global_counts = calloc((size_t)E, sizeof(double));
+    r->ended_counts = calloc((size_t)E, sizeof(double));
     moe_status st = MOE_OK;
-    if (!r->bias_counts || !r->batch_counts || !r->step_counts || !r->global_counts)
+    if (!r->bias_counts || !r->batch_counts || !r->step_counts || !r->global_counts || !r->ended_counts)
         st = moe_fail(MOE_ERR_NOMEM, "make-router", "out of memory");
     moe_rng rng;
     moe_rng_init(&rng, cfg->seed ^ INIT_SEED_MIX);
@@ -130,6 +131,7 @@ void moe_router_free(moe_router *r)
     free(r->batch_counts);
     free(r->step_counts);
     free(r->global_counts);
+    free(r->ended_counts);
     free(r);
 }
 
@@ -1004,6 +1006,7 @@ moe_status moe_router_step(moe_router *r)
     if (qb && qb[E] > 0) {
         for (int64_t e = 0; e < E; e++) qb[e] /= qb[E];
         moe_qb_update(moe_tensor_data(r->qb_beta), qb, E, r->cfg.qb_ema);
+        moe_tensor_bump_version(r->qb_beta);
     }
     if (qb) {
         memset(r->qb_sum, 0, sizeof(double) * (size_t)E);
@@ -1028,11 +1031,20 @@ moe_status moe_router_step(moe_router *r)
         float dm = (float)(dmean / (double)E);
         float *b = moe_tensor_data(r->bias);
         for (int64_t e = 0; e < E; e++) b[e] = b[e] + (r->cfg.bias_center ? d[e] - dm : d[e]);
+        moe_tensor_bump_version(r->bias);
         free(d);
     }
     memcpy(r->global_counts, buf + E + 1, sizeof(double) * (size_t)E);
     r->have_global = true;
     free(buf);
+    /* the closed step window stays visible to the metrics */
+    memcpy(r->ended_counts, r->step_counts, sizeof(double) * (size_t)E);
+    r->ended_tokens = r->step_tokens;
+    r->ended_dropped = r->step_dropped;
+    r->ended_entropy = r->step_entropy;
+    r->ended_mass = r->step_mass;
+    r->ended_micro = r->step_micro;
+    memcpy(r->ended_aux, r->step_aux, sizeof r->ended_aux);
     memset(r->bias_counts, 0, sizeof(double) * (size_t)E);
     memset(r->step_counts, 0, sizeof(double) * (size_t)E);
     r->bias_tokens = r->step_tokens = r->step_dropped = r->step_entropy = r->step_mass = 0;
@@ -1071,7 +1083,7 @@ moe_status moe_router_state_save(moe_router *r, moe_tensor **bias, moe_tensor **
 
 moe_status moe_router_state_load(moe_router *r, moe_tensor *bias, moe_tensor *counters)
 {
-    const char *op = "router-state-load!";
+    const char *op = "router-load-state!";
     int64_t E = r->cfg.experts;
     if (bias && !r->bias) return moe_fail(MOE_ERR_STATE, op, "the router has no expert bias to load");
     if (bias && (bias->ndim != 1 || bias->shape[0] != E))

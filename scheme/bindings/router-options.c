@@ -353,22 +353,25 @@ SCM moelab_router_metrics_alist(moe_router *r, const char *subr)
     MOELAB_CHECK(subr, moe_router_metrics_get(&m, r));
     SCM aux = SCM_EOL;
     for (int i = m.n_aux - 1; i >= 0; i--)
-        aux = scm_acons(sym(moe_aux_kind_name(m.aux_kind[i])), scm_from_double(m.aux_value[i]), aux);
+        aux = scm_acons(sym(moe_aux_kind_name(m.aux_kind[i])), real_or_false(m.aux_value[i]), aux);
     /* Plain numbers first: wrapping allocates, and on the way every tensor
-     * still in M must be released by us or owned by a Scheme object. */
-    SCM tail = scm_list_n(scm_cons(sym("max-violation-batch"), scm_from_double(m.max_violation_batch)),
-                          scm_cons(sym("max-violation-step"), scm_from_double(m.max_violation_step)),
+     * still in M must be released by us or owned by a Scheme object. A
+     * statistic of an empty window (NaN) is #f. */
+    SCM tail = scm_list_n(scm_cons(sym("max-violation-batch"), real_or_false(m.max_violation_batch)),
+                          scm_cons(sym("max-violation-step"), real_or_false(m.max_violation_step)),
                           scm_cons(sym("max-violation-global"), real_or_false(m.max_violation_global)),
-                          scm_cons(sym("cv"), scm_from_double(m.cv)),
-                          scm_cons(sym("max-over-mean"), scm_from_double(m.max_over_mean)),
-                          scm_cons(sym("dead-fraction"), scm_from_double(m.dead_fraction)),
-                          scm_cons(sym("entropy"), scm_from_double(m.entropy)),
-                          scm_cons(sym("selected-mass"), scm_from_double(m.selected_mass)),
-                          scm_cons(sym("dropped-fraction"), scm_from_double(m.dropped_fraction)),
+                          scm_cons(sym("cv"), real_or_false(m.cv)),
+                          scm_cons(sym("max-over-mean"), real_or_false(m.max_over_mean)),
+                          scm_cons(sym("dead-fraction"), real_or_false(m.dead_fraction)),
+                          scm_cons(sym("entropy"), real_or_false(m.entropy)),
+                          scm_cons(sym("selected-mass"), real_or_false(m.selected_mass)),
+                          scm_cons(sym("dropped-fraction"), real_or_false(m.dropped_fraction)),
                           scm_cons(sym("aux-losses"), aux),
                           scm_cons(sym("micro-batches"), scm_from_int64(m.micro_batches)),
                           scm_cons(sym("tokens"), scm_from_int64(m.tokens)),
-                          scm_cons(sym("step"), scm_from_int64(m.step)), SCM_UNDEFINED);
+                          scm_cons(sym("step"), scm_from_int64(m.step)),
+                          scm_cons(sym("step-window"), sym(m.step_ended ? "ended" : "current")),
+                          SCM_UNDEFINED);
     SCM batch = tensor_or_false(&m.tokens_per_expert);
     SCM step = tensor_or_false(&m.tokens_per_expert_step);
     SCM global = tensor_or_false(&m.tokens_per_expert_global);

@@ -258,8 +258,16 @@ is #f before the first router-step!), bias, max-violation-batch,
 max-violation-step, max-violation-global (#f before a step), cv,
 max-over-mean, dead-fraction, entropy (normalised by log E), selected-mass,
 dropped-fraction, aux-losses (alist kind . mean unscaled value over the
-step), micro-batches, tokens, step and qb-beta (β [E] of quantile balancing,
-or #f)."
+step), micro-batches, tokens, step, step-window and qb-beta (β [E] of
+quantile balancing, or #f).
+
+The step window (the -step counts and everything from cv on) is the
+optimizer step in progress, or, until the next forward after a
+router-step!, the step that router-step! ended: step-window says which
+('current or 'ended). So metrics read right after router-step! describe the
+step just taken. A window without tokens (before the first forward, or a
+step with none) has zero counts and #f for every statistic, never a
+dead-fraction of 1."
   (%router-metrics r))
 
 (define (router-state r)
@@ -272,20 +280,35 @@ router, (qb-beta . [E] f32: its bias β)."
     `((bias . ,(car s)) (counters . ,(cadr s)) ,@(if beta `((qb-beta . ,beta)) '()))))
 
 (define (router-load-state! r state)
-  "Restore a state from router-state into R (its qb-beta too, when present)."
-  (let ((beta (assq-ref state 'qb-beta)))
-    (when beta
-      (unless (%router-qb-beta r)
-        (throw 'moelab-error "router-load-state!"
-               "the state holds a quantile-balancing qb-beta but the router does not route by quantile balancing"
-               '() '(state)))
-      ;; check the shape before anything changes
-      (unless (and (equal? (tensor-shape beta) (tensor-shape (%router-qb-beta r)))
-                   (memq (tensor-dtype beta) '(f32 f64 bf16)))
-        (throw 'moelab-error "router-load-state!" "qb-beta must be a float tensor ~a, got ~a ~a"
-               (list (tensor-shape (%router-qb-beta r)) (tensor-dtype beta) (tensor-shape beta))
-               '(shape))))
-    (%router-load-state! r (assq-ref state 'bias) (assq-ref state 'counters))
+  "Restore a state from router-state into R: STATE is an alist with the keys
+bias (an [E] tensor, or #f for a router without expert bias), counters (a
+[3 E+1] tensor) and, for a quantile-balancing router, qb-beta (an [E] float
+tensor). A missing or unknown key, or a value of the wrong kind or shape,
+raises moelab-error naming the key; R is then unchanged."
+  (define (fail fmt . args)
+    (throw 'moelab-error "router-load-state!" fmt args '(arg)))
+  (unless (and (list? state) (every pair? state))
+    (fail "expected the alist router-state returns (keys bias, counters and qb-beta), got ~s" state))
+  (for-each (lambda (entry)
+              (unless (memq (car entry) '(bias counters qb-beta))
+                (fail "unknown key ~s in the state (the keys are bias, counters and qb-beta)" (car entry))))
+            state)
+  (let ((bias (assq 'bias state)) (counters (assq 'counters state))
+        (beta (assq-ref state 'qb-beta)) (own-beta (%router-qb-beta r)))
+    (unless counters
+      (fail "the state has no counters entry (a [3 E+1] tensor, as router-state makes)"))
+    (unless (tensor? (cdr counters))
+      (fail "counters must be a [3 E+1] tensor, got ~s" (cdr counters)))
+    (unless bias
+      (fail "the state has no bias entry (an [E] tensor, or #f for a router without expert bias)"))
+    (unless (or (not (cdr bias)) (tensor? (cdr bias)))
+      (fail "bias must be an [E] tensor or #f, got ~s" (cdr bias)))
+    (when (and beta (not own-beta))
+      (fail "the state holds a quantile-balancing qb-beta but the router does not route by quantile balancing"))
+    (when (and beta (not (and (tensor? beta) (equal? (tensor-shape beta) (tensor-shape own-beta))
+                              (memq (tensor-dtype beta) '(f32 f64 bf16)))))
+      (fail "qb-beta must be a float tensor ~a, got ~s" (tensor-shape own-beta) beta))
+    (%router-load-state! r (cdr bias) (cdr counters))
     (when beta (%set-router-qb-beta! r beta))))
 
 (define-method (write (r <router>) port) (display (%router-repr r) port))
@@ -482,14 +505,15 @@ collective: e.g. the other data-parallel ranks' counts, given explicitly."
   ;; the 'last, 'step or 'global window of router metrics M
   (case window
     ((step)
-     (let ((tokens (assq-ref m 'tokens)))
-       (report-data (let ((n (assq-ref m 'micro-batches)))
-                         (format #f "~a (step so far: ~a micro-batch~a)" title n
-                                 (if (= n 1) "" "es")))
+     (let ((tokens (assq-ref m 'tokens)) (n (assq-ref m 'micro-batches))
+           (dropped (assq-ref m 'dropped-fraction)))   ; #f without tokens
+       (report-data (format #f "~a (~a: ~a micro-batch~a)" title
+                            (if (eq? (assq-ref m 'step-window) 'ended) "last step" "step so far")
+                            n (if (= n 1) "" "es"))
                     (tensor->list (assq-ref m 'tokens-per-expert-step)) k tokens 'unknown
-                    (inexact->exact (round (* (assq-ref m 'dropped-fraction) k tokens)))
+                    (if dropped (inexact->exact (round (* dropped k tokens))) 0)
                     ;; the aux means of an empty step are not values
-                    (if (zero? (assq-ref m 'micro-batches)) '() (assq-ref m 'aux-losses)))))
+                    (if (zero? n) '() (assq-ref m 'aux-losses)))))
     ((global)
      (let ((g (assq-ref m 'tokens-per-expert-global)))
        (unless g (report-error "no global counts before the first optimizer step (router-step!)"))
@@ -536,7 +560,8 @@ per expert and the dropped slots, where the source records them. Then one
 line per expert: its id, tokens routed to it, its share of the K·T slots
 (of the counted slots when T is not recorded), and a bar of '#' of up to
 WIDTH characters scaled to the largest count (at least one '#' for a
-non-zero count), or @samp{dead} for an expert with no token. The last line
+non-zero count), or @samp{dead} for an expert with no token (@samp{-} when
+the window has no token at all). The last line
 gives MaxVio (max/mean - 1), CV (std/mean, population std), min and max of
 the counts, and the unscaled aux losses when there are any. Every number
 comes from the counts, so it is exact:
@@ -552,13 +577,17 @@ MaxVio 2.00  CV 1.22  min 0  max 3
 
 For a router or a layer, WINDOW picks the counts: 'last (default) the last
 forward (a layer's moe-last-routing: T, capacity, drops and aux losses; a
-router's tokens-per-expert metric: counts only), 'step the optimizer step
-so far (router-metrics: T, dropped slots, mean aux losses) or 'global the
-last completed step summed over the data-parallel group (counts only).
+router's tokens-per-expert metric: counts only), 'step the step window of
+router-metrics (the optimizer step so far, or the step router-step! just
+ended: T, dropped slots, mean aux losses) or 'global the last completed
+step summed over the data-parallel group (counts only). Any other WINDOW
+is an error, whatever OBJ is.
 Anything else for OBJ, a layer before its first forward or 'global before
 the first router-step! raise moelab-error."
   (unless (and (exact-integer? width) (positive? width))
     (report-error "#:width expects a positive integer, got ~s" width))
+  (unless (memq window '(last step global))
+    (report-error "#:window expects last, step or global, got ~s" window))
   (let* ((data (gather-report obj window))
          (title (list-ref data 0)) (counts (list-ref data 1)) (k (list-ref data 2))
          (tokens (list-ref data 3)) (capacity (list-ref data 4)) (dropped (list-ref data 5))
@@ -577,9 +606,9 @@ the first router-step! raise moelab-error."
      (lambda (id c)
        (format port "  expert ~vd  ~vd  ~5,1f%  ~a~%" (digits (- e 1)) id (digits top) c
                (if (zero? slots) 0.0 (exact->inexact (* 100 (/ c slots))))
-               (if (zero? c)
-                   "dead"
-                   (make-string (max 1 (round (/ (* width c) top))) #\#))))
+               (cond ((zero? total) "-")  ; an empty window: no expert is dead
+                     ((zero? c) "dead")
+                     (else (make-string (max 1 (round (/ (* width c) top))) #\#)))))
      (iota e) counts)
     (if (zero? total)
         (format port "MaxVio n/a  CV n/a  min 0  max 0")

@@ -130,7 +130,7 @@ START_TEST(test_presets)
 }
 END_TEST
 
-/* Every bad input of the issue: a clear status and message, no router. */
+/* Every kind of bad input: a clear status and message, no router. */
 START_TEST(test_bad_config)
 {
     moe_router_config c;
@@ -993,6 +993,9 @@ START_TEST(test_metrics_and_log_reduce)
     moe_router_metrics m;
     OK(moe_router_metrics_get(&m, r[0]));
     ck_assert(m.micro_batches == 0 && isnan(m.max_violation_global) && !m.tokens_per_expert_global);
+    /* nothing routed yet: an empty window, not "all experts dead" */
+    ck_assert(!m.step_ended && m.tokens == 0 && isnan(m.dead_fraction) && isnan(m.cv) && isnan(m.entropy));
+    ck_assert(isnan(m.max_violation_batch) && isnan(m.max_violation_step) && isnan(m.aux_value[0]));
     moe_router_metrics_release(&m);
     double aux_sum[2] = {0};
     for (int mb = 0; mb < 2; mb++) {
@@ -1026,10 +1029,23 @@ START_TEST(test_metrics_and_log_reduce)
     moe_tensor_release(table);
     FAILS(moe_router_log_reduce(&table, vals, 2, r, (int64_t[]){0, 5}, 2, NULL), MOE_ERR_INDEX, "layer id 5");
     ck_assert_ptr_null(table);
-    /* the step makes the global view and clears the step window */
+    /* the step makes the global view; the step window it closed stays in the
+     * metrics until the next forward */
+    OK(moe_router_metrics_get(&m, r[0]));
+    double cv = m.cv, entropy = m.entropy, aux0 = m.aux_value[0];
+    moe_router_metrics_release(&m);
     OK(moe_router_step(r[0]));
     OK(moe_router_metrics_get(&m, r[0]));
-    ck_assert(m.tokens_per_expert_global && !isnan(m.max_violation_global) && m.micro_batches == 0 && m.step == 1);
+    ck_assert(m.tokens_per_expert_global && !isnan(m.max_violation_global) && m.step == 1);
+    ck_assert(m.step_ended && m.micro_batches == 2 && m.tokens == 24);
+    ck_assert(m.cv == cv && m.entropy == entropy && m.aux_value[0] == aux0);
+    moe_router_metrics_release(&m);
+    /* a step with no forward: the window it closed is empty */
+    OK(moe_router_step(r[0]));
+    OK(moe_router_metrics_get(&m, r[0]));
+    ck_assert(m.step_ended && m.micro_batches == 0 && m.tokens == 0 && m.step == 2);
+    ck_assert(isnan(m.dead_fraction) && isnan(m.cv) && isnan(m.max_over_mean) && isnan(m.selected_mass));
+    ck_assert(isnan(m.max_violation_global)); /* the global counts of that step are all 0 */
     moe_router_metrics_release(&m);
     moe_router_free(r[0]);
     moe_router_free(r[1]);
