@@ -105,7 +105,8 @@ $(moelab_install_sub_go): install-dist_guilesubDATA install-nodist_guilesubDATA
 SCHEME_TESTS = \
 	tests/scheme/tensor.scm tests/scheme/ops.scm tests/scheme/autograd.scm \
 	tests/scheme/errors.scm tests/scheme/printing.scm tests/scheme/docs.scm \
-	tests/scheme/dist.scm tests/scheme/layer.scm tests/scheme/router.scm
+	tests/scheme/dist.scm tests/scheme/layer.scm tests/scheme/router.scm \
+	tests/scheme/router-modes.scm
 TESTS += $(SCHEME_TESTS)
 TEST_EXTENSIONS = .scm
 SCM_LOG_COMPILER = $(top_builddir)/tests/scheme/run-test
@@ -124,3 +125,6 @@ EXTRA_DIST += tests/scheme/dist-mpi.sh
 ## the global-vs-micro example: the same report on 4 threads and mpirun -np 4
 TESTS += tests/scheme/global-vs-micro.sh
 EXTRA_DIST += tests/scheme/global-vs-micro.sh
+## quantile balancing over dp = 2: 2 threads and mpirun -np 2 give the β of one process
+TESTS += tests/scheme/qb-dp.sh
+EXTRA_DIST += tests/scheme/qb-dp.sh tests/scheme/qb-dp-ranks.scm

@@ -20,7 +20,7 @@
 
 /* ---- names ------------------------------------------------------------------------ */
 
-static const char *const score_names[] = {"softmax", "sigmoid"};
+static const char *const score_names[] = {"softmax", "sigmoid", "sqrtsoftplus"};
 static_assert(sizeof score_names / sizeof *score_names == MOE_SCORE_FN_COUNT, "score names");
 static const char *const aux_names[] = {"micro-batch",      "sequence",      "global-batch",
                                         "olmo-local-batch", "olmo-instance", "megablocks",
@@ -194,7 +194,7 @@ moe_status moe_scope_stats_compute(moe_scope_stats *st, const moe_scopes *sc, co
         for (int64_t t = ch_lo[c]; t < hi; t++) {
             if (valid && !valid[t]) continue;
             double inv = 1.0;
-            if (score == MOE_SCORE_SIGMOID) {
+            if (moe_score_is_normalized(score)) {
                 double rs = 0;
                 if (rowsum) rs = rowsum[t];
                 else
@@ -294,6 +294,16 @@ moe_status moe_aux_term_build(moe_aux_term_plan *tp, moe_aux_kind kind, double c
         break;
     }
     case MOE_AUX_SEQUENCE: {
+        if (prm->convention == MOE_CONVENTION_MEGATRON) {
+            /* Megatron: one length for every sequence, the average valid length
+             * T̄ = Σ c/(K·N), and the mean over all N sequences */
+            double tot = 0;
+            for (int64_t j = 0; j < N * E; j++) tot += C[j];
+            double Tbar = tot / ((double)prm->K * (double)N);
+            if (Tbar > 0)
+                for (int64_t j = 0; j < N * E; j++) A[j] = dE / (kf * Tbar * Tbar) * C[j] / (double)N;
+            break;
+        }
         double neff = 0;
         for (int64_t n = 0; n < N; n++) neff += Tn[n] > 0;
         for (int64_t n = 0; n < N; n++)
@@ -317,11 +327,15 @@ moe_status moe_aux_term_build(moe_aux_term_plan *tp, moe_aux_kind kind, double c
                 for (int64_t i = 0; i < E; i++) A[n * E + i] = dE / kf * C[n * E + i] / (Tn[n] * div);
         break;
     }
-    case MOE_AUX_GLOBAL_BATCH:
-        if (prm->acc_tokens > 0 && prm->mb_tokens > 0)
-            for (int64_t i = 0; i < E; i++)
-                A[i] = dE / kf * prm->acc_counts[i] / prm->acc_tokens / prm->mb_tokens;
+    case MOE_AUX_GLOBAL_BATCH: {
+        /* exact: f = c^acc/(K·T^acc); Megatron: f = (c^acc/M)/(K·T_cur), the
+         * counts averaged over the M micro-batches seen, over this one's tokens */
+        bool meg = prm->convention == MOE_CONVENTION_MEGATRON;
+        double den = meg ? prm->acc_micro * prm->cur_tokens : prm->acc_tokens;
+        if (den > 0 && prm->mb_tokens > 0)
+            for (int64_t i = 0; i < E; i++) A[i] = dE / kf * prm->acc_counts[i] / den / prm->mb_tokens;
         break;
+    }
     default:
         moe_aux_term_plan_free(tp);
         return moe_fail(MOE_ERR_ARG, "aux-loss", "'%s' is not a balance loss", moe_aux_kind_name(kind));
@@ -332,7 +346,7 @@ moe_status moe_aux_term_build(moe_aux_term_plan *tp, moe_aux_kind kind, double c
     return MOE_OK;
 }
 
-void moe_z_plan_compute(moe_z_plan *zp, const double *lse, const uint8_t *valid, int64_t T)
+void moe_z_plan_compute(moe_z_plan *zp, const double *lse, const uint8_t *valid, int64_t T, double div)
 {
     double sum = 0, n = 0;
     for (int64_t t = 0; t < T; t++) {
@@ -341,8 +355,8 @@ void moe_z_plan_compute(moe_z_plan *zp, const double *lse, const uint8_t *valid,
         n += 1;
     }
     zp->on = true;
-    zp->n_valid = n;
-    zp->value = n > 0 ? sum / n : 0.0;
+    zp->n_valid = div > 0 ? div : n; /* the divisor of Σ lse² */
+    zp->value = zp->n_valid > 0 ? sum / zp->n_valid : 0.0;
 }
 
 /* ---- the loss node ------------------------------------------------------------------- */
@@ -444,10 +458,8 @@ static void aux_row_f64(const aux_ctx *c, int64_t t, double g, const double *W, 
             cw += W[j] * s[j];
         }
         double D = S + c->eps;
-        for (int64_t j = 0; j < E; j++) {
-            double sg = s[j] - c->offset;
-            w[j] = (W[j] / D - cw / (D * D)) * sg * (1.0 - sg);
-        }
+        for (int64_t j = 0; j < E; j++)
+            w[j] = (W[j] / D - cw / (D * D)) * moe_score_deriv(c->score, s[j], c->offset);
     }
     if (c->zterm.on && c->zterm.n_valid > 0) {
         double coef = c->zterm.coeff * 2.0 * c->lse[t] / c->zterm.n_valid;
@@ -489,6 +501,15 @@ static void aux_row_f32(const aux_ctx *c, int64_t t, double g, const float *W, c
             memcpy(dz + j, &v, sizeof v);
         }
         for (int64_t j = E4; j < E; j++) dz[j] = gf * s[j] * (W[j] - (dot - coef));
+        return;
+    }
+    if (c->score == MOE_SCORE_SQRTSOFTPLUS) { /* p = s/D as below, ds/dz from s, in double */
+        double D = (double)S + c->eps;
+        for (int64_t j = 0; j < E; j++) {
+            double v = ((double)W[j] / D - (double)dot / (D * D)) * moe_score_deriv(c->score, s[j], c->offset);
+            if (zon) v += (double)coef * exp((double)z[j] - c->lse[t]);
+            dz[j] = (float)(g * v);
+        }
         return;
     }
     /* sigmoid: p = s/D, D = S + ε: dz = g·((W/D − cw/D²)·σ(1−σ) + coef·softmax(z)) */
@@ -765,6 +786,12 @@ moe_status moe_tracker_view(moe_balance_tracker *tr, const double *red, double *
     return MOE_OK;
 }
 
+double moe_tracker_view_micro(const moe_balance_tracker *tr)
+{
+    if (tr->recomputing) return (double)(tr->micro - tr->n_snaps + tr->cursor + 1);
+    return tr->buffer ? (double)(tr->micro + 1) : 1.0;
+}
+
 moe_status moe_tracker_commit(moe_balance_tracker *tr, const double *red)
 {
     int64_t n = tr->E + 1;
@@ -978,7 +1005,7 @@ static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_ki
                                      o->score, o->sigmoid_eps, in->valid, in->count_ids, in->T, in->E,
                                      o->top_k);
     moe_aux_params prm = {.K = o->top_k, .k_in_f = o->k_in_f, .loss_div_factor = o->loss_div_factor,
-                          .num_layers = o->num_layers};
+                          .num_layers = o->num_layers, .convention = o->convention};
     double *red = NULL, *acc = NULL;
     if (st == MOE_OK && kind != MOE_AUX_OLMO_LOCAL_BATCH && kind != MOE_AUX_GLOBAL_BATCH) {
         moe_group *g = o->group;
@@ -1014,6 +1041,8 @@ static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_ki
         prm.acc_counts = acc;
         prm.acc_tokens = acc ? acc[in->E] : 0;
         prm.mb_tokens = mb;
+        prm.acc_micro = tr ? moe_tracker_view_micro(tr) : 1;
+        prm.cur_tokens = red ? red[in->E] : 0;
         *gb_tr = tr;
     }
     if (st == MOE_OK) st = moe_aux_term_build(tp, kind, 1.0, &stats, &sc, &prm);
@@ -1033,6 +1062,8 @@ moe_status moe_load_balancing_loss(moe_tensor **out, moe_aux_kind kind, moe_tens
     MOE_CHECK_NOT_NULL(op, options);
     if ((unsigned)kind >= MOE_AUX_KIND_COUNT)
         return moe_fail(MOE_ERR_ARG, op, "unknown loss kind %d", (int)kind);
+    if ((unsigned)options->convention >= MOE_CONVENTION_COUNT)
+        return moe_fail(MOE_ERR_ARG, op, "unknown convention %d", (int)options->convention);
     if (kind == MOE_AUX_Z) return moe_z_loss(out, logits, options->valid);
     if (options->num_layers < 1)
         return moe_fail(MOE_ERR_ARG, op, "num_layers must be >= 1, got %lld", (long long)options->num_layers);
@@ -1066,7 +1097,14 @@ moe_status moe_load_balancing_loss(moe_tensor **out, moe_aux_kind kind, moe_tens
 
 moe_status moe_z_loss(moe_tensor **out, moe_tensor *logits, moe_tensor *valid)
 {
+    return moe_z_loss_div(out, logits, valid, 0);
+}
+
+moe_status moe_z_loss_div(moe_tensor **out, moe_tensor *logits, moe_tensor *valid, double div)
+{
     *out = NULL;
+    if (!(div >= 0) || isinf(div))
+        return moe_fail(MOE_ERR_ARG, "z-loss", "the divisor must be finite and > 0 (or 0 for the mean), got %g", div);
     moe_aux_options o;
     moe_aux_options_default(&o);
     o.valid = valid;
@@ -1074,7 +1112,7 @@ moe_status moe_z_loss(moe_tensor **out, moe_tensor *logits, moe_tensor *valid)
     MOE_TRY(loss_prepare(&in, "z-loss", logits, &o, false, true));
     moe_aux_node_spec spec = {.z = in.z, .s = in.s, .valid = in.valid, .lse = in.lse,
                               .score = MOE_SCORE_SOFTMAX};
-    moe_z_plan_compute(&spec.zterm, in.lse, in.valid, in.T);
+    moe_z_plan_compute(&spec.zterm, in.lse, in.valid, in.T, div);
     spec.zterm.coeff = 1.0;
     moe_status st = moe_aux_node_make(out, &spec);
     loss_in_free(&in);

@@ -569,7 +569,7 @@
     ("loss_eps" #:loss-eps ,string->number) ("loss_div" #:loss-div-factor ,string->number)
     ("num_layers" #:num-moe-layers ,string->number) ("k_in_f" #:k-in-f? bool)
     ("global_buffer" #:global-buffer? bool) ("grad_mode" #:grad-mode ,identity)
-    ("preset" #:preset ,identity)
+    ("preset" #:preset ,identity) ("convention" #:convention ,string->symbol)
     ("losses" #:losses
      ,(lambda (v)
         (map (lambda (term)
@@ -590,7 +590,10 @@
 (define (run-router-case c mode)
   ;; grad mode MODE (overriding the case's, as the C test does); #f when
   ;; everything matches, else the first mismatch
-  (let* ((r (apply make-router (append (ref-router-options c) (list #:grad-mode mode))))
+  ;; a case without a convention setting was computed with the exact forms
+  (let* ((r (apply make-router (append (ref-router-options c)
+                                       (if (ref-set c "convention") '() '(#:convention exact))
+                                       (list #:grad-mode mode))))
          (rtol (if (equal? (ref-set c "dtype") "f32") 1e-4 1e-6))
          (micro (ref-num c "micro_batches" 1))
          (step-every (ref-num c "step_every" 0)))
@@ -712,7 +715,7 @@
     (mr #:experts 4 #:top-k 2 #:sinkhorn? #t #:losses '((micro-batch . 1e-2))))
   (test-moelab-error "missing sizes" "hidden size" (make-router #:experts 4 #:top-k 2))
   (test-moelab-error "unknown keyword, named" "#:top-kk" (mr #:experts 4 #:top-kk 2))
-  (test-moelab-error "bad value, keyword and value named" "#:score expects one of softmax sigmoid, got tanh"
+  (test-moelab-error "bad value, keyword and value named" "#:score expects one of softmax sigmoid sqrtsoftplus, got tanh"
     (mr #:experts 4 #:top-k 2 #:score 'tanh))
   (test-moelab-error "bad loss kind" "#:losses" (mr #:experts 4 #:top-k 2 #:losses '((aux . 1))))
   (test-moelab-error "negative loss coefficient" "must be finite and >= 0"

@@ -1139,6 +1139,93 @@ START_TEST(test_thread_count_independent)
 }
 END_TEST
 
+static bool same_values(moe_tensor *a, moe_tensor *b)
+{
+    int64_t n = moe_tensor_numel(a);
+    if (n != moe_tensor_numel(b)) return false;
+    double *u = malloc(sizeof(double) * (size_t)n), *v = malloc(sizeof(double) * (size_t)n);
+    OK(moe_tensor_to_doubles(a, u));
+    OK(moe_tensor_to_doubles(b, v));
+    bool same = memcmp(u, v, sizeof(double) * (size_t)n) == 0;
+    free(u), free(v);
+    return same;
+}
+
+/* Replay and quantile balancing from C: every bad input is an error naming
+ * the values and leaves the router as it was (its record, its β). */
+START_TEST(test_replay_and_qb_errors)
+{
+    moe_router_config c = cfg_of(2, 3, 2);
+    c.dtype = MOE_F64;
+    c.replay = MOE_REPLAY_RECORD;
+    moe_router *r;
+    OK(moe_router_new(&r, &c));
+    moe_tensor *x = T(MOE_F64, 2, SHAPE(2, 2), 1, 0, 0, 1);
+    moe_tensor *out_of_range = T(MOE_I64, 2, SHAPE(2, 2), 0, 1, 3, 1);
+    moe_tensor *dup = T(MOE_I64, 2, SHAPE(2, 2), 0, 1, 2, 2);
+    moe_tensor *shape = T(MOE_I64, 2, SHAPE(1, 2), 0, 1);
+    moe_tensor *good = T(MOE_I64, 2, SHAPE(2, 2), 2, 0, 1, 2);
+    moe_routing *o = NULL;
+    FAILS(moe_router_forward_ids(&o, r, x, NULL, NULL, out_of_range), MOE_ERR_INDEX,
+          "id 3 at token 1, slot 0 is outside [0, 3)");
+    FAILS(moe_router_forward_ids(&o, r, x, NULL, NULL, dup), MOE_ERR_VALUE, "token 1 lists expert 2 twice");
+    FAILS(moe_router_forward_ids(&o, r, x, NULL, NULL, shape), MOE_ERR_SHAPE, "#:experts must be i64 [2 2]");
+    int64_t n;
+    moe_router_record(r, &n);
+    ck_assert_int_eq(n, 0);
+    OK(moe_router_replay(r, 1, &good));
+    OK(moe_router_forward(&o, r, x, NULL, NULL));
+    ck_assert(same_values(o->experts, good));
+    moe_routing_free(o);
+    moe_tensor *const *rec = moe_router_record(r, &n);
+    ck_assert_int_eq(n, 1);
+    ck_assert(same_values(rec[0], good));
+    moe_router_free(r);
+
+    /* quantile balancing */
+    c = cfg_of(4, 4, 1);
+    c.pre_softmax = true;
+    c.routing = MOE_ROUTING_QUANTILE_BALANCING;
+    moe_router_config bad = c;
+    bad.groups = 2;
+    bad.group_topk = 1;
+    FAILS(moe_router_new(&r, &bad), MOE_ERR_ARG, "takes no group limiting");
+    bad = c;
+    moe_aux_term t = {MOE_AUX_SEQUENCE, 1e-3};
+    OK(moe_router_config_set_losses(&bad, 1, &t));
+    FAILS(moe_router_new(&r, &bad), MOE_ERR_ARG, "'sequence' has coefficient 0.001");
+    bad = c;
+    bad.top_k = 4;
+    FAILS(moe_router_new(&r, &bad), MOE_ERR_ARG, "needs top-k < experts");
+    bad = c;
+    bad.qb_ema = -0.5;
+    FAILS(moe_router_new(&r, &bad), MOE_ERR_ARG, "qb-ema must be in [0, 1), got -0.5");
+    OK(moe_router_new(&r, &c));
+    moe_tensor *x3 = tu_randn(MOE_F32, 2, SHAPE(3, 4), 5), *x4 = tu_randn(MOE_F32, 2, SHAPE(4, 4), 6);
+    OK(moe_tensor_requires_grad_(x3, true));
+    OK(moe_tensor_requires_grad_(x4, true));
+    moe_tensor *valid = T(MOE_BOOL, 1, SHAPE(4), 1, 1, 1, 0);
+    FAILS(moe_router_forward(&o, r, x3, NULL, NULL), MOE_ERR_SHAPE, "T·K = 3·1 = 3 is not divisible by E = 4");
+    FAILS(moe_router_forward(&o, r, x4, valid, NULL), MOE_ERR_ARG, "takes no padding mask");
+    OK(moe_router_step(r));
+    const float *beta = moe_tensor_data(moe_router_qb_beta(r));
+    for (int e = 0; e < 4; e++) ck_assert(beta[e] == 0.0f); /* nothing was accumulated */
+    OK(moe_router_forward(&o, r, x4, NULL, NULL));
+    moe_routing_free(o);
+    OK(moe_router_step(r));
+    float sum = 0;
+    bool moved = false;
+    for (int e = 0; e < 4; e++) {
+        sum += beta[e];
+        moved |= beta[e] != 0.0f;
+    }
+    ck_assert(moved);
+    ck_assert(fabsf(sum) < 1e-6f); /* re-centred */
+    moe_router_free(r);
+    RELEASE(x, out_of_range, dup, shape, good, x3, x4, valid);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("router");
@@ -1159,6 +1246,7 @@ int main(void)
     tcase_add_test(tc, test_jitter);
     tcase_add_test(tc, test_sinkhorn_balances);
     tcase_add_test(tc, test_forward_errors_leave_state);
+    tcase_add_test(tc, test_replay_and_qb_errors);
     suite_add_tcase(s, tc);
     tc = tcase_create("gradients");
     tcase_set_timeout(tc, 120);
