@@ -1,10 +1,28 @@
 ## doc/local.mk — the Texinfo manual (make info, make html, make pdf).
 ## Each chapter is a file of its own, included from doc/moelab.texi.
+##
+## The reference entries doc/ref-<module>.texi are made from the docstrings
+## of the (moelab …) modules by scripts/doc-reference.scm, and committed:
+##   ./pre-inst-env guile -e main -s scripts/doc-reference.scm
+## Generating them at build time would make `make info' need the built
+## library (and distcheck's read-only source tree a second copy of the
+## manual); committing them keeps the manual a plain source.  They cannot
+## drift: tests/scheme/manual-reference.scm fails when a ref file is not
+## what the docstrings give, and when an exported procedure of any
+## (moelab …) module has no @deffn anywhere in doc/*.texi.  A procedure
+## that a chapter describes by hand gets no generated entry.
 info_TEXINFOS = doc/moelab.texi
 doc_moelab_TEXINFOS = \
-	doc/overview.texi doc/install.texi doc/autograd.texi doc/autograd-versions.texi \
+	doc/overview.texi doc/install.texi \
+	doc/autograd.texi doc/autograd-versions.texi \
 	doc/routers.texi \
 	doc/layers.texi doc/collectives.texi doc/models.texi doc/optim.texi \
-	doc/data.texi doc/training.texi doc/program.texi
+	doc/data.texi doc/training.texi doc/program.texi \
+	doc/ref-tensor.texi doc/ref-ops.texi doc/ref-autograd.texi \
+	doc/ref-dist.texi doc/ref-layer.texi doc/ref-router.texi
 # distcheck builds the HTML manual instead of DVI (no TeX needed).
 AM_DISTCHECK_DVI_TARGET = html
+
+MANUAL_TESTS = tests/scheme/manual-reference.scm
+TESTS += $(MANUAL_TESTS)
+EXTRA_DIST += $(MANUAL_TESTS) scripts/doc-reference.scm
