@@ -11,9 +11,11 @@
 ## what the docstrings give, and when an exported procedure of any
 ## (moelab …) module has no @deffn anywhere in doc/*.texi.  A procedure
 ## that a chapter describes by hand gets no generated entry.
+## tests/scheme/manual-examples.scm runs every @example of the tutorial and
+## compares the @result{} lines.
 info_TEXINFOS = doc/moelab.texi
 doc_moelab_TEXINFOS = \
-	doc/overview.texi doc/install.texi \
+	doc/overview.texi doc/install.texi doc/tutorial.texi \
 	doc/autograd.texi doc/autograd-versions.texi \
 	doc/routers.texi \
 	doc/layers.texi doc/collectives.texi doc/models.texi doc/optim.texi \
@@ -23,6 +25,6 @@ doc_moelab_TEXINFOS = \
 # distcheck builds the HTML manual instead of DVI (no TeX needed).
 AM_DISTCHECK_DVI_TARGET = html
 
-MANUAL_TESTS = tests/scheme/manual-reference.scm
+MANUAL_TESTS = tests/scheme/manual-examples.scm tests/scheme/manual-reference.scm
 TESTS += $(MANUAL_TESTS)
 EXTRA_DIST += $(MANUAL_TESTS) scripts/doc-reference.scm
