@@ -5,8 +5,9 @@
 ;;;       rewrites doc/ref-<module>.texi for the modules in `reference-files'
 ;;;   ./pre-inst-env guile -e main -s scripts/doc-reference.scm --check
 ;;;       changes nothing; exits 1 when a ref file differs from what its
-;;;       docstrings give, or when an exported procedure of a (moelab …)
-;;;       module has no @deffn in doc/*.texi
+;;;       docstrings give, when an exported procedure of a (moelab …)
+;;;       module has no @deffn in doc/*.texi, or when a hand-written @deffn
+;;;       names a keyword that its procedure does not take
 ;;;
 ;;; A procedure that a chapter describes by hand (an @deffn or @deffnx in a
 ;;; doc/*.texi that is not a ref file) gets no generated entry, so the index
@@ -56,6 +57,28 @@
   (append-map (lambda (file)
                 (if (keep-file? (basename file)) (deffn-names file) '()))
               (texi-files)))
+
+(define (deffn-keywords file)
+  "An alist (NAME . KEYWORDS) of the keywords each @deffn or @deffnx line
+of FILE writes after NAME, such as #:valid in `[#:valid #f]'."
+  (call-with-input-file file
+    (lambda (port)
+      (let loop ((entries '()))
+        (let ((line (read-line port)))
+          (if (eof-object? line)
+              (reverse entries)
+              (let ((m (regexp-exec deffn-line line)))
+                (loop
+                 (if m
+                     (cons (cons (string->symbol (match:substring m 2))
+                                 (filter-map
+                                  (lambda (word)
+                                    (let ((word (string-trim-both word (char-set #\[ #\]))))
+                                      (and (string-prefix? "#:" word)
+                                           (string->symbol (substring word 2)))))
+                                  (string-tokenize (match:suffix m))))
+                           entries)
+                     entries)))))))))
 
 ;;; ---- what the modules export -----------------------------------------------
 
@@ -240,6 +263,36 @@ doc/*.texi describes."
                     (and (pair? missing) (cons module missing))))
                 (moelab-modules))))
 
+(define (accepted-keywords value)
+  "The keywords (as symbols) that procedure VALUE accepts, or #t when it
+takes any (allow-other-keys or a rest argument it parses itself)."
+  (if (program? value)
+      (let ((alist (program-arguments-alist value)))
+        (if (or (assq-ref alist 'allow-other-keys?) (assq-ref alist 'rest))
+            #t
+            (map (lambda (k) (keyword->symbol (car k)))
+                 (assq-ref alist 'keyword))))
+      #t))
+
+(define (wrong-keywords)
+  "An alist (NAME . KEYWORDS) of the hand-written @deffn lines that name
+keywords the exported procedure NAME does not accept."
+  (let ((exports (append-map (lambda (module)
+                               (map (cut cons <> module) (public-procedures module)))
+                             (moelab-modules))))
+    (filter-map
+     (match-lambda
+       ((name . keywords)
+        (let ((module (assq-ref exports name)))
+          (and module
+               (let ((accepted (accepted-keywords (exported-value module name))))
+                 (and (list? accepted)
+                      (let ((bad (remove (cut memq <> accepted) keywords)))
+                        (and (pair? bad) (cons name bad)))))))))
+     (append-map (lambda (file)
+                   (if (ref-file? (basename file)) '() (deffn-keywords file)))
+                 (texi-files)))))
+
 (define (write-reference-files)
   (let ((hand (hand-written-names)))
     (for-each (match-lambda
@@ -266,7 +319,13 @@ doc/*.texi describes."
                             "(moelab ~a) exports procedures with no @deffn in doc/*.texi: ~a~%"
                             module names)))
                  missing)
-       (exit (and (null? stale) (null? missing)))))
+       (for-each (match-lambda
+                   ((name . keywords)
+                    (format (current-error-port)
+                            "the @deffn of ~a names keywords it does not take: ~a~%"
+                            name keywords)))
+                 (wrong-keywords))
+       (exit (and (null? stale) (null? missing) (null? (wrong-keywords))))))
     (_
      (format (current-error-port) "usage: doc-reference.scm [--check]~%")
      (exit 2))))
