@@ -18,6 +18,7 @@ NN_TESTS = tests/unit/check_attention tests/unit/check_model
 check_PROGRAMS += $(NN_TESTS)
 TESTS += $(NN_TESTS)
 tests_unit_check_attention_SOURCES = tests/unit/check_attention.c tests/unit/testutil.h
-tests_unit_check_model_SOURCES = tests/unit/check_model.c tests/unit/testutil.h
+tests_unit_check_model_SOURCES = tests/unit/check_model.c tests/unit/testutil.h \
+	tests/reference/refs.c tests/reference/refs.h
 tests_unit_check_model_CPPFLAGS = $(AM_CPPFLAGS) -DMOE_MODEL_REFS='"$(abs_srcdir)/tests/reference/model_refs.txt"'
 EXTRA_DIST += tests/reference/model_refs.txt tests/reference/gen_model_refs.py
