@@ -20,8 +20,10 @@
 
 #include "gemm.h"
 
-/* Comparisons in the row loops may become branch-free selects (max, the
- * clamp in exp_f32) so that the loops vectorise; the values are the same. */
+/* The row loops vectorise: O3's cost model takes loops whose length is only
+ * known at run time, and without trapping math the comparisons (max, the
+ * clamp in exp_f32) become branch-free selects. Sums keep their order, so
+ * the values are those of the scalar loops. */
 #pragma GCC optimize("O3", "no-trapping-math")
 
 enum { BQ = 64, BK = 64 };
