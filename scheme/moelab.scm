@@ -8,6 +8,7 @@
 ;;;   (moelab dist)      with-ranks, process groups, the mesh, collectives
 ;;;   (moelab router)    routers, routings, load-balancing losses, balance trackers
 ;;;   (moelab layer)     the MoE layer: make-moe-layer, moe-forward, parameters
+;;;   (moelab train)     optimizers, clip-grad-norm!, lr schedules, metrics files
 ;;;   (moelab config)    %moelab-version and build facts
 ;;;
 ;;; @example
@@ -35,4 +36,4 @@
               (hashq-set! (module-replacements public) name #t))
             (module-add! public name var))
           iface)))
-     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router) (moelab config)))))
+     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router) (moelab train) (moelab config)))))

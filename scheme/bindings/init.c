@@ -9,6 +9,8 @@
 void moelab_init_dist_func(void); /* dist-func.c */
 void moelab_init_layer_func(void); /* layer-func.c */
 void moelab_init_router_func(void); /* router-func.c */
+void moelab_init_optim_func(void); /* optim-func.c */
+void moelab_init_metrics_func(void); /* metrics-func.c */
 
 static void define_primitives(void *data)
 {
@@ -23,6 +25,8 @@ static void define_primitives(void *data)
     moelab_init_dist_func();
     moelab_init_router_func();
     moelab_init_layer_func();
+    moelab_init_optim_func();
+    moelab_init_metrics_func();
     scm_call_1(scm_c_public_ref("guile", "module-export-all!"), scm_current_module());
 }
 
