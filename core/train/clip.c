@@ -78,7 +78,18 @@ moe_status moe_clip_grad_norm(double *total_norm, int n, moe_tensor *const *para
     *total_norm = norm;
     double scale = max_norm / (norm + 1e-6);
     if (!isfinite(norm) || scale >= 1.0) return MOE_OK;
-    /* Copies first (they may fail), then the scaling (it cannot). */
+    /* Copies first (they may fail), then the scaling (it cannot). In the
+     * usual case every gradient is scaled where it lies and nothing is
+     * allocated. */
+    bool all_in_place = true;
+    for (int i = 0; i < n && all_in_place; i++) all_in_place = !params[i]->grad || scale_in_place(params, i);
+    if (all_in_place) {
+        for (int i = 0; i < n; i++) {
+            moe_tensor *g = params[i]->grad;
+            if (g) moe_cpu_scale(g->dtype, moe_tensor_data(g), moe_tensor_numel(g), scale);
+        }
+        return MOE_OK;
+    }
     moe_tensor **fresh = calloc((size_t)n, sizeof *fresh);
     if (!fresh) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
     moe_status st = MOE_OK;

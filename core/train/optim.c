@@ -36,6 +36,7 @@ void moe_optimizer_free(moe_optimizer *opt)
     free(opt->param_steps);
     free(opt->slots);
     free(opt->state_names);
+    free(opt->grads);
     free(opt);
 }
 
@@ -113,8 +114,10 @@ moe_status moe_optimizer_make(moe_optimizer **out, const moe_optim_rule *rule, d
     o->param_steps = calloc((size_t)n, sizeof *o->param_steps);
     o->slots = calloc((size_t)(n * (n_slots ? n_slots : 1)), sizeof *o->slots);
     o->state_names = calloc((size_t)n_state, sizeof *o->state_names);
+    o->grads = calloc((size_t)n, sizeof *o->grads);
     moe_status st = MOE_OK;
-    if (!o->names || !o->params || !o->decay || !o->param_steps || !o->slots || !o->state_names) goto nomem;
+    if (!o->names || !o->params || !o->decay || !o->param_steps || !o->slots || !o->state_names || !o->grads)
+        goto nomem;
     if (!(o->state_names[0] = copy_text("step"))) goto nomem;
     for (int i = 0; i < n; i++) {
         o->params[i] = moe_tensor_retain(params[i]);
@@ -145,9 +148,9 @@ moe_status moe_optimizer_step(moe_optimizer *opt)
     const char *op = "optimizer-step!";
     MOE_CHECK_NOT_NULL(op, opt);
     /* Check every gradient, and make the contiguous copies the kernels
-     * need, before the first parameter changes. */
-    moe_tensor **grads = calloc((size_t)opt->n, sizeof *grads);
-    if (!grads) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+     * need (only for gradients that are views), before the first parameter
+     * changes. */
+    moe_tensor **grads = opt->grads;
     moe_status st = MOE_OK;
     for (int i = 0; i < opt->n && st == MOE_OK; i++) {
         moe_tensor *p = opt->params[i], *g = p->grad;
@@ -172,8 +175,10 @@ moe_status moe_optimizer_step(moe_optimizer *opt)
         }
         opt->step++;
     }
-    for (int i = 0; i < opt->n; i++) moe_tensor_release(grads[i]);
-    free(grads);
+    for (int i = 0; i < opt->n; i++) {
+        moe_tensor_release(grads[i]);
+        grads[i] = NULL;
+    }
     return st;
 }
 

@@ -32,6 +32,7 @@ struct moe_optimizer {
     const char *slot_names[MOE_OPTIM_MAX_SLOTS];
     moe_tensor **slots;    /* [n][n_slots], zeros of each parameter's shape */
     char **state_names;    /* [1 + n·(1 + n_slots)] */
+    moe_tensor **grads;    /* [n], scratch of a step: no allocation per step */
 };
 
 static inline moe_tensor *moe_optim_slot(const moe_optimizer *opt, int i, int k)
