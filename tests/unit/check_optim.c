@@ -3,6 +3,7 @@
  * gen_optim_refs.py), plus what PyTorch does not check: parameters keep
  * their identity, state save and load, and every bad input failing with
  * nothing changed. */
+#include <omp.h>
 #include <string.h>
 
 #include "../reference/refs.h"
@@ -618,6 +619,35 @@ START_TEST(test_clip_non_finite)
 }
 END_TEST
 
+/* The norm and the update of a parameter big enough for the parallel loops
+ * (100 000 elements) give the same bits on 1 and 2 threads. */
+START_TEST(test_thread_count_does_not_matter)
+{
+    double norm[2];
+    moe_tensor *out[2];
+    int saved = omp_get_max_threads();
+    for (int k = 0; k < 2; k++) {
+        omp_set_num_threads(k + 1);
+        moe_tensor *p = tu_randn(MOE_F32, 1, SHAPE(100000), 21);
+        OK(moe_tensor_requires_grad_(p, true));
+        p->grad = tu_randn(MOE_F32, 1, SHAPE(100000), 22);
+        OK(moe_clip_grad_norm(&norm[k], 1, &p, 1.0));
+        moe_adamw_config cfg;
+        moe_adamw_config_default(&cfg);
+        moe_optimizer *opt;
+        OK(moe_adamw_new(&opt, 1, (const char *[]){"w"}, &p, &cfg));
+        OK(moe_optimizer_step(opt));
+        out[k] = p;
+        moe_optimizer_free(opt);
+    }
+    omp_set_num_threads(saved);
+    ck_assert(norm[0] == norm[1]);
+    ck_assert(norm[0] > 300 && norm[0] < 330); /* √100000 ≈ 316 */
+    tu_assert_close(out[1], out[0], 0, 0, "1 vs 2 threads");
+    RELEASE(out[0], out[1]);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("optim");
@@ -634,6 +664,7 @@ int main(void)
     tcase_add_test(tc, test_clip_by_hand);
     tcase_add_test(tc, test_clip_views_and_shared_grads);
     tcase_add_test(tc, test_clip_non_finite);
+    tcase_add_test(tc, test_thread_count_does_not_matter);
     suite_add_tcase(s, tc);
     tc = tcase_create("state and errors");
     tcase_add_test(tc, test_state_round_trip);
