@@ -86,7 +86,10 @@ moe_status moe_clip_grad_norm(double *total_norm, int n, moe_tensor *const *para
     if (all_in_place) {
         for (int i = 0; i < n; i++) {
             moe_tensor *g = params[i]->grad;
-            if (g) moe_cpu_scale(g->dtype, moe_tensor_data(g), moe_tensor_numel(g), scale);
+            if (g) {
+                moe_cpu_scale(g->dtype, moe_tensor_data(g), moe_tensor_numel(g), scale);
+                moe_tensor_bump_version(g);
+            }
         }
         return MOE_OK;
     }
@@ -105,7 +108,10 @@ moe_status moe_clip_grad_norm(double *total_norm, int n, moe_tensor *const *para
                 fresh[i] = NULL;
             }
             moe_tensor *g = params[i]->grad;
-            if (g) moe_cpu_scale(g->dtype, moe_tensor_data(g), moe_tensor_numel(g), scale);
+            if (g) {
+                moe_cpu_scale(g->dtype, moe_tensor_data(g), moe_tensor_numel(g), scale);
+                moe_tensor_bump_version(g);
+            }
         }
     }
     for (int i = 0; i < n; i++) moe_tensor_release(fresh[i]);

@@ -172,6 +172,8 @@ moe_status moe_optimizer_step(moe_optimizer *opt)
             if (!grads[i]) continue;
             opt->param_steps[i]++;
             opt->rule->update(opt, i, grads[i]);
+            /* a graph that saved this parameter now holds a stale value */
+            moe_tensor_bump_version(opt->params[i]);
         }
         opt->step++;
     }
@@ -362,9 +364,11 @@ moe_status moe_optimizer_load_state(moe_optimizer *opt, int n, const char *const
     for (int j = 0; j < count; j++) {
         int i, k;
         state_entry(opt, j, &i, &k);
-        if (k >= 0)
-            memcpy(moe_tensor_data(moe_optim_slot(opt, i, k)), moe_tensor_data(conv[j]),
-                   moe_tensor_nbytes(conv[j]));
+        if (k >= 0) {
+            moe_tensor *slot = moe_optim_slot(opt, i, k);
+            memcpy(moe_tensor_data(slot), moe_tensor_data(conv[j]), moe_tensor_nbytes(conv[j]));
+            moe_tensor_bump_version(slot);
+        }
         else if (i < 0)
             opt->step = counts[j];
         else

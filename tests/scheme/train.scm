@@ -136,6 +136,16 @@ the difference, shown by the failure report."
 
 (define (fresh-param values) (requires-grad! (tensor values #:dtype 'f64)))
 
+(test-group "an optimizer step is an in-place write"
+  (let* ((w (fresh-param '(1.0 2.0)))
+         (o (make-sgd `(("w" . ,w)) #:lr 0.5))
+         (y (tsum (t* w w))))               ; saves w for its backward
+    (backward! (tsum (t* 3 w)))
+    (let ((v (tensor-version w)))
+      (optimizer-step! o)
+      (test-equal "the step bumps the version" (+ v 1) (tensor-version w)))
+    (test-error "a graph that saved w before the step refuses backward" 'moelab-error (backward! y))))
+
 (test-group "parameters change in place"
   (let* ((w (fresh-param '((1.0 -2.0) (0.5 3.0))))
          (b (fresh-param '(1.0 1.0)))
