@@ -7,6 +7,8 @@
  *   tensor-func.c   creation, element access, conversion to lists and SRFI-4 vectors
  *   ops-func.c      every op of core/ops.h and the views of core/tensor.h
  *   autograd-func.c backward, grads, grad mode, hooks, custom functions
+ *   optim-func.c    optimizers, gradient clipping, learning-rate schedules
+ *   metrics-func.c  metrics files (JSONL) and Scheme data ↔ JSON
  *   gc-roots.c      keeps the collector from scanning the big numeric libraries
  *   init.c          scm_init_moelab: the (moelab primitives) module
  *
@@ -114,6 +116,15 @@ SCM moelab_router_metrics_alist(moe_router *r, const char *subr);
 /* CFG as an alist of (keyword-name . value), values as make-router takes them
  * (what router-config returns). */
 SCM moelab_router_config_alist(const moe_router_config *cfg);
+
+/* ---- metrics-func.c ------------------------------------------------------------------- */
+/* Scheme data as JSON (a new reference): alists → objects, lists and vectors
+ * → arrays, tensors → nested arrays, non-finite numbers → null. Raises
+ * moelab-error naming SUBR for anything else, before building anything. */
+json_t *moelab_to_json(SCM value, const char *subr);
+/* JSON as Scheme data: objects → alists with symbol keys, arrays → lists,
+ * null → +nan.0. */
+SCM moelab_from_json(json_t *j);
 
 /* ---- gc-roots.c -------------------------------------------------------------- */
 void moelab_init_gc_roots(void);
