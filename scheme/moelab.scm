@@ -10,6 +10,7 @@
 ;;;   (moelab layer)     the MoE layer: make-moe-layer, moe-forward, parameters
 ;;;   (moelab data)      tokenizers, token files, multi-domain text datasets
 ;;;   (moelab train)     optimizers, clip-grad-norm!, lr schedules, metrics files
+;;;   (moelab plot)      figures through gnuplot: lines, heatmaps, bars, metrics files
 ;;;   (moelab config)    %moelab-version and build facts
 ;;;
 ;;; @example
@@ -37,4 +38,4 @@
               (hashq-set! (module-replacements public) name #t))
             (module-add! public name var))
           iface)))
-     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router) (moelab data) (moelab train) (moelab config)))))
+     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router) (moelab data) (moelab train) (moelab plot) (moelab config)))))
