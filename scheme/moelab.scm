@@ -11,6 +11,7 @@
 ;;;   (moelab data)      tokenizers, token files, multi-domain text datasets
 ;;;   (moelab train)     optimizers, clip-grad-norm!, lr schedules, metrics files
 ;;;   (moelab plot)      figures through gnuplot: lines, heatmaps, bars, metrics files
+;;;   (moelab notebook)  rich display in notebooks: display-html, display-svg, display-figure
 ;;;   (moelab config)    %moelab-version and build facts
 ;;;
 ;;; @example
@@ -38,4 +39,4 @@
               (hashq-set! (module-replacements public) name #t))
             (module-add! public name var))
           iface)))
-     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router) (moelab data) (moelab train) (moelab plot) (moelab config)))))
+     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router) (moelab data) (moelab train) (moelab plot) (moelab notebook) (moelab config)))))

@@ -63,7 +63,7 @@
 ;; Every public name must appear in a test suite (this file lists the
 ;; exports, so it does not count).
 (define suites '("tensor.scm" "ops.scm" "autograd.scm" "errors.scm" "printing.scm" "dist.scm"
-                 "layer.scm" "router.scm" "data.scm" "train.scm" "plot.scm"))
+                 "layer.scm" "router.scm" "data.scm" "train.scm" "plot.scm" "notebook.scm"))
 
 (define here (dirname (current-filename)))
 
