@@ -43,3 +43,16 @@ CLEANFILES += scheme/kernel/kernel.json
 # The protocol, through jupyter_client (skipped without it).
 TESTS += tests/kernel/kernel-test.sh
 endif
+
+## ---- notebooks: make notebooks renders them to doc/notebooks/ ----------------------
+NOTEBOOKS = notebooks/tutorial.ipynb notebooks/routing-zoo.ipynb
+EXTRA_DIST += $(NOTEBOOKS) notebooks/moelab.html.j2 scripts/render-notebooks \
+	tests/notebooks/notebook-test.sh tests/notebooks/check-figures.py
+.PHONY: notebooks
+notebooks: all
+	cd $(srcdir) && srcdir=$$(pwd) && cd - >/dev/null && \
+	for nb in $(NOTEBOOKS); do \
+	  $$srcdir/scripts/render-notebooks doc/notebooks $$srcdir/$$nb || exit 1; done
+if HAVE_KERNEL
+TESTS += tests/notebooks/notebook-test.sh
+endif

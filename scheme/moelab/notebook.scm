@@ -106,11 +106,17 @@ row per expert with its count and a bar scaled to the largest count."
 
 ;;; ---- bundles and display ------------------------------------------------------------
 
+;;; An SVG document without its XML declaration and doctype: notebooks inline
+;;; the element into HTML, where a prolog is not allowed.
+(define (svg-element svg)
+  (let ((start (string-contains svg "<svg")))
+    (if start (substring svg start) svg)))
+
 (define (mime-bundle value)
   "How VALUE shows in a notebook: an alist of (MIME-TYPE . TEXT), with
 \"text/plain\" (its written form) always present, \"text/html\" for a tensor
 (tensor->html) or a routing (routing->html), and \"image/svg+xml\" for a
-figure (figure->svg)."
+figure (figure->svg, without the XML declaration: notebooks inline it)."
   (let ((plain (call-with-output-string (lambda (port) (write value port)))))
     (cond ((and (tensor? value) (not (tensor-freed? value)))
            `(("text/plain" . ,plain) ("text/html" . ,(tensor->html value))))
@@ -119,7 +125,7 @@ figure (figure->svg)."
                                 (lambda (port) (routing-report value #:port port))))
              ("text/html" . ,(routing->html value))))
           ((figure? value)
-           `(("text/plain" . ,plain) ("image/svg+xml" . ,(figure->svg value))))
+           `(("text/plain" . ,plain) ("image/svg+xml" . ,(svg-element (figure->svg value)))))
           (else `(("text/plain" . ,plain))))))
 
 ;;; What the display procedures do with a bundle. The kernel replaces it with
@@ -141,7 +147,7 @@ figure (figure->svg)."
 print a line saying how long it is)."
   (unless (string? svg)
     (throw 'moelab-error "display-svg" "expected a string, got ~s" (list svg) '(arg)))
-  ((%display-handler) `(("image/svg+xml" . ,svg)
+  ((%display-handler) `(("image/svg+xml" . ,(svg-element svg))
                         ("text/plain" . ,(format #f "#<svg ~a characters>"
                                                  (string-length svg))))))
 
@@ -150,5 +156,5 @@ print a line saying how long it is)."
 (outside a notebook: draw it as text, as the REPL's ,plot does)."
   (unless (figure? fig)
     (throw 'moelab-error "display-figure" "expected a figure, got ~s" (list fig) '(arg)))
-  ((%display-handler) `(("image/svg+xml" . ,(figure->svg fig #:width width #:height height))
+  ((%display-handler) `(("image/svg+xml" . ,(svg-element (figure->svg fig #:width width #:height height)))
                         ("text/plain" . ,(figure->text fig)))))

@@ -244,8 +244,9 @@ cell. Returns a figure."
       (datablock "m" m)
       (common-settings who title xlabel ylabel)
       (format #f "set xrange [-0.5:~a]\nset yrange [~a:-0.5]\n" (- c 0.5) (- r 0.5))
-      (if cols (tics "x" cols) "set xtics 1\n")
-      (if rows (tics "y" rows) "set ytics 1\n")
+      ;; a tic per column and per row unless there are too many to read
+      (cond (cols (tics "x" cols)) ((<= c 24) "set xtics 1\n") (else ""))
+      (cond (rows (tics "y" rows)) ((<= r 24) "set ytics 1\n") (else ""))
       ;; white for the smallest value, dark blue for the largest
       "set tics scale 0\nset palette defined (0 \"#ffffff\", 1 \"#08306b\")\n"
       (if values?
@@ -277,7 +278,7 @@ figure."
       (format #f "set xrange [-0.5:~a]\nset yrange [0:*]\n" (- (length vs) 0.5))
       (tics "x" (or labels (iota (length vs))))
       "set style fill solid 0.8 border -1\nset boxwidth 0.8\nif (GPVAL_TERM ne \"dumb\") { set grid y }\n"
-      "plot $b using 1:2 with boxes notitle\n"))))
+      "plot $b using 1:2 with boxes lc rgb \"#3b6fb6\" notitle\n"))))
 
 (define (plot-jsonl path . keys-and-options)
   "Curves straight from the metrics file PATH (JSON Lines, as
