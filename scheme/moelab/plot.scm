@@ -250,13 +250,17 @@ cell. Returns a figure."
       ;; white for the smallest value, dark blue for the largest
       "set tics scale 0\nset palette defined (0 \"#ffffff\", 1 \"#08306b\")\n"
       (if values?
-          (string-concatenate
-           (append-map (lambda (row i)
-                         (map (lambda (v j)
-                                (format #f "set label ~a at ~a,~a center front\n"
-                                        (quoted (short-number v)) j i))
-                              row (iota c)))
-                       m (iota r)))
+          ;; white on the darker half of the palette, black on the lighter
+          (let* ((all (concatenate m))
+                 (middle (/ (+ (apply min all) (apply max all)) 2)))
+            (string-concatenate
+             (append-map (lambda (row i)
+                           (map (lambda (v j)
+                                  (format #f "set label ~a at ~a,~a center front textcolor rgb ~s\n"
+                                          (quoted (short-number v)) j i
+                                          (if (> v middle) "white" "black")))
+                                row (iota c)))
+                         m (iota r))))
           "")
       "plot $m matrix with image failsafe notitle\n"))))
 
