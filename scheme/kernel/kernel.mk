@@ -40,6 +40,15 @@ scheme/kernel/kernel.json: $(srcdir)/scheme/kernel/kernel.json.in Makefile
 	mv $@.tmp $@
 CLEANFILES += scheme/kernel/kernel.json
 
+# The wire format and its signatures (a Check suite, under valgrind too).
+check_PROGRAMS += tests/unit/check_wire
+TESTS += tests/unit/check_wire
+VALGRIND_TESTS += tests/unit/check_wire
+tests_unit_check_wire_SOURCES = tests/unit/check_wire.c scheme/kernel/wire.c scheme/kernel/wire.h
+tests_unit_check_wire_CPPFLAGS = $(AM_CPPFLAGS) -I$(srcdir)/scheme/kernel $(JANSSON_CFLAGS) \
+	$(ZMQ_CFLAGS) $(LIBCRYPTO_CFLAGS) $(CHECK_CFLAGS)
+tests_unit_check_wire_LDADD = $(JANSSON_LIBS) $(ZMQ_LIBS) $(LIBCRYPTO_LIBS) $(CHECK_LIBS)
+
 # The protocol, through jupyter_client (skipped without it).
 TESTS += tests/kernel/kernel-test.sh
 endif

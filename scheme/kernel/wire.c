@@ -35,8 +35,13 @@ void wire_session_init(wire_session *s, const char *key)
     random_hex(s->session, 16);
 }
 
-/* The hex signature of the four JSON frames into OUT (65 bytes). */
-static void sign(const wire_session *s, const char *frames[4], char out[65])
+void wire_session_free(wire_session *s)
+{
+    free(s->key);
+    s->key = NULL;
+}
+
+void wire_sign(const wire_session *s, const char *const frames[4], char out[65])
 {
     out[0] = 0;
     if (!s->key[0]) return;
@@ -148,7 +153,7 @@ int wire_recv(const wire_session *s, void *socket, wire_msg *msg)
         goto done;
     }
     char expected[65];
-    sign(s, (const char *[]){parts[1], parts[2], parts[3], parts[4]}, expected);
+    wire_sign(s, (const char *const[]){parts[1], parts[2], parts[3], parts[4]}, expected);
     if (strlen(parts[0]) != strlen(expected) ||
         CRYPTO_memcmp(parts[0], expected, strlen(expected)) != 0) {
         fprintf(stderr, "moelab-kernel: rejected a message with a bad signature\n");
@@ -207,7 +212,7 @@ int wire_send(const wire_session *s, void *socket, const wire_msg *parent, bool 
     json_decref(header);
     json_decref(content);
     char signature[65];
-    sign(s, (const char **)frames, signature);
+    wire_sign(s, (const char *const *)frames, signature);
 
     int rc = 0;
     if (to_iopub || !parent) {

@@ -28,8 +28,14 @@ typedef struct {
     json_t *header, *parent, *metadata, *content;
 } wire_msg;
 
-/* A fresh random session id. */
+/* A session signing with KEY (copied; NULL for none) under a fresh random
+ * session id. */
 void wire_session_init(wire_session *s, const char *key);
+void wire_session_free(wire_session *s);
+
+/* The hex HMAC-SHA256 of the four JSON frames FRAMES under S's key, into OUT
+ * (65 bytes; "" when the key is empty). */
+void wire_sign(const wire_session *s, const char *const frames[4], char out[65]);
 
 /* Receive one message from SOCKET (blocking). Returns 0 and fills MSG, -1 on
  * a socket error (errno set, e.g. EINTR), or 1 for a malformed or badly
