@@ -11,6 +11,8 @@
 ;;;   (moelab data)      tokenizers, token files, multi-domain text datasets
 ;;;   (moelab nn)        the MoE transformer: make-moe-transformer, model-loss, attention
 ;;;   (moelab train)     optimizers, clip-grad-norm!, lr schedules, metrics files
+;;;   (moelab plot)      figures through gnuplot: lines, heatmaps, bars, metrics files
+;;;   (moelab notebook)  rich display in notebooks: display-html, display-svg, display-figure
 ;;;   (moelab config)    %moelab-version and build facts
 ;;;
 ;;; @example
@@ -39,4 +41,4 @@
             (module-add! public name var))
           iface)))
      '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router)
-       (moelab data) (moelab nn) (moelab train) (moelab config)))))
+       (moelab data) (moelab nn) (moelab train) (moelab plot) (moelab notebook) (moelab config)))))
