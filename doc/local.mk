@@ -19,11 +19,18 @@ doc_moelab_TEXINFOS = \
 	doc/autograd.texi doc/autograd-versions.texi \
 	doc/routers.texi \
 	doc/layers.texi doc/collectives.texi doc/models.texi doc/optim.texi \
-	doc/data.texi doc/training.texi doc/program.texi \
+	doc/data.texi doc/training.texi doc/notebooks.texi doc/program.texi \
 	doc/ref-tensor.texi doc/ref-ops.texi doc/ref-autograd.texi \
 	doc/ref-dist.texi doc/ref-layer.texi doc/ref-router.texi
 # distcheck builds the HTML manual instead of DVI (no TeX needed).
 AM_DISTCHECK_DVI_TARGET = html
+
+# The screenshot in the Notebooks chapter: next to the sources for makeinfo,
+# copied next to the HTML pages (makeinfo links it, does not copy it).
+EXTRA_DIST += doc/notebooks-screenshot.png
+html-local: doc/moelab.html/notebooks-screenshot.png
+doc/moelab.html/notebooks-screenshot.png: $(srcdir)/doc/notebooks-screenshot.png doc/moelab.html
+	$(AM_V_GEN)cp $(srcdir)/doc/notebooks-screenshot.png $@
 
 MANUAL_TESTS = tests/scheme/manual-examples.scm tests/scheme/manual-reference.scm
 TESTS += $(MANUAL_TESTS)
