@@ -96,11 +96,15 @@ form lists them (the order its author grouped them in)."
          (loop more (append (reverse (filter symbol? syms)) names)))
         ((_ . more) (loop more names))))))
 
+;; Modules that only moelab itself imports: the C primitives, and the
+;; Scheme half of the Jupyter kernel that the moelab-kernel program calls.
+(define internal-modules '(primitives kernel))
+
 (define (moelab-modules)
   "Every (moelab NAME) module of the source tree that users import."
   (filter-map (lambda (file)
                 (let ((name (string->symbol (basename file ".scm"))))
-                  (and (not (memq name '(primitives)))
+                  (and (not (memq name internal-modules))
                        name)))
               (scandir (string-append %top-srcdir "/scheme/moelab")
                        (cut string-suffix? ".scm" <>))))
