@@ -108,7 +108,8 @@ $(moelab_install_sub_go): install-dist_guilesubDATA install-nodist_guilesubDATA
 SCHEME_TESTS = \
 	tests/scheme/tensor.scm tests/scheme/ops.scm tests/scheme/autograd.scm \
 	tests/scheme/errors.scm tests/scheme/printing.scm tests/scheme/docs.scm \
-	tests/scheme/dist.scm tests/scheme/layer.scm tests/scheme/router.scm
+	tests/scheme/dist.scm tests/scheme/layer.scm tests/scheme/router.scm \
+	tests/scheme/threads.scm tests/scheme/memory.scm
 TESTS += $(SCHEME_TESTS)
 TEST_EXTENSIONS = .scm
 SCM_LOG_COMPILER = $(top_builddir)/tests/scheme/run-test
