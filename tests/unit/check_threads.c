@@ -18,7 +18,8 @@
 #endif
 
 #define THREADS 4
-#define PASSES 300
+#define PASSES 300      /* per thread, into a shared leaf */
+#define SHARED_PASSES 100 /* per thread, through a shared node */
 
 /* Dimension letters: N rows of x, I inputs, O outputs. */
 enum { N = 2, I = 256, O = 256 };
@@ -30,6 +31,7 @@ typedef struct worker {
     int id;
     moe_tensor *w;      /* shared leaf [I O] */
     moe_tensor *shared; /* shared non-leaf (retained graph), or NULL */
+    int passes;
     bool together; /* wait at start_line first */
     moe_status st;
     char error[256];
@@ -69,7 +71,7 @@ static void *run_passes(void *arg)
     if (wk->together) omp_set_num_threads(1);
 #endif
     if (wk->together) pthread_barrier_wait(&start_line);
-    for (int p = 0; p < PASSES && wk->st == MOE_OK; p++) {
+    for (int p = 0; p < wk->passes && wk->st == MOE_OK; p++) {
         wk->st = one_pass(wk, p);
         if (wk->st != MOE_OK) snprintf(wk->error, sizeof wk->error, "%s", moe_last_error());
     }
@@ -84,19 +86,36 @@ static moe_tensor *shared_leaf(void)
 }
 
 /* The gradient the passes of all threads give, run one after another on this
- * thread into a leaf of its own (with SHARED_SCALE: through w * scale). */
-static moe_tensor *sequential_grad(double shared_scale)
+ * thread into a leaf of its own. */
+static moe_tensor *sequential_grad(void)
 {
-    moe_tensor *w = shared_leaf(), *s = NULL;
-    if (shared_scale) OK(moe_mul_scalar(&s, w, shared_scale));
+    moe_tensor *w = shared_leaf();
     for (int k = 0; k < THREADS; k++) {
-        worker wk = {.id = k, .w = w, .shared = s};
+        worker wk = {.id = k, .w = w, .passes = PASSES};
         run_passes(&wk);
         ck_assert_msg(wk.st == MOE_OK, "sequential passes: %s", wk.error);
     }
     moe_tensor *g = moe_tensor_grad(w);
-    moe_tensor_release(s);
     moe_tensor_release(w);
+    return g;
+}
+
+/* The same by hand, for PASSES passes per thread through w * SCALE:
+ * d sum(x @ (scale w)) / dw[i][o] = scale * (sum over rows of x[., i]). All
+ * terms are small integers, so any order of additions gives this exactly. */
+static moe_tensor *closed_form_grad(int passes, double scale)
+{
+    double *v = malloc(sizeof(double) * I * O);
+    for (int i = 0; i < I; i++) {
+        double col = 0;
+        for (int k = 0; k < THREADS; k++)
+            for (int p = 0; p < passes; p++)
+                for (int r = 0; r < N; r++) col += (double)(((r * I + i) * 7 + k * 3 + p) % 5 - 2);
+        for (int o = 0; o < O; o++) v[i * O + o] = scale * col;
+    }
+    moe_tensor *g;
+    OK(moe_tensor_from_data(&g, MOE_F64, MOE_CPU, 2, SHAPE(I, O), v));
+    free(v);
     return g;
 }
 
@@ -114,33 +133,27 @@ static void run_threads(worker *wk)
         ck_assert_msg(wk[k].st == MOE_OK, "thread %d: %s", k, wk[k].error);
 }
 
-static void assert_bitwise_equal(moe_tensor *got, moe_tensor *want)
+#define assert_bitwise_equal(got, want) assert_same_bits((got), (want), #got " vs " #want)
+static void assert_same_bits(moe_tensor *got, moe_tensor *want, const char *what)
 {
     ck_assert_ptr_nonnull(got);
     ck_assert(moe_tensor_same_shape(got, want) && got->dtype == MOE_F64);
     ck_assert_msg(memcmp(moe_tensor_data(got), moe_tensor_data(want), moe_tensor_nbytes(want)) == 0,
-                  "concurrent gradient differs from the sequential sum");
+                  "%s: the gradients differ", what);
 }
 
 START_TEST(test_shared_leaf_exact_sum)
 {
-    moe_tensor *want = sequential_grad(0);
-    /* Hand check of one entry: d sum(x@w) / dw[i][o] = sum over rows of x[., i]. */
-    double expect = 0;
-    for (int k = 0; k < THREADS; k++)
-        for (int p = 0; p < PASSES; p++)
-            for (int r = 0; r < N; r++) expect += (double)(((r * I + 3) * 7 + k * 3 + p) % 5 - 2);
-    double got0;
-    OK(moe_tensor_get(want, (int64_t[]){3, 1}, &got0));
-    ck_assert_msg(got0 == expect, "sequential grad[3][1] = %g, expected %g", got0, expect);
+    moe_tensor *want = sequential_grad(), *by_hand = closed_form_grad(PASSES, 1);
+    assert_bitwise_equal(want, by_hand);
 
     moe_tensor *w = shared_leaf();
     worker wk[THREADS];
-    for (int k = 0; k < THREADS; k++) wk[k] = (worker){.id = k, .w = w};
+    for (int k = 0; k < THREADS; k++) wk[k] = (worker){.id = k, .w = w, .passes = PASSES};
     run_threads(wk);
     moe_tensor *got = moe_tensor_grad(w);
     assert_bitwise_equal(got, want);
-    RELEASE(got, want, w);
+    RELEASE(got, want, by_hand, w);
 }
 END_TEST
 
@@ -149,11 +162,12 @@ END_TEST
  * exact sum. */
 START_TEST(test_shared_graph_walks_wait)
 {
-    moe_tensor *want = sequential_grad(3);
+    moe_tensor *want = closed_form_grad(SHARED_PASSES, 3);
     moe_tensor *w = shared_leaf(), *s;
     OK(moe_mul_scalar(&s, w, 3));
     worker wk[THREADS];
-    for (int k = 0; k < THREADS; k++) wk[k] = (worker){.id = k, .w = w, .shared = s};
+    for (int k = 0; k < THREADS; k++)
+        wk[k] = (worker){.id = k, .w = w, .shared = s, .passes = SHARED_PASSES};
     run_threads(wk);
     moe_tensor *got = moe_tensor_grad(w);
     assert_bitwise_equal(got, want);
