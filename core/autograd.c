@@ -8,6 +8,10 @@
 #include "internal.h"
 
 static _Thread_local bool grad_disabled; /* zero-initialised: grad mode on */
+/* Where this thread is inside a backward walk: hooks and backward functions
+ * run with grad mode off, and a nested walk would clobber the scratch fields
+ * of nodes the outer one is using. */
+static _Thread_local int hook_depth, backward_depth;
 
 bool moe_grad_enabled(void) { return !grad_disabled; }
 
@@ -167,7 +171,9 @@ static moe_status run_hooks(moe_hook *h, moe_tensor **grad)
 {
     bool prev = moe_grad_set_enabled(false);
     moe_status st = MOE_OK;
+    hook_depth++;
     for (; h && st == MOE_OK; h = h->next) st = h->fn(grad, h->ctx);
+    hook_depth--;
     moe_grad_set_enabled(prev);
     return st;
 }
@@ -204,6 +210,7 @@ moe_status moe_node_save(moe_node *node, moe_tensor *t)
     } else {
         keep = moe_tensor_retain(t);
     }
+    node->saved_version[node->n_saved] = keep ? moe_tensor_version(keep) : 0;
     node->saved[node->n_saved++] = keep;
     return MOE_OK;
 }
@@ -369,15 +376,13 @@ static moe_status list_push(node_list *l, moe_node *n)
  * A node's scratch (pending count, gradient accumulator) serves one walk at a
  * time: a walk claims each node it reaches. Meeting a node claimed by a walk
  * on another thread, it lets go of its claims, waits until some walk ends and
- * starts over. Meeting one claimed by a walk further up its own thread (a
- * hook calling backward) cannot wait: that is an error. Leaves are never
- * claimed, so passes through separate graphs into shared parameters run side
- * by side. */
+ * starts over. (A thread runs one walk at a time: moe_backward refuses to be
+ * called from hooks and backward functions.) Leaves are never claimed, so
+ * passes through separate graphs into shared parameters run side by side. */
 typedef struct walk {
-    struct walk *outer; /* the walk this thread was in when this one began */
+    char token; /* a walk is known by its address */
 } walk;
 
-static _Thread_local walk *current_walk;
 static pthread_mutex_t walk_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t walk_ended = PTHREAD_COND_INITIALIZER;
 static unsigned long walks_ended; /* under walk_lock */
@@ -405,23 +410,14 @@ static void walk_release(node_list *claimed)
 
 typedef enum { CLAIM_NEW, CLAIM_MINE, CLAIM_BUSY } claim_result;
 
-/* Claim N for W; *OWNER is the walk holding it when busy. */
-static claim_result walk_claim(walk *w, moe_node *n, walk **owner)
+/* Claim N for W. */
+static claim_result walk_claim(walk *w, moe_node *n)
 {
     void *expected = NULL;
     if (atomic_compare_exchange_strong_explicit(&n->walker, &expected, w, memory_order_acquire,
                                                 memory_order_relaxed))
         return CLAIM_NEW;
-    if (expected == w) return CLAIM_MINE;
-    *owner = expected;
-    return CLAIM_BUSY;
-}
-
-static bool walk_is_outer(const walk *w, const walk *other)
-{
-    for (const walk *o = w->outer; o; o = o->outer)
-        if (o == other) return true;
-    return false;
+    return expected == w ? CLAIM_MINE : CLAIM_BUSY;
 }
 
 /* Accumulate G into *ACC (taking over the reference to G). */
@@ -451,6 +447,24 @@ static moe_status accumulate_leaf(moe_tensor *leaf, moe_tensor *g)
     return moe_grad_accumulate(leaf, g, false);
 }
 
+/* The tensors N saved must still hold the values its forward saw. */
+static moe_status check_saved_versions(const moe_node *n)
+{
+    for (int i = 0; i < n->n_saved; i++) {
+        const moe_tensor *t = n->saved[i];
+        if (!t) continue;
+        uint64_t now = moe_tensor_version(t);
+        if (now != n->saved_version[i])
+            return moe_fail(MOE_ERR_STATE, "backward",
+                            "a tensor needed for the gradient (%s %s, saved by '%s') was modified by "
+                            "an in-place operation: it is at version %llu, expected version %llu; "
+                            "change a clone instead, or change it after backward",
+                            moe_dtype_name(t->dtype), moe_shape_str(t), n->name,
+                            (unsigned long long)now, (unsigned long long)n->saved_version[i]);
+    }
+    return MOE_OK;
+}
+
 static moe_status check_grad_shape(const char *who, moe_tensor *expect, moe_tensor *g)
 {
     if (!moe_tensor_same_shape(expect, g))
@@ -459,7 +473,25 @@ static moe_status check_grad_shape(const char *who, moe_tensor *expect, moe_tens
     return MOE_OK;
 }
 
+static moe_status backward_walk(moe_tensor *root, moe_tensor *grad, bool retain_graph);
+
 moe_status moe_backward(moe_tensor *root, moe_tensor *grad, bool retain_graph)
+{
+    if (hook_depth > 0)
+        return moe_fail(MOE_ERR_STATE, "backward",
+                        "called inside a gradient hook, where gradient recording is off; a hook "
+                        "gets the gradient and may return a replacement, it cannot run a backward");
+    if (backward_depth > 0)
+        return moe_fail(MOE_ERR_STATE, "backward",
+                        "called inside the backward function of a node, where gradient recording "
+                        "is off; a backward function returns gradients, it cannot run a backward");
+    backward_depth++;
+    moe_status st = backward_walk(root, grad, retain_graph);
+    backward_depth--;
+    return st;
+}
+
+static moe_status backward_walk(moe_tensor *root, moe_tensor *grad, bool retain_graph)
 {
     if (!root->requires_grad)
         return moe_fail(MOE_ERR_STATE, "backward",
@@ -490,14 +522,12 @@ moe_status moe_backward(moe_tensor *root, moe_tensor *grad, bool retain_graph)
     }
 
     /* 1. Claim the reachable nodes and count each node's consumers. */
-    walk w = {.outer = current_walk};
-    current_walk = &w;
+    walk w = {0};
     node_list stack = {0};
-    walk *owner = NULL;
     unsigned long ended;
 start:
     ended = walks_ended_now();
-    if (walk_claim(&w, root->grad_fn, &owner) != CLAIM_NEW) goto busy;
+    if (walk_claim(&w, root->grad_fn) != CLAIM_NEW) goto busy;
     MOE_TRYG(list_push(&order, root->grad_fn));
     root->grad_fn->pending = 0;
     moe_tensor_release(root->grad_fn->grad_acc);
@@ -516,7 +546,7 @@ start:
             moe_tensor *in = n->inputs[i];
             if (!in || !in->grad_fn) continue;
             moe_node *c = in->grad_fn;
-            claim_result claim = walk_claim(&w, c, &owner);
+            claim_result claim = walk_claim(&w, c);
             if (claim == CLAIM_BUSY) goto busy;
             if (claim == CLAIM_NEW) {
                 MOE_TRYG(list_push(&order, c));
@@ -533,12 +563,6 @@ busy:
     /* Another walk holds a node: let go of ours, then wait for a walk to end. */
     walk_release(&order);
     stack.len = 0;
-    if (walk_is_outer(&w, owner)) {
-        st = moe_fail(MOE_ERR_STATE, "backward",
-                      "the graph is already being walked by a backward on this thread (backward "
-                      "called from a gradient hook?)");
-        goto done;
-    }
     pthread_mutex_lock(&walk_lock);
     while (walks_ended == ended) pthread_cond_wait(&walk_ended, &walk_lock);
     pthread_mutex_unlock(&walk_lock);
@@ -555,6 +579,7 @@ claimed:
         n->grad_acc = NULL;
         if (!g) MOE_TRYG(moe_tensor_zeros(&g, n->out_dtype, n->out_device, n->out_ndim, n->out_shape));
         st = run_hooks(n->hooks, &g);
+        if (st == MOE_OK) st = check_saved_versions(n);
         moe_tensor *gin[MOE_NODE_MAX_INPUTS] = {0};
         if (st == MOE_OK) st = n->backward(n, g, gin);
         moe_tensor_release(g);
@@ -592,7 +617,6 @@ done:
     }
     moe_tensor_release(seed);
     walk_release(&order);
-    current_walk = w.outer;
     free(order.items);
     free(ready.items);
     free(stack.items);

@@ -46,6 +46,7 @@ struct moe_node {
     moe_tensor *inputs[MOE_NODE_MAX_INPUTS]; /* NULL where no grad is needed */
     int n_saved;
     moe_tensor *saved[MOE_NODE_MAX_SAVED];
+    uint64_t saved_version[MOE_NODE_MAX_SAVED]; /* storage versions when saved */
     int64_t iargs[MOE_MAX_DIMS * 2]; /* op parameters (dims, sizes, …) */
     double dargs[4];
     void *ctx; /* custom state for the backward */
@@ -95,7 +96,9 @@ bool moe_tensor_remove_hook(moe_tensor *t, int id);
 /* ---- backward ------------------------------------------------------------ */
 /* Backpropagate from ROOT. GRAD may be NULL when ROOT has one element (then
  * the seed is 1). Unless RETAIN_GRAPH, the graph's saved tensors are freed and
- * a second backward through it fails.
+ * a second backward through it fails. Fails when a saved tensor changed in
+ * place since it was saved, and when called from inside a gradient hook or a
+ * backward function (gradient recording is off there).
  *
  * Threads: backward passes may run at once on several threads. Gradients
  * flowing into a shared leaf are added one pass at a time, so the leaf ends
@@ -109,7 +112,10 @@ moe_status moe_backward(moe_tensor *root, moe_tensor *grad, bool retain_graph);
 moe_status moe_node_new(moe_node **out, const char *name, moe_backward_fn backward,
                         int n_inputs, moe_tensor *const *inputs);
 /* Save a tensor for backward (retained; released when the graph is freed).
- * Saving an op's own output creates no cycle: a detached alias is kept. */
+ * Saving an op's own output creates no cycle: a detached alias is kept. The
+ * storage version is recorded: a backward that reaches NODE after an
+ * in-place write to the saved tensor (or any alias of its storage) fails
+ * instead of computing a gradient from the changed values. */
 moe_status moe_node_save(moe_node *node, moe_tensor *t);
 /* Make NODE the grad_fn of OUT (takes over the caller's node reference). */
 void moe_node_attach(moe_node *node, moe_tensor *out);

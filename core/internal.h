@@ -86,5 +86,19 @@ moe_status moe_gather_backward(moe_node *n, moe_tensor *g, moe_tensor **gin);
  * strides from a broadcast), any dtypes, CPU. */
 void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src);
 void moe_cpu_fill(moe_tensor *t, double value);
+/* Row-major position of the first element v of T (CPU, any strides and
+ * dtype) for which (LO <= v && v <= HI) == INSIDE (NaN is never inside), or
+ * -1; its value goes to *VALUE. */
+int64_t moe_cpu_find_first(const moe_tensor *t, double lo, double hi, bool inside, double *value);
+
+/* ---- values that an integer dtype cannot hold (core/view.c) ------------------ */
+/* Fails naming OP when VALUE (NaN, infinite, or out of range) has no
+ * DTYPE counterpart; floating and bool dtypes take any value. */
+moe_status moe_dtype_check_value(const char *op, moe_dtype dtype, double value);
+/* The same for every element of T converted to DTYPE: the error names the
+ * first offending value and its index. */
+moe_status moe_check_representable(const char *op, const moe_tensor *t, moe_dtype dtype);
+/* Fails naming OP when the integer tensor T (a divisor) holds a zero. */
+moe_status moe_check_no_zero(const char *op, const moe_tensor *t);
 
 #endif

@@ -107,6 +107,8 @@ moe_status moe_tensor_empty(moe_tensor **out, moe_dtype dtype, moe_device device
 moe_status moe_tensor_full(moe_tensor **out, moe_dtype dtype, moe_device device, int ndim,
                            const int64_t *shape, double value)
 {
+    *out = NULL;
+    if ((unsigned)dtype < MOE_DTYPE_COUNT) MOE_TRY(moe_dtype_check_value("full", dtype, value));
     MOE_TRY(moe_tensor_empty(out, dtype, device, ndim, shape));
     moe_status st = moe_fill_elements(*out, value);
     if (st != MOE_OK) {
@@ -304,8 +306,10 @@ moe_status moe_tensor_set(moe_tensor *t, const int64_t *index, double value)
 {
     int64_t off;
     char one[8];
-    MOE_TRY(element_offset("tensor-set", t, index, &off));
+    MOE_TRY(element_offset("tensor-set!", t, index, &off));
+    MOE_TRY(moe_dtype_check_value("tensor-set!", t->dtype, value));
     moe_dtype_store(t->dtype, one, value);
+    moe_tensor_bump_version(t);
     return moe_bytes_from_host(moe_storage_ptr(t, off), one, moe_dtype_size(t->dtype), t->device);
 }
 
@@ -344,6 +348,42 @@ moe_status moe_tensor_to_doubles(const moe_tensor *t, double *out)
 
 /* ---- in-place ---------------------------------------------------------------- */
 
+uint64_t moe_tensor_version(const moe_tensor *t)
+{
+    return __atomic_load_n(&t->storage->version, __ATOMIC_ACQUIRE);
+}
+
+void moe_tensor_bump_version(moe_tensor *t)
+{
+    __atomic_add_fetch(&t->storage->version, 1, __ATOMIC_RELEASE);
+}
+
+/* Sort the dims of size > 1 by stride; the elements are distinct when each
+ * stride exceeds the furthest offset reachable with the smaller ones. */
+bool moe_tensor_has_overlap(const moe_tensor *t)
+{
+    int64_t stride[MOE_MAX_DIMS], size[MOE_MAX_DIMS];
+    int n = 0;
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] == 0) return false; /* no elements at all */
+        if (t->shape[i] == 1) continue;
+        int64_t s = t->strides[i] < 0 ? -t->strides[i] : t->strides[i];
+        int j = n++;
+        for (; j > 0 && stride[j - 1] > s; j--) {
+            stride[j] = stride[j - 1];
+            size[j] = size[j - 1];
+        }
+        stride[j] = s;
+        size[j] = t->shape[i];
+    }
+    int64_t reach = 0; /* furthest offset spanned by the dims so far */
+    for (int i = 0; i < n; i++) {
+        if (stride[i] <= reach) return true;
+        reach += (size[i] - 1) * stride[i];
+    }
+    return false;
+}
+
 static moe_status check_inplace(const char *op, const moe_tensor *t)
 {
     if (moe_tensor_needs_grad(t))
@@ -355,7 +395,9 @@ static moe_status check_inplace(const char *op, const moe_tensor *t)
 
 moe_status moe_tensor_fill_(moe_tensor *t, double value)
 {
-    MOE_TRY(check_inplace("fill!", t));
+    MOE_TRY(check_inplace("tensor-fill!", t));
+    MOE_TRY(moe_dtype_check_value("tensor-fill!", t->dtype, value));
+    moe_tensor_bump_version(t);
     return moe_fill_elements(t, value);
 }
 
@@ -378,14 +420,21 @@ moe_status moe_broadcast_shapes(const char *op, int a_ndim, const int64_t *a_sha
 
 moe_status moe_tensor_copy_(moe_tensor *dst, const moe_tensor *src)
 {
-    MOE_TRY(check_inplace("copy!", dst));
+    const char *op = "tensor-copy!";
+    MOE_TRY(check_inplace(op, dst));
     moe_tensor *b, *moved = NULL;
     int nd;
     int64_t shape[MOE_MAX_DIMS];
-    MOE_TRY(moe_broadcast_shapes("copy!", dst->ndim, dst->shape, src->ndim, src->shape, &nd, shape));
+    MOE_TRY(moe_broadcast_shapes(op, dst->ndim, dst->shape, src->ndim, src->shape, &nd, shape));
     if (nd != dst->ndim || memcmp(shape, dst->shape, sizeof(int64_t) * (size_t)nd) != 0)
-        return moe_fail(MOE_ERR_SHAPE, "copy!", "source %s does not broadcast to destination %s",
+        return moe_fail(MOE_ERR_SHAPE, op, "source %s does not broadcast to destination %s",
                         moe_shape_str(src), moe_shape_str(dst));
+    if (moe_tensor_has_overlap(dst))
+        return moe_fail(MOE_ERR_ARG, op,
+                        "the destination %s (strides %s) has elements sharing memory, as an expanded "
+                        "view does; copy into the tensor it was expanded from, or a contiguous clone",
+                        moe_shape_str(dst), moe_dims_str(dst->ndim, dst->strides));
+    MOE_TRY(moe_check_representable(op, src, dst->dtype));
     bool prev = moe_grad_set_enabled(false);
     moe_status st = MOE_OK;
     if (src->device != dst->device) /* across devices: move the source first */
@@ -394,6 +443,7 @@ moe_status moe_tensor_copy_(moe_tensor *dst, const moe_tensor *src)
     moe_grad_set_enabled(prev);
     moe_tensor_release(moved);
     MOE_TRY(st);
+    moe_tensor_bump_version(dst);
     st = moe_copy_elements(dst, b);
     moe_tensor_release(b);
     return st;

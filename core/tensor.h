@@ -46,6 +46,7 @@ typedef struct moe_storage {
     MOE_ATOMIC(int) refcount;
     moe_device device;
     const moe_allocator *allocator; /* NULL: memory borrowed, not freed */
+    uint64_t version; /* bumped by every in-place write; autograd checks it */
 } moe_storage;
 
 typedef struct moe_tensor {
@@ -172,8 +173,21 @@ moe_status moe_tensor_to_host(const moe_tensor *t, moe_dtype dtype, void *out);
 /* ---- in-place (not recorded by autograd; refused on a tensor that requires
  * grad while grad mode is on) ------------------------------------------------ */
 moe_status moe_tensor_fill_(moe_tensor *t, double value);
-/* dst ← src, broadcasting src to dst's shape and converting dtype. */
+/* dst ← src, broadcasting src to dst's shape and converting dtype. DST must
+ * not have elements sharing memory (an expanded view): that is an error. */
 moe_status moe_tensor_copy_(moe_tensor *dst, const moe_tensor *src);
+
+/* Version counter of T's storage, shared by every view and detached alias
+ * of it. Each in-place write (fill, copy, element set, in-place collectives,
+ * the router's expert-bias update) bumps it; autograd records it when a node
+ * saves a tensor and refuses a backward that would read a changed one. Code
+ * that writes through moe_tensor_data() into a tensor that may have been
+ * saved calls moe_tensor_bump_version() after the write. */
+uint64_t moe_tensor_version(const moe_tensor *t);
+void moe_tensor_bump_version(moe_tensor *t);
+/* True when two elements of T share memory (a stride-0 dim of size > 1, as
+ * made by expand, or overlapping strides): writing through T is ambiguous. */
+bool moe_tensor_has_overlap(const moe_tensor *t);
 
 /* ---- views and layout (differentiable; share storage where possible) ------ */
 /* Reshape: one dim may be -1. A view when strides allow, else a copy. */

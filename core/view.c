@@ -1,5 +1,6 @@
 /* view.c — views and layout ops, each forward beside its backward.
  * Views share storage with their source; autograd sees them as ops. */
+#include <math.h>
 #include <stdlib.h>
 
 #include "device.h"
@@ -420,6 +421,93 @@ moe_status moe_clone(moe_tensor **out, moe_tensor *t)
     return copy_as("clone", out, t, t->dtype, identity_backward);
 }
 
+/* ---- values an integer dtype cannot hold ------------------------------------------- */
+
+/* [LO, HI]: the doubles whose conversion to the integer DTYPE (truncating
+ * toward zero) is defined; false for dtypes that take any value. */
+static bool integer_range(moe_dtype dtype, double *lo, double *hi, const char **text)
+{
+    if (dtype == MOE_I32) {
+        *lo = nextafter(-2147483649.0, 0.0);
+        *hi = nextafter(2147483648.0, 0.0);
+        *text = "[-2147483648, 2147483647]";
+        return true;
+    }
+    if (dtype == MOE_I64) {
+        *lo = -0x1p63;
+        *hi = nextafter(0x1p63, 0.0);
+        *text = "[-9223372036854775808, 9223372036854775807]";
+        return true;
+    }
+    return false;
+}
+
+moe_status moe_dtype_check_value(const char *op, moe_dtype dtype, double value)
+{
+    double lo, hi;
+    const char *text;
+    if (integer_range(dtype, &lo, &hi, &text) && !(lo <= value && value <= hi))
+        return moe_fail(MOE_ERR_VALUE, op, "value %g cannot be converted to %s (NaN, infinite or "
+                        "outside %s)", value, moe_dtype_name(dtype), text);
+    return MOE_OK;
+}
+
+/* The first element of T in (INSIDE) or out of [LO, HI], scanning a host copy
+ * of a device tensor: -1 when none. */
+static moe_status find_first(int64_t *at, double *value, const moe_tensor *t, double lo, double hi,
+                             bool inside)
+{
+    moe_tensor *host = NULL;
+    if (t->device != MOE_CPU) {
+        MOE_NO_GRAD_BEGIN;
+        moe_status st = moe_to_device(&host, (moe_tensor *)t, MOE_CPU);
+        MOE_NO_GRAD_END;
+        MOE_TRY(st);
+        t = host;
+    }
+    *at = moe_cpu_find_first(t, lo, hi, inside, value);
+    moe_tensor_release(host);
+    return MOE_OK;
+}
+
+/* "[i j k]": the index of row-major position AT in T. */
+static const char *index_str(const moe_tensor *t, int64_t at)
+{
+    int64_t index[MOE_MAX_DIMS];
+    for (int k = t->ndim - 1; k >= 0; k--) {
+        index[k] = at % t->shape[k];
+        at /= t->shape[k];
+    }
+    return moe_dims_str(t->ndim, index);
+}
+
+moe_status moe_check_representable(const char *op, const moe_tensor *t, moe_dtype dtype)
+{
+    double lo, hi, v = 0;
+    const char *text;
+    int64_t at;
+    if (!integer_range(dtype, &lo, &hi, &text) || t->dtype == dtype || t->dtype == MOE_BOOL ||
+        (t->dtype == MOE_I32 && dtype == MOE_I64))
+        return MOE_OK; /* every value fits */
+    MOE_TRY(find_first(&at, &v, t, lo, hi, false));
+    if (at >= 0)
+        return moe_fail(MOE_ERR_VALUE, op, "element %s of the %s tensor %s is %g, which %s cannot hold "
+                        "(NaN, infinite or outside %s)", index_str(t, at), moe_dtype_name(t->dtype),
+                        moe_shape_str(t), v, moe_dtype_name(dtype), text);
+    return MOE_OK;
+}
+
+moe_status moe_check_no_zero(const char *op, const moe_tensor *t)
+{
+    double v = 0;
+    int64_t at;
+    MOE_TRY(find_first(&at, &v, t, 0.0, 0.0, true));
+    if (at >= 0)
+        return moe_fail(MOE_ERR_VALUE, op, "integer division by zero: element %s of the %s divisor %s is 0",
+                        index_str(t, at), moe_dtype_name(t->dtype), moe_shape_str(t));
+    return MOE_OK;
+}
+
 static moe_status to_dtype_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 {
     return moe_to_dtype(&gin[0], g, (moe_dtype)n->iargs[0]);
@@ -437,6 +525,7 @@ moe_status moe_to_dtype(moe_tensor **out, moe_tensor *t, moe_dtype dtype)
         return moe_fail(MOE_ERR_DTYPE, "to-dtype",
                         "converting a tensor that requires grad to %s would cut the graph; detach first",
                         moe_dtype_name(dtype));
+    MOE_TRY(moe_check_representable("to-dtype", t, dtype));
     return copy_as("to-dtype", out, t, dtype, to_dtype_backward);
 }
 

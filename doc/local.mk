@@ -2,7 +2,8 @@
 ## Each chapter is a file of its own, included from doc/moelab.texi.
 info_TEXINFOS = doc/moelab.texi
 doc_moelab_TEXINFOS = \
-	doc/overview.texi doc/install.texi doc/autograd.texi doc/autograd-threads.texi \
+	doc/overview.texi doc/install.texi doc/autograd.texi doc/autograd-versions.texi \
+	doc/autograd-threads.texi \
 	doc/routers.texi \
 	doc/layers.texi doc/collectives.texi doc/models.texi doc/optim.texi \
 	doc/data.texi doc/training.texi doc/program.texi

@@ -13,6 +13,7 @@ libguile_moelab_la_SOURCES = \
 	scheme/bindings/layer-func.c \
 	scheme/bindings/router-options.c \
 	scheme/bindings/router-func.c \
+	scheme/bindings/model-type.c scheme/bindings/model-func.c \
 	scheme/bindings/gc-roots.c scheme/bindings/init.c
 libguile_moelab_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(builddir)/scheme/bindings $(GUILE_CFLAGS)
 libguile_moelab_la_CFLAGS = $(AM_CFLAGS) -fvisibility=hidden
@@ -26,7 +27,7 @@ moelab_snarf_x = \
 	scheme/bindings/tensor-type.x scheme/bindings/tensor-func.x \
 	scheme/bindings/ops-func.x scheme/bindings/autograd-func.x \
 	scheme/bindings/dist-func.x scheme/bindings/layer-func.x \
-	scheme/bindings/router-func.x
+	scheme/bindings/router-func.x scheme/bindings/model-func.x
 BUILT_SOURCES += $(moelab_snarf_x)
 CLEANFILES += $(moelab_snarf_x)
 $(libguile_moelab_la_OBJECTS): $(moelab_snarf_x)
@@ -36,17 +37,14 @@ $(libguile_moelab_la_OBJECTS): $(moelab_snarf_x)
 	  -I$(builddir) -I$(srcdir)/core -I$(srcdir)/scheme/bindings
 
 ## ---- Scheme modules ----------------------------------------------------------
-# Installed where Guile looks by default; overridable on the make command line
-# (make install guilemoduledir=… guileobjectdir=…).
-guilemoduledir = $(GUILE_SITE)
-guileobjectdir = $(GUILE_SITE_CCACHE_DIR)
-
+# guilemoduledir and guileobjectdir come from configure (under the prefix
+# unless --with-guile-site or --with-guile-site-dir/-ccache-dir say otherwise).
 moelab_top_scm = scheme/moelab.scm
 moelab_sub_scm = \
 	scheme/moelab/primitives.scm scheme/moelab/tensor.scm \
 	scheme/moelab/ops.scm scheme/moelab/autograd.scm \
 	scheme/moelab/dist.scm scheme/moelab/layer.scm \
-	scheme/moelab/router.scm
+	scheme/moelab/router.scm scheme/moelab/nn.scm
 moelab_gen_scm = scheme/moelab/config.scm
 
 guiletopdir = $(guilemoduledir)
@@ -92,9 +90,10 @@ scheme/moelab/autograd.go: scheme/moelab/tensor.go
 scheme/moelab/dist.go: scheme/moelab/tensor.go
 scheme/moelab/layer.go: scheme/moelab/tensor.go scheme/moelab/dist.go
 scheme/moelab/router.go: scheme/moelab/tensor.go scheme/moelab/dist.go
+scheme/moelab/nn.go: scheme/moelab/tensor.go
 scheme/moelab.go: scheme/moelab/tensor.go scheme/moelab/ops.go scheme/moelab/autograd.go \
 	scheme/moelab/dist.go scheme/moelab/config.go scheme/moelab/layer.go \
-	scheme/moelab/router.go
+	scheme/moelab/router.go scheme/moelab/nn.go
 
 # Installed .go files must be newer than the installed .scm files, or Guile
 # ignores them: install the sources first. (Named through variables so that
@@ -109,6 +108,8 @@ SCHEME_TESTS = \
 	tests/scheme/tensor.scm tests/scheme/ops.scm tests/scheme/autograd.scm \
 	tests/scheme/errors.scm tests/scheme/printing.scm tests/scheme/docs.scm \
 	tests/scheme/dist.scm tests/scheme/layer.scm tests/scheme/router.scm \
+	tests/scheme/router-modes.scm \
+	tests/scheme/model.scm \
 	tests/scheme/threads.scm tests/scheme/memory.scm
 TESTS += $(SCHEME_TESTS)
 TEST_EXTENSIONS = .scm
@@ -128,3 +129,6 @@ EXTRA_DIST += tests/scheme/dist-mpi.sh
 ## the global-vs-micro example: the same report on 4 threads and mpirun -np 4
 TESTS += tests/scheme/global-vs-micro.sh
 EXTRA_DIST += tests/scheme/global-vs-micro.sh
+## quantile balancing over dp = 2: 2 threads and mpirun -np 2 give the β of one process
+TESTS += tests/scheme/qb-dp.sh
+EXTRA_DIST += tests/scheme/qb-dp.sh tests/scheme/qb-dp-ranks.scm

@@ -2,7 +2,7 @@
  *
  * Boots Guile with the bindings linked in (registered as the extension
  * "libguile-moelab", so the (moelab) modules' load-extension needs no
- * dlopen), makes sure the installed Scheme modules are on the load path, and
+ * dlopen), puts its own Scheme modules first on the load path, and
  * hands the command line to (moelab repl)'s moelab-main, which does the rest:
  * REPL, batch runs, -c, the REPL server. See scheme/moelab/repl.scm. */
 #include <config.h>
@@ -19,8 +19,7 @@
 #include "moelab-guile.h"
 
 /* Where `make install` puts the Scheme modules and their compiled .go files
- * (set by scheme/program.mk). They are appended to the load paths, after
- * GUILE_LOAD_PATH (pre-inst-env's build tree) and Guile's own directories. */
+ * (set by scheme/program.mk). */
 #ifndef MOELAB_SCHEME_DIR
 #define MOELAB_SCHEME_DIR ""
 #endif
@@ -37,15 +36,19 @@ static void init_bindings(void *unused)
     scm_init_moelab();
 }
 
-/* Append DIR to the list held by the Scheme variable VAR unless it is there. */
-static void append_path(const char *var, const char *dir)
+/* Put the program's own module directories in front of the load path held
+ * by the Scheme variable VAR, so that the modules this program was built with
+ * win over another moelab's on GUILE_LOAD_PATH or in Guile's site
+ * directories. The environment variable ENV (a colon-separated list) replaces
+ * the installed directory INSTALLED: pre-inst-env points it at the build
+ * tree. */
+static void prepend_own_dirs(const char *var, const char *env, const char *installed)
 {
-    if (!*dir) return;
+    const char *dirs = getenv(env);
+    if (!dirs || !*dirs) dirs = installed;
+    if (!*dirs) return;
     SCM v = scm_c_lookup(var);
-    SCM paths = scm_variable_ref(v);
-    SCM entry = scm_from_locale_string(dir);
-    if (scm_is_false(scm_member(entry, paths)))
-        scm_variable_set_x(v, scm_append(scm_list_2(paths, scm_list_1(entry))));
+    scm_variable_set_x(v, scm_parse_path(scm_from_locale_string(dirs), scm_variable_ref(v)));
 }
 
 /* MOELAB_NUM_THREADS as a thread count, or 0 when unset or invalid. */
@@ -80,8 +83,8 @@ static SCM startup_failed(void *unused, SCM key, SCM args)
     SCM port = scm_current_error_port();
     scm_puts("moelab: cannot start: ", port);
     scm_print_exception(port, SCM_BOOL_F, key, args);
-    scm_puts("moelab: are the moelab Scheme modules installed (or GUILE_LOAD_PATH set,"
-             " e.g. by pre-inst-env)?\n",
+    scm_puts("moelab: are the moelab Scheme modules installed in " MOELAB_SCHEME_DIR
+             " (or MOELAB_LOAD_PATH set, e.g. by pre-inst-env)?\n",
              port);
     return scm_from_int(70); /* EX_SOFTWARE */
 }
@@ -92,8 +95,8 @@ static void inner_main(void *closure, int argc, char **argv)
     (void)argc;
     (void)argv;
     scm_c_register_extension("libguile-moelab", "scm_init_moelab", init_bindings, NULL);
-    append_path("%load-path", MOELAB_SCHEME_DIR);
-    append_path("%load-compiled-path", MOELAB_CCACHE_DIR);
+    prepend_own_dirs("%load-path", "MOELAB_LOAD_PATH", MOELAB_SCHEME_DIR);
+    prepend_own_dirs("%load-compiled-path", "MOELAB_LOAD_COMPILED_PATH", MOELAB_CCACHE_DIR);
 
     SCM status = scm_internal_catch(SCM_BOOL_T, run_main, NULL, startup_failed, NULL);
     int code = 1;

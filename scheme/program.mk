@@ -6,8 +6,8 @@
 ## ---- the program ---------------------------------------------------------------
 bin_PROGRAMS += moelab
 moelab_SOURCES = scheme/main.c
-# The installed program finds its modules where `make install` puts them even
-# when Guile's default load path does not include those directories.
+# The installed program loads its modules from where `make install` puts them,
+# before anything on GUILE_LOAD_PATH or in Guile's site directories.
 moelab_CPPFLAGS = $(AM_CPPFLAGS) -I$(srcdir)/scheme/bindings $(GUILE_CFLAGS) \
 	-DMOELAB_SCHEME_DIR='"$(guilemoduledir)"' \
 	-DMOELAB_CCACHE_DIR='"$(guileobjectdir)"'

@@ -51,31 +51,61 @@ const char *moe_coll_name(moe_coll_kind k)
 
 /* ---- settings ---------------------------------------------------------------- */
 
-static _Atomic int64_t timeout_us = -1; /* -1: not yet read from the environment */
+/* The timeout in microseconds: TIMEOUT_UNSET until read from the
+ * environment, TIMEOUT_FOREVER, TIMEOUT_BAD_ENV when MOELAB_COMM_TIMEOUT
+ * holds no valid timeout (collectives then fail saying so). */
+enum { TIMEOUT_UNSET = -1, TIMEOUT_FOREVER = -2, TIMEOUT_BAD_ENV = -3 };
+static _Atomic int64_t timeout_us = TIMEOUT_UNSET;
 static atomic_bool check_on = true;
+
+/* SECONDS as stored microseconds, or TIMEOUT_BAD_ENV when it is not a
+ * timeout (negative, zero, NaN). */
+static int64_t timeout_code(double seconds)
+{
+    if (!(seconds > 0)) return TIMEOUT_BAD_ENV;
+    if (isinf(seconds) || seconds > 1e12) return TIMEOUT_FOREVER;
+    int64_t us = (int64_t)(seconds * 1e6);
+    return us > 0 ? us : 1;
+}
 
 double moe_comm_timeout(void)
 {
     int64_t us = atomic_load(&timeout_us);
-    if (us == -1) {
-        double s = 300.0;
+    if (us == TIMEOUT_UNSET) {
+        int64_t want = 300 * (int64_t)1000000;
         const char *env = getenv("MOELAB_COMM_TIMEOUT");
         if (env && *env) {
             char *end;
             double v = strtod(env, &end);
-            if (end != env) s = v;
+            while (*end == ' ') end++;
+            want = end != env && !*end ? timeout_code(v) : TIMEOUT_BAD_ENV;
         }
-        int64_t want = s <= 0 ? 0 : (int64_t)(s * 1e6);
-        int64_t expect = -1;
+        int64_t expect = TIMEOUT_UNSET;
         atomic_compare_exchange_strong(&timeout_us, &expect, want);
         us = atomic_load(&timeout_us);
     }
+    if (us == TIMEOUT_FOREVER) return INFINITY;
+    if (us == TIMEOUT_BAD_ENV) return NAN;
     return (double)us / 1e6;
 }
 
-void moe_comm_set_timeout(double seconds)
+moe_status moe_comm_set_timeout(double seconds)
 {
-    atomic_store(&timeout_us, seconds <= 0 || !isfinite(seconds) ? 0 : (int64_t)(seconds * 1e6));
+    int64_t code = timeout_code(seconds);
+    if (code == TIMEOUT_BAD_ENV)
+        return moe_fail(MOE_ERR_ARG, "set_comm_timeout", "%g s is not a timeout: give a positive number of "
+                        "seconds, or infinity to wait forever", seconds);
+    atomic_store(&timeout_us, code);
+    return MOE_OK;
+}
+
+moe_status moe_comm_wait_limit(const char *op, double *seconds)
+{
+    *seconds = moe_comm_timeout();
+    if (isnan(*seconds))
+        return moe_fail(MOE_ERR_ARG, op, "MOELAB_COMM_TIMEOUT='%s' is not a timeout: give a positive number "
+                        "of seconds, or inf to wait forever", getenv("MOELAB_COMM_TIMEOUT") ? getenv("MOELAB_COMM_TIMEOUT") : "");
+    return MOE_OK;
 }
 
 void moe_comm_set_check(bool on) { atomic_store(&check_on, on); }
@@ -205,7 +235,8 @@ static moe_status exchange_check(moe_group *g, moe_coll_kind kind, int64_t count
     if (local != MOE_OK) snprintf(mine.msg, sizeof mine.msg, "%s", moe_last_error());
     peer_desc *all = calloc((size_t)g->size, sizeof *all);
     if (!all) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for the peer check");
-    moe_status st = g->ops->all_gather(g, all, &mine, (int64_t)sizeof mine, MOE_BOOL);
+    moe_status st = g->ops->gather_entry ? g->ops->gather_entry(g, all, &mine, (int64_t)sizeof mine, op)
+                                         : g->ops->all_gather(g, all, &mine, (int64_t)sizeof mine, MOE_BOOL);
     if (st != MOE_OK) {
         free(all);
         return st;
@@ -228,10 +259,12 @@ static moe_status exchange_check(moe_group *g, moe_coll_kind kind, int64_t count
         else if (b->count != a->count || b->dtype != a->dtype)
             st = moe_fail(MOE_ERR_SHAPE, op, "size mismatch: rank 0 has %lld elements (%s), rank %d has %lld elements (%s)",
                           (long long)a->count, dtype_label(a->dtype), q, (long long)b->count, dtype_label(b->dtype));
+        else if (b->arg != a->arg && kind == MOE_COLL_BROADCAST)
+            st = moe_fail(MOE_ERR_ARG, op, "root mismatch: rank 0 passed %lld, rank %d passed %lld",
+                          (long long)a->arg, q, (long long)b->arg);
         else if (b->arg != a->arg)
-            st = moe_fail(MOE_ERR_ARG, op, "%s mismatch: rank 0 passed %lld, rank %d passed %lld",
-                          kind == MOE_COLL_BROADCAST ? "root" : "reduce op", (long long)a->arg, q,
-                          (long long)b->arg);
+            st = moe_fail(MOE_ERR_ARG, op, "reduce op mismatch: rank 0 passed %s, rank %d passed %s",
+                          moe_reduce_op_name((moe_reduce_op)a->arg), q, moe_reduce_op_name((moe_reduce_op)b->arg));
         if (st != MOE_OK) break;
     }
     free(all);
@@ -529,6 +562,7 @@ static moe_status all_reduce_inplace(moe_tensor *t, moe_reduce_op op, moe_group 
     moe_status st = stage(&w, t, dev, dt);
     if (st == MOE_OK) st = eg->ops->all_reduce(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, op);
     if (st == MOE_OK) st = unstage(t, w);
+    moe_tensor_bump_version(t);
     moe_tensor_release(w);
     return st;
 }
@@ -981,6 +1015,7 @@ static moe_status broadcast_impl(moe_tensor *t, int root, moe_group *g, bool inp
     st = stage(&w, t, dev, dt);
     if (st == MOE_OK) st = eg->ops->broadcast(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, root);
     if (st == MOE_OK && g->rank != root) st = unstage(t, w);
+    if (g->rank != root) moe_tensor_bump_version(t);
     moe_tensor_release(w);
     return done(g, st);
 }
@@ -1066,6 +1101,7 @@ moe_status moe_recv_(moe_tensor *t, int src, int tag, moe_group *g)
     }
     if (st == MOE_OK) st = eg->ops->recv(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, src, tag);
     if (st == MOE_OK) st = unstage(t, w);
+    moe_tensor_bump_version(t);
     moe_tensor_release(w);
     return st;
 }
@@ -1197,6 +1233,7 @@ moe_status moe_all_reduce_async_(moe_work **work, moe_tensor *t, moe_reduce_op o
         }
         wk->keep[0] = w;
         if (w != t) wk->copy_back = moe_tensor_retain(t);
+        moe_tensor_bump_version(t); /* its values change by the time the work is done */
         st = g->ops->all_reduce_start(wk, g, moe_tensor_data(w), moe_tensor_numel(w), t->dtype, op);
         if (st != MOE_OK) {
             work_free(wk);
@@ -1279,4 +1316,16 @@ moe_status moe_mpi_world(moe_group **out)
 }
 
 moe_status moe_mpi_finalize(void) { return MOE_OK; }
+
+bool moe_mpi_failed(const char **message)
+{
+    if (message) *message = "";
+    return false;
+}
+
+moe_status moe_mpi_abort(const char *message)
+{
+    (void)message;
+    return moe_fail(MOE_ERR_UNSUPPORTED, "mpi_abort", "this build has no MPI backend");
+}
 #endif

@@ -29,9 +29,14 @@
  *     A collective that waits longer than the timeout (moe_comm_set_timeout,
  *     default 300 s) fails naming the missing ranks and poisons the world too.
  *     After a failure the world is unusable: return the error. On MPI, peers
- *     learn of a rank's argument error through the size check (below), and a
- *     rank that never arrives blocks its peers as MPI does (no timeout); NCCL
- *     collectives honour the timeout by aborting the communicator.
+ *     learn of a rank's argument error through the size check (below); a
+ *     collective, send or receive that waits longer than the timeout fails
+ *     naming the ranks that did not arrive (known when the size check is
+ *     on and the group has at most 64 ranks) and marks the MPI job failed:
+ *     MPI cannot cancel it, so every later MPI call fails at once and
+ *     moe_mpi_finalize aborts the job (moe_mpi_abort). A waiting rank
+ *     sleeps between polls, leaving its core idle. NCCL collectives honour
+ *     the timeout by aborting the communicator.
  *   - deterministic reductions: element i is reduced in rank order 0..N-1 on
  *     the threads and MPI backends alike (same bits on both; MPI's own
  *     collectives are used only where the order cannot matter: max, min,
@@ -171,14 +176,23 @@ moe_status moe_work_wait(moe_work *work);
 bool moe_work_done(moe_work *work);
 
 /* ---- settings ---------------------------------------------------------------- */
-/* Seconds a collective may wait for its peers before failing (default 300,
- * or MOELAB_COMM_TIMEOUT from the environment; <= 0: wait forever). Applies
- * to collectives started afterwards, process-wide. */
-void moe_comm_set_timeout(double seconds);
+/* Seconds a collective (or a send or receive) may wait for its peers before
+ * failing: positive, or INFINITY to wait forever; anything else (zero,
+ * negative, NaN) is MOE_ERR_ARG and leaves the setting unchanged. Applies to
+ * collectives started afterwards, process-wide, on every backend. */
+moe_status moe_comm_set_timeout(double seconds);
+/* The setting: 300 s by default, or MOELAB_COMM_TIMEOUT from the environment
+ * (a positive number of seconds, or "inf" for forever) until
+ * moe_comm_set_timeout; INFINITY: forever. NaN when MOELAB_COMM_TIMEOUT
+ * holds anything else: collectives then fail naming it. */
 double moe_comm_timeout(void);
+/* The timeout for a wait in OP, in *SECONDS (INFINITY: forever); fails as OP
+ * naming MOELAB_COMM_TIMEOUT when that holds no valid timeout. */
+moe_status moe_comm_wait_limit(const char *op, double *seconds);
 /* Exchange sizes before each collective on backends that cannot see their
  * peers' arguments (MPI, NCCL) to report mismatches instead of corrupting
- * data (default on; costs one small all-gather per collective). */
+ * data (default on; costs one small exchange per collective). On MPI it
+ * also tells a timeout which ranks never arrived. */
 void moe_comm_set_check(bool on);
 bool moe_comm_check(void);
 
@@ -216,8 +230,21 @@ void moe_launch_env(int *rank, int *size);
  * disagree with MPI (torchrun's rendezvous is not supported: use mpirun). */
 moe_status moe_mpi_world(moe_group **out);
 /* Finalize MPI if moe_mpi_world initialised it (call once, at exit, after
- * releasing all MPI groups). */
+ * releasing all MPI groups). Waits, idle and without a timeout, until every
+ * rank has come to finalize (a peer that fails aborts the job meanwhile).
+ * When the MPI job has failed (moe_mpi_failed) it aborts the job instead,
+ * with the first failure's message: it does not return then. */
 moe_status moe_mpi_finalize(void);
+/* True once an MPI collective, send or receive of this process timed out:
+ * the job cannot go on (MPI cannot cancel the operation); every later MPI
+ * call fails at once. MESSAGE (may be NULL) receives the first failure's
+ * message ("" when none). */
+bool moe_mpi_failed(const char **message);
+/* End the whole MPI job: MESSAGE (may be NULL) goes to stderr, then
+ * MPI_Abort makes mpirun stop every process and exit non-zero. Returns only
+ * when there is no MPI job to abort (MOE_ERR_STATE: MPI not initialised;
+ * MOE_ERR_UNSUPPORTED: built without MPI). */
+moe_status moe_mpi_abort(const char *message);
 /* True when this build includes the MPI / NCCL backends. */
 bool moe_built_with_mpi(void);
 bool moe_built_with_nccl(void);

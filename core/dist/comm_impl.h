@@ -51,6 +51,10 @@ typedef struct moe_comm_backend {
      * finish in moe_work_wait). NULL: comm.c runs the blocking form eagerly. */
     moe_status (*all_reduce_start)(moe_work *w, moe_group *g, void *buf, int64_t count, moe_dtype dt,
                                    moe_reduce_op op);
+    /* Optional: the all-gather of NBYTES per rank of the peer check at the
+     * entry of collective OP, done so that a timeout names the members that
+     * never arrived. NULL: all_gather. */
+    moe_status (*gather_entry)(moe_group *g, void *recv, const void *send, int64_t nbytes, const char *op);
     /* Optional: a collective failed on this rank; make peers fail too. */
     void (*poison)(moe_group *g, moe_status code, const char *msg);
     /* Free the backend state of this handle. */

@@ -10,11 +10,21 @@
  * 0..N-1, and an all-gather; max, min and integer sums (exact in any order)
  * use MPI's own collectives. bf16 travels as 16-bit words and is reduced in
  * f32; AVG is a sum divided here. Counts above INT_MAX are split into chunks
- * where MPI allows it. */
+ * where MPI allows it.
+ *
+ * Waiting. Every MPI call is non-blocking and completed by await(), which
+ * polls with a back-off that leaves the core idle and fails after the comm
+ * timeout (see there). MPI cannot cancel a collective, so a timeout ends the
+ * job: the process is marked failed (job_failed), later calls fail at once
+ * without calling MPI, and moe_mpi_finalize aborts the job. */
+#define _GNU_SOURCE
 #include <limits.h>
+#include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <mpi.h>
 
@@ -47,6 +57,113 @@ static moe_status mpi_fail(int rc, const char *op, const char *call, const char 
     } while (0)
 
 static MPI_Comm comm_of(const moe_group *g) { return ((const mpi_impl *)g->impl)->comm; }
+
+/* ---- failure of the job ------------------------------------------------------------
+ * Set once, by the first timeout; read by every entry point. The message is
+ * written before the flag is raised. */
+static atomic_bool job_failed;
+static char job_message[600];
+
+static void job_fail(void)
+{
+    if (atomic_load(&job_failed)) return;
+    snprintf(job_message, sizeof job_message, "%s", moe_last_error());
+    atomic_store(&job_failed, true);
+}
+
+/* MOE_OK while the job can go on. */
+static moe_status usable(const char *op)
+{
+    if (!atomic_load(&job_failed)) return MOE_OK;
+    return moe_fail(MOE_ERR_STATE, op, "the MPI job failed earlier and cannot go on (%s)", job_message);
+}
+
+bool moe_mpi_failed(const char **message)
+{
+    bool failed = atomic_load(&job_failed);
+    if (message) *message = failed ? job_message : "";
+    return failed;
+}
+
+/* ---- waiting ---------------------------------------------------------------------------
+ * Open MPI progresses only inside MPI calls and its blocking calls poll at
+ * full speed, so a rank whose peer is late would burn its core, and one whose
+ * peer never comes would hang the job. await() polls with MPI_Testall: back
+ * to back while the data may still be moving (SPIN_NS, plus the bytes at
+ * 1 GB/s: the transfer needs this rank's polls to progress), then with
+ * sleeps growing from SLEEP_MIN_NS to SLEEP_MAX_NS, which cost a late peer
+ * at most SLEEP_MAX_NS of latency. */
+#define SPIN_NS 200000L
+#define SLEEP_MIN_NS 20000L
+#define SLEEP_MAX_NS 2000000L
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* "rank 2" or "rank 1 (world rank 5)" */
+static void rank_label(const moe_group *g, int q, char *buf, size_t size)
+{
+    if (g->world_ranks[q] == q) snprintf(buf, size, "rank %d", q);
+    else snprintf(buf, size, "rank %d (world rank %d)", q, g->world_ranks[q]);
+}
+
+/* Complete the N requests REQS of OP on G, BYTES the data this rank moves.
+ * PEER (may be NULL) gives the member of G each request waits for (-1: none
+ * in particular): on a timeout those whose requests are still pending are
+ * the ranks named as missing. */
+static moe_status await(moe_group *g, const char *op, int n, MPI_Request *reqs, const int *peer, int64_t bytes)
+{
+    double limit;
+    MOE_TRY(moe_comm_wait_limit(op, &limit));
+    double start = seconds_now(), spin = (double)SPIN_NS * 1e-9 + (double)bytes * 1e-9;
+    long sleep_ns = SLEEP_MIN_NS;
+    for (;;) {
+        int done = 0;
+        int rc = MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
+        if (rc != MPI_SUCCESS) return mpi_fail(rc, op, "MPI_Testall", __FILE__, __LINE__);
+        if (done) return MOE_OK;
+        double waited = seconds_now() - start;
+        if (waited > limit) break;
+        if (waited < spin) continue;
+        struct timespec ts = {0, sleep_ns};
+        nanosleep(&ts, NULL);
+        if (sleep_ns < SLEEP_MAX_NS) sleep_ns = sleep_ns * 2 < SLEEP_MAX_NS ? sleep_ns * 2 : SLEEP_MAX_NS;
+    }
+    /* which members never answered (a request that completed meanwhile is
+     * not counted) */
+    char missing[256] = "";
+    size_t len = 0;
+    for (int i = 0; peer && i < n; i++) {
+        int flag = 0, q = peer[i];
+        if (q < 0 || MPI_Test(&reqs[i], &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || flag) continue;
+        char one[64];
+        rank_label(g, q, one, sizeof one);
+        if (strstr(missing, one)) continue;
+        int k = snprintf(missing + len, sizeof missing - len, "%s%s", len ? ", " : "", one);
+        if (k < 0 || (size_t)k >= sizeof missing - len) break;
+        len += (size_t)k;
+    }
+    if (len)
+        moe_fail(MOE_ERR_BACKEND, op, "timed out after %g s waiting for %s (group '%s' of %d ranks)", limit, missing,
+                 g->name, g->size);
+    else
+        moe_fail(MOE_ERR_BACKEND, op, "timed out after %g s waiting for the other ranks of group '%s' (%d ranks)",
+                 limit, g->name, g->size);
+    /* the requests stay pending for ever; this process makes no more MPI
+     * calls but MPI_Abort, so their buffers are never written */
+    job_fail();
+    return MOE_ERR_BACKEND;
+}
+
+/* Wait for one collective request. */
+static moe_status await1(moe_group *g, const char *op, MPI_Request *req, int64_t bytes)
+{
+    return await(g, op, 1, req, NULL, bytes);
+}
 
 static MPI_Datatype mpi_type(moe_dtype dt)
 {
@@ -148,22 +265,27 @@ static moe_status ordered_reduce_scatter(moe_group *g, void *recv, const void *s
         c[3 * n + q] = (int)(q * mylen); /* receive displacements */
         srcs[q] = buf + (size_t)(q * mylen) * esz;
     }
-    int rc = MPI_Alltoallv(send, c, c + n, mpi_type(dt), buf, c + 2 * n, c + 3 * n, mpi_type(dt), comm_of(g));
-    if (rc == MPI_SUCCESS) moe_comm_reduce_n(recv, srcs, n, mylen, dt, op);
+    MPI_Request req;
+    int rc = MPI_Ialltoallv(send, c, c + n, mpi_type(dt), buf, c + 2 * n, c + 3 * n, mpi_type(dt), comm_of(g), &req);
+    moe_status st = rc == MPI_SUCCESS ? await1(g, opn, &req, count * (int64_t)esz)
+                                      : mpi_fail(rc, opn, "MPI_Ialltoallv", __FILE__, __LINE__);
+    if (st == MOE_OK) moe_comm_reduce_n(recv, srcs, n, mylen, dt, op);
     free(c);
     free(srcs);
-    if (rc != MPI_SUCCESS) return mpi_fail(rc, opn, "MPI_Alltoallv", __FILE__, __LINE__);
-    return MOE_OK;
+    return st;
 }
 
 static moe_status mpi_all_reduce(moe_group *g, void *buf, int64_t count, moe_dtype dt, moe_reduce_op op)
 {
+    MOE_TRY(usable("all_reduce"));
     size_t esz = moe_dtype_size(dt);
     if (order_free(dt, op)) {
         for (int64_t off = 0; off < count; off += CHUNK) {
             int c = (int)(count - off < CHUNK ? count - off : CHUNK);
-            CHECK_MPI("all_reduce", MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * (int64_t)esz, c, mpi_type(dt),
-                                                  mpi_op(op), comm_of(g)));
+            MPI_Request req;
+            CHECK_MPI("all_reduce", MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + off * (int64_t)esz, c, mpi_type(dt),
+                                                   mpi_op(op), comm_of(g), &req));
+            MOE_TRY(await1(g, "all_reduce", &req, (int64_t)c * (int64_t)esz));
         }
         if (op == MOE_REDUCE_AVG) divide(buf, count, dt, g->size);
         return MOE_OK;
@@ -186,8 +308,10 @@ static moe_status mpi_all_reduce(moe_group *g, void *buf, int64_t count, moe_dty
             c[q] = (int)len;
             c[n + q] = (int)lo;
         }
-        int rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, p, c, c + n, mpi_type(dt), comm_of(g));
-        if (rc != MPI_SUCCESS) st = mpi_fail(rc, "all_reduce", "MPI_Allgatherv", __FILE__, __LINE__);
+        MPI_Request req;
+        int rc = MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, p, c, c + n, mpi_type(dt), comm_of(g), &req);
+        st = rc == MPI_SUCCESS ? await1(g, "all_reduce", &req, part * (int64_t)esz)
+                               : mpi_fail(rc, "all_reduce", "MPI_Iallgatherv", __FILE__, __LINE__);
     }
     free(c);
     return st;
@@ -195,19 +319,25 @@ static moe_status mpi_all_reduce(moe_group *g, void *buf, int64_t count, moe_dty
 
 static moe_status mpi_all_gather(moe_group *g, void *recv, const void *send, int64_t count, moe_dtype dt)
 {
+    MOE_TRY(usable("all_gather"));
     MOE_TRY(check_int_count("all_gather", count * g->size));
-    CHECK_MPI("all_gather", MPI_Allgather(send, (int)count, mpi_type(dt), recv, (int)count, mpi_type(dt), comm_of(g)));
-    return MOE_OK;
+    MPI_Request req;
+    CHECK_MPI("all_gather", MPI_Iallgather(send, (int)count, mpi_type(dt), recv, (int)count, mpi_type(dt), comm_of(g),
+                                           &req));
+    return await1(g, "all_gather", &req, count * g->size * (int64_t)moe_dtype_size(dt));
 }
 
 static moe_status mpi_reduce_scatter(moe_group *g, void *recv, const void *send, int64_t count, moe_dtype dt,
                                      moe_reduce_op op)
 {
+    MOE_TRY(usable("reduce_scatter"));
     MOE_TRY(check_int_count("reduce_scatter", count * g->size));
     if (!order_free(dt, op))
         return ordered_reduce_scatter(g, recv, send, count * g->size, dt, op, "reduce_scatter");
-    CHECK_MPI("reduce_scatter", MPI_Reduce_scatter_block(send, recv, (int)count, mpi_type(dt), mpi_op(op),
-                                                         comm_of(g)));
+    MPI_Request req;
+    CHECK_MPI("reduce_scatter", MPI_Ireduce_scatter_block(send, recv, (int)count, mpi_type(dt), mpi_op(op),
+                                                          comm_of(g), &req));
+    MOE_TRY(await1(g, "reduce_scatter", &req, count * g->size * (int64_t)moe_dtype_size(dt)));
     if (op == MOE_REDUCE_AVG) divide(recv, count, dt, g->size);
     return MOE_OK;
 }
@@ -215,6 +345,7 @@ static moe_status mpi_reduce_scatter(moe_group *g, void *recv, const void *send,
 static moe_status mpi_all_to_all(moe_group *g, void *recv, const int64_t *recv_counts, const void *send,
                                  const int64_t *send_counts, moe_dtype dt)
 {
+    MOE_TRY(usable("all_to_all"));
     int n = g->size;
     int *c = malloc(sizeof(int) * 4 * (size_t)n); /* send counts, send displs, recv counts, recv displs */
     if (!c) return moe_fail(MOE_ERR_NOMEM, "all_to_all", "out of memory");
@@ -231,66 +362,138 @@ static moe_status mpi_all_to_all(moe_group *g, void *recv, const int64_t *recv_c
         soff += send_counts[q];
         roff += recv_counts[q];
     }
-    int rc = MPI_Alltoallv(send, c, c + n, mpi_type(dt), recv, c + 2 * n, c + 3 * n, mpi_type(dt), comm_of(g));
-    free(c);
-    if (rc != MPI_SUCCESS) return mpi_fail(rc, "all_to_all", "MPI_Alltoallv", __FILE__, __LINE__);
-    return MOE_OK;
+    MPI_Request req;
+    int rc = MPI_Ialltoallv(send, c, c + n, mpi_type(dt), recv, c + 2 * n, c + 3 * n, mpi_type(dt), comm_of(g), &req);
+    moe_status st = rc == MPI_SUCCESS ? await1(g, "all_to_all", &req, (soff + roff) * (int64_t)moe_dtype_size(dt))
+                                      : mpi_fail(rc, "all_to_all", "MPI_Ialltoallv", __FILE__, __LINE__);
+    free(c); /* only now: MPI reads the counts until the operation completes */
+    return st;
 }
 
 static moe_status mpi_broadcast(moe_group *g, void *buf, int64_t count, moe_dtype dt, int root)
 {
+    MOE_TRY(usable("broadcast"));
     size_t esz = moe_dtype_size(dt);
     for (int64_t off = 0; off < count; off += CHUNK) {
         int c = (int)(count - off < CHUNK ? count - off : CHUNK);
-        CHECK_MPI("broadcast", MPI_Bcast((char *)buf + off * (int64_t)esz, c, mpi_type(dt), root, comm_of(g)));
+        MPI_Request req;
+        CHECK_MPI("broadcast", MPI_Ibcast((char *)buf + off * (int64_t)esz, c, mpi_type(dt), root, comm_of(g), &req));
+        MOE_TRY(await1(g, "broadcast", &req, (int64_t)c * (int64_t)esz));
     }
     return MOE_OK;
 }
 
-/* Point to point: with checks on, a header {count, dtype} (tag 2t) goes before
- * the payload (tag 2t+1), so the receiver can report a mismatch. */
-static moe_status check_tag(const char *op, moe_group *g, int tag)
+/* Point to point: a header {count, dtype} (tag 2t) goes before the payload
+ * (tag 2t+1), so the receiver can report a mismatch. The two largest tags
+ * are kept: MPI_TAG_UB for the peer check's exchange (mpi_gather_entry),
+ * MPI_TAG_UB - 1 for the wait at finalize. */
+static int tag_ub(void)
 {
     int *ub = NULL, flag = 0;
-    MPI_Comm_get_attr(comm_of(g), MPI_TAG_UB, &ub, &flag);
-    int limit = flag && ub ? *ub : 32767;
-    if (tag > (limit - 1) / 2) return moe_fail(MOE_ERR_ARG, op, "tag %d too large (at most %d with MPI)", tag, (limit - 1) / 2);
+    MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag);
+    return flag && ub ? *ub : 32767;
+}
+
+static moe_status check_tag(const char *op, int tag)
+{
+    int limit = (tag_ub() - 3) / 2; /* 2t + 1 stays below the reserved tags */
+    if (tag > limit) return moe_fail(MOE_ERR_ARG, op, "tag %d too large (at most %d with MPI)", tag, limit);
     return MOE_OK;
 }
 
 static moe_status mpi_send(moe_group *g, const void *buf, int64_t count, moe_dtype dt, int dst, int tag)
 {
+    MOE_TRY(usable("send"));
     MOE_TRY(check_int_count("send", count));
-    MOE_TRY(check_tag("send", g, tag));
+    MOE_TRY(check_tag("send", tag));
     int64_t head[2] = {count, dt};
-    CHECK_MPI("send", MPI_Send(head, 2, MPI_INT64_T, dst, 2 * tag, comm_of(g)));
-    CHECK_MPI("send", MPI_Send(buf, (int)count, mpi_type(dt), dst, 2 * tag + 1, comm_of(g)));
-    return MOE_OK;
+    MPI_Request reqs[2];
+    int peer[2] = {dst, dst};
+    CHECK_MPI("send", MPI_Isend(head, 2, MPI_INT64_T, dst, 2 * tag, comm_of(g), &reqs[0]));
+    int rc = MPI_Isend(buf, (int)count, mpi_type(dt), dst, 2 * tag + 1, comm_of(g), &reqs[1]);
+    if (rc != MPI_SUCCESS) {
+        MPI_Request_free(&reqs[0]); /* a small message: it completes by itself */
+        return mpi_fail(rc, "send", "MPI_Isend", __FILE__, __LINE__);
+    }
+    return await(g, "send", 2, reqs, peer, count * (int64_t)moe_dtype_size(dt));
 }
 
 static moe_status mpi_recv(moe_group *g, void *buf, int64_t count, moe_dtype dt, int src, int tag)
 {
+    MOE_TRY(usable("recv"));
     MOE_TRY(check_int_count("recv", count));
-    MOE_TRY(check_tag("recv", g, tag));
+    MOE_TRY(check_tag("recv", tag));
     int64_t head[2];
-    CHECK_MPI("recv", MPI_Recv(head, 2, MPI_INT64_T, src, 2 * tag, comm_of(g), MPI_STATUS_IGNORE));
+    MPI_Request req;
+    CHECK_MPI("recv", MPI_Irecv(head, 2, MPI_INT64_T, src, 2 * tag, comm_of(g), &req));
+    MOE_TRY(await(g, "recv", 1, &req, &src, 0));
     if (head[0] != count || head[1] != dt) {
         /* drain the payload so the channel stays in step, then report */
         moe_dtype sdt = head[1] >= 0 && head[1] < MOE_DTYPE_COUNT ? (moe_dtype)head[1] : MOE_BOOL;
-        void *tmp = malloc((size_t)(head[0] > 0 ? head[0] : 1) * moe_dtype_size(sdt));
-        if (tmp) MPI_Recv(tmp, (int)head[0], mpi_type(sdt), src, 2 * tag + 1, comm_of(g), MPI_STATUS_IGNORE);
+        int64_t nbytes = (head[0] > 0 ? head[0] : 1) * (int64_t)moe_dtype_size(sdt);
+        void *tmp = malloc((size_t)nbytes);
+        if (tmp && MPI_Irecv(tmp, (int)head[0], mpi_type(sdt), src, 2 * tag + 1, comm_of(g), &req) == MPI_SUCCESS &&
+            await(g, "recv", 1, &req, &src, nbytes) != MOE_OK) {
+            return MOE_ERR_BACKEND; /* timed out: TMP stays with the pending request */
+        }
         free(tmp);
         return moe_fail(MOE_ERR_SHAPE, "recv", "size mismatch: rank %d sent %lld elements (%s), rank %d expects %lld elements (%s)",
                         src, (long long)head[0], moe_dtype_name(sdt), g->rank, (long long)count, moe_dtype_name(dt));
     }
-    CHECK_MPI("recv", MPI_Recv(buf, (int)count, mpi_type(dt), src, 2 * tag + 1, comm_of(g), MPI_STATUS_IGNORE));
-    return MOE_OK;
+    CHECK_MPI("recv", MPI_Irecv(buf, (int)count, mpi_type(dt), src, 2 * tag + 1, comm_of(g), &req));
+    return await(g, "recv", 1, &req, &src, count * (int64_t)moe_dtype_size(dt));
 }
 
-static moe_status mpi_barrier(moe_group *g)
+/* A barrier on G for OP. */
+static moe_status arrive_all(moe_group *g, const char *op)
 {
-    CHECK_MPI("barrier", MPI_Barrier(comm_of(g)));
-    return MOE_OK;
+    MOE_TRY(usable(op));
+    MPI_Request req;
+    CHECK_MPI(op, MPI_Ibarrier(comm_of(g), &req));
+    return await1(g, op, &req, 0);
+}
+
+static moe_status mpi_barrier(moe_group *g) { return arrive_all(g, "barrier"); }
+
+/* The peer check's exchange: point to point on the reserved tag, so a
+ * timeout knows whose descriptor never came. Above ENTRY_P2P_MAX ranks, one
+ * all-gather (fewer messages; the missing ranks are then not known).
+ * Messages between a pair are matched in order, so successive collectives
+ * never mix. */
+#define ENTRY_P2P_MAX 64
+static moe_status mpi_gather_entry(moe_group *g, void *recv, const void *send, int64_t nbytes, const char *op)
+{
+    MOE_TRY(usable(op));
+    int n = g->size, me = g->rank;
+    if (nbytes > INT_MAX / 2) return check_int_count(op, INT64_MAX);
+    if (n > ENTRY_P2P_MAX) {
+        MPI_Request req;
+        CHECK_MPI(op, MPI_Iallgather(send, (int)nbytes, MPI_BYTE, recv, (int)nbytes, MPI_BYTE, comm_of(g), &req));
+        return await1(g, op, &req, nbytes * n);
+    }
+    MPI_Request *reqs = malloc(sizeof *reqs * 2 * (size_t)n);
+    int *peer = malloc(sizeof *peer * 2 * (size_t)n);
+    if (!reqs || !peer) {
+        free(reqs);
+        free(peer);
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for the peer check");
+    }
+    int tag = tag_ub(), k = 0, rc = MPI_SUCCESS;
+    memcpy((char *)recv + (size_t)me * (size_t)nbytes, send, (size_t)nbytes);
+    for (int q = 0; q < n && rc == MPI_SUCCESS; q++) {
+        if (q == me) continue;
+        rc = MPI_Irecv((char *)recv + (size_t)q * (size_t)nbytes, (int)nbytes, MPI_BYTE, q, tag, comm_of(g), &reqs[k]);
+        if (rc != MPI_SUCCESS) break;
+        peer[k++] = q;
+        rc = MPI_Isend(send, (int)nbytes, MPI_BYTE, q, tag, comm_of(g), &reqs[k]);
+        if (rc == MPI_SUCCESS) peer[k++] = -1; /* a send can finish before its peer comes */
+    }
+    moe_status st = rc == MPI_SUCCESS ? await(g, op, k, reqs, peer, nbytes * n)
+                                      : mpi_fail(rc, op, "MPI_Isend/MPI_Irecv", __FILE__, __LINE__);
+    if (rc != MPI_SUCCESS) job_fail(); /* requests already posted cannot be taken back */
+    free(reqs);
+    free(peer);
+    return st;
 }
 
 static const moe_comm_backend *mpi_ops(void);
@@ -330,6 +533,9 @@ static moe_status wrap_comm(moe_group **out, MPI_Comm comm, bool owned)
 static moe_status mpi_split(moe_group **out, moe_group *g, int color, int key)
 {
     *out = NULL;
+    /* MPI_Comm_split blocks: wait (idle, with the timeout) until every
+     * member has come, then split */
+    MOE_TRY(arrive_all(g, "split"));
     MPI_Comm nc;
     CHECK_MPI("split", MPI_Comm_split(comm_of(g), color < 0 ? MPI_UNDEFINED : color, key, &nc));
     if (nc == MPI_COMM_NULL) return MOE_OK;
@@ -343,15 +549,17 @@ static moe_status mpi_split(moe_group **out, moe_group *g, int color, int key)
 
 typedef struct mpi_req {
     MPI_Request req;
+    int64_t bytes;
 } mpi_req;
 
 static moe_status mpi_all_reduce_finish(moe_work *w)
 {
     mpi_req *r = w->impl;
-    int rc = MPI_Wait(&r->req, MPI_STATUS_IGNORE);
+    moe_status st = usable("all_reduce");
+    if (st == MOE_OK) st = await1(w->g, "all_reduce", &r->req, r->bytes);
+    if (st != MOE_OK) return st; /* R stays with the pending request */
     free(r);
     w->impl = NULL;
-    if (rc != MPI_SUCCESS) return mpi_fail(rc, "all_reduce", "MPI_Wait", __FILE__, __LINE__);
     return MOE_OK;
 }
 
@@ -359,7 +567,7 @@ static bool mpi_all_reduce_test(moe_work *w)
 {
     mpi_req *r = w->impl;
     int flag = 0;
-    if (!r) return true;
+    if (!r || atomic_load(&job_failed)) return true; /* the wait reports */
     MPI_Test(&r->req, &flag, MPI_STATUS_IGNORE); /* a completed request becomes MPI_REQUEST_NULL */
     return flag != 0;
 }
@@ -367,6 +575,7 @@ static bool mpi_all_reduce_test(moe_work *w)
 static moe_status mpi_all_reduce_start(moe_work *w, moe_group *g, void *buf, int64_t count, moe_dtype dt,
                                        moe_reduce_op op)
 {
+    MOE_TRY(usable("all_reduce"));
     MOE_TRY(check_int_count("all_reduce", count));
     if (!order_free(dt, op)) { /* the ordered path is blocking: run it now */
         MOE_TRY(mpi_all_reduce(g, buf, count, dt, op));
@@ -379,6 +588,7 @@ static moe_status mpi_all_reduce_start(moe_work *w, moe_group *g, void *buf, int
         free(r);
         return mpi_fail(rc, "all_reduce", "MPI_Iallreduce", __FILE__, __LINE__);
     }
+    r->bytes = count * (int64_t)moe_dtype_size(dt);
     w->impl = r;
     w->finish = mpi_all_reduce_finish;
     w->test = mpi_all_reduce_test;
@@ -391,7 +601,8 @@ static void mpi_destroy(moe_group *g)
     mpi_impl *impl = g->impl;
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (impl->owned && !finalized) MPI_Comm_free(&impl->comm);
+    /* after a failure, no MPI call: a pending request may use the communicator */
+    if (impl->owned && !finalized && !atomic_load(&job_failed)) MPI_Comm_free(&impl->comm);
     free(impl->scratch);
     free(impl);
 }
@@ -410,6 +621,7 @@ static const moe_comm_backend mpi_backend = {
     .barrier = mpi_barrier,
     .split = mpi_split,
     .all_reduce_start = mpi_all_reduce_start,
+    .gather_entry = mpi_gather_entry,
     .poison = NULL, /* peers learn of failures through the descriptor exchange */
     .destroy = mpi_destroy,
 };
@@ -452,6 +664,39 @@ moe_status moe_mpi_world(moe_group **out)
     return MOE_OK;
 }
 
+/* The end of the job: every rank tells rank 0 it is done, rank 0 answers
+ * once all have, each waiting with sleeps. Point to point on a reserved tag
+ * (MPI_TAG_UB - 1), so it can never pair with a collective that a peer is
+ * still (wrongly) waiting in. */
+static void wait_for_everyone(void)
+{
+    int n = 1, me = 0, tag = tag_ub() - 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &n);
+    MPI_Comm_rank(MPI_COMM_WORLD, &me);
+    if (n == 1) return;
+    MPI_Request *reqs = malloc(sizeof *reqs * (size_t)n);
+    if (!reqs) return;
+    int k = 0;
+    for (int q = 1; me == 0 && q < n; q++)
+        if (MPI_Irecv(NULL, 0, MPI_BYTE, q, tag, MPI_COMM_WORLD, &reqs[k]) == MPI_SUCCESS) k++;
+    if (me != 0 && MPI_Isend(NULL, 0, MPI_BYTE, 0, tag, MPI_COMM_WORLD, &reqs[k]) == MPI_SUCCESS) k++;
+    for (int round = 0; round < 2; round++) {
+        int done = 0;
+        long sleep_ns = SLEEP_MIN_NS;
+        while (MPI_Testall(k, reqs, &done, MPI_STATUSES_IGNORE) == MPI_SUCCESS && !done) {
+            struct timespec ts = {0, sleep_ns};
+            nanosleep(&ts, NULL);
+            if (sleep_ns < SLEEP_MAX_NS) sleep_ns = sleep_ns * 2 < SLEEP_MAX_NS ? sleep_ns * 2 : SLEEP_MAX_NS;
+        }
+        /* round 1: rank 0 releases the others, who wait for it */
+        k = 0;
+        for (int q = 1; round == 0 && me == 0 && q < n; q++)
+            if (MPI_Isend(NULL, 0, MPI_BYTE, q, tag, MPI_COMM_WORLD, &reqs[k]) == MPI_SUCCESS) k++;
+        if (round == 0 && me != 0 && MPI_Irecv(NULL, 0, MPI_BYTE, 0, tag, MPI_COMM_WORLD, &reqs[k]) == MPI_SUCCESS) k++;
+    }
+    free(reqs);
+}
+
 moe_status moe_mpi_finalize(void)
 {
     moe_group_release(mpi_world_group);
@@ -459,8 +704,34 @@ moe_status moe_mpi_finalize(void)
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (we_initialized && !finalized) {
+        if (atomic_load(&job_failed)) {
+            char msg[700];
+            int rank = 0;
+            MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+            snprintf(msg, sizeof msg, "moelab (rank %d): %s; aborting the MPI job", rank, job_message);
+            moe_mpi_abort(msg);
+        }
+        /* MPI_Finalize waits for the peers at full speed: wait for them here,
+         * idle (without a timeout: a peer may legitimately still be busy,
+         * and one that fails aborts the job) */
+        wait_for_everyone();
         we_initialized = false;
         CHECK_MPI("mpi_finalize", MPI_Finalize());
     }
     return MOE_OK;
+}
+
+moe_status moe_mpi_abort(const char *message)
+{
+    int init = 0, finalized = 0;
+    MPI_Initialized(&init);
+    MPI_Finalized(&finalized);
+    if (!init || finalized) return moe_fail(MOE_ERR_STATE, "mpi_abort", "there is no MPI job to abort (MPI %s)",
+                                            init ? "was finalized" : "is not initialised");
+    if (message && *message) {
+        fprintf(stderr, "%s\n", message);
+        fflush(stderr);
+    }
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    return moe_fail(MOE_ERR_BACKEND, "mpi_abort", "MPI_Abort returned");
 }

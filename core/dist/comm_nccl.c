@@ -12,6 +12,7 @@
  * fails with a clear message only when NCCL is asked for. Built only with
  * CUDA; without nccl.h every entry point reports that. */
 #include <dlfcn.h>
+#include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -165,7 +166,8 @@ static double seconds_now(void)
 static moe_status nccl_wait(moe_group *g, const char *op)
 {
     nccl_impl *im = impl_of(g);
-    double timeout = moe_comm_timeout(), start = seconds_now();
+    double timeout, start = seconds_now();
+    MOE_TRY(moe_comm_wait_limit(op, &timeout));
     for (;;) {
         cudaError_t q = cudaStreamQuery(im->stream);
         if (q == cudaSuccess) return MOE_OK;
@@ -178,7 +180,7 @@ static moe_status nccl_wait(moe_group *g, const char *op)
             im->aborted = true;
             return moe_fail(MOE_ERR_BACKEND, op, "NCCL error: %s", api.GetErrorString(async));
         }
-        if (timeout > 0 && seconds_now() - start > timeout) {
+        if (isfinite(timeout) && seconds_now() - start > timeout) {
             api.CommAbort(im->comm);
             im->aborted = true;
             return moe_fail(MOE_ERR_BACKEND, op, "timed out after %g s (NCCL communicator aborted)", timeout);

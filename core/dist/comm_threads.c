@@ -19,6 +19,7 @@
  * reduce-scatter + all-gather through shared memory in one pass. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <math.h>
 #include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -272,8 +273,9 @@ static moe_status arrive(moe_group *g, const char *op, const thr_slot *desc)
     thr_shared *s = g->impl;
     thr_world *w = s->w;
     int me = g->rank;
-    double timeout = moe_comm_timeout();
-    struct timespec deadline = deadline_after(timeout > 0 ? timeout : 0);
+    double timeout;
+    MOE_TRY(moe_comm_wait_limit(op, &timeout));
+    struct timespec deadline = deadline_after(isfinite(timeout) ? timeout : 0);
     pthread_mutex_lock(&w->mu);
     if (w->poisoned) {
         moe_status st = poisoned_fail(w, op);
@@ -308,7 +310,7 @@ static moe_status arrive(moe_group *g, const char *op, const thr_slot *desc)
             st = poisoned_fail(w, op);
             break;
         }
-        int rc = timeout > 0 ? pthread_cond_timedwait(&w->cv, &w->mu, &deadline)
+        int rc = isfinite(timeout) ? pthread_cond_timedwait(&w->cv, &w->mu, &deadline)
                              : pthread_cond_wait(&w->cv, &w->mu);
         if (rc == ETIMEDOUT && s->gen == gen) {
             missing_ranks(g, s, entered, missing, sizeof missing);
@@ -362,10 +364,14 @@ static moe_status check_slots(moe_group *g, const char *op, bool check_count, co
                             rank_label(g, 0, l0, sizeof l0), (long long)a->count,
                             moe_dtype_name((moe_dtype)a->dtype), rank_label(g, q, lq, sizeof lq),
                             (long long)b->count, moe_dtype_name((moe_dtype)b->dtype));
-        if (arg_name && b->arg != a->arg)
+        if (arg_name && b->arg != a->arg && a->kind != MOE_COLL_ALL_REDUCE && a->kind != MOE_COLL_REDUCE_SCATTER)
             return moe_fail(MOE_ERR_ARG, op, "%s mismatch: %s passed %lld, %s passed %lld", arg_name,
                             rank_label(g, 0, l0, sizeof l0), (long long)a->arg,
                             rank_label(g, q, lq, sizeof lq), (long long)b->arg);
+        if (arg_name && b->arg != a->arg) /* reduce ops, by name */
+            return moe_fail(MOE_ERR_ARG, op, "%s mismatch: %s passed %s, %s passed %s", arg_name,
+                            rank_label(g, 0, l0, sizeof l0), moe_reduce_op_name((moe_reduce_op)a->arg),
+                            rank_label(g, q, lq, sizeof lq), moe_reduce_op_name((moe_reduce_op)b->arg));
     }
     return MOE_OK;
 }
@@ -595,8 +601,9 @@ static moe_status threads_recv(moe_group *g, void *buf, int64_t count, moe_dtype
 {
     thr_shared *s = g->impl;
     thr_world *w = s->w;
-    double timeout = moe_comm_timeout();
-    struct timespec deadline = deadline_after(timeout > 0 ? timeout : 0);
+    double timeout;
+    MOE_TRY(moe_comm_wait_limit("recv", &timeout));
+    struct timespec deadline = deadline_after(isfinite(timeout) ? timeout : 0);
     char who[64];
     moe_status st = MOE_OK;
     thr_msg *m = NULL;
@@ -616,7 +623,7 @@ static moe_status threads_recv(moe_group *g, void *buf, int64_t count, moe_dtype
             st = poisoned_fail(w, "recv");
             break;
         }
-        int rc = timeout > 0 ? pthread_cond_timedwait(&w->cv, &w->mu, &deadline)
+        int rc = isfinite(timeout) ? pthread_cond_timedwait(&w->cv, &w->mu, &deadline)
                              : pthread_cond_wait(&w->cv, &w->mu);
         if (rc == ETIMEDOUT) {
             int wr = g->world_ranks[g->rank];

@@ -42,12 +42,13 @@ endif
 
 ## Under mpirun: two programs (collectives, load balancing), run by a script
 ## with -np 2 and -np 4.
-EXTRA_DIST += tests/dist/run-mpi.sh tests/mpi-env.sh
+EXTRA_DIST += tests/dist/run-mpi.sh tests/dist/mpi-timeout.sh tests/mpi-env.sh
 if HAVE_MPI
-check_PROGRAMS += tests/dist/mpi_comm tests/dist/mpi_balance
+check_PROGRAMS += tests/dist/mpi_comm tests/dist/mpi_balance tests/dist/mpi_timeout
 tests_dist_mpi_comm_SOURCES = tests/dist/mpi_comm.c $(DIST_TEST_SOURCES)
 tests_dist_mpi_balance_SOURCES = tests/dist/mpi_balance.c $(BALANCE_TEST_SOURCES)
-TESTS += tests/dist/run-mpi.sh
+tests_dist_mpi_timeout_SOURCES = tests/dist/mpi_timeout.c
+TESTS += tests/dist/run-mpi.sh tests/dist/mpi-timeout.sh
 endif
 
 CLEANFILES += tests/dist/*.vg.log

@@ -20,7 +20,7 @@
 
 /* ---- names ------------------------------------------------------------------------ */
 
-static const char *const score_names[] = {"softmax", "sigmoid"};
+static const char *const score_names[] = {"softmax", "sigmoid", "sqrtsoftplus"};
 static_assert(sizeof score_names / sizeof *score_names == MOE_SCORE_FN_COUNT, "score names");
 static const char *const aux_names[] = {"micro-batch",      "sequence",      "global-batch",
                                         "olmo-local-batch", "olmo-instance", "megablocks",
@@ -194,7 +194,7 @@ moe_status moe_scope_stats_compute(moe_scope_stats *st, const moe_scopes *sc, co
         for (int64_t t = ch_lo[c]; t < hi; t++) {
             if (valid && !valid[t]) continue;
             double inv = 1.0;
-            if (score == MOE_SCORE_SIGMOID) {
+            if (moe_score_is_normalized(score)) {
                 double rs = 0;
                 if (rowsum) rs = rowsum[t];
                 else
@@ -294,6 +294,16 @@ moe_status moe_aux_term_build(moe_aux_term_plan *tp, moe_aux_kind kind, double c
         break;
     }
     case MOE_AUX_SEQUENCE: {
+        if (prm->convention == MOE_CONVENTION_MEGATRON) {
+            /* Megatron: one length for every sequence, the average valid length
+             * T̄ = Σ c/(K·N), and the mean over all N sequences */
+            double tot = 0;
+            for (int64_t j = 0; j < N * E; j++) tot += C[j];
+            double Tbar = tot / ((double)prm->K * (double)N);
+            if (Tbar > 0)
+                for (int64_t j = 0; j < N * E; j++) A[j] = dE / (kf * Tbar * Tbar) * C[j] / (double)N;
+            break;
+        }
         double neff = 0;
         for (int64_t n = 0; n < N; n++) neff += Tn[n] > 0;
         for (int64_t n = 0; n < N; n++)
@@ -317,11 +327,15 @@ moe_status moe_aux_term_build(moe_aux_term_plan *tp, moe_aux_kind kind, double c
                 for (int64_t i = 0; i < E; i++) A[n * E + i] = dE / kf * C[n * E + i] / (Tn[n] * div);
         break;
     }
-    case MOE_AUX_GLOBAL_BATCH:
-        if (prm->acc_tokens > 0 && prm->mb_tokens > 0)
-            for (int64_t i = 0; i < E; i++)
-                A[i] = dE / kf * prm->acc_counts[i] / prm->acc_tokens / prm->mb_tokens;
+    case MOE_AUX_GLOBAL_BATCH: {
+        /* exact: f = c^acc/(K·T^acc); Megatron: f = (c^acc/M)/(K·T_cur), the
+         * counts averaged over the M micro-batches seen, over this one's tokens */
+        bool meg = prm->convention == MOE_CONVENTION_MEGATRON;
+        double den = meg ? prm->acc_micro * prm->cur_tokens : prm->acc_tokens;
+        if (den > 0 && prm->mb_tokens > 0)
+            for (int64_t i = 0; i < E; i++) A[i] = dE / kf * prm->acc_counts[i] / den / prm->mb_tokens;
         break;
+    }
     default:
         moe_aux_term_plan_free(tp);
         return moe_fail(MOE_ERR_ARG, "aux-loss", "'%s' is not a balance loss", moe_aux_kind_name(kind));
@@ -332,7 +346,7 @@ moe_status moe_aux_term_build(moe_aux_term_plan *tp, moe_aux_kind kind, double c
     return MOE_OK;
 }
 
-void moe_z_plan_compute(moe_z_plan *zp, const double *lse, const uint8_t *valid, int64_t T)
+void moe_z_plan_compute(moe_z_plan *zp, const double *lse, const uint8_t *valid, int64_t T, double div)
 {
     double sum = 0, n = 0;
     for (int64_t t = 0; t < T; t++) {
@@ -341,8 +355,8 @@ void moe_z_plan_compute(moe_z_plan *zp, const double *lse, const uint8_t *valid,
         n += 1;
     }
     zp->on = true;
-    zp->n_valid = n;
-    zp->value = n > 0 ? sum / n : 0.0;
+    zp->n_valid = div > 0 ? div : n; /* the divisor of Σ lse² */
+    zp->value = zp->n_valid > 0 ? sum / zp->n_valid : 0.0;
 }
 
 /* ---- the loss node ------------------------------------------------------------------- */
@@ -444,10 +458,8 @@ static void aux_row_f64(const aux_ctx *c, int64_t t, double g, const double *W, 
             cw += W[j] * s[j];
         }
         double D = S + c->eps;
-        for (int64_t j = 0; j < E; j++) {
-            double sg = s[j] - c->offset;
-            w[j] = (W[j] / D - cw / (D * D)) * sg * (1.0 - sg);
-        }
+        for (int64_t j = 0; j < E; j++)
+            w[j] = (W[j] / D - cw / (D * D)) * moe_score_deriv(c->score, s[j], c->offset);
     }
     if (c->zterm.on && c->zterm.n_valid > 0) {
         double coef = c->zterm.coeff * 2.0 * c->lse[t] / c->zterm.n_valid;
@@ -489,6 +501,15 @@ static void aux_row_f32(const aux_ctx *c, int64_t t, double g, const float *W, c
             memcpy(dz + j, &v, sizeof v);
         }
         for (int64_t j = E4; j < E; j++) dz[j] = gf * s[j] * (W[j] - (dot - coef));
+        return;
+    }
+    if (c->score == MOE_SCORE_SQRTSOFTPLUS) { /* p = s/D as below, ds/dz from s, in double */
+        double D = (double)S + c->eps;
+        for (int64_t j = 0; j < E; j++) {
+            double v = ((double)W[j] / D - (double)dot / (D * D)) * moe_score_deriv(c->score, s[j], c->offset);
+            if (zon) v += (double)coef * exp((double)z[j] - c->lse[t]);
+            dz[j] = (float)(g * v);
+        }
         return;
     }
     /* sigmoid: p = s/D, D = S + ε: dz = g·((W/D − cw/D²)·σ(1−σ) + coef·softmax(z)) */
@@ -693,12 +714,23 @@ moe_status moe_balance_tracker_counts(moe_tensor **counts, double *tokens,
     return MOE_OK;
 }
 
+/* Counts are tokens routed: finite and never negative. */
+static moe_status check_counts(const char *op, const double *c, int64_t E)
+{
+    for (int64_t e = 0; e < E; e++)
+        if (!(c[e] >= 0) || isinf(c[e]))
+            return moe_fail(MOE_ERR_VALUE, op, "counts must be finite and non-negative, but expert %lld has %g",
+                            (long long)e, c[e]);
+    return MOE_OK;
+}
+
 static moe_status read_counts(double *dst, const char *op, moe_tensor *counts, int64_t E)
 {
     if (counts->ndim != 1 || counts->shape[0] != E)
         return moe_fail(MOE_ERR_SHAPE, op, "counts must be [%lld], got %s", (long long)E,
                         moe_shape_str(counts));
-    return moe_tensor_to_doubles(counts, dst);
+    MOE_TRY(moe_tensor_to_doubles(counts, dst));
+    return check_counts(op, dst, E);
 }
 
 moe_status moe_balance_tracker_add_counts(moe_balance_tracker *tr, moe_tensor *counts, double tokens)
@@ -752,6 +784,12 @@ moe_status moe_tracker_view(moe_balance_tracker *tr, const double *red, double *
     }
     for (int64_t i = 0; i < n; i++) acc[i] = (tr->buffer ? tr->buf[i] : 0.0) + red[i];
     return MOE_OK;
+}
+
+double moe_tracker_view_micro(const moe_balance_tracker *tr)
+{
+    if (tr->recomputing) return (double)(tr->micro - tr->n_snaps + tr->cursor + 1);
+    return tr->buffer ? (double)(tr->micro + 1) : 1.0;
 }
 
 moe_status moe_tracker_commit(moe_balance_tracker *tr, const double *red)
@@ -928,6 +966,31 @@ static moe_status loss_prepare(loss_in *in, const char *op, moe_tensor *logits,
     return MOE_OK;
 }
 
+/* The ranks of the tracker's groups must count the same experts: compare
+ * the counts first, so that a mismatch names experts, not buffer sizes. */
+static moe_status tracker_same_experts(const moe_balance_tracker *tr, const char *op)
+{
+    for (int g = 0; g < tr->n_groups; g++) {
+        moe_group *grp = tr->groups[g];
+        int n = moe_group_size(grp);
+        if (n <= 1) continue;
+        moe_tensor *e, *all = NULL;
+        MOE_TRY(moe_tensor_scalar(&e, MOE_I64, MOE_CPU, (double)tr->E));
+        moe_status st = moe_all_gather(&all, e, grp);
+        moe_tensor_release(e);
+        MOE_TRY(st);
+        const int64_t *experts = moe_tensor_data(all); /* [n] */
+        for (int q = 1; q < n && st == MOE_OK; q++)
+            if (experts[q] != experts[0])
+                st = moe_fail(MOE_ERR_SHAPE, op, "the ranks of group '%s' count different experts: rank 0 has "
+                              "%lld experts, rank %d has %lld", moe_group_name(grp), (long long)experts[0], q,
+                              (long long)experts[q]);
+        moe_tensor_release(all);
+        MOE_TRY(st);
+    }
+    return MOE_OK;
+}
+
 /* One balance term of a prepared input, with its scopes and reductions. */
 static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_kind kind, loss_in *in,
                                const moe_aux_options *o, double **gb_red, moe_balance_tracker **gb_tr)
@@ -942,7 +1005,7 @@ static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_ki
                                      o->score, o->sigmoid_eps, in->valid, in->count_ids, in->T, in->E,
                                      o->top_k);
     moe_aux_params prm = {.K = o->top_k, .k_in_f = o->k_in_f, .loss_div_factor = o->loss_div_factor,
-                          .num_layers = o->num_layers};
+                          .num_layers = o->num_layers, .convention = o->convention};
     double *red = NULL, *acc = NULL;
     if (st == MOE_OK && kind != MOE_AUX_OLMO_LOCAL_BATCH && kind != MOE_AUX_GLOBAL_BATCH) {
         moe_group *g = o->group;
@@ -959,6 +1022,7 @@ static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_ki
             acc = malloc(sizeof(double) * (size_t)(in->E + 1));
             if (!red || !acc) st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
         }
+        if (st == MOE_OK) st = tracker_same_experts(tr, op);
         if (st == MOE_OK) st = moe_tracker_reduce(tr, stats.C, stats.Tn[0], red);
         if (st == MOE_OK) st = moe_tracker_view(tr, red, acc);
         /* P̄ divides by the micro-batch's tokens per data-parallel replica: its
@@ -977,6 +1041,8 @@ static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_ki
         prm.acc_counts = acc;
         prm.acc_tokens = acc ? acc[in->E] : 0;
         prm.mb_tokens = mb;
+        prm.acc_micro = tr ? moe_tracker_view_micro(tr) : 1;
+        prm.cur_tokens = red ? red[in->E] : 0;
         *gb_tr = tr;
     }
     if (st == MOE_OK) st = moe_aux_term_build(tp, kind, 1.0, &stats, &sc, &prm);
@@ -996,6 +1062,8 @@ moe_status moe_load_balancing_loss(moe_tensor **out, moe_aux_kind kind, moe_tens
     MOE_CHECK_NOT_NULL(op, options);
     if ((unsigned)kind >= MOE_AUX_KIND_COUNT)
         return moe_fail(MOE_ERR_ARG, op, "unknown loss kind %d", (int)kind);
+    if ((unsigned)options->convention >= MOE_CONVENTION_COUNT)
+        return moe_fail(MOE_ERR_ARG, op, "unknown convention %d", (int)options->convention);
     if (kind == MOE_AUX_Z) return moe_z_loss(out, logits, options->valid);
     if (options->num_layers < 1)
         return moe_fail(MOE_ERR_ARG, op, "num_layers must be >= 1, got %lld", (long long)options->num_layers);
@@ -1029,7 +1097,14 @@ moe_status moe_load_balancing_loss(moe_tensor **out, moe_aux_kind kind, moe_tens
 
 moe_status moe_z_loss(moe_tensor **out, moe_tensor *logits, moe_tensor *valid)
 {
+    return moe_z_loss_div(out, logits, valid, 0);
+}
+
+moe_status moe_z_loss_div(moe_tensor **out, moe_tensor *logits, moe_tensor *valid, double div)
+{
     *out = NULL;
+    if (!(div >= 0) || isinf(div))
+        return moe_fail(MOE_ERR_ARG, "z-loss", "the divisor must be finite and > 0 (or 0 for the mean), got %g", div);
     moe_aux_options o;
     moe_aux_options_default(&o);
     o.valid = valid;
@@ -1037,7 +1112,7 @@ moe_status moe_z_loss(moe_tensor **out, moe_tensor *logits, moe_tensor *valid)
     MOE_TRY(loss_prepare(&in, "z-loss", logits, &o, false, true));
     moe_aux_node_spec spec = {.z = in.z, .s = in.s, .valid = in.valid, .lse = in.lse,
                               .score = MOE_SCORE_SOFTMAX};
-    moe_z_plan_compute(&spec.zterm, in.lse, in.valid, in.T);
+    moe_z_plan_compute(&spec.zterm, in.lse, in.valid, in.T, div);
     spec.zterm.coeff = 1.0;
     moe_status st = moe_aux_node_make(out, &spec);
     loss_in_free(&in);
@@ -1095,6 +1170,7 @@ moe_status moe_balance_stats_compute(moe_balance_stats *out, moe_tensor *counts)
     double *c = malloc(sizeof(double) * (size_t)E);
     if (!c) return moe_fail(MOE_ERR_NOMEM, "balance-stats", "out of memory");
     moe_status st = moe_tensor_to_doubles(counts, c);
+    if (st == MOE_OK) st = check_counts("balance-stats", c, E);
     if (st != MOE_OK) {
         free(c);
         return st;

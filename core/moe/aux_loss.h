@@ -62,6 +62,13 @@
  * fractions), giving K × the canonical value: options.k_in_f = false
  * reproduces that convention.
  *
+ * Conventions (options.convention): MOE_CONVENTION_EXACT is every form above.
+ * MOE_CONVENTION_MEGATRON reproduces Megatron-Core's arithmetic: sequence
+ * uses one length for all N sequences, T̄ = Σ_{n,i} c_{n,i}/(K·N), and the
+ * mean over all N; global-batch takes f_i = (c_i^acc/M)/(K·T_cur), M the
+ * micro-batches accumulated and T_cur this micro-batch's tokens over the
+ * tracker's group. Equal lengths and equal micro-batches make both agree.
+ *
  * Which routing map counts: by default the plain top-k of the loss scores
  * (unbiased, not group-limited, not capacity-dropped; Megatron, DeepSeek-V3);
  * pass options.routing_ids [T K] to count the actual routing instead
@@ -87,10 +94,26 @@ extern "C" {
 typedef enum moe_score_fn {
     MOE_SCORE_SOFTMAX,
     MOE_SCORE_SIGMOID,
+    MOE_SCORE_SQRTSOFTPLUS, /* s = √softplus(z) (Megatron-Core); handled like sigmoid:
+                               loss scores s/(Σ s + ε), renormalised weights */
     MOE_SCORE_FN_COUNT
 } moe_score_fn;
-const char *moe_score_fn_name(moe_score_fn f); /* "softmax", "sigmoid" */
+const char *moe_score_fn_name(moe_score_fn f); /* "softmax", "sigmoid", "sqrtsoftplus" */
 bool moe_score_fn_parse(const char *name, moe_score_fn *out);
+/* True for the score functions whose loss scores are s/(Σ_j s_j + ε). */
+static inline bool moe_score_is_normalized(moe_score_fn f) { return f != MOE_SCORE_SOFTMAX; }
+
+/* Which framework's arithmetic the losses and the capacity report follow. */
+typedef enum moe_convention {
+    MOE_CONVENTION_EXACT,    /* moelab's exact forms (default) */
+    MOE_CONVENTION_MEGATRON, /* Megatron-Core's: sequence loss with the average valid
+                                length, global-batch counts averaged over the
+                                micro-batches seen and normalised by the current
+                                micro-batch's tokens, capacity reported unclamped */
+    MOE_CONVENTION_COUNT
+} moe_convention;
+const char *moe_convention_name(moe_convention c); /* "exact" "megatron" */
+bool moe_convention_parse(const char *name, moe_convention *out);
 
 typedef enum moe_aux_kind {
     MOE_AUX_MICRO_BATCH,      /* "micro-batch" */
@@ -167,6 +190,7 @@ typedef struct moe_aux_options {
     double loss_div_factor;   /* OLMo-core divisor override; 0: the default */
     int64_t num_layers;       /* MegaBlocks: the model's total MoE layer count (default 1) */
     bool k_in_f;              /* true (default): canonical f = c/(K·T); false: value × K */
+    moe_convention convention; /* sequence and global-batch arithmetic (default exact) */
 } moe_aux_options;
 
 /* Defaults: top_k 1, softmax, sigmoid_eps 1e-20, num_layers 1, k_in_f true,
@@ -183,6 +207,9 @@ moe_status moe_load_balancing_loss(moe_tensor **out, moe_aux_kind kind, moe_tens
 
 /* mean over valid tokens of (logsumexp z_t)²; VALID may be NULL. */
 moe_status moe_z_loss(moe_tensor **out, moe_tensor *logits, moe_tensor *valid);
+/* The same with the sum over valid tokens divided by DIV instead (DIV > 0;
+ * OLMo-core passes the balancing loss's divisor); DIV = 0 is the mean. */
+moe_status moe_z_loss_div(moe_tensor **out, moe_tensor *logits, moe_tensor *valid, double div);
 
 /* MegaBlocks' batched loss over the N layers of one pipeline stage, each with
  * its logits [T E] (same T) and, optionally, its actual routing ids [T K]
@@ -202,8 +229,8 @@ typedef struct moe_balance_stats {
     double total;         /* Σ c_i */
 } moe_balance_stats;
 
-/* Statistics of COUNTS [E] (any numeric dtype). All zero counts: ratios are 0,
- * dead_fraction 1. */
+/* Statistics of COUNTS [E] (any numeric dtype; finite, non-negative). All
+ * zero counts: ratios are 0, dead_fraction 1. */
 moe_status moe_balance_stats_compute(moe_balance_stats *out, moe_tensor *counts);
 /* MaxVio of COUNTS [E] alone. */
 moe_status moe_max_violation(double *out, moe_tensor *counts);

@@ -31,7 +31,10 @@ NAME_TABLE(moe_capacity_formula, capacity_formula, MOE_CAPACITY_FORMULA_COUNT, "
 NAME_TABLE(moe_drop_policy, drop_policy, MOE_DROP_POLICY_COUNT, "probs", "position")
 NAME_TABLE(moe_count_from, count_from, MOE_COUNT_FROM_COUNT, "topk", "actual")
 NAME_TABLE(moe_grad_mode, grad_mode, MOE_GRAD_MODE_COUNT, "inject", "add")
-NAME_TABLE(moe_debug_routing, debug_routing, MOE_DEBUG_ROUTING_COUNT, "none", "uniform", "imbalance")
+NAME_TABLE(moe_debug_routing, debug_routing, MOE_DEBUG_ROUTING_COUNT, "none", "uniform", "imbalance", "random")
+NAME_TABLE(moe_routing_mode, routing_mode, MOE_ROUTING_MODE_COUNT, "topk", "quantile-balancing")
+NAME_TABLE(moe_replay_mode, replay_mode, MOE_REPLAY_MODE_COUNT, "off", "record")
+NAME_TABLE(moe_convention, convention, MOE_CONVENTION_COUNT, "exact", "megatron")
 
 /* ---- defaults and presets ------------------------------------------------------------ */
 
@@ -99,10 +102,14 @@ moe_status moe_router_config_preset(moe_router_config *c, const char *name)
     c->global_buffer = true;
     c->grad_mode = MOE_GRAD_INJECT;
     c->group_score_top = 0;
+    c->convention = MOE_CONVENTION_EXACT;
+    c->z_loss_div = false;
+    c->debug_keep_weights = false;
     switch (which) {
     case 0: /* megatron */
         c->score = MOE_SCORE_SOFTMAX;
         c->pre_softmax = false;
+        c->convention = MOE_CONVENTION_MEGATRON;
         set_loss(c, 1, (moe_aux_term[]){{MOE_AUX_MICRO_BATCH, 1e-2}});
         break;
     case 1: /* olmo-core */
@@ -114,6 +121,7 @@ moe_status moe_router_config_preset(moe_router_config *c, const char *name)
         c->loss_eps = 0;
         c->count_from = MOE_COUNT_ACTUAL;
         c->grad_mode = MOE_GRAD_ADD;
+        c->z_loss_div = true;
         set_loss(c, 2, (moe_aux_term[]){{MOE_AUX_OLMO_LOCAL_BATCH, 1e-2}, {MOE_AUX_Z, 1e-3}});
         break;
     case 2: /* torchtitan */
@@ -133,6 +141,7 @@ moe_status moe_router_config_preset(moe_router_config *c, const char *name)
         c->capacity_formula = MOE_CAPACITY_MEGABLOCKS;
         c->drop_policy = MOE_DROP_POSITION;
         c->count_from = MOE_COUNT_ACTUAL;
+        c->debug_keep_weights = true;
         c->grad_mode = MOE_GRAD_ADD;
         set_loss(c, 1, (moe_aux_term[]){{MOE_AUX_MEGABLOCKS, 0.1}});
         break;
@@ -143,6 +152,7 @@ moe_status moe_router_config_preset(moe_router_config *c, const char *name)
         c->group_score_top = 2;
         c->expert_bias = true;
         c->loss_eps = 0;
+        c->convention = MOE_CONVENTION_MEGATRON; /* built on Megatron-Core */
         set_loss(c, 1, (moe_aux_term[]){{MOE_AUX_SEQUENCE, 1e-4}});
         break;
     case 5: /* qwen-global */
@@ -150,6 +160,7 @@ moe_status moe_router_config_preset(moe_router_config *c, const char *name)
         c->pre_softmax = true;
         c->normalize = MOE_NORM_ON;
         c->norm_eps = 0;
+        c->convention = MOE_CONVENTION_MEGATRON; /* built on Megatron-Core */
         set_loss(c, 1, (moe_aux_term[]){{MOE_AUX_GLOBAL_BATCH, 1e-3}});
         break;
     }
@@ -232,6 +243,9 @@ moe_status moe_router_config_validate(const moe_router_config *c)
     if (!(c->bias_rate >= 0) || isinf(c->bias_rate)) BAD("bias rate must be finite and >= 0, got %g", c->bias_rate);
     if (!(c->debug_skew >= 0)) BAD("debug skew must be >= 0, got %g", c->debug_skew);
     if ((unsigned)c->debug_routing >= MOE_DEBUG_ROUTING_COUNT) BAD("unknown debug routing");
+    if ((unsigned)c->convention >= MOE_CONVENTION_COUNT) BAD("unknown convention %d", (int)c->convention);
+    if ((unsigned)c->routing >= MOE_ROUTING_MODE_COUNT) BAD("unknown routing mode %d", (int)c->routing);
+    if ((unsigned)c->replay >= MOE_REPLAY_MODE_COUNT) BAD("unknown replay mode %d", (int)c->replay);
     if ((unsigned)c->count_from >= MOE_COUNT_FROM_COUNT) BAD("unknown count-from");
     if ((unsigned)c->grad_mode >= MOE_GRAD_MODE_COUNT) BAD("unknown grad mode");
     if (c->num_moe_layers < 1) BAD("num-moe-layers must be >= 1, got %lld", (long long)c->num_moe_layers);
@@ -252,6 +266,21 @@ moe_status moe_router_config_validate(const moe_router_config *c)
                 "(set it to 0 or drop it)",
                 moe_aux_kind_name(k), c->losses[i].coeff);
         if (k != MOE_AUX_Z && c->losses[i].coeff != 0) batchwise = true;
+    }
+    if (c->routing == MOE_ROUTING_QUANTILE_BALANCING) {
+        const char *qb = "quantile-balancing routing";
+        if (!(c->qb_ema >= 0 && c->qb_ema < 1)) BAD("qb-ema must be in [0, 1), got %g", c->qb_ema);
+        if (K >= E) BAD("%s needs top-k < experts (the (K+1)-th largest logit), got K = %lld, E = %lld", qb, K, E);
+        if (G > 0) BAD("%s takes no group limiting, got %lld groups", qb, G);
+        if (c->sinkhorn) BAD("%s and sinkhorn routing exclude each other", qb);
+        if (c->expert_bias) BAD("%s keeps its own bias β and takes no expert bias", qb);
+        for (int i = 0; i < c->n_losses; i++)
+            if (c->losses[i].kind != MOE_AUX_Z && c->losses[i].coeff != 0)
+                BAD("%s balances by itself and takes no balancing loss; '%s' has coefficient %g (the "
+                    "z-loss is allowed)",
+                    qb, moe_aux_kind_name(c->losses[i].kind), c->losses[i].coeff);
+    } else if (c->qb_ema != 0) {
+        BAD("qb-ema %g given without quantile-balancing routing", c->qb_ema);
     }
     if (batchwise && c->grad_mode == MOE_GRAD_ADD && c->pp_size > 1)
         BAD("add mode cannot carry batch-wise balance losses across %lld pipeline stages (the loss of "

@@ -283,7 +283,13 @@ to_input_dtype:
         moe_tensor_release(y);
         y = cv;
     }
-    st = moe_autograd_record(y, op, gmlp_backward, IN_COUNT, ins, 0, NULL, c, gmlp_ctx_free);
+    /* The backward reads the ctx's tensors; saving them too gets their
+     * versions checked (an expert weight changed in place before backward). */
+    moe_tensor *read[IN_COUNT];
+    int n_read = 0;
+    for (int i = 0; i < IN_COUNT; i++)
+        if (c->in[i]) read[n_read++] = c->in[i];
+    st = moe_autograd_record(y, op, gmlp_backward, IN_COUNT, ins, n_read, read, c, gmlp_ctx_free);
     c = NULL; /* owned by the node now (or freed) */
     if (st != MOE_OK) goto done;
     *out = y;

@@ -2,12 +2,14 @@
 ## Headers install under $(includedir)/moelab/moe and are included as "moe/router.h".
 libmoelab_la_SOURCES += \
 	core/moe/router.c core/moe/config.c core/moe/select.c core/moe/sinkhorn.c \
-	core/moe/capacity.c core/moe/aux_loss.c core/moe/metrics.c core/moe/moe_internal.h
+	core/moe/capacity.c core/moe/aux_loss.c core/moe/metrics.c core/moe/moe_internal.h \
+	core/moe/quantile.c core/moe/replay.c
 moelabmoedir = $(includedir)/moelab/moe
 moelabmoe_HEADERS = core/moe/router.h core/moe/aux_loss.h core/moe/metrics.h
 
 ## ---- tests ------------------------------------------------------------------
-MOE_ROUTER_TESTS = tests/unit/check_router tests/unit/check_aux_loss tests/unit/check_router_refs
+MOE_ROUTER_TESTS = tests/unit/check_router tests/unit/check_aux_loss tests/unit/check_router_refs \
+	tests/unit/check_router_conv_refs
 check_PROGRAMS += $(MOE_ROUTER_TESTS)
 TESTS += $(MOE_ROUTER_TESTS)
 tests_unit_check_router_SOURCES = tests/unit/check_router.c tests/unit/testutil.h
@@ -15,7 +17,13 @@ tests_unit_check_aux_loss_SOURCES = tests/unit/check_aux_loss.c tests/unit/testu
 tests_unit_check_router_refs_SOURCES = tests/unit/check_router_refs.c tests/unit/testutil.h \
 	tests/reference/refs.c tests/reference/refs.h
 tests_unit_check_router_refs_CPPFLAGS = $(AM_CPPFLAGS) -DMOE_REFS_FILE='"$(abs_srcdir)/tests/reference/router_refs.txt"'
-EXTRA_DIST += tests/reference/router_refs.txt tests/reference/gen_router_refs.py
+tests_unit_check_router_conv_refs_SOURCES = $(tests_unit_check_router_refs_SOURCES)
+tests_unit_check_router_conv_refs_CPPFLAGS = $(AM_CPPFLAGS) \
+	-DMOE_REFS_FILE='"$(abs_srcdir)/tests/reference/router_conv_refs.txt"' \
+	-DMOE_REFS_RTOL_F64=1e-10 -DMOE_REFS_RTOL_F32=1e-5 -DMOE_REFS_FLOOR_F32=1 \
+	-DMOE_REFS_MIN_CASES=58
+EXTRA_DIST += tests/reference/router_refs.txt tests/reference/router_conv_refs.txt \
+	tests/reference/gen_router_refs.py
 
 ## ---- benchmark: router forward+backward next to the gate matmul ------------------
 noinst_PROGRAMS += tests/bench/bench-router

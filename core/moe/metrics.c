@@ -29,8 +29,18 @@ moe_status moe_router_metrics_get(moe_router_metrics *m, moe_router *r)
     memset(m, 0, sizeof *m);
     MOE_CHECK_NOT_NULL("router-metrics", r);
     int64_t E = r->cfg.experts, K = r->cfg.top_k;
+    /* the step window: the step in progress, or, when it has routed nothing
+     * yet, the one the last router-step closed */
+    bool ended = r->steps > 0 && r->step_micro == 0 && r->step_tokens == 0;
+    const double *counts = ended ? r->ended_counts : r->step_counts;
+    double tok = ended ? r->ended_tokens : r->step_tokens;
+    double entropy = ended ? r->ended_entropy : r->step_entropy;
+    double mass = ended ? r->ended_mass : r->step_mass;
+    double dropped = ended ? r->ended_dropped : r->step_dropped;
+    int64_t micro = ended ? r->ended_micro : r->step_micro;
+    const double *aux = ended ? r->ended_aux : r->step_aux;
     moe_status st = counts_tensor(&m->tokens_per_expert, r->batch_counts, E);
-    if (st == MOE_OK) st = counts_tensor(&m->tokens_per_expert_step, r->step_counts, E);
+    if (st == MOE_OK) st = counts_tensor(&m->tokens_per_expert_step, counts, E);
     if (st == MOE_OK && r->have_global) st = counts_tensor(&m->tokens_per_expert_global, r->global_counts, E);
     if (st == MOE_OK && r->bias) st = moe_clone(&m->bias, r->bias);
     moe_balance_stats b = {0}, s = {0}, g = {0};
@@ -41,24 +51,25 @@ moe_status moe_router_metrics_get(moe_router_metrics *m, moe_router *r)
         moe_router_metrics_release(m);
         return st;
     }
-    m->max_violation_batch = b.max_violation;
-    m->max_violation_step = s.max_violation;
-    m->max_violation_global = r->have_global ? g.max_violation : NAN;
-    m->cv = s.cv;
-    m->max_over_mean = s.max_over_mean;
-    m->dead_fraction = s.dead_fraction;
-    double tok = r->step_tokens;
-    m->entropy = tok > 0 && E > 1 ? r->step_entropy / tok / log((double)E) : 0.0;
-    m->selected_mass = tok > 0 ? r->step_mass / tok : 0.0;
-    m->dropped_fraction = tok > 0 ? r->step_dropped / ((double)K * tok) : 0.0;
+    /* an empty window has counts (all 0) but no statistics: NaN, not "all dead" */
+    m->max_violation_batch = b.total > 0 ? b.max_violation : NAN;
+    m->max_violation_step = s.total > 0 ? s.max_violation : NAN;
+    m->max_violation_global = r->have_global && g.total > 0 ? g.max_violation : NAN;
+    m->cv = s.total > 0 ? s.cv : NAN;
+    m->max_over_mean = s.total > 0 ? s.max_over_mean : NAN;
+    m->dead_fraction = s.total > 0 ? s.dead_fraction : NAN;
+    m->entropy = tok > 0 ? (E > 1 ? entropy / tok / log((double)E) : 0.0) : NAN;
+    m->selected_mass = tok > 0 ? mass / tok : NAN;
+    m->dropped_fraction = tok > 0 ? dropped / ((double)K * tok) : NAN;
     m->n_aux = r->n_aux;
     for (int i = 0; i < r->n_aux; i++) {
         m->aux_kind[i] = r->aux_kind[i];
-        m->aux_value[i] = r->step_micro ? r->step_aux[i] / (double)r->step_micro : 0.0;
+        m->aux_value[i] = micro ? aux[i] / (double)micro : NAN;
     }
-    m->micro_batches = r->step_micro;
+    m->micro_batches = micro;
     m->tokens = (int64_t)tok;
     m->step = r->steps;
+    m->step_ended = ended;
     return MOE_OK;
 }
 

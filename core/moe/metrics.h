@@ -2,8 +2,12 @@
  * reductions (the manual, "Routers and balancing losses").
  *
  * Windows: "batch" is the last forward (micro-batch) of the router; "step" is
- * everything this rank routed since the last moe_router_step; "global" is the
- * last completed step summed over cp, tp and dp (made by moe_router_step).
+ * everything this rank routed since the last moe_router_step or, when that
+ * is nothing yet, the step window that moe_router_step closed (so metrics
+ * read right after a step describe the step that just ended); "global" is
+ * the last completed step summed over cp, tp and dp (made by
+ * moe_router_step). A window without tokens reports its counts (zeros) and
+ * NaN for every statistic: no data, not "all experts dead".
  * Counts are of the actual routing after capacity dropping, valid tokens only.
  * Scores for entropy and selected mass are the loss scores p (softmax, or
  * sigmoid normalised per token). */
@@ -22,10 +26,11 @@ typedef struct moe_router_metrics {
     moe_tensor *tokens_per_expert_step;   /* [E] f64, step window (local) */
     moe_tensor *tokens_per_expert_global; /* [E] f64, last completed step (NULL before one) */
     moe_tensor *bias;                     /* [E] f32 copy of the expert bias (NULL without) */
-    double max_violation_batch;           /* MaxVio of the batch counts */
-    double max_violation_step;            /* MaxVio of the step counts (local) */
+    double max_violation_batch;           /* MaxVio of the batch counts (NaN: no tokens) */
+    double max_violation_step;            /* MaxVio of the step counts (local; NaN: no tokens) */
     double max_violation_global;          /* MaxVio of the global counts (NaN before a step) */
-    double cv;                            /* std/mean of the step counts */
+    double cv;                            /* std/mean of the step counts (this and below: NaN
+                                             when the step window has no tokens) */
     double max_over_mean;                 /* max/mean of the step counts */
     double dead_fraction;                 /* experts with no token in the step */
     double entropy;                       /* mean_t H(p_t)/log E over the step's tokens */
@@ -38,6 +43,7 @@ typedef struct moe_router_metrics {
     int64_t micro_batches;                /* forwards in the step window */
     int64_t tokens;                       /* valid tokens in the step window */
     int64_t step;                         /* completed optimizer steps */
+    bool step_ended;                      /* the step window is the one the last step closed */
 } moe_router_metrics;
 
 /* Fill OUT (caller frees with moe_router_metrics_release). No collectives. */

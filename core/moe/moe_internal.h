@@ -48,6 +48,22 @@ static inline double moe_log_dt(double x, moe_dtype dt)
     return dt == MOE_F32 ? (double)logf((float)x) : log(x);
 }
 
+/* √softplus(z), the sqrtsoftplus score (softplus in its overflow-safe form). */
+static inline double moe_sqrtsoftplus(double z)
+{
+    return sqrt(z > 0 ? z + log1p(exp(-z)) : log1p(exp(z)));
+}
+
+/* ds/dz of a normalised score function from the score s itself (OFFSET is
+ * the constant added to it): sigmoid σ(1−σ); sqrtsoftplus σ(z)/(2u) with
+ * u = √softplus(z), σ(z) = 1 − exp(−u²). */
+static inline double moe_score_deriv(moe_score_fn f, double s, double offset)
+{
+    double u = s - offset;
+    if (f == MOE_SCORE_SIGMOID) return u * (1.0 - u);
+    return u > 0 ? -expm1(-u * u) / (2.0 * u) : 0.0;
+}
+
 /* ---- f32 fast path: vectorisable exp and log (relative error ~3e-7); the f32
  * rows use them, f64 rows use libm ---------------------------------------------- */
 
@@ -158,12 +174,16 @@ typedef struct moe_route_plan {
     moe_debug_routing debug;
     uint64_t debug_seed, debug_offset;
     double debug_skew;
+    bool debug_keep_weights;     /* uniform debug: weights of the replaced selection */
     bool count_topk;             /* count_ids = plain top-k of s */
+    const int64_t *given_ids;    /* [T K] replayed ids: no selection, or NULL */
 
     void *s;                     /* [T E] base scores (dtype) */
     double *rowsum;              /* [T] Σ_j s_j (sigmoid) */
     double *lse;                 /* [T] logsumexp z */
     int64_t *ids;                /* [T K] selected experts */
+    int64_t *weight_ids;         /* [T K] the ids the weights were gathered at, when they
+                                    differ from ids (debug_keep_weights), or NULL */
     double *wu;                  /* [T K] normalised weights, before scaling/masking */
     int64_t *count_ids;          /* [T K] */
     double *entropy;             /* [T] H(p_t) */
@@ -262,6 +282,11 @@ typedef struct moe_aux_params {
     const double *acc_counts;
     double acc_tokens;
     double mb_tokens;
+    moe_convention convention;
+    /* global-batch under the megatron convention: micro-batches accumulated
+     * (this one included) and this micro-batch's tokens over the counts' group */
+    double acc_micro;
+    double cur_tokens;
 } moe_aux_params;
 /* Build term KIND (not z) from reduced STATS; STATS must be of the kind's
  * scopes (single for batch kinds, sequences for sequence kinds). */
@@ -269,14 +294,15 @@ moe_status moe_aux_term_build(moe_aux_term_plan *tp, moe_aux_kind kind, double c
                               const moe_scope_stats *stats, const moe_scopes *sc,
                               const moe_aux_params *prm);
 
-/* The z term: mean over valid tokens of lse². */
+/* The z term: Σ over valid tokens of lse², divided by DIV (> 0) or, for DIV
+ * = 0, by the number of valid tokens (the mean). */
 typedef struct moe_z_plan {
     bool on;
     double coeff;
     double value;
-    double n_valid;
+    double n_valid; /* the divisor */
 } moe_z_plan;
-void moe_z_plan_compute(moe_z_plan *zp, const double *lse, const uint8_t *valid, int64_t T);
+void moe_z_plan_compute(moe_z_plan *zp, const double *lse, const uint8_t *valid, int64_t T, double div);
 
 /* Record the loss node: OUT (0-d, dtype of Z) = Σ_terms coeff·value (+ z),
  * differentiable in Z. S [T E] are the base scores (kept for backward), LSE
@@ -301,11 +327,27 @@ moe_status moe_tracker_reduce(moe_balance_tracker *tr, const double *counts, dou
 /* The buffer the loss sees if RED [E+1] is committed: ACC [E+1] (in recompute
  * mode, the snapshot of the replayed forward). */
 moe_status moe_tracker_view(moe_balance_tracker *tr, const double *red, double *acc);
+/* The micro-batches the buffer of moe_tracker_view holds (this one included). */
+double moe_tracker_view_micro(const moe_balance_tracker *tr);
 /* Apply RED (no-op while recomputing, which advances the replay cursor). */
 moe_status moe_tracker_commit(moe_balance_tracker *tr, const double *red);
 bool moe_tracker_recomputing(const moe_balance_tracker *tr);
 /* Raw buffer access for state save/load. */
 const double *moe_tracker_buffer(const moe_balance_tracker *tr);
+
+/* ---- quantile.c ------------------------------------------------------------------- */
+/* The per-expert quantiles Q [E] of one micro-batch of logits Z [T E] (T·K
+ * divisible by E) under the bias BETA [E]. */
+moe_status moe_qb_quantiles(double *q, const void *z, moe_dtype dt, int64_t T, int64_t E, int64_t K,
+                            const float *beta);
+/* β ← ema·β + (1 − ema)·QBAR, then re-centred to zero mean (f32). */
+void moe_qb_update(float *beta, const double *qbar, int64_t E, double ema);
+
+/* ---- replay.c ---------------------------------------------------------------------- */
+/* IDS [T K] checked (shape, range, distinct in a row) into *OUT (malloc'd). */
+moe_status moe_replay_ids_read(int64_t **out, moe_tensor *ids, int64_t T, int64_t K, int64_t E);
+moe_status moe_replay_push_record(moe_router *r, moe_tensor *ids);
+void moe_replay_free(moe_router *r);
 
 /* ---- router.c internals used by metrics.c --------------------------------------------- */
 
@@ -320,6 +362,7 @@ struct moe_router {
      * used (replayed in order while recomputing) */
     uint64_t rng_next;
     uint64_t *rec_offsets;
+    moe_tensor **rec_given; /* the given expert ids of each recorded forward, or NULL */
     int64_t n_rec, cap_rec, rec_cursor;
     /* bias update: actual counts of the step (kept slots) */
     double *bias_counts;
@@ -336,6 +379,21 @@ struct moe_router {
     double *global_counts;
     bool have_global;
     int64_t steps;
+    /* the local step window the last moe_router_step closed: the metrics
+     * describe it until the next step routes something */
+    double *ended_counts;
+    double ended_tokens, ended_dropped, ended_entropy, ended_mass;
+    int64_t ended_micro;
+    double ended_aux[MOE_ROUTER_MAX_LOSSES];
+    /* quantile balancing: β [E] f32, the step's summed quantiles [E] and their count */
+    moe_tensor *qb_beta;
+    double *qb_sum;
+    double qb_micro;
+    /* replay: the ids to play back (router-replay!) and the record */
+    moe_tensor **replay_ids;
+    int64_t n_replay, replay_cursor;
+    moe_tensor **record;
+    int64_t n_record, cap_record;
 };
 
 #endif

@@ -30,6 +30,13 @@
 
 /* ---- lifetime ------------------------------------------------------------------------ */
 
+/* Forget the forwards recorded for recomputation (and their given ids). */
+static void clear_records(moe_router *r)
+{
+    for (int64_t i = 0; i < r->n_rec; i++) moe_tensor_release(r->rec_given[i]);
+    r->n_rec = 0;
+}
+
 static bool has_loss(const moe_router_config *c, moe_aux_kind k)
 {
     for (int i = 0; i < c->n_losses; i++)
@@ -76,8 +83,9 @@ moe_status moe_router_new(moe_router **out, const moe_router_config *cfg)
     r->batch_counts = calloc((size_t)E, sizeof(double));
     r->step_counts = calloc((size_t)E, sizeof(double));
     r->global_counts = calloc((size_t)E, sizeof(double));
+    r->ended_counts = calloc((size_t)E, sizeof(double));
     moe_status st = MOE_OK;
-    if (!r->bias_counts || !r->batch_counts || !r->step_counts || !r->global_counts)
+    if (!r->bias_counts || !r->batch_counts || !r->step_counts || !r->global_counts || !r->ended_counts)
         st = moe_fail(MOE_ERR_NOMEM, "make-router", "out of memory");
     moe_rng rng;
     moe_rng_init(&rng, cfg->seed ^ INIT_SEED_MIX);
@@ -88,6 +96,11 @@ moe_status moe_router_new(moe_router **out, const moe_router_config *cfg)
         st = moe_tensor_requires_grad_(r->weight, true);
     }
     if (st == MOE_OK && cfg->expert_bias) st = moe_tensor_zeros(&r->bias, MOE_F32, MOE_CPU, 1, &E);
+    if (st == MOE_OK && cfg->routing == MOE_ROUTING_QUANTILE_BALANCING) {
+        st = moe_tensor_zeros(&r->qb_beta, MOE_F32, MOE_CPU, 1, &E);
+        r->qb_sum = calloc((size_t)E, sizeof(double));
+        if (st == MOE_OK && !r->qb_sum) st = moe_fail(MOE_ERR_NOMEM, "make-router", "out of memory");
+    }
     if (st == MOE_OK && has_loss(cfg, MOE_AUX_GLOBAL_BATCH)) st = make_tracker(r);
     r->n_aux = cfg->n_losses;
     for (int i = 0; i < cfg->n_losses; i++) r->aux_kind[i] = cfg->losses[i].kind;
@@ -104,15 +117,21 @@ void moe_router_free(moe_router *r)
     if (!r) return;
     moe_tensor_release(r->weight);
     moe_tensor_release(r->bias);
+    moe_tensor_release(r->qb_beta);
+    free(r->qb_sum);
+    moe_replay_free(r);
     moe_group_release(r->tp);
     moe_group_release(r->cp);
     moe_group_release(r->dp);
     moe_balance_tracker_free(r->tracker);
+    clear_records(r);
     free(r->rec_offsets);
+    free(r->rec_given);
     free(r->bias_counts);
     free(r->batch_counts);
     free(r->step_counts);
     free(r->global_counts);
+    free(r->ended_counts);
     free(r);
 }
 
@@ -120,6 +139,7 @@ const moe_router_config *moe_router_get_config(const moe_router *r) { return &r-
 moe_tensor *moe_router_weight(moe_router *r) { return r->weight; }
 moe_tensor *moe_router_bias(moe_router *r) { return r->bias; }
 moe_balance_tracker *moe_router_tracker(moe_router *r) { return r->tracker; }
+moe_tensor *moe_router_qb_beta(moe_router *r) { return r->qb_beta; }
 void moe_router_set_training(moe_router *r, bool training) { r->cfg.training = training; }
 
 void moe_router_set_recomputing(moe_router *r, bool recomputing)
@@ -163,6 +183,14 @@ moe_status moe_router_set_bias(moe_router *r, moe_tensor *bias)
     if (!r->bias)
         return moe_fail(MOE_ERR_STATE, "set-router-bias!", "the router has no expert bias (#:expert-bias? #f)");
     return copy_into("set-router-bias!", r->bias, bias);
+}
+
+moe_status moe_router_set_qb_beta(moe_router *r, moe_tensor *beta)
+{
+    if (!r->qb_beta)
+        return moe_fail(MOE_ERR_STATE, "set-router-qb-beta!",
+                        "the router has no quantile-balancing bias (#:routing 'quantile-balancing)");
+    return copy_into("set-router-qb-beta!", r->qb_beta, beta);
 }
 
 moe_status moe_router_set_groups(moe_router *r, moe_group *tp, moe_group *cp, moe_group *dp)
@@ -241,21 +269,26 @@ typedef struct fwd {
     moe_tensor *x2, *xc, *noise, *xj, *z;
     moe_tensor *s;              /* [T E] base scores */
     moe_tensor *ids_t, *wu_t, *kept_t; /* [T K] */
+    moe_tensor *wid_t;          /* [T K] ids the weights came from (kept-weights debug) or NULL */
+    int64_t *given;             /* [T K] replayed ids or NULL */
+    double *qb_off, *qb_q;      /* [E] −β (selection offset), this micro-batch's quantiles */
     double *rowsum, *lse, *entropy, *mass, *log_d1; /* [T] [T] [T] [T] [E] */
     int64_t *count_ids;         /* [T K] */
     uint8_t *pad_map;           /* [T E] */
     moe_scopes single, seqs;
     moe_scope_stats st_single, st_local, st_seqs;
     double *gb_red, *gb_acc;    /* [E+1] */
+    double gb_micro;            /* micro-batches in gb_acc */
     moe_score_fn score;         /* of s (sinkhorn picks its own) */
 } fwd;
 
 static void fwd_free(fwd *f)
 {
-    moe_tensor *ts[] = {f->x2, f->xc, f->noise, f->xj, f->z, f->s, f->ids_t, f->wu_t, f->kept_t};
+    moe_tensor *ts[] = {f->x2, f->xc, f->noise, f->xj, f->z, f->s, f->ids_t, f->wu_t, f->kept_t, f->wid_t};
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) moe_tensor_release(ts[i]);
     free(f->valid), free(f->rowsum), free(f->lse), free(f->entropy), free(f->mass), free(f->log_d1);
     free(f->count_ids), free(f->pad_map), free(f->gb_red), free(f->gb_acc);
+    free(f->given), free(f->qb_off), free(f->qb_q);
     moe_scopes_free(&f->single);
     moe_scopes_free(&f->seqs);
     moe_scope_stats_free(&f->st_single);
@@ -341,12 +374,12 @@ static moe_status build_terms(moe_aux_term_plan **out, int *n_out, moe_z_plan *z
         moe_aux_kind k = c->losses[i].kind;
         double coeff = unit_coeff ? 1.0 : c->losses[i].coeff;
         if (k == MOE_AUX_Z) {
-            moe_z_plan_compute(zp, f->lse, f->valid, f->T);
+            moe_z_plan_compute(zp, f->lse, f->valid, f->T, c->z_loss_div ? c->loss_div_factor : 0);
             zp->coeff = unit_coeff ? 1.0 : coeff / tp_cp_size(r);
             continue;
         }
         moe_aux_params prm = {.K = f->K, .k_in_f = c->k_in_f, .loss_div_factor = c->loss_div_factor,
-                              .num_layers = c->num_moe_layers};
+                              .num_layers = c->num_moe_layers, .convention = c->convention};
         const moe_scope_stats *stats = &f->st_single;
         const moe_scopes *sc = &f->single;
         if (moe_aux_kind_is_sequence(k)) {
@@ -359,6 +392,8 @@ static moe_status build_terms(moe_aux_term_plan **out, int *n_out, moe_z_plan *z
             prm.acc_tokens = f->gb_acc[f->E];
             /* tokens per dp replica (see aux_loss.c: exact under uneven padding) */
             prm.mb_tokens = f->gb_red[f->E] / moe_group_size(r->dp);
+            prm.acc_micro = f->gb_micro;
+            prm.cur_tokens = f->gb_red[f->E];
         }
         st = moe_aux_term_build(&terms[n], k, coeff, stats, sc, &prm);
         if (st == MOE_OK) n++;
@@ -433,8 +468,10 @@ static moe_status loss_stats(fwd *f, moe_router *r, moe_tensor *doc_bounds)
             MOE_TRY(moe_tracker_reduce(r->tracker, f->st_single.C, f->st_single.Tn[0], f->gb_red));
             if (c->training) {
                 MOE_TRY(moe_tracker_view(r->tracker, f->gb_red, f->gb_acc));
+                f->gb_micro = moe_tracker_view_micro(r->tracker);
             } else {
                 memcpy(f->gb_acc, f->gb_red, sizeof(double) * (size_t)(f->E + 1));
+                f->gb_micro = 1;
             }
         }
         MOE_TRY(moe_scope_stats_reduce(&f->st_single, 2, groups));
@@ -443,15 +480,20 @@ static moe_status loss_stats(fwd *f, moe_router *r, moe_tensor *doc_bounds)
     return MOE_OK;
 }
 
-static moe_status push_record(moe_router *r, uint64_t offset)
+/* What a recomputation must replay: the noise offset and the given expert
+ * ids (retained; NULL when the forward selected). */
+static moe_status push_record(moe_router *r, uint64_t offset, moe_tensor *given)
 {
     if (r->n_rec == r->cap_rec) {
         int64_t cap = r->cap_rec ? 2 * r->cap_rec : 8;
         uint64_t *g = realloc(r->rec_offsets, sizeof(uint64_t) * (size_t)cap);
-        if (!g) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
-        r->rec_offsets = g;
+        if (g) r->rec_offsets = g;
+        moe_tensor **h = g ? realloc(r->rec_given, sizeof(moe_tensor *) * (size_t)cap) : NULL;
+        if (!g || !h) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+        r->rec_given = h;
         r->cap_rec = cap;
     }
+    r->rec_given[r->n_rec] = moe_tensor_retain(given);
     r->rec_offsets[r->n_rec++] = offset;
     return MOE_OK;
 }
@@ -527,6 +569,42 @@ moe_status moe_routing_dense(moe_routing *o)
 moe_status moe_router_forward(moe_routing **out, moe_router *r, moe_tensor *x, moe_tensor *valid,
                               moe_tensor *doc_bounds)
 {
+    return moe_router_forward_ids(out, r, x, valid, doc_bounds, NULL);
+}
+
+/* Quantile balancing: this micro-batch's quantiles from the logits gathered
+ * over cp, then tp (the quantiles see whole sequences). */
+static moe_status qb_quantiles(fwd *f, moe_router *r)
+{
+    moe_tensor *z = NULL, *g = NULL;
+    bool prev = moe_grad_set_enabled(false);
+    moe_status st = moe_detach(&z, f->z);
+    moe_group *groups[2] = {r->cp, r->tp};
+    for (int i = 0; i < 2 && st == MOE_OK; i++) {
+        if (moe_group_size(groups[i]) <= 1) continue;
+        st = moe_all_gather(&g, z, groups[i]);
+        moe_tensor_release(z);
+        z = g;
+        g = NULL;
+    }
+    if (st == MOE_OK && !moe_tensor_is_contiguous(z)) {
+        st = moe_contiguous(&g, z);
+        moe_tensor_release(z);
+        z = g;
+    }
+    moe_grad_set_enabled(prev);
+    f->qb_q = malloc(sizeof(double) * (size_t)f->E);
+    if (st == MOE_OK && !f->qb_q) st = moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+    if (st == MOE_OK)
+        st = moe_qb_quantiles(f->qb_q, moe_tensor_data(z), z->dtype, z->shape[0], f->E, f->K,
+                              moe_tensor_data(r->qb_beta));
+    moe_tensor_release(z);
+    return st;
+}
+
+moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *x, moe_tensor *valid,
+                                  moe_tensor *doc_bounds, moe_tensor *given_ids)
+{
     *out = NULL;
     MOE_CHECK_NOT_NULL(OP, r);
     MOE_CHECK_NOT_NULL(OP, x);
@@ -560,18 +638,46 @@ moe_status moe_router_forward(moe_routing **out, moe_router *r, moe_tensor *x, m
         return moe_fail(MOE_ERR_STATE, OP, "recomputing forward %lld but only %lld were recorded this step",
                         (long long)r->rec_cursor + 1, (long long)r->n_rec);
     uint64_t offset = recomp ? r->rec_offsets[r->rec_cursor] : r->rng_next;
+    bool qb = c->routing == MOE_ROUTING_QUANTILE_BALANCING;
+    bool qb_train = qb && c->training && moe_grad_enabled() && !recomp;
+    if (qb && valid)
+        return moe_fail(MOE_ERR_ARG, OP,
+                        "quantile-balancing routing takes no padding mask (#:valid); route the valid "
+                        "tokens only");
+    int64_t T_all = T * tp_cp_size(r); /* the tokens the quantiles see */
+    if (qb_train && (T_all * K) % E != 0)
+        return moe_fail(MOE_ERR_SHAPE, OP,
+                        "quantile-balancing routing updates β from T·K/E tokens per expert: T·K = "
+                        "%lld·%lld = %lld is not divisible by E = %lld (evaluation, or no-grad, routes "
+                        "any T)",
+                        (long long)T_all, (long long)K, (long long)(T_all * K), (long long)E);
+    bool replaying = !given_ids && !recomp && r->replay_cursor < r->n_replay;
+    if (replaying) given_ids = r->replay_ids[r->replay_cursor];
+    if (!given_ids && recomp) given_ids = r->rec_given[r->rec_cursor]; /* route as the original did */
 
     moe_routing *o = calloc(1, sizeof *o);
     moe_status st = o ? MOE_OK : moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
     moe_aux_term_plan *terms = NULL;
     int n_terms = 0;
     if (st == MOE_OK) st = read_mask(&f, valid, x->ndim == 3);
+    if (st == MOE_OK && given_ids) st = moe_replay_ids_read(&f.given, given_ids, T, K, E);
     if (st == MOE_OK && doc_bounds) { /* validate early: no work is wasted */
         moe_scopes tmp;
         st = moe_scopes_sequences(&tmp, OP, f.B, f.S, doc_bounds);
         if (st == MOE_OK) moe_scopes_free(&tmp);
     }
     if (st == MOE_OK) st = gate(&f, r, x, offset);
+    if (st == MOE_OK && c->debug_routing == MOE_DEBUG_RANDOM) { /* the logits become U[0, 1) draws */
+        moe_tensor *rz = NULL;
+        st = moe_tensor_empty(&rz, c->dtype, MOE_CPU, 2, (int64_t[]){T, E});
+        if (st == MOE_OK) {
+            void *zp = moe_tensor_data(rz);
+            uint64_t seed = c->seed ^ DEBUG_SEED_MIX, base = offset + (uint64_t)(T * f.D);
+            for (int64_t i = 0; i < T * E; i++) moe_st(zp, c->dtype, i, moe_rng_uniform(seed, base + (uint64_t)i));
+            moe_tensor_release(f.z);
+            f.z = rz;
+        }
+    }
     f.Tv = 0;
     for (int64_t t = 0; t < T; t++) f.Tv += !f.valid || f.valid[t];
 
@@ -583,7 +689,8 @@ moe_status moe_router_forward(moe_routing **out, moe_router *r, moe_tensor *x, m
         .wmode = MOE_WMODE_GATHER, .wnorm = MOE_WNORM_NONE, .norm_eps = c->norm_eps,
         .norm_p = c->norm_p, .groups = c->groups, .group_topk = c->group_topk,
         .group_m = c->groups ? (c->group_score_top ? c->group_score_top : K / c->group_topk) : 0,
-        .debug = c->debug_routing, .debug_seed = c->seed ^ DEBUG_SEED_MIX,
+        .debug = c->debug_routing == MOE_DEBUG_RANDOM ? MOE_DEBUG_NONE : c->debug_routing,
+        .debug_seed = c->seed ^ DEBUG_SEED_MIX, .debug_keep_weights = c->debug_keep_weights,
         .debug_offset = offset + (uint64_t)(T * f.D), .debug_skew = c->debug_skew,
         .count_topk = c->count_from == MOE_COUNT_TOPK,
     };
@@ -594,11 +701,24 @@ moe_status moe_router_forward(moe_routing **out, moe_router *r, moe_tensor *x, m
     } else if (c->score == MOE_SCORE_SOFTMAX && !c->pre_softmax) {
         p.select_on_logits = true;
         p.wmode = MOE_WMODE_POST_SOFTMAX;
-    } else if (c->normalize == MOE_NORM_ON || (c->normalize == MOE_NORM_AUTO && c->score == MOE_SCORE_SIGMOID && K > 1)) {
+    } else if (c->normalize == MOE_NORM_ON || (c->normalize == MOE_NORM_AUTO && moe_score_is_normalized(c->score) && K > 1)) {
         p.wnorm = c->norm_p == 1.0 ? MOE_WNORM_SUM : MOE_WNORM_PNORM;
     }
     if (r->bias) p.bias = moe_tensor_data(r->bias);
     f.score = p.score;
+    p.given_ids = f.given;
+    if (st == MOE_OK && qb) { /* select top-K of z − β */
+        f.qb_off = malloc(sizeof(double) * (size_t)E);
+        if (!f.qb_off) st = moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+        const float *beta = moe_tensor_data(r->qb_beta);
+        for (int64_t e = 0; st == MOE_OK && e < E; e++) f.qb_off[e] = -(double)beta[e];
+        p.sel_offset = f.qb_off;
+        p.select_on_logits = true;
+    }
+    if (st == MOE_OK && !f.given && p.debug == MOE_DEBUG_UNIFORM && p.debug_keep_weights) {
+        st = moe_tensor_empty(&f.wid_t, MOE_I64, MOE_CPU, 2, (int64_t[]){T, K});
+        if (st == MOE_OK) p.weight_ids = moe_tensor_data(f.wid_t);
+    }
     if (st == MOE_OK) {
         f.rowsum = malloc(sizeof(double) * (size_t)T);
         f.lse = malloc(sizeof(double) * (size_t)T);
@@ -642,6 +762,7 @@ moe_status moe_router_forward(moe_routing **out, moe_router *r, moe_tensor *x, m
         kept = moe_tensor_data(f.kept_t);
         for (int64_t i = 0; i < T * K; i++) kept[i] = !f.valid || f.valid[i / K];
     }
+    if (st == MOE_OK && qb_train) st = qb_quantiles(&f, r);
 
     /* ---- capacity ---- */
     int64_t C = -1, dropped = 0;
@@ -661,7 +782,7 @@ moe_status moe_router_forward(moe_routing **out, moe_router *r, moe_tensor *x, m
     if (st == MOE_OK) {
         void *wp = moe_tensor_data(w_raw);
         for (int64_t i = 0; i < T * K; i++) moe_st(wp, c->dtype, i, kept[i] ? wu[i] * c->scaling_factor : 0.0);
-        moe_tensor *saved[4] = {f.s, f.ids_t, f.wu_t, f.kept_t};
+        moe_tensor *saved[4] = {f.s, f.wid_t ? f.wid_t : f.ids_t, f.wu_t, f.kept_t};
         st = moe_autograd_record(w_raw, "router-weights", weights_backward, 1, &f.z, 4, saved, NULL, NULL);
         if (st == MOE_OK && w_raw->grad_fn) {
             moe_node *n = w_raw->grad_fn;
@@ -671,7 +792,7 @@ moe_status moe_router_forward(moe_routing **out, moe_router *r, moe_tensor *x, m
             n->dargs[0] = c->scaling_factor;
             n->dargs[1] = c->norm_eps;
             n->dargs[2] = c->norm_p;
-            n->dargs[3] = p.score == MOE_SCORE_SIGMOID ? p.score_offset : 0.0;
+            n->dargs[3] = moe_score_is_normalized(p.score) ? p.score_offset : 0.0;
         }
     }
 
@@ -786,12 +907,20 @@ moe_status moe_router_forward(moe_routing **out, moe_router *r, moe_tensor *x, m
         o->logits = moe_tensor_retain(f.z);
         o->tokens = f.Tv;
         o->capacity = C;
+        if (C >= 0 && c->convention == MOE_CONVENTION_MEGATRON && c->capacity_formula == MOE_CAPACITY_MEGATRON)
+            o->capacity = (int64_t)ceil(((double)f.Tv * (double)K / (double)E) * c->capacity_factor);
         o->dropped = dropped;
     }
 
     /* ---- commit the router's state (nothing above changed it) ---- */
     if (st == MOE_OK && c->training && r->tracker && f.gb_red) st = moe_tracker_commit(r->tracker, f.gb_red);
-    if (st == MOE_OK && c->training && !recomp) st = push_record(r, offset);
+    if (st == MOE_OK && c->training && !recomp) st = push_record(r, offset, given_ids);
+    if (st == MOE_OK && c->replay == MOE_REPLAY_RECORD && !recomp) st = moe_replay_push_record(r, o->experts);
+    if (st == MOE_OK && replaying) r->replay_cursor++;
+    if (st == MOE_OK && qb_train) {
+        for (int64_t e = 0; e < E; e++) r->qb_sum[e] += f.qb_q[e];
+        r->qb_micro += 1;
+    }
     if (st == MOE_OK) {
         memcpy(r->batch_counts, cnt, sizeof(double) * (size_t)E);
         r->batch_tokens = (double)f.Tv;
@@ -850,10 +979,40 @@ moe_status moe_router_step(moe_router *r)
         if (st == MOE_OK) memcpy(buf, moe_tensor_data(t), sizeof(double) * (size_t)n);
         moe_tensor_release(t);
     }
+    /* quantile balancing: the step's quantiles summed over dp (every tp×cp rank
+     * computed the same ones from the gathered logits) */
+    double *qb = NULL;
+    if (st == MOE_OK && r->qb_beta) {
+        qb = malloc(sizeof(double) * (size_t)(E + 1));
+        if (!qb) st = moe_fail(MOE_ERR_NOMEM, "router-step!", "out of memory");
+    }
+    if (st == MOE_OK && qb) {
+        memcpy(qb, r->qb_sum, sizeof(double) * (size_t)E);
+        qb[E] = r->qb_micro;
+        if (moe_group_size(r->dp) > 1) {
+            moe_tensor *t;
+            int64_t n = E + 1;
+            st = moe_tensor_from_data(&t, MOE_F64, MOE_CPU, 1, &n, qb);
+            if (st == MOE_OK) st = moe_all_reduce_(t, MOE_REDUCE_SUM, r->dp);
+            if (st == MOE_OK) memcpy(qb, moe_tensor_data(t), sizeof(double) * (size_t)n);
+            moe_tensor_release(t);
+        }
+    }
     if (st != MOE_OK) {
         free(buf);
+        free(qb);
         return st;
     }
+    if (qb && qb[E] > 0) {
+        for (int64_t e = 0; e < E; e++) qb[e] /= qb[E];
+        moe_qb_update(moe_tensor_data(r->qb_beta), qb, E, r->cfg.qb_ema);
+        moe_tensor_bump_version(r->qb_beta);
+    }
+    if (qb) {
+        memset(r->qb_sum, 0, sizeof(double) * (size_t)E);
+        r->qb_micro = 0;
+    }
+    free(qb);
     if (r->bias && r->cfg.training) {
         double mean = 0, dmean = 0;
         for (int64_t e = 0; e < E; e++) mean += buf[e];
@@ -872,18 +1031,27 @@ moe_status moe_router_step(moe_router *r)
         float dm = (float)(dmean / (double)E);
         float *b = moe_tensor_data(r->bias);
         for (int64_t e = 0; e < E; e++) b[e] = b[e] + (r->cfg.bias_center ? d[e] - dm : d[e]);
+        moe_tensor_bump_version(r->bias);
         free(d);
     }
     memcpy(r->global_counts, buf + E + 1, sizeof(double) * (size_t)E);
     r->have_global = true;
     free(buf);
+    /* the closed step window stays visible to the metrics */
+    memcpy(r->ended_counts, r->step_counts, sizeof(double) * (size_t)E);
+    r->ended_tokens = r->step_tokens;
+    r->ended_dropped = r->step_dropped;
+    r->ended_entropy = r->step_entropy;
+    r->ended_mass = r->step_mass;
+    r->ended_micro = r->step_micro;
+    memcpy(r->ended_aux, r->step_aux, sizeof r->ended_aux);
     memset(r->bias_counts, 0, sizeof(double) * (size_t)E);
     memset(r->step_counts, 0, sizeof(double) * (size_t)E);
     r->bias_tokens = r->step_tokens = r->step_dropped = r->step_entropy = r->step_mass = 0;
     r->step_micro = 0;
     memset(r->step_aux, 0, sizeof r->step_aux);
     if (r->tracker) moe_balance_tracker_reset(r->tracker);
-    r->n_rec = 0;
+    clear_records(r);
     r->rec_cursor = 0;
     r->steps++;
     return MOE_OK;
@@ -915,7 +1083,7 @@ moe_status moe_router_state_save(moe_router *r, moe_tensor **bias, moe_tensor **
 
 moe_status moe_router_state_load(moe_router *r, moe_tensor *bias, moe_tensor *counters)
 {
-    const char *op = "router-state-load!";
+    const char *op = "router-load-state!";
     int64_t E = r->cfg.experts;
     if (bias && !r->bias) return moe_fail(MOE_ERR_STATE, op, "the router has no expert bias to load");
     if (bias && (bias->ndim != 1 || bias->shape[0] != E))

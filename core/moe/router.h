@@ -31,8 +31,11 @@
  * #:expert-bias? expert_bias, #:bias-rate bias_rate, #:bias-center? bias_center,
  * #:losses losses/n_losses (moe_router_config_set_losses), #:count-from
  * count_from, #:grad-mode grad_mode, #:preset moe_router_config_preset (applied
- * first, explicit keywords override), #:seed seed. Other fields are extensions
- * with the same names. (routing-probs out) and (routing-map out) call
+ * first, explicit keywords override), #:seed seed, #:convention convention,
+ * #:routing routing, #:qb-ema qb_ema, #:replay replay (#f = off),
+ * #:debug-keep-weights? debug_keep_weights, #:z-loss-div? z_loss_div. Other
+ * fields are extensions with the same names. (router-forward r x #:experts ids)
+ * is moe_router_forward_ids. (routing-probs out) and (routing-map out) call
  * moe_routing_dense first; (routing-aux-losses out) pairs aux_kind[i] with
  * aux[i]; (router-metrics r) is moe_router_metrics_get (metrics.h).
  *
@@ -104,10 +107,29 @@ typedef enum moe_debug_routing {
     MOE_DEBUG_NONE,
     MOE_DEBUG_UNIFORM,   /* ids = arange(T·K) mod E, row-major [T K] */
     MOE_DEBUG_IMBALANCE, /* seeded skew: expert e drawn with weight ∝ exp(−skew·e/E) */
+    MOE_DEBUG_RANDOM,    /* the logits replaced by seeded uniform random numbers in [0, 1)
+                            (Megatron's forced load balancing); no gradient reaches W */
     MOE_DEBUG_ROUTING_COUNT
 } moe_debug_routing;
-const char *moe_debug_routing_name(moe_debug_routing d); /* "none" "uniform" "imbalance" */
+const char *moe_debug_routing_name(moe_debug_routing d); /* "none" "uniform" "imbalance" "random" */
 bool moe_debug_routing_parse(const char *name, moe_debug_routing *out);
+
+typedef enum moe_routing_mode {
+    MOE_ROUTING_TOPK,               /* score, (group-limited) top-k: the default */
+    MOE_ROUTING_QUANTILE_BALANCING, /* top-K of z − β, β a per-expert dual variable updated
+                                       at each optimizer step (Megatron-Core) */
+    MOE_ROUTING_MODE_COUNT
+} moe_routing_mode;
+const char *moe_routing_mode_name(moe_routing_mode m); /* "topk" "quantile-balancing" */
+bool moe_routing_mode_parse(const char *name, moe_routing_mode *out);
+
+typedef enum moe_replay_mode {
+    MOE_REPLAY_OFF,
+    MOE_REPLAY_RECORD, /* keep every forward's expert ids (router-replay! plays them back) */
+    MOE_REPLAY_MODE_COUNT
+} moe_replay_mode;
+const char *moe_replay_mode_name(moe_replay_mode m); /* "off" "record" */
+bool moe_replay_mode_parse(const char *name, moe_replay_mode *out);
 
 /* capacity_factor value meaning "no capacity" (dropless; Scheme #f). */
 #define MOE_CAPACITY_NONE NAN
@@ -142,6 +164,11 @@ typedef struct moe_router_config {
     bool sinkhorn;             /* Sinkhorn-balanced selection (Megatron "sinkhorn") */
     moe_debug_routing debug_routing;
     double debug_skew;         /* imbalance strength (default 4) */
+    bool debug_keep_weights;   /* uniform debug routing keeps the weights of the routing it
+                                  replaces (MegaBlocks), else gathers the forced experts' scores */
+    moe_routing_mode routing;  /* top-k (default) or quantile balancing */
+    double qb_ema;             /* quantile balancing: β ← ema·β + (1−ema)·q̄ (default 0) */
+    moe_replay_mode replay;    /* record every forward's expert ids */
     /* capacity */
     double capacity_factor;    /* MOE_CAPACITY_NONE or > 0 */
     moe_capacity_formula capacity_formula;
@@ -162,6 +189,9 @@ typedef struct moe_router_config {
     int64_t num_moe_layers;    /* MegaBlocks L (default 1) */
     bool k_in_f;               /* canonical 1/K in f (true) */
     bool global_buffer;        /* global-batch counts accumulate over micro-batches (true) */
+    moe_convention convention; /* exact (default) or megatron: see moe_convention */
+    bool z_loss_div;           /* the z-loss divides its token sum by loss_div_factor when
+                                  that is set (OLMo-core), instead of taking the mean */
     /* gradient delivery */
     moe_grad_mode grad_mode;
     int64_t grad_accum;        /* M micro-batches per optimizer step: inject scale |cp|/M */
@@ -187,13 +217,15 @@ void moe_router_config_default(moe_router_config *cfg);
  * Shape fields (hidden, experts, top_k, groups, group_topk) are left alone.
  * Unknown name: MOE_ERR_ARG listing the known ones. What each sets:
  *
- *  megatron     softmax post-softmax (top-k on logits, softmax over the K);
+ *  megatron     convention megatron (see moe_convention);
+ *               softmax post-softmax (top-k on logits, softmax over the K);
  *               sigmoid renormalised by Σ+1e-20 when K>1; group score top-m
  *               m = ⌊K/group_topk⌋; capacity ⌈T·K/E·cf⌉, drop "probs";
  *               loss scores softmax / σ/(Σσ+1e-20); counts = top-k of the loss
  *               scores; losses micro-batch 1e-2; bias off (u 1e-3, no
  *               centering when on); inject; f = c/(K·T).
- *  olmo-core    softmax then top-k on the full softmax, weights not
+ *  olmo-core    z_loss_div (loss_div_factor divides the z-loss too);
+ *               softmax then top-k on the full softmax, weights not
  *               renormalised; sigmoid σ+1e-7, loss scores s/Σs (ε 0); counts =
  *               actual routing; losses olmo-local-batch 1e-2 and z 1e-3;
  *               bias (when on) u 1e-3 no centering; add mode; f = c/(K·T).
@@ -201,15 +233,16 @@ void moe_router_config_default(moe_router_config *cfg);
  *               (normalize on = torchtitan route_norm, K=1 included, Σ+1e-20);
  *               group score top-2; expert bias on, u 1e-3, centered; counts =
  *               actual routing; no aux loss; inject; f = c/(K·T).
- *  megablocks   softmax then top-k on the softmax, no renorm; capacity
+ *  megablocks   debug_keep_weights (uniform debug routing keeps the top-k
+ *               weights); softmax then top-k on the softmax, no renorm; capacity
  *               ⌊cf·K·T·ep/E⌋ (0 ⇒ dropless), drop "position"; counts = actual
  *               routing; losses megablocks 0.1 (set num_moe_layers to the
  *               model's MoE layer count); add mode; f = c/(K·T).
- *  deepseek-v3  sigmoid, renormalised Σ+1e-20 when K>1, scaling 2.5; group
+ *  deepseek-v3  convention megatron; sigmoid, renormalised Σ+1e-20 when K>1, scaling 2.5; group
  *               score top-2; expert bias on, u 1e-3, no centering; sequence
  *               loss 1e-4 with loss scores s/Σs (ε 0, eq. 19) and counts = the
  *               unbiased top-k (eq. 18); inject; f = c/(K·T).
- *  qwen-global  softmax then top-k, renormalised (norm_topk_prob: same values
+ *  qwen-global  convention megatron; softmax then top-k, renormalised (norm_topk_prob: same values
  *               as post-softmax); global-batch loss 1e-3, buffered over the
  *               step's micro-batches, counts = top-k of the scores; inject;
  *               f = c/(K·T). */
@@ -220,7 +253,9 @@ moe_status moe_router_config_set_losses(moe_router_config *cfg, int n, const moe
  * E % G, group_topk > G, K above the experts left by group limiting,
  * post-softmax with K = 1, capacity factor <= 0, sinkhorn with a non-zero
  * balance-loss coefficient, add mode with batch-wise losses under pipeline
- * parallelism, and out-of-domain numbers. */
+ * parallelism, quantile balancing with K >= E, groups, sinkhorn, an expert
+ * bias or a non-zero balance-loss coefficient, qb_ema outside [0, 1) (or set
+ * without quantile balancing), and out-of-domain numbers. */
 moe_status moe_router_config_validate(const moe_router_config *cfg);
 
 /* ---- the router ------------------------------------------------------------------- */
@@ -286,6 +321,13 @@ typedef struct moe_routing {
  * the router unchanged. */
 moe_status moe_router_forward(moe_routing **out, moe_router *r, moe_tensor *x, moe_tensor *valid,
                               moe_tensor *doc_bounds);
+/* The same, routing with the given expert ids IDS [T K] (i64, distinct in a
+ * row, in [0, E)) instead of selecting (replay): the weights are the scores at
+ * those ids normalised as the score function does; routing and expert-bias
+ * counts follow IDS, the losses count as count_from says. IDS NULL: as
+ * moe_router_forward (which also plays back a router-replay! list). */
+moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *x, moe_tensor *valid,
+                                  moe_tensor *doc_bounds, moe_tensor *ids);
 void moe_routing_free(moe_routing *out);
 /* Build out->probs (from out->weights, in its graph: a gradient reaching probs
  * passes the inject node too) and out->map. Idempotent. */
@@ -295,8 +337,10 @@ moe_tensor *moe_routing_aux(const moe_routing *out, moe_aux_kind kind);
 
 /* End of the optimizer step: sum the step's actual counts over cp, tp, dp;
  * update the expert bias b_i += u·sign(mean c − c_i) (sign 0 = 0; centered when
- * bias_center); record the global metrics; reset counters and the global
- * buffer. Collective over the router's groups. */
+ * bias_center); quantile balancing: average the step's quantiles over its
+ * micro-batches and dp, β ← ema·β + (1−ema)·q̄, re-centred; record the global
+ * metrics; reset counters and the global buffer. Collective over the
+ * router's groups. */
 moe_status moe_router_step(moe_router *r);
 
 /* State for checkpoints: bias [E] f32 (NULL without expert bias) and counters
@@ -304,6 +348,20 @@ moe_status moe_router_step(moe_router *r);
  * row 2 the step's metric counts, each followed by its token total. */
 moe_status moe_router_state_save(moe_router *r, moe_tensor **bias, moe_tensor **counters);
 moe_status moe_router_state_load(moe_router *r, moe_tensor *bias, moe_tensor *counters);
+
+/* Replay: the next N forwards route with IDS[0..N) in turn (retained), then
+ * forwards select again; N = 0 stops a replay. Each entry is checked as
+ * moe_router_forward_ids checks its ids, when its forward runs. */
+moe_status moe_router_replay(moe_router *r, int64_t n, moe_tensor *const *ids);
+/* The expert ids [T K] of every forward since the router was made (replay
+ * "record"; borrowed) and their number; moe_router_clear_record empties it. */
+moe_tensor *const *moe_router_record(const moe_router *r, int64_t *n);
+void moe_router_clear_record(moe_router *r);
+
+/* Quantile balancing: β [E] f32 (borrowed; NULL for top-k routing) and its
+ * replacement (any float [E]; the step's accumulated quantiles are kept). */
+moe_tensor *moe_router_qb_beta(moe_router *r);
+moe_status moe_router_set_qb_beta(moe_router *r, moe_tensor *beta);
 
 /* The router's global-batch tracker (borrowed; NULL without that loss). */
 moe_balance_tracker *moe_router_tracker(moe_router *r);

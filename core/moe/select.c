@@ -226,6 +226,22 @@ static void debug_imbalance_row(int64_t t, const moe_route_plan *p, scratch *sc,
     topk_row(sc->v, E, p->K, ids, sc->kval, sc->cand);
 }
 
+/* Forced uniform assignment: slot i = t·K + k goes to expert i mod E. */
+static void uniform_row(int64_t t, const moe_route_plan *p, int64_t *ids)
+{
+    for (int64_t k = 0; k < p->K; k++) ids[k] = (t * p->K + k) % p->E;
+}
+
+/* MegaBlocks' uniform debug routing: the weights just computed (from the
+ * router's own selection) stay, paired with the forced ids; the ids they came
+ * from go to weight_ids for the backward. */
+static void force_uniform_keep_weights(int64_t t, const moe_route_plan *p, int64_t *ids)
+{
+    if (p->given_ids || p->debug != MOE_DEBUG_UNIFORM || !p->debug_keep_weights) return;
+    if (p->weight_ids) memcpy(p->weight_ids + t * p->K, ids, sizeof(int64_t) * (size_t)p->K);
+    uniform_row(t, p, ids);
+}
+
 /* Base scores of an f32 row into sc->s (double) and the f32 storage: four
  * lanes at a time, the scalar forms for the tail. */
 static bool scores_row_f32(int64_t t, const moe_route_plan *p, scratch *sc, double *lse_out,
@@ -272,6 +288,19 @@ static bool scores_row_f32(int64_t t, const moe_route_plan *p, scratch *sc, doub
         *lse_out = (double)m + log((double)sum);
         *H_out = *lse_out - (double)sz;
         *rowsum_out = 1.0;
+    } else if (p->score == MOE_SCORE_SQRTSOFTPLUS) { /* scalar, in double, stored as f32 */
+        const double off = p->score_offset;
+        double rs = 0, sls = 0, esum = 0;
+        for (int64_t j = 0; j < E; j++) {
+            sf[j] = (float)(moe_sqrtsoftplus((double)zr[j]) + off);
+            rs += sf[j];
+            if (sf[j] > 0) sls += (double)sf[j] * log((double)sf[j]);
+            esum += exp((double)zr[j] - (double)m);
+        }
+        *rowsum_out = rs;
+        double Sp = rs + p->loss_eps;
+        *H_out = Sp > 0 ? rs / Sp * log(Sp) - sls / Sp : 0.0;
+        *lse_out = (double)m + log(esum);
     } else {
         /* v = exp(−z), σ = 1/(1+v); exp(z − max z) = min v / v */
         const float off = (float)p->score_offset;
@@ -354,14 +383,16 @@ static void route_row_f32(int64_t t, const moe_route_plan *p, scratch *sc)
         bad_row(t, p);
         return;
     }
-    if (p->rowsum && p->score == MOE_SCORE_SIGMOID) p->rowsum[t] = rowsum;
+    if (p->rowsum && moe_score_is_normalized(p->score)) p->rowsum[t] = rowsum;
     if (p->lse) p->lse[t] = lse;
     if (p->entropy) p->entropy[t] = H;
     const float *sf = sc->sf;
     int64_t *ids = p->ids ? p->ids + t * K : NULL;
     if (p->select) {
-        if (p->debug == MOE_DEBUG_UNIFORM) {
-            for (int64_t k = 0; k < K; k++) ids[k] = (t * K + k) % E;
+        if (p->given_ids) {
+            memcpy(ids, p->given_ids + t * K, sizeof(int64_t) * (size_t)K);
+        } else if (p->debug == MOE_DEBUG_UNIFORM && !p->debug_keep_weights) {
+            uniform_row(t, p, ids);
         } else if (p->debug == MOE_DEBUG_IMBALANCE) {
             debug_imbalance_row(t, p, sc, ids);
         } else {
@@ -388,6 +419,7 @@ static void route_row_f32(int64_t t, const moe_route_plan *p, scratch *sc)
             for (int64_t k = 0; k < K; k++) wu[k] = sf[ids[k]];
             renormalize(wu, K, p);
         }
+        force_uniform_keep_weights(t, p, ids);
     }
     if (p->count_ids) {
         if (p->count_topk) { /* the selected experts are K distinct ones: their least score bounds */
@@ -404,7 +436,7 @@ static void route_row_f32(int64_t t, const moe_route_plan *p, scratch *sc)
     if (p->mass && ids) {
         double m = 0;
         for (int64_t k = 0; k < K; k++) m += sf[ids[k]];
-        if (p->score == MOE_SCORE_SIGMOID) m /= rowsum + p->loss_eps;
+        if (moe_score_is_normalized(p->score)) m /= rowsum + p->loss_eps;
         p->mass[t] = m;
     }
 }
@@ -440,6 +472,19 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
         }
         lse = m + log(sum);
         H = lse - sz;
+    } else if (p->score == MOE_SCORE_SQRTSOFTPLUS) {
+        for (int64_t j = 0; j < E; j++) z[j] = moe_ld(p->z, dt, t * E + j);
+        double m = z[0], esum = 0, sls = 0;
+        for (int64_t j = 1; j < E; j++) m = z[j] > m ? z[j] : m;
+        for (int64_t j = 0; j < E; j++) {
+            rowsum += (s[j] = moe_sqrtsoftplus(z[j]) + p->score_offset);
+            if (s[j] > 0) sls += s[j] * log(s[j]);
+            esum += exp(z[j] - m);
+        }
+        double Sp = rowsum + p->loss_eps;
+        H = Sp > 0 ? rowsum / Sp * log(Sp) - sls / Sp : 0.0;
+        lse = m + log(esum);
+        if (p->rowsum) p->rowsum[t] = rowsum;
     } else {
         /* v = exp(−z): σ = 1/(1+v); exp(z − max z) = min v / v gives the
          * logsumexp without another exponential */
@@ -475,8 +520,10 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
 
     int64_t *ids = p->ids ? p->ids + t * K : NULL;
     if (p->select) {
-        if (p->debug == MOE_DEBUG_UNIFORM) {
-            for (int64_t k = 0; k < K; k++) ids[k] = (t * K + k) % E;
+        if (p->given_ids) {
+            memcpy(ids, p->given_ids + t * K, sizeof(int64_t) * (size_t)K);
+        } else if (p->debug == MOE_DEBUG_UNIFORM && !p->debug_keep_weights) {
+            uniform_row(t, p, ids);
         } else if (p->debug == MOE_DEBUG_IMBALANCE) {
             debug_imbalance_row(t, p, sc, ids);
         } else {
@@ -501,6 +548,7 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
             for (int64_t k = 0; k < K; k++) wu[k] = s[ids[k]];
             renormalize(wu, K, p);
         }
+        force_uniform_keep_weights(t, p, ids);
     }
     if (p->count_ids) {
         if (p->count_topk) topk_row(s, E, K, p->count_ids + t * K, sc->kval, sc->cand);
@@ -509,7 +557,7 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
     if (p->mass && ids) {
         double m = 0;
         for (int64_t k = 0; k < K; k++) m += s[ids[k]];
-        if (p->score == MOE_SCORE_SIGMOID) m /= rowsum + p->loss_eps;
+        if (moe_score_is_normalized(p->score)) m /= rowsum + p->loss_eps;
         p->mass[t] = m;
     }
 }
@@ -569,11 +617,9 @@ void moe_route_rows(const moe_route_plan *p)
                 ds[k] = gk[k] / nrm - c / (nrm * nrm) * pow(u / nrm, p->norm_p - 1.0);          \
             else ds[k] = gk[k];                                                                 \
         }                                                                                       \
-        if (p->score == MOE_SCORE_SIGMOID) {                                                    \
-            for (int64_t k = 0; k < K; k++) {                                                   \
-                double sg = (double)s[ids[k]] - p->score_offset;                                \
-                dz[ids[k]] = (TYPE)(ds[k] * sg * (1.0 - sg));                                   \
-            }                                                                                   \
+        if (moe_score_is_normalized(p->score)) {                                                \
+            for (int64_t k = 0; k < K; k++)                                                     \
+                dz[ids[k]] = (TYPE)(ds[k] * moe_score_deriv(p->score, (double)s[ids[k]], p->score_offset)); \
         } else { /* softmax Jacobian: dz_j = s_j (ds_j − Σ_k ds_k s_k) */                       \
             double dot = 0;                                                                     \
             for (int64_t k = 0; k < K; k++) dot += ds[k] * (double)s[ids[k]];                   \

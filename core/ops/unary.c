@@ -217,6 +217,9 @@ moe_status moe_rsub_scalar(moe_tensor **out, moe_tensor *a, double s)
 
 moe_status moe_rdiv_scalar(moe_tensor **out, moe_tensor *a, double s)
 {
+    if (out) *out = NULL;
+    MOE_CHECK_NOT_NULL("rdiv-scalar", a);
+    if (!moe_dtype_is_float(a->dtype)) MOE_TRY(moe_check_no_zero("rdiv-scalar", a));
     return scalar_op(MOE_UN_RDIV_S, out, a, s);
 }
 

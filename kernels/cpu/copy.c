@@ -1,5 +1,7 @@
-/* copy.c — strided copy with dtype conversion, and fill: the kernels behind
- * contiguous(), clone(), to_dtype(), copy_() and expand().contiguous(). */
+/* copy.c — strided copy with dtype conversion, fill, and the search for the
+ * first element in (or out of) a range: the kernels behind contiguous(),
+ * clone(), to_dtype(), copy_(), expand().contiguous() and the checks of
+ * conversions to integer dtypes. */
 #include <omp.h>
 #include <string.h>
 
@@ -112,4 +114,25 @@ void moe_cpu_fill(moe_tensor *t, double value)
         for (int64_t i = 0; i < inner; i++)
             memcpy(moe_storage_ptr(t, off + i * t->strides[nd - 1]), one, sz);
     }
+}
+
+int64_t moe_cpu_find_first(const moe_tensor *t, double lo, double hi, bool inside, double *value)
+{
+    int64_t numel = moe_tensor_numel(t);
+    int nd = t->ndim;
+    int64_t index[MOE_MAX_DIMS] = {0}, off = t->offset;
+    for (int64_t i = 0; i < numel; i++) { /* serial: stops at the first hit */
+        double v = moe_dtype_load(t->dtype, moe_storage_ptr(t, off));
+        if ((lo <= v && v <= hi) == inside) {
+            *value = v;
+            return i;
+        }
+        for (int k = nd - 1; k >= 0; k--) { /* next index, row-major */
+            off += t->strides[k];
+            if (++index[k] < t->shape[k]) break;
+            off -= index[k] * t->strides[k];
+            index[k] = 0;
+        }
+    }
+    return -1;
 }

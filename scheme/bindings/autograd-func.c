@@ -97,6 +97,17 @@ SCM_DEFINE(moelab_detach, "%detach", 1, 0, 0, (SCM t), "@var{t}'s data, cut from
 }
 #undef FUNC_NAME
 
+SCM_DEFINE(moelab_tensor_version, "%tensor-version", 1, 0, 0, (SCM t),
+           "The version counter of @var{t}'s storage (bumped by each in-place write).")
+#define FUNC_NAME "tensor-version"
+{
+    moe_tensor *x = moelab_unwrap(t, 1, FUNC_NAME);
+    SCM r = scm_from_uint64(moe_tensor_version(x));
+    scm_remember_upto_here_1(t);
+    return r;
+}
+#undef FUNC_NAME
+
 SCM_DEFINE(moelab_tensor_grad_fn, "%tensor-grad-fn", 1, 0, 0, (SCM t),
            "Name of the op that made @var{t} (a string), or #f for a leaf.")
 #define FUNC_NAME "tensor-grad-fn"

@@ -26,6 +26,7 @@
  * meshes are cached per spec for the life of the process (made collectively
  * the first time a spec is used, never freed before MPI_Finalize, so no
  * communicator is freed on Guile's finalizer thread). */
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -770,23 +771,61 @@ SCM_DEFINE(moelab_barrier, "%barrier", 1, 0, 0, (SCM g), "Wait until every rank 
 
 /* ---- settings ------------------------------------------------------------------------------------- */
 
+/* The timeout as Scheme sees it: seconds, #f for forever, NaN when
+ * MOELAB_COMM_TIMEOUT holds no valid timeout. */
+static SCM timeout_to_scm(double seconds)
+{
+    return isinf(seconds) ? SCM_BOOL_F : scm_from_double(seconds);
+}
+
 SCM_DEFINE(moelab_set_comm_timeout_x, "%set-comm-timeout!", 1, 0, 0, (SCM seconds),
-           "Seconds a collective may wait for its peers (#f or <= 0: forever); returns the "
-           "previous setting.")
+           "Seconds a collective may wait for its peers (a positive number, or #f: forever); "
+           "returns the previous setting.")
 #define FUNC_NAME "set-comm-timeout!"
 {
-    double s = moelab_to_double_or(seconds, 0, 1, FUNC_NAME);
+    double s = scm_is_false(seconds) ? INFINITY : moelab_to_double(seconds, 1, FUNC_NAME);
+    if (!(s > 0)) {
+        char text[64];
+        if (isnan(s)) snprintf(text, sizeof text, "+nan.0");
+        else snprintf(text, sizeof text, "%g", s);
+        moelab_throw(FUNC_NAME, MOE_ERR_ARG, "%s is not a timeout: give a positive number of seconds, or #f "
+                     "to wait forever", text);
+    }
     double prev = moe_comm_timeout();
-    moe_comm_set_timeout(s);
-    return scm_from_double(prev);
+    DIST_CHECK(FUNC_NAME, "set_comm_timeout", moe_comm_set_timeout(s));
+    return timeout_to_scm(prev);
 }
 #undef FUNC_NAME
 
 SCM_DEFINE(moelab_comm_timeout, "%comm-timeout", 0, 0, 0, (void),
-           "Seconds a collective may wait for its peers (0: forever).")
+           "Seconds a collective may wait for its peers (#f: forever).")
 #define FUNC_NAME "comm-timeout"
 {
-    return scm_from_double(moe_comm_timeout());
+    double s;
+    DIST_CHECK(FUNC_NAME, "comm_timeout", moe_comm_wait_limit("comm_timeout", &s));
+    return timeout_to_scm(s);
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_mpi_failed, "%mpi-failed", 0, 0, 0, (void),
+           "#f, or the message of the timeout that made this process's MPI job fail.")
+#define FUNC_NAME "with-ranks"
+{
+    const char *msg;
+    return moe_mpi_failed(&msg) ? scm_from_utf8_string(msg) : SCM_BOOL_F;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_mpi_abort, "%mpi-abort", 1, 0, 0, (SCM message),
+           "Print @var{message} and abort the whole MPI job (mpirun exits non-zero).")
+#define FUNC_NAME "with-ranks"
+{
+    SCM_VALIDATE_STRING(1, message);
+    char *m = scm_to_utf8_string(message);
+    scm_flush_all_ports();
+    moe_mpi_abort(m); /* returns only when there is no MPI job */
+    free(m);
+    dist_throw(FUNC_NAME, "mpi_abort");
 }
 #undef FUNC_NAME
 

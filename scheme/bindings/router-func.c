@@ -138,6 +138,9 @@ SCM_DEFINE(moelab_router_repr, "%router-repr", 1, 0, 0, (SCM obj), "The printed 
     if (c->debug_routing != MOE_DEBUG_NONE) ADD(" debug=%s", moe_debug_routing_name(c->debug_routing));
     if (!isnan(c->capacity_factor)) ADD(" capacity=%g", c->capacity_factor);
     if (c->expert_bias) ADD(" expert-bias");
+    if (c->routing != MOE_ROUTING_TOPK) ADD(" %s", moe_routing_mode_name(c->routing));
+    if (c->convention != MOE_CONVENTION_EXACT) ADD(" convention=%s", moe_convention_name(c->convention));
+    if (c->replay != MOE_REPLAY_OFF) ADD(" replay=%s", moe_replay_mode_name(c->replay));
     for (int i = 0; i < c->n_losses; i++)
         ADD(" %s=%g", moe_aux_kind_name(c->losses[i].kind), c->losses[i].coeff);
     if (c->preset) ADD(" (%s)", c->preset);
@@ -244,18 +247,21 @@ SCM_DEFINE(moelab_router_grad_scale_x, "%router-grad-scale!", 3, 0, 0, (SCM obj,
 }
 #undef FUNC_NAME
 
-SCM_DEFINE(moelab_router_forward, "%router-forward", 4, 0, 0, (SCM obj, SCM x, SCM valid, SCM bounds),
-           "Route @var{x}; @var{valid} and @var{bounds} may be #f.")
+SCM_DEFINE(moelab_router_forward, "%router-forward", 5, 0, 0,
+           (SCM obj, SCM x, SCM valid, SCM bounds, SCM ids),
+           "Route @var{x}; @var{valid}, @var{bounds} and @var{ids} (replayed experts) may be #f.")
 #define FUNC_NAME "router-forward"
 {
     moe_router *r = router_of(obj, 1, FUNC_NAME);
     moe_tensor *tx = moelab_unwrap(x, 2, FUNC_NAME);
     moe_tensor *tv = moelab_unwrap_opt(valid, 3, FUNC_NAME);
     moe_tensor *tb = moelab_unwrap_opt(bounds, 4, FUNC_NAME);
+    moe_tensor *ti = moelab_unwrap_opt(ids, 5, FUNC_NAME);
     moe_routing *out;
-    ROUTER_CHECK(FUNC_NAME, moe_router_forward(&out, r, tx, tv, tb));
+    ROUTER_CHECK(FUNC_NAME, moe_router_forward_ids(&out, r, tx, tv, tb, ti));
     scm_remember_upto_here_2(obj, x);
     scm_remember_upto_here_2(valid, bounds);
+    scm_remember_upto_here_1(ids);
     moelab_report_native_memory(); /* weights, ids, kept, logits, the graph's saved scores */
     return scm_make_foreign_object_1(routing_class, out);
 }
@@ -267,6 +273,60 @@ SCM_DEFINE(moelab_router_step_x, "%router-step!", 1, 0, 0, (SCM obj),
 {
     ROUTER_CHECK(FUNC_NAME, moe_router_step(router_of(obj, 1, FUNC_NAME)));
     scm_remember_upto_here_1(obj);
+    return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_replay_x, "%router-replay!", 2, 0, 0, (SCM obj, SCM ids),
+           "Play back the list @var{ids} of [T K] expert ids, one per forward ('() stops).")
+#define FUNC_NAME "router-replay!"
+{
+    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    long n = scm_ilength(ids);
+    if (n < 0) scm_wrong_type_arg_msg(FUNC_NAME, 2, ids, "list of tensors");
+    moe_tensor **list = scm_gc_malloc_pointerless(sizeof *list * (size_t)(n ? n : 1), "replay ids");
+    long i = 0;
+    for (SCM l = ids; scm_is_pair(l); l = SCM_CDR(l)) list[i++] = moelab_unwrap(SCM_CAR(l), 2, FUNC_NAME);
+    ROUTER_CHECK(FUNC_NAME, moe_router_replay(r, n, list)); /* retains them */
+    scm_remember_upto_here_2(obj, ids);
+    return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_record, "%router-record", 2, 0, 0, (SCM obj, SCM clear),
+           "The recorded expert ids (a list of [T K] tensors); cleared when @var{clear}.")
+#define FUNC_NAME "router-record"
+{
+    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    bool c = bool_arg(clear, 2, FUNC_NAME);
+    int64_t n;
+    moe_tensor *const *rec = moe_router_record(r, &n);
+    SCM l = SCM_EOL;
+    for (int64_t i = n - 1; i >= 0; i--) l = scm_cons(share(rec[i]), l);
+    if (c) moe_router_clear_record(r);
+    scm_remember_upto_here_1(obj);
+    return l;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_router_qb_beta, "%router-qb-beta", 1, 0, 0, (SCM obj),
+           "A copy of the quantile-balancing β [E] f32, or #f.")
+#define FUNC_NAME "router-qb-beta"
+{
+    moe_tensor *b = moe_router_qb_beta(router_of(obj, 1, FUNC_NAME)), *copy = NULL;
+    if (b) ROUTER_CHECK(FUNC_NAME, moe_clone(&copy, b));
+    scm_remember_upto_here_1(obj);
+    return copy ? moelab_wrap(copy) : SCM_BOOL_F;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_set_router_qb_beta_x, "%set-router-qb-beta!", 2, 0, 0, (SCM obj, SCM b),
+           "Copy @var{b} [E] into the quantile-balancing β.")
+#define FUNC_NAME "set-router-qb-beta!"
+{
+    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    ROUTER_CHECK(FUNC_NAME, moe_router_set_qb_beta(r, moelab_unwrap(b, 2, FUNC_NAME)));
+    scm_remember_upto_here_2(obj, b);
     return SCM_UNSPECIFIED;
 }
 #undef FUNC_NAME
@@ -483,7 +543,7 @@ static void aux_options(moe_aux_options *o, SCM options, const char *subr)
             char s[32];
             moelab_to_name(v, s, sizeof s, 3, subr, "symbol");
             if (!moe_score_fn_parse(s, &o->score))
-                moelab_throw(subr, MOE_ERR_ARG, "#:score expects softmax or sigmoid, got %s", s);
+                moelab_throw(subr, MOE_ERR_ARG, "#:score expects softmax, sigmoid or sqrtsoftplus, got %s", s);
         } else if (strcmp(name, "sigmoid-eps") == 0) {
             o->sigmoid_eps = moelab_to_double(v, 3, subr);
         } else if (strcmp(name, "score-offset") == 0) {
@@ -504,6 +564,15 @@ static void aux_options(moe_aux_options *o, SCM options, const char *subr)
             o->num_layers = moelab_to_int64(v, 3, subr);
         } else if (strcmp(name, "k-in-f?") == 0) {
             o->k_in_f = bool_arg(v, 3, subr);
+        } else if (strcmp(name, "convention") == 0) {
+            char cv[32];
+            if (!moelab_name_text(v, cv, sizeof cv) || !moe_convention_parse(cv, &o->convention)) {
+                char *shown = scm_to_utf8_string(scm_object_to_string(v, SCM_UNDEFINED));
+                char text[256];
+                snprintf(text, sizeof text, "%s", shown);
+                free(shown);
+                moelab_throw(subr, MOE_ERR_ARG, "#:convention expects one of exact megatron, got %s", text);
+            }
         } else {
             moelab_throw(subr, MOE_ERR_ARG, "unknown option #:%s", name);
         }
@@ -537,12 +606,17 @@ SCM_DEFINE(moelab_load_balancing_loss, "%load-balancing-loss", 3, 0, 0, (SCM kin
 }
 #undef FUNC_NAME
 
-SCM_DEFINE(moelab_z_loss, "%z-loss", 2, 0, 0, (SCM logits, SCM valid), "The router z-loss of @var{logits}.")
+SCM_DEFINE(moelab_z_loss, "%z-loss", 3, 0, 0, (SCM logits, SCM valid, SCM div),
+           "The router z-loss of @var{logits} (the sum over valid tokens divided by @var{div}, "
+           "or their mean for #f).")
 #define FUNC_NAME "z-loss"
 {
     moe_tensor *out;
-    ROUTER_CHECK(FUNC_NAME, moe_z_loss(&out, moelab_unwrap(logits, 1, FUNC_NAME),
-                                       moelab_unwrap_opt(valid, 2, FUNC_NAME)));
+    double d = moelab_to_double_or(div, 0, 3, FUNC_NAME);
+    if (!scm_is_false(div) && !(d > 0))
+        moelab_throw(FUNC_NAME, MOE_ERR_ARG, "#:div-factor must be > 0 (or #f for the mean), got %g", d);
+    ROUTER_CHECK(FUNC_NAME, moe_z_loss_div(&out, moelab_unwrap(logits, 1, FUNC_NAME),
+                                           moelab_unwrap_opt(valid, 2, FUNC_NAME), d));
     scm_remember_upto_here_2(logits, valid);
     return moelab_wrap(out);
 }

@@ -43,6 +43,9 @@ typedef enum opt_kind {
     OPT_DEBUG_ROUTING, /* #f = none */
     OPT_LOSSES,
     OPT_PRESET,
+    OPT_CONVENTION,
+    OPT_ROUTING,
+    OPT_REPLAY,       /* #f = off */
 } opt_kind;
 
 typedef struct opt_spec {
@@ -72,6 +75,10 @@ static const opt_spec specs[] = {
     {"sinkhorn?", OPT_BOOL, FIELD(sinkhorn)},
     {"debug-routing", OPT_DEBUG_ROUTING, FIELD(debug_routing)},
     {"debug-skew", OPT_REAL, FIELD(debug_skew)},
+    {"debug-keep-weights?", OPT_BOOL, FIELD(debug_keep_weights)},
+    {"routing", OPT_ROUTING, FIELD(routing)},
+    {"qb-ema", OPT_REAL, FIELD(qb_ema)},
+    {"replay", OPT_REPLAY, FIELD(replay)},
     {"capacity-factor", OPT_REAL_OR_NONE, FIELD(capacity_factor)},
     {"capacity-formula", OPT_CAPACITY_FORMULA, FIELD(capacity_formula)},
     {"ep-size", OPT_INT, FIELD(ep_size)},
@@ -87,6 +94,8 @@ static const opt_spec specs[] = {
     {"num-moe-layers", OPT_INT, FIELD(num_moe_layers)},
     {"k-in-f?", OPT_BOOL, FIELD(k_in_f)},
     {"global-buffer?", OPT_BOOL, FIELD(global_buffer)},
+    {"convention", OPT_CONVENTION, FIELD(convention)},
+    {"z-loss-div?", OPT_BOOL, FIELD(z_loss_div)},
     {"grad-mode", OPT_GRAD_MODE, FIELD(grad_mode)},
     {"grad-accum", OPT_INT, FIELD(grad_accum)},
     {"per-token-loss?", OPT_BOOL, FIELD(per_token_loss)},
@@ -167,13 +176,16 @@ static double real_value(const char *subr, const char *key, SCM value)
     }
 
 ENUM_READER(dtype_value, moe_dtype, moe_dtype_parse, "f32 f64")
-ENUM_READER(score_value, moe_score_fn, moe_score_fn_parse, "softmax sigmoid")
+ENUM_READER(score_value, moe_score_fn, moe_score_fn_parse, "softmax sigmoid sqrtsoftplus")
 ENUM_READER(norm_value, moe_norm_mode, moe_norm_mode_parse, "auto #t #f (or auto on off)")
 ENUM_READER(formula_value, moe_capacity_formula, moe_capacity_formula_parse, "megatron megablocks")
 ENUM_READER(drop_value, moe_drop_policy, moe_drop_policy_parse, "probs position")
 ENUM_READER(count_value, moe_count_from, moe_count_from_parse, "topk actual")
 ENUM_READER(grad_value, moe_grad_mode, moe_grad_mode_parse, "inject add")
-ENUM_READER(debug_value, moe_debug_routing, moe_debug_routing_parse, "#f none uniform imbalance")
+ENUM_READER(debug_value, moe_debug_routing, moe_debug_routing_parse, "#f none uniform imbalance random")
+ENUM_READER(convention_value, moe_convention, moe_convention_parse, "exact megatron")
+ENUM_READER(routing_value, moe_routing_mode, moe_routing_mode_parse, "topk quantile-balancing")
+ENUM_READER(replay_value, moe_replay_mode, moe_replay_mode_parse, "#f record")
 
 static void set_losses(moe_router_config *cfg, SCM value, const char *subr, const char *key)
 {
@@ -271,6 +283,15 @@ static void apply_one(moe_router_config *cfg, const opt_spec *spec, SCM value, c
         break;
     case OPT_PRESET:
         break; /* applied first */
+    case OPT_CONVENTION:
+        *(moe_convention *)field = convention_value(subr, key, value);
+        break;
+    case OPT_ROUTING:
+        *(moe_routing_mode *)field = routing_value(subr, key, value);
+        break;
+    case OPT_REPLAY:
+        *(moe_replay_mode *)field = scm_is_false(value) ? MOE_REPLAY_OFF : replay_value(subr, key, value);
+        break;
     }
 }
 
@@ -332,26 +353,37 @@ SCM moelab_router_metrics_alist(moe_router *r, const char *subr)
     MOELAB_CHECK(subr, moe_router_metrics_get(&m, r));
     SCM aux = SCM_EOL;
     for (int i = m.n_aux - 1; i >= 0; i--)
-        aux = scm_acons(sym(moe_aux_kind_name(m.aux_kind[i])), scm_from_double(m.aux_value[i]), aux);
+        aux = scm_acons(sym(moe_aux_kind_name(m.aux_kind[i])), real_or_false(m.aux_value[i]), aux);
     /* Plain numbers first: wrapping allocates, and on the way every tensor
-     * still in M must be released by us or owned by a Scheme object. */
-    SCM tail = scm_list_n(scm_cons(sym("max-violation-batch"), scm_from_double(m.max_violation_batch)),
-                          scm_cons(sym("max-violation-step"), scm_from_double(m.max_violation_step)),
+     * still in M must be released by us or owned by a Scheme object. A
+     * statistic of an empty window (NaN) is #f. */
+    SCM tail = scm_list_n(scm_cons(sym("max-violation-batch"), real_or_false(m.max_violation_batch)),
+                          scm_cons(sym("max-violation-step"), real_or_false(m.max_violation_step)),
                           scm_cons(sym("max-violation-global"), real_or_false(m.max_violation_global)),
-                          scm_cons(sym("cv"), scm_from_double(m.cv)),
-                          scm_cons(sym("max-over-mean"), scm_from_double(m.max_over_mean)),
-                          scm_cons(sym("dead-fraction"), scm_from_double(m.dead_fraction)),
-                          scm_cons(sym("entropy"), scm_from_double(m.entropy)),
-                          scm_cons(sym("selected-mass"), scm_from_double(m.selected_mass)),
-                          scm_cons(sym("dropped-fraction"), scm_from_double(m.dropped_fraction)),
+                          scm_cons(sym("cv"), real_or_false(m.cv)),
+                          scm_cons(sym("max-over-mean"), real_or_false(m.max_over_mean)),
+                          scm_cons(sym("dead-fraction"), real_or_false(m.dead_fraction)),
+                          scm_cons(sym("entropy"), real_or_false(m.entropy)),
+                          scm_cons(sym("selected-mass"), real_or_false(m.selected_mass)),
+                          scm_cons(sym("dropped-fraction"), real_or_false(m.dropped_fraction)),
                           scm_cons(sym("aux-losses"), aux),
                           scm_cons(sym("micro-batches"), scm_from_int64(m.micro_batches)),
                           scm_cons(sym("tokens"), scm_from_int64(m.tokens)),
-                          scm_cons(sym("step"), scm_from_int64(m.step)), SCM_UNDEFINED);
+                          scm_cons(sym("step"), scm_from_int64(m.step)),
+                          scm_cons(sym("step-window"), sym(m.step_ended ? "ended" : "current")),
+                          SCM_UNDEFINED);
     SCM batch = tensor_or_false(&m.tokens_per_expert);
     SCM step = tensor_or_false(&m.tokens_per_expert_step);
     SCM global = tensor_or_false(&m.tokens_per_expert_global);
     SCM bias = tensor_or_false(&m.bias);
+    moe_tensor *beta = moe_router_qb_beta(r);
+    SCM qb = SCM_BOOL_F;
+    if (beta) {
+        moe_tensor *copy = NULL;
+        MOELAB_CHECK(subr, moe_clone(&copy, beta));
+        qb = moelab_wrap(copy);
+    }
+    tail = scm_cons(scm_cons(sym("qb-beta"), qb), tail);
     return scm_cons(scm_cons(sym("tokens-per-expert"), batch),
                     scm_cons(scm_cons(sym("tokens-per-expert-step"), step),
                              scm_cons(scm_cons(sym("tokens-per-expert-global"), global),
@@ -401,6 +433,12 @@ static SCM option_value(const moe_router_config *cfg, const opt_spec *spec)
         return l;
     }
     case OPT_PRESET: return cfg->preset ? sym(cfg->preset) : SCM_BOOL_F;
+    case OPT_CONVENTION: return sym(moe_convention_name(*(const moe_convention *)field));
+    case OPT_ROUTING: return sym(moe_routing_mode_name(*(const moe_routing_mode *)field));
+    case OPT_REPLAY: {
+        moe_replay_mode m = *(const moe_replay_mode *)field;
+        return m == MOE_REPLAY_OFF ? SCM_BOOL_F : sym(moe_replay_mode_name(m));
+    }
     }
     return SCM_BOOL_F;
 }

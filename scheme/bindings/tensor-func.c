@@ -511,10 +511,6 @@ SCM_DEFINE(moelab_tensor_set_x, "%tensor-set!", 3, 0, 0, (SCM t, SCM indices, SC
     if (moe_tensor_needs_grad(x))
         moelab_throw(FUNC_NAME, MOE_ERR_STATE, "in-place write to a tensor that requires grad (shape %s); "
                      "use no-grad or detach", moe_shape_str(x));
-    if (!moe_dtype_is_float(x->dtype) && !(fabs(v) < 9.2e18))
-        moelab_throw(FUNC_NAME, MOE_ERR_VALUE, "value %g out of range for %s", v, moe_dtype_name(x->dtype));
-    if (x->dtype == MOE_I32 && !(v > -2147483649.0 && v < 2147483648.0))
-        moelab_throw(FUNC_NAME, MOE_ERR_VALUE, "value %g out of range for i32", v);
     MOELAB_CHECK(FUNC_NAME, moe_tensor_set(x, idx, v));
     scm_remember_upto_here_1(t);
     return SCM_UNSPECIFIED;
@@ -625,8 +621,6 @@ SCM_DEFINE(moelab_tensor_fill_x, "%tensor-fill!", 2, 0, 0, (SCM t, SCM value),
 {
     moe_tensor *x = moelab_unwrap(t, 1, FUNC_NAME);
     double v = scm_is_bool(value) ? (scm_is_true(value) ? 1.0 : 0.0) : moelab_to_double(value, 2, FUNC_NAME);
-    if (!moe_dtype_is_float(x->dtype) && !(fabs(v) < 9.2e18))
-        moelab_throw(FUNC_NAME, MOE_ERR_VALUE, "value %g out of range for %s", v, moe_dtype_name(x->dtype));
     MOELAB_CHECK(FUNC_NAME, moe_tensor_fill_(x, v));
     scm_remember_upto_here_1(t);
     return SCM_UNSPECIFIED;

@@ -13,7 +13,7 @@
   #:use-module (moelab tensor)
   #:use-module (srfi srfi-9)
   #:export (requires-grad! requires-grad? backward! tensor-grad set-tensor-grad!
-            zero-grad! detach tensor-grad-fn tensor-leaf?
+            zero-grad! detach tensor-grad-fn tensor-leaf? tensor-version
             grad-enabled? set-grad-enabled! with-no-grad with-grad no-grad
             register-hook! unregister-hook!
             define-autograd-function make-autograd-function
@@ -50,6 +50,14 @@ or drop it (#f)."
   "A tensor sharing T's storage but cut from the graph: it does not require
 grad and backward! does not flow through it."
   (%detach t))
+
+(define (tensor-version t)
+  "The version counter of T's storage: a count of the in-place writes to it
+(tensor-fill!, tensor-copy!, tensor-set!, in-place collectives, the router's
+expert-bias update), shared by T's views and detached aliases. An op that
+saves T for its backward notes the version; backward! refuses to use T once
+it has changed."
+  (%tensor-version t))
 
 (define (tensor-grad-fn t)
   "The name (a string) of the op that made T, when T was recorded by
@@ -139,18 +147,39 @@ backward receive."
   "The name (a symbol) of the function CTX belongs to."
   (%ctx-name ctx))
 
+;; A tensor kept by ctx-save! and the version of its storage at that time.
+(define-record-type <saved-tensor>
+  (make-saved-tensor tensor version)
+  saved-tensor?
+  (tensor saved-tensor-tensor)
+  (version saved-tensor-version))
+
 (define (ctx-save! ctx . values)
   "In a forward of define-autograd-function: keep VALUES (tensors or any
 Scheme values) for the backward, which reads them with ctx-saved. Tensors are
-kept detached (their data, not their graph)."
+kept detached (their data, not their graph), with their version: ctx-saved
+refuses a tensor changed in place since."
   (set-ctx-saved-reversed!
    ctx
-   (append (reverse (map (lambda (v) (if (tensor? v) (%detach v) v)) values))
+   (append (reverse (map (lambda (v) (if (tensor? v) (make-saved-tensor (%detach v) (%tensor-version v)) v))
+                         values))
            (ctx-saved-reversed ctx))))
 
+(define (unpack-saved ctx v)
+  (if (saved-tensor? v)
+      (let ((t (saved-tensor-tensor v)) (then (saved-tensor-version v)))
+        (unless (= (%tensor-version t) then)
+          (throw 'moelab-error "backward!"
+                 "a tensor needed for the gradient (~a ~a, saved by '~a') was modified by an in-place operation: it is at version ~a, expected version ~a; change a clone instead, or change it after backward"
+                 (list (tensor-dtype t) (tensor-shape t) (%ctx-name ctx) (%tensor-version t) then)
+                 '(state)))
+        t)
+      v))
+
 (define (ctx-saved ctx)
-  "The values saved with ctx-save!, in the order they were saved."
-  (reverse (ctx-saved-reversed ctx)))
+  "The values saved with ctx-save!, in the order they were saved. A tensor
+changed in place since it was saved raises moelab-error."
+  (map (lambda (v) (unpack-saved ctx v)) (reverse (ctx-saved-reversed ctx))))
 
 (define (make-autograd-function name forward backward)
   "A differentiable procedure named NAME (a symbol). Calling it with

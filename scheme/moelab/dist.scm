@@ -257,6 +257,12 @@ of the group is world rank (list-ref (group-ranks G) i))."
               (lambda () #t)
               (lambda () (rank-outcome ctx proc))
               (lambda () (%context-close! c)))))
+    ;; A collective timed out: MPI cannot take it back, so the job ends here,
+    ;; with the error PROC raised (or the timeout, if PROC caught it).
+    (let ((failure (%mpi-failed)))
+      (when failure
+        (%mpi-abort (format #f "moelab (rank ~a): ~a; aborting the MPI job"
+                            rank (if (car o) failure (cadr o))))))
     (if (car o)
         (map (lambda (r) (and (= r rank) (cdr o))) (iota n))
         (raise-rank-failure rank (cadr o) (cddr o) '()))))
@@ -287,7 +293,11 @@ collectively), and with-ranks returns a list of N entries holding this
 rank's result at its position and #f at the others. An error in PROC raises
 moelab-error on that process only: MPI cannot interrupt the peers'
 collectives, so end the program (an uncaught error does; mpirun then stops
-the other processes).
+the other processes). A collective that waits longer than (comm-timeout)
+for a rank that never comes raises moelab-error naming the collective, the
+group and the missing ranks; MPI cannot take the collective back, so when
+PROC returns (or raises) with-ranks prints that message and aborts the whole
+job (MPI_Abort): mpirun exits non-zero instead of hanging.
 @example
 (with-ranks 4 (lambda (rank) (* rank rank)))       ; ⇒ (0 1 4 9)
 (with-ranks 8 #:mesh '((dp . 2) (cp . 2) (tp . 2))
@@ -374,13 +384,19 @@ barrier."
 ;;; ---- settings ---------------------------------------------------------------------------
 
 (define (set-comm-timeout! seconds)
-  "Let a collective wait at most SECONDS for its peers (#f or 0: forever)
-before it fails naming the ranks it waited for. Applies process-wide to
-collectives started afterwards; the default is 300 s, or MOELAB_COMM_TIMEOUT
-from the environment. Returns the previous setting."
+  "Let a collective (or a send or receive) wait at most SECONDS, a positive
+number, for its peers before it fails naming the ranks it waited for; #f
+waits forever. Zero, a negative number or NaN raises moelab-error and
+leaves the setting as it was. Applies process-wide, to every backend
+(threads and MPI), for collectives started afterwards; the default is
+300 s, or MOELAB_COMM_TIMEOUT from the environment (a positive number of
+seconds, or @code{inf} for forever). Returns the previous setting (a number,
+or #f for forever). Under MPI a timeout ends the whole job: see with-ranks."
   (%set-comm-timeout! seconds))
 
 (define (comm-timeout)
-  "The seconds a collective may wait for its peers (0: forever); see
-set-comm-timeout!."
+  "The seconds a collective may wait for its peers, or #f when it waits
+forever; see set-comm-timeout!. Raises moelab-error when
+MOELAB_COMM_TIMEOUT holds something that is not a timeout (and no
+set-comm-timeout! has replaced it)."
   (%comm-timeout))

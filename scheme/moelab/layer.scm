@@ -193,7 +193,9 @@ per-step counters. Call it after the parameter update."
 (define (moe-metrics moe)
   "The routing metrics of MOE's router as an alist (tokens per expert over
 the last batch and the step, max violation, dead experts, entropy, dropped
-fraction, aux-loss values, …; see router-metrics)."
+fraction, aux-loss values, …; see router-metrics). Read right after
+moe-step!, the step statistics describe the step that just ended; an empty
+window gives #f statistics."
   (%moe-metrics moe))
 
 ;;; ---- printing -------------------------------------------------------------------

@@ -76,9 +76,15 @@
 (define (div2 a b who)
   (cond ((and (tensor? a) (tensor? b)) (%div a b who))
         ((and (tensor? a) (real? b))
-         (if (memq (tensor-dtype a) '(f32 f64 bf16))
-             (%div a (scalar-like b a) who)          ; exact division, a's dtype
-             (%mul-scalar a (/ 1.0 b) who)))         ; integers: true division
+         (cond ((memq (tensor-dtype a) '(f32 f64 bf16))
+                (%div a (scalar-like b a) who))      ; exact division, a's dtype
+               ((zero? b)
+                (throw 'moelab-error who "integer division by zero: the ~a tensor ~a divided by ~a"
+                       (list (tensor-dtype a)
+                             (string-append "[" (string-join (map number->string (tensor-shape a)) " ") "]")
+                             b)
+                       '(value)))
+               (else (%mul-scalar a (/ 1.0 b) who)))) ; integers: true division
         ((and (real? a) (tensor? b)) (%rdiv-scalar b a who))
         ((and (number? a) (number? b)) (/ a b))
         (else (operand-error who (if (or (tensor? a) (number? a)) b a)))))

@@ -17,6 +17,7 @@
                 #:select (make-tcp-server-socket make-unix-domain-server-socket
                           run-server stop-server-and-clients!))
   #:use-module (ice-9 match)
+  #:use-module ((ice-9 rdelim) #:select (read-line))
   #:use-module (ice-9 format)
   #:use-module (srfi srfi-1)
   #:export (moelab-main
@@ -619,6 +620,65 @@ instead of ending the program."
             (sigaction SIGINT (car old) (cdr old))
             (sigaction SIGINT #f))))))
 
+;; What read-input returns for a meta-command (`,name ...') and after a read
+;; error: objects no datum can be.
+(define %meta-command (list 'meta-command))
+(define %read-failed (list 'read-failed))
+
+(define (read-input port)
+  "The next form of PORT, %meta-command when a `,' starts the next item (its
+name and arguments are left for meta-command), or the end-of-file object."
+  (let skip ()
+    (let ((ch (peek-char port)))
+      (cond ((eof-object? ch) ch)
+            ((char-whitespace? ch) (read-char port) (skip))
+            ((eqv? ch #\;) (read-line port) (skip))
+            ((eqv? ch #\,) (read-char port) %meta-command)
+            (else (read port))))))
+
+(define (run-piped-session)
+  "Read and evaluate standard input, which is not a terminal, as a quiet
+REPL: the values on standard output, each error on standard error (one line
+for a moelab-error), carrying on after it.  Every error counts: in reading, in
+compiling, in evaluating, in a meta-command.  Returns the exit status: N for
+an explicit (exit N), otherwise 1 when any error was raised, and 0."
+  (let ((repl (make-repl (current-language)))
+        (failed? #f))
+    (define (report key args)
+      (set! failed? #t)
+      (force-output (current-output-port))
+      (print-exception (current-error-port) #f key args)
+      (force-output (current-error-port)))
+    (define (guarded thunk)
+      ;; (exit N) and ,q throw 'quit: that one goes through.
+      (catch #t thunk
+        (lambda (key . args)
+          (if (eq? key 'quit)
+              (apply throw key args)
+              (begin (report key args) %read-failed)))))
+    (define (evaluate form)
+      (run-hook before-eval-hook form)
+      (call-with-values (lambda () (repl-eval repl form))
+        (lambda vals
+          (for-each (lambda (v) (repl-print repl v)) vals))))
+    (catch 'quit
+      (lambda ()
+        (with-fluids ((*repl-stack* (list repl)))
+          (let loop ()
+            (let ((item (guarded (lambda () (read-input (current-input-port))))))
+              (cond ((eof-object? item) (if failed? 1 0))
+                    ((eq? item %read-failed) (loop))
+                    ((eq? item %meta-command)
+                     (guarded (lambda () (meta-command repl)))
+                     (loop))
+                    (else
+                     (guarded (lambda () (evaluate item)))
+                     (loop)))))))
+      (lambda (key . args)
+        (if (null? args)
+            (if failed? 1 0)
+            (quit-status args))))))
+
 (define (run-repl-mode rc? threads)
   (let ((tty? (isatty? (current-input-port))))
     (install-moelab-repl! #:interactive? tty?)
@@ -628,12 +688,16 @@ instead of ending the program."
       (newline)
       (setup-readline!))
     (when rc? (load-rc!))
-    (let ((status (call-with-sigint
-                   (lambda ()
-                     (with-fluids ((*repl-stack* (list (base-repl))))
-                       (start-repl))))))
+    (let ((status (if tty?
+                      (call-with-sigint
+                       (lambda ()
+                         (with-fluids ((*repl-stack* (list (base-repl))))
+                           (start-repl))))
+                      (run-piped-session))))
       (run-hook exit-hook)
-      (quit-status (if (list? status) status '())))))
+      (if (integer? status)
+          status
+          (quit-status (if (list? status) status '()))))))
 
 (define %default-repl-port 37146)
 
@@ -696,7 +760,11 @@ The moelab workbench: Guile Scheme with (moelab) loaded.
 
 REPL: readline on a terminal, history in ~/.moelab_history (or $MOELAB_HISTORY),
 TAB completes moelab names; ,help moelab lists the moelab meta-commands.
-Environment: MOELAB_NUM_THREADS sets the number of OpenMP threads.
+Standard input that is not a terminal is read as a quiet REPL that carries on
+after an error and exits with status 1 if any form raised one.
+Environment: MOELAB_NUM_THREADS sets the number of OpenMP threads;
+MOELAB_LOAD_PATH and MOELAB_LOAD_COMPILED_PATH replace the directories of
+moelab's own modules, which come before GUILE_LOAD_PATH.
 ")
 
 (define (usage-error message)

@@ -35,6 +35,7 @@
             router-bias set-router-bias! router-set-groups! router-training!
             router-recomputing! router-set-grad-scale!
             router-forward router-step! router-metrics router-state router-load-state!
+            router-replay! router-replay-record router-qb-beta set-router-qb-beta!
             routing? routing-weights routing-experts routing-probs routing-map
             routing-kept routing-logits routing-counts routing-aux-losses
             routing-aux-total routing-tokens routing-capacity routing-dropped
@@ -82,7 +83,9 @@
 @item #:hidden D, #:experts E, #:top-k K
 Sizes (required). The gate weight is [E D], N(0, 0.02²) from #:seed.
 @item #:score ['softmax]
-or 'sigmoid.
+'sigmoid, or 'sqrtsoftplus (s = sqrt(softplus(z)), Megatron-Core's; handled
+like sigmoid: selection on s (+ expert bias), weights renormalised when K > 1,
+loss scores s/(sum s + 1e-20)).
 @item #:pre-softmax? [#f]
 softmax over all E then top-k (else top-k on the logits, softmax over the K).
 @item #:normalize? ['auto]
@@ -108,13 +111,43 @@ counts for the losses from the plain top-k of the loss scores, or 'actual.
 @item #:preset [#f]
 'megatron 'olmo-core 'torchtitan 'megablocks 'deepseek-v3 'qwen-global,
 applied first; other keywords override it.
+@item #:convention ['exact]
+or 'megatron (set by the presets 'megatron, 'deepseek-v3 and 'qwen-global;
+an explicit 'exact overrides them). Under 'megatron the sequence loss gives
+every sequence the micro-batch's average valid length sum(c)/(K·B); the
+global-batch loss averages the accumulated counts over the micro-batches
+seen and normalises by the current micro-batch's valid tokens;
+routing-capacity reports ceil(T·K/E·cf) even above T (the routing is the
+same). Equal sequence lengths and equal micro-batches make both agree.
+@item #:routing ['topk]
+or 'quantile-balancing: select each token's top-K of z − β with a
+per-expert bias β (f32, zero at first). While training with grad enabled each
+forward also takes, for every expert, the (T·K/E + 1)-th largest over tokens
+of z − α (α_t the (K+1)-th largest of z_t − β; the logits gathered over tp×cp
+first); router-step! sets β ← ema·β + (1 − ema)·mean of those over the
+step's micro-batches and the data-parallel group, re-centred to zero mean.
+T·K must then divide by E. Weights come from the score function at the
+chosen experts. No group limiting, expert bias, padding mask or balancing
+loss coefficient (the z-loss is allowed).
+@item #:qb-ema [0]
+the EMA factor of β's update (0 replaces β).
+@item #:replay [#f]
+'record keeps every forward's expert ids (router-replay-record).
 @item #:seed [0]
 @end table
 
 Extensions (the C config fields): #:dtype ['f32 or 'f64], #:norm-eps
 [1e-20], #:norm-p [1], #:score-offset [0], #:sinkhorn? [#f],
-#:debug-routing [#f, 'uniform or 'imbalance], #:debug-skew [4], #:ep-size [1],
-#:loss-eps [1e-20], #:loss-div-factor [0 = default], #:num-moe-layers [1],
+#:debug-routing [#f; 'uniform: slot i to expert i mod E; 'imbalance: a
+seeded skewed draw; 'random: the logits replaced by seeded uniform random
+numbers in [0, 1), routed as usual, no gradient to the weight — forced
+routing for load tests], #:debug-skew [4], #:debug-keep-weights? [#f;
+#t under 'megablocks: uniform debug routing keeps the weights of the
+router's own top-k (MegaBlocks) instead of gathering the forced experts'
+scores], #:ep-size [1], #:loss-eps [1e-20], #:loss-div-factor [0 =
+default], #:z-loss-div? [#f; #t under 'olmo-core: the z-loss divides its
+sum by #:loss-div-factor when that is set, as OLMo-core passes the same
+divisor to both losses], #:num-moe-layers [1],
 #:k-in-f? [#t], #:global-buffer? [#t], #:grad-accum [1],
 #:per-token-loss? [#f], #:pp-size [1], #:training? [#t]. A boolean keyword
 may drop its '?'. Invalid settings (K > E, E not divisible by the groups,
@@ -174,17 +207,48 @@ advance the global buffer and replay the original forwards' noise and counts."
 by |cp|/M) and per-token-loss mode (scale by the micro-batch's valid tokens)."
   (%router-grad-scale! r grad-accum per-token-loss?))
 
-(define* (router-forward r x #:key (valid #f) (doc-bounds #f))
+(define* (router-forward r x #:key (valid #f) (doc-bounds #f) (experts #f))
   "Route X [T D] or [B S D] with router R; returns a routing. VALID is a mask
 [T] or [B S] (tensor or list; true = real token) or #f; DOC-BOUNDS the
 document starts over the T tokens (i64 [N+1], 0 … T) for packed sequences.
-Rows of the results are in token order, b-major for [B S D]."
-  (%router-forward r x (as-mask "router-forward" valid) (as-ids "router-forward" doc-bounds)))
+EXPERTS (i64 [T K], tensor or list) replays a routing: those experts are used
+instead of selecting, their weights are the scores at those ids normalised as
+the score function does, the routing and expert-bias counts follow them, and
+the balancing losses count as #:count-from says ('topk: the loss scores' own
+top-k, as Megatron-Core; 'actual: EXPERTS). Ids out of range, a wrong shape or
+an expert twice in a row raise moelab-error. Rows of the results are in token
+order, b-major for [B S D]."
+  (%router-forward r x (as-mask "router-forward" valid) (as-ids "router-forward" doc-bounds)
+                   (as-ids "router-forward" experts)))
+
+(define (router-replay! r ids-list)
+  "Replay a recorded sequence of routings on R: the next forwards route with
+the expert ids of IDS-LIST ([T K] i64 tensors or lists), one entry per call,
+as router-forward's #:experts does; after the last entry R selects again.
+'() stops a replay. Use it with the list router-replay-record returned to
+reproduce a run with its routing fixed."
+  (%router-replay! r (map (lambda (v) (as-ids "router-replay!" v)) ids-list)))
+
+(define* (router-replay-record r #:key (clear? #f))
+  "The expert ids [T K] of every forward of R so far, oldest first (R made
+with #:replay 'record; '() otherwise). With CLEAR? the record is emptied
+afterwards."
+  (%router-record r clear?))
+
+(define (router-qb-beta r)
+  "A copy of the quantile-balancing bias β [E] f32 of R, or #f when R does not
+route by quantile balancing."
+  (%router-qb-beta r))
+
+(define (set-router-qb-beta! r b)
+  "Copy B [E] (tensor or list) into the quantile-balancing bias β of R."
+  (%set-router-qb-beta! r (if (list? b) (tensor b) b)))
 
 (define (router-step! r)
-  "End of an optimizer step for R: update the expert bias (sign rule), record
-the global metrics, reset the counters and the global-batch buffer.
-Collective over R's groups."
+  "End of an optimizer step for R: update the expert bias (sign rule) and, for
+quantile balancing, β (from the step's quantiles averaged over its
+micro-batches and the data-parallel group), record the global metrics, reset
+the counters and the global-batch buffer. Collective over R's groups."
   (%router-step! r))
 
 (define (router-metrics r)
@@ -194,19 +258,58 @@ is #f before the first router-step!), bias, max-violation-batch,
 max-violation-step, max-violation-global (#f before a step), cv,
 max-over-mean, dead-fraction, entropy (normalised by log E), selected-mass,
 dropped-fraction, aux-losses (alist kind . mean unscaled value over the
-step), micro-batches, tokens and step."
+step), micro-batches, tokens, step, step-window and qb-beta (β [E] of
+quantile balancing, or #f).
+
+The step window (the -step counts and everything from cv on) is the
+optimizer step in progress, or, until the next forward after a
+router-step!, the step that router-step! ended: step-window says which
+('current or 'ended). So metrics read right after router-step! describe the
+step just taken. A window without tokens (before the first forward, or a
+step with none) has zero counts and #f for every statistic, never a
+dead-fraction of 1."
   (%router-metrics r))
 
 (define (router-state r)
-  "The state of R for a checkpoint: an alist (bias . [E] f32 or #f) and
+  "The state of R for a checkpoint: an alist (bias . [E] f32 or #f),
 (counters . [3 E+1] f64: bias-update counts, global-batch buffer, step metric
-counts, each followed by its token total)."
-  (let ((s (%router-state r)))
-    `((bias . ,(car s)) (counters . ,(cadr s)))))
+counts, each followed by its token total) and, for a quantile-balancing
+router, (qb-beta . [E] f32: its bias β)."
+  (let ((s (%router-state r))
+        (beta (%router-qb-beta r)))
+    `((bias . ,(car s)) (counters . ,(cadr s)) ,@(if beta `((qb-beta . ,beta)) '()))))
 
 (define (router-load-state! r state)
-  "Restore a state from router-state into R."
-  (%router-load-state! r (assq-ref state 'bias) (assq-ref state 'counters)))
+  "Restore a state from router-state into R: STATE is an alist with the keys
+bias (an [E] tensor, or #f for a router without expert bias), counters (a
+[3 E+1] tensor) and, for a quantile-balancing router, qb-beta (an [E] float
+tensor). A missing or unknown key, or a value of the wrong kind or shape,
+raises moelab-error naming the key; R is then unchanged."
+  (define (fail fmt . args)
+    (throw 'moelab-error "router-load-state!" fmt args '(arg)))
+  (unless (and (list? state) (every pair? state))
+    (fail "expected the alist router-state returns (keys bias, counters and qb-beta), got ~s" state))
+  (for-each (lambda (entry)
+              (unless (memq (car entry) '(bias counters qb-beta))
+                (fail "unknown key ~s in the state (the keys are bias, counters and qb-beta)" (car entry))))
+            state)
+  (let ((bias (assq 'bias state)) (counters (assq 'counters state))
+        (beta (assq-ref state 'qb-beta)) (own-beta (%router-qb-beta r)))
+    (unless counters
+      (fail "the state has no counters entry (a [3 E+1] tensor, as router-state makes)"))
+    (unless (tensor? (cdr counters))
+      (fail "counters must be a [3 E+1] tensor, got ~s" (cdr counters)))
+    (unless bias
+      (fail "the state has no bias entry (an [E] tensor, or #f for a router without expert bias)"))
+    (unless (or (not (cdr bias)) (tensor? (cdr bias)))
+      (fail "bias must be an [E] tensor or #f, got ~s" (cdr bias)))
+    (when (and beta (not own-beta))
+      (fail "the state holds a quantile-balancing qb-beta but the router does not route by quantile balancing"))
+    (when (and beta (not (and (tensor? beta) (equal? (tensor-shape beta) (tensor-shape own-beta))
+                              (memq (tensor-dtype beta) '(f32 f64 bf16)))))
+      (fail "qb-beta must be a float tensor ~a, got ~s" (tensor-shape own-beta) beta))
+    (%router-load-state! r (cdr bias) (cdr counters))
+    (when beta (%set-router-qb-beta! r beta))))
 
 (define-method (write (r <router>) port) (display (%router-repr r) port))
 (define-method (display (r <router>) port) (display (%router-repr r) port))
@@ -271,7 +374,7 @@ coefficient. In add mode they are differentiable."
 (define* (load-balancing-loss kind logits #:key (top-k #f) (score 'softmax) (valid #f)
                               (doc-bounds #f) (routing-ids #f) (tracker #f) (group #f)
                               (sigmoid-eps 1e-20) (score-offset 0) (loss-div-factor #f)
-                              (num-layers 1) (k-in-f? #t))
+                              (num-layers 1) (k-in-f? #t) (convention 'exact))
   "The unscaled (coefficient 1) balance loss KIND of LOGITS as a 0-d tensor,
 differentiable in LOGITS. KIND is 'micro-batch (logits [T E]), 'sequence
 (logits [B S E], or [T E] with DOC-BOUNDS), 'global-batch (needs #:tracker from
@@ -282,7 +385,11 @@ s/(sum s + SIGMOID-EPS) after adding SCORE-OFFSET). VALID masks padding ([T] or
 scores. GROUP (a group or mesh dimensions) sums counts and token totals over
 tp×cp. LOSS-DIV-FACTOR overrides OLMo-core's divisor, NUM-LAYERS is
 MegaBlocks' MoE layer count, K-IN-F? #f drops the 1/K in f (HF's convention).
-NaN or Inf logits raise moelab-error."
+CONVENTION 'megatron follows Megatron-Core's arithmetic: 'sequence gives every
+sequence the average valid length sum(c)/(K·B); 'global-batch averages the
+tracker's counts over its micro-batches and normalises by this call's
+tokens ('exact, the default, normalises by the tokens accumulated). SCORE may
+also be 'sqrtsoftplus. NaN or Inf logits raise moelab-error."
   (unless (or top-k (memq kind '(z "z")))
     (throw 'moelab-error "load-balancing-loss" "#:top-k is required" '() '(arg)))
   (%load-balancing-loss
@@ -293,12 +400,15 @@ NaN or Inf logits raise moelab-error."
          #:routing-ids (as-ids "load-balancing-loss" routing-ids)
          #:tracker tracker #:group (as-group "load-balancing-loss" group)
          #:sigmoid-eps sigmoid-eps #:score-offset score-offset
-         #:loss-div-factor loss-div-factor #:num-layers num-layers #:k-in-f? k-in-f?)))
+         #:loss-div-factor loss-div-factor #:num-layers num-layers #:k-in-f? k-in-f?
+         #:convention convention)))
 
-(define* (z-loss logits #:key (valid #f))
+(define* (z-loss logits #:key (valid #f) (div-factor #f))
   "The router z-loss of LOGITS [T E] (or [B S E]): the mean over valid tokens
-of (logsumexp_i z_ti)², as a 0-d tensor, differentiable in LOGITS."
-  (%z-loss logits (as-mask "z-loss" valid)))
+of (logsumexp_i z_ti)², as a 0-d tensor, differentiable in LOGITS. With
+DIV-FACTOR d (> 0) the sum over valid tokens is divided by d instead, as
+OLMo-core divides it by the balancing loss's divisor."
+  (%z-loss logits (as-mask "z-loss" valid) div-factor))
 
 (define* (megablocks-batched-loss logits-list #:key (top-k #f) (score 'softmax)
                                   (routing-ids #f) (num-layers #f))
@@ -395,14 +505,15 @@ collective: e.g. the other data-parallel ranks' counts, given explicitly."
   ;; the 'last, 'step or 'global window of router metrics M
   (case window
     ((step)
-     (let ((tokens (assq-ref m 'tokens)))
-       (report-data (let ((n (assq-ref m 'micro-batches)))
-                         (format #f "~a (step so far: ~a micro-batch~a)" title n
-                                 (if (= n 1) "" "es")))
+     (let ((tokens (assq-ref m 'tokens)) (n (assq-ref m 'micro-batches))
+           (dropped (assq-ref m 'dropped-fraction)))   ; #f without tokens
+       (report-data (format #f "~a (~a: ~a micro-batch~a)" title
+                            (if (eq? (assq-ref m 'step-window) 'ended) "last step" "step so far")
+                            n (if (= n 1) "" "es"))
                     (tensor->list (assq-ref m 'tokens-per-expert-step)) k tokens 'unknown
-                    (inexact->exact (round (* (assq-ref m 'dropped-fraction) k tokens)))
+                    (if dropped (inexact->exact (round (* dropped k tokens))) 0)
                     ;; the aux means of an empty step are not values
-                    (if (zero? (assq-ref m 'micro-batches)) '() (assq-ref m 'aux-losses)))))
+                    (if (zero? n) '() (assq-ref m 'aux-losses)))))
     ((global)
      (let ((g (assq-ref m 'tokens-per-expert-global)))
        (unless g (report-error "no global counts before the first optimizer step (router-step!)"))
@@ -449,7 +560,8 @@ per expert and the dropped slots, where the source records them. Then one
 line per expert: its id, tokens routed to it, its share of the K·T slots
 (of the counted slots when T is not recorded), and a bar of '#' of up to
 WIDTH characters scaled to the largest count (at least one '#' for a
-non-zero count), or @samp{dead} for an expert with no token. The last line
+non-zero count), or @samp{dead} for an expert with no token (@samp{-} when
+the window has no token at all). The last line
 gives MaxVio (max/mean - 1), CV (std/mean, population std), min and max of
 the counts, and the unscaled aux losses when there are any. Every number
 comes from the counts, so it is exact:
@@ -465,13 +577,17 @@ MaxVio 2.00  CV 1.22  min 0  max 3
 
 For a router or a layer, WINDOW picks the counts: 'last (default) the last
 forward (a layer's moe-last-routing: T, capacity, drops and aux losses; a
-router's tokens-per-expert metric: counts only), 'step the optimizer step
-so far (router-metrics: T, dropped slots, mean aux losses) or 'global the
-last completed step summed over the data-parallel group (counts only).
+router's tokens-per-expert metric: counts only), 'step the step window of
+router-metrics (the optimizer step so far, or the step router-step! just
+ended: T, dropped slots, mean aux losses) or 'global the last completed
+step summed over the data-parallel group (counts only). Any other WINDOW
+is an error, whatever OBJ is.
 Anything else for OBJ, a layer before its first forward or 'global before
 the first router-step! raise moelab-error."
   (unless (and (exact-integer? width) (positive? width))
     (report-error "#:width expects a positive integer, got ~s" width))
+  (unless (memq window '(last step global))
+    (report-error "#:window expects last, step or global, got ~s" window))
   (let* ((data (gather-report obj window))
          (title (list-ref data 0)) (counts (list-ref data 1)) (k (list-ref data 2))
          (tokens (list-ref data 3)) (capacity (list-ref data 4)) (dropped (list-ref data 5))
@@ -490,9 +606,9 @@ the first router-step! raise moelab-error."
      (lambda (id c)
        (format port "  expert ~vd  ~vd  ~5,1f%  ~a~%" (digits (- e 1)) id (digits top) c
                (if (zero? slots) 0.0 (exact->inexact (* 100 (/ c slots))))
-               (if (zero? c)
-                   "dead"
-                   (make-string (max 1 (round (/ (* width c) top))) #\#))))
+               (cond ((zero? total) "-")  ; an empty window: no expert is dead
+                     ((zero? c) "dead")
+                     (else (make-string (max 1 (round (/ (* width c) top))) #\#)))))
      (iota e) counts)
     (if (zero? total)
         (format port "MaxVio n/a  CV n/a  min 0  max 0")

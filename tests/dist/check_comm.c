@@ -288,6 +288,18 @@ static moe_status dtype_mismatch(int rank, moe_group *world, void *p)
     return st;
 }
 
+/* rank 1 reduces with max while the others sum */
+static moe_status op_mismatch(int rank, moe_group *world, void *p)
+{
+    fail_ctx *c = p;
+    moe_tensor *t;
+    RTRY(moe_tensor_ones(&t, MOE_F32, MOE_CPU, 1, (int64_t[]){3}));
+    moe_status st = moe_all_reduce_(t, rank == 1 ? MOE_REDUCE_MAX : MOE_REDUCE_SUM, world);
+    snprintf(c->msg[rank], sizeof c->msg[rank], "%s", moe_last_error());
+    moe_tensor_release(t);
+    return st;
+}
+
 START_TEST(test_mismatches)
 {
     fail_ctx c = {0};
@@ -301,6 +313,30 @@ START_TEST(test_mismatches)
     for (int r = 0; r < 3; r++)
         ck_assert_msg(strstr(c.msg[r], "size mismatch: rank 0 has 3 elements (f32), rank 1 has 3 elements (f64)"),
                       "rank %d: %s", r, c.msg[r]);
+    memset(&c, 0, sizeof c);
+    ck_assert_int_ne(moe_threads_run(3, op_mismatch, &c, rs), MOE_OK);
+    for (int r = 0; r < 3; r++)
+        ck_assert_msg(strstr(c.msg[r], "all_reduce: reduce op mismatch: rank 0 passed sum, rank 1 passed max"),
+                      "rank %d: %s", r, c.msg[r]);
+}
+END_TEST
+
+/* Zero, negative and NaN timeouts are errors that keep the setting;
+ * INFINITY waits forever. */
+START_TEST(test_timeout_setting)
+{
+    ck_assert_int_eq(moe_comm_set_timeout(2.5), MOE_OK);
+    const double bad[] = {-1, 0, NAN};
+    for (int i = 0; i < 3; i++) {
+        FAILS(moe_comm_set_timeout(bad[i]), MOE_ERR_ARG, "is not a timeout");
+        ck_assert(moe_comm_timeout() == 2.5);
+    }
+    ck_assert_int_eq(moe_comm_set_timeout(INFINITY), MOE_OK);
+    ck_assert(isinf(moe_comm_timeout()));
+    double s = 0;
+    ck_assert_int_eq(moe_comm_wait_limit("barrier", &s), MOE_OK);
+    ck_assert(isinf(s));
+    ck_assert_int_eq(moe_comm_set_timeout(300), MOE_OK);
 }
 END_TEST
 
@@ -374,6 +410,7 @@ Suite *comm_suite(void)
     tcase_add_test(tc, test_timeout);
     tcase_add_test(tc, test_returned_early);
     tcase_add_test(tc, test_mismatches);
+    tcase_add_test(tc, test_timeout_setting);
     tcase_add_test(tc, test_recv_mismatch);
     tcase_add_test(tc, test_recv_timeout);
     suite_add_tcase(s, tc);

@@ -27,6 +27,21 @@ static moe_status case_lonely_failure(int r, moe_group *g, void *ctx)
     return MOE_OK;
 }
 
+/* the last rank reduces with max while the others sum: every rank names both ops */
+static moe_status case_op_mismatch(int r, moe_group *g, void *ctx)
+{
+    (void)ctx;
+    int n = moe_group_size(g);
+    moe_tensor *t;
+    RTRY(moe_tensor_ones(&t, MOE_F32, MOE_CPU, 1, (int64_t[]){3}));
+    char needle[96];
+    snprintf(needle, sizeof needle, "all_reduce: reduce op mismatch: rank 0 passed sum, rank %d passed max", n - 1);
+    RFAILS(moe_all_reduce_(t, r == n - 1 ? MOE_REDUCE_MAX : MOE_REDUCE_SUM, g), MOE_ERR_ARG, needle);
+    moe_tensor_release(t);
+    RTRY(moe_barrier(g)); /* the world is still in step */
+    return MOE_OK;
+}
+
 static moe_status case_environment(int r, moe_group *g, void *ctx)
 {
     (void)ctx;
@@ -113,6 +128,7 @@ static moe_status case_same_bits_as_threads(int r, moe_group *g, void *ctx)
 
 static const dist_case mpi_cases[] = {
     {"lonely_failure", case_lonely_failure},
+    {"op_mismatch", case_op_mismatch},
     {"environment", case_environment},
     {"mesh", case_mesh},
     {"same_bits_as_threads", case_same_bits_as_threads},

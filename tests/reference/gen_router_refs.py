@@ -7,6 +7,22 @@ autograd): it shares no code with moelab's C core. Run with Debian's
 python3-torch (torch 1.13):
 
     /usr/bin/python3 tests/reference/gen_router_refs.py > tests/reference/router_refs.txt
+    /usr/bin/python3 tests/reference/gen_router_refs.py --conventions \
+        > tests/reference/router_conv_refs.txt
+
+The first file holds moelab's exact forms; the second (check_router_conv_refs
+reads it) the frameworks' conventions and the newer routing modes:
+
+  Megatron sequence      every sequence uses T̄ = Σ c/(K·N), mean over all N sequences
+  Megatron global-batch  f_i = (c_i^acc/M)/(K·T_cur), M micro-batches accumulated
+  Megatron capacity      ⌈T·K/E·cf⌉ reported even above T
+  OLMo-core z-loss       Σ_t lse_t² / loss_div when the divisor is set
+  MegaBlocks uniform     forced ids arange(T·K) mod E with the router's own top-k weights
+  sqrtsoftplus           s = √softplus(z), handled as sigmoid (renormalised, s/(Σs+ε))
+  replay                 given ids, weights from the score function at them
+  quantile balancing     top-K of z − β; α_t = (K+1)-th largest of z_t − β,
+                         q_e = (T·K/E+1)-th largest of z_e − α; at the step
+                         β ← ema·β + (1−ema)·mean q, centred (f32)
 
 Formulas: the manual, chapter "Routers and balancing losses". T valid tokens, E experts, K top-k,
 p loss scores (softmax over E, or sigmoid normalised per token s/(Σs+ε)),
@@ -45,24 +61,30 @@ torch.set_default_dtype(torch.float64)
 
 OUT = sys.stdout
 NCASES = 0
+# --conventions: write the second vector file (router_conv_refs.txt): the
+# frameworks' conventions and the newer routing modes. Without it, the
+# original file (router_refs.txt), computed with the exact forms throughout.
+CONV = "--conventions" in sys.argv
 
 # ---- presets: the conventions each reference uses ------------------------------
 PRESETS = {
     "megatron": dict(score="softmax", pre_softmax=0, normalize="auto", norm_eps=1e-20,
                      count_from="topk", loss_eps=1e-20, grad_mode="inject",
-                     losses="micro-batch:0.01", capacity_formula="megatron", drop="probs"),
+                     losses="micro-batch:0.01", capacity_formula="megatron", drop="probs",
+                     convention="megatron"),
     "olmo-core": dict(score="softmax", pre_softmax=1, normalize="off", norm_eps=0.0,
                       score_offset=1e-7, loss_eps=0.0, count_from="actual", grad_mode="add",
-                      losses="olmo-local-batch:0.01,z:0.001"),
+                      losses="olmo-local-batch:0.01,z:0.001", z_loss_div=1),
     "torchtitan": dict(score="sigmoid", pre_softmax=1, normalize="off", group_score_top=2,
                        expert_bias=1, bias_center=1, count_from="actual", losses=""),
     "megablocks": dict(score="softmax", pre_softmax=1, normalize="off",
                        capacity_formula="megablocks", drop="position", count_from="actual",
-                       grad_mode="add", losses="megablocks:0.1"),
+                       grad_mode="add", losses="megablocks:0.1", debug_keep_weights=1),
     "deepseek-v3": dict(score="sigmoid", pre_softmax=1, normalize="auto", scaling=2.5,
-                        group_score_top=2, expert_bias=1, loss_eps=0.0, losses="sequence:0.0001"),
+                        group_score_top=2, expert_bias=1, loss_eps=0.0, losses="sequence:0.0001",
+                        convention="megatron"),
     "qwen-global": dict(score="softmax", pre_softmax=1, normalize="on", norm_eps=0.0,
-                        losses="global-batch:0.001"),
+                        losses="global-batch:0.001", convention="megatron"),
 }
 
 DEFAULTS = dict(score="softmax", pre_softmax=0, normalize="auto", norm_eps=1e-20, norm_p=1.0,
@@ -70,7 +92,8 @@ DEFAULTS = dict(score="softmax", pre_softmax=0, normalize="auto", norm_eps=1e-20
                 sinkhorn=0, debug="none", capacity="none", capacity_formula="megatron", ep=1,
                 drop="probs", pad=0, expert_bias=0, bias_rate=1e-3, bias_center=0,
                 count_from="topk", loss_eps=1e-20, loss_div=0.0, num_layers=1, k_in_f=1,
-                global_buffer=1, grad_mode="inject", losses="")
+                global_buffer=1, grad_mode="inject", losses="", convention="exact",
+                routing="topk", qb_ema=0.0, debug_keep_weights=0, z_loss_div=0)
 
 
 def parse_losses(spec):
@@ -110,17 +133,23 @@ def end():
 
 
 # ---- the maths ------------------------------------------------------------------------
+def raw_scores(z, score, offset):
+    if score == "sqrtsoftplus":  # Megatron-Core: sqrt(softplus(z))
+        return torch.sqrt(torch.nn.functional.softplus(z)) + offset
+    return torch.sigmoid(z) + offset
+
+
 def base_scores(z, c):
     if c["score"] == "softmax":
         return torch.softmax(z, dim=-1)
-    return torch.sigmoid(z) + c["score_offset"]
+    return raw_scores(z, c["score"], c["score_offset"])
 
 
 def loss_scores(z, c, score=None):
     score = score or c["score"]
     if score == "softmax":
         return torch.softmax(z, dim=-1)
-    s = torch.sigmoid(z) + c["score_offset"]
+    s = raw_scores(z, score, c["score_offset"])
     return s / (s.sum(-1, keepdim=True) + c["loss_eps"])
 
 
@@ -176,7 +205,25 @@ class Retry(Exception):
     pass
 
 
-def route(z, c, K, bias, valid):
+def qb_values(z, beta, f32):
+    """z − β as the router compares it (f32 arithmetic for f32 logits)."""
+    if f32:
+        return (z.detach().float() - beta.float()).double()
+    return z.detach() - beta.double()
+
+
+def qb_quantiles(z, beta, K, f32):
+    """Quantile balancing: α_t = (K+1)-th largest of z_t − β, then per expert the
+    (T·K/E + 1)-th largest over tokens of z − α."""
+    T, E = z.shape
+    zz = z.detach().float() if f32 else z.detach()
+    v = zz - (beta.float() if f32 else beta.double())
+    alpha = torch.sort(v, dim=-1, descending=True).values[:, K]
+    w = zz - alpha.unsqueeze(-1)
+    return torch.sort(w, dim=0, descending=True).values[T * K // E].double()
+
+
+def route(z, c, K, bias, valid, given=None, beta=None, f32=False):
     """ids [T K], unscaled normalised weights wu [T K] (in the graph of z)."""
     T, E = z.shape
     post = c["score"] == "softmax" and not c["pre_softmax"] and not c["sinkhorn"]
@@ -188,8 +235,17 @@ def route(z, c, K, bias, valid):
         ids = topk_ids(sel, K)
         return ids, act.gather(1, ids)
     s = base_scores(z, c)
-    if c["debug"] == "uniform":
-        ids = (torch.arange(T * K).view(T, K) % E)
+    forced = torch.arange(T * K).view(T, K) % E
+    keep_weights = c["debug"] == "uniform" and c["debug_keep_weights"] and given is None
+    if given is not None:
+        ids = given
+    elif c["routing"] == "quantile-balancing":
+        v = qb_values(z, beta, f32)
+        if not margin_ok(v, K, 1e-4):
+            raise Retry("qb margin")
+        ids = topk_ids(v, K)
+    elif c["debug"] == "uniform" and not keep_weights:
+        ids = forced
     else:
         v = (z if post else s).detach().clone()
         if bias is not None:
@@ -200,15 +256,17 @@ def route(z, c, K, bias, valid):
             raise Retry("selection margin")
         ids = topk_ids(v, K)
     if post:
-        return ids, torch.softmax(z.gather(1, ids), -1)
+        u = torch.softmax(z.gather(1, ids), -1)
+        return (forced if keep_weights else ids), u
     u = s.gather(1, ids)
     norm = c["normalize"]
-    if norm == "on" or (norm == "auto" and c["score"] == "sigmoid" and K > 1):
+    if norm == "on" or (norm == "auto" and c["score"] != "softmax" and K > 1):
         if c["norm_p"] == 1.0:
             u = u / (u.sum(-1, keepdim=True) + c["norm_eps"])
         else:
             u = u / torch.norm(u, p=c["norm_p"], dim=-1, keepdim=True)
-    return ids, u
+    # MegaBlocks' uniform assignment keeps the weights, pairs them with forced ids
+    return (forced if keep_weights else ids), u
 
 
 def capacity_of(c, Tv, K, E):
@@ -288,6 +346,11 @@ def balance_loss(kind, p, count_ids, valid, K, E, seq_scopes, c, tracker=None):
         L = c["num_layers"] if kind == "megablocks" else 1
         Tt = Tn[0]
         return E / (kf * L * Tt * Tt) * (C[0] * P[0]).sum() if Tt > 0 else P.sum() * 0
+    if kind == "sequence" and c["convention"] == "megatron":
+        # Megatron: every sequence uses the average valid length C.sum()/(K·N)
+        N = len(scopes)
+        Tbar = C.sum() / (K * N)
+        return sum(E / (kf * Tbar ** 2) * (C[n] * P[n]).sum() for n in range(N)) / N
     if kind == "sequence":
         terms = [E / (kf * Tn[n] ** 2) * (C[n] * P[n]).sum() for n in range(len(scopes)) if Tn[n] > 0]
         return sum(terms) / len(terms)
@@ -302,31 +365,45 @@ def balance_loss(kind, p, count_ids, valid, K, E, seq_scopes, c, tracker=None):
         if tracker["buffer"]:
             tracker["counts"] = tracker["counts"] + C[0]
             tracker["tokens"] += float(Tn[0])
+            tracker["micro"] = tracker.get("micro", 0) + 1
             acc, acc_t = tracker["counts"], tracker["tokens"]
         else:
             acc, acc_t = C[0] + tracker["extra"], float(Tn[0]) + tracker["extra_tokens"]
+            tracker["micro"] = 1
+        if c["convention"] == "megatron":
+            # Megatron: counts averaged over the micro-batches seen, over this one's tokens
+            acc_t = tracker["micro"] * float(Tn[0])
         return E / kf * (acc / acc_t * P[0] / Tn[0]).sum()
     raise ValueError(kind)
 
 
-def z_loss(z, valid):
+def z_loss(z, valid, div=0.0):
     lse = torch.logsumexp(z, -1)
+    if div:  # OLMo-core: the sum divided by the balancing loss's divisor
+        return (lse[valid] ** 2).sum() / div
     return (lse[valid] ** 2).mean()
 
 
 # ---- router cases -------------------------------------------------------------------------
 def run_router_case(name, sets, D=6, E=8, K=2, shapes=((10,),), dtype="f64", seed=0,
-                    valid_fn=None, bounds=None, bias_init=False, micro=1, step_every=0):
-    """SHAPES: per micro-batch, (T,) or (B, S)."""
+                    valid_fn=None, bounds=None, bias_init=False, micro=1, step_every=0,
+                    dp=1, replay=False, also_exact=None):
+    """SHAPES: per micro-batch, (T,) or (B, S). DP > 1: that many data-parallel
+    replicas (record k = rank·micro + m), stepping together. REPLAY: each
+    forward routes with given random ids. ALSO_EXACT "agree"/"differ": the aux
+    values under the exact convention too (aux_exact.*), which must equal
+    (agree) or differ by more than 0.1% from (differ) the case's own."""
     c = dict(DEFAULTS)
     if "preset" in sets:
         c.update(PRESETS[sets["preset"]])
     c.update({k: v for k, v in sets.items() if k != "preset"})
+    if not CONV:
+        c["convention"] = "exact"  # the original file predates the conventions
     for attempt in range(200):
         torch.manual_seed(seed * 1000 + attempt)
         try:
             rec = router_attempt(c, D, E, K, shapes, dtype, valid_fn, bounds, bias_init, micro,
-                                 step_every)
+                                 step_every, dp, replay, also_exact)
             break
         except Retry:
             continue
@@ -335,14 +412,18 @@ def run_router_case(name, sets, D=6, E=8, K=2, shapes=((10,),), dtype="f64", see
     allsets = dict(sets)
     allsets.update(op="router", hidden=D, experts=E, top_k=K, dtype=dtype, micro_batches=micro,
                    step_every=step_every)
+    if CONV:
+        allsets.update(convention=c["convention"], dp=dp)
     begin(name, allsets)
     for nm, t, dt in rec:
         emit_tensor(nm, t, dt)
     end()
 
 
-def router_attempt(c, D, E, K, shapes, dtype, valid_fn, bounds, bias_init, micro, step_every):
+def router_attempt(c, D, E, K, shapes, dtype, valid_fn, bounds, bias_init, micro, step_every,
+                   dp=1, replay=False, also_exact=None):
     tdt = torch.float32 if dtype == "f32" else torch.float64
+    f32 = dtype == "f32"
     W = (torch.randn(E, D) * 0.7).to(tdt).double().requires_grad_(True)
     bias = (torch.randn(E) * 0.05).float().double() if bias_init else None
     if c["expert_bias"] and bias is None:
@@ -351,85 +432,115 @@ def router_attempt(c, D, E, K, shapes, dtype, valid_fn, bounds, bias_init, micro
     if bias is not None:
         rec.append(("bias", bias.float(), "f32"))
     losses = parse_losses(c["losses"])
-    tracker = dict(counts=torch.zeros(E), tokens=0.0, buffer=bool(c["global_buffer"]), extra=0,
-                   extra_tokens=0.0)
+    qb = c["routing"] == "quantile-balancing"
+    beta = torch.zeros(E, dtype=torch.float32)
+    qsum, qn = torch.zeros(E), 0
+
+    def new_tracker():
+        return dict(counts=torch.zeros(E), tokens=0.0, buffer=bool(c["global_buffer"]), extra=0,
+                    extra_tokens=0.0)
+    tracker = new_tracker()
+    trackers = [new_tracker() for _ in range(dp)] if dp > 1 else [tracker]
+    exact_c = dict(c, convention="exact")
+    exact_tracker = new_tracker()
+    rels = []
     for m in range(micro):
-        shp = shapes[m % len(shapes)]
-        T = 1
-        for d in shp:
-            T *= d
-        x = (torch.randn(*shp, D)).to(tdt).double().requires_grad_(True)
-        valid = torch.ones(T, dtype=torch.bool) if valid_fn is None else valid_fn(m, shp)
-        z = x.reshape(T, D) @ W.t()
-        if dtype == "f32":  # the C side stores the logits in f32
-            z = z + (z.detach().float().double() - z.detach())
-        ids, wu = route(z, c, K, bias, valid)
-        w = wu * c["scaling"]
-        kept = valid.unsqueeze(-1).expand(T, K).clone()
-        Tv = int(valid.sum())
-        C = capacity_of(c, Tv, K, E)
-        dropped, pad = 0, torch.zeros(T, E, dtype=torch.bool)
-        if C >= 0:
-            dropped, pad = apply_capacity(ids, w.detach(), kept, C, c, T, K, E)
-        wf = w * kept
-        probs = torch.zeros(T, E).scatter_add(1, ids, wf)
-        mp = torch.zeros(T, E, dtype=torch.bool)
-        for t in range(T):
-            for k in range(K):
-                if kept[t, k]:
-                    mp[t, ids[t, k]] = True
-        mp |= pad
-        counts = torch.zeros(E, dtype=torch.int64)
-        for t in range(T):
-            for k in range(K):
-                if kept[t, k]:
-                    counts[ids[t, k]] += 1
-        # losses
-        if len(shp) == 2:
-            B, S = shp
-            seq_scopes = [(b * S, (b + 1) * S) for b in range(B)]
-        else:
-            seq_scopes = None
-        if bounds is not None:
-            seq_scopes = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
-        score = c["score"]
-        if c["sinkhorn"]:
-            score = "sigmoid" if K == 1 else "softmax"
-        p = loss_scores(z, c, score)
-        if c["count_from"] == "topk":
-            sv = base_scores(z, dict(c, score=score)).detach()
-            if not margin_ok(sv, K, 1e-5):
-                raise Retry("count margin")
-            cids = topk_ids(sv, K)
-        else:
-            cids = ids
-        aux_total = 0
-        auxes = []
-        for kind, alpha in losses:
-            if kind == "z":
-                L = z_loss(z, valid)
+        for rank in range(dp):
+            tracker = trackers[rank]
+            shp = shapes[m % len(shapes)]
+            T = 1
+            for d in shp:
+                T *= d
+            x = (torch.randn(*shp, D)).to(tdt).double().requires_grad_(True)
+            valid = torch.ones(T, dtype=torch.bool) if valid_fn is None else valid_fn(m, shp)
+            given = torch.stack([torch.randperm(E)[:K] for _ in range(T)]) if replay else None
+            z = x.reshape(T, D) @ W.t()
+            if dtype == "f32":  # the C side stores the logits in f32
+                z = z + (z.detach().float().double() - z.detach())
+            ids, wu = route(z, c, K, bias, valid, given, beta, f32)
+            w = wu * c["scaling"]
+            kept = valid.unsqueeze(-1).expand(T, K).clone()
+            Tv = int(valid.sum())
+            C = capacity_of(c, Tv, K, E)
+            dropped, pad = 0, torch.zeros(T, E, dtype=torch.bool)
+            if C >= 0:
+                dropped, pad = apply_capacity(ids, w.detach(), kept, C, c, T, K, E)
+            wf = w * kept
+            probs = torch.zeros(T, E).scatter_add(1, ids, wf)
+            mp = torch.zeros(T, E, dtype=torch.bool)
+            for t in range(T):
+                for k in range(K):
+                    if kept[t, k]:
+                        mp[t, ids[t, k]] = True
+            mp |= pad
+            counts = torch.zeros(E, dtype=torch.int64)
+            for t in range(T):
+                for k in range(K):
+                    if kept[t, k]:
+                        counts[ids[t, k]] += 1
+            # losses
+            if len(shp) == 2:
+                B, S = shp
+                seq_scopes = [(b * S, (b + 1) * S) for b in range(B)]
             else:
-                L = balance_loss(kind, p, cids, valid, K, E, seq_scopes, c, tracker)
-            auxes.append((kind, L))
-            aux_total = aux_total + alpha * L
-        # the objective: random weights on both outputs, plus the α-weighted losses
-        R = torch.randn(T, K)
-        Rp = torch.randn(T, E)
-        objective = (wf * R).sum() + (probs * Rp).sum() + aux_total
-        objective.backward()
-        sfx = "#%d" % m
-        rec += [("x" + sfx, x.detach().to(tdt), dtype), ("R" + sfx, R, "f64"), ("Rp" + sfx, Rp, "f64")]
-        if valid_fn is not None:
-            rec.append(("valid" + sfx, valid.to(torch.int64), "bool"))
-        if bounds is not None:
-            rec.append(("bounds" + sfx, torch.tensor(bounds, dtype=torch.int64), "i64"))
-        rec += [("weights" + sfx, wf.detach(), "f64"), ("ids" + sfx, ids, "i64"),
-                ("probs" + sfx, probs.detach(), "f64"), ("map" + sfx, mp.to(torch.int64), "bool"),
-                ("counts" + sfx, counts, "i64"),
-                ("dropped" + sfx, torch.tensor([dropped], dtype=torch.int64), "i64"),
-                ("grad_x" + sfx, x.grad.detach(), "f64")]
-        for kind, L in auxes:
-            rec.append(("aux." + kind + sfx, L.detach().reshape(1), "f64"))
+                seq_scopes = None
+            if bounds is not None:
+                seq_scopes = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+            score = c["score"]
+            if c["sinkhorn"]:
+                score = "sigmoid" if K == 1 else "softmax"
+            p = loss_scores(z, c, score)
+            if c["count_from"] == "topk":
+                sv = base_scores(z, dict(c, score=score)).detach()
+                if not margin_ok(sv, K, 1e-5):
+                    raise Retry("count margin")
+                cids = topk_ids(sv, K)
+            else:
+                cids = ids
+            aux_total = 0
+            auxes, exact_auxes = [], []
+            zdiv = c["loss_div"] if c["z_loss_div"] else 0.0
+            for kind, alpha in losses:
+                if kind == "z":
+                    L = z_loss(z, valid, zdiv)
+                else:
+                    L = balance_loss(kind, p, cids, valid, K, E, seq_scopes, c, tracker)
+                    if also_exact:
+                        Lx = balance_loss(kind, p, cids, valid, K, E, seq_scopes, exact_c, exact_tracker)
+                        exact_auxes.append((kind, Lx.detach()))
+                        rels.append(abs(float(Lx) - float(L)) / abs(float(Lx)))
+                auxes.append((kind, L))
+                aux_total = aux_total + alpha * L
+            # the objective: random weights on both outputs, plus the α-weighted losses
+            R = torch.randn(T, K)
+            Rp = torch.randn(T, E)
+            objective = (wf * R).sum() + (probs * Rp).sum() + aux_total
+            objective.backward()
+            sfx = "#%d" % (rank * micro + m)
+            rec += [("x" + sfx, x.detach().to(tdt), dtype), ("R" + sfx, R, "f64"), ("Rp" + sfx, Rp, "f64")]
+            if valid_fn is not None:
+                rec.append(("valid" + sfx, valid.to(torch.int64), "bool"))
+            if bounds is not None:
+                rec.append(("bounds" + sfx, torch.tensor(bounds, dtype=torch.int64), "i64"))
+            if given is not None:
+                rec.append(("replay_ids" + sfx, given, "i64"))
+            rec += [("weights" + sfx, wf.detach(), "f64"), ("ids" + sfx, ids, "i64"),
+                    ("probs" + sfx, probs.detach(), "f64"), ("map" + sfx, mp.to(torch.int64), "bool"),
+                    ("counts" + sfx, counts, "i64"),
+                    ("dropped" + sfx, torch.tensor([dropped], dtype=torch.int64), "i64"),
+                    ("grad_x" + sfx, x.grad.detach(), "f64")]
+            if CONV:  # the capacity routing-capacity reports
+                cap = C
+                if C >= 0 and c["convention"] == "megatron" and c["capacity_formula"] == "megatron":
+                    cap = math.ceil((Tv * K / E) * float(c["capacity"]))
+                rec.append(("capacity" + sfx, torch.tensor([cap], dtype=torch.int64), "i64"))
+            for kind, L in auxes:
+                rec.append(("aux." + kind + sfx, L.detach().reshape(1), "f64"))
+            for kind, L in exact_auxes:
+                rec.append(("aux_exact." + kind + sfx, L.reshape(1), "f64"))
+            if qb:
+                qsum = qsum + qb_quantiles(z, beta, K, f32)
+                qn += 1
         if step_every and (m + 1) % step_every == 0 and bias is not None:
             # bias update from the actual kept counts of the step (summed since last step)
             stepc = counts.double() if step_every == 1 else None
@@ -439,10 +550,24 @@ def router_attempt(c, D, E, K, shapes, dtype, valid_fn, bounds, bias_init, micro
                 delta = delta - delta.mean()
             bias = (bias.float() + delta.float()).double()
             rec.append(("bias_after" + sfx, bias.float(), "f32"))
+        if step_every and (m + 1) % step_every == 0 and qb:
+            # β ← ema·β + (1−ema)·q̄ in f32, re-centred to zero mean
+            qbar = (qsum / qn).float()
+            a = torch.tensor(c["qb_ema"], dtype=torch.float32)
+            beta = a * beta + (1 - a) * qbar
+            beta = beta - beta.mean()
+            qsum, qn = torch.zeros(E), 0
+            rec.append(("qb_beta_after#%d" % m, beta, "f32"))
         if step_every and (m + 1) % step_every == 0:
-            tracker = dict(counts=torch.zeros(E), tokens=0.0, buffer=bool(c["global_buffer"]), extra=0,
-                           extra_tokens=0.0)
-    rec.append(("grad_W", W.grad.detach(), "f64"))
+            tracker = new_tracker()
+            trackers = [new_tracker() for _ in range(dp)] if dp > 1 else [tracker]
+            exact_tracker = new_tracker()
+    if also_exact == "agree":
+        assert max(rels) < 1e-12, rels
+    elif also_exact:
+        assert max(rels) > 1e-3, rels
+    if dp == 1:
+        rec.append(("grad_W", W.grad.detach(), "f64"))
     return rec
 
 
@@ -494,7 +619,7 @@ def loss_attempt(c, kind, shape, K, dtype, valid_fn, bounds, actual, extra, call
         if bounds is not None:
             scopes = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
         if kind == "z":
-            L = z_loss(z, valid)
+            L = z_loss(z, valid, c.get("z_div", 0.0))
             ids = None
         else:
             p = loss_scores(z, c)
@@ -573,7 +698,113 @@ def pad_tail(n):
     return f
 
 
+def lengths_mask(lengths, S):
+    """Valid mask [B·S] with sequence b holding LENGTHS[b] valid tokens."""
+    def f(m, shp):
+        L = lengths[m % len(lengths)] if isinstance(lengths[0], (list, tuple)) else lengths
+        v = torch.zeros(len(L), S, dtype=torch.bool)
+        for b, n in enumerate(L):
+            v[b, :n] = True
+        return v.reshape(-1)
+    return f
+
+
+def main_conventions():
+    OUT.write("# moelab reference vectors: the frameworks' conventions and the newer routing modes\n"
+              "# (generated by gen_router_refs.py --conventions; do not edit). Formulas written\n"
+              "# from the published descriptions (Megatron-Core, OLMo-core, MegaBlocks); no\n"
+              "# framework code was run or copied.\n")
+    R = run_router_case
+    L = run_loss_case
+    for dt in ("f64", "f32"):
+        # Megatron's sequence loss: average valid length; lengths (12 7 4) differ, equal lengths agree
+        R("megatron-seq-padded-12-7-4-" + dt, {"convention": "megatron", "losses": "sequence:0.01"},
+          shapes=((3, 12),), valid_fn=lengths_mask([12, 7, 4], 12), dtype=dt, seed=101,
+          also_exact="differ")
+        R("megatron-seq-equal-lengths-" + dt, {"convention": "megatron", "losses": "sequence:0.01"},
+          shapes=((3, 8),), dtype=dt, seed=102, also_exact="agree")
+        R("megatron-seq-sigmoid-k1-padded-" + dt, {"convention": "megatron", "score": "sigmoid",
+                                                   "losses": "sequence:0.01"},
+          K=1, shapes=((3, 6),), valid_fn=lengths_mask([6, 3, 5], 6), dtype=dt, seed=103,
+          also_exact="differ")
+        # Megatron's global-batch loss under accumulation: unequal micro-batches differ, equal agree
+        R("megatron-global-unequal-" + dt, {"convention": "megatron", "losses": "global-batch:0.01"},
+          micro=3, shapes=((6,), (10,), (4,)), dtype=dt, seed=104, also_exact="differ")
+        R("megatron-global-equal-" + dt, {"convention": "megatron", "losses": "global-batch:0.01"},
+          micro=3, shapes=((8,),), dtype=dt, seed=105, also_exact="agree")
+        R("megatron-global-padded-two-steps-" + dt, {"convention": "megatron", "score": "sigmoid",
+                                                     "losses": "global-batch:0.01"},
+          micro=4, step_every=2, shapes=((9,), (5,)), valid_fn=pad_tail(2), dtype=dt, seed=106)
+        # Megatron's capacity as computed, above T
+        R("megatron-capacity-unclamped-" + dt, {"preset": "megatron", "capacity": 8.0}, shapes=((6,),),
+          dtype=dt, seed=107)
+        R("megatron-capacity-dropping-" + dt, {"preset": "megatron", "capacity": 0.5}, shapes=((12,),),
+          dtype=dt, seed=108)
+        # presets built on Megatron: deepseek-v3 with unequal lengths, qwen-global with unequal micro-batches
+        R("preset-deepseek-v3-padded-" + dt, {"preset": "deepseek-v3", "groups": 4, "group_topk": 2},
+          E=8, K=4, shapes=((3, 6),), valid_fn=lengths_mask([6, 2, 4], 6), bias_init=True, dtype=dt,
+          seed=109, also_exact="differ")
+        R("preset-qwen-global-unequal-" + dt, {"preset": "qwen-global"}, micro=3,
+          shapes=((6,), (5,), (7,)), dtype=dt, seed=110, also_exact="differ")
+        R("preset-qwen-global-exact-override-" + dt, {"preset": "qwen-global", "convention": "exact"},
+          micro=3, shapes=((6,), (5,), (7,)), dtype=dt, seed=110)
+        # OLMo-core: the z-loss divided by the loss divisor
+        R("preset-olmo-core-loss-div-" + dt, {"preset": "olmo-core", "loss_div": 24.0}, shapes=((10,),),
+          dtype=dt, seed=111)
+        # MegaBlocks: uniform debug routing keeps the top-k weights; OLMo-core gathers the forced scores
+        R("preset-megablocks-debug-uniform-" + dt, {"preset": "megablocks", "debug": "uniform"},
+          shapes=((9,),), dtype=dt, seed=112)
+        R("preset-olmo-core-debug-uniform-" + dt, {"preset": "olmo-core", "debug": "uniform"},
+          shapes=((9,),), dtype=dt, seed=113)
+        # sqrtsoftplus
+        R("sqrtsoftplus-k2-" + dt, {"score": "sqrtsoftplus", "losses": "micro-batch:0.01,z:0.001"},
+          dtype=dt, seed=120)
+        R("sqrtsoftplus-k1-" + dt, {"score": "sqrtsoftplus", "losses": "micro-batch:0.01"}, K=1,
+          dtype=dt, seed=121)
+        R("sqrtsoftplus-groups-" + dt, {"score": "sqrtsoftplus", "groups": 4, "group_topk": 2,
+                                       "losses": "sequence:0.01"}, E=8, K=4, shapes=((2, 5),),
+          dtype=dt, seed=122)
+        R("sqrtsoftplus-groups-bias-" + dt, {"score": "sqrtsoftplus", "groups": 4, "group_topk": 2,
+                                            "group_score_top": 2, "expert_bias": 1,
+                                            "losses": "micro-batch:0.01"},
+          E=8, K=3, bias_init=True, dtype=dt, seed=123)
+        R("sqrtsoftplus-all-losses-" + dt, {"score": "sqrtsoftplus",
+                                           "losses": "micro-batch:0.01,sequence:0.02,global-batch:0.03,"
+                                                     "olmo-local-batch:0.04,olmo-instance:0.05,megablocks:0.06"},
+          shapes=((2, 6),), micro=2, dtype=dt, seed=124)
+        # replay: given ids; counts from the loss scores' top-k (Megatron) or the given ids
+        R("replay-softmax-post-" + dt, {"losses": "micro-batch:0.01"}, replay=True, dtype=dt, seed=130)
+        R("replay-sigmoid-actual-" + dt, {"score": "sigmoid", "count_from": "actual",
+                                          "losses": "micro-batch:0.01"}, replay=True, dtype=dt, seed=131)
+        R("replay-sqrtsoftplus-topk-" + dt, {"score": "sqrtsoftplus", "losses": "micro-batch:0.01"},
+          replay=True, dtype=dt, seed=132)
+        # quantile balancing: two steps of two micro-batches, then over dp = 2
+        R("qb-two-steps-" + dt, {"routing": "quantile-balancing", "losses": "z:0.001"}, micro=4,
+          step_every=2, shapes=((8,),), dtype=dt, seed=140)
+        R("qb-ema-sigmoid-" + dt, {"routing": "quantile-balancing", "score": "sigmoid", "qb_ema": 0.5},
+          micro=4, step_every=2, shapes=((12,),), K=2, E=6, dtype=dt, seed=141)
+        R("qb-dp2-" + dt, {"routing": "quantile-balancing"}, micro=4, step_every=2, shapes=((8,),),
+          dp=2, dtype=dt, seed=142)
+    L("loss-megatron-seq-12-7-4", "sequence", (3, 12, 6), 2, seed=201,
+      valid_fn=lengths_mask([12, 7, 4], 12), opts={"convention": "megatron"})
+    L("loss-exact-seq-12-7-4", "sequence", (3, 12, 6), 2, seed=201,
+      valid_fn=lengths_mask([12, 7, 4], 12))
+    L("loss-megatron-seq-equal", "sequence", (3, 8, 6), 2, "sigmoid", seed=202,
+      opts={"convention": "megatron"})
+    L("loss-megatron-global-unequal", "global-batch", (7, 6), 2, seed=203, calls=3,
+      valid_fn=lambda m, s: torch.arange(7) < [7, 3, 5][m], opts={"convention": "megatron"})
+    L("loss-megatron-global-sqrtsoftplus", "global-batch", (7, 6), 2, "sqrtsoftplus", seed=204, calls=2,
+      valid_fn=lambda m, s: torch.arange(7) < [6, 4][m], opts={"convention": "megatron"})
+    L("loss-z-div", "z", (9, 5), 1, seed=205, valid_fn=lambda m, s: torch.arange(9) < 7,
+      opts={"z_div": 32.0})
+    L("loss-micro-sqrtsoftplus", "micro-batch", (11, 6), 2, "sqrtsoftplus", seed=206)
+    L("loss-micro-sqrtsoftplus-f32", "micro-batch", (11, 6), 2, "sqrtsoftplus", "f32", seed=207)
+    sys.stderr.write("gen_router_refs --conventions: %d cases\n" % NCASES)
+
+
 def main():
+    if CONV:
+        return main_conventions()
     OUT.write("# moelab router / aux-loss reference vectors (generated by gen_router_refs.py; do not edit)\n")
     R = run_router_case
     for dt in ("f64", "f32"):

@@ -158,6 +158,8 @@ bool ref_router_config(moe_router_config *cfg, const ref_case *c)
     moe_router_config_default(cfg);
     const char *p = ref_get(c, "preset");
     if (p && moe_router_config_preset(cfg, p) != MOE_OK) return false;
+    /* cases without a convention setting were computed with the exact forms */
+    cfg->convention = MOE_CONVENTION_EXACT;
     bool ok = true;
     for (int i = 0; i < c->nsets && ok; i++) {
         const char *k = c->key[i], *v = c->val[i];
@@ -194,6 +196,11 @@ bool ref_router_config(moe_router_config *cfg, const ref_case *c)
         else if (!strcmp(k, "global_buffer")) cfg->global_buffer = d != 0;
         else if (!strcmp(k, "grad_mode")) ok = moe_grad_mode_parse(v, &cfg->grad_mode);
         else if (!strcmp(k, "losses")) ok = parse_losses(cfg, v);
+        else if (!strcmp(k, "convention")) ok = moe_convention_parse(v, &cfg->convention);
+        else if (!strcmp(k, "routing")) ok = moe_routing_mode_parse(v, &cfg->routing);
+        else if (!strcmp(k, "qb_ema")) cfg->qb_ema = d;
+        else if (!strcmp(k, "debug_keep_weights")) cfg->debug_keep_weights = d != 0;
+        else if (!strcmp(k, "z_loss_div")) cfg->z_loss_div = d != 0;
     }
     return ok;
 }

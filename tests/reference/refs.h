@@ -37,7 +37,9 @@ double ref_getd(const ref_case *c, const char *key, double dflt);
 moe_tensor *ref_tensor(const ref_case *c, const char *name, int m);
 
 /* The router configuration of a case: defaults, its preset, then every
- * setting. False when a value does not parse. */
+ * setting. A case without a "convention" setting uses the exact forms (the
+ * vectors written before the conventions existed were computed with them).
+ * False when a value does not parse. */
 bool ref_router_config(moe_router_config *cfg, const ref_case *c);
 
 #endif

@@ -155,6 +155,65 @@
       (backward! (tsum w))
       (equal? (tensor->list (tensor-grad w)) '(3.0 3.0)))))
 
+;;; ---- in-place changes and version counters -------------------------------------------------
+
+(define (grad-or-error thunk)
+  ;; the gradient list THUNK leaves in x, or 'error for a moelab-error
+  (catch 'moelab-error thunk (lambda _ 'error)))
+
+(test-group "in-place changes after saving"
+  (test-equal "mul saved h; tensor-fill! h then backward!: refused, not (5.0 5.0)" 'error
+    (grad-or-error
+     (lambda ()
+       (let ((x (tensor '(1.0 2.0) #:requires-grad #t)) (h (no-grad (ones '(2)))))
+         (let ((y (tsum (t* x h))))
+           (tensor-fill! h 5)
+           (backward! y)
+           (tensor->list (tensor-grad x)))))))
+  (test-moelab-error "the error names the op and both versions"
+    "saved by 'mul') was modified by an in-place operation: it is at version 1, expected version 0"
+    (let ((x (tensor '(1.0 2.0) #:requires-grad #t)) (h (ones '(2))))
+      (let ((y (tsum (t* x h))))
+        (tensor-fill! h 5)
+        (backward! y))))
+  (test-equal "through a detached alias" 'error
+    (grad-or-error
+     (lambda ()
+       (let* ((x (tensor '(1.0 2.0) #:requires-grad #t)) (h (ones '(2))) (alias (detach h)))
+         (let ((y (tsum (t* x h))))
+           (tensor-copy! alias (tensor '(7 7)))
+           (backward! y)
+           (tensor->list (tensor-grad x)))))))
+  (test-equal "through a view of the saved tensor" 'error
+    (grad-or-error
+     (lambda ()
+       (let* ((x (tensor '(1.0 2.0) #:requires-grad #t)) (h (ones '(2))))
+         (let ((y (tsum (t* x h))))
+           (tensor-set! (reshape h '(1 2)) 3 0 1)
+           (backward! y)
+           (tensor->list (tensor-grad x)))))))
+  (test-equal "a write before the op is fine" '(5.0 5.0)
+    (let ((x (tensor '(1.0 2.0) #:requires-grad #t)) (h (ones '(2))))
+      (tensor-fill! h 5)
+      (backward! (tsum (t* x h)))
+      (tensor->list (tensor-grad x))))
+  (test-equal "tensor-version counts writes, shared by aliases" '(0 1 2 3 3)
+    (let* ((h (zeros '(2))) (v0 (tensor-version h)))
+      (tensor-fill! h 1)
+      (let ((v1 (tensor-version h)))
+        (tensor-copy! (detach h) (tensor '(1 2)))
+        (let ((v2 (tensor-version h)))
+          (tensor-set! h 4 0)
+          (list v0 v1 v2 (tensor-version h) (tensor-version (detach h))))))))
+
+(test-group "backward! inside a hook"
+  (let ((w (tensor '(1 2) #:requires-grad #t)) (v (tensor '(3) #:requires-grad #t)))
+    (register-hook! w (lambda (g) (backward! (tsum (t* v 2))) #f))
+    (test-moelab-error "says that gradient recording is off inside hooks"
+      "inside a gradient hook, where gradient recording is off"
+      (backward! (tsum w)))
+    (test-equal "nothing reached the other leaf" #f (tensor-grad v))))
+
 ;;; ---- differentiable functions in Scheme ----------------------------------------------------
 
 (define-autograd-function cube
@@ -261,6 +320,16 @@
     (test-values "and the process carries on" '(2 4) (t* x 2)))
   (test-equal "an error in forward is raised as it was" #t
     (raises 'wrong-type-arg "vector-ref" (lambda () (broken-forward (tensor '(1) #:requires-grad #t)))))
+  (test-moelab-error "ctx-saved refuses a tensor changed in place since ctx-save!"
+    "saved by 'cube') was modified by an in-place operation: it is at version 1, expected version 0"
+    (let* ((x (tensor '(1 2) #:requires-grad #t)) (y (cube x)))
+      (no-grad (tensor-fill! x 9))
+      (backward! (tsum y))))
+  (test-moelab-error "backward inside a backward function" "gradient recording is off"
+    (let ((x (tensor '(1 2) #:requires-grad #t)) (v (tensor '(3) #:requires-grad #t)))
+      (backward! (tsum ((make-autograd-function 'nested (lambda (ctx x) (t* x 1))
+                                                (lambda (ctx g) (backward! (tsum (t* v 2))) (list g)))
+                        x)))))
   (test-moelab-error "backward returning too many gradients" "wrong-count"
     (backward! (tsum (wrong-count (tensor '(1 2) #:requires-grad #t)))))
   (test-moelab-error "backward returning the wrong shape" "shape"

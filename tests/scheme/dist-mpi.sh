@@ -3,8 +3,9 @@
 # moelab program under `mpirun --oversubscribe -np 2` and `-np 4` must print
 # the same lines as the same script on threads in one process (sorted: each
 # process prints its own rank's line). Also: the launched world is what
-# with-ranks uses, a wrong rank count is a clear error, and a rank that
-# raises ends the job instead of leaving its peers waiting.
+# with-ranks uses, a wrong rank count is a clear error, a rank that raises
+# ends the job instead of leaving its peers waiting, and so does a
+# collective that one rank never joins (after the comm timeout).
 # Exit 77 (skipped) when mpirun is missing or moelab was built without MPI.
 # Run by `make check` from the top build directory.
 set -u
@@ -117,6 +118,32 @@ else
     fail "a rank that raises (status $status, ${seconds}s)"
     show "$tmp/mpi.out" "$tmp/mpi.err"
 fi
+
+# A rank that never joins an all-reduce!, and one that sleeps past the
+# timeout: the waiting rank raises moelab-error naming all-reduce!, the
+# group and the missing rank, with-ranks aborts the job with that message,
+# and mpirun exits non-zero within the timeout + 5 s.
+cat >"$tmp/skip.scm" <<'EOF'
+(set-comm-timeout! 2)
+(with-ranks 2 (lambda (rank) (when (= rank 0) (all-reduce! (tensor '(1.0))))))
+EOF
+cat >"$tmp/sleep.scm" <<'EOF'
+(set-comm-timeout! 2)
+(with-ranks 2 (lambda (rank) (when (= rank 1) (sleep 20)) (all-reduce! (tensor '(1.0)))))
+EOF
+for case in skip sleep; do
+    what=$( [ "$case" = skip ] && echo "never joins the all-reduce" || echo "sleeps past the timeout")
+    start=$(date +%s)
+    mpi 2 "$tmp/$case.scm"
+    seconds=$(( $(date +%s) - start ))
+    if [ "$status" != 0 ] && [ "$seconds" -le 7 ] &&
+       grep -q "moelab (rank 0): moelab-error in all-reduce!: timed out after 2 s waiting for rank 1 (group 'world' of 2 ranks); aborting the MPI job" "$tmp/mpi.err"; then
+        pass "a rank that $what: the job ends (${seconds}s, status $status)"
+    else
+        fail "a rank that $what (status $status, ${seconds}s)"
+        show "$tmp/mpi.out" "$tmp/mpi.err"
+    fi
+done
 
 echo "$checks checks, $failures failed"
 test "$failures" = 0

@@ -9,6 +9,17 @@
 
 (test-begin "dist")
 
+;; MOELAB_COMM_TIMEOUT is read once, at the first use of the timeout: a
+;; value that is not a timeout is an error until set-comm-timeout! replaces it.
+(setenv "MOELAB_COMM_TIMEOUT" "-1")
+(test-group "MOELAB_COMM_TIMEOUT that is not a timeout"
+  (test-moelab-error "comm-timeout says so" "MOELAB_COMM_TIMEOUT='-1' is not a timeout" (comm-timeout))
+  (test-moelab-error "so does a collective" "MOELAB_COMM_TIMEOUT='-1' is not a timeout"
+    (with-ranks 2 (lambda (r) (barrier))))
+  (test-assert "set-comm-timeout! replaces it (the previous setting: NaN)"
+    (nan? (set-comm-timeout! 30))))
+(unsetenv "MOELAB_COMM_TIMEOUT")
+
 ;; A stuck collective fails after this long instead of hanging the suite.
 (define default-timeout (set-comm-timeout! 30))
 
@@ -393,7 +404,19 @@ what happened instead."
     (test-assert "timed out" (string-contains (cadr result) "timed out after 0.2 s"))
     (test-assert "naming the rank waited for" (string-contains (cadr result) "waiting for rank 1"))
     (test-assert "well before the late rank would have arrived twice" (< seconds 10))
-    (test-equal "restored" 30.0 (comm-timeout))))
+    (test-equal "restored" 30.0 (comm-timeout)))
+  (test-moelab-error "a negative timeout" "-1 is not a timeout: give a positive number of seconds, or #f"
+    (set-comm-timeout! -1))
+  (test-moelab-error "a timeout of 0" "0 is not a timeout" (set-comm-timeout! 0))
+  (test-moelab-error "NaN" "+nan.0 is not a timeout" (set-comm-timeout! +nan.0))
+  (test-wrong-type "a symbol" (set-comm-timeout! 'forever))
+  (test-equal "the setting is unchanged" 30.0 (comm-timeout))
+  (test-equal "#f: forever (the previous setting comes back)" 30.0 (set-comm-timeout! #f))
+  (test-equal "comm-timeout: #f" #f (comm-timeout))
+  (test-equal "+inf.0 is forever too" #f (begin (set-comm-timeout! +inf.0) (comm-timeout)))
+  (test-equal "set-comm-timeout! returns #f after forever" #f (set-comm-timeout! 30))
+  (test-equal "rational seconds" 0.5 (begin (set-comm-timeout! 1/2) (comm-timeout)))
+  (set-comm-timeout! 30))
 
 (test-group "wrong arguments"
   (test-moelab-error "bad op symbol" "unknown reduce op 'prod'" (all-reduce! (tensor '(1)) #:op 'prod))
@@ -402,6 +425,18 @@ what happened instead."
   (test-moelab-error "bad op on a rank" "unknown reduce op"
     (with-ranks 2 (lambda (r) (reduce-scatter (zeros '(2)) #:op 'median))))
   (test-wrong-type "op not a symbol" (all-reduce! (tensor '(1)) #:op "sum"))
+  (test-moelab-error "ops that differ across ranks are named" "reduce op mismatch: rank 0 passed sum, rank 1 passed max"
+    (with-ranks 2 (lambda (r) (all-reduce! (tensor '(1)) #:op (if (= r 0) 'sum 'max)))))
+  (test-moelab-error "a global-batch loss with different expert counts names the experts"
+    "the ranks of group 'world' count different experts: rank 0 has 4 experts, rank 1 has 8"
+    (with-ranks 2 #:mesh '((dp . 2))
+      (lambda (rank)
+        (let* ((experts (if (= rank 0) 4 8))
+               (tracker (make-balance-tracker #:experts experts #:group 'dp)))
+          (load-balancing-loss 'global-batch (randn (list 8 experts) #:seed 1)
+                               #:top-k 2 #:tracker tracker)))))
+  (test-moelab-error "reduce-scatter too" "reduce op mismatch: rank 0 passed avg, rank 1 passed min"
+    (with-ranks 2 (lambda (r) (reduce-scatter (zeros '(2)) #:op (if (= r 0) 'avg 'min)))))
   (test-moelab-error "bad root outside with-ranks" "root 1 is not a rank of the group (size 1)"
     (broadcast! (tensor '(1)) #:root 1))
   (test-moelab-error "bad root on 2 ranks" "root 5 is not a rank"

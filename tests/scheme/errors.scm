@@ -201,6 +201,51 @@
     (test-moelab-error "tensor-set!" "tensor-set!" (tensor-set! w 0 0))
     (test-equal "fine under no-grad" '(0.0 0.0) (no-grad (tensor-fill! w 0) (tensor->list w)))))
 
+;;; ---- values an integer dtype cannot hold, overlapping writes, division by zero -------------------
+
+(test-group "conversions to integer dtypes"
+  (test-moelab-error "to-dtype: NaN, Inf, 1e20 to i32 names the first offender and its index"
+    "element [0] of the f32 tensor [3] is nan, which i32 cannot hold"
+    (to-dtype (tensor (list +nan.0 +inf.0 1e20)) 'i32))
+  (test-moelab-error "to-dtype: Inf at index [1] to i64" "element [1] of the f64 tensor [3] is inf"
+    (to-dtype (tensor (list 1 +inf.0 2) #:dtype 'f64) 'i64))
+  (test-moelab-error "to-dtype: out of range at [1 0]" "element [1 0] of the f64 tensor [2 2] is 1e+20"
+    (to-dtype (tensor '((1 2) (1e20 3)) #:dtype 'f64) 'i64))
+  (test-moelab-error "to-dtype: an i64 beyond i32" "element [0] of the i64 tensor [1] is 3e+09"
+    (to-dtype (tensor '(3000000000) #:dtype 'i64) 'i32))
+  (test-equal "in range: truncated toward zero" '(-2147483648 2147483647 -1)
+    (tensor->list (to-dtype (tensor '(-2147483648.5 2147483647.5 -1.9) #:dtype 'f64) 'i32)))
+  (test-moelab-error "full 1e30 as i64" "value 1e+30 cannot be converted to i64" (full '(2) 1e30 #:dtype 'i64))
+  (test-moelab-error "full NaN as i32" "value nan cannot be converted to i32" (full '(2) +nan.0 #:dtype 'i32))
+  (test-moelab-error "full 3e9 as i32" "i32" (full '(2) 3e9 #:dtype 'i32))
+  (let ((i (zeros '(2) #:dtype 'i32)))
+    (test-moelab-error "tensor-fill! 1e10 into i32" "value 1e+10 cannot be converted to i32" (tensor-fill! i 1e10))
+    (test-moelab-error "tensor-fill! -inf into i64" "value -inf" (tensor-fill! (zeros '(1) #:dtype 'i64) -inf.0))
+    (test-moelab-error "tensor-copy! NaN into i32" "tensor-copy!" (tensor-copy! i (tensor (list 1 +nan.0))))
+    (test-equal "the integer tensor is untouched" '(0 0) (tensor->list i))))
+
+(test-group "writes into overlapping views"
+  (let* ((base (zeros '(1 2))) (wide (expand base '(2 2))))
+    (test-moelab-error "tensor-copy! into an expanded view" "sharing memory"
+      (tensor-copy! wide (tensor '((1 2) (3 4)))))
+    (test-equal "nothing was written" '((0.0 0.0)) (tensor->list base))
+    (test-equal "a transposed destination is fine" '((1.0 3.0) (2.0 4.0))
+      (let ((m (zeros '(2 2))))
+        (tensor-copy! (transpose m 0 1) (tensor '((1 2) (3 4))))
+        (tensor->list m)))))
+
+(test-group "integer division by zero"
+  (test-moelab-error "t/ of an i64 tensor by 0" "t/" (t/ (tensor '(1 2) #:dtype 'i64) 0))
+  (test-equal "is a moelab-error (not numerical-overflow)" 'value
+    (moelab-error-status (lambda () (t/ (tensor '(1 2) #:dtype 'i64) 0))))
+  (test-moelab-error "t/ of an i32 tensor by 0.0" "integer division by zero" (t/ (tensor '(1 2) #:dtype 'i32) 0.0))
+  (test-moelab-error "t/ of a number by an i64 tensor holding 0"
+    "integer division by zero: element [1] of the i64 divisor [2] is 0"
+    (t/ 6 (tensor '(3 0) #:dtype 'i64)))
+  (test-moelab-error "reciprocal of an i32 tensor holding 0" "integer division by zero" (t/ (tensor '(0 1) #:dtype 'i32)))
+  (test-equal "without zeros: true division" '(2.0 -3.0) (tensor->list (t/ 6 (tensor '(3 -2) #:dtype 'i64))))
+  (test-equal "floating division by zero stays IEEE" '(+inf.0) (tensor->list (t/ (tensor '(1.0)) 0))))
+
 ;;; ---- the process survives all of the above ----------------------------------------------------
 
 (test-equal "still computing" '(2.0 4.0) (tensor->list (t* (tensor '(1 2)) 2)))

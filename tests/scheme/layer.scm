@@ -423,6 +423,39 @@ the largest difference (shown by the failure report)."
     (moe-step! moe)
     (test-equal "moe-step! completes a step" 1 (assq-ref (moe-metrics moe) 'step))))
 
+;; One forward of 32 tokens routed (8 10 8 6) by a router with W = I (E = 4,
+;; K = 1, one-hot tokens, scores p = (e, 1, 1, 1)/(e + 3)), then moe-step!:
+;; the metrics describe that step, by hand: mean 8, MaxVio 10/8 - 1 = 0.25,
+;; CV = √((0+4+0+4)/4)/8 = √2/8, nobody dead, entropy H(p)/log 4, selected
+;; mass e/(e+3).
+(test-group "moe-metrics after moe-step! describe the step that ended"
+  (let ((moe (make-moe-layer #:hidden 4 #:ffn 2 #:experts 4 #:top-k 1
+                             #:router-options '(#:pre-softmax? #t)))
+        (x (tensor (append-map (lambda (e n) (make-list n (map (lambda (j) (if (= j e) 1.0 0.0)) (iota 4))))
+                               (iota 4) '(8 10 8 6))))
+        (z (+ (exp 1) 3)))
+    (set-moe-parameter! moe "router.weight" (eye 4))
+    (moe-forward moe x)
+    (moe-step! moe)
+    (let ((m (moe-metrics moe)))
+      (test-equal "tokens per expert: the forward, and the step that ended" '((8.0 10.0 8.0 6.0) (8.0 10.0 8.0 6.0))
+        (list (tensor->list (assq-ref m 'tokens-per-expert)) (tensor->list (assq-ref m 'tokens-per-expert-step))))
+      (test-equal "micro-batches, tokens, step, step-window" '(1 32 1 ended)
+        (map (lambda (k) (assq-ref m k)) '(micro-batches tokens step step-window)))
+      (test-equal "dead-fraction 0, not 1" 0.0 (assq-ref m 'dead-fraction))
+      (test-approximate "max-violation-step 0.25" 0.25 (assq-ref m 'max-violation-step) 1e-12)
+      (test-approximate "max-over-mean 1.25" 1.25 (assq-ref m 'max-over-mean) 1e-12)
+      (test-approximate "cv √2/8" (/ (sqrt 2) 8) (assq-ref m 'cv) 1e-12)
+      (test-approximate "entropy H(p)/log 4"
+        (/ (- (+ (* (/ (exp 1) z) (log (/ (exp 1) z))) (* 3 (/ 1 z) (log (/ 1 z))))) (log 4))
+        (assq-ref m 'entropy) 1e-6)
+      (test-approximate "selected mass e/(e+3)" (/ (exp 1) z) (assq-ref m 'selected-mass) 1e-6))
+    (moe-step! moe)
+    (let ((m (moe-metrics moe)))
+      (test-equal "then an empty step: zero counts, no statistics" '((0.0 0.0 0.0 0.0) 0 #f #f #f)
+        (cons (tensor->list (assq-ref m 'tokens-per-expert-step))
+              (map (lambda (k) (assq-ref m k)) '(tokens dead-fraction cv entropy)))))))
+
 ;;; ---- objects and errors -------------------------------------------------------------------------
 
 (test-group "the layer object"

@@ -140,21 +140,48 @@ printf '%s\n' "(tensor->list (t+ (tensor '(1 2)) 1))" \
     ",shape (tensor '((1 2) (3 4) (5 6)))" |
     $run >"$tmp/out" 2>"$tmp/err"
 status=$?
-check "piped REPL: exit status 0" 0 '' "$tmp/out"
-check "piped REPL: prints values" 0 '^(2.0 3.0)$' "$tmp/out"
-check "piped REPL: error on stderr" 0 'moelab-error in matmul: ' "$tmp/err"
-check "piped REPL: carries on after a moelab error" 0 '^3$' "$tmp/out"
-check "piped REPL: carries on after a Scheme error" 0 '^20$' "$tmp/out"
-check "piped REPL: Scheme error reported" 0 'In procedure car' "$tmp/err"
-check "piped REPL: meta-command" 0 '^\[3 2\]$' "$tmp/out"
+check "piped REPL: an uncaught error gives exit status 1" 1 '' "$tmp/out"
+check "piped REPL: prints values" 1 '^(2.0 3.0)$' "$tmp/out"
+check "piped REPL: error on stderr" 1 'moelab-error in matmul: ' "$tmp/err"
+check "piped REPL: carries on after a moelab error" 1 '^3$' "$tmp/out"
+check "piped REPL: carries on after a Scheme error" 1 '^20$' "$tmp/out"
+check "piped REPL: Scheme error reported" 1 'In procedure car' "$tmp/err"
+check "piped REPL: meta-command" 1 '^\[3 2\]$' "$tmp/out"
 if grep -q 'moelab>' "$tmp/out"; then fail "piped REPL: no prompts"; else pass "piped REPL: no prompts"; fi
+
+# piped SCRIPT: stdin from a file; output in $tmp/out and $tmp/err, status in $status.
+piped() {
+    printf '%s\n' "$1" >"$tmp/piped.scm"
+    $run <"$tmp/piped.scm" >"$tmp/out" 2>"$tmp/err"
+    status=$?
+}
+piped "(display (+ 1 2))"
+check "piped REPL: no error, exit status 0" 0 '^3' "$tmp/out"
+piped "(car 1)
+(display 'after)"
+check "piped REPL: error then success still exits 1" 1 'after' "$tmp/out"
+piped "(let ((x)) x)"
+check "piped REPL: a syntax error exits 1, on stderr" 1 'bad let' "$tmp/err"
+piped ",shape (car 1)"
+check "piped REPL: an error in a meta-command exits 1" 1 'In procedure car' "$tmp/err"
+piped "(display 1) (car"
+check "piped REPL: a read error exits 1" 1 'end of input' "$tmp/err"
+piped "(car 1)
+(exit 5)"
+check "piped REPL: (exit 5) after an error gives 5" 5 '' "$tmp/out"
+piped "(car 1)
+,q"
+check "piped REPL: ,q after an error gives 1" 1 '' "$tmp/out"
+piped "; a comment before a meta-command
+,shape (zeros '(2 4))"
+check "piped REPL: comments, then a meta-command" 0 '^\[2 4\]$' "$tmp/out"
 
 # ---- ~/.moelabrc is for the REPL, not for scripts --------------------------------------
 echo '(define rc-value 42)' >"$HOME/.moelabrc"
 echo 'rc-value' | $run >"$tmp/out" 2>"$tmp/err"; status=$?
 check "REPL loads ~/.moelabrc" 0 '^42$' "$tmp/out"
 echo 'rc-value' | $run -q >"$tmp/out" 2>"$tmp/err"; status=$?
-check "-q skips ~/.moelabrc" 0 'Unbound variable: rc-value' "$tmp/err"
+check "-q skips ~/.moelabrc (the unbound variable is an error)" 1 'Unbound variable: rc-value' "$tmp/err"
 moelab -c '(display (defined? (quote rc-value)))'
 check "-c does not load ~/.moelabrc" 0 '^#f$' "$tmp/out"
 rm -f "$HOME/.moelabrc"
@@ -226,7 +253,8 @@ if [ -e "$tmp/repl.sock" ]; then fail "--listen: socket removed on SIGTERM"; els
 # TCP on loopback; port 0 lets the kernel choose, the server says which.
 $run --listen=0 </dev/null >"$tmp/server.out" 2>"$tmp/server.err" &
 server_pid=$!
-if wait_for "grep -q 'listening on' '$tmp/server.err'"; then
+# (the whole line: stderr is unbuffered, the message may arrive in pieces)
+if wait_for "grep -q 'listening on .*(loopback only)' '$tmp/server.err'"; then
     status=0
     check "--listen=PORT: loopback only" 0 'listening on 127\.0\.0\.1:[0-9]' "$tmp/server.err"
     port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/server.err")

@@ -334,6 +334,42 @@
 
 ;;; ---- metrics, expert bias, step, state -------------------------------------------------------------
 
+;; E = 4, K = 1, W = I: a one-hot token e goes to expert e, with softmax
+;; scores p = (e, 1, 1, 1)/(e + 3) in some order. Tokens 8, 10, 8, 6 per expert:
+;; mean 8, max 10 → MaxVio 0.25, max/mean 1.25; variance (0+4+0+4)/4 = 2 →
+;; CV √2/8; no expert dead; entropy H(p)/log 4 and selected mass e/(e+3) for
+;; every token.
+(define counts-8-10-8-6 '(8 10 8 6))
+(define tokens-8-10-8-6
+  (tensor (append-map (lambda (e n) (make-list n (map (lambda (j) (if (= j e) 1.0 0.0)) (iota 4))))
+                      (iota 4) counts-8-10-8-6)))
+(define expected-8-10-8-6
+  (let* ((z (+ (exp 1) 3)) (top (/ (exp 1) z)) (low (/ 1 z)))
+    `((max-violation-step . 0.25) (max-over-mean . 1.25) (cv . ,(/ (sqrt 2) 8)) (dead-fraction . 0.0)
+      (entropy . ,(/ (- (+ (* top (log top)) (* 3 low (log low)))) (log 4)))
+      (selected-mass . ,top) (dropped-fraction . 0.0))))
+(define (check-8-10-8-6 who m)
+  (test-equal (string-append who ": the step's counts, micro-batches, tokens, window")
+    '((8.0 10.0 8.0 6.0) 1 32 ended)
+    (cons (tensor->list (assq-ref m 'tokens-per-expert-step))
+          (map (lambda (k) (assq-ref m k)) '(micro-batches tokens step-window))))
+  (for-each (lambda (p)
+              (test-approximate (string-append who ": " (symbol->string (car p)))
+                (cdr p) (assq-ref m (car p)) 1e-6))
+            expected-8-10-8-6))
+
+(test-group "metrics after router-step! describe the step that ended"
+  (let ((r (make-router #:hidden 4 #:experts 4 #:top-k 1 #:pre-softmax? #t)))
+    (set-router-weight! r (eye 4))
+    (router-forward r tokens-8-10-8-6)
+    (router-step! r)
+    (check-8-10-8-6 "router" (router-metrics r))
+    (test-equal "routing-report #:window 'step after the step"
+      "router (last step: 1 micro-batch): T=32 tokens, E=4 experts, K=1, dropped 0 slots"
+      (car (string-split (call-with-output-string
+                           (lambda (port) (routing-report r #:window 'step #:port port)))
+                         #\newline)))))
+
 (test-group "metrics and router-step!"
   (let* ((r (hand-router #:losses '((micro-batch . 0.01))))
          (out (router-forward r (tensor '((1 0.5) (0 2)))))
@@ -358,12 +394,32 @@
       (test-equal "global view after the step" '(2.0 2.0 0.0)
         (tensor->list (assq-ref m 'tokens-per-expert-global)))
       (test-approximate "max-violation-global" 0.5 (assq-ref m 'max-violation-global) 1e-12)
-      (test-equal "step window reset, step counted" '(0 1)
-        (map (lambda (k) (assq-ref m k)) '(micro-batches step)))))
+      (test-equal "the step window it closed: micro-batches, step, step-window" '(1 1 ended)
+        (map (lambda (k) (assq-ref m k)) '(micro-batches step step-window)))
+      (test-approximate "dead-fraction of the step just ended" (/ 1 3) (assq-ref m 'dead-fraction) 1e-12))
+    (router-step! r)
+    (let ((m (router-metrics r)))
+      (test-equal "a step without forwards: an empty window, no statistics"
+        '((0.0 0.0 0.0) 0 0 #f #f #f #f #f #f #f)
+        (cons (tensor->list (assq-ref m 'tokens-per-expert-step))
+              (map (lambda (k) (assq-ref m k))
+                   '(micro-batches tokens dead-fraction cv max-over-mean max-violation-step entropy
+                     selected-mass dropped-fraction))))
+      (test-equal "its aux values are #f" #f (assq-ref (assq-ref m 'aux-losses) 'micro-batch)))
+    (router-forward r (tensor '((1 0.5) (0 2))))
+    (test-equal "the next forward starts the current window" '(current 1)
+      (let ((m (router-metrics r))) (map (lambda (k) (assq-ref m k)) '(step-window micro-batches)))))
+  (test-equal "a fresh router: an empty current window, no statistics" '(current 0 #f #f #f)
+    (let ((m (router-metrics (hand-router))))
+      (map (lambda (k) (assq-ref m k)) '(step-window tokens dead-fraction cv max-violation-batch))))
   (test-approximate "max-violation of a list" 1.0 (max-violation '(4 2 2 0)) 1e-12)
   (test-approximate "max-violation of a tensor" 0.0 (max-violation (tensor '(3 3 3) #:dtype 'i64)) 1e-12)
   (test-equal "balance-stats" '(1.0 0.25 2.0)
     (map (lambda (k) (assq-ref (balance-stats '(4 2 2 0)) k)) '(max-violation dead-fraction max-over-mean)))
+  (test-moelab-error "balance-stats: a negative count" "expert 0 has -1" (balance-stats '(-1 2 3)))
+  (test-moelab-error "max-violation: a NaN count" "expert 1 has nan" (max-violation (list 1 +nan.0)))
+  (test-moelab-error "balance-tracker-add-counts!: a negative count" "non-negative"
+    (balance-tracker-add-counts! (make-balance-tracker #:experts 2) '(1 -3) 4))
   ;; expert bias: every token goes to expert 0 (E = 4, K = 1, sigmoid):
   ;; b_i += u·sign(mean c − c_i) = (−u +u +u +u); centered: minus mean(Δ) = u/2
   (define (biased-router center?)
@@ -513,7 +569,7 @@
     ("loss_eps" #:loss-eps ,string->number) ("loss_div" #:loss-div-factor ,string->number)
     ("num_layers" #:num-moe-layers ,string->number) ("k_in_f" #:k-in-f? bool)
     ("global_buffer" #:global-buffer? bool) ("grad_mode" #:grad-mode ,identity)
-    ("preset" #:preset ,identity)
+    ("preset" #:preset ,identity) ("convention" #:convention ,string->symbol)
     ("losses" #:losses
      ,(lambda (v)
         (map (lambda (term)
@@ -534,7 +590,10 @@
 (define (run-router-case c mode)
   ;; grad mode MODE (overriding the case's, as the C test does); #f when
   ;; everything matches, else the first mismatch
-  (let* ((r (apply make-router (append (ref-router-options c) (list #:grad-mode mode))))
+  ;; a case without a convention setting was computed with the exact forms
+  (let* ((r (apply make-router (append (ref-router-options c)
+                                       (if (ref-set c "convention") '() '(#:convention exact))
+                                       (list #:grad-mode mode))))
          (rtol (if (equal? (ref-set c "dtype") "f32") 1e-4 1e-6))
          (micro (ref-num c "micro_batches" 1))
          (step-every (ref-num c "step_every" 0)))
@@ -656,7 +715,7 @@
     (mr #:experts 4 #:top-k 2 #:sinkhorn? #t #:losses '((micro-batch . 1e-2))))
   (test-moelab-error "missing sizes" "hidden size" (make-router #:experts 4 #:top-k 2))
   (test-moelab-error "unknown keyword, named" "#:top-kk" (mr #:experts 4 #:top-kk 2))
-  (test-moelab-error "bad value, keyword and value named" "#:score expects one of softmax sigmoid, got tanh"
+  (test-moelab-error "bad value, keyword and value named" "#:score expects one of softmax sigmoid sqrtsoftplus, got tanh"
     (mr #:experts 4 #:top-k 2 #:score 'tanh))
   (test-moelab-error "bad loss kind" "#:losses" (mr #:experts 4 #:top-k 2 #:losses '((aux . 1))))
   (test-moelab-error "negative loss coefficient" "must be finite and >= 0"
@@ -701,8 +760,22 @@
       (set-router-weight! r (tensor '((1 0) (0 1)))))
     (test-moelab-error "bias of the wrong shape" "set-router-bias!"
       (set-router-bias! r '(1 2)))
-    (test-moelab-error "state of the wrong shape" "router-load-state!"
+    (test-moelab-error "state of the wrong shape names counters and the shape" "counters must be [3 4], got [2 2]"
       (router-load-state! r `((bias . #f) (counters . ,(zeros '(2 2) #:dtype 'f64)))))
+    (test-moelab-error "a bias of the wrong shape names bias" "bias must be [3], got [2]"
+      (router-load-state! r `((bias . ,(zeros '(2))) (counters . ,(zeros '(3 4) #:dtype 'f64)))))
+    (test-moelab-error "state without counters: says which key is missing" "no counters entry"
+      (router-load-state! r `((bias . ,(zeros '(3))))))
+    (test-moelab-error "state without bias: says which key is missing" "no bias entry"
+      (router-load-state! r `((counters . ,(zeros '(3 4) #:dtype 'f64)))))
+    (test-moelab-error "counters not a tensor" "counters must be a [3 E+1] tensor"
+      (router-load-state! r '((bias . #f) (counters . #f))))
+    (test-moelab-error "bias not a tensor" "bias must be an [E] tensor or #f"
+      (router-load-state! r `((bias . (1 2 3)) (counters . ,(zeros '(3 4) #:dtype 'f64)))))
+    (test-moelab-error "an unknown key" "unknown key"
+      (router-load-state! r `((bias . #f) (counts . ,(zeros '(3 4) #:dtype 'f64)))))
+    (test-moelab-error "not an alist" "expected the alist router-state returns"
+      (router-load-state! r 'state))
     (test-equal "router unchanged after the errors" #t (equal? before (snapshot)))))
 
 ;;; ---- routing-report ----------------------------------------------------------------------------
@@ -795,8 +868,15 @@
         (test-equal "global: MaxVio 5/2 - 1" "MaxVio 1.50" (substring (list-ref lines 5) 0 11))))
     (call-with-values (lambda () (report-lines r #:window 'step))
       (lambda (lines ret)
-        (test-equal "empty step window: no tokens, all dead, no MaxVio, no aux"
-          '((0 0 0 0) "  expert 3  0    0.0%  dead" "MaxVio n/a  CV n/a  min 0  max 0")
+        (test-equal "step window after router-step!: the step that ended" '(5 3 0 0) ret)
+        (test-equal "and its header says so"
+          "router (last step: 2 micro-batches): T=8 tokens, E=4 experts, K=1, dropped 0 slots"
+          (car lines))))
+    (router-step! r)                    ; a step without forwards
+    (call-with-values (lambda () (report-lines r #:window 'step))
+      (lambda (lines ret)
+        (test-equal "empty step window: no tokens, no expert called dead, no MaxVio, no aux"
+          '((0 0 0 0) "  expert 3  0    0.0%  -" "MaxVio n/a  CV n/a  min 0  max 0")
           (list ret (list-ref lines 4) (list-ref lines 5))))))
   ;; capacity: ceil(T·K/E·1.0) = 1 per expert, expert 0 keeps 1 of its 3 tokens
   (let ((out (router-forward (report-router #:capacity-factor 1.0) (tensor report-x))))
@@ -828,6 +908,13 @@
     (routing-report (tensor '(1 2)) #:port (%make-void-port "w")))
   (test-moelab-error "unknown window" "#:window expects last, step or global"
     (routing-report (report-router) #:window 'epoch #:port (%make-void-port "w")))
+  (test-moelab-error "unknown window for a routing" "#:window expects last, step or global"
+    (routing-report (router-forward (report-router) (tensor report-x)) #:window 'bogus
+                    #:port (%make-void-port "w")))
+  (test-moelab-error "unknown window for a layer" "#:window expects last, step or global"
+    (let ((moe (make-moe-layer #:hidden 2 #:ffn 2 #:experts 4 #:top-k 1 #:router-options '(#:pre-softmax? #t))))
+      (moe-forward moe (tensor report-x))
+      (routing-report moe #:window 'bogus #:port (%make-void-port "w"))))
   (test-moelab-error "bad width" "#:width expects a positive integer"
     (routing-report (report-router) #:width 0 #:port (%make-void-port "w"))))
 

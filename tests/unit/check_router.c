@@ -130,7 +130,7 @@ START_TEST(test_presets)
 }
 END_TEST
 
-/* Every bad input of the issue: a clear status and message, no router. */
+/* Every kind of bad input: a clear status and message, no router. */
 START_TEST(test_bad_config)
 {
     moe_router_config c;
@@ -993,6 +993,9 @@ START_TEST(test_metrics_and_log_reduce)
     moe_router_metrics m;
     OK(moe_router_metrics_get(&m, r[0]));
     ck_assert(m.micro_batches == 0 && isnan(m.max_violation_global) && !m.tokens_per_expert_global);
+    /* nothing routed yet: an empty window, not "all experts dead" */
+    ck_assert(!m.step_ended && m.tokens == 0 && isnan(m.dead_fraction) && isnan(m.cv) && isnan(m.entropy));
+    ck_assert(isnan(m.max_violation_batch) && isnan(m.max_violation_step) && isnan(m.aux_value[0]));
     moe_router_metrics_release(&m);
     double aux_sum[2] = {0};
     for (int mb = 0; mb < 2; mb++) {
@@ -1026,10 +1029,23 @@ START_TEST(test_metrics_and_log_reduce)
     moe_tensor_release(table);
     FAILS(moe_router_log_reduce(&table, vals, 2, r, (int64_t[]){0, 5}, 2, NULL), MOE_ERR_INDEX, "layer id 5");
     ck_assert_ptr_null(table);
-    /* the step makes the global view and clears the step window */
+    /* the step makes the global view; the step window it closed stays in the
+     * metrics until the next forward */
+    OK(moe_router_metrics_get(&m, r[0]));
+    double cv = m.cv, entropy = m.entropy, aux0 = m.aux_value[0];
+    moe_router_metrics_release(&m);
     OK(moe_router_step(r[0]));
     OK(moe_router_metrics_get(&m, r[0]));
-    ck_assert(m.tokens_per_expert_global && !isnan(m.max_violation_global) && m.micro_batches == 0 && m.step == 1);
+    ck_assert(m.tokens_per_expert_global && !isnan(m.max_violation_global) && m.step == 1);
+    ck_assert(m.step_ended && m.micro_batches == 2 && m.tokens == 24);
+    ck_assert(m.cv == cv && m.entropy == entropy && m.aux_value[0] == aux0);
+    moe_router_metrics_release(&m);
+    /* a step with no forward: the window it closed is empty */
+    OK(moe_router_step(r[0]));
+    OK(moe_router_metrics_get(&m, r[0]));
+    ck_assert(m.step_ended && m.micro_batches == 0 && m.tokens == 0 && m.step == 2);
+    ck_assert(isnan(m.dead_fraction) && isnan(m.cv) && isnan(m.max_over_mean) && isnan(m.selected_mass));
+    ck_assert(isnan(m.max_violation_global)); /* the global counts of that step are all 0 */
     moe_router_metrics_release(&m);
     moe_router_free(r[0]);
     moe_router_free(r[1]);
@@ -1123,6 +1139,93 @@ START_TEST(test_thread_count_independent)
 }
 END_TEST
 
+static bool same_values(moe_tensor *a, moe_tensor *b)
+{
+    int64_t n = moe_tensor_numel(a);
+    if (n != moe_tensor_numel(b)) return false;
+    double *u = malloc(sizeof(double) * (size_t)n), *v = malloc(sizeof(double) * (size_t)n);
+    OK(moe_tensor_to_doubles(a, u));
+    OK(moe_tensor_to_doubles(b, v));
+    bool same = memcmp(u, v, sizeof(double) * (size_t)n) == 0;
+    free(u), free(v);
+    return same;
+}
+
+/* Replay and quantile balancing from C: every bad input is an error naming
+ * the values and leaves the router as it was (its record, its β). */
+START_TEST(test_replay_and_qb_errors)
+{
+    moe_router_config c = cfg_of(2, 3, 2);
+    c.dtype = MOE_F64;
+    c.replay = MOE_REPLAY_RECORD;
+    moe_router *r;
+    OK(moe_router_new(&r, &c));
+    moe_tensor *x = T(MOE_F64, 2, SHAPE(2, 2), 1, 0, 0, 1);
+    moe_tensor *out_of_range = T(MOE_I64, 2, SHAPE(2, 2), 0, 1, 3, 1);
+    moe_tensor *dup = T(MOE_I64, 2, SHAPE(2, 2), 0, 1, 2, 2);
+    moe_tensor *shape = T(MOE_I64, 2, SHAPE(1, 2), 0, 1);
+    moe_tensor *good = T(MOE_I64, 2, SHAPE(2, 2), 2, 0, 1, 2);
+    moe_routing *o = NULL;
+    FAILS(moe_router_forward_ids(&o, r, x, NULL, NULL, out_of_range), MOE_ERR_INDEX,
+          "id 3 at token 1, slot 0 is outside [0, 3)");
+    FAILS(moe_router_forward_ids(&o, r, x, NULL, NULL, dup), MOE_ERR_VALUE, "token 1 lists expert 2 twice");
+    FAILS(moe_router_forward_ids(&o, r, x, NULL, NULL, shape), MOE_ERR_SHAPE, "#:experts must be i64 [2 2]");
+    int64_t n;
+    moe_router_record(r, &n);
+    ck_assert_int_eq(n, 0);
+    OK(moe_router_replay(r, 1, &good));
+    OK(moe_router_forward(&o, r, x, NULL, NULL));
+    ck_assert(same_values(o->experts, good));
+    moe_routing_free(o);
+    moe_tensor *const *rec = moe_router_record(r, &n);
+    ck_assert_int_eq(n, 1);
+    ck_assert(same_values(rec[0], good));
+    moe_router_free(r);
+
+    /* quantile balancing */
+    c = cfg_of(4, 4, 1);
+    c.pre_softmax = true;
+    c.routing = MOE_ROUTING_QUANTILE_BALANCING;
+    moe_router_config bad = c;
+    bad.groups = 2;
+    bad.group_topk = 1;
+    FAILS(moe_router_new(&r, &bad), MOE_ERR_ARG, "takes no group limiting");
+    bad = c;
+    moe_aux_term t = {MOE_AUX_SEQUENCE, 1e-3};
+    OK(moe_router_config_set_losses(&bad, 1, &t));
+    FAILS(moe_router_new(&r, &bad), MOE_ERR_ARG, "'sequence' has coefficient 0.001");
+    bad = c;
+    bad.top_k = 4;
+    FAILS(moe_router_new(&r, &bad), MOE_ERR_ARG, "needs top-k < experts");
+    bad = c;
+    bad.qb_ema = -0.5;
+    FAILS(moe_router_new(&r, &bad), MOE_ERR_ARG, "qb-ema must be in [0, 1), got -0.5");
+    OK(moe_router_new(&r, &c));
+    moe_tensor *x3 = tu_randn(MOE_F32, 2, SHAPE(3, 4), 5), *x4 = tu_randn(MOE_F32, 2, SHAPE(4, 4), 6);
+    OK(moe_tensor_requires_grad_(x3, true));
+    OK(moe_tensor_requires_grad_(x4, true));
+    moe_tensor *valid = T(MOE_BOOL, 1, SHAPE(4), 1, 1, 1, 0);
+    FAILS(moe_router_forward(&o, r, x3, NULL, NULL), MOE_ERR_SHAPE, "T·K = 3·1 = 3 is not divisible by E = 4");
+    FAILS(moe_router_forward(&o, r, x4, valid, NULL), MOE_ERR_ARG, "takes no padding mask");
+    OK(moe_router_step(r));
+    const float *beta = moe_tensor_data(moe_router_qb_beta(r));
+    for (int e = 0; e < 4; e++) ck_assert(beta[e] == 0.0f); /* nothing was accumulated */
+    OK(moe_router_forward(&o, r, x4, NULL, NULL));
+    moe_routing_free(o);
+    OK(moe_router_step(r));
+    float sum = 0;
+    bool moved = false;
+    for (int e = 0; e < 4; e++) {
+        sum += beta[e];
+        moved |= beta[e] != 0.0f;
+    }
+    ck_assert(moved);
+    ck_assert(fabsf(sum) < 1e-6f); /* re-centred */
+    moe_router_free(r);
+    RELEASE(x, out_of_range, dup, shape, good, x3, x4, valid);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("router");
@@ -1143,6 +1246,7 @@ int main(void)
     tcase_add_test(tc, test_jitter);
     tcase_add_test(tc, test_sinkhorn_balances);
     tcase_add_test(tc, test_forward_errors_leave_state);
+    tcase_add_test(tc, test_replay_and_qb_errors);
     suite_add_tcase(s, tc);
     tc = tcase_create("gradients");
     tcase_set_timeout(tc, 120);

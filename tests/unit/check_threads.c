@@ -1,8 +1,7 @@
 /* check_threads.c — libmoelab used from several threads at once: backward
  * passes into one shared parameter sum exactly, walks through a shared
  * retained graph wait for each other, references are dropped from other
- * threads, and a backward called from a hook on its own graph is an error
- * rather than a hang. Also run under ThreadSanitizer (./configure
+ * threads, and a walk that fails gives its nodes back. Also run under ThreadSanitizer (./configure
  * --enable-tsan, see scripts/test).
  *
  * Check's assertions must run on the test's own thread: worker threads only
@@ -206,9 +205,9 @@ START_TEST(test_references_across_threads)
 }
 END_TEST
 
-/* A node hook that runs backward again from the root it is part of: the
- * graph is claimed by the outer walk on this very thread, so waiting would
- * never end; it must fail instead. */
+/* A node hook that runs backward again from the root it is part of: refused
+ * (the graph's nodes are claimed by the walk running the hook, which would
+ * wait for itself), and the failed walk gives its claims back. */
 static moe_status reenter(moe_tensor **grad, void *ctx)
 {
     (void)grad;
@@ -222,7 +221,7 @@ START_TEST(test_backward_from_hook_on_own_graph)
     OK(moe_sum(&y, h, 0, NULL, false));
     int id;
     OK(moe_tensor_register_hook(h, reenter, y, NULL, &id));
-    FAILS(moe_backward(y, NULL, true), MOE_ERR_STATE, "already being walked by a backward on this thread");
+    FAILS(moe_backward(y, NULL, true), MOE_ERR_STATE, "inside a gradient hook");
     ck_assert_ptr_null(w->grad);
     /* the claims were given back: without the hook, backward works */
     ck_assert(moe_tensor_remove_hook(h, id));

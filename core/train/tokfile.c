@@ -1,0 +1,184 @@
+/* tokfile.c — raw u16/u32 token files and llm.c .bin shards, read and written
+ * byte by byte in little-endian order (independent of the host's). */
+#include "tokfile.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "source.h"
+
+static const char *const format_names[] = {
+    [MOE_TOKFILE_U16] = "u16",
+    [MOE_TOKFILE_U32] = "u32",
+    [MOE_TOKFILE_BIN] = "bin",
+    [MOE_TOKFILE_BIN32] = "bin32",
+};
+_Static_assert(sizeof format_names / sizeof *format_names == MOE_TOKFILE_FORMAT_COUNT,
+               "one name per token file format");
+
+const char *moe_tokfile_format_name(moe_tokfile_format f)
+{
+    return (unsigned)f < MOE_TOKFILE_FORMAT_COUNT ? format_names[f] : "unknown";
+}
+
+bool moe_tokfile_format_parse(const char *name, moe_tokfile_format *out)
+{
+    for (int f = 0; f < MOE_TOKFILE_FORMAT_COUNT; f++)
+        if (strcmp(name, format_names[f]) == 0) {
+            *out = (moe_tokfile_format)f;
+            return true;
+        }
+    return false;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+bool moe_tokfile_format_of_path(const char *path, moe_tokfile_format *out)
+{
+    if (ends_with(path, ".bin")) *out = MOE_TOKFILE_BIN;
+    else if (ends_with(path, ".u16")) *out = MOE_TOKFILE_U16;
+    else if (ends_with(path, ".u32")) *out = MOE_TOKFILE_U32;
+    else return false;
+    return true;
+}
+
+static uint32_t load_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void store_u32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+/* N tokens of WIDTH bytes at P into a new array. */
+static moe_status decode(uint32_t **tokens, const unsigned char *p, int64_t n, int width, const char *path,
+                         const char *op)
+{
+    *tokens = NULL;
+    if (n == 0) return MOE_OK;
+    uint32_t *t = malloc((size_t)n * sizeof *t);
+    if (!t) return moe_fail(MOE_ERR_NOMEM, op, "out of memory reading %lld tokens of '%s'", (long long)n, path);
+    for (int64_t i = 0; i < n; i++)
+        t[i] = width == 2 ? (uint32_t)p[2 * i] | (uint32_t)p[2 * i + 1] << 8 : load_u32(p + 4 * i);
+    *tokens = t;
+    return MOE_OK;
+}
+
+/* The tokens of a .bin shard held in DATA[0, LEN). */
+static moe_status read_bin(uint32_t **tokens, int64_t *n, const unsigned char *data, size_t len,
+                           const char *path, const char *op)
+{
+    const size_t header = MOE_TOKFILE_HEADER_INTS * 4;
+    if (len < header)
+        return moe_fail(MOE_ERR_IO, op,
+                        "'%s' is truncated: %zu bytes, shorter than the %zu-byte header of a .bin token file",
+                        path, len, header);
+    int32_t magic = (int32_t)load_u32(data), version = (int32_t)load_u32(data + 4);
+    int32_t count = (int32_t)load_u32(data + 8);
+    int width;
+    if (magic == MOE_TOKFILE_MAGIC_U16 && version == 1) width = 2;
+    else if (magic == MOE_TOKFILE_MAGIC_U32 && version == 7) width = 4;
+    else if (magic == MOE_TOKFILE_MAGIC_U16 || magic == MOE_TOKFILE_MAGIC_U32)
+        return moe_fail(MOE_ERR_IO, op, "'%s': unsupported .bin version %d for magic %d (expected %d)", path,
+                        (int)version, (int)magic, magic == MOE_TOKFILE_MAGIC_U16 ? 1 : 7);
+    else
+        return moe_fail(MOE_ERR_IO, op,
+                        "'%s' is not a .bin token file: bad magic %d (expected %d with u16 tokens "
+                        "or %d with u32 tokens)",
+                        path, (int)magic, MOE_TOKFILE_MAGIC_U16, MOE_TOKFILE_MAGIC_U32);
+    if (count < 0)
+        return moe_fail(MOE_ERR_IO, op, "'%s': the header's token count %d is negative", path, (int)count);
+    size_t body = len - header, want = (size_t)count * (size_t)width;
+    if (body < want)
+        return moe_fail(MOE_ERR_IO, op,
+                        "'%s' is truncated: its header counts %d tokens (%zu bytes) but %zu bytes follow "
+                        "the header",
+                        path, (int)count, want, body);
+    if (body > want)
+        return moe_fail(MOE_ERR_IO, op, "'%s': %zu bytes follow the %d tokens its header counts", path,
+                        body - want, (int)count);
+    MOE_TRY(decode(tokens, data + header, count, width, path, op));
+    *n = count;
+    return MOE_OK;
+}
+
+moe_status moe_tokfile_read(uint32_t **tokens, int64_t *n, const char *path, moe_tokfile_format format,
+                            const char *op)
+{
+    if ((unsigned)format >= MOE_TOKFILE_FORMAT_COUNT)
+        return moe_fail(MOE_ERR_ARG, op, "unknown token file format %d", (int)format);
+    char *data;
+    size_t len;
+    MOE_TRY(moe_read_file(&data, &len, path, op));
+    const unsigned char *bytes = (const unsigned char *)data;
+    moe_status st;
+    if (format == MOE_TOKFILE_BIN || format == MOE_TOKFILE_BIN32) {
+        st = read_bin(tokens, n, bytes, len, path, op);
+    } else {
+        int width = format == MOE_TOKFILE_U16 ? 2 : 4;
+        if (len % (size_t)width) {
+            st = moe_fail(MOE_ERR_IO, op, "'%s': %zu bytes is not a whole number of %s tokens", path, len,
+                          format_names[format]);
+        } else {
+            st = decode(tokens, bytes, (int64_t)(len / (size_t)width), width, path, op);
+            if (st == MOE_OK) *n = (int64_t)(len / (size_t)width);
+        }
+    }
+    free(data);
+    return st;
+}
+
+moe_status moe_tokfile_write(const char *path, const uint32_t *tokens, int64_t n, moe_tokfile_format format,
+                             const char *op)
+{
+    if ((unsigned)format >= MOE_TOKFILE_FORMAT_COUNT)
+        return moe_fail(MOE_ERR_ARG, op, "unknown token file format %d", (int)format);
+    if (n < 0) return moe_fail(MOE_ERR_ARG, op, "negative token count %lld", (long long)n);
+    bool bin = format == MOE_TOKFILE_BIN || format == MOE_TOKFILE_BIN32;
+    int width = format == MOE_TOKFILE_U16 || format == MOE_TOKFILE_BIN ? 2 : 4;
+    if (bin && n > INT32_MAX)
+        return moe_fail(MOE_ERR_ARG, op, "%lld tokens do not fit a .bin header (at most %d)", (long long)n,
+                        INT32_MAX);
+    for (int64_t i = 0; width == 2 && i < n; i++)
+        if (tokens[i] > 0xffff)
+            return moe_fail(MOE_ERR_VALUE, op, "token %u at position %lld does not fit the %s format (u16)",
+                            (unsigned)tokens[i], (long long)i, format_names[format]);
+    size_t header = bin ? MOE_TOKFILE_HEADER_INTS * 4 : 0, size = header + (size_t)n * (size_t)width;
+    unsigned char *buf = calloc(size ? size : 1, 1);
+    if (!buf) return moe_fail(MOE_ERR_NOMEM, op, "out of memory writing '%s'", path);
+    if (bin) {
+        store_u32(buf, format == MOE_TOKFILE_BIN ? MOE_TOKFILE_MAGIC_U16 : MOE_TOKFILE_MAGIC_U32);
+        store_u32(buf + 4, format == MOE_TOKFILE_BIN ? 1 : 7);
+        store_u32(buf + 8, (uint32_t)n);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        unsigned char *p = buf + header + (size_t)i * (size_t)width;
+        if (width == 2) {
+            p[0] = (unsigned char)tokens[i];
+            p[1] = (unsigned char)(tokens[i] >> 8);
+        } else {
+            store_u32(p, tokens[i]);
+        }
+    }
+    moe_status st = MOE_OK;
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        st = moe_fail(MOE_ERR_IO, op, "cannot create '%s': %s", path, strerror(errno));
+    } else {
+        size_t put = fwrite(buf, 1, size, f);
+        if (fclose(f) != 0 || put != size) st = moe_fail(MOE_ERR_IO, op, "cannot write '%s'", path);
+    }
+    free(buf);
+    return st;
+}
