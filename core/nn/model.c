@@ -15,13 +15,17 @@
 #include "internal.h"
 #include "rope.h"
 
+/* A router buffer goes through its router's setter (which checks and
+ * converts it); everything else is set by its layer or copied in place. */
+typedef enum { SLOT_TENSOR, SLOT_EXPERT_BIAS, SLOT_QB_BETA } slot_kind;
+
 /* One named tensor: a parameter or a buffer. */
 typedef struct slot {
     char name[96];
     moe_tensor *t;   /* the live tensor (owned by the model, a block or an MoE layer) */
     moe_layer *moe;  /* set through this MoE layer (NULL: copied in place) */
     char sub[48];    /* the name inside the MoE layer */
-    bool bias;       /* the router's expert bias */
+    slot_kind kind;  /* how a new value is set */
 } slot;
 
 struct moe_model {
@@ -123,7 +127,7 @@ static moe_status validate(const moe_model_config *c)
 /* ---- the parameter table ----------------------------------------------------------------- */
 
 static moe_status add_slot(slot **tab, int *n, int *cap, const char *name, moe_tensor *t, moe_layer *moe,
-                           const char *sub, bool bias)
+                           const char *sub, slot_kind kind)
 {
     if (*n == *cap) {
         int c = *cap ? 2 * *cap : 32;
@@ -138,7 +142,7 @@ static moe_status add_slot(slot **tab, int *n, int *cap, const char *name, moe_t
     if (sub) snprintf(s->sub, sizeof s->sub, "%s", sub);
     s->t = t;
     s->moe = moe;
-    s->bias = bias;
+    s->kind = kind;
     return MOE_OK;
 }
 
@@ -149,7 +153,7 @@ static moe_status build_tables(moe_model *m)
 #define PARAM(t, ...)                                                                              \
     do {                                                                                           \
         snprintf(name, sizeof name, __VA_ARGS__);                                                  \
-        MOE_TRY(add_slot(&m->params, &m->n_params, &pcap, name, (t), NULL, NULL, false));         \
+        MOE_TRY(add_slot(&m->params, &m->n_params, &pcap, name, (t), NULL, NULL, SLOT_TENSOR));         \
     } while (0)
     PARAM(m->embed, "embed");
     for (int64_t l = 0; l < m->cfg.layers; l++) {
@@ -167,12 +171,17 @@ static moe_status build_tables(moe_model *m)
                 moe_tensor *t;
                 MOE_TRY(moe_layer_parameter(b->moe, i, &sub, &t));
                 snprintf(name, sizeof name, "layers.%lld.moe.%s", ll, sub);
-                MOE_TRY(add_slot(&m->params, &m->n_params, &pcap, name, t, b->moe, sub, false));
+                MOE_TRY(add_slot(&m->params, &m->n_params, &pcap, name, t, b->moe, sub, SLOT_TENSOR));
             }
-            moe_tensor *bias = moe_router_bias(moe_layer_router(b->moe));
+            moe_router *r = moe_layer_router(b->moe);
+            moe_tensor *bias = moe_router_bias(r), *beta = moe_router_qb_beta(r);
             if (bias) {
                 snprintf(name, sizeof name, "layers.%lld.moe.router.expert-bias", ll);
-                MOE_TRY(add_slot(&m->buffers, &m->n_buffers, &bcap, name, bias, b->moe, NULL, true));
+                MOE_TRY(add_slot(&m->buffers, &m->n_buffers, &bcap, name, bias, b->moe, NULL, SLOT_EXPERT_BIAS));
+            }
+            if (beta) {
+                snprintf(name, sizeof name, "layers.%lld.moe.router.qb-beta", ll);
+                MOE_TRY(add_slot(&m->buffers, &m->n_buffers, &bcap, name, beta, b->moe, NULL, SLOT_QB_BETA));
             }
         } else {
             PARAM(b->w_gate, "layers.%lld.mlp.w-gate", ll);
@@ -394,7 +403,8 @@ moe_status moe_model_set_parameter(moe_model *m, const char *name, moe_tensor *v
     if (!moe_tensor_same_shape(value, s->t))
         return moe_fail(MOE_ERR_SHAPE, op, "'%s' is %s, got a %s tensor", s->name, moe_shape_str(s->t),
                         moe_shape_str(value));
-    if (s->bias) return moe_router_set_bias(moe_layer_router(s->moe), value);
+    if (s->kind == SLOT_EXPERT_BIAS) return moe_router_set_bias(moe_layer_router(s->moe), value);
+    if (s->kind == SLOT_QB_BETA) return moe_router_set_qb_beta(moe_layer_router(s->moe), value);
     if (s->moe) return moe_layer_set_parameter(s->moe, s->sub, value);
     MOE_NO_GRAD_BEGIN;
     moe_status st = moe_tensor_copy_(s->t, value);

@@ -195,6 +195,19 @@ key -> string, tensors an alist name -> tensor."
   (test-equal "model-flops: backward is 2× the forward" 3.0
     (/ (model-flops m 2 16) (model-flops m 2 16 #:backward? #f))))
 
+(test-group "quantile balancing: qb-beta is a buffer"
+  (let ((q (make-moe-transformer #:vocab 16 #:layers 2 #:hidden 8 #:heads 2 #:ffn 8 #:experts 4
+                                 #:top-k 2 #:max-seq 8 #:dtype 'f64
+                                 #:router-options '(#:routing quantile-balancing #:losses ()))))
+    (test-equal "buffers: qb-beta [E] f32 per MoE layer"
+      '(("layers.0.moe.router.qb-beta" f32 4) ("layers.1.moe.router.qb-beta" f32 4))
+      (map (lambda (e) (cons* (car e) (tensor-dtype (cdr e)) (tensor-shape (cdr e)))) (model-buffers q)))
+    (set-model-parameter! q "layers.1.moe.router.qb-beta" (tensor '(0.5 -0.5 0.25 -0.25) #:dtype 'f64))
+    (test-equal "set-model-parameter! writes the router's own beta" '(0.5 -0.5 0.25 -0.25)
+      (tensor->list (model-parameter q "layers.1.moe.router.qb-beta")))
+    (test-equal "the other layer's beta is untouched" '(0.0 0.0 0.0 0.0)
+      (tensor->list (model-parameter q "layers.0.moe.router.qb-beta")))))
+
 ;; 'add: the value is the cross-entropy plus Σ coefficient·aux; the same
 ;; gradients as 'inject (one micro-batch).
 (test-group "aux-gradient modes"
