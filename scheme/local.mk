@@ -113,7 +113,8 @@ SCHEME_TESTS = \
 	tests/scheme/dist.scm tests/scheme/layer.scm tests/scheme/router.scm \
 	tests/scheme/router-modes.scm \
 	tests/scheme/model.scm \
-	tests/scheme/train.scm
+	tests/scheme/train.scm \
+	tests/scheme/threads.scm tests/scheme/memory.scm
 TESTS += $(SCHEME_TESTS)
 TEST_EXTENSIONS = .scm
 SCM_LOG_COMPILER = $(top_builddir)/tests/scheme/run-test

@@ -43,6 +43,12 @@ SCM moelab_wrap(moe_tensor *t);
 moe_tensor *moelab_unwrap(SCM obj, int pos, const char *subr);
 /* Like moelab_unwrap, but #f gives NULL. */
 moe_tensor *moelab_unwrap_opt(SCM obj, int pos, const char *subr);
+/* Tell the collector how much native memory (libmoelab's live bytes, every
+ * device) has grown since the last report, so that garbage tensors, layers
+ * and routings are collected before the process grows large. Called by
+ * moelab_wrap and by every primitive that hands Scheme another object that
+ * holds tensors. Guile mode only. */
+void moelab_report_native_memory(void);
 /* Release device tensors queued by finalizers (run on a Guile thread). */
 void moelab_drain_release_queue(void);
 /* Drop a reference from a finalizer: host tensors at once, device tensors

@@ -110,13 +110,7 @@ SCM_DEFINE(moelab_make_moe_layer, "%make-moe-layer", 9, 0, 0,
     cfg.ep_group = moelab_to_group(ep_group, 7, FUNC_NAME);
     moe_layer *l;
     MOELAB_CHECK(FUNC_NAME, moe_layer_new(&l, &cfg));
-    /* the parameters are native memory the collector should know about */
-    size_t bytes = 0;
-    for (int i = 0, n = moe_layer_parameter_count(l); i < n; i++) {
-        moe_tensor *t;
-        if (moe_layer_parameter(l, i, NULL, &t) == MOE_OK && t->storage) bytes += t->storage->nbytes;
-    }
-    scm_gc_register_allocation(bytes);
+    moelab_report_native_memory(); /* the parameters */
     return scm_make_foreign_object_1(layer_class, l);
 }
 #undef FUNC_NAME

@@ -16,12 +16,7 @@ static void finalize_model(SCM obj)
 
 SCM moelab_wrap_model(moe_model *m)
 {
-    size_t bytes = 0;
-    for (int i = 0, n = moe_model_parameter_count(m); i < n; i++) {
-        moe_tensor *t;
-        if (moe_model_parameter(m, i, NULL, &t) == MOE_OK && t->storage) bytes += t->storage->nbytes;
-    }
-    scm_gc_register_allocation(bytes); /* native memory the collector should know about */
+    moelab_report_native_memory(); /* the parameters */
     return scm_make_foreign_object_1(model_class, m);
 }
 

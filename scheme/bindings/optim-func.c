@@ -85,9 +85,7 @@ static int collect_params(SCM params, const char *subr, char ***names_out, moe_t
 
 static SCM wrap_optimizer(moe_optimizer *o)
 {
-    size_t bytes = 0;
-    for (int i = 0; i < moe_optimizer_param_count(o); i++) bytes += 2 * moe_tensor_nbytes(moe_optimizer_param(o, i));
-    scm_gc_register_allocation(bytes / 16);
+    moelab_report_native_memory(); /* its moment tensors (or, when made lazily, at the next report) */
     return scm_make_foreign_object_1(optimizer_class, o);
 }
 
