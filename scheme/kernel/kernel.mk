@@ -65,3 +65,8 @@ notebooks: all
 if HAVE_KERNEL
 TESTS += tests/notebooks/notebook-test.sh
 endif
+
+# What notebook-test.sh leaves for inspection goes with `make clean' (and
+# distcheck's distclean).
+mostlyclean-local:
+	-rm -rf tests/notebooks/artifacts
