@@ -10,6 +10,7 @@
 ;;;   (moelab layer)     the MoE layer: make-moe-layer, moe-forward, parameters
 ;;;   (moelab data)      tokenizers, token files, multi-domain text datasets
 ;;;   (moelab nn)        the MoE transformer: make-moe-transformer, model-loss, attention
+;;;   (moelab train)     optimizers, clip-grad-norm!, lr schedules, metrics files
 ;;;   (moelab config)    %moelab-version and build facts
 ;;;
 ;;; @example
@@ -38,4 +39,4 @@
             (module-add! public name var))
           iface)))
      '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router)
-       (moelab data) (moelab nn) (moelab config)))))
+       (moelab data) (moelab nn) (moelab train) (moelab config)))))

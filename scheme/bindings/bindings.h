@@ -9,6 +9,8 @@
  *   autograd-func.c backward, grads, grad mode, hooks, custom functions
  *   model-type.c    the <moe-transformer> foreign object
  *   model-func.c    the transformer, attention and RoPE primitives
+ *   optim-func.c    optimizers, gradient clipping, learning-rate schedules
+ *   metrics-func.c  metrics files (JSONL) and Scheme data ↔ JSON
  *   gc-roots.c      keeps the collector from scanning the big numeric libraries
  *   init.c          scm_init_moelab: the (moelab primitives) module
  *
@@ -132,6 +134,15 @@ bool moelab_is_model(SCM obj);
 /* The live model in OBJ: wrong-type-arg when OBJ is not a <moe-transformer>,
  * moelab-error when it has been freed. */
 moe_model *moelab_to_model(SCM obj, int pos, const char *subr);
+
+/* ---- metrics-func.c ------------------------------------------------------------------- */
+/* Scheme data as JSON (a new reference): alists → objects, lists and vectors
+ * → arrays, tensors → nested arrays, non-finite numbers → null. Raises
+ * moelab-error naming SUBR for anything else, before building anything. */
+json_t *moelab_to_json(SCM value, const char *subr);
+/* JSON as Scheme data: objects → alists with symbol keys, arrays → lists,
+ * null → +nan.0. */
+SCM moelab_from_json(json_t *j);
 
 /* ---- gc-roots.c -------------------------------------------------------------- */
 void moelab_init_gc_roots(void);
