@@ -33,15 +33,24 @@
                         #:router-options '(#:score softmax #:losses ((micro-batch . 1e-2) (z . 1e-3)))
                         #:seed 0))
 
+(define (token-file) (string-append (or (getenv "TMPDIR") "/tmp") "/bench-train-tokens.u16"))
+
+;; The batches: a token file of corpus text (the first 64 KiB of each domain
+;; of data/corpus, or seeded random bytes without it), written by the parent
+;; and read by both sides, so neither process holds a whole corpus.
+(define (write-tokens!)
+  (write-token-file
+   (token-file)
+   (if (file-exists? (string-append corpus "/bible/train"))
+       (append-map (lambda (d)
+                     (let ((bv (call-with-input-file (string-append corpus "/" d "/train")
+                                 (lambda (p) (get-bytevector-n p 65536)) #:binary #t)))
+                       (u8vector->list bv)))
+                   '("bible" "fortune" "c" "scheme" "python" "info"))
+       (randint 0 256 (list (* 64 (+ S 1))) #:seed 1))))
+
 (define (make-data)
-  (if (file-exists? (string-append corpus "/bible"))
-      (make-text-dataset #:domains (map (lambda (d) (cons d (string-append corpus "/" (symbol->string d))))
-                                        '(bible fortune c scheme python info))
-                         #:seq-len S #:seed 0)
-      ;; no corpus: a token file of seeded random bytes
-      (let ((file (string-append (or (getenv "TMPDIR") "/tmp") "/bench-train-tokens.u16")))
-        (write-token-file file (randint 0 256 (list (* 64 (+ S 1))) #:seed 1))
-        (make-text-dataset #:domains `((random . ,file)) #:seq-len S #:seed 0))))
+  (make-text-dataset #:domains `((text . ,(token-file))) #:seq-len S #:seed 0))
 
 (define (sgemm-gflops)
   (let ((a (randn '(1024 1024) #:seed 1)) (b (randn '(1024 1024) #:seed 2)) (reps 5))
@@ -101,6 +110,7 @@
   %tmp)
 
 (define (export-run dir)
+  (write-tokens!)
   (let ((m (make-model)) (ds (make-data)))
     (for-each (lambda (p) (write-f32 (string-append dir "/" (car p) ".f32") (cdr p)))
               (model-parameters m))
@@ -132,7 +142,7 @@
            (gflops-torch (/ flop (ref torch 'step_s)))
            (diffs (map (lambda (a b) (abs (- a b)))
                        (take (ref me 'losses) 3) (take (ref torch 'losses) 3))))
-      (system* "rm" "-rf" dir)
+      (system* "rm" "-rf" dir (token-file))
       (format #t "bench-train: V256 L4 D256 H4 E8 K2 F512, B~a S~a, AdamW + clip 1.0, ~a threads, ~a steps (~a timed)~%"
               B S threads steps (- steps warmup))
       (format #t "first three losses  moelab ~{~,6f ~}~%                    torch  ~{~,6f ~}  max |diff| ~,2e ~a~%"
