@@ -13,6 +13,7 @@
 ;;;   (moelab train)     optimizers, clip-grad-norm!, lr schedules, metrics files
 ;;;   (moelab plot)      figures through gnuplot: lines, heatmaps, bars, metrics files
 ;;;   (moelab notebook)  rich display in notebooks: display-html, display-svg, display-figure
+;;;   (moelab trainer)   make-trainer, trainer-step!, trainer-run!, trainer-evaluate
 ;;;   (moelab config)    %moelab-version and build facts
 ;;;
 ;;; @example
@@ -41,4 +42,5 @@
             (module-add! public name var))
           iface)))
      '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router)
-       (moelab data) (moelab nn) (moelab train) (moelab plot) (moelab notebook) (moelab config)))))
+       (moelab data) (moelab nn) (moelab train) (moelab trainer) (moelab plot) (moelab notebook)
+       (moelab config)))))

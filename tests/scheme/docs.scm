@@ -47,7 +47,10 @@
     make-adamw make-sgd optimizer-step! optimizer-zero-grad! optimizer-lr set-optimizer-lr!
     optimizer-state clip-grad-norm! make-lr-schedule make-metrics-log metrics-log-write! read-jsonl
     ;; plots and notebooks
-    plot-lines plot-heatmap plot-bars plot-jsonl display-html display-svg display-figure))
+    plot-lines plot-heatmap plot-bars plot-jsonl display-html display-svg display-figure
+    ;; the trainer
+    make-trainer trainer-step! trainer-run! trainer-evaluate trainer-pause! trainer-resume!
+    current-trainer))
 
 (test-group "the contract"
   (for-each (lambda (name)
@@ -69,7 +72,7 @@
 ;; exports, so it does not count).
 (define suites '("tensor.scm" "ops.scm" "autograd.scm" "errors.scm" "printing.scm" "dist.scm"
                  "layer.scm" "router.scm" "data.scm" "router-modes.scm" "model.scm" "train.scm"
-                 "plot.scm" "notebook.scm"))
+                 "plot.scm" "notebook.scm" "trainer.scm"))
 
 (define here (dirname (current-filename)))
 
