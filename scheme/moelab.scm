@@ -9,6 +9,8 @@
 ;;;   (moelab router)    routers, routings, load-balancing losses, balance trackers
 ;;;   (moelab layer)     the MoE layer: make-moe-layer, moe-forward, parameters
 ;;;   (moelab data)      tokenizers, token files, multi-domain text datasets
+;;;   (moelab nn)        the MoE transformer: make-moe-transformer, model-loss, attention
+;;;   (moelab train)     optimizers, clip-grad-norm!, lr schedules, metrics files
 ;;;   (moelab config)    %moelab-version and build facts
 ;;;
 ;;; @example
@@ -36,4 +38,5 @@
               (hashq-set! (module-replacements public) name #t))
             (module-add! public name var))
           iface)))
-     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router) (moelab data) (moelab config)))))
+     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router)
+       (moelab data) (moelab nn) (moelab train) (moelab config)))))

@@ -7,6 +7,10 @@
  *   tensor-func.c   creation, element access, conversion to lists and SRFI-4 vectors
  *   ops-func.c      every op of core/ops.h and the views of core/tensor.h
  *   autograd-func.c backward, grads, grad mode, hooks, custom functions
+ *   model-type.c    the <moe-transformer> foreign object
+ *   model-func.c    the transformer, attention and RoPE primitives
+ *   optim-func.c    optimizers, gradient clipping, learning-rate schedules
+ *   metrics-func.c  metrics files (JSONL) and Scheme data ↔ JSON
  *   gc-roots.c      keeps the collector from scanning the big numeric libraries
  *   init.c          scm_init_moelab: the (moelab primitives) module
  *
@@ -19,6 +23,8 @@
 
 #include "moelab-guile.h"
 #include "moelab.h"
+#include "nn/model.h"
+#include "nn/rope.h"
 
 /* Exported from the shared library (everything else is hidden). */
 #define MOELAB_API __attribute__((visibility("default")))
@@ -114,6 +120,29 @@ SCM moelab_router_metrics_alist(moe_router *r, const char *subr);
 /* CFG as an alist of (keyword-name . value), values as make-router takes them
  * (what router-config returns). */
 SCM moelab_router_config_alist(const moe_router_config *cfg);
+
+/* ---- layer-func.c ------------------------------------------------------------------ */
+/* The routing of L's last forward as moe-last-routing returns it (#f before
+ * the first). */
+SCM moelab_layer_routing_alist(const moe_layer *l);
+
+/* ---- model-type.c ------------------------------------------------------------------ */
+void moelab_init_model_type(void);
+/* Wrap M in a new <moe-transformer> (which owns it). */
+SCM moelab_wrap_model(moe_model *m);
+bool moelab_is_model(SCM obj);
+/* The live model in OBJ: wrong-type-arg when OBJ is not a <moe-transformer>,
+ * moelab-error when it has been freed. */
+moe_model *moelab_to_model(SCM obj, int pos, const char *subr);
+
+/* ---- metrics-func.c ------------------------------------------------------------------- */
+/* Scheme data as JSON (a new reference): alists → objects, lists and vectors
+ * → arrays, tensors → nested arrays, non-finite numbers → null. Raises
+ * moelab-error naming SUBR for anything else, before building anything. */
+json_t *moelab_to_json(SCM value, const char *subr);
+/* JSON as Scheme data: objects → alists with symbol keys, arrays → lists,
+ * null → +nan.0. */
+SCM moelab_from_json(json_t *j);
 
 /* ---- gc-roots.c -------------------------------------------------------------- */
 void moelab_init_gc_roots(void);
