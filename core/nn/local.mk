@@ -22,3 +22,11 @@ tests_unit_check_model_SOURCES = tests/unit/check_model.c tests/unit/testutil.h 
 	tests/reference/refs.c tests/reference/refs.h
 tests_unit_check_model_CPPFLAGS = $(AM_CPPFLAGS) -DMOE_MODEL_REFS='"$(abs_srcdir)/tests/reference/model_refs.txt"'
 EXTRA_DIST += tests/reference/model_refs.txt tests/reference/gen_model_refs.py
+
+## ---- benchmark: fused vs plain attention, the model's forward + backward ----------
+noinst_PROGRAMS += tests/bench/bench-attention
+tests_bench_bench_attention_SOURCES = tests/bench/bench-attention.c
+tests_bench_bench_attention_LDADD = libmoelab.la $(BLAS_LIBS) -lm
+bench-attention: tests/bench/bench-attention
+	./tests/bench/bench-attention
+.PHONY: bench-attention
