@@ -175,6 +175,9 @@ SCM_DEFINE(moelab_make_metrics_log, "%make-metrics-log", 3, 0, 0, (SCM path, SCM
             moelab_throw(FUNC_NAME, MOE_ERR_ARG, "the header must be an alist (config seed …)");
         h = moelab_to_json(header, FUNC_NAME);
         scm_dynwind_unwind_handler(decref_json, h, SCM_F_WIND_EXPLICITLY);
+        /* an empty config, '(), is an empty alist here, not an empty list */
+        json_t *config = json_object_get(h, "config");
+        if (json_is_array(config) && json_array_size(config) == 0) json_object_set_new(h, "config", json_object());
     }
     moe_metrics_log *log;
     MOELAB_CHECK(FUNC_NAME, moe_metrics_log_open(&log, p, h, scm_is_true(append)));

@@ -313,6 +313,10 @@ the difference, shown by the failure report."
     (metrics-log-close! log)
     (test-equal "default header" '(config moelab seed threads started)
       (map car (car (read-jsonl metrics-file)))))
+  (let ((log (make-metrics-log metrics-file #:header '((config) (seed . 3)))))
+    (metrics-log-close! log)
+    (test-equal "an empty config is an object" "{\"config\": {}, \"moelab\""
+      (substring (call-with-input-file metrics-file read-string) 0 23)))
   (test-equal "json-line" "{\"a\": [1, 2.5, null], \"b\": {\"c\": true}, \"d\": []}"
     (json-line '((a 1 2.5 +nan.0) (b (c . #t)) (d . ()))))
   (test-moelab-error "a value that is not JSON" "cannot write #<procedure car"
