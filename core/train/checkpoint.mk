@@ -1,0 +1,16 @@
+## core/train/checkpoint.mk — safetensors files (atomic writes, SHA-256
+## checksums through libcrypto), a model's tensors in them, and their tests.
+libmoelab_la_SOURCES += core/train/safetensors.c core/train/atomic.c core/train/model_file.c
+libmoelab_la_LIBADD += $(LIBCRYPTO_LIBS)
+AM_CFLAGS += $(LIBCRYPTO_CFLAGS)
+moelabtrain_HEADERS += core/train/safetensors.h core/train/model_file.h
+
+CHECKPOINT_TESTS = tests/unit/check_safetensors
+check_PROGRAMS += $(CHECKPOINT_TESTS)
+TESTS += $(CHECKPOINT_TESTS)
+VALGRIND_TESTS += $(CHECKPOINT_TESTS)
+tests_unit_check_safetensors_SOURCES = tests/unit/check_safetensors.c tests/unit/testutil.h
+tests_unit_check_safetensors_CPPFLAGS = $(AM_CPPFLAGS) \
+	-DMOE_BAD_FILES_DIR='"$(abs_srcdir)/tests/data/safetensors"'
+EXTRA_DIST += tests/data/safetensors
+EXTRA_DIST += tests/python/safetensors_np.py
