@@ -11,6 +11,7 @@
 ;;;   (moelab data)      tokenizers, token files, multi-domain text datasets
 ;;;   (moelab nn)        the MoE transformer: make-moe-transformer, model-loss, attention
 ;;;   (moelab train)     optimizers, clip-grad-norm!, lr schedules, metrics files
+;;;   (moelab checkpoint) safetensors files, save-model/load-model!, Mixtral export
 ;;;   (moelab config)    %moelab-version and build facts
 ;;;
 ;;; @example
@@ -39,4 +40,4 @@
             (module-add! public name var))
           iface)))
      '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router)
-       (moelab data) (moelab nn) (moelab train) (moelab config)))))
+       (moelab data) (moelab nn) (moelab train) (moelab checkpoint) (moelab config)))))

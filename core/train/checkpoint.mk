@@ -12,5 +12,8 @@ VALGRIND_TESTS += $(CHECKPOINT_TESTS)
 tests_unit_check_safetensors_SOURCES = tests/unit/check_safetensors.c tests/unit/testutil.h
 tests_unit_check_safetensors_CPPFLAGS = $(AM_CPPFLAGS) \
 	-DMOE_BAD_FILES_DIR='"$(abs_srcdir)/tests/data/safetensors"'
-EXTRA_DIST += tests/data/safetensors
+
 EXTRA_DIST += tests/python/safetensors_np.py
+TESTS += tests/scheme/safetensors-interop.sh
+EXTRA_DIST += tests/scheme/safetensors-interop.sh tests/scheme/safetensors-interop.scm \
+	tests/python/interop.py tests/data/safetensors
