@@ -12,6 +12,7 @@
 ;;;   (moelab nn)        the MoE transformer: make-moe-transformer, model-loss, attention
 ;;;   (moelab train)     optimizers, clip-grad-norm!, lr schedules, metrics files
 ;;;   (moelab checkpoint) safetensors files, save-model/load-model!, Mixtral export
+;;;   (moelab trainer)   make-trainer, trainer-step!, trainer-run!, trainer-evaluate
 ;;;   (moelab config)    %moelab-version and build facts
 ;;;
 ;;; @example
@@ -40,4 +41,5 @@
             (module-add! public name var))
           iface)))
      '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router)
-       (moelab data) (moelab nn) (moelab train) (moelab checkpoint) (moelab config)))))
+       (moelab data) (moelab nn) (moelab train) (moelab checkpoint) (moelab trainer)
+       (moelab config)))))

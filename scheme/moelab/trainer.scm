@@ -1,0 +1,502 @@
+;;; (moelab trainer) — the training loop: one optimizer step at a time over
+;;; gradient-accumulated micro-batches, evaluation per domain, metrics files,
+;;; a progress display, pause and resume (the manual: "Training").
+;;;
+;;; The heavy work stays in C: the model's forward and backward, the
+;;; optimizer, clipping, the data sampler, the routers' metrics and the JSON
+;;; writer. This module sequences them and shapes what they report.
+;;;
+;;; @example
+;;; (define m (make-moe-transformer #:layers 2 #:hidden 64 #:heads 4 #:ffn 128 #:experts 4))
+;;; (define ds (make-text-dataset #:domains '((bible . "data/corpus/bible")) #:seq-len 64))
+;;; (define vs (make-text-dataset #:domains '((bible . "data/corpus/bible")) #:seq-len 64 #:split 'val))
+;;; (define tr (make-trainer #:model m #:optimizer (make-adamw (model-parameters m) #:lr 3e-3)
+;;;                          #:dataset ds #:val-dataset vs #:batch-size 8 #:log "runs/a/metrics.jsonl"))
+;;; (trainer-run! tr #:steps 20)
+;;; (trainer-evaluate tr)
+;;; @end example
+(define-module (moelab trainer)
+  #:use-module (moelab primitives)
+  #:use-module (moelab tensor)
+  #:use-module (moelab ops)
+  #:use-module (moelab autograd)
+  #:use-module (moelab nn)
+  #:use-module (moelab train)
+  #:use-module (moelab data)
+  #:use-module (srfi srfi-1)
+  #:use-module (srfi srfi-9)
+  #:use-module (srfi srfi-9 gnu)
+  #:use-module (ice-9 format)
+  #:export (make-trainer trainer? trainer-step! trainer-run! trainer-evaluate
+            trainer-pause! trainer-resume! trainer-paused? trainer-stop!
+            current-trainer trainer-steps trainer-tokens trainer-last-metrics
+            trainer-last-eval trainer-model trainer-optimizer trainer-dataset
+            trainer-val-dataset trainer-config trainer-log-path trainer-set!
+            trainer-close! num-threads set-num-threads! peak-rss))
+
+(define (trainer-error who fmt . args)
+  (throw 'moelab-error who
+         (string-join (string-split (apply format #f fmt args) #\~) "~~")
+         '() '(arg)))
+
+;;; ---- the record ---------------------------------------------------------------------
+
+(define-record-type <trainer>
+  (%trainer model optimizer dataset val-dataset batch-size grad-accum schedule clip
+            log-path log eval-every eval-batches seed ignore-index print-every config
+            steps tokens paused? stop? last-metrics last-eval)
+  trainer?
+  (model trainer-model)
+  (optimizer trainer-optimizer)
+  (dataset trainer-dataset)
+  (val-dataset trainer-val-dataset)
+  (batch-size tr-batch-size set-tr-batch-size!)
+  (grad-accum tr-grad-accum set-tr-grad-accum!)
+  (schedule tr-schedule set-tr-schedule!)
+  (clip tr-clip set-tr-clip!)
+  (log-path trainer-log-path)
+  (log tr-log set-tr-log!)
+  (eval-every tr-eval-every set-tr-eval-every!)
+  (eval-batches tr-eval-batches set-tr-eval-batches!)
+  (seed tr-seed)
+  (ignore-index tr-ignore-index)
+  (print-every tr-print-every set-tr-print-every!)
+  (config tr-user-config)
+  (steps trainer-steps set-tr-steps!)
+  (tokens trainer-tokens set-tr-tokens!)
+  (paused? trainer-paused? set-tr-paused!)
+  (stop? tr-stop? set-tr-stop!)
+  (last-metrics trainer-last-metrics set-tr-last-metrics!)
+  (last-eval trainer-last-eval set-tr-last-eval!))
+
+(set-record-type-printer!
+ <trainer>
+ (lambda (tr port)
+   (format port "#<trainer step ~a, ~a tokens, B=~a×~a~a~a>"
+           (trainer-steps tr) (trainer-tokens tr) (tr-batch-size tr) (tr-grad-accum tr)
+           (if (trainer-paused? tr) ", paused" "")
+           (if (trainer-log-path tr) (format #f ", log ~a" (trainer-log-path tr)) ""))))
+
+(define %current-trainer #f)
+
+(define (current-trainer)
+  "The trainer that trainer-run! is running, or else the one made last (#f
+before any): from a REPL attached with --listen, (current-trainer) is the
+run going on."
+  %current-trainer)
+
+;;; ---- threads and memory --------------------------------------------------------------
+
+(define (num-threads)
+  "The number of threads the kernels use (MOELAB_NUM_THREADS at start-up)."
+  (%num-threads))
+
+(define (set-num-threads! n)
+  "Use N threads (an integer in [1, 1024]) in the kernels from now on."
+  (%set-num-threads! n))
+
+(define (peak-rss)
+  "The peak resident set size of this process so far, in bytes."
+  (%peak-rss))
+
+;;; ---- checking arguments ----------------------------------------------------------------
+
+(define (positive-int? x) (and (exact-integer? x) (positive? x)))
+
+(define (check who what ok? value expected)
+  (unless (ok? value)
+    (trainer-error who "~a must be ~a, got ~s" what expected value)))
+
+(define (check-settings who batch-size grad-accum schedule clip eval-every eval-batches print-every)
+  (check who "#:batch-size" positive-int? batch-size "a positive integer")
+  (check who "#:grad-accum" positive-int? grad-accum "a positive integer")
+  (check who "#:schedule" (lambda (s) (or (not s) (procedure? s))) schedule
+         "#f or a procedure from the step to a learning rate (make-lr-schedule)")
+  (check who "#:clip" (lambda (c) (or (not c) (and (real? c) (positive? c)))) clip
+         "#f or a positive number")
+  (check who "#:eval-every" (lambda (e) (or (not e) (positive-int? e))) eval-every
+         "#f or a positive integer")
+  (check who "#:eval-batches" positive-int? eval-batches "a positive integer")
+  (check who "#:print-every" positive-int? print-every "a positive integer"))
+
+;;; ---- JSON-ready configuration ---------------------------------------------------------
+
+(define (jsonable x)
+  ;; Scheme data the metrics writer takes: keywords and unknown objects as strings.
+  (cond ((keyword? x) (symbol->string (keyword->symbol x)))
+        ((or (number? x) (string? x) (symbol? x) (boolean? x) (null? x)) x)
+        ((tensor? x) x)
+        ((and (pair? x) (list? x)) (map jsonable x))
+        ((and (pair? x) (or (symbol? (car x)) (keyword? (car x)) (string? (car x))))
+         (cons (let ((k (car x))) (if (keyword? k) (keyword->symbol k) k)) (jsonable (cdr x))))
+        ((pair? x) (list (jsonable (car x)) (jsonable (cdr x))))   ; (0.9 . 0.95) as [0.9, 0.95]
+        ((vector? x) (list->vector (map jsonable (vector->list x))))
+        (else (format #f "~a" x))))
+
+(define (trainer-config tr)
+  "The settings of TR as an alist, as written under \"config\" on the first
+line of its metrics file: the model, optimizer, schedule, data and trainer
+settings, and the #:config alist given to make-trainer."
+  (let ((vs (trainer-val-dataset tr)))
+    (jsonable
+     `((model . ,(model-config (trainer-model tr)))
+       (optimizer . ,(optimizer-config (trainer-optimizer tr)))
+       (schedule . ,(and (tr-schedule tr) (or (lr-schedule-config (tr-schedule tr)) "custom")))
+       (data . ,(dataset-summary (trainer-dataset tr)))
+       (val-data . ,(and vs (dataset-summary vs)))
+       (trainer . ((batch-size . ,(tr-batch-size tr)) (grad-accum . ,(tr-grad-accum tr))
+                   (clip . ,(tr-clip tr)) (eval-every . ,(tr-eval-every tr))
+                   (eval-batches . ,(tr-eval-batches tr)) (ignore-index . ,(tr-ignore-index tr))
+                   (seed . ,(tr-seed tr))))
+       (user . ,(tr-user-config tr))))))
+
+(define (dataset-summary ds)
+  (let ((info (dataset-info ds)))
+    `((seq-len . ,(assq-ref info 'seq-len)) (vocab-size . ,(assq-ref info 'vocab-size))
+      (split . ,(assq-ref info 'split)) (batching . ,(assq-ref info 'batching))
+      (domains . ,(map (lambda (d)
+                         (cons (car d)
+                               (filter (lambda (p) (memq (car p) '(tokens sequences probability)))
+                                       (cdr d))))
+                       (assq-ref info 'domains))))))
+
+;;; ---- making one ----------------------------------------------------------------------
+
+(define* (make-trainer #:key model optimizer dataset (val-dataset #f) (batch-size 8)
+                       (grad-accum 1) (schedule #f) (clip #f) (log #f) (eval-every #f)
+                       (eval-batches 4) (seed 0) (ignore-index -100) (print-every 10)
+                       (config '()))
+  "A trainer for MODEL (make-moe-transformer) with OPTIMIZER (make-adamw or
+make-sgd over the model's parameters), drawing its batches from DATASET
+(make-text-dataset) and evaluating on VAL-DATASET (#f: no evaluation).
+
+Each optimizer step (trainer-step!) runs GRAD-ACCUM micro-batches of
+BATCH-SIZE sequences; each micro-batch's loss is scaled by 1/GRAD-ACCUM
+before backward, so the step's gradient is the mean over the
+GRAD-ACCUM·BATCH-SIZE sequences. SCHEDULE, a procedure from the step
+(0, 1, …) to the learning rate (make-lr-schedule), sets the rate before each
+step (#f keeps the optimizer's). CLIP, a positive number, clips the global
+gradient norm (clip-grad-norm!); #f only measures it. LOG, a file name, is
+the metrics file (JSON Lines; line 1 holds the settings, see
+trainer-config); #f writes none. Every EVAL-EVERY steps (#f: never)
+trainer-run! evaluates on EVAL-BATCHES batches per domain of VAL-DATASET.
+SEED is recorded in the metrics file (the model and the datasets carry
+their own seeds). IGNORE-INDEX is the target value that counts for nothing
+in the loss. PRINT-EVERY is how often trainer-run! prints a line when its
+output is not a terminal. CONFIG, an alist, is recorded with the settings.
+
+Bad settings raise moelab-error before anything is made."
+  (define who "make-trainer")
+  (check who "#:model" moe-transformer? model "a model (make-moe-transformer)")
+  (check who "#:optimizer" optimizer? optimizer "an optimizer (make-adamw, make-sgd)")
+  (check who "#:dataset" dataset? dataset "a dataset (make-text-dataset)")
+  (check who "#:val-dataset" (lambda (v) (or (not v) (dataset? v))) val-dataset
+         "#f or a dataset (make-text-dataset)")
+  (check-settings who batch-size grad-accum schedule clip eval-every eval-batches print-every)
+  (check who "#:log" (lambda (l) (or (not l) (string? l))) log "#f or a file name")
+  (check who "#:seed" exact-integer? seed "an integer")
+  (check who "#:ignore-index" exact-integer? ignore-index "an integer")
+  (check who "#:config" list? config "an alist")
+  (let ((v (model-config model)))
+    (when (> (dataset-vocab-size dataset) (assq-ref v 'vocab))
+      (trainer-error who "the dataset's tokenizer has ~a tokens but the model's vocabulary only ~a"
+                     (dataset-vocab-size dataset) (assq-ref v 'vocab)))
+    (when (> (dataset-seq-len dataset) (assq-ref v 'max-seq))
+      (trainer-error who "the dataset's sequences (~a tokens) are longer than the model's max-seq ~a"
+                     (dataset-seq-len dataset) (assq-ref v 'max-seq))))
+  (let ((tr (%trainer model optimizer dataset val-dataset batch-size grad-accum schedule clip
+                      log #f eval-every eval-batches seed ignore-index print-every config
+                      0 0 #f #f #f #f)))
+    (set-model-grad-accum! model grad-accum)
+    (when log
+      (set-tr-log! tr (make-metrics-log log #:header `((config . ,(trainer-config tr))
+                                                     (seed . ,seed)))))
+    (set! %current-trainer tr)
+    tr))
+
+(define (trainer-close! tr)
+  "Close TR's metrics file (later steps write no metrics)."
+  (when (tr-log tr)
+    (metrics-log-close! (tr-log tr))
+    (set-tr-log! tr #f)))
+
+(define (trainer-set! tr key value)
+  "Change one setting of TR between steps: KEY is one of batch-size,
+grad-accum, clip, eval-every, eval-batches, print-every (checked as
+make-trainer checks them) or lr (the optimizer's rate, and no schedule from
+now on)."
+  (define who "trainer-set!")
+  (let ((get (lambda (k cur) (if (eq? key k) value cur))))
+    (case key
+      ((batch-size grad-accum clip eval-every eval-batches print-every)
+       (check-settings who (get 'batch-size (tr-batch-size tr)) (get 'grad-accum (tr-grad-accum tr))
+                       (tr-schedule tr) (get 'clip (tr-clip tr)) (get 'eval-every (tr-eval-every tr))
+                       (get 'eval-batches (tr-eval-batches tr)) (get 'print-every (tr-print-every tr)))
+       (case key
+         ((batch-size) (set-tr-batch-size! tr value))
+         ((grad-accum) (set-model-grad-accum! (trainer-model tr) value) (set-tr-grad-accum! tr value))
+         ((clip) (set-tr-clip! tr value))
+         ((eval-every) (set-tr-eval-every! tr value))
+         ((eval-batches) (set-tr-eval-batches! tr value))
+         ((print-every) (set-tr-print-every! tr value))))
+      ((lr)
+       (set-optimizer-lr! (trainer-optimizer tr) value)
+       (set-tr-schedule! tr #f))
+      (else (trainer-error who "unknown setting ~s (batch-size, grad-accum, clip, eval-every, eval-batches, print-every, lr)"
+                           key)))))
+
+;;; ---- one step ----------------------------------------------------------------------
+
+(define (per-layer key metrics) (map (lambda (m) (assq-ref m key)) metrics))
+
+(define (aux-by-kind metrics)
+  ;; kind → list over MoE layers of the step's mean unscaled value
+  (let ((kinds (delete-duplicates (append-map (lambda (m) (map car (assq-ref m 'aux-losses))) metrics))))
+    (map (lambda (k)
+           (cons k (map (lambda (m) (let ((v (assq-ref (assq-ref m 'aux-losses) k))) (or v +nan.0)))
+                        metrics)))
+         kinds)))
+
+(define (tensor-row t) (if t (tensor->list t) '()))
+
+(define (step-metrics tr loss lr norm ms before after)
+  (let ((tokens (trainer-tokens tr)) (step-tokens (* (tr-grad-accum tr) (tr-batch-size tr)
+                                                     (dataset-seq-len (trainer-dataset tr)))))
+    `((step . ,(trainer-steps tr))
+      (tokens . ,tokens)
+      (loss . ,loss)
+      (lr . ,lr)
+      (grad_norm . ,norm)
+      (tokens_per_s . ,(if (positive? ms) (/ (* 1000.0 step-tokens) ms) +nan.0))
+      (step_ms . ,ms)
+      (aux . ,(aux-by-kind before))
+      (max_vio . ,(per-layer 'max-violation-step before))
+      (max_vio_global . ,(per-layer 'max-violation-global after))
+      (cv . ,(per-layer 'cv before))
+      (entropy . ,(per-layer 'entropy before))
+      (dead_fraction . ,(per-layer 'dead-fraction before))
+      (dropped_fraction . ,(per-layer 'dropped-fraction before))
+      (tokens_per_expert . ,(map (lambda (m) (tensor-row (assq-ref m 'tokens-per-expert-step))) before))
+      ,@(if (any (lambda (m) (assq-ref m 'bias)) after)
+            `((expert_bias . ,(map (lambda (m) (tensor-row (assq-ref m 'bias))) after)))
+            '()))))
+
+(define (now-ms) (/ (* 1000.0 (get-internal-real-time)) internal-time-units-per-second))
+
+(define (trainer-step! tr)
+  "One optimizer step of TR: set the learning rate from the schedule, run
+grad-accum micro-batches (forward, loss scaled by 1/grad-accum, backward),
+clip, update the parameters, advance the routers (model-step!: expert
+biases, balance trackers) and drop the gradients. Writes the step's line to
+the metrics file and returns it as an alist: step (optimizer steps done),
+tokens (cumulative), loss (mean over the micro-batches), lr, grad_norm
+(before clipping), tokens_per_s, step_ms, aux (loss kind → list over MoE
+layers), max_vio, max_vio_global, cv, entropy, dead_fraction,
+dropped_fraction (lists over MoE layers), tokens_per_expert ([L][E]) and
+expert_bias ([L][E], when the routers have one). The routing statistics
+are the routers' own (router-metrics)."
+  (let* ((m (trainer-model tr)) (o (trainer-optimizer tr)) (ds (trainer-dataset tr))
+         (n (tr-grad-accum tr)) (b (tr-batch-size tr))
+         (lr (if (tr-schedule tr) ((tr-schedule tr) (trainer-steps tr)) (optimizer-lr o)))
+         (t0 (now-ms)))
+    (set-optimizer-lr! o lr)
+    (unless (model-training? m) (model-training! m #t))
+    (let loop ((i 0) (loss-sum 0.0) (tokens 0))
+      (if (< i n)
+          (call-with-values (lambda () (dataset-next-batch ds b))
+            (lambda (x y domains)
+              (let ((loss (model-loss m x y #:ignore-index (tr-ignore-index tr))))
+                (backward! (if (= n 1) loss (t* loss (/ 1.0 n))))
+                (loop (+ i 1) (+ loss-sum (tensor-item loss))
+                      (+ tokens (apply * (tensor-shape y)))))))
+          (let* ((params (optimizer-parameters o))
+                 (norm (if (tr-clip tr) (clip-grad-norm! params (tr-clip tr)) (grad-norm params))))
+            (optimizer-step! o)
+            (let ((before (%model-router-metrics m)))
+              (model-step! m)
+              (optimizer-zero-grad! o)
+              (model-zero-grad! m)
+              (set-tr-steps! tr (+ 1 (trainer-steps tr)))
+              (set-tr-tokens! tr (+ tokens (trainer-tokens tr)))
+              (let ((metrics (step-metrics tr (/ loss-sum n) lr norm (- (now-ms) t0)
+                                           before (%model-router-metrics m))))
+                (when (tr-log tr) (metrics-log-write! (tr-log tr) metrics))
+                (set-tr-last-metrics! tr metrics)
+                metrics)))))))
+
+;;; ---- evaluation ----------------------------------------------------------------------
+
+(define (add-lists a b) (map + a b))
+
+(define* (trainer-evaluate tr #:key (batches #f) (log? #t))
+  "Evaluate TR's model on its validation dataset, domain by domain: BATCHES
+(default: the trainer's eval-batches) batches of batch-size sequences from
+each domain, the same sequences at every call (the validation dataset is
+reset first), without gradients and with the routers in evaluation mode.
+Returns an alist:
+@example
+((step . 200)
+ (loss (bible . 2.31) (c . 1.87) … (mean . 2.05))       ; mean cross-entropy, nats
+ (perplexity (bible . 10.1) … (mean . 7.8))             ; exp of each loss
+ (expert-share (bible (0.12 0.13 …) …) …))              ; per domain, [L][E] shares
+@end example
+The expert shares are each MoE layer's fraction of routed slots per expert,
+from the routers' counts. With LOG? (default) and a metrics file, the
+result is also written as an eval line."
+  (define who "trainer-evaluate")
+  (let ((vs (trainer-val-dataset tr))
+        (m (trainer-model tr))
+        (n (or batches (tr-eval-batches tr))))
+    (unless vs (trainer-error who "this trainer has no #:val-dataset"))
+    (check who "#:batches" positive-int? n "a positive integer")
+    (let ((was-training? (model-training? m)))
+      (dynamic-wind
+        (lambda () (model-training! m #f))
+        (lambda ()
+          (dataset-reset! vs)
+          (let* ((per-domain
+                  (map (lambda (d)
+                         (let loop ((i 0) (sum 0.0) (counts #f))
+                           (if (< i n)
+                               (call-with-values
+                                   (lambda () (dataset-next-batch vs (tr-batch-size tr) #:domain d))
+                                 (lambda (x y _)
+                                   (let* ((loss (with-no-grad
+                                                 (lambda ()
+                                                   (model-loss m x y #:ignore-index (tr-ignore-index tr)))))
+                                          (c (map (lambda (r) (assq-ref r 'tokens-per-expert))
+                                                  (model-routing m))))
+                                     (loop (+ i 1) (+ sum (tensor-item loss))
+                                           (if counts (map add-lists counts c) c)))))
+                               (list d (/ sum n)
+                                     (map (lambda (row)
+                                            (let ((total (apply + row)))
+                                              (map (lambda (c) (if (zero? total) 0.0 (exact->inexact (/ c total))))
+                                                   row)))
+                                          (or counts '()))))))
+                       (dataset-domains vs)))
+                 (losses (map (lambda (e) (cons (car e) (cadr e))) per-domain))
+                 (mean (/ (apply + (map cdr losses)) (length losses)))
+                 (shares (map (lambda (e) (cons (car e) (caddr e))) per-domain))
+                 (result `((step . ,(trainer-steps tr))
+                           (loss ,@losses (mean . ,mean))
+                           (perplexity ,@(map (lambda (p) (cons (car p) (exp (cdr p)))) losses)
+                                       (mean . ,(exp mean)))
+                           (expert-share ,@shares))))
+            (when (and log? (tr-log tr))
+              (metrics-log-write! (tr-log tr)
+                                  `((step . ,(trainer-steps tr))
+                                    (eval ,@losses (mean . ,mean))
+                                    (eval_expert_share ,@shares))))
+            (set-tr-last-eval! tr result)
+            result))
+        (lambda () (model-training! m was-training?))))))
+
+;;; ---- pause, resume, stop -------------------------------------------------------------
+
+(define (trainer-pause! tr)
+  "Ask TR's run (trainer-run!, perhaps in another thread) to wait after the
+current step until trainer-resume!. Between steps the model can be
+inspected and changed."
+  (set-tr-paused! tr #t))
+
+(define (trainer-resume! tr)
+  "Let TR's paused run go on."
+  (set-tr-paused! tr #f))
+
+(define (trainer-stop! tr)
+  "Ask TR's run to stop after the current step (as Ctrl-C does)."
+  (set-tr-stop! tr #t))
+
+;;; ---- the loop ------------------------------------------------------------------------
+
+(define (fmt-duration s)
+  (let* ((s (inexact->exact (round s))) (h (quotient s 3600)) (mn (quotient (remainder s 3600) 60)))
+    (if (positive? h)
+        (format #f "~d:~2,'0d:~2,'0d" h mn (remainder s 60))
+        (format #f "~d:~2,'0d" mn (remainder s 60)))))
+
+(define (fmt-num x)
+  (if (and (real? x) (not (nan? x))) (format #f "~,3f" x) "n/a"))
+
+(define (progress-bar port i n metrics elapsed)
+  (let* ((width 24) (done (if (zero? n) width (quotient (* width i) n)))
+         (eta (if (positive? i) (* elapsed (/ (- n i) i)) 0)))
+    (format port "\r[~a~a] ~d/~d loss ~a lr ~,2e ~,0f tok/s eta ~a  "
+            (make-string done #\#) (make-string (- width done) #\.) i n
+            (fmt-num (assq-ref metrics 'loss)) (assq-ref metrics 'lr)
+            (assq-ref metrics 'tokens_per_s) (fmt-duration eta))
+    (force-output port)))
+
+(define (step-line port metrics)
+  (format port "step ~d  loss ~a  lr ~,2e  |g| ~a  ~,0f tok/s  max_vio ~a~%"
+          (assq-ref metrics 'step) (fmt-num (assq-ref metrics 'loss)) (assq-ref metrics 'lr)
+          (fmt-num (assq-ref metrics 'grad_norm)) (assq-ref metrics 'tokens_per_s)
+          (string-join (map fmt-num (assq-ref metrics 'max_vio)) " "))
+  (force-output port))
+
+(define (eval-line port result)
+  (format port "eval at step ~d: ~{~a ~a~^  ~}~%" (assq-ref result 'step)
+          (append-map (lambda (p) (list (car p) (fmt-num (cdr p)))) (assq-ref result 'loss)))
+  (force-output port))
+
+(define* (trainer-run! tr #:key (steps #f) (on-step #f) (port (current-output-port))
+                       (progress? 'auto))
+  "Run STEPS optimizer steps of TR (trainer-step!), evaluating every
+eval-every steps, and return the last step's metrics. ON-STEP, when given,
+is called as (ON-STEP TR METRICS) after each step. PORT shows the progress:
+a bar redrawn in place when PORT is a terminal (PROGRESS? 'auto) or
+PROGRESS? is #t, otherwise a line every print-every steps; each evaluation
+prints a line of per-domain losses. The run waits between steps while
+trainer-pause! holds it, and stops early after the current step on Ctrl-C
+(SIGINT) or trainer-stop!. It ends with a summary line.
+(current-trainer) is TR while it runs."
+  (check "trainer-run!" "#:steps" positive-int? steps "a positive integer")
+  (let* ((bar? (if (eq? progress? 'auto) (and (file-port? port) (isatty? port)) progress?))
+         (start (now-ms))
+         (first-tokens (trainer-tokens tr))
+         (old-handler #f))
+    (set! %current-trainer tr)
+    (set-tr-stop! tr #f)
+    (dynamic-wind
+      (lambda ()
+        (set! old-handler
+              (false-if-exception
+               (sigaction SIGINT (lambda (_) (set-tr-stop! tr #t))))))
+      (lambda ()
+        (let loop ((i 0) (last #f))
+          (cond
+           ((and (< i steps) (not (tr-stop? tr)))
+            (when (trainer-paused? tr)
+              (when bar? (newline port))
+              (format port "paused at step ~d (trainer-resume! to go on)~%" (trainer-steps tr))
+              (force-output port)
+              (let wait () (when (and (trainer-paused? tr) (not (tr-stop? tr))) (usleep 50000) (wait))))
+            (if (tr-stop? tr)
+                (loop i last)
+                (let ((metrics (trainer-step! tr)))
+                  (when on-step (on-step tr metrics))
+                  (if bar?
+                      (progress-bar port (+ i 1) steps metrics (/ (- (now-ms) start) 1000.0))
+                      (when (or (zero? (modulo (trainer-steps tr) (tr-print-every tr)))
+                                (= (+ i 1) steps))
+                        (step-line port metrics)))
+                  (when (and (tr-eval-every tr) (trainer-val-dataset tr)
+                             (zero? (modulo (trainer-steps tr) (tr-eval-every tr))))
+                    (when bar? (newline port))
+                    (eval-line port (trainer-evaluate tr)))
+                  (loop (+ i 1) metrics))))
+           (else
+            (when bar? (newline port))
+            (let ((secs (/ (- (now-ms) start) 1000.0)))
+              (format port "~a after ~d step~:p (~a): ~d tokens, loss ~a, ~,0f tokens/s~%"
+                      (if (tr-stop? tr) "stopped" "done") i (fmt-duration secs)
+                      (- (trainer-tokens tr) first-tokens)
+                      (fmt-num (and last (assq-ref last 'loss)))
+                      (if (positive? secs) (/ (- (trainer-tokens tr) first-tokens) secs) 0)))
+            (force-output port)
+            last))))
+      (lambda ()
+        (set-tr-stop! tr #f)
+        (when old-handler
+          (sigaction SIGINT (car old-handler) (cdr old-handler)))))))
