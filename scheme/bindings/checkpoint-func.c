@@ -124,6 +124,84 @@ SCM_DEFINE(moelab_load_model_x, "%load-model!", 2, 0, 0, (SCM model, SCM path),
 }
 #undef FUNC_NAME
 
+SCM_DEFINE(moelab_read_model_file, "%read-model-file", 3, 0, 0, (SCM who, SCM model, SCM path),
+           "The tensors of PATH as an alist, after checking that they fit the model exactly.")
+#define FUNC_NAME "read-model-file"
+{
+    moe_model *m = moelab_to_model(model, 2, FUNC_NAME);
+    scm_dynwind_begin(0);
+    char *op = text_of(who, FUNC_NAME, "caller", 0);
+    char *p = text_of(path, op, "path", 0);
+    moe_safetensors *st;
+    MOELAB_CHECK(op, moe_safetensors_load_op(op, &st, p));
+    if (moe_model_check_tensors(op, m, st, p) != MOE_OK) {
+        moe_safetensors_free(st);
+        moelab_throw_last(op);
+    }
+    SCM out = SCM_EOL;
+    for (int i = st->count - 1; i >= 0; i--)
+        out = scm_cons(scm_cons(scm_from_utf8_string(st->names[i]), moelab_wrap(moe_tensor_retain(st->tensors[i]))),
+                       out);
+    moe_safetensors_free(st);
+    scm_remember_upto_here_1(model);
+    scm_dynwind_end();
+    return out;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_model_router_states, "%model-router-states", 1, 0, 0, (SCM model),
+           "Per MoE layer, (counters . rng-position): the router state that is not a buffer.")
+#define FUNC_NAME "model-router-states"
+{
+    moe_model *m = moelab_to_model(model, 1, FUNC_NAME);
+    SCM out = SCM_EOL;
+    for (int i = moe_model_moe_layer_count(m) - 1; i >= 0; i--) {
+        moe_router *r = moe_layer_router(moe_model_moe_layer(m, i, NULL));
+        moe_tensor *counters;
+        MOELAB_CHECK(FUNC_NAME, moe_router_state_save(r, NULL, &counters));
+        out = scm_cons(scm_cons(moelab_wrap(counters), scm_from_uint64(moe_router_rng_position(r))), out);
+    }
+    scm_remember_upto_here_1(model);
+    return out;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_model_load_router_states_x, "%model-load-router-states!", 3, 0, 0,
+           (SCM who, SCM model, SCM states),
+           "Restore what %model-router-states returned; everything is checked first.")
+#define FUNC_NAME "model-load-router-states!"
+{
+    moe_model *m = moelab_to_model(model, 2, FUNC_NAME);
+    scm_dynwind_begin(0);
+    char *op = text_of(who, FUNC_NAME, "caller", 0);
+    int n = moe_model_moe_layer_count(m);
+    if (scm_ilength(states) != n)
+        moelab_throw(op, MOE_ERR_ARG, "router states for %ld MoE layers, the model has %d",
+                     (long)scm_ilength(states), n);
+    int i = 0;
+    for (SCM l = states; scm_is_pair(l); l = SCM_CDR(l), i++) {
+        SCM e = SCM_CAR(l);
+        moe_router *r = moe_layer_router(moe_model_moe_layer(m, i, NULL));
+        int64_t E = moe_router_get_config(r)->experts;
+        if (!scm_is_pair(e) || !moelab_is_tensor(SCM_CAR(e)) || !scm_is_unsigned_integer(SCM_CDR(e), 0, UINT64_MAX))
+            moelab_throw(op, MOE_ERR_ARG, "router state %d is not (counters . rng-position)", i);
+        moe_tensor *c = moelab_unwrap(SCM_CAR(e), 3, op);
+        if (c->ndim != 2 || c->shape[0] != 3 || c->shape[1] != E + 1)
+            moelab_throw(op, MOE_ERR_SHAPE, "router state %d: counters must be [3 %lld], got %s", i,
+                         (long long)(E + 1), moe_shape_str(c));
+    }
+    i = 0;
+    for (SCM l = states; scm_is_pair(l); l = SCM_CDR(l), i++) {
+        moe_router *r = moe_layer_router(moe_model_moe_layer(m, i, NULL));
+        MOELAB_CHECK(op, moe_router_state_load(r, NULL, moelab_unwrap(SCM_CAR(SCM_CAR(l)), 3, op)));
+        moe_router_set_rng_position(r, scm_to_uint64(SCM_CDR(SCM_CAR(l))));
+    }
+    scm_remember_upto_here_2(model, states);
+    scm_dynwind_end();
+    return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
 SCM_DEFINE(moelab_write_json_file, "%write-json-file", 3, 0, 0, (SCM who, SCM path, SCM value),
            "Write VALUE as JSON (one object, a newline at the end) to PATH atomically.")
 #define FUNC_NAME "write-json-file"
