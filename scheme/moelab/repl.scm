@@ -751,6 +751,7 @@ The moelab workbench: Guile Scheme with (moelab) loaded.
   FILE [ARG]...      run the Scheme file FILE; (command-line) is (FILE ARG...);
                      exit status 1 on an uncaught error
   -c EXPR [ARG]...   evaluate EXPR and exit; (command-line) is (\"moelab\" ARG...)
+  train CONFIG.scm   train the trainer CONFIG.scm makes (moelab train --help)
   -L DIR             add DIR to the front of the module load path
   -q, --no-rc        do not load ~/.moelabrc (REPL only)
   --listen[=SPEC]    run a REPL server for Emacs/Geiser, on 127.0.0.1:PORT
@@ -829,6 +830,9 @@ Returns the exit status."
          (run-repl-mode rc? threads))
         (((? (lambda (a) (and (string-prefix? "-" a) (not (string=? a "-")))) opt) . _)
          (usage-error (format #f "unknown option '~a'" opt)))
+        (("train" . rest)             ; moelab train CONFIG.scm …: (moelab program)
+         ((module-ref (resolve-interface '(moelab program)) 'moelab-train-main)
+          rest #:threads threads))
         ((file . rest)
          (run-file file rest threads))
         (()

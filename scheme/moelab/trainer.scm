@@ -32,7 +32,8 @@
             current-trainer trainer-steps trainer-tokens trainer-last-metrics
             trainer-last-eval trainer-model trainer-optimizer trainer-dataset
             trainer-val-dataset trainer-config trainer-log-path trainer-set!
-            trainer-close! num-threads set-num-threads! peak-rss))
+            trainer-close! trainer-interrupted? trainer-routing-report trainer-unigram-entropy
+            num-threads set-num-threads! peak-rss))
 
 (define (trainer-error who fmt . args)
   (throw 'moelab-error who
@@ -44,17 +45,17 @@
 (define-record-type <trainer>
   (%trainer model optimizer dataset val-dataset batch-size grad-accum schedule clip
             log-path log eval-every eval-batches seed ignore-index print-every config
-            steps tokens paused? stop? last-metrics last-eval)
-  trainer?
-  (model trainer-model)
-  (optimizer trainer-optimizer)
-  (dataset trainer-dataset)
-  (val-dataset trainer-val-dataset)
+            steps tokens paused? stop? last-metrics last-eval interrupted?)
+  rec:trainer?
+  (model rec:trainer-model)
+  (optimizer rec:trainer-optimizer)
+  (dataset rec:trainer-dataset)
+  (val-dataset rec:trainer-val-dataset)
   (batch-size tr-batch-size set-tr-batch-size!)
   (grad-accum tr-grad-accum set-tr-grad-accum!)
   (schedule tr-schedule set-tr-schedule!)
   (clip tr-clip set-tr-clip!)
-  (log-path trainer-log-path)
+  (log-path rec:trainer-log-path)
   (log tr-log set-tr-log!)
   (eval-every tr-eval-every set-tr-eval-every!)
   (eval-batches tr-eval-batches set-tr-eval-batches!)
@@ -62,12 +63,61 @@
   (ignore-index tr-ignore-index)
   (print-every tr-print-every set-tr-print-every!)
   (config tr-user-config)
-  (steps trainer-steps set-tr-steps!)
-  (tokens trainer-tokens set-tr-tokens!)
-  (paused? trainer-paused? set-tr-paused!)
+  (steps rec:trainer-steps set-tr-steps!)
+  (tokens rec:trainer-tokens set-tr-tokens!)
+  (paused? rec:trainer-paused? set-tr-paused!)
   (stop? tr-stop? set-tr-stop!)
-  (last-metrics trainer-last-metrics set-tr-last-metrics!)
-  (last-eval trainer-last-eval set-tr-last-eval!))
+  (last-metrics rec:trainer-last-metrics set-tr-last-metrics!)
+  (last-eval rec:trainer-last-eval set-tr-last-eval!)
+  (interrupted? rec:trainer-interrupted? set-tr-interrupted!))
+
+(define (trainer? obj)
+  "True when OBJ is a trainer (make-trainer)."
+  (rec:trainer? obj))
+
+(define (trainer-model tr)
+  "The model TR trains."
+  (rec:trainer-model tr))
+
+(define (trainer-optimizer tr)
+  "The optimizer of TR."
+  (rec:trainer-optimizer tr))
+
+(define (trainer-dataset tr)
+  "The training dataset of TR."
+  (rec:trainer-dataset tr))
+
+(define (trainer-val-dataset tr)
+  "The validation dataset of TR, or #f."
+  (rec:trainer-val-dataset tr))
+
+(define (trainer-log-path tr)
+  "The metrics file of TR, or #f."
+  (rec:trainer-log-path tr))
+
+(define (trainer-steps tr)
+  "The optimizer steps TR has taken."
+  (rec:trainer-steps tr))
+
+(define (trainer-tokens tr)
+  "The training tokens TR has consumed (targets counted)."
+  (rec:trainer-tokens tr))
+
+(define (trainer-paused? tr)
+  "True while TR is paused (trainer-pause!)."
+  (rec:trainer-paused? tr))
+
+(define (trainer-last-metrics tr)
+  "The metrics alist of TR's last step (trainer-step!), or #f."
+  (rec:trainer-last-metrics tr))
+
+(define (trainer-last-eval tr)
+  "The result of TR's last evaluation (trainer-evaluate), or #f."
+  (rec:trainer-last-eval tr))
+
+(define (trainer-interrupted? tr)
+  "True when Ctrl-C stopped TR's last run."
+  (rec:trainer-interrupted? tr))
 
 (set-record-type-printer!
  <trainer>
@@ -206,7 +256,7 @@ Bad settings raise moelab-error before anything is made."
                      (dataset-seq-len dataset) (assq-ref v 'max-seq))))
   (let ((tr (%trainer model optimizer dataset val-dataset batch-size grad-accum schedule clip
                       log #f eval-every eval-batches seed ignore-index print-every config
-                      0 0 #f #f #f #f)))
+                      0 0 #f #f #f #f #f)))
     (set-model-grad-accum! model grad-accum)
     (when log
       (set-tr-log! tr (make-metrics-log log #:header `((config . ,(trainer-config tr))
@@ -419,19 +469,22 @@ inspected and changed."
 (define (fmt-num x)
   (if (and (real? x) (not (nan? x))) (format #f "~,3f" x) "n/a"))
 
+(define (fmt-int x)
+  (if (and (real? x) (not (nan? x)) (not (inf? x))) (number->string (inexact->exact (round x))) "n/a"))
+
 (define (progress-bar port i n metrics elapsed)
   (let* ((width 24) (done (if (zero? n) width (quotient (* width i) n)))
          (eta (if (positive? i) (* elapsed (/ (- n i) i)) 0)))
-    (format port "\r[~a~a] ~d/~d loss ~a lr ~,2e ~,0f tok/s eta ~a  "
+    (format port "\r[~a~a] ~d/~d loss ~a lr ~,2e ~a tok/s eta ~a  "
             (make-string done #\#) (make-string (- width done) #\.) i n
             (fmt-num (assq-ref metrics 'loss)) (assq-ref metrics 'lr)
-            (assq-ref metrics 'tokens_per_s) (fmt-duration eta))
+            (fmt-int (assq-ref metrics 'tokens_per_s)) (fmt-duration eta))
     (force-output port)))
 
 (define (step-line port metrics)
-  (format port "step ~d  loss ~a  lr ~,2e  |g| ~a  ~,0f tok/s  max_vio ~a~%"
+  (format port "step ~d  loss ~a  lr ~,2e  |g| ~a  ~a tok/s  max_vio ~a~%"
           (assq-ref metrics 'step) (fmt-num (assq-ref metrics 'loss)) (assq-ref metrics 'lr)
-          (fmt-num (assq-ref metrics 'grad_norm)) (assq-ref metrics 'tokens_per_s)
+          (fmt-num (assq-ref metrics 'grad_norm)) (fmt-int (assq-ref metrics 'tokens_per_s))
           (string-join (map fmt-num (assq-ref metrics 'max_vio)) " "))
   (force-output port))
 
@@ -458,11 +511,12 @@ trainer-pause! holds it, and stops early after the current step on Ctrl-C
          (old-handler #f))
     (set! %current-trainer tr)
     (set-tr-stop! tr #f)
+    (set-tr-interrupted! tr #f)
     (dynamic-wind
       (lambda ()
         (set! old-handler
               (false-if-exception
-               (sigaction SIGINT (lambda (_) (set-tr-stop! tr #t))))))
+               (sigaction SIGINT (lambda (_) (set-tr-interrupted! tr #t) (set-tr-stop! tr #t))))))
       (lambda ()
         (let loop ((i 0) (last #f))
           (cond
@@ -489,14 +543,90 @@ trainer-pause! holds it, and stops early after the current step on Ctrl-C
            (else
             (when bar? (newline port))
             (let ((secs (/ (- (now-ms) start) 1000.0)))
-              (format port "~a after ~d step~:p (~a): ~d tokens, loss ~a, ~,0f tokens/s~%"
+              (format port "~a after ~d step~:p (~a): ~d tokens, loss ~a, ~a tokens/s~%"
                       (if (tr-stop? tr) "stopped" "done") i (fmt-duration secs)
                       (- (trainer-tokens tr) first-tokens)
                       (fmt-num (and last (assq-ref last 'loss)))
-                      (if (positive? secs) (/ (- (trainer-tokens tr) first-tokens) secs) 0)))
+                      (fmt-int (if (positive? secs) (/ (- (trainer-tokens tr) first-tokens) secs) 0))))
             (force-output port)
             last))))
       (lambda ()
         (set-tr-stop! tr #f)
         (when old-handler
           (sigaction SIGINT (car old-handler) (cdr old-handler)))))))
+
+;;; ---- routing summary -----------------------------------------------------------------
+
+(define* (trainer-routing-report tr #:key (port (current-output-port)) (width 30))
+  "Print what TR's routers did: for each MoE layer, the balance statistics
+of the last step (MaxVio, CV, normalised entropy, dead experts, the aux
+losses) and each expert's share of the step's routed slots as a bar of up
+to WIDTH characters; then, after an evaluation, each domain's expert shares
+per layer (percent), which show whether experts specialise by domain.
+Returns the last step's tokens per expert ([L][E] lists), or #f before the
+first step."
+  (let ((m (trainer-last-metrics tr)) (ev (trainer-last-eval tr)))
+    (if (not m)
+        (begin (format port "no step yet: no routing to report~%") #f)
+        (let ((rows (assq-ref m 'tokens_per_expert)) (layers (model-moe-layers (trainer-model tr))))
+          (format port "routing at step ~d (share of the step's routed slots per expert):~%"
+                  (assq-ref m 'step))
+          (for-each
+           (lambda (i layer row)
+             (let ((total (apply + row)) (top (apply max 1 row)))
+               (format port "layer ~d  MaxVio ~a  CV ~a  entropy ~a  dead ~a~{  ~a~}~%" layer
+                       (fmt-num (list-ref (assq-ref m 'max_vio) i)) (fmt-num (list-ref (assq-ref m 'cv) i))
+                       (fmt-num (list-ref (assq-ref m 'entropy) i))
+                       (fmt-num (list-ref (assq-ref m 'dead_fraction) i))
+                       (map (lambda (a) (format #f "~a ~a" (car a) (fmt-num (list-ref (cdr a) i))))
+                            (assq-ref m 'aux)))
+               (for-each (lambda (e c)
+                           (format port "  expert ~2d ~5,1f%  ~a~%" e
+                                   (if (zero? total) 0.0 (* 100.0 (/ c total)))
+                                   (if (zero? c) "dead"
+                                       (make-string (max 1 (inexact->exact (round (/ (* width c) top)))) #\#))))
+                         (iota (length row)) row)))
+           (iota (length rows)) layers rows)
+          (when ev
+            (format port "expert shares per domain at step ~d (%):~%" (assq-ref ev 'step))
+            (for-each
+             (lambda (i layer)
+               (format port "layer ~d~%" layer)
+               (for-each (lambda (d)
+                           (format port "  ~10a~{ ~5,1f~}~%" (car d)
+                                   (map (lambda (x) (* 100 x)) (list-ref (cdr d) i))))
+                         (assq-ref ev 'expert-share)))
+             (iota (length layers)) layers))
+          rows))))
+
+;;; ---- a yardstick ---------------------------------------------------------------------
+
+(define (entropy-of-counts counts)
+  (let ((total (apply + counts)))
+    (- (apply + (map (lambda (c) (if (zero? c) 0 (let ((p (/ c total))) (* p (log p))))) counts)))))
+
+(define* (trainer-unigram-entropy tr #:key (batches #f))
+  "The unigram entropy (nats) of the tokens trainer-evaluate scores: per
+domain of TR's validation dataset, the entropy of the empirical token
+distribution of its evaluation targets (the same BATCHES batches, default
+eval-batches), and their mean, as an alist like trainer-evaluate's loss.
+No model that ignores context can score below it on those tokens, so a
+validation loss under it shows the model has learned from context."
+  (let ((vs (trainer-val-dataset tr)) (n (or batches (tr-eval-batches tr))))
+    (unless vs (trainer-error "trainer-unigram-entropy" "this trainer has no #:val-dataset"))
+    (dataset-reset! vs)
+    (let* ((v (dataset-vocab-size vs))
+           (per-domain
+            (map (lambda (d)
+                   (let loop ((i 0) (counts (make-list v 0)))
+                     (if (< i n)
+                         (call-with-values (lambda () (dataset-next-batch vs (tr-batch-size tr) #:domain d))
+                           (lambda (x y rows)
+                             (loop (+ i 1)
+                                   (map + counts (map inexact->exact
+                                                      (tensor->list (bincount (flatten y) #:minlength v)))))))
+                         (cons d (entropy-of-counts counts)))))
+                 (dataset-domains vs))))
+      (dataset-reset! vs)
+      (append per-domain
+              `((mean . ,(/ (apply + (map cdr per-domain)) (length per-domain))))))))

@@ -45,7 +45,10 @@
     model-step!
     ;; optimizers, schedules, metrics files
     make-adamw make-sgd optimizer-step! optimizer-zero-grad! optimizer-lr set-optimizer-lr!
-    optimizer-state clip-grad-norm! make-lr-schedule make-metrics-log metrics-log-write! read-jsonl))
+    optimizer-state clip-grad-norm! make-lr-schedule make-metrics-log metrics-log-write! read-jsonl
+    ;; the trainer
+    make-trainer trainer-step! trainer-run! trainer-evaluate trainer-pause! trainer-resume!
+    current-trainer))
 
 (test-group "the contract"
   (for-each (lambda (name)
@@ -66,7 +69,8 @@
 ;; Every public name must appear in a test suite (this file lists the
 ;; exports, so it does not count).
 (define suites '("tensor.scm" "ops.scm" "autograd.scm" "errors.scm" "printing.scm" "dist.scm"
-                 "layer.scm" "router.scm" "data.scm" "model.scm" "train.scm"))
+                 "layer.scm" "router.scm" "data.scm" "model.scm" "train.scm"
+                 "trainer.scm"))
 
 (define here (dirname (current-filename)))
 
