@@ -17,3 +17,5 @@ EXTRA_DIST += tests/python/safetensors_np.py
 TESTS += tests/scheme/safetensors-interop.sh
 EXTRA_DIST += tests/scheme/safetensors-interop.sh tests/scheme/safetensors-interop.scm \
 	tests/python/interop.py tests/data/safetensors
+TESTS += tests/scheme/resume.sh
+EXTRA_DIST += tests/scheme/resume.sh tests/scheme/resume.scm

@@ -22,9 +22,16 @@
   #:use-module (moelab ops)
   #:use-module (moelab autograd)
   #:use-module (moelab nn)
+  #:use-module (moelab train)
+  #:use-module (moelab data)
+  #:use-module (moelab trainer)
   #:use-module (moelab config)
   #:use-module (srfi srfi-1)
+  #:use-module (ice-9 ftw)
+  #:use-module (ice-9 format)
+  #:use-module (ice-9 regex)
   #:export (save-tensors load-tensors tensor-file-metadata save-model load-model!
+            save-checkpoint load-checkpoint! checkpoint-steps latest-checkpoint
             export-hf-mixtral hf-mixtral-tensors))
 
 (define (checkpoint-error who fmt . args)
@@ -73,6 +80,191 @@ exactly M's parameters and buffers, each with M's shape and a float dtype
 error M is exactly as it was and the moelab-error names the file and the
 tensor. Non-finite values load (the trainer checks them when it resumes)."
   (%load-model! m path))
+
+;;; ---- trainer checkpoints ------------------------------------------------------------
+
+(define checkpoint-format "moelab-checkpoint")
+(define checkpoint-format-version 1)
+
+(define (step-name step) (format #f "step-~7,'0d" step))
+(define step-rx (make-regexp "^step-([0-9]{7})$"))
+
+(define (checkpoint-steps dir)
+  "The complete checkpoints in the run directory DIR, as a sorted list of
+(step . step-directory). Only directories named step-NNNNNNN count: a save
+in progress (or cut short) lives in a hidden temporary directory until its
+final rename."
+  (let ((names (or (scandir dir (lambda (n) (regexp-exec step-rx n))) '())))
+    (sort (filter-map (lambda (n)
+                        (let ((path (string-append dir "/" n)))
+                          (and (file-is-directory? path)
+                               (cons (string->number (match:substring (regexp-exec step-rx n) 1)) path))))
+                      names)
+          (lambda (a b) (< (car a) (car b))))))
+
+(define (latest-checkpoint dir)
+  "The step directory of the latest complete checkpoint in the run
+directory DIR, or #f when there is none."
+  (let ((all (checkpoint-steps dir)))
+    (and (pair? all) (cdr (last all)))))
+
+(define (delete-tree path)
+  (if (and (file-is-directory? path) (not (eq? 'symlink (stat:type (lstat path)))))
+      (begin
+        (for-each (lambda (n) (delete-tree (string-append path "/" n)))
+                  (or (scandir path (lambda (n) (not (member n '("." ".."))))) '()))
+        (rmdir path))
+      (delete-file path)))
+
+(define (mkdir-p dir)
+  (unless (or (string-null? dir) (file-exists? dir))
+    (mkdir-p (dirname dir))
+    (mkdir dir)))
+
+(define (optimizer-file-tensors o)
+  ;; the optimizer state with its step counts as i64 scalars
+  (map (lambda (e)
+         (cons (car e) (if (tensor? (cdr e)) (cdr e) (tensor (cdr e) #:dtype 'i64))))
+       (optimizer-state o)))
+
+(define (router-states-json m)
+  (map (lambda (layer s)
+         `((layer . ,layer) (counters . ,(car s)) (rng-position . ,(cdr s))))
+       (model-moe-layers m) (%model-router-states m)))
+
+(define* (save-checkpoint tr dir #:key (keep-last #f))
+  "Save everything TR's next step depends on into DIR/step-NNNNNNN (the
+step count, 7 digits) and return that directory: model.safetensors (every
+parameter and buffer, save-model), optimizer.safetensors (optimizer-state:
+NAME.exp_avg, NAME.exp_avg_sq or NAME.momentum_buffer, the step counts as
+i64 scalars) and trainer.json (the format and moelab version, the step, the
+trainer's loop state and settings, the dataset cursor, and per MoE layer
+the router's counters — expert-bias accumulators, global-batch buffer, step
+counts — and the position of its random stream). The files are written into
+a hidden temporary directory beside the others, each fsynced, and the
+directory is renamed into place only when complete: a crash leaves the
+previous checkpoints intact and nothing load-checkpoint! would pick. Older
+step directories beyond the last KEEP-LAST (#f: keep all) are then removed.
+A step directory that already exists is a moelab-error."
+  (define who "save-checkpoint")
+  (unless (trainer? tr) (checkpoint-error who "expected a trainer, got ~s" tr))
+  (unless (string? dir) (checkpoint-error who "the directory must be a string, got ~s" dir))
+  (unless (or (not keep-last) (and (exact-integer? keep-last) (positive? keep-last)))
+    (checkpoint-error who "#:keep-last must be #f or a positive integer, got ~s" keep-last))
+  (mkdir-p dir)
+  (let* ((step (trainer-steps tr))
+         (final (string-append dir "/" (step-name step)))
+         (tmp (format #f "~a/.tmp-~a-~a" dir (step-name step) (getpid)))
+         (m (trainer-model tr)))
+    (when (file-exists? final) (checkpoint-error who "~a already exists" final))
+    ;; leftovers of saves that were cut short
+    (for-each (lambda (n) (delete-tree (string-append dir "/" n)))
+              (or (scandir dir (lambda (n) (string-prefix? ".tmp-step-" n))) '()))
+    (mkdir tmp)
+    (let ((meta `(("format" . ,checkpoint-format) ("step" . ,(number->string step))
+                  ("moelab-version" . ,%moelab-version))))
+      (%save-model m (string-append tmp "/model.safetensors") meta)
+      (%save-tensors (string-append tmp "/optimizer.safetensors")
+                     (optimizer-file-tensors (trainer-optimizer tr)) meta))
+    (%write-json-file who (string-append tmp "/trainer.json")
+                      `((format . ,checkpoint-format) (format-version . ,checkpoint-format-version)
+                        (moelab-version . ,%moelab-version)
+                        (step . ,step)
+                        (trainer . ,(trainer-state tr))
+                        (dataset . ,(dataset-state (trainer-dataset tr)))
+                        (routers . ,(router-states-json m))
+                        (config . ,(trainer-config tr))))
+    (%sync-directory who tmp)
+    (rename-file tmp final)
+    (%sync-directory who dir)
+    (when keep-last
+      (let ((all (checkpoint-steps dir)))
+        (for-each (lambda (e) (delete-tree (cdr e)))
+                  (list-head all (max 0 (- (length all) keep-last))))))
+    final))
+
+(%set-trainer-checkpoint-hook!
+ (lambda (tr dir keep-last) (save-checkpoint tr dir #:keep-last keep-last)))
+
+(define (json-ref who file alist key)
+  (let ((e (assq key alist)))
+    (unless e (checkpoint-error who "~a: no \"~a\" entry" file key))
+    (cdr e)))
+
+(define (check-finite who file tensors)
+  (for-each (lambda (e)
+              (let ((t (cdr e)))
+                (when (memq (tensor-dtype t) '(f32 f64 bf16))
+                  (unless (finite? (tensor-item (tsum (to-dtype t 'f64))))
+                    (checkpoint-error who "~a: tensor ~s has non-finite values (NaN or Inf); #:allow-non-finite? #t loads it anyway"
+                                      file (car e))))))
+            tensors))
+
+(define* (load-checkpoint! tr dir #:key (allow-non-finite? #f))
+  "Restore into TR the checkpoint DIR: a step directory written by
+save-checkpoint, or a run directory, meaning its latest complete step
+directory. Every file is read and checked first — the checksums, the model's
+names, shapes and dtypes, the optimizer's names and shapes, the router and
+dataset states, the batch settings, and (unless ALLOW-NON-FINITE?) that no
+weight or moment is NaN or infinite — and on any error TR, its model,
+optimizer and dataset are exactly as they were and the moelab-error names
+the file and the tensor. Returns the step directory loaded. The next
+trainer-step! then continues exactly as the saved run did."
+  (define who "load-checkpoint!")
+  (unless (trainer? tr) (checkpoint-error who "expected a trainer, got ~s" tr))
+  (unless (and (string? dir) (file-is-directory? dir))
+    (checkpoint-error who "~s is not a directory" dir))
+  (let* ((step-dir (if (file-exists? (string-append dir "/trainer.json"))
+                       dir
+                       (or (latest-checkpoint dir)
+                           (checkpoint-error who "no checkpoint in ~a (no trainer.json, no step-NNNNNNN directory)" dir))))
+         (file (lambda (n) (string-append step-dir "/" n)))
+         (m (trainer-model tr))
+         (o (trainer-optimizer tr))
+         (ds (trainer-dataset tr))
+         (state (%read-json-file who (file "trainer.json"))))
+    (unless (and (list? state) (equal? (assq-ref state 'format) checkpoint-format))
+      (checkpoint-error who "~a is not a moelab checkpoint (format ~s)" (file "trainer.json")
+                        (and (list? state) (assq-ref state 'format))))
+    (let* ((model-tensors (%read-model-file who m (file "model.safetensors")))
+           (opt-tensors (load-tensors (file "optimizer.safetensors")))
+           (routers (map (lambda (r)
+                           (let ((c (json-ref who (file "trainer.json") r 'counters))
+                                 (pos (json-ref who (file "trainer.json") r 'rng-position)))
+                             (unless (and (list? c) (every list? c) (exact-integer? pos) (>= pos 0))
+                               (checkpoint-error who "~a: a router state is malformed" (file "trainer.json")))
+                             (cons (tensor c #:dtype 'f64) pos)))
+                         (json-ref who (file "trainer.json") state 'routers)))
+           (tstate (json-ref who (file "trainer.json") state 'trainer))
+           (dstate (json-ref who (file "trainer.json") state 'dataset)))
+      (unless allow-non-finite?
+        (check-finite who (file "model.safetensors") model-tensors)
+        (check-finite who (file "optimizer.safetensors") opt-tensors))
+      (unless (= (length routers) (length (model-moe-layers m)))
+        (checkpoint-error who "~a: router states for ~a MoE layers, the model has ~a"
+                          (file "trainer.json") (length routers) (length (model-moe-layers m))))
+      ;; Apply, each part checking itself before it changes anything; a later
+      ;; failure puts the earlier parts back.
+      (let ((old-trainer (trainer-state tr))
+            (old-opt (map (lambda (e) (cons (car e) (if (tensor? (cdr e)) (clone (cdr e)) (cdr e))))
+                          (optimizer-state o)))
+            (old-data (dataset-state ds))
+            (done '()))
+        (catch #t
+          (lambda ()
+            (trainer-load-state! tr tstate)
+            (set! done (cons (lambda () (trainer-load-state! tr old-trainer)) done))
+            (optimizer-load-state! o opt-tensors)
+            (set! done (cons (lambda () (optimizer-load-state! o old-opt)) done))
+            (dataset-load-state! ds dstate)
+            (set! done (cons (lambda () (dataset-load-state! ds old-data)) done))
+            (%model-load-router-states! who m routers))
+          (lambda (key . args)
+            (for-each (lambda (undo) (undo)) done)
+            (apply throw key args)))
+        ;; checked against the model above: these cannot fail
+        (for-each (lambda (e) (set-model-parameter! m (car e) (cdr e))) model-tensors)
+        step-dir))))
 
 ;;; ---- Hugging Face Mixtral ------------------------------------------------------------
 
