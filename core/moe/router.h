@@ -305,10 +305,11 @@ moe_status moe_router_step(moe_router *r);
 moe_status moe_router_state_save(moe_router *r, moe_tensor **bias, moe_tensor **counters);
 moe_status moe_router_state_load(moe_router *r, moe_tensor *bias, moe_tensor *counters);
 
-/* Where the router's counter-based random stream (jitter, debug imbalance)
- * stands: checkpoints save it so that a resumed run draws the same numbers. */
-uint64_t moe_router_rng_position(const moe_router *r);
-void moe_router_set_rng_position(moe_router *r, uint64_t position);
+/* The router's counter-based random stream (jitter, debug imbalance): its
+ * seed and where it stands. Checkpoints save both so that a resumed run
+ * draws the same numbers. */
+void moe_router_rng_state(const moe_router *r, uint64_t *seed, uint64_t *position);
+void moe_router_set_rng_state(moe_router *r, uint64_t seed, uint64_t position);
 
 /* The router's global-batch tracker (borrowed; NULL without that loss). */
 moe_balance_tracker *moe_router_tracker(moe_router *r);

@@ -19,3 +19,5 @@ EXTRA_DIST += tests/scheme/safetensors-interop.sh tests/scheme/safetensors-inter
 	tests/python/interop.py tests/data/safetensors
 TESTS += tests/scheme/resume.sh
 EXTRA_DIST += tests/scheme/resume.sh tests/scheme/resume.scm
+TESTS += tests/scheme/checkpoint.scm
+EXTRA_DIST += tests/scheme/checkpoint.scm

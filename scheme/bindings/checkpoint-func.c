@@ -150,7 +150,7 @@ SCM_DEFINE(moelab_read_model_file, "%read-model-file", 3, 0, 0, (SCM who, SCM mo
 #undef FUNC_NAME
 
 SCM_DEFINE(moelab_model_router_states, "%model-router-states", 1, 0, 0, (SCM model),
-           "Per MoE layer, (counters . rng-position): the router state that is not a buffer.")
+           "Per MoE layer, (counters rng-seed rng-position): the router state that is not a buffer.")
 #define FUNC_NAME "model-router-states"
 {
     moe_model *m = moelab_to_model(model, 1, FUNC_NAME);
@@ -159,7 +159,9 @@ SCM_DEFINE(moelab_model_router_states, "%model-router-states", 1, 0, 0, (SCM mod
         moe_router *r = moe_layer_router(moe_model_moe_layer(m, i, NULL));
         moe_tensor *counters;
         MOELAB_CHECK(FUNC_NAME, moe_router_state_save(r, NULL, &counters));
-        out = scm_cons(scm_cons(moelab_wrap(counters), scm_from_uint64(moe_router_rng_position(r))), out);
+        uint64_t seed, pos;
+        moe_router_rng_state(r, &seed, &pos);
+        out = scm_cons(scm_list_3(moelab_wrap(counters), scm_from_uint64(seed), scm_from_uint64(pos)), out);
     }
     scm_remember_upto_here_1(model);
     return out;
@@ -183,8 +185,10 @@ SCM_DEFINE(moelab_model_load_router_states_x, "%model-load-router-states!", 3, 0
         SCM e = SCM_CAR(l);
         moe_router *r = moe_layer_router(moe_model_moe_layer(m, i, NULL));
         int64_t E = moe_router_get_config(r)->experts;
-        if (!scm_is_pair(e) || !moelab_is_tensor(SCM_CAR(e)) || !scm_is_unsigned_integer(SCM_CDR(e), 0, UINT64_MAX))
-            moelab_throw(op, MOE_ERR_ARG, "router state %d is not (counters . rng-position)", i);
+        if (scm_ilength(e) != 3 || !moelab_is_tensor(SCM_CAR(e)) ||
+            !scm_is_unsigned_integer(SCM_CADR(e), 0, UINT64_MAX) ||
+            !scm_is_unsigned_integer(SCM_CADDR(e), 0, UINT64_MAX))
+            moelab_throw(op, MOE_ERR_ARG, "router state %d is not (counters rng-seed rng-position)", i);
         moe_tensor *c = moelab_unwrap(SCM_CAR(e), 3, op);
         if (c->ndim != 2 || c->shape[0] != 3 || c->shape[1] != E + 1)
             moelab_throw(op, MOE_ERR_SHAPE, "router state %d: counters must be [3 %lld], got %s", i,
@@ -194,7 +198,7 @@ SCM_DEFINE(moelab_model_load_router_states_x, "%model-load-router-states!", 3, 0
     for (SCM l = states; scm_is_pair(l); l = SCM_CDR(l), i++) {
         moe_router *r = moe_layer_router(moe_model_moe_layer(m, i, NULL));
         MOELAB_CHECK(op, moe_router_state_load(r, NULL, moelab_unwrap(SCM_CAR(SCM_CAR(l)), 3, op)));
-        moe_router_set_rng_position(r, scm_to_uint64(SCM_CDR(SCM_CAR(l))));
+        moe_router_set_rng_state(r, scm_to_uint64(SCM_CADR(SCM_CAR(l))), scm_to_uint64(SCM_CADDR(SCM_CAR(l))));
     }
     scm_remember_upto_here_2(model, states);
     scm_dynwind_end();

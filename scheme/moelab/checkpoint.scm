@@ -129,7 +129,9 @@ directory DIR, or #f when there is none."
 
 (define (router-states-json m)
   (map (lambda (layer s)
-         `((layer . ,layer) (counters . ,(car s)) (rng-position . ,(cdr s))))
+         ;; the seed as a string: it may not fit JSON's 64-bit signed integers
+         `((layer . ,layer) (counters . ,(car s)) (rng-seed . ,(number->string (cadr s)))
+           (rng-position . ,(caddr s))))
        (model-moe-layers m) (%model-router-states m)))
 
 (define* (save-checkpoint tr dir #:key (keep-last #f))
@@ -140,7 +142,7 @@ NAME.exp_avg, NAME.exp_avg_sq or NAME.momentum_buffer, the step counts as
 i64 scalars) and trainer.json (the format and moelab version, the step, the
 trainer's loop state and settings, the dataset cursor, and per MoE layer
 the router's counters — expert-bias accumulators, global-batch buffer, step
-counts — and the position of its random stream). The files are written into
+counts — and the seed and position of its random stream). The files are written into
 a hidden temporary directory beside the others, each fsynced, and the
 directory is renamed into place only when complete: a crash leaves the
 previous checkpoints intact and nothing load-checkpoint! would pick. Older
@@ -183,7 +185,7 @@ A step directory that already exists is a moelab-error."
                   (list-head all (max 0 (- (length all) keep-last))))))
     final))
 
-(%set-trainer-checkpoint-hook!
+((@@ (moelab trainer) %set-trainer-checkpoint-hook!)
  (lambda (tr dir keep-last) (save-checkpoint tr dir #:keep-last keep-last)))
 
 (define (json-ref who file alist key)
@@ -230,10 +232,12 @@ trainer-step! then continues exactly as the saved run did."
            (opt-tensors (load-tensors (file "optimizer.safetensors")))
            (routers (map (lambda (r)
                            (let ((c (json-ref who (file "trainer.json") r 'counters))
+                                 (seed (json-ref who (file "trainer.json") r 'rng-seed))
                                  (pos (json-ref who (file "trainer.json") r 'rng-position)))
-                             (unless (and (list? c) (every list? c) (exact-integer? pos) (>= pos 0))
+                             (unless (and (list? c) (every list? c) (string? seed)
+                                          (string->number seed) (exact-integer? pos) (>= pos 0))
                                (checkpoint-error who "~a: a router state is malformed" (file "trainer.json")))
-                             (cons (tensor c #:dtype 'f64) pos)))
+                             (list (tensor c #:dtype 'f64) (string->number seed) pos)))
                          (json-ref who (file "trainer.json") state 'routers)))
            (tstate (json-ref who (file "trainer.json") state 'trainer))
            (dstate (json-ref who (file "trainer.json") state 'dataset)))

@@ -34,8 +34,7 @@
             trainer-val-dataset trainer-config trainer-log-path trainer-set!
             trainer-close! trainer-interrupted? trainer-routing-report trainer-unigram-entropy
             num-threads set-num-threads! peak-rss
-            trainer-checkpoint-dir trainer-state trainer-load-state!
-            %set-trainer-checkpoint-hook!))
+            trainer-checkpoint-dir trainer-state trainer-load-state!))
 
 (define (trainer-error who fmt . args)
   (throw 'moelab-error who

@@ -48,7 +48,10 @@
     optimizer-state clip-grad-norm! make-lr-schedule make-metrics-log metrics-log-write! read-jsonl
     ;; the trainer
     make-trainer trainer-step! trainer-run! trainer-evaluate trainer-pause! trainer-resume!
-    current-trainer))
+    current-trainer
+    ;; checkpoints
+    save-tensors load-tensors save-model load-model! save-checkpoint load-checkpoint!
+    export-hf-mixtral))
 
 (test-group "the contract"
   (for-each (lambda (name)
@@ -70,7 +73,7 @@
 ;; exports, so it does not count).
 (define suites '("tensor.scm" "ops.scm" "autograd.scm" "errors.scm" "printing.scm" "dist.scm"
                  "layer.scm" "router.scm" "data.scm" "model.scm" "train.scm"
-                 "trainer.scm"))
+                 "trainer.scm" "checkpoint.scm"))
 
 (define here (dirname (current-filename)))
 
