@@ -6,7 +6,8 @@
 #     checkpoint, a new process that loads it, and 20 more — parameters,
 #     buffers, optimizer moments, router counters bit for bit and every
 #     JSONL step line except the wall-clock fields.
-#  2. A writer saving checkpoints in a loop is killed with SIGKILL at random
+#  2. `moelab train CONFIG --resume RUN-DIR` goes on from the latest step.
+#  3. A writer saving checkpoints in a loop is killed with SIGKILL at random
 #     moments, 5 times, each writer going on from the newest complete
 #     checkpoint: after each kill every step directory loads and the run
 #     directory resolves to the newest one; a temporary directory left by
@@ -26,6 +27,25 @@ for v in micro global seq bias; do
     $run "$script" before $v "$tmp" >"$tmp/$v.out" 2>&1 &&
     $run "$script" after $v "$tmp" 2>&1 || { echo "FAIL $v"; tail -20 "$tmp/$v.out"; fail=1; }
 done
+
+# ---- moelab train --resume ------------------------------------------------------
+cat >"$tmp/cfg.scm" <<SCM
+(define m (make-moe-transformer #:vocab 256 #:layers 1 #:hidden 16 #:heads 2 #:ffn 16 #:experts 4
+                                #:top-k 2 #:max-seq 16))
+(define steps 4)
+(make-trainer #:model m #:optimizer (make-adamw (model-parameters m) #:lr 1e-2)
+              #:dataset (make-text-dataset #:domains '((c . "$srcdir/core/moe")) #:seq-len 16)
+              #:batch-size 2 #:checkpoint-dir "$tmp/cli" #:checkpoint-every 2)
+SCM
+if $run train "$tmp/cfg.scm" >"$tmp/cli1.out" 2>&1 &&
+   $run train "$tmp/cfg.scm" --steps 6 --resume "$tmp/cli" >"$tmp/cli2.out" 2>&1 &&
+   grep -q "resumed from $tmp/cli/step-0000004 at step 4" "$tmp/cli2.out" &&
+   grep -q "done after 2 steps" "$tmp/cli2.out" &&
+   test -d "$tmp/cli/step-0000006"; then
+    echo "ok   moelab train --resume: steps 5 and 6 after the run directory's step 4"
+else
+    echo "FAIL moelab train --resume"; cat "$tmp/cli1.out" "$tmp/cli2.out"; fail=1
+fi
 
 # ---- SIGKILL during writes ----------------------------------------------------
 mkdir "$tmp/k"
