@@ -5,6 +5,6 @@ doc_moelab_TEXINFOS = \
 	doc/overview.texi doc/install.texi doc/autograd.texi doc/autograd-versions.texi \
 	doc/routers.texi \
 	doc/layers.texi doc/collectives.texi doc/models.texi doc/optim.texi \
-	doc/data.texi doc/training.texi doc/program.texi
+	doc/data.texi doc/training.texi doc/checkpoints.texi doc/program.texi
 # distcheck builds the HTML manual instead of DVI (no TeX needed).
 AM_DISTCHECK_DVI_TARGET = html
