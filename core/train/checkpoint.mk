@@ -15,9 +15,9 @@ tests_unit_check_safetensors_CPPFLAGS = $(AM_CPPFLAGS) \
 
 EXTRA_DIST += tests/python/safetensors_np.py
 TESTS += tests/scheme/safetensors-interop.sh
-EXTRA_DIST += tests/scheme/safetensors-interop.sh tests/scheme/safetensors-interop.scm \
+EXTRA_DIST += tests/scheme/safetensors-interop.sh tests/scheme/interop-run.scm \
 	tests/python/interop.py tests/data/safetensors
 TESTS += tests/scheme/resume.sh
-EXTRA_DIST += tests/scheme/resume.sh tests/scheme/resume.scm
+EXTRA_DIST += tests/scheme/resume.sh tests/scheme/resume-run.scm
 TESTS += tests/scheme/checkpoint.scm
 EXTRA_DIST += tests/scheme/checkpoint.scm

@@ -17,7 +17,7 @@ set -u
 builddir=$(pwd)
 : "${srcdir:=.}"
 run="$builddir/pre-inst-env $builddir/moelab"
-script=$srcdir/tests/scheme/resume.scm
+script=$srcdir/tests/scheme/resume-run.scm
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moelab-resume.XXXXXX") || exit 99
 trap 'rm -rf "$tmp"' EXIT
 HOME=$tmp; export HOME

@@ -20,9 +20,9 @@ HOME=$tmp; export HOME
 PYTHONPATH=$srcdir/tests/python; export PYTHONPATH
 PYTHONDONTWRITEBYTECODE=1; export PYTHONDONTWRITEBYTECODE
 set -e
-$run "$srcdir/tests/scheme/safetensors-interop.scm" write "$tmp"
+$run "$srcdir/tests/scheme/interop-run.scm" write "$tmp"
 "$py" "$srcdir/tests/python/interop.py" check-moelab "$tmp"
 "$py" "$srcdir/tests/python/interop.py" check-hf "$tmp"
 "$py" "$srcdir/tests/python/interop.py" write "$tmp"
-$run "$srcdir/tests/scheme/safetensors-interop.scm" check "$tmp"
+$run "$srcdir/tests/scheme/interop-run.scm" check "$tmp"
 echo "all interop checks passed"

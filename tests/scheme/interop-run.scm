@@ -1,4 +1,4 @@
-;;; safetensors-interop.scm — the moelab side of safetensors-interop.sh:
+;;; interop-run.scm — the moelab side of safetensors-interop.sh:
 ;;; `write DIR` writes tensors.safetensors, model.safetensors and the
 ;;; Mixtral export hf/; `check DIR` reads the files the Python writer made.
 (use-modules (moelab) (srfi srfi-1) (ice-9 match))

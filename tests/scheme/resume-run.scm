@@ -1,4 +1,4 @@
-;;; resume.scm — the moelab side of resume.sh. Modes (VARIANT names the
+;;; resume-run.scm — the moelab side of resume.sh. Modes (VARIANT names the
 ;;; routing: micro global seq bias):
 ;;;   straight VARIANT DIR   40 steps, metrics in DIR/VARIANT-straight.jsonl
 ;;;   first VARIANT DIR      20 steps with a checkpoint every 10 (keep-last 1)
