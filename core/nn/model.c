@@ -425,7 +425,7 @@ bool moe_model_training(const moe_model *m) { return m->training; }
 moe_status moe_model_set_grad_accum(moe_model *m, int64_t grad_accum)
 {
     if (grad_accum < 1)
-        return moe_fail(MOE_ERR_ARG, "model-grad-accum!", "micro-batches per step must be >= 1, got %lld",
+        return moe_fail(MOE_ERR_ARG, "set-model-grad-accum!", "micro-batches per step must be >= 1, got %lld",
                         (long long)grad_accum);
     for (int i = 0; i < m->n_moe; i++)
         MOE_TRY(moe_router_set_grad_scale(moe_layer_router(m->moe[i]), grad_accum, false));

@@ -15,9 +15,16 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "gemm.h"
+
+/* The row loops vectorise: O3's cost model takes loops whose length is only
+ * known at run time, and without trapping math the comparisons (max, the
+ * clamp in exp_f32) become branch-free selects. Sums keep their order, so
+ * the values are those of the scalar loops. */
+#pragma GCC optimize("O3", "no-trapping-math")
 
 enum { BQ = 64, BK = 64 };
 
@@ -35,6 +42,25 @@ int64_t moe_cpu_attention_scratch(const moe_cpu_attention *p)
     return per_thread(p) * omp_get_max_threads();
 }
 
+/* e^x in f32 for the x <= 0 the kernel feeds it (a score minus its row's
+ * max or log-sum-exp; slightly positive values from rounding are fine):
+ * x = n·ln 2 + r with |r| <= ln2/2 (Cody–Waite split), e^r by its degree-6
+ * Taylor polynomial (relative error below 2e-7), 2^n through the exponent
+ * bits; x below -87 saturates at e^-87 (negligible beside a row sum >= 1).
+ * Plain arithmetic, unlike expf, so the row loops vectorise. */
+static inline float exp_f32(float x)
+{
+    x = x > -87.0f ? x : -87.0f;
+    float n = (x * 1.44269504089f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    union {
+        int32_t i;
+        float f;
+    } scale = {.i = ((int32_t)n + 127) << 23};
+    return p * scale.f;
+}
+
 /* Keys of block J0 (NK of them) visible to query I: the count from the start
  * of the block (0..NK). */
 static inline int64_t visible(bool causal, int64_t i, int64_t j0, int64_t nk)
@@ -44,7 +70,7 @@ static inline int64_t visible(bool causal, int64_t i, int64_t j0, int64_t nk)
     return n < 0 ? 0 : (n > nk ? nk : n);
 }
 
-#define DEFINE_ATTENTION(T, GEMM, EXP, LOG)                                                        \
+#define DEFINE_ATTENTION(T, GEMM, EXP, LOG, WIDE)                                                        \
     static void forward_##T(const moe_cpu_attention *p, T *out, T *lse, const T *q, const T *k,   \
                             const T *v, T *scratch)                                                 \
     {                                                                                               \
@@ -55,6 +81,7 @@ static inline int64_t visible(bool causal, int64_t i, int64_t j0, int64_t nk)
             int64_t b = bh / H, h = bh % H, g = h * KV / H;                                         \
             T *s = scratch + (int64_t)omp_get_thread_num() * per_thread(p);                         \
             T *acc = s + BQ * BK, *m = acc + BQ * hd, *l = m + BQ;                                  \
+            memset(s, 0, sizeof *s * BQ * BK); /* columns past a block's keys stay finite */       \
             const T *Q = q + b * S * ldq + h * hd, *K = k + b * S * ldk + g * hd,                   \
                     *V = v + b * S * ldk + g * hd;                                                  \
             T *O = out + b * S * ldq + h * hd, *L = lse + bh * S;                                   \
@@ -70,10 +97,15 @@ static inline int64_t visible(bool causal, int64_t i, int64_t j0, int64_t nk)
                         T *sr = s + r * BK;                                                         \
                         int64_t n = visible(p->causal, i0 + r, j0, nk);                             \
                         T mx = m[r];                                                                \
+                        _Pragma("omp simd reduction(max : mx)")                                     \
                         for (int64_t c = 0; c < n; c++) mx = sr[c] > mx ? sr[c] : mx;               \
                         T corr = m[r] == -INFINITY ? 0 : EXP(m[r] - mx), sum = 0;                   \
-                        for (int64_t c = 0; c < n; c++) sum += (sr[c] = EXP(sr[c] - mx));          \
-                        for (int64_t c = n; c < nk; c++) sr[c] = 0;                                 \
+                        if (WIDE) /* the whole row: a fixed trip count that vectorises */           \
+                            for (int64_t c = 0; c < BK; c++) sr[c] = EXP(sr[c] - mx);               \
+                        else                                                                        \
+                            for (int64_t c = 0; c < n; c++) sr[c] = EXP(sr[c] - mx);                \
+                        for (int64_t c = n; c < BK; c++) sr[c] = 0;                                 \
+                        for (int64_t c = 0; c < n; c++) sum += sr[c];                               \
                         if (n > 0) {                                                                \
                             l[r] = l[r] * corr + sum;                                               \
                             m[r] = mx;                                                              \
@@ -105,6 +137,7 @@ static inline int64_t visible(bool causal, int64_t i, int64_t j0, int64_t nk)
             int64_t b = bg / KV, g = bg % KV;                                                       \
             T *s = scratch + (int64_t)omp_get_thread_num() * per_thread(p);                         \
             T *ds = s + BQ * BK, *D = ds + BQ * BK;                                                 \
+            memset(s, 0, sizeof *s * 2 * BQ * BK); /* columns past a block's keys stay finite */   \
             const T *K = k + b * S * ldk + g * hd, *V = v + b * S * ldk + g * hd;                   \
             T *dK = dk + b * S * ldk + g * hd, *dV = dv + b * S * ldk + g * hd;                     \
             for (int64_t j = 0; j < S; j++) {                                                       \
@@ -133,12 +166,19 @@ static inline int64_t visible(bool causal, int64_t i, int64_t j0, int64_t nk)
                             T *sr = s + r * BK, *dsr = ds + r * BK, li = L[i0 + r],                 \
                               Di = D[i0 + r];                                                       \
                             int64_t n = visible(p->causal, i0 + r, j0, nk);                         \
-                            for (int64_t c = 0; c < n; c++) {                                       \
-                                T pr = EXP(sr[c] - li);                                             \
-                                sr[c] = pr;                                                         \
-                                dsr[c] = pr * (dsr[c] - Di);                                        \
-                            }                                                                       \
-                            for (int64_t c = n; c < nk; c++) sr[c] = dsr[c] = 0;                    \
+                            if (WIDE)                                                               \
+                                for (int64_t c = 0; c < BK; c++) {                                  \
+                                    T pr = EXP(sr[c] - li);                                         \
+                                    sr[c] = pr;                                                     \
+                                    dsr[c] = pr * (dsr[c] - Di);                                    \
+                                }                                                                   \
+                            else                                                                    \
+                                for (int64_t c = 0; c < n; c++) {                                   \
+                                    T pr = EXP(sr[c] - li);                                         \
+                                    sr[c] = pr;                                                     \
+                                    dsr[c] = pr * (dsr[c] - Di);                                    \
+                                }                                                                   \
+                            for (int64_t c = n; c < BK; c++) sr[c] = dsr[c] = 0;                    \
                         }                                                                           \
                         GEMM(true, false, nk, hd, nq, 1, s, BK, dO + i0 * ldq, ldq, 1,              \
                              dV + j0 * ldk, ldk);                                                   \
@@ -152,8 +192,8 @@ static inline int64_t visible(bool causal, int64_t i, int64_t j0, int64_t nk)
         }                                                                                           \
     }
 
-DEFINE_ATTENTION(float, moe_cpu_sgemm, expf, logf)
-DEFINE_ATTENTION(double, moe_cpu_dgemm, exp, log)
+DEFINE_ATTENTION(float, moe_cpu_sgemm, exp_f32, logf, 1)
+DEFINE_ATTENTION(double, moe_cpu_dgemm, exp, log, 0)
 
 void moe_cpu_attention_forward(const moe_cpu_attention *p, void *out, void *lse, const void *q,
                                const void *k, const void *v, void *scratch)

@@ -290,6 +290,20 @@ SCM_DEFINE(moelab_model_buffers, "%model-buffers", 1, 0, 0, (SCM model),
 }
 #undef FUNC_NAME
 
+SCM_DEFINE(moelab_model_parameter, "%model-parameter", 2, 0, 0, (SCM model, SCM name),
+           "The parameter or buffer @var{name}, or #f; see model-parameter.")
+#define FUNC_NAME "model-parameter"
+{
+    moe_model *m = moelab_to_model(model, 1, FUNC_NAME);
+    SCM_VALIDATE_STRING(2, name);
+    char *cname = scm_to_utf8_string(name);
+    moe_tensor *t = moe_model_parameter_get(m, cname);
+    free(cname);
+    scm_remember_upto_here_1(model);
+    return wrap_retained(t);
+}
+#undef FUNC_NAME
+
 SCM_DEFINE(moelab_set_model_parameter_x, "%set-model-parameter!", 3, 0, 0, (SCM model, SCM name, SCM value),
            "Copy @var{value} into the parameter or buffer @var{name}; see set-model-parameter!.")
 #define FUNC_NAME "set-model-parameter!"

@@ -123,8 +123,7 @@ backward! their tensor-grad holds the gradients."
 (define (model-parameter m name)
   "The live parameter or buffer NAME (a string) of M; a moelab-error when
 there is none."
-  (or (assoc-ref (model-parameters m) name)
-      (assoc-ref (model-buffers m) name)
+  (or (%model-parameter m name)
       (throw 'moelab-error "model-parameter"
              (format #f "no parameter named ~s in this model (see model-parameters)" name)
              '() '(arg))))

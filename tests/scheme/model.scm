@@ -263,6 +263,14 @@ key -> string, tensors an alist name -> tensor."
     (set-model-parameter! m "embed" (zeros '(32 64))))
   (test-moelab-error "model-parameter of an unknown name" "no parameter named"
     (model-parameter m "nope"))
+  (test-moelab-error "a device other than the cpu" "cpu only"
+    (make-moe-transformer #:vocab 16 #:layers 1 #:hidden 8 #:heads 2 #:ffn 8 #:experts 2 #:device 'cuda))
+  (test-moelab-error "dtype" "#:dtype must be f32 or f64, got bf16"
+    (make-moe-transformer #:vocab 16 #:layers 1 #:hidden 8 #:heads 2 #:ffn 8 #:experts 2 #:dtype 'bf16))
+  (test-moelab-error "odd head dim" "must be even"
+    (make-moe-transformer #:hidden 12 #:heads 4))
+  (test-moelab-error "unknown attention" "unknown #:attention 'flash'"
+    (make-moe-transformer #:attention 'flash))
   (test-moelab-error "unknown router option" "make-moe-transformer"
     (make-moe-transformer #:router-options '(#:no-such-option 1)))
   (test-moelab-error "attention: kv heads" "do not divide"

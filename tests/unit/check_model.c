@@ -304,6 +304,42 @@ START_TEST(step_and_buffers)
 }
 END_TEST
 
+/* The loss and every gradient bit for bit the same on 1 and 2 threads. */
+START_TEST(thread_count_does_not_matter)
+{
+    moe_tensor *grads[2][64] = {{0}}, *losses[2];
+    int n = 0;
+    moe_rng rng;
+    moe_rng_init(&rng, 9);
+    moe_tensor *tok;
+    OK(moe_tensor_randint(&tok, &rng, MOE_I64, MOE_CPU, 0, 32, 2, SHAPE(3, 8)));
+    int prev = omp_get_max_threads();
+    for (int run = 0; run < 2; run++) {
+        omp_set_num_threads(run + 1);
+        moe_model *m = small_model(2, false, false);
+        OK(moe_model_loss(&losses[run], m, tok, tok, -100));
+        OK(moe_backward(losses[run], NULL, false));
+        n = moe_model_parameter_count(m);
+        ck_assert_int_le(n, 64);
+        for (int i = 0; i < n; i++) {
+            moe_tensor *t;
+            OK(moe_model_parameter(m, i, NULL, &t));
+            grads[run][i] = moe_tensor_retain(t->grad);
+        }
+        moe_model_free(m);
+    }
+    omp_set_num_threads(prev);
+    ck_assert(memcmp(moe_tensor_data(losses[0]), moe_tensor_data(losses[1]), moe_tensor_nbytes(losses[0])) == 0);
+    for (int i = 0; i < n; i++) {
+        ck_assert_msg(memcmp(moe_tensor_data(grads[0][i]), moe_tensor_data(grads[1][i]),
+                             moe_tensor_nbytes(grads[0][i])) == 0,
+                      "gradient %d differs between 1 and 2 threads", i);
+        RELEASE(grads[0][i], grads[1][i]);
+    }
+    RELEASE(losses[0], losses[1], tok);
+}
+END_TEST
+
 START_TEST(bad_input)
 {
     moe_model_config cfg;
@@ -353,6 +389,7 @@ static Suite *suite(void)
     tcase_add_test(tm, names_and_shapes);
     tcase_add_test(tm, initialisation);
     tcase_add_test(tm, step_and_buffers);
+    tcase_add_test(tm, thread_count_does_not_matter);
     tcase_add_test(tm, bad_input);
     suite_add_tcase(s, tm);
     return s;
