@@ -147,7 +147,8 @@ a hidden temporary directory beside the others, each fsynced, and the
 directory is renamed into place only when complete: a crash leaves the
 previous checkpoints intact and nothing load-checkpoint! would pick. Older
 step directories beyond the last KEEP-LAST (#f: keep all) are then removed.
-A step directory that already exists is a moelab-error."
+A step directory that already exists (a run resumed from an older step) is
+replaced by the new one."
   (define who "save-checkpoint")
   (unless (trainer? tr) (checkpoint-error who "expected a trainer, got ~s" tr))
   (unless (string? dir) (checkpoint-error who "the directory must be a string, got ~s" dir))
@@ -158,7 +159,6 @@ A step directory that already exists is a moelab-error."
          (final (string-append dir "/" (step-name step)))
          (tmp (format #f "~a/.tmp-~a-~a" dir (step-name step) (getpid)))
          (m (trainer-model tr)))
-    (when (file-exists? final) (checkpoint-error who "~a already exists" final))
     ;; leftovers of saves that were cut short
     (for-each (lambda (n) (delete-tree (string-append dir "/" n)))
               (or (scandir dir (lambda (n) (string-prefix? ".tmp-step-" n))) '()))
@@ -177,7 +177,16 @@ A step directory that already exists is a moelab-error."
                         (routers . ,(router-states-json m))
                         (config . ,(trainer-config tr))))
     (%sync-directory who tmp)
-    (rename-file tmp final)
+    (if (file-exists? final)
+        ;; a run resumed from an older step comes here again: the old
+        ;; directory steps aside (under a name the next save cleans up)
+        ;; just before the new one takes its place
+        (let ((old (format #f "~a/.tmp-~a-replaced-~a" dir (step-name step) (getpid))))
+          (rename-file final old)
+          (rename-file tmp final)
+          (%sync-directory who dir)
+          (delete-tree old))
+        (rename-file tmp final))
     (%sync-directory who dir)
     (when keep-last
       (let ((all (checkpoint-steps dir)))

@@ -9,7 +9,7 @@
 ;;; safetensors-interop.sh.
 
 (include "common.scm")
-(use-modules (ice-9 binary-ports) (rnrs bytevectors) (ice-9 ftw))
+(use-modules (ice-9 binary-ports) (rnrs bytevectors) (ice-9 ftw) (moelab primitives))
 
 (test-begin "checkpoint")
 
@@ -89,7 +89,7 @@
   (let ((m (tiny #:seed seed #:extra '(#:expert-bias? #t #:jitter 0.1))))
     (make-trainer #:model m #:optimizer (make-adamw (model-parameters m) #:lr 1e-2)
                   #:dataset (make-text-dataset
-                             #:domains (or domains `((c . ,(string-append top "/core/moe"))))
+                             #:domains (or domains `((c . ,(string-append top "/tests/data/spm-train.txt"))))
                              #:seq-len 16 #:seed 3)
                   #:batch-size batch-size)))
 
@@ -105,7 +105,15 @@
     (test-equal "the step directory" (string-append run "/step-0000002") (save-checkpoint tr run))
     (test-equal "its files" '("model.safetensors" "optimizer.safetensors" "trainer.json")
                 (scandir (string-append run "/step-0000002") (lambda (n) (not (string-prefix? "." n)))))
-    (test-moelab-error "twice at one step" "already exists" (save-checkpoint tr run))
+    (let ((tokens (trainer-tokens tr)))
+      (trainer-load-state! tr '((step . 2) (tokens . 0) (lr . 1e-2) (batch-size . 2) (grad-accum . 1)))
+      (save-checkpoint tr run)
+      (test-equal "a step saved again replaces the old directory" 0
+                  (assq-ref (assq-ref (%read-json-file "test" (string-append run "/step-0000002/trainer.json")) 'trainer)
+                            'tokens))
+      (test-equal "no temporary directory left" '()
+                  (scandir run (lambda (n) (string-prefix? ".tmp" n))))
+      (trainer-load-state! tr `((step . 2) (tokens . ,tokens) (lr . 1e-2) (batch-size . 2) (grad-accum . 1))))
     (trainer-step! tr)
     (save-checkpoint tr run #:keep-last 2)
     (trainer-step! tr)
@@ -139,8 +147,8 @@
     (let* ((other (small-trainer #:seed 7 #:batch-size 3)) (before (trainer-snapshot other)))
       (test-moelab-error "another batch size" "batch-size 2" (load-checkpoint! other run))
       (test-equal "batch size: nothing changed" before (trainer-snapshot other)))
-    (let* ((other (small-trainer #:seed 7 #:domains `((c . ,(string-append top "/core/moe"))
-                                                      (s . ,(string-append top "/scheme/moelab")))))
+    (let* ((other (small-trainer #:seed 7 #:domains `((c . ,(string-append top "/tests/data/spm-train.txt"))
+                                                      (s . ,(string-append top "/tests/reference/gen_router_refs.py")))))
            (before (trainer-snapshot other)))
       (test-moelab-error "another dataset" "dataset-load-state!" (load-checkpoint! other run))
       (test-equal "dataset: trainer and optimizer put back" before (trainer-snapshot other)))
@@ -154,7 +162,7 @@
 (test-group "trainer state and periodic checkpoints"
   (let* ((m (tiny #:extra '(#:expert-bias? #t)))
          (tr (make-trainer #:model m #:optimizer (make-sgd (model-parameters m) #:lr 0.5)
-                           #:dataset (make-text-dataset #:domains `((c . ,(string-append top "/core/moe")))
+                           #:dataset (make-text-dataset #:domains `((c . ,(string-append top "/tests/data/spm-train.txt")))
                                                         #:seq-len 16)
                            #:batch-size 2 #:checkpoint-dir (at "every") #:checkpoint-every 2 #:keep-last 2)))
     (test-equal "trainer-checkpoint-dir" (at "every") (trainer-checkpoint-dir tr))

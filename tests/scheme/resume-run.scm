@@ -24,8 +24,8 @@
          (m (make-moe-transformer #:vocab 256 #:layers 2 #:hidden 16 #:heads 2 #:ffn 16
                                   #:experts 4 #:top-k 2 #:dense-ffn 16 #:max-seq 16
                                   #:router-options `(#:losses ,losses #:jitter 0.1 ,@extra) #:seed 5))
-         (ds (make-text-dataset #:domains `((c . ,(string-append top "/core/moe"))
-                                            (scheme . ,(string-append top "/scheme/moelab")))
+         (ds (make-text-dataset #:domains `((c . ,(string-append top "/tests/data/spm-train.txt"))
+                                            (scheme . ,(string-append top "/tests/reference/gen_router_refs.py")))
                                 #:seq-len 16 #:seed 9))
          (o (make-adamw (model-parameters m) #:lr 1e-2 #:weight-decay 0.1)))
     (make-trainer #:model m #:optimizer o #:dataset ds #:batch-size 2

@@ -34,7 +34,7 @@ cat >"$tmp/cfg.scm" <<SCM
                                 #:top-k 2 #:max-seq 16))
 (define steps 4)
 (make-trainer #:model m #:optimizer (make-adamw (model-parameters m) #:lr 1e-2)
-              #:dataset (make-text-dataset #:domains '((c . "$srcdir/core/moe")) #:seq-len 16)
+              #:dataset (make-text-dataset #:domains '((c . "$srcdir/tests/data/spm-train.txt")) #:seq-len 16)
               #:batch-size 2 #:checkpoint-dir "$tmp/cli" #:checkpoint-every 2)
 SCM
 if $run train "$tmp/cfg.scm" >"$tmp/cli1.out" 2>&1 &&
