@@ -145,7 +145,7 @@
       (system* "rm" "-rf" dir (token-file))
       (format #t "bench-train: V256 L4 D256 H4 E8 K2 F512, B~a S~a, AdamW + clip 1.0, ~a threads, ~a steps (~a timed)~%"
               B S threads steps (- steps warmup))
-      (format #t "first three losses  moelab ~{~,6f ~}~%                    torch  ~{~,6f ~}  max |diff| ~,2e ~a~%"
+      (format #t "first three losses  moelab ~{~,8f ~}~%                    torch  ~{~,8f ~}  max |diff| ~,2e ~a~%"
               (take (ref me 'losses) 3) (take (ref torch 'losses) 3) (apply max diffs)
               (if (< (apply max diffs) 1e-4) "(ok, < 1e-4)" "(MISMATCH, >= 1e-4)"))
       (format #t "~%~20a ~12@a ~12@a ~10@a  ~a~%" "" "moelab" "pytorch" "ratio" "target")

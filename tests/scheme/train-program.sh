@@ -107,5 +107,34 @@ pid=
 check "train: Ctrl-C stops with a summary" 130 $status "stopped after" "$tmp/out"
 check "train: Ctrl-C summary has the routing" 130 $status "^layer 0  MaxVio" "$tmp/out"
 
+# ---- --listen: a REPL attached to the run stops it ----------------------------------
+port=$((38000 + $$ % 1000))
+$run train "$example" --steps 100000 $small --set log="$tmp/e.jsonl" --listen=$port \
+    </dev/null >"$tmp/out" 2>&1 &
+pid=$!
+i=0
+while [ $i -lt 600 ]; do
+    [ -f "$tmp/e.jsonl" ] && [ "$(wc -l <"$tmp/e.jsonl")" -ge 3 ] && break
+    sleep 0.1; i=$((i + 1))
+done
+cat >"$tmp/client.scm" <<EOS
+(use-modules (ice-9 rdelim))
+(define s (socket PF_INET SOCK_STREAM 0))
+(connect s AF_INET (inet-pton AF_INET "127.0.0.1") $port)
+(display "(list (trainer? (current-trainer)) (moe-transformer? model))\n(trainer-stop! (current-trainer))\n" s)
+(force-output s)
+(let loop ((n 0))
+  (let ((l (read-line s)))
+    (unless (or (eof-object? l) (string-prefix? "\$2" l))
+      (display l) (newline) (loop (+ n 1)))))
+(close-port s)
+EOS
+timeout 60 guile --no-auto-compile "$tmp/client.scm" >"$tmp/client.out" 2>&1
+check "train --listen: the config's module and (current-trainer)" 0 $? '\$1 = (#t #t)' "$tmp/client.out"
+wait $pid
+status=$?
+pid=
+check "train --listen: trainer-stop! from the REPL" 0 $status "stopped after" "$tmp/out"
+
 echo "$failures failed"
 test "$failures" = 0
