@@ -15,6 +15,7 @@ libguile_moelab_la_SOURCES = \
 	scheme/bindings/router-func.c \
 	scheme/bindings/model-type.c scheme/bindings/model-func.c \
 	scheme/bindings/optim-func.c scheme/bindings/metrics-func.c \
+	scheme/bindings/checkpoint-func.c \
 	scheme/bindings/gc-roots.c scheme/bindings/init.c
 libguile_moelab_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(builddir)/scheme/bindings $(GUILE_CFLAGS)
 libguile_moelab_la_CFLAGS = $(AM_CFLAGS) -fvisibility=hidden
@@ -29,7 +30,8 @@ moelab_snarf_x = \
 	scheme/bindings/ops-func.x scheme/bindings/autograd-func.x \
 	scheme/bindings/dist-func.x scheme/bindings/layer-func.x \
 	scheme/bindings/router-func.x scheme/bindings/model-func.x \
-	scheme/bindings/optim-func.x scheme/bindings/metrics-func.x
+	scheme/bindings/optim-func.x scheme/bindings/metrics-func.x \
+	scheme/bindings/checkpoint-func.x
 BUILT_SOURCES += $(moelab_snarf_x)
 CLEANFILES += $(moelab_snarf_x)
 $(libguile_moelab_la_OBJECTS): $(moelab_snarf_x)
@@ -46,7 +48,8 @@ moelab_sub_scm = \
 	scheme/moelab/primitives.scm scheme/moelab/tensor.scm \
 	scheme/moelab/ops.scm scheme/moelab/autograd.scm \
 	scheme/moelab/dist.scm scheme/moelab/layer.scm \
-	scheme/moelab/router.scm scheme/moelab/nn.scm scheme/moelab/train.scm
+	scheme/moelab/router.scm scheme/moelab/nn.scm scheme/moelab/train.scm \
+	scheme/moelab/checkpoint.scm
 moelab_gen_scm = scheme/moelab/config.scm
 
 guiletopdir = $(guilemoduledir)
@@ -94,9 +97,12 @@ scheme/moelab/layer.go: scheme/moelab/tensor.go scheme/moelab/dist.go
 scheme/moelab/router.go: scheme/moelab/tensor.go scheme/moelab/dist.go
 scheme/moelab/nn.go: scheme/moelab/tensor.go
 scheme/moelab/train.go: scheme/moelab/tensor.go
+scheme/moelab/checkpoint.go: scheme/moelab/tensor.go scheme/moelab/nn.go scheme/moelab/train.go \
+	scheme/moelab/data.go scheme/moelab/trainer.go
 scheme/moelab.go: scheme/moelab/tensor.go scheme/moelab/ops.go scheme/moelab/autograd.go \
 	scheme/moelab/dist.go scheme/moelab/config.go scheme/moelab/layer.go \
-	scheme/moelab/router.go scheme/moelab/nn.go scheme/moelab/train.go
+	scheme/moelab/router.go scheme/moelab/nn.go scheme/moelab/train.go \
+	scheme/moelab/checkpoint.go
 
 # Installed .go files must be newer than the installed .scm files, or Guile
 # ignores them: install the sources first. (Named through variables so that

@@ -11,6 +11,7 @@
 ;;;   (moelab data)      tokenizers, token files, multi-domain text datasets
 ;;;   (moelab nn)        the MoE transformer: make-moe-transformer, model-loss, attention
 ;;;   (moelab train)     optimizers, clip-grad-norm!, lr schedules, metrics files
+;;;   (moelab checkpoint) safetensors files, save-model/load-model!, Mixtral export
 ;;;   (moelab plot)      figures through gnuplot: lines, heatmaps, bars, metrics files
 ;;;   (moelab notebook)  rich display in notebooks: display-html, display-svg, display-figure
 ;;;   (moelab trainer)   make-trainer, trainer-step!, trainer-run!, trainer-evaluate
@@ -42,5 +43,6 @@
             (module-add! public name var))
           iface)))
      '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router)
-       (moelab data) (moelab nn) (moelab train) (moelab trainer) (moelab plot) (moelab notebook)
+       (moelab data) (moelab nn) (moelab train) (moelab checkpoint) (moelab trainer) (moelab plot)
+       (moelab notebook)
        (moelab config)))))

@@ -1081,6 +1081,18 @@ moe_status moe_router_state_save(moe_router *r, moe_tensor **bias, moe_tensor **
     return st;
 }
 
+void moe_router_rng_state(const moe_router *r, uint64_t *seed, uint64_t *position)
+{
+    *seed = r->cfg.seed;
+    *position = r->rng_next;
+}
+
+void moe_router_set_rng_state(moe_router *r, uint64_t seed, uint64_t position)
+{
+    r->cfg.seed = seed;
+    r->rng_next = position;
+}
+
 moe_status moe_router_state_load(moe_router *r, moe_tensor *bias, moe_tensor *counters)
 {
     const char *op = "router-load-state!";

@@ -363,6 +363,12 @@ void moe_router_clear_record(moe_router *r);
 moe_tensor *moe_router_qb_beta(moe_router *r);
 moe_status moe_router_set_qb_beta(moe_router *r, moe_tensor *beta);
 
+/* The router's counter-based random stream (jitter, debug imbalance): its
+ * seed and where it stands. Checkpoints save both so that a resumed run
+ * draws the same numbers. */
+void moe_router_rng_state(const moe_router *r, uint64_t *seed, uint64_t *position);
+void moe_router_set_rng_state(moe_router *r, uint64_t seed, uint64_t position);
+
 /* The router's global-batch tracker (borrowed; NULL without that loss). */
 moe_balance_tracker *moe_router_tracker(moe_router *r);
 

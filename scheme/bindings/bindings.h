@@ -11,6 +11,7 @@
  *   model-func.c    the transformer, attention and RoPE primitives
  *   optim-func.c    optimizers, gradient clipping, learning-rate schedules
  *   metrics-func.c  metrics files (JSONL) and Scheme data ↔ JSON
+ *   checkpoint-func.c safetensors files, model files, atomic JSON files
  *   gc-roots.c      keeps the collector from scanning the big numeric libraries
  *   init.c          scm_init_moelab: the (moelab primitives) module
  *

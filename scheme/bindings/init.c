@@ -14,6 +14,7 @@ void moelab_init_dataset_func(void); /* dataset-func.c */
 void moelab_init_model_func(void); /* model-func.c */
 void moelab_init_optim_func(void); /* optim-func.c */
 void moelab_init_metrics_func(void); /* metrics-func.c */
+void moelab_init_checkpoint_func(void); /* checkpoint-func.c */
 void moelab_init_trainer_func(void); /* trainer-func.c */
 
 static void define_primitives(void *data)
@@ -35,6 +36,7 @@ static void define_primitives(void *data)
     moelab_init_model_func();
     moelab_init_optim_func();
     moelab_init_metrics_func();
+    moelab_init_checkpoint_func();
     moelab_init_trainer_func();
     scm_call_1(scm_c_public_ref("guile", "module-export-all!"), scm_current_module());
 }

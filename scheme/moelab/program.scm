@@ -13,7 +13,7 @@
 
 (define (train-usage-text)
   "The help text of `moelab train'."
-  "Usage: moelab train CONFIG.scm [--steps N] [--set KEY=VALUE]... [--listen[=PORT]]
+  "Usage: moelab train CONFIG.scm [--steps N] [--set KEY=VALUE]... [--resume DIR] [--listen[=PORT]]
 Train the model of CONFIG.scm, a Scheme file evaluated in a fresh module that
 uses (moelab); the value of its last expression is the trainer (make-trainer).
 
@@ -23,6 +23,10 @@ uses (moelab); the value of its last expression is the trainer (make-trainer).
                      print-every and lr also apply to the trainer directly
   --check-unigram    exit 1 unless the final mean validation loss is below the
                      unigram entropy of the validation tokens
+  --resume DIR       first load the checkpoint DIR (a step directory, or a run
+                     directory: its latest complete checkpoint); the step
+                     count then counts from the start of the run
+  --allow-non-finite resume even from NaN or infinite weights
   --listen[=PORT]    a REPL server on 127.0.0.1:PORT (default 37146) while the
                      run goes on: (current-trainer), trainer-pause!, …
 
@@ -97,6 +101,8 @@ Ctrl-C stops after the current step and prints the summary (exit status 130).
 status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
 130 when Ctrl-C stopped the run."
   (define check? #f)
+  (define resume #f)
+  (define allow-non-finite? #f)
   (let loop ((args args) (file #f) (steps #f) (settings '()) (listen #f))
     (match args
       (((or "-h" "--help") . _) (display (train-usage-text)) 0)
@@ -112,6 +118,8 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
              (usage-error "--set needs KEY=VALUE, got '~a'" kv))))
       (("--listen" . rest) (loop rest file steps settings 37146))
       (("--check-unigram" . rest) (set! check? #t) (loop rest file steps settings listen))
+      (("--resume" dir . rest) (set! resume dir) (loop rest file steps settings listen))
+      (("--allow-non-finite" . rest) (set! allow-non-finite? #t) (loop rest file steps settings listen))
       (((? (lambda (a) (string-prefix? "--listen=" a)) opt) . rest)
        (let ((port (string->number (substring opt 9))))
          (if (and port (exact-integer? port) (<= 0 port 65535))
@@ -128,9 +136,9 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
              ((not (file-exists? file))
               (format (current-error-port) "moelab train: ~a: no such file~%" file)
               1)
-             (else (run-config file steps settings listen check?)))))))
+             (else (run-config file steps settings listen check? resume allow-non-finite?)))))))
 
-(define (run-config file steps settings listen check?)
+(define (run-config file steps settings listen check? resume allow-non-finite?)
   (let* ((used (make-hash-table))
          ;; the config sees --steps as (setting 'steps …) too
          (module (config-module (if steps
@@ -155,6 +163,9 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
                              (and v (variable-bound? v) (variable-ref v))))))
             (unless (and (exact-integer? steps) (positive? steps))
               (error "no step count: give --steps N or (define steps N) in the config"))
+            (when resume
+              (let ((loaded (load-checkpoint! tr resume #:allow-non-finite? allow-non-finite?)))
+                (format #t "moelab train: resumed from ~a at step ~d~%" loaded (trainer-steps tr))))
             (when listen
               (save-module-excursion
                (lambda ()
@@ -167,7 +178,11 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
                     (assq-ref (assq-ref (trainer-config tr) 'trainer) 'batch-size)
                     (assq-ref (assq-ref (trainer-config tr) 'trainer) 'grad-accum)
                     (num-threads))
-            (trainer-run! tr #:steps steps)
+            ;; with --resume, STEPS counts from the start of the run
+            (let ((left (- steps (trainer-steps tr))))
+              (if (positive? left)
+                  (trainer-run! tr #:steps left)
+                  (format #t "moelab train: step ~d already reached~%" (trainer-steps tr))))
             (let ((interrupted? (trainer-interrupted? tr))
                   (losses (print-summary tr (current-output-port))))
               (trainer-close! tr)

@@ -33,7 +33,8 @@
             trainer-last-eval trainer-model trainer-optimizer trainer-dataset
             trainer-val-dataset trainer-config trainer-log-path trainer-set!
             trainer-close! trainer-interrupted? trainer-routing-report trainer-unigram-entropy
-            num-threads set-num-threads! peak-rss))
+            num-threads set-num-threads! peak-rss
+            trainer-checkpoint-dir trainer-state trainer-load-state!))
 
 (define (trainer-error who fmt . args)
   (throw 'moelab-error who
@@ -45,7 +46,8 @@
 (define-record-type <trainer>
   (%trainer model optimizer dataset val-dataset batch-size grad-accum schedule clip
             log-path log eval-every eval-batches seed ignore-index print-every config
-            steps tokens paused? stop? last-metrics last-eval interrupted?)
+            steps tokens paused? stop? last-metrics last-eval interrupted?
+            checkpoint-dir checkpoint-every keep-last)
   rec:trainer?
   (model rec:trainer-model)
   (optimizer rec:trainer-optimizer)
@@ -69,7 +71,21 @@
   (stop? tr-stop? set-tr-stop!)
   (last-metrics rec:trainer-last-metrics set-tr-last-metrics!)
   (last-eval rec:trainer-last-eval set-tr-last-eval!)
-  (interrupted? rec:trainer-interrupted? set-tr-interrupted!))
+  (interrupted? rec:trainer-interrupted? set-tr-interrupted!)
+  (checkpoint-dir rec:trainer-checkpoint-dir)
+  (checkpoint-every tr-checkpoint-every)
+  (keep-last tr-keep-last))
+
+;; Set by (moelab checkpoint), which needs this module: called as (HOOK TR
+;; DIR KEEP-LAST) after every checkpoint-every-th step.
+(define %checkpoint-hook #f)
+(define (%set-trainer-checkpoint-hook! proc)
+  "Internal: the procedure that writes the periodic checkpoints."
+  (set! %checkpoint-hook proc))
+
+(define (trainer-checkpoint-dir tr)
+  "The directory of TR's periodic checkpoints (#:checkpoint-dir), or #f."
+  (rec:trainer-checkpoint-dir tr))
 
 (define (trainer? obj)
   "True when OBJ is a trainer (make-trainer)."
@@ -215,7 +231,7 @@ settings, and the #:config alist given to make-trainer."
 (define* (make-trainer #:key model optimizer dataset (val-dataset #f) (batch-size 8)
                        (grad-accum 1) (schedule #f) (clip #f) (log #f) (eval-every #f)
                        (eval-batches 4) (seed 0) (ignore-index -100) (print-every 10)
-                       (config '()))
+                       (config '()) (checkpoint-dir #f) (checkpoint-every #f) (keep-last #f))
   "A trainer for MODEL (make-moe-transformer) with OPTIMIZER (make-adamw or
 make-sgd over the model's parameters), drawing its batches from DATASET
 (make-text-dataset) and evaluating on VAL-DATASET (#f: no evaluation).
@@ -234,6 +250,9 @@ SEED is recorded in the metrics file (the model and the datasets carry
 their own seeds). IGNORE-INDEX is the target value that counts for nothing
 in the loss. PRINT-EVERY is how often trainer-run! prints a line when its
 output is not a terminal. CONFIG, an alist, is recorded with the settings.
+With CHECKPOINT-DIR (a directory) and CHECKPOINT-EVERY (a positive integer),
+every CHECKPOINT-EVERY-th step ends with save-checkpoint into
+CHECKPOINT-DIR; KEEP-LAST (#f: all) is how many step directories to keep.
 
 Bad settings raise moelab-error before anything is made."
   (define who "make-trainer")
@@ -247,6 +266,12 @@ Bad settings raise moelab-error before anything is made."
   (check who "#:seed" exact-integer? seed "an integer")
   (check who "#:ignore-index" exact-integer? ignore-index "an integer")
   (check who "#:config" list? config "an alist")
+  (check who "#:checkpoint-dir" (lambda (d) (or (not d) (string? d))) checkpoint-dir "#f or a directory name")
+  (check who "#:checkpoint-every" (lambda (e) (or (not e) (positive-int? e))) checkpoint-every
+         "#f or a positive integer")
+  (check who "#:keep-last" (lambda (k) (or (not k) (positive-int? k))) keep-last "#f or a positive integer")
+  (when (and checkpoint-every (not checkpoint-dir))
+    (trainer-error who "#:checkpoint-every needs a #:checkpoint-dir"))
   (let ((v (model-config model)))
     (when (> (dataset-vocab-size dataset) (assq-ref v 'vocab))
       (trainer-error who "the dataset's tokenizer has ~a tokens but the model's vocabulary only ~a"
@@ -256,7 +281,7 @@ Bad settings raise moelab-error before anything is made."
                      (dataset-seq-len dataset) (assq-ref v 'max-seq))))
   (let ((tr (%trainer model optimizer dataset val-dataset batch-size grad-accum schedule clip
                       log #f eval-every eval-batches seed ignore-index print-every config
-                      0 0 #f #f #f #f #f)))
+                      0 0 #f #f #f #f #f checkpoint-dir checkpoint-every keep-last)))
     (set-model-grad-accum! model grad-accum)
     (when log
       (set-tr-log! tr (make-metrics-log log #:header `((config . ,(trainer-config tr))
@@ -387,7 +412,41 @@ are the routers' own (router-metrics)."
                                          before (%model-router-metrics m))))
               (when (tr-log tr) (metrics-log-write! (tr-log tr) metrics))
               (set-tr-last-metrics! tr metrics)
+              (when (and (tr-checkpoint-every tr) %checkpoint-hook
+                         (zero? (modulo (trainer-steps tr) (tr-checkpoint-every tr))))
+                (%checkpoint-hook tr (trainer-checkpoint-dir tr) (tr-keep-last tr)))
               metrics))))))
+
+;;; ---- state, for checkpoints ------------------------------------------------------------
+
+(define (trainer-state tr)
+  "The loop state of TR for a checkpoint, as an alist: step, tokens, the
+learning rate in use, and the settings a resumed run must share
+(batch-size, grad-accum)."
+  `((step . ,(trainer-steps tr)) (tokens . ,(trainer-tokens tr))
+    (lr . ,(optimizer-lr (trainer-optimizer tr)))
+    (schedule? . ,(and (tr-schedule tr) #t))
+    (batch-size . ,(tr-batch-size tr)) (grad-accum . ,(tr-grad-accum tr))))
+
+(define (trainer-load-state! tr state)
+  "Restore STATE (from trainer-state, keys symbols or strings) into TR: its
+step and token counts, and the learning rate when TR has no schedule (with
+one, the step gives the rate). A state of a run with another batch size or
+accumulation raises a moelab-error and changes nothing."
+  (define who "trainer-load-state!")
+  (define (get k)
+    (let ((e (or (assq k state) (assoc (symbol->string k) state))))
+      (unless e (trainer-error who "the state has no ~a" k))
+      (cdr e)))
+  (check who "step" (lambda (v) (and (exact-integer? v) (>= v 0))) (get 'step) "an integer >= 0")
+  (check who "tokens" (lambda (v) (and (exact-integer? v) (>= v 0))) (get 'tokens) "an integer >= 0")
+  (check who "lr" real? (get 'lr) "a number")
+  (unless (and (equal? (get 'batch-size) (tr-batch-size tr)) (equal? (get 'grad-accum) (tr-grad-accum tr)))
+    (trainer-error who "the checkpoint was taken with batch-size ~a and grad-accum ~a, this trainer has ~a and ~a"
+                   (get 'batch-size) (get 'grad-accum) (tr-batch-size tr) (tr-grad-accum tr)))
+  (set-tr-steps! tr (get 'step))
+  (set-tr-tokens! tr (get 'tokens))
+  (unless (tr-schedule tr) (set-optimizer-lr! (trainer-optimizer tr) (get 'lr))))
 
 ;;; ---- evaluation ----------------------------------------------------------------------
 
