@@ -1,5 +1,5 @@
-/* reduce.h — CPU loops behind the reductions, cumsum, max/min and the
- * softmax family (core/ops/reduce.c, core/ops/softmax.c).
+/* reduce.h — CPU loops behind the reductions, cumsum and max/min
+ * (core/ops/reduce.c; the softmax family has softmax.h).
  *
  * Layout: every kernel sees a contiguous buffer viewed as [O R I] — O outer
  * rows, R the reduced (or scanned) extent, I inner columns — so one kernel
@@ -49,14 +49,5 @@ void moe_cpu_scatter_dim_f32(float *out, const float *g, const int64_t *idx, int
                              int64_t I);
 void moe_cpu_scatter_dim_f64(double *out, const double *g, const int64_t *idx, int64_t O, int64_t R,
                              int64_t I);
-
-/* The softmax family over the rows of x [O N] (max-subtracted). */
-typedef enum moe_cpu_softmax_mode {
-    MOE_CPU_SOFTMAX,     /* out [O N] */
-    MOE_CPU_LOG_SOFTMAX, /* out [O N] */
-    MOE_CPU_LOGSUMEXP,   /* out [O]; all -inf (or N = 0) → -inf */
-} moe_cpu_softmax_mode;
-void moe_cpu_softmax_f32(float *out, const float *x, int64_t O, int64_t N, moe_cpu_softmax_mode mode);
-void moe_cpu_softmax_f64(double *out, const double *x, int64_t O, int64_t N, moe_cpu_softmax_mode mode);
 
 #endif
