@@ -15,7 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../../core/internal.h"
+#include "../../core/dtype.h"
 #include "../iter.h"
 
 /* out[N] = a op b; a, b point at element 0 of each input (iter: 2 inputs). */
