@@ -78,6 +78,8 @@ moe_status moe_gather_backward(moe_node *n, moe_tensor *g, moe_tensor **gin);
 
 /* The strided copy, fill and range search on the CPU (kernels/cpu/copy.c). */
 #include "../kernels/cpu/copy.h"
+/* The counter-based random bits, shared with the CUDA kernels. */
+#include "../kernels/rng.h"
 
 /* ---- values that an integer dtype cannot hold (core/view.c) ------------------ */
 /* Fails naming OP when VALUE (NaN, infinite, or out of range) has no

@@ -11,6 +11,7 @@
  * type T (float or double); the op code is a run-time switch that every
  * thread of a launch takes the same way. */
 #include "../../core/tensor.h"
+#include "../rng.h"
 #include "cuda_internal.h"
 #include "device_math.cuh"
 #include "elementwise.h"
@@ -242,19 +243,7 @@ struct compare_fn {
 
 /* ---- dropout: the host's counter-based generator (core/tensor.c) --------------------- */
 
-__device__ inline uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-__device__ inline double rng_uniform(uint64_t seed, uint64_t i)
-{
-    uint64_t bits = mix64(mix64(seed + 0x9e3779b97f4a7c15ull) ^
-                          (i * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull));
-    return (double)(bits >> 11) * 0x1.0p-53;
-}
+__device__ inline double rng_uniform(uint64_t seed, uint64_t i) { return moe_rng_bits_uniform(seed, i); }
 
 template <typename T>
 struct dropout_fn {
