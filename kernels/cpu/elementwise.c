@@ -14,6 +14,8 @@
  * DEFINE_* macros below); <tgmath.h> picks expf/exp etc. by type. */
 #include "elementwise.h"
 
+#include "../gelu.h"
+
 #include <tgmath.h>
 
 #define PAR_MIN 32768  /* below this many elements, stay on one thread */
@@ -169,9 +171,9 @@ DEFINE_BINARY(double, f64)
 
 /* ---- unary ------------------------------------------------------------------ */
 
-#define GELU_C 0.7978845608028654   /* sqrt(2/pi) */
-#define GELU_K 0.044715
-#define INV_SQRT_2PI 0.3989422804014327
+#define GELU_C MOE_GELU_TANH_C
+#define GELU_K MOE_GELU_TANH_K
+#define INV_SQRT_2PI MOE_GELU_INV_SQRT_2PI
 
 #define UN_ROW(T, EXPR)                                                             \
     do {                                                                            \

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "grouped_gemm.h"
+#include "../gelu.h"
 
 #define PAR_MIN 32768 /* elementwise loops below this many elements stay on one thread */
 #define SUM_BLOCK 256 /* columns summed at once by the bias-gradient loop */
@@ -210,10 +211,10 @@ static inline double erf_f64(double x) { return erf(x); }
 static inline float tanh_f32(float x) { return tanhf(x); }
 static inline double tanh_f64(double x) { return tanh(x); }
 
-#define SQRT1_2 0.70710678118654752440
-#define INV_SQRT_2PI 0.39894228040143267794
-#define GELU_C 0.79788456080286535588 /* sqrt(2/pi) */
-#define GELU_A 0.044715
+#define SQRT1_2 MOE_GELU_SQRT1_2
+#define INV_SQRT_2PI MOE_GELU_INV_SQRT_2PI
+#define GELU_C MOE_GELU_TANH_C
+#define GELU_A MOE_GELU_TANH_K
 
 /* The SwiGLU loops are compiled for AVX-512, AVX2 and baseline x86-64 and
  * picked at load time (GCC function multiversioning), so the vectorised exp

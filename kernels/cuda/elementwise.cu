@@ -11,6 +11,7 @@
  * type T (float or double); the op code is a run-time switch that every
  * thread of a launch takes the same way. */
 #include "../../core/tensor.h"
+#include "../gelu.h"
 #include "../rng.h"
 #include "cuda_internal.h"
 #include "device_math.cuh"
@@ -20,10 +21,10 @@ namespace {
 
 constexpr int kBlock = 256;
 
-#define GELU_C 0.7978845608028654 /* sqrt(2/pi) */
-#define GELU_K 0.044715
-#define INV_SQRT_2PI 0.3989422804014327
-#define SQRT1_2 0.7071067811865476
+#define GELU_C MOE_GELU_TANH_C
+#define GELU_K MOE_GELU_TANH_K
+#define INV_SQRT_2PI MOE_GELU_INV_SQRT_2PI
+#define SQRT1_2 MOE_GELU_SQRT1_2
 
 /* Offsets (elements) of output element I in each of the NJ inputs. */
 template <int NJ>
