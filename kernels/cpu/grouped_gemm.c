@@ -11,10 +11,10 @@
 #include <string.h>
 
 #include "grouped_gemm.h"
+#include "gemm.h"
 #include "../gelu.h"
 
 #define PAR_MIN 32768 /* elementwise loops below this many elements stay on one thread */
-#define SUM_BLOCK 256 /* columns summed at once by the bias-gradient loop */
 
 /* ---- schedule ------------------------------------------------------------------- */
 
@@ -292,23 +292,6 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 a[i] *= (T)0.5 * ((T)1 + th) + (T)0.5 * x * ((T)1 - th * th) * dinner;        \
             }                                                                                 \
         }                                                                                     \
-    }                                                                                         \
-    /* OUT [C] = sum of the R rows of G [R C] (fixed order, double accumulators). */          \
-    static void colsum_##SFX(T *restrict out, const T *restrict g, int64_t rows, int64_t cols) \
-    {                                                                                         \
-        for (int64_t j0 = 0; j0 < cols; j0 += SUM_BLOCK) {                                    \
-            int64_t w = cols - j0 < SUM_BLOCK ? cols - j0 : SUM_BLOCK;                        \
-            double acc[SUM_BLOCK] = {0};                                                      \
-            for (int64_t r = 0; r < rows; r++) {                                              \
-                const T *row = g + r * cols + j0;                                             \
-                for (int64_t j = 0; j < w; j++) acc[j] += row[j];                             \
-            }                                                                                 \
-            for (int64_t j = 0; j < w; j++) out[j0 + j] = (T)acc[j];                          \
-        }                                                                                     \
-    }                                                                                         \
-    static void fill_rows_##SFX(T *restrict c, int64_t rows, int64_t n, const T *restrict bias) \
-    {                                                                                         \
-        for (int64_t r = 0; r < rows; r++) memcpy(c + r * n, bias, (size_t)n * sizeof(T));    \
     }
 
 DEFINE_ACT(float, f32)
@@ -330,22 +313,6 @@ static void act_bw(moe_dtype dt, moe_cpu_ffn_act act, const void *g, const void 
         act_bw_f32(act, g, u, a, bu, n, par);
     else
         act_bw_f64(act, g, u, a, bu, n, par);
-}
-
-static void colsum(moe_dtype dt, void *out, const void *g, int64_t rows, int64_t cols)
-{
-    if (dt == MOE_F32)
-        colsum_f32(out, g, rows, cols);
-    else
-        colsum_f64(out, g, rows, cols);
-}
-
-static void fill_rows(moe_dtype dt, void *c, int64_t rows, int64_t n, const void *bias)
-{
-    if (dt == MOE_F32)
-        fill_rows_f32(c, rows, n, bias);
-    else
-        fill_rows_f64(c, rows, n, bias);
 }
 
 static void zero(moe_dtype dt, void *p, int64_t n)
@@ -376,13 +343,13 @@ static void ffn_fw_body(int64_t e, int slot, void *vctx)
     void *u = at(dt, c->uo, r0 * F), *y = at(dt, c->y, r0 * D);
     void *h = at(dt, c->scratch, (int64_t)slot * c->max_rows * F);
     if (g) {
-        if (p->bg) fill_rows(dt, g, n, F, at(dt, p->bg, e * F));
+        if (p->bg) moe_cpu_fill_rows(dt, g, n, F, at(dt, p->bg, e * F));
         gemm(dt, false, false, n, F, D, 1, x, D, at(dt, p->wg, e * D * F), F, p->bg ? 1 : 0, g, F);
     }
-    if (p->bu) fill_rows(dt, u, n, F, at(dt, p->bu, e * F));
+    if (p->bu) moe_cpu_fill_rows(dt, u, n, F, at(dt, p->bu, e * F));
     gemm(dt, false, false, n, F, D, 1, x, D, at(dt, p->wu, e * D * F), F, p->bu ? 1 : 0, u, F);
     act_fw(dt, p->act, g, u, h, n * F, c->par_inner);
-    if (p->bd) fill_rows(dt, y, n, D, at(dt, p->bd, e * D));
+    if (p->bd) moe_cpu_fill_rows(dt, y, n, D, at(dt, p->bd, e * D));
     gemm(dt, false, false, n, D, F, 1, h, F, at(dt, p->wd, e * F * D), D, p->bd ? 1 : 0, y, D);
 }
 
@@ -425,16 +392,16 @@ static void ffn_bw_body(int64_t e, int slot, void *vctx)
         act_fw(dt, p->act, g, u, B, n * F, c->par_inner);
         gemm(dt, true, false, F, D, n, 1, B, F, dy, D, 0, at(dt, c->dwd, e * wsz), D);
     }
-    if (c->dbd) colsum(dt, at(dt, c->dbd, e * D), dy, n, D);
+    if (c->dbd) moe_cpu_sum_rows(dt, at(dt, c->dbd, e * D), dy, n, D);
     if (!need_in) return;
     /* dh = dY Wdᵀ into A; then dG into A and dU into B (SwiGLU) or dU into A (GELU) */
     gemm(dt, false, true, n, F, D, 1, dy, D, wd, D, 0, A, F);
     act_bw(dt, p->act, g, u, A, B, n * F, c->par_inner);
     const void *dg = swiglu ? A : NULL, *du = swiglu ? B : A;
     if (dg && c->dwg) gemm(dt, true, false, D, F, n, 1, x, D, dg, F, 0, at(dt, c->dwg, e * wsz), F);
-    if (dg && c->dbg) colsum(dt, at(dt, c->dbg, e * F), dg, n, F);
+    if (dg && c->dbg) moe_cpu_sum_rows(dt, at(dt, c->dbg, e * F), dg, n, F);
     if (c->dwu) gemm(dt, true, false, D, F, n, 1, x, D, du, F, 0, at(dt, c->dwu, e * wsz), F);
-    if (c->dbu) colsum(dt, at(dt, c->dbu, e * F), du, n, F);
+    if (c->dbu) moe_cpu_sum_rows(dt, at(dt, c->dbu, e * F), du, n, F);
     if (c->dx) {
         void *dx = at(dt, c->dx, r0 * D);
         if (dg) gemm(dt, false, true, n, D, F, 1, dg, F, wg, F, 0, dx, D);

@@ -8,15 +8,16 @@
  * The row loops are written once for f32 and f64 (NN_KERNELS) and make one
  * pass per row, OpenMP across rows. Sums accumulate in double over eight
  * fixed lanes. Parameter gradients (dweight, dbias) reduce over rows in fixed
- * chunks of CHUNK rows that chunks_sum then adds in chunk order, so results do
- * not depend on the thread count. Each entry point takes the compute dtype
+ * chunks of CHUNK rows that chunks_sum (gemm.c's column sum) then adds in
+ * chunk order, so results do not depend on the thread count. Each entry point takes the compute dtype
  * (MOE_F32 or MOE_F64) like its CUDA twin in kernels/cuda/nn.cu. */
 #include "nn.h"
+#include "gemm.h"
 
 #include <math.h>
 #include <string.h>
 
-#define COL_BLOCK 256    /* columns per task when reducing chunks / ids */
+#define COL_BLOCK 256    /* columns per task when adding ids' rows */
 
 /* OUT = the sum over j in [0, N) of EXPR (which reads index jj), in double,
  * over eight independent lanes combined in a fixed order. */
@@ -133,20 +134,6 @@
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
-    /* OUT [D] = sum over chunks, in chunk order, of P [H D] */                              \
-    static void chunks_sum_##SUF(T *restrict out, const double *restrict p, int64_t nch,     \
-                                 int64_t D)                                                  \
-    {                                                                                        \
-        int64_t nb = (D + COL_BLOCK - 1) / COL_BLOCK;                                        \
-        _Pragma("omp parallel for if (nch * D > 32768) schedule(static)")                    \
-        for (int64_t blk = 0; blk < nb; blk++) {                                             \
-            int64_t j0 = blk * COL_BLOCK, wd = D - j0 < COL_BLOCK ? D - j0 : COL_BLOCK;      \
-            double acc[COL_BLOCK] = {0};                                                     \
-            for (int64_t ch = 0; ch < nch; ch++)                                             \
-                for (int64_t j = 0; j < wd; j++) acc[j] += p[ch * D + j0 + j];               \
-            for (int64_t j = 0; j < wd; j++) out[j0 + j] = (T)acc[j];                        \
-        }                                                                                    \
-    }                                                                                        \
     /* per row: lse [N] = log sum exp x, loss [N] = lse - x[t] (0 where ignored) */          \
     static void ce_fwd_##SUF(double *restrict loss, T *restrict lse, const T *restrict x,    \
                              const int64_t *restrict t, int64_t N, int64_t C, int64_t ignore) \
@@ -236,8 +223,7 @@ void moe_cpu_ln_bwd(moe_dtype dt, void *dx, double *dwp, double *dbp, const void
 
 void moe_cpu_chunks_sum(moe_dtype dt, void *out, const double *p, int64_t nch, int64_t D)
 {
-    if (dt == MOE_F32) chunks_sum_f32(out, p, nch, D);
-    else chunks_sum_f64(out, p, nch, D);
+    moe_cpu_sum_f64_rows(dt, out, p, nch, D); /* in chunk order */
 }
 
 void moe_cpu_ce_fwd(moe_dtype dt, double *loss, void *lse, const void *x, const int64_t *t, int64_t N,
