@@ -7,6 +7,12 @@
  *   tensor-func.c   creation, element access, conversion to lists and SRFI-4 vectors
  *   ops-func.c      every op of core/ops.h and the views of core/tensor.h
  *   autograd-func.c backward, grads, grad mode, hooks, custom functions
+ *   router-func.c   routers, routings, balance trackers, the standalone losses
+ *   router-options.c make-router's keywords → a router config; metrics → alist
+ *   layer-func.c    the <moe-layer> foreign object and (moelab layer)
+ *   dist-func.c     the <group> foreign object, with-ranks, collectives
+ *   data-func.c     tokenizers and token files (data-func.h: shared with datasets)
+ *   dataset-func.c  the <dataset> foreign object and batches
  *   gc-roots.c      keeps the collector from scanning the big numeric libraries
  *   init.c          scm_init_moelab: the (moelab primitives) module
  *

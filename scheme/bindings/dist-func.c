@@ -2,8 +2,9 @@
  * <group> foreign object, rank contexts, with-ranks on the threads backend
  * and under mpirun, and the collectives of core/dist/comm.h.
  *
- * Ownership. A moe_group handle belongs to one rank and is touched by that
- * rank's thread only (its reference count is not atomic; see comm_impl.h).
+ * Ownership. A moe_group handle belongs to one rank, and only that rank's
+ * thread runs collectives on it (its reference count is atomic only because
+ * autograd nodes may be freed on another thread; see moe_group_release).
  * So no Scheme object owns a handle. Each run of a rank has a scope
  * (dist_scope) that owns the handles it gives out (its world, its mesh and
  * the mesh groups asked for) and drops them on the rank's own thread when
