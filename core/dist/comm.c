@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "../names.h"
 #include "comm_impl.h"
 #include "internal.h"
 #ifdef MOELAB_HAVE_CUDA
@@ -21,24 +22,7 @@
 
 /* ---- names ----------------------------------------------------------------- */
 
-static const char *const reduce_op_names[] = {"sum", "avg", "max", "min"};
-_Static_assert(sizeof reduce_op_names / sizeof *reduce_op_names == MOE_REDUCE_OP_COUNT,
-               "reduce op name table");
-
-const char *moe_reduce_op_name(moe_reduce_op op)
-{
-    return (unsigned)op < MOE_REDUCE_OP_COUNT ? reduce_op_names[op] : "?";
-}
-
-bool moe_reduce_op_parse(const char *name, moe_reduce_op *out)
-{
-    for (int i = 0; i < MOE_REDUCE_OP_COUNT; i++)
-        if (name && strcmp(name, reduce_op_names[i]) == 0) {
-            *out = (moe_reduce_op)i;
-            return true;
-        }
-    return false;
-}
+NAME_TABLE(moe_reduce_op, reduce_op, MOE_REDUCE_OP_COUNT, "sum", "avg", "max", "min")
 
 static const char *const coll_names[] = {"all_reduce", "all_gather", "reduce_scatter", "all_to_all",
                                          "broadcast",  "barrier",    "split"};

@@ -18,45 +18,6 @@
 
 #include "moe_internal.h"
 
-/* ---- names ------------------------------------------------------------------------ */
-
-static const char *const score_names[] = {"softmax", "sigmoid", "sqrtsoftplus"};
-static_assert(sizeof score_names / sizeof *score_names == MOE_SCORE_FN_COUNT, "score names");
-static const char *const aux_names[] = {"micro-batch",      "sequence",      "global-batch",
-                                        "olmo-local-batch", "olmo-instance", "megablocks",
-                                        "z"};
-static_assert(sizeof aux_names / sizeof *aux_names == MOE_AUX_KIND_COUNT, "aux names");
-
-const char *moe_score_fn_name(moe_score_fn f)
-{
-    return (unsigned)f < MOE_SCORE_FN_COUNT ? score_names[f] : "?";
-}
-
-bool moe_score_fn_parse(const char *name, moe_score_fn *out)
-{
-    for (int i = 0; i < MOE_SCORE_FN_COUNT; i++)
-        if (name && strcmp(name, score_names[i]) == 0) {
-            *out = (moe_score_fn)i;
-            return true;
-        }
-    return false;
-}
-
-const char *moe_aux_kind_name(moe_aux_kind k)
-{
-    return (unsigned)k < MOE_AUX_KIND_COUNT ? aux_names[k] : "?";
-}
-
-bool moe_aux_kind_parse(const char *name, moe_aux_kind *out)
-{
-    for (int i = 0; i < MOE_AUX_KIND_COUNT; i++)
-        if (name && strcmp(name, aux_names[i]) == 0) {
-            *out = (moe_aux_kind)i;
-            return true;
-        }
-    return false;
-}
-
 bool moe_aux_kind_is_sequence(moe_aux_kind k)
 {
     return k == MOE_AUX_SEQUENCE || k == MOE_AUX_OLMO_INSTANCE;
