@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/cpu/index.h"
 #include "../../kernels/cpu/nn.h"
 #include "../../kernels/cuda/index.h"
 #include "../../kernels/cuda/nn.h"
@@ -407,15 +408,11 @@ moe_status moe_embedding(moe_tensor **out, moe_tensor *weight, moe_tensor *ids)
     memcpy(shape, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);
     shape[ids->ndim] = D;
     MOE_TRYG(moe_tensor_empty(&r, weight->dtype, weight->device, ids->ndim + 1, shape));
-    size_t row = (size_t)D * moe_dtype_size(weight->dtype);
-    if (moe_on_cuda(r)) { /* r [I D] ← rows of cw [V D] */
-        MOE_TRYG(MOE_CUDA(moe_cuda_index_select(dp(r), dp(cw), moe_dtype_size(weight->dtype), dp(idx), 1, V, I, D)));
-    } else {
-        char *dst = dp(r);
-        const char *src = dp(cw);
-#pragma omp parallel for if (I * D > 32768) schedule(static)
-        for (int64_t i = 0; i < I; i++) memcpy(dst + (size_t)i * row, src + (size_t)iv[i] * row, row);
-    }
+    size_t esz = moe_dtype_size(weight->dtype);
+    if (moe_on_cuda(r)) /* r [I D] ← rows of cw [V D] */
+        MOE_TRYG(MOE_CUDA(moe_cuda_index_select(dp(r), dp(cw), esz, dp(idx), 1, V, I, D)));
+    else
+        moe_cpu_index_select(dp(r), dp(cw), esz, dp(idx), 1, V, I, D);
     moe_tensor *inputs[1] = {weight}, *saved[1] = {idx};
     MOE_TRYG(moe_autograd_record(r, op, embedding_backward, 1, inputs, 1, saved, NULL, NULL));
     if (r->grad_fn) {
