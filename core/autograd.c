@@ -1,6 +1,8 @@
 /* autograd.c — nodes, grad mode, hooks and the backward walk. */
 #include "autograd.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "internal.h"
@@ -45,10 +47,70 @@ moe_status moe_tensor_requires_grad_(moe_tensor *t, bool requires_grad)
     return MOE_OK;
 }
 
-void moe_tensor_zero_grad(moe_tensor *t)
+/* ---- accumulated gradients ---------------------------------------------------
+ * Backward passes on several threads may feed one leaf (a shared parameter).
+ * Each read-modify-write of a leaf's grad holds a lock picked by the leaf's
+ * address: a few stripes instead of a mutex in every tensor header. No code
+ * holds two of them at once. */
+#define GRAD_LOCKS 64
+static pthread_mutex_t grad_locks[GRAD_LOCKS] = {[0 ... GRAD_LOCKS - 1] = PTHREAD_MUTEX_INITIALIZER};
+
+static pthread_mutex_t *grad_lock(const moe_tensor *t)
 {
-    moe_tensor_release(t->grad);
-    t->grad = NULL;
+    return &grad_locks[((uintptr_t)t >> 6) % GRAD_LOCKS]; /* headers are larger than 64 bytes */
+}
+
+moe_tensor *moe_tensor_grad(moe_tensor *t)
+{
+    pthread_mutex_t *lock = grad_lock(t);
+    pthread_mutex_lock(lock);
+    moe_tensor *g = moe_tensor_retain(t->grad);
+    pthread_mutex_unlock(lock);
+    return g;
+}
+
+void moe_tensor_set_grad(moe_tensor *t, moe_tensor *g)
+{
+    pthread_mutex_t *lock = grad_lock(t);
+    pthread_mutex_lock(lock);
+    moe_tensor *old = t->grad;
+    t->grad = moe_tensor_retain(g);
+    pthread_mutex_unlock(lock);
+    moe_tensor_release(old);
+}
+
+void moe_tensor_zero_grad(moe_tensor *t) { moe_tensor_set_grad(t, NULL); }
+
+moe_status moe_grad_accumulate(moe_tensor *leaf, moe_tensor *g, bool fresh)
+{
+    pthread_mutex_t *lock = grad_lock(leaf);
+    pthread_mutex_lock(lock);
+    moe_tensor *old = leaf->grad, *sum = NULL;
+    moe_status st = MOE_OK;
+    if (!old && fresh) {
+        sum = moe_tensor_retain(g);
+    } else if (!old) { /* G may be a view of another tensor: keep a copy */
+        st = moe_tensor_empty(&sum, leaf->dtype, leaf->device, leaf->ndim, leaf->shape);
+        if (st == MOE_OK) st = moe_tensor_copy_(sum, g);
+    } else {
+        st = moe_add(&sum, old, g);
+        if (st == MOE_OK && sum->dtype != leaf->dtype) {
+            moe_tensor *c;
+            st = moe_to_dtype(&c, sum, leaf->dtype);
+            moe_tensor_release(sum);
+            sum = st == MOE_OK ? c : NULL;
+        }
+    }
+    if (st == MOE_OK) {
+        leaf->grad = sum;
+    } else {
+        moe_tensor_release(sum);
+        old = NULL; /* kept */
+    }
+    pthread_mutex_unlock(lock);
+    moe_tensor_release(old);
+    moe_tensor_release(g);
+    return st;
 }
 
 moe_status moe_detach(moe_tensor **out, moe_tensor *t)
@@ -133,7 +195,7 @@ moe_status moe_node_new(moe_node **out, const char *name, moe_backward_fn backwa
     n->n_inputs = n_inputs;
     for (int i = 0; i < n_inputs; i++)
         n->inputs[i] = moe_tensor_needs_grad(inputs[i]) ? moe_tensor_retain(inputs[i]) : NULL;
-    n->refcount = 1;
+    atomic_init(&n->refcount, 1);
     *out = n;
     return MOE_OK;
 }
@@ -164,7 +226,10 @@ void moe_node_attach(moe_node *node, moe_tensor *out)
     node->out_device = out->device;
 }
 
-void moe_node_retain(moe_node *node) { __atomic_add_fetch(&node->refcount, 1, __ATOMIC_RELAXED); }
+void moe_node_retain(moe_node *node)
+{
+    atomic_fetch_add_explicit(&node->refcount, 1, memory_order_relaxed);
+}
 
 static void node_free_saved(moe_node *n)
 {
@@ -186,7 +251,7 @@ void moe_node_release(moe_node *node)
     size_t len = 0, cap = 0;
     moe_node *n = node;
     while (n) {
-        if (__atomic_sub_fetch(&n->refcount, 1, __ATOMIC_ACQ_REL) == 0) {
+        if (atomic_fetch_sub_explicit(&n->refcount, 1, memory_order_acq_rel) == 1) {
             node_free_saved(n);
             free_hooks(n->hooks);
             moe_tensor_release(n->grad_acc);
@@ -195,7 +260,7 @@ void moe_node_release(moe_node *node)
                 if (!in) continue;
                 /* Detach the input's grad_fn from it before freeing the tensor
                  * so that its node is released here, iteratively. */
-                if (in->refcount == 1 && in->grad_fn) {
+                if (atomic_load(&in->refcount) == 1 && in->grad_fn) {
                     moe_node *child = in->grad_fn;
                     in->grad_fn = NULL;
                     if (len == cap) {
@@ -261,7 +326,7 @@ moe_status moe_function_apply(moe_tensor **out, const moe_function *fn, int n_in
         }
         node->name = fn->name;
         node->backward = fn->backward;
-        node->refcount = 1;
+        atomic_init(&node->refcount, 1);
     }
     node->ctx = ctx;
     node->ctx_free = ctx_free;
@@ -307,7 +372,53 @@ static moe_status list_push(node_list *l, moe_node *n)
     return MOE_OK;
 }
 
-static unsigned visit_epoch;
+/* ---- concurrent walks --------------------------------------------------------------
+ * A node's scratch (pending count, gradient accumulator) serves one walk at a
+ * time: a walk claims each node it reaches. Meeting a node claimed by a walk
+ * on another thread, it lets go of its claims, waits until some walk ends and
+ * starts over. (A thread runs one walk at a time: moe_backward refuses to be
+ * called from hooks and backward functions.) Leaves are never claimed, so
+ * passes through separate graphs into shared parameters run side by side. */
+typedef struct walk {
+    char token; /* a walk is known by its address */
+} walk;
+
+static pthread_mutex_t walk_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t walk_ended = PTHREAD_COND_INITIALIZER;
+static unsigned long walks_ended; /* under walk_lock */
+
+static unsigned long walks_ended_now(void)
+{
+    pthread_mutex_lock(&walk_lock);
+    unsigned long n = walks_ended;
+    pthread_mutex_unlock(&walk_lock);
+    return n;
+}
+
+/* Give back the claims on the nodes in CLAIMED; then wake waiting walks. */
+static void walk_release(node_list *claimed)
+{
+    if (!claimed->len) return;
+    for (size_t i = 0; i < claimed->len; i++)
+        atomic_store_explicit(&claimed->items[i]->walker, NULL, memory_order_release);
+    claimed->len = 0;
+    pthread_mutex_lock(&walk_lock);
+    walks_ended++;
+    pthread_cond_broadcast(&walk_ended);
+    pthread_mutex_unlock(&walk_lock);
+}
+
+typedef enum { CLAIM_NEW, CLAIM_MINE, CLAIM_BUSY } claim_result;
+
+/* Claim N for W. */
+static claim_result walk_claim(walk *w, moe_node *n)
+{
+    void *expected = NULL;
+    if (atomic_compare_exchange_strong_explicit(&n->walker, &expected, w, memory_order_acquire,
+                                                memory_order_relaxed))
+        return CLAIM_NEW;
+    return expected == w ? CLAIM_MINE : CLAIM_BUSY;
+}
 
 /* Accumulate G into *ACC (taking over the reference to G). */
 static moe_status accumulate(moe_tensor **acc, moe_tensor *g)
@@ -325,8 +436,7 @@ static moe_status accumulate(moe_tensor **acc, moe_tensor *g)
     return MOE_OK;
 }
 
-/* A leaf's accumulated gradient is a fresh tensor owned by the leaf: grads
- * flowing in may be views of other tensors, so copy before keeping them. */
+/* Hooks of the leaf first; then the sum, under the leaf's lock. */
 static moe_status accumulate_leaf(moe_tensor *leaf, moe_tensor *g)
 {
     moe_status st = run_hooks(leaf->hooks, &g);
@@ -334,32 +444,7 @@ static moe_status accumulate_leaf(moe_tensor *leaf, moe_tensor *g)
         moe_tensor_release(g);
         return st;
     }
-    if (!leaf->grad) {
-        moe_tensor *own;
-        st = moe_tensor_empty(&own, leaf->dtype, leaf->device, leaf->ndim, leaf->shape);
-        if (st == MOE_OK) st = moe_tensor_copy_(own, g);
-        moe_tensor_release(g);
-        if (st != MOE_OK) {
-            moe_tensor_release(own);
-            return st;
-        }
-        leaf->grad = own;
-        return MOE_OK;
-    }
-    moe_tensor *sum;
-    st = moe_add(&sum, leaf->grad, g);
-    moe_tensor_release(g);
-    if (st != MOE_OK) return st;
-    if (sum->dtype != leaf->dtype) {
-        moe_tensor *c;
-        st = moe_to_dtype(&c, sum, leaf->dtype);
-        moe_tensor_release(sum);
-        if (st != MOE_OK) return st;
-        sum = c;
-    }
-    moe_tensor_release(leaf->grad);
-    leaf->grad = sum;
-    return MOE_OK;
+    return moe_grad_accumulate(leaf, g, false);
 }
 
 /* The tensors N saved must still hold the values its forward saw. */
@@ -436,12 +521,18 @@ static moe_status backward_walk(moe_tensor *root, moe_tensor *grad, bool retain_
         return st;
     }
 
-    /* 1. Find reachable nodes and count each node's consumers. */
-    unsigned epoch = __atomic_add_fetch(&visit_epoch, 1, __ATOMIC_RELAXED);
+    /* 1. Claim the reachable nodes and count each node's consumers. */
+    walk w = {0};
     node_list stack = {0};
-    MOE_TRYG(list_push(&stack, root->grad_fn));
-    root->grad_fn->visit = epoch;
+    unsigned long ended;
+start:
+    ended = walks_ended_now();
+    if (walk_claim(&w, root->grad_fn) != CLAIM_NEW) goto busy;
+    MOE_TRYG(list_push(&order, root->grad_fn));
     root->grad_fn->pending = 0;
+    moe_tensor_release(root->grad_fn->grad_acc);
+    root->grad_fn->grad_acc = NULL;
+    MOE_TRYG(list_push(&stack, root->grad_fn));
     while (stack.len) {
         moe_node *n = stack.items[--stack.len];
         if (n->freed) {
@@ -451,13 +542,14 @@ static moe_status backward_walk(moe_tensor *root, moe_tensor *grad, bool retain_
                           n->name);
             goto done;
         }
-        MOE_TRYG(list_push(&order, n));
         for (int i = 0; i < n->n_inputs; i++) {
             moe_tensor *in = n->inputs[i];
             if (!in || !in->grad_fn) continue;
             moe_node *c = in->grad_fn;
-            if (c->visit != epoch) {
-                c->visit = epoch;
+            claim_result claim = walk_claim(&w, c);
+            if (claim == CLAIM_BUSY) goto busy;
+            if (claim == CLAIM_NEW) {
+                MOE_TRYG(list_push(&order, c));
                 c->pending = 0;
                 moe_tensor_release(c->grad_acc);
                 c->grad_acc = NULL;
@@ -466,9 +558,18 @@ static moe_status backward_walk(moe_tensor *root, moe_tensor *grad, bool retain_
             c->pending++;
         }
     }
+    goto claimed;
+busy:
+    /* Another walk holds a node: let go of ours, then wait for a walk to end. */
+    walk_release(&order);
+    stack.len = 0;
+    pthread_mutex_lock(&walk_lock);
+    while (walks_ended == ended) pthread_cond_wait(&walk_ended, &walk_lock);
+    pthread_mutex_unlock(&walk_lock);
+    goto start;
+claimed:
 
     /* 2. Kahn's order: a node runs once all its consumers have delivered. */
-    moe_tensor_release(root->grad_fn->grad_acc);
     root->grad_fn->grad_acc = seed;
     seed = NULL;
     MOE_TRYG(list_push(&ready, root->grad_fn));
@@ -515,6 +616,7 @@ done:
         }
     }
     moe_tensor_release(seed);
+    walk_release(&order);
     free(order.items);
     free(ready.items);
     free(stack.items);

@@ -57,12 +57,12 @@ struct moe_node {
     moe_dtype out_dtype;
     moe_device out_device;
     moe_hook *hooks; /* hooks registered on the (non-leaf) output */
-    int refcount;
+    MOE_ATOMIC(int) refcount;
     bool freed; /* saved tensors released by a backward without retain */
-    /* scratch used by moe_backward */
+    /* scratch used by moe_backward, owned by the walk that claimed the node */
+    MOE_ATOMIC(void *) walker; /* that walk (NULL: none) */
     moe_tensor *grad_acc;
     int pending;
-    unsigned visit;
 };
 
 /* ---- grad mode (per thread) ---------------------------------------------- */
@@ -78,6 +78,12 @@ moe_status moe_tensor_requires_grad_(moe_tensor *t, bool requires_grad);
 bool moe_tensor_needs_grad(const moe_tensor *t);
 /* Drop the accumulated gradient of T. */
 void moe_tensor_zero_grad(moe_tensor *t);
+/* The accumulated gradient of T as a new reference (NULL when there is
+ * none). Unlike reading t->grad, safe while backward passes on other threads
+ * accumulate into T. */
+moe_tensor *moe_tensor_grad(moe_tensor *t);
+/* Replace the accumulated gradient of T by G (retained; NULL drops it). */
+void moe_tensor_set_grad(moe_tensor *t, moe_tensor *g);
 /* A new tensor sharing T's storage, cut from the graph. */
 moe_status moe_detach(moe_tensor **out, moe_tensor *t);
 /* Register a gradient hook on T (leaf: on the tensor; else on its node).
@@ -92,7 +98,12 @@ bool moe_tensor_remove_hook(moe_tensor *t, int id);
  * the seed is 1). Unless RETAIN_GRAPH, the graph's saved tensors are freed and
  * a second backward through it fails. Fails when a saved tensor changed in
  * place since it was saved, and when called from inside a gradient hook or a
- * backward function (gradient recording is off there). */
+ * backward function (gradient recording is off there).
+ *
+ * Threads: backward passes may run at once on several threads. Gradients
+ * flowing into a shared leaf are added one pass at a time, so the leaf ends
+ * with the sum of all of them. A pass that reaches a node another thread's
+ * pass is walking waits for that pass to end. */
 moe_status moe_backward(moe_tensor *root, moe_tensor *grad, bool retain_graph);
 
 /* ---- nodes: recording ops and custom functions ---------------------------- */

@@ -66,6 +66,12 @@ moe_status moe_as_compute(moe_tensor **out, moe_tensor *t, moe_dtype compute);
  * (takes over R; R itself when it already has dtype RT). */
 moe_status moe_from_compute(moe_tensor **out, moe_tensor *r, moe_dtype rt);
 
+/* autograd.c: add G into the accumulated gradient of LEAF (taking over G),
+ * under the leaf's lock so that concurrent backward passes sum exactly. When
+ * the leaf has no gradient yet, G is kept as is if FRESH (a new tensor of the
+ * leaf's dtype and shape that nobody else holds), else copied. */
+moe_status moe_grad_accumulate(moe_tensor *leaf, moe_tensor *g, bool fresh);
+
 /* Run an op body with grad mode off (backward functions compose ops). */
 #define MOE_NO_GRAD_BEGIN bool moe_prev_grad_ = moe_grad_set_enabled(false)
 #define MOE_NO_GRAD_END moe_grad_set_enabled(moe_prev_grad_)

@@ -34,6 +34,9 @@
  *   moe/dispatch.h   token permutation by expert and the weighted combine
  *   moe/experts.h    E MLPs as a grouped GEMM (SwiGLU, GELU)
  *   moe/layer.h      the MoE layer: router + dispatch + experts (+ shared), EP
+ *   train/optim.h    AdamW and SGD over named parameters, gradient clipping
+ *   train/schedule.h learning-rate schedules (constant, cosine, wsd)
+ *   train/log.h      metrics files (JSON Lines, through jansson)
  */
 #ifndef MOELAB_H
 #define MOELAB_H
@@ -51,6 +54,9 @@
 #include "moe/router.h"
 #include "ops.h"
 #include "tensor.h"
+#include "train/log.h"
+#include "train/optim.h"
+#include "train/schedule.h"
 
 #define MOELAB_VERSION "0.1.0"
 

@@ -1,5 +1,6 @@
 /* storage.c — refcounted storage from a per-device allocator, plus the live
  * memory counters behind ,mem and the leak tests. */
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "tensor.h"
@@ -186,7 +187,7 @@ moe_status moe_storage_new(moe_storage **out, moe_device device, size_t nbytes)
                         moe_device_name(device));
     }
     s->nbytes = nbytes;
-    s->refcount = 1;
+    atomic_init(&s->refcount, 1);
     s->device = device;
     s->allocator = a;
     count_storage(device, (int64_t)nbytes, 1);
@@ -196,7 +197,7 @@ moe_status moe_storage_new(moe_storage **out, moe_device device, size_t nbytes)
 
 void moe_storage_retain(moe_storage *s)
 {
-    __atomic_add_fetch(&s->refcount, 1, __ATOMIC_RELAXED);
+    atomic_fetch_add_explicit(&s->refcount, 1, memory_order_relaxed);
 }
 
 /* Borrowed storages (moe_tensor_wrap) keep their release callback here. */
@@ -213,7 +214,7 @@ moe_status moe_storage_wrap(moe_storage **out, void *data, size_t nbytes,
     if (!w) return moe_fail(MOE_ERR_NOMEM, "wrap", "out of host memory");
     w->base.data = data;
     w->base.nbytes = nbytes;
-    w->base.refcount = 1;
+    atomic_init(&w->base.refcount, 1);
     w->base.device = MOE_CPU;
     w->base.allocator = NULL;
     w->free_fn = free_fn;
@@ -225,7 +226,7 @@ moe_status moe_storage_wrap(moe_storage **out, void *data, size_t nbytes,
 
 void moe_storage_release(moe_storage *s)
 {
-    if (!s || __atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+    if (!s || atomic_fetch_sub_explicit(&s->refcount, 1, memory_order_acq_rel) != 1) return;
     count_storage(s->device, (int64_t)s->nbytes, -1);
     if (s->allocator) {
         s->allocator->free(s->data, s->nbytes, s->allocator->ctx);

@@ -3,6 +3,7 @@
 #include "tensor.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -14,13 +15,14 @@
 
 moe_tensor *moe_tensor_retain(moe_tensor *t)
 {
-    if (t) __atomic_add_fetch(&t->refcount, 1, __ATOMIC_RELAXED);
+    if (t) atomic_fetch_add_explicit(&t->refcount, 1, memory_order_relaxed);
     return t;
 }
 
 void moe_tensor_release(moe_tensor *t)
 {
-    if (!t || __atomic_sub_fetch(&t->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+    /* acq_rel: the last owner sees every write made under the other references */
+    if (!t || atomic_fetch_sub_explicit(&t->refcount, 1, memory_order_acq_rel) != 1) return;
     moe_memory_count_tensor(t->device, -1);
     moe_tensor_release(t->grad);
     if (t->grad_fn) moe_node_release(t->grad_fn);
@@ -58,7 +60,7 @@ moe_status moe_tensor_new_view(moe_tensor **out, const moe_tensor *like, moe_sto
     }
     t->dtype = like->dtype;
     t->device = like->device;
-    t->refcount = 1;
+    atomic_init(&t->refcount, 1);
     moe_memory_count_tensor(t->device, 1);
     *out = t;
     return MOE_OK;

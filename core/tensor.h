@@ -18,6 +18,16 @@ extern "C" {
 
 #define MOE_MAX_DIMS 8
 
+/* Reference counts are C11 atomics: tensors, storages and autograd nodes may
+ * be retained and released from several threads at once (Guile threads, the
+ * collector's finalizer thread, threads-backend ranks). C++ code (the CUDA
+ * kernels) sees a plain int of the same size and never touches them. */
+#ifdef __cplusplus
+#define MOE_ATOMIC(type) type
+#else
+#define MOE_ATOMIC(type) _Atomic(type)
+#endif
+
 typedef struct moe_node moe_node;
 typedef struct moe_hook moe_hook;
 
@@ -33,7 +43,7 @@ typedef struct moe_allocator {
 typedef struct moe_storage {
     void *data;
     size_t nbytes;
-    int refcount;
+    MOE_ATOMIC(int) refcount;
     moe_device device;
     const moe_allocator *allocator; /* NULL: memory borrowed, not freed */
     uint64_t version; /* bumped by every in-place write; autograd checks it */
@@ -47,10 +57,12 @@ typedef struct moe_tensor {
     int ndim;
     moe_dtype dtype;
     moe_device device;
-    int refcount;
+    MOE_ATOMIC(int) refcount;
     /* autograd */
     bool requires_grad;
-    struct moe_tensor *grad; /* accumulated gradient of a leaf (or NULL) */
+    /* accumulated gradient of a leaf (or NULL); while backward passes may run
+     * on other threads, read it with moe_tensor_grad (core/autograd.h) */
+    struct moe_tensor *grad;
     moe_node *grad_fn;       /* node that produced this tensor (NULL: leaf) */
     moe_hook *hooks;         /* gradient hooks of a leaf */
 } moe_tensor;

@@ -13,10 +13,12 @@ libguile_moelab_la_SOURCES = \
 	scheme/bindings/layer-func.c \
 	scheme/bindings/router-options.c \
 	scheme/bindings/router-func.c \
+	scheme/bindings/model-type.c scheme/bindings/model-func.c \
+	scheme/bindings/optim-func.c scheme/bindings/metrics-func.c \
 	scheme/bindings/gc-roots.c scheme/bindings/init.c
 libguile_moelab_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(builddir)/scheme/bindings $(GUILE_CFLAGS)
 libguile_moelab_la_CFLAGS = $(AM_CFLAGS) -fvisibility=hidden
-libguile_moelab_la_LIBADD = libmoelab.la $(GUILE_LIBS)
+libguile_moelab_la_LIBADD = libmoelab.la $(GUILE_LIBS) $(JANSSON_LIBS)
 libguile_moelab_la_LDFLAGS = -version-info 0:0:0 $(AM_LDFLAGS)
 moelabinclude_HEADERS += scheme/bindings/moelab-guile.h
 
@@ -26,7 +28,8 @@ moelab_snarf_x = \
 	scheme/bindings/tensor-type.x scheme/bindings/tensor-func.x \
 	scheme/bindings/ops-func.x scheme/bindings/autograd-func.x \
 	scheme/bindings/dist-func.x scheme/bindings/layer-func.x \
-	scheme/bindings/router-func.x
+	scheme/bindings/router-func.x scheme/bindings/model-func.x \
+	scheme/bindings/optim-func.x scheme/bindings/metrics-func.x
 BUILT_SOURCES += $(moelab_snarf_x)
 CLEANFILES += $(moelab_snarf_x)
 $(libguile_moelab_la_OBJECTS): $(moelab_snarf_x)
@@ -43,7 +46,7 @@ moelab_sub_scm = \
 	scheme/moelab/primitives.scm scheme/moelab/tensor.scm \
 	scheme/moelab/ops.scm scheme/moelab/autograd.scm \
 	scheme/moelab/dist.scm scheme/moelab/layer.scm \
-	scheme/moelab/router.scm
+	scheme/moelab/router.scm scheme/moelab/nn.scm scheme/moelab/train.scm
 moelab_gen_scm = scheme/moelab/config.scm
 
 guiletopdir = $(guilemoduledir)
@@ -89,9 +92,11 @@ scheme/moelab/autograd.go: scheme/moelab/tensor.go
 scheme/moelab/dist.go: scheme/moelab/tensor.go
 scheme/moelab/layer.go: scheme/moelab/tensor.go scheme/moelab/dist.go
 scheme/moelab/router.go: scheme/moelab/tensor.go scheme/moelab/dist.go
+scheme/moelab/nn.go: scheme/moelab/tensor.go
+scheme/moelab/train.go: scheme/moelab/tensor.go
 scheme/moelab.go: scheme/moelab/tensor.go scheme/moelab/ops.go scheme/moelab/autograd.go \
 	scheme/moelab/dist.go scheme/moelab/config.go scheme/moelab/layer.go \
-	scheme/moelab/router.go
+	scheme/moelab/router.go scheme/moelab/nn.go scheme/moelab/train.go
 
 # Installed .go files must be newer than the installed .scm files, or Guile
 # ignores them: install the sources first. (Named through variables so that
@@ -106,7 +111,10 @@ SCHEME_TESTS = \
 	tests/scheme/tensor.scm tests/scheme/ops.scm tests/scheme/autograd.scm \
 	tests/scheme/errors.scm tests/scheme/printing.scm tests/scheme/docs.scm \
 	tests/scheme/dist.scm tests/scheme/layer.scm tests/scheme/router.scm \
-	tests/scheme/router-modes.scm
+	tests/scheme/router-modes.scm \
+	tests/scheme/model.scm \
+	tests/scheme/train.scm \
+	tests/scheme/threads.scm tests/scheme/memory.scm
 TESTS += $(SCHEME_TESTS)
 TEST_EXTENSIONS = .scm
 SCM_LOG_COMPILER = $(top_builddir)/tests/scheme/run-test

@@ -17,6 +17,7 @@
 
 #include "dist/comm.h"
 #include "moelab-guile.h"
+#include "own-dirs.h"
 
 /* Where `make install` puts the Scheme modules and their compiled .go files
  * (set by scheme/program.mk). */
@@ -34,21 +35,6 @@ static void init_bindings(void *unused)
 {
     (void)unused;
     scm_init_moelab();
-}
-
-/* Put the program's own module directories in front of the load path held
- * by the Scheme variable VAR, so that the modules this program was built with
- * win over another moelab's on GUILE_LOAD_PATH or in Guile's site
- * directories. The environment variable ENV (a colon-separated list) replaces
- * the installed directory INSTALLED: pre-inst-env points it at the build
- * tree. */
-static void prepend_own_dirs(const char *var, const char *env, const char *installed)
-{
-    const char *dirs = getenv(env);
-    if (!dirs || !*dirs) dirs = installed;
-    if (!*dirs) return;
-    SCM v = scm_c_lookup(var);
-    scm_variable_set_x(v, scm_parse_path(scm_from_locale_string(dirs), scm_variable_ref(v)));
 }
 
 /* MOELAB_NUM_THREADS as a thread count, or 0 when unset or invalid. */

@@ -9,6 +9,10 @@
 ;;;   (moelab router)    routers, routings, load-balancing losses, balance trackers
 ;;;   (moelab layer)     the MoE layer: make-moe-layer, moe-forward, parameters
 ;;;   (moelab data)      tokenizers, token files, multi-domain text datasets
+;;;   (moelab nn)        the MoE transformer: make-moe-transformer, model-loss, attention
+;;;   (moelab train)     optimizers, clip-grad-norm!, lr schedules, metrics files
+;;;   (moelab plot)      figures through gnuplot: lines, heatmaps, bars, metrics files
+;;;   (moelab notebook)  rich display in notebooks: display-html, display-svg, display-figure
 ;;;   (moelab config)    %moelab-version and build facts
 ;;;
 ;;; @example
@@ -36,4 +40,5 @@
               (hashq-set! (module-replacements public) name #t))
             (module-add! public name var))
           iface)))
-     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router) (moelab data) (moelab config)))))
+     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router)
+       (moelab data) (moelab nn) (moelab train) (moelab plot) (moelab notebook) (moelab config)))))

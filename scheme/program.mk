@@ -32,6 +32,7 @@ PROGRAM_TESTS = \
 	tests/scheme/program-test.sh \
 	tests/scheme/repl-test.sh \
 	tests/scheme/embed-test.sh \
+	tests/scheme/listen-threads.sh \
 	tests/scheme/run-examples.sh
 TESTS += $(PROGRAM_TESTS)
 TEST_EXTENSIONS += .sh

@@ -114,6 +114,8 @@ fi
 
 # Every file in one of the places moelab installs to (a glob per place).
 allowed="$bindir/moelab
+$bindir/moelab-kernel
+$datadir/jupyter/kernels/moelab/*
 $libdir/libmoelab.*
 $libdir/libguile-moelab.*
 $pkgconfigdir/moelab.pc
@@ -144,6 +146,16 @@ for f in "$bindir/moelab" "$libdir/libmoelab.so" "$libdir/libguile-moelab.so" \
          "$guilemoduledir/moelab/repl.scm" "$guileobjectdir/moelab.go" "$infodir/moelab.info"; do
     if [ -e "$dest$f" ]; then pass "installed: $f"; else fail "not installed: $f"; fi
 done
+# The Jupyter kernelspec, where the kernel is built: kernel.json names the
+# installed program.
+if [ -e "$dest$bindir/moelab-kernel" ]; then
+    spec=$dest$datadir/jupyter/kernels/moelab
+    if grep -q "\"$bindir/moelab-kernel\"" "$spec/kernel.json" 2>/dev/null && [ -s "$spec/logo-64x64.png" ]; then
+        pass "installed: the kernelspec in $datadir/jupyter/kernels/moelab"
+    else
+        fail "the kernelspec in $datadir/jupyter/kernels/moelab"
+    fi
+fi
 # Guile ignores a .go file older than its source.
 nogo=
 for scm in $(cd "$dest$guilemoduledir" && find . -name '*.scm' | sed 's|^\./||'); do

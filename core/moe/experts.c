@@ -101,18 +101,9 @@ static moe_status deliver(moe_tensor *in, moe_tensor **g, moe_tensor **gin)
         *g = NULL;
         return MOE_OK;
     }
-    if (!in->grad) {
-        in->grad = *g; /* a fresh tensor nobody else holds */
-        *g = NULL;
-        return MOE_OK;
-    }
-    moe_tensor *sum;
-    MOE_TRY(moe_add(&sum, in->grad, *g)); /* not in place: others may hold the old grad */
-    moe_tensor_release(in->grad);
-    in->grad = sum;
-    moe_tensor_release(*g);
+    moe_tensor *fresh = *g; /* a new tensor nobody else holds */
     *g = NULL;
-    return MOE_OK;
+    return moe_grad_accumulate(in, fresh, true);
 }
 
 static moe_status gmlp_backward(moe_node *n, moe_tensor *grad, moe_tensor **gin)

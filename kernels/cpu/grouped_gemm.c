@@ -218,9 +218,11 @@ static inline double tanh_f64(double x) { return tanh(x); }
 
 /* The SwiGLU loops are compiled for AVX-512, AVX2 and baseline x86-64 and
  * picked at load time (GCC function multiversioning), so the vectorised exp
- * above runs 16 or 8 lanes wide on CPUs that have them. */
+ * above runs 16 or 8 lanes wide on CPUs that have them. Not under
+ * ThreadSanitizer: it instruments the resolver, which the dynamic loader
+ * runs before TSan has started, and the program crashes at load. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && \
-    defined(__linux__)
+    defined(__linux__) && !defined(__SANITIZE_THREAD__)
 #define SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define SIMD_CLONES

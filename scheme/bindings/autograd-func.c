@@ -52,7 +52,8 @@ SCM_DEFINE(moelab_tensor_grad, "%tensor-grad", 1, 0, 0, (SCM t),
 #define FUNC_NAME "tensor-grad"
 {
     moe_tensor *x = moelab_unwrap(t, 1, FUNC_NAME);
-    SCM r = x->grad ? moelab_wrap(moe_tensor_retain(x->grad)) : SCM_BOOL_F;
+    moe_tensor *g = moe_tensor_grad(x); /* a backward on another thread may replace it */
+    SCM r = g ? moelab_wrap(g) : SCM_BOOL_F;
     scm_remember_upto_here_1(t);
     return r;
 }
@@ -70,9 +71,7 @@ SCM_DEFINE(moelab_set_tensor_grad_x, "%set-tensor-grad!", 2, 0, 0, (SCM t, SCM g
         moelab_throw(FUNC_NAME, MOE_ERR_DTYPE, "gradient is %s on %s for a tensor that is %s on %s",
                      moe_dtype_name(g->dtype), moe_device_name(g->device), moe_dtype_name(x->dtype),
                      moe_device_name(x->device));
-    moe_tensor *old = x->grad;
-    x->grad = g ? moe_tensor_retain(g) : NULL;
-    moe_tensor_release(old);
+    moe_tensor_set_grad(x, g);
     scm_remember_upto_here_2(t, grad);
     return SCM_UNSPECIFIED;
 }

@@ -13,6 +13,10 @@
  *   dist-func.c     the <group> foreign object, with-ranks, collectives
  *   data-func.c     tokenizers and token files (data-func.h: shared with datasets)
  *   dataset-func.c  the <dataset> foreign object and batches
+ *   model-type.c    the <moe-transformer> foreign object
+ *   model-func.c    the transformer, attention and RoPE primitives
+ *   optim-func.c    optimizers, gradient clipping, learning-rate schedules
+ *   metrics-func.c  metrics files (JSONL) and Scheme data ↔ JSON
  *   gc-roots.c      keeps the collector from scanning the big numeric libraries
  *   init.c          scm_init_moelab: the (moelab primitives) module
  *
@@ -25,6 +29,8 @@
 
 #include "moelab-guile.h"
 #include "moelab.h"
+#include "nn/model.h"
+#include "nn/rope.h"
 
 /* Exported from the shared library (everything else is hidden). */
 #define MOELAB_API __attribute__((visibility("default")))
@@ -43,6 +49,12 @@ SCM moelab_wrap(moe_tensor *t);
 moe_tensor *moelab_unwrap(SCM obj, int pos, const char *subr);
 /* Like moelab_unwrap, but #f gives NULL. */
 moe_tensor *moelab_unwrap_opt(SCM obj, int pos, const char *subr);
+/* Tell the collector how much native memory (libmoelab's live bytes, every
+ * device) has grown since the last report, so that garbage tensors, layers
+ * and routings are collected before the process grows large. Called by
+ * moelab_wrap and by every primitive that hands Scheme another object that
+ * holds tensors. Guile mode only. */
+void moelab_report_native_memory(void);
 /* Release device tensors queued by finalizers (run on a Guile thread). */
 void moelab_drain_release_queue(void);
 /* Drop a reference from a finalizer: host tensors at once, device tensors
@@ -125,6 +137,28 @@ SCM moelab_router_metrics_alist(moe_router *r, const char *subr);
 /* CFG as an alist of (keyword-name . value), values as make-router takes them
  * (what router-config returns). */
 SCM moelab_router_config_alist(const moe_router_config *cfg);
+
+/* ---- layer-func.c ------------------------------------------------------------------ */
+/* The routing of L's last forward as moe-last-routing returns it (#f before
+ * the first). */
+SCM moelab_layer_routing_alist(const moe_layer *l);
+
+/* ---- model-type.c ------------------------------------------------------------------ */
+void moelab_init_model_type(void);
+/* Wrap M in a new <moe-transformer> (which owns it). */
+SCM moelab_wrap_model(moe_model *m);
+bool moelab_is_model(SCM obj);
+/* The live model in OBJ: wrong-type-arg when OBJ is not a <moe-transformer>,
+ * moelab-error when it has been freed. */
+moe_model *moelab_to_model(SCM obj, int pos, const char *subr);
+/* ---- metrics-func.c ------------------------------------------------------------------- */
+/* Scheme data as JSON (a new reference): alists → objects, lists and vectors
+ * → arrays, tensors → nested arrays, non-finite numbers → null. Raises
+ * moelab-error naming SUBR for anything else, before building anything. */
+json_t *moelab_to_json(SCM value, const char *subr);
+/* JSON as Scheme data: objects → alists with symbol keys, arrays → lists,
+ * null → +nan.0. */
+SCM moelab_from_json(json_t *j);
 
 /* ---- gc-roots.c -------------------------------------------------------------- */
 void moelab_init_gc_roots(void);

@@ -11,6 +11,9 @@ void moelab_init_layer_func(void); /* layer-func.c */
 void moelab_init_router_func(void); /* router-func.c */
 void moelab_init_data_func(void); /* data-func.c */
 void moelab_init_dataset_func(void); /* dataset-func.c */
+void moelab_init_model_func(void); /* model-func.c */
+void moelab_init_optim_func(void); /* optim-func.c */
+void moelab_init_metrics_func(void); /* metrics-func.c */
 
 static void define_primitives(void *data)
 {
@@ -27,6 +30,10 @@ static void define_primitives(void *data)
     moelab_init_layer_func();
     moelab_init_data_func();
     moelab_init_dataset_func();
+    moelab_init_model_type();
+    moelab_init_model_func();
+    moelab_init_optim_func();
+    moelab_init_metrics_func();
     scm_call_1(scm_c_public_ref("guile", "module-export-all!"), scm_current_module());
 }
 

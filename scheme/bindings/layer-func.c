@@ -110,13 +110,7 @@ SCM_DEFINE(moelab_make_moe_layer, "%make-moe-layer", 9, 0, 0,
     cfg.ep_group = moelab_to_group(ep_group, 7, FUNC_NAME);
     moe_layer *l;
     MOELAB_CHECK(FUNC_NAME, moe_layer_new(&l, &cfg));
-    /* the parameters are native memory the collector should know about */
-    size_t bytes = 0;
-    for (int i = 0, n = moe_layer_parameter_count(l); i < n; i++) {
-        moe_tensor *t;
-        if (moe_layer_parameter(l, i, NULL, &t) == MOE_OK && t->storage) bytes += t->storage->nbytes;
-    }
-    scm_gc_register_allocation(bytes);
+    moelab_report_native_memory(); /* the parameters */
     return scm_make_foreign_object_1(layer_class, l);
 }
 #undef FUNC_NAME
@@ -188,30 +182,33 @@ static SCM item_or_false(const moe_tensor *t)
     return scm_from_double(v);
 }
 
-SCM_DEFINE(moelab_moe_last_routing, "%moe-last-routing", 1, 0, 0, (SCM layer),
-           "The routing record of the last forward; see moe-last-routing.")
-#define FUNC_NAME "moe-last-routing"
+SCM moelab_layer_routing_alist(const moe_layer *l)
 {
-    moe_layer *l = layer_of(layer, 1, FUNC_NAME);
     const moe_routing *rt = moe_layer_last_routing(l);
     const moe_dispatch *d = moe_layer_last_dispatch(l);
     if (!rt || !d) return SCM_BOOL_F;
     SCM aux = SCM_EOL;
     for (int i = rt->n_aux - 1; i >= 0; i--)
         aux = scm_cons(scm_cons(sym(moe_aux_kind_name(rt->aux_kind[i])), item_or_false(rt->aux[i])), aux);
-    SCM r = scm_list_n(scm_cons(sym("weights"), wrap_retained(rt->weights)),
-                       scm_cons(sym("experts"), wrap_retained(rt->experts)),
-                       scm_cons(sym("kept"), wrap_retained(rt->kept)),
-                       scm_cons(sym("counts"), wrap_retained(rt->counts)),
-                       scm_cons(sym("tokens-per-expert"), int64_list(d->counts, d->E)),
-                       scm_cons(sym("dropped"), scm_from_int64(rt->dropped)),
-                       scm_cons(sym("capacity"),
-                                rt->capacity < 0 ? SCM_BOOL_F : scm_from_int64(rt->capacity)),
-                       scm_cons(sym("tokens"), scm_from_int64(rt->tokens)),
-                       scm_cons(sym("rows"), scm_from_int64(d->rows)),
-                       scm_cons(sym("aux-losses"), aux),
-                       scm_cons(sym("aux-total"), rt->n_aux ? item_or_false(rt->aux_total) : SCM_BOOL_F),
-                       SCM_UNDEFINED);
+    return scm_list_n(scm_cons(sym("weights"), wrap_retained(rt->weights)),
+                      scm_cons(sym("experts"), wrap_retained(rt->experts)),
+                      scm_cons(sym("kept"), wrap_retained(rt->kept)),
+                      scm_cons(sym("counts"), wrap_retained(rt->counts)),
+                      scm_cons(sym("tokens-per-expert"), int64_list(d->counts, d->E)),
+                      scm_cons(sym("dropped"), scm_from_int64(rt->dropped)),
+                      scm_cons(sym("capacity"), rt->capacity < 0 ? SCM_BOOL_F : scm_from_int64(rt->capacity)),
+                      scm_cons(sym("tokens"), scm_from_int64(rt->tokens)),
+                      scm_cons(sym("rows"), scm_from_int64(d->rows)),
+                      scm_cons(sym("aux-losses"), aux),
+                      scm_cons(sym("aux-total"), rt->n_aux ? item_or_false(rt->aux_total) : SCM_BOOL_F),
+                      SCM_UNDEFINED);
+}
+
+SCM_DEFINE(moelab_moe_last_routing, "%moe-last-routing", 1, 0, 0, (SCM layer),
+           "The routing record of the last forward; see moe-last-routing.")
+#define FUNC_NAME "moe-last-routing"
+{
+    SCM r = moelab_layer_routing_alist(layer_of(layer, 1, FUNC_NAME));
     scm_remember_upto_here_1(layer);
     return r;
 }

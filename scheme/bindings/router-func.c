@@ -22,9 +22,6 @@ static SCM router_class = SCM_BOOL_F;
 static SCM routing_class = SCM_BOOL_F;
 static SCM tracker_class = SCM_BOOL_F;
 
-/* Native memory is reported at this fraction (see moelab_wrap). */
-#define NATIVE_PER_HEAP 16
-
 static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
 /* Raise the last C error naming SUBR; the core may name the operation
@@ -98,8 +95,7 @@ SCM_DEFINE(moelab_make_router, "%make-router", 1, 0, 0, (SCM options),
     moelab_router_options(options, &cfg, FUNC_NAME);
     moe_router *r;
     ROUTER_CHECK(FUNC_NAME, moe_router_new(&r, &cfg));
-    moe_tensor *w = moe_router_weight(r);
-    scm_gc_register_allocation(moe_tensor_nbytes(w) / NATIVE_PER_HEAP);
+    moelab_report_native_memory(); /* its weight */
     return scm_make_foreign_object_1(router_class, r);
 }
 #undef FUNC_NAME
@@ -253,8 +249,7 @@ SCM_DEFINE(moelab_router_forward, "%router-forward", 5, 0, 0,
     scm_remember_upto_here_2(obj, x);
     scm_remember_upto_here_2(valid, bounds);
     scm_remember_upto_here_1(ids);
-    /* weights, ids, kept, logits and the graph's saved scores: a few [T E]-ish buffers */
-    scm_gc_register_allocation(3 * moe_tensor_nbytes(out->logits) / NATIVE_PER_HEAP);
+    moelab_report_native_memory(); /* weights, ids, kept, logits, the graph's saved scores */
     return scm_make_foreign_object_1(routing_class, out);
 }
 #undef FUNC_NAME

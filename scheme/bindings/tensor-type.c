@@ -12,6 +12,7 @@
  * that uses moelab. */
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,9 +20,6 @@
 #include "bindings.h"
 
 static SCM tensor_class = SCM_BOOL_F;
-
-/* See moelab_wrap. */
-#define NATIVE_PER_HEAP 16
 
 /* ---- deferred release of device tensors ----------------------------------- */
 
@@ -83,17 +81,41 @@ SCM moelab_tensor_class(void) { return tensor_class; }
 
 bool moelab_is_tensor(SCM obj) { return SCM_IS_A_P(obj, tensor_class); }
 
+/* ---- native memory and the collector ------------------------------------------
+ * Tensor memory is malloc'd (or on a GPU), out of the collector's sight: a
+ * loop that drops its results would otherwise grow until Scheme allocation
+ * alone triggers a collection, and a forward's graph (activations saved for
+ * backward, never wrapped) is many times its output. So every time a tensor
+ * reaches Scheme, the growth of libmoelab's live bytes (all devices, every
+ * storage, wrapped or not) since the last report is reported with
+ * scm_gc_register_allocation: Guile collects once the reported bytes pass
+ * its heap size, and the finalizers of garbage tensors give the memory back.
+ * Guile 3.0 has no way to report a release; the baseline simply follows live
+ * bytes down, so only new growth counts. */
+static _Atomic int64_t reported_live_bytes;
+
+static int64_t native_live_bytes(void)
+{
+    int64_t total = 0;
+    for (int d = 0; d < MOE_DEVICE_COUNT; d++) {
+        moe_memory_stats s;
+        moe_memory_stats_get((moe_device)d, &s);
+        total += s.live_bytes;
+    }
+    return total;
+}
+
+void moelab_report_native_memory(void)
+{
+    int64_t now = native_live_bytes();
+    int64_t before = atomic_exchange(&reported_live_bytes, now);
+    if (now > before) scm_gc_register_allocation((size_t)(now - before));
+}
+
 SCM moelab_wrap(moe_tensor *t)
 {
     moelab_drain_release_queue();
-    /* Tell the collector about fresh native memory, so that garbage tensors
-     * are finalized before the process grows large. Guile collects once the
-     * reported bytes pass its heap size; a Scheme heap is small next to
-     * tensor memory, so only a share is reported: tensor memory may reach
-     * about NATIVE_PER_HEAP times the Scheme heap between collections, which
-     * keeps collections (a few ms each) rare next to the ops. */
-    if (t->storage && t->storage->refcount == 1 && t->storage->allocator)
-        scm_gc_register_allocation(t->storage->nbytes / NATIVE_PER_HEAP);
+    moelab_report_native_memory();
     return scm_make_foreign_object_1(tensor_class, t);
 }
 

@@ -429,6 +429,16 @@ for fixed weights W, and prints the max abs/rel error and PASS or FAIL.
       (_ (error "grad-check: EXPR must give (list F X), got" fx)))
     (values)))
 
+(define-meta-command ((plot moelab) repl (form))
+  "plot EXPR
+Draw the figure EXPR evaluates to (plot-lines, plot-heatmap, plot-bars,
+plot-jsonl) in the terminal, with gnuplot's dumb terminal sized to $COLUMNS
+and $LINES."
+  (let ((fig (eval-in-repl repl form)))
+    (if (figure? fig)
+        (show-figure fig)
+        (format #t "not a figure: ~s~%" fig))))
+
 (define-meta-command ((mem moelab) repl)
   "mem
 Show live tensors and bytes per device."

@@ -251,18 +251,20 @@ server_pid=
 if [ -e "$tmp/repl.sock" ]; then fail "--listen: socket removed on SIGTERM"; else pass "--listen: socket removed on SIGTERM"; fi
 
 # TCP on loopback; port 0 lets the kernel choose, the server says which.
-$run --listen=0 </dev/null >"$tmp/server.out" 2>"$tmp/server.err" &
+# (A file of its own: the shell opens the redirection in the child, so a
+# reused name could still show the unix server's line when we first look.)
+$run --listen=0 </dev/null >"$tmp/tcp-server.out" 2>"$tmp/tcp-server.err" &
 server_pid=$!
 # (the whole line: stderr is unbuffered, the message may arrive in pieces)
-if wait_for "grep -q 'listening on .*(loopback only)' '$tmp/server.err'"; then
+if wait_for "grep -q 'listening on .*(loopback only)' '$tmp/tcp-server.err'"; then
     status=0
-    check "--listen=PORT: loopback only" 0 'listening on 127\.0\.0\.1:[0-9]' "$tmp/server.err"
-    port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/server.err")
+    check "--listen=PORT: loopback only" 0 'listening on 127\.0\.0\.1:[0-9]' "$tmp/tcp-server.err"
+    port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/tcp-server.err")
     $run "$tmp/client.scm" "$port" >"$tmp/session" 2>&1 </dev/null
     status=$?
     check_session "--listen=PORT"
 else
-    status=none; fail "--listen=PORT: server did not start"; cat "$tmp/server.err"
+    status=none; fail "--listen=PORT: server did not start"; cat "$tmp/tcp-server.err"
 fi
 kill "$server_pid" 2>/dev/null
 wait "$server_pid" 2>/dev/null

@@ -100,7 +100,8 @@ step ",routing" ",routing (router-forward rt (tensor '((1 0) (2 0) (3 0) (0 1)))
     {routing: T=4 tokens, E=4 experts, K=1} {expert 0 +3 +75\.0% +#{40}\r\n} \
     {expert 1 +1 +25\.0% +#{13}\r\n} {expert 2 +0 +0\.0% +dead} {expert 3 +0 +0\.0% +dead} \
     {MaxVio 2\.00 +CV 1\.22 +min 0 +max 3\r\n}
-step ",help moelab" ",help moelab" {,shape EXPR} {,describe-tensor EXPR} {,routing EXPR} {,grad-check EXPR} {,mem}
+step ",plot" ",plot (plot-bars (list 1 2 3))" {\+-+-+} {\*\*}
+step ",help moelab" ",help moelab" {,shape EXPR} {,describe-tensor EXPR} {,routing EXPR} {,grad-check EXPR} {,plot EXPR} {,mem}
 step ",describe shows docstrings" ",describe tensor" {[a-z]}
 step "~/.moelabrc was loaded" "from-rc" {"rc was loaded"}
 

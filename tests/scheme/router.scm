@@ -498,41 +498,9 @@
 ;;; case's settings become make-router keywords (so the option parser must
 ;;; map every field as the C test does) or load-balancing-loss keywords.
 ;;; Format (see tests/unit/check_router_refs.c): "case NAME", "set KEY VALUE",
-;;; "tensor NAME DTYPE NDIM DIMS… VALUES…" (NAME#m for micro-batch m).
+;;; "tensor NAME DTYPE NDIM DIMS… VALUES…" (NAME#m for micro-batch m); read
+;;; by read-ref-cases (common.scm).
 
-(use-modules (ice-9 rdelim))
-
-(define (parse-ref-tensor fields)
-  ;; ("tensor" name dtype ndim dims… values…) → (name . tensor)
-  (let* ((name (list-ref fields 1))
-         (dtype (string->symbol (list-ref fields 2)))
-         (nd (string->number (list-ref fields 3)))
-         (dims (map string->number (list-head (list-tail fields 4) nd)))
-         (values (map string->number (list-tail fields (+ 4 nd)))))
-    (cons name (if (zero? nd)
-                   (tensor (car values) #:dtype dtype)
-                   (tensor values #:dtype dtype #:shape dims)))))
-
-(define (read-ref-cases path)
-  ;; → list of (name sets tensors), sets and tensors alists keyed by strings
-  (define (done cur cases) (if cur (cons (map (lambda (x) (if (list? x) (reverse x) x)) cur) cases) cases))
-  (call-with-input-file path
-    (lambda (port)
-      (let loop ((cases '()) (cur #f))
-        (let ((line (read-line port)))
-          (cond ((eof-object? line) (reverse (done cur cases)))
-                ((string-prefix? "case " line)
-                 (loop (done cur cases) (list (substring line 5) '() '())))
-                ((and cur (string-prefix? "set " line))
-                 (let* ((rest (substring line 4)) (sp (string-index rest #\space)))
-                   (loop cases (list (car cur)
-                                     (cons (cons (substring rest 0 sp) (substring rest (+ sp 1)))
-                                           (cadr cur))
-                                     (caddr cur)))))
-                ((and cur (string-prefix? "tensor " line))
-                 (loop cases (list (car cur) (cadr cur)
-                                   (cons (parse-ref-tensor (string-split line #\space)) (caddr cur)))))
-                (else (loop cases cur))))))))
 
 (define (ref-set c key) (assoc-ref (cadr c) key))
 (define* (ref-num c key #:optional default)

@@ -1,0 +1,120 @@
+/* clip.c — the global L2 norm of the gradients and clipping to a maximum,
+ * as PyTorch's clip_grad_norm_ (norm type 2): scale = max / (norm + 1e-6),
+ * applied only when it is below 1. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "../../kernels/cpu/optim.h"
+#include "../internal.h"
+#include "optim.h"
+
+static moe_status check_grads(const char *op, int n, moe_tensor *const *params)
+{
+    if (n < 0) return moe_fail(MOE_ERR_ARG, op, "negative parameter count %d", n);
+    if (n > 0) MOE_CHECK_NOT_NULL(op, params);
+    for (int i = 0; i < n; i++) {
+        if (!params[i]) return moe_fail(MOE_ERR_ARG, op, "parameter %d is NULL", i);
+        moe_tensor *g = params[i]->grad;
+        if (!g) continue;
+        if (g->dtype != MOE_F32 && g->dtype != MOE_F64)
+            return moe_fail(MOE_ERR_DTYPE, op, "the gradient of parameter %d is %s; expected f32 or f64", i,
+                            moe_dtype_name(g->dtype));
+        if (g->device != MOE_CPU)
+            return moe_fail(MOE_ERR_DEVICE, op, "the gradient of parameter %d is on %s: no %s kernel for %s yet", i,
+                            moe_device_name(g->device), moe_device_name(g->device), op);
+    }
+    return MOE_OK;
+}
+
+/* Σ g² of one gradient, any layout. */
+static moe_status grad_sum_squares(double *out, moe_tensor *g)
+{
+    moe_tensor *c;
+    MOE_TRY(moe_contiguous(&c, g));
+    *out = moe_cpu_sum_squares(c->dtype, moe_tensor_data(c), moe_tensor_numel(c));
+    moe_tensor_release(c);
+    return MOE_OK;
+}
+
+static moe_status norm_of(const char *op, double *total_norm, int n, moe_tensor *const *params)
+{
+    MOE_TRY(check_grads(op, n, params));
+    MOE_NO_GRAD_BEGIN;
+    double sum = 0;
+    moe_status st = MOE_OK;
+    for (int i = 0; i < n && st == MOE_OK; i++) {
+        double s = 0;
+        if (params[i]->grad) st = grad_sum_squares(&s, params[i]->grad);
+        sum += s;
+    }
+    MOE_NO_GRAD_END;
+    if (st == MOE_OK) *total_norm = sqrt(sum);
+    return st;
+}
+
+moe_status moe_grad_norm(double *total_norm, int n, moe_tensor *const *params)
+{
+    return norm_of("grad-norm", total_norm, n, params);
+}
+
+/* True when G may be scaled where it lies: contiguous, the only view of its
+ * storage, and not the gradient of an earlier parameter too. */
+static bool scale_in_place(moe_tensor *const *params, int i)
+{
+    moe_tensor *g = params[i]->grad;
+    if (!moe_tensor_is_contiguous(g) || g->storage->refcount != 1) return false;
+    for (int j = 0; j < i; j++)
+        if (params[j]->grad == g) return false;
+    return true;
+}
+
+moe_status moe_clip_grad_norm(double *total_norm, int n, moe_tensor *const *params, double max_norm)
+{
+    const char *op = "clip-grad-norm!";
+    if (!(max_norm > 0) || !isfinite(max_norm))
+        return moe_fail(MOE_ERR_ARG, op, "max must be finite and > 0, got %g", max_norm);
+    double norm;
+    MOE_TRY(norm_of(op, &norm, n, params));
+    *total_norm = norm;
+    double scale = max_norm / (norm + 1e-6);
+    if (!isfinite(norm) || scale >= 1.0) return MOE_OK;
+    /* Copies first (they may fail), then the scaling (it cannot). In the
+     * usual case every gradient is scaled where it lies and nothing is
+     * allocated. */
+    bool all_in_place = true;
+    for (int i = 0; i < n && all_in_place; i++) all_in_place = !params[i]->grad || scale_in_place(params, i);
+    if (all_in_place) {
+        for (int i = 0; i < n; i++) {
+            moe_tensor *g = params[i]->grad;
+            if (g) {
+                moe_cpu_scale(g->dtype, moe_tensor_data(g), moe_tensor_numel(g), scale);
+                moe_tensor_bump_version(g);
+            }
+        }
+        return MOE_OK;
+    }
+    moe_tensor **fresh = calloc((size_t)n, sizeof *fresh);
+    if (!fresh) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    moe_status st = MOE_OK;
+    MOE_NO_GRAD_BEGIN;
+    for (int i = 0; i < n && st == MOE_OK; i++)
+        if (params[i]->grad && !scale_in_place(params, i)) st = moe_clone(&fresh[i], params[i]->grad);
+    MOE_NO_GRAD_END;
+    if (st == MOE_OK) {
+        for (int i = 0; i < n; i++) {
+            if (fresh[i]) {
+                moe_tensor_release(params[i]->grad);
+                params[i]->grad = fresh[i];
+                fresh[i] = NULL;
+            }
+            moe_tensor *g = params[i]->grad;
+            if (g) {
+                moe_cpu_scale(g->dtype, moe_tensor_data(g), moe_tensor_numel(g), scale);
+                moe_tensor_bump_version(g);
+            }
+        }
+    }
+    for (int i = 0; i < n; i++) moe_tensor_release(fresh[i]);
+    free(fresh);
+    return st;
+}

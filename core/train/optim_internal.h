@@ -1,0 +1,48 @@
+/* optim_internal.h — the optimizer object, shared by optim.c (parameters,
+ * state, checks) and the update rules adamw.c and sgd.c; not installed. */
+#ifndef MOELAB_TRAIN_OPTIM_INTERNAL_H
+#define MOELAB_TRAIN_OPTIM_INTERNAL_H
+
+#include "optim.h"
+
+#define MOE_OPTIM_MAX_SLOTS 2
+
+/* What differs between optimizers: the per-parameter state tensors and the
+ * update of one parameter from its (contiguous) gradient. */
+typedef struct moe_optim_rule {
+    moe_optim_kind kind;
+    const char *op; /* the Scheme procedure that makes one */
+    void (*update)(moe_optimizer *opt, int i, const moe_tensor *grad);
+} moe_optim_rule;
+
+struct moe_optimizer {
+    const moe_optim_rule *rule;
+    union {
+        moe_adamw_config adamw;
+        moe_sgd_config sgd;
+    } cfg;
+    double lr;
+    int64_t step;
+    int n;
+    char **names;          /* [n] */
+    moe_tensor **params;   /* [n], retained */
+    bool *decay;           /* [n] */
+    int64_t *param_steps;  /* [n] */
+    int n_slots;           /* state tensors per parameter */
+    const char *slot_names[MOE_OPTIM_MAX_SLOTS];
+    moe_tensor **slots;    /* [n][n_slots], zeros of each parameter's shape */
+    char **state_names;    /* [1 + n·(1 + n_slots)] */
+    moe_tensor **grads;    /* [n], scratch of a step: no allocation per step */
+};
+
+static inline moe_tensor *moe_optim_slot(const moe_optimizer *opt, int i, int k)
+{
+    return opt->slots[i * opt->n_slots + k];
+}
+
+/* optim.c: the common part of moe_adamw_new / moe_sgd_new. */
+moe_status moe_optimizer_make(moe_optimizer **out, const moe_optim_rule *rule, double lr, int n,
+                              const char *const *names, moe_tensor *const *params, int n_slots,
+                              const char *const *slot_names);
+
+#endif
