@@ -9,10 +9,9 @@
  *     if (moe_on_cuda(r))
  *         st = MOE_CUDA(moe_cuda_binary(kind, ct, moe_tensor_data(r),
  *                                       moe_tensor_data(ac), moe_tensor_data(bc), &it));
- *     else if (ct == MOE_F32)
- *         moe_cpu_binary_f32(kind, moe_tensor_data(r), ...);
  *     else
- *         moe_cpu_binary_f64(kind, moe_tensor_data(r), ...);
+ *         moe_cpu_binary(kind, ct, moe_tensor_data(r), moe_tensor_data(ac),
+ *                        moe_tensor_data(bc), &it);
  *
  * - Tensors an op allocates live on its inputs' device (never MOE_CPU).
  * - Copies and dtype conversions go through moe_copy_elements and

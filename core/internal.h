@@ -82,14 +82,10 @@ moe_status moe_grad_accumulate(moe_tensor *leaf, moe_tensor *g, bool fresh);
 void moe_node_keep_dim_shape(moe_node *n, int d, const moe_tensor *t);
 moe_status moe_gather_backward(moe_node *n, moe_tensor *g, moe_tensor **gin);
 
-/* kernels/cpu/copy.c: dst ← src elementwise; same shape (src may have zero
- * strides from a broadcast), any dtypes, CPU. */
-void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src);
-void moe_cpu_fill(moe_tensor *t, double value);
-/* Row-major position of the first element v of T (CPU, any strides and
- * dtype) for which (LO <= v && v <= HI) == INSIDE (NaN is never inside), or
- * -1; its value goes to *VALUE. */
-int64_t moe_cpu_find_first(const moe_tensor *t, double lo, double hi, bool inside, double *value);
+/* The strided copy, fill and range search on the CPU (kernels/cpu/copy.c). */
+#include "../kernels/cpu/copy.h"
+/* The counter-based random bits, shared with the CUDA kernels. */
+#include "../kernels/rng.h"
 
 /* ---- values that an integer dtype cannot hold (core/view.c) ------------------ */
 /* Fails naming OP when VALUE (NaN, infinite, or out of range) has no

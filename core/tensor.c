@@ -484,22 +484,9 @@ void moe_rng_init(moe_rng *rng, uint64_t seed)
 moe_rng *moe_rng_default(void) { return &default_rng; }
 void moe_manual_seed(uint64_t seed) { moe_rng_init(&default_rng, seed); }
 
-/* splitmix64 finaliser: a strong 64-bit mix of (seed, counter). */
-static inline uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static inline uint64_t rng_bits(uint64_t seed, uint64_t i)
-{
-    return mix64(mix64(seed + 0x9e3779b97f4a7c15ull) ^ (i * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull));
-}
-
 double moe_rng_uniform(uint64_t seed, uint64_t i)
 {
-    return (double)(rng_bits(seed, i) >> 11) * 0x1.0p-53;
+    return moe_rng_bits_uniform(seed, i); /* kernels/rng.h: the device draws the same */
 }
 
 /* Reserve N counter values from RNG (the default one when NULL). */
@@ -532,7 +519,7 @@ static moe_status draw(moe_tensor **out, moe_rng *rng, moe_dtype dtype, moe_devi
             v = sqrt(-2.0 * log1p(-u1)) * cos(6.283185307179586 * u2);
         } else {
             uint64_t span = (uint64_t)(high - low);
-            v = (double)(low + (int64_t)(rng_bits(seed, base + (uint64_t)i) % span));
+            v = (double)(low + (int64_t)(moe_rng_bits(seed, base + (uint64_t)i) % span));
         }
         if (dtype == MOE_F32 && kind == DRAW_UNIFORM && v >= 1.0f) v = 0x1.fffffep-1;
         moe_dtype_store(dtype, p + i * (int64_t)sz, v);
@@ -580,7 +567,7 @@ moe_status moe_tensor_permutation(moe_tensor **out, moe_rng *rng, moe_device dev
     for (int64_t i = 0; i < n; i++) p[i] = i;
     uint64_t seed, base = rng_take(rng, (uint64_t)n, &seed);
     for (int64_t i = n - 1; i > 0; i--) { /* Fisher–Yates */
-        int64_t j = (int64_t)(rng_bits(seed, base + (uint64_t)i) % (uint64_t)(i + 1));
+        int64_t j = (int64_t)(moe_rng_bits(seed, base + (uint64_t)i) % (uint64_t)(i + 1));
         int64_t tmp = p[i];
         p[i] = p[j];
         p[j] = tmp;

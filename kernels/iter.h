@@ -1,7 +1,7 @@
 /* iter.h — what an elementwise loop computes and over which elements:
- * the op codes and the iteration description shared by the CPU loops
- * (kernels/cpu/elementwise.c, which also implements moe_iter_init) and the
- * CUDA kernels (kernels/cuda/elementwise.cu). Plain C, includable from C++.
+ * the op codes and the iteration description (built by iter.c) shared by
+ * the CPU loops (kernels/cpu/elementwise.c) and the CUDA kernels
+ * (kernels/cuda/elementwise.cu). Plain C, includable from C++.
  *
  * A moe_iter describes a contiguous output of shape [N] (dims coalesced)
  * and, per input, element strides aligned to it (0 where the input is

@@ -9,6 +9,8 @@
 
 #include "comm.h"
 
+#include "../../kernels/cpu/collective.h"
+
 /* Descriptor kinds: also the names used in messages. */
 typedef enum moe_coll_kind {
     MOE_COLL_ALL_REDUCE,
@@ -65,7 +67,7 @@ struct moe_group {
     const moe_comm_backend *ops;
     int rank, size;
     int *world_ranks; /* [size] world rank of each member */
-    int refcount;     /* handles are per rank: touched by one thread */
+    int refcount;     /* atomic: see moe_group_release */
     void *impl;       /* backend state */
     moe_group *nccl;  /* device communicator over the same ranks, or NULL */
     char name[32];
@@ -96,15 +98,11 @@ struct moe_work {
 moe_status moe_comm_check_peers(moe_group *g, moe_coll_kind kind, int64_t count, moe_dtype dt,
                                 int64_t op_or_root);
 
-/* DST[i] = OP over SRCS[0..n)[i], sources taken in that order (deterministic);
- * DST may alias a source. bf16 accumulates in f32 and rounds once; AVG divides
- * the sum by N (integers: truncated). OpenMP-parallel over elements. */
-void moe_comm_reduce_n(void *dst, const void *const *srcs, int n, int64_t count, moe_dtype dt,
-                       moe_reduce_op op);
-/* BUFS[k][i] = OP over BUFS[0..n)[i] (rank order) for every k: the fused
- * reduce-scatter + all-gather of one slice, each element read once from every
- * buffer and written once to every buffer. */
-void moe_comm_reduce_bcast(void *const *bufs, int n, int64_t count, moe_dtype dt, moe_reduce_op op);
+/* The host reductions of the threads and MPI backends are kernels
+ * (kernels/cpu/collective.c); their op enum mirrors moe_reduce_op. */
+_Static_assert((int)MOE_CPU_REDUCE_SUM == (int)MOE_REDUCE_SUM && (int)MOE_CPU_REDUCE_AVG == (int)MOE_REDUCE_AVG
+                   && (int)MOE_CPU_REDUCE_MAX == (int)MOE_REDUCE_MAX && (int)MOE_CPU_REDUCE_MIN == (int)MOE_REDUCE_MIN,
+               "moe_cpu_reduce_op mirrors moe_reduce_op");
 
 /* The poison/abort hook of G's backend, if any. */
 void moe_comm_poison(moe_group *g, moe_status code);

@@ -269,7 +269,7 @@ static moe_status ordered_reduce_scatter(moe_group *g, void *recv, const void *s
     int rc = MPI_Ialltoallv(send, c, c + n, mpi_type(dt), buf, c + 2 * n, c + 3 * n, mpi_type(dt), comm_of(g), &req);
     moe_status st = rc == MPI_SUCCESS ? await1(g, opn, &req, count * (int64_t)esz)
                                       : mpi_fail(rc, opn, "MPI_Ialltoallv", __FILE__, __LINE__);
-    if (st == MOE_OK) moe_comm_reduce_n(recv, srcs, n, mylen, dt, op);
+    if (st == MOE_OK) moe_cpu_reduce_n(dt, recv, srcs, n, mylen, (moe_cpu_reduce_op)op);
     free(c);
     free(srcs);
     return st;

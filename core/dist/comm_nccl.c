@@ -37,6 +37,8 @@
 #include <nccl.h>
 #pragma GCC diagnostic pop
 
+#include "../../kernels/cuda/check.h"
+
 /* ---- the library, opened on first use ------------------------------------------- */
 
 static struct nccl_api {
@@ -108,14 +110,6 @@ static moe_status nccl_load(void)
         if (nccl_rc_ != ncclSuccess)                                                       \
             return moe_fail(MOE_ERR_BACKEND, op, "%s failed (%s:%d): %s", #call, __FILE__, \
                             __LINE__, api.GetErrorString(nccl_rc_));                       \
-    } while (0)
-
-#define CHECK_CUDA(op, call)                                                               \
-    do {                                                                                   \
-        cudaError_t cuda_rc_ = (call);                                                     \
-        if (cuda_rc_ != cudaSuccess)                                                       \
-            return moe_fail(MOE_ERR_BACKEND, op, "%s failed (%s:%d): %s", #call, __FILE__, \
-                            __LINE__, cudaGetErrorString(cuda_rc_));                       \
     } while (0)
 
 typedef struct nccl_impl {

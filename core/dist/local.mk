@@ -1,7 +1,8 @@
 ## core/dist/local.mk — collectives, process groups, mesh: sources and tests.
 ## Headers install under $(includedir)/moelab/dist and are included as "dist/comm.h".
 libmoelab_la_SOURCES += \
-	core/dist/comm.c core/dist/comm_impl.h core/dist/comm_threads.c core/dist/mesh.c
+	core/dist/comm.c core/dist/comm_impl.h core/dist/comm_threads.c core/dist/mesh.c \
+	kernels/cpu/collective.c kernels/cpu/collective.h
 moelabdistdir = $(includedir)/moelab/dist
 moelabdist_HEADERS = core/dist/comm.h core/dist/mesh.h
 

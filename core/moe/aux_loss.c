@@ -18,45 +18,6 @@
 
 #include "moe_internal.h"
 
-/* ---- names ------------------------------------------------------------------------ */
-
-static const char *const score_names[] = {"softmax", "sigmoid", "sqrtsoftplus"};
-static_assert(sizeof score_names / sizeof *score_names == MOE_SCORE_FN_COUNT, "score names");
-static const char *const aux_names[] = {"micro-batch",      "sequence",      "global-batch",
-                                        "olmo-local-batch", "olmo-instance", "megablocks",
-                                        "z"};
-static_assert(sizeof aux_names / sizeof *aux_names == MOE_AUX_KIND_COUNT, "aux names");
-
-const char *moe_score_fn_name(moe_score_fn f)
-{
-    return (unsigned)f < MOE_SCORE_FN_COUNT ? score_names[f] : "?";
-}
-
-bool moe_score_fn_parse(const char *name, moe_score_fn *out)
-{
-    for (int i = 0; i < MOE_SCORE_FN_COUNT; i++)
-        if (name && strcmp(name, score_names[i]) == 0) {
-            *out = (moe_score_fn)i;
-            return true;
-        }
-    return false;
-}
-
-const char *moe_aux_kind_name(moe_aux_kind k)
-{
-    return (unsigned)k < MOE_AUX_KIND_COUNT ? aux_names[k] : "?";
-}
-
-bool moe_aux_kind_parse(const char *name, moe_aux_kind *out)
-{
-    for (int i = 0; i < MOE_AUX_KIND_COUNT; i++)
-        if (name && strcmp(name, aux_names[i]) == 0) {
-            *out = (moe_aux_kind)i;
-            return true;
-        }
-    return false;
-}
-
 bool moe_aux_kind_is_sequence(moe_aux_kind k)
 {
     return k == MOE_AUX_SEQUENCE || k == MOE_AUX_OLMO_INSTANCE;
@@ -459,7 +420,7 @@ static void aux_row_f64(const aux_ctx *c, int64_t t, double g, const double *W, 
         }
         double D = S + c->eps;
         for (int64_t j = 0; j < E; j++)
-            w[j] = (W[j] / D - cw / (D * D)) * moe_score_deriv(c->score, s[j], c->offset);
+            w[j] = (W[j] / D - cw / (D * D)) * moe_score_deriv((moe_cpu_score)c->score, s[j], c->offset);
     }
     if (c->zterm.on && c->zterm.n_valid > 0) {
         double coef = c->zterm.coeff * 2.0 * c->lse[t] / c->zterm.n_valid;
@@ -506,7 +467,7 @@ static void aux_row_f32(const aux_ctx *c, int64_t t, double g, const float *W, c
     if (c->score == MOE_SCORE_SQRTSOFTPLUS) { /* p = s/D as below, ds/dz from s, in double */
         double D = (double)S + c->eps;
         for (int64_t j = 0; j < E; j++) {
-            double v = ((double)W[j] / D - (double)dot / (D * D)) * moe_score_deriv(c->score, s[j], c->offset);
+            double v = ((double)W[j] / D - (double)dot / (D * D)) * moe_score_deriv((moe_cpu_score)c->score, s[j], c->offset);
             if (zon) v += (double)coef * exp((double)z[j] - c->lse[t]);
             dz[j] = (float)(g * v);
         }
@@ -958,7 +919,7 @@ static moe_status loss_prepare(loss_in *in, const char *op, moe_tensor *logits,
     }
     moe_route_plan p = {
         .T = T, .E = E, .K = K, .dtype = z->dtype, .z = moe_tensor_data(z), .valid = in->valid,
-        .score = o->score, .score_offset = o->score_offset, .loss_eps = o->sigmoid_eps,
+        .score = (moe_cpu_score)o->score, .score_offset = o->score_offset, .loss_eps = o->sigmoid_eps,
         .select = false, .count_topk = true, .s = moe_tensor_data(in->s), .rowsum = in->rowsum,
         .lse = need_lse ? in->lse : NULL, .count_ids = o->routing_ids ? NULL : in->count_ids,
     };

@@ -1,31 +1,18 @@
-/* config.c — router configuration: defaults, name tables, the reference
- * presets and validation (every bad input is a clear error). See router.h for
- * what each preset sets. */
+/* config.c — router configuration: defaults, the name tables of the router's
+ * and the losses' enums, the reference presets and validation (every bad
+ * input is a clear error). See router.h for what each preset sets. */
 #include <assert.h>
 #include <math.h>
 #include <string.h>
 
+#include "../names.h"
 #include "moe_internal.h"
 
 /* ---- name tables -------------------------------------------------------------------- */
 
-#define NAME_TABLE(type, prefix, count, ...)                                              \
-    static const char *const prefix##_names[] = {__VA_ARGS__};                            \
-    static_assert(sizeof prefix##_names / sizeof *prefix##_names == count, #prefix);      \
-    const char *moe_##prefix##_name(type v)                                               \
-    {                                                                                     \
-        return (unsigned)v < (unsigned)count ? prefix##_names[v] : "?";                   \
-    }                                                                                     \
-    bool moe_##prefix##_parse(const char *name, type *out)                                \
-    {                                                                                     \
-        for (unsigned i = 0; name && i < (unsigned)count; i++)                            \
-            if (strcmp(name, prefix##_names[i]) == 0) {                                   \
-                *out = (type)i;                                                           \
-                return true;                                                              \
-            }                                                                             \
-        return false;                                                                     \
-    }
-
+NAME_TABLE(moe_score_fn, score_fn, MOE_SCORE_FN_COUNT, "softmax", "sigmoid", "sqrtsoftplus")
+NAME_TABLE(moe_aux_kind, aux_kind, MOE_AUX_KIND_COUNT, "micro-batch", "sequence", "global-batch",
+           "olmo-local-batch", "olmo-instance", "megablocks", "z")
 NAME_TABLE(moe_norm_mode, norm_mode, MOE_NORM_MODE_COUNT, "auto", "on", "off")
 NAME_TABLE(moe_capacity_formula, capacity_formula, MOE_CAPACITY_FORMULA_COUNT, "megatron", "megablocks")
 NAME_TABLE(moe_drop_policy, drop_policy, MOE_DROP_POLICY_COUNT, "probs", "position")

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../kernels/cpu/grouped_gemm.h"
+#include "../../kernels/cpu/permute.h"
 #include "../../kernels/cuda/permute.h"
 #include "../device.h"
 #include "internal.h"

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../kernels/cpu/grouped_gemm.h"
+#include "../../kernels/cpu/permute.h"
 #include "../dist/comm.h"
 #include "experts.h"
 #include "internal.h"

@@ -306,11 +306,7 @@ done:
 /* splitmix64: one well-mixed seed per (seed, parameter, expert). */
 static uint64_t mix_seed(uint64_t seed, uint64_t param, uint64_t expert)
 {
-    uint64_t z = seed ^ (param * 0x9e3779b97f4a7c15ull) ^ (expert * 0xd1b54a32d192ed03ull);
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return moe_splitmix64(seed ^ (param * MOE_SPLITMIX64_GAMMA) ^ (expert * 0xd1b54a32d192ed03ull));
 }
 
 /* A [E R C] parameter whose expert slice e is N(0, 1) · SCALE drawn from

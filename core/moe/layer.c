@@ -165,14 +165,6 @@ void moe_layer_set_training(moe_layer *l, bool training) { moe_router_set_traini
 
 /* ---- creation ------------------------------------------------------------------------ */
 
-static uint64_t mix64(uint64_t z)
-{
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* A leaf of SHAPE: N(0, 1)·SCALE from its own stream of SEED, or zeros when
  * SCALE is 0. */
 static moe_status param_new(moe_tensor **out, moe_dtype dt, int ndim, const int64_t *shape,
@@ -183,7 +175,7 @@ static moe_status param_new(moe_tensor **out, moe_dtype dt, int ndim, const int6
         MOE_TRY(moe_tensor_zeros(out, dt, MOE_CPU, ndim, shape));
     } else {
         moe_rng rng;
-        moe_rng_init(&rng, mix64(seed ^ mix64(stream)));
+        moe_rng_init(&rng, moe_splitmix64(seed ^ moe_splitmix64(stream)));
         moe_tensor *r;
         MOE_TRY(moe_tensor_randn(&r, &rng, dt, MOE_CPU, ndim, shape));
         moe_status st = moe_mul_scalar(out, r, scale);

@@ -5,7 +5,7 @@ libmoelab_la_SOURCES += \
 	core/moe/experts.c core/moe/experts.h \
 	core/moe/expert_parallel.c \
 	core/moe/layer.c core/moe/layer.h \
-	kernels/cpu/grouped_gemm.c kernels/cpu/grouped_gemm.h
+	kernels/cpu/grouped_gemm.c kernels/cpu/grouped_gemm.h kernels/cpu/permute.c kernels/cpu/permute.h
 ## Installed beside router.h (moelabmoedir, core/moe/local.mk): included as "moe/layer.h".
 moelabmoe_HEADERS += core/moe/dispatch.h core/moe/experts.h core/moe/layer.h
 

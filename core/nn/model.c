@@ -206,14 +206,6 @@ static slot *find_slot(const moe_model *m, const char *name)
 
 /* ---- initialisation ------------------------------------------------------------------------ */
 
-static uint64_t mix64(uint64_t z)
-{
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static uint64_t name_hash(const char *s) /* FNV-1a */
 {
     uint64_t h = 0xcbf29ce484222325ull;
@@ -241,7 +233,7 @@ static moe_status init_slot(const moe_model *m, slot *s)
         double scale = c->init_std;
         if (ends_with(s->name, ".wo") || ends_with(s->name, "w-down")) scale /= sqrt(2.0 * (double)c->layers);
         moe_rng rng;
-        moe_rng_init(&rng, mix64(c->seed ^ mix64(name_hash(s->name))));
+        moe_rng_init(&rng, moe_splitmix64(c->seed ^ moe_splitmix64(name_hash(s->name))));
         MOE_TRYG(moe_tensor_randn(&r, &rng, c->dtype, MOE_CPU, t->ndim, t->shape));
         MOE_TRYG(moe_mul_scalar(&v, r, scale));
         st = moe_tensor_copy_(t, v);
@@ -291,7 +283,7 @@ static moe_status make_block(moe_model *m, int64_t l)
     lc.router = c->router;
     lc.router.dtype = dt;
     lc.router.num_moe_layers = m->n_moe;
-    lc.seed = mix64(c->seed ^ mix64((uint64_t)l + 1));
+    lc.seed = moe_splitmix64(c->seed ^ moe_splitmix64((uint64_t)l + 1));
     lc.device = c->device;
     MOE_TRY(moe_layer_new(&b->moe, &lc));
     return MOE_OK;

@@ -88,10 +88,8 @@ static moe_status binary_compute(const char *op, moe_binop kind, moe_tensor **ou
     if (moe_on_cuda(r))
         MOE_TRYG(MOE_CUDA(moe_cuda_binary(kind, ct, moe_tensor_data(r), moe_tensor_data(ac),
                                           moe_tensor_data(bc), &it)));
-    else if (ct == MOE_F32)
-        moe_cpu_binary_f32(kind, moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(bc), &it);
     else
-        moe_cpu_binary_f64(kind, moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(bc), &it);
+        moe_cpu_binary(kind, ct, moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(bc), &it);
     st = moe_from_compute(out, r, rt);
     r = NULL;
 done:
@@ -286,12 +284,9 @@ moe_status moe_where(moe_tensor **out, moe_tensor *cond, moe_tensor *a, moe_tens
     if (moe_on_cuda(r))
         MOE_TRYG(MOE_CUDA(moe_cuda_where(ct, moe_tensor_data(r), moe_tensor_data(cond),
                                          moe_tensor_data(ac), moe_tensor_data(bc), &it)));
-    else if (ct == MOE_F32)
-        moe_cpu_where_f32(moe_tensor_data(r), moe_tensor_data(cond), moe_tensor_data(ac),
-                          moe_tensor_data(bc), &it);
     else
-        moe_cpu_where_f64(moe_tensor_data(r), moe_tensor_data(cond), moe_tensor_data(ac),
-                          moe_tensor_data(bc), &it);
+        moe_cpu_where(ct, moe_tensor_data(r), moe_tensor_data(cond), moe_tensor_data(ac), moe_tensor_data(bc),
+                      &it);
     st = moe_from_compute(&res, r, rt);
     r = NULL;
     if (st != MOE_OK) goto done;
@@ -337,10 +332,8 @@ moe_status moe_masked_fill(moe_tensor **out, moe_tensor *a, moe_tensor *mask, do
     if (moe_on_cuda(r))
         MOE_TRYG(MOE_CUDA(moe_cuda_masked_fill(ct, moe_tensor_data(r), moe_tensor_data(ac),
                                                moe_tensor_data(mask), value, &it)));
-    else if (ct == MOE_F32)
-        moe_cpu_masked_fill_f32(moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(mask), value, &it);
     else
-        moe_cpu_masked_fill_f64(moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(mask), value, &it);
+        moe_cpu_masked_fill(ct, moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(mask), value, &it);
     st = moe_from_compute(&res, r, a->dtype);
     r = NULL;
     if (st != MOE_OK) goto done;
@@ -378,12 +371,8 @@ moe_status moe_compare_op(moe_tensor **out, moe_tensor *a, moe_tensor *b, moe_co
     if (moe_on_cuda(r))
         MOE_TRYG(MOE_CUDA(moe_cuda_compare((moe_cmp)cmp, ct, moe_tensor_data(r), moe_tensor_data(ac),
                                            moe_tensor_data(bc), &it)));
-    else if (ct == MOE_F32)
-        moe_cpu_compare_f32((moe_cmp)cmp, moe_tensor_data(r), moe_tensor_data(ac),
-                            moe_tensor_data(bc), &it);
     else
-        moe_cpu_compare_f64((moe_cmp)cmp, moe_tensor_data(r), moe_tensor_data(ac),
-                            moe_tensor_data(bc), &it);
+        moe_cpu_compare((moe_cmp)cmp, ct, moe_tensor_data(r), moe_tensor_data(ac), moe_tensor_data(bc), &it);
     *out = r;
     r = NULL;
 done:

@@ -234,12 +234,9 @@ moe_status moe_scatter_add(moe_tensor **out, moe_tensor *a, int dim, moe_tensor 
     if (moe_on_cuda(res))
         MOE_TRYG(MOE_CUDA(moe_cuda_scatter_add(c, moe_tensor_data(res), rs, moe_tensor_data(sc), ss,
                                                moe_tensor_data(idx), nd, ish, d)));
-    else if (c == MOE_F32)
-        moe_cpu_scatter_add_f32(moe_tensor_data(res), rs, moe_tensor_data(sc), ss,
-                                moe_tensor_data(idx), nd, ish, d);
     else
-        moe_cpu_scatter_add_f64(moe_tensor_data(res), rs, moe_tensor_data(sc), ss,
-                                moe_tensor_data(idx), nd, ish, d);
+        moe_cpu_scatter_add(c, moe_tensor_data(res), rs, moe_tensor_data(sc), ss, moe_tensor_data(idx), nd, ish,
+                            d);
     st = finish_dtype(&r, res, a->dtype);
     res = NULL;
     if (st != MOE_OK) goto done;
@@ -361,10 +358,8 @@ moe_status moe_index_add(moe_tensor **out, moe_tensor *a, int dim, moe_tensor *i
         MOE_TRYG(MOE_CUDA(moe_cuda_index_add(c, moe_tensor_data(res), moe_tensor_data(sc), moe_tensor_data(idx),
                                              P, N, M, Q)));
     } else {
-        bool ok = c == MOE_F32 ? moe_cpu_index_add_f32(moe_tensor_data(res), moe_tensor_data(sc),
-                                                       moe_tensor_data(idx), P, N, M, Q)
-                               : moe_cpu_index_add_f64(moe_tensor_data(res), moe_tensor_data(sc),
-                                                       moe_tensor_data(idx), P, N, M, Q);
+        bool ok = moe_cpu_index_add(c, moe_tensor_data(res), moe_tensor_data(sc), moe_tensor_data(idx), P, N, M,
+                                    Q);
         if (!ok) {
             st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %lld index entries", (long long)M);
             goto done;

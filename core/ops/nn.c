@@ -6,228 +6,34 @@
  * cross_entropy, V rows of the embedding table, I ids (all ids, flattened),
  * H chunks of CHUNK rows.
  *
- * The row loops are written once for f32 and f64 (the *_KERNELS macros) and
- * make one pass per row, OpenMP across rows. Sums accumulate in double over
- * eight fixed lanes. Parameter gradients (dweight, dbias) reduce over rows in
- * fixed chunks of CHUNK rows that are then summed in chunk order, so results
- * do not depend on the thread count. bf16 computes in f32.
- *
- * (These loops belong in kernels/cpu/nn.c; they sit here until the build
- * lists that file.)
- *
- * Devices: each loop has a CUDA twin with the same arguments
- * (kernels/cuda/nn.cu; embedding uses the index kernels), chosen at the
- * innermost call (core/device.h). The GPU versions keep the same sums in
- * double, the same chunked parameter-gradient partials and the same order of
- * the final chunk sums. */
+ * The loops live in kernels/cpu/nn.c and their CUDA twins, with the same
+ * arguments, in kernels/cuda/nn.cu (embedding's backward uses the CUDA index
+ * kernels); the innermost call picks one by device (core/device.h). Both keep
+ * row sums in double and parameter gradients as fixed chunks of CHUNK rows
+ * summed in chunk order, so results do not depend on the thread count or the
+ * launch shape. bf16 computes in f32. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/cpu/index.h"
+#include "../../kernels/cpu/nn.h"
 #include "../../kernels/cuda/index.h"
 #include "../../kernels/cuda/nn.h"
 #include "device.h"
 #include "internal.h"
 
-#define CHUNK 32         /* rows per partial sum of a parameter gradient */
-#define COL_BLOCK 256    /* columns per task when reducing chunks / ids */
+#define CHUNK 32 /* rows per partial sum of a parameter gradient */
 
-/* OUT = the sum over j in [0, N) of EXPR (which reads index jj), in double,
- * over eight independent lanes combined in a fixed order. */
-#define LANE_SUM(out, n, EXPR)                                                      \
-    do {                                                                            \
-        double l_[8] = {0}, t_ = 0;                                                 \
-        int64_t j_ = 0;                                                             \
-        for (; j_ + 8 <= (n); j_ += 8)                                              \
-            for (int k_ = 0; k_ < 8; k_++) {                                        \
-                int64_t jj = j_ + k_;                                               \
-                l_[k_] += (EXPR);                                                   \
-            }                                                                       \
-        for (; j_ < (n); j_++) {                                                    \
-            int64_t jj = j_;                                                        \
-            t_ += (EXPR);                                                           \
-        }                                                                           \
-        (out) = ((l_[0] + l_[4]) + (l_[1] + l_[5])) + ((l_[2] + l_[6]) + (l_[3] + l_[7])) + t_; \
-    } while (0)
-
-/* ---- kernels -------------------------------------------------------------------------- */
-
-#define NN_KERNELS(T, SUF, EXP)                                                              \
-    /* y [R D] = x r w, r [R] = 1/sqrt(mean(x²) + eps) */                                     \
-    static void rms_fwd_##SUF(T *restrict y, T *restrict rinv, const T *restrict x,          \
-                              const T *restrict w, int64_t R, int64_t D, double eps)         \
-    {                                                                                        \
-        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
-        for (int64_t r = 0; r < R; r++) {                                                    \
-            const T *xr = x + r * D;                                                         \
-            T *yr = y + r * D;                                                               \
-            double ss;                                                                       \
-            LANE_SUM(ss, D, (double)xr[jj] * xr[jj]);                                        \
-            T ri = (T)(1.0 / sqrt(ss / (double)D + eps));                                    \
-            rinv[r] = ri;                                                                    \
-            for (int64_t j = 0; j < D; j++) yr[j] = xr[j] * ri * w[j];                       \
-        }                                                                                    \
-    }                                                                                        \
-    /* dx = r (g w - x r² mean(g w x)); dwp [H D] += g x r per chunk */                      \
-    static void rms_bwd_##SUF(T *restrict dx, double *restrict dwp, const T *restrict g,     \
-                              const T *restrict x, const T *restrict w,                      \
-                              const T *restrict rinv, int64_t R, int64_t D)                  \
-    {                                                                                        \
-        int64_t nch = (R + CHUNK - 1) / CHUNK;                                               \
-        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
-        for (int64_t ch = 0; ch < nch; ch++) {                                               \
-            double *p = dwp ? dwp + ch * D : NULL;                                           \
-            if (p) memset(p, 0, sizeof(double) * (size_t)D);                                 \
-            int64_t r1 = (ch + 1) * CHUNK < R ? (ch + 1) * CHUNK : R;                        \
-            for (int64_t r = ch * CHUNK; r < r1; r++) {                                      \
-                const T *gr = g + r * D, *xr = x + r * D;                                    \
-                T ri = rinv[r];                                                              \
-                if (dx) {                                                                    \
-                    double dot;                                                              \
-                    LANE_SUM(dot, D, (double)gr[jj] * w[jj] * xr[jj]);                       \
-                    T c = (T)((double)ri * ri * ri * dot / (double)D);                       \
-                    T *dxr = dx + r * D;                                                     \
-                    for (int64_t j = 0; j < D; j++) dxr[j] = ri * gr[j] * w[j] - xr[j] * c;  \
-                }                                                                            \
-                if (p)                                                                       \
-                    for (int64_t j = 0; j < D; j++) p[j] += (double)(gr[j] * xr[j] * ri);    \
-            }                                                                                \
-        }                                                                                    \
-    }                                                                                        \
-    /* y = (x - mean) rstd w + b; mean, rstd [R] */                                          \
-    static void ln_fwd_##SUF(T *restrict y, T *restrict mean, T *restrict rstd,              \
-                             const T *restrict x, const T *restrict w, const T *restrict b,  \
-                             int64_t R, int64_t D, double eps)                               \
-    {                                                                                        \
-        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
-        for (int64_t r = 0; r < R; r++) {                                                    \
-            const T *xr = x + r * D;                                                         \
-            T *yr = y + r * D;                                                               \
-            double s, v;                                                                     \
-            LANE_SUM(s, D, (double)xr[jj]);                                                  \
-            double mu = s / (double)D;                                                       \
-            LANE_SUM(v, D, ((double)xr[jj] - mu) * ((double)xr[jj] - mu));                   \
-            T rs = (T)(1.0 / sqrt(v / (double)D + eps)), m = (T)mu;                          \
-            mean[r] = m;                                                                     \
-            rstd[r] = rs;                                                                    \
-            for (int64_t j = 0; j < D; j++) yr[j] = (xr[j] - m) * rs * w[j] + b[j];          \
-        }                                                                                    \
-    }                                                                                        \
-    /* with x̂ = (x - mean) rstd: dx = rstd (g w - mean(g w) - x̂ mean(g w x̂));              \
-     * dwp [H D] += g x̂, dbp [H D] += g per chunk */                                         \
-    static void ln_bwd_##SUF(T *restrict dx, double *restrict dwp, double *restrict dbp,     \
-                             const T *restrict g, const T *restrict x, const T *restrict w,  \
-                             const T *restrict mean, const T *restrict rstd, int64_t R,      \
-                             int64_t D)                                                      \
-    {                                                                                        \
-        int64_t nch = (R + CHUNK - 1) / CHUNK;                                               \
-        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
-        for (int64_t ch = 0; ch < nch; ch++) {                                               \
-            double *pw = dwp ? dwp + ch * D : NULL, *pb = dbp ? dbp + ch * D : NULL;         \
-            if (pw) memset(pw, 0, sizeof(double) * (size_t)D);                               \
-            if (pb) memset(pb, 0, sizeof(double) * (size_t)D);                               \
-            int64_t r1 = (ch + 1) * CHUNK < R ? (ch + 1) * CHUNK : R;                        \
-            for (int64_t r = ch * CHUNK; r < r1; r++) {                                      \
-                const T *gr = g + r * D, *xr = x + r * D;                                    \
-                T m = mean[r], rs = rstd[r];                                                 \
-                if (dx) {                                                                    \
-                    double sg, sgx;                                                          \
-                    LANE_SUM(sg, D, (double)gr[jj] * w[jj]);                                 \
-                    LANE_SUM(sgx, D, (double)gr[jj] * w[jj] * ((xr[jj] - m) * rs));          \
-                    T a = (T)(sg / (double)D), c = (T)(sgx / (double)D);                     \
-                    T *dxr = dx + r * D;                                                     \
-                    for (int64_t j = 0; j < D; j++)                                          \
-                        dxr[j] = rs * (gr[j] * w[j] - a - (xr[j] - m) * rs * c);             \
-                }                                                                            \
-                if (pw)                                                                      \
-                    for (int64_t j = 0; j < D; j++) pw[j] += (double)(gr[j] * ((xr[j] - m) * rs)); \
-                if (pb)                                                                      \
-                    for (int64_t j = 0; j < D; j++) pb[j] += (double)gr[j];                  \
-            }                                                                                \
-        }                                                                                    \
-    }                                                                                        \
-    /* OUT [D] = sum over chunks, in chunk order, of P [H D] */                              \
-    static void chunks_sum_##SUF(T *restrict out, const double *restrict p, int64_t nch,     \
-                                 int64_t D)                                                  \
-    {                                                                                        \
-        int64_t nb = (D + COL_BLOCK - 1) / COL_BLOCK;                                        \
-        _Pragma("omp parallel for if (nch * D > 32768) schedule(static)")                    \
-        for (int64_t blk = 0; blk < nb; blk++) {                                             \
-            int64_t j0 = blk * COL_BLOCK, wd = D - j0 < COL_BLOCK ? D - j0 : COL_BLOCK;      \
-            double acc[COL_BLOCK] = {0};                                                     \
-            for (int64_t ch = 0; ch < nch; ch++)                                             \
-                for (int64_t j = 0; j < wd; j++) acc[j] += p[ch * D + j0 + j];               \
-            for (int64_t j = 0; j < wd; j++) out[j0 + j] = (T)acc[j];                        \
-        }                                                                                    \
-    }                                                                                        \
-    /* per row: lse [N] = log sum exp x, loss [N] = lse - x[t] (0 where ignored) */          \
-    static void ce_fwd_##SUF(double *restrict loss, T *restrict lse, const T *restrict x,    \
-                             const int64_t *restrict t, int64_t N, int64_t C, int64_t ignore) \
-    {                                                                                        \
-        _Pragma("omp parallel for if (N * C > 32768) schedule(static)")                      \
-        for (int64_t i = 0; i < N; i++) {                                                    \
-            const T *xr = x + i * C;                                                         \
-            if (t[i] == ignore) {                                                            \
-                loss[i] = 0;                                                                 \
-                lse[i] = 0;                                                                  \
-                continue;                                                                    \
-            }                                                                                \
-            T mx = xr[0];                                                                    \
-            for (int64_t j = 1; j < C; j++) mx = xr[j] > mx ? xr[j] : mx;                    \
-            double s;                                                                        \
-            LANE_SUM(s, C, (double)EXP(xr[jj] - mx));                                        \
-            double l = (double)mx + log(s);                                                  \
-            lse[i] = (T)l;                                                                   \
-            loss[i] = l - (double)xr[t[i]];                                                  \
-        }                                                                                    \
-    }                                                                                        \
-    /* dx [N C] = scale (softmax - onehot) on counted rows, 0 on ignored ones */             \
-    static void ce_bwd_##SUF(T *restrict dx, const T *restrict x, const T *restrict lse,     \
-                             const int64_t *restrict t, int64_t N, int64_t C,                \
-                             int64_t ignore, T scale)                                        \
-    {                                                                                        \
-        _Pragma("omp parallel for if (N * C > 32768) schedule(static)")                      \
-        for (int64_t i = 0; i < N; i++) {                                                    \
-            const T *xr = x + i * C;                                                         \
-            T *dr = dx + i * C;                                                              \
-            if (t[i] == ignore) {                                                            \
-                memset(dr, 0, sizeof(T) * (size_t)C);                                        \
-                continue;                                                                    \
-            }                                                                                \
-            T l = lse[i];                                                                    \
-            for (int64_t j = 0; j < C; j++) dr[j] = scale * EXP(xr[j] - l);                  \
-            dr[t[i]] -= scale;                                                               \
-        }                                                                                    \
-    }                                                                                        \
-    /* dw [V D] += g [I D] rows at ids; column blocks in parallel, ids in order */           \
-    static void emb_bwd_##SUF(T *restrict dw, const T *restrict g, const int64_t *restrict ids, \
-                              int64_t I, int64_t D)                                          \
-    {                                                                                        \
-        int64_t nb = (D + COL_BLOCK - 1) / COL_BLOCK;                                        \
-        _Pragma("omp parallel for if (I * D > 32768) schedule(static)")                      \
-        for (int64_t blk = 0; blk < nb; blk++) {                                             \
-            int64_t j0 = blk * COL_BLOCK, wd = D - j0 < COL_BLOCK ? D - j0 : COL_BLOCK;      \
-            for (int64_t i = 0; i < I; i++) {                                                \
-                T *dr = dw + ids[i] * D + j0;                                                \
-                const T *gr = g + i * D + j0;                                                \
-                for (int64_t j = 0; j < wd; j++) dr[j] += gr[j];                             \
-            }                                                                                \
-        }                                                                                    \
-    }
-
-NN_KERNELS(float, f32, expf)
-NN_KERNELS(double, f64, exp)
-
-/* The innermost call: the CUDA twin when ON lives on a GPU, else the f32 or
- * f64 CPU loop: KERNEL(rms_fwd, on, dt, args…). Needs st and a done label. */
+/* The innermost call: the CUDA twin when ON lives on a GPU, else the CPU
+ * loop, same arguments: KERNEL(rms_fwd, on, dt, args…). Needs st and a done
+ * label. */
 #define KERNEL(name, on, dt, ...)                                                   \
     do {                                                                            \
         if (moe_on_cuda(on))                                                        \
             MOE_TRYG(MOE_CUDA(moe_cuda_##name((dt), __VA_ARGS__)));                 \
-        else if ((dt) == MOE_F32)                                                   \
-            name##_f32(__VA_ARGS__);                                                \
         else                                                                        \
-            name##_f64(__VA_ARGS__);                                                \
+            moe_cpu_##name((dt), __VA_ARGS__);                                      \
     } while (0)
 
 /* ---- shared helpers ------------------------------------------------------------------------ */
@@ -338,13 +144,8 @@ static moe_status rms_norm_backward(moe_node *n, moe_tensor *g, moe_tensor **gin
         MOE_TRYG(chunk_buffer(&part, dev, R, D));
         MOE_TRYG(moe_tensor_empty(&dw, cdt, dev, 1, &D));
     }
-    if (moe_on_cuda(cx))
-        MOE_TRYG(MOE_CUDA(moe_cuda_rms_bwd(cdt, dp(dx), dp(part), dp(cg), dp(cx), dp(cw ? cw : ones),
-                                           dp(rinv), R, D, CHUNK)));
-    else if (cdt == MOE_F32)
-        rms_bwd_f32(dp(dx), dp(part), dp(cg), dp(cx), dp(cw ? cw : ones), dp(rinv), R, D);
-    else
-        rms_bwd_f64(dp(dx), dp(part), dp(cg), dp(cx), dp(cw ? cw : ones), dp(rinv), R, D);
+    KERNEL(rms_bwd, cx, cdt, dp(dx), dp(part), dp(cg), dp(cx), dp(cw ? cw : ones), dp(rinv), R, D,
+           CHUNK);
     if (x) MOE_TRYG(to_input_dtype(&gin[0], dx, x));
     if (w) {
         KERNEL(chunks_sum, part, cdt, dp(dw), dp(part), part->shape[0], D);
@@ -411,13 +212,8 @@ static moe_status layer_norm_backward(moe_node *n, moe_tensor *g, moe_tensor **g
         MOE_TRYG(chunk_buffer(&pb, dev, R, D));
         MOE_TRYG(moe_tensor_empty(&db, cdt, dev, 1, &D));
     }
-    if (moe_on_cuda(cx))
-        MOE_TRYG(MOE_CUDA(moe_cuda_ln_bwd(cdt, dp(dx), dp(pw), dp(pb), dp(cg), dp(cx), dp(cw ? cw : ones),
-                                          dp(mean), dp(rstd), R, D, CHUNK)));
-    else if (cdt == MOE_F32)
-        ln_bwd_f32(dp(dx), dp(pw), dp(pb), dp(cg), dp(cx), dp(cw ? cw : ones), dp(mean), dp(rstd), R, D);
-    else
-        ln_bwd_f64(dp(dx), dp(pw), dp(pb), dp(cg), dp(cx), dp(cw ? cw : ones), dp(mean), dp(rstd), R, D);
+    KERNEL(ln_bwd, cx, cdt, dp(dx), dp(pw), dp(pb), dp(cg), dp(cx), dp(cw ? cw : ones), dp(mean),
+           dp(rstd), R, D, CHUNK);
     if (x) MOE_TRYG(to_input_dtype(&gin[0], dx, x));
     if (w) {
         KERNEL(chunks_sum, pw, cdt, dp(dw), dp(pw), pw->shape[0], D);
@@ -482,23 +278,13 @@ done:
 static moe_status cross_entropy_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 {
     moe_tensor *cl = n->saved[0], *tg = n->saved[1], *lse = n->saved[2], *dl = NULL, *cg = NULL;
-    double gv, count = n->dargs[0];
+    double count = n->dargs[0];
     moe_dtype cdt = cl->dtype;
     moe_status st = MOE_OK;
     MOE_TRYG(moe_tensor_empty(&dl, cdt, cl->device, 2, cl->shape));
-    if (moe_on_cuda(dl)) { /* the kernel reads g on the device: no round trip */
-        MOE_TRYG(moe_as_compute(&cg, g, cdt));
-        MOE_TRYG(MOE_CUDA(moe_cuda_ce_bwd(cdt, dp(dl), dp(cl), dp(lse), dp(tg), cl->shape[0], cl->shape[1],
-                                          n->iargs[0], dp(cg), count)));
-    } else {
-        MOE_TRYG(moe_tensor_item(g, &gv));
-        double scale = count > 0 ? gv / count : 0.0; /* nothing counted: no gradient */
-        if (cdt == MOE_F32)
-            ce_bwd_f32(dp(dl), dp(cl), dp(lse), dp(tg), cl->shape[0], cl->shape[1], n->iargs[0],
-                       (float)scale);
-        else
-            ce_bwd_f64(dp(dl), dp(cl), dp(lse), dp(tg), cl->shape[0], cl->shape[1], n->iargs[0], scale);
-    }
+    MOE_TRYG(moe_as_compute(&cg, g, cdt)); /* the kernel reads g where it lives: no round trip */
+    KERNEL(ce_bwd, dl, cdt, dp(dl), dp(cl), dp(lse), dp(tg), cl->shape[0], cl->shape[1], n->iargs[0],
+           dp(cg), count);
     MOE_TRYG(to_input_dtype(&gin[0], dl, n->inputs[0]));
 done:
     moe_tensor_release(dl);
@@ -581,10 +367,8 @@ static moe_status embedding_backward(moe_node *n, moe_tensor *g, moe_tensor **gi
     if (moe_on_cuda(dw)) /* rows of dw gather their ids' rows of g in id order, as emb_bwd */
         MOE_TRYG(MOE_CUDA(moe_cuda_index_add(cdt, dp(dw), dp(cg), dp(ids), 1, n->iargs[0],
                                              moe_tensor_numel(ids), D)));
-    else if (cdt == MOE_F32)
-        emb_bwd_f32(dp(dw), dp(cg), dp(ids), moe_tensor_numel(ids), D);
     else
-        emb_bwd_f64(dp(dw), dp(cg), dp(ids), moe_tensor_numel(ids), D);
+        moe_cpu_emb_bwd(cdt, dp(dw), dp(cg), dp(ids), moe_tensor_numel(ids), D);
     MOE_TRYG(to_input_dtype(&gin[0], dw, w));
 done:
     moe_tensor_release(cg);
@@ -624,15 +408,11 @@ moe_status moe_embedding(moe_tensor **out, moe_tensor *weight, moe_tensor *ids)
     memcpy(shape, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);
     shape[ids->ndim] = D;
     MOE_TRYG(moe_tensor_empty(&r, weight->dtype, weight->device, ids->ndim + 1, shape));
-    size_t row = (size_t)D * moe_dtype_size(weight->dtype);
-    if (moe_on_cuda(r)) { /* r [I D] ← rows of cw [V D] */
-        MOE_TRYG(MOE_CUDA(moe_cuda_index_select(dp(r), dp(cw), moe_dtype_size(weight->dtype), dp(idx), 1, V, I, D)));
-    } else {
-        char *dst = dp(r);
-        const char *src = dp(cw);
-#pragma omp parallel for if (I * D > 32768) schedule(static)
-        for (int64_t i = 0; i < I; i++) memcpy(dst + (size_t)i * row, src + (size_t)iv[i] * row, row);
-    }
+    size_t esz = moe_dtype_size(weight->dtype);
+    if (moe_on_cuda(r)) /* r [I D] ← rows of cw [V D] */
+        MOE_TRYG(MOE_CUDA(moe_cuda_index_select(dp(r), dp(cw), esz, dp(idx), 1, V, I, D)));
+    else
+        moe_cpu_index_select(dp(r), dp(cw), esz, dp(idx), 1, V, I, D);
     moe_tensor *inputs[1] = {weight}, *saved[1] = {idx};
     MOE_TRYG(moe_autograd_record(r, op, embedding_backward, 1, inputs, 1, saved, NULL, NULL));
     if (r->grad_fn) {

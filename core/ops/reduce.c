@@ -205,9 +205,7 @@ static moe_status sum_impl(const char *op, moe_tensor **out, moe_tensor *a, int 
     if (st == MOE_OK) {
         void *y = moe_tensor_data(res), *x = moe_tensor_data(src);
         if (moe_on_cuda(res)) st = MOE_CUDA(moe_cuda_sum(cd, y, x, O, R, I, scale));
-        else if (cd == MOE_F32) st = moe_cpu_sum_f32(y, x, O, R, I, scale);
-        else if (cd == MOE_F64) st = moe_cpu_sum_f64(y, x, O, R, I, scale);
-        else st = moe_cpu_sum_i64(y, x, O, R, I, 1.0);
+        else st = moe_cpu_sum(cd, y, x, O, R, I, cd == MOE_I64 ? 1.0 : scale);
     }
     if (st == MOE_OK) st = moe_to_dtype(&r, res, fl ? a->dtype : MOE_I64);
     MOE_NO_GRAD_END;
@@ -276,8 +274,7 @@ moe_status moe_var(moe_tensor **out, moe_tensor *a, int ndims, const int *dims, 
     if (st == MOE_OK) {
         void *y = moe_tensor_data(res), *x = moe_tensor_data(src);
         if (moe_on_cuda(res)) st = MOE_CUDA(moe_cuda_var(cd, y, x, O, R, correction));
-        else st = cd == MOE_F32 ? moe_cpu_var_f32(y, x, O, R, correction)
-                                : moe_cpu_var_f64(y, x, O, R, correction);
+        else st = moe_cpu_var(cd, y, x, O, R, correction);
     }
     if (st == MOE_OK) st = moe_to_dtype(&r, res, a->dtype);
     MOE_NO_GRAD_END;
@@ -327,10 +324,8 @@ static moe_status extreme_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
         const int64_t *idx = moe_tensor_data(n->saved[0]);
         if (moe_on_cuda(z))
             st = MOE_CUDA(moe_cuda_scatter_dim(cd, moe_tensor_data(z), moe_tensor_data(gc), idx, O, R, I));
-        else if (cd == MOE_F32)
-            moe_cpu_scatter_dim_f32(moe_tensor_data(z), moe_tensor_data(gc), idx, O, R, I);
         else
-            moe_cpu_scatter_dim_f64(moe_tensor_data(z), moe_tensor_data(gc), idx, O, R, I);
+            moe_cpu_scatter_dim(cd, moe_tensor_data(z), moe_tensor_data(gc), idx, O, R, I);
         if (st == MOE_OK) st = moe_to_dtype(&gin[0], z, g->dtype);
     }
     moe_tensor_release(gc);
@@ -358,9 +353,7 @@ static moe_status extreme_impl(const char *op, moe_tensor **values, moe_tensor *
         void *y = val ? moe_tensor_data(val) : NULL, *x = moe_tensor_data(src);
         int64_t *k = moe_tensor_data(idx);
         if (moe_on_cuda(idx)) st = MOE_CUDA(moe_cuda_extreme(cd, y, k, x, O, R, I, is_max));
-        else if (cd == MOE_F32) st = moe_cpu_extreme_f32(y, k, x, O, R, I, is_max);
-        else if (cd == MOE_F64) st = moe_cpu_extreme_f64(y, k, x, O, R, I, is_max);
-        else st = moe_cpu_extreme_i64(y, k, x, O, R, I, is_max);
+        else st = moe_cpu_extreme(cd, y, k, x, O, R, I, is_max);
     }
     if (st == MOE_OK && values) st = moe_to_dtype(&v, val, a->dtype);
     MOE_NO_GRAD_END;
@@ -460,9 +453,7 @@ static moe_status cumsum_impl(moe_tensor **out, moe_tensor *a, int dim, bool rev
     if (st == MOE_OK) {
         void *y = moe_tensor_data(res), *x = moe_tensor_data(src);
         if (moe_on_cuda(res)) st = MOE_CUDA(moe_cuda_cumsum(cd, y, x, O, R, I, reverse));
-        else if (cd == MOE_F32) moe_cpu_cumsum_f32(y, x, O, R, I, reverse);
-        else if (cd == MOE_F64) moe_cpu_cumsum_f64(y, x, O, R, I, reverse);
-        else moe_cpu_cumsum_i64(y, x, O, R, I, reverse);
+        else moe_cpu_cumsum(cd, y, x, O, R, I, reverse);
         if (st == MOE_OK) st = moe_to_dtype(&r, res, fl ? a->dtype : MOE_I64);
     }
     MOE_NO_GRAD_END;

@@ -12,7 +12,7 @@
  * (logsumexp), iargs[2] the input ndim. */
 #include <math.h>
 
-#include "../../kernels/cpu/reduce.h"
+#include "../../kernels/cpu/softmax.h"
 #include "../../kernels/cuda/reduce.h"
 #include "device.h"
 #include "internal.h"
@@ -135,10 +135,8 @@ static moe_status softmax_impl(const char *op, moe_tensor **out, moe_tensor *a, 
     if (st == MOE_OK) {
         if (moe_on_cuda(res))
             st = MOE_CUDA(moe_cuda_softmax(cd, moe_tensor_data(res), moe_tensor_data(src), O, N, (int)mode));
-        else if (cd == MOE_F32)
-            moe_cpu_softmax_f32(moe_tensor_data(res), moe_tensor_data(src), O, N, mode);
         else
-            moe_cpu_softmax_f64(moe_tensor_data(res), moe_tensor_data(src), O, N, mode);
+            moe_cpu_softmax(cd, moe_tensor_data(res), moe_tensor_data(src), O, N, mode);
         if (st == MOE_OK && mode == MOE_CPU_LOGSUMEXP) {
             st = moe_to_dtype(&r, res, a->dtype);
         } else if (st == MOE_OK) {

@@ -81,14 +81,9 @@ static moe_status order_impl(const char *op, moe_tensor **values, moe_tensor **i
         if (sb > 0) MOE_TRYG(moe_tensor_empty(&scratch, MOE_I32, a->device, 1, (int64_t[]){(int64_t)(sb + 3) / 4}));
         MOE_TRYG(MOE_CUDA(moe_cuda_sort_rows(c, vp, moe_tensor_data(ir), moe_tensor_data(x), R, E, k,
                                              first_big, scratch ? moe_tensor_data(scratch) : NULL)));
-    } else if (c == MOE_F32)
-        ok = full ? moe_cpu_sort_f32(vp, moe_tensor_data(ir), moe_tensor_data(x), R, E, first_big)
-                  : moe_cpu_topk_f32(vp, moe_tensor_data(ir), moe_tensor_data(x), R, E, k,
-                                     first_big);
-    else
-        ok = full ? moe_cpu_sort_f64(vp, moe_tensor_data(ir), moe_tensor_data(x), R, E, first_big)
-                  : moe_cpu_topk_f64(vp, moe_tensor_data(ir), moe_tensor_data(x), R, E, k,
-                                     first_big);
+    } else
+        ok = full ? moe_cpu_sort(c, vp, moe_tensor_data(ir), moe_tensor_data(x), R, E, first_big)
+                  : moe_cpu_topk(c, vp, moe_tensor_data(ir), moe_tensor_data(x), R, E, k, first_big);
     if (!ok) {
         st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for sort scratch (rows of %lld)",
                       (long long)E);

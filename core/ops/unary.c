@@ -68,12 +68,9 @@ static moe_status unary_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
         MOE_TRYG(MOE_CUDA(moe_cuda_unary_grad(op, n->dargs, ct, moe_tensor_data(r), moe_tensor_data(gc),
                                               xc ? moe_tensor_data(xc) : NULL,
                                               yc ? moe_tensor_data(yc) : NULL, numel)));
-    else if (ct == MOE_F32)
-        moe_cpu_unary_grad_f32(op, n->dargs, moe_tensor_data(r), moe_tensor_data(gc),
-                               xc ? moe_tensor_data(xc) : NULL, yc ? moe_tensor_data(yc) : NULL, numel);
     else
-        moe_cpu_unary_grad_f64(op, n->dargs, moe_tensor_data(r), moe_tensor_data(gc),
-                               xc ? moe_tensor_data(xc) : NULL, yc ? moe_tensor_data(yc) : NULL, numel);
+        moe_cpu_unary_grad(op, n->dargs, ct, moe_tensor_data(r), moe_tensor_data(gc),
+                           xc ? moe_tensor_data(xc) : NULL, yc ? moe_tensor_data(yc) : NULL, numel);
     st = moe_from_compute(&gin[0], r, in->dtype);
     r = NULL;
 done:
@@ -101,10 +98,8 @@ static moe_status unary_op(moe_unop op, const double *p, moe_dtype rt, moe_tenso
     moe_iter_init(&it, a->ndim, a->shape, 1, ins);
     if (moe_on_cuda(r))
         MOE_TRYG(MOE_CUDA(moe_cuda_unary(op, p, ct, moe_tensor_data(r), moe_tensor_data(ac), &it)));
-    else if (ct == MOE_F32)
-        moe_cpu_unary_f32(op, p, moe_tensor_data(r), moe_tensor_data(ac), &it);
     else
-        moe_cpu_unary_f64(op, p, moe_tensor_data(r), moe_tensor_data(ac), &it);
+        moe_cpu_unary(op, p, ct, moe_tensor_data(r), moe_tensor_data(ac), &it);
     st = moe_from_compute(&res, r, rt);
     r = NULL;
     if (st != MOE_OK) goto done;
@@ -250,10 +245,8 @@ static moe_status dropout_apply(moe_tensor **out, moe_tensor *a, moe_dtype rt, u
     if (moe_on_cuda(r))
         st = MOE_CUDA(moe_cuda_dropout(ct, moe_tensor_data(r), moe_tensor_data(ac), numel, seed, base,
                                        p, scale));
-    else if (ct == MOE_F32)
-        moe_cpu_dropout_f32(moe_tensor_data(r), moe_tensor_data(ac), numel, seed, base, p, scale);
     else
-        moe_cpu_dropout_f64(moe_tensor_data(r), moe_tensor_data(ac), numel, seed, base, p, scale);
+        moe_cpu_dropout(ct, moe_tensor_data(r), moe_tensor_data(ac), numel, seed, base, p, scale);
     moe_tensor_release(ac);
     if (st != MOE_OK) {
         moe_tensor_release(r);
@@ -318,10 +311,8 @@ moe_status moe_count_nonfinite(const moe_tensor *a, int64_t *nan_count, int64_t 
         moe_status st = MOE_OK;
         if (moe_on_cuda(ac))
             st = MOE_CUDA(moe_cuda_count_nonfinite(ct, moe_tensor_data(ac), numel, &nn, &ni));
-        else if (ct == MOE_F32)
-            moe_cpu_count_nonfinite_f32(moe_tensor_data(ac), numel, &nn, &ni);
         else
-            moe_cpu_count_nonfinite_f64(moe_tensor_data(ac), numel, &nn, &ni);
+            moe_cpu_count_nonfinite(ct, moe_tensor_data(ac), numel, &nn, &ni);
         moe_tensor_release(ac);
         MOE_TRY(st);
     }

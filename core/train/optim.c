@@ -347,10 +347,8 @@ moe_status moe_optimizer_load_state(moe_optimizer *opt, int n, const char *const
             moe_tensor *c;
             st = moe_contiguous(&c, conv[j]);
             if (st == MOE_OK) {
-                if (c->dtype == MOE_F64)
-                    moe_cpu_count_nonfinite_f64(moe_tensor_data(c), moe_tensor_numel(c), &nan_count, &inf_count);
-                else
-                    moe_cpu_count_nonfinite_f32(moe_tensor_data(c), moe_tensor_numel(c), &nan_count, &inf_count);
+                moe_cpu_count_nonfinite(c->dtype == MOE_F64 ? MOE_F64 : MOE_F32, moe_tensor_data(c),
+                                        moe_tensor_numel(c), &nan_count, &inf_count);
                 moe_tensor_release(conv[j]);
                 conv[j] = c;
             }

@@ -5,7 +5,14 @@
 #include <omp.h>
 #include <string.h>
 
-#include "../../core/internal.h"
+#include "copy.h"
+
+/* Byte pointer of T's element at flat storage offset OFF (moe_tensor_data is
+ * the one at T's own offset). */
+static inline char *elem_ptr(const moe_tensor *t, int64_t off)
+{
+    return (char *)moe_tensor_data(t) + (off - t->offset) * (int64_t)moe_dtype_size(t->dtype);
+}
 
 /* Copy one row of N elements with strides (in elements). */
 static void copy_row(char *d, int64_t ds, moe_dtype dt, const char *s, int64_t ss, moe_dtype st,
@@ -52,8 +59,8 @@ void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src)
     if (numel == 0) return;
     int nd = dst->ndim;
     if (nd == 0) {
-        copy_row(moe_storage_ptr(dst, dst->offset), 1, dst->dtype,
-                 moe_storage_ptr(src, src->offset), 1, src->dtype, 1);
+        copy_row(elem_ptr(dst, dst->offset), 1, dst->dtype,
+                 elem_ptr(src, src->offset), 1, src->dtype, 1);
         return;
     }
     if (moe_tensor_is_contiguous(dst) && moe_tensor_is_contiguous(src)) {
@@ -63,8 +70,8 @@ void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src)
 #pragma omp parallel for if (nchunks > 1) schedule(static)
         for (int64_t c = 0; c < nchunks; c++) {
             int64_t b = c * chunk, n = numel - b < chunk ? numel - b : chunk;
-            copy_row(moe_storage_ptr(dst, dst->offset + b), 1, dst->dtype,
-                     moe_storage_ptr(src, src->offset + b), 1, src->dtype, n);
+            copy_row(elem_ptr(dst, dst->offset + b), 1, dst->dtype,
+                     elem_ptr(src, src->offset + b), 1, src->dtype, n);
         }
         return;
     }
@@ -79,8 +86,8 @@ void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src)
             doff += i * dst->strides[k];
             soff += i * src->strides[k];
         }
-        copy_row(moe_storage_ptr(dst, doff), dst->strides[nd - 1], dst->dtype,
-                 moe_storage_ptr(src, soff), src->strides[nd - 1], src->dtype, inner);
+        copy_row(elem_ptr(dst, doff), dst->strides[nd - 1], dst->dtype,
+                 elem_ptr(src, soff), src->strides[nd - 1], src->dtype, inner);
     }
 }
 
@@ -92,7 +99,7 @@ void moe_cpu_fill(moe_tensor *t, double value)
     moe_dtype_store(t->dtype, one, value);
     size_t sz = moe_dtype_size(t->dtype);
     if (moe_tensor_is_contiguous(t)) {
-        char *p = moe_storage_ptr(t, t->offset);
+        char *p = elem_ptr(t, t->offset);
         if (t->dtype == MOE_F32) {
             float v = (float)value;
 #pragma omp parallel for if (numel > (1 << 16)) schedule(static)
@@ -112,7 +119,7 @@ void moe_cpu_fill(moe_tensor *t, double value)
             rem /= t->shape[k];
         }
         for (int64_t i = 0; i < inner; i++)
-            memcpy(moe_storage_ptr(t, off + i * t->strides[nd - 1]), one, sz);
+            memcpy(elem_ptr(t, off + i * t->strides[nd - 1]), one, sz);
     }
 }
 
@@ -122,7 +129,7 @@ int64_t moe_cpu_find_first(const moe_tensor *t, double lo, double hi, bool insid
     int nd = t->ndim;
     int64_t index[MOE_MAX_DIMS] = {0}, off = t->offset;
     for (int64_t i = 0; i < numel; i++) { /* serial: stops at the first hit */
-        double v = moe_dtype_load(t->dtype, moe_storage_ptr(t, off));
+        double v = moe_dtype_load(t->dtype, elem_ptr(t, off));
         if ((lo <= v && v <= hi) == inside) {
             *value = v;
             return i;

@@ -14,65 +14,14 @@
  * DEFINE_* macros below); <tgmath.h> picks expf/exp etc. by type. */
 #include "elementwise.h"
 
+#include "../gelu.h"
+
 #include <tgmath.h>
 
 #define PAR_MIN 32768  /* below this many elements, stay on one thread */
 #define COL_BLOCK 16384 /* split long rows into blocks of this many elements */
 #define TASK_MIN 4096   /* aim for at least this many elements per task */
 #define TILE 64         /* tile side when an input is read with a row stride */
-
-/* ---- iteration description ------------------------------------------------ */
-
-void moe_iter_init(moe_iter *it, int ndim, const int64_t *shape, int n_in,
-                   const moe_tensor *const *ins)
-{
-    it->n_in = n_in;
-    it->numel = 1;
-    for (int d = 0; d < ndim; d++) it->numel *= shape[d];
-    /* Per-operand strides aligned to the output, size-1 dims dropped. */
-    int nd = 0;
-    for (int d = 0; d < ndim; d++) {
-        if (shape[d] == 1) continue;
-        it->shape[nd] = shape[d];
-        for (int j = 0; j < n_in; j++) {
-            const moe_tensor *t = ins[j];
-            int k = d - (ndim - t->ndim);
-            it->strides[j][nd] = (k < 0 || t->shape[k] == 1) ? 0 : t->strides[k];
-        }
-        nd++;
-    }
-    /* Merge dim d into d+1 when every operand walks them as one. */
-    int m = 0;
-    for (int d = 0; d < nd; d++) {
-        if (m > 0) {
-            bool mergeable = true;
-            for (int j = 0; j < n_in && mergeable; j++)
-                mergeable = it->strides[j][m - 1] == it->strides[j][d] * it->shape[d];
-            if (mergeable) {
-                it->shape[m - 1] *= it->shape[d];
-                for (int j = 0; j < n_in; j++) it->strides[j][m - 1] = it->strides[j][d];
-                continue;
-            }
-        }
-        it->shape[m] = it->shape[d];
-        for (int j = 0; j < n_in; j++) it->strides[j][m] = it->strides[j][d];
-        m++;
-    }
-    if (m == 0) { /* one element (or a 0-d output) */
-        it->shape[0] = it->numel ? 1 : 0;
-        for (int j = 0; j < n_in; j++) it->strides[j][0] = 1;
-        m = 1;
-    }
-    it->ndim = m;
-}
-
-bool moe_iter_is_flat(const moe_iter *it)
-{
-    if (it->ndim != 1) return false;
-    for (int j = 0; j < it->n_in; j++)
-        if (it->strides[j][0] != 1 && it->shape[0] > 1) return false;
-    return true;
-}
 
 /* A row of I elements: OUT contiguous, input j at IN[j] with stride ST[j]. */
 typedef void (*row_fn)(const void *ctx, int64_t n, char *out, const char *const *in,
@@ -205,8 +154,8 @@ static void iter_run(const moe_iter *it, size_t osz, const size_t *isz, char *ou
     {                                                                               \
         BIN_SWITCH(BIN_FLAT, T)                                                     \
     }                                                                               \
-    void moe_cpu_binary_##SFX(moe_binop op, T *out, const T *a, const T *b,     \
-                              const moe_iter *it)                               \
+    static void binary_##SFX(moe_binop op, T *out, const T *a, const T *b,     \
+                             const moe_iter *it)                               \
     {                                                                               \
         if (moe_iter_is_flat(it)) {                                             \
             binary_flat_##SFX(op, out, a, b, it->numel);                            \
@@ -222,9 +171,9 @@ DEFINE_BINARY(double, f64)
 
 /* ---- unary ------------------------------------------------------------------ */
 
-#define GELU_C 0.7978845608028654   /* sqrt(2/pi) */
-#define GELU_K 0.044715
-#define INV_SQRT_2PI 0.3989422804014327
+#define GELU_C MOE_GELU_TANH_C
+#define GELU_K MOE_GELU_TANH_K
+#define INV_SQRT_2PI MOE_GELU_INV_SQRT_2PI
 
 #define UN_ROW(T, EXPR)                                                             \
     do {                                                                            \
@@ -306,8 +255,8 @@ typedef struct unary_ctx {
         T s = (T)p[0], lo = (T)p[0], hi = (T)p[1];                                  \
         UN_SWITCH(UN_FLAT, T)                                                       \
     }                                                                               \
-    void moe_cpu_unary_##SFX(moe_unop op, const double *p, T *out, const T *a,  \
-                             const moe_iter *it)                                \
+    static void unary_##SFX(moe_unop op, const double *p, T *out, const T *a,  \
+                            const moe_iter *it)                                \
     {                                                                               \
         double none[2] = {0, 0};                                                    \
         if (!p) p = none;                                                           \
@@ -356,8 +305,8 @@ DEFINE_UNARY(double, f64)
         T sg = (T)1 / ((T)1 + exp(-x));                                             \
         return sg * ((T)1 + x * ((T)1 - sg));                                       \
     }                                                                               \
-    void moe_cpu_unary_grad_##SFX(moe_unop op, const double *p, T *gin,         \
-                                  const T *g, const T *x_, const T *y_, int64_t n)  \
+    static void unary_grad_##SFX(moe_unop op, const double *p, T *gin,         \
+                                 const T *g, const T *x_, const T *y_, int64_t n)  \
     {                                                                               \
         double none[2] = {0, 0};                                                    \
         if (!p) p = none;                                                           \
@@ -414,8 +363,8 @@ DEFINE_UNARY_GRAD(double, f64)
             for (int64_t i = 0; i < n; i++) o[i] = c[i * sc] ? a[i * sa] : b[i * sb]; \
         }                                                                           \
     }                                                                               \
-    void moe_cpu_where_##SFX(T *out, const uint8_t *cond, const T *a, const T *b,   \
-                             const moe_iter *it)                                \
+    static void where_##SFX(T *out, const uint8_t *cond, const T *a, const T *b,   \
+                            const moe_iter *it)                                \
     {                                                                               \
         const size_t isz[3] = {1, sizeof(T), sizeof(T)};                            \
         const char *in[3] = {(const char *)cond, (const char *)a, (const char *)b}; \
@@ -437,8 +386,8 @@ DEFINE_UNARY_GRAD(double, f64)
             for (int64_t i = 0; i < n; i++) o[i] = m[i * sm] ? v : a[i * sa];       \
         }                                                                           \
     }                                                                               \
-    void moe_cpu_masked_fill_##SFX(T *out, const T *a, const uint8_t *mask,         \
-                                   double value, const moe_iter *it)            \
+    static void masked_fill_##SFX(T *out, const T *a, const uint8_t *mask,         \
+                                  double value, const moe_iter *it)            \
     {                                                                               \
         const size_t isz[2] = {sizeof(T), 1};                                       \
         const char *in[2] = {(const char *)a, (const char *)mask};                  \
@@ -476,8 +425,8 @@ DEFINE_SELECT(double, f64)
         default: break;                                                             \
         }                                                                           \
     }                                                                               \
-    void moe_cpu_compare_##SFX(moe_cmp cmp, uint8_t *out, const T *a,           \
-                               const T *b, const moe_iter *it)                  \
+    static void compare_##SFX(moe_cmp cmp, uint8_t *out, const T *a,           \
+                              const T *b, const moe_iter *it)                  \
     {                                                                               \
         const size_t isz[2] = {sizeof(T), sizeof(T)};                               \
         const char *in[2] = {(const char *)a, (const char *)b};                     \
@@ -490,16 +439,16 @@ DEFINE_COMPARE(double, f64)
 /* ---- dropout / non-finite counts ------------------------------------------------ */
 
 #define DEFINE_MISC(T, SFX)                                                         \
-    void moe_cpu_dropout_##SFX(T *out, const T *a, int64_t n, uint64_t seed,        \
-                               uint64_t base, double p, double scale)               \
+    static void dropout_##SFX(T *out, const T *a, int64_t n, uint64_t seed,        \
+                              uint64_t base, double p, double scale)               \
     {                                                                               \
         T sc = (T)scale;                                                            \
         _Pragma("omp parallel for if (n > PAR_MIN / 8) schedule(static)")           \
         for (int64_t i = 0; i < n; i++)                                             \
             out[i] = moe_rng_uniform(seed, base + (uint64_t)i) >= p ? a[i] * sc : (T)0; \
     }                                                                               \
-    void moe_cpu_count_nonfinite_##SFX(const T *a, int64_t n, int64_t *nan_count,   \
-                                       int64_t *inf_count)                          \
+    static void count_nonfinite_##SFX(const T *a, int64_t n, int64_t *nan_count,   \
+                                      int64_t *inf_count)                          \
     {                                                                               \
         int64_t nn = 0, ni = 0;                                                     \
         _Pragma("omp parallel for simd if (n > PAR_MIN) schedule(static) reduction(+ : nn, ni)") \
@@ -514,3 +463,57 @@ DEFINE_COMPARE(double, f64)
 
 DEFINE_MISC(float, f32)
 DEFINE_MISC(double, f64)
+
+/* ---- one entry per op, dtype as an argument (as the CUDA kernels) ---------------- */
+
+void moe_cpu_binary(moe_binop op, moe_dtype dt, void *out, const void *a, const void *b, const moe_iter *it)
+{
+    if (dt == MOE_F32) binary_f32(op, out, a, b, it);
+    else binary_f64(op, out, a, b, it);
+}
+
+void moe_cpu_unary(moe_unop op, const double *p, moe_dtype dt, void *out, const void *a, const moe_iter *it)
+{
+    if (dt == MOE_F32) unary_f32(op, p, out, a, it);
+    else unary_f64(op, p, out, a, it);
+}
+
+void moe_cpu_unary_grad(moe_unop op, const double *p, moe_dtype dt, void *gin, const void *g, const void *x,
+                        const void *y, int64_t n)
+{
+    if (dt == MOE_F32) unary_grad_f32(op, p, gin, g, x, y, n);
+    else unary_grad_f64(op, p, gin, g, x, y, n);
+}
+
+void moe_cpu_where(moe_dtype dt, void *out, const uint8_t *cond, const void *a, const void *b,
+                   const moe_iter *it)
+{
+    if (dt == MOE_F32) where_f32(out, cond, a, b, it);
+    else where_f64(out, cond, a, b, it);
+}
+
+void moe_cpu_masked_fill(moe_dtype dt, void *out, const void *a, const uint8_t *mask, double value,
+                         const moe_iter *it)
+{
+    if (dt == MOE_F32) masked_fill_f32(out, a, mask, value, it);
+    else masked_fill_f64(out, a, mask, value, it);
+}
+
+void moe_cpu_compare(moe_cmp cmp, moe_dtype dt, uint8_t *out, const void *a, const void *b, const moe_iter *it)
+{
+    if (dt == MOE_F32) compare_f32(cmp, out, a, b, it);
+    else compare_f64(cmp, out, a, b, it);
+}
+
+void moe_cpu_dropout(moe_dtype dt, void *out, const void *a, int64_t n, uint64_t seed, uint64_t base, double p,
+                     double scale)
+{
+    if (dt == MOE_F32) dropout_f32(out, a, n, seed, base, p, scale);
+    else dropout_f64(out, a, n, seed, base, p, scale);
+}
+
+void moe_cpu_count_nonfinite(moe_dtype dt, const void *a, int64_t n, int64_t *nan_count, int64_t *inf_count)
+{
+    if (dt == MOE_F32) count_nonfinite_f32(a, n, nan_count, inf_count);
+    else count_nonfinite_f64(a, n, nan_count, inf_count);
+}

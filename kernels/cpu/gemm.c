@@ -110,15 +110,19 @@ moe_status moe_cpu_gemm(moe_dtype dtype, int nb, const int64_t *bshape, moe_gemm
 
 #define SUM_BLOCK 64 /* columns per task: each task sweeps all rows in order */
 
-#define DEFINE_ROW_KERNELS(T, SUF)                                                        \
+#define DEFINE_FILL_ROWS(T, SUF)                                                        \
     static void fill_rows_##SUF(T *restrict c, int64_t rows, int64_t n,                  \
                                 const T *restrict bias)                                  \
     {                                                                                     \
         _Pragma("omp parallel for if (rows * n > 32768) schedule(static)")                \
         for (int64_t r = 0; r < rows; r++) memcpy(c + r * n, bias, (size_t)n * sizeof(T)); \
-    }                                                                                     \
-    static void sum_rows_##SUF(T *restrict out, const T *restrict g, int64_t rows,       \
-                               int64_t n)                                                 \
+    }
+
+#define DEFINE_SUM_ROWS(NAME, T, S)                                                       \
+    /* OUT [N] = sum over the rows of G [R N] of S (T or double), each column in row \
+     * order in double: the one deterministic column sum (linear's bias, the fused   \
+     * expert MLP's biases, nn's chunked parameter gradients). */                    \
+    static void NAME(T *restrict out, const S *restrict g, int64_t rows, int64_t n)    \
     {                                                                                     \
         int64_t nblocks = (n + SUM_BLOCK - 1) / SUM_BLOCK;                               \
         _Pragma("omp parallel for if (rows * n > 32768) schedule(static)")                \
@@ -126,15 +130,18 @@ moe_status moe_cpu_gemm(moe_dtype dtype, int nb, const int64_t *bshape, moe_gemm
             int64_t j0 = blk * SUM_BLOCK, w = n - j0 < SUM_BLOCK ? n - j0 : SUM_BLOCK;    \
             double acc[SUM_BLOCK] = {0};                                                  \
             for (int64_t r = 0; r < rows; r++) {                                          \
-                const T *row = g + r * n + j0;                                            \
+                const S *row = g + r * n + j0;                                            \
                 for (int64_t j = 0; j < w; j++) acc[j] += row[j];                         \
             }                                                                             \
             for (int64_t j = 0; j < w; j++) out[j0 + j] = (T)acc[j];                      \
         }                                                                                 \
     }
 
-DEFINE_ROW_KERNELS(float, f32)
-DEFINE_ROW_KERNELS(double, f64)
+DEFINE_FILL_ROWS(float, f32)
+DEFINE_FILL_ROWS(double, f64)
+DEFINE_SUM_ROWS(sum_rows_f32, float, float)
+DEFINE_SUM_ROWS(sum_rows_f64, double, double)
+DEFINE_SUM_ROWS(sum_f64_rows_f32, float, double)
 
 void moe_cpu_fill_rows(moe_dtype dtype, void *c, int64_t rows, int64_t n, const void *bias)
 {
@@ -150,4 +157,12 @@ void moe_cpu_sum_rows(moe_dtype dtype, void *out, const void *g, int64_t rows, i
         sum_rows_f32(out, g, rows, n);
     else
         sum_rows_f64(out, g, rows, n);
+}
+
+void moe_cpu_sum_f64_rows(moe_dtype dtype, void *out, const double *p, int64_t rows, int64_t n)
+{
+    if (dtype == MOE_F32)
+        sum_f64_rows_f32(out, p, rows, n);
+    else
+        sum_rows_f64(out, p, rows, n);
 }

@@ -32,8 +32,12 @@ void moe_cpu_dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
 
 /* Bias helpers for linear (contiguous buffers, f32 or f64):
  *   C [R N]: every row ← BIAS [N]                    (fill_rows)
- *   OUT [N] = sum over the R rows of G [R N]          (sum_rows; fixed order) */
+ *   OUT [N] = sum over the R rows of G [R N]          (sum_rows; each column in row
+ *                                                     order, in double: the one
+ *                                                     deterministic column sum) */
 void moe_cpu_fill_rows(moe_dtype dtype, void *c, int64_t rows, int64_t n, const void *bias);
 void moe_cpu_sum_rows(moe_dtype dtype, void *out, const void *g, int64_t rows, int64_t n);
+/* The same column sum over double partials P [R N] into OUT [N] of DTYPE. */
+void moe_cpu_sum_f64_rows(moe_dtype dtype, void *out, const double *p, int64_t rows, int64_t n);
 
 #endif

@@ -11,9 +11,10 @@
 #include <string.h>
 
 #include "grouped_gemm.h"
+#include "gemm.h"
+#include "../gelu.h"
 
 #define PAR_MIN 32768 /* elementwise loops below this many elements stay on one thread */
-#define SUM_BLOCK 256 /* columns summed at once by the bias-gradient loop */
 
 /* ---- schedule ------------------------------------------------------------------- */
 
@@ -210,10 +211,10 @@ static inline double erf_f64(double x) { return erf(x); }
 static inline float tanh_f32(float x) { return tanhf(x); }
 static inline double tanh_f64(double x) { return tanh(x); }
 
-#define SQRT1_2 0.70710678118654752440
-#define INV_SQRT_2PI 0.39894228040143267794
-#define GELU_C 0.79788456080286535588 /* sqrt(2/pi) */
-#define GELU_A 0.044715
+#define SQRT1_2 MOE_GELU_SQRT1_2
+#define INV_SQRT_2PI MOE_GELU_INV_SQRT_2PI
+#define GELU_C MOE_GELU_TANH_C
+#define GELU_A MOE_GELU_TANH_K
 
 /* The SwiGLU loops are compiled for AVX-512, AVX2 and baseline x86-64 and
  * picked at load time (GCC function multiversioning), so the vectorised exp
@@ -293,23 +294,6 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 a[i] *= (T)0.5 * ((T)1 + th) + (T)0.5 * x * ((T)1 - th * th) * dinner;        \
             }                                                                                 \
         }                                                                                     \
-    }                                                                                         \
-    /* OUT [C] = sum of the R rows of G [R C] (fixed order, double accumulators). */          \
-    static void colsum_##SFX(T *restrict out, const T *restrict g, int64_t rows, int64_t cols) \
-    {                                                                                         \
-        for (int64_t j0 = 0; j0 < cols; j0 += SUM_BLOCK) {                                    \
-            int64_t w = cols - j0 < SUM_BLOCK ? cols - j0 : SUM_BLOCK;                        \
-            double acc[SUM_BLOCK] = {0};                                                      \
-            for (int64_t r = 0; r < rows; r++) {                                              \
-                const T *row = g + r * cols + j0;                                             \
-                for (int64_t j = 0; j < w; j++) acc[j] += row[j];                             \
-            }                                                                                 \
-            for (int64_t j = 0; j < w; j++) out[j0 + j] = (T)acc[j];                          \
-        }                                                                                     \
-    }                                                                                         \
-    static void fill_rows_##SFX(T *restrict c, int64_t rows, int64_t n, const T *restrict bias) \
-    {                                                                                         \
-        for (int64_t r = 0; r < rows; r++) memcpy(c + r * n, bias, (size_t)n * sizeof(T));    \
     }
 
 DEFINE_ACT(float, f32)
@@ -331,22 +315,6 @@ static void act_bw(moe_dtype dt, moe_cpu_ffn_act act, const void *g, const void 
         act_bw_f32(act, g, u, a, bu, n, par);
     else
         act_bw_f64(act, g, u, a, bu, n, par);
-}
-
-static void colsum(moe_dtype dt, void *out, const void *g, int64_t rows, int64_t cols)
-{
-    if (dt == MOE_F32)
-        colsum_f32(out, g, rows, cols);
-    else
-        colsum_f64(out, g, rows, cols);
-}
-
-static void fill_rows(moe_dtype dt, void *c, int64_t rows, int64_t n, const void *bias)
-{
-    if (dt == MOE_F32)
-        fill_rows_f32(c, rows, n, bias);
-    else
-        fill_rows_f64(c, rows, n, bias);
 }
 
 static void zero(moe_dtype dt, void *p, int64_t n)
@@ -377,13 +345,13 @@ static void ffn_fw_body(int64_t e, int slot, void *vctx)
     void *u = at(dt, c->uo, r0 * F), *y = at(dt, c->y, r0 * D);
     void *h = at(dt, c->scratch, (int64_t)slot * c->max_rows * F);
     if (g) {
-        if (p->bg) fill_rows(dt, g, n, F, at(dt, p->bg, e * F));
+        if (p->bg) moe_cpu_fill_rows(dt, g, n, F, at(dt, p->bg, e * F));
         gemm(dt, false, false, n, F, D, 1, x, D, at(dt, p->wg, e * D * F), F, p->bg ? 1 : 0, g, F);
     }
-    if (p->bu) fill_rows(dt, u, n, F, at(dt, p->bu, e * F));
+    if (p->bu) moe_cpu_fill_rows(dt, u, n, F, at(dt, p->bu, e * F));
     gemm(dt, false, false, n, F, D, 1, x, D, at(dt, p->wu, e * D * F), F, p->bu ? 1 : 0, u, F);
     act_fw(dt, p->act, g, u, h, n * F, c->par_inner);
-    if (p->bd) fill_rows(dt, y, n, D, at(dt, p->bd, e * D));
+    if (p->bd) moe_cpu_fill_rows(dt, y, n, D, at(dt, p->bd, e * D));
     gemm(dt, false, false, n, D, F, 1, h, F, at(dt, p->wd, e * F * D), D, p->bd ? 1 : 0, y, D);
 }
 
@@ -426,16 +394,16 @@ static void ffn_bw_body(int64_t e, int slot, void *vctx)
         act_fw(dt, p->act, g, u, B, n * F, c->par_inner);
         gemm(dt, true, false, F, D, n, 1, B, F, dy, D, 0, at(dt, c->dwd, e * wsz), D);
     }
-    if (c->dbd) colsum(dt, at(dt, c->dbd, e * D), dy, n, D);
+    if (c->dbd) moe_cpu_sum_rows(dt, at(dt, c->dbd, e * D), dy, n, D);
     if (!need_in) return;
     /* dh = dY Wdᵀ into A; then dG into A and dU into B (SwiGLU) or dU into A (GELU) */
     gemm(dt, false, true, n, F, D, 1, dy, D, wd, D, 0, A, F);
     act_bw(dt, p->act, g, u, A, B, n * F, c->par_inner);
     const void *dg = swiglu ? A : NULL, *du = swiglu ? B : A;
     if (dg && c->dwg) gemm(dt, true, false, D, F, n, 1, x, D, dg, F, 0, at(dt, c->dwg, e * wsz), F);
-    if (dg && c->dbg) colsum(dt, at(dt, c->dbg, e * F), dg, n, F);
+    if (dg && c->dbg) moe_cpu_sum_rows(dt, at(dt, c->dbg, e * F), dg, n, F);
     if (c->dwu) gemm(dt, true, false, D, F, n, 1, x, D, du, F, 0, at(dt, c->dwu, e * wsz), F);
-    if (c->dbu) colsum(dt, at(dt, c->dbu, e * F), du, n, F);
+    if (c->dbu) moe_cpu_sum_rows(dt, at(dt, c->dbu, e * F), du, n, F);
     if (c->dx) {
         void *dx = at(dt, c->dx, r0 * D);
         if (dg) gemm(dt, false, true, n, D, F, 1, dg, F, wg, F, 0, dx, D);
@@ -459,97 +427,4 @@ double moe_cpu_ffn_flops(moe_cpu_ffn_act act, int64_t N, int64_t D, int64_t F, b
     double one = 2.0 * (double)N * (double)D * (double)F;
     int gemms = act == MOE_CPU_FFN_SWIGLU ? (backward ? 6 : 3) : (backward ? 4 : 2);
     return one * gemms;
-}
-
-/* ---- token movement ------------------------------------------------------------------------ */
-
-#define DEFINE_ROWS(T, SFX)                                                                   \
-    static void rows_gather_##SFX(T *restrict out, const T *restrict x,                       \
-                                  const int64_t *restrict row_token,                          \
-                                  const int64_t *restrict row_slot, const T *restrict w,      \
-                                  int64_t N, int64_t D)                                       \
-    {                                                                                         \
-        _Pragma("omp parallel for if (N * D > PAR_MIN) schedule(static)")                     \
-        for (int64_t r = 0; r < N; r++) {                                                     \
-            T *o = out + r * D;                                                               \
-            int64_t t = row_token[r];                                                         \
-            if (t < 0) {                                                                      \
-                memset(o, 0, (size_t)D * sizeof(T));                                          \
-            } else if (w) {                                                                   \
-                const T *xr = x + t * D;                                                      \
-                T s = w[row_slot[r]];                                                         \
-                for (int64_t j = 0; j < D; j++) o[j] = s * xr[j];                             \
-            } else {                                                                          \
-                memcpy(o, x + t * D, (size_t)D * sizeof(T));                                  \
-            }                                                                                 \
-        }                                                                                     \
-    }                                                                                         \
-    static void rows_combine_##SFX(T *restrict out, const T *restrict y,                      \
-                                   const int64_t *restrict slot_row, const T *restrict w,     \
-                                   int64_t ntok, int64_t K, int64_t D)                        \
-    {                                                                                         \
-        _Pragma("omp parallel for if (ntok * K * D > PAR_MIN) schedule(static)")              \
-        for (int64_t t = 0; t < ntok; t++) {                                                  \
-            T *o = out + t * D;                                                               \
-            bool first = true;                                                                \
-            for (int64_t k = 0; k < K; k++) {                                                 \
-                int64_t r = slot_row[t * K + k];                                              \
-                if (r < 0) continue;                                                          \
-                const T *yr = y + r * D;                                                      \
-                T s = w ? w[t * K + k] : (T)1;                                                \
-                if (first)                                                                    \
-                    for (int64_t j = 0; j < D; j++) o[j] = s * yr[j];                         \
-                else                                                                          \
-                    for (int64_t j = 0; j < D; j++) o[j] += s * yr[j];                        \
-                first = false;                                                                \
-            }                                                                                 \
-            if (first) memset(o, 0, (size_t)D * sizeof(T));                                   \
-        }                                                                                     \
-    }                                                                                         \
-    static void rows_dot_##SFX(T *restrict out, const T *restrict g, const T *restrict y,     \
-                               const int64_t *restrict slot_row, int64_t ntok, int64_t K,     \
-                               int64_t D)                                                     \
-    {                                                                                         \
-        _Pragma("omp parallel for if (ntok * K * D > PAR_MIN) schedule(static)")              \
-        for (int64_t t = 0; t < ntok; t++) {                                                  \
-            for (int64_t k = 0; k < K; k++) {                                                 \
-                int64_t r = slot_row[t * K + k];                                              \
-                T acc = 0;                                                                    \
-                if (r >= 0) {                                                                 \
-                    const T *gr = g + t * D, *yr = y + r * D;                                 \
-                    for (int64_t j = 0; j < D; j++) acc += gr[j] * yr[j];                     \
-                }                                                                             \
-                out[t * K + k] = acc;                                                         \
-            }                                                                                 \
-        }                                                                                     \
-    }
-
-DEFINE_ROWS(float, f32)
-DEFINE_ROWS(double, f64)
-
-void moe_cpu_rows_gather(moe_dtype dtype, void *out, const void *x, const int64_t *row_token,
-                         const int64_t *row_slot, const void *w, int64_t N, int64_t D)
-{
-    if (dtype == MOE_F32)
-        rows_gather_f32(out, x, row_token, row_slot, w, N, D);
-    else
-        rows_gather_f64(out, x, row_token, row_slot, w, N, D);
-}
-
-void moe_cpu_rows_combine(moe_dtype dtype, void *out, const void *y, const int64_t *slot_row,
-                          const void *w, int64_t T, int64_t K, int64_t D)
-{
-    if (dtype == MOE_F32)
-        rows_combine_f32(out, y, slot_row, w, T, K, D);
-    else
-        rows_combine_f64(out, y, slot_row, w, T, K, D);
-}
-
-void moe_cpu_rows_dot(moe_dtype dtype, void *out, const void *g, const void *y,
-                      const int64_t *slot_row, int64_t T, int64_t K, int64_t D)
-{
-    if (dtype == MOE_F32)
-        rows_dot_f32(out, g, y, slot_row, T, K, D);
-    else
-        rows_dot_f64(out, g, y, slot_row, T, K, D);
 }

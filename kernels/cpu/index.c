@@ -80,7 +80,7 @@ void moe_cpu_gather(void *out, const void *a, const int64_t *a_strides, size_t e
  * tasks never touch the same output element, and inside a task the rows run in
  * order, so each output element sums its contributions in index order. */
 #define DEFINE_SCATTER_ADD(T, NAME)                                                        \
-    void NAME(T *out, const int64_t *os, const T *src, const int64_t *ss, const int64_t *idx, \
+    static void NAME(T *out, const int64_t *os, const T *src, const int64_t *ss, const int64_t *idx, \
               int nd, const int64_t *shape, int dim)                                       \
     {                                                                                      \
         int64_t numel = prod(shape, 0, nd);                                                \
@@ -105,8 +105,8 @@ void moe_cpu_gather(void *out, const void *a, const int64_t *a_strides, size_t e
         }                                                                                  \
     }
 
-DEFINE_SCATTER_ADD(float, moe_cpu_scatter_add_f32)
-DEFINE_SCATTER_ADD(double, moe_cpu_scatter_add_f64)
+DEFINE_SCATTER_ADD(float, scatter_add_f32)
+DEFINE_SCATTER_ADD(double, scatter_add_f64)
 
 /* ---- index_select / index_add ------------------------------------------------------ */
 
@@ -128,7 +128,7 @@ void moe_cpu_index_select(void *out, const void *a, size_t esz, const int64_t *i
  * then every target row (p, n) is owned by one task and adds its sources in
  * index order, so no two threads touch a row and the order is fixed. */
 #define DEFINE_INDEX_ADD(T, NAME)                                                          \
-    bool NAME(T *out, const T *src, const int64_t *idx, int64_t P, int64_t N, int64_t M,    \
+    static bool NAME(T *out, const T *src, const int64_t *idx, int64_t P, int64_t N, int64_t M,    \
               int64_t Q)                                                                   \
     {                                                                                      \
         /* out [P N Q] += src [P M Q] at rows idx [M] */                                   \
@@ -160,8 +160,8 @@ void moe_cpu_index_select(void *out, const void *a, size_t esz, const int64_t *i
         return true;                                                                       \
     }
 
-DEFINE_INDEX_ADD(float, moe_cpu_index_add_f32)
-DEFINE_INDEX_ADD(double, moe_cpu_index_add_f64)
+DEFINE_INDEX_ADD(float, index_add_f32)
+DEFINE_INDEX_ADD(double, index_add_f64)
 
 void moe_cpu_one_hot(int64_t *out, const int64_t *idx, int64_t n, int64_t C)
 {
@@ -263,14 +263,12 @@ DEFINE_SORT_ROW(double, pair_f64, sort_row_f64_desc, KEY_GT)
 DEFINE_SORT_ROWS(float, pair_f32, sort_rows_f32, sort_row_f32_asc, sort_row_f32_desc)
 DEFINE_SORT_ROWS(double, pair_f64, sort_rows_f64, sort_row_f64_asc, sort_row_f64_desc)
 
-bool moe_cpu_sort_f32(float *vals, int64_t *idx, const float *x, int64_t R, int64_t E,
-                      bool descending)
+static bool sort_f32(float *vals, int64_t *idx, const float *x, int64_t R, int64_t E, bool descending)
 {
     return sort_rows_f32(vals, idx, x, R, E, E, descending);
 }
 
-bool moe_cpu_sort_f64(double *vals, int64_t *idx, const double *x, int64_t R, int64_t E,
-                      bool descending)
+static bool sort_f64(double *vals, int64_t *idx, const double *x, int64_t R, int64_t E, bool descending)
 {
     return sort_rows_f64(vals, idx, x, R, E, E, descending);
 }
@@ -310,7 +308,7 @@ bool moe_cpu_sort_f64(double *vals, int64_t *idx, const double *x, int64_t R, in
     } while (0)
 
 #define DEFINE_TOPK(T, NAME, SORT_ROWS)                                                    \
-    bool NAME(T *vals, int64_t *idx, const T *x, int64_t R, int64_t E, int64_t K,          \
+    static bool NAME(T *vals, int64_t *idx, const T *x, int64_t R, int64_t E, int64_t K,          \
               bool largest)                                                                \
     {                                                                                      \
         /* vals [R K], idx [R K] ← x [R E] */                                              \
@@ -329,8 +327,8 @@ bool moe_cpu_sort_f64(double *vals, int64_t *idx, const double *x, int64_t R, in
         return true;                                                                       \
     }
 
-DEFINE_TOPK(float, moe_cpu_topk_f32, sort_rows_f32)
-DEFINE_TOPK(double, moe_cpu_topk_f64, sort_rows_f64)
+DEFINE_TOPK(float, topk_f32, sort_rows_f32)
+DEFINE_TOPK(double, topk_f64, sort_rows_f64)
 
 /* ---- counting ------------------------------------------------------------------------- */
 
@@ -366,4 +364,30 @@ void moe_cpu_histogram(int64_t *counts, const double *x, int64_t n, int64_t C, d
             b++;
         counts[b]++;
     }
+}
+
+/* ---- one entry per op, dtype as an argument (as the CUDA kernels) ---------------- */
+
+void moe_cpu_scatter_add(moe_dtype dt, void *out, const int64_t *out_strides, const void *src,
+                         const int64_t *src_strides, const int64_t *idx, int nd, const int64_t *shape, int dim)
+{
+    if (dt == MOE_F32) scatter_add_f32(out, out_strides, src, src_strides, idx, nd, shape, dim);
+    else scatter_add_f64(out, out_strides, src, src_strides, idx, nd, shape, dim);
+}
+
+bool moe_cpu_index_add(moe_dtype dt, void *out, const void *src, const int64_t *idx, int64_t P, int64_t N,
+                       int64_t M, int64_t Q)
+{
+    return dt == MOE_F32 ? index_add_f32(out, src, idx, P, N, M, Q) : index_add_f64(out, src, idx, P, N, M, Q);
+}
+
+bool moe_cpu_topk(moe_dtype dt, void *vals, int64_t *idx, const void *x, int64_t R, int64_t E, int64_t K,
+                  bool largest)
+{
+    return dt == MOE_F32 ? topk_f32(vals, idx, x, R, E, K, largest) : topk_f64(vals, idx, x, R, E, K, largest);
+}
+
+bool moe_cpu_sort(moe_dtype dt, void *vals, int64_t *idx, const void *x, int64_t R, int64_t E, bool descending)
+{
+    return dt == MOE_F32 ? sort_f32(vals, idx, x, R, E, descending) : sort_f64(vals, idx, x, R, E, descending);
 }

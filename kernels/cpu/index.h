@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../../core/dtype.h"
+
 /* Position of the first index outside [0, size), or -1 when all are in range. */
 int64_t moe_cpu_index_find_bad(const int64_t *idx, int64_t n, int64_t size);
 
@@ -33,12 +35,9 @@ int64_t moe_cpu_index_find_bad(const int64_t *idx, int64_t n, int64_t size);
  * element), so results do not depend on the thread count. */
 void moe_cpu_gather(void *out, const void *a, const int64_t *a_strides, size_t esz,
                     const int64_t *idx, int nd, const int64_t *shape, int dim);
-void moe_cpu_scatter_add_f32(float *out, const int64_t *out_strides, const float *src,
-                             const int64_t *src_strides, const int64_t *idx, int nd,
-                             const int64_t *shape, int dim);
-void moe_cpu_scatter_add_f64(double *out, const int64_t *out_strides, const double *src,
-                             const int64_t *src_strides, const int64_t *idx, int nd,
-                             const int64_t *shape, int dim);
+void moe_cpu_scatter_add(moe_dtype dt, void *out, const int64_t *out_strides, const void *src,
+                         const int64_t *src_strides, const int64_t *idx, int nd, const int64_t *shape,
+                         int dim);
 
 /* ---- index_select / index_add (1-D index of M entries) ----------------------
  * select: out [P M Q] ← a [P N Q] rows idx[m]        (elements of ESZ bytes)
@@ -46,10 +45,8 @@ void moe_cpu_scatter_add_f64(double *out, const int64_t *out_strides, const doub
  *         in index order (deterministic); false when scratch allocation fails */
 void moe_cpu_index_select(void *out, const void *a, size_t esz, const int64_t *idx, int64_t P,
                           int64_t N, int64_t M, int64_t Q);
-bool moe_cpu_index_add_f32(float *out, const float *src, const int64_t *idx, int64_t P, int64_t N,
-                           int64_t M, int64_t Q);
-bool moe_cpu_index_add_f64(double *out, const double *src, const int64_t *idx, int64_t P,
-                           int64_t N, int64_t M, int64_t Q);
+bool moe_cpu_index_add(moe_dtype dt, void *out, const void *src, const int64_t *idx, int64_t P, int64_t N,
+                       int64_t M, int64_t Q);
 
 /* one-hot: out [n C] (i64) from class ids idx [n]. */
 void moe_cpu_one_hot(int64_t *out, const int64_t *idx, int64_t n, int64_t C);
@@ -60,14 +57,10 @@ void moe_cpu_one_hot(int64_t *out, const int64_t *idx, int64_t n, int64_t C);
  * topk:  vals [R K], idx [R K], the K largest (or smallest) per row, sorted.
  * sort:  vals [R E] (may be NULL), idx [R E], stable.
  * Return false when scratch memory could not be allocated. */
-bool moe_cpu_topk_f32(float *vals, int64_t *idx, const float *x, int64_t R, int64_t E, int64_t K,
-                      bool largest);
-bool moe_cpu_topk_f64(double *vals, int64_t *idx, const double *x, int64_t R, int64_t E, int64_t K,
-                      bool largest);
-bool moe_cpu_sort_f32(float *vals, int64_t *idx, const float *x, int64_t R, int64_t E,
-                      bool descending);
-bool moe_cpu_sort_f64(double *vals, int64_t *idx, const double *x, int64_t R, int64_t E,
-                      bool descending);
+bool moe_cpu_topk(moe_dtype dt, void *vals, int64_t *idx, const void *x, int64_t R, int64_t E, int64_t K,
+                  bool largest);
+bool moe_cpu_sort(moe_dtype dt, void *vals, int64_t *idx, const void *x, int64_t R, int64_t E,
+                  bool descending);
 
 /* ---- counting ----------------------------------------------------------------
  * bincount: out [C] (zeroed here) counts (i64) or sums weights w [n] (f64) of

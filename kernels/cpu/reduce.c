@@ -99,7 +99,7 @@ typedef int64_t vi8 __attribute__((vector_size(64)));
         return MOE_OK;                                                                    \
     }                                                                                     \
                                                                                           \
-    moe_status moe_cpu_sum_##SFX(T *out, const T *x, int64_t O, int64_t R, int64_t I,     \
+    static moe_status sum_##SFX(T *out, const T *x, int64_t O, int64_t R, int64_t I,     \
                                  double scale)                                            \
     {                                                                                     \
         if (I == 1) {                                                                     \
@@ -138,7 +138,7 @@ DEFINE_SUM(i64, int64_t, int64_t, vi8, vi8)
 /* ---- variance (two passes: mean, then squared deviations) ---------------------------- */
 
 #define DEFINE_VAR(SFX, T)                                                                \
-    moe_status moe_cpu_var_##SFX(T *out, const T *x, int64_t O, int64_t R, int correction) \
+    static moe_status var_##SFX(T *out, const T *x, int64_t O, int64_t R, int correction) \
     {                                                                                     \
         double *buf = malloc(sizeof(double) * (size_t)(2 * O + 1)); /* mean [O], ss [O] */ \
         if (!buf) return nomem("var");                                                    \
@@ -160,7 +160,7 @@ DEFINE_VAR(f64, double)
 /* ---- cumulative sum ------------------------------------------------------------------- */
 
 #define DEFINE_CUMSUM(SFX, T, ACC)                                                        \
-    void moe_cpu_cumsum_##SFX(T *out, const T *x, int64_t O, int64_t R, int64_t I,        \
+    static void cumsum_##SFX(T *out, const T *x, int64_t O, int64_t R, int64_t I,        \
                               bool reverse)                                               \
     {                                                                                     \
         int64_t nb = (I + COLS - 1) / COLS;                                               \
@@ -202,7 +202,7 @@ DEFINE_CUMSUM(i64, int64_t, int64_t)
         *bi = k;                                                                          \
     }                                                                                     \
                                                                                           \
-    moe_status moe_cpu_extreme_##SFX(T *val, int64_t *idx, const T *x, int64_t O,         \
+    static moe_status extreme_##SFX(T *val, int64_t *idx, const T *x, int64_t O,         \
                                      int64_t R, int64_t I, bool is_max)                   \
     {                                                                                     \
         if (I == 1 && R > CHUNK) {                                                        \
@@ -280,7 +280,7 @@ DEFINE_EXTREME(f64, double, isnan)
 DEFINE_EXTREME(i64, int64_t, NO_NAN)
 
 #define DEFINE_SCATTER_DIM(SFX, T)                                                        \
-    void moe_cpu_scatter_dim_##SFX(T *out, const T *g, const int64_t *idx, int64_t O,     \
+    static void scatter_dim_##SFX(T *out, const T *g, const int64_t *idx, int64_t O,     \
                                    int64_t R, int64_t I)                                  \
     {                                                                                     \
         _Pragma("omp parallel for if (O * I > 32768) schedule(static)")                   \
@@ -290,3 +290,39 @@ DEFINE_EXTREME(i64, int64_t, NO_NAN)
 
 DEFINE_SCATTER_DIM(f32, float)
 DEFINE_SCATTER_DIM(f64, double)
+
+/* ---- one entry per op, dtype as an argument (as the CUDA kernels) ---------------- */
+
+moe_status moe_cpu_sum(moe_dtype dt, void *out, const void *x, int64_t O, int64_t R, int64_t I, double scale)
+{
+    if (dt == MOE_F32) return sum_f32(out, x, O, R, I, scale);
+    if (dt == MOE_F64) return sum_f64(out, x, O, R, I, scale);
+    return sum_i64(out, x, O, R, I, scale);
+}
+
+moe_status moe_cpu_var(moe_dtype dt, void *out, const void *x, int64_t O, int64_t R, int correction)
+{
+    return dt == MOE_F32 ? var_f32(out, x, O, R, correction) : var_f64(out, x, O, R, correction);
+}
+
+void moe_cpu_cumsum(moe_dtype dt, void *out, const void *x, int64_t O, int64_t R, int64_t I, bool reverse)
+{
+    if (dt == MOE_F32) cumsum_f32(out, x, O, R, I, reverse);
+    else if (dt == MOE_F64) cumsum_f64(out, x, O, R, I, reverse);
+    else cumsum_i64(out, x, O, R, I, reverse);
+}
+
+moe_status moe_cpu_extreme(moe_dtype dt, void *val, int64_t *idx, const void *x, int64_t O, int64_t R, int64_t I,
+                           bool is_max)
+{
+    if (dt == MOE_F32) return extreme_f32(val, idx, x, O, R, I, is_max);
+    if (dt == MOE_F64) return extreme_f64(val, idx, x, O, R, I, is_max);
+    return extreme_i64(val, idx, x, O, R, I, is_max);
+}
+
+void moe_cpu_scatter_dim(moe_dtype dt, void *out, const void *g, const int64_t *idx, int64_t O, int64_t R,
+                         int64_t I)
+{
+    if (dt == MOE_F32) scatter_dim_f32(out, g, idx, O, R, I);
+    else scatter_dim_f64(out, g, idx, O, R, I);
+}

@@ -1,5 +1,5 @@
 /* softmax.c — loops behind softmax, log-softmax and logsumexp over the rows
- * of a contiguous x [O N] (declared in reduce.h).
+ * of a contiguous x [O N] (declared in softmax.h).
  *
  * Dimension letters: O rows, N the softmax row length, W the lanes of one
  * f32 vector.
@@ -20,7 +20,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "reduce.h"
+#include "softmax.h"
 
 #define BLOCK 4             /* exps per lane summed in float before going to double */
 #define PREFETCH_ROW 4096   /* longest row (elements) prefetched whole */
@@ -220,8 +220,7 @@ static softmax_row_fn *softmax_row_for_cpu(void)
     return softmax_row4;
 }
 
-void moe_cpu_softmax_f32(float *out, const float *x, int64_t O, int64_t N,
-                         moe_cpu_softmax_mode mode)
+static void softmax_f32(float *out, const float *x, int64_t O, int64_t N, moe_cpu_softmax_mode mode)
 {
     softmax_row_fn *row = softmax_row_for_cpu();
     bool lse = mode == MOE_CPU_LOGSUMEXP;
@@ -257,8 +256,8 @@ static double expsum_f64(double *y, const double *x, int64_t n, double sh)
 /* The shift is the max unless it is infinite (all -inf: the sum is 0, so
  * softmax is NaN and logsumexp is -inf; +inf: NaN / +inf, as the limits
  * say). */
-void moe_cpu_softmax_f64(double *out, const double *x, int64_t O, int64_t N,
-                         moe_cpu_softmax_mode mode)
+static void softmax_f64(double *out, const double *x, int64_t O, int64_t N,
+                        moe_cpu_softmax_mode mode)
 {
 #pragma omp parallel for if (O * N > PAR_MIN) schedule(static)
     for (int64_t o = 0; o < O; o++) {
@@ -277,4 +276,11 @@ void moe_cpu_softmax_f64(double *out, const double *x, int64_t O, int64_t N,
             for (int64_t i = 0; i < N; i++) yr[i] = (xr[i] - sh) - ls;
         }
     }
+}
+
+void moe_cpu_softmax(moe_dtype dt, void *out, const void *x, int64_t O, int64_t N,
+                     moe_cpu_softmax_mode mode)
+{
+    if (dt == MOE_F32) softmax_f32(out, x, O, N, mode);
+    else softmax_f64(out, x, O, N, mode);
 }

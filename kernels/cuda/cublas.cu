@@ -1,5 +1,6 @@
-/* cublas.cu — the one place moelab talks to cuBLAS: a lazily created handle.
- * GEMM wrappers join it with the CUDA backend's ops. */
+/* cublas.cu — the process's cuBLAS handle, created on first use. The GEMMs
+ * that run on it are in blaslt.cu (cuBLASLt, the matmuls) and
+ * grouped_gemm.cu (grouped cuBLAS calls for the experts). */
 #include <cublas_v2.h>
 
 #include "cuda.h"

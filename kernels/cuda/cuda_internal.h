@@ -8,14 +8,7 @@
 #include "../../core/error.h"
 #include "cuda.h"
 
-/* Return a moe_status naming OP when a CUDA runtime call fails. */
-#define CHECK_CUDA(op, call)                                                            \
-    do {                                                                                \
-        cudaError_t e_ = (call);                                                        \
-        if (e_ != cudaSuccess)                                                          \
-            return moe_fail(MOE_ERR_BACKEND, op, "%s failed: %s (%s:%d)", #call,         \
-                            cudaGetErrorString(e_), __FILE__, __LINE__);                \
-    } while (0)
+#include "check.h"
 
 /* After a kernel launch: a bad configuration shows up here, not later. */
 #define CHECK_LAUNCH(op) CHECK_CUDA(op, cudaGetLastError())

@@ -11,6 +11,8 @@
  * type T (float or double); the op code is a run-time switch that every
  * thread of a launch takes the same way. */
 #include "../../core/tensor.h"
+#include "../gelu.h"
+#include "../rng.h"
 #include "cuda_internal.h"
 #include "device_math.cuh"
 #include "elementwise.h"
@@ -19,10 +21,10 @@ namespace {
 
 constexpr int kBlock = 256;
 
-#define GELU_C 0.7978845608028654 /* sqrt(2/pi) */
-#define GELU_K 0.044715
-#define INV_SQRT_2PI 0.3989422804014327
-#define SQRT1_2 0.7071067811865476
+#define GELU_C MOE_GELU_TANH_C
+#define GELU_K MOE_GELU_TANH_K
+#define INV_SQRT_2PI MOE_GELU_INV_SQRT_2PI
+#define SQRT1_2 MOE_GELU_SQRT1_2
 
 /* Offsets (elements) of output element I in each of the NJ inputs. */
 template <int NJ>
@@ -242,19 +244,7 @@ struct compare_fn {
 
 /* ---- dropout: the host's counter-based generator (core/tensor.c) --------------------- */
 
-__device__ inline uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-__device__ inline double rng_uniform(uint64_t seed, uint64_t i)
-{
-    uint64_t bits = mix64(mix64(seed + 0x9e3779b97f4a7c15ull) ^
-                          (i * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull));
-    return (double)(bits >> 11) * 0x1.0p-53;
-}
+__device__ inline double rng_uniform(uint64_t seed, uint64_t i) { return moe_rng_bits_uniform(seed, i); }
 
 template <typename T>
 struct dropout_fn {

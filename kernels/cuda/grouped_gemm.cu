@@ -20,6 +20,7 @@
 
 #include "cuda_internal.h"
 #include "grouped_gemm.h"
+#include "../gelu.h"
 
 #define OP "cuda-grouped-gemm"
 
@@ -165,10 +166,10 @@ __device__ __forceinline__ float ldv(const __nv_bfloat16 *p, int64_t i) { return
 __device__ __forceinline__ void stv(float *p, int64_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void stv(__nv_bfloat16 *p, int64_t i, float v) { p[i] = __float2bfloat16(v); }
 
-#define SQRT1_2 0.70710678118654752440f
-#define INV_SQRT_2PI 0.39894228040143267794f
-#define GELU_C 0.79788456080286535588f
-#define GELU_A 0.044715f
+#define SQRT1_2 ((float)MOE_GELU_SQRT1_2)
+#define INV_SQRT_2PI ((float)MOE_GELU_INV_SQRT_2PI)
+#define GELU_C ((float)MOE_GELU_TANH_C)
+#define GELU_A ((float)MOE_GELU_TANH_K)
 
 template <typename TV>
 __global__ void act_fw_kernel(int act, const TV *g, const TV *u, TV *h, int64_t n)

@@ -1,7 +1,7 @@
 /* permute.h — token dispatch on the GPU (C API; device pointers): the
  * dispatch plan by a counting sort on the device, and the row movements of
  * permute / un-permute and their backwards (the CUDA side of
- * core/moe/dispatch.c and kernels/cpu/grouped_gemm.h's token movement).
+ * core/moe/dispatch.c and the twin of kernels/cpu/permute.h).
  *
  * Dimension letters: T tokens, K slots per token, E experts, C capacity, N
  * permuted rows, D row length. A slot is s = t*K + k.

@@ -1,7 +1,7 @@
 /* router.h — the fused router kernel on the GPU (C API; device pointers).
  *
  * One pass over the gate logits z [T E] (f32 or bf16 in, f32 math; one warp
- * per token row) gives everything core/moe/select.c and the loss statistics
+ * per token row) gives everything kernels/cpu/router.c and the loss statistics
  * of core/moe/aux_loss.c compute on the CPU for one micro-batch:
  *   base scores s (softmax, or σ(z) + offset), the selection (on z for
  *   post-softmax, else on s; + expert bias; group-limited with the group

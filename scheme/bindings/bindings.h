@@ -7,6 +7,12 @@
  *   tensor-func.c   creation, element access, conversion to lists and SRFI-4 vectors
  *   ops-func.c      every op of core/ops.h and the views of core/tensor.h
  *   autograd-func.c backward, grads, grad mode, hooks, custom functions
+ *   router-func.c   routers, routings, balance trackers, the standalone losses
+ *   router-options.c make-router's keywords → a router config; metrics → alist
+ *   layer-func.c    the <moe-layer> foreign object and (moelab layer)
+ *   dist-func.c     the <group> foreign object, with-ranks, collectives
+ *   data-func.c     tokenizers and token files (data-func.h: shared with datasets)
+ *   dataset-func.c  the <dataset> foreign object and batches
  *   model-type.c    the <moe-transformer> foreign object
  *   model-func.c    the transformer, attention and RoPE primitives
  *   optim-func.c    optimizers, gradient clipping, learning-rate schedules
@@ -90,6 +96,11 @@ SCM moelab_from_element(moe_dtype d, double v);
 void moelab_init_error(void);
 /* Raise moelab-error for the last C error, naming SUBR (the Scheme procedure). */
 SCM_NORETURN void moelab_throw_last(const char *subr);
+/* The same, dropping the message's "COP: " prefix when the core named the
+ * operation COP rather than SUBR (COP NULL: any one-word prefix). */
+SCM_NORETURN void moelab_throw_last_from(const char *subr, const char *cop);
+/* The symbol a moelab-error carries for CODE: ok, arg, shape, dtype, … */
+const char *moelab_status_symbol(moe_status code);
 /* Raise moelab-error with a message of our own. */
 SCM_NORETURN void moelab_throw(const char *subr, moe_status code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -2,8 +2,9 @@
  * <group> foreign object, rank contexts, with-ranks on the threads backend
  * and under mpirun, and the collectives of core/dist/comm.h.
  *
- * Ownership. A moe_group handle belongs to one rank and is touched by that
- * rank's thread only (its reference count is not atomic; see comm_impl.h).
+ * Ownership. A moe_group handle belongs to one rank, and only that rank's
+ * thread runs collectives on it (its reference count is atomic only because
+ * autograd nodes may be freed on another thread; see moe_group_release).
  * So no Scheme object owns a handle. Each run of a rank has a scope
  * (dist_scope) that owns the handles it gives out (its world, its mesh and
  * the mesh groups asked for) and drops them on the rank's own thread when
@@ -116,39 +117,11 @@ static moe_status scope_hold(dist_scope *s, moe_group *g)
     return MOE_OK;
 }
 
-/* ---- status symbols and errors ------------------------------------------------ */
-
-/* The symbol a moelab-error carries for CODE (as error.c raises them). */
-static const char *status_symbol(moe_status code)
-{
-    static const char *const names[] = {
-        [MOE_OK] = "ok",           [MOE_ERR_ARG] = "arg",         [MOE_ERR_SHAPE] = "shape",
-        [MOE_ERR_DTYPE] = "dtype", [MOE_ERR_DEVICE] = "device",   [MOE_ERR_INDEX] = "index",
-        [MOE_ERR_VALUE] = "value", [MOE_ERR_STATE] = "state",     [MOE_ERR_NOMEM] = "nomem",
-        [MOE_ERR_IO] = "io",       [MOE_ERR_BACKEND] = "backend", [MOE_ERR_UNSUPPORTED] = "unsupported",
-    };
-    _Static_assert(sizeof names / sizeof *names == MOE_STATUS_COUNT, "one symbol per status");
-    return (unsigned)code < MOE_STATUS_COUNT ? names[code] : "state";
-}
-
-/* Raise the last C error as moelab-error naming SUBR, without the C
- * operation's own "COP: " prefix ("all_gather: size mismatch…" raised by
- * all-gather reads "In procedure all-gather: size mismatch…"). */
-static SCM_NORETURN void dist_throw(const char *subr, const char *cop)
-{
-    moe_status code = moe_last_status();
-    char text[1100];
-    const char *m = moe_last_error();
-    size_t n = strlen(cop);
-    if (strncmp(m, cop, n) == 0 && m[n] == ':' && m[n + 1] == ' ') m += n + 2;
-    snprintf(text, sizeof text, "%s", m);
-    moe_clear_error();
-    moelab_throw(subr, code == MOE_OK ? MOE_ERR_STATE : code, "%s", text);
-}
+/* ---- errors (the C operation names COP; the Scheme procedure SUBR) ---------- */
 
 #define DIST_CHECK(subr, cop, expr)                                            \
     do {                                                                       \
-        if ((expr) != MOE_OK) dist_throw(subr, cop);                           \
+        if ((expr) != MOE_OK) moelab_throw_last_from(subr, cop);              \
     } while (0)
 
 /* ---- the <group> foreign object ---------------------------------------------------- */
@@ -326,7 +299,7 @@ SCM_DEFINE(moelab_context_mesh_group, "%context-mesh-group", 2, 0, 0, (SCM ctx, 
     moe_group *g = NULL;
     moe_status st = moe_mesh_group(&g, lookup, d);
     free(d);
-    if (st != MOE_OK) dist_throw(FUNC_NAME, "mesh_group");
+    if (st != MOE_OK) moelab_throw_last_from(FUNC_NAME, "mesh_group");
     if (!m) { /* one rank: the trivial group */
         moe_group_release(g);
         return make_group(NULL, NULL, FUNC_NAME);
@@ -394,7 +367,7 @@ static void rank_failed(rank_call *c, moe_status st, const char *text)
     c->st = st == MOE_OK ? MOE_ERR_STATE : st;
     snprintf(c->text, sizeof c->text, "%s", text && *text ? text : moe_status_name(c->st));
     SCM outcome = scm_cons(SCM_BOOL_F, scm_cons(scm_from_utf8_string(c->text),
-                                                scm_from_utf8_symbol(status_symbol(c->st))));
+                                                scm_from_utf8_symbol(moelab_status_symbol(c->st))));
     scm_c_vector_set_x(c->run->outcomes, (size_t)c->rank, outcome);
 }
 
@@ -494,7 +467,7 @@ SCM_DEFINE(moelab_threads_run, "%threads-run", 3, 0, 0, (SCM n, SCM mesh, SCM en
     scm_gc_unprotect_object(run.outcomes);
     free(spec);
     int first = atomic_load(&run.first_failed);
-    if (st != MOE_OK && first < 0) dist_throw(FUNC_NAME, "threads_run"); /* the runner itself failed */
+    if (st != MOE_OK && first < 0) moelab_throw_last_from(FUNC_NAME, "threads_run"); /* the runner itself failed */
     moe_clear_error();
     return scm_cons(first >= 0 ? scm_from_int(first) : SCM_BOOL_F, run.outcomes);
 }
@@ -576,7 +549,7 @@ SCM_DEFINE(moelab_mpi_open, "%mpi-open", 2, 0, 0, (SCM n, SCM mesh),
         free(spec);
         if (st != MOE_OK) {
             scope_end(s);
-            dist_throw(FUNC_NAME, "mesh");
+            moelab_throw_last_from(FUNC_NAME, "mesh");
         }
     }
     SCM ctx = wrap_context(s);
@@ -736,7 +709,7 @@ SCM_DEFINE(moelab_all_to_all, "%all-to-all", 3, 0, 0, (SCM t, SCM splits, SCM g)
     moe_status st = moe_all_to_all(&r, recv, x, send, grp);
     if (st != MOE_OK) {
         free(buf);
-        dist_throw(FUNC_NAME, "all_to_all");
+        moelab_throw_last_from(FUNC_NAME, "all_to_all");
     }
     SCM l = SCM_EOL;
     for (int i = n - 1; i >= 0; i--) l = scm_cons(scm_from_int64(recv[i]), l);
@@ -825,7 +798,7 @@ SCM_DEFINE(moelab_mpi_abort, "%mpi-abort", 1, 0, 0, (SCM message),
     scm_flush_all_ports();
     moe_mpi_abort(m); /* returns only when there is no MPI job */
     free(m);
-    dist_throw(FUNC_NAME, "mpi_abort");
+    moelab_throw_last_from(FUNC_NAME, "mpi_abort");
 }
 #undef FUNC_NAME
 

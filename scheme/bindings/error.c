@@ -69,20 +69,33 @@ static SCM_NORETURN void raise_message(const char *subr, moe_status code, const 
     if (strncmp(text, subr, n) == 0 && text[n] == ':' && text[n + 1] == ' ') text += n + 2;
     if (!*text) text = moe_status_name(code);
     SCM message = escaped_message(text);
-    const char *sym = (unsigned)code < MOE_STATUS_COUNT ? status_symbols[code] : "unknown";
     scm_error_scm(moelab_error_key, scm_from_utf8_string(subr), message, SCM_EOL,
-              scm_list_1(scm_from_utf8_symbol(sym)));
+                  scm_list_1(scm_from_utf8_symbol(moelab_status_symbol(code))));
 }
 
-void moelab_throw_last(const char *subr)
+const char *moelab_status_symbol(moe_status code)
+{
+    return (unsigned)code < MOE_STATUS_COUNT ? status_symbols[code] : "unknown";
+}
+
+void moelab_throw_last_from(const char *subr, const char *cop)
 {
     moe_status code = moe_last_status();
+    const char *m = moe_last_error();
+    /* The core's messages start with its operation ("all_gather: …"); SUBR
+     * is shown instead. COP NULL: any one-word prefix. */
+    const char *colon = strstr(m, ": ");
+    if (colon && (cop ? (size_t)(colon - m) == strlen(cop) && strncmp(m, cop, strlen(cop)) == 0
+                      : !memchr(m, ' ', (size_t)(colon - m))))
+        m = colon + 2;
     char text[1100];
-    snprintf(text, sizeof text, "%s", moe_last_error());
+    snprintf(text, sizeof text, "%s", m);
     moe_clear_error();
     if (code == MOE_OK) code = MOE_ERR_STATE; /* a failure reported without moe_fail */
     raise_message(subr, code, text);
 }
+
+void moelab_throw_last(const char *subr) { moelab_throw_last_from(subr, subr); }
 
 void moelab_throw(const char *subr, moe_status code, const char *fmt, ...)
 {

@@ -24,24 +24,11 @@ static SCM tracker_class = SCM_BOOL_F;
 
 static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
-/* Raise the last C error naming SUBR. The core's messages start with its
- * operation ("router-state-load!: …"), which may differ from the Scheme name:
- * drop it, SUBR is shown instead. */
-static SCM_NORETURN void router_throw(const char *subr)
-{
-    moe_status code = moe_last_status();
-    const char *m = moe_last_error();
-    const char *colon = strstr(m, ": ");
-    char text[1100];
-    if (colon && !memchr(m, ' ', (size_t)(colon - m))) m = colon + 2;
-    snprintf(text, sizeof text, "%s", m);
-    moe_clear_error();
-    moelab_throw(subr, code == MOE_OK ? MOE_ERR_STATE : code, "%s", text);
-}
-
+/* Raise the last C error naming SUBR; the core may name the operation
+ * differently ("router-state-load!: …"), so its one-word prefix goes. */
 #define ROUTER_CHECK(subr, expr)                                               \
     do {                                                                       \
-        if ((expr) != MOE_OK) router_throw(subr);                              \
+        if ((expr) != MOE_OK) moelab_throw_last_from(subr, NULL);             \
     } while (0)
 
 /* ---- foreign objects ------------------------------------------------------------------ */

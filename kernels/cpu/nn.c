@@ -1,0 +1,252 @@
+/* nn.c — CPU loops behind core/ops/nn.c: rms_norm, layer_norm,
+ * cross_entropy and embedding, forward beside backward.
+ *
+ * Dimension letters: R rows, D the normalised last dim (embedding: the row
+ * width), N samples and C classes of cross_entropy, I ids, H chunks of CHUNK
+ * rows.
+ *
+ * The row loops are written once for f32 and f64 (NN_KERNELS) and make one
+ * pass per row, OpenMP across rows. Sums accumulate in double over eight
+ * fixed lanes. Parameter gradients (dweight, dbias) reduce over rows in fixed
+ * chunks of CHUNK rows that chunks_sum (gemm.c's column sum) then adds in
+ * chunk order, so results do not depend on the thread count. Each entry point takes the compute dtype
+ * (MOE_F32 or MOE_F64) like its CUDA twin in kernels/cuda/nn.cu. */
+#include "nn.h"
+#include "gemm.h"
+
+#include <math.h>
+#include <string.h>
+
+#define COL_BLOCK 256    /* columns per task when adding ids' rows */
+
+/* OUT = the sum over j in [0, N) of EXPR (which reads index jj), in double,
+ * over eight independent lanes combined in a fixed order. */
+#define LANE_SUM(out, n, EXPR)                                                      \
+    do {                                                                            \
+        double l_[8] = {0}, t_ = 0;                                                 \
+        int64_t j_ = 0;                                                             \
+        for (; j_ + 8 <= (n); j_ += 8)                                              \
+            for (int k_ = 0; k_ < 8; k_++) {                                        \
+                int64_t jj = j_ + k_;                                               \
+                l_[k_] += (EXPR);                                                   \
+            }                                                                       \
+        for (; j_ < (n); j_++) {                                                    \
+            int64_t jj = j_;                                                        \
+            t_ += (EXPR);                                                           \
+        }                                                                           \
+        (out) = ((l_[0] + l_[4]) + (l_[1] + l_[5])) + ((l_[2] + l_[6]) + (l_[3] + l_[7])) + t_; \
+    } while (0)
+
+/* ---- kernels -------------------------------------------------------------------------- */
+
+#define NN_KERNELS(T, SUF, EXP)                                                              \
+    /* y [R D] = x r w, r [R] = 1/sqrt(mean(x²) + eps) */                                     \
+    static void rms_fwd_##SUF(T *restrict y, T *restrict rinv, const T *restrict x,          \
+                              const T *restrict w, int64_t R, int64_t D, double eps)         \
+    {                                                                                        \
+        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
+        for (int64_t r = 0; r < R; r++) {                                                    \
+            const T *xr = x + r * D;                                                         \
+            T *yr = y + r * D;                                                               \
+            double ss;                                                                       \
+            LANE_SUM(ss, D, (double)xr[jj] * xr[jj]);                                        \
+            T ri = (T)(1.0 / sqrt(ss / (double)D + eps));                                    \
+            rinv[r] = ri;                                                                    \
+            for (int64_t j = 0; j < D; j++) yr[j] = xr[j] * ri * w[j];                       \
+        }                                                                                    \
+    }                                                                                        \
+    /* dx = r (g w - x r² mean(g w x)); dwp [H D] += g x r per chunk */                      \
+    static void rms_bwd_##SUF(T *restrict dx, double *restrict dwp, const T *restrict g,     \
+                              const T *restrict x, const T *restrict w,                      \
+                              const T *restrict rinv, int64_t R, int64_t D, \
+                              int64_t chunk)                  \
+    {                                                                                        \
+        int64_t nch = (R + chunk - 1) / chunk;                                               \
+        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
+        for (int64_t ch = 0; ch < nch; ch++) {                                               \
+            double *p = dwp ? dwp + ch * D : NULL;                                           \
+            if (p) memset(p, 0, sizeof(double) * (size_t)D);                                 \
+            int64_t r1 = (ch + 1) * chunk < R ? (ch + 1) * chunk : R;                        \
+            for (int64_t r = ch * chunk; r < r1; r++) {                                      \
+                const T *gr = g + r * D, *xr = x + r * D;                                    \
+                T ri = rinv[r];                                                              \
+                if (dx) {                                                                    \
+                    double dot;                                                              \
+                    LANE_SUM(dot, D, (double)gr[jj] * w[jj] * xr[jj]);                       \
+                    T c = (T)((double)ri * ri * ri * dot / (double)D);                       \
+                    T *dxr = dx + r * D;                                                     \
+                    for (int64_t j = 0; j < D; j++) dxr[j] = ri * gr[j] * w[j] - xr[j] * c;  \
+                }                                                                            \
+                if (p)                                                                       \
+                    for (int64_t j = 0; j < D; j++) p[j] += (double)(gr[j] * xr[j] * ri);    \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    /* y = (x - mean) rstd w + b; mean, rstd [R] */                                          \
+    static void ln_fwd_##SUF(T *restrict y, T *restrict mean, T *restrict rstd,              \
+                             const T *restrict x, const T *restrict w, const T *restrict b,  \
+                             int64_t R, int64_t D, double eps)                               \
+    {                                                                                        \
+        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
+        for (int64_t r = 0; r < R; r++) {                                                    \
+            const T *xr = x + r * D;                                                         \
+            T *yr = y + r * D;                                                               \
+            double s, v;                                                                     \
+            LANE_SUM(s, D, (double)xr[jj]);                                                  \
+            double mu = s / (double)D;                                                       \
+            LANE_SUM(v, D, ((double)xr[jj] - mu) * ((double)xr[jj] - mu));                   \
+            T rs = (T)(1.0 / sqrt(v / (double)D + eps)), m = (T)mu;                          \
+            mean[r] = m;                                                                     \
+            rstd[r] = rs;                                                                    \
+            for (int64_t j = 0; j < D; j++) yr[j] = (xr[j] - m) * rs * w[j] + b[j];          \
+        }                                                                                    \
+    }                                                                                        \
+    /* with x̂ = (x - mean) rstd: dx = rstd (g w - mean(g w) - x̂ mean(g w x̂));              \
+     * dwp [H D] += g x̂, dbp [H D] += g per chunk */                                         \
+    static void ln_bwd_##SUF(T *restrict dx, double *restrict dwp, double *restrict dbp,     \
+                             const T *restrict g, const T *restrict x, const T *restrict w,  \
+                             const T *restrict mean, const T *restrict rstd, int64_t R,      \
+                             int64_t D, int64_t chunk)                                                      \
+    {                                                                                        \
+        int64_t nch = (R + chunk - 1) / chunk;                                               \
+        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
+        for (int64_t ch = 0; ch < nch; ch++) {                                               \
+            double *pw = dwp ? dwp + ch * D : NULL, *pb = dbp ? dbp + ch * D : NULL;         \
+            if (pw) memset(pw, 0, sizeof(double) * (size_t)D);                               \
+            if (pb) memset(pb, 0, sizeof(double) * (size_t)D);                               \
+            int64_t r1 = (ch + 1) * chunk < R ? (ch + 1) * chunk : R;                        \
+            for (int64_t r = ch * chunk; r < r1; r++) {                                      \
+                const T *gr = g + r * D, *xr = x + r * D;                                    \
+                T m = mean[r], rs = rstd[r];                                                 \
+                if (dx) {                                                                    \
+                    double sg, sgx;                                                          \
+                    LANE_SUM(sg, D, (double)gr[jj] * w[jj]);                                 \
+                    LANE_SUM(sgx, D, (double)gr[jj] * w[jj] * ((xr[jj] - m) * rs));          \
+                    T a = (T)(sg / (double)D), c = (T)(sgx / (double)D);                     \
+                    T *dxr = dx + r * D;                                                     \
+                    for (int64_t j = 0; j < D; j++)                                          \
+                        dxr[j] = rs * (gr[j] * w[j] - a - (xr[j] - m) * rs * c);             \
+                }                                                                            \
+                if (pw)                                                                      \
+                    for (int64_t j = 0; j < D; j++) pw[j] += (double)(gr[j] * ((xr[j] - m) * rs)); \
+                if (pb)                                                                      \
+                    for (int64_t j = 0; j < D; j++) pb[j] += (double)gr[j];                  \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    /* per row: lse [N] = log sum exp x, loss [N] = lse - x[t] (0 where ignored) */          \
+    static void ce_fwd_##SUF(double *restrict loss, T *restrict lse, const T *restrict x,    \
+                             const int64_t *restrict t, int64_t N, int64_t C, int64_t ignore) \
+    {                                                                                        \
+        _Pragma("omp parallel for if (N * C > 32768) schedule(static)")                      \
+        for (int64_t i = 0; i < N; i++) {                                                    \
+            const T *xr = x + i * C;                                                         \
+            if (t[i] == ignore) {                                                            \
+                loss[i] = 0;                                                                 \
+                lse[i] = 0;                                                                  \
+                continue;                                                                    \
+            }                                                                                \
+            T mx = xr[0];                                                                    \
+            for (int64_t j = 1; j < C; j++) mx = xr[j] > mx ? xr[j] : mx;                    \
+            double s;                                                                        \
+            LANE_SUM(s, C, (double)EXP(xr[jj] - mx));                                        \
+            double l = (double)mx + log(s);                                                  \
+            lse[i] = (T)l;                                                                   \
+            loss[i] = l - (double)xr[t[i]];                                                  \
+        }                                                                                    \
+    }                                                                                        \
+    /* dx [N C] = scale (softmax - onehot) on counted rows, 0 on ignored ones */             \
+    static void ce_bwd_##SUF(T *restrict dx, const T *restrict x, const T *restrict lse,     \
+                             const int64_t *restrict t, int64_t N, int64_t C,                \
+                             int64_t ignore, T scale)                                        \
+    {                                                                                        \
+        _Pragma("omp parallel for if (N * C > 32768) schedule(static)")                      \
+        for (int64_t i = 0; i < N; i++) {                                                    \
+            const T *xr = x + i * C;                                                         \
+            T *dr = dx + i * C;                                                              \
+            if (t[i] == ignore) {                                                            \
+                memset(dr, 0, sizeof(T) * (size_t)C);                                        \
+                continue;                                                                    \
+            }                                                                                \
+            T l = lse[i];                                                                    \
+            for (int64_t j = 0; j < C; j++) dr[j] = scale * EXP(xr[j] - l);                  \
+            dr[t[i]] -= scale;                                                               \
+        }                                                                                    \
+    }                                                                                        \
+    /* dw [V D] += g [I D] rows at ids; column blocks in parallel, ids in order */           \
+    static void emb_bwd_##SUF(T *restrict dw, const T *restrict g, const int64_t *restrict ids, \
+                              int64_t I, int64_t D)                                          \
+    {                                                                                        \
+        int64_t nb = (D + COL_BLOCK - 1) / COL_BLOCK;                                        \
+        _Pragma("omp parallel for if (I * D > 32768) schedule(static)")                      \
+        for (int64_t blk = 0; blk < nb; blk++) {                                             \
+            int64_t j0 = blk * COL_BLOCK, wd = D - j0 < COL_BLOCK ? D - j0 : COL_BLOCK;      \
+            for (int64_t i = 0; i < I; i++) {                                                \
+                T *dr = dw + ids[i] * D + j0;                                                \
+                const T *gr = g + i * D + j0;                                                \
+                for (int64_t j = 0; j < wd; j++) dr[j] += gr[j];                             \
+            }                                                                                \
+        }                                                                                    \
+    }
+
+NN_KERNELS(float, f32, expf)
+NN_KERNELS(double, f64, exp)
+
+void moe_cpu_rms_fwd(moe_dtype dt, void *y, void *rinv, const void *x, const void *w, int64_t R,
+                     int64_t D, double eps)
+{
+    if (dt == MOE_F32) rms_fwd_f32(y, rinv, x, w, R, D, eps);
+    else rms_fwd_f64(y, rinv, x, w, R, D, eps);
+}
+
+void moe_cpu_rms_bwd(moe_dtype dt, void *dx, double *dwp, const void *g, const void *x, const void *w,
+                     const void *rinv, int64_t R, int64_t D, int64_t chunk)
+{
+    if (dt == MOE_F32) rms_bwd_f32(dx, dwp, g, x, w, rinv, R, D, chunk);
+    else rms_bwd_f64(dx, dwp, g, x, w, rinv, R, D, chunk);
+}
+
+void moe_cpu_ln_fwd(moe_dtype dt, void *y, void *mean, void *rstd, const void *x, const void *w,
+                    const void *b, int64_t R, int64_t D, double eps)
+{
+    if (dt == MOE_F32) ln_fwd_f32(y, mean, rstd, x, w, b, R, D, eps);
+    else ln_fwd_f64(y, mean, rstd, x, w, b, R, D, eps);
+}
+
+void moe_cpu_ln_bwd(moe_dtype dt, void *dx, double *dwp, double *dbp, const void *g, const void *x,
+                    const void *w, const void *mean, const void *rstd, int64_t R, int64_t D,
+                    int64_t chunk)
+{
+    if (dt == MOE_F32) ln_bwd_f32(dx, dwp, dbp, g, x, w, mean, rstd, R, D, chunk);
+    else ln_bwd_f64(dx, dwp, dbp, g, x, w, mean, rstd, R, D, chunk);
+}
+
+void moe_cpu_chunks_sum(moe_dtype dt, void *out, const double *p, int64_t nch, int64_t D)
+{
+    moe_cpu_sum_f64_rows(dt, out, p, nch, D); /* in chunk order */
+}
+
+void moe_cpu_ce_fwd(moe_dtype dt, double *loss, void *lse, const void *x, const int64_t *t, int64_t N,
+                    int64_t C, int64_t ignore)
+{
+    if (dt == MOE_F32) ce_fwd_f32(loss, lse, x, t, N, C, ignore);
+    else ce_fwd_f64(loss, lse, x, t, N, C, ignore);
+}
+
+void moe_cpu_ce_bwd(moe_dtype dt, void *dx, const void *x, const void *lse, const int64_t *t, int64_t N,
+                    int64_t C, int64_t ignore, const void *g, double count)
+{
+    if (dt == MOE_F32) {
+        double scale = count > 0 ? *(const float *)g / count : 0.0; /* nothing counted: no gradient */
+        ce_bwd_f32(dx, x, lse, t, N, C, ignore, (float)scale);
+    } else {
+        double scale = count > 0 ? *(const double *)g / count : 0.0;
+        ce_bwd_f64(dx, x, lse, t, N, C, ignore, scale);
+    }
+}
+
+void moe_cpu_emb_bwd(moe_dtype dt, void *dw, const void *g, const int64_t *ids, int64_t I, int64_t D)
+{
+    if (dt == MOE_F32) emb_bwd_f32(dw, g, ids, I, D);
+    else emb_bwd_f64(dw, g, ids, I, D);
+}

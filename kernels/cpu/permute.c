@@ -1,0 +1,99 @@
+/* permute.c — token movement on the CPU (permute.h): the row gathers and
+ * combines of dispatch / un-permute and their backwards, the twin of the
+ * row kernels in kernels/cuda/permute.cu. */
+#include "permute.h"
+
+#include <string.h>
+
+#define PAR_MIN 32768 /* loops below this many elements stay on one thread */
+
+#define DEFINE_ROWS(T, SFX)                                                                   \
+    static void rows_gather_##SFX(T *restrict out, const T *restrict x,                       \
+                                  const int64_t *restrict row_token,                          \
+                                  const int64_t *restrict row_slot, const T *restrict w,      \
+                                  int64_t N, int64_t D)                                       \
+    {                                                                                         \
+        _Pragma("omp parallel for if (N * D > PAR_MIN) schedule(static)")                     \
+        for (int64_t r = 0; r < N; r++) {                                                     \
+            T *o = out + r * D;                                                               \
+            int64_t t = row_token[r];                                                         \
+            if (t < 0) {                                                                      \
+                memset(o, 0, (size_t)D * sizeof(T));                                          \
+            } else if (w) {                                                                   \
+                const T *xr = x + t * D;                                                      \
+                T s = w[row_slot[r]];                                                         \
+                for (int64_t j = 0; j < D; j++) o[j] = s * xr[j];                             \
+            } else {                                                                          \
+                memcpy(o, x + t * D, (size_t)D * sizeof(T));                                  \
+            }                                                                                 \
+        }                                                                                     \
+    }                                                                                         \
+    static void rows_combine_##SFX(T *restrict out, const T *restrict y,                      \
+                                   const int64_t *restrict slot_row, const T *restrict w,     \
+                                   int64_t ntok, int64_t K, int64_t D)                        \
+    {                                                                                         \
+        _Pragma("omp parallel for if (ntok * K * D > PAR_MIN) schedule(static)")              \
+        for (int64_t t = 0; t < ntok; t++) {                                                  \
+            T *o = out + t * D;                                                               \
+            bool first = true;                                                                \
+            for (int64_t k = 0; k < K; k++) {                                                 \
+                int64_t r = slot_row[t * K + k];                                              \
+                if (r < 0) continue;                                                          \
+                const T *yr = y + r * D;                                                      \
+                T s = w ? w[t * K + k] : (T)1;                                                \
+                if (first)                                                                    \
+                    for (int64_t j = 0; j < D; j++) o[j] = s * yr[j];                         \
+                else                                                                          \
+                    for (int64_t j = 0; j < D; j++) o[j] += s * yr[j];                        \
+                first = false;                                                                \
+            }                                                                                 \
+            if (first) memset(o, 0, (size_t)D * sizeof(T));                                   \
+        }                                                                                     \
+    }                                                                                         \
+    static void rows_dot_##SFX(T *restrict out, const T *restrict g, const T *restrict y,     \
+                               const int64_t *restrict slot_row, int64_t ntok, int64_t K,     \
+                               int64_t D)                                                     \
+    {                                                                                         \
+        _Pragma("omp parallel for if (ntok * K * D > PAR_MIN) schedule(static)")              \
+        for (int64_t t = 0; t < ntok; t++) {                                                  \
+            for (int64_t k = 0; k < K; k++) {                                                 \
+                int64_t r = slot_row[t * K + k];                                              \
+                T acc = 0;                                                                    \
+                if (r >= 0) {                                                                 \
+                    const T *gr = g + t * D, *yr = y + r * D;                                 \
+                    for (int64_t j = 0; j < D; j++) acc += gr[j] * yr[j];                     \
+                }                                                                             \
+                out[t * K + k] = acc;                                                         \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+DEFINE_ROWS(float, f32)
+DEFINE_ROWS(double, f64)
+
+void moe_cpu_rows_gather(moe_dtype dtype, void *out, const void *x, const int64_t *row_token,
+                         const int64_t *row_slot, const void *w, int64_t N, int64_t D)
+{
+    if (dtype == MOE_F32)
+        rows_gather_f32(out, x, row_token, row_slot, w, N, D);
+    else
+        rows_gather_f64(out, x, row_token, row_slot, w, N, D);
+}
+
+void moe_cpu_rows_combine(moe_dtype dtype, void *out, const void *y, const int64_t *slot_row,
+                          const void *w, int64_t T, int64_t K, int64_t D)
+{
+    if (dtype == MOE_F32)
+        rows_combine_f32(out, y, slot_row, w, T, K, D);
+    else
+        rows_combine_f64(out, y, slot_row, w, T, K, D);
+}
+
+void moe_cpu_rows_dot(moe_dtype dtype, void *out, const void *g, const void *y,
+                      const int64_t *slot_row, int64_t T, int64_t K, int64_t D)
+{
+    if (dtype == MOE_F32)
+        rows_dot_f32(out, g, y, slot_row, T, K, D);
+    else
+        rows_dot_f64(out, g, y, slot_row, T, K, D);
+}
