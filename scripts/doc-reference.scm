@@ -18,6 +18,10 @@
              (ice-9 documentation) (srfi srfi-1) (srfi srfi-26)
              (system vm program))
 
+;; The manual and the docstrings are UTF-8 whatever the locale (CI may run
+;; with none set, where Guile's ports would default to ASCII).
+(fluid-set! %default-port-encoding "UTF-8")
+
 (define %top-srcdir
   (dirname (dirname (canonicalize-path (current-filename)))))
 
