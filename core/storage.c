@@ -1,6 +1,7 @@
 /* storage.c — refcounted storage from a per-device allocator, plus the live
  * memory counters behind ,mem and the leak tests. */
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "tensor.h"
@@ -14,9 +15,13 @@
  * activation sizes every iteration, and fresh pages cost a page fault each
  * (a 64 MiB output loses over half its bandwidth to them). Blocks of at least
  * CACHE_MIN bytes, rounded to CACHE_ROUND, go to a small list on free and are
- * handed back for an allocation of the same rounded size. The cache holds at
- * most MOELAB_CPU_CACHE_MB (default 1024) MiB; moe_allocator_empty_cache()
- * returns it to the system. */
+ * handed back for an allocation that fits them with at most a quarter to
+ * spare (MoE buffers change size a little every step, so an exact-size rule
+ * rarely hits and stale blocks pile up). A block keeps the size it was asked
+ * for, never more than it has. When a freed block does not fit under
+ * MOELAB_CPU_CACHE_MB (default 1024) MiB or in a free slot, the least recently
+ * cached blocks make room; moe_allocator_empty_cache() returns it all to the
+ * system. */
 #include <pthread.h>
 
 #define CACHE_MIN ((size_t)256 << 10)
@@ -27,6 +32,8 @@ static struct {
     pthread_mutex_t lock;
     void *ptr[CACHE_SLOTS];
     size_t size[CACHE_SLOTS];
+    uint64_t when[CACHE_SLOTS]; /* insertion order, for eviction */
+    uint64_t clock;
     size_t bytes, limit;
     bool limit_read;
 } cpu_cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -44,14 +51,18 @@ static moe_status cpu_alloc(void **ptr, size_t nbytes, void *ctx)
     size_t size = cpu_block_size(nbytes);
     if (size >= CACHE_MIN) {
         pthread_mutex_lock(&cpu_cache.lock);
+        int best = -1; /* the smallest cached block that fits, with ≤ 25% to spare */
         for (int i = 0; i < CACHE_SLOTS; i++)
-            if (cpu_cache.ptr[i] && cpu_cache.size[i] == size) {
-                *ptr = cpu_cache.ptr[i];
-                cpu_cache.ptr[i] = NULL;
-                cpu_cache.bytes -= size;
-                pthread_mutex_unlock(&cpu_cache.lock);
-                return MOE_OK;
-            }
+            if (cpu_cache.ptr[i] && cpu_cache.size[i] >= size && cpu_cache.size[i] <= size + size / 4 &&
+                (best < 0 || cpu_cache.size[i] < cpu_cache.size[best]))
+                best = i;
+        if (best >= 0) {
+            *ptr = cpu_cache.ptr[best];
+            cpu_cache.ptr[best] = NULL;
+            cpu_cache.bytes -= cpu_cache.size[best];
+            pthread_mutex_unlock(&cpu_cache.lock);
+            return MOE_OK;
+        }
         pthread_mutex_unlock(&cpu_cache.lock);
     }
     *ptr = aligned_alloc(64, size);
@@ -69,15 +80,31 @@ static void cpu_free(void *ptr, size_t nbytes, void *ctx)
             cpu_cache.limit = (env ? (size_t)strtoull(env, NULL, 10) : 1024) << 20;
             cpu_cache.limit_read = true;
         }
-        for (int i = 0; i < CACHE_SLOTS && cpu_cache.bytes + size <= cpu_cache.limit; i++)
-            if (!cpu_cache.ptr[i]) {
-                cpu_cache.ptr[i] = ptr;
-                cpu_cache.size[i] = size;
-                cpu_cache.bytes += size;
-                ptr = NULL;
-                break;
+        void *evicted[CACHE_SLOTS];
+        int n_evicted = 0;
+        if (size <= cpu_cache.limit) {
+            int slot = -1;
+            for (;;) {
+                int oldest = -1;
+                slot = -1;
+                for (int i = 0; i < CACHE_SLOTS; i++) {
+                    if (!cpu_cache.ptr[i]) slot = i;
+                    else if (oldest < 0 || cpu_cache.when[i] < cpu_cache.when[oldest]) oldest = i;
+                }
+                if (slot >= 0 && cpu_cache.bytes + size <= cpu_cache.limit) break;
+                /* full: the oldest block makes room (freed after the lock) */
+                evicted[n_evicted++] = cpu_cache.ptr[oldest];
+                cpu_cache.bytes -= cpu_cache.size[oldest];
+                cpu_cache.ptr[oldest] = NULL;
             }
+            cpu_cache.ptr[slot] = ptr;
+            cpu_cache.size[slot] = size;
+            cpu_cache.when[slot] = cpu_cache.clock++;
+            cpu_cache.bytes += size;
+            ptr = NULL;
+        }
         pthread_mutex_unlock(&cpu_cache.lock);
+        for (int i = 0; i < n_evicted; i++) free(evicted[i]);
     }
     free(ptr);
 }
