@@ -36,10 +36,16 @@
                          (tensor->list (router-qb-beta r)))
                        '(0 1)))
            (single (betas-one-process)))
-      ;; one write per line: under mpirun the processes share the output
-      (display (format #f "rank ~a: beta step 1 (~{~,6f~^ ~}) step 2 (~{~,6f~^ ~}) ~a~%" rank
-                       (car betas) (cadr betas)
-                       (if (and (close? (car betas) (car single)) (close? (cadr betas) (cadr single)))
-                           "same as one process with 2 micro-batches"
-                           (format #f "DIFFERENT from one process: ~a" single))))
-      (force-output))))
+      ;; The ranks take turns, a barrier apart: on threads they share one
+      ;; output port (and format), under mpirun one terminal; one write per line.
+      (for-each
+       (lambda (turn)
+         (when (= turn rank)
+           (display (format #f "rank ~a: beta step 1 (~{~,6f~^ ~}) step 2 (~{~,6f~^ ~}) ~a~%" rank
+                            (car betas) (cadr betas)
+                            (if (and (close? (car betas) (car single)) (close? (cadr betas) (cadr single)))
+                                "same as one process with 2 micro-batches"
+                                (format #f "DIFFERENT from one process: ~a" single))))
+           (force-output))
+         (barrier))
+       '(0 1)))))
