@@ -8,9 +8,12 @@
 ## ---- Guile bindings and modules ------------------------------------------------
 libguile_moelab_la_SOURCES += scheme/bindings/trainer-func.c
 moelab_snarf_x += scheme/bindings/trainer-func.x
-moelab_sub_scm += scheme/moelab/trainer.scm
+moelab_sub_scm += scheme/moelab/trainer.scm scheme/moelab/parallel.scm
+scheme/moelab/parallel.go: scheme/moelab/tensor.go scheme/moelab/nn.go scheme/moelab/train.go \
+	scheme/moelab/dist.go scheme/moelab/router.go scheme/moelab/autograd.go scheme/moelab/ops.go
 scheme/moelab/trainer.go: scheme/moelab/tensor.go scheme/moelab/nn.go scheme/moelab/train.go \
-	scheme/moelab/data.go scheme/moelab/router.go scheme/moelab/autograd.go scheme/moelab/ops.go
+	scheme/moelab/data.go scheme/moelab/router.go scheme/moelab/autograd.go scheme/moelab/ops.go \
+	scheme/moelab/dist.go scheme/moelab/parallel.go scheme/moelab/pipeline.go
 scheme/moelab.go: scheme/moelab/trainer.go
 
 # (moelab program): `moelab train CONFIG.scm`, loaded by (moelab repl) on demand.

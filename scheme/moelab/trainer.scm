@@ -23,6 +23,9 @@
   #:use-module (moelab nn)
   #:use-module (moelab train)
   #:use-module (moelab data)
+  #:use-module (moelab dist)
+  #:use-module (moelab parallel)
+  #:use-module (moelab pipeline)
   #:use-module (srfi srfi-1)
   #:use-module (srfi srfi-9)
   #:use-module (srfi srfi-9 gnu)
@@ -34,7 +37,8 @@
             trainer-val-dataset trainer-config trainer-log-path trainer-set!
             trainer-close! trainer-interrupted? trainer-routing-report trainer-unigram-entropy
             num-threads set-num-threads! peak-rss
-            trainer-checkpoint-dir trainer-state trainer-load-state!))
+            trainer-checkpoint-dir trainer-state trainer-load-state!
+            trainer-mesh trainer-comm-stats))
 
 (define (trainer-error who fmt . args)
   (throw 'moelab-error who
@@ -47,7 +51,7 @@
   (%trainer model optimizer dataset val-dataset batch-size grad-accum schedule clip
             log-path log eval-every eval-batches seed ignore-index print-every config
             steps tokens paused? stop? last-metrics last-eval interrupted?
-            checkpoint-dir checkpoint-every keep-last)
+            checkpoint-dir checkpoint-every keep-last plan)
   rec:trainer?
   (model rec:trainer-model)
   (optimizer rec:trainer-optimizer)
@@ -74,7 +78,8 @@
   (interrupted? rec:trainer-interrupted? set-tr-interrupted!)
   (checkpoint-dir rec:trainer-checkpoint-dir)
   (checkpoint-every tr-checkpoint-every)
-  (keep-last tr-keep-last))
+  (keep-last tr-keep-last)
+  (plan tr-plan))                      ; #f, or the parallel plan of #:mesh
 
 ;; Set by (moelab checkpoint), which needs this module: called as (HOOK TR
 ;; DIR KEEP-LAST) after every checkpoint-every-th step.
@@ -210,6 +215,7 @@ settings, and the #:config alist given to make-trainer."
        (schedule . ,(and (tr-schedule tr) (or (lr-schedule-config (tr-schedule tr)) "custom")))
        (data . ,(dataset-summary (trainer-dataset tr)))
        (val-data . ,(and vs (dataset-summary vs)))
+       (mesh . ,(trainer-mesh tr))
        (trainer . ((batch-size . ,(tr-batch-size tr)) (grad-accum . ,(tr-grad-accum tr))
                    (clip . ,(tr-clip tr)) (eval-every . ,(tr-eval-every tr))
                    (eval-batches . ,(tr-eval-batches tr)) (ignore-index . ,(tr-ignore-index tr))
@@ -231,7 +237,9 @@ settings, and the #:config alist given to make-trainer."
 (define* (make-trainer #:key model optimizer dataset (val-dataset #f) (batch-size 8)
                        (grad-accum 1) (schedule #f) (clip #f) (log #f) (eval-every #f)
                        (eval-batches 4) (seed 0) (ignore-index -100) (print-every 10)
-                       (config '()) (checkpoint-dir #f) (checkpoint-every #f) (keep-last #f))
+                       (config '()) (checkpoint-dir #f) (checkpoint-every #f) (keep-last #f)
+                       (mesh #f) (zero #f) (pp-schedule '1f1b) (stage-layers #f)
+                       (bucket-bytes (* 25 1024 1024)))
   "A trainer for MODEL (make-moe-transformer) with OPTIMIZER (make-adamw or
 make-sgd over the model's parameters), drawing its batches from DATASET
 (make-text-dataset) and evaluating on VAL-DATASET (#f: no evaluation).
@@ -254,6 +262,18 @@ With CHECKPOINT-DIR (a directory) and CHECKPOINT-EVERY (a positive integer),
 every CHECKPOINT-EVERY-th step ends with save-checkpoint into
 CHECKPOINT-DIR; KEEP-LAST (#f: all) is how many step directories to keep.
 
+MESH, an alist over pp, dp and ep such as @code{'((pp . 2) (dp . 2) (ep
+. 2))} whose sizes multiply to the world size, makes the run parallel
+(inside with-ranks, or one process per rank under mpirun): BATCH-SIZE is
+then the global micro-batch, split over the dp × ep data ranks; MoE layers
+shard their experts over ep; the layers split into pp pipeline stages
+(STAGE-LAYERS, a list of layer counts, or balanced by parameter count) run
+with PP-SCHEDULE ('1f1b or 'gpipe). This rank's model and optimizer are
+made from MODEL and OPTIMIZER (their configuration and values) and
+trainer-model returns it. ZERO 1 shards the optimizer state over the data
+ranks. BUCKET-BYTES sizes the gradient all-reduce buckets. Every logged
+number is global; only world rank 0 writes LOG and prints.
+
 Bad settings raise moelab-error before anything is made."
   (define who "make-trainer")
   (check who "#:model" moe-transformer? model "a model (make-moe-transformer)")
@@ -272,6 +292,8 @@ Bad settings raise moelab-error before anything is made."
   (check who "#:keep-last" (lambda (k) (or (not k) (positive-int? k))) keep-last "#f or a positive integer")
   (when (and checkpoint-every (not checkpoint-dir))
     (trainer-error who "#:checkpoint-every needs a #:checkpoint-dir"))
+  (when (and mesh checkpoint-dir)
+    (trainer-error who "#:checkpoint-dir with #:mesh: checkpoints of a parallel run are not written yet (save the gathered parameters with model-gather-parameters)"))
   (let ((v (model-config model)))
     (when (> (dataset-vocab-size dataset) (assq-ref v 'vocab))
       (trainer-error who "the dataset's tokenizer has ~a tokens but the model's vocabulary only ~a"
@@ -279,15 +301,29 @@ Bad settings raise moelab-error before anything is made."
     (when (> (dataset-seq-len dataset) (assq-ref v 'max-seq))
       (trainer-error who "the dataset's sequences (~a tokens) are longer than the model's max-seq ~a"
                      (dataset-seq-len dataset) (assq-ref v 'max-seq))))
-  (let ((tr (%trainer model optimizer dataset val-dataset batch-size grad-accum schedule clip
-                      log #f eval-every eval-batches seed ignore-index print-every config
-                      0 0 #f #f #f #f #f checkpoint-dir checkpoint-every keep-last)))
-    (set-model-grad-accum! model grad-accum)
-    (when log
+  (let* ((plan (and mesh (make-parallel-plan who mesh model optimizer batch-size
+                                             #:stage-layers stage-layers #:schedule pp-schedule
+                                             #:zero zero #:bucket-bytes bucket-bytes)))
+         (tr (%trainer (if plan (plan-model plan) model) (if plan (plan-optimizer plan) optimizer)
+                       dataset val-dataset batch-size grad-accum schedule clip
+                       log #f eval-every eval-batches seed ignore-index print-every config
+                       0 0 #f #f #f #f #f checkpoint-dir checkpoint-every keep-last plan)))
+    (set-model-grad-accum! (trainer-model tr) grad-accum)
+    (when (and log (zero? (current-rank)))
       (set-tr-log! tr (make-metrics-log log #:header `((config . ,(trainer-config tr))
                                                      (seed . ,seed)))))
-    (set! %current-trainer tr)
+    (when (zero? (current-rank)) (set! %current-trainer tr))
     tr))
+
+(define (trainer-mesh tr)
+  "The mesh of TR's parallel run as an alist ((pp . P) (dp . D) (ep . E)),
+or #f for a one-process trainer."
+  (and (tr-plan tr) (plan-mesh (tr-plan tr))))
+
+(define (trainer-comm-stats tr)
+  "The gradient reducers' statistics of TR's parallel run (grad-sync-stats
+of each), or '() for a one-process trainer."
+  (if (tr-plan tr) (plan-comm-stats (tr-plan tr)) '()))
 
 (define (trainer-close! tr)
   "Close TR's metrics file (later steps write no metrics)."
@@ -322,38 +358,53 @@ now on)."
 
 ;;; ---- one step ----------------------------------------------------------------------
 
-(define (per-layer key metrics) (map (lambda (m) (assq-ref m key)) metrics))
-
-(define (aux-by-kind metrics)
-  ;; kind → list over MoE layers of the step's mean unscaled value
-  (let ((kinds (delete-duplicates (append-map (lambda (m) (map car (assq-ref m 'aux-losses))) metrics))))
-    (map (lambda (k)
-           (cons k (map (lambda (m) (let ((v (assq-ref (assq-ref m 'aux-losses) k))) (or v +nan.0)))
-                        metrics)))
-         kinds)))
-
 (define (tensor-row t) (if t (tensor->list t) '()))
 
-(define (step-metrics tr loss lr norm ms before after)
-  (let ((tokens (trainer-tokens tr)) (step-tokens (* (tr-grad-accum tr) (tr-batch-size tr)
-                                                     (dataset-seq-len (trainer-dataset tr)))))
+(define (aux-kinds router-metrics)
+  (delete-duplicates (append-map (lambda (m) (map car (assq-ref m 'aux-losses))) router-metrics)))
+
+;; One alist per MoE layer from this process's routers: BEFORE and AFTER
+;; their step (the step window, then the global and bias values).
+(define (local-routing-rows before after)
+  (let ((kinds (aux-kinds before)))
+    (map (lambda (m a)
+           `((tokens_per_expert . ,(tensor-row (assq-ref m 'tokens-per-expert-step)))
+             (max_vio . ,(assq-ref m 'max-violation-step))
+             (max_vio_global . ,(assq-ref a 'max-violation-global))
+             (cv . ,(assq-ref m 'cv))
+             (entropy . ,(assq-ref m 'entropy))
+             (dead_fraction . ,(assq-ref m 'dead-fraction))
+             (dropped_fraction . ,(assq-ref m 'dropped-fraction))
+             (aux . ,(map (lambda (k) (cons k (assq-ref (assq-ref m 'aux-losses) k))) kinds))
+             (expert_bias . ,(let ((b (assq-ref a 'bias))) (and b (tensor->list b))))))
+         before after)))
+
+(define (step-metrics tr loss lr norm ms rows)
+  (let ((step-tokens (* (tr-grad-accum tr) (tr-batch-size tr) (dataset-seq-len (trainer-dataset tr))))
+        (col (lambda (key) (map (lambda (r) (assq-ref r key)) rows)))
+        (kinds (delete-duplicates (append-map (lambda (r) (map car (assq-ref r 'aux))) rows))))
     `((step . ,(trainer-steps tr))
-      (tokens . ,tokens)
+      (tokens . ,(trainer-tokens tr))
       (loss . ,loss)
       (lr . ,lr)
       (grad_norm . ,norm)
       (tokens_per_s . ,(if (positive? ms) (/ (* 1000.0 step-tokens) ms) +nan.0))
       (step_ms . ,ms)
-      (aux . ,(aux-by-kind before))
-      (max_vio . ,(per-layer 'max-violation-step before))
-      (max_vio_global . ,(per-layer 'max-violation-global after))
-      (cv . ,(per-layer 'cv before))
-      (entropy . ,(per-layer 'entropy before))
-      (dead_fraction . ,(per-layer 'dead-fraction before))
-      (dropped_fraction . ,(per-layer 'dropped-fraction before))
-      (tokens_per_expert . ,(map (lambda (m) (tensor-row (assq-ref m 'tokens-per-expert-step))) before))
-      ,@(if (any (lambda (m) (assq-ref m 'bias)) after)
-            `((expert_bias . ,(map (lambda (m) (tensor-row (assq-ref m 'bias))) after)))
+      (aux . ,(map (lambda (k)
+                     (cons k (map (lambda (r) (or (assq-ref (assq-ref r 'aux) k) +nan.0)) rows)))
+                   kinds))
+      (max_vio . ,(col 'max_vio))
+      (max_vio_global . ,(col 'max_vio_global))
+      (cv . ,(col 'cv))
+      (entropy . ,(col 'entropy))
+      (dead_fraction . ,(col 'dead_fraction))
+      (dropped_fraction . ,(col 'dropped_fraction))
+      (tokens_per_expert . ,(col 'tokens_per_expert))
+      ,@(if (any (lambda (r) (assq-ref r 'expert_bias)) rows)
+            `((expert_bias . ,(map (lambda (r) (or (assq-ref r 'expert_bias) '())) rows)))
+            '())
+      ,@(if (any (lambda (r) (assq-ref r 'ep_overload)) rows)
+            `((ep_overload . ,(col 'ep_overload)))
             '()))))
 
 (define (now-ms) (/ (* 1000.0 (get-internal-real-time)) internal-time-units-per-second))
@@ -369,7 +420,14 @@ tokens (cumulative), loss (mean over the micro-batches), lr, grad_norm
 layers), max_vio, max_vio_global, cv, entropy, dead_fraction,
 dropped_fraction (lists over MoE layers), tokens_per_expert ([L][E]) and
 expert_bias ([L][E], when the routers have one). The routing statistics
-are the routers' own (router-metrics)."
+are the routers' own (router-metrics).
+
+Under #:mesh every rank of the world calls it: each micro-batch's loss is
+weighted by the rank's share of the step's target tokens, the gradients are
+reduced over the data ranks (in buckets, during the last backward), the
+pipeline runs its schedule, and every number returned is the global one
+(ep_overload, per MoE layer, is added under expert parallelism: the most
+loaded expert-parallel rank's tokens over the mean)."
   (let* ((m (trainer-model tr)) (o (trainer-optimizer tr)) (ds (trainer-dataset tr))
          (n (tr-grad-accum tr)) (b (tr-batch-size tr))
          (lr (if (tr-schedule tr) ((tr-schedule tr) (trainer-steps tr)) (optimizer-lr o)))
@@ -377,7 +435,10 @@ are the routers' own (router-metrics)."
     (set-optimizer-lr! o lr)
     (unless (model-training? m) (model-training! m #t))
     (catch #t
-      (lambda () (accumulate-and-update! tr m o ds n b lr t0))
+      (lambda ()
+        (if (tr-plan tr)
+            (parallel-step! tr (tr-plan tr) m o ds n b lr t0)
+            (accumulate-and-update! tr m o ds n b lr t0)))
       (lambda (key . args)
         ;; A failed micro-batch leaves no partial gradient behind.
         (optimizer-zero-grad! o)
@@ -404,18 +465,86 @@ are the routers' own (router-metrics)."
           (optimizer-step! o)
           (let ((before (%model-router-metrics m)))
             (model-step! m)
-            (optimizer-zero-grad! o)
-            (model-zero-grad! m)
-            (set-tr-steps! tr (+ 1 (trainer-steps tr)))
-            (set-tr-tokens! tr (+ tokens (trainer-tokens tr)))
-            (let ((metrics (step-metrics tr (/ loss-sum n) lr norm (- (now-ms) t0)
-                                         before (%model-router-metrics m))))
-              (when (tr-log tr) (metrics-log-write! (tr-log tr) metrics))
-              (set-tr-last-metrics! tr metrics)
-              (when (and (tr-checkpoint-every tr) %checkpoint-hook
-                         (zero? (modulo (trainer-steps tr) (tr-checkpoint-every tr))))
-                (%checkpoint-hook tr (trainer-checkpoint-dir tr) (tr-keep-last tr)))
-              metrics))))))
+            (finish-step! tr m o tokens (/ loss-sum n) lr norm t0
+                          (local-routing-rows before (%model-router-metrics m))))))))
+
+(define (finish-step! tr m o tokens loss lr norm t0 rows)
+  (optimizer-zero-grad! o)
+  (model-zero-grad! m)
+  (set-tr-steps! tr (+ 1 (trainer-steps tr)))
+  (set-tr-tokens! tr (+ tokens (trainer-tokens tr)))
+  (let ((metrics (step-metrics tr loss lr norm (- (now-ms) t0) rows)))
+    (when (tr-log tr) (metrics-log-write! (tr-log tr) metrics))
+    (set-tr-last-metrics! tr metrics)
+    (when (and (tr-checkpoint-every tr) %checkpoint-hook
+               (zero? (modulo (trainer-steps tr) (tr-checkpoint-every tr))))
+      (%checkpoint-hook tr (trainer-checkpoint-dir tr) (tr-keep-last tr)))
+    metrics))
+
+;;; ---- one parallel step ---------------------------------------------------------------
+
+(define (target-count y ignore-index)
+  (inexact->exact (tensor-item (tsum (to-dtype (t!= y ignore-index) 'f64)))))
+
+;; This rank's rows of the step's M global micro-batches, as (x . y) pairs.
+(define (draw-shards plan ds n b)
+  (map (lambda (_)
+         (call-with-values (lambda () (dataset-next-batch ds b))
+           (lambda (x y domains)
+             (cons (plan-rows plan x) (plan-rows plan y)))))
+       (iota n)))
+
+(define (parallel-step! tr plan m o ds n b lr t0)
+  (let* ((ignore (tr-ignore-index tr))
+         (shards (draw-shards plan ds n b))
+         (counts (map (lambda (xy) (target-count (cdr xy) ignore)) shards))
+         (total (inexact->exact (round (car (apply plan-data-sum plan (list (apply + counts)))))))
+         (w (plan-data-size plan))
+         (scales (map (lambda (c) (exact->inexact (/ (* c w) (max total 1)))) counts))
+         (loss-values (make-vector n 0.0)))
+    (define (loss-of i input)
+      (let* ((xy (list-ref shards i))
+             (loss (model-loss m (or input (car xy)) (cdr xy) #:ignore-index ignore)))
+        (vector-set! loss-values i (tensor-item loss))
+        (t* loss (list-ref scales i))))
+    (when (zero? total)
+      (trainer-error "trainer-step!" "the step's ~a micro-batches hold no target tokens (all are ~a)" n ignore))
+    (if (= (plan-stages plan) 1)
+        (for-each (lambda (i)
+                    (when (= i (- n 1)) (plan-arm! plan))
+                    (let ((scaled (loss-of i #f)))
+                      (backward! scaled)
+                      (tensor-free! scaled)))
+                  (iota n))
+        (let ((rows (quotient b w))
+              (seq (cadr (tensor-shape (car (car shards)))))
+              (cfg (model-config m)))
+          (pipeline-step! #:group (plan-pp-group plan) #:schedule (plan-schedule plan)
+                          #:micro-batches n
+                          #:forward (lambda (i input)
+                                      (if (plan-last-stage? plan)
+                                          (loss-of i input)
+                                          (model-forward m (or input (car (list-ref shards i))))))
+                          #:activation (lambda (i)
+                                         (values (list rows seq (assq-ref cfg 'hidden))
+                                                 (assq-ref cfg 'dtype)))
+                          #:before-backward (lambda (i) (when (= i (- n 1)) (plan-arm! plan))))))
+    (plan-reduce-grads! plan)
+    ;; the loss: token-weighted over the data ranks, from the last stage
+    (let* ((local (if (plan-last-stage? plan)
+                      (apply + (map * (vector->list loss-values) counts))
+                      0.0))
+           (loss (/ (car (plan-world-sum plan local)) total))
+           (norm (plan-grad-norm plan)))
+      (when (and (tr-clip tr) (finite? norm) (> norm (tr-clip tr)))
+        (plan-scale-grads! plan (/ (tr-clip tr) (+ norm 1e-6))))
+      (optimizer-step! o)
+      (plan-after-update! plan)
+      (let* ((before (%model-router-metrics m))
+             (kinds (aux-kinds before)))
+        (model-step! m)
+        (finish-step! tr m o (* n b (dataset-seq-len ds)) loss lr norm t0
+                      (plan-routing-metrics plan before (%model-router-metrics m) kinds))))))
 
 ;;; ---- state, for checkpoints ------------------------------------------------------------
 
@@ -449,6 +578,42 @@ accumulation raises a moelab-error and changes nothing."
   (unless (tr-schedule tr) (set-optimizer-lr! (trainer-optimizer tr) (get 'lr))))
 
 ;;; ---- evaluation ----------------------------------------------------------------------
+
+;; The loss of one validation batch X Y and each MoE layer's tokens per expert.
+(define (eval-batch tr m x y)
+  (let ((plan (tr-plan tr)) (ignore (tr-ignore-index tr)))
+    (if (not plan)
+        (let* ((loss (with-no-grad (lambda () (model-loss m x y #:ignore-index ignore))))
+               (value (tensor-item loss)))
+          (tensor-free! loss)
+          (values value (map (lambda (r) (assq-ref r 'tokens-per-expert)) (model-routing m))))
+        (let* ((xs (plan-rows plan x)) (ys (plan-rows plan y))
+               (count (target-count ys ignore))
+               (value (with-no-grad (lambda () (forward-through-stages plan m xs ys ignore))))
+               (total (car (plan-data-sum plan count)))
+               (loss (/ (car (plan-world-sum plan (* value count))) (max total 1)))
+               (local (map (lambda (r) (assq-ref r 'tokens-per-expert)) (model-routing m)))
+               (e (assq-ref (model-config m) 'experts))
+               (summed (apply plan-data-sum plan (concatenate local))))
+          (values loss
+                  (plan-gather-layers plan
+                                      (map (lambda (i) (list-head (list-tail summed (* i e)) e))
+                                           (iota (length local)))))))))
+
+;; Forward only through the pipeline: the loss value on the last stage, 0
+;; on the others.
+(define (forward-through-stages plan m x y ignore)
+  (let* ((s (plan-stage plan)) (g (plan-pp-group plan)) (cfg (model-config m))
+         (input (and (> s 0)
+                     (let ((t (zeros (append (tensor-shape x) (list (assq-ref cfg 'hidden)))
+                                     #:dtype (assq-ref cfg 'dtype))))
+                       (recv! t (- s 1) #:group g)
+                       t))))
+    (if (plan-last-stage? plan)
+        (tensor-item (model-loss m (or input x) y #:ignore-index ignore))
+        (let ((h (model-forward m (or input x))))
+          (send! h (+ s 1) #:group g)
+          0.0))))
 
 (define (add-lists a b) (map + a b))
 
@@ -485,15 +650,11 @@ result is also written as an eval line."
                                (call-with-values
                                    (lambda () (dataset-next-batch vs (tr-batch-size tr) #:domain d))
                                  (lambda (x y _)
-                                   (let* ((loss (with-no-grad
-                                                 (lambda ()
-                                                   (model-loss m x y #:ignore-index (tr-ignore-index tr)))))
-                                          (value (tensor-item loss))
-                                          (c (map (lambda (r) (assq-ref r 'tokens-per-expert))
-                                                  (model-routing m))))
-                                     (for-each tensor-free! (list loss x y))
-                                     (loop (+ i 1) (+ sum value)
-                                           (if counts (map add-lists counts c) c)))))
+                                   (call-with-values (lambda () (eval-batch tr m x y))
+                                     (lambda (value c)
+                                       (for-each tensor-free! (list x y))
+                                       (loop (+ i 1) (+ sum value)
+                                             (if counts (map add-lists counts c) c))))))
                                (list d (/ sum n)
                                      (map (lambda (row)
                                             (let ((total (apply + row)))
@@ -579,13 +740,15 @@ PROGRESS? is #t, otherwise a line every print-every steps; each evaluation
 prints a line of per-domain losses. The run waits between steps while
 trainer-pause! holds it, and stops early after the current step on Ctrl-C
 (SIGINT) or trainer-stop!. It ends with a summary line.
-(current-trainer) is TR while it runs."
+(current-trainer) is TR while it runs. Under #:mesh every rank runs it and
+only world rank 0 prints."
   (check "trainer-run!" "#:steps" positive-int? steps "a positive integer")
-  (let* ((bar? (if (eq? progress? 'auto) (and (file-port? port) (isatty? port)) progress?))
+  (let* ((port (if (zero? (current-rank)) port (%make-void-port "w")))
+         (bar? (if (eq? progress? 'auto) (and (file-port? port) (isatty? port)) progress?))
          (start (now-ms))
          (first-tokens (trainer-tokens tr))
          (old-handler #f))
-    (set! %current-trainer tr)
+    (when (zero? (current-rank)) (set! %current-trainer tr))
     (set-tr-stop! tr #f)
     (set-tr-interrupted! tr #f)
     (dynamic-wind
