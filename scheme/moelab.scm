@@ -15,7 +15,6 @@
 ;;;   (moelab plot)      figures through gnuplot: lines, heatmaps, bars, metrics files
 ;;;   (moelab notebook)  rich display in notebooks: display-html, display-svg, display-figure
 ;;;   (moelab trainer)   make-trainer, trainer-step!, trainer-run!, trainer-evaluate
-;;;   (moelab parallel)  a trainer's #:mesh: model-gather-parameters
 ;;;   (moelab config)    %moelab-version and build facts
 ;;;
 ;;; @example
@@ -44,6 +43,6 @@
             (module-add! public name var))
           iface)))
      '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router)
-       (moelab data) (moelab nn) (moelab train) (moelab checkpoint) (moelab trainer) (moelab parallel) (moelab plot)
+       (moelab data) (moelab nn) (moelab train) (moelab checkpoint) (moelab trainer) (moelab plot)
        (moelab notebook)
        (moelab config)))))

@@ -100,9 +100,10 @@ form lists them (the order its author grouped them in)."
          (loop more (append (reverse (filter symbol? syms)) names)))
         ((_ . more) (loop more names))))))
 
-;; Modules that only moelab itself imports: the C primitives, and the
-;; Scheme half of the Jupyter kernel that the moelab-kernel program calls.
-(define internal-modules '(primitives kernel))
+;; Modules that only moelab itself imports: the C primitives, the Scheme
+;; half of the Jupyter kernel that the moelab-kernel program calls, and the
+;; parallel plan under the trainer's #:mesh.
+(define internal-modules '(primitives kernel parallel))
 
 (define (moelab-modules)
   "Every (moelab NAME) module of the source tree that users import."

@@ -30,7 +30,7 @@
             plan-rows plan-data-sum plan-world-sum plan-arm! plan-reduce-grads!
             plan-grad-norm plan-scale-grads! plan-after-update! plan-routing-metrics
             plan-gather-layers plan-comm-stats
-            model-gather-parameters))
+            model-gather-parameters %default-mesh))
 
 (define (plan-error who fmt . args)
   (throw 'moelab-error who
@@ -64,6 +64,10 @@
 (define (plan-data-rank p) (group-rank (plan-data-group p)))
 (define (plan-first-stage? p) (zero? (plan-stage p)))
 (define (plan-last-stage? p) (= (plan-stage p) (- (plan-stages p) 1)))
+
+;; The mesh make-trainer takes when its #:mesh is not given: `moelab train
+;; --mesh` (or --ranks) sets it around the configuration.
+(define %default-mesh (make-parameter #f))
 
 ;; Models trained under a plan, for model-gather-parameters.
 (define plans-of-models (make-weak-key-hash-table))

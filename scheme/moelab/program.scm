@@ -5,6 +5,7 @@
 (define-module (moelab program)
   #:use-module (moelab)
   #:use-module (moelab trainer)
+  #:use-module ((moelab parallel) #:select (%default-mesh))
   #:use-module ((system repl server) #:select (make-tcp-server-socket spawn-server))
   #:use-module (ice-9 match)
   #:use-module (ice-9 format)
@@ -14,6 +15,7 @@
 (define (train-usage-text)
   "The help text of `moelab train'."
   "Usage: moelab train CONFIG.scm [--steps N] [--set KEY=VALUE]... [--resume DIR] [--listen[=PORT]]
+                    [--mesh pp=P,dp=D,ep=E] [--ranks N]
 Train the model of CONFIG.scm, a Scheme file evaluated in a fresh module that
 uses (moelab); the value of its last expression is the trainer (make-trainer).
 
@@ -29,6 +31,11 @@ uses (moelab); the value of its last expression is the trainer (make-trainer).
   --allow-non-finite resume even from NaN or infinite weights
   --listen[=PORT]    a REPL server on 127.0.0.1:PORT (default 37146) while the
                      run goes on: (current-trainer), trainer-pause!, …
+  --mesh SPEC        train in parallel: SPEC names the sizes of pp, dp and ep
+                     (e.g. pp=2,dp=2,ep=2; their product is the number of
+                     ranks); the config's make-trainer gets it as #:mesh
+  --ranks N          run N ranks as threads of this process (default: 1, or
+                     one rank per process under mpirun -np N)
 
 Ctrl-C stops after the current step and prints the summary (exit status 130).
 ")
@@ -103,6 +110,8 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
   (define check? #f)
   (define resume #f)
   (define allow-non-finite? #f)
+  (define mesh #f)
+  (define ranks #f)
   (let loop ((args args) (file #f) (steps #f) (settings '()) (listen #f))
     (match args
       (((or "-h" "--help") . _) (display (train-usage-text)) 0)
@@ -120,6 +129,16 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
       (("--check-unigram" . rest) (set! check? #t) (loop rest file steps settings listen))
       (("--resume" dir . rest) (set! resume dir) (loop rest file steps settings listen))
       (("--allow-non-finite" . rest) (set! allow-non-finite? #t) (loop rest file steps settings listen))
+      (("--mesh" spec . rest)
+       (let ((m (parse-mesh spec)))
+         (if m
+             (begin (set! mesh m) (loop rest file steps settings listen))
+             (usage-error "--mesh needs sizes such as pp=2,dp=2,ep=2 (dimensions pp, dp, ep), got '~a'" spec))))
+      (("--ranks" n . rest)
+       (let ((k (string->number n)))
+         (if (and k (exact-integer? k) (positive? k))
+             (begin (set! ranks k) (loop rest file steps settings listen))
+             (usage-error "--ranks needs a positive integer, got '~a'" n))))
       (((? (lambda (a) (string-prefix? "--listen=" a)) opt) . rest)
        (let ((port (string->number (substring opt 9))))
          (if (and port (exact-integer? port) (<= 0 port 65535))
@@ -136,16 +155,55 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
              ((not (file-exists? file))
               (format (current-error-port) "moelab train: ~a: no such file~%" file)
               1)
-             (else (run-config file steps settings listen check? resume allow-non-finite?)))))))
+             (else (run-ranks file steps settings listen check? resume allow-non-finite? mesh ranks)))))))
 
-(define (run-config file steps settings listen check? resume allow-non-finite?)
+(define (parse-mesh spec)
+  ;; "pp=2,dp=2" -> ((pp . 2) (dp . 2)), or #f
+  (let ((parts (map (lambda (p) (string-split p #\=))
+                    (filter (lambda (s) (not (string-null? s))) (string-split spec #\,)))))
+    (and (pair? parts)
+         (every (lambda (p)
+                  (and (= (length p) 2) (member (car p) '("pp" "dp" "ep"))
+                       (let ((n (string->number (cadr p)))) (and n (exact-integer? n) (positive? n)))))
+                parts)
+         (map (lambda (p) (cons (string->symbol (car p)) (string->number (cadr p)))) parts))))
+
+(define (run-ranks file steps settings listen check? resume allow-non-finite? mesh ranks)
+  ;; One rank, N thread ranks (--ranks), or this process's rank under mpirun.
+  (let* ((launched (and (mpi-launched?) (world-size-of-launch)))
+         (n (or ranks launched (and mesh (apply * (map cdr mesh))) 1))
+         (mesh (or mesh (and (> n 1) `((dp . ,n))))))
+    (cond
+     ((and mesh (not (= n (apply * (map cdr mesh)))))
+      (format (current-error-port) "moelab train: --mesh ~a has ~a ranks but ~a were asked for~a~%"
+              (string-join (map (lambda (e) (format #f "~a=~a" (car e) (cdr e))) mesh) ",")
+              (apply * (map cdr mesh)) n
+              (if launched " (mpirun -np)" (if ranks " (--ranks)" " (give --ranks N, or run under mpirun -np N)")))
+      2)
+     ((and (not mesh) (= n 1))
+      (run-config file steps settings listen check? resume allow-non-finite? (current-output-port)))
+     (else
+      (let ((codes (with-ranks n #:mesh mesh
+                     (lambda (rank)
+                       (parameterize ((%default-mesh mesh))
+                         (run-config file steps settings (and (zero? rank) listen) check? resume
+                                     allow-non-finite?
+                                     (if (zero? rank) (current-output-port) (%make-void-port "w"))))))))
+        (apply max (filter integer? codes)))))))
+
+(define (world-size-of-launch)
+  ;; the number of processes mpirun started (OpenMPI, then PMI)
+  (or (string->number (or (getenv "OMPI_COMM_WORLD_SIZE") (getenv "PMI_SIZE") ""))
+      1))
+
+(define (run-config file steps settings listen check? resume allow-non-finite? out)
   (let* ((used (make-hash-table))
          ;; the config sees --steps as (setting 'steps …) too
          (module (config-module (if steps
                                     (cons (cons 'steps (number->string steps)) settings)
                                     settings)
                                 used)))
-    (catch #t
+    (with-output-to-port out (lambda () (catch #t
       (lambda ()
         (let ((tr (eval-config file module)))
           (unless (trainer? tr)
@@ -203,4 +261,4 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
       (lambda (key . args)
         (format (current-error-port) "moelab train: ")
         (print-exception (current-error-port) #f key args)
-        1))))
+        1))))))

@@ -30,6 +30,7 @@
   #:use-module (srfi srfi-9)
   #:use-module (srfi srfi-9 gnu)
   #:use-module (ice-9 format)
+  #:re-export (model-gather-parameters)
   #:export (make-trainer trainer? trainer-step! trainer-run! trainer-evaluate
             trainer-pause! trainer-resume! trainer-paused? trainer-stop!
             current-trainer trainer-steps trainer-tokens trainer-last-metrics
@@ -238,7 +239,7 @@ settings, and the #:config alist given to make-trainer."
                        (grad-accum 1) (schedule #f) (clip #f) (log #f) (eval-every #f)
                        (eval-batches 4) (seed 0) (ignore-index -100) (print-every 10)
                        (config '()) (checkpoint-dir #f) (checkpoint-every #f) (keep-last #f)
-                       (mesh #f) (zero #f) (pp-schedule '1f1b) (stage-layers #f)
+                       (mesh (%default-mesh)) (zero #f) (pp-schedule '1f1b) (stage-layers #f)
                        (bucket-bytes (* 25 1024 1024)))
   "A trainer for MODEL (make-moe-transformer) with OPTIMIZER (make-adamw or
 make-sgd over the model's parameters), drawing its batches from DATASET
@@ -262,7 +263,7 @@ With CHECKPOINT-DIR (a directory) and CHECKPOINT-EVERY (a positive integer),
 every CHECKPOINT-EVERY-th step ends with save-checkpoint into
 CHECKPOINT-DIR; KEEP-LAST (#f: all) is how many step directories to keep.
 
-MESH, an alist over pp, dp and ep such as @code{'((pp . 2) (dp . 2) (ep
+MESH (default: the --mesh of moelab train, else #f), an alist over pp, dp and ep such as @code{'((pp . 2) (dp . 2) (ep
 . 2))} whose sizes multiply to the world size, makes the run parallel
 (inside with-ranks, or one process per rank under mpirun): BATCH-SIZE is
 then the global micro-batch, split over the dp × ep data ranks; MoE layers
