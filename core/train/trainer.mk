@@ -22,9 +22,10 @@ nodist_guilesubgo_DATA += scheme/moelab/program.go
 scheme/moelab/program.go: scheme/moelab.go scheme/moelab/trainer.go scheme/moelab/repl.go
 
 ## ---- tests -------------------------------------------------------------------------
-SCHEME_TESTS += tests/scheme/trainer.scm
-TESTS += tests/scheme/train-program.sh
-EXTRA_DIST += tests/scheme/train-program.sh examples/train-small.scm
+SCHEME_TESTS += tests/scheme/trainer.scm tests/scheme/dist-train.scm
+TESTS += tests/scheme/train-program.sh tests/scheme/dist-train-mpi.sh
+EXTRA_DIST += tests/scheme/train-program.sh examples/train-small.scm \
+	tests/scheme/dist-train-cases.scm tests/scheme/dist-train-mpi.scm tests/scheme/dist-train-mpi.sh
 
 ## ---- benchmark (by hand: make bench-train) -------------------------------------------
 EXTRA_DIST += tests/bench/bench-train.scm tests/bench/train_torch.py

@@ -50,7 +50,7 @@
     plot-lines plot-heatmap plot-bars plot-jsonl display-html display-svg display-figure
     ;; the trainer
     make-trainer trainer-step! trainer-run! trainer-evaluate trainer-pause! trainer-resume!
-    current-trainer
+    current-trainer model-gather-parameters
     ;; checkpoints
     save-tensors load-tensors save-model load-model! save-checkpoint load-checkpoint!
     export-hf-mixtral))
@@ -75,7 +75,8 @@
 ;; exports, so it does not count).
 (define suites '("tensor.scm" "ops.scm" "autograd.scm" "errors.scm" "printing.scm" "dist.scm"
                  "layer.scm" "router.scm" "data.scm" "router-modes.scm" "model.scm" "train.scm"
-                 "plot.scm" "notebook.scm" "trainer.scm" "checkpoint.scm"))
+                 "plot.scm" "notebook.scm" "trainer.scm" "checkpoint.scm"
+                 "dist-train.scm"))
 
 (define here (dirname (current-filename)))
 

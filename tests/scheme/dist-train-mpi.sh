@@ -1,0 +1,51 @@
+#!/bin/sh
+# dist-train-mpi.sh — parallel training is exact under mpirun too: cases of
+# dist-train-cases.scm (a mesh, a balancing variant, 5 steps of 2
+# micro-batches against the one-process reference) run with one process per
+# rank, `mpirun --oversubscribe -np 2` and `-np 4`; every process must report
+# that its rank equals the reference. Exit 77 (skipped) when mpirun is
+# missing or moelab was built without MPI. Run by `make check`.
+set -u
+builddir=$(pwd)
+: "${srcdir:=.}"
+. "$srcdir/tests/mpi-env.sh"
+run="$builddir/pre-inst-env $builddir/moelab"
+script=$srcdir/tests/scheme/dist-train-mpi.scm
+
+command -v "$MPIRUN" >/dev/null 2>&1 || { echo "SKIP: $MPIRUN not found"; exit 77; }
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/moelab-dist-train-mpi.XXXXXX") || exit 99
+trap 'rm -rf "$tmp"' EXIT
+HOME=$tmp; export HOME
+LC_ALL=C.UTF-8; export LC_ALL
+MOELAB_COMM_TIMEOUT=${MOELAB_COMM_TIMEOUT:-120}; export MOELAB_COMM_TIMEOUT
+
+$run -c '(exit (if %moelab-have-mpi? 0 77))' </dev/null >"$tmp/out" 2>&1
+status=$?
+if [ "$status" = 77 ]; then echo "SKIP: moelab was built without MPI"; exit 77; fi
+if [ "$status" != 0 ]; then echo "FAIL: moelab does not start"; cat "$tmp/out"; exit 1; fi
+
+failures=0
+check() { # check NP VARIANT MESH SCHEDULE
+    np=$1
+    $GUARD "$MPIRUN" --oversubscribe -np "$np" $run "$script" "$2" "$3" "$4" \
+        </dev/null >"$tmp/mpi.out" 2>"$tmp/mpi.err"
+    status=$?
+    oks=$(grep -c ': rank ok$' "$tmp/mpi.out")
+    if [ "$status" = 0 ] && [ "$oks" = "$np" ]; then
+        echo "ok   mpirun -np $np: $2, $3 ($4): every rank equals the reference"
+    else
+        failures=$((failures + 1))
+        echo "FAIL mpirun -np $np: $2, $3 ($4): status $status, $oks of $np ranks ok"
+        sed 's/^/     | /' "$tmp/mpi.out" "$tmp/mpi.err" | tail -30
+    fi
+}
+
+check 2 global-batch dp=2 1f1b
+check 2 micro-batch ep=2 1f1b
+check 2 expert-bias pp=2 1f1b
+check 2 quantile-balancing pp=2 gpipe
+check 4 global-batch dp=2,ep=2 1f1b
+check 4 sequence pp=2,dp=2 1f1b
+check 4 z pp=2,dp=2 gpipe
+
+[ "$failures" = 0 ]
