@@ -226,7 +226,9 @@
  '(("no aux loss" #:losses ())
    ("sequence" #:losses ((sequence . 1e-1)))
    ("z" #:losses ((z . 1e-1)))
-   ("global-batch" #:losses ((global-batch . 1e-1)))))
+   ("global-batch" #:losses ((global-batch . 1e-1)))
+   ;; Megatron's f_i = (c^acc/micro-batches)/(K·this micro-batch's tokens)
+   ("global-batch, Megatron's convention" #:convention megatron #:losses ((global-batch . 1e-1)))))
 
 (let ((r (one-vs-two '(#:losses ((micro-batch . 1e-1))))))
   (test-assert "one shard ≠ two shards: micro-batch (parameters)" (> (caddr r) 1e-4))

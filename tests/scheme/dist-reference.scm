@@ -57,7 +57,9 @@
 ;;;
 ;;; With W = 1 a step is exactly trainer-step! (the tests check it to 1e-12).
 ;;; The model's grad-accum is restored when the run ends; its routers keep
-;;; their counters and step as after trainer-step!.
+;;; their counters and step as after trainer-step!. The metrics are shaped by
+;;; the trainer's internal step-metrics, over a trainer record that
+;;; make-trainer makes for that alone (it becomes (current-trainer)).
 
 (define-module (dist-reference)
   #:use-module (moelab)
