@@ -22,13 +22,13 @@
                         #:top-k 2 #:dense-ffn 16 #:max-seq 8 #:dtype 'f64
                         #:router-options options #:seed 3))
 
-(define* (reference options #:key (shards 1) (steps 3) (sgd? #f) (on-shard #f))
+(define* (reference options #:key (shards 1) (steps 3) (sgd? #f) (on-shard #f) (schedule #f))
   (let ((m (tiny-model options)))
     (reference-run #:model m
                    #:optimizer (if sgd? (make-sgd (model-parameters m) #:lr 0.5)
                                    (make-adamw (model-parameters m) #:lr 1e-2))
                    #:dataset (dataset) #:batch-size 4 #:grad-accum 2 #:shards shards
-                   #:steps steps #:clip 1.0 #:on-shard on-shard)))
+                   #:steps steps #:clip 1.0 #:schedule schedule #:on-shard on-shard)))
 
 (define (param-lists m)
   (map (lambda (p) (cons (car p) (tensor->list (flatten (cdr p))))) (model-parameters m)))
@@ -43,10 +43,11 @@
 ;;; ---- one shard: the trainer ---------------------------------------------------------
 
 ;; The trainer's steps as (loss grad_norm params routing-metrics qb-betas).
-(define (trainer-steps options)
+(define* (trainer-steps options #:key (schedule #f))
   (let* ((m (tiny-model options))
          (tr (make-trainer #:model m #:optimizer (make-adamw (model-parameters m) #:lr 1e-2)
-                           #:dataset (dataset) #:batch-size 4 #:grad-accum 2 #:clip 1.0)))
+                           #:dataset (dataset) #:batch-size 4 #:grad-accum 2 #:clip 1.0
+                           #:schedule schedule)))
     (map (lambda (_)
            (let ((line (trainer-step! tr)))
              (list (assq-ref line 'loss) (assq-ref line 'grad_norm) (param-lists m)
@@ -55,9 +56,10 @@
                         (%model-router-metrics m)))))
          (iota 3))))
 
-(define (same-as-trainer? options)
+(define* (same-as-trainer? options #:key (schedule #f))
   ;; #t, or the first step and item that differ (for the failure report)
-  (let loop ((want (trainer-steps options)) (got (reference options)) (step 1))
+  (let loop ((want (trainer-steps options #:schedule schedule))
+             (got (reference options #:schedule schedule)) (step 1))
     (if (null? want)
         #t
         (let* ((w (car want)) (g (car got))
@@ -81,6 +83,12 @@
    ("z" #:losses ((z . 1e-2)))
    ("expert bias" #:score sigmoid #:expert-bias? #t #:bias-rate 1e-2 #:losses ())
    ("quantile balancing" #:routing quantile-balancing #:qb-ema 0.5 #:losses ((z . 1e-3)))))
+
+(let ((warmup (make-lr-schedule 'cosine #:lr 1e-2 #:warmup 2 #:total 3)))
+  (test-equal "one shard is trainer-step!: a learning-rate schedule" #t
+    (same-as-trainer? '(#:losses ((micro-batch . 1e-1))) #:schedule warmup))
+  (test-equal "… whose rates the steps report" (map warmup '(0 1 2))
+    (map (lambda (s) (assq-ref s 'lr)) (reference '(#:losses ()) #:schedule warmup))))
 
 ;; the cases above compare routing metrics that are really there
 (test-assert "the metrics compared include expert_bias and qb_beta"

@@ -7,7 +7,7 @@
 ;;;                #:grad-accum M #:shards W #:steps K #:clip c #:ignore-index -100)
 ;;; runs K optimizer steps as W data ranks (W = dp × ep) would, and returns
 ;;; per step an alist: step, loss (the mean cross-entropy over every target
-;;; token of the step), grad-norm (before clipping), params ((name . numbers)
+;;; token of the step), lr, grad-norm (before clipping), params ((name . numbers)
 ;;; … after the step), the routing metrics of the trainer's step line (aux,
 ;;; max_vio, max_vio_global, cv, entropy, dead_fraction, dropped_fraction,
 ;;; tokens_per_expert, expert_bias when the routers have one) and qb_beta
@@ -141,12 +141,14 @@ a forward in evaluation mode that changes no router state."
 ;;; ---- the run --------------------------------------------------------------------
 
 (define* (reference-run #:key model optimizer dataset batch-size (grad-accum 1) (shards 1)
-                        steps (clip #f) (ignore-index -100) (on-shard #f))
+                        steps (clip #f) (ignore-index -100) (schedule #f) (on-shard #f))
   "Run STEPS optimizer steps of MODEL with OPTIMIZER on DATASET as SHARDS data
 ranks would (see the header), GRAD-ACCUM micro-batches of BATCH-SIZE
-sequences per step. ON-SHARD, when given, is called as (ON-SHARD STEP M S)
-after the forward of shard S of micro-batch M and before its backward.
-Returns the list of the steps' alists."
+sequences per step. CLIP, IGNORE-INDEX and SCHEDULE are make-trainer's
+(SCHEDULE maps this run's steps 0, 1, … to the learning rate). ON-SHARD,
+when given, is called as (ON-SHARD STEP M S) after the forward of shard S
+of micro-batch M and before its backward. Returns the list of the steps'
+alists."
   (unless (positive-int? shards) (fail "#:shards must be a positive integer, got ~s" shards))
   (unless (positive-int? steps) (fail "#:steps must be a positive integer, got ~s" steps))
   (unless (and (positive-int? batch-size) (zero? (modulo batch-size shards)))
@@ -163,8 +165,10 @@ Returns the list of the steps' alists."
     (dynamic-wind
       (lambda () #t)
       (lambda ()
-        (map (lambda (k) (reference-step model optimizer dataset batch-size n-micro w rows clip
-                                         ignore-index global? on-shard tr k))
+        (map (lambda (k)
+               (when schedule (set-optimizer-lr! optimizer (schedule (- k 1))))
+               (reference-step model optimizer dataset batch-size n-micro w rows clip
+                               ignore-index global? on-shard tr k))
              (iota steps 1)))
       (lambda () (set-model-grad-accum! model old-accum)))))
 
@@ -209,9 +213,11 @@ Returns the list of the steps' alists."
           (model-zero-grad! model)
           (let* ((after (%model-router-metrics model))
                  (line (step-metrics tr (/ ce-sum total) (optimizer-lr o) norm 0 before after))
+                 (lr (optimizer-lr o))
                  (beta (map (lambda (r) (assq-ref r 'qb-beta)) after)))
             `((step . ,k)
               (loss . ,(/ ce-sum total))
+              (lr . ,lr)
               (grad-norm . ,norm)
               (params . ,(map (lambda (p) (cons (car p) (tensor->list (flatten (cdr p)))))
                               (model-parameters model)))
