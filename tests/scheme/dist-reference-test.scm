@@ -254,6 +254,20 @@
 (test-moelab-error "no steps" "#:steps"
   (reference '(#:losses ()) #:steps 0))
 
+(define (grad-accum-of m) (assq-ref (assq-ref (model-config m) 'router) 'grad-accum))
+(let ((m (tiny-model '(#:score sigmoid #:expert-bias? #t #:losses ((global-batch . 1e-2))))))
+  (set-model-grad-accum! m 3)
+  (catch 'moelab-error
+    (lambda () (reference-run #:model m #:optimizer (make-sgd (model-parameters m)) #:dataset (dataset)
+                              #:batch-size 4 #:grad-accum 2 #:shards 2 #:steps 1))
+    (lambda _ #f))
+  (test-equal "a refused run leaves the model's grad-accum alone" 3 (grad-accum-of m)))
+(let ((m (tiny-model '(#:losses ((micro-batch . 1e-2))))))
+  (reference-run #:model m #:optimizer (make-sgd (model-parameters m)) #:dataset (dataset)
+                 #:batch-size 4 #:grad-accum 2 #:shards 2 #:steps 1
+                 #:on-shard (lambda (k mb s) (unless (= (grad-accum-of m) 4) (error "grad-accum" (grad-accum-of m)))))
+  (test-equal "a run injects with 1/(M·W) and gives the model its grad-accum back" 1 (grad-accum-of m)))
+
 ;;; ---- the tracker bindings -----------------------------------------------------------------
 
 (let ((m (tiny-model '(#:losses ((global-batch . 1e-2) (z . 1e-3))))))

@@ -155,22 +155,26 @@ alists."
     (fail "#:batch-size ~s must be a positive multiple of #:shards ~a" batch-size shards))
   (let* ((w shards) (n-micro grad-accum) (rows (/ batch-size w))
          (global? (and (assq 'global-batch (router-option model 'losses)) #t))
-         (old-accum (router-option model 'grad-accum))
-         ;; a trainer record, only for the trainer's shaping of the metrics
-         (tr (make-trainer #:model model #:optimizer optimizer #:dataset dataset
-                           #:batch-size batch-size #:grad-accum grad-accum #:clip clip
-                           #:ignore-index ignore-index)))
+         (old-accum (router-option model 'grad-accum)))
     (when (and global? (> w 1)) (check-measurable model))
-    (set-model-grad-accum! model (* n-micro w))
-    (dynamic-wind
-      (lambda () #t)
-      (lambda ()
-        (map (lambda (k)
-               (when schedule (set-optimizer-lr! optimizer (schedule (- k 1))))
-               (reference-step model optimizer dataset batch-size n-micro w rows clip
-                               ignore-index global? on-shard tr k))
-             (iota steps 1)))
-      (lambda () (set-model-grad-accum! model old-accum)))))
+    ;; a trainer record, only for the trainer's shaping of the metrics (its
+    ;; checks come before it changes anything)
+    (let ((tr (make-trainer #:model model #:optimizer optimizer #:dataset dataset
+                            #:batch-size batch-size #:grad-accum grad-accum #:clip clip
+                            #:ignore-index ignore-index)))
+      (dynamic-wind
+        (lambda () (set-model-grad-accum! model (* n-micro w)))
+        (lambda ()
+          (map (lambda (k)
+                 (when schedule (set-optimizer-lr! optimizer (schedule (- k 1))))
+                 (reference-step model optimizer dataset batch-size n-micro w rows clip
+                                 ignore-index global? on-shard tr k))
+               (iota steps 1)))
+        (lambda ()
+          ;; a failed step leaves no partial gradient behind, as in trainer-step!
+          (optimizer-zero-grad! optimizer)
+          (model-zero-grad! model)
+          (set-model-grad-accum! model old-accum))))))
 
 (define (reference-step model o ds b n-micro w rows clip ignore-index global? on-shard tr k)
   (let* ((batches (map (lambda (_) (call-with-values (lambda () (dataset-next-batch ds b))
