@@ -126,6 +126,10 @@ TEST_EXTENSIONS = .scm
 SCM_LOG_COMPILER = $(top_builddir)/tests/scheme/run-test
 AM_SCM_LOG_FLAGS =
 EXTRA_DIST += $(SCHEME_TESTS) tests/scheme/common.scm
+## the one-process reference of data-parallel training (a module the distributed
+## tests load) and its own tests
+SCHEME_TESTS += tests/scheme/dist-reference-test.scm
+EXTRA_DIST += tests/scheme/dist-reference.scm
 
 ## ---- examples written in Scheme (tests/scheme/run-examples.sh runs them all) ---------
 EXTRA_DIST += examples/two-layer.scm examples/collectives.scm

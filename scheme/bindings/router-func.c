@@ -508,6 +508,82 @@ SCM_DEFINE(moelab_balance_tracker_add_x, "%balance-tracker-add!", 3, 0, 0, (SCM 
 }
 #undef FUNC_NAME
 
+/* The global-batch trackers inside a model's routers, for the one-process
+ * reference of a data-parallel step (tests/scheme/dist-reference.scm): it
+ * reads each buffer and loads it with what the other ranks would have added. */
+static moe_balance_tracker *model_tracker(moe_model *m, int i)
+{
+    return moe_router_tracker(moe_layer_router(moe_model_moe_layer(m, i, NULL)));
+}
+
+SCM_DEFINE(moelab_model_balance_trackers, "%model-balance-trackers", 1, 0, 0, (SCM model),
+           "Per MoE layer, (counts tokens micro-batches) of its router's global-batch "
+           "tracker, or #f for a router without one.")
+#define FUNC_NAME "model-balance-trackers"
+{
+    moe_model *m = moelab_to_model(model, 1, FUNC_NAME);
+    SCM out = SCM_EOL;
+    for (int i = moe_model_moe_layer_count(m) - 1; i >= 0; i--) {
+        moe_balance_tracker *tr = model_tracker(m, i);
+        SCM e = SCM_BOOL_F;
+        if (tr) {
+            moe_tensor *counts;
+            double tokens;
+            ROUTER_CHECK(FUNC_NAME, moe_balance_tracker_counts(&counts, &tokens, tr));
+            e = scm_list_3(moelab_wrap(counts), scm_from_double(tokens),
+                           scm_from_int64(moe_balance_tracker_micro_batches(tr)));
+        }
+        out = scm_cons(e, out);
+    }
+    scm_remember_upto_here_1(model);
+    return out;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_model_load_balance_trackers_x, "%model-load-balance-trackers!", 2, 0, 0,
+           (SCM model, SCM states),
+           "Replace the buffers of the model's global-batch trackers: @var{states} holds "
+           "per MoE layer #f (left alone) or (counts tokens micro-batches). Everything is "
+           "checked before anything changes.")
+#define FUNC_NAME "model-load-balance-trackers!"
+{
+    moe_model *m = moelab_to_model(model, 1, FUNC_NAME);
+    int n = moe_model_moe_layer_count(m);
+    if (scm_ilength(states) != n)
+        moelab_throw(FUNC_NAME, MOE_ERR_ARG, "tracker states for %ld MoE layers, the model has %d",
+                     (long)scm_ilength(states), n);
+    int i = 0;
+    for (SCM l = states; scm_is_pair(l); l = SCM_CDR(l), i++) {
+        SCM e = SCM_CAR(l);
+        if (scm_is_false(e)) continue;
+        moe_balance_tracker *tr = model_tracker(m, i);
+        if (!tr)
+            moelab_throw(FUNC_NAME, MOE_ERR_ARG, "MoE layer %d has no global-batch tracker to load", i);
+        if (scm_ilength(e) != 3 || !moelab_is_tensor(SCM_CAR(e)) || !scm_is_real(SCM_CADR(e)) ||
+            scm_to_double(SCM_CADR(e)) < 0 || !scm_is_signed_integer(SCM_CADDR(e), 0, INT64_MAX))
+            moelab_throw(FUNC_NAME, MOE_ERR_ARG,
+                         "tracker state %d is not (counts tokens micro-batches) with tokens >= 0 "
+                         "and micro-batches an integer >= 0",
+                         i);
+        moe_tensor *c = moelab_unwrap(SCM_CAR(e), 2, FUNC_NAME);
+        int64_t E = moe_balance_tracker_experts(tr);
+        if (c->ndim != 1 || c->shape[0] != E)
+            moelab_throw(FUNC_NAME, MOE_ERR_SHAPE, "tracker state %d: counts must be [%lld], got %s", i,
+                         (long long)E, moe_shape_str(c));
+    }
+    i = 0;
+    for (SCM l = states; scm_is_pair(l); l = SCM_CDR(l), i++) {
+        SCM e = SCM_CAR(l);
+        if (scm_is_false(e)) continue;
+        ROUTER_CHECK(FUNC_NAME, moe_balance_tracker_load(model_tracker(m, i), moelab_unwrap(SCM_CAR(e), 2, FUNC_NAME),
+                                                         scm_to_double(SCM_CADR(e)),
+                                                         scm_to_int64(SCM_CADDR(e))));
+    }
+    scm_remember_upto_here_2(model, states);
+    return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
 /* ---- standalone losses -------------------------------------------------------------------- */
 
 /* OPTIONS: a keyword list from (moelab router): #:top-k #:score #:sigmoid-eps
