@@ -78,6 +78,7 @@
 ;; The trainer's own shaping of a step line, minus what the reference
 ;; reports itself (step, loss, grad norm) or cannot have (timing).
 (define step-metrics (@@ (moelab trainer) step-metrics))
+(define local-routing-rows (@@ (moelab trainer) local-routing-rows))
 (define routing-keys '(aux max_vio max_vio_global cv entropy dead_fraction dropped_fraction
                        tokens_per_expert expert_bias))
 
@@ -216,7 +217,8 @@ alists."
           (optimizer-zero-grad! o)
           (model-zero-grad! model)
           (let* ((after (%model-router-metrics model))
-                 (line (step-metrics tr (/ ce-sum total) (optimizer-lr o) norm 0 before after))
+                 (line (step-metrics tr (/ ce-sum total) (optimizer-lr o) norm 0
+                                     (local-routing-rows before after)))
                  (lr (optimizer-lr o))
                  (beta (map (lambda (r) (assq-ref r 'qb-beta)) after)))
             `((step . ,k)
