@@ -41,6 +41,7 @@ struct moe_model {
     int64_t *moe_layer_of;              /* their layer numbers */
     int n_moe;
     int64_t moe_total;                  /* MoE layers of the whole model (MegaBlocks' L) */
+    int64_t grad_accum;                 /* the routers' M (moe_model_set_grad_accum) */
     bool training;
 };
 
@@ -274,6 +275,12 @@ static moe_status leaf(moe_tensor **out, moe_dtype dt, int ndim, const int64_t *
     return moe_tensor_requires_grad_(*out, true);
 }
 
+/* The seed of layer L's MoE layer (and so of its router's streams). */
+static uint64_t layer_seed(const moe_model_config *c, int64_t l)
+{
+    return moe_splitmix64(c->seed ^ moe_splitmix64((uint64_t)l + 1));
+}
+
 static moe_status make_block(moe_model *m, int64_t l)
 {
     const moe_model_config *c = &m->cfg;
@@ -305,7 +312,7 @@ static moe_status make_block(moe_model *m, int64_t l)
     lc.router = c->router;
     lc.router.dtype = dt;
     lc.router.num_moe_layers = m->moe_total;
-    lc.seed = moe_splitmix64(c->seed ^ moe_splitmix64((uint64_t)l + 1));
+    lc.seed = layer_seed(c, l);
     lc.device = c->device;
     lc.ep_group = c->ep_group;
     MOE_TRY(moe_layer_new(&b->moe, &lc));
@@ -326,6 +333,7 @@ moe_status moe_model_new(moe_model **out, const moe_model_config *cfg)
     moe_group_retain(m->cfg.ep_group);
     moe_group_retain(m->cfg.dp_group);
     m->training = true;
+    m->grad_accum = cfg->router.grad_accum;
     const moe_model_config *c = &m->cfg;
     int64_t L = c->layers, V = c->vocab, D = c->hidden;
     bool whole = c->stage_first == 0 && c->stage_last == 0;
@@ -469,6 +477,7 @@ moe_status moe_model_set_grad_accum(moe_model *m, int64_t grad_accum)
                         (long long)grad_accum);
     for (int i = 0; i < m->n_moe; i++)
         MOE_TRY(moe_router_set_grad_scale(moe_layer_router(m->moe[i]), grad_accum, false));
+    m->grad_accum = grad_accum;
     return MOE_OK;
 }
 
@@ -478,6 +487,26 @@ void moe_model_stage(const moe_model *m, int64_t *first, int64_t *last)
 {
     if (first) *first = m->first;
     if (last) *last = m->last;
+}
+
+void moe_model_router_config(const moe_model *m, moe_router_config *out)
+{
+    const moe_model_config *c = &m->cfg;
+    if (m->n_moe > 0) {
+        *out = *moe_router_get_config(moe_layer_router(m->moe[0]));
+    } else { /* a stage without MoE layers: the options every router gets */
+        *out = c->router;
+        out->hidden = c->hidden;
+        out->experts = c->experts;
+        out->top_k = c->top_k;
+        out->dtype = c->dtype;
+        out->num_moe_layers = m->moe_total;
+        out->grad_accum = m->grad_accum;
+        out->training = m->training;
+    }
+    int64_t first = 0; /* the whole model's first MoE layer */
+    while (first < c->layers && !moe_model_layer_is_moe(c, first)) first++;
+    out->seed = layer_seed(c, first);
 }
 
 int moe_model_ep_size(const moe_model *m) { return moe_group_size(m->cfg.ep_group); }

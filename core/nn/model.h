@@ -163,6 +163,11 @@ void moe_model_stage(const moe_model *m, int64_t *first, int64_t *last);
  * and the ep group's size (1 without ep). */
 int64_t moe_model_expert_offset(const moe_model *m);
 int moe_model_ep_size(const moe_model *m);
+/* The routers' effective options (sizes filled in) as the whole model's
+ * first MoE layer has them, the same on every stage: the held MoE layers'
+ * options with that layer's seed (a stage without MoE layers fills them in
+ * from the configuration). */
+void moe_model_router_config(const moe_model *m, moe_router_config *out);
 
 /* Parameters in a fixed order (the order of the list above). NAME and T are
  * borrowed: T is the live leaf (its grad after backward). */
