@@ -564,6 +564,11 @@ static moe_status check_input(const char *op, const moe_model *m, moe_tensor *in
     MOE_CHECK_NOT_NULL(op, in);
     const moe_model_config *c = &m->cfg;
     bool ids = in->dtype == MOE_I64 || in->dtype == MOE_I32;
+    if (m->embed && !ids && m->last < c->layers)
+        return moe_fail(MOE_ERR_DTYPE, op, "tokens must be i64 (or i32), got a %s %s tensor: this stage (layers "
+                        "[%lld, %lld) of %lld) holds \"embed\" and takes token ids [B S], not a hidden state",
+                        moe_dtype_name(in->dtype), moe_shape_str(in), (long long)m->first, (long long)m->last,
+                        (long long)c->layers);
     if (m->embed) return check_ids(op, "tokens", m, in, false, 0);
     if (ids || in->dtype != c->dtype || in->ndim != 3 || in->shape[2] != c->hidden)
         return moe_fail(ids || in->dtype != c->dtype ? MOE_ERR_DTYPE : MOE_ERR_SHAPE, op,

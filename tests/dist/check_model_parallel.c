@@ -170,7 +170,8 @@ START_TEST(test_stages)
     FAILS(moe_model_forward(&bad, s1, tok), MOE_ERR_DTYPE, "hidden state [B S 8] (f64), got a i64 [4 5] tensor");
     FAILS(moe_model_forward(&bad, s1, narrow_h), MOE_ERR_SHAPE, "layers [2, 3) of 3");
     FAILS(moe_model_forward(&bad, s1, h32), MOE_ERR_DTYPE, "got a f32 [4 5 8]");
-    FAILS(moe_model_forward(&bad, s0, hleaf), MOE_ERR_DTYPE, "tokens must be i64");
+    FAILS(moe_model_forward(&bad, s0, hleaf), MOE_ERR_DTYPE,
+          "tokens must be i64 (or i32), got a f64 [4 5 8] tensor: this stage (layers [0, 2) of 3) holds \"embed\"");
     FAILS(moe_model_loss(&bad, s0, tok, tgt, -100), MOE_ERR_STATE, "layers [0, 2) of 3 and not the head");
     moe_tensor *short_tgt;
     OK(ids(&short_tgt, 2, 0, B - 1));

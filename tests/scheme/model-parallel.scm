@@ -97,6 +97,8 @@
       (model-loss s0 tokens targets))
     (test-moelab-error "tokens into a stage without embed" "hidden state [B S 8] (f64), got a i64 [4 5]"
       (model-forward s1 tokens))
+    (test-moelab-error "a hidden state into the first stage" "holds \"embed\" and takes token ids"
+      (model-forward s0 (zeros '(4 5 8) #:dtype 'f64)))
     (test-moelab-error "a hidden state of the wrong width" "got a f64 [4 5 6]"
       (model-forward s1 (zeros '(4 5 6) #:dtype 'f64)))
     (test-moelab-error "targets of another shape" "must be [B S] of the hidden state [4 5 8]"
