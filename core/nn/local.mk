@@ -23,7 +23,7 @@ tests_unit_check_model_SOURCES = tests/unit/check_model.c tests/unit/testutil.h 
 tests_unit_check_model_CPPFLAGS = $(AM_CPPFLAGS) -DMOE_MODEL_REFS='"$(abs_srcdir)/tests/reference/model_refs.txt"'
 EXTRA_DIST += tests/reference/model_refs.txt tests/reference/gen_model_refs.py
 ## The model as one rank's part (pipeline stages, expert and data groups) vs one rank.
-tests_dist_check_model_parallel_SOURCES = tests/dist/check_model_parallel.c tests/dist/disttest.h \
+tests_dist_check_model_parallel_SOURCES = tests/dist/check_model_parallel.c tests/dist/disttest.h tests/unit/tmpdir.h \
 	tests/unit/testutil.h
 
 ## ---- benchmark: fused vs plain attention, the model's forward + backward ----------

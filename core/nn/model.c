@@ -420,6 +420,37 @@ moe_tensor *moe_model_parameter_get(const moe_model *m, const char *name)
     return s ? s->t : NULL;
 }
 
+/* VALUE has the shape of slot S, or S is an expert shard and VALUE the full
+ * [E ...] tensor (the layer takes the rank's rows). *SHARD: S is a shard. */
+static bool fits_slot(const moe_model *m, const slot *s, const moe_tensor *value, bool *shard)
+{
+    bool sh = s->moe && strncmp(s->sub, "experts.", 8) == 0 && moe_group_size(m->cfg.ep_group) > 1;
+    bool full = sh && value->ndim == s->t->ndim && value->shape[0] == m->cfg.experts;
+    for (int d = 1; full && d < value->ndim; d++) full = value->shape[d] == s->t->shape[d];
+    if (shard) *shard = sh;
+    return full || moe_tensor_same_shape(value, s->t);
+}
+
+bool moe_model_fits(const moe_model *m, const char *name, const moe_tensor *value)
+{
+    const slot *s = find_slot(m, name);
+    return s && value && fits_slot(m, s, value, NULL);
+}
+
+bool moe_model_held_elsewhere(const moe_model *m, const char *name)
+{
+    const moe_model_config *c = &m->cfg;
+    if (!name || find_slot(m, name)) return false;
+    if (strcmp(name, "embed") == 0) return m->first > 0;
+    if (strcmp(name, "norm") == 0 || (strcmp(name, "lm-head") == 0 && !c->tie_embeddings))
+        return m->last < c->layers;
+    long long l;
+    int end = 0;
+    if (sscanf(name, "layers.%lld.%n", &l, &end) == 1 && end > 0)
+        return l >= 0 && l < c->layers && (l < m->first || l >= m->last);
+    return false;
+}
+
 moe_status moe_model_set_parameter(moe_model *m, const char *name, moe_tensor *value)
 {
     static const char *op = "set-model-parameter!";
@@ -433,11 +464,8 @@ moe_status moe_model_set_parameter(moe_model *m, const char *name, moe_tensor *v
                         name ? name : "(null)", hint);
     }
     MOE_CHECK_FLOAT(op, value);
-    /* an expert shard also takes the full [E ...] tensor (the layer takes its rows) */
-    bool shard = s->moe && strncmp(s->sub, "experts.", 8) == 0 && moe_group_size(m->cfg.ep_group) > 1;
-    bool full = shard && value->ndim == s->t->ndim && value->shape[0] == m->cfg.experts;
-    for (int d = 1; full && d < value->ndim; d++) full = value->shape[d] == s->t->shape[d];
-    if (!full && !moe_tensor_same_shape(value, s->t))
+    bool shard;
+    if (!fits_slot(m, s, value, &shard))
         return moe_fail(MOE_ERR_SHAPE, op, "'%s' is %s%s, got a %s tensor", s->name, moe_shape_str(s->t),
                         shard ? " here (this rank's shard of the experts; the full [E ...] tensor also goes)" : "",
                         moe_shape_str(value));

@@ -180,6 +180,12 @@ moe_tensor *moe_model_parameter_get(const moe_model *m, const char *name);
  * takes the rank's shard or the full [E ...] tensor (its rows are taken). Unknown names and wrong shapes
  * fail naming them (set-model-parameter!); the model is then unchanged. */
 moe_status moe_model_set_parameter(moe_model *m, const char *name, moe_tensor *value);
+/* True when VALUE fits the parameter or buffer NAME as set_parameter takes
+ * it (its shape, or the full [E ...] tensor for an expert shard). */
+bool moe_model_fits(const moe_model *m, const char *name, const moe_tensor *value);
+/* True when NAME is a tensor of the whole model that another stage holds
+ * (embed, norm, lm-head or a layers.N.* of a layer outside this stage). */
+bool moe_model_held_elsewhere(const moe_model *m, const char *name);
 /* Buffers: state that is not trained (borrowed, as parameters). */
 int moe_model_buffer_count(const moe_model *m);
 moe_status moe_model_buffer(const moe_model *m, int i, const char **name, moe_tensor **t);

@@ -11,12 +11,18 @@
  *            its expert shards' gradients the slice of the full model's
  *            expert gradients summed over both ranks' rows, and after a step
  *            the expert bias is the full model's after one step over both;
+ *   files    a whole model's file loads into a stage (the other stages'
+ *            tensors skipped) and into an ep rank (the full expert tensors
+ *            give its rows);
  *   errors   configuration and input checks naming the values. */
+#include "../unit/tmpdir.h" /* first: it defines _GNU_SOURCE */
+
 #include <string.h>
 
 #include "../unit/testutil.h"
 #include "disttest.h"
 #include "nn/model.h"
+#include "train/model_file.h"
 
 enum { B = 4, S = 5, V = 16, D = 8, E = 4 };
 #define TOL 1e-10
@@ -177,6 +183,26 @@ START_TEST(test_stages)
     OK(ids(&short_tgt, 2, 0, B - 1));
     FAILS(moe_model_loss(&bad, s1, hleaf, short_tgt, -100), MOE_ERR_SHAPE, "targets [3 5] must be [B S] of the hidden state [4 5 8]");
 
+    /* a whole model's file (another seed) loads into each stage */
+    moe_model *other;
+    c.stage_first = c.stage_last = 0;
+    c.seed = 12;
+    OK(moe_model_new(&other, &c));
+    tu_tmpdir();
+    OK(moe_model_save_file(other, tu_path("whole.safetensors"), 0, NULL, NULL));
+    OK(moe_model_load_file(s0, tu_path("whole.safetensors")));
+    OK(moe_model_load_file(s1, tu_path("whole.safetensors")));
+    expect_same_tensors(s0, other, false);
+    expect_same_tensors(s1, other, false);
+    OK(close_to(moe_model_parameter_get(s1, "layers.2.moe.router.expert-bias"),
+                moe_model_parameter_get(other, "layers.2.moe.router.expert-bias"), 0, "bias"));
+    /* a stage's own file loads into it; names of no stage still fail */
+    OK(moe_model_save_file(s1, tu_path("stage.safetensors"), 0, NULL, NULL));
+    OK(moe_model_load_file(s1, tu_path("stage.safetensors")));
+    FAILS(moe_model_load_file(s0, tu_path("stage.safetensors")), MOE_ERR_ARG, "tensor \"embed\" of the model is missing from the file");
+    moe_model_free(other);
+    tu_rmtmp();
+
     tu_release_all(tok, tgt, loss_full, h, hleaf, loss, logits_full, logits, narrow_h, h32, short_tgt, NULL);
     moe_model_free(full);
     moe_model_free(s0);
@@ -211,9 +237,9 @@ END_TEST
 
 /* ---- expert parallelism on threads ---------------------------------------------------------- */
 
+/* CTX: the file of the one-rank model ("both" before its step). */
 static moe_status ep_rank(int rank, moe_group *world, void *ctx)
 {
-    (void)ctx;
     moe_model_config c;
     small_config(&c);
     c.router.expert_bias = true;
@@ -221,7 +247,8 @@ static moe_status ep_rank(int rank, moe_group *world, void *ctx)
     int n = moe_group_size(world);
     int64_t rows = B / n, El = E / n;
     moe_model *full = NULL, *both = NULL, *ep = NULL;
-    moe_tensor *tok = NULL, *tgt = NULL, *loss = NULL, *loss_full = NULL, *scaled = NULL, *slice = NULL;
+    moe_tensor *tok = NULL, *tgt = NULL, *loss = NULL, *loss_full = NULL, *scaled = NULL, *slice = NULL,
+               *scaled_rows = NULL;
     moe_status st = MOE_OK;
     MOE_TRYG(moe_model_new(&full, &c)); /* this rank's rows */
     MOE_TRYG(moe_model_new(&both, &c)); /* every rank's rows, one forward each */
@@ -300,8 +327,12 @@ static moe_status ep_rank(int rank, moe_group *world, void *ctx)
     MOE_TRYG(moe_narrow(&slice, scaled, 0, 0, 3));
     RFAILS(moe_model_set_parameter(ep, "layers.1.moe.experts.w-up", slice), MOE_ERR_SHAPE,
            "this rank's shard of the experts");
+    /* the one-rank model's file: each rank takes its experts' rows */
+    MOE_TRYG(moe_model_load_file(ep, (const char *)ctx));
+    MOE_TRYG(rows_of(&scaled_rows, moe_model_parameter_get(both, "layers.0.moe.experts.w-down"), rank * El, El));
+    MOE_TRYG(close_to(moe_model_parameter_get(ep, "layers.0.moe.experts.w-down"), scaled_rows, 0, "loaded shard"));
 done:
-    tu_release_all(tok, tgt, loss, loss_full, scaled, slice, NULL);
+    tu_release_all(tok, tgt, loss, loss_full, scaled, slice, scaled_rows, NULL);
     moe_model_free(full);
     moe_model_free(both);
     moe_model_free(ep);
@@ -310,7 +341,17 @@ done:
 
 START_TEST(test_ep)
 {
-    OK(moe_threads_run(2, ep_rank, NULL, NULL));
+    moe_model_config c;
+    small_config(&c);
+    c.router.expert_bias = true;
+    moe_model *m;
+    OK(moe_model_new(&m, &c));
+    tu_tmpdir();
+    OK(moe_model_save_file(m, tu_path("one-rank.safetensors"), 0, NULL, NULL));
+    moe_model_free(m);
+    moe_status st = moe_threads_run(2, ep_rank, (void *)tu_path("one-rank.safetensors"), NULL);
+    tu_rmtmp();
+    OK(st);
 }
 END_TEST
 
