@@ -118,7 +118,7 @@ SCHEME_TESTS = \
 	tests/scheme/errors.scm tests/scheme/printing.scm tests/scheme/docs.scm \
 	tests/scheme/dist.scm tests/scheme/layer.scm tests/scheme/router.scm \
 	tests/scheme/router-modes.scm \
-	tests/scheme/model.scm \
+	tests/scheme/model.scm tests/scheme/model-parallel.scm \
 	tests/scheme/train.scm \
 	tests/scheme/threads.scm tests/scheme/memory.scm
 TESTS += $(SCHEME_TESTS)

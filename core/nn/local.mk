@@ -14,7 +14,7 @@ moelabnndir = $(includedir)/moelab/nn
 moelabnn_HEADERS = core/nn/rope.h core/nn/attention.h core/nn/mlp.h core/nn/model.h
 
 ## ---- tests ---------------------------------------------------------------------
-NN_TESTS = tests/unit/check_attention tests/unit/check_model
+NN_TESTS = tests/unit/check_attention tests/unit/check_model tests/dist/check_model_parallel
 check_PROGRAMS += $(NN_TESTS)
 TESTS += $(NN_TESTS)
 tests_unit_check_attention_SOURCES = tests/unit/check_attention.c tests/unit/testutil.h
@@ -22,6 +22,9 @@ tests_unit_check_model_SOURCES = tests/unit/check_model.c tests/unit/testutil.h 
 	tests/reference/refs.c tests/reference/refs.h
 tests_unit_check_model_CPPFLAGS = $(AM_CPPFLAGS) -DMOE_MODEL_REFS='"$(abs_srcdir)/tests/reference/model_refs.txt"'
 EXTRA_DIST += tests/reference/model_refs.txt tests/reference/gen_model_refs.py
+## The model as one rank's part (pipeline stages, expert and data groups) vs one rank.
+tests_dist_check_model_parallel_SOURCES = tests/dist/check_model_parallel.c tests/dist/disttest.h tests/unit/tmpdir.h \
+	tests/unit/testutil.h
 
 ## ---- benchmark: fused vs plain attention, the model's forward + backward ----------
 noinst_PROGRAMS += tests/bench/bench-attention

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../dist/comm.h"
 #include "block.h"
 #include "internal.h"
 #include "rope.h"
@@ -31,13 +32,16 @@ typedef struct slot {
 struct moe_model {
     moe_model_config cfg;
     moe_tensor *embed, *norm, *lm_head; /* [V D] [D] [V D] (NULL when tied) */
-    moe_block *blocks;                  /* [L] */
+    moe_block *blocks;                  /* [L]; only [first, last) are filled */
+    int64_t first, last;                /* the layers held (the stage) */
     moe_tensor *cos, *sin;              /* RoPE tables [max_seq hd/2] f64 */
     slot *params, *buffers;
     int n_params, n_buffers;
     moe_layer **moe;                    /* the MoE layers, in layer order */
     int64_t *moe_layer_of;              /* their layer numbers */
     int n_moe;
+    int64_t moe_total;                  /* MoE layers of the whole model (MegaBlocks' L) */
+    int64_t grad_accum;                 /* the routers' M (moe_model_set_grad_accum) */
     bool training;
 };
 
@@ -121,6 +125,19 @@ static moe_status validate(const moe_model_config *c)
                         moe_device_name(c->device));
     if ((unsigned)c->attention >= MOE_ATTENTION_IMPL_COUNT)
         return moe_fail(MOE_ERR_ARG, op, "unknown attention implementation %d", (int)c->attention);
+    bool whole = c->stage_first == 0 && c->stage_last == 0;
+    if (!whole && !(c->stage_first >= 0 && c->stage_first < c->stage_last && c->stage_last <= c->layers))
+        return moe_fail(MOE_ERR_ARG, op, "#:stage (%lld . %lld) must hold layers [first, last) with 0 <= first < last <= #:layers %lld",
+                        (long long)c->stage_first, (long long)c->stage_last, (long long)c->layers);
+    if (c->tie_embeddings && !whole && !(c->stage_first == 0 && c->stage_last == c->layers))
+        return moe_fail(MOE_ERR_ARG, op, "#:tie-embeddings? with #:stage (%lld . %lld) of %lld layers: the tied matrix "
+                        "\"embed\" is the first stage's embedding and the last stage's lm-head, so it would live on two "
+                        "stages (untie the embeddings to split the model)",
+                        (long long)c->stage_first, (long long)c->stage_last, (long long)c->layers);
+    int ep = moe_group_size(c->ep_group);
+    if (any_moe && c->experts % ep)
+        return moe_fail(MOE_ERR_ARG, op, "#:experts %lld is not a multiple of the ep group's size %d (each rank holds "
+                        "E/ep experts)", (long long)c->experts, ep);
     return MOE_OK;
 }
 
@@ -155,8 +172,8 @@ static moe_status build_tables(moe_model *m)
         snprintf(name, sizeof name, __VA_ARGS__);                                                  \
         MOE_TRY(add_slot(&m->params, &m->n_params, &pcap, name, (t), NULL, NULL, SLOT_TENSOR));         \
     } while (0)
-    PARAM(m->embed, "embed");
-    for (int64_t l = 0; l < m->cfg.layers; l++) {
+    if (m->embed) PARAM(m->embed, "embed");
+    for (int64_t l = m->first; l < m->last; l++) {
         moe_block *b = &m->blocks[l];
         long long ll = (long long)l;
         PARAM(b->attn_norm, "layers.%lld.attn-norm", ll);
@@ -189,7 +206,7 @@ static moe_status build_tables(moe_model *m)
             PARAM(b->w_down, "layers.%lld.mlp.w-down", ll);
         }
     }
-    PARAM(m->norm, "norm");
+    if (m->norm) PARAM(m->norm, "norm");
     if (m->lm_head) PARAM(m->lm_head, "lm-head");
 #undef PARAM
     return MOE_OK;
@@ -220,7 +237,9 @@ static bool ends_with(const char *s, const char *suffix)
 }
 
 /* Fill parameter S: norms 1; matrices N(0, std²) from the stream of its
- * name, the residual outputs scaled by 1/√(2L). */
+ * name, the residual outputs scaled by 1/√(2L). An expert shard [El ...]
+ * starts its draw where its first expert starts in the full [E ...] tensor
+ * (two counters per normal draw), so it holds exactly those rows. */
 static moe_status init_slot(const moe_model *m, slot *s)
 {
     const moe_model_config *c = &m->cfg;
@@ -234,6 +253,10 @@ static moe_status init_slot(const moe_model *m, slot *s)
         if (ends_with(s->name, ".wo") || ends_with(s->name, "w-down")) scale /= sqrt(2.0 * (double)c->layers);
         moe_rng rng;
         moe_rng_init(&rng, moe_splitmix64(c->seed ^ moe_splitmix64(name_hash(s->name))));
+        if (s->moe && strncmp(s->sub, "experts.", 8) == 0) {
+            const moe_experts *ex = moe_layer_experts(s->moe);
+            rng.offset = 2 * (uint64_t)ex->first * (uint64_t)(moe_tensor_numel(t) / ex->E);
+        }
         MOE_TRYG(moe_tensor_randn(&r, &rng, c->dtype, MOE_CPU, t->ndim, t->shape));
         MOE_TRYG(moe_mul_scalar(&v, r, scale));
         st = moe_tensor_copy_(t, v);
@@ -250,6 +273,12 @@ static moe_status leaf(moe_tensor **out, moe_dtype dt, int ndim, const int64_t *
 {
     MOE_TRY(moe_tensor_zeros(out, dt, MOE_CPU, ndim, shape));
     return moe_tensor_requires_grad_(*out, true);
+}
+
+/* The seed of layer L's MoE layer (and so of its router's streams). */
+static uint64_t layer_seed(const moe_model_config *c, int64_t l)
+{
+    return moe_splitmix64(c->seed ^ moe_splitmix64((uint64_t)l + 1));
 }
 
 static moe_status make_block(moe_model *m, int64_t l)
@@ -282,11 +311,12 @@ static moe_status make_block(moe_model *m, int64_t l)
     lc.dtype = dt;
     lc.router = c->router;
     lc.router.dtype = dt;
-    lc.router.num_moe_layers = m->n_moe;
-    lc.seed = moe_splitmix64(c->seed ^ moe_splitmix64((uint64_t)l + 1));
+    lc.router.num_moe_layers = m->moe_total;
+    lc.seed = layer_seed(c, l);
     lc.device = c->device;
+    lc.ep_group = c->ep_group;
     MOE_TRY(moe_layer_new(&b->moe, &lc));
-    return MOE_OK;
+    return moe_router_set_groups(moe_layer_router(b->moe), NULL, NULL, c->dp_group);
 }
 
 moe_status moe_model_new(moe_model **out, const moe_model_config *cfg)
@@ -300,9 +330,15 @@ moe_status moe_model_new(moe_model **out, const moe_model_config *cfg)
     if (!m) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
     moe_status st = MOE_OK;
     m->cfg = *cfg;
+    moe_group_retain(m->cfg.ep_group);
+    moe_group_retain(m->cfg.dp_group);
     m->training = true;
+    m->grad_accum = cfg->router.grad_accum;
     const moe_model_config *c = &m->cfg;
     int64_t L = c->layers, V = c->vocab, D = c->hidden;
+    bool whole = c->stage_first == 0 && c->stage_last == 0;
+    m->first = whole ? 0 : c->stage_first;
+    m->last = whole ? L : c->stage_last;
     m->blocks = calloc((size_t)L, sizeof *m->blocks);
     m->moe = calloc((size_t)L, sizeof *m->moe);
     m->moe_layer_of = calloc((size_t)L, sizeof *m->moe_layer_of);
@@ -311,17 +347,20 @@ moe_status moe_model_new(moe_model **out, const moe_model_config *cfg)
         goto done;
     }
     for (int64_t l = 0; l < L; l++)
-        if (moe_model_layer_is_moe(c, l)) m->n_moe++; /* routers learn the count (MegaBlocks' L) */
-    MOE_TRYG(leaf(&m->embed, c->dtype, 2, (int64_t[]){V, D}));
-    for (int64_t l = 0; l < L; l++) MOE_TRYG(make_block(m, l));
+        if (moe_model_layer_is_moe(c, l)) m->moe_total++; /* routers learn the count (MegaBlocks' L) */
+    if (m->first == 0) MOE_TRYG(leaf(&m->embed, c->dtype, 2, (int64_t[]){V, D}));
+    for (int64_t l = m->first; l < m->last; l++) MOE_TRYG(make_block(m, l));
     int n = 0;
-    for (int64_t l = 0; l < L; l++)
+    for (int64_t l = m->first; l < m->last; l++)
         if (m->blocks[l].moe) {
             m->moe[n] = m->blocks[l].moe;
             m->moe_layer_of[n++] = l;
         }
-    MOE_TRYG(leaf(&m->norm, c->dtype, 1, &D));
-    if (!c->tie_embeddings) MOE_TRYG(leaf(&m->lm_head, c->dtype, 2, (int64_t[]){V, D}));
+    m->n_moe = n;
+    if (m->last == L) {
+        MOE_TRYG(leaf(&m->norm, c->dtype, 1, &D));
+        if (!c->tie_embeddings) MOE_TRYG(leaf(&m->lm_head, c->dtype, 2, (int64_t[]){V, D}));
+    }
     MOE_TRYG(moe_rope_tables(&m->cos, &m->sin, c->max_seq, D / c->heads, c->rope_theta));
     MOE_TRYG(build_tables(m));
     for (int i = 0; i < m->n_params; i++) MOE_TRYG(init_slot(m, &m->params[i]));
@@ -346,6 +385,8 @@ void moe_model_free(moe_model *m)
     free(m->buffers);
     free(m->moe);
     free(m->moe_layer_of);
+    moe_group_release(m->cfg.ep_group);
+    moe_group_release(m->cfg.dp_group);
     free(m);
 }
 
@@ -379,6 +420,37 @@ moe_tensor *moe_model_parameter_get(const moe_model *m, const char *name)
     return s ? s->t : NULL;
 }
 
+/* VALUE has the shape of slot S, or S is an expert shard and VALUE the full
+ * [E ...] tensor (the layer takes the rank's rows). *SHARD: S is a shard. */
+static bool fits_slot(const moe_model *m, const slot *s, const moe_tensor *value, bool *shard)
+{
+    bool sh = s->moe && strncmp(s->sub, "experts.", 8) == 0 && moe_group_size(m->cfg.ep_group) > 1;
+    bool full = sh && value->ndim == s->t->ndim && value->shape[0] == m->cfg.experts;
+    for (int d = 1; full && d < value->ndim; d++) full = value->shape[d] == s->t->shape[d];
+    if (shard) *shard = sh;
+    return full || moe_tensor_same_shape(value, s->t);
+}
+
+bool moe_model_fits(const moe_model *m, const char *name, const moe_tensor *value)
+{
+    const slot *s = find_slot(m, name);
+    return s && value && fits_slot(m, s, value, NULL);
+}
+
+bool moe_model_held_elsewhere(const moe_model *m, const char *name)
+{
+    const moe_model_config *c = &m->cfg;
+    if (!name || find_slot(m, name)) return false;
+    if (strcmp(name, "embed") == 0) return m->first > 0;
+    if (strcmp(name, "norm") == 0 || (strcmp(name, "lm-head") == 0 && !c->tie_embeddings))
+        return m->last < c->layers;
+    long long l;
+    int end = 0;
+    if (sscanf(name, "layers.%lld.%n", &l, &end) == 1 && end > 0)
+        return l >= 0 && l < c->layers && (l < m->first || l >= m->last);
+    return false;
+}
+
 moe_status moe_model_set_parameter(moe_model *m, const char *name, moe_tensor *value)
 {
     static const char *op = "set-model-parameter!";
@@ -392,8 +464,10 @@ moe_status moe_model_set_parameter(moe_model *m, const char *name, moe_tensor *v
                         name ? name : "(null)", hint);
     }
     MOE_CHECK_FLOAT(op, value);
-    if (!moe_tensor_same_shape(value, s->t))
-        return moe_fail(MOE_ERR_SHAPE, op, "'%s' is %s, got a %s tensor", s->name, moe_shape_str(s->t),
+    bool shard;
+    if (!fits_slot(m, s, value, &shard))
+        return moe_fail(MOE_ERR_SHAPE, op, "'%s' is %s%s, got a %s tensor", s->name, moe_shape_str(s->t),
+                        shard ? " here (this rank's shard of the experts; the full [E ...] tensor also goes)" : "",
                         moe_shape_str(value));
     if (s->kind == SLOT_EXPERT_BIAS) return moe_router_set_bias(moe_layer_router(s->moe), value);
     if (s->kind == SLOT_QB_BETA) return moe_router_set_qb_beta(moe_layer_router(s->moe), value);
@@ -431,10 +505,44 @@ moe_status moe_model_set_grad_accum(moe_model *m, int64_t grad_accum)
                         (long long)grad_accum);
     for (int i = 0; i < m->n_moe; i++)
         MOE_TRY(moe_router_set_grad_scale(moe_layer_router(m->moe[i]), grad_accum, false));
+    m->grad_accum = grad_accum;
     return MOE_OK;
 }
 
 int moe_model_moe_layer_count(const moe_model *m) { return m->n_moe; }
+
+void moe_model_stage(const moe_model *m, int64_t *first, int64_t *last)
+{
+    if (first) *first = m->first;
+    if (last) *last = m->last;
+}
+
+void moe_model_router_config(const moe_model *m, moe_router_config *out)
+{
+    const moe_model_config *c = &m->cfg;
+    if (m->n_moe > 0) {
+        *out = *moe_router_get_config(moe_layer_router(m->moe[0]));
+    } else { /* a stage without MoE layers: the options every router gets */
+        *out = c->router;
+        out->hidden = c->hidden;
+        out->experts = c->experts;
+        out->top_k = c->top_k;
+        out->dtype = c->dtype;
+        out->num_moe_layers = m->moe_total;
+        out->grad_accum = m->grad_accum;
+        out->training = m->training;
+    }
+    int64_t first = 0; /* the whole model's first MoE layer */
+    while (first < c->layers && !moe_model_layer_is_moe(c, first)) first++;
+    out->seed = layer_seed(c, first);
+}
+
+int moe_model_ep_size(const moe_model *m) { return moe_group_size(m->cfg.ep_group); }
+
+int64_t moe_model_expert_offset(const moe_model *m)
+{
+    return (int64_t)moe_group_rank(m->cfg.ep_group) * (m->cfg.experts / moe_model_ep_size(m));
+}
 
 moe_layer *moe_model_moe_layer(moe_model *m, int i, int64_t *layer)
 {
@@ -477,17 +585,54 @@ static moe_status check_ids(const char *op, const char *what, const moe_model *m
     return st;
 }
 
-static moe_status forward(moe_tensor **logits, moe_model *m, moe_tensor *tokens)
+/* The input of this stage: token ids [B S] where the stage holds "embed",
+ * else the hidden state [B S D] of the previous stage (the model dtype). */
+static moe_status check_input(const char *op, const moe_model *m, moe_tensor *in)
+{
+    MOE_CHECK_NOT_NULL(op, in);
+    const moe_model_config *c = &m->cfg;
+    bool ids = in->dtype == MOE_I64 || in->dtype == MOE_I32;
+    if (m->embed && !ids && m->last < c->layers)
+        return moe_fail(MOE_ERR_DTYPE, op, "tokens must be i64 (or i32), got a %s %s tensor: this stage (layers "
+                        "[%lld, %lld) of %lld) holds \"embed\" and takes token ids [B S], not a hidden state",
+                        moe_dtype_name(in->dtype), moe_shape_str(in), (long long)m->first, (long long)m->last,
+                        (long long)c->layers);
+    if (m->embed) return check_ids(op, "tokens", m, in, false, 0);
+    if (ids || in->dtype != c->dtype || in->ndim != 3 || in->shape[2] != c->hidden)
+        return moe_fail(ids || in->dtype != c->dtype ? MOE_ERR_DTYPE : MOE_ERR_SHAPE, op,
+                        "this stage (layers [%lld, %lld) of %lld) has no \"embed\": its input is the previous "
+                        "stage's hidden state [B S %lld] (%s), got a %s %s tensor", (long long)m->first,
+                        (long long)m->last, (long long)c->layers, (long long)c->hidden, moe_dtype_name(c->dtype),
+                        moe_dtype_name(in->dtype), moe_shape_str(in));
+    if (in->device != MOE_CPU)
+        return moe_fail(MOE_ERR_DEVICE, op, "the hidden state must be on the cpu, got %s", moe_device_name(in->device));
+    if (in->shape[0] < 1 || in->shape[1] < 1)
+        return moe_fail(MOE_ERR_SHAPE, op, "the hidden state must be [B S %lld] with B, S >= 1, got %s",
+                        (long long)c->hidden, moe_shape_str(in));
+    if (in->shape[1] > c->max_seq)
+        return moe_fail(MOE_ERR_SHAPE, op, "sequence length %lld exceeds #:max-seq %lld (hidden state %s)",
+                        (long long)in->shape[1], (long long)c->max_seq, moe_shape_str(in));
+    return MOE_OK;
+}
+
+/* The stage's output: the logits [B S V] on the stage with the head, else
+ * the hidden state [B S D] after its last layer. */
+static moe_status forward(moe_tensor **logits, moe_model *m, moe_tensor *input)
 {
     const moe_model_config *c = &m->cfg;
     moe_tensor *x = NULL, *y = NULL, *xn = NULL;
     moe_status st = MOE_OK;
-    MOE_TRYG(moe_embedding(&x, m->embed, tokens)); /* [B S D] */
-    for (int64_t l = 0; l < c->layers; l++) {
+    if (m->embed) MOE_TRYG(moe_embedding(&x, m->embed, input)); /* [B S D] */
+    else x = moe_tensor_retain(input);
+    for (int64_t l = m->first; l < m->last; l++) {
         MOE_TRYG(moe_block_forward(&y, &m->blocks[l], c, x, m->cos, m->sin));
         moe_tensor_release(x);
         x = y;
         y = NULL;
+    }
+    if (!m->norm) {
+        *logits = x;
+        return MOE_OK;
     }
     MOE_TRYG(moe_rms_norm(&xn, x, m->norm, c->norm_eps));
     MOE_TRYG(moe_linear(logits, xn, m->lm_head ? m->lm_head : m->embed, NULL)); /* [B S V] */
@@ -504,7 +649,7 @@ moe_status moe_model_forward(moe_tensor **logits, moe_model *m, moe_tensor *toke
     MOE_CHECK_NOT_NULL(op, logits);
     *logits = NULL;
     MOE_CHECK_NOT_NULL(op, m);
-    MOE_TRY(check_ids(op, "tokens", m, tokens, false, 0));
+    MOE_TRY(check_input(op, m, tokens));
     return forward(logits, m, tokens);
 }
 
@@ -515,12 +660,16 @@ moe_status moe_model_loss(moe_tensor **loss, moe_model *m, moe_tensor *tokens, m
     MOE_CHECK_NOT_NULL(op, loss);
     *loss = NULL;
     MOE_CHECK_NOT_NULL(op, m);
-    MOE_TRY(check_ids(op, "tokens", m, tokens, false, 0));
+    if (!m->norm)
+        return moe_fail(MOE_ERR_STATE, op, "this stage holds layers [%lld, %lld) of %lld and not the head (\"norm\", "
+                        "\"lm-head\"): only the last stage computes the loss (model-forward gives this stage's "
+                        "hidden state)", (long long)m->first, (long long)m->last, (long long)m->cfg.layers);
+    MOE_TRY(check_input(op, m, tokens));
     MOE_TRY(check_ids(op, "targets", m, targets, true, ignore_index));
-    if (!moe_tensor_same_shape(tokens, targets))
-        return moe_fail(MOE_ERR_SHAPE, op, "targets %s must have the shape of tokens %s", moe_shape_str(targets),
-                        moe_shape_str(tokens));
-    int64_t T = moe_tensor_numel(tokens), V = m->cfg.vocab, s2[2] = {T, V};
+    if (targets->shape[0] != tokens->shape[0] || targets->shape[1] != tokens->shape[1])
+        return moe_fail(MOE_ERR_SHAPE, op, "targets %s must be [B S] of the %s %s", moe_shape_str(targets),
+                        m->embed ? "tokens" : "hidden state", moe_shape_str(tokens));
+    int64_t T = moe_tensor_numel(targets), V = m->cfg.vocab, s2[2] = {T, V};
     moe_tensor *logits = NULL, *l2 = NULL, *t1 = NULL, *ce = NULL, *sum = NULL;
     moe_status st = MOE_OK;
     MOE_TRYG(forward(&logits, m, tokens));

@@ -52,6 +52,26 @@
  * the residual outputs (attn.wo and every w-down) scaled by 1/√(2·L), norms
  * 1, buffers 0.
  *
+ * Parallel parts (moe_model_config's last fields; the defaults give the
+ * whole model on one rank). The model keeps the global configuration and
+ * global names; a rank holds:
+ *   - with stage_first/stage_last: the layers [first, last) only (layer
+ *     numbers stay global), "embed" on the stage with first = 0, "norm" and
+ *     "lm-head" on the stage with last = L. Tied embeddings need the whole
+ *     model on one stage (the tied matrix would live on the first and the
+ *     last stage).
+ *   - with ep_group: the shard [E/ep ...] of every "experts.*" tensor, the
+ *     experts from moe_model_expert_offset on (the forward is collective
+ *     over the group; router, attention and dense tensors are replicated).
+ *   - with dp_group: every router's data-parallel group (router.h,
+ *     moe_router_set_groups): global-batch counts, expert-bias and quantile
+ *     updates and step metrics are summed over it.
+ * Every router's num_moe_layers stays the global MoE layer count. Init is
+ * the slice of the one-rank model of the same seed: the same names get the
+ * same values, and an ep rank's experts.* are rows [offset, offset + E/ep)
+ * of the full tensors (each tensor is one counter-based stream, and a shard
+ * starts its draw at its first expert's counter).
+ *
  * Aux losses: in the routers' default grad mode (inject) each MoE layer's
  * coefficient × ∂aux reaches the router in backward and the loss value is the
  * cross-entropy alone; in add mode the loss is the cross-entropy plus every
@@ -95,6 +115,10 @@ typedef struct moe_model_config {
     moe_dtype dtype;        /* every parameter, routers included: f32 or f64 */
     moe_device device;      /* cpu */
     uint64_t seed;
+    /* One rank's part of a parallel model (the defaults: the whole model). */
+    moe_group *ep_group;    /* every MoE layer's experts sharded over it (NULL: none) */
+    moe_group *dp_group;    /* the routers' data-parallel group (NULL: none) */
+    int64_t stage_first, stage_last; /* layers [first, last) held here (both 0: all) */
 } moe_model_config;
 
 /* The defaults of make-moe-transformer: V 256, L 4, D 256, H 4, KV 4, F 512,
@@ -110,18 +134,40 @@ typedef struct moe_model moe_model;
 /* A model with freshly initialised parameters. Fails (naming
  * make-moe-transformer and the values) on sizes < 1, heads not dividing
  * hidden, kv-heads not dividing heads, an odd head dim, a dtype other than
- * f32/f64, a device other than cpu, or router options the router refuses. */
+ * f32/f64, a device other than cpu, router options the router refuses, a
+ * stage range outside 0 <= first < last <= L, tied embeddings on a partial
+ * stage, or E not a multiple of the ep group's size. The groups are
+ * retained. */
 moe_status moe_model_new(moe_model **out, const moe_model_config *cfg);
 void moe_model_free(moe_model *m); /* NULL is fine */
 const moe_model_config *moe_model_get_config(const moe_model *m);
 
 /* LOGITS [B S V] (the model dtype) for TOKENS [B S] (i64 or i32, values in
- * [0, V), 1 <= S <= max_seq). Records each MoE layer's routing. */
+ * [0, V), 1 <= S <= max_seq). Records each MoE layer's routing.
+ * On a stage without "embed" the input is instead the hidden state [B S D]
+ * (the model dtype; it may require grad) that the previous stage returned;
+ * a stage without the head returns the hidden state [B S D] of its last
+ * layer (before the final norm) instead of the logits. */
 moe_status moe_model_forward(moe_tensor **logits, moe_model *m, moe_tensor *tokens);
 /* LOSS (0-d) = mean cross-entropy of the logits over the TARGETS [B S] that
- * are not IGNORE_INDEX (plus the aux losses in add mode, see above). */
+ * are not IGNORE_INDEX (plus the aux losses in add mode, see above). TOKENS
+ * as for moe_model_forward (the hidden state on a stage without "embed");
+ * a stage without the head fails, naming its layers. */
 moe_status moe_model_loss(moe_tensor **loss, moe_model *m, moe_tensor *tokens, moe_tensor *targets,
                           int64_t ignore_index);
+
+/* The layers [*FIRST, *LAST) this rank holds (0 and L for the whole model);
+ * either pointer may be NULL. */
+void moe_model_stage(const moe_model *m, int64_t *first, int64_t *last);
+/* The first global expert of this rank's experts.* shards (0 without ep),
+ * and the ep group's size (1 without ep). */
+int64_t moe_model_expert_offset(const moe_model *m);
+int moe_model_ep_size(const moe_model *m);
+/* The routers' effective options (sizes filled in) as the whole model's
+ * first MoE layer has them, the same on every stage: the held MoE layers'
+ * options with that layer's seed (a stage without MoE layers fills them in
+ * from the configuration). */
+void moe_model_router_config(const moe_model *m, moe_router_config *out);
 
 /* Parameters in a fixed order (the order of the list above). NAME and T are
  * borrowed: T is the live leaf (its grad after backward). */
@@ -130,9 +176,16 @@ moe_status moe_model_parameter(const moe_model *m, int i, const char **name, moe
 /* The parameter or buffer called NAME (borrowed), or NULL. */
 moe_tensor *moe_model_parameter_get(const moe_model *m, const char *name);
 /* Copy VALUE (any float dtype, exactly the shape) into the parameter or
- * buffer NAME; a parameter's grad is dropped. Unknown names and wrong shapes
+ * buffer NAME; a parameter's grad is dropped. Under ep an experts.* tensor
+ * takes the rank's shard or the full [E ...] tensor (its rows are taken). Unknown names and wrong shapes
  * fail naming them (set-model-parameter!); the model is then unchanged. */
 moe_status moe_model_set_parameter(moe_model *m, const char *name, moe_tensor *value);
+/* True when VALUE fits the parameter or buffer NAME as set_parameter takes
+ * it (its shape, or the full [E ...] tensor for an expert shard). */
+bool moe_model_fits(const moe_model *m, const char *name, const moe_tensor *value);
+/* True when NAME is a tensor of the whole model that another stage holds
+ * (embed, norm, lm-head or a layers.N.* of a layer outside this stage). */
+bool moe_model_held_elsewhere(const moe_model *m, const char *name);
 /* Buffers: state that is not trained (borrowed, as parameters). */
 int moe_model_buffer_count(const moe_model *m);
 moe_status moe_model_buffer(const moe_model *m, int i, const char **name, moe_tensor **t);
@@ -155,7 +208,7 @@ moe_layer *moe_model_moe_layer(moe_model *m, int i, int64_t *layer);
 
 /* Model FLOPs (2 per multiply-add; active experts only) of a forward over
  * B sequences of S tokens, or of forward + backward (3× the forward) when
- * BACKWARD. */
+ * BACKWARD. Always the whole model's (every layer, whatever the rank holds). */
 double moe_model_flops(const moe_model *m, int64_t B, int64_t S, bool backward);
 
 #ifdef __cplusplus

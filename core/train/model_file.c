@@ -53,7 +53,7 @@ moe_status moe_model_check_tensors(const char *op, const moe_model *m, const moe
         if (!moe_dtype_is_float(v->dtype))
             return moe_fail(MOE_ERR_DTYPE, op, "%s: tensor \"%s\" is %s, a float dtype is needed", path,
                             name, moe_dtype_name(v->dtype));
-        if (!moe_tensor_same_shape(v, t)) {
+        if (!moe_model_fits(m, name, v)) {
             char want[256];
             snprintf(want, sizeof want, "%s", moe_shape_str(t));
             return moe_fail(MOE_ERR_SHAPE, op, "%s: tensor \"%s\" is %s in the file, the model's is %s",
@@ -61,7 +61,7 @@ moe_status moe_model_check_tensors(const char *op, const moe_model *m, const moe
         }
     }
     for (int j = 0; j < st->count; j++) {
-        if (!moe_model_parameter_get(m, st->names[j]))
+        if (!moe_model_parameter_get(m, st->names[j]) && !moe_model_held_elsewhere(m, st->names[j]))
             return moe_fail(MOE_ERR_ARG, op, "%s: tensor \"%s\" is not a parameter or buffer of the "
                             "model (model-parameters and model-buffers list them)", path,
                             st->names[j]);

@@ -15,7 +15,10 @@ extern "C" {
 moe_status moe_model_save_file(const moe_model *m, const char *path, int nmeta,
                                const char *const *meta_keys, const char *const *meta_values);
 /* Load PATH into M: the file must hold exactly M's parameters and buffers,
- * each of its shape and a float dtype (converted to the model's). Everything
+ * each of its shape and a float dtype (converted to the model's). A part of
+ * a parallel model (nn/model.h) also loads the whole model's file: the
+ * other stages' tensors are skipped and a full [E ...] expert tensor gives
+ * the rank's rows. Everything
  * is checked before anything changes: on failure M is as it was and the
  * error names the file and the tensor. */
 moe_status moe_model_load_file(moe_model *m, const char *path);

@@ -4,7 +4,13 @@
  * make-moe-transformer passes its keywords as one alist (Guile subrs take at
  * most 10 arguments) plus the router's keyword list. Parameters, buffers and
  * routing tensors handed out are the model's live tensors, retained by
- * their wrappers. */
+ * their wrappers.
+ *
+ * A model that is one rank's part of a parallel model retains its C groups;
+ * (moelab nn) keeps the Scheme groups beside it and passes them to every
+ * collective call (forward, loss, step), which checks them
+ * (moelab_to_group) so that a use outside the rank's with-ranks raises
+ * instead of running a collective on a finished world. */
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -108,6 +114,25 @@ static SCM get_key(const moe_model_config *cfg, const key_spec *k)
     return SCM_BOOL_F;
 }
 
+/* The stage (first . last) or #f (the whole model). */
+static void set_stage(moe_model_config *cfg, SCM v, const char *subr)
+{
+    if (scm_is_false(v)) return;
+    if (!scm_is_pair(v) || !scm_is_exact_integer(scm_car(v)) || !scm_is_exact_integer(scm_cdr(v)))
+        moelab_throw(subr, MOE_ERR_ARG, "#:stage must be #f or a pair (first . last) of layer numbers");
+    cfg->stage_first = moelab_to_int64(scm_car(v), 1, subr);
+    cfg->stage_last = moelab_to_int64(scm_cdr(v), 1, subr);
+    if (cfg->stage_first == 0 && cfg->stage_last == 0) /* (0 . 0) is not "the whole model" */
+        moelab_throw(subr, MOE_ERR_ARG, "#:stage (0 . 0) holds no layer: it must be (first . last) with "
+                     "0 <= first < last <= #:layers %lld", (long long)cfg->layers);
+}
+
+/* Each group in the list GROUPS is still usable on this thread (raises otherwise). */
+static void check_groups(SCM groups, int pos, const char *subr)
+{
+    for (SCM l = groups; scm_is_pair(l); l = scm_cdr(l)) (void)moelab_to_group(scm_car(l), pos, subr);
+}
+
 SCM_DEFINE(moelab_make_moe_transformer, "%make-moe-transformer", 2, 0, 0, (SCM config, SCM router_options),
            "A new MoE transformer from the alist @var{config} and the router keyword list; see "
            "make-moe-transformer.")
@@ -115,12 +140,17 @@ SCM_DEFINE(moelab_make_moe_transformer, "%make-moe-transformer", 2, 0, 0, (SCM c
 {
     moe_model_config cfg;
     moe_model_config_default(&cfg);
+    SCM ep = SCM_BOOL_F, dp = SCM_BOOL_F, stage = SCM_BOOL_F;
     if (scm_ilength(config) < 0) scm_wrong_type_arg_msg(FUNC_NAME, 1, config, "alist");
     for (SCM l = config; scm_is_pair(l); l = scm_cdr(l)) {
         SCM entry = scm_car(l);
         char name[64];
         if (!scm_is_pair(entry) || !moelab_name_text(scm_car(entry), name, sizeof name))
             scm_wrong_type_arg_msg(FUNC_NAME, 1, entry, "(keyword-name . value)");
+        if (strcmp(name, "ep-group") == 0 || strcmp(name, "dp-group") == 0 || strcmp(name, "stage") == 0) {
+            *(name[0] == 'e' ? &ep : name[0] == 'd' ? &dp : &stage) = scm_cdr(entry);
+            continue;
+        }
         size_t i = 0;
         while (i < N_KEYS && strcmp(keys[i].name, name) != 0) i++;
         if (i == N_KEYS) moelab_throw(FUNC_NAME, MOE_ERR_ARG, "unknown keyword #:%s", name);
@@ -128,8 +158,13 @@ SCM_DEFINE(moelab_make_moe_transformer, "%make-moe-transformer", 2, 0, 0, (SCM c
     }
     if (!scm_is_null(router_options) && scm_is_true(router_options))
         moelab_router_options(router_options, &cfg.router, FUNC_NAME);
+    set_stage(&cfg, stage, FUNC_NAME);
+    /* last: nothing may raise between taking the groups and making the model */
+    cfg.ep_group = moelab_to_group(ep, 1, FUNC_NAME);
+    cfg.dp_group = moelab_to_group(dp, 1, FUNC_NAME);
     moe_model *m;
     MOELAB_CHECK(FUNC_NAME, moe_model_new(&m, &cfg));
+    scm_remember_upto_here_2(ep, dp);
     return moelab_wrap_model(m);
 }
 #undef FUNC_NAME
@@ -145,10 +180,10 @@ SCM_DEFINE(moelab_model_config, "%model-config", 1, 0, 0, (SCM model),
 {
     moe_model *m = moelab_to_model(model, 1, FUNC_NAME);
     const moe_model_config *c = moe_model_get_config(m);
-    /* the routers' effective options: the first MoE layer's (sizes filled in) */
-    moe_layer *first = moe_model_moe_layer(m, 0, NULL);
-    const moe_router_config *rc = first ? moe_router_get_config(moe_layer_router(first)) : &c->router;
-    SCM r = scm_list_1(scm_cons(sym("router"), moelab_router_config_alist(rc)));
+    /* the routers' effective options: the whole model's first MoE layer's (sizes filled in) */
+    moe_router_config rc;
+    moe_model_router_config(m, &rc);
+    SCM r = scm_list_1(scm_cons(sym("router"), moelab_router_config_alist(&rc)));
     for (size_t i = N_KEYS; i-- > 0;) r = scm_cons(scm_cons(sym(keys[i].name), get_key(c, &keys[i])), r);
     scm_remember_upto_here_1(model);
     return r;
@@ -165,11 +200,19 @@ SCM_DEFINE(moelab_model_repr, "%model-repr", 1, 0, 0, (SCM model), "The printed 
         moe_tensor *t;
         if (moe_model_parameter(m, i, NULL, &t) == MOE_OK) n += moe_tensor_numel(t);
     }
-    char buf[256];
-    snprintf(buf, sizeof buf, "#<moe-transformer V=%lld L=%lld D=%lld H=%lld/%lld E=%lld K=%lld F=%lld%s %s %.3gM params>",
+    char buf[320], part[96] = "";
+    int64_t first, last;
+    moe_model_stage(m, &first, &last);
+    int ep = moe_model_ep_size(m);
+    if (first != 0 || last != c->layers)
+        snprintf(part, sizeof part, " stage [%lld, %lld)", (long long)first, (long long)last);
+    if (ep > 1)
+        snprintf(part + strlen(part), sizeof part - strlen(part), " experts %lld..%lld of ep %d",
+                 (long long)moe_model_expert_offset(m), (long long)(moe_model_expert_offset(m) + c->experts / ep - 1), ep);
+    snprintf(buf, sizeof buf, "#<moe-transformer V=%lld L=%lld D=%lld H=%lld/%lld E=%lld K=%lld F=%lld%s %s%s %.3gM params>",
              (long long)c->vocab, (long long)c->layers, (long long)c->hidden, (long long)c->heads,
              (long long)c->kv_heads, (long long)c->experts, (long long)c->top_k, (long long)c->ffn,
-             c->tie_embeddings ? " tied" : "", moe_dtype_name(c->dtype), (double)n / 1e6);
+             c->tie_embeddings ? " tied" : "", moe_dtype_name(c->dtype), part, (double)n / 1e6);
     scm_remember_upto_here_1(model);
     return scm_from_utf8_string(buf);
 }
@@ -177,11 +220,12 @@ SCM_DEFINE(moelab_model_repr, "%model-repr", 1, 0, 0, (SCM model), "The printed 
 
 /* ---- forward, loss ----------------------------------------------------------------------- */
 
-SCM_DEFINE(moelab_model_forward, "%model-forward", 2, 0, 0, (SCM model, SCM tokens),
-           "The logits for @var{tokens}; see model-forward.")
+SCM_DEFINE(moelab_model_forward, "%model-forward", 3, 0, 0, (SCM model, SCM tokens, SCM groups),
+           "The logits (or a stage's hidden state) for @var{tokens}; see model-forward.")
 #define FUNC_NAME "model-forward"
 {
     moe_model *m = moelab_to_model(model, 1, FUNC_NAME);
+    check_groups(groups, 3, FUNC_NAME);
     moe_tensor *t = moelab_unwrap(tokens, 2, FUNC_NAME), *out;
     MOELAB_CHECK(FUNC_NAME, moe_model_forward(&out, m, t));
     scm_remember_upto_here_2(model, tokens);
@@ -189,11 +233,13 @@ SCM_DEFINE(moelab_model_forward, "%model-forward", 2, 0, 0, (SCM model, SCM toke
 }
 #undef FUNC_NAME
 
-SCM_DEFINE(moelab_model_loss, "%model-loss", 4, 0, 0, (SCM model, SCM tokens, SCM targets, SCM ignore),
+SCM_DEFINE(moelab_model_loss, "%model-loss", 5, 0, 0,
+           (SCM model, SCM tokens, SCM targets, SCM ignore, SCM groups),
            "The mean cross-entropy loss; see model-loss.")
 #define FUNC_NAME "model-loss"
 {
     moe_model *m = moelab_to_model(model, 1, FUNC_NAME);
+    check_groups(groups, 5, FUNC_NAME);
     moe_tensor *t = moelab_unwrap(tokens, 2, FUNC_NAME), *y = moelab_unwrap(targets, 3, FUNC_NAME), *out;
     int64_t ig = moelab_to_int64(ignore, 4, FUNC_NAME);
     MOELAB_CHECK(FUNC_NAME, moe_model_loss(&out, m, t, y, ig));
@@ -320,6 +366,22 @@ SCM_DEFINE(moelab_set_model_parameter_x, "%set-model-parameter!", 3, 0, 0, (SCM 
 }
 #undef FUNC_NAME
 
+/* ---- the rank's part ------------------------------------------------------------------------ */
+
+SCM_DEFINE(moelab_model_parallel_part, "%model-parallel-part", 1, 0, 0, (SCM model),
+           "(first last ep-size expert-offset) of the rank's part of the model.")
+#define FUNC_NAME "model-stage"
+{
+    moe_model *m = moelab_to_model(model, 1, FUNC_NAME);
+    int64_t first, last;
+    moe_model_stage(m, &first, &last);
+    SCM r = scm_list_4(scm_from_int64(first), scm_from_int64(last), scm_from_int(moe_model_ep_size(m)),
+                       scm_from_int64(moe_model_expert_offset(m)));
+    scm_remember_upto_here_1(model);
+    return r;
+}
+#undef FUNC_NAME
+
 /* ---- per step ----------------------------------------------------------------------------------- */
 
 SCM_DEFINE(moelab_model_zero_grad_x, "%model-zero-grad!", 1, 0, 0, (SCM model), "Drop every gradient.")
@@ -331,10 +393,13 @@ SCM_DEFINE(moelab_model_zero_grad_x, "%model-zero-grad!", 1, 0, 0, (SCM model), 
 }
 #undef FUNC_NAME
 
-SCM_DEFINE(moelab_model_step_x, "%model-step!", 1, 0, 0, (SCM model), "Every router's end-of-step update.")
+SCM_DEFINE(moelab_model_step_x, "%model-step!", 2, 0, 0, (SCM model, SCM groups),
+           "Every router's end-of-step update.")
 #define FUNC_NAME "model-step!"
 {
-    MOELAB_CHECK(FUNC_NAME, moe_model_step(moelab_to_model(model, 1, FUNC_NAME)));
+    moe_model *m = moelab_to_model(model, 1, FUNC_NAME);
+    check_groups(groups, 2, FUNC_NAME);
+    MOELAB_CHECK(FUNC_NAME, moe_model_step(m));
     scm_remember_upto_here_1(model);
     return SCM_UNSPECIFIED;
 }

@@ -10,6 +10,11 @@
 ;;;   "layers.N.mlp.w-gate" "layers.N.mlp.w-up" [Fd D]  "layers.N.mlp.w-down" [D Fd]
 ;;; Buffers: "layers.N.moe.router.expert-bias" [E] (f32) with expert bias on.
 ;;;
+;;; Parallel parts: #:stage, #:ep-group and #:dp-group make the model one
+;;; rank's part of a parallel model (its pipeline stage's layers, its shard
+;;; of every layer's experts, the routers' data-parallel group), with global
+;;; names and the one-rank model's values; see make-moe-transformer.
+;;;
 ;;; @example
 ;;; (define m (make-moe-transformer #:vocab 256 #:layers 2 #:hidden 64 #:heads 4
 ;;;             #:ffn 128 #:experts 4 #:top-k 2 #:max-seq 32))
@@ -23,14 +28,32 @@
 (define-module (moelab nn)
   #:use-module (moelab primitives)
   #:use-module (moelab tensor)
+  #:use-module (moelab dist)
   #:use-module ((oop goops) #:select (define-method))
   #:re-export (<moe-transformer>)
   #:export (make-moe-transformer moe-transformer? model-config
+            model-stage model-ep-size model-expert-offset
             model-forward model-loss model-aux-losses model-routing model-moe-layers
             model-parameters model-parameter model-buffers set-model-parameter!
             model-zero-grad! model-step! model-training! model-training?
             set-model-grad-accum! model-flops
             attention rope))
+
+;; The Scheme groups of a model that is part of a parallel model, kept beside
+;; it (weakly keyed by the model) so that every collective call can check
+;; they are still usable on this thread.
+(define model-groups (make-object-property))
+
+(define (groups-of m)
+  (or (model-groups m) '()))
+
+(define (group-arg who key g)
+  (cond ((not g) #f)
+        ((group? g) g)
+        ((or (symbol? g) (and (pair? g) (list? g) (and-map symbol? g))) (mesh-group g))
+        (else (scm-error 'wrong-type-arg who
+                         "~a expects a group (from world-group or mesh-group), mesh dimensions such as 'ep, or #f; got ~s"
+                         (list key g) (list g)))))
 
 (define* (make-moe-transformer #:key (vocab 256) (layers 4) (hidden 256) (heads 4) (kv-heads #f)
                                (ffn 512) (experts 8) (top-k 2) (moe-every 1) (first-dense 0)
@@ -38,7 +61,8 @@
                                (max-seq 256) (rope-theta 10000.0) (norm-eps 1e-5)
                                (tie-embeddings? #f) (init-std 0.02)
                                (router-options '()) (attention 'fused)
-                               (dtype 'f32) (device 'cpu) (seed 0))
+                               (dtype 'f32) (device 'cpu) (seed 0)
+                               (ep-group #f) (dp-group #f) (stage #f))
   "A new MoE transformer (pre-norm decoder) with freshly initialised
 parameters.
 
@@ -61,16 +85,38 @@ test oracle). DEVICE is 'cpu.
 
 Init (SEED; identical for any thread count): matrices N(0, INIT-STD²), the
 residual outputs (attn.wo and every w-down) scaled by 1/√(2·LAYERS), norms
-1. Bad sizes raise a moelab-error naming the values."
-  (%make-moe-transformer
-   `((vocab . ,vocab) (layers . ,layers) (hidden . ,hidden) (heads . ,heads)
-     (kv-heads . ,(or kv-heads heads)) (ffn . ,ffn) (experts . ,experts) (top-k . ,top-k)
-     (moe-every . ,moe-every) (first-dense . ,first-dense) (dense-ffn . ,dense-ffn)
-     (shared-experts . ,shared-experts) (shared-ffn . ,shared-ffn) (max-seq . ,max-seq)
-     (rope-theta . ,rope-theta) (norm-eps . ,norm-eps) (tie-embeddings? . ,tie-embeddings?)
-     (init-std . ,init-std) (attention . ,attention) (dtype . ,dtype) (device . ,device)
-     (seed . ,seed))
-   router-options))
+1. Bad sizes raise a moelab-error naming the values.
+
+One rank's part of a parallel model (the sizes stay those of the whole
+model; names and layer numbers stay global; each tensor has the value it
+has in the one-rank model of the same SEED):
+@table @code
+@item #:stage (FIRST . LAST)
+the pipeline stage holding layers FIRST … LAST−1 (#f: all): \"embed\" on the
+stage with FIRST = 0, \"norm\" and \"lm-head\" on the one with LAST = LAYERS.
+Tied embeddings need the whole model on one stage.
+@item #:ep-group G
+every MoE layer's experts sharded over the group G (from mesh-group or
+world-group, or mesh dimensions such as 'ep): this rank holds the E/|G| experts from model-expert-offset on,
+and the forward is collective over G. EXPERTS must be a multiple of |G|.
+@item #:dp-group G
+the routers' data-parallel group (a group or mesh dimensions, e.g. '(dp ep)): global-batch counts, expert-bias and
+quantile-balancing updates and the step metrics are summed over G.
+@end table"
+  (let ((ep (group-arg "make-moe-transformer" "#:ep-group" ep-group))
+        (dp (group-arg "make-moe-transformer" "#:dp-group" dp-group)))
+    (let ((m (%make-moe-transformer
+              `((vocab . ,vocab) (layers . ,layers) (hidden . ,hidden) (heads . ,heads)
+                (kv-heads . ,(or kv-heads heads)) (ffn . ,ffn) (experts . ,experts) (top-k . ,top-k)
+                (moe-every . ,moe-every) (first-dense . ,first-dense) (dense-ffn . ,dense-ffn)
+                (shared-experts . ,shared-experts) (shared-ffn . ,shared-ffn) (max-seq . ,max-seq)
+                (rope-theta . ,rope-theta) (norm-eps . ,norm-eps) (tie-embeddings? . ,tie-embeddings?)
+                (init-std . ,init-std) (attention . ,attention) (dtype . ,dtype) (device . ,device)
+                (seed . ,seed) (ep-group . ,ep) (dp-group . ,dp) (stage . ,stage))
+              router-options)))
+      (let ((groups (filter identity (list ep dp))))
+        (unless (null? groups) (set! (model-groups m) groups)))
+      m)))
 
 (define (moe-transformer? obj)
   "True when OBJ is a model made by make-moe-transformer."
@@ -79,14 +125,37 @@ residual outputs (attn.wo and every w-down) scaled by 1/√(2·LAYERS), norms
 (define (model-config m)
   "The configuration of the model M as an alist, one entry per keyword of
 make-moe-transformer (vocab layers hidden heads kv-heads …) plus router: the
-routers' effective options (as router-config gives them)."
+routers' effective options (as router-config gives them). For a part of a
+parallel model it is the whole model's configuration (the same on every
+rank; no #:stage and no groups), so it rebuilds the model for any layout."
   (%model-config m))
+
+(define (model-stage m)
+  "The layers of M as a pair (FIRST . LAST): M holds layers FIRST … LAST−1
+(@code{(0 . L)} for a whole model)."
+  (let ((p (%model-parallel-part m)))
+    (cons (car p) (cadr p))))
+
+(define (model-ep-size m)
+  "The size of M's expert-parallel group (1 without #:ep-group): M holds
+E/(model-ep-size M) experts of each MoE layer."
+  (caddr (%model-parallel-part m)))
+
+(define (model-expert-offset m)
+  "The first (global) expert of M's experts.* shards: row i of such a tensor
+is expert (model-expert-offset M) + i (0 without #:ep-group)."
+  (cadddr (%model-parallel-part m)))
 
 (define (model-forward m tokens)
   "The logits [B S V] of the model M for TOKENS, an i64 [B S] tensor of
 token ids in [0, V) with S ≤ max-seq. Differentiable in every parameter;
-records each MoE layer's routing (model-routing)."
-  (%model-forward m tokens))
+records each MoE layer's routing (model-routing).
+
+On a pipeline stage without \"embed\" (see #:stage) TOKENS is instead the
+previous stage's hidden state [B S D] (the model dtype; it may require
+grad), and a stage without the head returns its last layer's hidden state
+[B S D] (before the final norm) instead of the logits."
+  (%model-forward m tokens (groups-of m)))
 
 (define* (model-loss m tokens targets #:key (ignore-index -100))
   "The mean cross-entropy (a 0-d tensor) of the model M's logits for TOKENS
@@ -94,8 +163,10 @@ records each MoE layer's routing (model-routing)."
 IGNORE-INDEX (default -100). With the routers' default grad mode 'inject
 each MoE layer's coefficient × ∂aux reaches the routers in backward! and the
 value is the cross-entropy alone; in grad mode 'add the value is the
-cross-entropy plus every layer's Σ coefficient × aux."
-  (%model-loss m tokens targets ignore-index))
+cross-entropy plus every layer's Σ coefficient × aux. On the last pipeline
+stage TOKENS is the hidden state [B S D] as for model-forward; on another
+stage model-loss raises a moelab-error (it holds no head)."
+  (%model-loss m tokens targets ignore-index (groups-of m)))
 
 (define (model-aux-losses m)
   "For each MoE layer of M (in layer order, see model-moe-layers), the alist
@@ -137,7 +208,9 @@ the routers use aux-loss-free balancing."
 (define (set-model-parameter! m name t)
   "Copy the tensor T (any float dtype, exactly the shape) into the parameter
 or buffer NAME of M; a parameter's gradient is dropped. An unknown name or a
-wrong shape raises a moelab-error and leaves M unchanged."
+wrong shape raises a moelab-error and leaves M unchanged. With #:ep-group an
+experts.* tensor takes the rank's shard [E/ep …] or the full [E …] tensor
+(of which the rank's rows are taken)."
   (%set-model-parameter! m name t))
 
 (define (model-zero-grad! m)
@@ -148,7 +221,7 @@ wrong shape raises a moelab-error and leaves M unchanged."
   "Tell every router of M that an optimizer step is over (call it after the
 parameter update): the expert-bias update, the step's metrics, and the
 reset of the per-step counters and global-batch buffers."
-  (%model-step! m))
+  (%model-step! m (groups-of m)))
 
 (define* (model-training! m #:optional (flag #t))
   "Put M in training mode (FLAG #t, the default) or evaluation mode (#f): the
@@ -167,7 +240,8 @@ injected aux gradients are scaled by 1/N like the loss."
 (define* (model-flops m batch seq #:key (backward? #t))
   "Model FLOPs (2 per multiply-add, active experts only, causal attention
 pairs) of M over BATCH sequences of SEQ tokens: forward and backward (3× the
-forward), or the forward alone when BACKWARD? is #f."
+forward), or the forward alone when BACKWARD? is #f. Always those of the
+whole model, whatever part of it M holds."
   (%model-flops m batch seq backward?))
 
 (define* (attention q k v #:key (causal? #t) (impl 'fused))
