@@ -140,6 +140,9 @@ EXTRA_DIST += tests/scheme/dist-mpi.sh
 ## the global-vs-micro example: the same report on 4 threads and mpirun -np 4
 TESTS += tests/scheme/global-vs-micro.sh
 EXTRA_DIST += tests/scheme/global-vs-micro.sh
+## pipeline-step! on 2 and 4 stages: threads and mpirun give one process's gradients
+TESTS += tests/scheme/pipeline-mpi.sh
+EXTRA_DIST += tests/scheme/pipeline-mpi.sh tests/scheme/pipeline-ranks.scm
 ## quantile balancing over dp = 2: 2 threads and mpirun -np 2 give the β of one process
 TESTS += tests/scheme/qb-dp.sh
 EXTRA_DIST += tests/scheme/qb-dp.sh tests/scheme/qb-dp-ranks.scm
