@@ -325,6 +325,45 @@
       '((#t #f #t #f #t #f) (#t #t #t #t #t #t) (#t #t #t #t #t #t))
       kept)))
 
+;; The most memory a 2-stage step of 8 micro-batches holds at once (above
+;; what was live before), with activations [256 256] f64 (512 KiB) and every
+;; intermediate tensor freed by the closures: what remains is what the
+;; schedule keeps in flight (the graphs and the tensors pipeline-step!
+;; holds), so 1f1b (at most 2 micro-batches on stage 0, 1 on stage 1) must
+;; need far less than gpipe (8 on each).
+(define (peak-bytes schedule)
+  (let ((ws (map (lambda (p) (requires-grad! (randn '(256 256) #:dtype 'f64 #:seed p))) '(0 1))))
+    (gc)
+    (memory-peak-reset!)
+    (let ((before (assq-ref (assq-ref (memory-stats) 'cpu) 'live-bytes)))
+      (with-ranks 2 #:mesh '((pp . 2))
+        (lambda (rank)
+          (let ((w (list-ref ws rank)))
+            (pipeline-step! #:schedule schedule #:micro-batches 8
+              #:forward (lambda (i input)
+                          (let* ((x (or input (randn '(256 256) #:dtype 'f64 #:seed (+ 100 i))))
+                                 (h (matmul x w))
+                                 (y (ttanh h)))
+                            (tensor-free! h)
+                            (unless input (tensor-free! x))
+                            (if (= rank 0)
+                                y
+                                (let* ((yy (t* y y)) (loss (tsum yy)))
+                                  (tensor-free! yy)
+                                  (tensor-free! y)
+                                  loss))))
+              #:activation (lambda (i) (values '(256 256) 'f64))))))
+      (for-each tensor-free! ws)
+      (- (assq-ref (assq-ref (memory-stats) 'cpu) 'peak-bytes) before))))
+
+(test-group "memory: 1f1b holds fewer micro-batches than gpipe"
+  (let ((gpipe (peak-bytes 'gpipe))
+        (one-f-one-b (peak-bytes '1f1b))
+        (activation (* 256 256 8)))
+    (test-assert "gpipe holds 8 micro-batches' activations on a stage"
+      (> gpipe (* 16 activation)))
+    (test-assert "1f1b less than 40% of that" (< one-f-one-b (* 0.4 gpipe)))))
+
 ;;; ---- failures ------------------------------------------------------------------------------
 
 (define (with-ranks-error thunk)
