@@ -146,3 +146,9 @@ EXTRA_DIST += tests/scheme/pipeline-mpi.sh tests/scheme/pipeline-ranks.scm
 ## quantile balancing over dp = 2: 2 threads and mpirun -np 2 give the β of one process
 TESTS += tests/scheme/qb-dp.sh
 EXTRA_DIST += tests/scheme/qb-dp.sh tests/scheme/qb-dp-ranks.scm
+
+## ---- benchmark (by hand: make bench-pipeline) ------------------------------------
+EXTRA_DIST += tests/bench/bench-pipeline.scm
+bench-pipeline: all
+	$(top_builddir)/pre-inst-env $(GUILE) --no-auto-compile $(srcdir)/tests/bench/bench-pipeline.scm
+.PHONY: bench-pipeline
