@@ -412,18 +412,32 @@
                                      (backward! output grad))
                         #:activation (lambda (i) (values '(3 4) 'f64)))))))))
        "rank 1 failed: no backward here"))
-    (test-assert "a stage that sends a shape the next one does not expect"
-      (let ((message (cadr (with-ranks-error
-                            (lambda ()
-                              (with-ranks 2 #:mesh '((pp . 2))
-                                (lambda (rank)
-                                  (let ((w (stage-weight rank)))
-                                    (pipeline-step! #:micro-batches 1
-                                      #:forward (lambda (i input) (stage-forward rank 2 1 (or input (micro-batch-data i)) w))
-                                      #:activation (lambda (i) (values '(2 4) 'f64)))))))))))
+    ;; Stage 1's receive finds the mismatch and fails; stage 0, waiting for
+    ;; the gradient, fails too, naming rank 1, and may return first: whichever
+    ;; with-ranks names, the message tells the sizes. Stage 1's own error
+    ;; (kept before it goes on) says where.
+    (let* ((seen (make-vector 2 #f))
+           (message
+            (cadr (with-ranks-error
+                   (lambda ()
+                     (with-ranks 2 #:mesh '((pp . 2))
+                       (lambda (rank)
+                         (let ((w (stage-weight rank)))
+                           (catch 'moelab-error
+                             (lambda ()
+                               (pipeline-step! #:micro-batches 1
+                                 #:forward (lambda (i input)
+                                             (stage-forward rank 2 1 (or input (micro-batch-data i)) w))
+                                 #:activation (lambda (i) (values '(2 4) 'f64))))
+                             (lambda (key subr message args rest)
+                               (vector-set! seen rank (apply format #f message args))
+                               (apply throw key subr message args rest)))))))))))
+      (test-assert "a stage that sends a shape the next one does not expect: with-ranks says so"
         (and (string-contains message "rank 1 failed")
-             (string-contains message "stage 1 of 2, micro-batch 0: receiving the activation from stage 0")
-             (string-contains message "size mismatch"))))
+             (string-contains message "size mismatch: rank 0 sent 12 elements (f64), rank 1 expects 8 elements (f64)")))
+      (test-equal "stage 1's error names the stage, the micro-batch and the message"
+        "stage 1 of 2, micro-batch 0: receiving the activation from stage 0: size mismatch: rank 0 sent 12 elements (f64), rank 1 expects 8 elements (f64)"
+        (vector-ref seen 1)))
     (set-comm-timeout! previous)))
 
 (test-group "a stage that hangs: its neighbour times out naming it"
