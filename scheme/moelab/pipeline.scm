@@ -168,8 +168,19 @@ forwards and backwards take the same time on every stage:
 (define (free! . tensors)
   (for-each (lambda (t) (when (tensor? t) (tensor-free! t))) tensors))
 
+(define (shared-losses group stage stages losses)
+  ;; the last stage's loss values, on every stage of GROUP
+  (let ((t (if (= stage (- stages 1))
+               (tensor (vector->list losses) #:dtype 'f64)
+               (zeros (vector-length losses) #:dtype 'f64))))
+    (broadcast! t #:root (- stages 1) #:group group)
+    (let ((result (tensor->list t)))
+      (tensor-free! t)
+      result)))
+
 (define* (pipeline-step! #:key (group 'pp) (schedule '1f1b) (micro-batches 1)
-                         forward (activation #f) (backward default-backward))
+                         forward (activation #f) (backward default-backward)
+                         (share-losses? #f))
   "Run the forwards and backwards of MICRO-BATCHES micro-batches (M) through
 the pipeline whose stages are the ranks of GROUP (a group, or mesh
 dimensions: default @code{'pp}), this rank being stage (group-rank GROUP)
@@ -200,7 +211,9 @@ it are released with tensor-free!: keep a clone of anything needed
 afterwards.
 
 Returns an alist: @code{losses}, the loss values (tensor-item) of the M
-micro-batches on the last stage and #f on the others; @code{stage},
+micro-batches on the last stage and #f on the others (on every stage with
+SHARE-LOSSES? true: the last stage then broadcasts them, a collective over
+GROUP, so that every stage must pass the same SHARE-LOSSES?); @code{stage},
 @code{stages}, @code{schedule}, @code{micro-batches}; and the time this
 stage spent, in milliseconds: @code{compute-ms} (in FORWARD and BACKWARD),
 @code{recv-ms} (waiting for and receiving activations and gradients: the
@@ -337,7 +350,9 @@ loss, one element, not a tensor of shape ~a" stage i (tensor-shape out))))
       (pipeline-error who 'arg "stage ~a of ~a receives activations: pass #:activation \
 (lambda (i) (values shape dtype))" stage stages))
     (for-each run-step! (pipeline-schedule schedule stages stage m))
-    `((losses . ,(and last? (vector->list losses)))
+    `((losses . ,(cond (share-losses? (shared-losses g stage stages losses))
+                       (last? (vector->list losses))
+                       (else #f)))
       (stage . ,stage)
       (stages . ,stages)
       (schedule . ,schedule)

@@ -274,6 +274,19 @@
              (list r0 r1)))
     (test-assert "the forwards and backwards took some time" (> (assq-ref r1 'compute-ms) 0))))
 
+(test-group "#:share-losses?: every stage gets the last stage's losses"
+  (let ((ref (car (reference 3 2)))
+        (runs (with-ranks 3 #:mesh '((pp . 3))
+                (lambda (rank)
+                  (let ((w (stage-weight rank)))
+                    (assq-ref (pipeline-step! #:micro-batches 2 #:share-losses? #t
+                                #:forward (lambda (i input)
+                                            (stage-forward rank 3 2 (or input (micro-batch-data i)) w))
+                                #:activation (lambda (i) (values '(3 4) 'f64)))
+                              'losses))))))
+    (test-assert "the same values on the 3 stages"
+      (every (lambda (losses) (close? losses ref 1e-12)) runs))))
+
 (test-group "several pipelines side by side: pp=2 × dp=2"
   (let ((runs (with-ranks 4 #:mesh '((pp . 2) (dp . 2))
                 (lambda (rank)
