@@ -18,7 +18,7 @@ doc_moelab_TEXINFOS = \
 	doc/overview.texi doc/install.texi doc/tutorial.texi \
 	doc/autograd.texi doc/autograd-versions.texi doc/autograd-threads.texi \
 	doc/routers.texi \
-	doc/layers.texi doc/collectives.texi doc/models.texi doc/optim.texi \
+	doc/layers.texi doc/collectives.texi doc/pipeline.texi doc/models.texi doc/optim.texi \
 	doc/data.texi doc/training.texi doc/distributed.texi doc/checkpoints.texi doc/notebooks.texi doc/program.texi \
 	doc/ref-tensor.texi doc/ref-ops.texi doc/ref-autograd.texi \
 	doc/ref-dist.texi doc/ref-layer.texi doc/ref-router.texi

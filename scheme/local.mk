@@ -9,7 +9,7 @@ libguile_moelab_la_SOURCES = \
 	scheme/bindings/convert.c scheme/bindings/error.c \
 	scheme/bindings/tensor-type.c scheme/bindings/tensor-func.c \
 	scheme/bindings/ops-func.c scheme/bindings/autograd-func.c \
-	scheme/bindings/dist-func.c \
+	scheme/bindings/dist-func.c scheme/bindings/pipeline-func.c \
 	scheme/bindings/layer-func.c \
 	scheme/bindings/router-options.c \
 	scheme/bindings/router-func.c \
@@ -28,7 +28,7 @@ moelabinclude_HEADERS += scheme/bindings/moelab-guile.h
 moelab_snarf_x = \
 	scheme/bindings/tensor-type.x scheme/bindings/tensor-func.x \
 	scheme/bindings/ops-func.x scheme/bindings/autograd-func.x \
-	scheme/bindings/dist-func.x scheme/bindings/layer-func.x \
+	scheme/bindings/dist-func.x scheme/bindings/pipeline-func.x scheme/bindings/layer-func.x \
 	scheme/bindings/router-func.x scheme/bindings/model-func.x \
 	scheme/bindings/optim-func.x scheme/bindings/metrics-func.x \
 	scheme/bindings/checkpoint-func.x
@@ -47,7 +47,7 @@ moelab_top_scm = scheme/moelab.scm
 moelab_sub_scm = \
 	scheme/moelab/primitives.scm scheme/moelab/tensor.scm \
 	scheme/moelab/ops.scm scheme/moelab/autograd.scm \
-	scheme/moelab/dist.scm scheme/moelab/layer.scm \
+	scheme/moelab/dist.scm scheme/moelab/pipeline.scm scheme/moelab/layer.scm \
 	scheme/moelab/router.scm scheme/moelab/nn.scm scheme/moelab/train.scm \
 	scheme/moelab/checkpoint.scm
 moelab_gen_scm = scheme/moelab/config.scm
@@ -93,6 +93,7 @@ scheme/moelab/tensor.go: scheme/moelab/primitives.go
 scheme/moelab/ops.go: scheme/moelab/tensor.go
 scheme/moelab/autograd.go: scheme/moelab/tensor.go
 scheme/moelab/dist.go: scheme/moelab/tensor.go
+scheme/moelab/pipeline.go: scheme/moelab/tensor.go scheme/moelab/autograd.go scheme/moelab/dist.go
 scheme/moelab/layer.go: scheme/moelab/tensor.go scheme/moelab/dist.go
 scheme/moelab/router.go: scheme/moelab/tensor.go scheme/moelab/dist.go
 scheme/moelab/nn.go: scheme/moelab/tensor.go
@@ -100,7 +101,7 @@ scheme/moelab/train.go: scheme/moelab/tensor.go
 scheme/moelab/checkpoint.go: scheme/moelab/tensor.go scheme/moelab/nn.go scheme/moelab/train.go \
 	scheme/moelab/data.go scheme/moelab/trainer.go
 scheme/moelab.go: scheme/moelab/tensor.go scheme/moelab/ops.go scheme/moelab/autograd.go \
-	scheme/moelab/dist.go scheme/moelab/config.go scheme/moelab/layer.go \
+	scheme/moelab/dist.go scheme/moelab/pipeline.go scheme/moelab/config.go scheme/moelab/layer.go \
 	scheme/moelab/router.go scheme/moelab/nn.go scheme/moelab/train.go \
 	scheme/moelab/checkpoint.go
 
@@ -116,7 +117,7 @@ $(moelab_install_sub_go): install-dist_guilesubDATA install-nodist_guilesubDATA
 SCHEME_TESTS = \
 	tests/scheme/tensor.scm tests/scheme/ops.scm tests/scheme/autograd.scm \
 	tests/scheme/errors.scm tests/scheme/printing.scm tests/scheme/docs.scm \
-	tests/scheme/dist.scm tests/scheme/layer.scm tests/scheme/router.scm \
+	tests/scheme/dist.scm tests/scheme/pipeline.scm tests/scheme/layer.scm tests/scheme/router.scm \
 	tests/scheme/router-modes.scm \
 	tests/scheme/model.scm tests/scheme/model-parallel.scm \
 	tests/scheme/train.scm \
@@ -143,6 +144,15 @@ EXTRA_DIST += tests/scheme/dist-mpi.sh
 ## the global-vs-micro example: the same report on 4 threads and mpirun -np 4
 TESTS += tests/scheme/global-vs-micro.sh
 EXTRA_DIST += tests/scheme/global-vs-micro.sh
+## pipeline-step! on 2 and 4 stages: threads and mpirun give one process's gradients
+TESTS += tests/scheme/pipeline-mpi.sh
+EXTRA_DIST += tests/scheme/pipeline-mpi.sh tests/scheme/pipeline-ranks.scm
 ## quantile balancing over dp = 2: 2 threads and mpirun -np 2 give the β of one process
 TESTS += tests/scheme/qb-dp.sh
 EXTRA_DIST += tests/scheme/qb-dp.sh tests/scheme/qb-dp-ranks.scm
+
+## ---- benchmark (by hand: make bench-pipeline) ------------------------------------
+EXTRA_DIST += tests/bench/bench-pipeline.scm
+bench-pipeline: all
+	$(top_builddir)/pre-inst-env $(GUILE) --no-auto-compile $(srcdir)/tests/bench/bench-pipeline.scm
+.PHONY: bench-pipeline

@@ -6,6 +6,7 @@
 ;;;   (moelab autograd)  backward!, tensor-grad, no-grad, hooks,
 ;;;                      define-autograd-function
 ;;;   (moelab dist)      with-ranks, process groups, the mesh, collectives
+;;;   (moelab pipeline)  pipeline parallelism: pipeline-step!, the gpipe and 1f1b schedules
 ;;;   (moelab router)    routers, routings, load-balancing losses, balance trackers
 ;;;   (moelab layer)     the MoE layer: make-moe-layer, moe-forward, parameters
 ;;;   (moelab data)      tokenizers, token files, multi-domain text datasets
@@ -42,7 +43,7 @@
               (hashq-set! (module-replacements public) name #t))
             (module-add! public name var))
           iface)))
-     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab layer) (moelab router)
+     '((moelab tensor) (moelab ops) (moelab autograd) (moelab dist) (moelab pipeline) (moelab layer) (moelab router)
        (moelab data) (moelab nn) (moelab train) (moelab checkpoint) (moelab trainer) (moelab plot)
        (moelab notebook)
        (moelab config)))))
