@@ -520,7 +520,9 @@ loaded expert-parallel rank's tokens over the mean)."
         (let ((rows (quotient b w))
               (seq (cadr (tensor-shape (car (car shards)))))
               (cfg (model-config m)))
-          (pipeline-step! #:group (plan-pp-group plan) #:schedule (plan-schedule plan)
+          (plan-set-pipeline-stats!
+           plan
+           (pipeline-step! #:group (plan-pp-group plan) #:schedule (plan-schedule plan)
                           #:micro-batches n
                           #:forward (lambda (i input)
                                       (if (plan-last-stage? plan)
@@ -529,7 +531,9 @@ loaded expert-parallel rank's tokens over the mean)."
                           #:activation (lambda (i)
                                          (values (list rows seq (assq-ref cfg 'hidden))
                                                  (assq-ref cfg 'dtype)))
-                          #:before-backward (lambda (i) (when (= i (- n 1)) (plan-arm! plan))))))
+                          #:backward (lambda (i output grad)
+                                       (when (= i (- n 1)) (plan-arm! plan))
+                                       (if grad (backward! output grad) (backward! output)))))))
     (plan-reduce-grads! plan)
     ;; the loss: token-weighted over the data ranks, from the last stage
     (let* ((local (if (plan-last-stage? plan)
@@ -604,17 +608,19 @@ accumulation raises a moelab-error and changes nothing."
 ;; Forward only through the pipeline: the loss value on the last stage, 0
 ;; on the others.
 (define (forward-through-stages plan m x y ignore)
-  (let* ((s (plan-stage plan)) (g (plan-pp-group plan)) (cfg (model-config m))
-         (input (and (> s 0)
-                     (let ((t (zeros (append (tensor-shape x) (list (assq-ref cfg 'hidden)))
-                                     #:dtype (assq-ref cfg 'dtype))))
-                       (recv! t (- s 1) #:group g)
-                       t))))
-    (if (plan-last-stage? plan)
-        (tensor-item (model-loss m (or input x) y #:ignore-index ignore))
-        (let ((h (model-forward m (or input x))))
-          (send! h (+ s 1) #:group g)
-          0.0))))
+  (if (= (plan-stages plan) 1)
+      (tensor-item (model-loss m x y #:ignore-index ignore))
+      (let* ((cfg (model-config m))
+             (result (pipeline-step! #:group (plan-pp-group plan) #:schedule 'forward-only
+                                     #:micro-batches 1
+                                     #:forward (lambda (i input)
+                                                 (if (plan-last-stage? plan)
+                                                     (model-loss m (or input x) y #:ignore-index ignore)
+                                                     (model-forward m (or input x))))
+                                     #:activation (lambda (i)
+                                                    (values (append (tensor-shape x) (list (assq-ref cfg 'hidden)))
+                                                            (assq-ref cfg 'dtype))))))
+        (if (plan-last-stage? plan) (car (assq-ref result 'losses)) 0.0))))
 
 (define (add-lists a b) (map + a b))
 
