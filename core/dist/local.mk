@@ -2,9 +2,10 @@
 ## Headers install under $(includedir)/moelab/dist and are included as "dist/comm.h".
 libmoelab_la_SOURCES += \
 	core/dist/comm.c core/dist/comm_impl.h core/dist/comm_threads.c core/dist/mesh.c \
+	core/dist/grad_sync.c \
 	kernels/cpu/collective.c kernels/cpu/collective.h
 moelabdistdir = $(includedir)/moelab/dist
-moelabdist_HEADERS = core/dist/comm.h core/dist/mesh.h
+moelabdist_HEADERS = core/dist/comm.h core/dist/mesh.h core/dist/grad_sync.h
 
 ## MPI backend: only when configure found Open MPI.
 EXTRA_DIST += core/dist/comm_mpi.c core/dist/comm_nccl.c
@@ -23,12 +24,14 @@ AM_CPPFLAGS += $(CUDA_CFLAGS)
 endif
 
 ## ---- tests -----------------------------------------------------------------
-DIST_TESTS = tests/dist/check_comm tests/dist/check_mesh tests/dist/check_balance
+DIST_TESTS = tests/dist/check_comm tests/dist/check_mesh tests/dist/check_balance tests/dist/check_grad_sync
 check_PROGRAMS += $(DIST_TESTS)
 TESTS += $(DIST_TESTS)
 DIST_TEST_SOURCES = tests/dist/cases.c tests/dist/cases.h tests/dist/disttest.h tests/unit/testutil.h
 tests_dist_check_comm_SOURCES = tests/dist/check_comm.c $(DIST_TEST_SOURCES)
 tests_dist_check_mesh_SOURCES = tests/dist/check_mesh.c $(DIST_TEST_SOURCES)
+## Bucketed gradient all-reduce from hooks (grad_sync.h) on 2 and 4 thread ranks.
+tests_dist_check_grad_sync_SOURCES = tests/dist/check_grad_sync.c $(DIST_TEST_SOURCES)
 ## Distributed load balancing (router losses, metrics, expert bias vs one process).
 BALANCE_TEST_SOURCES = tests/dist/balance_cases.c tests/dist/balance_cases.h $(DIST_TEST_SOURCES)
 tests_dist_check_balance_SOURCES = tests/dist/check_balance.c $(BALANCE_TEST_SOURCES)
