@@ -513,6 +513,13 @@ int moe_grad_sync_bucket_params(const moe_grad_sync *s, int i)
     return s && i >= 0 && i < s->nb ? s->b[i].n : 0;
 }
 
+int moe_grad_sync_param_count(const moe_grad_sync *s) { return s ? s->n : 0; }
+
+moe_tensor *moe_grad_sync_param(const moe_grad_sync *s, int p)
+{
+    return s && p >= 0 && p < s->n ? s->params[p] : NULL;
+}
+
 int moe_grad_sync_param_bucket(const moe_grad_sync *s, int p)
 {
     return s && p >= 0 && p < s->n ? s->bucket_of[p] : -1;

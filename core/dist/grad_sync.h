@@ -96,6 +96,9 @@ void moe_grad_sync_get_stats(const moe_grad_sync *s, moe_grad_sync_stats *out);
 int moe_grad_sync_bucket_count(const moe_grad_sync *s);
 moe_tensor *moe_grad_sync_bucket_buffer(const moe_grad_sync *s, int i);
 int moe_grad_sync_bucket_params(const moe_grad_sync *s, int i);
+/* The number of parameters, and parameter P (borrowed). */
+int moe_grad_sync_param_count(const moe_grad_sync *s);
+moe_tensor *moe_grad_sync_param(const moe_grad_sync *s, int p);
 /* The bucket that parameter P (an index into PARAMS) belongs to. */
 int moe_grad_sync_param_bucket(const moe_grad_sync *s, int p);
 /* True between arm and wait. */

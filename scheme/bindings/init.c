@@ -7,6 +7,7 @@
 #include "bindings.h"
 
 void moelab_init_dist_func(void); /* dist-func.c */
+void moelab_init_grad_sync_func(void); /* grad-sync-func.c */
 void moelab_init_layer_func(void); /* layer-func.c */
 void moelab_init_router_func(void); /* router-func.c */
 void moelab_init_data_func(void); /* data-func.c */
@@ -28,6 +29,7 @@ static void define_primitives(void *data)
     moelab_init_ops_func();
     moelab_init_autograd_func();
     moelab_init_dist_func();
+    moelab_init_grad_sync_func();
     moelab_init_router_func();
     moelab_init_layer_func();
     moelab_init_data_func();
