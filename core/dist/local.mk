@@ -31,7 +31,8 @@ DIST_TEST_SOURCES = tests/dist/cases.c tests/dist/cases.h tests/dist/disttest.h 
 tests_dist_check_comm_SOURCES = tests/dist/check_comm.c $(DIST_TEST_SOURCES)
 tests_dist_check_mesh_SOURCES = tests/dist/check_mesh.c $(DIST_TEST_SOURCES)
 ## Bucketed gradient all-reduce from hooks (grad_sync.h) on 2 and 4 thread ranks.
-tests_dist_check_grad_sync_SOURCES = tests/dist/check_grad_sync.c $(DIST_TEST_SOURCES)
+GRAD_SYNC_TEST_SOURCES = tests/dist/grad_sync_case.c tests/dist/grad_sync_case.h
+tests_dist_check_grad_sync_SOURCES = tests/dist/check_grad_sync.c $(GRAD_SYNC_TEST_SOURCES) $(DIST_TEST_SOURCES)
 ## Distributed load balancing (router losses, metrics, expert bias vs one process).
 BALANCE_TEST_SOURCES = tests/dist/balance_cases.c tests/dist/balance_cases.h $(DIST_TEST_SOURCES)
 tests_dist_check_balance_SOURCES = tests/dist/check_balance.c $(BALANCE_TEST_SOURCES)
@@ -49,7 +50,7 @@ endif
 EXTRA_DIST += tests/dist/run-mpi.sh tests/dist/mpi-timeout.sh tests/mpi-env.sh
 if HAVE_MPI
 check_PROGRAMS += tests/dist/mpi_comm tests/dist/mpi_balance tests/dist/mpi_timeout
-tests_dist_mpi_comm_SOURCES = tests/dist/mpi_comm.c $(DIST_TEST_SOURCES)
+tests_dist_mpi_comm_SOURCES = tests/dist/mpi_comm.c $(GRAD_SYNC_TEST_SOURCES) $(DIST_TEST_SOURCES)
 tests_dist_mpi_balance_SOURCES = tests/dist/mpi_balance.c $(BALANCE_TEST_SOURCES)
 tests_dist_mpi_timeout_SOURCES = tests/dist/mpi_timeout.c
 TESTS += tests/dist/run-mpi.sh tests/dist/mpi-timeout.sh

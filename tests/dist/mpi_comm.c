@@ -1,10 +1,12 @@
 /* mpi_comm.c — the collective cases on the MPI backend, one process per rank
  * (run by run-mpi.sh under mpirun -np 2 and -np 4), plus what only MPI has:
  * the launch environment, a rank that fails alone being named by its peers
- * through the size check, a mesh over processes, and rank-order sums that
- * equal the threads backend's bits. Plain C: prints one line per case on
+ * through the size check, a mesh over processes, rank-order sums that
+ * equal the threads backend's bits, and the grad sync scenario with its
+ * all-reduces really overlapping backward. Plain C: prints one line per case on
  * rank 0 and exits non-zero when any rank failed any case. */
 #include "cases.h"
+#include "grad_sync_case.h"
 
 /* a local argument error on the last rank only: its peers name it */
 static moe_status case_lonely_failure(int r, moe_group *g, void *ctx)
@@ -132,6 +134,7 @@ static const dist_case mpi_cases[] = {
     {"environment", case_environment},
     {"mesh", case_mesh},
     {"same_bits_as_threads", case_same_bits_as_threads},
+    {"grad_sync", grad_sync_case},
     {NULL, NULL},
 };
 
