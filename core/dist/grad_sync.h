@@ -29,8 +29,10 @@
  * (the counts are learned: in the first armed step nothing starts early);
  * its hook then writes the accumulated gradient plus the incoming one into
  * the bucket's buffer. When a bucket is complete and every bucket before it
- * has started, its all-reduce starts (moe_all_reduce_async_: the threads
- * backend completes it at once, MPI overlaps it with the rest of backward).
+ * has started, its all-reduce starts (moe_all_reduce_async_). A backend
+ * that overlaps runs it during the rest of backward; one that completes it
+ * at once (threads; MPI for floating sums, which it reduces in rank order by
+ * a blocking path) makes backward wait for it there.
  *
  * Correct whatever happens. A contribution that arrives after its bucket has
  * left marks the bucket stale; wait() agrees on the stale buckets with one
@@ -86,8 +88,11 @@ typedef struct moe_grad_sync_stats {
     int64_t buckets_early;  /* of those, started during backward */
     int64_t buckets_stale;  /* reduced again: a gradient came after its bucket left */
     int64_t bytes;          /* bytes all-reduced (buffers, repeats included) */
-    double wait_seconds;    /* in collectives inside wait(): communication not hidden */
-    double comm_seconds;    /* in collectives anywhere (starts in hooks and in wait, waits) */
+    double wait_seconds;    /* in collectives inside wait() */
+    double comm_seconds;    /* in collectives anywhere: starts in hooks, and wait()'s; the
+                             * time communication took from computation (a start that
+                             * overlaps costs its launch, one that completes at once its
+                             * whole transfer) */
 } moe_grad_sync_stats;
 void moe_grad_sync_get_stats(const moe_grad_sync *s, moe_grad_sync_stats *out);
 

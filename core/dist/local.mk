@@ -68,3 +68,14 @@ bench-comm: tests/bench/bench-comm
 	  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
 	  $(MPIRUN) --oversubscribe -np 2 ./tests/bench/bench-comm --mpi; fi
 .PHONY: bench-comm
+
+## ---- benchmark: gradient all-reduce hidden behind backward (grad sync) ------
+noinst_PROGRAMS += tests/bench/bench-grad-sync
+tests_bench_bench_grad_sync_SOURCES = tests/bench/bench-grad-sync.c
+tests_bench_bench_grad_sync_LDADD = libmoelab.la -lm
+bench-grad-sync: tests/bench/bench-grad-sync
+	./tests/bench/bench-grad-sync
+	@if test -n "$(MPIRUN)" && test "$(have_mpi)" = yes; then \
+	  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 \
+	  $(MPIRUN) --oversubscribe -np 2 ./tests/bench/bench-grad-sync --mpi; fi
+.PHONY: bench-grad-sync

@@ -620,8 +620,10 @@ they were."
 @code{buckets-early} (of those, started during backward),
 @code{buckets-stale} (reduced again after a late gradient), @code{bytes}
 (bytes all-reduced), @code{wait-seconds} (time in collectives inside
-grad-sync-wait!: the communication that backward did not hide) and
-@code{comm-seconds} (time in collectives anywhere)."
+grad-sync-wait!) and @code{comm-seconds} (time in collectives anywhere,
+starts during backward included: what communication took from computation,
+since a start that overlaps costs only its launch while one that completes
+at once, as on threads, costs its whole transfer)."
   (check-sync "grad-sync-stats" s)
   (%grad-sync-stats (grad-sync-c s)))
 
