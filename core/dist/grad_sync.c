@@ -147,6 +147,22 @@ static moe_status start_ready(moe_grad_sync *s)
     return MOE_OK;
 }
 
+/* Check on the buckets in flight: a backend that overlaps moves on only
+ * inside its calls (MPI), and a finished one can be let go now. */
+static moe_status poll_started(moe_grad_sync *s)
+{
+    for (int i = 0; i < s->next_start; i++) {
+        bucket *b = &s->b[i];
+        if (!b->work || !moe_work_done(b->work)) continue;
+        double t0 = now_seconds();
+        moe_status st = moe_work_wait(b->work);
+        b->work = NULL;
+        s->stats.comm_seconds += now_seconds() - t0;
+        if (st != MOE_OK) return fail_in_backward(s, st, i);
+    }
+    return MOE_OK;
+}
+
 /* The gradient hook of parameter slot CTX: sees each contribution before it
  * is accumulated into the leaf. */
 static moe_status sync_hook(moe_tensor **grad, void *ctx)
@@ -156,7 +172,9 @@ static moe_status sync_hook(moe_tensor **grad, void *ctx)
     int p = slot->p;
     if (!s->armed || s->failed != MOE_OK) return MOE_OK;
     s->count[p]++;
-    if (!s->learned || s->count[p] < s->expected[p]) return MOE_OK;
+    if (!s->learned) return MOE_OK;
+    MOE_TRY(poll_started(s));
+    if (s->count[p] < s->expected[p]) return MOE_OK;
     bucket *b = &s->b[s->bucket_of[p]];
     if (b->started) { /* more than last time: wait() reduces the bucket again */
         b->stale = true;

@@ -29,10 +29,10 @@
  * (the counts are learned: in the first armed step nothing starts early);
  * its hook then writes the accumulated gradient plus the incoming one into
  * the bucket's buffer. When a bucket is complete and every bucket before it
- * has started, its all-reduce starts (moe_all_reduce_async_). A backend
- * that overlaps runs it during the rest of backward; one that completes it
- * at once (threads; MPI for floating sums, which it reduces in rank order by
- * a blocking path) makes backward wait for it there.
+ * has started, its all-reduce starts (moe_all_reduce_async_). MPI runs it
+ * during the rest of backward (each later hook checks on it, which is when
+ * MPI moves it on); the threads backend completes it at once, so backward
+ * waits for it there.
  *
  * Correct whatever happens. A contribution that arrives after its bucket has
  * left marks the bucket stale; wait() agrees on the stale buckets with one

@@ -18,10 +18,9 @@
  * hides it: the reduction after backward for "after"; for the syncs the
  * starts in hooks plus grad-sync-wait's collectives) and its share of the
  * step; the part of it spent in grad-sync-wait; buckets, and how many started
- * during backward per step. A start that overlaps backward costs only its
- * launch; one that runs at once (every all-reduce on threads, floating sums
- * on MPI: they are reduced in rank order by a blocking path) costs its
- * whole transfer inside backward. */
+ * during backward per step. A start that overlaps backward (MPI) costs only
+ * its launch and the checks of later hooks; one that runs at once (every
+ * all-reduce on threads) costs its whole transfer inside backward. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
