@@ -580,6 +580,18 @@ what happened instead."
     (map car (grad-sync-run 4 8 1)))
   (test-equal "one rank: the gradients divided" (list (list (expected-grads 1 1)))
     (map car (grad-sync-run 1 #f 1)))
+  (test-equal "over mesh dimensions: sums within each dp group, divided by its size"
+    ;; world rank = ep + 2*dp: the dp groups are {0 2} and {1 3}
+    '((1.0) (2.0) (1.0) (2.0))
+    (with-ranks 4 #:mesh '((dp . 2) (ep . 2))
+      (lambda (rank)
+        (let* ((w (zeros '(1) #:requires-grad #t))
+               (sync (make-grad-sync (list w) #:group 'dp)))
+          (grad-sync-arm! sync)
+          (backward! (tsum (t* w (tensor (list rank)))))
+          (grad-sync-wait! sync)
+          (grad-sync-free! sync)
+          (tensor->list (tensor-grad w))))))
   (let* ((w (zeros '(2) #:requires-grad #t))
          (s (make-grad-sync (list w))))
     (test-assert "grad-sync?" (and (grad-sync? s) (not (grad-sync? w))))
