@@ -43,6 +43,7 @@
 
 #include "autograd.h"
 #include "dist/comm.h"
+#include "dist/grad_sync.h"
 #include "dist/mesh.h"
 #include "dtype.h"
 #include "error.h"

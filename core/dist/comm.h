@@ -161,7 +161,11 @@ moe_status moe_barrier(moe_group *g);
  * untouched until moe_work_wait, which returns the collective's status and
  * frees the handle. Backends may complete the work eagerly at start (the
  * threads backend does; MPI all-reduce overlaps). Outputs are allocated at
- * start and valid after the wait. Not recorded by autograd. */
+ * start and valid after the wait. Not recorded by autograd. On MPI a
+ * floating all-reduce (f32, f64) overlaps too: its two phases (the
+ * all-to-all of slices, then the all-gather of the rank-order sums) run as
+ * non-blocking MPI calls, moved on by moe_work_done and moe_work_wait, with
+ * the bits of the blocking form. */
 typedef struct moe_work moe_work;
 moe_status moe_all_reduce_async_(moe_work **work, moe_tensor *t, moe_reduce_op op, moe_group *g);
 moe_status moe_all_gather_async(moe_work **work, moe_tensor **out, moe_tensor *t, moe_group *g);

@@ -31,11 +31,18 @@
 #include "config.h"
 #include "comm_impl.h"
 
+typedef struct ordered_req ordered_req;
+
 typedef struct mpi_impl {
     MPI_Comm comm;
     bool owned;          /* free the communicator with the handle */
     void *scratch;       /* ordered reductions' receive buffer, grown on demand */
     size_t scratch_size;
+    /* async ordered all-reduces: their second phase runs on GATHER_COMM (a
+     * duplicate, made at the first one), started in the order of their first
+     * phases, which are queued here until then */
+    MPI_Comm gather_comm;
+    ordered_req *queue_head, *queue_tail;
 } mpi_impl;
 
 static moe_group *mpi_world_group; /* the process's world handle (one reference) */
@@ -524,6 +531,8 @@ static moe_status wrap_comm(moe_group **out, MPI_Comm comm, bool owned)
     impl->owned = owned;
     impl->scratch = NULL;
     impl->scratch_size = 0;
+    impl->gather_comm = MPI_COMM_NULL;
+    impl->queue_head = impl->queue_tail = NULL;
     moe_status st = moe_group_alloc(out, mpi_ops(), rank, size, mine + size, impl);
     free(mine);
     if (st != MOE_OK) free(impl);
@@ -572,13 +581,175 @@ static bool mpi_all_reduce_test(moe_work *w)
     return flag != 0;
 }
 
+/* ---- async ordered all-reduce ----------------------------------------------------
+ * The floating sums of the blocking path, without blocking: phase 1 sends
+ * slice q of BUF to rank q (MPI_Ialltoallv); once it is complete, this rank
+ * reduces what it received in rank order into its slice of BUF and starts
+ * phase 2, the in-place all-gather of the slices (MPI_Iallgatherv). Same
+ * slices, same kernel: the same bits as mpi_all_reduce. Ranks notice the end
+ * of phase 1 at different times, while other collectives start on the
+ * group's communicator; so phase 2 runs on a communicator of its own, and
+ * every rank starts the phases 2 in the order of the phases 1 (a queue per
+ * handle), which is the order of the collectives, the same everywhere. Each
+ * test or wait of any of them moves the queue on. */
+struct ordered_req {
+    MPI_Request req;
+    int phase;            /* 1: all-to-all in flight (queued); 2: all-gather in flight; 3: failed */
+    moe_group *g;         /* borrowed: the work holds a reference */
+    void *buf;
+    moe_dtype dt;
+    moe_reduce_op op;
+    int64_t count, bytes;
+    char *recv;           /* [n * mylen] slice MYLEN of every rank */
+    int *counts;          /* [4n] all-to-all counts and displacements; [0, 2n) reused by the all-gather */
+    ordered_req *next;    /* in the queue */
+};
+
+static void ordered_free(ordered_req *r)
+{
+    if (!r) return;
+    free(r->recv);
+    free(r->counts);
+    free(r);
+}
+
+/* Phase 1 of R is complete: reduce its slice, start its phase 2. */
+static moe_status ordered_phase2(ordered_req *r)
+{
+    moe_group *g = r->g;
+    mpi_impl *im = g->impl;
+    int n = g->size, me = g->rank;
+    size_t esz = moe_dtype_size(r->dt);
+    int64_t mylo, mylen;
+    slice(r->count, n, me, &mylo, &mylen);
+    const void **srcs = malloc(sizeof *srcs * (size_t)n);
+    if (!srcs) return moe_fail(MOE_ERR_NOMEM, "all_reduce", "out of memory");
+    for (int q = 0; q < n; q++) srcs[q] = r->recv + (size_t)(q * mylen) * esz;
+    moe_cpu_reduce_n(r->dt, (char *)r->buf + mylo * (int64_t)esz, srcs, n, mylen, (moe_cpu_reduce_op)r->op);
+    free(srcs);
+    for (int q = 0; q < n; q++) {
+        int64_t lo, len;
+        slice(r->count, n, q, &lo, &len);
+        r->counts[q] = (int)len;
+        r->counts[n + q] = (int)lo;
+    }
+    int rc = MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, r->buf, r->counts, r->counts + n, mpi_type(r->dt),
+                             im->gather_comm, &r->req);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "all_reduce", "MPI_Iallgatherv", __FILE__, __LINE__);
+    r->phase = 2;
+    return MOE_OK;
+}
+
+/* Start the phases 2 whose turn has come. UNTIL (may be NULL): wait (with
+ * the timeout) for the phases 1 ahead of it and its own, instead of only
+ * testing them. */
+static moe_status ordered_advance(mpi_impl *im, ordered_req *until)
+{
+    while (im->queue_head) {
+        ordered_req *h = im->queue_head;
+        bool must = until && until->phase == 1;
+        if (must) {
+            MOE_TRY(await1(h->g, "all_reduce", &h->req, h->bytes));
+        } else {
+            int flag = 0;
+            int rc = MPI_Test(&h->req, &flag, MPI_STATUS_IGNORE);
+            if (rc != MPI_SUCCESS) return mpi_fail(rc, "all_reduce", "MPI_Test", __FILE__, __LINE__);
+            if (!flag) return MOE_OK;
+        }
+        im->queue_head = h->next;
+        if (!im->queue_head) im->queue_tail = NULL;
+        h->next = NULL;
+        moe_status st = ordered_phase2(h);
+        if (st != MOE_OK) {
+            h->phase = 3; /* its wait fails; the ones behind it go on */
+            return st;
+        }
+    }
+    return MOE_OK;
+}
+
+static moe_status ordered_finish(moe_work *w)
+{
+    ordered_req *r = w->impl;
+    moe_status st = usable("all_reduce");
+    if (st == MOE_OK) st = ordered_advance(w->g->impl, r);
+    if (st == MOE_OK && r->phase == 3)
+        st = moe_fail(MOE_ERR_BACKEND, "all_reduce", "the all-gather phase of an asynchronous all-reduce could "
+                      "not start");
+    if (st == MOE_OK) st = await1(w->g, "all_reduce", &r->req, r->bytes);
+    if (st != MOE_OK) return st; /* R stays with its pending request */
+    ordered_free(r);
+    w->impl = NULL;
+    return MOE_OK;
+}
+
+static bool ordered_test(moe_work *w)
+{
+    ordered_req *r = w->impl;
+    if (!r || atomic_load(&job_failed)) return true; /* the wait reports */
+    if (ordered_advance(w->g->impl, NULL) != MOE_OK || r->phase == 3) return true;
+    if (r->phase == 1) return false;
+    int flag = 0;
+    MPI_Test(&r->req, &flag, MPI_STATUS_IGNORE);
+    return flag != 0;
+}
+
+/* Start phase 1 of an ordered all-reduce of BUF [COUNT] on G into W. */
+static moe_status ordered_start(moe_work *w, moe_group *g, void *buf, int64_t count, moe_dtype dt, moe_reduce_op op)
+{
+    mpi_impl *im = g->impl;
+    int n = g->size, me = g->rank;
+    size_t esz = moe_dtype_size(dt);
+    int64_t mylo, mylen;
+    slice(count, n, me, &mylo, &mylen);
+    if (im->gather_comm == MPI_COMM_NULL) { /* collective: every rank's first one */
+        CHECK_MPI("all_reduce", MPI_Comm_dup(im->comm, &im->gather_comm));
+        MPI_Comm_set_errhandler(im->gather_comm, MPI_ERRORS_RETURN);
+    }
+    ordered_req *r = calloc(1, sizeof *r);
+    if (r) {
+        r->recv = malloc((size_t)(mylen * n > 0 ? mylen * n : 1) * esz);
+        r->counts = malloc(sizeof(int) * 4 * (size_t)n);
+    }
+    if (!r || !r->recv || !r->counts) {
+        ordered_free(r);
+        return moe_fail(MOE_ERR_NOMEM, "all_reduce", "out of memory for %lld elements", (long long)(mylen * n));
+    }
+    *r = (ordered_req){.req = MPI_REQUEST_NULL, .phase = 1, .g = g, .buf = buf, .dt = dt, .op = op,
+                       .count = count, .bytes = count * (int64_t)esz, .recv = r->recv, .counts = r->counts};
+    int *c = r->counts;
+    for (int q = 0; q < n; q++) {
+        int64_t lo, len;
+        slice(count, n, q, &lo, &len);
+        c[q] = (int)len;
+        c[n + q] = (int)lo;
+        c[2 * n + q] = (int)mylen;
+        c[3 * n + q] = (int)(q * mylen);
+    }
+    int rc = MPI_Ialltoallv(buf, c, c + n, mpi_type(dt), r->recv, c + 2 * n, c + 3 * n, mpi_type(dt), im->comm,
+                            &r->req);
+    if (rc != MPI_SUCCESS) {
+        ordered_free(r);
+        return mpi_fail(rc, "all_reduce", "MPI_Ialltoallv", __FILE__, __LINE__);
+    }
+    if (im->queue_tail) im->queue_tail->next = r;
+    else im->queue_head = r;
+    im->queue_tail = r;
+    w->impl = r;
+    w->finish = ordered_finish;
+    w->test = ordered_test;
+    return MOE_OK;
+}
+
 static moe_status mpi_all_reduce_start(moe_work *w, moe_group *g, void *buf, int64_t count, moe_dtype dt,
                                        moe_reduce_op op)
 {
     MOE_TRY(usable("all_reduce"));
     MOE_TRY(check_int_count("all_reduce", count));
-    if (!order_free(dt, op)) { /* the ordered path is blocking: run it now */
-        MOE_TRY(mpi_all_reduce(g, buf, count, dt, op));
+    if (!order_free(dt, op)) {
+        if (dt != MOE_BF16 && count <= CHUNK && count <= INT_MAX / (g->size > 0 ? g->size : 1))
+            return ordered_start(w, g, buf, count, dt, op);
+        MOE_TRY(mpi_all_reduce(g, buf, count, dt, op)); /* the blocking path, now */
         return MOE_OK;
     }
     mpi_req *r = malloc(sizeof *r);
@@ -603,6 +774,8 @@ static void mpi_destroy(moe_group *g)
     MPI_Finalized(&finalized);
     /* after a failure, no MPI call: a pending request may use the communicator */
     if (impl->owned && !finalized && !atomic_load(&job_failed)) MPI_Comm_free(&impl->comm);
+    if (impl->gather_comm != MPI_COMM_NULL && !finalized && !atomic_load(&job_failed))
+        MPI_Comm_free(&impl->gather_comm);
     free(impl->scratch);
     free(impl);
 }

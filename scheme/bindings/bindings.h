@@ -11,6 +11,7 @@
  *   router-options.c make-router's keywords → a router config; metrics → alist
  *   layer-func.c    the <moe-layer> foreign object and (moelab layer)
  *   dist-func.c     the <group> foreign object, with-ranks, collectives
+ *   grad-sync-func.c the <grad-sync> foreign object: bucketed gradient all-reduce
  *   data-func.c     tokenizers and token files (data-func.h: shared with datasets)
  *   dataset-func.c  the <dataset> foreign object and batches
  *   model-type.c    the <moe-transformer> foreign object

@@ -732,6 +732,36 @@ SCM_DEFINE(moelab_broadcast_x, "%broadcast!", 3, 0, 0, (SCM t, SCM root, SCM g),
 }
 #undef FUNC_NAME
 
+/* ---- point to point ------------------------------------------------------------------------------------- */
+
+SCM_DEFINE(moelab_send, "%send", 4, 0, 0, (SCM t, SCM dst, SCM tag, SCM g),
+           "Send @var{t} to rank @var{dst} of group @var{g} with @var{tag}.")
+#define FUNC_NAME "send!"
+{
+    moe_tensor *x = moelab_unwrap(t, 1, FUNC_NAME);
+    int d = moelab_to_int(dst, 2, FUNC_NAME);
+    int k = moelab_to_int(tag, 3, FUNC_NAME);
+    moe_group *grp = use_group(g, 4, FUNC_NAME);
+    DIST_CHECK(FUNC_NAME, "send", moe_send(x, d, k, grp));
+    scm_remember_upto_here_2(t, g);
+    return t;
+}
+#undef FUNC_NAME
+
+SCM_DEFINE(moelab_recv_x, "%recv!", 4, 0, 0, (SCM t, SCM src, SCM tag, SCM g),
+           "Fill @var{t} with what rank @var{src} of group @var{g} sent with @var{tag}.")
+#define FUNC_NAME "recv!"
+{
+    moe_tensor *x = moelab_unwrap(t, 1, FUNC_NAME);
+    int s = moelab_to_int(src, 2, FUNC_NAME);
+    int k = moelab_to_int(tag, 3, FUNC_NAME);
+    moe_group *grp = use_group(g, 4, FUNC_NAME);
+    DIST_CHECK(FUNC_NAME, "recv", moe_recv_(x, s, k, grp));
+    scm_remember_upto_here_2(t, g);
+    return t;
+}
+#undef FUNC_NAME
+
 SCM_DEFINE(moelab_barrier, "%barrier", 1, 0, 0, (SCM g), "Wait until every rank of @var{g} arrives.")
 #define FUNC_NAME "barrier"
 {

@@ -7,6 +7,7 @@
 #include "bindings.h"
 
 void moelab_init_dist_func(void); /* dist-func.c */
+void moelab_init_grad_sync_func(void); /* grad-sync-func.c */
 void moelab_init_layer_func(void); /* layer-func.c */
 void moelab_init_router_func(void); /* router-func.c */
 void moelab_init_data_func(void); /* data-func.c */
@@ -16,7 +17,6 @@ void moelab_init_optim_func(void); /* optim-func.c */
 void moelab_init_metrics_func(void); /* metrics-func.c */
 void moelab_init_checkpoint_func(void); /* checkpoint-func.c */
 void moelab_init_trainer_func(void); /* trainer-func.c */
-void moelab_init_pipeline_func(void); /* pipeline-func.c */
 
 static void define_primitives(void *data)
 {
@@ -29,7 +29,7 @@ static void define_primitives(void *data)
     moelab_init_ops_func();
     moelab_init_autograd_func();
     moelab_init_dist_func();
-    moelab_init_pipeline_func();
+    moelab_init_grad_sync_func();
     moelab_init_router_func();
     moelab_init_layer_func();
     moelab_init_data_func();

@@ -30,13 +30,19 @@
   #:use-module (moelab tensor)
   #:use-module ((oop goops) #:select (define-method))
   #:use-module (srfi srfi-1)
+  #:use-module (srfi srfi-4)
   #:use-module (srfi srfi-9)
+  #:use-module (srfi srfi-9 gnu)
+  #:use-module (rnrs bytevectors)
   #:re-export (<group>)
   #:export (with-ranks current-rank world-size world-group
             mesh-group mesh-coord mpi-launched?
             group? group-size group-rank group-name group-ranks
             all-reduce! all-reduce all-gather reduce-scatter all-to-all
             broadcast! barrier
+            send! recv! recv-like broadcast-value all-gather-values
+            make-grad-sync grad-sync? grad-sync-arm! grad-sync-wait! grad-sync-stats
+            grad-sync-buckets grad-sync-free!
             set-comm-timeout! comm-timeout))
 
 ;;; ---- errors ---------------------------------------------------------------------
@@ -380,6 +386,260 @@ recorded by autograd. Returns T."
   "Wait until every rank of GROUP (default: the world) has reached the
 barrier."
   (%barrier (resolve-group "barrier" group)))
+
+;;; ---- point to point ---------------------------------------------------------------------
+
+(define* (send! t dst #:key (tag 0) (group #f))
+  "Send the tensor T to rank DST of GROUP (a group, mesh dimensions or #f
+for the world), labelled with TAG (a non-negative integer, default 0). The
+receiving rank calls recv! (or recv-like) with this rank as its source, the
+same TAG, and a tensor of the same element count and dtype. On the threads
+backend send! returns at once (the data is copied); under MPI a large
+message may wait until it is received, so order sends and receives as you
+would for MPI (a rank that sends before it receives pairs with one that
+receives first). Not recorded by autograd. Returns T."
+  (%send t dst tag (resolve-group "send!" group)))
+
+(define* (recv! t src #:key (tag 0) (group #f))
+  "Fill the tensor T with the tensor that rank SRC of GROUP sent with TAG
+(default 0) and return T. T must have the element count and dtype of what
+was sent (else moelab-error on this rank, naming both sizes); it must not
+require grad while grad mode is on. A receive that waits longer than
+(comm-timeout) fails naming the rank and tag it waited for."
+  (%recv! t src tag (resolve-group "recv!" group)))
+
+(define* (recv-like shape dtype src #:key (tag 0) (group #f) (device 'cpu))
+  "A new tensor of SHAPE and DTYPE (on DEVICE, default cpu) holding what
+rank SRC of GROUP sent with TAG (default 0); see recv!.
+@example
+(with-ranks 2
+  (lambda (rank)
+    (if (= rank 0)
+        (begin (send! (tensor '(1 2 3)) 1 #:tag 7) #f)
+        (tensor->list (recv-like '(3) 'f32 0 #:tag 7)))))
+⇒ (#f (1.0 2.0 3.0))
+@end example"
+  (recv! (zeros shape #:dtype dtype #:device device) src #:tag tag #:group group))
+
+;;; ---- Scheme values between ranks --------------------------------------------------------
+;;; A value travels as the UTF-8 text that write gives, in an i32 tensor
+;;; (4 bytes an element, padded) whose length goes first; a header
+;;; (status length) lets every rank learn that a value could not be written
+;;; instead of waiting for it.
+
+(define (value->text who obj)
+  ;; (ok . text), or (#f . message) when OBJ does not read back as itself
+  (let* ((text (call-with-output-string (lambda (port) (write obj port))))
+         (back (catch #t
+                 (lambda ()
+                   (call-with-input-string text
+                     (lambda (port)
+                       (let ((v (read port)))
+                         (if (eof-object? (read port)) (list v) #f)))))
+                 (lambda _ #f))))
+    (if (and back (equal? (car back) obj))
+        (cons #t text)
+        (cons #f (format #f "~a does not read back as itself: send plain data (numbers, \
+strings, symbols, keywords, booleans, characters, lists, vectors, bytevectors)"
+                         (if (> (string-length text) 60)
+                             (string-append (substring text 0 57) "...")
+                             text))))))
+
+(define (bytes->words bv nwords)
+  ;; BV's bytes in an s32vector of NWORDS elements (zero padded)
+  (let ((v (make-s32vector nwords 0)))
+    (bytevector-copy! bv 0 v 0 (bytevector-length bv))
+    v))
+
+(define (words->string v offset len)
+  ;; the LEN bytes at byte OFFSET of the s32vector V as UTF-8 text
+  (let ((bv (make-bytevector len)))
+    (bytevector-copy! v offset bv 0 len)
+    (utf8->string bv)))
+
+(define (text->value text)
+  (call-with-input-string text read))
+
+(define* (broadcast-value obj #:key (root 0) (group #f))
+  "OBJ of rank ROOT of GROUP (default: the world), on every rank of the
+group: rank ROOT sends the text that write gives for OBJ, the others read
+it back. OBJ may be any datum that write and read turn back into an equal
+value (numbers, strings, symbols, keywords, characters, booleans, and lists,
+vectors and bytevectors of them); the other ranks' OBJ is ignored. When
+ROOT's OBJ is not such a datum (a procedure, a tensor, a record), every
+rank raises moelab-error saying so. Every rank of the group must call it
+with the same ROOT.
+@example
+(with-ranks 3
+  (lambda (rank)
+    (broadcast-value (and (= rank 0) '((lr . 3e-4) (steps . 100))))))
+⇒ (((lr . 3e-4) (steps . 100)) ((lr . 3e-4) (steps . 100)) ((lr . 3e-4) (steps . 100)))
+@end example"
+  (let* ((g (resolve-group "broadcast-value" group))
+         (me (%group-rank g))
+         (mine (and (= me root) (value->text "broadcast-value" obj)))
+         (payload (and mine (string->utf8 (cdr mine))))
+         (header (tensor (if mine
+                             (list (if (car mine) 0 1) (bytevector-length payload))
+                             '(0 0))
+                         #:dtype 'i64)))
+    (%broadcast! header root g)
+    (let* ((h (tensor->list header))
+           (len (cadr h))
+           (nwords (quotient (+ len 3) 4))
+           (words (if mine (bytes->words payload nwords) (make-s32vector nwords 0))))
+      (%broadcast! (tensor words) root g)
+      (let ((text (words->string words 0 len)))
+        (if (zero? (car h))
+            (if mine obj (text->value text))
+            (dist-error "broadcast-value" 'value "the value of rank ~a: ~a" root text))))))
+
+(define* (all-gather-values obj #:key (group #f))
+  "The list of every rank's OBJ, in the rank order of GROUP (default: the
+world), on every rank. OBJ may be any datum that write and read turn back
+into an equal value, as for broadcast-value; when a rank's OBJ is not,
+every rank raises moelab-error naming that rank.
+@example
+(with-ranks 3 (lambda (rank) (all-gather-values (* rank 10))))
+⇒ ((0 10 20) (0 10 20) (0 10 20))
+@end example"
+  (let* ((g (resolve-group "all-gather-values" group))
+         (n (%group-size g))
+         (mine (value->text "all-gather-values" obj))
+         (payload (string->utf8 (cdr mine)))
+         (headers (tensor->list
+                   (%all-gather (tensor (list (if (car mine) 0 1) (bytevector-length payload))
+                                        #:dtype 'i64 #:shape '(1 2))
+                                g)))
+         (maxlen (fold max 0 (map cadr headers)))
+         (nwords (quotient (+ maxlen 3) 4))
+         (all (%all-gather (tensor (bytes->words payload nwords)) g))
+         (words (tensor->s32vector all))
+         (texts (map (lambda (h q) (words->string words (* 4 q nwords) (cadr h)))
+                     headers (iota n)))
+         (bad (filter-map (lambda (h q) (and (not (zero? (car h))) q)) headers (iota n))))
+    (if (null? bad)
+        (map (lambda (text q) (if (= q (%group-rank g)) obj (text->value text))) texts (iota n))
+        (dist-error "all-gather-values" 'value "the value of rank ~a: ~a"
+                    (car bad) (list-ref texts (car bad))))))
+
+;;; ---- gradient reduction in buckets ------------------------------------------------------
+
+;; A grad sync: the C object and the group it reduces over (checked at
+;; every step, so that a step outside its with-ranks raises).
+(define-record-type <grad-sync>
+  (make-grad-sync-record c group count)
+  grad-sync-record?
+  (c grad-sync-c)
+  (group grad-sync-group)
+  (count grad-sync-count))
+
+(set-record-type-printer! <grad-sync>
+  (lambda (s port)
+    (let ((g (grad-sync-group s)))
+      (format port "#<grad-sync ~a parameter~a over ~a: rank ~a of ~a>"
+              (grad-sync-count s) (if (= (grad-sync-count s) 1) "" "s")
+              (%group-name g) (%group-rank g) (%group-size g)))))
+
+(define (parameter-tensors who params)
+  ;; a list of tensors, or an alist of (name . tensor) as model-parameters gives
+  (unless (list? params)
+    (wrong-type who "a list of tensors or of (name . tensor) pairs" params))
+  (map (lambda (p) (if (pair? p) (cdr p) p)) params))
+
+(define* (make-grad-sync params #:key (group #f) (divisor #f) (bucket-bytes #f))
+  "A grad sync: data-parallel reduction of the gradients of PARAMS (a list of
+tensors that require grad, or an alist of (name . tensor) as
+model-parameters gives) over GROUP (a group, mesh dimensions such as
+@code{'(dp ep)}, or #f for the world), started while backward is still
+running. After grad-sync-wait! each parameter's gradient is the sum over
+the group of every rank's gradient, divided by DIVISOR (default: the size of
+the group, which makes it the mean).
+
+The parameters are grouped, last first, into buckets of one dtype and
+device that close at BUCKET-BYTES bytes (default 25 MB); each bucket is one
+flat buffer and one all-reduce. Call grad-sync-arm! before the backward of
+a step's last micro-batch: from the second armed step on, a bucket's
+all-reduce starts as soon as every one of its parameters has received as
+many gradient contributions as in the previous armed backward (gradient
+hooks count them), so communication overlaps the rest of backward. Then
+grad-sync-wait! reduces what is left and sets the gradients. The result is
+the same whatever the timing: a gradient that arrives after its bucket has
+left makes every rank reduce that bucket again, and a parameter without a
+gradient on a rank counts as zeros there. Every rank of GROUP must make its
+grad sync with the same number of parameters of the same shapes, in the
+same order.
+
+The grad sync holds gradient hooks on the parameters until grad-sync-free!
+(or until the collector frees it); make it inside the rank's procedure of
+with-ranks and use it only there.
+@example
+(define sync (make-grad-sync (model-parameters m) #:group '(dp ep)))
+(grad-sync-arm! sync)          ; before the last micro-batch's backward
+(backward! loss)
+(grad-sync-wait! sync)         ; gradients summed over dp x ep, divided by its size
+@end example"
+  (let* ((who "make-grad-sync")
+         (g (resolve-group who group))
+         (ts (parameter-tensors who params))
+         (d (or divisor (%group-size g)))
+         (bytes (or bucket-bytes 0)))
+    (unless (real? d) (wrong-type who "a positive number (#:divisor)" d))
+    (unless (exact-integer? bytes) (wrong-type who "a byte count or #f (#:bucket-bytes)" bytes))
+    (make-grad-sync-record (%make-grad-sync ts g d bytes) g (length ts))))
+
+(define (grad-sync? obj)
+  "True when OBJ is a grad sync made by make-grad-sync."
+  (grad-sync-record? obj))
+
+(define (check-sync who s)
+  (unless (grad-sync-record? s) (wrong-type who "a grad-sync" s)))
+
+(define (grad-sync-arm! s)
+  "Announce that the next backward is the last micro-batch of the step of
+the grad sync S: during it, buckets whose gradients are complete start
+their all-reduce. Arming again before grad-sync-wait! is allowed until a
+bucket has started (then it raises moelab-error)."
+  (check-sync "grad-sync-arm!" s)
+  (%grad-sync-arm! (grad-sync-c s) (grad-sync-group s)))
+
+(define (grad-sync-wait! s)
+  "Finish the step of the grad sync S: start the buckets that have not
+started, wait for every all-reduce, reduce again any bucket that a late
+gradient made stale, and set the gradient of every parameter to the sum over
+the group divided by the divisor. Every rank of the group must call it.
+Raises moelab-error when S is not armed, and when a collective failed (a
+peer failed, a timeout), naming the bucket; the gradients are then left as
+they were."
+  (check-sync "grad-sync-wait!" s)
+  (%grad-sync-wait! (grad-sync-c s) (grad-sync-group s)))
+
+(define (grad-sync-stats s)
+  "Totals of the grad sync S since it was made, as an alist: @code{steps}
+(completed waits), @code{buckets} (all-reduces started, repeats included),
+@code{buckets-early} (of those, started during backward),
+@code{buckets-stale} (reduced again after a late gradient), @code{bytes}
+(bytes all-reduced), @code{wait-seconds} (time in collectives inside
+grad-sync-wait!) and @code{comm-seconds} (time in collectives anywhere,
+starts during backward included: what communication took from computation,
+since a start that overlaps costs only its launch while one that completes
+at once, as on threads, costs its whole transfer)."
+  (check-sync "grad-sync-stats" s)
+  (%grad-sync-stats (grad-sync-c s)))
+
+(define (grad-sync-buckets s)
+  "The buckets of the grad sync S in the order their all-reduces start: a
+list of (DTYPE BYTES INDICES), INDICES being the positions of the bucket's
+parameters in the list given to make-grad-sync."
+  (check-sync "grad-sync-buckets" s)
+  (%grad-sync-buckets (grad-sync-c s)))
+
+(define (grad-sync-free! s)
+  "Remove the gradient hooks of the grad sync S from its parameters and free
+its buffers now; afterwards S can no longer be used. Freeing twice does
+nothing."
+  (check-sync "grad-sync-free!" s)
+  (%grad-sync-free! (grad-sync-c s)))
 
 ;;; ---- settings ---------------------------------------------------------------------------
 

@@ -138,18 +138,17 @@ forwards and backwards take the same time on every stage:
   (/ (- stages 1) (+ micro-batches stages -1)))
 
 ;;; ---- point to point ------------------------------------------------------------
-;;; Until (moelab dist) has send!/recv!: the two primitives of
-;;; scheme/bindings/pipeline-func.c over moe_send / moe_recv_. Activations
-;;; of micro-batch I travel with tag 2I, their gradients with tag 2I + 1.
+;;; Activations of micro-batch I travel with tag 2I, their gradients with
+;;; tag 2I + 1.
 
 (define (activation-tag i) (* 2 i))
 (define (gradient-tag i) (+ (* 2 i) 1))
 
 (define (p2p-send! t peer tag group)
-  (%pipeline-send! t peer tag group))
+  (send! t peer #:tag tag #:group group))
 
 (define (p2p-recv! t peer tag group)
-  (%pipeline-recv! t peer tag group))
+  (recv! t peer #:tag tag #:group group))
 
 ;;; ---- the engine ------------------------------------------------------------------
 

@@ -1,10 +1,12 @@
 /* mpi_comm.c — the collective cases on the MPI backend, one process per rank
  * (run by run-mpi.sh under mpirun -np 2 and -np 4), plus what only MPI has:
  * the launch environment, a rank that fails alone being named by its peers
- * through the size check, a mesh over processes, and rank-order sums that
- * equal the threads backend's bits. Plain C: prints one line per case on
+ * through the size check, a mesh over processes, rank-order sums that
+ * equal the threads backend's bits, and the grad sync scenario with its
+ * all-reduces really overlapping backward. Plain C: prints one line per case on
  * rank 0 and exits non-zero when any rank failed any case. */
 #include "cases.h"
+#include "grad_sync_case.h"
 
 /* a local argument error on the last rank only: its peers name it */
 static moe_status case_lonely_failure(int r, moe_group *g, void *ctx)
@@ -126,12 +128,52 @@ static moe_status case_same_bits_as_threads(int r, moe_group *g, void *ctx)
     return MOE_OK;
 }
 
+/* Asynchronous floating sums (and averages) take the ordered path without
+ * blocking: three in flight at once, interleaved with a blocking collective,
+ * waited in another order than started, give the blocking path's bits. */
+static moe_status case_async_ordered(int r, moe_group *g, void *ctx)
+{
+    (void)ctx;
+    enum { K = 3, N = 1000 };
+    moe_tensor *a[K], *ref[K];
+    moe_work *w[K];
+    for (int k = 0; k < K; k++) {
+        moe_dtype dt = k == 1 ? MOE_F64 : MOE_F32;
+        RTRY(moe_tensor_empty(&a[k], dt, MOE_CPU, 1, (int64_t[]){N + k}));
+        for (int i = 0; i < N + k; i++) {
+            int64_t idx = i;
+            RTRY(moe_tensor_set(a[k], &idx, noisy(r, i + k)));
+        }
+        RTRY(moe_clone(&ref[k], a[k]));
+        RTRY(moe_all_reduce_(ref[k], k == 2 ? MOE_REDUCE_AVG : MOE_REDUCE_SUM, g));
+    }
+    for (int k = 0; k < K; k++) {
+        RTRY(moe_all_reduce_async_(&w[k], a[k], k == 2 ? MOE_REDUCE_AVG : MOE_REDUCE_SUM, g));
+        if (k == 0) RTRY(moe_barrier(g)); /* another collective while one is in flight */
+    }
+    (void)moe_work_done(w[1]);
+    for (int k = K - 1; k >= 0; k--) RTRY(moe_work_wait(w[k]));
+    for (int k = 0; k < K; k++) {
+        double x, y;
+        for (int64_t i = 0; i < N + k; i++) {
+            RTRY(moe_tensor_get(a[k], &i, &x));
+            RTRY(moe_tensor_get(ref[k], &i, &y));
+            RCHECK(x == y, "tensor %d element %lld: async %.17g, blocking %.17g", k, (long long)i, x, y);
+        }
+        moe_tensor_release(a[k]);
+        moe_tensor_release(ref[k]);
+    }
+    return MOE_OK;
+}
+
 static const dist_case mpi_cases[] = {
     {"lonely_failure", case_lonely_failure},
     {"op_mismatch", case_op_mismatch},
     {"environment", case_environment},
     {"mesh", case_mesh},
     {"same_bits_as_threads", case_same_bits_as_threads},
+    {"async_ordered", case_async_ordered},
+    {"grad_sync", grad_sync_case},
     {NULL, NULL},
 };
 

@@ -418,6 +418,211 @@ what happened instead."
   (test-equal "rational seconds" 0.5 (begin (set-comm-timeout! 1/2) (comm-timeout)))
   (set-comm-timeout! 30))
 
+;;; ---- point to point ------------------------------------------------------------------
+
+(test-group "send! and recv!"
+  (test-equal "recv-like" '(#f (1.0 2.0 3.0))
+    (with-ranks 2
+      (lambda (rank)
+        (if (= rank 0)
+            (begin (send! (tensor '(1 2 3)) 1 #:tag 7) #f)
+            (tensor->list (recv-like '(3) 'f32 0 #:tag 7))))))
+  (test-equal "a ring: send first, then receive (the threads backend does not wait)"
+    '((20.0) (0.0) (10.0))
+    (with-ranks 3
+      (lambda (rank)
+        (send! (tensor (list (* 10 rank))) (modulo (+ rank 1) 3))
+        (tensor->list (recv! (zeros '(1)) (modulo (- rank 1) 3))))))
+  (test-equal "recv! fills its tensor and returns it; send! returns its tensor" '(#t #t (5 6))
+    (cadr (with-ranks 2
+            (lambda (rank)
+              (let ((t (zeros '(2) #:dtype 'i64)))
+                (if (= rank 0)
+                    (begin (tensor-copy! t (tensor '(5 6) #:dtype 'i64)) (eq? t (send! t 1)))
+                    (list (eq? t (recv! t 0)) #t (tensor->list t))))))))
+  (test-equal "tags match sends to receives, whatever the order" '((2.0) (1.0))
+    (cadr (with-ranks 2
+            (lambda (rank)
+              (if (= rank 0)
+                  (begin (send! (tensor '(1)) 1 #:tag 1) (send! (tensor '(2)) 1 #:tag 2))
+                  (let* ((b (recv-like '(1) 'f32 0 #:tag 2))
+                         (a (recv-like '(1) 'f32 0 #:tag 1)))
+                    (map tensor->list (list b a))))))))
+  (test-equal "over a mesh dimension: stage 0 to stage 1 along pp" '(#f #f 0 1)
+    (with-ranks 4 #:mesh '((pp . 2) (dp . 2))
+      (lambda (rank)
+        (if (= (mesh-coord 'pp) 0)
+            (begin (send! (tensor (list rank) #:dtype 'i32) 1 #:group 'pp) #f)
+            (tensor-item (recv-like '(1) 'i32 0 #:group 'pp))))))
+  (test-moelab-error "a receive of the wrong size" "size mismatch"
+    (with-ranks 2 (lambda (rank)
+                    (if (= rank 0)
+                        (send! (zeros '(3)) 1)
+                        (recv! (zeros '(2)) 0)))))
+  (test-moelab-error "a send to itself" "cannot send itself" (send! (zeros '(1)) 0))
+  (test-moelab-error "a rank out of the group" "peer 3 is not a rank of the group (size 2)"
+    (with-ranks 2 (lambda (rank) (recv! (zeros '(1)) 3))))
+  (test-moelab-error "a negative tag" "tag -1 is negative"
+    (with-ranks 2 (lambda (rank) (send! (zeros '(1)) (- 1 rank) #:tag -1))))
+  (test-moelab-error "recv! refuses a tensor that requires grad" "recv!"
+    (with-ranks 2 (lambda (rank)
+                    (if (= rank 0)
+                        (send! (zeros '(1)) 1)
+                        (recv! (zeros '(1) #:requires-grad #t) 0)))))
+  (let ((previous (set-comm-timeout! 0.2)))
+    (test-moelab-error "a receive nobody answers times out" "timed out after 0.2 s"
+      (with-ranks 2 (lambda (rank)
+                      (if (= rank 1) (recv! (zeros '(1)) 0 #:tag 3) (usleep 1000000)))))
+    (set-comm-timeout! previous))
+  (test-moelab-error "a receive from a rank that returned" "rank 0 returned without sending tag 3"
+    (with-ranks 2 (lambda (rank) (when (= rank 1) (recv! (zeros '(1)) 0 #:tag 3))))))
+
+;;; ---- Scheme values between ranks ------------------------------------------------------
+
+(define sample-datum
+  '((lr . 3e-4) (steps . 100) (name . "a \"quoted\"\nline, ünïcode") #(1 2 #\x) #vu8(0 255)
+    #:keyword sym 0.1 -7/3 #t #f ()))
+
+(test-group "broadcast-value and all-gather-values"
+  (test-equal "root 0's value everywhere"
+    (make-list 3 sample-datum)
+    (with-ranks 3 (lambda (rank) (broadcast-value (and (= rank 0) sample-datum)))))
+  (test-equal "another root; the others' values are ignored" '(2 2 2)
+    (with-ranks 3 (lambda (rank) (broadcast-value rank #:root 2))))
+  (test-equal "over a mesh dimension" '((a 0) (a 1) (a 0) (a 1))
+    (with-ranks 4 #:mesh '((dp . 2) (tp . 2))
+      (lambda (rank) (broadcast-value (list 'a rank) #:group 'dp))))
+  (test-equal "outside with-ranks: the value itself" sample-datum (broadcast-value sample-datum))
+  (test-equal "all-gather-values: every rank's value, in rank order"
+    (make-list 3 '("" "a" "aa"))
+    (with-ranks 3 (lambda (rank) (all-gather-values (make-string rank #\a)))))
+  (test-equal "values of any shape and length" 
+    (make-list 2 (list sample-datum 42))
+    (with-ranks 2 (lambda (rank) (all-gather-values (if (= rank 0) sample-datum 42)))))
+  (test-equal "over a group, in its rank order" '((0 2) (1 3) (0 2) (1 3))
+    (with-ranks 4 #:mesh '((dp . 2) (tp . 2))
+      (lambda (rank) (all-gather-values rank #:group 'dp))))
+  (test-equal "outside with-ranks: a list of one" '((x 1)) (all-gather-values '(x 1)))
+  (test-moelab-error "a procedure cannot travel: every rank says so"
+    "broadcast-value: the value of rank 0: #<procedure"
+    (with-ranks 2 (lambda (rank) (broadcast-value (lambda () rank)))))
+  (test-equal "the other ranks raise too" '(value value)
+    (map (lambda (r) (and (pair? r) (car r)))
+         (with-ranks 2 (lambda (rank)
+                         (catch 'moelab-error
+                           (lambda () (broadcast-value (current-output-port)) 'no-error)
+                           (lambda (key subr message args rest) rest))))))
+  (test-moelab-error "a tensor cannot travel either, named by its rank"
+    "all-gather-values: the value of rank 2: #<tensor"
+    (with-ranks 3 (lambda (rank) (all-gather-values (if (= rank 2) (tensor '(1)) rank)))))
+  (test-moelab-error "one rank alone checks the value too" "does not read back as itself"
+    (broadcast-value (make-hash-table)))
+  (test-equal "work goes on afterwards" '(1 1) (with-ranks 2 (lambda (r) (broadcast-value 1)))))
+
+;;; ---- gradient reduction in buckets ------------------------------------------------------
+
+;; Rank R's loss for micro-batch M: sum(A*w1) + sum(B*w2) + sum(C*w2) and,
+;; except on rank 1, sum(D*w3), with A B C D small dyadic coefficients: the
+;; gradients are sums of them, exact in f64.
+(define (coefs base n rank m) (map (lambda (j) (+ base (* 0.5 j) (* 0.25 rank) (* 2 m))) (iota n)))
+
+(define (micro-batch-loss w1 w2 w3 rank m)
+  (let* ((term (lambda (w c) (tsum (t* w (tensor c #:dtype 'f64)))))
+         (loss (t+ (term w1 (coefs 1 2 rank m))
+                   (t+ (term w2 (coefs 2 3 rank m)) (term w2 (coefs 10 3 rank m))))))
+    (if (= rank 1) loss (t+ loss (term w3 (coefs 3 1 rank m))))))
+
+(define (expected-grads n divisor)
+  ;; the sums over ranks and the two micro-batches, divided
+  (define (total f) (/ (apply + (append-map (lambda (r) (append-map (lambda (m) (f r m)) '(0 1))) (iota n)))
+                       divisor))
+  (list (map (lambda (j) (total (lambda (r m) (list (list-ref (coefs 1 2 r m) j))))) (iota 2))
+        (map (lambda (j) (total (lambda (r m) (list (list-ref (coefs 2 3 r m) j)
+                                                    (list-ref (coefs 10 3 r m) j)))))
+             (iota 3))
+        (list (total (lambda (r m) (if (= r 1) '() (coefs 3 1 r m)))))))
+
+(define (grad-sync-run n divisor steps)
+  ;; per rank: the gradients after each step and the stats
+  (with-ranks n
+    (lambda (rank)
+      (let* ((w1 (zeros '(2) #:dtype 'f64 #:requires-grad #t))
+             (w2 (zeros '(3) #:dtype 'f64 #:requires-grad #t))
+             (w3 (zeros '(1) #:dtype 'f64 #:requires-grad #t))
+             (sync (make-grad-sync `(("w1" . ,w1) ("w2" . ,w2) ("w3" . ,w3))
+                                   #:divisor divisor #:bucket-bytes 8))
+             (grads (map (lambda (step)
+                           (for-each zero-grad! (list w1 w2 w3))
+                           (backward! (micro-batch-loss w1 w2 w3 rank 0))
+                           (grad-sync-arm! sync)
+                           (backward! (micro-batch-loss w1 w2 w3 rank 1))
+                           (grad-sync-wait! sync)
+                           (map (lambda (w) (tensor->list (tensor-grad w))) (list w1 w2 w3)))
+                         (iota steps))))
+        (let ((result (list grads (grad-sync-stats sync) (grad-sync-buckets sync)
+                            (format #f "~a" sync))))
+          (grad-sync-free! sync)
+          result)))))
+
+(test-group "make-grad-sync"
+  (let ((runs (grad-sync-run 2 #f 2)))
+    (test-equal "gradients after each step: sum over the ranks / 2, exactly"
+      (make-list 2 (make-list 2 (expected-grads 2 2)))
+      (map car runs))
+    (test-equal "buckets of 8 bytes: w3, w2, w1 (last first)" '((f64 8 (2)) (f64 24 (1)) (f64 16 (0)))
+      (list-ref (car runs) 2))
+    (test-equal "step 1 starts nothing during backward, step 2 all 3 buckets" '(2 6 3 0 96)
+      (map (lambda (key) (assq-ref (cadar runs) key)) '(steps buckets buckets-early buckets-stale bytes)))
+    (test-assert "times" (let ((s (cadar runs)))
+                           (and (>= (assq-ref s 'comm-seconds) (assq-ref s 'wait-seconds) 0))))
+    (test-equal "printed" "#<grad-sync 3 parameters over world: rank 1 of 2>" (list-ref (cadr runs) 3)))
+  (test-equal "4 ranks and a divisor of 8" (make-list 4 (list (expected-grads 4 8)))
+    (map car (grad-sync-run 4 8 1)))
+  (test-equal "one rank: the gradients divided" (list (list (expected-grads 1 1)))
+    (map car (grad-sync-run 1 #f 1)))
+  (test-equal "over mesh dimensions: sums within each dp group, divided by its size"
+    ;; world rank = ep + 2*dp: the dp groups are {0 2} and {1 3}
+    '((1.0) (2.0) (1.0) (2.0))
+    (with-ranks 4 #:mesh '((dp . 2) (ep . 2))
+      (lambda (rank)
+        (let* ((w (zeros '(1) #:requires-grad #t))
+               (sync (make-grad-sync (list w) #:group 'dp)))
+          (grad-sync-arm! sync)
+          (backward! (tsum (t* w (tensor (list rank)))))
+          (grad-sync-wait! sync)
+          (grad-sync-free! sync)
+          (tensor->list (tensor-grad w))))))
+  (let* ((w (zeros '(2) #:requires-grad #t))
+         (s (make-grad-sync (list w))))
+    (test-assert "grad-sync?" (and (grad-sync? s) (not (grad-sync? w))))
+    (test-moelab-error "wait before arm" "not armed: call grad-sync-arm!" (grad-sync-wait! s))
+    (test-equal "the error names the procedure" "grad-sync-wait!"
+      (catch 'moelab-error (lambda () (grad-sync-wait! s)) (lambda (k subr . _) subr)))
+    (grad-sync-arm! s)
+    (grad-sync-wait! s)
+    (test-equal "no gradient anywhere: zeros" '(0.0 0.0) (tensor->list (tensor-grad w)))
+    (grad-sync-free! s)
+    (grad-sync-free! s)
+    (test-moelab-error "freed" "has been freed" (grad-sync-arm! s))
+    (backward! (tsum w))
+    (test-equal "no hook after free" '(1.0 1.0) (tensor->list (tensor-grad w))))
+  (test-moelab-error "a parameter that does not require grad"
+    "parameter 1 (f32 [3]) does not require grad"
+    (make-grad-sync (list (zeros '(2) #:requires-grad #t) (zeros '(3)))))
+  (test-moelab-error "a parameter twice" "parameter 1 (f32 [2]) is parameter 0 again"
+    (let ((w (zeros '(2) #:requires-grad #t))) (make-grad-sync (list w w))))
+  (test-moelab-error "no parameters" "no parameters" (make-grad-sync '()))
+  (test-moelab-error "a divisor of 0" "divisor 0 is not a positive finite number"
+    (make-grad-sync (list (zeros '(2) #:requires-grad #t)) #:divisor 0))
+  (test-moelab-error "a negative bucket size" "bucket size -1 bytes is negative"
+    (make-grad-sync (list (zeros '(2) #:requires-grad #t)) #:bucket-bytes -1))
+  (test-wrong-type "not a list" (make-grad-sync (zeros '(2) #:requires-grad #t)))
+  (test-wrong-type "not tensors" (make-grad-sync '(1 2)))
+  (test-wrong-type "not a grad sync" (grad-sync-arm! 'sync))
+  (test-moelab-error "a grad sync after its with-ranks" "can no longer be used"
+    (grad-sync-arm! (car (with-ranks 2 (lambda (rank)
+                                         (make-grad-sync (list (zeros '(1) #:requires-grad #t)))))))))
+
 (test-group "wrong arguments"
   (test-moelab-error "bad op symbol" "unknown reduce op 'prod'" (all-reduce! (tensor '(1)) #:op 'prod))
   (test-equal "bad op names the procedure" "all-reduce"
