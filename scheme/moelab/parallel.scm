@@ -242,7 +242,8 @@ and BATCH-SIZE, and build this rank's model, optimizer and reducers."
       plan)))
 
 (define (sort-by-model params owners)
-  (map (lambda (p) (find (lambda (o) (eq? (car o) p)) owners)) params))
+  ;; OWNERS in the order of PARAMS (matched by name)
+  (map (lambda (p) (find (lambda (o) (string=? (car (car o)) (car p))) owners)) params))
 
 (define (model-grad-accum model)
   (or (assq-ref (assq-ref (model-config model) 'router) 'grad-accum) 1))
@@ -251,7 +252,8 @@ and BATCH-SIZE, and build this rank's model, optimizer and reducers."
   (let* ((experts (if (> ep 1) (filter (lambda (p) (expert-param? (car p))) params) '()))
          (dense (lset-difference eq? params experts)))
     (filter-map (lambda (ps g)
-                  (and (pair? ps) (> (group-size g) 1)
+                  ;; a group of one still divides by W (expert slices under ep alone)
+                  (and (pair? ps) (or (> (group-size g) 1) (> w 1))
                        (make-grad-sync (map cdr ps) #:group g #:divisor w #:bucket-bytes bucket-bytes)))
                 (list dense experts) (list data-group dp-group))))
 

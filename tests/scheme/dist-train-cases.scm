@@ -16,9 +16,11 @@
   #:use-module (dist-reference)
   #:use-module (srfi srfi-1)
   #:use-module (ice-9 format)
+  #:use-module (ice-9 threads)
   #:export (variants meshes compare-run mesh-size reference-steps))
 
-(define top (string-append (dirname (current-filename)) "/../.."))
+;; the source tree: this file is tests/scheme/dist-train-cases.scm in it
+(define top (string-append (dirname (%search-load-path "dist-train-cases.scm")) "/../.."))
 
 (define (dataset)
   (make-text-dataset #:domains `((c . ,(string-append top "/core/moe"))) #:seq-len 8 #:seed 0))
