@@ -35,12 +35,14 @@
   #:use-module (srfi srfi-9 gnu)
   #:use-module (rnrs bytevectors)
   #:re-export (<group>)
+  ;; recv! is also Guile's socket receive; this one takes a tensor
+  #:replace (recv!)
   #:export (with-ranks current-rank world-size world-group
             mesh-group mesh-coord mpi-launched?
             group? group-size group-rank group-name group-ranks
             all-reduce! all-reduce all-gather reduce-scatter all-to-all
             broadcast! barrier
-            send! recv! recv-like broadcast-value all-gather-values
+            send! recv-like broadcast-value all-gather-values
             make-grad-sync grad-sync? grad-sync-arm! grad-sync-wait! grad-sync-stats
             grad-sync-buckets grad-sync-free!
             set-comm-timeout! comm-timeout))

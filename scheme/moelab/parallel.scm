@@ -29,7 +29,7 @@
             plan-first-stage? plan-schedule plan-zero plan-pp-group plan-data-group
             plan-rows plan-data-sum plan-world-sum plan-arm! plan-reduce-grads!
             plan-grad-norm plan-scale-grads! plan-after-update! plan-routing-metrics
-            plan-gather-layers plan-comm-stats plan-pipeline-stats plan-set-pipeline-stats!
+            plan-gather-layers plan-comm-stats plan-moe-layers plan-pipeline-stats plan-set-pipeline-stats!
             model-gather-parameters %default-mesh))
 
 (define (plan-error who fmt . args)
@@ -41,7 +41,7 @@
 
 (define-record-type <plan>
   (%make-plan mesh pp dp ep data-group dp-group pp-group world stage stage-range schedule
-              zero model optimizer syncs owners pipeline-stats)
+              zero model optimizer syncs owners pipeline-stats moe-layers)
   parallel-plan?
   (mesh plan-mesh)                 ; ((pp . P) (dp . D) (ep . E))
   (pp plan-stages)
@@ -59,7 +59,8 @@
   (optimizer plan-optimizer set-plan-optimizer!)
   (syncs plan-syncs set-plan-syncs!)     ; gradient reducers
   (owners plan-owners set-plan-owners!) ; ZeRO-1: ((param group owner) …)
-  (pipeline-stats plan-pipeline-stats plan-set-pipeline-stats!)) ; the last step's, or #f
+  (pipeline-stats plan-pipeline-stats plan-set-pipeline-stats!) ; the last step's, or #f
+  (moe-layers plan-moe-layers set-plan-moe-layers!)) ; every stage's MoE layer numbers
 
 (define (plan-data-size p) (* (plan-dp p) (plan-ep p)))
 (define (plan-data-rank p) (group-rank (plan-data-group p)))
@@ -225,7 +226,7 @@ and BATCH-SIZE, and build this rank's model, optimizer and reducers."
            (m (rank-model model range (and (> ep 1) ep-group) data-group))
            (params (model-parameters m))
            (plan (%make-plan mesh pp dp ep data-group dp-group (mesh-group 'pp) (world-group)
-                             stage range schedule (and (eqv? zero 1) 1) m #f '() '() #f)))
+                             stage range schedule (and (eqv? zero 1) 1) m #f '() '() #f '())))
       (set-model-grad-accum! m (model-grad-accum model))
       (if (eqv? zero 1)
           (let ((owners (owner-table params data-group dp-group ep)))
@@ -238,6 +239,7 @@ and BATCH-SIZE, and build this rank's model, optimizer and reducers."
                                                              (sort-by-model params owners)))))
           (set-plan-optimizer! plan (rank-optimizer optimizer params)))
       (set-plan-syncs! plan (make-syncs params data-group dp-group ep (* dp ep) bucket-bytes))
+      (set-plan-moe-layers! plan (plan-gather-layers plan (model-moe-layers m)))
       (hashq-set! plans-of-models m plan)
       plan)))
 

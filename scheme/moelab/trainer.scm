@@ -803,6 +803,11 @@ only world rank 0 prints."
 
 ;;; ---- routing summary -----------------------------------------------------------------
 
+;; The layer numbers of the MoE layers TR's metrics describe: every stage's
+;; under a pipeline.
+(define (trainer-moe-layers tr)
+  (if (tr-plan tr) (plan-moe-layers (tr-plan tr)) (model-moe-layers (trainer-model tr))))
+
 (define* (trainer-routing-report tr #:key (port (current-output-port)) (width 30))
   "Print what TR's routers did: for each MoE layer, the balance statistics
 of the last step (MaxVio, CV, normalised entropy, dead experts, the aux
@@ -814,7 +819,7 @@ first step."
   (let ((m (trainer-last-metrics tr)) (ev (trainer-last-eval tr)))
     (if (not m)
         (begin (format port "no step yet: no routing to report~%") #f)
-        (let ((rows (assq-ref m 'tokens_per_expert)) (layers (model-moe-layers (trainer-model tr))))
+        (let ((rows (assq-ref m 'tokens_per_expert)) (layers (trainer-moe-layers tr)))
           (format port "routing at step ~d (share of the step's routed slots per expert):~%"
                   (assq-ref m 'step))
           (for-each

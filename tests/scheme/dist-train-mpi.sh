@@ -48,4 +48,23 @@ check 4 global-batch dp=2,ep=2 1f1b
 check 4 sequence pp=2,dp=2 1f1b
 check 4 z pp=2,dp=2 gpipe
 
+# `moelab train --mesh` under mpirun: one process per rank, rank 0 writes the
+# metrics file and prints the summary.
+corpus=$tmp/corpus
+for d in bible fortune c scheme python info; do
+    mkdir -p "$corpus/$d"; cat "$srcdir"/core/moe/*.c > "$corpus/$d/train"; cat "$srcdir"/README.md > "$corpus/$d/val"
+done
+$GUARD "$MPIRUN" --oversubscribe -np 2 $run train "$srcdir/examples/train-small.scm" --steps 2 \
+    --set corpus="$corpus" --set seq-len=32 --set batch-size=2 --set eval-batches=1 \
+    --set log="$tmp/m.jsonl" --mesh pp=2 </dev/null >"$tmp/train.out" 2>&1
+status=$?
+if [ "$status" = 0 ] && [ "$(grep -c 'done after 2 steps' "$tmp/train.out")" = 1 ] \
+       && [ "$(grep -c '"grad_norm"' "$tmp/m.jsonl")" = 2 ] && grep -q '^layer 1 ' "$tmp/train.out"; then
+    echo "ok   mpirun -np 2 moelab train --mesh pp=2: one summary of both stages, one metrics file"
+else
+    failures=$((failures + 1))
+    echo "FAIL mpirun -np 2 moelab train --mesh pp=2: status $status"
+    sed 's/^/     | /' "$tmp/train.out" | tail -30
+fi
+
 [ "$failures" = 0 ]

@@ -65,6 +65,24 @@ lines=$(wc -l <"$tmp/a.jsonl")
 if [ "$lines" = 6 ]; then pass "train: metrics file lines"; else fail "train: $lines metrics lines, expected 6"; fi
 if grep -q '"batch-size": 2' "$tmp/a.jsonl"; then pass "train: --set reaches the config"; else fail "train: --set batch-size"; fi
 
+# ---- in parallel: thread ranks in this process ------------------------------------
+$run train "$example" --steps 2 $small --set log="$tmp/p.jsonl" --ranks 2 --mesh pp=2 \
+    </dev/null >"$tmp/out" 2>&1
+status=$?
+check "train: --ranks 2 --mesh pp=2" 0 $status "done after 2 steps" "$tmp/out"
+check "train: the routing report covers both stages' layers" 0 $status "^layer 1 " "$tmp/out"
+if [ "$(grep -c '"grad_norm"' "$tmp/p.jsonl")" = 2 ] && [ "$(grep -c 'done after' "$tmp/out")" = 1 ]; then
+    pass "train: one metrics file and one summary (rank 0 writes and prints)"
+else
+    fail "train: rank 0 alone writes and prints"; sed 's/^/     | /' "$tmp/p.jsonl" | tail -5
+fi
+if grep -q '"mesh": {"pp": 2, "dp": 1, "ep": 1}' "$tmp/p.jsonl"; then pass "train: the mesh is in the settings line"
+else fail "train: the mesh in the settings line"; head -c 600 "$tmp/p.jsonl"; fi
+$run train "$example" --steps 1 $small --ranks 2 --mesh pp=2,dp=2 </dev/null >"$tmp/out" 2>&1
+check "train: a mesh of another size than --ranks" 2 $? "has 4 ranks but 2 were asked for" "$tmp/out"
+$run train "$example" --steps 1 $small --mesh tp=2 </dev/null >"$tmp/out" 2>&1
+check "train: an unknown mesh dimension" 2 $? "--mesh needs sizes such as" "$tmp/out"
+
 # --set for a trainer setting the config does not read; --steps as (setting 'steps)
 $run train "$example" --steps 2 $small --set log="$tmp/b.jsonl" --set grad-accum=2 \
     </dev/null >"$tmp/out" 2>&1
