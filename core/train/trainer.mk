@@ -32,4 +32,7 @@ EXTRA_DIST += tests/bench/bench-train.scm tests/bench/train_torch.py
 bench-train: all
 	$(top_builddir)/pre-inst-env $(GUILE) --no-auto-compile $(srcdir)/tests/bench/bench-train.scm \
 	  $(srcdir)/tests/bench/train_torch.py
-.PHONY: bench-train
+EXTRA_DIST += tests/bench/bench-train-dist.scm
+bench-train-dist: all
+	$(top_builddir)/pre-inst-env $(GUILE) --no-auto-compile $(srcdir)/tests/bench/bench-train-dist.scm
+.PHONY: bench-train bench-train-dist

@@ -39,7 +39,7 @@
             trainer-close! trainer-interrupted? trainer-routing-report trainer-unigram-entropy
             num-threads set-num-threads! peak-rss
             trainer-checkpoint-dir trainer-state trainer-load-state!
-            trainer-mesh trainer-comm-stats))
+            trainer-mesh trainer-comm-stats trainer-pipeline-stats))
 
 (define (trainer-error who fmt . args)
   (throw 'moelab-error who
@@ -320,6 +320,11 @@ Bad settings raise moelab-error before anything is made."
   "The mesh of TR's parallel run as an alist ((pp . P) (dp . D) (ep . E)),
 or #f for a one-process trainer."
   (and (tr-plan tr) (plan-mesh (tr-plan tr))))
+
+(define (trainer-pipeline-stats tr)
+  "The pipeline timings of TR's last step under a pipeline mesh (the alist
+pipeline-step! returns: compute-ms, recv-ms, send-ms, total-ms, …), or #f."
+  (and (tr-plan tr) (plan-pipeline-stats (tr-plan tr))))
 
 (define (trainer-comm-stats tr)
   "The gradient reducers' statistics of TR's parallel run (grad-sync-stats
