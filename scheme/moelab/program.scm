@@ -5,6 +5,7 @@
 (define-module (moelab program)
   #:use-module (moelab)
   #:use-module (moelab trainer)
+  #:use-module (moelab control)
   #:use-module ((system repl server) #:select (make-tcp-server-socket spawn-server))
   #:use-module (ice-9 match)
   #:use-module (ice-9 format)
@@ -147,6 +148,8 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
                                 used)))
     (catch #t
       (lambda ()
+       (call-with-launched-world  ; in a launched job: on every rank of it
+        (lambda ()
         (let ((tr (eval-config file module)))
           (unless (trainer? tr)
             (error (format #f "the last expression of ~a must give a trainer (make-trainer), got ~s"
@@ -166,7 +169,7 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
             (when resume
               (let ((loaded (load-checkpoint! tr resume #:allow-non-finite? allow-non-finite?)))
                 (format #t "moelab train: resumed from ~a at step ~d~%" loaded (trainer-steps tr))))
-            (when listen
+            (when (and listen (zero? (launched-rank)))    ; rank 0 only
               (save-module-excursion
                (lambda ()
                  (set-current-module module)
@@ -200,6 +203,7 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
                              (car losses) (cdr losses))
                      0)
                     (else 0))))))
+        #:module module))
       (lambda (key . args)
         (format (current-error-port) "moelab train: ")
         (print-exception (current-error-port) #f key args)

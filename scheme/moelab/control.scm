@@ -1,0 +1,314 @@
+;;; (moelab control) — one REPL driving every rank of a training job.
+;;;
+;;; trainer-run! calls (control-point! TR) at each step boundary (through a
+;;; hook of (moelab trainer) that this module sets when it loads). In a world
+;;; of several ranks, rank 0 broadcasts what its trainer's flags say: go on,
+;;; stop, or wait. While rank 0's trainer is paused every rank waits there,
+;;; serving the commands that a REPL in rank 0's process posts with
+;;; control-eval: the command is broadcast, each rank evaluates it in an
+;;; evaluation module of its own (where @code{tr} is its trainer), and the
+;;; results are gathered back to rank 0. trainer-resume! on rank 0 lets every
+;;; rank go on; trainer-stop! stops them all. In a world of one rank the
+;;; control point does nothing.
+;;;
+;;; Scheme values travel as their written text in i32 tensors (four bytes an
+;;; element) over broadcast! and all-gather.
+(define-module (moelab control)
+  #:use-module (moelab primitives)
+  #:use-module (moelab tensor)
+  #:use-module (moelab dist)
+  #:use-module (moelab trainer)
+  #:use-module (ice-9 match)
+  #:use-module (ice-9 format)
+  #:use-module (ice-9 threads)
+  #:use-module (rnrs bytevectors)
+  #:use-module (srfi srfi-1)
+  #:use-module (srfi srfi-4)
+  #:use-module (srfi srfi-9)
+  #:use-module (srfi srfi-9 gnu)
+  #:export (control-point! control-eval control-waiting?
+            call-with-launched-world launched-rank))
+
+;;; ---- errors -------------------------------------------------------------------------
+
+(define (control-error who fmt . args)
+  ;; a moelab-error whose message is FMT's text as it is
+  (throw 'moelab-error who
+         (string-join (string-split (apply format #f fmt args) #\~) "~~")
+         '() '(state)))
+
+(define (error-text key args)
+  ;; what an uncaught error would print, on one line
+  (if (eq? key 'quit)
+      "the expression called exit"
+      (string-trim-right
+       (string-map (lambda (ch) (if (char=? ch #\newline) #\space ch))
+                   (call-with-output-string
+                     (lambda (port) (print-exception port #f key args)))))))
+
+;;; ---- values as bytes ------------------------------------------------------------------
+
+;; A value that does not read back (a tensor, a trainer, a procedure) travels
+;; as its printed form; it prints as that text again.
+(define-record-type <shown>
+  (make-shown text)
+  shown?
+  (text shown-text))
+
+(set-record-type-printer! <shown> (lambda (s port) (display (shown-text s) port)))
+
+(define (value->datum v)
+  ;; V itself when its written form reads back as an equal value, else a
+  ;; (shown . TEXT) the receiver turns into a <shown>
+  (let ((text (call-with-output-string (lambda (port) (write v port)))))
+    (if (catch #t
+          (lambda () (equal? (with-input-from-string text read) v))
+          (lambda _ #f))
+        (cons 'value v)
+        (cons 'shown (if (shown? v) (shown-text v) text)))))
+
+(define (datum->value d)
+  (match d
+    (('value . v) v)
+    (('shown . text) (make-shown text))))
+
+(define (encode datum)
+  (string->utf8 (call-with-output-string (lambda (port) (write datum port)))))
+
+(define (decode bv n)
+  ;; the datum of the first N bytes of BV
+  (let ((bytes (make-bytevector n)))
+    (bytevector-copy! bv 0 bytes 0 n)
+    (with-input-from-string (utf8->string bytes) read)))
+
+(define (words n) (quotient (+ n 3) 4))
+
+(define (bytes->tensor bv width)
+  ;; an i32 tensor of WIDTH bytes (a multiple of 4) holding BV, zero-padded
+  (let ((v (make-s32vector (quotient width 4) 0)))
+    (bytevector-copy! bv 0 v 0 (bytevector-length bv))
+    (tensor v)))
+
+(define (broadcast-bytes bv group)
+  ;; BV of rank 0 of GROUP, on every rank (BV is ignored elsewhere): its
+  ;; length first, then, unless it is empty, the bytes
+  (let* ((root? (zero? (group-rank group)))
+         (len (s32vector (if root? (bytevector-length bv) 0))))
+    (broadcast! (tensor len) #:group group)
+    (let ((n (s32vector-ref len 0)))
+      (if (zero? n)
+          (values (make-bytevector 0) 0)
+          (let ((t (if root? (bytes->tensor bv (* 4 (words n))) (zeros (words n) #:dtype 'i32))))
+            (broadcast! t #:group group)
+            (values (tensor->s32vector t) n))))))
+
+(define (broadcast-datum d group)
+  ;; D of rank 0 of GROUP, on every rank
+  (call-with-values (lambda () (broadcast-bytes (encode d) group)) decode))
+
+(define (gather-data d group)
+  ;; the list of every rank's D, in rank order of GROUP, on every rank
+  (let* ((bv (encode d))
+         (lens (map inexact->exact
+                    (tensor->list (all-gather (tensor (s32vector (bytevector-length bv)))
+                                              #:group group))))
+         (width (* 4 (words (apply max lens))))
+         (all (tensor->s32vector (all-gather (bytes->tensor bv width) #:group group))))
+    (map (lambda (i n)
+           (let ((one (make-bytevector n)))
+             (bytevector-copy! all (* i width) one 0 n)
+             (decode one n)))
+         (iota (length lens)) lens)))
+
+;;; ---- evaluating a command on this rank ------------------------------------------------------
+
+;; The module each rank evaluates commands in, by world rank: it uses the
+;; base module (the configuration's, or (moelab)); @code{tr} is rebound to
+;; the rank's trainer at each command. Definitions stay for later commands.
+(define %base-module #f)
+(define %rank-modules (make-hash-table))
+(define %modules-lock (make-mutex))
+
+(define (rank-module rank)
+  (with-mutex %modules-lock
+    (or (hashv-ref %rank-modules rank)
+        (let ((m (make-fresh-user-module)))
+          (module-use! m (or %base-module (resolve-interface '(moelab))))
+          (hashv-set! %rank-modules rank m)
+          m))))
+
+(define (evaluate form tr)
+  ;; (ok . DATUM) or (error . TEXT): FORM's value on this rank
+  (catch #t
+    (lambda ()
+      (let ((m (rank-module (current-rank))))
+        (module-define! m 'tr tr)
+        (call-with-values (lambda () (eval form m))
+          (case-lambda
+            (() (cons 'ok (value->datum *unspecified*)))
+            ((v . _) (cons 'ok (value->datum v)))))))
+    (lambda (key . args)
+      (cons 'error (error-text key args)))))
+
+;;; ---- the mailbox of rank 0 ------------------------------------------------------------------
+
+;; Commands that REPL threads of rank 0's process post for the paused job.
+;; A command is (FORM TARGET REPLY): TARGET a rank or #f for all; REPLY a
+;; one-slot box the serving rank fills with the gathered outcomes.
+(define %lock (make-mutex))
+(define %posted (make-condition-variable))
+(define %queue '())
+(define %serving #f)            ; (world-size . step) while rank 0 serves
+
+(define-record-type <reply>
+  (make-reply full? value)
+  reply?
+  (full? reply-full? set-reply-full!)
+  (value reply-value set-reply-value!))
+
+(define %filled (make-condition-variable))
+
+(define (fill! reply value)
+  (with-mutex %lock
+    (set-reply-value! reply value)
+    (set-reply-full! reply #t)
+    (broadcast-condition-variable %filled)))
+
+(define (control-waiting?)
+  "True while a job's rank 0 is paused at its control point serving
+commands (control-eval): its trainer-pause! has taken effect on every rank."
+  (with-mutex %lock (and %serving #t)))
+
+(define* (control-eval form #:key (rank #f))
+  "Evaluate the expression FORM (a datum) on every rank of the paused job
+whose rank 0 runs in this process, each rank in its own evaluation module
+where @code{tr} is that rank's trainer; return the list of the values in
+rank order. With RANK, evaluate on that rank only and return its value.
+Values that do not read back as data (tensors, records) come as objects
+that print as the rank printed them. An error on a rank raises moelab-error
+naming the rank; the job stays paused. Raises moelab-error when no job is
+paused at its control point."
+  (let ((reply (make-reply #f #f)))
+    (with-mutex %lock
+      (unless %serving
+        (control-error "control-eval" "no training job is paused at its control point here: pause it with (trainer-pause! (current-trainer)) and wait for 'paused at step'"))
+      (when (and rank (not (and (exact-integer? rank) (< -1 rank (car %serving)))))
+        (control-error "control-eval" "no rank ~s in the job's world of ~a ranks" rank (car %serving)))
+      (set! %queue (append %queue (list (list form rank reply))))
+      (broadcast-condition-variable %posted)
+      (let wait ()
+        (unless (reply-full? reply)
+          (wait-condition-variable %filled %lock)
+          (wait))))
+    (let ((outcomes (reply-value reply)))
+      (match outcomes
+        (('refused . text) (control-error "control-eval" "~a" text))
+        (_
+         (let ((failed (filter-map (lambda (o r) (and (eq? (car o) 'error) (cons r (cdr o))))
+                                   outcomes (iota (length outcomes)))))
+           (unless (null? failed)
+             (control-error "control-eval" "rank ~a failed: ~a~a" (caar failed) (cdar failed)
+                            (if (null? (cdr failed))
+                                ""
+                                (format #f " (rank~p ~{~a~^, ~} failed too)"
+                                        (length (cdr failed)) (map car (cdr failed))))))
+           (if rank
+               (datum->value (cdr (list-ref outcomes rank)))
+               (map (lambda (o) (datum->value (cdr o))) outcomes))))))))
+
+(define (refuse-pending! why)
+  ;; with %lock held: answer every queued command with WHY
+  (for-each (lambda (c) (set-reply-value! (caddr c) (cons 'refused why))
+                    (set-reply-full! (caddr c) #t))
+            %queue)
+  (set! %queue '())
+  (broadcast-condition-variable %filled))
+
+;;; ---- the control point ------------------------------------------------------------------
+
+(define trainer-stopping? (@@ (moelab trainer) tr-stop?))
+
+(define (abs-time seconds)
+  (let* ((now (gettimeofday))
+         (usec (+ (cdr now) (inexact->exact (round (* seconds 1e6))))))
+    (cons (+ (car now) (quotient usec 1000000)) (remainder usec 1000000))))
+
+(define (next-message tr size)
+  ;; On rank 0: what the ranks do next. 'go and 'stop end the control point;
+  ;; while paused, a command, or 'wait after a second with none (the ranks
+  ;; hear from rank 0 every second, far inside the collectives' timeout).
+  (with-mutex %lock
+    (let poll ((until (abs-time 1.0)))
+      (cond ((trainer-stopping? tr) (set! %serving #f) (refuse-pending! "the job stopped") 'stop)
+            ((not (trainer-paused? tr)) (set! %serving #f) (refuse-pending! "the job resumed") 'go)
+            ((pair? %queue)
+             (let ((c (car %queue)))
+               (set! %queue (cdr %queue))
+               c))
+            (else
+             (unless %serving
+               (set! %serving (cons size (trainer-steps tr)))
+               (format #t "paused at step ~d on ~d ranks (trainer-resume! to go on)~%"
+                       (trainer-steps tr) size)
+               (force-output))
+             (if (wait-condition-variable %posted %lock (abs-time 0.05))
+                 (poll until)
+                 (let ((now (gettimeofday)))
+                   (if (or (> (car now) (car until))
+                           (and (= (car now) (car until)) (>= (cdr now) (cdr until))))
+                       'wait
+                       (poll until)))))))))
+
+(define (control-point! tr)
+  "The step boundary of a training job: trainer-run! calls it before each
+step with its trainer TR. In a world of several ranks (with-ranks, mpirun)
+rank 0 tells every rank, by a broadcast, whether its trainer is running,
+stopped or paused. When stopped, every rank's trainer stops (trainer-stop!).
+When paused, every rank stays here and serves control-eval commands from
+rank 0's process until rank 0's trainer is resumed or stopped. In a world of
+one rank it returns at once."
+  (when (> (world-size) 1)
+    (let ((group (world-group))
+          (root? (zero? (current-rank))))
+      (let serve ()
+        (let* ((msg (and root? (next-message tr (world-size))))
+               (bv (if (eq? msg 'go)
+                       (make-bytevector 0)
+                       (encode (match msg
+                                 ((form target _) (list 'eval form target))
+                                 (_ msg))))))
+          (call-with-values (lambda () (broadcast-bytes bv group))
+            (lambda (bytes n)
+              (match (if (zero? n) 'go (decode bytes n))
+                ('go #t)
+                ('stop (trainer-stop! tr))
+                ('wait (serve))
+                (('eval form target)
+                 (let ((outcomes (gather-data (if (or (not target) (= target (current-rank)))
+                                                  (evaluate form tr)
+                                                  '(ok . (value . #f)))
+                                              group)))
+                   (when root? (fill! (caddr msg) outcomes))
+                   (serve)))))))))))
+
+((@@ (moelab trainer) %set-trainer-step-hook!) control-point!)
+
+;;; ---- a launched job -----------------------------------------------------------------------------
+
+(define (launched-rank)
+  "This process's rank in the job that mpirun (or srun) launched, read from
+the launcher's environment without starting MPI; 0 when nothing launched it."
+  (car (%launch-env)))
+
+(define* (call-with-launched-world thunk #:key (module #f))
+  "Call THUNK and return its value; in a job that mpirun launched with
+several processes, call it inside (with-ranks N) over the N processes, so
+that its collectives and control points reach the whole job. MODULE (a
+module, e.g. the configuration's) is what the ranks' evaluation modules of
+control-eval use; the default is (moelab)."
+  (set! %base-module module)
+  (match (%launch-env)
+    ((rank . size)
+     (if (and (> size 1) (mpi-launched?))
+         (list-ref (with-ranks size (lambda (r) (thunk))) rank)
+         (thunk)))))
