@@ -26,7 +26,7 @@
   #:use-module (srfi srfi-4)
   #:use-module (srfi srfi-9)
   #:use-module (srfi srfi-9 gnu)
-  #:export (control-point! control-eval control-waiting?
+  #:export (control-point! control-eval control-waiting? control-job-size
             call-with-launched-world launched-rank))
 
 ;;; ---- errors -------------------------------------------------------------------------
@@ -159,6 +159,7 @@
 (define %posted (make-condition-variable))
 (define %queue '())
 (define %serving #f)            ; (world-size . step) while rank 0 serves
+(define %job-size #f)           ; the world size of rank 0's last control point
 
 (define-record-type <reply>
   (make-reply full? value)
@@ -178,6 +179,12 @@
   "True while a job's rank 0 is paused at its control point serving
 commands (control-eval): its trainer-pause! has taken effect on every rank."
   (with-mutex %lock (and %serving #t)))
+
+(define (control-job-size)
+  "The number of ranks of the training job whose rank 0 runs in this process,
+once it has reached a control point (control-point!) in a world of several
+ranks; #f before, and in a world of one rank."
+  (with-mutex %lock %job-size))
 
 (define* (control-eval form #:key (rank #f))
   "Evaluate the expression FORM (a datum) on every rank of the paused job
@@ -270,6 +277,7 @@ one rank it returns at once."
   (when (> (world-size) 1)
     (let ((group (world-group))
           (root? (zero? (current-rank))))
+      (when root? (with-mutex %lock (set! %job-size (world-size))))
       (let serve ()
         (let* ((msg (and root? (next-message tr (world-size))))
                (bv (if (eq? msg 'go)

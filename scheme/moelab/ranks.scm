@@ -188,16 +188,16 @@ control point here, FORM runs on that job's rank RANK (control-eval)."
       (unless (and (exact-integer? rank) (< -1 rank (world-size* w)))
         (ranks-error "rank-eval" "no rank ~s in the world of ~a ranks" rank (world-size* w)))
       (car (run-jobs "rank-eval" w (list rank) form)))
-     ((control-waiting?) (control-eval form #:rank rank))
+     ((control-job-size) (control-eval form #:rank rank))
      (else (ranks-error "rank-eval" "no ranks are open: open them with (open-ranks! N) or ,ranks N")))))
 
 (define (all-ranks-eval form)
   "Evaluate the expression FORM on every rank at once and return the list
 of the values in rank order: on the ranks of open-ranks! when a world is
-open (collectives in FORM meet), else on every rank of the paused training
-job whose rank 0 runs here (control-eval, with @code{tr} bound to each
-rank's trainer), else here alone (a list of one value). An error on a rank
+open (collectives in FORM meet), else on every rank of the training job
+whose rank 0 runs here (control-eval, with @code{tr} bound to each rank's
+trainer; the job must be paused), else here alone (a list of one value). An error on a rank
 raises moelab-error naming it."
   (cond (%world => (lambda (w) (run-jobs "all-ranks-eval" w (iota (world-size* w)) form)))
-        ((control-waiting?) (control-eval form))
+        ((control-job-size) (control-eval form))
         (else (list (eval form (current-module))))))
