@@ -46,3 +46,6 @@ TEST_EXTENSIONS += .sh
 SH_LOG_COMPILER = $(SHELL)
 AM_SH_LOG_FLAGS =
 EXTRA_DIST += $(PROGRAM_TESTS)
+
+## ---- the REPL across ranks: thread ranks and a job's control point ---------------
+SCHEME_TESTS += tests/scheme/ranks.scm

@@ -160,6 +160,13 @@
 (define %queue '())
 (define %serving #f)            ; (world-size . step) while rank 0 serves
 (define %job-size #f)           ; the world size of rank 0's last control point
+(define %job-trainer #f)        ; and its trainer
+(define %served (make-condition-variable))   ; signalled when rank 0 starts serving
+;; A pause asked for while rank 0 was telling the ranks to go on (it waits in
+;; that broadcast for the slowest rank): taken back at once, since the
+;; trainer's own pause would hold rank 0 alone, and made at the next step
+;; boundary.
+(define %pending-pause #f)
 
 (define-record-type <reply>
   (make-reply full? value)
@@ -191,12 +198,21 @@ ranks; #f before, and in a world of one rank."
 whose rank 0 runs in this process, each rank in its own evaluation module
 where @code{tr} is that rank's trainer; return the list of the values in
 rank order. With RANK, evaluate on that rank only and return its value.
+When rank 0's trainer is paused but still in its step, waits for the step
+boundary (at most (comm-timeout) seconds).
 Values that do not read back as data (tensors, records) come as objects
 that print as the rank printed them. An error on a rank raises moelab-error
 naming the rank; the job stays paused. Raises moelab-error when no job is
 paused at its control point."
   (let ((reply (make-reply #f #f)))
     (with-mutex %lock
+      ;; paused but still in its step: wait for the step boundary
+      (let wait ((left (* 10 (or (comm-timeout) 300))))
+        (when (and (not %serving) %job-trainer
+                   (or %pending-pause (trainer-paused? %job-trainer))
+                   (not (trainer-stopping? %job-trainer)) (positive? left))
+          (wait-condition-variable %served %lock (abs-time 0.1))
+          (wait (- left 1))))
       (unless %serving
         (control-error "control-eval" "no training job is paused at its control point here: pause it with (trainer-pause! (current-trainer)) and wait for 'paused at step'"))
       (when (and rank (not (and (exact-integer? rank) (< -1 rank (car %serving)))))
@@ -245,8 +261,15 @@ paused at its control point."
   ;; while paused, a command, or 'wait after a second with none (the ranks
   ;; hear from rank 0 every second, far inside the collectives' timeout).
   (with-mutex %lock
+    (when %pending-pause
+      (set! %pending-pause #f)
+      (trainer-pause! tr))
     (let poll ((until (abs-time 1.0)))
-      (cond ((trainer-stopping? tr) (set! %serving #f) (refuse-pending! "the job stopped") 'stop)
+      (cond ((trainer-stopping? tr)
+             (set! %serving #f)
+             (set! %job-trainer #f)
+             (refuse-pending! "the job stopped")
+             'stop)
             ((not (trainer-paused? tr)) (set! %serving #f) (refuse-pending! "the job resumed") 'go)
             ((pair? %queue)
              (let ((c (car %queue)))
@@ -255,6 +278,7 @@ paused at its control point."
             (else
              (unless %serving
                (set! %serving (cons size (trainer-steps tr)))
+               (broadcast-condition-variable %served)
                (format #t "paused at step ~d on ~d ranks (trainer-resume! to go on)~%"
                        (trainer-steps tr) size)
                (force-output))
@@ -277,7 +301,10 @@ one rank it returns at once."
   (when (> (world-size) 1)
     (let ((group (world-group))
           (root? (zero? (current-rank))))
-      (when root? (with-mutex %lock (set! %job-size (world-size))))
+      (when root?
+        (with-mutex %lock
+          (set! %job-size (world-size))
+          (set! %job-trainer tr)))
       (let serve ()
         (let* ((msg (and root? (next-message tr (world-size))))
                (bv (if (eq? msg 'go)
@@ -288,7 +315,11 @@ one rank it returns at once."
           (call-with-values (lambda () (broadcast-bytes bv group))
             (lambda (bytes n)
               (match (if (zero? n) 'go (decode bytes n))
-                ('go #t)
+                ('go (when root?
+                       (with-mutex %lock
+                         (when (trainer-paused? tr)
+                           (trainer-resume! tr)
+                           (set! %pending-pause #t)))))
                 ('stop (trainer-stop! tr))
                 ('wait (serve))
                 (('eval form target)
