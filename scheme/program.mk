@@ -49,3 +49,7 @@ EXTRA_DIST += $(PROGRAM_TESTS)
 
 ## ---- the REPL across ranks: thread ranks and a job's control point ---------------
 SCHEME_TESTS += tests/scheme/ranks.scm
+## a launched job (mpirun -np 2 moelab train … --listen) driven from rank 0's
+## REPL (exit 77 without MPI)
+TESTS += tests/scheme/control-mpi.sh
+EXTRA_DIST += tests/scheme/control-mpi.sh tests/scheme/control-train.scm

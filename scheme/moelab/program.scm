@@ -175,7 +175,8 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
                  (set-current-module module)
                  (spawn-server (make-tcp-server-socket #:host "127.0.0.1" #:port listen))))
               (format (current-error-port)
-                      "moelab train: REPL server on 127.0.0.1:~a; (current-trainer) is this run~%" listen))
+                      "moelab train: REPL server on 127.0.0.1:~a; (current-trainer) is this run~%" listen)
+              (force-output (current-error-port)))
             (format #t "moelab train: ~a, ~d step~:p of ~d×~d sequences, ~d thread~:p~%"
                     file steps
                     (assq-ref (assq-ref (trainer-config tr) 'trainer) 'batch-size)
