@@ -29,7 +29,9 @@ uses (moelab); the value of its last expression is the trainer (make-trainer).
                      count then counts from the start of the run
   --allow-non-finite resume even from NaN or infinite weights
   --listen[=PORT]    a REPL server on 127.0.0.1:PORT (default 37146) while the
-                     run goes on: (current-trainer), trainer-pause!, …
+                     run goes on: (current-trainer), trainer-pause!, …; under
+                     mpirun on rank 0 only, where ,all-ranks EXPR evaluates on
+                     every process while the job is paused
 
 Ctrl-C stops after the current step and prints the summary (exit status 130).
 ")
