@@ -89,22 +89,21 @@
     (bytevector-copy! bv 0 v 0 (bytevector-length bv))
     (tensor v)))
 
-(define (broadcast-bytes bv group)
-  ;; BV of rank 0 of GROUP, on every rank (BV is ignored elsewhere): its
-  ;; length first, then, unless it is empty, the bytes
-  (let* ((root? (zero? (group-rank group)))
-         (len (s32vector (if root? (bytevector-length bv) 0))))
-    (broadcast! (tensor len) #:group group)
-    (let ((n (s32vector-ref len 0)))
-      (if (zero? n)
-          (values (make-bytevector 0) 0)
-          (let ((t (if root? (bytes->tensor bv (* 4 (words n))) (zeros (words n) #:dtype 'i32))))
-            (broadcast! t #:group group)
-            (values (tensor->s32vector t) n))))))
+(define (exchange-header len stop? group)
+  ;; One all-reduce (sum) over GROUP: the length of rank 0's message (the
+  ;; others give 0) and how many ranks want to stop.
+  (let ((h (s32vector len (if stop? 1 0))))
+    (all-reduce! (tensor h) #:group group)
+    (values (s32vector-ref h 0) (s32vector-ref h 1))))
 
-(define (broadcast-datum d group)
-  ;; D of rank 0 of GROUP, on every rank
-  (call-with-values (lambda () (broadcast-bytes (encode d) group)) decode))
+(define (broadcast-payload bv n group)
+  ;; the datum of the N bytes BV of rank 0 of GROUP, on every rank (BV is
+  ;; ignored elsewhere)
+  (let ((t (if (zero? (group-rank group))
+               (bytes->tensor bv (* 4 (words n)))
+               (zeros (words n) #:dtype 'i32))))
+    (broadcast! t #:group group)
+    (decode (tensor->s32vector t) n)))
 
 (define (gather-data d group)
   ;; the list of every rank's D, in rank order of GROUP, on every rank
@@ -204,6 +203,8 @@ Values that do not read back as data (tensors, records) come as objects
 that print as the rank printed them. An error on a rank raises moelab-error
 naming the rank; the job stays paused. Raises moelab-error when no job is
 paused at its control point."
+  (unless (eq? (car (value->datum form)) 'value)
+    (control-error "control-eval" "the expression must be data that reads back as written, got ~s" form))
   (let ((reply (make-reply #f #f)))
     (with-mutex %lock
       ;; paused but still in its step: wait for the step boundary
@@ -249,7 +250,17 @@ paused at its control point."
 
 ;;; ---- the control point ------------------------------------------------------------------
 
-(define trainer-stopping? (@@ (moelab trainer) tr-stop?))
+(define trainer-stop-flag? (@@ (moelab trainer) tr-stop?))
+(define set-trainer-stop-flag! (@@ (moelab trainer) set-tr-stop!))
+
+;; Trainers asked to stop (trainer-stop!, Ctrl-C) after their rank had told
+;; the others to go on: the flag is taken back at once, since the trainer
+;; would stop alone and leave the others waiting, and raised again at the
+;; next control point, where every rank stops.
+(define %pending-stops (make-weak-key-hash-table))
+
+(define (trainer-stopping? tr)
+  (or (trainer-stop-flag? tr) (hashq-ref %pending-stops tr #f)))
 
 (define (abs-time seconds)
   (let* ((now (gettimeofday))
@@ -292,43 +303,70 @@ paused at its control point."
 
 (define (control-point! tr)
   "The step boundary of a training job: trainer-run! calls it before each
-step with its trainer TR. In a world of several ranks (with-ranks, mpirun)
-rank 0 tells every rank, by a broadcast, whether its trainer is running,
-stopped or paused. When stopped, every rank's trainer stops (trainer-stop!).
-When paused, every rank stays here and serves control-eval commands from
-rank 0's process until rank 0's trainer is resumed or stopped. In a world of
-one rank it returns at once."
+step with its trainer TR, on every rank of the world (each rank runs its
+trainer for the same steps). In a world of several ranks (with-ranks,
+mpirun) one small all-reduce tells every rank what rank 0's trainer says
+and whether any rank's trainer was asked to stop: when one was (Ctrl-C,
+trainer-stop!), every rank's trainer stops; when rank 0's trainer is
+paused, every rank stays here and serves the control-eval commands of rank
+0's process until rank 0's trainer is resumed or stopped. In a world of one
+rank it returns at once."
   (when (> (world-size) 1)
     (let ((group (world-group))
-          (root? (zero? (current-rank))))
+          (root? (zero? (current-rank)))
+          (in-flight #f))               ; rank 0: the reply of the command being run
       (when root?
         (with-mutex %lock
           (set! %job-size (world-size))
           (set! %job-trainer tr)))
-      (let serve ()
-        (let* ((msg (and root? (next-message tr (world-size))))
-               (bv (if (eq? msg 'go)
-                       (make-bytevector 0)
-                       (encode (match msg
-                                 ((form target _) (list 'eval form target))
-                                 (_ msg))))))
-          (call-with-values (lambda () (broadcast-bytes bv group))
-            (lambda (bytes n)
-              (match (if (zero? n) 'go (decode bytes n))
-                ('go (when root?
-                       (with-mutex %lock
-                         (when (trainer-paused? tr)
-                           (trainer-resume! tr)
-                           (set! %pending-pause #t)))))
-                ('stop (trainer-stop! tr))
-                ('wait (serve))
-                (('eval form target)
-                 (let ((outcomes (gather-data (if (or (not target) (= target (current-rank)))
-                                                  (evaluate form tr)
-                                                  '(ok . (value . #f)))
-                                              group)))
-                   (when root? (fill! (caddr msg) outcomes))
-                   (serve)))))))))))
+      (dynamic-wind
+        (lambda () #t)
+        (lambda ()
+          (let serve ()
+            (let* ((msg (and root? (next-message tr (world-size))))
+                   (bv (match msg
+                         ((form target reply) (set! in-flight reply) (encode (list 'eval form target)))
+                         ('wait (encode 'wait))
+                         (_ #f))))     ; go, stop (and the other ranks): nothing to send
+              (call-with-values
+                  (lambda () (exchange-header (if bv (bytevector-length bv) 0) (trainer-stopping? tr) group))
+                (lambda (n stopping)
+                  (cond
+                   ((positive? stopping)
+                    (hashq-remove! %pending-stops tr)
+                    (trainer-stop! tr)
+                    (when root? (with-mutex %lock (set! %job-trainer #f))))
+                   ((zero? n)
+                    (when (trainer-stop-flag? tr)
+                      (set-trainer-stop-flag! tr #f)
+                      (hashq-set! %pending-stops tr #t))
+                    (when root?
+                      (with-mutex %lock
+                        (when (trainer-paused? tr)
+                          (trainer-resume! tr)
+                          (set! %pending-pause #t)))))
+                   (else
+                    (match (broadcast-payload bv n group)
+                      ('wait (serve))
+                      (('eval form target)
+                       (let ((outcomes (gather-data (if (or (not target) (= target (current-rank)))
+                                                        (evaluate form tr)
+                                                        '(ok . (value . #f)))
+                                                    group)))
+                         (when root?
+                           (fill! in-flight outcomes)
+                           (set! in-flight #f))
+                         (serve)))))))))))
+        (lambda ()
+          ;; however the control point ends (on, stopped, or an error such as
+          ;; a collective's timeout), no REPL is left waiting
+          (when root?
+            (with-mutex %lock
+              (when (and in-flight (not (reply-full? in-flight)))
+                (set-reply-value! in-flight (cons 'refused "the job left its control point during the command"))
+                (set-reply-full! in-flight #t))
+              (set! %serving #f)
+              (refuse-pending! "the job left its control point before the command ran"))))))))
 
 ((@@ (moelab trainer) %set-trainer-step-hook!) control-point!)
 

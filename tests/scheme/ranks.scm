@@ -69,6 +69,7 @@
 
 (define quiet (%make-void-port "w"))
 (define tr0 #f)                         ; rank 0's trainer
+(define tr1 #f)                         ; rank 1's
 (define tr0-ready (make-mutex))
 
 ;; Start a job of 2 ranks training STEPS steps on a thread; rank 0's
@@ -76,6 +77,7 @@
 ;; the list of the ranks' step counts at the end.
 (define (start-job steps paused?)
   (set! tr0 #f)
+  (set! tr1 #f)
   (call-with-new-thread
    (lambda ()
      (with-ranks 2
@@ -84,6 +86,8 @@
            (when (zero? rank)
              (when paused? (trainer-pause! tr))
              (with-mutex tr0-ready (set! tr0 tr)))
+           (when (= rank 1)
+             (with-mutex tr0-ready (set! tr1 tr)))
            (trainer-run! tr #:steps steps #:port quiet)
            (trainer-steps tr)))))))
 
@@ -137,6 +141,24 @@
         (and (= (car steps) (cadr steps)) (> (car steps) 2)))
       (trainer-stop! tr0)
       (test-equal "trainer-stop! on rank 0 stops every rank there" steps (join job)))))
+
+(test-group "a stop asked for on another rank stops the job"
+  (let ((job (start-job 100000 #f)))
+    (test-assert "rank 1's trainer has taken steps"
+      (wait-until (lambda () (let ((t (with-mutex tr0-ready tr1))) (and t (> (trainer-steps t) 2))))))
+    (trainer-stop! tr1)
+    (let ((steps (join job)))
+      (test-assert "both ranks stop at the same step boundary"
+        (and (pair? steps) (= (car steps) (cadr steps)) (> (car steps) 2))))))
+
+(test-group "bad commands"
+  (let ((job (start-job 3 #t)))
+    (test-assert "paused" (wait-until control-waiting?))
+    (test-moelab-error "a form that does not read back" "reads back"
+      (control-eval (list 'quote (tensor 1.0))))
+    (test-equal "the job is still paused" '(0 0) (control-eval '(trainer-steps tr)))
+    (trainer-stop! tr0)
+    (test-equal "stopped while paused" '(0 0) (join job))))
 
 (test-end "ranks")
 (exit-with-test-status)
