@@ -2,17 +2,19 @@
 ;;;
 ;;; trainer-run! calls (control-point! TR) at each step boundary (through a
 ;;; hook of (moelab trainer) that this module sets when it loads). In a world
-;;; of several ranks, rank 0 broadcasts what its trainer's flags say: go on,
-;;; stop, or wait. While rank 0's trainer is paused every rank waits there,
-;;; serving the commands that a REPL in rank 0's process posts with
-;;; control-eval: the command is broadcast, each rank evaluates it in an
-;;; evaluation module of its own (where @code{tr} is its trainer), and the
-;;; results are gathered back to rank 0. trainer-resume! on rank 0 lets every
-;;; rank go on; trainer-stop! stops them all. In a world of one rank the
+;;; of several ranks, one small all-reduce tells every rank what rank 0's
+;;; trainer says (go on, or wait) and whether any rank's trainer was asked to
+;;; stop. While rank 0's trainer is paused every rank waits there, serving
+;;; the commands that a REPL in rank 0's process posts with control-eval: the
+;;; command is broadcast, each rank evaluates it in an evaluation module of
+;;; its own (where @code{tr} is its trainer), and the results are gathered
+;;; back to rank 0. trainer-resume! on rank 0 lets every rank go on;
+;;; trainer-stop! on any rank stops them all. In a world of one rank the
 ;;; control point does nothing.
 ;;;
 ;;; Scheme values travel as their written text in i32 tensors (four bytes an
-;;; element) over broadcast! and all-gather.
+;;; element) over broadcast! and all-gather. (To become the value helpers of
+;;; (moelab dist) when it has them.)
 (define-module (moelab control)
   #:use-module (moelab primitives)
   #:use-module (moelab tensor)
