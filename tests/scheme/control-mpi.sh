@@ -2,8 +2,9 @@
 # control-mpi.sh — one REPL driving a launched job: `mpirun -np 2 moelab
 # train CONFIG --listen=PORT` opens the REPL server on rank 0 only; a client
 # of it runs ,all-ranks and ,rank on both processes while the job is paused
-# (ranks, each rank's trainer, a collective, an error on rank 1, definitions
-# that persist), resumes it and the job ends normally; a second run is
+# (ranks, each rank's trainer, the config's definitions, a collective, an
+# error on rank 1, definitions that persist, a tensor), resumes it and the
+# job ends normally; a second run is
 # paused while it trains (both ranks at the same step) and stopped from the
 # REPL. Every wait is bounded. Exit 77 (skipped) when mpirun is missing or
 # moelab was built without MPI. Run by `make check` from the top build
@@ -109,6 +110,8 @@ cat >"$tmp/a.scm" <<'EOF'
 ,all-ranks (if (= (current-rank) 1) (error "boom") 'fine)
 ,all-ranks (list 'still (trainer-steps tr))
 ,all-ranks (eq? tr (current-trainer))
+,all-ranks (moe-transformer? model)
+,rank 1 (tensor (current-rank))
 (trainer-resume! (current-trainer))
 EOF
 client "$tmp/a.scm" "$tmp/a.client"
@@ -120,6 +123,8 @@ expect ",all-ranks: definitions persist" "$tmp/a.client" '$6 = (0 3)'
 expect ",all-ranks: an error on rank 1, named" "$tmp/a.client" "moelab-error in control-eval: rank 1 failed: boom"
 expect "the job stays paused after the error" "$tmp/a.client" '$7 = ((still 0) (still 0))'
 expect "tr is the rank's current trainer" "$tmp/a.client" '$8 = (#t #t)'
+expect "the config's definitions on every rank" "$tmp/a.client" '$9 = (#t #t)'
+expect "a tensor comes as its printed form" "$tmp/a.client" '$10 = #<tensor f32[] cpu (1.0)>'
 finish
 if [ "$status" = 0 ] && grep -q 'done after 4 steps' "$(out a 0 stdout)" &&
    grep -q 'done after 4 steps' "$(out a 1 stdout)"; then
