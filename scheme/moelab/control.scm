@@ -63,15 +63,18 @@
   ;; V itself when its written form reads back as an equal value, else a
   ;; (shown . TEXT) the receiver turns into a <shown>
   (let ((text (call-with-output-string (lambda (port) (write v port)))))
-    (if (catch #t
+    (cond
+     ((unspecified? v) (list 'unspecified))
+     ((catch #t
           (lambda () (equal? (with-input-from-string text read) v))
           (lambda _ #f))
-        (cons 'value v)
-        (cons 'shown (if (shown? v) (shown-text v) text)))))
+      (cons 'value v))
+     (else (cons 'shown (if (shown? v) (shown-text v) text))))))
 
 (define (datum->value d)
   (match d
     (('value . v) v)
+    (('unspecified) *unspecified*)
     (('shown . text) (make-shown text))))
 
 (define (encode datum)

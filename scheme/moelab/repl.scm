@@ -472,7 +472,10 @@ Evaluate EXPR on every rank at once; show the values in rank order.
 
 The ranks of ,ranks, or those of a paused training job (`tr' is each rank's
 trainer), or else this process alone."
-  (repl-print repl (all-ranks-eval form)))
+  (let ((results (all-ranks-eval form)))
+    ;; nothing to show for a definition on every rank
+    (unless (every unspecified? results)
+      (repl-print repl results))))
 
 (define-meta-command ((mem moelab) repl)
   "mem

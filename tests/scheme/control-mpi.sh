@@ -119,12 +119,12 @@ expect ",all-ranks (current-rank)" "$tmp/a.client" '$1 = (0 1)'
 expect ",all-ranks: each rank's trainer, only rank 0's paused" "$tmp/a.client" '$2 = ((0 #t) (0 #f))'
 expect ",all-ranks: a collective across the processes" "$tmp/a.client" '$3 = (3.0 3.0)'
 expect ",rank 1" "$tmp/a.client" '$4 = (1 2)'
-expect ",all-ranks: definitions persist" "$tmp/a.client" '$6 = (0 3)'
+expect ",all-ranks: a definition shows nothing, and persists" "$tmp/a.client" '$5 = (0 3)'
 expect ",all-ranks: an error on rank 1, named" "$tmp/a.client" "moelab-error in control-eval: rank 1 failed: boom"
-expect "the job stays paused after the error" "$tmp/a.client" '$7 = ((still 0) (still 0))'
-expect "tr is the rank's current trainer" "$tmp/a.client" '$8 = (#t #t)'
-expect "the config's definitions on every rank" "$tmp/a.client" '$9 = (#t #t)'
-expect "a tensor comes as its printed form" "$tmp/a.client" '$10 = #<tensor f32[] cpu (1.0)>'
+expect "the job stays paused after the error" "$tmp/a.client" '$6 = ((still 0) (still 0))'
+expect "tr is the rank's current trainer" "$tmp/a.client" '$7 = (#t #t)'
+expect "the config's definitions on every rank" "$tmp/a.client" '$8 = (#t #t)'
+expect "a tensor comes as its printed form" "$tmp/a.client" '$9 = #<tensor f32[] cpu (1.0)>'
 finish
 if [ "$status" = 0 ] && grep -q 'done after 4 steps' "$(out a 0 stdout)" &&
    grep -q 'done after 4 steps' "$(out a 1 stdout)"; then
