@@ -17,7 +17,14 @@ moelab_LDADD = libguile-moelab.la libmoelab.la $(GUILE_LIBS)
 # compiled with the other (moelab …) modules (scheme/local.mk).
 dist_guilesub_DATA += scheme/moelab/repl.scm
 nodist_guilesubgo_DATA += scheme/moelab/repl.go
-scheme/moelab/repl.go: scheme/moelab.go scheme/moelab/config.go
+scheme/moelab/repl.go: scheme/moelab.go scheme/moelab/config.go scheme/moelab/ranks.go
+
+# (moelab control): the step boundary of a job, where its ranks pause and
+# serve rank 0's REPL; (moelab ranks): thread ranks that stay open in the REPL.
+dist_guilesub_DATA += scheme/moelab/control.scm scheme/moelab/ranks.scm
+nodist_guilesubgo_DATA += scheme/moelab/control.go scheme/moelab/ranks.go
+scheme/moelab/control.go: scheme/moelab/dist.go scheme/moelab/tensor.go scheme/moelab/trainer.go
+scheme/moelab/ranks.go: scheme/moelab/dist.go scheme/moelab/control.go
 
 ## ---- embedding example -----------------------------------------------------------
 check_PROGRAMS += examples/embed
@@ -39,3 +46,10 @@ TEST_EXTENSIONS += .sh
 SH_LOG_COMPILER = $(SHELL)
 AM_SH_LOG_FLAGS =
 EXTRA_DIST += $(PROGRAM_TESTS)
+
+## ---- the REPL across ranks: thread ranks and a job's control point ---------------
+SCHEME_TESTS += tests/scheme/ranks.scm
+## a launched job (mpirun -np 2 moelab train … --listen) driven from rank 0's
+## REPL (exit 77 without MPI)
+TESTS += tests/scheme/control-mpi.sh
+EXTRA_DIST += tests/scheme/control-mpi.sh tests/scheme/control-train.scm

@@ -523,6 +523,15 @@ SCM_DEFINE(moelab_mpi_mode_p, "%mpi-mode?", 0, 0, 0, (void),
 }
 #undef FUNC_NAME
 
+SCM_DEFINE(moelab_launch_env, "%launch-env", 0, 0, 0, (void),
+           "This process's (rank . size) from the launcher's environment (mpirun, srun, "
+           "torchrun): (0 . 1) when nothing launched it. Starts no MPI.")
+{
+    int rank = 0, size = 1;
+    moe_launch_env(&rank, &size);
+    return scm_cons(scm_from_int(rank), scm_from_int(size));
+}
+
 SCM_DEFINE(moelab_mpi_open, "%mpi-open", 2, 0, 0, (SCM n, SCM mesh),
            "A rank context on the MPI world, which must have @var{n} ranks, with the mesh "
            "spec @var{mesh} (a string or #f). End it with %context-close!.")

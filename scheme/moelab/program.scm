@@ -6,6 +6,7 @@
   #:use-module (moelab)
   #:use-module (moelab trainer)
   #:use-module ((moelab parallel) #:select (%default-mesh))
+  #:use-module (moelab control)
   #:use-module ((system repl server) #:select (make-tcp-server-socket spawn-server))
   #:use-module (ice-9 match)
   #:use-module (ice-9 format)
@@ -30,7 +31,9 @@ uses (moelab); the value of its last expression is the trainer (make-trainer).
                      count then counts from the start of the run
   --allow-non-finite resume even from NaN or infinite weights
   --listen[=PORT]    a REPL server on 127.0.0.1:PORT (default 37146) while the
-                     run goes on: (current-trainer), trainer-pause!, …
+                     run goes on: (current-trainer), trainer-pause!, …; with
+                     several ranks on rank 0 only, where ,all-ranks EXPR
+                     evaluates on every rank while the job is paused
   --mesh SPEC        train in parallel: SPEC names the sizes of pp, dp and ep
                      (e.g. pp=2,dp=2,ep=2; their product is the number of
                      ranks); the config's make-trainer gets it as #:mesh
@@ -205,6 +208,8 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
                                 used)))
     (with-output-to-port out (lambda () (catch #t
       (lambda ()
+       (call-with-launched-world  ; in a launched job: on every rank of it
+        (lambda ()
         (let ((tr (eval-config file module)))
           (unless (trainer? tr)
             (error (format #f "the last expression of ~a must give a trainer (make-trainer), got ~s"
@@ -224,13 +229,14 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
             (when resume
               (let ((loaded (load-checkpoint! tr resume #:allow-non-finite? allow-non-finite?)))
                 (format #t "moelab train: resumed from ~a at step ~d~%" loaded (trainer-steps tr))))
-            (when listen
+            (when (and listen (zero? (launched-rank)))    ; rank 0 only
               (save-module-excursion
                (lambda ()
                  (set-current-module module)
                  (spawn-server (make-tcp-server-socket #:host "127.0.0.1" #:port listen))))
               (format (current-error-port)
-                      "moelab train: REPL server on 127.0.0.1:~a; (current-trainer) is this run~%" listen))
+                      "moelab train: REPL server on 127.0.0.1:~a; (current-trainer) is this run~%" listen)
+              (force-output (current-error-port)))
             (format #t "moelab train: ~a, ~d step~:p of ~d×~d sequences, ~d thread~:p~%"
                     file steps
                     (assq-ref (assq-ref (trainer-config tr) 'trainer) 'batch-size)
@@ -258,6 +264,7 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
                              (car losses) (cdr losses))
                      0)
                     (else 0))))))
+        #:module module))
       (lambda (key . args)
         (format (current-error-port) "moelab train: ")
         (print-exception (current-error-port) #f key args)

@@ -7,6 +7,7 @@
 (define-module (moelab repl)
   #:use-module (moelab)
   #:use-module (moelab config)
+  #:use-module (moelab ranks)
   #:use-module (system repl common)
   #:use-module ((system repl repl) #:select (start-repl))
   #:use-module (system repl command)
@@ -438,6 +439,43 @@ and $LINES."
     (if (figure? fig)
         (show-figure fig)
         (format #t "not a figure: ~s~%" fig))))
+
+;; ,ranks N [MESH], ,rank R EXPR, ,all-ranks EXPR: (moelab ranks).
+(define (unquoted x)
+  (match x (('quote d) d) (_ x)))
+
+(define-meta-command ((ranks moelab) repl . args)
+  "ranks [N [MESH] | close]
+Open a world of N thread ranks that waits for ,rank and ,all-ranks.
+
+MESH is an alist such as ((dp . 2) (pp . 2)). Each rank evaluates in its own
+module, which uses this one. `,ranks close' ends the world; `,ranks' alone
+shows it."
+  (match args
+    (() (match (ranks-open)
+          (#f (format #t "no ranks are open~%"))
+          ((n . mesh) (format #t "~a rank~:p~@[, mesh ~s~]~%" n mesh))))
+    (('close) (close-ranks!))
+    ((n) (format #t "~a rank~:p open~%" (open-ranks! n)))
+    ((n mesh) (format #t "~a rank~:p open, mesh ~s~%"
+                      (open-ranks! n #:mesh (unquoted mesh)) (unquoted mesh)))
+    (_ (error "ranks: expected N [MESH] or close"))))
+
+(define-meta-command ((rank moelab) repl r form)
+  "rank R EXPR
+Evaluate EXPR on rank R of the ranks of ,ranks (or of a paused training job)."
+  (repl-print repl (rank-eval r form)))
+
+(define-meta-command ((all-ranks moelab) repl form)
+  "all-ranks EXPR
+Evaluate EXPR on every rank at once; show the values in rank order.
+
+The ranks of ,ranks, or those of a paused training job (`tr' is each rank's
+trainer), or else this process alone."
+  (let ((results (all-ranks-eval form)))
+    ;; nothing to show for a definition on every rank
+    (unless (every unspecified? results)
+      (repl-print repl results))))
 
 (define-meta-command ((mem moelab) repl)
   "mem

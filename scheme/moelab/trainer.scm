@@ -89,6 +89,13 @@
   "Internal: the procedure that writes the periodic checkpoints."
   (set! %checkpoint-hook proc))
 
+;; Set by (moelab control): called as (HOOK TR) at each step boundary of
+;; trainer-run!, so that a job's ranks pause, resume and stop together.
+(define %step-hook #f)
+(define (%set-trainer-step-hook! proc)
+  "Internal: the procedure trainer-run! calls at each step boundary."
+  (set! %step-hook proc))
+
 (define (trainer-checkpoint-dir tr)
   "The directory of TR's periodic checkpoints (#:checkpoint-dir), or #f."
   (rec:trainer-checkpoint-dir tr))
@@ -770,6 +777,7 @@ only world rank 0 prints."
                (sigaction SIGINT (lambda (_) (set-tr-interrupted! tr #t) (set-tr-stop! tr #t))))))
       (lambda ()
         (let loop ((i 0) (last #f))
+          (when (and %step-hook (< i steps)) (%step-hook tr))
           (cond
            ((and (< i steps) (not (tr-stop? tr)))
             (when (trainer-paused? tr)

@@ -2,8 +2,9 @@
 # repl-test.sh — drive the moelab REPL on a pseudo-terminal, as a person
 # would, with expect: the banner, evaluating, a moelab error (one line, the
 # REPL carries on), a Scheme error (nested prompt, ,q back), the moelab
-# meta-commands, ,describe, TAB completion, ~/.moelabrc, the history file,
-# and quitting with ,q. Skipped (77) only when expect is missing.
+# meta-commands (,ranks ,rank ,all-ranks among them), ,describe, TAB
+# completion, ~/.moelabrc, the history file, and quitting with ,q. Skipped
+# (77) only when expect is missing.
 set -u
 
 EXPECT=${EXPECT:-expect}
@@ -93,6 +94,21 @@ step ",grad-check catches a wrong gradient" \
     ",grad-check (list (lambda (x) (t+ (detach (t* x x)) x)) (tensor '(1.0 2.0)))" \
     {\r\n +FAIL\r\n}
 step ",mem" ",mem" {cpu +[0-9]+ live tensors?}
+# A world of 4 thread ranks that stays open: one rank, all ranks at once
+# (a collective), definitions that stay on their rank, errors naming it.
+step ",ranks" ",ranks 4 ((dp . 2) (pp . 2))" {4 ranks open, mesh \(\(dp \. 2\) \(pp \. 2\)\)\r\n}
+step ",all-ranks" ",all-ranks (current-rank)" {= \(0 1 2 3\)\r\n}
+step ",all-ranks: a collective" ",all-ranks (tensor-item (all-reduce! (tensor (+ 1.0 (current-rank)))))" \
+    {= \(10\.0 10\.0 10\.0 10\.0\)\r\n}
+step ",all-ranks: the mesh" ",all-ranks (group-ranks (mesh-group 'dp))" {= \(\(0 1\) \(0 1\) \(2 3\) \(2 3\)\)\r\n}
+step ",rank: a definition" ",rank 2 (define x (* 10 (current-rank)))" {}
+step ",rank: it stays on its rank" ",rank 2 x" {= 20\r\n}
+step ",rank: an error names the rank" ",rank 1 x" {moelab-error in rank-eval: rank 1 failed: Unbound variable: x\r\n}
+step ",all-ranks: an error on one rank" {,all-ranks (if (= (current-rank) 3) (error "boom") 0)} \
+    {moelab-error in all-ranks-eval: rank 3 failed: boom\r\n}
+step "the ranks survive it" ",all-ranks (world-size)" {= \(4 4 4 4\)\r\n}
+step ",ranks close" ",ranks close" {}
+step ",ranks: none open" ",ranks" {no ranks are open\r\n}
 # A gate that sends tokens 0-2 to expert 0 and token 3 to expert 1.
 step "a hand-set router" \
     "(define rt (let ((r (make-router #:hidden 2 #:experts 4 #:top-k 1 #:pre-softmax? #t))) (set-router-weight! r (tensor '((1 0) (0 1) (-1 0) (0 -1)))) r))" {}
@@ -101,7 +117,7 @@ step ",routing" ",routing (router-forward rt (tensor '((1 0) (2 0) (3 0) (0 1)))
     {expert 1 +1 +25\.0% +#{13}\r\n} {expert 2 +0 +0\.0% +dead} {expert 3 +0 +0\.0% +dead} \
     {MaxVio 2\.00 +CV 1\.22 +min 0 +max 3\r\n}
 step ",plot" ",plot (plot-bars (list 1 2 3))" {\+-+-+} {\*\*}
-step ",help moelab" ",help moelab" {,shape EXPR} {,describe-tensor EXPR} {,routing EXPR} {,grad-check EXPR} {,plot EXPR} {,mem}
+step ",help moelab" ",help moelab" {,shape EXPR} {,describe-tensor EXPR} {,routing EXPR} {,grad-check EXPR} {,plot EXPR} {,ranks } {,rank R EXPR} {,all-ranks EXPR} {,mem}
 step ",describe shows docstrings" ",describe tensor" {[a-z]}
 step "~/.moelabrc was loaded" "from-rc" {"rc was loaded"}
 
