@@ -186,7 +186,10 @@
 
 (define (rank-optimizer optimizer params)
   (let* ((cfg (optimizer-config optimizer))
-         (settings (keyword-list (alist-delete 'kind cfg))))
+         ;; optimizer-config's names are make-adamw's and make-sgd's keywords
+         ;; (nesterov is #:nesterov?)
+         (settings (keyword-list (map (lambda (p) (if (eq? (car p) 'nesterov) (cons 'nesterov? (cdr p)) p))
+                                      (alist-delete 'kind cfg)))))
     (case (assq-ref cfg 'kind)
       ((adamw) (apply make-adamw params settings))
       ((sgd) (apply make-sgd params settings))

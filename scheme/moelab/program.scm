@@ -37,6 +37,7 @@ uses (moelab); the value of its last expression is the trainer (make-trainer).
   --mesh SPEC        train in parallel: SPEC names the sizes of pp, dp and ep
                      (e.g. pp=2,dp=2,ep=2; their product is the number of
                      ranks); the config's make-trainer gets it as #:mesh
+                     (default with several ranks: dp over all of them)
   --ranks N          run N ranks as threads of this process (default: 1, or
                      one rank per process under mpirun -np N)
 

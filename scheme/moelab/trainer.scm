@@ -158,6 +158,11 @@
 
 (define %current-trainer #f)
 
+;; Thread ranks share this process's (current-trainer): rank 0's trainer is
+;; it. A process of an mpirun job has its own.
+(define (owns-current-trainer?)
+  (or (zero? (current-rank)) (mpi-launched?)))
+
 (define (current-trainer)
   "The trainer that trainer-run! is running, or else the one made last (#f
 before any): from a REPL attached with --listen, (current-trainer) is the
@@ -320,7 +325,7 @@ Bad settings raise moelab-error before anything is made."
     (when (and log (zero? (current-rank)))
       (set-tr-log! tr (make-metrics-log log #:header `((config . ,(trainer-config tr))
                                                      (seed . ,seed)))))
-    (when (zero? (current-rank)) (set! %current-trainer tr))
+    (when (owns-current-trainer?) (set! %current-trainer tr))
     tr))
 
 (define (trainer-mesh tr)
@@ -767,7 +772,7 @@ only world rank 0 prints."
          (start (now-ms))
          (first-tokens (trainer-tokens tr))
          (old-handler #f))
-    (when (zero? (current-rank)) (set! %current-trainer tr))
+    (when (owns-current-trainer?) (set! %current-trainer tr))
     (set-tr-stop! tr #f)
     (set-tr-interrupted! tr #f)
     (dynamic-wind
@@ -780,7 +785,8 @@ only world rank 0 prints."
           (when (and %step-hook (< i steps)) (%step-hook tr))
           (cond
            ((and (< i steps) (not (tr-stop? tr)))
-            (when (trainer-paused? tr)
+            ;; with several ranks the control point (above) holds the pause
+            (when (and (trainer-paused? tr) (= (world-size) 1))
               (when bar? (newline port))
               (format port "paused at step ~d (trainer-resume! to go on)~%" (trainer-steps tr))
               (force-output port)
