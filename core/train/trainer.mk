@@ -25,7 +25,7 @@ scheme/moelab/program.go: scheme/moelab.go scheme/moelab/trainer.go scheme/moela
 SCHEME_TESTS += tests/scheme/trainer.scm tests/scheme/dist-train.scm
 TESTS += tests/scheme/train-program.sh tests/scheme/dist-train-mpi.sh
 EXTRA_DIST += tests/scheme/train-program.sh examples/train-small.scm \
-	tests/scheme/dist-train-cases.scm tests/scheme/dist-train-mpi.scm tests/scheme/dist-train-mpi.sh
+	tests/scheme/dist-train-cases.scm tests/scheme/dist-train-rank.scm tests/scheme/dist-train-mpi.sh
 
 ## ---- benchmark (by hand: make bench-train) -------------------------------------------
 EXTRA_DIST += tests/bench/bench-train.scm tests/bench/train_torch.py

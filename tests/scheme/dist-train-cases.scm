@@ -1,7 +1,7 @@
 ;;; dist-train-cases.scm — the module (dist-train-cases): a parallel training
 ;;; run (make-trainer #:mesh) compared, step by step, with the one-process
 ;;; reference of tests/scheme/dist-reference.scm. Used by dist-train.scm
-;;; (thread ranks) and dist-train-mpi.scm (one process per rank).
+;;; (thread ranks) and dist-train-rank.scm (one process per rank).
 ;;;
 ;;; (compare-run VARIANT MESH SCHEDULE [EXTRA]) runs 5 optimizer steps of M = 2
 ;;; micro-batches of a tiny f64 model on this rank (inside with-ranks) and

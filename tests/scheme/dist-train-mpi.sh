@@ -10,7 +10,7 @@ builddir=$(pwd)
 : "${srcdir:=.}"
 . "$srcdir/tests/mpi-env.sh"
 run="$builddir/pre-inst-env $builddir/moelab"
-script=$srcdir/tests/scheme/dist-train-mpi.scm
+script=$srcdir/tests/scheme/dist-train-rank.scm
 
 command -v "$MPIRUN" >/dev/null 2>&1 || { echo "SKIP: $MPIRUN not found"; exit 77; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moelab-dist-train-mpi.XXXXXX") || exit 99

@@ -32,6 +32,40 @@
   (with-ranks 4 #:mesh '((dp . 2) (ep . 2))
     (lambda (rank) (compare-run 'global-batch '((dp . 2) (ep . 2)) '1f1b '(#:zero 1)))))
 
+;;; ---- what a parallel trainer tells -----------------------------------------------------
+
+(test-equal "trainer-mesh, trainer-pipeline-stats, trainer-comm-stats on pp=2 x dp=2"
+  '(((pp . 2) (dp . 2) (ep . 1)) #t 2 #t 1 #t)
+  (let ((results
+         (with-ranks 4 #:mesh '((pp . 2) (dp . 2))
+           (lambda (rank)
+             (let* ((mo (make-moe-transformer #:vocab 256 #:layers 2 #:hidden 16 #:heads 2 #:ffn 16
+                                              #:experts 4 #:top-k 2 #:max-seq 8 #:dtype 'f64 #:seed 3))
+                    (tr (make-trainer #:model mo #:optimizer (make-adamw (model-parameters mo))
+                                      #:dataset (make-text-dataset #:domains `((c . ,(string-append (dirname (current-filename)) "/../../core/moe")))
+                                                                   #:seq-len 8)
+                                      #:batch-size 4 #:grad-accum 2 #:mesh '((pp . 2) (dp . 2)))))
+               (trainer-step! tr)
+               (trainer-step! tr)
+               (let ((p (trainer-pipeline-stats tr)) (c (trainer-comm-stats tr)))
+                 (list (trainer-mesh tr)
+                       (>= (assq-ref p 'total-ms) (assq-ref p 'recv-ms) 0)
+                       (assq-ref p 'micro-batches)
+                       (eq? (assq-ref p 'schedule) '1f1b)
+                       (length c)                                  ; one reducer: no ep
+                       (= (assq-ref (car c) 'steps) 2))))))))
+    (if (every (lambda (r) (equal? r (car results))) results) (car results) results)))
+
+(test-equal "a one-process trainer has no mesh, pipeline or reducers"
+  '(#f #f ())
+  (let* ((mo (make-moe-transformer #:vocab 256 #:layers 2 #:hidden 16 #:heads 2 #:ffn 16
+                                   #:experts 4 #:top-k 2 #:max-seq 8 #:seed 3))
+         (tr (make-trainer #:model mo #:optimizer (make-adamw (model-parameters mo))
+                           #:dataset (make-text-dataset #:domains `((c . ,(string-append (dirname (current-filename)) "/../../core/moe")))
+                                                        #:seq-len 8)
+                           #:batch-size 2)))
+    (list (trainer-mesh tr) (trainer-pipeline-stats tr) (trainer-comm-stats tr))))
+
 ;;; ---- configuration errors --------------------------------------------------------------
 
 (define top (string-append (dirname (current-filename)) "/../.."))

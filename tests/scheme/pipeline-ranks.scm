@@ -62,6 +62,11 @@
                       (else ", losses DIFFER")))))))
 
 (for-each (lambda (schedule)
-            (for-each (lambda (line) (when line (display line) (newline)))
+            ;; one write per whole line: mpirun forwards each process's
+            ;; output in the pieces it was written in
+            (for-each (lambda (line)
+                        (when line
+                          (display (string-append line "\n"))
+                          (force-output)))
                       (run schedule)))
           '(gpipe 1f1b))

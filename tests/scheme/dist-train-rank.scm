@@ -1,6 +1,6 @@
-;;; dist-train-mpi.scm — one case of dist-train-cases.scm, run by each process
+;;; dist-train-rank.scm — one case of dist-train-cases.scm, run by each process
 ;;; of an mpirun job (dist-train-mpi.sh):
-;;;   moelab dist-train-mpi.scm VARIANT MESH SCHEDULE
+;;;   moelab dist-train-rank.scm VARIANT MESH SCHEDULE
 ;;; e.g. global-batch pp=2,dp=2 1f1b. Each process prints "rank R ok" or
 ;;; what differs, and exits 0 or 1.
 (add-to-load-path (dirname (current-filename)))
@@ -23,4 +23,4 @@
      (if (eq? mine #t)
          (begin (format #t "~a ~a ~a: rank ok~%" variant spec schedule) (exit 0))
          (begin (format #t "~a ~a ~a: ~a~%" variant spec schedule mine) (exit 1)))))
-  (_ (format (current-error-port) "usage: dist-train-mpi.scm VARIANT MESH SCHEDULE~%") (exit 2)))
+  (_ (format (current-error-port) "usage: dist-train-rank.scm VARIANT MESH SCHEDULE~%") (exit 2)))
