@@ -60,12 +60,13 @@
 ;;; A ring of sends (rank r sends 10r to the next rank and receives from the
 ;;; previous one), Scheme values between ranks, and data-parallel gradients
 ;;; in buckets: two steps of two micro-batches, the gradient of sum(w·(r+1, 1))
-;;; averaged over the dp group.
+;;; averaged over the dp group, its bucket started during the second step's
+;;; backward. (Lines stay under 256 bytes: mpirun may split longer ones.)
 (define (point-to-point-and-values rank)
   (send! (tensor (list (* 10 rank))) (modulo (+ rank 1) n) #:tag 1)
   (let* ((ring (numbers (recv-like '(1) 'f32 (modulo (- rank 1) n) #:tag 1)))
-         (config (broadcast-value (and (= rank 0) '((lr . 0.5) (name . "run")))))
-         (coords (all-gather-values (list (mesh-coord 'dp) (mesh-coord 'tp)) #:group 'dp))
+         (config (broadcast-value (and (= rank 0) '(0.5 "run"))))
+         (dp-ranks (all-gather-values rank #:group 'dp))
          (w (zeros '(2) #:dtype 'f64 #:requires-grad #t))
          (sync (make-grad-sync (list w) #:group 'dp))
          (micro-batch (lambda ()
@@ -79,8 +80,8 @@
               '(1 2))
     (let ((early (assq-ref (grad-sync-stats sync) 'buckets-early)))
       (grad-sync-free! sync)
-      (format #f "ring ~a, config ~s, dp coords ~a, dp-mean gradient ~a (~a bucket early)"
-              ring config coords (numbers (tensor-grad w)) early))))
+      (format #f "ring ~a, value ~s, dp ranks ~a, dp grad ~a, ~a early"
+              ring config dp-ranks (numbers (tensor-grad w)) early))))
 
 ;;; Under mpirun the list holds this process's line only (#f elsewhere).
 ;;; Each line goes out in one write, so that mpirun, which merges the
