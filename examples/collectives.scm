@@ -52,9 +52,36 @@
           (let ((x (tensor '(1 1) #:dtype 'f64 #:requires-grad #t)))
             (backward! (t* (tsum (all-gather x)) (+ rank 1)))
             (barrier)
-            (format #f "rank ~a (dp ~a, tp ~a): total ~a, tp max ~a, dp gather ~a, reduce-scatter ~a, broadcast ~a, all-to-all ~a from ~a, gradient ~a"
+            (format #f "rank ~a (dp ~a, tp ~a): total ~a, tp max ~a, dp gather ~a, reduce-scatter ~a, broadcast ~a, all-to-all ~a from ~a, gradient ~a, ~a"
                     rank (mesh-coord 'dp) (mesh-coord 'tp) total tp-max dp-all scattered from-root
-                    (numbers received) recv-splits (numbers (tensor-grad x)))))))))
+                    (numbers received) recv-splits (numbers (tensor-grad x))
+                    (point-to-point-and-values rank))))))))
+
+;;; A ring of sends (rank r sends 10r to the next rank and receives from the
+;;; previous one), Scheme values between ranks, and data-parallel gradients
+;;; in buckets: two steps of two micro-batches, the gradient of sum(w·(r+1, 1))
+;;; averaged over the dp group, its bucket started during the second step's
+;;; backward. (Lines stay under 256 bytes: mpirun may split longer ones.)
+(define (point-to-point-and-values rank)
+  (send! (tensor (list (* 10 rank))) (modulo (+ rank 1) n) #:tag 1)
+  (let* ((ring (numbers (recv-like '(1) 'f32 (modulo (- rank 1) n) #:tag 1)))
+         (config (broadcast-value (and (= rank 0) '(0.5 "run"))))
+         (dp-ranks (all-gather-values rank #:group 'dp))
+         (w (zeros '(2) #:dtype 'f64 #:requires-grad #t))
+         (sync (make-grad-sync (list w) #:group 'dp))
+         (micro-batch (lambda ()
+                        (backward! (tsum (t* w (tensor (list (+ rank 1) 1) #:dtype 'f64)))))))
+    (for-each (lambda (step)
+                (zero-grad! w)
+                (micro-batch)
+                (grad-sync-arm! sync)
+                (micro-batch)
+                (grad-sync-wait! sync))
+              '(1 2))
+    (let ((early (assq-ref (grad-sync-stats sync) 'buckets-early)))
+      (grad-sync-free! sync)
+      (format #f "ring ~a, value ~s, dp ranks ~a, dp grad ~a, ~a early"
+              ring config dp-ranks (numbers (tensor-grad w)) early))))
 
 ;;; Under mpirun the list holds this process's line only (#f elsewhere).
 ;;; Each line goes out in one write, so that mpirun, which merges the

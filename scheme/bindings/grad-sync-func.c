@@ -56,16 +56,12 @@ SCM_DEFINE(moelab_make_grad_sync, "%make-grad-sync", 4, 0, 0, (SCM params, SCM g
     moe_group *g = moelab_to_group(group, 2, FUNC_NAME);
     double d = moelab_to_double(divisor, 3, FUNC_NAME);
     int64_t bytes = moelab_to_int64(bucket_bytes, 4, FUNC_NAME);
+    for (SCM l = params; scm_is_pair(l); l = SCM_CDR(l)) /* raise before allocating */
+        (void)moelab_unwrap(SCM_CAR(l), 1, FUNC_NAME);
     moe_tensor **ts = malloc(sizeof *ts * (size_t)(n > 0 ? n : 1));
     if (!ts) moelab_throw(FUNC_NAME, MOE_ERR_NOMEM, "out of memory");
     SCM l = params;
-    for (long i = 0; i < n; i++, l = SCM_CDR(l)) {
-        if (!moelab_is_tensor(SCM_CAR(l))) {
-            free(ts);
-            scm_wrong_type_arg_msg(FUNC_NAME, 1, SCM_CAR(l), "tensor");
-        }
-        ts[i] = moelab_unwrap(SCM_CAR(l), 1, FUNC_NAME); /* raises when freed: nothing to undo but TS */
-    }
+    for (long i = 0; i < n; i++, l = SCM_CDR(l)) ts[i] = moelab_unwrap(SCM_CAR(l), 1, FUNC_NAME);
     moe_grad_sync *s = NULL;
     moe_status st = moe_grad_sync_new(&s, g, (int)n, ts, d, bytes);
     free(ts);

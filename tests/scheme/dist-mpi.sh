@@ -2,7 +2,8 @@
 # dist-mpi.sh — with-ranks under mpirun: examples/collectives.scm run by the
 # moelab program under `mpirun --oversubscribe -np 2` and `-np 4` must print
 # the same lines as the same script on threads in one process (sorted: each
-# process prints its own rank's line). Also: the launched world is what
+# process prints its own rank's line; they include sends and receives, Scheme
+# values between ranks and a grad sync). Also: the launched world is what
 # with-ranks uses, a wrong rank count is a clear error, a rank that raises
 # ends the job instead of leaving its peers waiting, and so does a
 # collective that one rank never joins (after the comm timeout).

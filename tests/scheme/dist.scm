@@ -618,6 +618,10 @@ what happened instead."
     (make-grad-sync (list (zeros '(2) #:requires-grad #t)) #:bucket-bytes -1))
   (test-wrong-type "not a list" (make-grad-sync (zeros '(2) #:requires-grad #t)))
   (test-wrong-type "not tensors" (make-grad-sync '(1 2)))
+  (test-moelab-error "a freed tensor" "freed"
+    (let ((w (zeros '(1) #:requires-grad #t)))
+      (tensor-free! w)
+      (make-grad-sync (list (zeros '(1) #:requires-grad #t) w))))
   (test-wrong-type "not a grad sync" (grad-sync-arm! 'sync))
   (test-moelab-error "a grad sync after its with-ranks" "can no longer be used"
     (grad-sync-arm! (car (with-ranks 2 (lambda (rank)
