@@ -29,7 +29,7 @@
             plan-first-stage? plan-schedule plan-zero plan-pp-group plan-data-group
             plan-rows plan-data-sum plan-world-sum plan-arm! plan-reduce-grads!
             plan-grad-norm plan-scale-grads! plan-after-update! plan-routing-metrics
-            plan-gather-layers plan-comm-stats plan-moe-layers plan-pipeline-stats plan-set-pipeline-stats!
+            plan-gather-layers plan-comm-stats plan-moe-layers plan-local-rows plan-set-local-rows! plan-pipeline-stats plan-set-pipeline-stats!
             model-gather-parameters %default-mesh))
 
 (define (plan-error who fmt . args)
@@ -41,7 +41,7 @@
 
 (define-record-type <plan>
   (%make-plan mesh pp dp ep data-group dp-group pp-group world stage stage-range schedule
-              zero model optimizer syncs owners pipeline-stats moe-layers)
+              zero model optimizer syncs owners pipeline-stats moe-layers local-rows)
   parallel-plan?
   (mesh plan-mesh)                 ; ((pp . P) (dp . D) (ep . E))
   (pp plan-stages)
@@ -60,7 +60,8 @@
   (syncs plan-syncs set-plan-syncs!)     ; gradient reducers
   (owners plan-owners set-plan-owners!) ; ZeRO-1: ((param group owner) …)
   (pipeline-stats plan-pipeline-stats plan-set-pipeline-stats!) ; the last step's, or #f
-  (moe-layers plan-moe-layers set-plan-moe-layers!)) ; every stage's MoE layer numbers
+  (moe-layers plan-moe-layers set-plan-moe-layers!) ; every stage's MoE layer numbers
+  (local-rows plan-local-rows plan-set-local-rows!)) ; the last step's routing rows of this rank alone
 
 (define (plan-data-size p) (* (plan-dp p) (plan-ep p)))
 (define (plan-data-rank p) (group-rank (plan-data-group p)))
@@ -229,7 +230,7 @@ and BATCH-SIZE, and build this rank's model, optimizer and reducers."
            (m (rank-model model range (and (> ep 1) ep-group) data-group))
            (params (model-parameters m))
            (plan (%make-plan mesh pp dp ep data-group dp-group (mesh-group 'pp) (world-group)
-                             stage range schedule (and (eqv? zero 1) 1) m #f '() '() #f '())))
+                             stage range schedule (and (eqv? zero 1) 1) m #f '() '() #f '() #f)))
       (set-model-grad-accum! m (model-grad-accum model))
       (if (eqv? zero 1)
           (let ((owners (owner-table params data-group dp-group ep)))

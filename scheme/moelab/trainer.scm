@@ -565,8 +565,10 @@ loaded expert-parallel rank's tokens over the mean)."
       (let* ((before (%model-router-metrics m))
              (kinds (aux-kinds before)))
         (model-step! m)
-        (finish-step! tr m o (* n b (dataset-seq-len ds)) loss lr norm t0
-                      (plan-routing-metrics plan before (%model-router-metrics m) kinds))))))
+        (let ((after (%model-router-metrics m)))
+          (plan-set-local-rows! plan (local-routing-rows before after))
+          (finish-step! tr m o (* n b (dataset-seq-len ds)) loss lr norm t0
+                        (plan-routing-metrics plan before after kinds)))))))
 
 ;;; ---- state, for checkpoints ------------------------------------------------------------
 
@@ -827,20 +829,38 @@ only world rank 0 prints."
 (define (trainer-moe-layers tr)
   (if (tr-plan tr) (plan-moe-layers (tr-plan tr)) (model-moe-layers (trainer-model tr))))
 
-(define* (trainer-routing-report tr #:key (port (current-output-port)) (width 30))
+(define* (trainer-routing-report tr #:key (port (current-output-port)) (width 30) (rank #f))
   "Print what TR's routers did: for each MoE layer, the balance statistics
 of the last step (MaxVio, CV, normalised entropy, dead experts, the aux
 losses) and each expert's share of the step's routed slots as a bar of up
 to WIDTH characters; then, after an evaluation, each domain's expert shares
 per layer (percent), which show whether experts specialise by domain.
 Returns the last step's tokens per expert ([L][E] lists), or #f before the
-first step."
-  (let ((m (trainer-last-metrics tr)) (ev (trainer-last-eval tr)))
-    (if (not m)
-        (begin (format port "no step yet: no routing to report~%") #f)
-        (let ((rows (assq-ref m 'tokens_per_expert)) (layers (trainer-moe-layers tr)))
-          (format port "routing at step ~d (share of the step's routed slots per expert):~%"
-                  (assq-ref m 'step))
+first step.
+
+In a parallel run the numbers are the global ones (summed over the data
+ranks, every stage's layers). With RANK, a world rank, only that rank
+prints, and it shows its own view: the tokens of its own rows through the
+MoE layers it holds, before any reduction (other ranks print nothing and
+return #f)."
+  (let* ((plan (tr-plan tr))
+         (own? (and rank plan))
+         (m (and (or (not rank) (= rank (current-rank)))
+                 (if (and own? (trainer-last-metrics tr) (plan-local-rows plan))
+                     (let ((g (trainer-last-metrics tr)))
+                       (step-metrics tr (assq-ref g 'loss) (assq-ref g 'lr) (assq-ref g 'grad_norm)
+                                     (assq-ref g 'step_ms) (plan-local-rows plan)))
+                     (trainer-last-metrics tr))))
+         (ev (and (not own?) (trainer-last-eval tr))))
+    (cond
+     ((and rank (not (= rank (current-rank)))) #f)
+     ((not m) (format port "no step yet: no routing to report~%") #f)
+     (else
+        (let ((rows (assq-ref m 'tokens_per_expert))
+              (layers (if own? (model-moe-layers (trainer-model tr)) (trainer-moe-layers tr))))
+          (format port "routing at step ~d (share of the step's routed slots per expert~a):~%"
+                  (assq-ref m 'step)
+                  (if own? (format #f "; rank ~a's own rows and layers" rank) ""))
           (for-each
            (lambda (i layer row)
              (let ((total (apply + row)) (top (apply max 1 row)))
@@ -867,7 +887,7 @@ first step."
                                    (map (lambda (x) (* 100 x)) (list-ref (cdr d) i))))
                          (assq-ref ev 'expert-share)))
              (iota (length layers)) layers))
-          rows))))
+          rows)))))
 
 ;;; ---- a yardstick ---------------------------------------------------------------------
 

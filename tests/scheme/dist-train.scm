@@ -66,6 +66,26 @@
                            #:batch-size 2)))
     (list (trainer-mesh tr) (trainer-pipeline-stats tr) (trainer-comm-stats tr))))
 
+(test-equal "trainer-routing-report #:rank: that rank alone prints, its own slots (2 rows × 8 tokens × K 2 × M 2)"
+  '((#f "") ((64.0 #t) (128.0 #t)))
+  (with-ranks 2 #:mesh '((dp . 2))
+    (lambda (rank)
+      (let* ((mo (make-moe-transformer #:vocab 256 #:layers 2 #:hidden 16 #:heads 2 #:ffn 16
+                                       #:experts 4 #:top-k 2 #:max-seq 8 #:dtype 'f64 #:seed 3))
+             (tr (make-trainer #:model mo #:optimizer (make-adamw (model-parameters mo))
+                               #:dataset (make-text-dataset #:domains `((c . ,(string-append (dirname (current-filename)) "/../../core/moe")))
+                                                            #:seq-len 8)
+                               #:batch-size 4 #:grad-accum 2 #:mesh '((dp . 2)))))
+        (trainer-step! tr)
+        (let* ((text #f)
+               (own (call-with-output-string
+                     (lambda (port) (set! text (trainer-routing-report tr #:rank 1 #:port port)))))
+               (all (trainer-routing-report tr #:port (%make-void-port "w"))))
+          (if (= rank 0)
+              (list text own)
+              (list (list (apply + (car text)) (and (string-contains own "rank 1's own rows") #t))
+                    (list (apply + (car all)) #t))))))))
+
 ;;; ---- configuration errors --------------------------------------------------------------
 
 (define top (string-append (dirname (current-filename)) "/../.."))
