@@ -20,7 +20,9 @@
                       (compare-run (string->symbol variant) mesh (string->symbol schedule)))))
                     ;; this process's entry; the others are #f
           (mine (or (find identity result) "no result")))
-     (if (eq? mine #t)
-         (begin (format #t "~a ~a ~a: rank ok~%" variant spec schedule) (exit 0))
-         (begin (format #t "~a ~a ~a: ~a~%" variant spec schedule mine) (exit 1)))))
+     ;; one write per line: mpirun forwards each process's output in the
+     ;; pieces it was written in
+     (display (format #f "~a ~a ~a: ~a~%" variant spec schedule (if (eq? mine #t) "rank ok" mine)))
+     (force-output)
+     (exit (if (eq? mine #t) 0 1))))
   (_ (format (current-error-port) "usage: dist-train-rank.scm VARIANT MESH SCHEDULE~%") (exit 2)))
