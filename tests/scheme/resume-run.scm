@@ -1,5 +1,5 @@
 ;;; resume-run.scm — the moelab side of resume.sh. Modes (VARIANT names the
-;;; routing: micro global seq bias):
+;;; routing: micro global seq bias qb):
 ;;;   straight VARIANT DIR   40 steps, metrics in DIR/VARIANT-straight.jsonl
 ;;;   first VARIANT DIR      20 steps with a checkpoint every 10 (keep-last 1)
 ;;;   second VARIANT DIR     a new trainer loads DIR/VARIANT-run, 20 steps more
@@ -19,8 +19,14 @@
                    ("micro" '((micro-batch . 1e-2) (z . 1e-3)))
                    ("global" '((global-batch . 1e-2)))
                    ("seq" '((sequence . 1e-2)))
-                   ("bias" '())))
-         (extra (if (equal? variant "bias") '(#:expert-bias? #t #:bias-rate 1e-2) '()))
+                   ("bias" '())
+                   ("qb" '((z . 1e-3)))))
+         (extra (match variant
+                  ("bias" '(#:expert-bias? #t #:bias-rate 1e-2))
+                  ;; β moves with an EMA of each step's quantiles, averaged
+                  ;; over the step's 2 micro-batches
+                  ("qb" '(#:routing quantile-balancing #:qb-ema 0.5))
+                  (_ '())))
          (m (make-moe-transformer #:vocab 256 #:layers 2 #:hidden 16 #:heads 2 #:ffn 16
                                   #:experts 4 #:top-k 2 #:dense-ffn 16 #:max-seq 16
                                   #:router-options `(#:losses ,losses #:jitter 0.1 ,@extra) #:seed 5))
@@ -29,7 +35,7 @@
                                 #:seq-len 16 #:seed 9))
          (o (make-adamw (model-parameters m) #:lr 1e-2 #:weight-decay 0.1)))
     (make-trainer #:model m #:optimizer o #:dataset ds #:batch-size 2
-                  #:grad-accum (if (equal? variant "global") 2 1)
+                  #:grad-accum (if (member variant '("global" "qb")) 2 1)
                   #:schedule (make-lr-schedule 'cosine #:lr 1e-2 #:warmup 5 #:total 40 #:min-lr 1e-3)
                   #:clip 1.0 #:log (string-append dir "/" log)
                   #:checkpoint-dir checkpoint-dir #:checkpoint-every (and checkpoint-dir 10)
