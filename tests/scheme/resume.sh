@@ -6,7 +6,8 @@
 #     checkpoint, a new process that loads it, and 20 more — parameters,
 #     buffers, optimizer moments, router counters bit for bit and every
 #     JSONL step line except the wall-clock fields.
-#  2. `moelab train CONFIG --resume RUN-DIR` goes on from the latest step.
+#  2. `moelab train CONFIG --resume RUN-DIR` goes on from the latest step,
+#     also from a run on another mesh (--ranks/--mesh).
 #  3. A writer saving checkpoints in a loop is killed with SIGKILL at random
 #     moments, 5 times, each writer going on from the newest complete
 #     checkpoint: after each kill every step directory loads and the run
@@ -45,6 +46,22 @@ if $run train "$tmp/cfg.scm" >"$tmp/cli1.out" 2>&1 &&
     echo "ok   moelab train --resume: steps 5 and 6 after the run directory's step 4"
 else
     echo "FAIL moelab train --resume"; cat "$tmp/cli1.out" "$tmp/cli2.out"; fail=1
+fi
+
+# ---- moelab train --resume across meshes ----------------------------------------
+# a run on 4 thread ranks (dp=2 x ep=2) saves; one process resumes it and
+# saves; 2 thread ranks (pp=2) resume that
+sed -e "s|$tmp/cli|$tmp/mesh|" -e "s|#:layers 1|#:layers 2|" -e "s|#:batch-size 2|#:batch-size 4|" "$tmp/cfg.scm" >"$tmp/mesh.scm"
+if $run train "$tmp/mesh.scm" --ranks 4 --mesh dp=2,ep=2 >"$tmp/mesh1.out" 2>&1 &&
+   $run train "$tmp/mesh.scm" --steps 6 --resume "$tmp/mesh" >"$tmp/mesh2.out" 2>&1 &&
+   $run train "$tmp/mesh.scm" --steps 8 --resume "$tmp/mesh" --ranks 2 --mesh pp=2 >"$tmp/mesh3.out" 2>&1 &&
+   grep -q "resumed from $tmp/mesh/step-0000004 at step 4" "$tmp/mesh2.out" &&
+   grep -q "resumed from $tmp/mesh/step-0000006 at step 6" "$tmp/mesh3.out" &&
+   grep -q "done after 2 steps" "$tmp/mesh3.out" &&
+   test -d "$tmp/mesh/step-0000008"; then
+    echo "ok   moelab train --resume: dp=2 x ep=2 -> one process -> pp=2"
+else
+    echo "FAIL moelab train --resume across meshes"; cat "$tmp/mesh1.out" "$tmp/mesh2.out" "$tmp/mesh3.out"; fail=1
 fi
 
 # ---- SIGKILL during writes ----------------------------------------------------
