@@ -36,7 +36,9 @@
             export-hf-mixtral hf-mixtral-tensors))
 
 (define (checkpoint-error who fmt . args)
-  (throw 'moelab-error who (apply format #f fmt args) '() '(arg)))
+  ;; the message is the error's format string: its tildes are escaped
+  (throw 'moelab-error who (string-join (string-split (apply format #f fmt args) #\~) "~~")
+         '() '(arg)))
 
 (define (metadata-alist who metadata)
   (unless (and (list? metadata)
@@ -210,18 +212,20 @@ step directory, or raises the writer's error."
       (write-checkpoint who tr dir keep-last #f (optimizer-file-tensors (trainer-optimizer tr))
                         (router-states-json (trainer-model tr)))
       (let* ((parts (gather-checkpoint tr))
-             ;; rank 0 writes; every rank learns how it went
-             (outcome (broadcast-value
-                       (and (zero? (current-rank))
-                            (catch 'moelab-error
-                              (lambda ()
-                                (cons 'ok (write-checkpoint who tr dir keep-last
-                                                            (car parts) (cadr parts) (caddr parts))))
-                              (lambda (key w fmt args . _)
-                                (cons 'error (apply format #f fmt args))))))))
-        (if (eq? (car outcome) 'ok)
-            (cdr outcome)
-            (checkpoint-error who "world rank 0 could not write the checkpoint: ~a" (cdr outcome))))))
+             ;; rank 0 writes; every rank learns how it went (whatever the
+             ;; error: the others wait for this answer)
+             (mine (and (zero? (current-rank))
+                        (catch #t
+                          (lambda ()
+                            (list 'ok (write-checkpoint who tr dir keep-last
+                                                        (car parts) (cadr parts) (caddr parts))))
+                          (lambda (key . args) (list 'error key args)))))
+             (outcome (broadcast-value (and mine (if (eq? (car mine) 'ok)
+                                                     mine
+                                                     (list 'error (error-text (cadr mine) (caddr mine))))))))
+        (cond ((eq? (car outcome) 'ok) (cadr outcome))
+              (mine (apply throw (cadr mine) (caddr mine)))
+              (else (checkpoint-error who "world rank 0 could not write the checkpoint: ~a" (cadr outcome)))))))
 
 ;;; ---- the parts of a parallel run ---------------------------------------------------
 
@@ -244,40 +248,43 @@ step directory, or raises the writer's error."
          (all (all-gather-values manifest))
          (me (current-rank))
          (holder (make-hash-table))
-         (mine? (lambda (x) (= me (hash-ref holder (list-head x 3))))))
+         (key (lambda (x) (list-head x 3)))
+         (held-by? (lambda (r x) (= r (hash-ref holder (key x))))))
     (for-each (lambda (r m)
-                (for-each (lambda (x)
-                            (let ((k (list-head x 3)))
-                              (unless (hash-ref holder k) (hash-set! holder k r))))
-                          m))
+                (for-each (lambda (x) (unless (hash-ref holder (key x)) (hash-set! holder (key x) r))) m))
               (iota (length all)) all)
     (if (not (zero? me))
         (begin
           (for-each (lambda (p)
-                      (when (and (mine? p) (tensor? (cadddr p)))
+                      (when (and (held-by? me p) (tensor? (cadddr p)))
                         (send! (contiguous (cadddr p)) 0)))
                     pieces)
           '())
-        (let ((got (append-map
-                    (lambda (r m)
-                      (filter-map
-                       (lambda (x)
-                         (and (= r (hash-ref holder (list-head x 3)))
-                              (let ((spec (cadddr x)))
-                                (list (cons (car x) (cadr x)) (caddr x)
-                                      (cond ((not (pair? spec)) spec)
-                                            ((zero? r) (cadddr (find (lambda (p) (equal? (list-head p 3) (list-head x 3)))
-                                                                     pieces)))
-                                            (else (recv-like (car spec) (cadr spec) r)))))))
-                       m))
-                    (iota (length all)) all)))
-          (map (lambda (key)
-                 (let ((slices (sort (filter (lambda (g) (equal? (car g) key)) got)
-                                     (lambda (a b) (< (cadr a) (cadr b))))))
-                   (cons key (if (null? (cdr slices))
-                                 (caddr (car slices))
-                                 (with-no-grad (lambda () (cat (map caddr slices))))))))
-               (delete-duplicates (map car got)))))))
+        (let ((local (make-hash-table))
+              (slices (make-hash-table))   ; (kind . name) -> ((index . value) …)
+              (order '()))
+          (for-each (lambda (p) (hash-set! local (key p) (cadddr p))) pieces)
+          (for-each
+           (lambda (r m)
+             (for-each
+              (lambda (x)
+                (when (held-by? r x)
+                  (let* ((spec (cadddr x))
+                         (value (cond ((not (pair? spec)) spec)
+                                      ((zero? r) (hash-ref local (key x)))
+                                      (else (recv-like (car spec) (cadr spec) r))))
+                         (name (cons (car x) (cadr x)))
+                         (known (hash-ref slices name)))
+                    (unless known (set! order (cons name order)))
+                    (hash-set! slices name (cons (cons (caddr x) value) (or known '()))))))
+              m))
+           (iota (length all)) all)
+          (map (lambda (name)
+                 (let ((parts (sort (hash-ref slices name) (lambda (a b) (< (car a) (car b))))))
+                   (cons name (if (null? (cdr parts))
+                                  (cdar parts)
+                                  (with-no-grad (lambda () (cat (map cdr parts))))))))
+               (reverse order))))))
 
 (define (suffix-of entry)
   ;; "layers.0.attn.wq.exp_avg" -> ("layers.0.attn.wq" . "exp_avg")
@@ -305,17 +312,21 @@ step directory, or raises the writer's error."
          (routers (concatenate (all-gather-values (router-states-json m) #:group (mesh-group 'pp)))))
     (and (zero? (current-rank))
          (let* ((of (lambda (kind) (filter-map (lambda (g) (and (eq? (caar g) kind) (cons (cdar g) (cdr g)))) got)))
-                (names (map car (of 'param)))
+                (position (let ((h (make-hash-table)))
+                            (for-each (lambda (p i) (hash-set! h (car p) i)) (of 'param) (iota (length (of 'param))))
+                            h))
                 (rank (lambda (entry)
                         ;; the one-process order: "step", then per parameter its entries
                         (if (equal? entry "step")
                             -1
                             (let ((s (suffix-of entry)))
-                              (+ (* 10 (or (list-index (lambda (n) (string=? n (car s))) names) (length names)))
+                              (+ (* 10 (or (hash-ref position (car s)) (hash-count (const #t) position)))
                                  (or (list-index (lambda (x) (string=? x (cdr s))) optimizer-suffixes) 9))))))
-                (opt (sort (of 'opt) (lambda (a b) (< (rank (car a)) (rank (car b)))))))
+                (opt (sort (map (lambda (e) (cons (rank (car e)) e)) (of 'opt))
+                           (lambda (a b) (< (car a) (car b))))))
            (list (append (of 'param) (of 'buffer))
-                 (map (lambda (e) (cons (car e) (if (tensor? (cdr e)) (cdr e) (tensor (cdr e) #:dtype 'i64))))
+                 (map (lambda (r) (let ((e (cdr r)))
+                                    (cons (car e) (if (tensor? (cdr e)) (cdr e) (tensor (cdr e) #:dtype 'i64)))))
                       opt)
                  routers)))))
 
@@ -337,8 +348,11 @@ step directory, or raises the writer's error."
             tensors))
 
 (define (error-text key args)
-  (if (and (eq? key 'moelab-error) (>= (length args) 3) (string? (cadr args)))
-      (apply format #f (cadr args) (or (caddr args) '()))
+  ;; the message of an error thrown as (KEY WHO FORMAT ARGS …), as Guile's
+  ;; and moelab's are
+  (or (false-if-exception
+       (and (>= (length args) 3) (string? (cadr args)) (list? (caddr args))
+            (apply format #f (cadr args) (caddr args))))
       (format #f "~a ~s" key args)))
 
 (define (agree who parallel? thunk undo)

@@ -162,7 +162,26 @@
                (close? (as-lists (model-parameters (trainer-model tr))) (caddr (car results))))))))
      '(((pp . 2)) ((ep . 2))))))
 
-;;; ---- a failed load changes nothing on any rank ------------------------------------------
+;;; ---- failures --------------------------------------------------------------------------
+
+(test-equal "a save that rank 0 cannot write: every rank raises (none waits for it)"
+  '(#t #t)
+  (begin
+    (call-with-output-file (at "plain-file") (lambda (p) (display "x" p)))
+    (with-ranks 2 #:mesh '((dp . 2))
+      (lambda (rank)
+        (let ((tr (make-run #:mesh '((dp . 2)))))
+          (steps! tr 1)
+          (catch #t
+            (lambda () (save-checkpoint tr (at "plain-file/run")) #f)
+            (lambda (key . args)
+              (if (zero? rank)
+                  (eq? key 'system-error)
+                  (and (string-contains (cadr args) "world rank 0 could not write the checkpoint")
+                       (string-contains (apply format #f (cadr args) (caddr args)) "Not a directory")
+                       #t)))))))))
+
+;;; a failed load
 
 (test-equal "a checkpoint of another batch size: every rank refuses it and stays at step 0"
   '((#t 0 #t) (#t 0 #t))
