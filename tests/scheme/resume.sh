@@ -1,8 +1,10 @@
 #!/bin/sh
 # resume.sh — exact resumption and crash safety of checkpoints.
 #  1. For micro-batch, global-batch (2 micro-batches per step), sequence-wise,
-#     aux-loss-free-bias and quantile-balancing (2 micro-batches per step) routing (router jitter on, cosine schedule,
-#     clipping, weight decay): 40 steps in one process equal 20 steps, a
+#     aux-loss-free-bias and quantile-balancing (2 micro-batches per step)
+#     routing, and global-batch with expert bias under dp=2 on thread ranks
+#     (router jitter on, cosine schedule, clipping, weight decay): 40 steps
+#     in one process equal 20 steps, a
 #     checkpoint, a new process that loads it, and 20 more — parameters,
 #     buffers, optimizer moments, router counters bit for bit and every
 #     JSONL step line except the wall-clock fields.
@@ -24,7 +26,7 @@ trap 'rm -rf "$tmp"' EXIT
 HOME=$tmp; export HOME
 unset MOELAB_NUM_THREADS
 fail=0
-for v in micro global seq bias qb; do
+for v in micro global seq bias qb dp2; do
     $run "$script" before $v "$tmp" >"$tmp/$v.out" 2>&1 &&
     $run "$script" after $v "$tmp" 2>&1 || { echo "FAIL $v"; tail -20 "$tmp/$v.out"; fail=1; }
 done
