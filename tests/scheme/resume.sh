@@ -9,7 +9,8 @@
 #     buffers, optimizer moments, router counters bit for bit and every
 #     JSONL step line except the wall-clock fields.
 #  2. `moelab train CONFIG --resume RUN-DIR` goes on from the latest step,
-#     also from a run on another mesh (--ranks/--mesh).
+#     also from a run on another mesh (--ranks/--mesh, and under mpirun
+#     when moelab has MPI).
 #  3. A writer saving checkpoints in a loop is killed with SIGKILL at random
 #     moments, 5 times, each writer going on from the newest complete
 #     checkpoint: after each kill every step directory loads and the run
@@ -64,6 +65,25 @@ if $run train "$tmp/mesh.scm" --ranks 4 --mesh dp=2,ep=2 >"$tmp/mesh1.out" 2>&1 
     echo "ok   moelab train --resume: dp=2 x ep=2 -> one process -> pp=2"
 else
     echo "FAIL moelab train --resume across meshes"; cat "$tmp/mesh1.out" "$tmp/mesh2.out" "$tmp/mesh3.out"; fail=1
+fi
+
+# the same under mpirun (one process per rank), when moelab has MPI
+. "$srcdir/tests/mpi-env.sh"
+if command -v "$MPIRUN" >/dev/null 2>&1 &&
+   $run -c '(exit (if %moelab-have-mpi? 0 1))' </dev/null >/dev/null 2>&1; then
+    sed -e "s|$tmp/mesh|$tmp/mpi|" "$tmp/mesh.scm" >"$tmp/mpi.scm"
+    if $GUARD "$MPIRUN" --oversubscribe -np 4 $run train "$tmp/mpi.scm" --mesh dp=2,ep=2 </dev/null >"$tmp/mpi1.out" 2>&1 &&
+       $run train "$tmp/mpi.scm" --steps 6 --resume "$tmp/mpi" >"$tmp/mpi2.out" 2>&1 &&
+       $GUARD "$MPIRUN" --oversubscribe -np 2 $run train "$tmp/mpi.scm" --steps 8 --resume "$tmp/mpi" --mesh pp=2 \
+           </dev/null >"$tmp/mpi3.out" 2>&1 &&
+       grep -q "resumed from $tmp/mpi/step-0000006 at step 6" "$tmp/mpi3.out" &&
+       test -d "$tmp/mpi/step-0000008"; then
+        echo "ok   under mpirun: dp=2 x ep=2 (4 processes) -> one process -> pp=2 (2 processes)"
+    else
+        echo "FAIL --resume across meshes under mpirun"; cat "$tmp/mpi1.out" "$tmp/mpi2.out" "$tmp/mpi3.out"; fail=1
+    fi
+else
+    echo "skip --resume under mpirun: no mpirun, or moelab without MPI"
 fi
 
 # ---- SIGKILL during writes ----------------------------------------------------
