@@ -7,6 +7,10 @@
 ;;; its metadata; a load checks the whole file before it returns or changes
 ;;; anything, and its errors name the file and the tensor.
 ;;;
+;;; A parallel trainer's checkpoint is the one-process files: its ranks send
+;;; their parts (stages, expert slices, ZeRO-1 moments) to world rank 0,
+;;; which writes them; a load on any mesh takes each rank's part.
+;;;
 ;;; @example
 ;;; (save-tensors "w.safetensors" `(("w" . ,(randn '(2 3) #:seed 1)))
 ;;;               #:metadata '(("note" . "first try")))
