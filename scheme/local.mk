@@ -98,7 +98,7 @@ scheme/moelab/layer.go: scheme/moelab/tensor.go scheme/moelab/dist.go
 scheme/moelab/router.go: scheme/moelab/tensor.go scheme/moelab/dist.go
 scheme/moelab/nn.go: scheme/moelab/tensor.go
 scheme/moelab/train.go: scheme/moelab/tensor.go
-scheme/moelab/checkpoint.go: scheme/moelab/tensor.go scheme/moelab/nn.go scheme/moelab/train.go \
+scheme/moelab/checkpoint.go: scheme/moelab/tensor.go scheme/moelab/nn.go scheme/moelab/train.go scheme/moelab/dist.go \
 	scheme/moelab/data.go scheme/moelab/trainer.go
 scheme/moelab.go: scheme/moelab/tensor.go scheme/moelab/ops.go scheme/moelab/autograd.go \
 	scheme/moelab/dist.go scheme/moelab/pipeline.go scheme/moelab/config.go scheme/moelab/layer.go \

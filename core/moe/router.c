@@ -1064,14 +1064,20 @@ moe_status moe_router_state_save(moe_router *r, moe_tensor **bias, moe_tensor **
     *counters = NULL;
     if (bias) *bias = NULL;
     int64_t E = r->cfg.experts;
-    double *buf = calloc((size_t)(3 * (E + 1)), sizeof(double)); /* [3 E+1] */
+    int64_t rows = r->qb_sum ? 4 : 3;
+    double *buf = calloc((size_t)(rows * (E + 1)), sizeof(double)); /* [rows E+1] */
     if (!buf) return moe_fail(MOE_ERR_NOMEM, "router-state", "out of memory");
     memcpy(buf, r->bias_counts, sizeof(double) * (size_t)E);
     buf[E] = r->bias_tokens;
     if (r->tracker) memcpy(buf + E + 1, moe_tracker_buffer(r->tracker), sizeof(double) * (size_t)(E + 1));
     memcpy(buf + 2 * (E + 1), r->step_counts, sizeof(double) * (size_t)E);
     buf[3 * (E + 1) - 1] = r->step_tokens;
-    moe_status st = moe_tensor_from_data(counters, MOE_F64, MOE_CPU, 2, (int64_t[]){3, E + 1}, buf);
+    if (r->qb_sum) {
+        /* the quantiles summed over the step's micro-batches so far, then their count */
+        memcpy(buf + 3 * (E + 1), r->qb_sum, sizeof(double) * (size_t)E);
+        buf[4 * (E + 1) - 1] = r->qb_micro;
+    }
+    moe_status st = moe_tensor_from_data(counters, MOE_F64, MOE_CPU, 2, (int64_t[]){rows, E + 1}, buf);
     free(buf);
     if (st == MOE_OK && bias && r->bias) st = moe_clone(bias, r->bias);
     if (st != MOE_OK) {
@@ -1101,11 +1107,18 @@ moe_status moe_router_state_load(moe_router *r, moe_tensor *bias, moe_tensor *co
     if (bias && (bias->ndim != 1 || bias->shape[0] != E))
         return moe_fail(MOE_ERR_SHAPE, op, "bias must be [%lld], got %s", (long long)E, moe_shape_str(bias));
     double *buf = NULL;
+    int64_t rows = 0;
     if (counters) {
-        if (counters->ndim != 2 || counters->shape[0] != 3 || counters->shape[1] != E + 1)
-            return moe_fail(MOE_ERR_SHAPE, op, "counters must be [3 %lld], got %s", (long long)(E + 1),
+        if (counters->ndim != 2 || (counters->shape[0] != 3 && counters->shape[0] != 4) ||
+            counters->shape[1] != E + 1)
+            return moe_fail(MOE_ERR_SHAPE, op, "counters must be [%d %lld]%s, got %s", r->qb_sum ? 4 : 3,
+                            (long long)(E + 1), r->qb_sum ? " (or 3 rows, without the quantile sums)" : "",
                             moe_shape_str(counters));
-        buf = malloc(sizeof(double) * (size_t)(3 * (E + 1)));
+        rows = counters->shape[0];
+        if (rows == 4 && !r->qb_sum)
+            return moe_fail(MOE_ERR_STATE, op, "counters %s hold quantile-balancing sums but the router "
+                            "does not route by quantile balancing", moe_shape_str(counters));
+        buf = malloc(sizeof(double) * (size_t)(rows * (E + 1)));
         if (!buf) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
         moe_status st = moe_tensor_to_doubles(counters, buf);
         if (st != MOE_OK) {
@@ -1135,6 +1148,11 @@ moe_status moe_router_state_load(moe_router *r, moe_tensor *bias, moe_tensor *co
         }
         memcpy(r->step_counts, buf + 2 * (E + 1), sizeof(double) * (size_t)E);
         r->step_tokens = buf[3 * (E + 1) - 1];
+        if (r->qb_sum) {
+            /* three rows (a state saved before the sums were): none accumulated */
+            for (int64_t e = 0; e < E; e++) r->qb_sum[e] = rows == 4 ? buf[3 * (E + 1) + e] : 0.0;
+            r->qb_micro = rows == 4 ? buf[4 * (E + 1) - 1] : 0.0;
+        }
         free(buf);
     }
     return MOE_OK;

@@ -345,7 +345,10 @@ moe_status moe_router_step(moe_router *r);
 
 /* State for checkpoints: bias [E] f32 (NULL without expert bias) and counters
  * f64 [3, E+1]: row 0 the bias-update counts, row 1 the global-batch buffer,
- * row 2 the step's metric counts, each followed by its token total. */
+ * row 2 the step's metric counts, each followed by its token total; a
+ * quantile-balancing router adds row 3, the quantiles summed over the step's
+ * micro-batches so far followed by their count ([4, E+1]). A load takes
+ * either shape (three rows clear the quantile sums). */
 moe_status moe_router_state_save(moe_router *r, moe_tensor **bias, moe_tensor **counters);
 moe_status moe_router_state_load(moe_router *r, moe_tensor *bias, moe_tensor *counters);
 

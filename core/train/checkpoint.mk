@@ -21,3 +21,5 @@ TESTS += tests/scheme/resume.sh
 EXTRA_DIST += tests/scheme/resume.sh tests/scheme/resume-run.scm
 TESTS += tests/scheme/checkpoint.scm
 EXTRA_DIST += tests/scheme/checkpoint.scm
+TESTS += tests/scheme/dist-checkpoint.scm
+EXTRA_DIST += tests/scheme/dist-checkpoint.scm

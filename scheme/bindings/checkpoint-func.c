@@ -190,9 +190,11 @@ SCM_DEFINE(moelab_model_load_router_states_x, "%model-load-router-states!", 3, 0
             !scm_is_unsigned_integer(SCM_CADDR(e), 0, UINT64_MAX))
             moelab_throw(op, MOE_ERR_ARG, "router state %d is not (counters rng-seed rng-position)", i);
         moe_tensor *c = moelab_unwrap(SCM_CAR(e), 3, op);
-        if (c->ndim != 2 || c->shape[0] != 3 || c->shape[1] != E + 1)
-            moelab_throw(op, MOE_ERR_SHAPE, "router state %d: counters must be [3 %lld], got %s", i,
-                         (long long)(E + 1), moe_shape_str(c));
+        /* a fourth row: a quantile-balancing router's quantile sums */
+        int64_t rows = moe_router_qb_beta(r) ? 4 : 3;
+        if (c->ndim != 2 || (c->shape[0] != 3 && c->shape[0] != rows) || c->shape[1] != E + 1)
+            moelab_throw(op, MOE_ERR_SHAPE, "router state %d: counters must be [%lld %lld], got %s", i,
+                         (long long)rows, (long long)(E + 1), moe_shape_str(c));
     }
     i = 0;
     for (SCM l = states; scm_is_pair(l); l = SCM_CDR(l), i++) {

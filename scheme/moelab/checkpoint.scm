@@ -7,6 +7,10 @@
 ;;; its metadata; a load checks the whole file before it returns or changes
 ;;; anything, and its errors name the file and the tensor.
 ;;;
+;;; A parallel trainer's checkpoint is the one-process files: its ranks send
+;;; their parts (stages, expert slices, ZeRO-1 moments) to world rank 0,
+;;; which writes them; a load on any mesh takes each rank's part.
+;;;
 ;;; @example
 ;;; (save-tensors "w.safetensors" `(("w" . ,(randn '(2 3) #:seed 1)))
 ;;;               #:metadata '(("note" . "first try")))
@@ -25,6 +29,7 @@
   #:use-module (moelab train)
   #:use-module (moelab data)
   #:use-module (moelab trainer)
+  #:use-module (moelab dist)
   #:use-module (moelab config)
   #:use-module (srfi srfi-1)
   #:use-module (ice-9 ftw)
@@ -35,7 +40,9 @@
             export-hf-mixtral hf-mixtral-tensors))
 
 (define (checkpoint-error who fmt . args)
-  (throw 'moelab-error who (apply format #f fmt args) '() '(arg)))
+  ;; the message is the error's format string: its tildes are escaped
+  (throw 'moelab-error who (string-join (string-split (apply format #f fmt args) #\~) "~~")
+         '() '(arg)))
 
 (define (metadata-alist who metadata)
   (unless (and (list? metadata)
@@ -130,51 +137,34 @@ directory DIR, or #f when there is none."
 (define (router-states-json m)
   (map (lambda (layer s)
          ;; the seed as a string: it may not fit JSON's 64-bit signed integers
-         `((layer . ,layer) (counters . ,(car s)) (rng-seed . ,(number->string (cadr s)))
+         `((layer . ,layer) (counters . ,(tensor->list (car s))) (rng-seed . ,(number->string (cadr s)))
            (rng-position . ,(caddr s))))
        (model-moe-layers m) (%model-router-states m)))
 
-(define* (save-checkpoint tr dir #:key (keep-last #f))
-  "Save everything TR's next step depends on into DIR/step-NNNNNNN (the
-step count, 7 digits) and return that directory: model.safetensors (every
-parameter and buffer, save-model), optimizer.safetensors (optimizer-state:
-NAME.exp_avg, NAME.exp_avg_sq or NAME.momentum_buffer, the step counts as
-i64 scalars) and trainer.json (the format and moelab version, the step, the
-trainer's loop state and settings, the dataset cursor, and per MoE layer
-the router's counters — expert-bias accumulators, global-batch buffer, step
-counts — and the seed and position of its random stream). The files are written into
-a hidden temporary directory beside the others, each fsynced, and the
-directory is renamed into place only when complete: a crash leaves the
-previous checkpoints intact and nothing load-checkpoint! would pick. Older
-step directories beyond the last KEEP-LAST (#f: keep all) are then removed.
-A step directory that already exists (a run resumed from an older step) is
-replaced by the new one."
-  (define who "save-checkpoint")
-  (unless (trainer? tr) (checkpoint-error who "expected a trainer, got ~s" tr))
-  (unless (string? dir) (checkpoint-error who "the directory must be a string, got ~s" dir))
-  (unless (or (not keep-last) (and (exact-integer? keep-last) (positive? keep-last)))
-    (checkpoint-error who "#:keep-last must be #f or a positive integer, got ~s" keep-last))
+(define (write-checkpoint who tr dir keep-last model-tensors opt-tensors routers)
+  ;; the files of step (trainer-steps TR) into DIR, atomically; returns the
+  ;; step directory
   (mkdir-p dir)
   (let* ((step (trainer-steps tr))
          (final (string-append dir "/" (step-name step)))
-         (tmp (format #f "~a/.tmp-~a-~a" dir (step-name step) (getpid)))
-         (m (trainer-model tr)))
+         (tmp (format #f "~a/.tmp-~a-~a" dir (step-name step) (getpid))))
     ;; leftovers of saves that were cut short
     (for-each (lambda (n) (delete-tree (string-append dir "/" n)))
               (or (scandir dir (lambda (n) (string-prefix? ".tmp-step-" n))) '()))
     (mkdir tmp)
     (let ((meta `(("format" . ,checkpoint-format) ("step" . ,(number->string step))
                   ("moelab-version" . ,%moelab-version))))
-      (%save-model m (string-append tmp "/model.safetensors") meta)
-      (%save-tensors (string-append tmp "/optimizer.safetensors")
-                     (optimizer-file-tensors (trainer-optimizer tr)) meta))
+      (if model-tensors
+          (%save-tensors (string-append tmp "/model.safetensors") model-tensors meta)
+          (%save-model (trainer-model tr) (string-append tmp "/model.safetensors") meta))
+      (%save-tensors (string-append tmp "/optimizer.safetensors") opt-tensors meta))
     (%write-json-file who (string-append tmp "/trainer.json")
                       `((format . ,checkpoint-format) (format-version . ,checkpoint-format-version)
                         (moelab-version . ,%moelab-version)
                         (step . ,step)
                         (trainer . ,(trainer-state tr))
                         (dataset . ,(dataset-state (trainer-dataset tr)))
-                        (routers . ,(router-states-json m))
+                        (routers . ,routers)
                         (config . ,(trainer-config tr))))
     (%sync-directory who tmp)
     (if (file-exists? final)
@@ -194,6 +184,156 @@ replaced by the new one."
                   (list-head all (max 0 (- (length all) keep-last))))))
     final))
 
+(define* (save-checkpoint tr dir #:key (keep-last #f))
+  "Save everything TR's next step depends on into DIR/step-NNNNNNN (the
+step count, 7 digits) and return that directory: model.safetensors (every
+parameter and buffer, save-model), optimizer.safetensors (optimizer-state:
+NAME.exp_avg, NAME.exp_avg_sq or NAME.momentum_buffer, the step counts as
+i64 scalars) and trainer.json (the format and moelab version, the step, the
+trainer's loop state and settings, the dataset cursor, and per MoE layer
+the router's counters — expert-bias accumulators, global-batch buffer, step
+counts — and the seed and position of its random stream). The files are written into
+a hidden temporary directory beside the others, each fsynced, and the
+directory is renamed into place only when complete: a crash leaves the
+previous checkpoints intact and nothing load-checkpoint! would pick. Older
+step directories beyond the last KEEP-LAST (#f: keep all) are then removed.
+A step directory that already exists (a run resumed from an older step) is
+replaced by the new one.
+
+For a parallel trainer (make-trainer #:mesh) every rank of the world calls
+it: the ranks send their parts to world rank 0 — each pipeline stage's
+tensors, each expert-parallel rank's slice of the experts.* tensors and of
+their moments, and under ZeRO-1 each parameter's moments from the rank
+that owns them — and rank 0 alone writes the same files a one-process run
+writes, the full tensors under their global names. Every rank returns the
+step directory, or raises the writer's error."
+  (define who "save-checkpoint")
+  (unless (trainer? tr) (checkpoint-error who "expected a trainer, got ~s" tr))
+  (unless (string? dir) (checkpoint-error who "the directory must be a string, got ~s" dir))
+  (unless (or (not keep-last) (and (exact-integer? keep-last) (positive? keep-last)))
+    (checkpoint-error who "#:keep-last must be #f or a positive integer, got ~s" keep-last))
+  (if (not (trainer-mesh tr))
+      (write-checkpoint who tr dir keep-last #f (optimizer-file-tensors (trainer-optimizer tr))
+                        (router-states-json (trainer-model tr)))
+      (let* ((parts (gather-checkpoint tr))
+             ;; rank 0 writes; every rank learns how it went (whatever the
+             ;; error: the others wait for this answer)
+             (mine (and (zero? (current-rank))
+                        (catch #t
+                          (lambda ()
+                            (list 'ok (write-checkpoint who tr dir keep-last
+                                                        (car parts) (cadr parts) (caddr parts))))
+                          (lambda (key . args) (list 'error key args)))))
+             (outcome (broadcast-value (and mine (if (eq? (car mine) 'ok)
+                                                     mine
+                                                     (list 'error (error-text (cadr mine) (caddr mine))))))))
+        (cond ((eq? (car outcome) 'ok) (cadr outcome))
+              (mine (apply throw (cadr mine) (caddr mine)))
+              (else (checkpoint-error who "world rank 0 could not write the checkpoint: ~a" (cadr outcome)))))))
+
+;;; ---- the parts of a parallel run ---------------------------------------------------
+
+(define (expert-shard? m name)
+  ;; NAME is one of M's experts.* tensors and M holds a slice of it
+  (and (> (model-ep-size m) 1) (string-contains name ".experts.")))
+
+(define (gather-pieces pieces)
+  ;; PIECES: this rank's (kind name index value) — a tensor, or a number —
+  ;; where INDEX orders the slices of one tensor along dimension 0 (the
+  ;; first expert they hold). Returns, on world rank 0, an alist
+  ;; ((kind . name) . value) with the slices joined, in the order the
+  ;; names first appear over the ranks; '() on the others. Of the ranks
+  ;; that hold a copy of a piece, the lowest sends it.
+  (let* ((manifest (map (lambda (p)
+                          (let ((v (cadddr p)))
+                            (list (car p) (cadr p) (caddr p)
+                                  (if (tensor? v) (list (tensor-shape v) (tensor-dtype v)) v))))
+                        pieces))
+         (all (all-gather-values manifest))
+         (me (current-rank))
+         (holder (make-hash-table))
+         (key (lambda (x) (list-head x 3)))
+         (held-by? (lambda (r x) (= r (hash-ref holder (key x))))))
+    (for-each (lambda (r m)
+                (for-each (lambda (x) (unless (hash-ref holder (key x)) (hash-set! holder (key x) r))) m))
+              (iota (length all)) all)
+    (if (not (zero? me))
+        (begin
+          (for-each (lambda (p)
+                      (when (and (held-by? me p) (tensor? (cadddr p)))
+                        (send! (contiguous (cadddr p)) 0)))
+                    pieces)
+          '())
+        (let ((local (make-hash-table))
+              (slices (make-hash-table))   ; (kind . name) -> ((index . value) …)
+              (order '()))
+          (for-each (lambda (p) (hash-set! local (key p) (cadddr p))) pieces)
+          (for-each
+           (lambda (r m)
+             (for-each
+              (lambda (x)
+                (when (held-by? r x)
+                  (let* ((spec (cadddr x))
+                         (value (cond ((not (pair? spec)) spec)
+                                      ((zero? r) (hash-ref local (key x)))
+                                      (else (recv-like (car spec) (cadr spec) r))))
+                         (name (cons (car x) (cadr x)))
+                         (known (hash-ref slices name)))
+                    (unless known (set! order (cons name order)))
+                    (hash-set! slices name (cons (cons (caddr x) value) (or known '()))))))
+              m))
+           (iota (length all)) all)
+          (map (lambda (name)
+                 (let ((parts (sort (hash-ref slices name) (lambda (a b) (< (car a) (car b))))))
+                   (cons name (if (null? (cdr parts))
+                                  (cdar parts)
+                                  (with-no-grad (lambda () (cat (map cdr parts))))))))
+               (reverse order))))))
+
+(define (suffix-of entry)
+  ;; "layers.0.attn.wq.exp_avg" -> ("layers.0.attn.wq" . "exp_avg")
+  (let ((dot (string-rindex entry #\.)))
+    (if dot (cons (substring entry 0 dot) (substring entry (+ dot 1))) (cons entry ""))))
+
+(define optimizer-suffixes '("step" "exp_avg" "exp_avg_sq" "momentum_buffer"))
+
+(define (gather-checkpoint tr)
+  ;; Collective: on world rank 0 (model-tensors optimizer-tensors routers),
+  ;; the whole run's, as a one-process trainer's would be; #f elsewhere.
+  (let* ((m (trainer-model tr))
+         (index (lambda (name) (if (expert-shard? m name) (model-expert-offset m) 0)))
+         (params (model-parameters m))
+         (pieces
+          (append
+           (map (lambda (p) (list 'param (car p) (index (car p)) (cdr p))) params)
+           (map (lambda (b) (list 'buffer (car b) 0 (cdr b))) (model-buffers m))
+           (map (lambda (e)
+                  (list 'opt (car e) (if (tensor? (cdr e)) (index (car (suffix-of (car e)))) 0)
+                        (cdr e)))
+                (optimizer-state (trainer-optimizer tr)))))
+         (got (gather-pieces pieces))
+         ;; every stage's routers, the state of its data rank 0
+         (routers (concatenate (all-gather-values (router-states-json m) #:group (mesh-group 'pp)))))
+    (and (zero? (current-rank))
+         (let* ((of (lambda (kind) (filter-map (lambda (g) (and (eq? (caar g) kind) (cons (cdar g) (cdr g)))) got)))
+                (position (let ((h (make-hash-table)))
+                            (for-each (lambda (p i) (hash-set! h (car p) i)) (of 'param) (iota (length (of 'param))))
+                            h))
+                (rank (lambda (entry)
+                        ;; the one-process order: "step", then per parameter its entries
+                        (if (equal? entry "step")
+                            -1
+                            (let ((s (suffix-of entry)))
+                              (+ (* 10 (or (hash-ref position (car s)) (hash-count (const #t) position)))
+                                 (or (list-index (lambda (x) (string=? x (cdr s))) optimizer-suffixes) 9))))))
+                (opt (sort (map (lambda (e) (cons (rank (car e)) e)) (of 'opt))
+                           (lambda (a b) (< (car a) (car b))))))
+           (list (append (of 'param) (of 'buffer))
+                 (map (lambda (r) (let ((e (cdr r)))
+                                    (cons (car e) (if (tensor? (cdr e)) (cdr e) (tensor (cdr e) #:dtype 'i64)))))
+                      opt)
+                 routers)))))
+
 ((@@ (moelab trainer) %set-trainer-checkpoint-hook!)
  (lambda (tr dir keep-last) (save-checkpoint tr dir #:keep-last keep-last)))
 
@@ -211,6 +351,79 @@ replaced by the new one."
                                       file (car e))))))
             tensors))
 
+(define (error-text key args)
+  ;; the message of an error thrown as (KEY WHO FORMAT ARGS …), as Guile's
+  ;; and moelab's are
+  (or (false-if-exception
+       (and (>= (length args) 3) (string? (cadr args)) (list? (caddr args))
+            (apply format #f (cadr args) (caddr args))))
+      (format #f "~a ~s" key args)))
+
+(define (agree who parallel? thunk undo)
+  ;; (THUNK) on every rank; when PARALLEL?, each rank learns whether every
+  ;; other one succeeded, and a failure anywhere runs UNDO (when THUNK
+  ;; succeeded here) and raises on every rank, naming the first rank that
+  ;; failed. Returns THUNK's value.
+  (if (not parallel?)
+      (thunk)
+      (let* ((outcome (catch #t
+                        (lambda () (cons 'ok (thunk)))
+                        (lambda (key . args) (list 'error key args))))
+             (failures (all-gather-values (and (eq? (car outcome) 'error)
+                                               (error-text (cadr outcome) (caddr outcome)))))
+             (first (list-index identity failures)))
+        (cond
+         ((not first) (cdr outcome))
+         ((eq? (car outcome) 'error) (apply throw (cadr outcome) (caddr outcome)))
+         (else
+          (undo)
+          (checkpoint-error who "rank ~a: ~a" first (list-ref failures first)))))))
+
+(define (parse-routers who file entries)
+  ;; (layer counters-tensor seed position) per saved MoE layer
+  (map (lambda (r)
+         (let ((layer (json-ref who file r 'layer))
+               (c (json-ref who file r 'counters))
+               (seed (json-ref who file r 'rng-seed))
+               (pos (json-ref who file r 'rng-position)))
+           (unless (and (exact-integer? layer) (list? c) (every list? c) (string? seed)
+                        (string->number seed) (exact-integer? pos) (>= pos 0))
+             (checkpoint-error who "~a: a router state is malformed" file))
+           (list layer (tensor c #:dtype 'f64) (string->number seed) pos)))
+       (if (list? entries) entries (checkpoint-error who "~a: \"routers\" is not a list" file))))
+
+(define (rank-routers who file m saved)
+  ;; the saved states of M's MoE layers, found by layer number
+  (map (lambda (l)
+         (let ((s (assv l saved)))
+           (unless s (checkpoint-error who "~a: no router state for MoE layer ~a" file l))
+           (cdr s)))
+       (model-moe-layers m)))
+
+(define (rank-optimizer-state who file m o tensors model-names)
+  ;; O's state taken from the whole run's optimizer TENSORS: the moments of
+  ;; M's expert slices cut out of the full [E ...] ones
+  (for-each (lambda (e)
+              (unless (or (string=? (car e) "step") (member (car (suffix-of (car e))) model-names))
+                (checkpoint-error who "~a: tensor ~s is not the state of a parameter of the model"
+                                  file (car e))))
+            tensors)
+  (map (lambda (e)
+         (let* ((name (car e))
+                (v (or (assoc-ref tensors name)
+                       (checkpoint-error who "~a: tensor ~s of the optimizer state is missing from the file"
+                                         file name))))
+           (cons name
+                 (if (and (tensor? (cdr e)) (expert-shard? m (car (suffix-of name))))
+                     (let* ((mine (tensor-shape (cdr e)))
+                            (full (cons (* (car mine) (model-ep-size m)) (cdr mine))))
+                       (unless (equal? (tensor-shape v) full)
+                         (checkpoint-error who "~a: tensor ~s is ~a in the file, the model's is ~a"
+                                           file name (tensor-shape v) full))
+                       (narrow v 0 (model-expert-offset m) (car mine)))
+                     v))))
+       (optimizer-state o)))
+
 (define* (load-checkpoint! tr dir #:key (allow-non-finite? #f))
   "Restore into TR the checkpoint DIR: a step directory written by
 save-checkpoint, or a run directory, meaning its latest complete step
@@ -220,64 +433,87 @@ dataset states, the batch settings, and (unless ALLOW-NON-FINITE?) that no
 weight or moment is NaN or infinite — and on any error TR, its model,
 optimizer and dataset are exactly as they were and the moelab-error names
 the file and the tensor. Returns the step directory loaded. The next
-trainer-step! then continues exactly as the saved run did."
+trainer-step! then continues exactly as the saved run did.
+
+The checkpoint may come from a run on any mesh, and TR may be a parallel
+trainer (make-trainer #:mesh) on any other: every rank of the world calls
+it, reads the files and takes its part — its pipeline stage's layers and
+their routers, its slice of the experts and of their moments, under ZeRO-1
+the moments it owns. When any rank finds an error, every rank raises and
+none changes anything."
   (define who "load-checkpoint!")
   (unless (trainer? tr) (checkpoint-error who "expected a trainer, got ~s" tr))
-  (unless (and (string? dir) (file-is-directory? dir))
-    (checkpoint-error who "~s is not a directory" dir))
-  (let* ((step-dir (if (file-exists? (string-append dir "/trainer.json"))
-                       dir
-                       (or (latest-checkpoint dir)
-                           (checkpoint-error who "no checkpoint in ~a (no trainer.json, no step-NNNNNNN directory)" dir))))
-         (file (lambda (n) (string-append step-dir "/" n)))
+  (let* ((parallel? (and (trainer-mesh tr) #t))
          (m (trainer-model tr))
          (o (trainer-optimizer tr))
          (ds (trainer-dataset tr))
-         (state (%read-json-file who (file "trainer.json"))))
-    (unless (and (list? state) (equal? (assq-ref state 'format) checkpoint-format))
-      (checkpoint-error who "~a is not a moelab checkpoint (format ~s)" (file "trainer.json")
-                        (and (list? state) (assq-ref state 'format))))
-    (let* ((model-tensors (%read-model-file who m (file "model.safetensors")))
-           (opt-tensors (load-tensors (file "optimizer.safetensors")))
-           (routers (map (lambda (r)
-                           (let ((c (json-ref who (file "trainer.json") r 'counters))
-                                 (seed (json-ref who (file "trainer.json") r 'rng-seed))
-                                 (pos (json-ref who (file "trainer.json") r 'rng-position)))
-                             (unless (and (list? c) (every list? c) (string? seed)
-                                          (string->number seed) (exact-integer? pos) (>= pos 0))
-                               (checkpoint-error who "~a: a router state is malformed" (file "trainer.json")))
-                             (list (tensor c #:dtype 'f64) (string->number seed) pos)))
-                         (json-ref who (file "trainer.json") state 'routers)))
-           (tstate (json-ref who (file "trainer.json") state 'trainer))
-           (dstate (json-ref who (file "trainer.json") state 'dataset)))
-      (unless allow-non-finite?
-        (check-finite who (file "model.safetensors") model-tensors)
-        (check-finite who (file "optimizer.safetensors") opt-tensors))
-      (unless (= (length routers) (length (model-moe-layers m)))
-        (checkpoint-error who "~a: router states for ~a MoE layers, the model has ~a"
-                          (file "trainer.json") (length routers) (length (model-moe-layers m))))
-      ;; Apply, each part checking itself before it changes anything; a later
-      ;; failure puts the earlier parts back.
-      (let ((old-trainer (trainer-state tr))
-            (old-opt (map (lambda (e) (cons (car e) (if (tensor? (cdr e)) (clone (cdr e)) (cdr e))))
-                          (optimizer-state o)))
-            (old-data (dataset-state ds))
-            (done '()))
-        (catch #t
+         (read-all
           (lambda ()
-            (trainer-load-state! tr tstate)
-            (set! done (cons (lambda () (trainer-load-state! tr old-trainer)) done))
-            (optimizer-load-state! o opt-tensors)
-            (set! done (cons (lambda () (optimizer-load-state! o old-opt)) done))
-            (dataset-load-state! ds dstate)
-            (set! done (cons (lambda () (dataset-load-state! ds old-data)) done))
-            (%model-load-router-states! who m routers))
-          (lambda (key . args)
-            (for-each (lambda (undo) (undo)) done)
-            (apply throw key args)))
-        ;; checked against the model above: these cannot fail
-        (for-each (lambda (e) (set-model-parameter! m (car e) (cdr e))) model-tensors)
-        step-dir))))
+            (unless (and (string? dir) (file-is-directory? dir))
+              (checkpoint-error who "~s is not a directory" dir))
+            (let* ((step-dir (if (file-exists? (string-append dir "/trainer.json"))
+                                 dir
+                                 (or (latest-checkpoint dir)
+                                     (checkpoint-error who "no checkpoint in ~a (no trainer.json, no step-NNNNNNN directory)" dir))))
+                   (file (lambda (n) (string-append step-dir "/" n)))
+                   (state (%read-json-file who (file "trainer.json"))))
+              (unless (and (list? state) (equal? (assq-ref state 'format) checkpoint-format))
+                (checkpoint-error who "~a is not a moelab checkpoint (format ~s)" (file "trainer.json")
+                                  (and (list? state) (assq-ref state 'format))))
+              (let* ((model-tensors (%read-model-file who m (file "model.safetensors")))
+                     (file-opt (load-tensors (file "optimizer.safetensors")))
+                     (opt-tensors (if parallel?
+                                      (rank-optimizer-state who (file "optimizer.safetensors") m o file-opt
+                                                            (map car model-tensors))
+                                      file-opt))
+                     (saved (parse-routers who (file "trainer.json") (json-ref who (file "trainer.json") state 'routers)))
+                     (tstate (json-ref who (file "trainer.json") state 'trainer))
+                     (dstate (json-ref who (file "trainer.json") state 'dataset)))
+                (unless allow-non-finite?
+                  (check-finite who (file "model.safetensors") model-tensors)
+                  (check-finite who (file "optimizer.safetensors") file-opt))
+                (unless (or parallel? (= (length saved) (length (model-moe-layers m))))
+                  (checkpoint-error who "~a: router states for ~a MoE layers, the model has ~a"
+                                    (file "trainer.json") (length saved) (length (model-moe-layers m))))
+                (list step-dir model-tensors opt-tensors
+                      (if parallel? (rank-routers who (file "trainer.json") m saved) (map cdr saved))
+                      tstate dstate)))))
+         (parts (agree who parallel? read-all (lambda () #f))))
+    (apply
+     (lambda (step-dir model-tensors opt-tensors routers tstate dstate)
+       ;; Apply, each part checking itself before it changes anything; a later
+       ;; failure (here or on another rank) puts the earlier parts back.
+       (let ((old-trainer (trainer-state tr))
+             (old-opt (map (lambda (e) (cons (car e) (if (tensor? (cdr e)) (clone (cdr e)) (cdr e))))
+                           (optimizer-state o)))
+             (old-data (dataset-state ds))
+             (old-routers (%model-router-states m))
+             (done '()))
+         (define (undo-all) (for-each (lambda (undo) (undo)) done) (set! done '()))
+         (agree who parallel?
+                (lambda ()
+                  (catch #t
+                    (lambda ()
+                      (trainer-load-state! tr tstate)
+                      (set! done (cons (lambda () (trainer-load-state! tr old-trainer)) done))
+                      (optimizer-load-state! o opt-tensors)
+                      (set! done (cons (lambda () (optimizer-load-state! o old-opt)) done))
+                      (dataset-load-state! ds dstate)
+                      (set! done (cons (lambda () (dataset-load-state! ds old-data)) done))
+                      (%model-load-router-states! who m routers)
+                      (set! done (cons (lambda () (%model-load-router-states! who m old-routers)) done)))
+                    (lambda (key . args)
+                      (undo-all)
+                      (apply throw key args))))
+                undo-all)
+         ;; checked against the model above: these cannot fail (the full
+         ;; [E ...] experts.* tensors go into a rank's slice)
+         (let ((held (map car (append (model-parameters m) (model-buffers m)))))
+           (for-each (lambda (e)
+                       (when (member (car e) held) (set-model-parameter! m (car e) (cdr e))))
+                     model-tensors))
+         step-dir))
+     parts)))
 
 ;;; ---- Hugging Face Mixtral ------------------------------------------------------------
 

@@ -274,7 +274,9 @@ dead-fraction of 1."
   "The state of R for a checkpoint: an alist (bias . [E] f32 or #f),
 (counters . [3 E+1] f64: bias-update counts, global-batch buffer, step metric
 counts, each followed by its token total) and, for a quantile-balancing
-router, (qb-beta . [E] f32: its bias β)."
+router, (qb-beta . [E] f32: its bias β); such a router's counters have a
+fourth row, the quantiles summed over the step's micro-batches so far
+followed by their count ([4 E+1])."
   (let ((s (%router-state r))
         (beta (%router-qb-beta r)))
     `((bias . ,(car s)) (counters . ,(cadr s)) ,@(if beta `((qb-beta . ,beta)) '()))))
@@ -282,8 +284,9 @@ router, (qb-beta . [E] f32: its bias β)."
 (define (router-load-state! r state)
   "Restore a state from router-state into R: STATE is an alist with the keys
 bias (an [E] tensor, or #f for a router without expert bias), counters (a
-[3 E+1] tensor) and, for a quantile-balancing router, qb-beta (an [E] float
-tensor). A missing or unknown key, or a value of the wrong kind or shape,
+[3 E+1] tensor, or [4 E+1] with a quantile-balancing router's quantile sums;
+three rows clear them) and, for a quantile-balancing router, qb-beta (an [E]
+float tensor). A missing or unknown key, or a value of the wrong kind or shape,
 raises moelab-error naming the key; R is then unchanged."
   (define (fail fmt . args)
     (throw 'moelab-error "router-load-state!" fmt args '(arg)))

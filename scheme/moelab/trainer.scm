@@ -305,8 +305,6 @@ Bad settings raise moelab-error before anything is made."
   (check who "#:keep-last" (lambda (k) (or (not k) (positive-int? k))) keep-last "#f or a positive integer")
   (when (and checkpoint-every (not checkpoint-dir))
     (trainer-error who "#:checkpoint-every needs a #:checkpoint-dir"))
-  (when (and mesh checkpoint-dir)
-    (trainer-error who "#:checkpoint-dir with #:mesh: checkpoints of a parallel run are not written yet (save the gathered parameters with model-gather-parameters)"))
   (let ((v (model-config model)))
     (when (> (dataset-vocab-size dataset) (assq-ref v 'vocab))
       (trainer-error who "the dataset's tokenizer has ~a tokens but the model's vocabulary only ~a"

@@ -1,5 +1,6 @@
 ;;; resume-run.scm — the moelab side of resume.sh. Modes (VARIANT names the
-;;; routing: micro global seq bias):
+;;; routing: micro global seq bias qb, or dp2: global-batch balancing with an
+;;; expert bias, data parallel over 2 thread ranks):
 ;;;   straight VARIANT DIR   40 steps, metrics in DIR/VARIANT-straight.jsonl
 ;;;   first VARIANT DIR      20 steps with a checkpoint every 10 (keep-last 1)
 ;;;   second VARIANT DIR     a new trainer loads DIR/VARIANT-run, 20 steps more
@@ -19,8 +20,15 @@
                    ("micro" '((micro-batch . 1e-2) (z . 1e-3)))
                    ("global" '((global-batch . 1e-2)))
                    ("seq" '((sequence . 1e-2)))
-                   ("bias" '())))
-         (extra (if (equal? variant "bias") '(#:expert-bias? #t #:bias-rate 1e-2) '()))
+                   ("bias" '())
+                   ("qb" '((z . 1e-3)))
+                   ("dp2" '((global-batch . 1e-2)))))
+         (extra (match variant
+                  ((or "bias" "dp2") '(#:expert-bias? #t #:bias-rate 1e-2))
+                  ;; β moves with an EMA of each step's quantiles, averaged
+                  ;; over the step's 2 micro-batches
+                  ("qb" '(#:routing quantile-balancing #:qb-ema 0.5))
+                  (_ '())))
          (m (make-moe-transformer #:vocab 256 #:layers 2 #:hidden 16 #:heads 2 #:ffn 16
                                   #:experts 4 #:top-k 2 #:dense-ffn 16 #:max-seq 16
                                   #:router-options `(#:losses ,losses #:jitter 0.1 ,@extra) #:seed 5))
@@ -29,7 +37,8 @@
                                 #:seq-len 16 #:seed 9))
          (o (make-adamw (model-parameters m) #:lr 1e-2 #:weight-decay 0.1)))
     (make-trainer #:model m #:optimizer o #:dataset ds #:batch-size 2
-                  #:grad-accum (if (equal? variant "global") 2 1)
+                  #:grad-accum (if (member variant '("global" "qb" "dp2")) 2 1)
+                  #:mesh (and (equal? variant "dp2") '((dp . 2)))
                   #:schedule (make-lr-schedule 'cosine #:lr 1e-2 #:warmup 5 #:total 40 #:min-lr 1e-3)
                   #:clip 1.0 #:log (string-append dir "/" log)
                   #:checkpoint-dir checkpoint-dir #:checkpoint-every (and checkpoint-dir 10)
@@ -48,7 +57,15 @@
 
 (define (finish tr variant mode dir)
   (trainer-close! tr)
-  (save-tensors (format #f "~a/~a-~a-final.safetensors" dir variant mode) (final-state tr)))
+  ;; dp2: the ranks hold the same model; rank 0's state is written
+  (when (zero? (current-rank))
+    (save-tensors (format #f "~a/~a-~a-final.safetensors" dir variant mode) (final-state tr))))
+
+(define (on-ranks variant proc)
+  ;; (PROC) on the ranks VARIANT trains on: 2 thread ranks for dp2
+  (if (equal? variant "dp2")
+      (with-ranks 2 #:mesh '((dp . 2)) (lambda (rank) (proc)))
+      (proc)))
 
 (define (step-lines file)
   ;; the step lines without the header and without the wall-clock fields
@@ -62,21 +79,27 @@
   (("before" v dir) (main (list "straight" v dir)) (main (list "first" v dir)))
   (("after" v dir) (main (list "second" v dir)) (main (list "compare" v dir)))
   (("straight" v dir)
-   (let ((tr (make-run v dir (string-append v "-straight.jsonl") #f)))
-     (run-steps tr 40)
-     (finish tr v "straight" dir)))
+   (on-ranks v
+     (lambda ()
+       (let ((tr (make-run v dir (string-append v "-straight.jsonl") #f)))
+         (run-steps tr 40)
+         (finish tr v "straight" dir)))))
   (("first" v dir)
-   (let ((tr (make-run v dir (string-append v "-a.jsonl") (string-append dir "/" v "-run"))))
-     (run-steps tr 20)
-     (unless (equal? (map car (checkpoint-steps (string-append dir "/" v "-run"))) '(20))
-       (fail "keep-last 1 should leave step 20 alone, found ~s" (checkpoint-steps (string-append dir "/" v "-run"))))
-     (finish tr v "first" dir)))
+   (on-ranks v
+     (lambda ()
+       (let ((tr (make-run v dir (string-append v "-a.jsonl") (string-append dir "/" v "-run"))))
+         (run-steps tr 20)
+         (unless (equal? (map car (checkpoint-steps (string-append dir "/" v "-run"))) '(20))
+           (fail "keep-last 1 should leave step 20 alone, found ~s" (checkpoint-steps (string-append dir "/" v "-run"))))
+         (finish tr v "first" dir)))))
   (("second" v dir)
-   (let ((tr (make-run v dir (string-append v "-b.jsonl") #f)))
-     (load-checkpoint! tr (string-append dir "/" v "-run"))
-     (unless (= (trainer-steps tr) 20) (fail "resumed at step ~a" (trainer-steps tr)))
-     (run-steps tr 20)
-     (finish tr v "second" dir)))
+   (on-ranks v
+     (lambda ()
+       (let ((tr (make-run v dir (string-append v "-b.jsonl") #f)))
+         (load-checkpoint! tr (string-append dir "/" v "-run"))
+         (unless (= (trainer-steps tr) 20) (fail "resumed at step ~a" (trainer-steps tr)))
+         (run-steps tr 20)
+         (finish tr v "second" dir)))))
   (("compare" v dir)
    (let ((a (load-tensors (format #f "~a/~a-straight-final.safetensors" dir v)))
          (b (load-tensors (format #f "~a/~a-second-final.safetensors" dir v))))

@@ -1,12 +1,16 @@
 #!/bin/sh
 # resume.sh — exact resumption and crash safety of checkpoints.
-#  1. For micro-batch, global-batch (2 micro-batches per step), sequence-wise
-#     and aux-loss-free-bias routing (router jitter on, cosine schedule,
-#     clipping, weight decay): 40 steps in one process equal 20 steps, a
+#  1. For micro-batch, global-batch (2 micro-batches per step), sequence-wise,
+#     aux-loss-free-bias and quantile-balancing (2 micro-batches per step)
+#     routing, and global-batch with expert bias under dp=2 on thread ranks
+#     (router jitter on, cosine schedule, clipping, weight decay): 40 steps
+#     in one process equal 20 steps, a
 #     checkpoint, a new process that loads it, and 20 more — parameters,
 #     buffers, optimizer moments, router counters bit for bit and every
 #     JSONL step line except the wall-clock fields.
-#  2. `moelab train CONFIG --resume RUN-DIR` goes on from the latest step.
+#  2. `moelab train CONFIG --resume RUN-DIR` goes on from the latest step,
+#     also from a run on another mesh (--ranks/--mesh, and under mpirun
+#     when moelab has MPI).
 #  3. A writer saving checkpoints in a loop is killed with SIGKILL at random
 #     moments, 5 times, each writer going on from the newest complete
 #     checkpoint: after each kill every step directory loads and the run
@@ -23,7 +27,7 @@ trap 'rm -rf "$tmp"' EXIT
 HOME=$tmp; export HOME
 unset MOELAB_NUM_THREADS
 fail=0
-for v in micro global seq bias; do
+for v in micro global seq bias qb dp2; do
     $run "$script" before $v "$tmp" >"$tmp/$v.out" 2>&1 &&
     $run "$script" after $v "$tmp" 2>&1 || { echo "FAIL $v"; tail -20 "$tmp/$v.out"; fail=1; }
 done
@@ -45,6 +49,41 @@ if $run train "$tmp/cfg.scm" >"$tmp/cli1.out" 2>&1 &&
     echo "ok   moelab train --resume: steps 5 and 6 after the run directory's step 4"
 else
     echo "FAIL moelab train --resume"; cat "$tmp/cli1.out" "$tmp/cli2.out"; fail=1
+fi
+
+# ---- moelab train --resume across meshes ----------------------------------------
+# a run on 4 thread ranks (dp=2 x ep=2) saves; one process resumes it and
+# saves; 2 thread ranks (pp=2) resume that
+sed -e "s|$tmp/cli|$tmp/mesh|" -e "s|#:layers 1|#:layers 2|" -e "s|#:batch-size 2|#:batch-size 4|" "$tmp/cfg.scm" >"$tmp/mesh.scm"
+if $run train "$tmp/mesh.scm" --ranks 4 --mesh dp=2,ep=2 >"$tmp/mesh1.out" 2>&1 &&
+   $run train "$tmp/mesh.scm" --steps 6 --resume "$tmp/mesh" >"$tmp/mesh2.out" 2>&1 &&
+   $run train "$tmp/mesh.scm" --steps 8 --resume "$tmp/mesh" --ranks 2 --mesh pp=2 >"$tmp/mesh3.out" 2>&1 &&
+   grep -q "resumed from $tmp/mesh/step-0000004 at step 4" "$tmp/mesh2.out" &&
+   grep -q "resumed from $tmp/mesh/step-0000006 at step 6" "$tmp/mesh3.out" &&
+   grep -q "done after 2 steps" "$tmp/mesh3.out" &&
+   test -d "$tmp/mesh/step-0000008"; then
+    echo "ok   moelab train --resume: dp=2 x ep=2 -> one process -> pp=2"
+else
+    echo "FAIL moelab train --resume across meshes"; cat "$tmp/mesh1.out" "$tmp/mesh2.out" "$tmp/mesh3.out"; fail=1
+fi
+
+# the same under mpirun (one process per rank), when moelab has MPI
+. "$srcdir/tests/mpi-env.sh"
+if command -v "$MPIRUN" >/dev/null 2>&1 &&
+   $run -c '(exit (if %moelab-have-mpi? 0 1))' </dev/null >/dev/null 2>&1; then
+    sed -e "s|$tmp/mesh|$tmp/mpi|" "$tmp/mesh.scm" >"$tmp/mpi.scm"
+    if $GUARD "$MPIRUN" --oversubscribe -np 4 $run train "$tmp/mpi.scm" --mesh dp=2,ep=2 </dev/null >"$tmp/mpi1.out" 2>&1 &&
+       $run train "$tmp/mpi.scm" --steps 6 --resume "$tmp/mpi" >"$tmp/mpi2.out" 2>&1 &&
+       $GUARD "$MPIRUN" --oversubscribe -np 2 $run train "$tmp/mpi.scm" --steps 8 --resume "$tmp/mpi" --mesh pp=2 \
+           </dev/null >"$tmp/mpi3.out" 2>&1 &&
+       grep -q "resumed from $tmp/mpi/step-0000006 at step 6" "$tmp/mpi3.out" &&
+       test -d "$tmp/mpi/step-0000008"; then
+        echo "ok   under mpirun: dp=2 x ep=2 (4 processes) -> one process -> pp=2 (2 processes)"
+    else
+        echo "FAIL --resume across meshes under mpirun"; cat "$tmp/mpi1.out" "$tmp/mpi2.out" "$tmp/mpi3.out"; fail=1
+    fi
+else
+    echo "skip --resume under mpirun: no mpirun, or moelab without MPI"
 fi
 
 # ---- SIGKILL during writes ----------------------------------------------------

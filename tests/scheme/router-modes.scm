@@ -321,7 +321,9 @@
               (fresh (qb-router)))
           (router-load-state! fresh s)
           (test-equal "router-state holds qb-beta; router-load-state! restores it"
-            (tensor->list (router-qb-beta r)) (tensor->list (router-qb-beta fresh)))))))
+            (tensor->list (router-qb-beta r)) (tensor->list (router-qb-beta fresh)))
+          (test-equal "a quantile-balancing router's counters: a fourth row for the step's quantile sums"
+            '(4 5) (tensor-shape (assq-ref s 'counters)))))))
   ;; two micro-batches on one rank = one micro-batch on each of dp = 2 ranks
   (let* ((w (router-weight (qb-router)))
          (one (qb-router)))

@@ -976,6 +976,11 @@ START_TEST(test_state_save_load)
     ASSERT_CLOSE(moe_router_bias(a), moe_router_bias(b), 0);
     moe_tensor *wrong = T(MOE_F64, 2, SHAPE(2, 5), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
     FAILS(moe_router_state_load(b, NULL, wrong), MOE_ERR_SHAPE, "counters must be [3 5]");
+    /* a fourth row belongs to quantile balancing only */
+    moe_tensor *four;
+    OK(moe_tensor_zeros(&four, MOE_F64, MOE_CPU, 2, SHAPE(4, 5)));
+    FAILS(moe_router_state_load(b, NULL, four), MOE_ERR_STATE, "does not route by quantile balancing");
+    moe_tensor_release(four);
     RELEASE(x, bias, counters, bias2, counters2, wrong);
     moe_router_free(a);
     moe_router_free(b);
@@ -1212,7 +1217,30 @@ START_TEST(test_replay_and_qb_errors)
     for (int e = 0; e < 4; e++) ck_assert(beta[e] == 0.0f); /* nothing was accumulated */
     OK(moe_router_forward(&o, r, x4, NULL, NULL));
     moe_routing_free(o);
+    /* the quantiles of the step so far travel with the state: a router that
+     * loads it ends the step with the same β */
+    moe_tensor *qstate;
+    moe_router *r2;
+    OK(moe_router_state_save(r, NULL, &qstate));
+    ASSERT_SHAPE(qstate, 2, 4, 5);
+    ck_assert(((double *)moe_tensor_data(qstate))[19] == 1.0); /* one micro-batch */
+    OK(moe_router_new(&r2, &c));
+    OK(moe_router_state_load(r2, NULL, qstate));
+    OK(moe_router_step(r2));
     OK(moe_router_step(r));
+    ASSERT_CLOSE(moe_router_qb_beta(r2), moe_router_qb_beta(r), 0);
+    /* three rows (an older state) clear the sums: the next step keeps β */
+    moe_tensor *three, *beta_before;
+    OK(moe_tensor_zeros(&three, MOE_F64, MOE_CPU, 2, SHAPE(3, 5)));
+    OK(moe_router_forward(&o, r2, x4, NULL, NULL));
+    moe_routing_free(o);
+    OK(moe_router_state_load(r2, NULL, three));
+    OK(moe_clone(&beta_before, moe_router_qb_beta(r2)));
+    OK(moe_router_step(r2));
+    ASSERT_CLOSE(moe_router_qb_beta(r2), beta_before, 0);
+    RELEASE(three, beta_before);
+    moe_router_free(r2);
+    moe_tensor_release(qstate);
     float sum = 0;
     bool moved = false;
     for (int e = 0; e < 4; e++) {
