@@ -32,10 +32,10 @@
 ;;; measure) that fits CI; the full size is what the results come from.
 (define study-sizes
   '((quick (layers . 2) (hidden . 32) (heads . 2) (ffn . 32) (experts . 8) (top-k . 2)
-           (seq-len . 32) (batch-size . 2) (grad-accum . 6) (steps . 200)
+           (seq-len . 32) (batch-size . 2) (grad-accum . 6) (steps . 400)
            (eval-batches . 2) (lr . 3e-3) (bias-rate . 5e-3) (seeds . 1))
     (full (layers . 2) (hidden . 64) (heads . 4) (ffn . 64) (experts . 8) (top-k . 2)
-          (seq-len . 64) (batch-size . 4) (grad-accum . 6) (steps . 600)
+          (seq-len . 64) (batch-size . 4) (grad-accum . 6) (steps . 1500)
           (eval-batches . 8) (lr . 3e-3) (bias-rate . 1e-3) (seeds . 3))))
 
 (define (size-ref size key) (assq-ref size key))
@@ -424,6 +424,9 @@ tables and the checks, and return (records summary checks)."
 ;;; ---- the command line ------------------------------------------------------------
 
 (define (study-main args)
+  ;; One kernel thread unless told otherwise: at these widths the threads
+  ;; cost more than they give, and far more on a busy machine.
+  (unless (getenv "MOELAB_NUM_THREADS") (set-num-threads! 1))
   (let loop ((args args) (size 'full) (seeds #f) (steps #f) (arms #f) (out "runs/study")
              (corpus "data/corpus"))
     (match args
