@@ -109,7 +109,7 @@
 ;; MaxVio of a load vector: the busiest expert over the mean, minus 1.
 (define (load-max-vio load)
   (let ((total (apply + load)))
-    (if (zero? total) +nan.0 (- (/ (apply max load) (/ total (length load))) 1))))
+    (if (zero? total) +nan.0 (exact->inexact (- (/ (apply max load) (/ total (length load))) 1)))))
 
 ;;; ---- specialisation --------------------------------------------------------------
 
