@@ -20,6 +20,7 @@
 ;;; Loading this file defines the study's procedures without running it
 ;;; (the notebook notebooks/demons-in-the-detail.ipynb does that); it runs
 ;;; when it is the program moelab was given.
+;;; tested with arguments by tests/scheme/balancing-study.sh
 
 (use-modules (moelab)
              (srfi srfi-1)
