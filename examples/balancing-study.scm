@@ -377,16 +377,16 @@ without balancing."
 
 ;;; ---- the study -------------------------------------------------------------------
 
-(define* (run-study #:key (size-name 'quick) (seeds #f) (steps #f) (arms #f)
+(define* (run-study #:key (size-name 'quick) (seeds #f) (first-seed 0) (steps #f) (arms #f)
                     (corpus "data/corpus") (out "runs/study") (port (current-output-port)))
   "Run the arms (names; default every arm of study-arms) over SEEDS seeds
-(default the size's) at the size SIZE-NAME ('quick or 'full, STEPS
+(default the size's) from FIRST-SEED on at the size SIZE-NAME ('quick or 'full, STEPS
 replacing its steps), write OUT/summary.txt and OUT/summary.scm, print the
 tables and the checks, and return (records summary checks)."
   (let* ((size (let ((s (assq-ref study-sizes size-name)))
                  (if steps (cons (cons 'steps steps) s) s)))
          (arm-list (if arms (map (lambda (a) (assq a study-arms)) arms) study-arms))
-         (seed-list (iota (or seeds (size-ref size 'seeds))))
+         (seed-list (iota (or seeds (size-ref size 'seeds)) first-seed))
          (records (append-map (lambda (seed)
                                 (map (lambda (arm) (run-arm arm seed #:size size #:corpus corpus #:out out
                                                             #:port port))
@@ -428,19 +428,20 @@ tables and the checks, and return (records summary checks)."
   ;; One kernel thread unless told otherwise: at these widths the threads
   ;; cost more than they give, and far more on a busy machine.
   (unless (getenv "MOELAB_NUM_THREADS") (set-num-threads! 1))
-  (let loop ((args args) (size 'full) (seeds #f) (steps #f) (arms #f) (out "runs/study")
+  (let loop ((args args) (size 'full) (seeds #f) (first 0) (steps #f) (arms #f) (out "runs/study")
              (corpus "data/corpus"))
     (match args
-      (() (let ((result (run-study #:size-name size #:seeds seeds #:steps steps #:arms arms
-                                   #:out out #:corpus corpus)))
+      (() (let ((result (run-study #:size-name size #:seeds seeds #:first-seed first #:steps steps
+                                   #:arms arms #:out out #:corpus corpus)))
             (exit (if (every cdr (caddr result)) 0 1))))
-      (("--quick" . rest) (loop rest 'quick seeds steps arms out corpus))
-      (("--seeds" n . rest) (loop rest size (string->number n) steps arms out corpus))
-      (("--steps" n . rest) (loop rest size seeds (string->number n) arms out corpus))
+      (("--quick" . rest) (loop rest 'quick seeds first steps arms out corpus))
+      (("--seeds" n . rest) (loop rest size (string->number n) first steps arms out corpus))
+      (("--first-seed" n . rest) (loop rest size seeds (string->number n) steps arms out corpus))
+      (("--steps" n . rest) (loop rest size seeds first (string->number n) arms out corpus))
       (("--arms" names . rest)
-       (loop rest size seeds steps (map string->symbol (string-split names #\,)) out corpus))
-      (("--out" dir . rest) (loop rest size seeds steps arms dir corpus))
-      (("--corpus" dir . rest) (loop rest size seeds steps arms out dir))
+       (loop rest size seeds first steps (map string->symbol (string-split names #\,)) out corpus))
+      (("--out" dir . rest) (loop rest size seeds first steps arms dir corpus))
+      (("--corpus" dir . rest) (loop rest size seeds first steps arms out dir))
       ((other . _)
        (format (current-error-port)
                "balancing-study.scm: unknown argument ~s~%usage: moelab examples/balancing-study.scm [--quick] [--seeds N] [--steps N] [--arms A,B] [--out DIR] [--corpus DIR]~%arms: ~a~%"
