@@ -377,29 +377,25 @@ without balancing."
 
 ;;; ---- the study -------------------------------------------------------------------
 
-(define* (run-study #:key (size-name 'quick) (seeds #f) (first-seed 0) (steps #f) (arms #f)
-                    (corpus "data/corpus") (out "runs/study") (port (current-output-port)))
-  "Run the arms (names; default every arm of study-arms) over SEEDS seeds
-(default the size's) from FIRST-SEED on at the size SIZE-NAME ('quick or 'full, STEPS
-replacing its steps), write OUT/summary.txt and OUT/summary.scm, print the
-tables and the checks, and return (records summary checks)."
-  (let* ((size (let ((s (assq-ref study-sizes size-name)))
-                 (if steps (cons (cons 'steps steps) s) s)))
-         (arm-list (if arms (map (lambda (a) (assq a study-arms)) arms) study-arms))
-         (seed-list (iota (or seeds (size-ref size 'seeds)) first-seed))
-         (records (append-map (lambda (seed)
-                                (map (lambda (arm) (run-arm arm seed #:size size #:corpus corpus #:out out
-                                                            #:port port))
-                                     arm-list))
-                              seed-list))
+;; One line about SIZE for the tables.
+(define (size-line size seeds)
+  (format #f "~a steps × ~a micro-batches × ~a sequences × ~a tokens (~a layers, hidden ~a, ~a experts, top-~a), ~a seed~:p"
+          (size-ref size 'steps) (size-ref size 'grad-accum) (size-ref size 'batch-size)
+          (size-ref size 'seq-len) (size-ref size 'layers) (size-ref size 'hidden)
+          (size-ref size 'experts) (size-ref size 'top-k) seeds))
+
+(define* (report-study records size #:key (out "runs/study") (port (current-output-port)))
+  "Summarise RECORDS (run-arm's or load-study's) run at SIZE: write
+OUT/summary.txt (the tables and the checks) and OUT/summary.scm (the size,
+the summary, the checks and the runs without their per-step counts and
+hashes, as one Scheme datum), print the text and return (records summary
+checks)."
+  (let* ((seeds (length (delete-duplicates (map (lambda (r) (assq-ref r 'seed)) records))))
          (summary (summarise records))
          (checks (study-checks records))
          (text (call-with-output-string
                  (lambda (p)
-                   (format p "~a study: ~a steps × ~a micro-batches × ~a sequences × ~a tokens, ~a seed~:p~%"
-                           size-name (size-ref size 'steps) (size-ref size 'grad-accum)
-                           (size-ref size 'batch-size) (size-ref size 'seq-len) (length seed-list))
-                   (newline p)
+                   (format p "study: ~a~%~%" (size-line size seeds))
                    (print-summary summary #:port p)
                    (newline p)
                    (for-each (lambda (c) (format p "~a ~a~%" (if (cdr c) "ok  " "FAIL") (car c))) checks)))))
@@ -407,8 +403,7 @@ tables and the checks, and return (records summary checks)."
     (call-with-output-file (string-append out "/summary.txt") (lambda (p) (display text p)))
     (call-with-output-file (string-append out "/summary.scm")
       (lambda (p)
-        (write `((size . ,size) (seeds . ,(length seed-list)) (summary . ,summary)
-                 (checks . ,checks)
+        (write `((size . ,size) (seeds . ,seeds) (summary . ,summary) (checks . ,checks)
                  (runs . ,(map (lambda (r) (filter (lambda (e) (not (memq (car e) '(counts hashes)))) r))
                                records)))
                p)
@@ -416,6 +411,70 @@ tables and the checks, and return (records summary checks)."
     (newline port)
     (display text port)
     (list records summary checks)))
+
+(define* (run-study #:key (size-name 'quick) (seeds #f) (first-seed 0) (steps #f) (arms #f)
+                    (corpus "data/corpus") (out "runs/study") (port (current-output-port)))
+  "Run the arms (names; default every arm of study-arms) over SEEDS seeds
+(default the size's) from FIRST-SEED on, at the size SIZE-NAME ('quick or
+'full; STEPS replaces its steps), then report-study into OUT."
+  (let* ((size (let ((s (assq-ref study-sizes size-name)))
+                 (if steps (cons (cons 'steps steps) (alist-delete 'steps s)) s)))
+         (arm-list (map (lambda (a)
+                          (or (assq a study-arms)
+                              (error "balancing-study: no such arm" a (map arm-name study-arms))))
+                        (or arms (map arm-name study-arms))))
+         (records (append-map (lambda (seed)
+                                (map (lambda (arm) (run-arm arm seed #:size size #:corpus corpus #:out out
+                                                            #:port port))
+                                     arm-list))
+                              (iota (or seeds (size-ref size 'seeds)) first-seed))))
+    (report-study records size #:out out #:port port)))
+
+;;; ---- reading runs back -----------------------------------------------------------
+
+;;; The record of the finished run in DIR (OUT/ARM/seedN), rebuilt from its
+;;; study.jsonl and metrics.jsonl, or #f when the run did not finish.
+(define (load-run dir)
+  (let ((study (string-append dir "/study.jsonl")) (metrics (string-append dir "/metrics.jsonl")))
+    (and (file-exists? study) (file-exists? metrics)
+         (let* ((lines (read-jsonl study))
+                (final (last lines)))
+           (and (assq 'mi final)
+                (let ((steps (filter (lambda (l) (assq 'tokens_per_expert l)) (read-jsonl metrics)))
+                      (header (car lines)))
+                  (append
+                   `((arm . ,(string->symbol (assq-ref final 'arm)))
+                     (seed . ,(assq-ref header 'seed))
+                     (size . ,(assq-ref (assq-ref header 'config) 'size)))
+                   (filter (lambda (e) (not (eq? (car e) 'arm))) final)
+                   `((hashes . ,(filter-map (lambda (l) (assq-ref l 'data_hash)) lines))
+                     (counts . ,(map (lambda (l) (assq-ref l 'tokens_per_expert)) steps))
+                     (train-loss . ,(map (lambda (l) (assq-ref l 'loss)) steps))
+                     (max-vio-curve . ,(map (lambda (l) (mean (assq-ref l 'max_vio))) steps))))))))))
+
+(define (load-study out)
+  "The records of every finished run under OUT (OUT/ARM/seedN, arms in the
+order of study-arms, then by seed), read back from their JSON Lines files."
+  (append-map
+   (lambda (arm)
+     (let ((dir (format #f "~a/~a" out (arm-name arm))))
+       (if (file-exists? dir)
+           (filter-map (lambda (seed) (load-run (format #f "~a/seed~a" dir seed)))
+                       (sort (filter-map (lambda (name)
+                                           (and (string-prefix? "seed" name)
+                                                (string->number (substring name 4))))
+                                         (directory-entries dir))
+                             <))
+           '())))
+   study-arms))
+
+(define (directory-entries dir)
+  (let ((d (opendir dir)))
+    (let loop ((acc '()))
+      (let ((e (readdir d)))
+        (if (eof-object? e)
+            (begin (closedir d) acc)
+            (loop (if (member e '("." "..")) acc (cons e acc))))))))
 
 (define (mkdir-p dir)
   (unless (or (string-null? dir) (file-exists? dir))
@@ -428,11 +487,19 @@ tables and the checks, and return (records summary checks)."
   ;; One kernel thread unless told otherwise: at these widths the threads
   ;; cost more than they give, and far more on a busy machine.
   (unless (getenv "MOELAB_NUM_THREADS") (set-num-threads! 1))
-  (let loop ((args args) (size 'full) (seeds #f) (first 0) (steps #f) (arms #f) (out "runs/study")
-             (corpus "data/corpus"))
+  (let loop ((args (delete "--from-runs" args)) (size 'full) (seeds #f) (first 0) (steps #f) (arms #f)
+             (out "runs/study") (corpus "data/corpus"))
     (match args
-      (() (let ((result (run-study #:size-name size #:seeds seeds #:first-seed first #:steps steps
-                                   #:arms arms #:out out #:corpus corpus)))
+      (() (let ((result
+                 (if (member "--from-runs" (command-line))
+                     ;; summarise the finished runs under OUT instead of running
+                     (let ((records (load-study out)))
+                       (when (null? records)
+                         (format (current-error-port) "balancing-study.scm: no finished run under ~a~%" out)
+                         (exit 1))
+                       (report-study records (assq-ref (car records) 'size) #:out out))
+                     (run-study #:size-name size #:seeds seeds #:first-seed first #:steps steps
+                                #:arms arms #:out out #:corpus corpus))))
             (exit (if (every cdr (caddr result)) 0 1))))
       (("--quick" . rest) (loop rest 'quick seeds first steps arms out corpus))
       (("--seeds" n . rest) (loop rest size (string->number n) first steps arms out corpus))
@@ -444,7 +511,7 @@ tables and the checks, and return (records summary checks)."
       (("--corpus" dir . rest) (loop rest size seeds first steps arms out dir))
       ((other . _)
        (format (current-error-port)
-               "balancing-study.scm: unknown argument ~s~%usage: moelab examples/balancing-study.scm [--quick] [--seeds N] [--steps N] [--arms A,B] [--out DIR] [--corpus DIR]~%arms: ~a~%"
+               "balancing-study.scm: unknown argument ~s~%usage: moelab examples/balancing-study.scm [--quick] [--seeds N] [--first-seed N] [--steps N] [--arms A,B] [--out DIR] [--corpus DIR] [--from-runs]~%arms: ~a~%"
                other (string-join (map (lambda (a) (symbol->string (arm-name a))) study-arms) ","))
        (exit 2)))))
 
