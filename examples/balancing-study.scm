@@ -481,6 +481,78 @@ order of study-arms, then by seed), read back from their JSON Lines files."
     (mkdir-p (dirname dir))
     (mkdir dir)))
 
+;;; ---- figures ---------------------------------------------------------------------
+
+;; The moving average of XS over WINDOW points, as (step . value) pairs from 1.
+(define (smoothed xs window)
+  (let loop ((i 0) (rest xs) (acc '()))
+    (if (null? rest)
+        (reverse acc)
+        (let ((w (list-head rest (min window (length rest)))))
+          (loop (+ i 1) (cdr rest) (cons (cons (+ i (length w)) (mean w)) acc))))))
+
+;; The arms that the heatmaps put side by side.
+(define heatmap-arms '(none micro-batch global-batch bias-centred))
+
+(define* (study-figures records #:key (seed (assq-ref (car records) 'seed)))
+  "The study's figures from RECORDS (those of SEED, default the first
+record's), as an alist name -> figure: loss (training loss per arm),
+max-vio (the step's MaxVio, mean over layers), mi (domain-expert mutual
+information per arm and layer, mean over seeds) and heatmap-L for each MoE
+layer L (each domain's expert shares under no balancing, micro-batch,
+global-batch and the centred bias, side by side)."
+  (let* ((rs (filter (lambda (r) (= (assq-ref r 'seed) seed)) records))
+         (steps (length (assq-ref (car rs) 'train-loss)))
+         (window (max 1 (quotient steps 25)))
+         (curves (lambda (key)
+                   (map (lambda (r) (cons (symbol->string (assq-ref r 'arm)) (smoothed (assq-ref r key) window)))
+                        rs)))
+         (summary (summarise records))
+         (layers (length (assq-ref (car rs) 'mi)))
+         (sides (filter-map (lambda (a) (find (lambda (r) (eq? (assq-ref r 'arm) a)) rs)) heatmap-arms))
+         (domains (map car (assq-ref (car sides) 'expert-share))))
+    `((loss . ,(plot-lines (curves 'train-loss) #:title (format #f "training loss (seed ~a, moving mean of ~a steps)" seed window)
+                           #:xlabel "step" #:ylabel "nats/byte"))
+      (max-vio . ,(plot-lines (curves 'max-vio-curve)
+                              #:title (format #f "MaxVio of the step's batch, mean over layers (seed ~a)" seed)
+                              #:xlabel "step" #:ylabel "MaxVio" #:log-y? #t))
+      (mi . ,(plot-lines (map (lambda (l)
+                                (cons (format #f "layer ~a" l)
+                                      (map (lambda (a i) (cons i (car (list-ref (assq-ref (cdr a) 'mi) l))))
+                                           summary (iota (length summary)))))
+                              (iota layers))
+                         #:title (format #f "MI(domain; expert), nats: ~a"
+                                         (string-join (map (lambda (a i) (format #f "~a=~a" i (car a)))
+                                                           summary (iota (length summary)))
+                                                      " "))
+                         #:xlabel "arm" #:ylabel "nats"))
+      ,@(map (lambda (l)
+               (cons (string->symbol (format #f "heatmap-~a" l))
+                     (plot-heatmap (map (lambda (d)
+                                          (append-map (lambda (r) (list-ref (assq-ref (assq-ref r 'expert-share) d) l))
+                                                      sides))
+                                        domains)
+                                   #:rows domains
+                                   #:cols (append-map (lambda (r)
+                                                        (map (lambda (e) (if (zero? e)
+                                                                             (format #f "~a:0" (assq-ref r 'arm))
+                                                                             (number->string e)))
+                                                             (iota (length (list-ref (cdar (assq-ref r 'expert-share)) l)))))
+                                                      sides)
+                                   #:title (format #f "layer ~a: expert share per domain — ~a (seed ~a)" l
+                                                   (string-join (map (lambda (r) (symbol->string (assq-ref r 'arm))) sides) " | ")
+                                                   seed))))
+             (iota layers)))))
+
+(define* (save-study-figures records dir #:key (format 'svg))
+  "Save study-figures of RECORDS into DIR as study-NAME.svg (or FORMAT)
+and return the file names."
+  (mkdir-p dir)
+  (map (lambda (f)
+         (save-figure (cdr f) (string-append dir "/study-" (symbol->string (car f)) "." (symbol->string format))
+                      #:width (if (string-prefix? "heatmap" (symbol->string (car f))) 1000 800) #:height 420))
+       (study-figures records)))
+
 ;;; ---- the command line ------------------------------------------------------------
 
 (define (study-main args)
