@@ -25,7 +25,10 @@
 (use-modules (moelab)
              (srfi srfi-1)
              (ice-9 format)
-             (ice-9 match))
+             (ice-9 match)
+             (ice-9 popen)
+             (ice-9 rdelim)
+             (ice-9 textual-ports))
 
 ;;; ---- sizes ---------------------------------------------------------------------
 
@@ -494,11 +497,14 @@ order of study-arms, then by seed), read back from their JSON Lines files."
 ;; The arms that the heatmaps put side by side.
 (define heatmap-arms '(none micro-batch global-batch bias-centred))
 
+;; The first letter of a record's arm: the heatmaps' column prefix.
+(define (initial r) (substring (symbol->string (assq-ref r 'arm)) 0 1))
+
 (define* (study-figures records #:key (seed (assq-ref (car records) 'seed)))
   "The study's figures from RECORDS (those of SEED, default the first
 record's), as an alist name -> figure: loss (training loss per arm),
 max-vio (the step's MaxVio, mean over layers), mi (domain-expert mutual
-information per arm and layer, mean over seeds) and heatmap-L for each MoE
+information per arm and layer, mean over seeds, as a table) and heatmap-L for each MoE
 layer L (each domain's expert shares under no balancing, micro-batch,
 global-batch and the centred bias, side by side)."
   (let* ((rs (filter (lambda (r) (= (assq-ref r 'seed) seed)) records))
@@ -516,16 +522,11 @@ global-batch and the centred bias, side by side)."
       (max-vio . ,(plot-lines (curves 'max-vio-curve)
                               #:title (format #f "MaxVio of the step's batch, mean over layers (seed ~a)" seed)
                               #:xlabel "step" #:ylabel "MaxVio" #:log-y? #t))
-      (mi . ,(plot-lines (map (lambda (l)
-                                (cons (format #f "layer ~a" l)
-                                      (map (lambda (a i) (cons i (car (list-ref (assq-ref (cdr a) 'mi) l))))
-                                           summary (iota (length summary)))))
-                              (iota layers))
-                         #:title (format #f "MI(domain; expert), nats: ~a"
-                                         (string-join (map (lambda (a i) (format #f "~a=~a" i (car a)))
-                                                           summary (iota (length summary)))
-                                                      " "))
-                         #:xlabel "arm" #:ylabel "nats"))
+      (mi . ,(plot-heatmap (map (lambda (a) (map car (assq-ref (cdr a) 'mi))) summary)
+                           #:rows (map car summary)
+                           #:cols (map (lambda (l) (format #f "layer ~a" l)) (iota layers))
+                           #:values? #t
+                           #:title "mutual information between domain and expert (nats, mean over seeds)"))
       ,@(map (lambda (l)
                (cons (string->symbol (format #f "heatmap-~a" l))
                      (plot-heatmap (map (lambda (d)
@@ -534,14 +535,13 @@ global-batch and the centred bias, side by side)."
                                         domains)
                                    #:rows domains
                                    #:cols (append-map (lambda (r)
-                                                        (map (lambda (e) (if (zero? e)
-                                                                             (format #f "~a:0" (assq-ref r 'arm))
-                                                                             (number->string e)))
+                                                        (map (lambda (e) (format #f "~a~a" (initial r) e))
                                                              (iota (length (list-ref (cdar (assq-ref r 'expert-share)) l)))))
                                                       sides)
-                                   #:title (format #f "layer ~a: expert share per domain — ~a (seed ~a)" l
-                                                   (string-join (map (lambda (r) (symbol->string (assq-ref r 'arm))) sides) " | ")
-                                                   seed))))
+                                   #:title (format #f "layer ~a: expert share per domain, seed ~a (~a)" l seed
+                                                   (string-join (map (lambda (r) (format #f "~a = ~a" (initial r) (assq-ref r 'arm)))
+                                                                     sides)
+                                                                ", ")))))
              (iota layers)))))
 
 (define* (save-study-figures records dir #:key (format 'svg))
@@ -553,13 +553,46 @@ and return the file names."
                       #:width (if (string-prefix? "heatmap" (symbol->string (car f))) 1000 800) #:height 420))
        (study-figures records)))
 
+;;; ---- the manual's results ------------------------------------------------------
+
+(define (texinfo-escape text)
+  (string-concatenate (map (lambda (c) (case c ((#\@) "@@") ((#\{) "@{") ((#\}) "@}") (else (string c))))
+                           (string->list text))))
+
+(define (source-commit)
+  (let* ((dir (dirname (or (current-filename) "examples/balancing-study.scm")))
+         (port (open-pipe* OPEN_READ "git" "-C" dir "rev-parse" "--short" "HEAD"))
+         (line (read-line port)))
+    (close-pipe port)
+    (if (string? line) line "unknown")))
+
+(define* (write-study-doc records dir #:key (out "runs/study"))
+  "Write the manual's results of the study whose runs are RECORDS (read from
+OUT): DIR/study-results.texi (the size, the seeds, the commit, the tables
+and the checks of OUT/summary.txt) and the figures DIR/study-NAME.png."
+  (let ((size (assq-ref (car records) 'size))
+        (seeds (length (delete-duplicates (map (lambda (r) (assq-ref r 'seed)) records))))
+        (text (call-with-input-file (string-append out "/summary.txt") get-string-all)))
+    (save-study-figures records dir #:format 'png)
+    (call-with-output-file (string-append dir "/study-results.texi")
+      (lambda (p)
+        (format p "@c Written by make study (examples/balancing-study.scm --from-runs --doc); do not edit.~%")
+        (format p "@set STUDYSIZE ~a~%@set STUDYCOMMIT ~a~%"
+                (texinfo-escape (size-line size seeds)) (source-commit))
+        (format p "@smallexample~%~a@end smallexample~%" (texinfo-escape text))))))
+
 ;;; ---- the command line ------------------------------------------------------------
 
 (define (study-main args)
   ;; One kernel thread unless told otherwise: at these widths the threads
   ;; cost more than they give, and far more on a busy machine.
   (unless (getenv "MOELAB_NUM_THREADS") (set-num-threads! 1))
-  (let loop ((args (delete "--from-runs" args)) (size 'full) (seeds #f) (first 0) (steps #f) (arms #f)
+  (let loop ((args (let strip ((args (delete "--from-runs" args)))
+                     ;; --doc DIR goes with --from-runs
+                     (match args
+                       (("--doc" dir . rest) (strip rest))
+                       ((a . rest) (cons a (strip rest)))
+                       (() '())))) (size 'full) (seeds #f) (first 0) (steps #f) (arms #f)
              (out "runs/study") (corpus "data/corpus"))
     (match args
       (() (let ((result
@@ -569,7 +602,11 @@ and return the file names."
                        (when (null? records)
                          (format (current-error-port) "balancing-study.scm: no finished run under ~a~%" out)
                          (exit 1))
-                       (report-study records (assq-ref (car records) 'size) #:out out))
+                       (let ((result (report-study records (assq-ref (car records) 'size) #:out out))
+                             (doc (member "--doc" (command-line))))
+                         (when (and doc (pair? (cdr doc)))
+                           (write-study-doc records (cadr doc) #:out out))
+                         result))
                      (run-study #:size-name size #:seeds seeds #:first-seed first #:steps steps
                                 #:arms arms #:out out #:corpus corpus))))
             (exit (if (every cdr (caddr result)) 0 1))))
@@ -583,7 +620,7 @@ and return the file names."
       (("--corpus" dir . rest) (loop rest size seeds first steps arms out dir))
       ((other . _)
        (format (current-error-port)
-               "balancing-study.scm: unknown argument ~s~%usage: moelab examples/balancing-study.scm [--quick] [--seeds N] [--first-seed N] [--steps N] [--arms A,B] [--out DIR] [--corpus DIR] [--from-runs]~%arms: ~a~%"
+               "balancing-study.scm: unknown argument ~s~%usage: moelab examples/balancing-study.scm [--quick] [--seeds N] [--first-seed N] [--steps N] [--arms A,B] [--out DIR] [--corpus DIR] [--from-runs [--doc DIR]]~%arms: ~a~%"
                other (string-join (map (lambda (a) (symbol->string (arm-name a))) study-arms) ","))
        (exit 2)))))
 
