@@ -448,7 +448,9 @@ checks)."
                   (append
                    `((arm . ,(string->symbol (assq-ref final 'arm)))
                      (seed . ,(assq-ref header 'seed))
-                     (size . ,(assq-ref (assq-ref header 'config) 'size)))
+                     ;; the steps the run took (the header's size may predate --steps)
+                     (size . ,(cons (cons 'steps (length steps))
+                                    (alist-delete 'steps (assq-ref (assq-ref header 'config) 'size)))))
                    (filter (lambda (e) (not (eq? (car e) 'arm))) final)
                    `((hashes . ,(filter-map (lambda (l) (assq-ref l 'data_hash)) lines))
                      (counts . ,(map (lambda (l) (assq-ref l 'tokens_per_expert)) steps))
