@@ -136,6 +136,11 @@ EXTRA_DIST += tests/scheme/dist-reference.scm
 EXTRA_DIST += examples/two-layer.scm examples/collectives.scm
 EXTRA_DIST += examples/toy-regression.scm
 EXTRA_DIST += examples/global-vs-micro.scm
+## the balancing study: its measures and invariants, and a shortened --quick run
+EXTRA_DIST += examples/balancing-study.scm
+SCHEME_TESTS += tests/scheme/study.scm
+TESTS += tests/scheme/balancing-study.sh
+EXTRA_DIST += tests/scheme/balancing-study.sh
 
 ## ---- with-ranks under mpirun -np 2 and -np 4 (exit 77 without MPI) -------------
 ## (a .sh test: run by SH_LOG_COMPILER from scheme/program.mk)

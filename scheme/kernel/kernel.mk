@@ -54,7 +54,8 @@ TESTS += tests/kernel/kernel-test.sh
 endif
 
 ## ---- notebooks: make notebooks renders them to doc/notebooks/ ----------------------
-NOTEBOOKS = notebooks/tutorial.ipynb notebooks/routing-zoo.ipynb notebooks/training.ipynb
+NOTEBOOKS = notebooks/tutorial.ipynb notebooks/routing-zoo.ipynb notebooks/training.ipynb \
+	notebooks/demons-in-the-detail.ipynb
 EXTRA_DIST += $(NOTEBOOKS) notebooks/moelab.html.j2 scripts/render-notebooks \
 	tests/notebooks/notebook-test.sh tests/notebooks/check-figures.py
 .PHONY: notebooks
