@@ -420,7 +420,7 @@ static void aux_row_f64(const aux_ctx *c, int64_t t, double g, const double *W, 
         }
         double D = S + c->eps;
         for (int64_t j = 0; j < E; j++)
-            w[j] = (W[j] / D - cw / (D * D)) * moe_score_deriv((moe_cpu_score)c->score, s[j], c->offset);
+            w[j] = (W[j] / D - cw / (D * D)) * moe_score_deriv(c->score, s[j], c->offset);
     }
     if (c->zterm.on && c->zterm.n_valid > 0) {
         double coef = c->zterm.coeff * 2.0 * c->lse[t] / c->zterm.n_valid;
@@ -467,7 +467,7 @@ static void aux_row_f32(const aux_ctx *c, int64_t t, double g, const float *W, c
     if (c->score == MOE_SCORE_SQRTSOFTPLUS) { /* p = s/D as below, ds/dz from s, in double */
         double D = (double)S + c->eps;
         for (int64_t j = 0; j < E; j++) {
-            double v = ((double)W[j] / D - (double)dot / (D * D)) * moe_score_deriv((moe_cpu_score)c->score, s[j], c->offset);
+            double v = ((double)W[j] / D - (double)dot / (D * D)) * moe_score_deriv(c->score, s[j], c->offset);
             if (zon) v += (double)coef * exp((double)z[j] - c->lse[t]);
             dz[j] = (float)(g * v);
         }
@@ -919,7 +919,7 @@ static moe_status loss_prepare(loss_in *in, const char *op, moe_tensor *logits,
     }
     moe_route_plan p = {
         .T = T, .E = E, .K = K, .dtype = z->dtype, .z = moe_tensor_data(z), .valid = in->valid,
-        .score = (moe_cpu_score)o->score, .score_offset = o->score_offset, .loss_eps = o->sigmoid_eps,
+        .score = o->score, .score_offset = o->score_offset, .loss_eps = o->sigmoid_eps,
         .select = false, .count_topk = true, .s = moe_tensor_data(in->s), .rowsum = in->rowsum,
         .lse = need_lse ? in->lse : NULL, .count_ids = o->routing_ids ? NULL : in->count_ids,
     };

@@ -6,7 +6,7 @@ libmoelab_la_SOURCES += \
 	core/moe/quantile.c core/moe/replay.c \
 	kernels/cpu/router.c kernels/cpu/router.h
 moelabmoedir = $(includedir)/moelab/moe
-moelabmoe_HEADERS = core/moe/router.h core/moe/aux_loss.h core/moe/metrics.h
+moelabmoe_HEADERS = core/moe/router.h core/moe/aux_loss.h core/moe/metrics.h core/moe/route_modes.h
 
 ## ---- tests ------------------------------------------------------------------
 MOE_ROUTER_TESTS = tests/unit/check_router tests/unit/check_aux_loss tests/unit/check_router_refs \

@@ -30,15 +30,6 @@
  * exp/log, which the loss statistics share. */
 #include "../../kernels/cpu/router.h"
 
-/* The kernel enums are the router's, number for number. */
-_Static_assert((int)MOE_CPU_SCORE_SOFTMAX == (int)MOE_SCORE_SOFTMAX && (int)MOE_CPU_SCORE_SIGMOID == (int)MOE_SCORE_SIGMOID
-                   && (int)MOE_CPU_SCORE_SQRTSOFTPLUS == (int)MOE_SCORE_SQRTSOFTPLUS,
-               "moe_cpu_score mirrors moe_score_fn");
-_Static_assert((int)MOE_CPU_DEBUG_NONE == (int)MOE_DEBUG_NONE && (int)MOE_CPU_DEBUG_UNIFORM == (int)MOE_DEBUG_UNIFORM
-                   && (int)MOE_CPU_DEBUG_IMBALANCE == (int)MOE_DEBUG_IMBALANCE
-                   && (int)MOE_CPU_DEBUG_RANDOM == (int)MOE_DEBUG_RANDOM,
-               "moe_cpu_debug mirrors moe_debug_routing");
-
 /* ---- sinkhorn.c ------------------------------------------------------------------ */
 /* log d1 [E] of Megatron's Sinkhorn balancing of exp(z) over the valid rows:
  * selecting top-k of z + log d1 is selecting top-k of d1·exp(z)·d0. */

@@ -220,7 +220,7 @@ static moe_status weights_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
             .s = moe_tensor_data(s), .ids = moe_tensor_data(ids), .wu = moe_tensor_data(wu),
             .kept = moe_tensor_data(kept), .g = moe_tensor_data(gc),
             .wmode = (moe_wmode)n->iargs[0], .wnorm = (moe_wnorm)n->iargs[1],
-            .score = (moe_cpu_score)n->iargs[2], .scale = n->dargs[0], .norm_eps = n->dargs[1],
+            .score = (moe_score_fn)n->iargs[2], .scale = n->dargs[0], .norm_eps = n->dargs[1],
             .norm_p = n->dargs[2], .score_offset = n->dargs[3], .dz = moe_tensor_data(dz),
         };
         moe_route_rows_backward(&p);
@@ -684,18 +684,18 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
     /* ---- the routing pass ---- */
     bool sink = c->sinkhorn;
     moe_route_plan p = {
-        .T = T, .E = E, .K = K, .dtype = c->dtype, .valid = f.valid, .score = (moe_cpu_score)c->score,
+        .T = T, .E = E, .K = K, .dtype = c->dtype, .valid = f.valid, .score = c->score,
         .score_offset = c->score_offset, .loss_eps = c->loss_eps, .select = true,
         .wmode = MOE_WMODE_GATHER, .wnorm = MOE_WNORM_NONE, .norm_eps = c->norm_eps,
         .norm_p = c->norm_p, .groups = c->groups, .group_topk = c->group_topk,
         .group_m = c->groups ? (c->group_score_top ? c->group_score_top : K / c->group_topk) : 0,
-        .debug = (moe_cpu_debug)(c->debug_routing == MOE_DEBUG_RANDOM ? MOE_DEBUG_NONE : c->debug_routing),
+        .debug = (c->debug_routing == MOE_DEBUG_RANDOM ? MOE_DEBUG_NONE : c->debug_routing),
         .debug_seed = c->seed ^ DEBUG_SEED_MIX, .debug_keep_weights = c->debug_keep_weights,
         .debug_offset = offset + (uint64_t)(T * f.D), .debug_skew = c->debug_skew,
         .count_topk = c->count_from == MOE_COUNT_TOPK,
     };
     if (sink) { /* Megatron: weights from σ (K = 1) or the full softmax, not renormalised */
-        p.score = K == 1 ? MOE_CPU_SCORE_SIGMOID : MOE_CPU_SCORE_SOFTMAX;
+        p.score = K == 1 ? MOE_SCORE_SIGMOID : MOE_SCORE_SOFTMAX;
         p.score_offset = 0;
         p.select_on_logits = c->training;
     } else if (c->score == MOE_SCORE_SOFTMAX && !c->pre_softmax) {
@@ -705,7 +705,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
         p.wnorm = c->norm_p == 1.0 ? MOE_WNORM_SUM : MOE_WNORM_PNORM;
     }
     if (r->bias) p.bias = moe_tensor_data(r->bias);
-    f.score = (moe_score_fn)p.score;
+    f.score = p.score;
     p.given_ids = f.given;
     if (st == MOE_OK && qb) { /* select top-K of z − β */
         f.qb_off = malloc(sizeof(double) * (size_t)E);
@@ -715,7 +715,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
         p.sel_offset = f.qb_off;
         p.select_on_logits = true;
     }
-    if (st == MOE_OK && !f.given && p.debug == MOE_CPU_DEBUG_UNIFORM && p.debug_keep_weights) {
+    if (st == MOE_OK && !f.given && p.debug == MOE_DEBUG_UNIFORM && p.debug_keep_weights) {
         st = moe_tensor_empty(&f.wid_t, MOE_I64, MOE_CPU, 2, (int64_t[]){T, K});
         if (st == MOE_OK) p.weight_ids = moe_tensor_data(f.wid_t);
     }
@@ -792,7 +792,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
             n->dargs[0] = c->scaling_factor;
             n->dargs[1] = c->norm_eps;
             n->dargs[2] = c->norm_p;
-            n->dargs[3] = moe_cpu_score_is_normalized(p.score) ? p.score_offset : 0.0;
+            n->dargs[3] = moe_score_is_normalized(p.score) ? p.score_offset : 0.0;
         }
     }
 
@@ -815,7 +815,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
             values[i] = c->losses[i].kind == MOE_AUX_Z ? zp.value : terms[0].value;
             if (!inject) { /* add mode: each loss its own node */
                 moe_aux_node_spec spec = {.z = f.z, .s = f.s, .valid = f.valid, .lse = f.lse,
-                                          .score = (moe_score_fn)p.score, .eps = c->loss_eps,
+                                          .score = p.score, .eps = c->loss_eps,
                                           .offset = p.score_offset, .n_terms = n_terms,
                                           .terms = terms, .zterm = zp};
                 st = moe_aux_node_make(&o->aux[i], &spec);
@@ -857,7 +857,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
         st = build_terms(&terms, &n_terms, &zp, &f, r, -1, false);
         if (st == MOE_OK) {
             moe_aux_node_spec spec = {.z = f.z, .s = f.s, .valid = f.valid, .lse = f.lse,
-                                      .score = (moe_score_fn)p.score, .eps = c->loss_eps, .offset = p.score_offset,
+                                      .score = p.score, .eps = c->loss_eps, .offset = p.score_offset,
                                       .n_terms = n_terms, .terms = terms, .zterm = zp};
             st = moe_aux_node_make(&aux_graph, &spec);
             terms = NULL;

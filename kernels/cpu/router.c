@@ -237,7 +237,7 @@ static void uniform_row(int64_t t, const moe_route_plan *p, int64_t *ids)
  * from go to weight_ids for the backward. */
 static void force_uniform_keep_weights(int64_t t, const moe_route_plan *p, int64_t *ids)
 {
-    if (p->given_ids || p->debug != MOE_CPU_DEBUG_UNIFORM || !p->debug_keep_weights) return;
+    if (p->given_ids || p->debug != MOE_DEBUG_UNIFORM || !p->debug_keep_weights) return;
     if (p->weight_ids) memcpy(p->weight_ids + t * p->K, ids, sizeof(int64_t) * (size_t)p->K);
     uniform_row(t, p, ids);
 }
@@ -267,7 +267,7 @@ static bool scores_row_f32(int64_t t, const moe_route_plan *p, scratch *sc, doub
         zsum += zr[j] * 0x1p-64f;
     }
     if (!isfinite(zsum)) return false;
-    if (p->score == MOE_CPU_SCORE_SOFTMAX) {
+    if (p->score == MOE_SCORE_SOFTMAX) {
         moe_v4f acc = moe_vsplat(0);
         for (int64_t j = 0; j < E4; j += 4) {
             moe_v4f e = moe_vexp(moe_vload(zr + j) - moe_vsplat(m));
@@ -288,7 +288,7 @@ static bool scores_row_f32(int64_t t, const moe_route_plan *p, scratch *sc, doub
         *lse_out = (double)m + log((double)sum);
         *H_out = *lse_out - (double)sz;
         *rowsum_out = 1.0;
-    } else if (p->score == MOE_CPU_SCORE_SQRTSOFTPLUS) { /* scalar, in double, stored as f32 */
+    } else if (p->score == MOE_SCORE_SQRTSOFTPLUS) { /* scalar, in double, stored as f32 */
         const double off = p->score_offset;
         double rs = 0, sls = 0, esum = 0;
         for (int64_t j = 0; j < E; j++) {
@@ -383,7 +383,7 @@ static void route_row_f32(int64_t t, const moe_route_plan *p, scratch *sc)
         bad_row(t, p);
         return;
     }
-    if (p->rowsum && moe_cpu_score_is_normalized(p->score)) p->rowsum[t] = rowsum;
+    if (p->rowsum && moe_score_is_normalized(p->score)) p->rowsum[t] = rowsum;
     if (p->lse) p->lse[t] = lse;
     if (p->entropy) p->entropy[t] = H;
     const float *sf = sc->sf;
@@ -391,9 +391,9 @@ static void route_row_f32(int64_t t, const moe_route_plan *p, scratch *sc)
     if (p->select) {
         if (p->given_ids) {
             memcpy(ids, p->given_ids + t * K, sizeof(int64_t) * (size_t)K);
-        } else if (p->debug == MOE_CPU_DEBUG_UNIFORM && !p->debug_keep_weights) {
+        } else if (p->debug == MOE_DEBUG_UNIFORM && !p->debug_keep_weights) {
             uniform_row(t, p, ids);
-        } else if (p->debug == MOE_CPU_DEBUG_IMBALANCE) {
+        } else if (p->debug == MOE_DEBUG_IMBALANCE) {
             debug_imbalance_row(t, p, sc, ids);
         } else {
             float *v = sc->vf;
@@ -436,7 +436,7 @@ static void route_row_f32(int64_t t, const moe_route_plan *p, scratch *sc)
     if (p->mass && ids) {
         double m = 0;
         for (int64_t k = 0; k < K; k++) m += sf[ids[k]];
-        if (moe_cpu_score_is_normalized(p->score)) m /= rowsum + p->loss_eps;
+        if (moe_score_is_normalized(p->score)) m /= rowsum + p->loss_eps;
         p->mass[t] = m;
     }
 }
@@ -459,7 +459,7 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
         bad_row(t, p);
         return;
     }
-    if (p->score == MOE_CPU_SCORE_SOFTMAX) {
+    if (p->score == MOE_SCORE_SOFTMAX) {
         for (int64_t j = 0; j < E; j++) z[j] = moe_ld(p->z, dt, t * E + j);
         double m = z[0];
         for (int64_t j = 1; j < E; j++) m = z[j] > m ? z[j] : m;
@@ -472,7 +472,7 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
         }
         lse = m + log(sum);
         H = lse - sz;
-    } else if (p->score == MOE_CPU_SCORE_SQRTSOFTPLUS) {
+    } else if (p->score == MOE_SCORE_SQRTSOFTPLUS) {
         for (int64_t j = 0; j < E; j++) z[j] = moe_ld(p->z, dt, t * E + j);
         double m = z[0], esum = 0, sls = 0;
         for (int64_t j = 1; j < E; j++) m = z[j] > m ? z[j] : m;
@@ -522,9 +522,9 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
     if (p->select) {
         if (p->given_ids) {
             memcpy(ids, p->given_ids + t * K, sizeof(int64_t) * (size_t)K);
-        } else if (p->debug == MOE_CPU_DEBUG_UNIFORM && !p->debug_keep_weights) {
+        } else if (p->debug == MOE_DEBUG_UNIFORM && !p->debug_keep_weights) {
             uniform_row(t, p, ids);
-        } else if (p->debug == MOE_CPU_DEBUG_IMBALANCE) {
+        } else if (p->debug == MOE_DEBUG_IMBALANCE) {
             debug_imbalance_row(t, p, sc, ids);
         } else {
             double *v = sc->v;
@@ -557,7 +557,7 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
     if (p->mass && ids) {
         double m = 0;
         for (int64_t k = 0; k < K; k++) m += s[ids[k]];
-        if (moe_cpu_score_is_normalized(p->score)) m /= rowsum + p->loss_eps;
+        if (moe_score_is_normalized(p->score)) m /= rowsum + p->loss_eps;
         p->mass[t] = m;
     }
 }
@@ -617,7 +617,7 @@ void moe_route_rows(const moe_route_plan *p)
                 ds[k] = gk[k] / nrm - c / (nrm * nrm) * pow(u / nrm, p->norm_p - 1.0);          \
             else ds[k] = gk[k];                                                                 \
         }                                                                                       \
-        if (moe_cpu_score_is_normalized(p->score)) {                                                \
+        if (moe_score_is_normalized(p->score)) {                                                \
             for (int64_t k = 0; k < K; k++)                                                     \
                 dz[ids[k]] = (TYPE)(ds[k] * moe_score_deriv(p->score, (double)s[ids[k]], p->score_offset)); \
         } else { /* softmax Jacobian: dz_j = s_j (ds_j − Σ_k ds_k s_k) */                       \
