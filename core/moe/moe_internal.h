@@ -1,4 +1,4 @@
-/* moe_internal.h — shared between the router, aux-loss, capacity, sinkhorn
+/* moe_internal.h — shared between the router, aux-loss, capacity, quantile
  * and metrics files; not installed.
  *
  * Dimension letters: T tokens, E experts, K top-k, G expert groups, N scopes
@@ -29,12 +29,6 @@
 /* The per-token routing kernels (kernels/cpu/router.c) and their f32
  * exp/log, which the loss statistics share. */
 #include "../../kernels/cpu/router.h"
-
-/* ---- sinkhorn.c ------------------------------------------------------------------ */
-/* log d1 [E] of Megatron's Sinkhorn balancing of exp(z) over the valid rows:
- * selecting top-k of z + log d1 is selecting top-k of d1·exp(z)·d0. */
-moe_status moe_sinkhorn_log_offsets(double *log_d1, const void *z, moe_dtype dt, int64_t T,
-                                    int64_t E, const uint8_t *valid, int *iterations);
 
 /* ---- capacity.c ------------------------------------------------------------------ */
 /* Capacity per expert for VALID_T tokens; -1 when there is none (no factor, or

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/cpu/sinkhorn.h"
 #include "moe_internal.h"
 
 #define OP "router-forward"
@@ -739,7 +740,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
         if (nn || ni) st = nonfinite_error(&f);
     }
     if (st == MOE_OK && sink && c->training) {
-        st = moe_sinkhorn_log_offsets(f.log_d1, moe_tensor_data(f.z), c->dtype, T, E, f.valid, NULL);
+        st = moe_cpu_sinkhorn_log_offsets(c->dtype, f.log_d1, NULL, moe_tensor_data(f.z), f.valid, T, E);
         p.sel_offset = f.log_d1;
     }
     int64_t *ids = NULL;
