@@ -145,10 +145,6 @@ bool moe_tracker_recomputing(const moe_balance_tracker *tr);
 const double *moe_tracker_buffer(const moe_balance_tracker *tr);
 
 /* ---- quantile.c ------------------------------------------------------------------- */
-/* The per-expert quantiles Q [E] of one micro-batch of logits Z [T E] (T·K
- * divisible by E) under the bias BETA [E]. */
-moe_status moe_qb_quantiles(double *q, const void *z, moe_dtype dt, int64_t T, int64_t E, int64_t K,
-                            const float *beta);
 /* β ← ema·β + (1 − ema)·QBAR, then re-centred to zero mean (f32). */
 void moe_qb_update(float *beta, const double *qbar, int64_t E, double ema);
 

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/cpu/quantile.h"
 #include "../../kernels/cpu/sinkhorn.h"
 #include "moe_internal.h"
 
@@ -597,8 +598,8 @@ static moe_status qb_quantiles(fwd *f, moe_router *r)
     f->qb_q = malloc(sizeof(double) * (size_t)f->E);
     if (st == MOE_OK && !f->qb_q) st = moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
     if (st == MOE_OK)
-        st = moe_qb_quantiles(f->qb_q, moe_tensor_data(z), z->dtype, z->shape[0], f->E, f->K,
-                              moe_tensor_data(r->qb_beta));
+        st = moe_cpu_qb_quantiles(z->dtype, f->qb_q, moe_tensor_data(z), moe_tensor_data(r->qb_beta),
+                                  z->shape[0], f->E, f->K);
     moe_tensor_release(z);
     return st;
 }
