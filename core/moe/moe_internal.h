@@ -34,13 +34,6 @@
 /* Capacity per expert for VALID_T tokens; -1 when there is none (no factor, or
  * the MegaBlocks formula gave 0). Clamped to VALID_T (C >= T never drops). */
 int64_t moe_capacity_of(const moe_router_config *cfg, int64_t valid_t);
-/* Drop the slots over capacity C: KEPT [T K] (in: routed valid slots) loses
- * the dropped ones; W [T K] orders the "probs" policy. PAD_MAP [T E] (or NULL)
- * receives 1 for the filler entries that pad each expert to min(C, T) tokens.
- * Returns the number of dropped slots through DROPPED. */
-moe_status moe_capacity_apply(uint8_t *kept, int64_t *dropped, uint8_t *pad_map,
-                              const int64_t *ids, const double *w, int64_t T, int64_t K,
-                              int64_t E, int64_t C, moe_drop_policy policy);
 
 /* ---- aux_loss.c: scopes, statistics, terms and the loss node ---------------------- */
 

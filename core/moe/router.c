@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/cpu/capacity.h"
 #include "../../kernels/cpu/quantile.h"
 #include "../../kernels/cpu/sinkhorn.h"
 #include "moe_internal.h"
@@ -775,7 +776,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
             if (!f.pad_map) st = moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
         }
         if (st == MOE_OK && C >= 0)
-            st = moe_capacity_apply(kept, &dropped, f.pad_map, ids, wu, T, K, E, C, c->drop_policy);
+            st = moe_cpu_capacity_drop(kept, &dropped, f.pad_map, ids, wu, T, K, E, C, c->drop_policy == MOE_DROP_PROBS);
     }
 
     /* ---- weights, with the routing-weights node ---- */
