@@ -21,6 +21,7 @@
 
 #include "../../kernels/cpu/capacity.h"
 #include "../../kernels/cpu/quantile.h"
+#include "../../kernels/cpu/random.h"
 #include "../../kernels/cpu/sinkhorn.h"
 #include "moe_internal.h"
 
@@ -74,6 +75,21 @@ static moe_status make_tracker(moe_router *r)
     return MOE_OK;
 }
 
+/* W [E D] ~ N(0, 0.02²): a standard normal draw in DTYPE, scaled in double
+ * and rounded to DTYPE again. */
+static moe_status init_weight(moe_tensor **w, moe_rng *rng, moe_dtype dtype, int64_t E, int64_t D)
+{
+    moe_tensor *draw = NULL, *wide = NULL, *scaled = NULL;
+    moe_status st = moe_tensor_randn(&draw, rng, dtype, MOE_CPU, 2, (int64_t[]){E, D});
+    if (st == MOE_OK) st = moe_to_dtype(&wide, draw, MOE_F64);
+    if (st == MOE_OK) st = moe_mul_scalar(&scaled, wide, 0.02);
+    if (st == MOE_OK) st = moe_to_dtype(w, scaled, dtype);
+    moe_tensor_release(draw);
+    moe_tensor_release(wide);
+    moe_tensor_release(scaled);
+    return st;
+}
+
 moe_status moe_router_new(moe_router **out, const moe_router_config *cfg)
 {
     *out = NULL;
@@ -92,12 +108,8 @@ moe_status moe_router_new(moe_router **out, const moe_router_config *cfg)
         st = moe_fail(MOE_ERR_NOMEM, "make-router", "out of memory");
     moe_rng rng;
     moe_rng_init(&rng, cfg->seed ^ INIT_SEED_MIX);
-    if (st == MOE_OK) st = moe_tensor_randn(&r->weight, &rng, cfg->dtype, MOE_CPU, 2, (int64_t[]){E, D});
-    if (st == MOE_OK) {
-        void *w = moe_tensor_data(r->weight);
-        for (int64_t i = 0; i < E * D; i++) moe_st(w, cfg->dtype, i, 0.02 * moe_ld(w, cfg->dtype, i));
-        st = moe_tensor_requires_grad_(r->weight, true);
-    }
+    if (st == MOE_OK) st = init_weight(&r->weight, &rng, cfg->dtype, E, D);
+    if (st == MOE_OK) st = moe_tensor_requires_grad_(r->weight, true);
     if (st == MOE_OK && cfg->expert_bias) st = moe_tensor_zeros(&r->bias, MOE_F32, MOE_CPU, 1, &E);
     if (st == MOE_OK && cfg->routing == MOE_ROUTING_QUANTILE_BALANCING) {
         st = moe_tensor_zeros(&r->qb_beta, MOE_F32, MOE_CPU, 1, &E);
@@ -329,11 +341,9 @@ static moe_status gate(fwd *f, moe_router *r, moe_tensor *x, uint64_t offset)
     moe_tensor *xin = f->xc;
     if (r->cfg.training && r->cfg.jitter > 0) {
         MOE_TRY(moe_tensor_empty(&f->noise, r->cfg.dtype, MOE_CPU, 2, (int64_t[]){f->T, f->D}));
-        void *u = moe_tensor_data(f->noise);
-        double eps = r->cfg.jitter;
-        uint64_t seed = r->cfg.seed ^ JITTER_SEED_MIX;
-        for (int64_t i = 0; i < f->T * f->D; i++)
-            moe_st(u, r->cfg.dtype, i, 1.0 - eps + 2.0 * eps * moe_rng_uniform(seed, offset + (uint64_t)i));
+        double eps = r->cfg.jitter; /* U[1 − ε, 1 + ε) */
+        moe_cpu_uniform(r->cfg.dtype, moe_tensor_data(f->noise), f->T * f->D, r->cfg.seed ^ JITTER_SEED_MIX,
+                        offset, 1.0 - eps, 2.0 * eps);
         MOE_TRY(moe_mul(&f->xj, f->xc, f->noise));
         xin = f->xj;
     }
@@ -674,9 +684,8 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
         moe_tensor *rz = NULL;
         st = moe_tensor_empty(&rz, c->dtype, MOE_CPU, 2, (int64_t[]){T, E});
         if (st == MOE_OK) {
-            void *zp = moe_tensor_data(rz);
-            uint64_t seed = c->seed ^ DEBUG_SEED_MIX, base = offset + (uint64_t)(T * f.D);
-            for (int64_t i = 0; i < T * E; i++) moe_st(zp, c->dtype, i, moe_rng_uniform(seed, base + (uint64_t)i));
+            moe_cpu_uniform(c->dtype, moe_tensor_data(rz), T * E, c->seed ^ DEBUG_SEED_MIX,
+                            offset + (uint64_t)(T * f.D), 0.0, 1.0);
             moe_tensor_release(f.z);
             f.z = rz;
         }
