@@ -262,13 +262,8 @@ static moe_status densify_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
     MOE_TRY(moe_as_compute(&gc, g, dt));
     moe_status st = moe_tensor_empty(&dw, dt, MOE_CPU, 2, ids->shape);
     if (st == MOE_OK) {
-        int64_t TK = moe_tensor_numel(ids), K = ids->shape[1], E = n->iargs[0];
-        const int64_t *id = moe_tensor_data(ids);
-        const uint8_t *kp = moe_tensor_data(kept);
-        const void *gp = moe_tensor_data(gc);
-        void *dp = moe_tensor_data(dw);
-        for (int64_t i = 0; i < TK; i++)
-            moe_st(dp, dt, i, kp[i] ? moe_ld(gp, dt, (i / K) * E + id[i]) : 0.0);
+        moe_route_densify_backward(dt, moe_tensor_data(dw), moe_tensor_data(gc), moe_tensor_data(ids),
+                                   moe_tensor_data(kept), ids->shape[0], ids->shape[1], n->iargs[0]);
         gin[0] = dw;
     }
     moe_tensor_release(gc);
@@ -320,16 +315,9 @@ static moe_status read_mask(fwd *f, moe_tensor *valid, bool allow_bs)
     if (!ok)
         return moe_fail(MOE_ERR_SHAPE, OP, "valid mask must be [%lld]%s for x of %lld tokens, got %s",
                         (long long)f->T, allow_bs ? " or [B S]" : "", (long long)f->T, moe_shape_str(valid));
-    double *v = malloc(sizeof(double) * (size_t)f->T);
     f->valid = malloc((size_t)f->T);
-    if (!v || !f->valid) {
-        free(v);
-        return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
-    }
-    moe_status st = moe_tensor_to_doubles(valid, v);
-    for (int64_t t = 0; t < f->T; t++) f->valid[t] = v[t] != 0;
-    free(v);
-    return st;
+    if (!f->valid) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory for a valid mask of %lld bytes", (long long)f->T);
+    return moe_tensor_to_host(valid, MOE_BOOL, f->valid); /* nonzero = valid */
 }
 
 /* x [T D] (or [B S D]) → z [T E] in the router dtype, with jitter. */
@@ -547,22 +535,8 @@ moe_status moe_routing_dense(moe_routing *o)
     moe_status st = moe_tensor_zeros(&probs, dt, MOE_CPU, 2, (int64_t[]){T, E});
     if (st == MOE_OK) st = moe_tensor_zeros(&map, MOE_BOOL, MOE_CPU, 2, (int64_t[]){T, E});
     if (st == MOE_OK) {
-        void *pp = moe_tensor_data(probs);
-        const void *wp = moe_tensor_data(o->weights);
-        uint8_t *mp = moe_tensor_data(map);
-        const uint8_t *kp = moe_tensor_data(o->kept), *pad = o->priv->pad_map;
-        const int64_t *ids = moe_tensor_data(o->experts);
-#pragma omp parallel for if (T * E > 32768) schedule(static)
-        for (int64_t t = 0; t < T; t++) {
-            for (int64_t k = 0; k < K; k++) {
-                int64_t i = t * K + k;
-                if (!kp[i]) continue;
-                moe_st(pp, dt, t * E + ids[i], moe_ld(wp, dt, i));
-                mp[t * E + ids[i]] = 1;
-            }
-            if (pad)
-                for (int64_t j = t * E; j < (t + 1) * E; j++) mp[j] |= pad[j];
-        }
+        moe_route_densify(dt, moe_tensor_data(probs), moe_tensor_data(map), moe_tensor_data(o->weights),
+                          moe_tensor_data(o->experts), moe_tensor_data(o->kept), o->priv->pad_map, T, K, E);
         moe_tensor *saved[2] = {o->experts, o->kept};
         st = moe_autograd_record(probs, "router-densify", densify_backward, 1, &o->weights, 2, saved, NULL, NULL);
         if (st == MOE_OK && probs->grad_fn) probs->grad_fn->iargs[0] = E;
@@ -690,8 +664,6 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
             f.z = rz;
         }
     }
-    f.Tv = 0;
-    for (int64_t t = 0; t < T; t++) f.Tv += !f.valid || f.valid[t];
 
     /* ---- the routing pass ---- */
     bool sink = c->sinkhorn;
@@ -772,7 +744,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
         moe_route_rows(&p);
         if (bad) st = nonfinite_error(&f);
         kept = moe_tensor_data(f.kept_t);
-        for (int64_t i = 0; i < T * K; i++) kept[i] = !f.valid || f.valid[i / K];
+        f.Tv = moe_route_kept(kept, f.valid, T, K);
     }
     if (st == MOE_OK && qb_train) st = qb_quantiles(&f, r);
 
@@ -792,8 +764,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
     moe_tensor *w_raw = NULL;
     if (st == MOE_OK) st = moe_tensor_empty(&w_raw, c->dtype, MOE_CPU, 2, (int64_t[]){T, K});
     if (st == MOE_OK) {
-        void *wp = moe_tensor_data(w_raw);
-        for (int64_t i = 0; i < T * K; i++) moe_st(wp, c->dtype, i, kept[i] ? wu[i] * c->scaling_factor : 0.0);
+        moe_route_scale(c->dtype, moe_tensor_data(w_raw), wu, kept, T * K, c->scaling_factor);
         moe_tensor *saved[4] = {f.s, f.wid_t ? f.wid_t : f.ids_t, f.wu_t, f.kept_t};
         st = moe_autograd_record(w_raw, "router-weights", weights_backward, 1, &f.z, 4, saved, NULL, NULL);
         if (st == MOE_OK && w_raw->grad_fn) {
@@ -907,8 +878,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
     }
     if (st == MOE_OK) {
         int64_t *cp = moe_tensor_data(o->counts);
-        for (int64_t i = 0; i < T * K; i++)
-            if (kept[i]) cp[ids[i]]++;
+        moe_route_counts(cp, ids, kept, T * K);
         for (int64_t e = 0; e < E; e++) cnt[e] = (double)cp[e];
         o->priv->E = E;
         o->priv->dtype = c->dtype;
@@ -947,11 +917,8 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
             r->bias_tokens += (double)f.Tv;
             r->step_tokens += (double)f.Tv;
             r->step_dropped += (double)dropped;
-            for (int64_t t = 0; t < T; t++) {
-                if (f.valid && !f.valid[t]) continue;
-                r->step_entropy += f.entropy[t];
-                r->step_mass += f.mass[t];
-            }
+            moe_route_valid_sum(&r->step_entropy, f.entropy, f.valid, T);
+            moe_route_valid_sum(&r->step_mass, f.mass, f.valid, T);
             for (int i = 0; i < c->n_losses; i++) r->step_aux[i] += values[i];
             r->step_micro++;
         }

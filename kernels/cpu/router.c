@@ -648,6 +648,55 @@ void moe_route_rows_backward(const moe_route_grad *p)
     }
 }
 
+/* ---- per-slot outputs --------------------------------------------------------- */
+
+int64_t moe_route_kept(uint8_t *kept, const uint8_t *valid, int64_t T, int64_t K)
+{
+    int64_t n = 0;
+    for (int64_t t = 0; t < T; t++) n += !valid || valid[t];
+    for (int64_t i = 0; i < T * K; i++) kept[i] = !valid || valid[i / K];
+    return n;
+}
+
+void moe_route_scale(moe_dtype dt, void *w, const double *wu, const uint8_t *kept, int64_t S, double scale)
+{
+    for (int64_t i = 0; i < S; i++) moe_st(w, dt, i, kept[i] ? wu[i] * scale : 0.0);
+}
+
+void moe_route_counts(int64_t *counts, const int64_t *ids, const uint8_t *kept, int64_t S)
+{
+    for (int64_t i = 0; i < S; i++)
+        if (kept[i]) counts[ids[i]]++;
+}
+
+void moe_route_valid_sum(double *acc, const double *x, const uint8_t *valid, int64_t T)
+{
+    for (int64_t t = 0; t < T; t++)
+        if (!valid || valid[t]) *acc += x[t];
+}
+
+void moe_route_densify(moe_dtype dt, void *probs, uint8_t *map, const void *w, const int64_t *ids,
+                       const uint8_t *kept, const uint8_t *pad, int64_t T, int64_t K, int64_t E)
+{
+#pragma omp parallel for if (T * E > 32768) schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t k = 0; k < K; k++) {
+            int64_t i = t * K + k;
+            if (!kept[i]) continue;
+            moe_st(probs, dt, t * E + ids[i], moe_ld(w, dt, i));
+            map[t * E + ids[i]] = 1;
+        }
+        if (pad)
+            for (int64_t j = t * E; j < (t + 1) * E; j++) map[j] |= pad[j];
+    }
+}
+
+void moe_route_densify_backward(moe_dtype dt, void *dw, const void *g, const int64_t *ids,
+                                const uint8_t *kept, int64_t T, int64_t K, int64_t E)
+{
+    for (int64_t i = 0; i < T * K; i++) moe_st(dw, dt, i, kept[i] ? moe_ld(g, dt, (i / K) * E + ids[i]) : 0.0);
+}
+
 void moe_count_nonfinite_rows(const void *z, moe_dtype dt, int64_t n, int64_t *nans, int64_t *infs,
                               int64_t *first)
 {

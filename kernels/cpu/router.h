@@ -195,6 +195,26 @@ typedef struct moe_route_grad {
 } moe_route_grad;
 void moe_route_rows_backward(const moe_route_grad *p);
 
+/* ---- the per-slot outputs after the selection (S = T·K slots) ------------------ */
+
+/* KEPT [T K] = 1 on the slots of the valid rows (VALID [T] or NULL: all).
+ * Returns the number of valid rows. */
+int64_t moe_route_kept(uint8_t *kept, const uint8_t *valid, int64_t T, int64_t K);
+/* W [S] (DT) = SCALE·WU [S] on the kept slots, 0 on the others. */
+void moe_route_scale(moe_dtype dt, void *w, const double *wu, const uint8_t *kept, int64_t S, double scale);
+/* COUNTS [E] (i64) += the kept slots of each expert of IDS [S]. */
+void moe_route_counts(int64_t *counts, const int64_t *ids, const uint8_t *kept, int64_t S);
+/* *ACC += Σ X [T] over the valid rows (VALID [T] or NULL), in row order. */
+void moe_route_valid_sum(double *acc, const double *x, const uint8_t *valid, int64_t T);
+/* The dense view of a routing: PROBS [T E] (DT) and MAP [T E] (bool), both
+ * zero on entry, get each kept slot's weight W [T K] and a 1 at its expert
+ * IDS [T K]; PAD [T E] (or NULL) is or'ed into MAP. */
+void moe_route_densify(moe_dtype dt, void *probs, uint8_t *map, const void *w, const int64_t *ids,
+                       const uint8_t *kept, const uint8_t *pad, int64_t T, int64_t K, int64_t E);
+/* Its backward: DW [T K] = G [T E] at each kept slot's expert, 0 elsewhere. */
+void moe_route_densify_backward(moe_dtype dt, void *dw, const void *g, const int64_t *ids,
+                                const uint8_t *kept, int64_t T, int64_t K, int64_t E);
+
 /* Count NaN and Inf in a contiguous f32/f64 [T E]; FIRST gets the flat
  * position of the first non-finite element (-1 when none). */
 void moe_count_nonfinite_rows(const void *z, moe_dtype dt, int64_t n, int64_t *nans,
