@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "../../kernels/cpu/balance.h"
+#include "../../kernels/cpu/index.h"
 #include "moe_internal.h"
 
 bool moe_aux_kind_is_sequence(moe_aux_kind k)
@@ -651,15 +652,9 @@ static moe_status read_valid(uint8_t **out, const char *op, moe_tensor *valid, i
     if (!ok)
         return moe_fail(MOE_ERR_SHAPE, op, "valid mask must be %s%s, got %s", moe_dims_str(1, &T),
                         allow_bs ? " or [B S]" : "", moe_shape_str(valid));
-    double *v = malloc(sizeof(double) * MOE_NZ(T));
     uint8_t *m = malloc(MOE_NZ(T));
-    if (!v || !m) {
-        free(v), free(m);
-        return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
-    }
-    moe_status st = moe_tensor_to_doubles(valid, v);
-    for (int64_t t = 0; t < T; t++) m[t] = v[t] != 0;
-    free(v);
+    if (!m) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for a valid mask of %lld bytes", (long long)T);
+    moe_status st = moe_tensor_to_host(valid, MOE_BOOL, m); /* nonzero = valid */
     if (st != MOE_OK) {
         free(m);
         return st;
@@ -740,20 +735,12 @@ static moe_status loss_prepare(loss_in *in, const char *op, moe_tensor *logits,
         loss_in_free(in);
         return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
     }
-    if (o->routing_ids) {
-        double *v = malloc(sizeof(double) * MOE_NZ(T * K));
-        if (!v) {
-            loss_in_free(in);
-            return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
-        }
-        st = moe_tensor_to_doubles(o->routing_ids, v);
-        for (int64_t i = 0; st == MOE_OK && i < T * K; i++) {
-            if (v[i] < 0 || v[i] >= (double)E)
-                st = moe_fail(MOE_ERR_INDEX, op, "routing id %lld at slot %lld is outside [0, %lld)",
-                              (long long)v[i], (long long)i, (long long)E);
-            in->count_ids[i] = (int64_t)v[i];
-        }
-        free(v);
+    if (o->routing_ids) { /* i64 or i32 (checked above): exact in i64 */
+        st = moe_tensor_to_host(o->routing_ids, MOE_I64, in->count_ids);
+        int64_t bad = st == MOE_OK ? moe_cpu_index_find_bad(in->count_ids, T * K, E) : -1;
+        if (bad >= 0)
+            st = moe_fail(MOE_ERR_INDEX, op, "routing id %lld at slot %lld is outside [0, %lld)",
+                          (long long)in->count_ids[bad], (long long)bad, (long long)E);
         if (st != MOE_OK) {
             loss_in_free(in);
             return st;
