@@ -648,6 +648,20 @@ void moe_route_rows_backward(const moe_route_grad *p)
     }
 }
 
+int moe_route_check_ids(const int64_t *ids, int64_t T, int64_t K, int64_t E, int64_t *at, int64_t *other)
+{
+    for (int64_t i = 0; i < T * K; i++) {
+        *at = i;
+        if (ids[i] < 0 || ids[i] >= E) return 1;
+        for (int64_t j = i - i % K; j < i; j++)
+            if (ids[j] == ids[i]) {
+                *other = j;
+                return 2;
+            }
+    }
+    return 0;
+}
+
 /* ---- per-slot outputs --------------------------------------------------------- */
 
 int64_t moe_route_kept(uint8_t *kept, const uint8_t *valid, int64_t T, int64_t K)

@@ -195,6 +195,11 @@ typedef struct moe_route_grad {
 } moe_route_grad;
 void moe_route_rows_backward(const moe_route_grad *p);
 
+/* Check given expert ids IDS [T K] slot by slot in order: the first slot
+ * outside [0, E) gives 1, the first one repeating an earlier slot of its row
+ * gives 2 (that slot in *OTHER); *AT is the failing slot. 0 when all are fine. */
+int moe_route_check_ids(const int64_t *ids, int64_t T, int64_t K, int64_t E, int64_t *at, int64_t *other);
+
 /* ---- the per-slot outputs after the selection (S = T·K slots) ------------------ */
 
 /* KEPT [T K] = 1 on the slots of the valid rows (VALID [T] or NULL: all).
