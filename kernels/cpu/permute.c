@@ -139,3 +139,14 @@ void moe_cpu_plan_kept(uint8_t *kept, const int64_t *slot_row, int64_t S)
 {
     for (int64_t s = 0; s < S; s++) kept[s] = slot_row[s] >= 0;
 }
+
+void moe_cpu_regroup_rows(int64_t *fwd, int64_t *inv, const int64_t *counts, const int64_t *start, int64_t P,
+                          int64_t El)
+{
+    for (int64_t j = 0, r = 0; j < El; j++)
+        for (int64_t s = 0; s < P; s++)
+            for (int64_t i = 0; i < counts[s * El + j]; i++, r++) {
+                fwd[r] = start[s * El + j] + i;
+                inv[start[s * El + j] + i] = r;
+            }
+}

@@ -33,6 +33,13 @@ void moe_cpu_plan_place(int64_t *row_token, int64_t *row_slot, int64_t *slot_row
 /* KEPT [S] = 1 where SLOT_ROW [S] holds a row. */
 void moe_cpu_plan_kept(uint8_t *kept, const int64_t *slot_row, int64_t S);
 
+/* Expert parallelism: rows that arrive grouped by source rank, block (s, j)
+ * of COUNTS [P El] rows for local expert j starting at START [P El], put in
+ * local-expert order (expert-major, then source, arrival order within):
+ * FWD [R] gives each regrouped row's arrival row, INV [R] the inverse. */
+void moe_cpu_regroup_rows(int64_t *fwd, int64_t *inv, const int64_t *counts, const int64_t *start, int64_t P,
+                          int64_t El);
+
 /* ---- rows ------------------------------------------------------------------ */
 
 /* OUT [N D]: row r = X [T D] row ROW_TOKEN[r], times W [T*K] at ROW_SLOT[r]
