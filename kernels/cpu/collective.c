@@ -1,8 +1,9 @@
-/* collective.c — the host reductions behind the collectives of the threads
- * and MPI backends (core/dist): N rank buffers combined element by element.
- * Declared in collective.h. */
+/* collective.c — the host reductions and copies behind the collectives of
+ * the threads and MPI backends (core/dist): N rank buffers combined element
+ * by element, large buffers copied by all threads. Declared in collective.h. */
 #include "collective.h"
 
+#include <omp.h>
 #include <string.h>
 
 /* Serial kernels over one block: DST[i] = OP over SRCS[0..n)[i] in that
@@ -132,5 +133,21 @@ void moe_cpu_divide(moe_dtype dt, void *buf, int64_t count, int64_t n)
     case MOE_I32: for (int64_t i = 0; i < count; i++) ((int32_t *)buf)[i] /= (int32_t)n; break;
     case MOE_I64: for (int64_t i = 0; i < count; i++) ((int64_t *)buf)[i] /= n; break;
     default: break;
+    }
+}
+
+void moe_cpu_copy_bytes(void *dst, const void *src, size_t nbytes)
+{
+    const size_t chunk = (size_t)1 << 20;
+    if (nbytes <= 2 * chunk || omp_get_max_threads() == 1) {
+        if (nbytes) memcpy(dst, src, nbytes);
+        return;
+    }
+    int64_t nchunks = (int64_t)((nbytes + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < nchunks; c++) {
+        size_t off = (size_t)c * chunk;
+        size_t len = off + chunk < nbytes ? chunk : nbytes - off;
+        memcpy((char *)dst + off, (const char *)src + off, len);
     }
 }

@@ -1,9 +1,10 @@
-/* collective.h — host reductions for the collectives of the threads and MPI
- * backends (core/dist/comm_threads.c, core/dist/comm_mpi.c) and the AVG
- * finish of async work: loops over plain buffers of any dtype. */
+/* collective.h — host reductions and copies for the collectives of the
+ * threads and MPI backends (core/dist/comm_threads.c, core/dist/comm_mpi.c)
+ * and the AVG finish of async work: loops over plain buffers of any dtype. */
 #ifndef MOELAB_CPU_COLLECTIVE_H
 #define MOELAB_CPU_COLLECTIVE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../../core/dtype.h"
@@ -29,5 +30,7 @@ void moe_cpu_reduce_bcast(moe_dtype dt, void *const *bufs, int n, int64_t count,
 /* In-place AVG finish for backends that only sum: BUF [COUNT] /= N
  * (integers: truncated; other dtypes untouched). */
 void moe_cpu_divide(moe_dtype dt, void *buf, int64_t count, int64_t n);
+/* memcpy of NBYTES, split over the threads in 1 MiB pieces when large. */
+void moe_cpu_copy_bytes(void *dst, const void *src, size_t nbytes);
 
 #endif
