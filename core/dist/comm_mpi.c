@@ -276,7 +276,7 @@ static moe_status ordered_reduce_scatter(moe_group *g, void *recv, const void *s
     int rc = MPI_Ialltoallv(send, c, c + n, mpi_type(dt), buf, c + 2 * n, c + 3 * n, mpi_type(dt), comm_of(g), &req);
     moe_status st = rc == MPI_SUCCESS ? await1(g, opn, &req, count * (int64_t)esz)
                                       : mpi_fail(rc, opn, "MPI_Ialltoallv", __FILE__, __LINE__);
-    if (st == MOE_OK) moe_cpu_reduce_n(dt, recv, srcs, n, mylen, (moe_cpu_reduce_op)op);
+    if (st == MOE_OK) moe_cpu_reduce_n(dt, recv, srcs, n, mylen, op);
     free(c);
     free(srcs);
     return st;
@@ -625,7 +625,7 @@ static moe_status ordered_phase2(ordered_req *r)
     const void **srcs = malloc(sizeof *srcs * (size_t)n);
     if (!srcs) return moe_fail(MOE_ERR_NOMEM, "all_reduce", "out of memory");
     for (int q = 0; q < n; q++) srcs[q] = r->recv + (size_t)(q * mylen) * esz;
-    moe_cpu_reduce_n(r->dt, (char *)r->buf + mylo * (int64_t)esz, srcs, n, mylen, (moe_cpu_reduce_op)r->op);
+    moe_cpu_reduce_n(r->dt, (char *)r->buf + mylo * (int64_t)esz, srcs, n, mylen, r->op);
     free(srcs);
     for (int q = 0; q < n; q++) {
         int64_t lo, len;

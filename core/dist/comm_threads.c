@@ -414,7 +414,7 @@ static moe_status threads_all_reduce(moe_group *g, void *buf, int64_t count, moe
     slice(count, n, g->rank, &lo, &hi);
     void *bufs[n];
     for (int q = 0; q < n; q++) bufs[q] = (char *)s->slots[q].recv + lo * (int64_t)esz;
-    moe_cpu_reduce_bcast(dt, bufs, n, hi - lo, (moe_cpu_reduce_op)op);
+    moe_cpu_reduce_bcast(dt, bufs, n, hi - lo, op);
     inner_barrier(g);
     return MOE_OK;
 }
@@ -440,7 +440,7 @@ static moe_status threads_reduce_scatter(moe_group *g, void *recv, const void *s
     size_t esz = moe_dtype_size(dt);
     const void *srcs[n];
     for (int q = 0; q < n; q++) srcs[q] = (const char *)s->slots[q].send + (size_t)g->rank * (size_t)count * esz;
-    moe_cpu_reduce_n(dt, recv, srcs, n, count, (moe_cpu_reduce_op)op);
+    moe_cpu_reduce_n(dt, recv, srcs, n, count, op);
     inner_barrier(g);
     return MOE_OK;
 }
