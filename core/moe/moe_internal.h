@@ -4,10 +4,9 @@
  * Dimension letters: T tokens, E experts, K top-k, G expert groups, N scopes
  * (segments: the micro-batch, or one per sequence/document).
  *
- * Row kernels compute in double whatever the storage dtype (f32 or f64), so
- * f32 results are the correctly rounded double results. Every reduction over
- * tokens runs in fixed chunks reduced in order: results do not depend on the
- * thread count. */
+ * The loops over tokens, slots and logits are kernels (kernels/cpu: router,
+ * balance, sinkhorn, quantile, capacity); these files validate, keep the
+ * router's state, build the loss tables and record autograd. */
 #ifndef MOELAB_MOE_INTERNAL_H
 #define MOELAB_MOE_INTERNAL_H
 
@@ -23,11 +22,7 @@
 /* An allocation count that is never 0. */
 #define MOE_NZ(n) ((size_t)((n) > 0 ? (n) : 1))
 
-/* Tokens per chunk of the deterministic reductions. */
-#define MOE_RCHUNK 256
-
-/* The per-token routing kernels (kernels/cpu/router.c) and their f32
- * exp/log, which the loss statistics share. */
+/* The routing kernels the router and the losses call (kernels/cpu/router.c). */
 #include "../../kernels/cpu/router.h"
 
 /* ---- capacity.c ------------------------------------------------------------------ */
