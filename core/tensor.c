@@ -10,6 +10,7 @@
 #include "autograd.h"
 #include "device.h"
 #include "internal.h"
+#include "../kernels/cpu/random.h"
 
 /* ---- lifetime ------------------------------------------------------------ */
 
@@ -188,8 +189,7 @@ moe_status moe_tensor_arange(moe_tensor **out, moe_dtype dtype, moe_device devic
     int64_t len = n > 0 ? (int64_t)n : 0;
     moe_tensor *t;
     MOE_TRY(moe_tensor_empty(&t, dtype, MOE_CPU, 1, &len));
-    for (int64_t i = 0; i < len; i++)
-        moe_dtype_store(dtype, moe_storage_ptr(t, i), start + (double)i * step);
+    moe_cpu_arange(dtype, moe_tensor_data(t), len, start, step);
     if (device == MOE_CPU) {
         *out = t;
         return MOE_OK;
@@ -205,7 +205,7 @@ moe_status moe_tensor_eye(moe_tensor **out, moe_dtype dtype, moe_device device, 
     int64_t shape[2] = {n, m};
     moe_tensor *t;
     MOE_TRY(moe_tensor_zeros(&t, dtype, MOE_CPU, 2, shape));
-    for (int64_t i = 0; i < n && i < m; i++) moe_dtype_store(dtype, moe_storage_ptr(t, i * m + i), 1.0);
+    moe_cpu_eye(dtype, moe_tensor_data(t), n, m);
     if (device == MOE_CPU) {
         *out = t;
         return MOE_OK;
@@ -497,33 +497,14 @@ static uint64_t rng_take(moe_rng *rng, uint64_t n, uint64_t *seed)
     return __atomic_fetch_add(&rng->offset, n, __ATOMIC_RELAXED);
 }
 
-typedef enum { DRAW_UNIFORM, DRAW_NORMAL, DRAW_INT } draw_kind;
-
 static moe_status draw(moe_tensor **out, moe_rng *rng, moe_dtype dtype, moe_device device, int ndim,
-                       const int64_t *shape, draw_kind kind, int64_t low, int64_t high)
+                       const int64_t *shape, moe_cpu_random_kind kind, int64_t low, int64_t high)
 {
     moe_tensor *t;
     MOE_TRY(moe_tensor_empty(&t, dtype, MOE_CPU, ndim, shape));
     int64_t n = moe_tensor_numel(t);
-    uint64_t seed, base = rng_take(rng, kind == DRAW_NORMAL ? 2 * (uint64_t)n : (uint64_t)n, &seed);
-    char *p = t->storage->data;
-    size_t sz = moe_dtype_size(dtype);
-#pragma omp parallel for if (n > (1 << 16)) schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        double v;
-        if (kind == DRAW_UNIFORM) {
-            v = moe_rng_uniform(seed, base + (uint64_t)i);
-        } else if (kind == DRAW_NORMAL) { /* Box–Muller on two counter draws */
-            double u1 = moe_rng_uniform(seed, base + 2 * (uint64_t)i);
-            double u2 = moe_rng_uniform(seed, base + 2 * (uint64_t)i + 1);
-            v = sqrt(-2.0 * log1p(-u1)) * cos(6.283185307179586 * u2);
-        } else {
-            uint64_t span = (uint64_t)(high - low);
-            v = (double)(low + (int64_t)(moe_rng_bits(seed, base + (uint64_t)i) % span));
-        }
-        if (dtype == MOE_F32 && kind == DRAW_UNIFORM && v >= 1.0f) v = 0x1.fffffep-1;
-        moe_dtype_store(dtype, p + i * (int64_t)sz, v);
-    }
+    uint64_t seed, base = rng_take(rng, kind == MOE_CPU_RANDOM_NORMAL ? 2 * (uint64_t)n : (uint64_t)n, &seed);
+    moe_cpu_random(dtype, moe_tensor_data(t), n, kind, seed, base, low, high);
     if (device == MOE_CPU) {
         *out = t;
         return MOE_OK;
@@ -538,7 +519,7 @@ moe_status moe_tensor_rand(moe_tensor **out, moe_rng *rng, moe_dtype dtype, moe_
 {
     if (!moe_dtype_is_float(dtype))
         return moe_fail(MOE_ERR_DTYPE, "rand", "needs a floating dtype, got %s", moe_dtype_name(dtype));
-    return draw(out, rng, dtype, device, ndim, shape, DRAW_UNIFORM, 0, 0);
+    return draw(out, rng, dtype, device, ndim, shape, MOE_CPU_RANDOM_UNIFORM, 0, 0);
 }
 
 moe_status moe_tensor_randn(moe_tensor **out, moe_rng *rng, moe_dtype dtype, moe_device device,
@@ -546,7 +527,7 @@ moe_status moe_tensor_randn(moe_tensor **out, moe_rng *rng, moe_dtype dtype, moe
 {
     if (!moe_dtype_is_float(dtype))
         return moe_fail(MOE_ERR_DTYPE, "randn", "needs a floating dtype, got %s", moe_dtype_name(dtype));
-    return draw(out, rng, dtype, device, ndim, shape, DRAW_NORMAL, 0, 0);
+    return draw(out, rng, dtype, device, ndim, shape, MOE_CPU_RANDOM_NORMAL, 0, 0);
 }
 
 moe_status moe_tensor_randint(moe_tensor **out, moe_rng *rng, moe_dtype dtype, moe_device device,
@@ -555,7 +536,7 @@ moe_status moe_tensor_randint(moe_tensor **out, moe_rng *rng, moe_dtype dtype, m
     if (high <= low)
         return moe_fail(MOE_ERR_ARG, "randint", "empty range [%lld, %lld)", (long long)low,
                         (long long)high);
-    return draw(out, rng, dtype, device, ndim, shape, DRAW_INT, low, high);
+    return draw(out, rng, dtype, device, ndim, shape, MOE_CPU_RANDOM_INT, low, high);
 }
 
 moe_status moe_tensor_permutation(moe_tensor **out, moe_rng *rng, moe_device device, int64_t n)
@@ -563,15 +544,8 @@ moe_status moe_tensor_permutation(moe_tensor **out, moe_rng *rng, moe_device dev
     if (n < 0) return moe_fail(MOE_ERR_ARG, "permutation", "negative length %lld", (long long)n);
     moe_tensor *t;
     MOE_TRY(moe_tensor_empty(&t, MOE_I64, MOE_CPU, 1, &n));
-    int64_t *p = t->storage->data;
-    for (int64_t i = 0; i < n; i++) p[i] = i;
     uint64_t seed, base = rng_take(rng, (uint64_t)n, &seed);
-    for (int64_t i = n - 1; i > 0; i--) { /* Fisher–Yates */
-        int64_t j = (int64_t)(moe_rng_bits(seed, base + (uint64_t)i) % (uint64_t)(i + 1));
-        int64_t tmp = p[i];
-        p[i] = p[j];
-        p[j] = tmp;
-    }
+    moe_cpu_permutation(moe_tensor_data(t), n, seed, base);
     if (device == MOE_CPU) {
         *out = t;
         return MOE_OK;

@@ -51,6 +51,7 @@
 #include <stdint.h>
 
 #include "../tensor.h"
+#include "reduce_op.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -58,24 +59,10 @@ extern "C" {
 
 typedef struct moe_group moe_group; /* NULL: the group of just this rank */
 
-typedef enum moe_reduce_op {
-    MOE_REDUCE_SUM,
-    MOE_REDUCE_AVG,
-    MOE_REDUCE_MAX,
-    MOE_REDUCE_MIN,
-    MOE_REDUCE_OP_COUNT
-} moe_reduce_op;
-
 int moe_group_size(const moe_group *g); /* 1 for NULL */
 int moe_group_rank(const moe_group *g); /* 0 for NULL */
 /* In-place all-reduce of T over G (not recorded by autograd). */
 moe_status moe_all_reduce_(moe_tensor *t, moe_reduce_op op, moe_group *g);
-
-/* ---- names ------------------------------------------------------------------ */
-/* "sum", "avg", "max", "min". */
-const char *moe_reduce_op_name(moe_reduce_op op);
-/* Parse a reduce op name; false when unknown. */
-bool moe_reduce_op_parse(const char *name, moe_reduce_op *out);
 
 /* ---- groups ------------------------------------------------------------------ */
 /* Take / drop a reference to this rank's handle of G (NULL is fine). */

@@ -98,12 +98,6 @@ struct moe_work {
 moe_status moe_comm_check_peers(moe_group *g, moe_coll_kind kind, int64_t count, moe_dtype dt,
                                 int64_t op_or_root);
 
-/* The host reductions of the threads and MPI backends are kernels
- * (kernels/cpu/collective.c); their op enum mirrors moe_reduce_op. */
-_Static_assert((int)MOE_CPU_REDUCE_SUM == (int)MOE_REDUCE_SUM && (int)MOE_CPU_REDUCE_AVG == (int)MOE_REDUCE_AVG
-                   && (int)MOE_CPU_REDUCE_MAX == (int)MOE_REDUCE_MAX && (int)MOE_CPU_REDUCE_MIN == (int)MOE_REDUCE_MIN,
-               "moe_cpu_reduce_op mirrors moe_reduce_op");
-
 /* The poison/abort hook of G's backend, if any. */
 void moe_comm_poison(moe_group *g, moe_status code);
 

@@ -194,17 +194,6 @@ static MPI_Op mpi_op(moe_reduce_op op)
     }
 }
 
-static void divide(void *buf, int64_t count, moe_dtype dt, int n)
-{
-    switch (dt) {
-    case MOE_F32: for (int64_t i = 0; i < count; i++) ((float *)buf)[i] /= (float)n; break;
-    case MOE_F64: for (int64_t i = 0; i < count; i++) ((double *)buf)[i] /= (double)n; break;
-    case MOE_I32: for (int64_t i = 0; i < count; i++) ((int32_t *)buf)[i] /= n; break;
-    case MOE_I64: for (int64_t i = 0; i < count; i++) ((int64_t *)buf)[i] /= n; break;
-    default: break;
-    }
-}
-
 static moe_status check_int_count(const char *op, int64_t count)
 {
     if (count > INT_MAX)
@@ -276,7 +265,7 @@ static moe_status ordered_reduce_scatter(moe_group *g, void *recv, const void *s
     int rc = MPI_Ialltoallv(send, c, c + n, mpi_type(dt), buf, c + 2 * n, c + 3 * n, mpi_type(dt), comm_of(g), &req);
     moe_status st = rc == MPI_SUCCESS ? await1(g, opn, &req, count * (int64_t)esz)
                                       : mpi_fail(rc, opn, "MPI_Ialltoallv", __FILE__, __LINE__);
-    if (st == MOE_OK) moe_cpu_reduce_n(dt, recv, srcs, n, mylen, (moe_cpu_reduce_op)op);
+    if (st == MOE_OK) moe_cpu_reduce_n(dt, recv, srcs, n, mylen, op);
     free(c);
     free(srcs);
     return st;
@@ -294,7 +283,7 @@ static moe_status mpi_all_reduce(moe_group *g, void *buf, int64_t count, moe_dty
                                                    mpi_op(op), comm_of(g), &req));
             MOE_TRY(await1(g, "all_reduce", &req, (int64_t)c * (int64_t)esz));
         }
-        if (op == MOE_REDUCE_AVG) divide(buf, count, dt, g->size);
+        if (op == MOE_REDUCE_AVG) moe_cpu_divide(dt, buf, count, g->size);
         return MOE_OK;
     }
     int n = g->size, me = g->rank;
@@ -345,7 +334,7 @@ static moe_status mpi_reduce_scatter(moe_group *g, void *recv, const void *send,
     CHECK_MPI("reduce_scatter", MPI_Ireduce_scatter_block(send, recv, (int)count, mpi_type(dt), mpi_op(op),
                                                           comm_of(g), &req));
     MOE_TRY(await1(g, "reduce_scatter", &req, count * g->size * (int64_t)moe_dtype_size(dt)));
-    if (op == MOE_REDUCE_AVG) divide(recv, count, dt, g->size);
+    if (op == MOE_REDUCE_AVG) moe_cpu_divide(dt, recv, count, g->size);
     return MOE_OK;
 }
 
@@ -625,7 +614,7 @@ static moe_status ordered_phase2(ordered_req *r)
     const void **srcs = malloc(sizeof *srcs * (size_t)n);
     if (!srcs) return moe_fail(MOE_ERR_NOMEM, "all_reduce", "out of memory");
     for (int q = 0; q < n; q++) srcs[q] = r->recv + (size_t)(q * mylen) * esz;
-    moe_cpu_reduce_n(r->dt, (char *)r->buf + mylo * (int64_t)esz, srcs, n, mylen, (moe_cpu_reduce_op)r->op);
+    moe_cpu_reduce_n(r->dt, (char *)r->buf + mylo * (int64_t)esz, srcs, n, mylen, r->op);
     free(srcs);
     for (int q = 0; q < n; q++) {
         int64_t lo, len;

@@ -390,22 +390,6 @@ static moe_status checked_arrive(moe_group *g, const char *op, const thr_slot *d
 
 /* ---- copies ---------------------------------------------------------------------------- */
 
-static void par_memcpy(void *dst, const void *src, size_t nbytes)
-{
-    const size_t chunk = (size_t)1 << 20;
-    if (nbytes <= 2 * chunk || omp_get_max_threads() == 1) {
-        if (nbytes) memcpy(dst, src, nbytes);
-        return;
-    }
-    int64_t nchunks = (int64_t)((nbytes + chunk - 1) / chunk);
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < nchunks; c++) {
-        size_t off = (size_t)c * chunk;
-        size_t len = off + chunk < nbytes ? chunk : nbytes - off;
-        memcpy((char *)dst + off, (const char *)src + off, len);
-    }
-}
-
 /* Balanced slice [lo, hi) of COUNT for rank R of N. */
 static void slice(int64_t count, int n, int r, int64_t *lo, int64_t *hi)
 {
@@ -430,7 +414,7 @@ static moe_status threads_all_reduce(moe_group *g, void *buf, int64_t count, moe
     slice(count, n, g->rank, &lo, &hi);
     void *bufs[n];
     for (int q = 0; q < n; q++) bufs[q] = (char *)s->slots[q].recv + lo * (int64_t)esz;
-    moe_cpu_reduce_bcast(dt, bufs, n, hi - lo, (moe_cpu_reduce_op)op);
+    moe_cpu_reduce_bcast(dt, bufs, n, hi - lo, op);
     inner_barrier(g);
     return MOE_OK;
 }
@@ -441,7 +425,7 @@ static moe_status threads_all_gather(moe_group *g, void *recv, const void *send,
     thr_slot d = {.kind = MOE_COLL_ALL_GATHER, .count = count, .dtype = dt, .send = send};
     MOE_TRY(checked_arrive(g, "all_gather", &d, true, NULL));
     size_t bytes = (size_t)count * moe_dtype_size(dt);
-    for (int q = 0; q < s->n; q++) par_memcpy((char *)recv + (size_t)q * bytes, s->slots[q].send, bytes);
+    for (int q = 0; q < s->n; q++) moe_cpu_copy_bytes((char *)recv + (size_t)q * bytes, s->slots[q].send, bytes);
     inner_barrier(g);
     return MOE_OK;
 }
@@ -456,7 +440,7 @@ static moe_status threads_reduce_scatter(moe_group *g, void *recv, const void *s
     size_t esz = moe_dtype_size(dt);
     const void *srcs[n];
     for (int q = 0; q < n; q++) srcs[q] = (const char *)s->slots[q].send + (size_t)g->rank * (size_t)count * esz;
-    moe_cpu_reduce_n(dt, recv, srcs, n, count, (moe_cpu_reduce_op)op);
+    moe_cpu_reduce_n(dt, recv, srcs, n, count, op);
     inner_barrier(g);
     return MOE_OK;
 }
@@ -485,7 +469,7 @@ static moe_status threads_all_to_all(moe_group *g, void *recv, const int64_t *re
             const thr_slot *src = &s->slots[q];
             int64_t soff = 0;
             for (int k = 0; k < me; k++) soff += src->send_counts[k];
-            par_memcpy((char *)recv + roff * (int64_t)esz, (const char *)src->send + soff * (int64_t)esz,
+            moe_cpu_copy_bytes((char *)recv + roff * (int64_t)esz, (const char *)src->send + soff * (int64_t)esz,
                        (size_t)recv_counts[q] * esz);
             roff += recv_counts[q];
         }
@@ -499,7 +483,7 @@ static moe_status threads_broadcast(moe_group *g, void *buf, int64_t count, moe_
     thr_shared *s = g->impl;
     thr_slot d = {.kind = MOE_COLL_BROADCAST, .count = count, .dtype = dt, .arg = root, .recv = buf};
     MOE_TRY(checked_arrive(g, "broadcast", &d, true, "root"));
-    if (g->rank != root) par_memcpy(buf, s->slots[root].recv, (size_t)count * moe_dtype_size(dt));
+    if (g->rank != root) moe_cpu_copy_bytes(buf, s->slots[root].recv, (size_t)count * moe_dtype_size(dt));
     inner_barrier(g);
     return MOE_OK;
 }

@@ -5,7 +5,7 @@ libmoelab_la_SOURCES += \
 	core/dist/grad_sync.c \
 	kernels/cpu/collective.c kernels/cpu/collective.h
 moelabdistdir = $(includedir)/moelab/dist
-moelabdist_HEADERS = core/dist/comm.h core/dist/mesh.h core/dist/grad_sync.h
+moelabdist_HEADERS = core/dist/comm.h core/dist/mesh.h core/dist/grad_sync.h core/dist/reduce_op.h
 
 ## MPI backend: only when configure found Open MPI.
 EXTRA_DIST += core/dist/comm_mpi.c core/dist/comm_nccl.c

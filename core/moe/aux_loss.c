@@ -10,12 +10,15 @@
  * forward computes the per-scope sums, reduces the counts over the groups,
  * builds A, and the value is Σ A·P; the backward is, per token,
  * dL/dz_t = g · J_p(z_t)ᵀ A[scope(t)]. One node can carry several terms (the
- * router's inject mode: one backward pass for every variant and the z-loss). */
+ * router's inject mode: one backward pass for every variant and the z-loss).
+ * The loops over tokens (statistics, backward, z sum) are kernels/cpu/balance.c. */
 #include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/cpu/balance.h"
+#include "../../kernels/cpu/index.h"
 #include "moe_internal.h"
 
 bool moe_aux_kind_is_sequence(moe_aux_kind k)
@@ -96,18 +99,6 @@ void moe_scopes_free(moe_scopes *sc)
     sc->n = 0;
 }
 
-/* Scope of token T (bounds sorted). */
-static int64_t scope_of(const int64_t *bounds, int64_t n, int64_t t)
-{
-    int64_t lo = 0, hi = n - 1;
-    while (lo < hi) {
-        int64_t mid = (lo + hi + 1) / 2;
-        if (bounds[mid] <= t) lo = mid;
-        else hi = mid - 1;
-    }
-    return lo;
-}
-
 /* ---- per-scope statistics ---------------------------------------------------------- */
 
 void moe_scope_stats_free(moe_scope_stats *st)
@@ -129,55 +120,15 @@ moe_status moe_scope_stats_compute(moe_scope_stats *st, const moe_scopes *sc, co
     st->P = calloc(MOE_NZ(N * E), sizeof(double));
     st->C = calloc(MOE_NZ(N * E), sizeof(double));
     st->Tn = calloc(MOE_NZ(N), sizeof(double));
-    /* chunks: fixed MOE_RCHUNK-token pieces of each scope, reduced in order */
-    int64_t nch = 0;
-    for (int64_t n = 0; n < N; n++)
-        nch += (sc->bounds[n + 1] - sc->bounds[n] + MOE_RCHUNK - 1) / MOE_RCHUNK;
-    int64_t *ch_lo = malloc(sizeof(int64_t) * MOE_NZ(nch));
-    int64_t *ch_scope = malloc(sizeof(int64_t) * MOE_NZ(nch));
-    double *part = malloc(sizeof(double) * MOE_NZ(nch * (E + 1)));
-    if (!st->P || !st->C || !st->Tn || !ch_lo || !ch_scope || !part) {
-        free(ch_lo), free(ch_scope), free(part);
+    if (!st->P || !st->C || !st->Tn) {
         moe_scope_stats_free(st);
-        return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory for loss statistics");
+        return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory for loss statistics (%lld scopes of %lld experts)",
+                        (long long)N, (long long)E);
     }
-    for (int64_t n = 0, c = 0; n < N; n++)
-        for (int64_t lo = sc->bounds[n]; lo < sc->bounds[n + 1]; lo += MOE_RCHUNK) {
-            ch_lo[c] = lo;
-            ch_scope[c++] = n;
-        }
-#pragma omp parallel for if (T * E > 32768) schedule(static)
-    for (int64_t c = 0; c < nch; c++) {
-        double *pc = part + c * (E + 1);
-        for (int64_t j = 0; j <= E; j++) pc[j] = 0;
-        int64_t hi = ch_lo[c] + MOE_RCHUNK, end = sc->bounds[ch_scope[c] + 1];
-        if (hi > end) hi = end;
-        for (int64_t t = ch_lo[c]; t < hi; t++) {
-            if (valid && !valid[t]) continue;
-            double inv = 1.0;
-            if (moe_score_is_normalized(score)) {
-                double rs = 0;
-                if (rowsum) rs = rowsum[t];
-                else
-                    for (int64_t j = 0; j < E; j++) rs += moe_ld(s, dt, t * E + j);
-                inv = 1.0 / (rs + eps);
-            }
-            for (int64_t j = 0; j < E; j++) pc[j] += moe_ld(s, dt, t * E + j) * inv;
-            pc[E] += 1;
-        }
-    }
-    for (int64_t c = 0; c < nch; c++) {
-        double *dst = st->P + ch_scope[c] * E, *pc = part + c * (E + 1);
-        for (int64_t j = 0; j < E; j++) dst[j] += pc[j];
-        st->Tn[ch_scope[c]] += pc[E];
-    }
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t t = sc->bounds[n]; t < sc->bounds[n + 1]; t++) {
-            if (valid && !valid[t]) continue;
-            for (int64_t k = 0; k < K; k++) st->C[n * E + count_ids[t * K + k]] += 1;
-        }
-    free(ch_lo), free(ch_scope), free(part);
-    return MOE_OK;
+    moe_status status = moe_cpu_balance_stats(dt, st->P, st->C, st->Tn, s, rowsum, score, eps, valid,
+                                              count_ids, sc->bounds, N, T, E, K, "aux-loss");
+    if (status != MOE_OK) moe_scope_stats_free(st);
+    return status;
 }
 
 /* Sum BUF [n] over each group in turn (in place). */
@@ -309,12 +260,8 @@ moe_status moe_aux_term_build(moe_aux_term_plan *tp, moe_aux_kind kind, double c
 
 void moe_z_plan_compute(moe_z_plan *zp, const double *lse, const uint8_t *valid, int64_t T, double div)
 {
-    double sum = 0, n = 0;
-    for (int64_t t = 0; t < T; t++) {
-        if (valid && !valid[t]) continue;
-        sum += lse[t] * lse[t];
-        n += 1;
-    }
+    double sum, n;
+    moe_cpu_z_sum(&sum, &n, lse, valid, T);
     zp->on = true;
     zp->n_valid = div > 0 ? div : n; /* the divisor of Σ lse² */
     zp->value = zp->n_valid > 0 ? sum / zp->n_valid : 0.0;
@@ -391,104 +338,12 @@ static moe_status aux_segs_build(aux_segs *sg, const aux_ctx *c)
         int64_t t0 = sg->bounds[q];
         for (int i = 0; i < c->n_terms; i++) {
             const moe_aux_term_plan *tp = &c->terms[i];
-            int64_t n = tp->n == 1 ? 0 : scope_of(tp->bounds, tp->n, t0);
+            int64_t n = tp->n == 1 ? 0 : moe_cpu_scope_of(tp->bounds, tp->n, t0);
             for (int64_t j = 0; j < E; j++) sg->W[q * E + j] += tp->coeff * tp->A[n * E + j];
         }
         for (int64_t j = 0; j < E; j++) sg->Wf[q * E + j] = (float)sg->W[q * E + j];
     }
     return MOE_OK;
-}
-
-/* One f64 token: dz = g · (J_p(z)ᵀ w + z-term), w the token's segment row. */
-static void aux_row_f64(const aux_ctx *c, int64_t t, double g, const double *W, const double *s,
-                        const double *z, double *dz, double *w)
-{
-    const int64_t E = c->E;
-    if (c->valid && !c->valid[t]) {
-        for (int64_t j = 0; j < E; j++) dz[j] = 0;
-        return;
-    }
-    if (c->score == MOE_SCORE_SOFTMAX) {
-        double dot = 0;
-        for (int64_t j = 0; j < E; j++) dot += W[j] * s[j];
-        for (int64_t j = 0; j < E; j++) w[j] = s[j] * (W[j] - dot);
-    } else {
-        double S = 0, cw = 0;
-        for (int64_t j = 0; j < E; j++) {
-            S += s[j];
-            cw += W[j] * s[j];
-        }
-        double D = S + c->eps;
-        for (int64_t j = 0; j < E; j++)
-            w[j] = (W[j] / D - cw / (D * D)) * moe_score_deriv((moe_cpu_score)c->score, s[j], c->offset);
-    }
-    if (c->zterm.on && c->zterm.n_valid > 0) {
-        double coef = c->zterm.coeff * 2.0 * c->lse[t] / c->zterm.n_valid;
-        if (c->score == MOE_SCORE_SOFTMAX)
-            for (int64_t j = 0; j < E; j++) w[j] += coef * s[j];
-        else
-            for (int64_t j = 0; j < E; j++) w[j] += coef * exp(z[j] - c->lse[t]);
-    }
-    for (int64_t j = 0; j < E; j++) dz[j] = g * w[j];
-}
-
-/* One f32 token, four lanes at a time (the scalar form for the tail). */
-static void aux_row_f32(const aux_ctx *c, int64_t t, double g, const float *W, const float *s,
-                        const float *z, float *dz)
-{
-    const int64_t E = c->E, E4 = E - E % 4;
-    if (c->valid && !c->valid[t]) {
-        memset(dz, 0, sizeof(float) * (size_t)E);
-        return;
-    }
-    bool zon = c->zterm.on && c->zterm.n_valid > 0;
-    float coef = zon ? (float)(c->zterm.coeff * 2.0 * c->lse[t] / c->zterm.n_valid) : 0.0f;
-    float lse = zon ? (float)c->lse[t] : 0.0f, gf = (float)g;
-    moe_v4f a4 = moe_vsplat(0), b4 = moe_vsplat(0);
-    for (int64_t j = 0; j < E4; j += 4) {
-        moe_v4f sj = moe_vload(s + j);
-        a4 += moe_vload(W + j) * sj;
-        b4 += sj;
-    }
-    float dot = moe_vsum(a4), S = moe_vsum(b4);
-    for (int64_t j = E4; j < E; j++) {
-        dot += W[j] * s[j];
-        S += s[j];
-    }
-    if (c->score == MOE_SCORE_SOFTMAX) { /* dz = g·s ⊙ (W − W·s + coef) */
-        moe_v4f d = moe_vsplat(dot - coef), gg = moe_vsplat(gf);
-        for (int64_t j = 0; j < E4; j += 4) {
-            moe_v4f v = gg * moe_vload(s + j) * (moe_vload(W + j) - d);
-            memcpy(dz + j, &v, sizeof v);
-        }
-        for (int64_t j = E4; j < E; j++) dz[j] = gf * s[j] * (W[j] - (dot - coef));
-        return;
-    }
-    if (c->score == MOE_SCORE_SQRTSOFTPLUS) { /* p = s/D as below, ds/dz from s, in double */
-        double D = (double)S + c->eps;
-        for (int64_t j = 0; j < E; j++) {
-            double v = ((double)W[j] / D - (double)dot / (D * D)) * moe_score_deriv((moe_cpu_score)c->score, s[j], c->offset);
-            if (zon) v += (double)coef * exp((double)z[j] - c->lse[t]);
-            dz[j] = (float)(g * v);
-        }
-        return;
-    }
-    /* sigmoid: p = s/D, D = S + ε: dz = g·((W/D − cw/D²)·σ(1−σ) + coef·softmax(z)) */
-    float invD = (float)(1.0 / ((double)S + c->eps)), c2 = dot * invD * invD, off = (float)c->offset;
-    moe_v4f vi = moe_vsplat(invD), vc = moe_vsplat(c2), vo = moe_vsplat(off), one = moe_vsplat(1.0f),
-            gg = moe_vsplat(gf), vcoef = moe_vsplat(coef), vl = moe_vsplat(lse);
-    for (int64_t j = 0; j < E4; j += 4) {
-        moe_v4f sg = moe_vload(s + j) - vo;
-        moe_v4f v = (moe_vload(W + j) * vi - vc) * sg * (one - sg);
-        if (zon) v += vcoef * moe_vexp(moe_vload(z + j) - vl);
-        v *= gg;
-        memcpy(dz + j, &v, sizeof v);
-    }
-    for (int64_t j = E4; j < E; j++) {
-        float sg = s[j] - off, v = (W[j] * invD - c2) * sg * (1.0f - sg);
-        if (zon) v += coef * moe_fexp(z[j] - lse);
-        dz[j] = gf * v;
-    }
 }
 
 /* dz_t = g · (J_p(z_t)ᵀ Σ_terms coeff·A[scope(t)] + z-term). saved: s, z. */
@@ -507,29 +362,17 @@ static moe_status aux_backward(moe_node *node, moe_tensor *grad, moe_tensor **gi
         aux_segs_free(&sg);
         return st;
     }
-    const int64_t T = c->T, E = c->E;
-    bool fail = false;
-#pragma omp parallel if (T * E > 32768)
-    {
-        double *w = c->dtype == MOE_F64 ? malloc(sizeof(double) * (size_t)E) : NULL;
-        if (c->dtype == MOE_F64 && !w) fail = true;
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < T; t++) {
-            int64_t q = sg.n == 1 ? 0 : scope_of(sg.bounds, sg.n, t);
-            if (c->dtype == MOE_F32)
-                aux_row_f32(c, t, g, sg.Wf + q * E, (const float *)moe_tensor_data(s) + t * E,
-                            (const float *)moe_tensor_data(z) + t * E, (float *)moe_tensor_data(dz) + t * E);
-            else if (w)
-                aux_row_f64(c, t, g, sg.W + q * E, (const double *)moe_tensor_data(s) + t * E,
-                            (const double *)moe_tensor_data(z) + t * E,
-                            (double *)moe_tensor_data(dz) + t * E, w);
-        }
-        free(w);
-    }
+    moe_cpu_balance_grad p = {
+        .T = c->T, .E = c->E, .dtype = c->dtype, .s = moe_tensor_data(s), .z = moe_tensor_data(z),
+        .valid = c->valid, .score = c->score, .eps = c->eps, .offset = c->offset, .n_segs = sg.n,
+        .seg_bounds = sg.bounds, .W = sg.W, .Wf = sg.Wf, .lse = c->zterm.on ? c->lse : NULL,
+        .z_coeff = c->zterm.coeff, .z_count = c->zterm.n_valid, .g = g, .dz = moe_tensor_data(dz),
+    };
+    st = moe_cpu_balance_backward(&p, "aux-loss");
     aux_segs_free(&sg);
-    if (fail) {
+    if (st != MOE_OK) {
         moe_tensor_release(dz);
-        return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory in backward");
+        return st;
     }
     gin[0] = dz;
     return MOE_OK;
@@ -809,15 +652,9 @@ static moe_status read_valid(uint8_t **out, const char *op, moe_tensor *valid, i
     if (!ok)
         return moe_fail(MOE_ERR_SHAPE, op, "valid mask must be %s%s, got %s", moe_dims_str(1, &T),
                         allow_bs ? " or [B S]" : "", moe_shape_str(valid));
-    double *v = malloc(sizeof(double) * MOE_NZ(T));
     uint8_t *m = malloc(MOE_NZ(T));
-    if (!v || !m) {
-        free(v), free(m);
-        return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
-    }
-    moe_status st = moe_tensor_to_doubles(valid, v);
-    for (int64_t t = 0; t < T; t++) m[t] = v[t] != 0;
-    free(v);
+    if (!m) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for a valid mask of %lld bytes", (long long)T);
+    moe_status st = moe_tensor_to_host(valid, MOE_BOOL, m); /* nonzero = valid */
     if (st != MOE_OK) {
         free(m);
         return st;
@@ -898,20 +735,12 @@ static moe_status loss_prepare(loss_in *in, const char *op, moe_tensor *logits,
         loss_in_free(in);
         return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
     }
-    if (o->routing_ids) {
-        double *v = malloc(sizeof(double) * MOE_NZ(T * K));
-        if (!v) {
-            loss_in_free(in);
-            return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
-        }
-        st = moe_tensor_to_doubles(o->routing_ids, v);
-        for (int64_t i = 0; st == MOE_OK && i < T * K; i++) {
-            if (v[i] < 0 || v[i] >= (double)E)
-                st = moe_fail(MOE_ERR_INDEX, op, "routing id %lld at slot %lld is outside [0, %lld)",
-                              (long long)v[i], (long long)i, (long long)E);
-            in->count_ids[i] = (int64_t)v[i];
-        }
-        free(v);
+    if (o->routing_ids) { /* i64 or i32 (checked above): exact in i64 */
+        st = moe_tensor_to_host(o->routing_ids, MOE_I64, in->count_ids);
+        int64_t bad = st == MOE_OK ? moe_cpu_index_find_bad(in->count_ids, T * K, E) : -1;
+        if (bad >= 0)
+            st = moe_fail(MOE_ERR_INDEX, op, "routing id %lld at slot %lld is outside [0, %lld)",
+                          (long long)in->count_ids[bad], (long long)bad, (long long)E);
         if (st != MOE_OK) {
             loss_in_free(in);
             return st;
@@ -919,7 +748,7 @@ static moe_status loss_prepare(loss_in *in, const char *op, moe_tensor *logits,
     }
     moe_route_plan p = {
         .T = T, .E = E, .K = K, .dtype = z->dtype, .z = moe_tensor_data(z), .valid = in->valid,
-        .score = (moe_cpu_score)o->score, .score_offset = o->score_offset, .loss_eps = o->sigmoid_eps,
+        .score = o->score, .score_offset = o->score_offset, .loss_eps = o->sigmoid_eps,
         .select = false, .count_topk = true, .s = moe_tensor_data(in->s), .rowsum = in->rowsum,
         .lse = need_lse ? in->lse : NULL, .count_ids = o->routing_ids ? NULL : in->count_ids,
     };

@@ -84,24 +84,13 @@
 #include "../autograd.h"
 #include "../dist/comm.h"
 #include "../tensor.h"
+#include "route_modes.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 /* ---- names ------------------------------------------------------------------ */
-
-typedef enum moe_score_fn {
-    MOE_SCORE_SOFTMAX,
-    MOE_SCORE_SIGMOID,
-    MOE_SCORE_SQRTSOFTPLUS, /* s = √softplus(z) (Megatron-Core); handled like sigmoid:
-                               loss scores s/(Σ s + ε), renormalised weights */
-    MOE_SCORE_FN_COUNT
-} moe_score_fn;
-const char *moe_score_fn_name(moe_score_fn f); /* "softmax", "sigmoid", "sqrtsoftplus" */
-bool moe_score_fn_parse(const char *name, moe_score_fn *out);
-/* True for the score functions whose loss scores are s/(Σ_j s_j + ε). */
-static inline bool moe_score_is_normalized(moe_score_fn f) { return f != MOE_SCORE_SOFTMAX; }
 
 /* Which framework's arithmetic the losses and the capacity report follow. */
 typedef enum moe_convention {

@@ -1,5 +1,5 @@
 /* dispatch.c — dispatch plans, permute and combine (each forward beside its
- * backward). Loops: kernels/cpu/grouped_gemm.c (token movement); on a CUDA
+ * backward). Loops: kernels/cpu/permute.c (plans and token movement); on a CUDA
  * device kernels/cuda/permute.cu with the plan's index arrays copied to the
  * device once per plan. The plan itself is made on the host.
  *
@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/cpu/copy.h"
 #include "../../kernels/cpu/permute.h"
 #include "../../kernels/cuda/permute.h"
 #include "../device.h"
@@ -80,12 +81,13 @@ moe_status moe_dispatch_plan(moe_dispatch **out, moe_tensor *experts, moe_tensor
     if (keep) MOE_TRYG(moe_as_compute(&kp, keep, MOE_BOOL));
     const int64_t *id = moe_tensor_data(ids);
     const uint8_t *kv = kp ? moe_tensor_data(kp) : NULL;
-    for (int64_t s = 0; s < S; s++)
-        if (id[s] < 0 || id[s] >= E) {
-            st = moe_fail(MOE_ERR_INDEX, op, "expert id %lld at [%lld %lld] is out of range [0, %lld)",
-                          (long long)id[s], (long long)(s / K), (long long)(s % K), (long long)E);
-            goto done;
-        }
+    double bad_value;
+    int64_t bad = moe_cpu_find_first(ids, 0, (double)(E - 1), false, &bad_value);
+    if (bad >= 0) {
+        st = moe_fail(MOE_ERR_INDEX, op, "expert id %lld at [%lld %lld] is out of range [0, %lld)",
+                      (long long)id[bad], (long long)(bad / K), (long long)(bad % K), (long long)E);
+        goto done;
+    }
 
     d = calloc(1, sizeof *d);
     cursor = calloc((size_t)E, sizeof *cursor);
@@ -102,21 +104,9 @@ moe_status moe_dispatch_plan(moe_dispatch **out, moe_tensor *experts, moe_tensor
     d->slot_row = malloc(sizeof *d->slot_row * (size_t)(S ? S : 1));
     if (!d->routed || !d->counts || !d->offsets || !d->slot_row) goto nomem;
 
-    /* 1. Count, deciding drops in slot order (-2: gets a row). */
-    for (int64_t s = 0; s < S; s++) {
-        int64_t e = id[s];
-        d->routed[e]++;
-        bool kept = !kv || kv[s];
-        if (kept && capacity > 0 && d->counts[e] >= capacity) kept = false;
-        if (kept) {
-            d->counts[e]++;
-            d->slot_row[s] = -2;
-            d->n_kept++;
-        } else {
-            d->slot_row[s] = -1;
-            d->n_dropped++;
-        }
-    }
+    /* 1. Count, deciding drops in slot order. */
+    d->n_kept = moe_cpu_plan_count(d->routed, d->counts, d->slot_row, id, kv, S, capacity);
+    d->n_dropped = S - d->n_kept;
     /* 2. Block offsets. */
     for (int64_t e = 0; e < E; e++)
         d->offsets[e + 1] = d->offsets[e] + (pad ? capacity : d->counts[e]);
@@ -124,16 +114,8 @@ moe_status moe_dispatch_plan(moe_dispatch **out, moe_tensor *experts, moe_tensor
     d->row_token = malloc(sizeof *d->row_token * (size_t)(N ? N : 1));
     d->row_slot = malloc(sizeof *d->row_slot * (size_t)(N ? N : 1));
     if (!d->row_token || !d->row_slot) goto nomem;
-    for (int64_t r = 0; r < N; r++) d->row_token[r] = d->row_slot[r] = -1;
     /* 3. Place the kept slots (stable: slot order inside each block). */
-    memcpy(cursor, d->offsets, sizeof *cursor * (size_t)E);
-    for (int64_t s = 0; s < S; s++) {
-        if (d->slot_row[s] != -2) continue;
-        int64_t r = cursor[id[s]]++;
-        d->slot_row[s] = r;
-        d->row_token[r] = s / K;
-        d->row_slot[r] = s;
-    }
+    moe_cpu_plan_place(d->row_token, d->row_slot, d->slot_row, cursor, id, d->offsets, S, K, N, E);
     *out = d;
     d = NULL;
     goto done;
@@ -182,7 +164,7 @@ moe_status moe_dispatch_kept(moe_tensor **out, const moe_dispatch *d)
     int64_t shape[2] = {d->T, d->K};
     MOE_TRY(moe_tensor_empty(out, MOE_BOOL, MOE_CPU, 2, shape));
     uint8_t *v = moe_tensor_data(*out);
-    for (int64_t s = 0; s < d->T * d->K; s++) v[s] = d->slot_row[s] >= 0;
+    moe_cpu_plan_kept(v, d->slot_row, d->T * d->K);
     return MOE_OK;
 }
 

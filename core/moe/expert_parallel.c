@@ -169,12 +169,7 @@ moe_status moe_ep_grouped_mlp(moe_tensor **out, moe_tensor *x, moe_tensor *w_gat
         st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
         goto done;
     }
-    for (int64_t j = 0, r = 0; j < El; j++)
-        for (int s = 0; s < P; s++)
-            for (int64_t i = 0; i < rc[s * El + j]; i++, r++) {
-                p->fwd[r] = start[s * El + j] + i;
-                p->inv[start[s * El + j] + i] = r;
-            }
+    moe_cpu_regroup_rows(p->fwd, p->inv, rc, start, P, El);
     MOE_TRYG(regroup(&xg, xr, p, false));
     /* 4. The local experts. */
     MOE_TRYG(moe_grouped_mlp(&yg, xg, w_gate, w_up, w_down, b_gate, b_up, b_down, local, act));

@@ -1,12 +1,14 @@
 ## core/moe/local.mk — routers, aux losses, metrics: sources and tests.
 ## Headers install under $(includedir)/moelab/moe and are included as "moe/router.h".
 libmoelab_la_SOURCES += \
-	core/moe/router.c core/moe/config.c core/moe/sinkhorn.c \
+	core/moe/router.c core/moe/config.c \
 	core/moe/capacity.c core/moe/aux_loss.c core/moe/metrics.c core/moe/moe_internal.h \
 	core/moe/quantile.c core/moe/replay.c \
-	kernels/cpu/router.c kernels/cpu/router.h
+	kernels/cpu/router.c kernels/cpu/router.h kernels/cpu/balance.c kernels/cpu/balance.h \
+	kernels/cpu/sinkhorn.c kernels/cpu/sinkhorn.h kernels/cpu/quantile.c kernels/cpu/quantile.h \
+	kernels/cpu/capacity.c kernels/cpu/capacity.h
 moelabmoedir = $(includedir)/moelab/moe
-moelabmoe_HEADERS = core/moe/router.h core/moe/aux_loss.h core/moe/metrics.h
+moelabmoe_HEADERS = core/moe/router.h core/moe/aux_loss.h core/moe/metrics.h core/moe/route_modes.h
 
 ## ---- tests ------------------------------------------------------------------
 MOE_ROUTER_TESTS = tests/unit/check_router tests/unit/check_aux_loss tests/unit/check_router_refs \

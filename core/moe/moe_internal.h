@@ -1,13 +1,12 @@
-/* moe_internal.h — shared between the router, aux-loss, capacity, sinkhorn
+/* moe_internal.h — shared between the router, aux-loss, capacity, quantile
  * and metrics files; not installed.
  *
  * Dimension letters: T tokens, E experts, K top-k, G expert groups, N scopes
  * (segments: the micro-batch, or one per sequence/document).
  *
- * Row kernels compute in double whatever the storage dtype (f32 or f64), so
- * f32 results are the correctly rounded double results. Every reduction over
- * tokens runs in fixed chunks reduced in order: results do not depend on the
- * thread count. */
+ * The loops over tokens, slots and logits are kernels (kernels/cpu: router,
+ * balance, sinkhorn, quantile, capacity); these files validate, keep the
+ * router's state, build the loss tables and record autograd. */
 #ifndef MOELAB_MOE_INTERNAL_H
 #define MOELAB_MOE_INTERNAL_H
 
@@ -23,39 +22,13 @@
 /* An allocation count that is never 0. */
 #define MOE_NZ(n) ((size_t)((n) > 0 ? (n) : 1))
 
-/* Tokens per chunk of the deterministic reductions. */
-#define MOE_RCHUNK 256
-
-/* The per-token routing kernels (kernels/cpu/router.c) and their f32
- * exp/log, which the loss statistics share. */
+/* The routing kernels the router and the losses call (kernels/cpu/router.c). */
 #include "../../kernels/cpu/router.h"
-
-/* The kernel enums are the router's, number for number. */
-_Static_assert((int)MOE_CPU_SCORE_SOFTMAX == (int)MOE_SCORE_SOFTMAX && (int)MOE_CPU_SCORE_SIGMOID == (int)MOE_SCORE_SIGMOID
-                   && (int)MOE_CPU_SCORE_SQRTSOFTPLUS == (int)MOE_SCORE_SQRTSOFTPLUS,
-               "moe_cpu_score mirrors moe_score_fn");
-_Static_assert((int)MOE_CPU_DEBUG_NONE == (int)MOE_DEBUG_NONE && (int)MOE_CPU_DEBUG_UNIFORM == (int)MOE_DEBUG_UNIFORM
-                   && (int)MOE_CPU_DEBUG_IMBALANCE == (int)MOE_DEBUG_IMBALANCE
-                   && (int)MOE_CPU_DEBUG_RANDOM == (int)MOE_DEBUG_RANDOM,
-               "moe_cpu_debug mirrors moe_debug_routing");
-
-/* ---- sinkhorn.c ------------------------------------------------------------------ */
-/* log d1 [E] of Megatron's Sinkhorn balancing of exp(z) over the valid rows:
- * selecting top-k of z + log d1 is selecting top-k of d1·exp(z)·d0. */
-moe_status moe_sinkhorn_log_offsets(double *log_d1, const void *z, moe_dtype dt, int64_t T,
-                                    int64_t E, const uint8_t *valid, int *iterations);
 
 /* ---- capacity.c ------------------------------------------------------------------ */
 /* Capacity per expert for VALID_T tokens; -1 when there is none (no factor, or
  * the MegaBlocks formula gave 0). Clamped to VALID_T (C >= T never drops). */
 int64_t moe_capacity_of(const moe_router_config *cfg, int64_t valid_t);
-/* Drop the slots over capacity C: KEPT [T K] (in: routed valid slots) loses
- * the dropped ones; W [T K] orders the "probs" policy. PAD_MAP [T E] (or NULL)
- * receives 1 for the filler entries that pad each expert to min(C, T) tokens.
- * Returns the number of dropped slots through DROPPED. */
-moe_status moe_capacity_apply(uint8_t *kept, int64_t *dropped, uint8_t *pad_map,
-                              const int64_t *ids, const double *w, int64_t T, int64_t K,
-                              int64_t E, int64_t C, moe_drop_policy policy);
 
 /* ---- aux_loss.c: scopes, statistics, terms and the loss node ---------------------- */
 
@@ -160,10 +133,6 @@ bool moe_tracker_recomputing(const moe_balance_tracker *tr);
 const double *moe_tracker_buffer(const moe_balance_tracker *tr);
 
 /* ---- quantile.c ------------------------------------------------------------------- */
-/* The per-expert quantiles Q [E] of one micro-batch of logits Z [T E] (T·K
- * divisible by E) under the bias BETA [E]. */
-moe_status moe_qb_quantiles(double *q, const void *z, moe_dtype dt, int64_t T, int64_t E, int64_t K,
-                            const float *beta);
 /* β ← ema·β + (1 − ema)·QBAR, then re-centred to zero mean (f32). */
 void moe_qb_update(float *beta, const double *qbar, int64_t E, double ema);
 

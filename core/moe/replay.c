@@ -18,30 +18,19 @@ moe_status moe_replay_ids_read(int64_t **out, moe_tensor *ids, int64_t T, int64_
         (ids->dtype != MOE_I64 && ids->dtype != MOE_I32))
         return moe_fail(MOE_ERR_SHAPE, op, "#:experts must be i64 [%lld %lld] (tokens, top-k), got %s %s",
                         (long long)T, (long long)K, moe_dtype_name(ids->dtype), moe_shape_str(ids));
-    double *v = malloc(sizeof(double) * MOE_NZ(T * K));
     int64_t *p = malloc(sizeof(int64_t) * MOE_NZ(T * K));
-    if (!v || !p) {
-        free(v), free(p);
-        return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
-    }
-    moe_status st = moe_tensor_to_doubles(ids, v);
-    for (int64_t i = 0; st == MOE_OK && i < T * K; i++) {
-        if (!(v[i] >= 0 && v[i] < (double)E)) {
-            st = moe_fail(MOE_ERR_INDEX, op, "#:experts: id %lld at token %lld, slot %lld is outside [0, %lld)",
-                          (long long)v[i], (long long)(i / K), (long long)(i % K), (long long)E);
-            break;
-        }
-        p[i] = (int64_t)v[i];
-        for (int64_t j = i - i % K; j < i; j++)
-            if (p[j] == p[i]) {
-                st = moe_fail(MOE_ERR_VALUE, op,
-                              "#:experts: token %lld lists expert %lld twice (slots %lld and %lld); "
-                              "a token's K experts must be distinct",
-                              (long long)(i / K), (long long)p[i], (long long)(j % K), (long long)(i % K));
-                break;
-            }
-    }
-    free(v);
+    if (!p) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %lld expert ids", (long long)(T * K));
+    moe_status st = moe_tensor_to_host(ids, MOE_I64, p); /* i64 or i32: exact */
+    int64_t i = 0, j = 0;
+    int bad = st == MOE_OK ? moe_route_check_ids(p, T, K, E, &i, &j) : 0;
+    if (bad == 1)
+        st = moe_fail(MOE_ERR_INDEX, op, "#:experts: id %lld at token %lld, slot %lld is outside [0, %lld)",
+                      (long long)p[i], (long long)(i / K), (long long)(i % K), (long long)E);
+    else if (bad == 2)
+        st = moe_fail(MOE_ERR_VALUE, op,
+                      "#:experts: token %lld lists expert %lld twice (slots %lld and %lld); "
+                      "a token's K experts must be distinct",
+                      (long long)(i / K), (long long)p[i], (long long)(j % K), (long long)(i % K));
     if (st != MOE_OK) {
         free(p);
         return st;

@@ -19,6 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/cpu/capacity.h"
+#include "../../kernels/cpu/quantile.h"
+#include "../../kernels/cpu/random.h"
+#include "../../kernels/cpu/sinkhorn.h"
 #include "moe_internal.h"
 
 #define OP "router-forward"
@@ -71,6 +75,21 @@ static moe_status make_tracker(moe_router *r)
     return MOE_OK;
 }
 
+/* W [E D] ~ N(0, 0.02²): a standard normal draw in DTYPE, scaled in double
+ * and rounded to DTYPE again. */
+static moe_status init_weight(moe_tensor **w, moe_rng *rng, moe_dtype dtype, int64_t E, int64_t D)
+{
+    moe_tensor *draw = NULL, *wide = NULL, *scaled = NULL;
+    moe_status st = moe_tensor_randn(&draw, rng, dtype, MOE_CPU, 2, (int64_t[]){E, D});
+    if (st == MOE_OK) st = moe_to_dtype(&wide, draw, MOE_F64);
+    if (st == MOE_OK) st = moe_mul_scalar(&scaled, wide, 0.02);
+    if (st == MOE_OK) st = moe_to_dtype(w, scaled, dtype);
+    moe_tensor_release(draw);
+    moe_tensor_release(wide);
+    moe_tensor_release(scaled);
+    return st;
+}
+
 moe_status moe_router_new(moe_router **out, const moe_router_config *cfg)
 {
     *out = NULL;
@@ -89,12 +108,8 @@ moe_status moe_router_new(moe_router **out, const moe_router_config *cfg)
         st = moe_fail(MOE_ERR_NOMEM, "make-router", "out of memory");
     moe_rng rng;
     moe_rng_init(&rng, cfg->seed ^ INIT_SEED_MIX);
-    if (st == MOE_OK) st = moe_tensor_randn(&r->weight, &rng, cfg->dtype, MOE_CPU, 2, (int64_t[]){E, D});
-    if (st == MOE_OK) {
-        void *w = moe_tensor_data(r->weight);
-        for (int64_t i = 0; i < E * D; i++) moe_st(w, cfg->dtype, i, 0.02 * moe_ld(w, cfg->dtype, i));
-        st = moe_tensor_requires_grad_(r->weight, true);
-    }
+    if (st == MOE_OK) st = init_weight(&r->weight, &rng, cfg->dtype, E, D);
+    if (st == MOE_OK) st = moe_tensor_requires_grad_(r->weight, true);
     if (st == MOE_OK && cfg->expert_bias) st = moe_tensor_zeros(&r->bias, MOE_F32, MOE_CPU, 1, &E);
     if (st == MOE_OK && cfg->routing == MOE_ROUTING_QUANTILE_BALANCING) {
         st = moe_tensor_zeros(&r->qb_beta, MOE_F32, MOE_CPU, 1, &E);
@@ -220,7 +235,7 @@ static moe_status weights_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
             .s = moe_tensor_data(s), .ids = moe_tensor_data(ids), .wu = moe_tensor_data(wu),
             .kept = moe_tensor_data(kept), .g = moe_tensor_data(gc),
             .wmode = (moe_wmode)n->iargs[0], .wnorm = (moe_wnorm)n->iargs[1],
-            .score = (moe_cpu_score)n->iargs[2], .scale = n->dargs[0], .norm_eps = n->dargs[1],
+            .score = (moe_score_fn)n->iargs[2], .scale = n->dargs[0], .norm_eps = n->dargs[1],
             .norm_p = n->dargs[2], .score_offset = n->dargs[3], .dz = moe_tensor_data(dz),
         };
         moe_route_rows_backward(&p);
@@ -247,13 +262,8 @@ static moe_status densify_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
     MOE_TRY(moe_as_compute(&gc, g, dt));
     moe_status st = moe_tensor_empty(&dw, dt, MOE_CPU, 2, ids->shape);
     if (st == MOE_OK) {
-        int64_t TK = moe_tensor_numel(ids), K = ids->shape[1], E = n->iargs[0];
-        const int64_t *id = moe_tensor_data(ids);
-        const uint8_t *kp = moe_tensor_data(kept);
-        const void *gp = moe_tensor_data(gc);
-        void *dp = moe_tensor_data(dw);
-        for (int64_t i = 0; i < TK; i++)
-            moe_st(dp, dt, i, kp[i] ? moe_ld(gp, dt, (i / K) * E + id[i]) : 0.0);
+        moe_route_densify_backward(dt, moe_tensor_data(dw), moe_tensor_data(gc), moe_tensor_data(ids),
+                                   moe_tensor_data(kept), ids->shape[0], ids->shape[1], n->iargs[0]);
         gin[0] = dw;
     }
     moe_tensor_release(gc);
@@ -305,16 +315,9 @@ static moe_status read_mask(fwd *f, moe_tensor *valid, bool allow_bs)
     if (!ok)
         return moe_fail(MOE_ERR_SHAPE, OP, "valid mask must be [%lld]%s for x of %lld tokens, got %s",
                         (long long)f->T, allow_bs ? " or [B S]" : "", (long long)f->T, moe_shape_str(valid));
-    double *v = malloc(sizeof(double) * (size_t)f->T);
     f->valid = malloc((size_t)f->T);
-    if (!v || !f->valid) {
-        free(v);
-        return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
-    }
-    moe_status st = moe_tensor_to_doubles(valid, v);
-    for (int64_t t = 0; t < f->T; t++) f->valid[t] = v[t] != 0;
-    free(v);
-    return st;
+    if (!f->valid) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory for a valid mask of %lld bytes", (long long)f->T);
+    return moe_tensor_to_host(valid, MOE_BOOL, f->valid); /* nonzero = valid */
 }
 
 /* x [T D] (or [B S D]) → z [T E] in the router dtype, with jitter. */
@@ -326,11 +329,9 @@ static moe_status gate(fwd *f, moe_router *r, moe_tensor *x, uint64_t offset)
     moe_tensor *xin = f->xc;
     if (r->cfg.training && r->cfg.jitter > 0) {
         MOE_TRY(moe_tensor_empty(&f->noise, r->cfg.dtype, MOE_CPU, 2, (int64_t[]){f->T, f->D}));
-        void *u = moe_tensor_data(f->noise);
-        double eps = r->cfg.jitter;
-        uint64_t seed = r->cfg.seed ^ JITTER_SEED_MIX;
-        for (int64_t i = 0; i < f->T * f->D; i++)
-            moe_st(u, r->cfg.dtype, i, 1.0 - eps + 2.0 * eps * moe_rng_uniform(seed, offset + (uint64_t)i));
+        double eps = r->cfg.jitter; /* U[1 − ε, 1 + ε) */
+        moe_cpu_uniform(r->cfg.dtype, moe_tensor_data(f->noise), f->T * f->D, r->cfg.seed ^ JITTER_SEED_MIX,
+                        offset, 1.0 - eps, 2.0 * eps);
         MOE_TRY(moe_mul(&f->xj, f->xc, f->noise));
         xin = f->xj;
     }
@@ -534,22 +535,8 @@ moe_status moe_routing_dense(moe_routing *o)
     moe_status st = moe_tensor_zeros(&probs, dt, MOE_CPU, 2, (int64_t[]){T, E});
     if (st == MOE_OK) st = moe_tensor_zeros(&map, MOE_BOOL, MOE_CPU, 2, (int64_t[]){T, E});
     if (st == MOE_OK) {
-        void *pp = moe_tensor_data(probs);
-        const void *wp = moe_tensor_data(o->weights);
-        uint8_t *mp = moe_tensor_data(map);
-        const uint8_t *kp = moe_tensor_data(o->kept), *pad = o->priv->pad_map;
-        const int64_t *ids = moe_tensor_data(o->experts);
-#pragma omp parallel for if (T * E > 32768) schedule(static)
-        for (int64_t t = 0; t < T; t++) {
-            for (int64_t k = 0; k < K; k++) {
-                int64_t i = t * K + k;
-                if (!kp[i]) continue;
-                moe_st(pp, dt, t * E + ids[i], moe_ld(wp, dt, i));
-                mp[t * E + ids[i]] = 1;
-            }
-            if (pad)
-                for (int64_t j = t * E; j < (t + 1) * E; j++) mp[j] |= pad[j];
-        }
+        moe_route_densify(dt, moe_tensor_data(probs), moe_tensor_data(map), moe_tensor_data(o->weights),
+                          moe_tensor_data(o->experts), moe_tensor_data(o->kept), o->priv->pad_map, T, K, E);
         moe_tensor *saved[2] = {o->experts, o->kept};
         st = moe_autograd_record(probs, "router-densify", densify_backward, 1, &o->weights, 2, saved, NULL, NULL);
         if (st == MOE_OK && probs->grad_fn) probs->grad_fn->iargs[0] = E;
@@ -596,8 +583,8 @@ static moe_status qb_quantiles(fwd *f, moe_router *r)
     f->qb_q = malloc(sizeof(double) * (size_t)f->E);
     if (st == MOE_OK && !f->qb_q) st = moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
     if (st == MOE_OK)
-        st = moe_qb_quantiles(f->qb_q, moe_tensor_data(z), z->dtype, z->shape[0], f->E, f->K,
-                              moe_tensor_data(r->qb_beta));
+        st = moe_cpu_qb_quantiles(z->dtype, f->qb_q, moe_tensor_data(z), moe_tensor_data(r->qb_beta),
+                                  z->shape[0], f->E, f->K);
     moe_tensor_release(z);
     return st;
 }
@@ -671,31 +658,28 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
         moe_tensor *rz = NULL;
         st = moe_tensor_empty(&rz, c->dtype, MOE_CPU, 2, (int64_t[]){T, E});
         if (st == MOE_OK) {
-            void *zp = moe_tensor_data(rz);
-            uint64_t seed = c->seed ^ DEBUG_SEED_MIX, base = offset + (uint64_t)(T * f.D);
-            for (int64_t i = 0; i < T * E; i++) moe_st(zp, c->dtype, i, moe_rng_uniform(seed, base + (uint64_t)i));
+            moe_cpu_uniform(c->dtype, moe_tensor_data(rz), T * E, c->seed ^ DEBUG_SEED_MIX,
+                            offset + (uint64_t)(T * f.D), 0.0, 1.0);
             moe_tensor_release(f.z);
             f.z = rz;
         }
     }
-    f.Tv = 0;
-    for (int64_t t = 0; t < T; t++) f.Tv += !f.valid || f.valid[t];
 
     /* ---- the routing pass ---- */
     bool sink = c->sinkhorn;
     moe_route_plan p = {
-        .T = T, .E = E, .K = K, .dtype = c->dtype, .valid = f.valid, .score = (moe_cpu_score)c->score,
+        .T = T, .E = E, .K = K, .dtype = c->dtype, .valid = f.valid, .score = c->score,
         .score_offset = c->score_offset, .loss_eps = c->loss_eps, .select = true,
         .wmode = MOE_WMODE_GATHER, .wnorm = MOE_WNORM_NONE, .norm_eps = c->norm_eps,
         .norm_p = c->norm_p, .groups = c->groups, .group_topk = c->group_topk,
         .group_m = c->groups ? (c->group_score_top ? c->group_score_top : K / c->group_topk) : 0,
-        .debug = (moe_cpu_debug)(c->debug_routing == MOE_DEBUG_RANDOM ? MOE_DEBUG_NONE : c->debug_routing),
+        .debug = (c->debug_routing == MOE_DEBUG_RANDOM ? MOE_DEBUG_NONE : c->debug_routing),
         .debug_seed = c->seed ^ DEBUG_SEED_MIX, .debug_keep_weights = c->debug_keep_weights,
         .debug_offset = offset + (uint64_t)(T * f.D), .debug_skew = c->debug_skew,
         .count_topk = c->count_from == MOE_COUNT_TOPK,
     };
     if (sink) { /* Megatron: weights from σ (K = 1) or the full softmax, not renormalised */
-        p.score = K == 1 ? MOE_CPU_SCORE_SIGMOID : MOE_CPU_SCORE_SOFTMAX;
+        p.score = K == 1 ? MOE_SCORE_SIGMOID : MOE_SCORE_SOFTMAX;
         p.score_offset = 0;
         p.select_on_logits = c->training;
     } else if (c->score == MOE_SCORE_SOFTMAX && !c->pre_softmax) {
@@ -705,7 +689,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
         p.wnorm = c->norm_p == 1.0 ? MOE_WNORM_SUM : MOE_WNORM_PNORM;
     }
     if (r->bias) p.bias = moe_tensor_data(r->bias);
-    f.score = (moe_score_fn)p.score;
+    f.score = p.score;
     p.given_ids = f.given;
     if (st == MOE_OK && qb) { /* select top-K of z − β */
         f.qb_off = malloc(sizeof(double) * (size_t)E);
@@ -715,7 +699,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
         p.sel_offset = f.qb_off;
         p.select_on_logits = true;
     }
-    if (st == MOE_OK && !f.given && p.debug == MOE_CPU_DEBUG_UNIFORM && p.debug_keep_weights) {
+    if (st == MOE_OK && !f.given && p.debug == MOE_DEBUG_UNIFORM && p.debug_keep_weights) {
         st = moe_tensor_empty(&f.wid_t, MOE_I64, MOE_CPU, 2, (int64_t[]){T, K});
         if (st == MOE_OK) p.weight_ids = moe_tensor_data(f.wid_t);
     }
@@ -739,7 +723,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
         if (nn || ni) st = nonfinite_error(&f);
     }
     if (st == MOE_OK && sink && c->training) {
-        st = moe_sinkhorn_log_offsets(f.log_d1, moe_tensor_data(f.z), c->dtype, T, E, f.valid, NULL);
+        st = moe_cpu_sinkhorn_log_offsets(c->dtype, f.log_d1, NULL, moe_tensor_data(f.z), f.valid, T, E);
         p.sel_offset = f.log_d1;
     }
     int64_t *ids = NULL;
@@ -760,7 +744,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
         moe_route_rows(&p);
         if (bad) st = nonfinite_error(&f);
         kept = moe_tensor_data(f.kept_t);
-        for (int64_t i = 0; i < T * K; i++) kept[i] = !f.valid || f.valid[i / K];
+        f.Tv = moe_route_kept(kept, f.valid, T, K);
     }
     if (st == MOE_OK && qb_train) st = qb_quantiles(&f, r);
 
@@ -773,15 +757,14 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
             if (!f.pad_map) st = moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
         }
         if (st == MOE_OK && C >= 0)
-            st = moe_capacity_apply(kept, &dropped, f.pad_map, ids, wu, T, K, E, C, c->drop_policy);
+            st = moe_cpu_capacity_drop(kept, &dropped, f.pad_map, ids, wu, T, K, E, C, c->drop_policy == MOE_DROP_PROBS);
     }
 
     /* ---- weights, with the routing-weights node ---- */
     moe_tensor *w_raw = NULL;
     if (st == MOE_OK) st = moe_tensor_empty(&w_raw, c->dtype, MOE_CPU, 2, (int64_t[]){T, K});
     if (st == MOE_OK) {
-        void *wp = moe_tensor_data(w_raw);
-        for (int64_t i = 0; i < T * K; i++) moe_st(wp, c->dtype, i, kept[i] ? wu[i] * c->scaling_factor : 0.0);
+        moe_route_scale(c->dtype, moe_tensor_data(w_raw), wu, kept, T * K, c->scaling_factor);
         moe_tensor *saved[4] = {f.s, f.wid_t ? f.wid_t : f.ids_t, f.wu_t, f.kept_t};
         st = moe_autograd_record(w_raw, "router-weights", weights_backward, 1, &f.z, 4, saved, NULL, NULL);
         if (st == MOE_OK && w_raw->grad_fn) {
@@ -792,7 +775,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
             n->dargs[0] = c->scaling_factor;
             n->dargs[1] = c->norm_eps;
             n->dargs[2] = c->norm_p;
-            n->dargs[3] = moe_cpu_score_is_normalized(p.score) ? p.score_offset : 0.0;
+            n->dargs[3] = moe_score_is_normalized(p.score) ? p.score_offset : 0.0;
         }
     }
 
@@ -815,7 +798,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
             values[i] = c->losses[i].kind == MOE_AUX_Z ? zp.value : terms[0].value;
             if (!inject) { /* add mode: each loss its own node */
                 moe_aux_node_spec spec = {.z = f.z, .s = f.s, .valid = f.valid, .lse = f.lse,
-                                          .score = (moe_score_fn)p.score, .eps = c->loss_eps,
+                                          .score = p.score, .eps = c->loss_eps,
                                           .offset = p.score_offset, .n_terms = n_terms,
                                           .terms = terms, .zterm = zp};
                 st = moe_aux_node_make(&o->aux[i], &spec);
@@ -857,7 +840,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
         st = build_terms(&terms, &n_terms, &zp, &f, r, -1, false);
         if (st == MOE_OK) {
             moe_aux_node_spec spec = {.z = f.z, .s = f.s, .valid = f.valid, .lse = f.lse,
-                                      .score = (moe_score_fn)p.score, .eps = c->loss_eps, .offset = p.score_offset,
+                                      .score = p.score, .eps = c->loss_eps, .offset = p.score_offset,
                                       .n_terms = n_terms, .terms = terms, .zterm = zp};
             st = moe_aux_node_make(&aux_graph, &spec);
             terms = NULL;
@@ -895,8 +878,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
     }
     if (st == MOE_OK) {
         int64_t *cp = moe_tensor_data(o->counts);
-        for (int64_t i = 0; i < T * K; i++)
-            if (kept[i]) cp[ids[i]]++;
+        moe_route_counts(cp, ids, kept, T * K);
         for (int64_t e = 0; e < E; e++) cnt[e] = (double)cp[e];
         o->priv->E = E;
         o->priv->dtype = c->dtype;
@@ -935,11 +917,8 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
             r->bias_tokens += (double)f.Tv;
             r->step_tokens += (double)f.Tv;
             r->step_dropped += (double)dropped;
-            for (int64_t t = 0; t < T; t++) {
-                if (f.valid && !f.valid[t]) continue;
-                r->step_entropy += f.entropy[t];
-                r->step_mass += f.mass[t];
-            }
+            moe_route_valid_sum(&r->step_entropy, f.entropy, f.valid, T);
+            moe_route_valid_sum(&r->step_mass, f.mass, f.valid, T);
             for (int i = 0; i < c->n_losses; i++) r->step_aux[i] += values[i];
             r->step_micro++;
         }

@@ -103,17 +103,6 @@ typedef enum moe_grad_mode {
 const char *moe_grad_mode_name(moe_grad_mode m); /* "inject" "add" */
 bool moe_grad_mode_parse(const char *name, moe_grad_mode *out);
 
-typedef enum moe_debug_routing {
-    MOE_DEBUG_NONE,
-    MOE_DEBUG_UNIFORM,   /* ids = arange(T·K) mod E, row-major [T K] */
-    MOE_DEBUG_IMBALANCE, /* seeded skew: expert e drawn with weight ∝ exp(−skew·e/E) */
-    MOE_DEBUG_RANDOM,    /* the logits replaced by seeded uniform random numbers in [0, 1)
-                            (Megatron's forced load balancing); no gradient reaches W */
-    MOE_DEBUG_ROUTING_COUNT
-} moe_debug_routing;
-const char *moe_debug_routing_name(moe_debug_routing d); /* "none" "uniform" "imbalance" "random" */
-bool moe_debug_routing_parse(const char *name, moe_debug_routing *out);
-
 typedef enum moe_routing_mode {
     MOE_ROUTING_TOPK,               /* score, (group-limited) top-k: the default */
     MOE_ROUTING_QUANTILE_BALANCING, /* top-K of z − β, β a per-expert dual variable updated

@@ -123,6 +123,18 @@ void moe_cpu_fill(moe_tensor *t, double value)
     }
 }
 
+void moe_cpu_arange(moe_dtype dt, void *out, int64_t n, double start, double step)
+{
+    size_t sz = moe_dtype_size(dt);
+    for (int64_t i = 0; i < n; i++) moe_dtype_store(dt, (char *)out + i * (int64_t)sz, start + (double)i * step);
+}
+
+void moe_cpu_eye(moe_dtype dt, void *out, int64_t n, int64_t m)
+{
+    size_t sz = moe_dtype_size(dt);
+    for (int64_t i = 0; i < n && i < m; i++) moe_dtype_store(dt, (char *)out + (i * m + i) * (int64_t)sz, 1.0);
+}
+
 int64_t moe_cpu_find_first(const moe_tensor *t, double lo, double hi, bool inside, double *value)
 {
     int64_t numel = moe_tensor_numel(t);

@@ -1,5 +1,6 @@
-/* copy.h — strided copy with dtype conversion, fill, and the search for the
- * first element in (or out of) a range, on CPU tensors of any strides. */
+/* copy.h — strided copy with dtype conversion, fills (a value, a range, the
+ * identity), and the search for the first element in (or out of) a range, on
+ * CPU tensors of any strides. */
 #ifndef MOELAB_CPU_COPY_H
 #define MOELAB_CPU_COPY_H
 
@@ -12,6 +13,10 @@
  * broadcast), any dtypes. */
 void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src);
 void moe_cpu_fill(moe_tensor *t, double value);
+/* OUT [N] (contiguous, DT) = START + i·STEP. */
+void moe_cpu_arange(moe_dtype dt, void *out, int64_t n, double start, double step);
+/* OUT [N M] (contiguous, DT, zero on entry): ones on the diagonal. */
+void moe_cpu_eye(moe_dtype dt, void *out, int64_t n, int64_t m);
 /* Row-major position of the first element v of T (any strides and dtype)
  * for which (LO <= v && v <= HI) == INSIDE (NaN is never inside), or -1;
  * its value goes to *VALUE. */

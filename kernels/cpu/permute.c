@@ -97,3 +97,56 @@ void moe_cpu_rows_dot(moe_dtype dtype, void *out, const void *g, const void *y,
     else
         rows_dot_f64(out, g, y, slot_row, T, K, D);
 }
+
+/* ---- plans ---------------------------------------------------------------------- */
+
+int64_t moe_cpu_plan_count(int64_t *routed, int64_t *counts, int64_t *slot_row, const int64_t *ids,
+                           const uint8_t *keep, int64_t S, int64_t capacity)
+{
+    int64_t n_kept = 0;
+    for (int64_t s = 0; s < S; s++) {
+        int64_t e = ids[s];
+        routed[e]++;
+        bool kept = !keep || keep[s];
+        if (kept && capacity > 0 && counts[e] >= capacity) kept = false;
+        if (kept) {
+            counts[e]++;
+            slot_row[s] = -2;
+            n_kept++;
+        } else {
+            slot_row[s] = -1;
+        }
+    }
+    return n_kept;
+}
+
+void moe_cpu_plan_place(int64_t *row_token, int64_t *row_slot, int64_t *slot_row, int64_t *cursor,
+                        const int64_t *ids, const int64_t *offsets, int64_t S, int64_t K, int64_t N,
+                        int64_t E)
+{
+    for (int64_t r = 0; r < N; r++) row_token[r] = row_slot[r] = -1;
+    memcpy(cursor, offsets, sizeof *cursor * (size_t)E);
+    for (int64_t s = 0; s < S; s++) {
+        if (slot_row[s] != -2) continue;
+        int64_t r = cursor[ids[s]]++;
+        slot_row[s] = r;
+        row_token[r] = s / K;
+        row_slot[r] = s;
+    }
+}
+
+void moe_cpu_plan_kept(uint8_t *kept, const int64_t *slot_row, int64_t S)
+{
+    for (int64_t s = 0; s < S; s++) kept[s] = slot_row[s] >= 0;
+}
+
+void moe_cpu_regroup_rows(int64_t *fwd, int64_t *inv, const int64_t *counts, const int64_t *start, int64_t P,
+                          int64_t El)
+{
+    for (int64_t j = 0, r = 0; j < El; j++)
+        for (int64_t s = 0; s < P; s++)
+            for (int64_t i = 0; i < counts[s * El + j]; i++, r++) {
+                fwd[r] = start[s * El + j] + i;
+                inv[start[s * El + j] + i] = r;
+            }
+}

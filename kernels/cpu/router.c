@@ -237,7 +237,7 @@ static void uniform_row(int64_t t, const moe_route_plan *p, int64_t *ids)
  * from go to weight_ids for the backward. */
 static void force_uniform_keep_weights(int64_t t, const moe_route_plan *p, int64_t *ids)
 {
-    if (p->given_ids || p->debug != MOE_CPU_DEBUG_UNIFORM || !p->debug_keep_weights) return;
+    if (p->given_ids || p->debug != MOE_DEBUG_UNIFORM || !p->debug_keep_weights) return;
     if (p->weight_ids) memcpy(p->weight_ids + t * p->K, ids, sizeof(int64_t) * (size_t)p->K);
     uniform_row(t, p, ids);
 }
@@ -267,7 +267,7 @@ static bool scores_row_f32(int64_t t, const moe_route_plan *p, scratch *sc, doub
         zsum += zr[j] * 0x1p-64f;
     }
     if (!isfinite(zsum)) return false;
-    if (p->score == MOE_CPU_SCORE_SOFTMAX) {
+    if (p->score == MOE_SCORE_SOFTMAX) {
         moe_v4f acc = moe_vsplat(0);
         for (int64_t j = 0; j < E4; j += 4) {
             moe_v4f e = moe_vexp(moe_vload(zr + j) - moe_vsplat(m));
@@ -288,7 +288,7 @@ static bool scores_row_f32(int64_t t, const moe_route_plan *p, scratch *sc, doub
         *lse_out = (double)m + log((double)sum);
         *H_out = *lse_out - (double)sz;
         *rowsum_out = 1.0;
-    } else if (p->score == MOE_CPU_SCORE_SQRTSOFTPLUS) { /* scalar, in double, stored as f32 */
+    } else if (p->score == MOE_SCORE_SQRTSOFTPLUS) { /* scalar, in double, stored as f32 */
         const double off = p->score_offset;
         double rs = 0, sls = 0, esum = 0;
         for (int64_t j = 0; j < E; j++) {
@@ -383,7 +383,7 @@ static void route_row_f32(int64_t t, const moe_route_plan *p, scratch *sc)
         bad_row(t, p);
         return;
     }
-    if (p->rowsum && moe_cpu_score_is_normalized(p->score)) p->rowsum[t] = rowsum;
+    if (p->rowsum && moe_score_is_normalized(p->score)) p->rowsum[t] = rowsum;
     if (p->lse) p->lse[t] = lse;
     if (p->entropy) p->entropy[t] = H;
     const float *sf = sc->sf;
@@ -391,9 +391,9 @@ static void route_row_f32(int64_t t, const moe_route_plan *p, scratch *sc)
     if (p->select) {
         if (p->given_ids) {
             memcpy(ids, p->given_ids + t * K, sizeof(int64_t) * (size_t)K);
-        } else if (p->debug == MOE_CPU_DEBUG_UNIFORM && !p->debug_keep_weights) {
+        } else if (p->debug == MOE_DEBUG_UNIFORM && !p->debug_keep_weights) {
             uniform_row(t, p, ids);
-        } else if (p->debug == MOE_CPU_DEBUG_IMBALANCE) {
+        } else if (p->debug == MOE_DEBUG_IMBALANCE) {
             debug_imbalance_row(t, p, sc, ids);
         } else {
             float *v = sc->vf;
@@ -436,7 +436,7 @@ static void route_row_f32(int64_t t, const moe_route_plan *p, scratch *sc)
     if (p->mass && ids) {
         double m = 0;
         for (int64_t k = 0; k < K; k++) m += sf[ids[k]];
-        if (moe_cpu_score_is_normalized(p->score)) m /= rowsum + p->loss_eps;
+        if (moe_score_is_normalized(p->score)) m /= rowsum + p->loss_eps;
         p->mass[t] = m;
     }
 }
@@ -459,7 +459,7 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
         bad_row(t, p);
         return;
     }
-    if (p->score == MOE_CPU_SCORE_SOFTMAX) {
+    if (p->score == MOE_SCORE_SOFTMAX) {
         for (int64_t j = 0; j < E; j++) z[j] = moe_ld(p->z, dt, t * E + j);
         double m = z[0];
         for (int64_t j = 1; j < E; j++) m = z[j] > m ? z[j] : m;
@@ -472,7 +472,7 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
         }
         lse = m + log(sum);
         H = lse - sz;
-    } else if (p->score == MOE_CPU_SCORE_SQRTSOFTPLUS) {
+    } else if (p->score == MOE_SCORE_SQRTSOFTPLUS) {
         for (int64_t j = 0; j < E; j++) z[j] = moe_ld(p->z, dt, t * E + j);
         double m = z[0], esum = 0, sls = 0;
         for (int64_t j = 1; j < E; j++) m = z[j] > m ? z[j] : m;
@@ -522,9 +522,9 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
     if (p->select) {
         if (p->given_ids) {
             memcpy(ids, p->given_ids + t * K, sizeof(int64_t) * (size_t)K);
-        } else if (p->debug == MOE_CPU_DEBUG_UNIFORM && !p->debug_keep_weights) {
+        } else if (p->debug == MOE_DEBUG_UNIFORM && !p->debug_keep_weights) {
             uniform_row(t, p, ids);
-        } else if (p->debug == MOE_CPU_DEBUG_IMBALANCE) {
+        } else if (p->debug == MOE_DEBUG_IMBALANCE) {
             debug_imbalance_row(t, p, sc, ids);
         } else {
             double *v = sc->v;
@@ -557,7 +557,7 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
     if (p->mass && ids) {
         double m = 0;
         for (int64_t k = 0; k < K; k++) m += s[ids[k]];
-        if (moe_cpu_score_is_normalized(p->score)) m /= rowsum + p->loss_eps;
+        if (moe_score_is_normalized(p->score)) m /= rowsum + p->loss_eps;
         p->mass[t] = m;
     }
 }
@@ -617,7 +617,7 @@ void moe_route_rows(const moe_route_plan *p)
                 ds[k] = gk[k] / nrm - c / (nrm * nrm) * pow(u / nrm, p->norm_p - 1.0);          \
             else ds[k] = gk[k];                                                                 \
         }                                                                                       \
-        if (moe_cpu_score_is_normalized(p->score)) {                                                \
+        if (moe_score_is_normalized(p->score)) {                                                \
             for (int64_t k = 0; k < K; k++)                                                     \
                 dz[ids[k]] = (TYPE)(ds[k] * moe_score_deriv(p->score, (double)s[ids[k]], p->score_offset)); \
         } else { /* softmax Jacobian: dz_j = s_j (ds_j − Σ_k ds_k s_k) */                       \
@@ -646,6 +646,69 @@ void moe_route_rows_backward(const moe_route_grad *p)
         }
         free(ds);
     }
+}
+
+int moe_route_check_ids(const int64_t *ids, int64_t T, int64_t K, int64_t E, int64_t *at, int64_t *other)
+{
+    for (int64_t i = 0; i < T * K; i++) {
+        *at = i;
+        if (ids[i] < 0 || ids[i] >= E) return 1;
+        for (int64_t j = i - i % K; j < i; j++)
+            if (ids[j] == ids[i]) {
+                *other = j;
+                return 2;
+            }
+    }
+    return 0;
+}
+
+/* ---- per-slot outputs --------------------------------------------------------- */
+
+int64_t moe_route_kept(uint8_t *kept, const uint8_t *valid, int64_t T, int64_t K)
+{
+    int64_t n = 0;
+    for (int64_t t = 0; t < T; t++) n += !valid || valid[t];
+    for (int64_t i = 0; i < T * K; i++) kept[i] = !valid || valid[i / K];
+    return n;
+}
+
+void moe_route_scale(moe_dtype dt, void *w, const double *wu, const uint8_t *kept, int64_t S, double scale)
+{
+    for (int64_t i = 0; i < S; i++) moe_st(w, dt, i, kept[i] ? wu[i] * scale : 0.0);
+}
+
+void moe_route_counts(int64_t *counts, const int64_t *ids, const uint8_t *kept, int64_t S)
+{
+    for (int64_t i = 0; i < S; i++)
+        if (kept[i]) counts[ids[i]]++;
+}
+
+void moe_route_valid_sum(double *acc, const double *x, const uint8_t *valid, int64_t T)
+{
+    for (int64_t t = 0; t < T; t++)
+        if (!valid || valid[t]) *acc += x[t];
+}
+
+void moe_route_densify(moe_dtype dt, void *probs, uint8_t *map, const void *w, const int64_t *ids,
+                       const uint8_t *kept, const uint8_t *pad, int64_t T, int64_t K, int64_t E)
+{
+#pragma omp parallel for if (T * E > 32768) schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t k = 0; k < K; k++) {
+            int64_t i = t * K + k;
+            if (!kept[i]) continue;
+            moe_st(probs, dt, t * E + ids[i], moe_ld(w, dt, i));
+            map[t * E + ids[i]] = 1;
+        }
+        if (pad)
+            for (int64_t j = t * E; j < (t + 1) * E; j++) map[j] |= pad[j];
+    }
+}
+
+void moe_route_densify_backward(moe_dtype dt, void *dw, const void *g, const int64_t *ids,
+                                const uint8_t *kept, int64_t T, int64_t K, int64_t E)
+{
+    for (int64_t i = 0; i < T * K; i++) moe_st(dw, dt, i, kept[i] ? moe_ld(g, dt, (i / K) * E + ids[i]) : 0.0);
 }
 
 void moe_count_nonfinite_rows(const void *z, moe_dtype dt, int64_t n, int64_t *nans, int64_t *infs,

@@ -16,20 +16,8 @@
 #include <string.h>
 
 #include "../../core/dtype.h"
+#include "../../core/moe/route_modes.h"
 #include "../../core/tensor.h"
-
-/* Base score functions and forced debug routing, numbered as the router's
- * moe_score_fn and moe_debug_routing (checked in core/moe/moe_internal.h). */
-typedef enum moe_cpu_score { MOE_CPU_SCORE_SOFTMAX, MOE_CPU_SCORE_SIGMOID, MOE_CPU_SCORE_SQRTSOFTPLUS } moe_cpu_score;
-typedef enum moe_cpu_debug {
-    MOE_CPU_DEBUG_NONE,
-    MOE_CPU_DEBUG_UNIFORM,
-    MOE_CPU_DEBUG_IMBALANCE,
-    MOE_CPU_DEBUG_RANDOM
-} moe_cpu_debug;
-
-/* Sigmoid-like scores are renormalised (loss scores s/(Σ s + ε)). */
-static inline bool moe_cpu_score_is_normalized(moe_cpu_score f) { return f != MOE_CPU_SCORE_SOFTMAX; }
 
 /* Element I of a contiguous f32/f64 buffer, as a double. */
 static inline double moe_ld(const void *p, moe_dtype dt, int64_t i)
@@ -62,10 +50,10 @@ static inline double moe_sqrtsoftplus(double z)
 /* ds/dz of a normalised score function from the score s itself (OFFSET is
  * the constant added to it): sigmoid σ(1−σ); sqrtsoftplus σ(z)/(2u) with
  * u = √softplus(z), σ(z) = 1 − exp(−u²). */
-static inline double moe_score_deriv(moe_cpu_score f, double s, double offset)
+static inline double moe_score_deriv(moe_score_fn f, double s, double offset)
 {
     double u = s - offset;
-    if (f == MOE_CPU_SCORE_SIGMOID) return u * (1.0 - u);
+    if (f == MOE_SCORE_SIGMOID) return u * (1.0 - u);
     return u > 0 ? -expm1(-u * u) / (2.0 * u) : 0.0;
 }
 
@@ -150,14 +138,6 @@ static inline moe_v4f moe_vlog(moe_v4f x) /* x >= FLT_MIN */
 
 /* ---- router.c: scores, selection, weights ------------------------------------ */
 
-typedef enum moe_wnorm { MOE_WNORM_NONE, MOE_WNORM_SUM, MOE_WNORM_PNORM } moe_wnorm;
-
-/* How the routing weights are made from the selected experts. */
-typedef enum moe_wmode {
-    MOE_WMODE_POST_SOFTMAX, /* softmax over the selected logits */
-    MOE_WMODE_GATHER,       /* u_k = s[id_k] (softmax or sigmoid base scores), normalised */
-} moe_wmode;
-
 /* One routing pass over T rows of logits. Inputs above, outputs below the
  * blank line; NULL outputs are skipped. */
 typedef struct moe_route_plan {
@@ -165,7 +145,7 @@ typedef struct moe_route_plan {
     moe_dtype dtype;             /* of z and s: f32 or f64 */
     const void *z;               /* [T E] contiguous */
     const uint8_t *valid;        /* [T] or NULL */
-    moe_cpu_score score;          /* base scores s: softmax(z) or σ(z)+offset */
+    moe_score_fn score;          /* base scores s: softmax(z) or σ(z)+offset */
     double score_offset;
     double loss_eps;             /* ε of the sigmoid loss scores (entropy, mass) */
     bool select;                 /* false: scores (and count ids) only */
@@ -176,7 +156,7 @@ typedef struct moe_route_plan {
     const float *bias;           /* [E] selection bias or NULL */
     const double *sel_offset;    /* [E] added to z for selection (sinkhorn: log d1) or NULL */
     int64_t groups, group_topk, group_m;
-    moe_cpu_debug debug;
+    moe_debug_routing debug;
     uint64_t debug_seed, debug_offset;
     double debug_skew;
     bool debug_keep_weights;     /* uniform debug: weights of the replaced selection */
@@ -209,11 +189,36 @@ typedef struct moe_route_grad {
     const void *g;          /* [T K] contiguous, dtype */
     moe_wmode wmode;
     moe_wnorm wnorm;
-    moe_cpu_score score;
+    moe_score_fn score;
     double norm_eps, norm_p, scale, score_offset;
     void *dz;
 } moe_route_grad;
 void moe_route_rows_backward(const moe_route_grad *p);
+
+/* Check given expert ids IDS [T K] slot by slot in order: the first slot
+ * outside [0, E) gives 1, the first one repeating an earlier slot of its row
+ * gives 2 (that slot in *OTHER); *AT is the failing slot. 0 when all are fine. */
+int moe_route_check_ids(const int64_t *ids, int64_t T, int64_t K, int64_t E, int64_t *at, int64_t *other);
+
+/* ---- the per-slot outputs after the selection (S = T·K slots) ------------------ */
+
+/* KEPT [T K] = 1 on the slots of the valid rows (VALID [T] or NULL: all).
+ * Returns the number of valid rows. */
+int64_t moe_route_kept(uint8_t *kept, const uint8_t *valid, int64_t T, int64_t K);
+/* W [S] (DT) = SCALE·WU [S] on the kept slots, 0 on the others. */
+void moe_route_scale(moe_dtype dt, void *w, const double *wu, const uint8_t *kept, int64_t S, double scale);
+/* COUNTS [E] (i64) += the kept slots of each expert of IDS [S]. */
+void moe_route_counts(int64_t *counts, const int64_t *ids, const uint8_t *kept, int64_t S);
+/* *ACC += Σ X [T] over the valid rows (VALID [T] or NULL), in row order. */
+void moe_route_valid_sum(double *acc, const double *x, const uint8_t *valid, int64_t T);
+/* The dense view of a routing: PROBS [T E] (DT) and MAP [T E] (bool), both
+ * zero on entry, get each kept slot's weight W [T K] and a 1 at its expert
+ * IDS [T K]; PAD [T E] (or NULL) is or'ed into MAP. */
+void moe_route_densify(moe_dtype dt, void *probs, uint8_t *map, const void *w, const int64_t *ids,
+                       const uint8_t *kept, const uint8_t *pad, int64_t T, int64_t K, int64_t E);
+/* Its backward: DW [T K] = G [T E] at each kept slot's expert, 0 elsewhere. */
+void moe_route_densify_backward(moe_dtype dt, void *dw, const void *g, const int64_t *ids,
+                                const uint8_t *kept, int64_t T, int64_t K, int64_t E);
 
 /* Count NaN and Inf in a contiguous f32/f64 [T E]; FIRST gets the flat
  * position of the first non-finite element (-1 when none). */

@@ -127,7 +127,7 @@ __device__ bool row_scores(const moe_cuda_router_args &a, const warp_smem &w, in
     for (int j = lane; j < E; j += 32) sum += expf(w.z[j] - m);
     sum = warp_reduce(sum, d_sum{});
     *lse = (double)m + log((double)sum);
-    if (a.score == 0) {
+    if (a.score == MOE_SCORE_SOFTMAX) {
         float inv = 1.0f / sum;
         for (int j = lane; j < E; j += 32) w.s[j] = expf(w.z[j] - m) * inv;
         *rowsum = 1.0f;
@@ -199,24 +199,24 @@ __global__ void router_forward_kernel(moe_cuda_router_args a, moe_cuda_router_ou
 
         /* weights (K-level sums in double, as on the CPU) */
         double denom = 1.0, m2 = -INFINITY;
-        if (a.wmode == MOE_CUDA_WMODE_POST_SOFTMAX) {
+        if (a.wmode == MOE_WMODE_POST_SOFTMAX) {
             for (int k = lane; k < K; k += 32) m2 = fmax(m2, (double)w.z[w.idx[k]]);
             for (int o2 = 16; o2 > 0; o2 >>= 1) m2 = fmax(m2, __shfl_xor_sync(0xffffffffu, m2, o2));
             double sum = 0;
             for (int k = lane; k < K; k += 32) sum += (double)expf((float)((double)w.z[w.idx[k]] - m2));
             denom = warp_reduce(sum, d_sum{});
-        } else if (a.wnorm != MOE_CUDA_WNORM_NONE) {
+        } else if (a.wnorm != MOE_WNORM_NONE) {
             double sum = 0;
             for (int k = lane; k < K; k += 32) {
                 double u = w.s[w.idx[k]];
-                sum += a.wnorm == MOE_CUDA_WNORM_PNORM ? pow(u, a.norm_p) : u;
+                sum += a.wnorm == MOE_WNORM_PNORM ? pow(u, a.norm_p) : u;
             }
             sum = warp_reduce(sum, d_sum{});
-            denom = a.wnorm == MOE_CUDA_WNORM_SUM ? sum + a.norm_eps : pow(sum, 1.0 / a.norm_p);
+            denom = a.wnorm == MOE_WNORM_SUM ? sum + a.norm_eps : pow(sum, 1.0 / a.norm_p);
         }
         for (int k = lane; k < K; k += 32) {
             int e = w.idx[k];
-            double wu = a.wmode == MOE_CUDA_WMODE_POST_SOFTMAX
+            double wu = a.wmode == MOE_WMODE_POST_SOFTMAX
                             ? (double)expf((float)((double)w.z[e] - m2)) / denom
                             : (double)w.s[e] / denom;
             o.ids[t * K + k] = e;
@@ -235,7 +235,7 @@ __global__ void router_forward_kernel(moe_cuda_router_args a, moe_cuda_router_ou
             for (int k = lane; k < K; k += 32) atomicAdd(&cnt[E + w.idx[k]], 1);
             __syncwarp();
         }
-        float inv = a.score == 0 ? 1.0f : (float)(1.0 / ((double)rowsum + a.loss_eps));
+        float inv = a.score == MOE_SCORE_SOFTMAX ? 1.0f : (float)(1.0 / ((double)rowsum + a.loss_eps));
         for (int j = lane; j < E; j += 32) w.acc[j] += w.s[j] * inv;
         if (lane == 0) {
             w.acc[E] += (float)(lse * lse);
@@ -319,7 +319,7 @@ __global__ void router_backward_kernel(moe_cuda_router_args a, moe_cuda_router_g
                 bool kp = g.kept ? g.kept[t * K + k] != 0 : valid;
                 any |= kp && g.dweights[t * K + k] != 0.0f;
             }
-            if (any && a.wmode == MOE_CUDA_WMODE_POST_SOFTMAX) {
+            if (any && a.wmode == MOE_WMODE_POST_SOFTMAX) {
                 double m2 = -INFINITY, sm = 0, dot = 0;
                 for (int k = 0; k < K; k++) m2 = fmax(m2, (double)w.z[ids[k]]);
                 for (int k = 0; k < K; k++) sm += (double)expf((float)((double)w.z[ids[k]] - m2));
@@ -334,16 +334,16 @@ __global__ void router_backward_kernel(moe_cuda_router_args a, moe_cuda_router_g
                 for (int k = 0; k < K; k++) {
                     double u = w.s[ids[k]];
                     c += grad_k(a, g, t, k, valid) * u;
-                    su += a.wnorm == MOE_CUDA_WNORM_PNORM ? pow(u, a.norm_p) : u;
+                    su += a.wnorm == MOE_WNORM_PNORM ? pow(u, a.norm_p) : u;
                 }
-                double d = su + a.norm_eps, nrm = a.wnorm == MOE_CUDA_WNORM_PNORM ? pow(su, 1.0 / a.norm_p) : 1.0;
+                double d = su + a.norm_eps, nrm = a.wnorm == MOE_WNORM_PNORM ? pow(su, 1.0 / a.norm_p) : 1.0;
                 for (int k = 0; k < K; k++) {
                     double gkk = grad_k(a, g, t, k, valid), u = w.s[ids[k]], ds;
-                    if (a.wnorm == MOE_CUDA_WNORM_SUM) ds = gkk / d - c / (d * d);
-                    else if (a.wnorm == MOE_CUDA_WNORM_PNORM)
+                    if (a.wnorm == MOE_WNORM_SUM) ds = gkk / d - c / (d * d);
+                    else if (a.wnorm == MOE_WNORM_PNORM)
                         ds = gkk / nrm - c / (nrm * nrm) * pow(u / nrm, a.norm_p - 1.0);
                     else ds = gkk;
-                    if (a.score == 1) {
+                    if (a.score == MOE_SCORE_SIGMOID) {
                         double sg = u - a.score_offset;
                         w.v[ids[k]] = (float)(ds * sg * (1.0 - sg));
                     } else {
@@ -351,7 +351,7 @@ __global__ void router_backward_kernel(moe_cuda_router_args a, moe_cuda_router_g
                         sdot += ds * u;
                     }
                 }
-                if (a.score == 0) {
+                if (a.score == MOE_SCORE_SOFTMAX) {
                     flag = 1.0f;
                     hand = (float)sdot;
                 }
@@ -380,13 +380,13 @@ __global__ void router_backward_kernel(moe_cuda_router_args a, moe_cuda_router_g
             float s = w.s[j], d = w.v[j];
             if (softmax_gather) d = s * (d - sdot);
             if (valid && g.aux_w) {
-                if (a.score == 0) d += s * (g.aux_w[j] - dot);
+                if (a.score == MOE_SCORE_SOFTMAX) d += s * (g.aux_w[j] - dot);
                 else {
                     float sg = s - off;
                     d += (g.aux_w[j] * invD - c2) * sg * (1.0f - sg);
                 }
             }
-            if (coef != 0.0f) d += coef * (a.score == 0 ? s : expf(w.z[j] - (float)lse));
+            if (coef != 0.0f) d += coef * (a.score == MOE_SCORE_SOFTMAX ? s : expf(w.z[j] - (float)lse));
             store_z(dz, t * E + j, d);
         }
         __syncwarp();

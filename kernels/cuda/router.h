@@ -33,6 +33,7 @@
 #include <stdint.h>
 
 #include "../../core/error.h"
+#include "../../core/moe/route_modes.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -40,20 +41,17 @@ extern "C" {
 
 #define MOE_CUDA_ROUTER_MAX_E 2048
 
-/* How the weights are made (the values of moe_wmode / moe_wnorm). */
-enum { MOE_CUDA_WMODE_POST_SOFTMAX = 0, MOE_CUDA_WMODE_GATHER = 1 };
-enum { MOE_CUDA_WNORM_NONE = 0, MOE_CUDA_WNORM_SUM = 1, MOE_CUDA_WNORM_PNORM = 2 };
-
 typedef struct moe_cuda_router_args {
     int64_t T, E, K;
     bool z_bf16;              /* z (and dz) dtype: bf16, else f32 */
     const void *z;            /* [T E] contiguous */
     const uint8_t *valid;     /* [T] or NULL (all valid) */
-    int score;                /* moe_score_fn: 0 softmax, 1 sigmoid */
+    moe_score_fn score;       /* softmax or sigmoid (not sqrtsoftplus) */
     double score_offset;      /* added to σ(z) */
     double loss_eps;          /* ε of the sigmoid loss scores s/(Σ s + ε) */
     bool select_on_logits;    /* post-softmax: select on z */
-    int wmode, wnorm;         /* MOE_CUDA_WMODE_*, MOE_CUDA_WNORM_* */
+    moe_wmode wmode;
+    moe_wnorm wnorm;
     double norm_eps, norm_p;
     double scaling;           /* multiplies the final weights */
     const float *bias;        /* [E] selection bias or NULL */

@@ -131,8 +131,8 @@ int main(int argc, char **argv)
     moe_tensor *dwd = dev_zeros(MOE_BF16, E * F * D), *dWr = dev_zeros(MOE_BF16, E * D);
     moe_tensor *scratch = dev_zeros(MOE_BF16, 3 * N * F);
 
-    moe_cuda_router_args ra = {.T = T, .E = E, .K = K, .z_bf16 = true, .z = P(z), .score = 0, .loss_eps = 1e-20,
-                               .select_on_logits = true, .wmode = MOE_CUDA_WMODE_POST_SOFTMAX, .norm_eps = 1e-20,
+    moe_cuda_router_args ra = {.T = T, .E = E, .K = K, .z_bf16 = true, .z = P(z), .score = MOE_SCORE_SOFTMAX, .loss_eps = 1e-20,
+                               .select_on_logits = true, .wmode = MOE_WMODE_POST_SOFTMAX, .norm_eps = 1e-20,
                                .norm_p = 1, .scaling = 1, .count_topk = true};
     moe_cuda_router_out ro = {.ids = P(ids), .weights = P(w), .counts = P(cnt), .loss_counts = P(lcnt),
                               .stats = P(stats), .bad_rows = P(bad), .work = P(work)};

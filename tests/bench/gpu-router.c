@@ -107,8 +107,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "gpu-router: out of device memory: %s\n", moe_last_error());
         return 1;
     }
-    moe_cuda_router_args a = {.T = T, .E = E, .K = K, .z = moe_tensor_data(z), .score = 1, .loss_eps = 1e-20,
-                              .wmode = MOE_CUDA_WMODE_GATHER, .wnorm = K > 1 ? MOE_CUDA_WNORM_SUM : MOE_CUDA_WNORM_NONE,
+    moe_cuda_router_args a = {.T = T, .E = E, .K = K, .z = moe_tensor_data(z), .score = MOE_SCORE_SIGMOID, .loss_eps = 1e-20,
+                              .wmode = MOE_WMODE_GATHER, .wnorm = K > 1 ? MOE_WNORM_SUM : MOE_WNORM_NONE,
                               .norm_eps = 1e-20, .norm_p = 1, .scaling = 2.5, .bias = moe_tensor_data(bias),
                               .groups = G, .group_topk = keep, .group_m = 2, .count_topk = true};
     moe_cuda_router_out o = {.ids = moe_tensor_data(ids), .weights = moe_tensor_data(w),

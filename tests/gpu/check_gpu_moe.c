@@ -108,7 +108,7 @@ static moe_cuda_router_args args_of(const moe_router_config *c, int64_t T, const
     moe_cuda_router_args a = {
         .T = T, .E = c->experts, .K = c->top_k, .z_bf16 = z->dtype == MOE_BF16, .z = moe_tensor_data(z),
         .valid = valid ? moe_tensor_data(valid) : NULL, .score = c->score, .score_offset = c->score_offset,
-        .loss_eps = c->loss_eps, .wmode = MOE_CUDA_WMODE_GATHER, .wnorm = MOE_CUDA_WNORM_NONE,
+        .loss_eps = c->loss_eps, .wmode = MOE_WMODE_GATHER, .wnorm = MOE_WNORM_NONE,
         .norm_eps = c->norm_eps, .norm_p = c->norm_p, .scaling = c->scaling_factor,
         .bias = bias ? moe_tensor_data(bias) : NULL, .groups = c->groups, .group_topk = c->group_topk,
         .group_m = c->groups ? (c->group_score_top ? c->group_score_top : c->top_k / c->group_topk) : 0,
@@ -116,10 +116,10 @@ static moe_cuda_router_args args_of(const moe_router_config *c, int64_t T, const
     };
     if (c->score == MOE_SCORE_SOFTMAX && !c->pre_softmax) {
         a.select_on_logits = true;
-        a.wmode = MOE_CUDA_WMODE_POST_SOFTMAX;
+        a.wmode = MOE_WMODE_POST_SOFTMAX;
     } else if (c->normalize == MOE_NORM_ON ||
                (c->normalize == MOE_NORM_AUTO && c->score == MOE_SCORE_SIGMOID && c->top_k > 1)) {
-        a.wnorm = c->norm_p == 1.0 ? MOE_CUDA_WNORM_SUM : MOE_CUDA_WNORM_PNORM;
+        a.wnorm = c->norm_p == 1.0 ? MOE_WNORM_SUM : MOE_WNORM_PNORM;
     }
     if (c->score == MOE_SCORE_SOFTMAX) a.score_offset = 0;
     return a;
