@@ -752,7 +752,9 @@ static moe_status loss_prepare(loss_in *in, const char *op, moe_tensor *logits,
         .select = false, .count_topk = true, .s = moe_tensor_data(in->s), .rowsum = in->rowsum,
         .lse = need_lse ? in->lse : NULL, .count_ids = o->routing_ids ? NULL : in->count_ids,
     };
-    moe_route_rows(&p);
+    if (!moe_route_rows(&p))
+        return moe_fail(MOE_ERR_NOMEM, "load-balancing-loss", "out of memory for the per-thread routing scratch (%lld experts)",
+                        (long long)p.E);
     return MOE_OK;
 }
 

@@ -238,7 +238,12 @@ static moe_status weights_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
             .score = (moe_score_fn)n->iargs[2], .scale = n->dargs[0], .norm_eps = n->dargs[1],
             .norm_p = n->dargs[2], .score_offset = n->dargs[3], .dz = moe_tensor_data(dz),
         };
-        moe_route_rows_backward(&p);
+        if (!moe_route_rows_backward(&p)) {
+            moe_tensor_release(dz);
+            moe_tensor_release(gc);
+            return moe_fail(MOE_ERR_NOMEM, "router backward", "out of memory for a row buffer of %lld bytes",
+                            (long long)(sizeof(double) * (size_t)(2 * p.K + 1)));
+        }
         gin[0] = dz;
     }
     moe_tensor_release(gc);
@@ -741,8 +746,10 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
         p.mass = f.mass;
         int64_t bad = 0;
         p.bad_rows = &bad;
-        moe_route_rows(&p);
-        if (bad) st = nonfinite_error(&f);
+        if (!moe_route_rows(&p))
+            st = moe_fail(MOE_ERR_NOMEM, "router-forward", "out of memory for the per-thread routing scratch (%lld experts)",
+                          (long long)p.E);
+        else if (bad) st = nonfinite_error(&f);
         kept = moe_tensor_data(f.kept_t);
         f.Tv = moe_route_kept(kept, f.valid, T, K);
     }

@@ -562,18 +562,24 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
     }
 }
 
-void moe_route_rows(const moe_route_plan *p)
+bool moe_route_rows(const moe_route_plan *p)
 {
     const int64_t T = p->T;
+    bool all_ok = true;
 #pragma omp parallel if (T * p->E > 32768)
     {
         scratch sc;
         bool ok = scratch_new(&sc, p->E, p->K, p->groups);
+        if (!ok) {
+#pragma omp atomic write
+            all_ok = false;
+        }
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < T; t++)
             if (ok) route_row(t, p, &sc);
         free(sc.mem);
     }
+    return all_ok;
 }
 
 /* ---- backward ------------------------------------------------------------------- */
@@ -632,12 +638,17 @@ void moe_route_rows(const moe_route_plan *p)
 ROUTE_ROW_BACKWARD(route_row_backward_f32, float)
 ROUTE_ROW_BACKWARD(route_row_backward_f64, double)
 
-void moe_route_rows_backward(const moe_route_grad *p)
+bool moe_route_rows_backward(const moe_route_grad *p)
 {
     const int64_t T = p->T;
+    bool all_ok = true;
 #pragma omp parallel if (T * p->E > 32768)
     {
         double *ds = malloc(sizeof(double) * (size_t)(2 * p->K + 1));
+        if (!ds) {
+#pragma omp atomic write
+            all_ok = false;
+        }
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < T; t++) {
             if (!ds) continue;
@@ -646,6 +657,7 @@ void moe_route_rows_backward(const moe_route_grad *p)
         }
         free(ds);
     }
+    return all_ok;
 }
 
 int moe_route_check_ids(const int64_t *ids, int64_t T, int64_t K, int64_t E, int64_t *at, int64_t *other)

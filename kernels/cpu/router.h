@@ -175,7 +175,9 @@ typedef struct moe_route_plan {
     double *mass;                /* [T] Σ_k p_{t,id_k} */
     int64_t *bad_rows;           /* rows holding NaN/Inf (their outputs are placeholders) */
 } moe_route_plan;
-void moe_route_rows(const moe_route_plan *p);
+/* False when a thread could not allocate its scratch (its rows are then
+ * not computed): the caller reports it. */
+bool moe_route_rows(const moe_route_plan *p);
 
 /* Backward of the routing weights: dz [T E] (dtype, fully written) from the
  * gradient g [T K] of the final weights sf·wu·kept. */
@@ -193,7 +195,8 @@ typedef struct moe_route_grad {
     double norm_eps, norm_p, scale, score_offset;
     void *dz;
 } moe_route_grad;
-void moe_route_rows_backward(const moe_route_grad *p);
+/* False when a thread could not allocate its row buffer, as above. */
+bool moe_route_rows_backward(const moe_route_grad *p);
 
 /* Check given expert ids IDS [T K] slot by slot in order: the first slot
  * outside [0, E) gives 1, the first one repeating an earlier slot of its row
