@@ -25,7 +25,8 @@ void moe_cpu_random(moe_dtype dt, void *out, int64_t n, moe_cpu_random_kind kind
             uint64_t span = (uint64_t)(high - low);
             v = (double)(low + (int64_t)(moe_rng_bits(seed, base + (uint64_t)i) % span));
         }
-        if (dt == MOE_F32 && kind == MOE_CPU_RANDOM_UNIFORM && v >= 1.0f) v = 0x1.fffffep-1;
+        /* a draw just below 1 in double can round up to 1.0f: keep [0, 1) */
+        if (dt == MOE_F32 && kind == MOE_CPU_RANDOM_UNIFORM && (float)v >= 1.0f) v = 0x1.fffffep-1;
         moe_dtype_store(dt, p + i * (int64_t)sz, v);
     }
 }

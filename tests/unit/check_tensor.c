@@ -244,6 +244,22 @@ START_TEST(test_rng_reproducible)
 }
 END_TEST
 
+/* Counter 68036746 of stream 0 draws 0.99999998432769255, below 1 in double
+ * but 1.0 once rounded to f32: rand must still stay below 1. */
+START_TEST(test_rand_f32_below_one)
+{
+    moe_rng r;
+    moe_rng_init(&r, 0);
+    r.offset = 68036746;
+    moe_tensor *t;
+    int64_t n = 1;
+    OK(moe_tensor_rand(&t, &r, MOE_F32, MOE_CPU, 1, &n));
+    float u = *(float *)moe_tensor_data(t);
+    ck_assert_msg(u < 1.0f && u > 0.9999f, "rand f32 drew %.9g", (double)u);
+    RELEASE(t);
+}
+END_TEST
+
 START_TEST(test_randint_permutation)
 {
     moe_rng r;
@@ -334,6 +350,7 @@ static Suite *tensor_suite(void)
     suite_add_tcase(s, c);
     c = tcase_create("rng");
     tcase_add_test(c, test_rng_reproducible);
+    tcase_add_test(c, test_rand_f32_below_one);
     tcase_add_test(c, test_randint_permutation);
     suite_add_tcase(s, c);
     c = tcase_create("memory-errors");
