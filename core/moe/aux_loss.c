@@ -1,5 +1,5 @@
-/* aux_loss.c — load-balancing losses, z-loss, balance tracker and balance
- * statistics (see aux_loss.h for the maths of every variant).
+/* aux_loss.c — load-balancing losses, z-loss and balance statistics (the
+ * balance tracker is tracker.c; see aux_loss.h for the maths of every variant).
  *
  * Dimension letters: T tokens, E experts, K top-k, N scopes (the micro-batch,
  * or one per sequence/document).
@@ -132,7 +132,7 @@ moe_status moe_scope_stats_compute(moe_scope_stats *st, const moe_scopes *sc, co
 }
 
 /* Sum BUF [n] over each group in turn (in place). */
-static moe_status reduce_doubles(double *buf, int64_t n, int n_groups, moe_group *const *groups)
+moe_status moe_reduce_doubles(double *buf, int64_t n, int n_groups, moe_group *const *groups)
 {
     for (int g = 0; g < n_groups; g++) {
         if (moe_group_size(groups[g]) <= 1) continue;
@@ -158,7 +158,7 @@ moe_status moe_scope_stats_reduce(moe_scope_stats *st, int n_groups, moe_group *
         memcpy(buf + n * (E + 1), st->C + n * E, sizeof(double) * (size_t)E);
         buf[n * (E + 1) + E] = st->Tn[n];
     }
-    moe_status s = reduce_doubles(buf, len, n_groups, groups);
+    moe_status s = moe_reduce_doubles(buf, len, n_groups, groups);
     if (s == MOE_OK)
         for (int64_t n = 0; n < N; n++) {
             memcpy(st->C + n * E, buf + n * (E + 1), sizeof(double) * (size_t)E);
@@ -438,185 +438,6 @@ fail:
     return st;
 }
 
-/* ---- balance tracker --------------------------------------------------------------- */
-
-#define TRACKER_MAX_GROUPS 4
-
-struct moe_balance_tracker {
-    int64_t E;
-    moe_group *groups[TRACKER_MAX_GROUPS];
-    int n_groups;
-    double *buf;      /* [E+1] counts, tokens */
-    int64_t micro;
-    bool buffer, recomputing;
-    double *snaps;    /* [n_snaps (E+1)] the buffer after each commit */
-    int64_t n_snaps, cap_snaps, cursor;
-};
-
-moe_status moe_balance_tracker_new(moe_balance_tracker **out, int64_t experts, moe_group *group)
-{
-    *out = NULL;
-    if (experts < 1)
-        return moe_fail(MOE_ERR_ARG, "make-balance-tracker", "experts must be >= 1, got %lld",
-                        (long long)experts);
-    moe_balance_tracker *tr = calloc(1, sizeof *tr);
-    if (tr) tr->buf = calloc((size_t)experts + 1, sizeof(double));
-    if (!tr || !tr->buf) {
-        free(tr);
-        return moe_fail(MOE_ERR_NOMEM, "make-balance-tracker", "out of memory");
-    }
-    tr->E = experts;
-    tr->buffer = true;
-    if (group) tr->groups[tr->n_groups++] = moe_group_retain(group);
-    *out = tr;
-    return MOE_OK;
-}
-
-moe_status moe_balance_tracker_add_group(moe_balance_tracker *tr, moe_group *group)
-{
-    if (!group) return MOE_OK;
-    if (tr->n_groups == TRACKER_MAX_GROUPS)
-        return moe_fail(MOE_ERR_ARG, "balance-tracker", "at most %d groups", TRACKER_MAX_GROUPS);
-    tr->groups[tr->n_groups++] = moe_group_retain(group);
-    return MOE_OK;
-}
-
-void moe_balance_tracker_free(moe_balance_tracker *tr)
-{
-    if (!tr) return;
-    for (int g = 0; g < tr->n_groups; g++) moe_group_release(tr->groups[g]);
-    free(tr->buf);
-    free(tr->snaps);
-    free(tr);
-}
-
-void moe_balance_tracker_reset(moe_balance_tracker *tr)
-{
-    memset(tr->buf, 0, sizeof(double) * (size_t)(tr->E + 1));
-    tr->micro = 0;
-    tr->n_snaps = 0;
-    tr->cursor = 0;
-}
-
-void moe_balance_tracker_set_buffer(moe_balance_tracker *tr, bool buffer) { tr->buffer = buffer; }
-bool moe_balance_tracker_buffer(const moe_balance_tracker *tr) { return tr->buffer; }
-void moe_balance_tracker_set_recomputing(moe_balance_tracker *tr, bool recomputing)
-{
-    tr->recomputing = recomputing; /* the replay cursor runs on until the reset */
-}
-bool moe_tracker_recomputing(const moe_balance_tracker *tr) { return tr->recomputing; }
-int64_t moe_balance_tracker_experts(const moe_balance_tracker *tr) { return tr->E; }
-int64_t moe_balance_tracker_micro_batches(const moe_balance_tracker *tr) { return tr->micro; }
-const double *moe_tracker_buffer(const moe_balance_tracker *tr) { return tr->buf; }
-
-moe_status moe_balance_tracker_counts(moe_tensor **counts, double *tokens,
-                                      const moe_balance_tracker *tr)
-{
-    *counts = NULL;
-    MOE_TRY(moe_tensor_from_data(counts, MOE_F64, MOE_CPU, 1, &tr->E, tr->buf));
-    if (tokens) *tokens = tr->buf[tr->E];
-    return MOE_OK;
-}
-
-/* Counts are tokens routed: finite and never negative. */
-static moe_status check_counts(const char *op, const double *c, int64_t E)
-{
-    for (int64_t e = 0; e < E; e++)
-        if (!(c[e] >= 0) || isinf(c[e]))
-            return moe_fail(MOE_ERR_VALUE, op, "counts must be finite and non-negative, but expert %lld has %g",
-                            (long long)e, c[e]);
-    return MOE_OK;
-}
-
-static moe_status read_counts(double *dst, const char *op, moe_tensor *counts, int64_t E)
-{
-    if (counts->ndim != 1 || counts->shape[0] != E)
-        return moe_fail(MOE_ERR_SHAPE, op, "counts must be [%lld], got %s", (long long)E,
-                        moe_shape_str(counts));
-    MOE_TRY(moe_tensor_to_doubles(counts, dst));
-    return check_counts(op, dst, E);
-}
-
-moe_status moe_balance_tracker_add_counts(moe_balance_tracker *tr, moe_tensor *counts, double tokens)
-{
-    double *tmp = malloc(sizeof(double) * (size_t)tr->E);
-    if (!tmp) return moe_fail(MOE_ERR_NOMEM, "balance-tracker-add!", "out of memory");
-    moe_status st = read_counts(tmp, "balance-tracker-add!", counts, tr->E);
-    if (st == MOE_OK) {
-        for (int64_t i = 0; i < tr->E; i++) tr->buf[i] += tmp[i];
-        tr->buf[tr->E] += tokens;
-    }
-    free(tmp);
-    return st;
-}
-
-moe_status moe_balance_tracker_load(moe_balance_tracker *tr, moe_tensor *counts, double tokens,
-                                    int64_t micro_batches)
-{
-    double *tmp = malloc(sizeof(double) * (size_t)tr->E);
-    if (!tmp) return moe_fail(MOE_ERR_NOMEM, "balance-tracker-load!", "out of memory");
-    moe_status st = read_counts(tmp, "balance-tracker-load!", counts, tr->E);
-    if (st == MOE_OK) {
-        memcpy(tr->buf, tmp, sizeof(double) * (size_t)tr->E);
-        tr->buf[tr->E] = tokens;
-        tr->micro = micro_batches;
-        tr->n_snaps = 0;
-        tr->cursor = 0;
-    }
-    free(tmp);
-    return st;
-}
-
-moe_status moe_tracker_reduce(moe_balance_tracker *tr, const double *counts, double tokens, double *red)
-{
-    memcpy(red, counts, sizeof(double) * (size_t)tr->E);
-    red[tr->E] = tokens;
-    return reduce_doubles(red, tr->E + 1, tr->n_groups, tr->groups);
-}
-
-moe_status moe_tracker_view(moe_balance_tracker *tr, const double *red, double *acc)
-{
-    int64_t n = tr->E + 1;
-    if (tr->recomputing) {
-        if (tr->cursor >= tr->n_snaps)
-            return moe_fail(MOE_ERR_STATE, "global-batch",
-                            "recomputing micro-batch %lld but only %lld forwards were recorded "
-                            "since the last reset",
-                            (long long)tr->cursor + 1, (long long)tr->n_snaps);
-        memcpy(acc, tr->snaps + tr->cursor * n, sizeof(double) * (size_t)n);
-        return MOE_OK;
-    }
-    for (int64_t i = 0; i < n; i++) acc[i] = (tr->buffer ? tr->buf[i] : 0.0) + red[i];
-    return MOE_OK;
-}
-
-double moe_tracker_view_micro(const moe_balance_tracker *tr)
-{
-    if (tr->recomputing) return (double)(tr->micro - tr->n_snaps + tr->cursor + 1);
-    return tr->buffer ? (double)(tr->micro + 1) : 1.0;
-}
-
-moe_status moe_tracker_commit(moe_balance_tracker *tr, const double *red)
-{
-    int64_t n = tr->E + 1;
-    if (tr->recomputing) {
-        tr->cursor++;
-        return MOE_OK;
-    }
-    if (tr->n_snaps == tr->cap_snaps) {
-        int64_t cap = tr->cap_snaps ? 2 * tr->cap_snaps : 8;
-        double *grown = realloc(tr->snaps, sizeof(double) * (size_t)(cap * n));
-        if (!grown) return moe_fail(MOE_ERR_NOMEM, "global-batch", "out of memory");
-        tr->snaps = grown;
-        tr->cap_snaps = cap;
-    }
-    for (int64_t i = 0; i < n; i++) tr->buf[i] = (tr->buffer ? tr->buf[i] : 0.0) + red[i];
-    memcpy(tr->snaps + tr->n_snaps * n, tr->buf, sizeof(double) * (size_t)n);
-    tr->n_snaps++;
-    tr->micro++;
-    return MOE_OK;
-}
-
 /* ---- standalone losses -------------------------------------------------------------- */
 
 /* Inputs of a standalone loss, checked and converted. */
@@ -760,29 +581,6 @@ static moe_status loss_prepare(loss_in *in, const char *op, moe_tensor *logits,
 
 /* The ranks of the tracker's groups must count the same experts: compare
  * the counts first, so that a mismatch names experts, not buffer sizes. */
-static moe_status tracker_same_experts(const moe_balance_tracker *tr, const char *op)
-{
-    for (int g = 0; g < tr->n_groups; g++) {
-        moe_group *grp = tr->groups[g];
-        int n = moe_group_size(grp);
-        if (n <= 1) continue;
-        moe_tensor *e, *all = NULL;
-        MOE_TRY(moe_tensor_scalar(&e, MOE_I64, MOE_CPU, (double)tr->E));
-        moe_status st = moe_all_gather(&all, e, grp);
-        moe_tensor_release(e);
-        MOE_TRY(st);
-        const int64_t *experts = moe_tensor_data(all); /* [n] */
-        for (int q = 1; q < n && st == MOE_OK; q++)
-            if (experts[q] != experts[0])
-                st = moe_fail(MOE_ERR_SHAPE, op, "the ranks of group '%s' count different experts: rank 0 has "
-                              "%lld experts, rank %d has %lld", moe_group_name(grp), (long long)experts[0], q,
-                              (long long)experts[q]);
-        moe_tensor_release(all);
-        MOE_TRY(st);
-    }
-    return MOE_OK;
-}
-
 /* One balance term of a prepared input, with its scopes and reductions. */
 static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_kind kind, loss_in *in,
                                const moe_aux_options *o, double **gb_red, moe_balance_tracker **gb_tr)
@@ -806,15 +604,15 @@ static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_ki
     if (st == MOE_OK && kind == MOE_AUX_GLOBAL_BATCH) {
         moe_balance_tracker *tr = o->tracker;
         if (!tr) st = moe_fail(MOE_ERR_ARG, op, "the global-batch loss needs a balance tracker");
-        else if (tr->E != in->E)
+        else if (moe_balance_tracker_experts(tr) != in->E)
             st = moe_fail(MOE_ERR_SHAPE, op, "tracker counts %lld experts, logits have %lld",
-                          (long long)tr->E, (long long)in->E);
+                          (long long)moe_balance_tracker_experts(tr), (long long)in->E);
         if (st == MOE_OK) {
             red = malloc(sizeof(double) * (size_t)(in->E + 1));
             acc = malloc(sizeof(double) * (size_t)(in->E + 1));
             if (!red || !acc) st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
         }
-        if (st == MOE_OK) st = tracker_same_experts(tr, op);
+        if (st == MOE_OK) st = moe_tracker_check_experts(tr, op);
         if (st == MOE_OK) st = moe_tracker_reduce(tr, stats.C, stats.Tn[0], red);
         if (st == MOE_OK) st = moe_tracker_view(tr, red, acc);
         /* P̄ divides by the micro-batch's tokens per data-parallel replica: its
@@ -825,10 +623,9 @@ static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_ki
         double mb = stats.Tn[0];
         if (st == MOE_OK) {
             moe_group *g = o->group;
-            st = reduce_doubles(&mb, 1, 1, &g);
+            st = moe_reduce_doubles(&mb, 1, 1, &g);
         }
-        int64_t ranks = 1, gs = moe_group_size(o->group);
-        for (int g = 0; tr && g < tr->n_groups; g++) ranks *= moe_group_size(tr->groups[g]);
+        int64_t ranks = tr ? moe_tracker_ranks(tr) : 1, gs = moe_group_size(o->group);
         if (st == MOE_OK && ranks >= gs && ranks % gs == 0) mb = red[in->E] * (double)gs / (double)ranks;
         prm.acc_counts = acc;
         prm.acc_tokens = acc ? acc[in->E] : 0;
@@ -951,6 +748,15 @@ moe_status moe_megablocks_batched_loss(moe_tensor **out, int n, moe_tensor *cons
 
 /* ---- balance statistics ---------------------------------------------------------------- */
 
+moe_status moe_check_counts(const char *op, const double *c, int64_t E)
+{
+    for (int64_t e = 0; e < E; e++)
+        if (!(c[e] >= 0) || isinf(c[e]))
+            return moe_fail(MOE_ERR_VALUE, op, "counts must be finite and non-negative, but expert %lld has %g",
+                            (long long)e, c[e]);
+    return MOE_OK;
+}
+
 moe_status moe_balance_stats_compute(moe_balance_stats *out, moe_tensor *counts)
 {
     memset(out, 0, sizeof *out);
@@ -962,7 +768,7 @@ moe_status moe_balance_stats_compute(moe_balance_stats *out, moe_tensor *counts)
     double *c = malloc(sizeof(double) * (size_t)E);
     if (!c) return moe_fail(MOE_ERR_NOMEM, "balance-stats", "out of memory");
     moe_status st = moe_tensor_to_doubles(counts, c);
-    if (st == MOE_OK) st = check_counts("balance-stats", c, E);
+    if (st == MOE_OK) st = moe_check_counts("balance-stats", c, E);
     if (st != MOE_OK) {
         free(c);
         return st;

@@ -116,9 +116,17 @@ typedef struct moe_aux_node_spec {
 } moe_aux_node_spec;
 moe_status moe_aux_node_make(moe_tensor **out, moe_aux_node_spec *spec);
 
-/* ---- aux_loss.c: the tracker, two-phase -------------------------------------------- */
+/* ---- tracker.c: the balance tracker, two-phase ------------------------------------ */
 /* Reduce this micro-batch's COUNTS [E] and TOKENS over the tracker's groups
  * into RED [E+1] (collective; no state change). */
+/* Sum BUF [n] over each of the N_GROUPS GROUPS in turn, in place (aux_loss.c). */
+moe_status moe_reduce_doubles(double *buf, int64_t n, int n_groups, moe_group *const *groups);
+/* Fails as OP unless the E counts C are finite and non-negative (aux_loss.c). */
+moe_status moe_check_counts(const char *op, const double *c, int64_t E);
+/* The ranks TR's counts are summed over: the product of its groups' sizes. */
+int64_t moe_tracker_ranks(const moe_balance_tracker *tr);
+/* Fails as OP when the ranks of TR's groups count different experts (collective). */
+moe_status moe_tracker_check_experts(const moe_balance_tracker *tr, const char *op);
 moe_status moe_tracker_reduce(moe_balance_tracker *tr, const double *counts, double tokens,
                               double *red);
 /* The buffer the loss sees if RED [E+1] is committed: ACC [E+1] (in recompute
