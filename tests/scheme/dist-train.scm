@@ -14,6 +14,16 @@
 
 (test-begin "dist-train")
 
+;; a tiny f64 model and text from this source tree
+(define top (string-append (dirname (current-filename)) "/../.."))
+(define (dataset)
+  (make-text-dataset #:domains `((c . ,(string-append top "/core/moe"))) #:seq-len 8 #:seed 0))
+(define* (model #:key (options '(#:losses ((micro-batch . 1e-1)))) (tied? #f) (experts 4))
+  (make-moe-transformer #:vocab 256 #:layers 2 #:hidden 16 #:heads 2 #:ffn 16 #:experts experts
+                        #:top-k 2 #:dense-ffn 16 #:max-seq 8 #:dtype 'f64 #:tie-embeddings? tied?
+                        #:router-options options #:seed 3))
+
+
 (for-each
  (lambda (mesh-case)
    (let ((mesh (car mesh-case)) (schedule (cdr mesh-case)))
@@ -39,11 +49,9 @@
   (let ((results
          (with-ranks 4 #:mesh '((pp . 2) (dp . 2))
            (lambda (rank)
-             (let* ((mo (make-moe-transformer #:vocab 256 #:layers 2 #:hidden 16 #:heads 2 #:ffn 16
-                                              #:experts 4 #:top-k 2 #:max-seq 8 #:dtype 'f64 #:seed 3))
+             (let* ((mo (model))
                     (tr (make-trainer #:model mo #:optimizer (make-adamw (model-parameters mo))
-                                      #:dataset (make-text-dataset #:domains `((c . ,(string-append (dirname (current-filename)) "/../../core/moe")))
-                                                                   #:seq-len 8)
+                                      #:dataset (dataset)
                                       #:batch-size 4 #:grad-accum 2 #:mesh '((pp . 2) (dp . 2)))))
                (trainer-step! tr)
                (trainer-step! tr)
@@ -58,11 +66,9 @@
 
 (test-equal "a one-process trainer has no mesh, pipeline or reducers"
   '(#f #f ())
-  (let* ((mo (make-moe-transformer #:vocab 256 #:layers 2 #:hidden 16 #:heads 2 #:ffn 16
-                                   #:experts 4 #:top-k 2 #:max-seq 8 #:seed 3))
+  (let* ((mo (model))
          (tr (make-trainer #:model mo #:optimizer (make-adamw (model-parameters mo))
-                           #:dataset (make-text-dataset #:domains `((c . ,(string-append (dirname (current-filename)) "/../../core/moe")))
-                                                        #:seq-len 8)
+                           #:dataset (dataset)
                            #:batch-size 2)))
     (list (trainer-mesh tr) (trainer-pipeline-stats tr) (trainer-comm-stats tr))))
 
@@ -70,11 +76,9 @@
   '((#f "") ((64.0 #t) (128.0 #t)))
   (with-ranks 2 #:mesh '((dp . 2))
     (lambda (rank)
-      (let* ((mo (make-moe-transformer #:vocab 256 #:layers 2 #:hidden 16 #:heads 2 #:ffn 16
-                                       #:experts 4 #:top-k 2 #:max-seq 8 #:dtype 'f64 #:seed 3))
+      (let* ((mo (model))
              (tr (make-trainer #:model mo #:optimizer (make-adamw (model-parameters mo))
-                               #:dataset (make-text-dataset #:domains `((c . ,(string-append (dirname (current-filename)) "/../../core/moe")))
-                                                            #:seq-len 8)
+                               #:dataset (dataset)
                                #:batch-size 4 #:grad-accum 2 #:mesh '((dp . 2)))))
         (trainer-step! tr)
         (let* ((text #f)
@@ -87,14 +91,6 @@
                     (list (apply + (car all)) #t))))))))
 
 ;;; ---- configuration errors --------------------------------------------------------------
-
-(define top (string-append (dirname (current-filename)) "/../.."))
-(define (dataset)
-  (make-text-dataset #:domains `((c . ,(string-append top "/core/moe"))) #:seq-len 8 #:seed 0))
-(define* (model #:key (options '(#:losses ((micro-batch . 1e-1)))) (tied? #f) (experts 4))
-  (make-moe-transformer #:vocab 256 #:layers 2 #:hidden 16 #:heads 2 #:ffn 16 #:experts experts
-                        #:top-k 2 #:dense-ffn 16 #:max-seq 8 #:dtype 'f64 #:tie-embeddings? tied?
-                        #:router-options options #:seed 3))
 
 (define (refusal n mesh . args)
   ;; the message make-trainer raises on rank 0 of N ranks, or #f
