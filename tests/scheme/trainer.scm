@@ -26,8 +26,10 @@
       (map (lambda (d) (list d (format #f "~a/~a/train" corpus d) (format #f "~a/~a/val" corpus d)))
            '(bible c python))
       (list (list 'manual (string-append top "/doc/[a-m]*.texi") (string-append top "/doc/[n-z]*.texi"))
-            (list 'c (string-append top "/core/moe") (string-append top "/core/ops"))
-            (list 'scheme (string-append top "/scheme/moelab") (string-append top "/tests/scheme")))))
+            (list 'c (string-append top "/core/moe/*.[ch]") (string-append top "/core/ops/*.c"))
+            (list 'scheme (string-append top "/scheme/moelab/*.scm")
+                  ;; sources only: the build and make check write objects and logs beside them
+                  (string-append top "/tests/scheme/*.scm")))))
 
 (define* (dataset split seq-len #:key (seed 0))
   (make-text-dataset #:domains (map (lambda (d) (cons (car d) (if (eq? split 'train) (cadr d) (caddr d))))
@@ -57,13 +59,18 @@
     (- (apply + (map (lambda (c) (if (zero? c) 0 (let ((p (/ c total))) (* p (log p)))))
                      (vector->list counts))))))
 
+(define (glob->regexp glob)
+  ;; "*" and "[..]" as the shell reads them in one file name; "." literal
+  (string-concatenate
+   (map (lambda (c) (case c ((#\*) "[^/]*") ((#\.) "\\.") (else (string c))))
+        (string->list glob))))
+
 (define (files-of path)
-  ;; the files a dataset reads for PATH (a file, a directory or a doc glob)
+  ;; the files a dataset reads for PATH (a file, a directory or a glob)
   (cond ((string-index path #\*)
-         (let* ((dir (dirname path)) (pattern (basename path)) ; "[a-m]*.texi"
-                (lo (string-ref pattern 1)) (hi (string-ref pattern 3)))
-           (filter-map (lambda (f) (and (string-suffix? ".texi" f) (char<=? lo (string-ref f 0) hi)
-                                        (string-append dir "/" f)))
+         (let ((dir (dirname path))
+               (rx (make-regexp (string-append "^" (glob->regexp (basename path)) "$"))))
+           (filter-map (lambda (f) (and (regexp-exec rx f) (string-append dir "/" f)))
                        (scandir* dir))))
         ((file-is-directory? path)
          (append-map (lambda (f) (files-of (string-append path "/" f)))
