@@ -16,7 +16,7 @@
 info_TEXINFOS = doc/moelab.texi
 doc_moelab_TEXINFOS = \
 	doc/overview.texi doc/install.texi doc/tutorial.texi \
-	doc/autograd.texi doc/autograd-versions.texi doc/autograd-threads.texi \
+	doc/autograd.texi doc/autograd-versions.texi doc/autograd-threads.texi doc/autograd-testing.texi \
 	doc/routers.texi \
 	doc/layers.texi doc/collectives.texi doc/pipeline.texi doc/models.texi doc/optim.texi \
 	doc/data.texi doc/training.texi doc/distributed.texi doc/checkpoints.texi doc/notebooks.texi doc/study.texi doc/study-results.texi \

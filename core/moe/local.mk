@@ -18,7 +18,7 @@ TESTS += $(MOE_ROUTER_TESTS)
 tests_unit_check_router_SOURCES = tests/unit/check_router.c tests/unit/testutil.h
 tests_unit_check_aux_loss_SOURCES = tests/unit/check_aux_loss.c tests/unit/testutil.h
 tests_unit_check_router_refs_SOURCES = tests/unit/check_router_refs.c tests/unit/testutil.h \
-	tests/reference/refs.c tests/reference/refs.h
+	tests/unit/tmpdir.h tests/reference/refs.c tests/reference/refs.h
 tests_unit_check_router_refs_CPPFLAGS = $(AM_CPPFLAGS) -DMOE_REFS_FILE='"$(abs_srcdir)/tests/reference/router_refs.txt"'
 tests_unit_check_router_conv_refs_SOURCES = $(tests_unit_check_router_refs_SOURCES)
 tests_unit_check_router_conv_refs_CPPFLAGS = $(AM_CPPFLAGS) \

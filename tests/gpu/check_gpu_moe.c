@@ -360,7 +360,7 @@ static bool ref_config(moe_router_config *cfg, const ref_case *c)
 START_TEST(test_router_refs)
 {
     nrefs = refs_load(MOE_REFS_FILE, &refs);
-    ck_assert_msg(nrefs > 0, "cannot read %s", MOE_REFS_FILE);
+    ck_assert_msg(nrefs > 0, "cannot read %s: %s", MOE_REFS_FILE, moe_last_error());
     int ran = 0;
     for (int ci = 0; ci < nrefs; ci++) {
         const ref_case *c = &refs[ci];

@@ -1,9 +1,12 @@
 /* check_gpu_ops.c — the core ops on the GPU against the CPU, forward and
  * backward, in f32 and bf16: creation and copies, element access, the
  * elementwise family (broadcast and strided inputs), reductions, the
- * softmax family, dropout, and the caching allocator. Skips without a GPU
+ * softmax family, dropout, and the caching allocator; then every case of
+ * the op table (tests/ops_table.c) in f64 and f32. Skips without a GPU
  * (MOELAB_GPU_TEST_ON_CPU=1 runs it CPU against CPU: see gpucheck.h). */
 #include "gpucheck.h"
+
+#include "../ops_table.h"
 
 #include "config.h"
 #ifdef MOELAB_HAVE_CUDA
@@ -449,6 +452,42 @@ START_TEST(test_allocator)
 }
 END_TEST
 
+/* ---- the op table -------------------------------------------------------------------- */
+
+/* Every case of one row, in f64 and f32. An op with no kernel on the device
+ * (its "no cuda kernel for OP yet" error) is reported and skipped. */
+START_TEST(test_op_table)
+{
+    const ot_row *row = &ot_rows[_i];
+    static const moe_dtype table_dtypes[] = {MOE_F64, MOE_F32};
+    for (int d = 0; d < 2; d++) {
+        ot_case cases[OT_MAX_CASES];
+        int n = 0;
+        moe_status st = row->build(cases, &n, table_dtypes[d]);
+        if (st != MOE_OK) ot_cases_release(cases, n);
+        ck_assert_msg(st == MOE_OK, "%s: building the cases failed: %s", row->name, moe_last_error());
+        for (int k = 0; k < n; k++) {
+            ot_case *c = &cases[k];
+            moe_tensor *dev[OT_MAX_IN], *probe = NULL;
+            for (int i = 0; i < c->n_in; i++) dev[i] = gc_to_dev(c->in[i]);
+            st = ot_run(&probe, dev, c);
+            for (int i = 0; i < c->n_in; i++) moe_tensor_release(dev[i]);
+            moe_tensor_release(probe);
+            if (st == MOE_ERR_DEVICE && strstr(moe_last_error(), "kernel for")) {
+                printf("  %-40s skipped: %s\n", row->name, moe_last_error());
+                break;
+            }
+            ck_assert_msg(st == MOE_OK, "%s: %s on %s failed: %s", row->name, c->what, moe_device_name(gc_dev),
+                          moe_last_error());
+            char name[160];
+            snprintf(name, sizeof name, "%.40s: %.96s", row->name, c->what);
+            gc_check(name, ot_run, c, c->n_in, c->in, c->grad_mask, GC_TOL(table_dtypes[d]));
+        }
+        ot_cases_release(cases, n);
+    }
+}
+END_TEST
+
 int main(void)
 {
     int skip = gc_start("check_gpu_ops");
@@ -466,5 +505,9 @@ int main(void)
     tcase_add_test(c, test_softmax);
     tcase_add_test(c, test_allocator);
     suite_add_tcase(s, c);
+    TCase *table = tcase_create("op table");
+    tcase_set_timeout(table, 300);
+    tcase_add_loop_test(table, test_op_table, 0, ot_n_rows);
+    suite_add_tcase(s, table);
     return tu_run(s);
 }

@@ -1,6 +1,8 @@
-/* refs.c — reading tests/reference/router_refs.txt (see refs.h). */
+/* refs.c — reading the reference-vector files and comparing against them
+ * (see refs.h). */
 #include "refs.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,7 +63,19 @@ int refs_load(const char *path, ref_case **out)
 {
     *out = NULL;
     char *buf = read_file(path);
-    if (!buf) return -1;
+    if (!buf) {
+        moe_fail(MOE_ERR_IO, "refs", "cannot read %s", path);
+        return -1;
+    }
+    size_t first = strcspn(buf, "\r\n");
+    if (first != strlen(REF_FORMAT_LINE) || strncmp(buf, REF_FORMAT_LINE, first) != 0) {
+        moe_fail(MOE_ERR_VALUE, "refs",
+                 "%s starts with '%.*s', expected '%s': a file of another format (regenerate it with the "
+                 "command on its second line, or update tests/reference/refs.c)",
+                 path, (int)(first < 60 ? first : 60), buf, REF_FORMAT_LINE);
+        free(buf);
+        return -1;
+    }
     ref_case *cases = NULL, *cur = NULL;
     int n = 0, cap = 0;
     char *save = NULL;
@@ -84,8 +98,13 @@ int refs_load(const char *path, ref_case **out)
             cur->val[cur->nsets++] = strdup(sp + 1);
         } else if (cur && strncmp(line, "tensor ", 7) == 0 && cur->ntens < REF_MAX_TENSORS) {
             char *nm = NULL;
+            char head[80];
+            snprintf(head, sizeof head, "%.79s", line);
             moe_tensor *t = parse_tensor(line, &nm);
-            if (!t) goto fail;
+            if (!t) {
+                moe_fail(MOE_ERR_VALUE, "refs", "%s: case %s: malformed tensor line '%s…'", path, cur->name, head);
+                goto fail;
+            }
             cur->tname[cur->ntens] = nm;
             cur->tens[cur->ntens++] = t;
         }
@@ -203,4 +222,56 @@ bool ref_router_config(moe_router_config *cfg, const ref_case *c)
         else if (!strcmp(k, "z_loss_div")) cfg->z_loss_div = d != 0;
     }
     return ok;
+}
+
+/* "v0 v1 … v(k-1) …" of the first K of N values. */
+static void first_values(char *out, size_t len, const double *v, int64_t n, int64_t k)
+{
+    size_t at = 0;
+    out[0] = 0;
+    for (int64_t i = 0; i < n && i < k && at < len; i++)
+        at += (size_t)snprintf(out + at, len - at, "%s%.9g", i ? " " : "", v[i]);
+    if (n > k && at < len) snprintf(out + at, len - at, " …");
+}
+
+bool ref_mismatch(char *msg, size_t len, const char *what, const moe_tensor *got, const moe_tensor *want,
+                  double atol, double rtol)
+{
+    if (!got || !want) {
+        snprintf(msg, len, "%s: %s", what, got ? "has no expected value" : "missing");
+        return true;
+    }
+    int64_t n = moe_tensor_numel(want);
+    if (moe_tensor_numel(got) != n) {
+        snprintf(msg, len, "%s: %lld elements %s, expected %lld %s", what, (long long)moe_tensor_numel(got),
+                 moe_shape_str(got), (long long)n, moe_shape_str(want));
+        return true;
+    }
+    double *g = malloc(sizeof(double) * (size_t)(n + 1)), *e = malloc(sizeof(double) * (size_t)(n + 1));
+    if (!g || !e || moe_tensor_to_doubles(got, g) != MOE_OK || moe_tensor_to_doubles(want, e) != MOE_OK) {
+        snprintf(msg, len, "%s: cannot read the values: %s", what, moe_last_error());
+        free(g), free(e);
+        return true;
+    }
+    int64_t off = 0, worst = -1;
+    double worst_diff = -1;
+    for (int64_t i = 0; i < n; i++) {
+        if ((isnan(g[i]) && isnan(e[i])) || g[i] == e[i]) continue;
+        double d = fabs(g[i] - e[i]);
+        if (isnan(d)) d = INFINITY;
+        if (!(d <= atol + rtol * fabs(e[i]))) off++;
+        if (d > worst_diff) worst_diff = d, worst = i;
+    }
+    if (off) {
+        char gs[200], es[200];
+        first_values(gs, sizeof gs, g, n, 6);
+        first_values(es, sizeof es, e, n, 6);
+        snprintf(msg, len,
+                 "%s: %lld of %lld elements off (atol %.3g, rtol %.3g); max |diff| %.6g at index %lld "
+                 "(got %.17g, expected %.17g); got [%s], expected [%s]",
+                 what, (long long)off, (long long)n, atol, rtol, worst_diff, (long long)worst, g[worst], e[worst], gs,
+                 es);
+    }
+    free(g), free(e);
+    return off > 0;
 }

@@ -1,7 +1,11 @@
-/* refs.h — the reader of tests/reference/router_refs.txt (written by
- * gen_router_refs.py), shared by the C suites that check against it.
+/* refs.h — the reader of the reference-vector files tests/reference/<name>.txt
+ * (written by the gen_*.py next to them), shared by the C suites that check
+ * against them, and the comparison that reports a mismatch.
  *
- * The file is a list of cases:
+ * A file starts with its format line and the command that regenerated it:
+ *     # moelab-refs 1
+ *     # regenerate: /usr/bin/python3 tests/reference/gen_x_refs.py > tests/reference/x_refs.txt
+ * then lists cases (other lines starting with # are comments):
  *     case NAME
  *     set KEY VALUE                      (settings: router fields, op, …)
  *     tensor NAME DTYPE NDIM D0 D1 … V0 V1 …
@@ -13,6 +17,9 @@
 
 #include "moe/router.h"
 #include "tensor.h"
+
+/* The first line of every file this reader understands. */
+#define REF_FORMAT_LINE "# moelab-refs 1"
 
 #define REF_MAX_SETS 64
 #define REF_MAX_TENSORS 160
@@ -26,7 +33,8 @@ typedef struct ref_case {
 } ref_case;
 
 /* Read every case of PATH into *CASES (free with refs_free); the number of
- * cases, or -1 when the file cannot be read or a tensor line is malformed. */
+ * cases, or -1 (the reason in moe_last_error()) when the file cannot be
+ * read, does not start with REF_FORMAT_LINE, or has a malformed tensor line. */
 int refs_load(const char *path, ref_case **cases);
 void refs_free(ref_case *cases, int n);
 
@@ -41,5 +49,23 @@ moe_tensor *ref_tensor(const ref_case *c, const char *name, int m);
  * vectors written before the conventions existed were computed with them).
  * False when a value does not parse. */
 bool ref_router_config(moe_router_config *cfg, const ref_case *c);
+
+/* True when GOT and WANT differ: a different element count, or an element
+ * with |got - want| > ATOL + RTOL·|want| (NaN matches NaN, an infinity the
+ * same infinity). MSG (LEN bytes) then says, after WHAT: how many elements
+ * are off, the largest |difference| and its index, and the first values of
+ * both sides. */
+bool ref_mismatch(char *msg, size_t len, const char *what, const moe_tensor *got, const moe_tensor *want,
+                  double atol, double rtol);
+
+/* In a Check test: fail with ref_mismatch's report. */
+#define REF_ASSERT_CLOSE(got, want, atol, rtol, what)                                         \
+    do {                                                                                       \
+        char ref_msg_[1024];                                                                   \
+        if (ref_mismatch(ref_msg_, sizeof ref_msg_, (what), (got), (want), (atol), (rtol)))    \
+            ck_abort_msg("%s", ref_msg_);                                                      \
+        ck_assert_msg(moe_tensor_same_shape((got), (want)), "%s: shape %s, expected %s", (what), \
+                      moe_shape_str(got), moe_shape_str(want));                                \
+    } while (0)
 
 #endif

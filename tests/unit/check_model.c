@@ -18,7 +18,7 @@ static int n_cases;
 static void load_refs(void)
 {
     n_cases = refs_load(MOE_MODEL_REFS, &cases);
-    ck_assert_msg(n_cases >= 2, "cannot read %s", MOE_MODEL_REFS);
+    ck_assert_msg(n_cases >= 2, "cannot read %s: %s", MOE_MODEL_REFS, moe_last_error());
 }
 
 static void free_refs(void) { refs_free(cases, n_cases); }
@@ -80,11 +80,11 @@ static void check_case(const ref_case *c, moe_dtype dt, moe_grad_mode gm, moe_at
     snprintf(what, sizeof what, "%s %s %s %s", c->name, moe_dtype_name(dt), moe_grad_mode_name(gm),
              moe_attention_impl_name(impl));
     OK(moe_model_forward(&logits, m, tokens));
-    tu_assert_close(logits, ref_tensor(c, "logits", -1), tol, tol, what);
+    REF_ASSERT_CLOSE(logits, ref_tensor(c, "logits", -1), tol, tol, what);
     moe_tensor_release(logits);
     OK(moe_model_loss(&loss, m, tokens, targets, -100));
     ck_assert(loss->dtype == dt && loss->ndim == 0);
-    tu_assert_close(loss, ref_tensor(c, gm == MOE_GRAD_ADD ? "total" : "ce", -1), tol, tol, what);
+    REF_ASSERT_CLOSE(loss, ref_tensor(c, gm == MOE_GRAD_ADD ? "total" : "ce", -1), tol, tol, what);
     /* the unscaled aux losses of each MoE layer */
     for (int i = 0; i < moe_model_moe_layer_count(m); i++) {
         int64_t l;
@@ -95,7 +95,7 @@ static void check_case(const ref_case *c, moe_dtype dt, moe_grad_mode gm, moe_at
             snprintf(name, sizeof name, "aux:%lld:%s", (long long)l, moe_aux_kind_name(r->aux_kind[a]));
             moe_tensor *want = ref_tensor(c, name, -1);
             ck_assert_msg(want != NULL, "%s: no reference for %s", what, name);
-            tu_assert_close(r->aux[a], want, tol, tol, name);
+            REF_ASSERT_CLOSE(r->aux[a], want, tol, tol, name);
         }
     }
     OK(moe_backward(loss, NULL, false));
@@ -109,7 +109,7 @@ static void check_case(const ref_case *c, moe_dtype dt, moe_grad_mode gm, moe_at
         moe_tensor *want = ref_tensor(c, gname, -1);
         ck_assert_msg(want && t->grad, "%s: %s has no gradient or no reference", what, name);
         snprintf(gname, sizeof gname, "%s: grad of %s", what, name);
-        tu_assert_close(t->grad, want, tol, tol, gname);
+        REF_ASSERT_CLOSE(t->grad, want, tol, tol, gname);
     }
     moe_model_free(m);
 }

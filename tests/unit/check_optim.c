@@ -15,7 +15,7 @@ static int n_cases;
 static void load_refs(void)
 {
     n_cases = refs_load(MOE_OPTIM_REFS_FILE, &cases);
-    ck_assert_msg(n_cases > 0, "cannot read %s", MOE_OPTIM_REFS_FILE);
+    ck_assert_msg(n_cases > 0, "cannot read %s: %s", MOE_OPTIM_REFS_FILE, moe_last_error());
 }
 
 static void free_refs(void) { refs_free(cases, n_cases); }
@@ -59,7 +59,7 @@ static void close_to(const moe_tensor *got, moe_tensor *want, double tol, const 
     OK(moe_tensor_to_doubles(want, e));
     for (int64_t i = 0; i < n; i++) mx = fmax(mx, fabs(e[i]));
     free(e);
-    tu_assert_close(got, want, tol * mx, tol, what);
+    REF_ASSERT_CLOSE(got, want, tol * mx, tol, what);
 }
 
 static double tol_for(const ref_case *c) { return strcmp(ref_get(c, "dtype"), "f32") == 0 ? 1e-6 : 1e-12; }

@@ -16,7 +16,11 @@
  * them; cases with dp > 1 run on that many thread ranks sharing the step;
  * cases with aux_exact.* values run a third time under the exact convention
  * (where the framework's convention agrees with it, or differs). Loss cases
- * compare values and gradients w.r.t. the logits. */
+ * compare values and gradients w.r.t. the logits. The reader itself: a file
+ * of another format is refused, and a mismatch reports its largest
+ * difference and the first values of both sides. */
+#include "tmpdir.h" /* first: it defines _GNU_SOURCE */
+
 #include <string.h>
 
 #include "moe/aux_loss.h"
@@ -55,33 +59,23 @@ static bool differs(char *err, size_t len, const ref_case *c, const char *what, 
         snprintf(err, len, "%s: %s#%d %s", c->name, what, m, got ? "has no expected value" : "missing");
         return true;
     }
-    if (moe_tensor_numel(got) != moe_tensor_numel(exp)) {
-        snprintf(err, len, "%s: %s#%d has %lld elements, expected %lld", c->name, what, m,
-                 (long long)moe_tensor_numel(got), (long long)moe_tensor_numel(exp));
-        return true;
-    }
+    char name[200];
+    snprintf(name, sizeof name, "%s: %s#%d", c->name, what, m);
+    /* tolerance rtol·(|e| + floor·max|e|); rtol < 0: exact */
     int64_t n = moe_tensor_numel(exp);
-    double *g = malloc(sizeof(double) * (size_t)(n + 1)), *e = malloc(sizeof(double) * (size_t)(n + 1));
-    bool bad = moe_tensor_to_doubles(got, g) != MOE_OK || moe_tensor_to_doubles(exp, e) != MOE_OK;
-    double mx = 0;
+    double *e = malloc(sizeof(double) * (size_t)(n + 1)), mx = 0;
+    if (moe_tensor_to_doubles(exp, e) != MOE_OK) n = 0;
     for (int64_t i = 0; i < n; i++) mx = fabs(e[i]) > mx ? fabs(e[i]) : mx;
-    for (int64_t i = 0; i < n && !bad; i++) {
-        double floor = rtol >= MOE_REFS_RTOL_F32 ? MOE_REFS_FLOOR_F32 : 1e-2;
-        double tol = rtol < 0 ? 0 : rtol * (fabs(e[i]) + floor * mx) + 1e-300;
-        if (!(fabs(g[i] - e[i]) <= tol)) {
-            snprintf(err, len, "%s: %s#%d element %lld is %.17g, expected %.17g (tol %.3g)", c->name, what, m,
-                     (long long)i, g[i], e[i], tol);
-            bad = true;
-        }
-    }
-    free(g), free(e);
-    return bad;
+    free(e);
+    double floor = rtol >= MOE_REFS_RTOL_F32 ? MOE_REFS_FLOOR_F32 : 1e-2;
+    return rtol < 0 ? ref_mismatch(err, len, name, got, exp, 0, 0)
+                    : ref_mismatch(err, len, name, got, exp, rtol * floor * mx + 1e-300, rtol);
 }
 
 static void compare(const ref_case *c, const char *what, int m, moe_tensor *got, moe_tensor *exp,
                     double rtol)
 {
-    char err[512];
+    char err[1024];
     if (differs(err, sizeof err, c, what, m, got, exp, rtol)) ck_abort_msg("%s", err);
 }
 
@@ -112,7 +106,7 @@ typedef struct router_run {
     const ref_case *c;
     moe_grad_mode mode;
     bool exact_only; /* rerun under the exact convention: compare aux_exact.* only */
-    char err[8][512];
+    char err[8][1024];
 } router_run;
 
 #define RUN_TRY(expr)                                                                     \
@@ -334,6 +328,34 @@ START_TEST(test_ref_case)
 }
 END_TEST
 
+START_TEST(test_reader)
+{
+    tu_tmpdir();
+    ref_case *rc;
+    const char old[] = "# moelab-refs 0\ncase a\ntensor x f64 1 2 1 2\n";
+    const char *path = tu_write("old.txt", old, strlen(old));
+    ck_assert_int_eq(refs_load(path, &rc), -1);
+    ck_assert_msg(strstr(moe_last_error(), "starts with '# moelab-refs 0', expected '# moelab-refs 1'"),
+                  "message: %s", moe_last_error());
+    const char good[] = "# moelab-refs 1\n# regenerate: none\ncase a\ntensor x f64 2 2 4 0 1 2 3 4 5 6 7\n";
+    path = tu_write("good.txt", good, strlen(good));
+    ck_assert_int_eq(refs_load(path, &rc), 1);
+    moe_tensor *want = ref_tensor(&rc[0], "x", -1), *got;
+    OK(moe_clone(&got, want));
+    char msg[1024];
+    ck_assert(!ref_mismatch(msg, sizeof msg, "x", got, want, 0, 0));
+    OK(moe_tensor_set(got, SHAPE(1, 1), 5.5));
+    OK(moe_tensor_set(got, SHAPE(0, 2), 2.25));
+    ck_assert(ref_mismatch(msg, sizeof msg, "x", got, want, 0.1, 0));
+    ck_assert_msg(strstr(msg, "x: 2 of 8 elements off") && strstr(msg, "max |diff| 0.5 at index 5") &&
+                      strstr(msg, "got [0 1 2.25 3 4 5.5 …], expected [0 1 2 3 4 5 …]"),
+                  "report: %s", msg);
+    moe_tensor_release(got);
+    refs_free(rc, 1);
+    tu_rmtmp();
+}
+END_TEST
+
 START_TEST(test_ref_count)
 {
     ck_assert_int_ge(ncases, MOE_REFS_MIN_CASES);
@@ -344,12 +366,13 @@ int main(void)
 {
     ncases = refs_load(MOE_REFS_FILE, &cases);
     if (ncases < 0) {
-        fprintf(stderr, "check_router_refs: cannot read %s\n", MOE_REFS_FILE);
+        fprintf(stderr, "check_router_refs: cannot read %s: %s\n", MOE_REFS_FILE, moe_last_error());
         return EXIT_FAILURE;
     }
     Suite *s = suite_create("router-refs");
     TCase *tc = tcase_create("reference vectors");
     tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_reader);
     tcase_add_test(tc, test_ref_count);
     tcase_add_loop_test(tc, test_ref_case, 0, ncases);
     suite_add_tcase(s, tc);
