@@ -125,11 +125,21 @@ message; else what happened instead (for the failure report)."
                    (tensor (car values) #:dtype dtype)
                    (tensor values #:dtype dtype #:shape dims)))))
 
+(define ref-format-line "# moelab-refs 1")
+
+(define (check-ref-format port path)
+  ;; a reference file starts with the format line its readers understand
+  (let ((first (read-line port)))
+    (unless (equal? first ref-format-line)
+      (error (format #f "~a: format line is ~s, this reader expects ~s (regenerate the file)"
+                     path first ref-format-line)))))
+
 (define (read-ref-cases path)
   ;; → list of (name sets tensors), sets and tensors alists keyed by strings
   (define (done cur cases) (if cur (cons (map (lambda (x) (if (list? x) (reverse x) x)) cur) cases) cases))
   (call-with-input-file path
     (lambda (port)
+      (check-ref-format port path)
       (let loop ((cases '()) (cur #f))
         (let ((line (read-line port)))
           (cond ((eof-object? line) (reverse (done cur cases)))

@@ -31,6 +31,7 @@ to the largest magnitude of B); else what differs."
 key -> string, tensors an alist name -> tensor."
   (call-with-input-file file
     (lambda (port)
+      (check-ref-format port file)
       (let loop ((cases '()) (name #f) (sets '()) (tens '()))
         (define (close) (if name (cons (list name (reverse sets) (reverse tens)) cases) cases))
         (let ((line (read-line port)))
