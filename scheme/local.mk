@@ -9,7 +9,9 @@ libguile_moelab_la_SOURCES = \
 	scheme/bindings/convert.c scheme/bindings/error.c \
 	scheme/bindings/tensor-type.c scheme/bindings/tensor-func.c \
 	scheme/bindings/ops-func.c scheme/bindings/autograd-func.c \
-	scheme/bindings/dist-func.c scheme/bindings/grad-sync-func.c \
+	scheme/bindings/group-type.h scheme/bindings/group-type.c \
+	scheme/bindings/ranks-func.c scheme/bindings/collective-func.c \
+	scheme/bindings/grad-sync-func.c \
 	scheme/bindings/layer-func.c \
 	scheme/bindings/router-options.c \
 	scheme/bindings/router-func.c \
@@ -28,7 +30,8 @@ moelabinclude_HEADERS += scheme/bindings/moelab-guile.h
 moelab_snarf_x = \
 	scheme/bindings/tensor-type.x scheme/bindings/tensor-func.x \
 	scheme/bindings/ops-func.x scheme/bindings/autograd-func.x \
-	scheme/bindings/dist-func.x scheme/bindings/grad-sync-func.x scheme/bindings/layer-func.x \
+	scheme/bindings/group-type.x scheme/bindings/ranks-func.x scheme/bindings/collective-func.x \
+	scheme/bindings/grad-sync-func.x scheme/bindings/layer-func.x \
 	scheme/bindings/router-func.x scheme/bindings/model-func.x \
 	scheme/bindings/optim-func.x scheme/bindings/metrics-func.x \
 	scheme/bindings/checkpoint-func.x

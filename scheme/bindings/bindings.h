@@ -10,7 +10,10 @@
  *   router-func.c   routers, routings, balance trackers, the standalone losses
  *   router-options.c make-router's keywords → a router config; metrics → alist
  *   layer-func.c    the <moe-layer> foreign object and (moelab layer)
- *   dist-func.c     the <group> foreign object, with-ranks, collectives
+ *   group-type.c    the <group> and <rank-context> foreign objects and their
+ *                   scopes (group-type.h: shared with the next two)
+ *   ranks-func.c    with-ranks: rank threads, mpirun, mesh queries
+ *   collective-func.c the collectives, point to point, timeouts
  *   grad-sync-func.c the <grad-sync> foreign object: bucketed gradient all-reduce
  *   data-func.c     tokenizers and token files (data-func.h: shared with datasets)
  *   dataset-func.c  the <dataset> foreign object and batches
@@ -120,7 +123,7 @@ SCM_NORETURN void moelab_throw(const char *subr, moe_status code, const char *fm
 moe_status moelab_call_safely(SCM proc, SCM args, SCM *result, const char *op, const char *what,
                               SCM *key, SCM *throw_args);
 
-/* ---- dist-func.c ----------------------------------------------------------------- */
+/* ---- group-type.c ----------------------------------------------------------------- */
 /* The C group behind a Scheme <group> (NULL for #f or the trivial one-rank
  * group), usable on the calling thread: raises moelab-error when its
  * with-ranks has returned or it belongs to another rank's thread. Whoever
