@@ -48,6 +48,8 @@ SCM moelab_tensor_class(void);
 bool moelab_is_tensor(SCM obj);
 /* Wrap T, taking over the caller's reference. */
 SCM moelab_wrap(moe_tensor *t);
+/* Wrap T with a reference of its own (T stays the caller's); NULL gives #f. */
+SCM moelab_wrap_retained(moe_tensor *t);
 /* The live tensor in OBJ (borrowed): wrong-type-arg when OBJ is not a tensor
  * (position POS of SUBR), moelab-error when it has been freed. Callers keep
  * OBJ reachable (scm_remember_upto_here) while they use the pointer. */

@@ -45,12 +45,6 @@ static moe_layer *layer_of(SCM obj, int pos, const char *subr)
     return l;
 }
 
-/* A new Scheme reference to T (NULL gives #f). */
-static SCM wrap_retained(moe_tensor *t)
-{
-    return t ? moelab_wrap(moe_tensor_retain(t)) : SCM_BOOL_F;
-}
-
 static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
 static int64_t positive(SCM obj, const char *what, int pos, const char *subr)
@@ -190,10 +184,10 @@ SCM moelab_layer_routing_alist(const moe_layer *l)
     SCM aux = SCM_EOL;
     for (int i = rt->n_aux - 1; i >= 0; i--)
         aux = scm_cons(scm_cons(sym(moe_aux_kind_name(rt->aux_kind[i])), item_or_false(rt->aux[i])), aux);
-    return scm_list_n(scm_cons(sym("weights"), wrap_retained(rt->weights)),
-                      scm_cons(sym("experts"), wrap_retained(rt->experts)),
-                      scm_cons(sym("kept"), wrap_retained(rt->kept)),
-                      scm_cons(sym("counts"), wrap_retained(rt->counts)),
+    return scm_list_n(scm_cons(sym("weights"), moelab_wrap_retained(rt->weights)),
+                      scm_cons(sym("experts"), moelab_wrap_retained(rt->experts)),
+                      scm_cons(sym("kept"), moelab_wrap_retained(rt->kept)),
+                      scm_cons(sym("counts"), moelab_wrap_retained(rt->counts)),
                       scm_cons(sym("tokens-per-expert"), int64_list(d->counts, d->E)),
                       scm_cons(sym("dropped"), scm_from_int64(rt->dropped)),
                       scm_cons(sym("capacity"), rt->capacity < 0 ? SCM_BOOL_F : scm_from_int64(rt->capacity)),
@@ -224,7 +218,7 @@ SCM_DEFINE(moelab_moe_parameters, "%moe-parameters", 1, 0, 0, (SCM layer),
         const char *name;
         moe_tensor *t;
         MOELAB_CHECK(FUNC_NAME, moe_layer_parameter(l, i, &name, &t));
-        r = scm_cons(scm_cons(scm_from_utf8_string(name), wrap_retained(t)), r);
+        r = scm_cons(scm_cons(scm_from_utf8_string(name), moelab_wrap_retained(t)), r);
     }
     scm_remember_upto_here_1(layer);
     return r;
@@ -254,7 +248,7 @@ SCM_DEFINE(moelab_moe_aux_loss, "%moe-aux-loss", 1, 0, 0, (SCM layer),
     moe_layer *l = layer_of(layer, 1, FUNC_NAME);
     const moe_routing *rt = moe_layer_last_routing(l);
     /* the routing carries a zero total even without losses: #f says "none" */
-    SCM r = rt && rt->n_aux ? wrap_retained(moe_layer_aux_loss(l)) : SCM_BOOL_F;
+    SCM r = rt && rt->n_aux ? moelab_wrap_retained(moe_layer_aux_loss(l)) : SCM_BOOL_F;
     scm_remember_upto_here_1(layer);
     return r;
 }

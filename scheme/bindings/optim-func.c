@@ -236,7 +236,7 @@ SCM_DEFINE(moelab_optimizer_parameters, "%optimizer-parameters", 1, 0, 0, (SCM o
     SCM out = SCM_EOL;
     for (int i = moe_optimizer_param_count(o) - 1; i >= 0; i--)
         out = scm_cons(scm_cons(scm_from_utf8_string(moe_optimizer_param_name(o, i)),
-                                scm_cons(moelab_wrap(moe_tensor_retain(moe_optimizer_param(o, i))),
+                                scm_cons(moelab_wrap_retained(moe_optimizer_param(o, i)),
                                          scm_from_bool(moe_optimizer_param_decays(o, i)))),
                        out);
     scm_remember_upto_here_1(obj);

@@ -75,8 +75,6 @@ static moe_balance_tracker *tracker_of(SCM obj, int pos, const char *subr)
     return scm_foreign_object_ref(obj, 0);
 }
 
-/* T retained for Scheme, or #f for NULL. */
-static SCM share(moe_tensor *t) { return t ? moelab_wrap(moe_tensor_retain(t)) : SCM_BOOL_F; }
 
 static bool bool_arg(SCM obj, int pos, const char *subr)
 {
@@ -151,7 +149,7 @@ SCM_DEFINE(moelab_router_config, "%router-config", 1, 0, 0, (SCM obj),
 SCM_DEFINE(moelab_router_weight, "%router-weight", 1, 0, 0, (SCM obj), "The gate weight [E D].")
 #define FUNC_NAME "router-weight"
 {
-    SCM w = share(moe_router_weight(router_of(obj, 1, FUNC_NAME)));
+    SCM w = moelab_wrap_retained(moe_router_weight(router_of(obj, 1, FUNC_NAME)));
     scm_remember_upto_here_1(obj);
     return w;
 }
@@ -172,7 +170,7 @@ SCM_DEFINE(moelab_router_bias, "%router-bias", 1, 0, 0, (SCM obj),
            "The expert bias [E] f32, or #f without one.")
 #define FUNC_NAME "router-bias"
 {
-    SCM b = share(moe_router_bias(router_of(obj, 1, FUNC_NAME)));
+    SCM b = moelab_wrap_retained(moe_router_bias(router_of(obj, 1, FUNC_NAME)));
     scm_remember_upto_here_1(obj);
     return b;
 }
@@ -289,7 +287,7 @@ SCM_DEFINE(moelab_router_record, "%router-record", 2, 0, 0, (SCM obj, SCM clear)
     int64_t n;
     moe_tensor *const *rec = moe_router_record(r, &n);
     SCM l = SCM_EOL;
-    for (int64_t i = n - 1; i >= 0; i--) l = scm_cons(share(rec[i]), l);
+    for (int64_t i = n - 1; i >= 0; i--) l = scm_cons(moelab_wrap_retained(rec[i]), l);
     if (c) moe_router_clear_record(r);
     scm_remember_upto_here_1(obj);
     return l;
@@ -371,19 +369,19 @@ SCM_DEFINE(moelab_routing_ref, "%routing-ref", 2, 0, 0, (SCM obj, SCM field),
     SCM v;
     if (strcmp(name, "probs") == 0 || strcmp(name, "map") == 0) {
         ROUTER_CHECK(name[0] == 'p' ? "routing-probs" : "routing-map", moe_routing_dense(o));
-        v = share(name[0] == 'p' ? o->probs : o->map);
+        v = moelab_wrap_retained(name[0] == 'p' ? o->probs : o->map);
     } else if (strcmp(name, "weights") == 0) {
-        v = share(o->weights);
+        v = moelab_wrap_retained(o->weights);
     } else if (strcmp(name, "experts") == 0) {
-        v = share(o->experts);
+        v = moelab_wrap_retained(o->experts);
     } else if (strcmp(name, "kept") == 0) {
-        v = share(o->kept);
+        v = moelab_wrap_retained(o->kept);
     } else if (strcmp(name, "logits") == 0) {
-        v = share(o->logits);
+        v = moelab_wrap_retained(o->logits);
     } else if (strcmp(name, "counts") == 0) {
-        v = share(o->counts);
+        v = moelab_wrap_retained(o->counts);
     } else if (strcmp(name, "aux-total") == 0) {
-        v = share(o->aux_total);
+        v = moelab_wrap_retained(o->aux_total);
     } else if (strcmp(name, "tokens") == 0) {
         v = scm_from_int64(o->tokens);
     } else if (strcmp(name, "capacity") == 0) {
@@ -405,7 +403,7 @@ SCM_DEFINE(moelab_routing_aux_losses, "%routing-aux-losses", 1, 0, 0, (SCM obj),
     moe_routing *o = routing_of(obj, 1, FUNC_NAME);
     SCM l = SCM_EOL;
     for (int i = o->n_aux - 1; i >= 0; i--)
-        l = scm_acons(sym(moe_aux_kind_name(o->aux_kind[i])), share(o->aux[i]), l);
+        l = scm_acons(sym(moe_aux_kind_name(o->aux_kind[i])), moelab_wrap_retained(o->aux[i]), l);
     scm_remember_upto_here_1(obj);
     return l;
 }
