@@ -16,6 +16,7 @@
  * meshes are cached per spec for the life of the process (made collectively
  * the first time a spec is used, never freed before MPI_Finalize, so no
  * communicator is freed on Guile's finalizer thread). */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,6 +138,47 @@ SCM_DEFINE(moelab_context_close_x, "%context-close!", 1, 0, 0, (SCM ctx),
     if (s && s->kind == SCOPE_MPI) moelab_scope_end(s);
     scm_remember_upto_here_1(ctx);
     return SCM_UNSPECIFIED;
+}
+#undef FUNC_NAME
+
+/* ---- mesh specs ---------------------------------------------------------------------- */
+
+SCM_DEFINE(moelab_parse_mesh, "%parse-mesh", 2, 0, 0, (SCM who, SCM spec),
+           "The mesh spec @var{spec} (\"pp=2,dp=2\") as an alist ((pp . 2) (dp . 2)), in its "
+           "order; moelab-error naming @var{who} when it does not parse.")
+#define FUNC_NAME "parse-mesh"
+{
+    char op[64];
+    if (!moelab_name_text(who, op, sizeof op)) scm_wrong_type_arg_msg(FUNC_NAME, 1, who, "string or symbol");
+    SCM_VALIDATE_STRING(2, spec);
+    scm_dynwind_begin(0);
+    char *text = scm_to_utf8_string(spec);
+    scm_dynwind_free(text);
+    /* The core's parser checks the text, the names and the sizes. Over the
+     * one-rank world, a spec of more ranks fails only at the final count
+     * (MOE_ERR_SHAPE): that failure says the spec itself is good. */
+    moe_mesh *m = NULL;
+    moe_status st = moe_mesh_parse(&m, NULL, text);
+    moe_mesh_free(m);
+    if (st != MOE_OK && st != MOE_ERR_SHAPE) moelab_throw_last_from(op, "mesh");
+    moe_clear_error();
+    /* Well formed: NAME=SIZE or NAME:SIZE items between spaces and commas. */
+    SCM out = SCM_EOL;
+    for (const char *p = text; *p;) {
+        if (isspace((unsigned char)*p) || *p == ',') {
+            p++;
+            continue;
+        }
+        const char *name = p;
+        while (isalpha((unsigned char)*p)) p++;
+        SCM dim = scm_from_utf8_symboln(name, (size_t)(p - name));
+        char *end;
+        long size = strtol(p + 1, &end, 10);
+        p = end;
+        out = scm_cons(scm_cons(dim, scm_from_long(size)), out);
+    }
+    scm_dynwind_end();
+    return scm_reverse_x(out, SCM_EOL);
 }
 #undef FUNC_NAME
 
