@@ -7,6 +7,7 @@
  *   tensor-func.c   creation, element access, conversion to lists and SRFI-4 vectors
  *   ops-func.c      every op of core/ops.h and the views of core/tensor.h
  *   autograd-func.c backward, grads, grad mode, hooks, custom functions
+ *   router-type.c   the <router>, <routing> and <balance-tracker> foreign objects
  *   router-func.c   routers, routings, balance trackers, the standalone losses
  *   router-options.c make-router's keywords → a router config; metrics → alist
  *   layer-func.c    the <moe-layer> foreign object and (moelab layer)
@@ -131,6 +132,18 @@ moe_status moelab_call_safely(SCM proc, SCM args, SCM *result, const char *op, c
  * with-ranks has returned or it belongs to another rank's thread. Whoever
  * keeps it beyond the call takes a reference (moe_group_retain). */
 moe_group *moelab_to_group(SCM obj, int pos, const char *subr);
+
+/* ---- router-type.c -------------------------------------------------------------------- */
+void moelab_init_router_type(void);
+/* Wrap a new C object; the Scheme object owns it from then on. */
+SCM moelab_wrap_router(moe_router *r);
+SCM moelab_wrap_routing(moe_routing *o);
+SCM moelab_wrap_tracker(moe_balance_tracker *t);
+/* The C object inside OBJ (borrowed); wrong-type-arg (position POS of
+ * SUBR) for anything else. */
+moe_router *moelab_to_router(SCM obj, int pos, const char *subr);
+moe_routing *moelab_to_routing(SCM obj, int pos, const char *subr);
+moe_balance_tracker *moelab_to_tracker(SCM obj, int pos, const char *subr);
 
 /* ---- router-options.c ------------------------------------------------------------ */
 /* Apply a keyword list such as (#:score sigmoid #:top-k 2 #:losses ((micro-batch . 1e-2))) to CFG:
