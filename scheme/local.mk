@@ -12,7 +12,7 @@ libguile_moelab_la_SOURCES = \
 	scheme/bindings/group-type.h scheme/bindings/group-type.c \
 	scheme/bindings/ranks-func.c scheme/bindings/collective-func.c \
 	scheme/bindings/grad-sync-func.c \
-	scheme/bindings/layer-func.c \
+	scheme/bindings/layer-type.c scheme/bindings/layer-func.c \
 	scheme/bindings/router-options.c \
 	scheme/bindings/router-type.c scheme/bindings/router-func.c \
 	scheme/bindings/model-type.c scheme/bindings/model-func.c \
@@ -31,7 +31,7 @@ moelab_snarf_x = \
 	scheme/bindings/tensor-type.x scheme/bindings/tensor-func.x \
 	scheme/bindings/ops-func.x scheme/bindings/autograd-func.x \
 	scheme/bindings/group-type.x scheme/bindings/ranks-func.x scheme/bindings/collective-func.x \
-	scheme/bindings/grad-sync-func.x scheme/bindings/layer-func.x \
+	scheme/bindings/grad-sync-func.x scheme/bindings/layer-type.x scheme/bindings/layer-func.x \
 	scheme/bindings/router-type.x scheme/bindings/router-func.x scheme/bindings/model-func.x \
 	scheme/bindings/optim-func.x scheme/bindings/metrics-func.x \
 	scheme/bindings/checkpoint-func.x

@@ -10,7 +10,8 @@
  *   router-type.c   the <router>, <routing> and <balance-tracker> foreign objects
  *   router-func.c   routers, routings, balance trackers, the standalone losses
  *   router-options.c make-router's keywords → a router config; metrics → alist
- *   layer-func.c    the <moe-layer> foreign object and (moelab layer)
+ *   layer-type.c    the <moe-layer> foreign object
+ *   layer-func.c    the primitives of (moelab layer)
  *   group-type.c    the <group> and <rank-context> foreign objects and their
  *                   scopes (group-type.h: shared with the next two)
  *   ranks-func.c    with-ranks: rank threads, mpirun, mesh queries
@@ -157,6 +158,14 @@ SCM moelab_router_metrics_alist(moe_router *r, const char *subr);
 /* CFG as an alist of (keyword-name . value), values as make-router takes them
  * (what router-config returns). */
 SCM moelab_router_config_alist(const moe_router_config *cfg);
+
+/* ---- layer-type.c ------------------------------------------------------------------ */
+void moelab_init_layer_type(void);
+/* Wrap a new layer; the Scheme object owns it from then on. */
+SCM moelab_wrap_layer(moe_layer *l);
+/* The live layer in OBJ: wrong-type-arg when OBJ is not a <moe-layer>,
+ * moelab-error when it has been freed. */
+moe_layer *moelab_to_layer(SCM obj, int pos, const char *subr);
 
 /* ---- layer-func.c ------------------------------------------------------------------ */
 /* The routing of L's last forward as moe-last-routing returns it (#f before

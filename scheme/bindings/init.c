@@ -34,6 +34,7 @@ static void define_primitives(void *data)
     moelab_init_grad_sync_func();
     moelab_init_router_type();
     moelab_init_router_func();
+    moelab_init_layer_type();
     moelab_init_layer_func();
     moelab_init_data_func();
     moelab_init_dataset_func();
