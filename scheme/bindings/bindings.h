@@ -21,6 +21,7 @@
  *   dataset-func.c  the <dataset> foreign object and batches
  *   model-type.c    the <moe-transformer> foreign object
  *   model-func.c    the transformer, attention and RoPE primitives
+ *   optimizer-type.c the <optimizer> foreign object
  *   optim-func.c    optimizers, gradient clipping, learning-rate schedules
  *   metrics-func.c  metrics files (JSONL) and Scheme data ↔ JSON
  *   checkpoint-func.c safetensors files, model files, atomic JSON files
@@ -180,6 +181,13 @@ bool moelab_is_model(SCM obj);
 /* The live model in OBJ: wrong-type-arg when OBJ is not a <moe-transformer>,
  * moelab-error when it has been freed. */
 moe_model *moelab_to_model(SCM obj, int pos, const char *subr);
+/* ---- optimizer-type.c --------------------------------------------------------------- */
+void moelab_init_optimizer_type(void);
+/* Wrap a new optimizer; the Scheme object owns it from then on. */
+SCM moelab_wrap_optimizer(moe_optimizer *o);
+/* The optimizer in OBJ (borrowed); wrong-type-arg for anything else. */
+moe_optimizer *moelab_to_optimizer(SCM obj, int pos, const char *subr);
+
 /* ---- metrics-func.c ------------------------------------------------------------------- */
 /* Scheme data as JSON (a new reference): alists → objects, lists and vectors
  * → arrays, tensors → nested arrays, non-finite numbers → null. Raises

@@ -40,6 +40,7 @@ static void define_primitives(void *data)
     moelab_init_dataset_func();
     moelab_init_model_type();
     moelab_init_model_func();
+    moelab_init_optimizer_type();
     moelab_init_optim_func();
     moelab_init_metrics_func();
     moelab_init_checkpoint_func();
