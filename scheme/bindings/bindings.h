@@ -23,6 +23,7 @@
  *   model-func.c    the transformer, attention and RoPE primitives
  *   optimizer-type.c the <optimizer> foreign object
  *   optim-func.c    optimizers, gradient clipping, learning-rate schedules
+ *   metrics-log-type.c the <metrics-log> foreign object
  *   metrics-func.c  metrics files (JSONL) and Scheme data ↔ JSON
  *   checkpoint-func.c safetensors files, model files, atomic JSON files
  *   gc-roots.c      keeps the collector from scanning the big numeric libraries
@@ -187,6 +188,14 @@ void moelab_init_optimizer_type(void);
 SCM moelab_wrap_optimizer(moe_optimizer *o);
 /* The optimizer in OBJ (borrowed); wrong-type-arg for anything else. */
 moe_optimizer *moelab_to_optimizer(SCM obj, int pos, const char *subr);
+
+/* ---- metrics-log-type.c ------------------------------------------------------------- */
+void moelab_init_metrics_log_type(void);
+/* Wrap an open log; the Scheme object owns it from then on. */
+SCM moelab_wrap_metrics_log(moe_metrics_log *log);
+/* The open log in OBJ: wrong-type-arg when OBJ is not a <metrics-log>,
+ * moelab-error when it has been closed. */
+moe_metrics_log *moelab_to_metrics_log(SCM obj, int pos, const char *subr);
 
 /* ---- metrics-func.c ------------------------------------------------------------------- */
 /* Scheme data as JSON (a new reference): alists → objects, lists and vectors

@@ -42,6 +42,7 @@ static void define_primitives(void *data)
     moelab_init_model_func();
     moelab_init_optimizer_type();
     moelab_init_optim_func();
+    moelab_init_metrics_log_type();
     moelab_init_metrics_func();
     moelab_init_checkpoint_func();
     moelab_init_trainer_func();
