@@ -16,7 +16,8 @@
  *                   scopes (group-type.h: shared with the next two)
  *   ranks-func.c    with-ranks: rank threads, mpirun, mesh queries
  *   collective-func.c the collectives, point to point, timeouts
- *   grad-sync-func.c the <grad-sync> foreign object: bucketed gradient all-reduce
+ *   grad-sync-type.c the <grad-sync> foreign object
+ *   grad-sync-func.c bucketed gradient all-reduce
  *   data-func.c     tokenizers and token files (data-func.h: shared with datasets)
  *   dataset-func.c  the <dataset> foreign object and batches
  *   model-type.c    the <moe-transformer> foreign object
@@ -38,6 +39,7 @@
 
 #include "moelab-guile.h"
 #include "moelab.h"
+#include "dist/grad_sync.h"
 #include "nn/model.h"
 #include "nn/rope.h"
 
@@ -135,6 +137,14 @@ moe_status moelab_call_safely(SCM proc, SCM args, SCM *result, const char *op, c
  * with-ranks has returned or it belongs to another rank's thread. Whoever
  * keeps it beyond the call takes a reference (moe_group_retain). */
 moe_group *moelab_to_group(SCM obj, int pos, const char *subr);
+
+/* ---- grad-sync-type.c ---------------------------------------------------------------- */
+void moelab_init_grad_sync_type(void);
+/* Wrap a new grad sync; the Scheme object owns it from then on. */
+SCM moelab_wrap_grad_sync(moe_grad_sync *s);
+/* The live grad sync in OBJ: wrong-type-arg when OBJ is not a <grad-sync>,
+ * moelab-error when it has been freed. */
+moe_grad_sync *moelab_to_grad_sync(SCM obj, int pos, const char *subr);
 
 /* ---- router-type.c -------------------------------------------------------------------- */
 void moelab_init_router_type(void);

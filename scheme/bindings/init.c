@@ -31,6 +31,7 @@ static void define_primitives(void *data)
     moelab_init_group_type();
     moelab_init_ranks_func();
     moelab_init_collective_func();
+    moelab_init_grad_sync_type();
     moelab_init_grad_sync_func();
     moelab_init_router_type();
     moelab_init_router_func();
