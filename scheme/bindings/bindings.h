@@ -18,7 +18,8 @@
  *   collective-func.c the collectives, point to point, timeouts
  *   grad-sync-type.c the <grad-sync> foreign object
  *   grad-sync-func.c bucketed gradient all-reduce
- *   data-func.c     tokenizers and token files (data-func.h: shared with datasets)
+ *   data-func.c     the <tokenizer> foreign object, tokenizers and token files
+ *                   (data-func.h: shared with datasets)
  *   dataset-func.c  the <dataset> foreign object and batches
  *   model-type.c    the <moe-transformer> foreign object
  *   model-func.c    the transformer, attention and RoPE primitives
@@ -27,6 +28,7 @@
  *   metrics-log-type.c the <metrics-log> foreign object
  *   metrics-func.c  metrics files (JSONL) and Scheme data ↔ JSON
  *   checkpoint-func.c safetensors files, model files, atomic JSON files
+ *   trainer-func.c  what the trainer asks of C: router metrics, threads, peak memory
  *   gc-roots.c      keeps the collector from scanning the big numeric libraries
  *   init.c          scm_init_moelab: the (moelab primitives) module
  *
