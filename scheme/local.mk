@@ -9,12 +9,15 @@ libguile_moelab_la_SOURCES = \
 	scheme/bindings/convert.c scheme/bindings/error.c \
 	scheme/bindings/tensor-type.c scheme/bindings/tensor-func.c \
 	scheme/bindings/ops-func.c scheme/bindings/autograd-func.c \
-	scheme/bindings/dist-func.c scheme/bindings/grad-sync-func.c \
-	scheme/bindings/layer-func.c \
+	scheme/bindings/group-type.h scheme/bindings/group-type.c \
+	scheme/bindings/ranks-func.c scheme/bindings/collective-func.c \
+	scheme/bindings/grad-sync-type.c scheme/bindings/grad-sync-func.c \
+	scheme/bindings/layer-type.c scheme/bindings/layer-func.c \
 	scheme/bindings/router-options.c \
-	scheme/bindings/router-func.c \
+	scheme/bindings/router-type.c scheme/bindings/router-func.c \
 	scheme/bindings/model-type.c scheme/bindings/model-func.c \
-	scheme/bindings/optim-func.c scheme/bindings/metrics-func.c \
+	scheme/bindings/optimizer-type.c scheme/bindings/optim-func.c \
+	scheme/bindings/metrics-log-type.c scheme/bindings/metrics-func.c \
 	scheme/bindings/checkpoint-func.c \
 	scheme/bindings/gc-roots.c scheme/bindings/init.c
 libguile_moelab_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(builddir)/scheme/bindings $(GUILE_CFLAGS)
@@ -28,9 +31,11 @@ moelabinclude_HEADERS += scheme/bindings/moelab-guile.h
 moelab_snarf_x = \
 	scheme/bindings/tensor-type.x scheme/bindings/tensor-func.x \
 	scheme/bindings/ops-func.x scheme/bindings/autograd-func.x \
-	scheme/bindings/dist-func.x scheme/bindings/grad-sync-func.x scheme/bindings/layer-func.x \
-	scheme/bindings/router-func.x scheme/bindings/model-func.x \
-	scheme/bindings/optim-func.x scheme/bindings/metrics-func.x \
+	scheme/bindings/group-type.x scheme/bindings/ranks-func.x scheme/bindings/collective-func.x \
+	scheme/bindings/grad-sync-type.x scheme/bindings/grad-sync-func.x scheme/bindings/layer-type.x scheme/bindings/layer-func.x \
+	scheme/bindings/router-type.x scheme/bindings/router-func.x scheme/bindings/model-func.x \
+	scheme/bindings/optimizer-type.x scheme/bindings/optim-func.x \
+	scheme/bindings/metrics-log-type.x scheme/bindings/metrics-func.x \
 	scheme/bindings/checkpoint-func.x
 BUILT_SOURCES += $(moelab_snarf_x)
 CLEANFILES += $(moelab_snarf_x)

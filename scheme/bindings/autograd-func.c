@@ -157,7 +157,7 @@ typedef struct hook_call {
 static void *hook_in_guile(void *data)
 {
     hook_call *h = data;
-    SCM arg = moelab_wrap(moe_tensor_retain(*h->grad)), result;
+    SCM arg = moelab_wrap_retained(*h->grad), result;
     h->st = moelab_call_safely(h->proc, scm_list_1(arg), &result, "gradient hook",
                                "scheme error in gradient hook", NULL, NULL);
     if (h->st != MOE_OK) return NULL;
@@ -327,7 +327,7 @@ static void *backward_in_guile(void *data)
     backward_call *b = data;
     scheme_fn *f = b->f;
     SCM bwd = scm_c_vector_ref(f->bundle, B_BACKWARD), ctx = scm_c_vector_ref(f->bundle, B_CTX);
-    SCM g = moelab_wrap(moe_tensor_retain(b->grad)), result;
+    SCM g = moelab_wrap_retained(b->grad), result;
     b->st = moelab_call_safely(bwd, scm_list_2(ctx, g), &result, f->name, "scheme error in backward",
                                NULL, NULL);
     if (b->st != MOE_OK) return NULL;

@@ -7,18 +7,28 @@
  *   tensor-func.c   creation, element access, conversion to lists and SRFI-4 vectors
  *   ops-func.c      every op of core/ops.h and the views of core/tensor.h
  *   autograd-func.c backward, grads, grad mode, hooks, custom functions
+ *   router-type.c   the <router>, <routing> and <balance-tracker> foreign objects
  *   router-func.c   routers, routings, balance trackers, the standalone losses
  *   router-options.c make-router's keywords → a router config; metrics → alist
- *   layer-func.c    the <moe-layer> foreign object and (moelab layer)
- *   dist-func.c     the <group> foreign object, with-ranks, collectives
- *   grad-sync-func.c the <grad-sync> foreign object: bucketed gradient all-reduce
- *   data-func.c     tokenizers and token files (data-func.h: shared with datasets)
+ *   layer-type.c    the <moe-layer> foreign object
+ *   layer-func.c    the primitives of (moelab layer)
+ *   group-type.c    the <group> and <rank-context> foreign objects and their
+ *                   scopes (group-type.h: shared with the next two)
+ *   ranks-func.c    with-ranks: rank threads, mpirun, mesh queries
+ *   collective-func.c the collectives, point to point, timeouts
+ *   grad-sync-type.c the <grad-sync> foreign object
+ *   grad-sync-func.c bucketed gradient all-reduce
+ *   data-func.c     the <tokenizer> foreign object, tokenizers and token files
+ *                   (data-func.h: shared with datasets)
  *   dataset-func.c  the <dataset> foreign object and batches
  *   model-type.c    the <moe-transformer> foreign object
  *   model-func.c    the transformer, attention and RoPE primitives
+ *   optimizer-type.c the <optimizer> foreign object
  *   optim-func.c    optimizers, gradient clipping, learning-rate schedules
+ *   metrics-log-type.c the <metrics-log> foreign object
  *   metrics-func.c  metrics files (JSONL) and Scheme data ↔ JSON
  *   checkpoint-func.c safetensors files, model files, atomic JSON files
+ *   trainer-func.c  what the trainer asks of C: router metrics, threads, peak memory
  *   gc-roots.c      keeps the collector from scanning the big numeric libraries
  *   init.c          scm_init_moelab: the (moelab primitives) module
  *
@@ -31,6 +41,7 @@
 
 #include "moelab-guile.h"
 #include "moelab.h"
+#include "dist/grad_sync.h"
 #include "nn/model.h"
 #include "nn/rope.h"
 
@@ -45,6 +56,8 @@ SCM moelab_tensor_class(void);
 bool moelab_is_tensor(SCM obj);
 /* Wrap T, taking over the caller's reference. */
 SCM moelab_wrap(moe_tensor *t);
+/* Wrap T with a reference of its own (T stays the caller's); NULL gives #f. */
+SCM moelab_wrap_retained(moe_tensor *t);
 /* The live tensor in OBJ (borrowed): wrong-type-arg when OBJ is not a tensor
  * (position POS of SUBR), moelab-error when it has been freed. Callers keep
  * OBJ reachable (scm_remember_upto_here) while they use the pointer. */
@@ -120,12 +133,32 @@ SCM_NORETURN void moelab_throw(const char *subr, moe_status code, const char *fm
 moe_status moelab_call_safely(SCM proc, SCM args, SCM *result, const char *op, const char *what,
                               SCM *key, SCM *throw_args);
 
-/* ---- dist-func.c ----------------------------------------------------------------- */
+/* ---- group-type.c ----------------------------------------------------------------- */
 /* The C group behind a Scheme <group> (NULL for #f or the trivial one-rank
  * group), usable on the calling thread: raises moelab-error when its
  * with-ranks has returned or it belongs to another rank's thread. Whoever
  * keeps it beyond the call takes a reference (moe_group_retain). */
 moe_group *moelab_to_group(SCM obj, int pos, const char *subr);
+
+/* ---- grad-sync-type.c ---------------------------------------------------------------- */
+void moelab_init_grad_sync_type(void);
+/* Wrap a new grad sync; the Scheme object owns it from then on. */
+SCM moelab_wrap_grad_sync(moe_grad_sync *s);
+/* The live grad sync in OBJ: wrong-type-arg when OBJ is not a <grad-sync>,
+ * moelab-error when it has been freed. */
+moe_grad_sync *moelab_to_grad_sync(SCM obj, int pos, const char *subr);
+
+/* ---- router-type.c -------------------------------------------------------------------- */
+void moelab_init_router_type(void);
+/* Wrap a new C object; the Scheme object owns it from then on. */
+SCM moelab_wrap_router(moe_router *r);
+SCM moelab_wrap_routing(moe_routing *o);
+SCM moelab_wrap_tracker(moe_balance_tracker *t);
+/* The C object inside OBJ (borrowed); wrong-type-arg (position POS of
+ * SUBR) for anything else. */
+moe_router *moelab_to_router(SCM obj, int pos, const char *subr);
+moe_routing *moelab_to_routing(SCM obj, int pos, const char *subr);
+moe_balance_tracker *moelab_to_tracker(SCM obj, int pos, const char *subr);
 
 /* ---- router-options.c ------------------------------------------------------------ */
 /* Apply a keyword list such as (#:score sigmoid #:top-k 2 #:losses ((micro-batch . 1e-2))) to CFG:
@@ -140,6 +173,14 @@ SCM moelab_router_metrics_alist(moe_router *r, const char *subr);
  * (what router-config returns). */
 SCM moelab_router_config_alist(const moe_router_config *cfg);
 
+/* ---- layer-type.c ------------------------------------------------------------------ */
+void moelab_init_layer_type(void);
+/* Wrap a new layer; the Scheme object owns it from then on. */
+SCM moelab_wrap_layer(moe_layer *l);
+/* The live layer in OBJ: wrong-type-arg when OBJ is not a <moe-layer>,
+ * moelab-error when it has been freed. */
+moe_layer *moelab_to_layer(SCM obj, int pos, const char *subr);
+
 /* ---- layer-func.c ------------------------------------------------------------------ */
 /* The routing of L's last forward as moe-last-routing returns it (#f before
  * the first). */
@@ -153,6 +194,21 @@ bool moelab_is_model(SCM obj);
 /* The live model in OBJ: wrong-type-arg when OBJ is not a <moe-transformer>,
  * moelab-error when it has been freed. */
 moe_model *moelab_to_model(SCM obj, int pos, const char *subr);
+/* ---- optimizer-type.c --------------------------------------------------------------- */
+void moelab_init_optimizer_type(void);
+/* Wrap a new optimizer; the Scheme object owns it from then on. */
+SCM moelab_wrap_optimizer(moe_optimizer *o);
+/* The optimizer in OBJ (borrowed); wrong-type-arg for anything else. */
+moe_optimizer *moelab_to_optimizer(SCM obj, int pos, const char *subr);
+
+/* ---- metrics-log-type.c ------------------------------------------------------------- */
+void moelab_init_metrics_log_type(void);
+/* Wrap an open log; the Scheme object owns it from then on. */
+SCM moelab_wrap_metrics_log(moe_metrics_log *log);
+/* The open log in OBJ: wrong-type-arg when OBJ is not a <metrics-log>,
+ * moelab-error when it has been closed. */
+moe_metrics_log *moelab_to_metrics_log(SCM obj, int pos, const char *subr);
+
 /* ---- metrics-func.c ------------------------------------------------------------------- */
 /* Scheme data as JSON (a new reference): alists → objects, lists and vectors
  * → arrays, tensors → nested arrays, non-finite numbers → null. Raises

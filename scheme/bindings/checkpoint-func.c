@@ -44,6 +44,15 @@ static int collect_metadata(SCM meta, const char *subr, const char ***keys, cons
     return (int)n;
 }
 
+/* The tensors of a loaded file as an alist name -> tensor, in file order. */
+static SCM tensor_alist(const moe_safetensors *st)
+{
+    SCM out = SCM_EOL;
+    for (int i = st->count - 1; i >= 0; i--)
+        out = scm_acons(scm_from_utf8_string(st->names[i]), moelab_wrap_retained(st->tensors[i]), out);
+    return out;
+}
+
 SCM_DEFINE(moelab_save_tensors, "%save-tensors", 3, 0, 0, (SCM path, SCM tensors, SCM meta),
            "Write an alist of tensors and a metadata alist; see save-tensors.")
 #define FUNC_NAME "save-tensors"
@@ -81,10 +90,7 @@ SCM_DEFINE(moelab_load_tensors, "%load-tensors", 1, 0, 0, (SCM path),
     char *p = text_of(path, FUNC_NAME, "path", 0);
     moe_safetensors *st;
     MOELAB_CHECK(FUNC_NAME, moe_safetensors_load(&st, p));
-    SCM ts = SCM_EOL, meta = SCM_EOL;
-    for (int i = st->count - 1; i >= 0; i--)
-        ts = scm_cons(scm_cons(scm_from_utf8_string(st->names[i]), moelab_wrap(moe_tensor_retain(st->tensors[i]))),
-                      ts);
+    SCM ts = tensor_alist(st), meta = SCM_EOL;
     for (int i = st->meta_count - 1; i >= 0; i--)
         meta = scm_cons(scm_cons(scm_from_utf8_string(st->meta_keys[i]), scm_from_utf8_string(st->meta_values[i])),
                         meta);
@@ -138,10 +144,7 @@ SCM_DEFINE(moelab_read_model_file, "%read-model-file", 3, 0, 0, (SCM who, SCM mo
         moe_safetensors_free(st);
         moelab_throw_last(op);
     }
-    SCM out = SCM_EOL;
-    for (int i = st->count - 1; i >= 0; i--)
-        out = scm_cons(scm_cons(scm_from_utf8_string(st->names[i]), moelab_wrap(moe_tensor_retain(st->tensors[i]))),
-                       out);
+    SCM out = tensor_alist(st);
     moe_safetensors_free(st);
     scm_remember_upto_here_1(model);
     scm_dynwind_end();

@@ -1,50 +1,13 @@
-/* grad-sync-func.c — the <grad-sync> foreign object: bucketed data-parallel
- * gradient all-reduce (core/dist/grad_sync.h) from Scheme.
- *
- * A <grad-sync> owns its moe_grad_sync; the finalizer (or grad-sync-free!)
- * frees it once (the slot is cleared first), which removes the gradient
- * hooks from the parameters. Device memory it would release is queued for
- * a Guile thread, as layers do. The C object retains its group; (moelab
- * dist) keeps the Scheme <group> beside it and passes it to arm and wait,
- * which check it (moelab_to_group) so that a step outside the rank's
+/* grad-sync-func.c — bucketed data-parallel gradient all-reduce
+ * (core/dist/grad_sync.h) from Scheme (the <grad-sync> foreign object:
+ * grad-sync-type.c). The C object retains its group; (moelab dist) keeps
+ * the Scheme <group> beside it and passes it to arm and wait, which check it (moelab_to_group) so that a step outside the rank's
  * with-ranks raises instead of running a collective on a finished world. */
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "bindings.h"
 #include "dist/grad_sync.h"
-
-static SCM grad_sync_class = SCM_BOOL_F;
-
-/* Free S, queueing what lives on a device for a Guile thread. */
-static void free_from_finalizer(moe_grad_sync *s)
-{
-    for (int i = 0, n = moe_grad_sync_bucket_count(s); i < n; i++) {
-        moe_tensor *b = moe_grad_sync_bucket_buffer(s, i);
-        if (b->device != MOE_CPU) moelab_release_from_finalizer(moe_tensor_retain(b));
-    }
-    for (int p = 0, n = moe_grad_sync_param_count(s); p < n; p++) {
-        moe_tensor *t = moe_grad_sync_param(s, p);
-        if (t->device != MOE_CPU) moelab_release_from_finalizer(moe_tensor_retain(t));
-    }
-    moe_grad_sync_free(s);
-}
-
-static void finalize_grad_sync(SCM obj)
-{
-    moe_grad_sync *s = scm_foreign_object_ref(obj, 0);
-    if (!s) return;
-    scm_foreign_object_set_x(obj, 0, NULL);
-    free_from_finalizer(s);
-}
-
-static moe_grad_sync *grad_sync_of(SCM obj, int pos, const char *subr)
-{
-    if (!SCM_IS_A_P(obj, grad_sync_class)) scm_wrong_type_arg_msg(subr, pos, obj, "grad-sync");
-    moe_grad_sync *s = scm_foreign_object_ref(obj, 0);
-    if (!s) moelab_throw(subr, MOE_ERR_STATE, "the grad-sync has been freed");
-    return s;
-}
 
 SCM_DEFINE(moelab_make_grad_sync, "%make-grad-sync", 4, 0, 0, (SCM params, SCM group, SCM divisor, SCM bucket_bytes),
            "A grad sync of the tensors in the list @var{params} over @var{group}; see make-grad-sync.")
@@ -68,14 +31,7 @@ SCM_DEFINE(moelab_make_grad_sync, "%make-grad-sync", 4, 0, 0, (SCM params, SCM g
     scm_remember_upto_here_2(params, group);
     if (st != MOE_OK) moelab_throw_last(FUNC_NAME);
     moelab_report_native_memory(); /* the bucket buffers */
-    return scm_make_foreign_object_1(grad_sync_class, s);
-}
-#undef FUNC_NAME
-
-SCM_DEFINE(moelab_grad_sync_p, "%grad-sync?", 1, 0, 0, (SCM obj), "True when @var{obj} is a grad sync.")
-#define FUNC_NAME "grad-sync?"
-{
-    return scm_from_bool(SCM_IS_A_P(obj, grad_sync_class));
+    return moelab_wrap_grad_sync(s);
 }
 #undef FUNC_NAME
 
@@ -83,7 +39,7 @@ SCM_DEFINE(moelab_grad_sync_arm_x, "%grad-sync-arm!", 2, 0, 0, (SCM sync, SCM gr
            "Arm grad sync @var{sync} (its group @var{group}) for the next backward.")
 #define FUNC_NAME "grad-sync-arm!"
 {
-    moe_grad_sync *s = grad_sync_of(sync, 1, FUNC_NAME);
+    moe_grad_sync *s = moelab_to_grad_sync(sync, 1, FUNC_NAME);
     (void)moelab_to_group(group, 2, FUNC_NAME); /* raises when no longer usable here */
     MOELAB_CHECK(FUNC_NAME, moe_grad_sync_arm(s));
     scm_remember_upto_here_2(sync, group);
@@ -95,7 +51,7 @@ SCM_DEFINE(moelab_grad_sync_wait_x, "%grad-sync-wait!", 2, 0, 0, (SCM sync, SCM 
            "Finish the reduction of grad sync @var{sync} (its group @var{group}).")
 #define FUNC_NAME "grad-sync-wait!"
 {
-    moe_grad_sync *s = grad_sync_of(sync, 1, FUNC_NAME);
+    moe_grad_sync *s = moelab_to_grad_sync(sync, 1, FUNC_NAME);
     (void)moelab_to_group(group, 2, FUNC_NAME);
     MOELAB_CHECK(FUNC_NAME, moe_grad_sync_wait(s));
     scm_remember_upto_here_2(sync, group);
@@ -109,7 +65,7 @@ SCM_DEFINE(moelab_grad_sync_stats, "%grad-sync-stats", 1, 0, 0, (SCM sync),
            "The totals of grad sync @var{sync} as an alist; see grad-sync-stats.")
 #define FUNC_NAME "grad-sync-stats"
 {
-    moe_grad_sync *s = grad_sync_of(sync, 1, FUNC_NAME);
+    moe_grad_sync *s = moelab_to_grad_sync(sync, 1, FUNC_NAME);
     moe_grad_sync_stats t;
     moe_grad_sync_get_stats(s, &t);
     SCM r = scm_list_n(entry("steps", scm_from_int64(t.steps)),
@@ -128,7 +84,7 @@ SCM_DEFINE(moelab_grad_sync_buckets, "%grad-sync-buckets", 1, 0, 0, (SCM sync),
            "The buckets of grad sync @var{sync}; see grad-sync-buckets.")
 #define FUNC_NAME "grad-sync-buckets"
 {
-    moe_grad_sync *s = grad_sync_of(sync, 1, FUNC_NAME);
+    moe_grad_sync *s = moelab_to_grad_sync(sync, 1, FUNC_NAME);
     int nb = moe_grad_sync_bucket_count(s), np = moe_grad_sync_param_count(s);
     SCM r = SCM_EOL;
     for (int i = nb - 1; i >= 0; i--) {
@@ -145,27 +101,8 @@ SCM_DEFINE(moelab_grad_sync_buckets, "%grad-sync-buckets", 1, 0, 0, (SCM sync),
 }
 #undef FUNC_NAME
 
-SCM_DEFINE(moelab_grad_sync_free_x, "%grad-sync-free!", 1, 0, 0, (SCM sync),
-           "Remove the hooks of grad sync @var{sync} and free it (again: nothing).")
-#define FUNC_NAME "grad-sync-free!"
-{
-    if (!SCM_IS_A_P(sync, grad_sync_class)) scm_wrong_type_arg_msg(FUNC_NAME, 1, sync, "grad-sync");
-    moe_grad_sync *s = scm_foreign_object_ref(sync, 0);
-    if (s) {
-        scm_foreign_object_set_x(sync, 0, NULL);
-        moe_grad_sync_free(s); /* on a Guile thread: device memory goes at once */
-    }
-    return SCM_UNSPECIFIED;
-}
-#undef FUNC_NAME
-
-/* Called by init.c. */
-void moelab_init_grad_sync_func(void);
 void moelab_init_grad_sync_func(void)
 {
-    grad_sync_class = scm_make_foreign_object_type(scm_from_utf8_symbol("<grad-sync>"),
-                                                   scm_list_1(scm_from_utf8_symbol("ptr")), finalize_grad_sync);
-    scm_gc_protect_object(grad_sync_class);
 #ifndef SCM_MAGIC_SNARFER
 #include "grad-sync-func.x"
 #endif

@@ -5,8 +5,8 @@
  * a program calling it directly before loading (moelab)); they are all
  * exported. The documented public procedures are in (moelab). */
 #include "bindings.h"
+#include "group-type.h"
 
-void moelab_init_dist_func(void); /* dist-func.c */
 void moelab_init_grad_sync_func(void); /* grad-sync-func.c */
 void moelab_init_layer_func(void); /* layer-func.c */
 void moelab_init_router_func(void); /* router-func.c */
@@ -28,15 +28,22 @@ static void define_primitives(void *data)
     moelab_init_tensor_func();
     moelab_init_ops_func();
     moelab_init_autograd_func();
-    moelab_init_dist_func();
+    moelab_init_group_type();
+    moelab_init_ranks_func();
+    moelab_init_collective_func();
+    moelab_init_grad_sync_type();
     moelab_init_grad_sync_func();
+    moelab_init_router_type();
     moelab_init_router_func();
+    moelab_init_layer_type();
     moelab_init_layer_func();
     moelab_init_data_func();
     moelab_init_dataset_func();
     moelab_init_model_type();
     moelab_init_model_func();
+    moelab_init_optimizer_type();
     moelab_init_optim_func();
+    moelab_init_metrics_log_type();
     moelab_init_metrics_func();
     moelab_init_checkpoint_func();
     moelab_init_trainer_func();

@@ -1,10 +1,9 @@
-/* layer-func.c — the MoE layer from Scheme: the <moe-layer>
- * foreign object and the primitives behind (moelab layer).
+/* layer-func.c — the MoE layer from Scheme: the primitives behind
+ * (moelab layer) (the <moe-layer> foreign object: layer-type.c).
  *
- * A <moe-layer> owns its moe_layer; the finalizer frees it (once: the slot
- * is cleared first). Everything the layer hands out to Scheme — parameters,
- * the routing record's tensors, the aux loss — is retained by its wrapper,
- * so it outlives the next forward and the layer itself. Parameters are the
+ * Everything the layer hands out to Scheme — parameters, the routing
+ * record's tensors, the aux loss — is retained by its wrapper, so it
+ * outlives the next forward and the layer itself. Parameters are the
  * live leaves: gradients accumulate on them and set-moe-parameter! copies
  * into them in place.
  *
@@ -17,39 +16,6 @@
 #include <string.h>
 
 #include "bindings.h"
-
-static SCM layer_class = SCM_BOOL_F;
-
-static void finalize_layer(SCM obj)
-{
-    moe_layer *l = scm_foreign_object_ref(obj, 0);
-    if (!l) return;
-    scm_foreign_object_set_x(obj, 0, NULL);
-    /* Device memory is released on a Guile thread, not the finalizer's: the
-     * queue takes the last reference of every device tensor the layer holds. */
-    for (int i = 0, n = moe_layer_parameter_count(l); i < n; i++) {
-        moe_tensor *t;
-        if (moe_layer_parameter(l, i, NULL, &t) == MOE_OK && t->device != MOE_CPU)
-            moelab_release_from_finalizer(moe_tensor_retain(t));
-    }
-    const moe_dispatch *plan = moe_layer_last_dispatch(l);
-    if (plan && plan->device_index) moelab_release_from_finalizer(moe_tensor_retain(plan->device_index));
-    moe_layer_free(l);
-}
-
-static moe_layer *layer_of(SCM obj, int pos, const char *subr)
-{
-    if (!SCM_IS_A_P(obj, layer_class)) scm_wrong_type_arg_msg(subr, pos, obj, "moe-layer");
-    moe_layer *l = scm_foreign_object_ref(obj, 0);
-    if (!l) moelab_throw(subr, MOE_ERR_STATE, "the moe-layer has been freed");
-    return l;
-}
-
-/* A new Scheme reference to T (NULL gives #f). */
-static SCM wrap_retained(moe_tensor *t)
-{
-    return t ? moelab_wrap(moe_tensor_retain(t)) : SCM_BOOL_F;
-}
 
 static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
@@ -111,20 +77,15 @@ SCM_DEFINE(moelab_make_moe_layer, "%make-moe-layer", 9, 0, 0,
     moe_layer *l;
     MOELAB_CHECK(FUNC_NAME, moe_layer_new(&l, &cfg));
     moelab_report_native_memory(); /* the parameters */
-    return scm_make_foreign_object_1(layer_class, l);
+    return moelab_wrap_layer(l);
 }
 #undef FUNC_NAME
-
-SCM_DEFINE(moelab_moe_layer_p, "%moe-layer?", 1, 0, 0, (SCM obj), "True for a <moe-layer>.")
-{
-    return scm_from_bool(SCM_IS_A_P(obj, layer_class));
-}
 
 SCM_DEFINE(moelab_moe_layer_config, "%moe-layer-config", 1, 0, 0, (SCM layer),
            "The layer's configuration as an alist.")
 #define FUNC_NAME "moe-layer-config"
 {
-    moe_layer *l = layer_of(layer, 1, FUNC_NAME);
+    moe_layer *l = moelab_to_layer(layer, 1, FUNC_NAME);
     const moe_layer_config *c = moe_layer_get_config(l);
     moe_experts *ex = moe_layer_experts(l);
     int64_t Fs = c->shared_ffn ? c->shared_ffn : c->shared_experts * c->ffn;
@@ -153,7 +114,7 @@ SCM_DEFINE(moelab_moe_forward, "%moe-forward", 4, 0, 0, (SCM layer, SCM x, SCM v
            "The layer applied to X; see moe-forward.")
 #define FUNC_NAME "moe-forward"
 {
-    moe_layer *l = layer_of(layer, 1, FUNC_NAME);
+    moe_layer *l = moelab_to_layer(layer, 1, FUNC_NAME);
     moe_tensor *xt = moelab_unwrap(x, 2, FUNC_NAME);
     moe_tensor *vt = moelab_unwrap_opt(valid, 3, FUNC_NAME);
     (void)moelab_to_group(group, 4, FUNC_NAME); /* raises when no longer usable here */
@@ -190,10 +151,10 @@ SCM moelab_layer_routing_alist(const moe_layer *l)
     SCM aux = SCM_EOL;
     for (int i = rt->n_aux - 1; i >= 0; i--)
         aux = scm_cons(scm_cons(sym(moe_aux_kind_name(rt->aux_kind[i])), item_or_false(rt->aux[i])), aux);
-    return scm_list_n(scm_cons(sym("weights"), wrap_retained(rt->weights)),
-                      scm_cons(sym("experts"), wrap_retained(rt->experts)),
-                      scm_cons(sym("kept"), wrap_retained(rt->kept)),
-                      scm_cons(sym("counts"), wrap_retained(rt->counts)),
+    return scm_list_n(scm_cons(sym("weights"), moelab_wrap_retained(rt->weights)),
+                      scm_cons(sym("experts"), moelab_wrap_retained(rt->experts)),
+                      scm_cons(sym("kept"), moelab_wrap_retained(rt->kept)),
+                      scm_cons(sym("counts"), moelab_wrap_retained(rt->counts)),
                       scm_cons(sym("tokens-per-expert"), int64_list(d->counts, d->E)),
                       scm_cons(sym("dropped"), scm_from_int64(rt->dropped)),
                       scm_cons(sym("capacity"), rt->capacity < 0 ? SCM_BOOL_F : scm_from_int64(rt->capacity)),
@@ -208,7 +169,7 @@ SCM_DEFINE(moelab_moe_last_routing, "%moe-last-routing", 1, 0, 0, (SCM layer),
            "The routing record of the last forward; see moe-last-routing.")
 #define FUNC_NAME "moe-last-routing"
 {
-    SCM r = moelab_layer_routing_alist(layer_of(layer, 1, FUNC_NAME));
+    SCM r = moelab_layer_routing_alist(moelab_to_layer(layer, 1, FUNC_NAME));
     scm_remember_upto_here_1(layer);
     return r;
 }
@@ -218,13 +179,13 @@ SCM_DEFINE(moelab_moe_parameters, "%moe-parameters", 1, 0, 0, (SCM layer),
            "The live parameters as an alist name -> tensor; see moe-parameters.")
 #define FUNC_NAME "moe-parameters"
 {
-    moe_layer *l = layer_of(layer, 1, FUNC_NAME);
+    moe_layer *l = moelab_to_layer(layer, 1, FUNC_NAME);
     SCM r = SCM_EOL;
     for (int i = moe_layer_parameter_count(l) - 1; i >= 0; i--) {
         const char *name;
         moe_tensor *t;
         MOELAB_CHECK(FUNC_NAME, moe_layer_parameter(l, i, &name, &t));
-        r = scm_cons(scm_cons(scm_from_utf8_string(name), wrap_retained(t)), r);
+        r = scm_cons(scm_cons(scm_from_utf8_string(name), moelab_wrap_retained(t)), r);
     }
     scm_remember_upto_here_1(layer);
     return r;
@@ -235,7 +196,7 @@ SCM_DEFINE(moelab_set_moe_parameter_x, "%set-moe-parameter!", 3, 0, 0, (SCM laye
            "Copy VALUE into the parameter NAME; see set-moe-parameter!.")
 #define FUNC_NAME "set-moe-parameter!"
 {
-    moe_layer *l = layer_of(layer, 1, FUNC_NAME);
+    moe_layer *l = moelab_to_layer(layer, 1, FUNC_NAME);
     SCM_VALIDATE_STRING(2, name);
     moe_tensor *v = moelab_unwrap(value, 3, FUNC_NAME);
     char *cname = scm_to_utf8_string(name);
@@ -251,10 +212,10 @@ SCM_DEFINE(moelab_moe_aux_loss, "%moe-aux-loss", 1, 0, 0, (SCM layer),
            "The weighted aux loss of the last forward, or #f; see moe-aux-loss.")
 #define FUNC_NAME "moe-aux-loss"
 {
-    moe_layer *l = layer_of(layer, 1, FUNC_NAME);
+    moe_layer *l = moelab_to_layer(layer, 1, FUNC_NAME);
     const moe_routing *rt = moe_layer_last_routing(l);
     /* the routing carries a zero total even without losses: #f says "none" */
-    SCM r = rt && rt->n_aux ? wrap_retained(moe_layer_aux_loss(l)) : SCM_BOOL_F;
+    SCM r = rt && rt->n_aux ? moelab_wrap_retained(moe_layer_aux_loss(l)) : SCM_BOOL_F;
     scm_remember_upto_here_1(layer);
     return r;
 }
@@ -264,7 +225,7 @@ SCM_DEFINE(moelab_moe_zero_grad_x, "%moe-zero-grad!", 1, 0, 0, (SCM layer),
            "Drop every parameter's gradient.")
 #define FUNC_NAME "moe-zero-grad!"
 {
-    moe_layer_zero_grad(layer_of(layer, 1, FUNC_NAME));
+    moe_layer_zero_grad(moelab_to_layer(layer, 1, FUNC_NAME));
     scm_remember_upto_here_1(layer);
     return SCM_UNSPECIFIED;
 }
@@ -274,7 +235,7 @@ SCM_DEFINE(moelab_moe_training_x, "%moe-training!", 2, 0, 0, (SCM layer, SCM fla
            "Switch training mode on or off.")
 #define FUNC_NAME "moe-training!"
 {
-    moe_layer_set_training(layer_of(layer, 1, FUNC_NAME), scm_is_true(flag));
+    moe_layer_set_training(moelab_to_layer(layer, 1, FUNC_NAME), scm_is_true(flag));
     scm_remember_upto_here_1(layer);
     return SCM_UNSPECIFIED;
 }
@@ -283,7 +244,7 @@ SCM_DEFINE(moelab_moe_training_x, "%moe-training!", 2, 0, 0, (SCM layer, SCM fla
 SCM_DEFINE(moelab_moe_training_p, "%moe-training?", 1, 0, 0, (SCM layer), "True in training mode.")
 #define FUNC_NAME "moe-training?"
 {
-    moe_layer *l = layer_of(layer, 1, FUNC_NAME);
+    moe_layer *l = moelab_to_layer(layer, 1, FUNC_NAME);
     SCM r = scm_from_bool(moe_router_get_config(moe_layer_router(l))->training);
     scm_remember_upto_here_1(layer);
     return r;
@@ -294,7 +255,7 @@ SCM_DEFINE(moelab_moe_step_x, "%moe-step!", 1, 0, 0, (SCM layer),
            "The router's end-of-step update; see moe-step!.")
 #define FUNC_NAME "moe-step!"
 {
-    MOELAB_CHECK(FUNC_NAME, moe_router_step(moe_layer_router(layer_of(layer, 1, FUNC_NAME))));
+    MOELAB_CHECK(FUNC_NAME, moe_router_step(moe_layer_router(moelab_to_layer(layer, 1, FUNC_NAME))));
     scm_remember_upto_here_1(layer);
     return SCM_UNSPECIFIED;
 }
@@ -304,7 +265,7 @@ SCM_DEFINE(moelab_moe_metrics, "%moe-metrics", 1, 0, 0, (SCM layer),
            "The router's metrics as an alist; see moe-metrics.")
 #define FUNC_NAME "moe-metrics"
 {
-    SCM r = moelab_router_metrics_alist(moe_layer_router(layer_of(layer, 1, FUNC_NAME)), FUNC_NAME);
+    SCM r = moelab_router_metrics_alist(moe_layer_router(moelab_to_layer(layer, 1, FUNC_NAME)), FUNC_NAME);
     scm_remember_upto_here_1(layer);
     return r;
 }
@@ -312,10 +273,6 @@ SCM_DEFINE(moelab_moe_metrics, "%moe-metrics", 1, 0, 0, (SCM layer),
 
 void moelab_init_layer_func(void)
 {
-    SCM slots = scm_list_1(scm_from_utf8_symbol("ptr"));
-    layer_class = scm_make_foreign_object_type(scm_from_utf8_symbol("<moe-layer>"), slots, finalize_layer);
-    scm_gc_protect_object(layer_class);
-    scm_c_define("<moe-layer>", layer_class);
 #ifndef SCM_MAGIC_SNARFER
 #include "layer-func.x"
 #endif

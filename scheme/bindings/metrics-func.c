@@ -1,5 +1,6 @@
-/* metrics-func.c — metrics files (core/train/log.h) from Scheme, and the
- * conversion between Scheme data and JSON. The documented procedures are in
+/* metrics-func.c — metrics files (core/train/log.h) from Scheme (the
+ * <metrics-log> foreign object: metrics-log-type.c), and the conversion
+ * between Scheme data and JSON. The documented procedures are in
  * scheme/moelab/train.scm.
  *
  * Scheme → JSON: an alist (a list whose elements are all pairs with a
@@ -19,26 +20,6 @@
 #include <string.h>
 
 #include "bindings.h"
-
-static SCM log_class = SCM_BOOL_F;
-
-static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
-
-static void finalize_log(SCM obj)
-{
-    moe_metrics_log *log = scm_foreign_object_ref(obj, 0);
-    if (!log) return;
-    scm_foreign_object_set_x(obj, 0, NULL);
-    moe_metrics_log_close(log);
-}
-
-static moe_metrics_log *log_of(SCM obj, int pos, const char *subr)
-{
-    if (!SCM_IS_A_P(obj, log_class)) scm_wrong_type_arg_msg(subr, pos, obj, "metrics log");
-    moe_metrics_log *log = scm_foreign_object_ref(obj, 0);
-    if (!log) moelab_throw(subr, MOE_ERR_STATE, "the metrics log is closed");
-    return log;
-}
 
 /* ---- Scheme → JSON ------------------------------------------------------------------ */
 
@@ -182,20 +163,15 @@ SCM_DEFINE(moelab_make_metrics_log, "%make-metrics-log", 3, 0, 0, (SCM path, SCM
     moe_metrics_log *log;
     MOELAB_CHECK(FUNC_NAME, moe_metrics_log_open(&log, p, h, scm_is_true(append)));
     scm_dynwind_end();
-    return scm_make_foreign_object_1(log_class, log);
+    return moelab_wrap_metrics_log(log);
 }
 #undef FUNC_NAME
-
-SCM_DEFINE(moelab_metrics_log_p, "%metrics-log?", 1, 0, 0, (SCM obj), "True when @var{obj} is a metrics log.")
-{
-    return scm_from_bool(SCM_IS_A_P(obj, log_class));
-}
 
 SCM_DEFINE(moelab_metrics_log_write_x, "%metrics-log-write!", 2, 0, 0, (SCM obj, SCM record),
            "Append @var{record} (an alist) as one line.")
 #define FUNC_NAME "metrics-log-write!"
 {
-    moe_metrics_log *log = log_of(obj, 1, FUNC_NAME);
+    moe_metrics_log *log = moelab_to_metrics_log(obj, 1, FUNC_NAME);
     if (!alist_p(record)) moelab_throw(FUNC_NAME, MOE_ERR_ARG, "a record must be a non-empty alist");
     scm_dynwind_begin(0);
     json_t *j = moelab_to_json(record, FUNC_NAME);
@@ -209,18 +185,7 @@ SCM_DEFINE(moelab_metrics_log_write_x, "%metrics-log-write!", 2, 0, 0, (SCM obj,
 SCM_DEFINE(moelab_metrics_log_path, "%metrics-log-path", 1, 0, 0, (SCM obj), "The file of a metrics log.")
 #define FUNC_NAME "metrics-log-path"
 {
-    return scm_from_utf8_string(moe_metrics_log_path(log_of(obj, 1, FUNC_NAME)));
-}
-#undef FUNC_NAME
-
-SCM_DEFINE(moelab_metrics_log_close_x, "%metrics-log-close!", 1, 0, 0, (SCM obj), "Close a metrics log (idempotent).")
-#define FUNC_NAME "metrics-log-close!"
-{
-    if (!SCM_IS_A_P(obj, log_class)) scm_wrong_type_arg_msg(FUNC_NAME, 1, obj, "metrics log");
-    moe_metrics_log *log = scm_foreign_object_ref(obj, 0);
-    scm_foreign_object_set_x(obj, 0, NULL);
-    MOELAB_CHECK(FUNC_NAME, moe_metrics_log_close(log));
-    return SCM_UNSPECIFIED;
+    return scm_from_utf8_string(moe_metrics_log_path(moelab_to_metrics_log(obj, 1, FUNC_NAME)));
 }
 #undef FUNC_NAME
 
@@ -258,9 +223,6 @@ SCM_DEFINE(moelab_json_line, "%json-line", 1, 0, 0, (SCM value), "@var{value} as
 
 void moelab_init_metrics_func(void)
 {
-    log_class = scm_make_foreign_object_type(sym("<metrics-log>"), scm_list_1(sym("ptr")), finalize_log);
-    scm_gc_protect_object(log_class);
-    scm_c_define("<metrics-log>", log_class);
 #ifndef SCM_MAGIC_SNARFER
 #include "metrics-func.x"
 #endif

@@ -21,7 +21,6 @@
 
 static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
-static SCM wrap_retained(moe_tensor *t) { return t ? moelab_wrap(moe_tensor_retain(t)) : SCM_BOOL_F; }
 
 /* ---- configuration ------------------------------------------------------------------- */
 
@@ -311,7 +310,7 @@ static SCM named_alist(moe_model *m, bool buffers, const char *subr)
         const char *name;
         moe_tensor *t;
         MOELAB_CHECK(subr, buffers ? moe_model_buffer(m, i, &name, &t) : moe_model_parameter(m, i, &name, &t));
-        r = scm_cons(scm_cons(scm_from_utf8_string(name), wrap_retained(t)), r);
+        r = scm_cons(scm_cons(scm_from_utf8_string(name), moelab_wrap_retained(t)), r);
     }
     return r;
 }
@@ -346,7 +345,7 @@ SCM_DEFINE(moelab_model_parameter, "%model-parameter", 2, 0, 0, (SCM model, SCM 
     moe_tensor *t = moe_model_parameter_get(m, cname);
     free(cname);
     scm_remember_upto_here_1(model);
-    return wrap_retained(t);
+    return moelab_wrap_retained(t);
 }
 #undef FUNC_NAME
 

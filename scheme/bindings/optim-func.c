@@ -2,10 +2,9 @@
  * from Scheme (core/train/optim.h, schedule.h). The documented procedures
  * are in scheme/moelab/train.scm.
  *
- * <optimizer> is a foreign object holding one moe_optimizer in its slot,
- * freed by an idempotent finalizer; the optimizer holds its own references
- * to the parameters. Parameters come as an alist (name . tensor) — names
- * strings or symbols — or as a plain list of tensors, named "0", "1", ….
+ * The <optimizer> foreign object is in optimizer-type.c. Parameters come
+ * as an alist (name . tensor) — names strings or symbols — or as a plain
+ * list of tensors, named "0", "1", ….
  * Every check happens before anything changes: the C core validates the
  * settings, the parameters and the gradients, and raises nothing half-way. */
 #include <math.h>
@@ -15,23 +14,7 @@
 
 #include "bindings.h"
 
-static SCM optimizer_class = SCM_BOOL_F;
-
 static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
-
-static void finalize_optimizer(SCM obj)
-{
-    moe_optimizer *o = scm_foreign_object_ref(obj, 0);
-    if (!o) return;
-    scm_foreign_object_set_x(obj, 0, NULL);
-    moe_optimizer_free(o);
-}
-
-static moe_optimizer *optimizer_of(SCM obj, int pos, const char *subr)
-{
-    if (!SCM_IS_A_P(obj, optimizer_class)) scm_wrong_type_arg_msg(subr, pos, obj, "optimizer");
-    return scm_foreign_object_ref(obj, 0);
-}
 
 /* The printed form of OBJ for a message (cut at 80 bytes), in a
  * thread-local buffer good until the next call. */
@@ -83,12 +66,6 @@ static int collect_params(SCM params, const char *subr, char ***names_out, moe_t
     return (int)n;
 }
 
-static SCM wrap_optimizer(moe_optimizer *o)
-{
-    moelab_report_native_memory(); /* its moment tensors (or, when made lazily, at the next report) */
-    return scm_make_foreign_object_1(optimizer_class, o);
-}
-
 SCM_DEFINE(moelab_make_adamw, "%make-adamw", 7, 0, 0,
            (SCM params, SCM lr, SCM beta1, SCM beta2, SCM eps, SCM weight_decay, SCM no_decay),
            "An AdamW optimizer; see make-adamw.")
@@ -117,7 +94,7 @@ SCM_DEFINE(moelab_make_adamw, "%make-adamw", 7, 0, 0,
     MOELAB_CHECK(FUNC_NAME, moe_adamw_new(&o, n, (const char *const *)names, tensors, &cfg));
     scm_dynwind_end();
     scm_remember_upto_here_1(params);
-    return wrap_optimizer(o);
+    return moelab_wrap_optimizer(o);
 }
 #undef FUNC_NAME
 
@@ -141,30 +118,14 @@ SCM_DEFINE(moelab_make_sgd, "%make-sgd", 6, 0, 0,
     MOELAB_CHECK(FUNC_NAME, moe_sgd_new(&o, n, (const char *const *)names, tensors, &cfg));
     scm_dynwind_end();
     scm_remember_upto_here_1(params);
-    return wrap_optimizer(o);
-}
-#undef FUNC_NAME
-
-SCM_DEFINE(moelab_optimizer_p, "%optimizer?", 1, 0, 0, (SCM obj), "True when @var{obj} is an optimizer.")
-{
-    return scm_from_bool(SCM_IS_A_P(obj, optimizer_class));
-}
-
-SCM_DEFINE(moelab_optimizer_repr, "%optimizer-repr", 1, 0, 0, (SCM obj), "The printed form of an optimizer.")
-#define FUNC_NAME "optimizer-repr"
-{
-    moe_optimizer *o = optimizer_of(obj, 1, FUNC_NAME);
-    char buf[256];
-    snprintf(buf, sizeof buf, "#<optimizer %s lr=%g step=%lld params=%d>", moe_optim_kind_name(moe_optimizer_kind(o)),
-             moe_optimizer_lr(o), (long long)moe_optimizer_steps(o), moe_optimizer_param_count(o));
-    return scm_from_utf8_string(buf);
+    return moelab_wrap_optimizer(o);
 }
 #undef FUNC_NAME
 
 SCM_DEFINE(moelab_optimizer_step_x, "%optimizer-step!", 1, 0, 0, (SCM obj), "One optimizer step.")
 #define FUNC_NAME "optimizer-step!"
 {
-    MOELAB_CHECK(FUNC_NAME, moe_optimizer_step(optimizer_of(obj, 1, FUNC_NAME)));
+    MOELAB_CHECK(FUNC_NAME, moe_optimizer_step(moelab_to_optimizer(obj, 1, FUNC_NAME)));
     scm_remember_upto_here_1(obj);
     return SCM_UNSPECIFIED;
 }
@@ -174,7 +135,7 @@ SCM_DEFINE(moelab_optimizer_zero_grad_x, "%optimizer-zero-grad!", 1, 0, 0, (SCM 
            "Drop the gradients of the parameters.")
 #define FUNC_NAME "optimizer-zero-grad!"
 {
-    moe_optimizer_zero_grad(optimizer_of(obj, 1, FUNC_NAME));
+    moe_optimizer_zero_grad(moelab_to_optimizer(obj, 1, FUNC_NAME));
     scm_remember_upto_here_1(obj);
     return SCM_UNSPECIFIED;
 }
@@ -183,14 +144,14 @@ SCM_DEFINE(moelab_optimizer_zero_grad_x, "%optimizer-zero-grad!", 1, 0, 0, (SCM 
 SCM_DEFINE(moelab_optimizer_lr, "%optimizer-lr", 1, 0, 0, (SCM obj), "The learning rate.")
 #define FUNC_NAME "optimizer-lr"
 {
-    return scm_from_double(moe_optimizer_lr(optimizer_of(obj, 1, FUNC_NAME)));
+    return scm_from_double(moe_optimizer_lr(moelab_to_optimizer(obj, 1, FUNC_NAME)));
 }
 #undef FUNC_NAME
 
 SCM_DEFINE(moelab_set_optimizer_lr_x, "%set-optimizer-lr!", 2, 0, 0, (SCM obj, SCM lr), "Set the learning rate.")
 #define FUNC_NAME "set-optimizer-lr!"
 {
-    moe_optimizer *o = optimizer_of(obj, 1, FUNC_NAME);
+    moe_optimizer *o = moelab_to_optimizer(obj, 1, FUNC_NAME);
     MOELAB_CHECK(FUNC_NAME, moe_optimizer_set_lr(o, moelab_to_double(lr, 2, FUNC_NAME)));
     return SCM_UNSPECIFIED;
 }
@@ -199,7 +160,7 @@ SCM_DEFINE(moelab_set_optimizer_lr_x, "%set-optimizer-lr!", 2, 0, 0, (SCM obj, S
 SCM_DEFINE(moelab_optimizer_steps, "%optimizer-steps", 1, 0, 0, (SCM obj), "Completed steps.")
 #define FUNC_NAME "optimizer-steps"
 {
-    return scm_from_int64(moe_optimizer_steps(optimizer_of(obj, 1, FUNC_NAME)));
+    return scm_from_int64(moe_optimizer_steps(moelab_to_optimizer(obj, 1, FUNC_NAME)));
 }
 #undef FUNC_NAME
 
@@ -207,7 +168,7 @@ SCM_DEFINE(moelab_optimizer_config, "%optimizer-config", 1, 0, 0, (SCM obj),
            "The kind and settings as an alist.")
 #define FUNC_NAME "optimizer-config"
 {
-    moe_optimizer *o = optimizer_of(obj, 1, FUNC_NAME);
+    moe_optimizer *o = moelab_to_optimizer(obj, 1, FUNC_NAME);
     SCM kind = sym(moe_optim_kind_name(moe_optimizer_kind(o)));
     const moe_adamw_config *a = moe_optimizer_adamw_config(o);
     if (a) {
@@ -232,11 +193,11 @@ SCM_DEFINE(moelab_optimizer_parameters, "%optimizer-parameters", 1, 0, 0, (SCM o
            "The parameters as an alist name -> (tensor . decays?).")
 #define FUNC_NAME "optimizer-parameters"
 {
-    moe_optimizer *o = optimizer_of(obj, 1, FUNC_NAME);
+    moe_optimizer *o = moelab_to_optimizer(obj, 1, FUNC_NAME);
     SCM out = SCM_EOL;
     for (int i = moe_optimizer_param_count(o) - 1; i >= 0; i--)
         out = scm_cons(scm_cons(scm_from_utf8_string(moe_optimizer_param_name(o, i)),
-                                scm_cons(moelab_wrap(moe_tensor_retain(moe_optimizer_param(o, i))),
+                                scm_cons(moelab_wrap_retained(moe_optimizer_param(o, i)),
                                          scm_from_bool(moe_optimizer_param_decays(o, i)))),
                        out);
     scm_remember_upto_here_1(obj);
@@ -248,7 +209,7 @@ SCM_DEFINE(moelab_optimizer_state, "%optimizer-state", 1, 0, 0, (SCM obj),
            "The state as an alist: step counts as integers, moments as the live tensors.")
 #define FUNC_NAME "optimizer-state"
 {
-    moe_optimizer *o = optimizer_of(obj, 1, FUNC_NAME);
+    moe_optimizer *o = moelab_to_optimizer(obj, 1, FUNC_NAME);
     SCM out = SCM_EOL;
     for (int j = moe_optimizer_state_count(o) - 1; j >= 0; j--) {
         const char *name;
@@ -276,7 +237,7 @@ SCM_DEFINE(moelab_optimizer_load_state_x, "%optimizer-load-state!", 2, 0, 0, (SC
            "Load a state alist; see optimizer-load-state!.")
 #define FUNC_NAME "optimizer-load-state!"
 {
-    moe_optimizer *o = optimizer_of(obj, 1, FUNC_NAME);
+    moe_optimizer *o = moelab_to_optimizer(obj, 1, FUNC_NAME);
     long n = scm_ilength(state);
     if (n < 0) moelab_throw(FUNC_NAME, MOE_ERR_ARG, "the state must be an alist, got %s", shown(state));
     scm_dynwind_begin(0);
@@ -395,9 +356,6 @@ SCM_DEFINE(moelab_lr_schedule_at, "%lr-schedule-at", 8, 0, 0,
 
 void moelab_init_optim_func(void)
 {
-    optimizer_class = scm_make_foreign_object_type(sym("<optimizer>"), scm_list_1(sym("ptr")), finalize_optimizer);
-    scm_gc_protect_object(optimizer_class);
-    scm_c_define("<optimizer>", optimizer_class);
 #ifndef SCM_MAGIC_SNARFER
 #include "optim-func.x"
 #endif

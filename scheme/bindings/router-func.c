@@ -1,13 +1,7 @@
 /* router-func.c — routers, routings, balance trackers and the standalone
- * load-balancing losses from Scheme. The documented procedures are
- * in scheme/moelab/router.scm.
- *
- * Three foreign objects, each holding one C object in its single slot and
- * freeing it in an idempotent finalizer: <router> (moe_router), <routing>
- * (moe_routing: the result of one forward) and <balance-tracker>. Tensors
- * handed out are retained, so they outlive the object they came from. A
- * router or tracker holds references to its process groups (the C side takes
- * them; group reference counts are atomic, so a finalizer may drop them).
+ * load-balancing losses from Scheme (the foreign objects: router-type.c).
+ * The documented procedures are in scheme/moelab/router.scm. Tensors handed
+ * out are retained, so they outlive the object they came from.
  *
  * Errors come from the C core, which names the Scheme procedure (its op names
  * are the Scheme names) and leaves the router unchanged on failure. */
@@ -18,10 +12,6 @@
 
 #include "bindings.h"
 
-static SCM router_class = SCM_BOOL_F;
-static SCM routing_class = SCM_BOOL_F;
-static SCM tracker_class = SCM_BOOL_F;
-
 static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
 /* Raise the last C error naming SUBR; the core may name the operation
@@ -30,53 +20,6 @@ static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
     do {                                                                       \
         if ((expr) != MOE_OK) moelab_throw_last_from(subr, NULL);             \
     } while (0)
-
-/* ---- foreign objects ------------------------------------------------------------------ */
-
-static void finalize_router(SCM obj)
-{
-    moe_router *r = scm_foreign_object_ref(obj, 0);
-    if (!r) return;
-    scm_foreign_object_set_x(obj, 0, NULL);
-    moe_router_free(r);
-}
-
-static void finalize_routing(SCM obj)
-{
-    moe_routing *o = scm_foreign_object_ref(obj, 0);
-    if (!o) return;
-    scm_foreign_object_set_x(obj, 0, NULL);
-    moe_routing_free(o);
-}
-
-static void finalize_tracker(SCM obj)
-{
-    moe_balance_tracker *t = scm_foreign_object_ref(obj, 0);
-    if (!t) return;
-    scm_foreign_object_set_x(obj, 0, NULL);
-    moe_balance_tracker_free(t);
-}
-
-static moe_router *router_of(SCM obj, int pos, const char *subr)
-{
-    if (!SCM_IS_A_P(obj, router_class)) scm_wrong_type_arg_msg(subr, pos, obj, "router");
-    return scm_foreign_object_ref(obj, 0);
-}
-
-static moe_routing *routing_of(SCM obj, int pos, const char *subr)
-{
-    if (!SCM_IS_A_P(obj, routing_class)) scm_wrong_type_arg_msg(subr, pos, obj, "routing");
-    return scm_foreign_object_ref(obj, 0);
-}
-
-static moe_balance_tracker *tracker_of(SCM obj, int pos, const char *subr)
-{
-    if (!SCM_IS_A_P(obj, tracker_class)) scm_wrong_type_arg_msg(subr, pos, obj, "balance tracker");
-    return scm_foreign_object_ref(obj, 0);
-}
-
-/* T retained for Scheme, or #f for NULL. */
-static SCM share(moe_tensor *t) { return t ? moelab_wrap(moe_tensor_retain(t)) : SCM_BOOL_F; }
 
 static bool bool_arg(SCM obj, int pos, const char *subr)
 {
@@ -96,45 +39,7 @@ SCM_DEFINE(moelab_make_router, "%make-router", 1, 0, 0, (SCM options),
     moe_router *r;
     ROUTER_CHECK(FUNC_NAME, moe_router_new(&r, &cfg));
     moelab_report_native_memory(); /* its weight */
-    return scm_make_foreign_object_1(router_class, r);
-}
-#undef FUNC_NAME
-
-SCM_DEFINE(moelab_router_p, "%router?", 1, 0, 0, (SCM obj), "True when @var{obj} is a router.")
-{
-    return scm_from_bool(SCM_IS_A_P(obj, router_class));
-}
-
-SCM_DEFINE(moelab_router_repr, "%router-repr", 1, 0, 0, (SCM obj), "The printed form of a router.")
-#define FUNC_NAME "router-repr"
-{
-    const moe_router_config *c = moe_router_get_config(router_of(obj, 1, FUNC_NAME));
-    char buf[512], part[96];
-    snprintf(buf, sizeof buf, "#<router E=%lld K=%lld D=%lld %s", (long long)c->experts,
-             (long long)c->top_k, (long long)c->hidden, moe_score_fn_name(c->score));
-#define ADD(...)                                                               \
-    do {                                                                       \
-        snprintf(part, sizeof part, __VA_ARGS__);                              \
-        strncat(buf, part, sizeof buf - strlen(buf) - 1);                      \
-    } while (0)
-    if (c->dtype != MOE_F32) ADD(" %s", moe_dtype_name(c->dtype));
-    if (c->score == MOE_SCORE_SOFTMAX) ADD(c->pre_softmax ? " pre-softmax" : " post-softmax");
-    if (c->groups) ADD(" groups=%lld/%lld", (long long)c->group_topk, (long long)c->groups);
-    if (c->scaling_factor != 1.0) ADD(" scaling=%g", c->scaling_factor);
-    if (c->sinkhorn) ADD(" sinkhorn");
-    if (c->debug_routing != MOE_DEBUG_NONE) ADD(" debug=%s", moe_debug_routing_name(c->debug_routing));
-    if (!isnan(c->capacity_factor)) ADD(" capacity=%g", c->capacity_factor);
-    if (c->expert_bias) ADD(" expert-bias");
-    if (c->routing != MOE_ROUTING_TOPK) ADD(" %s", moe_routing_mode_name(c->routing));
-    if (c->convention != MOE_CONVENTION_EXACT) ADD(" convention=%s", moe_convention_name(c->convention));
-    if (c->replay != MOE_REPLAY_OFF) ADD(" replay=%s", moe_replay_mode_name(c->replay));
-    for (int i = 0; i < c->n_losses; i++)
-        ADD(" %s=%g", moe_aux_kind_name(c->losses[i].kind), c->losses[i].coeff);
-    if (c->preset) ADD(" (%s)", c->preset);
-#undef ADD
-    strncat(buf, ">", sizeof buf - strlen(buf) - 1);
-    scm_remember_upto_here_1(obj);
-    return scm_from_utf8_string(buf);
+    return moelab_wrap_router(r);
 }
 #undef FUNC_NAME
 
@@ -142,7 +47,7 @@ SCM_DEFINE(moelab_router_config, "%router-config", 1, 0, 0, (SCM obj),
            "The effective configuration of a router as an alist.")
 #define FUNC_NAME "router-config"
 {
-    SCM l = moelab_router_config_alist(moe_router_get_config(router_of(obj, 1, FUNC_NAME)));
+    SCM l = moelab_router_config_alist(moe_router_get_config(moelab_to_router(obj, 1, FUNC_NAME)));
     scm_remember_upto_here_1(obj);
     return l;
 }
@@ -151,7 +56,7 @@ SCM_DEFINE(moelab_router_config, "%router-config", 1, 0, 0, (SCM obj),
 SCM_DEFINE(moelab_router_weight, "%router-weight", 1, 0, 0, (SCM obj), "The gate weight [E D].")
 #define FUNC_NAME "router-weight"
 {
-    SCM w = share(moe_router_weight(router_of(obj, 1, FUNC_NAME)));
+    SCM w = moelab_wrap_retained(moe_router_weight(moelab_to_router(obj, 1, FUNC_NAME)));
     scm_remember_upto_here_1(obj);
     return w;
 }
@@ -161,7 +66,7 @@ SCM_DEFINE(moelab_set_router_weight_x, "%set-router-weight!", 2, 0, 0, (SCM obj,
            "Copy @var{w} [E D] into the gate weight.")
 #define FUNC_NAME "set-router-weight!"
 {
-    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    moe_router *r = moelab_to_router(obj, 1, FUNC_NAME);
     ROUTER_CHECK(FUNC_NAME, moe_router_set_weight(r, moelab_unwrap(w, 2, FUNC_NAME)));
     scm_remember_upto_here_2(obj, w);
     return SCM_UNSPECIFIED;
@@ -172,7 +77,7 @@ SCM_DEFINE(moelab_router_bias, "%router-bias", 1, 0, 0, (SCM obj),
            "The expert bias [E] f32, or #f without one.")
 #define FUNC_NAME "router-bias"
 {
-    SCM b = share(moe_router_bias(router_of(obj, 1, FUNC_NAME)));
+    SCM b = moelab_wrap_retained(moe_router_bias(moelab_to_router(obj, 1, FUNC_NAME)));
     scm_remember_upto_here_1(obj);
     return b;
 }
@@ -182,7 +87,7 @@ SCM_DEFINE(moelab_set_router_bias_x, "%set-router-bias!", 2, 0, 0, (SCM obj, SCM
            "Copy @var{b} [E] into the expert bias.")
 #define FUNC_NAME "set-router-bias!"
 {
-    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    moe_router *r = moelab_to_router(obj, 1, FUNC_NAME);
     ROUTER_CHECK(FUNC_NAME, moe_router_set_bias(r, moelab_unwrap(b, 2, FUNC_NAME)));
     scm_remember_upto_here_2(obj, b);
     return SCM_UNSPECIFIED;
@@ -193,7 +98,7 @@ SCM_DEFINE(moelab_router_set_groups_x, "%router-set-groups!", 4, 0, 0, (SCM obj,
            "Set the tensor-, context- and data-parallel groups (#f: size 1).")
 #define FUNC_NAME "router-set-groups!"
 {
-    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    moe_router *r = moelab_to_router(obj, 1, FUNC_NAME);
     moe_group *gtp = moelab_to_group(tp, 2, FUNC_NAME);
     moe_group *gcp = moelab_to_group(cp, 3, FUNC_NAME);
     moe_group *gdp = moelab_to_group(dp, 4, FUNC_NAME);
@@ -209,7 +114,7 @@ SCM_DEFINE(moelab_router_mode_x, "%router-mode!", 3, 0, 0, (SCM obj, SCM what, S
            "Set the router's @var{what} flag ('training or 'recomputing) to @var{on}.")
 #define FUNC_NAME "router-mode!"
 {
-    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    moe_router *r = moelab_to_router(obj, 1, FUNC_NAME);
     bool v = bool_arg(on, 3, FUNC_NAME);
     if (scm_is_eq(what, sym("training")))
         moe_router_set_training(r, v);
@@ -226,7 +131,7 @@ SCM_DEFINE(moelab_router_grad_scale_x, "%router-grad-scale!", 3, 0, 0, (SCM obj,
            "Set gradient-accumulation steps @var{m} and per-token-loss mode.")
 #define FUNC_NAME "router-grad-scale!"
 {
-    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    moe_router *r = moelab_to_router(obj, 1, FUNC_NAME);
     ROUTER_CHECK(FUNC_NAME, moe_router_set_grad_scale(r, moelab_to_int64(m, 2, FUNC_NAME),
                                                       bool_arg(per_token, 3, FUNC_NAME)));
     scm_remember_upto_here_1(obj);
@@ -239,7 +144,7 @@ SCM_DEFINE(moelab_router_forward, "%router-forward", 5, 0, 0,
            "Route @var{x}; @var{valid}, @var{bounds} and @var{ids} (replayed experts) may be #f.")
 #define FUNC_NAME "router-forward"
 {
-    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    moe_router *r = moelab_to_router(obj, 1, FUNC_NAME);
     moe_tensor *tx = moelab_unwrap(x, 2, FUNC_NAME);
     moe_tensor *tv = moelab_unwrap_opt(valid, 3, FUNC_NAME);
     moe_tensor *tb = moelab_unwrap_opt(bounds, 4, FUNC_NAME);
@@ -250,7 +155,7 @@ SCM_DEFINE(moelab_router_forward, "%router-forward", 5, 0, 0,
     scm_remember_upto_here_2(valid, bounds);
     scm_remember_upto_here_1(ids);
     moelab_report_native_memory(); /* weights, ids, kept, logits, the graph's saved scores */
-    return scm_make_foreign_object_1(routing_class, out);
+    return moelab_wrap_routing(out);
 }
 #undef FUNC_NAME
 
@@ -258,7 +163,7 @@ SCM_DEFINE(moelab_router_step_x, "%router-step!", 1, 0, 0, (SCM obj),
            "End of optimizer step: bias update, global buffers reset.")
 #define FUNC_NAME "router-step!"
 {
-    ROUTER_CHECK(FUNC_NAME, moe_router_step(router_of(obj, 1, FUNC_NAME)));
+    ROUTER_CHECK(FUNC_NAME, moe_router_step(moelab_to_router(obj, 1, FUNC_NAME)));
     scm_remember_upto_here_1(obj);
     return SCM_UNSPECIFIED;
 }
@@ -268,7 +173,7 @@ SCM_DEFINE(moelab_router_replay_x, "%router-replay!", 2, 0, 0, (SCM obj, SCM ids
            "Play back the list @var{ids} of [T K] expert ids, one per forward ('() stops).")
 #define FUNC_NAME "router-replay!"
 {
-    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    moe_router *r = moelab_to_router(obj, 1, FUNC_NAME);
     long n = scm_ilength(ids);
     if (n < 0) scm_wrong_type_arg_msg(FUNC_NAME, 2, ids, "list of tensors");
     moe_tensor **list = scm_gc_malloc_pointerless(sizeof *list * (size_t)(n ? n : 1), "replay ids");
@@ -284,12 +189,12 @@ SCM_DEFINE(moelab_router_record, "%router-record", 2, 0, 0, (SCM obj, SCM clear)
            "The recorded expert ids (a list of [T K] tensors); cleared when @var{clear}.")
 #define FUNC_NAME "router-record"
 {
-    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    moe_router *r = moelab_to_router(obj, 1, FUNC_NAME);
     bool c = bool_arg(clear, 2, FUNC_NAME);
     int64_t n;
     moe_tensor *const *rec = moe_router_record(r, &n);
     SCM l = SCM_EOL;
-    for (int64_t i = n - 1; i >= 0; i--) l = scm_cons(share(rec[i]), l);
+    for (int64_t i = n - 1; i >= 0; i--) l = scm_cons(moelab_wrap_retained(rec[i]), l);
     if (c) moe_router_clear_record(r);
     scm_remember_upto_here_1(obj);
     return l;
@@ -300,7 +205,7 @@ SCM_DEFINE(moelab_router_qb_beta, "%router-qb-beta", 1, 0, 0, (SCM obj),
            "A copy of the quantile-balancing β [E] f32, or #f.")
 #define FUNC_NAME "router-qb-beta"
 {
-    moe_tensor *b = moe_router_qb_beta(router_of(obj, 1, FUNC_NAME)), *copy = NULL;
+    moe_tensor *b = moe_router_qb_beta(moelab_to_router(obj, 1, FUNC_NAME)), *copy = NULL;
     if (b) ROUTER_CHECK(FUNC_NAME, moe_clone(&copy, b));
     scm_remember_upto_here_1(obj);
     return copy ? moelab_wrap(copy) : SCM_BOOL_F;
@@ -311,7 +216,7 @@ SCM_DEFINE(moelab_set_router_qb_beta_x, "%set-router-qb-beta!", 2, 0, 0, (SCM ob
            "Copy @var{b} [E] into the quantile-balancing β.")
 #define FUNC_NAME "set-router-qb-beta!"
 {
-    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    moe_router *r = moelab_to_router(obj, 1, FUNC_NAME);
     ROUTER_CHECK(FUNC_NAME, moe_router_set_qb_beta(r, moelab_unwrap(b, 2, FUNC_NAME)));
     scm_remember_upto_here_2(obj, b);
     return SCM_UNSPECIFIED;
@@ -321,7 +226,7 @@ SCM_DEFINE(moelab_set_router_qb_beta_x, "%set-router-qb-beta!", 2, 0, 0, (SCM ob
 SCM_DEFINE(moelab_router_metrics, "%router-metrics", 1, 0, 0, (SCM obj), "The router's metrics (alist).")
 #define FUNC_NAME "router-metrics"
 {
-    SCM m = moelab_router_metrics_alist(router_of(obj, 1, FUNC_NAME), FUNC_NAME);
+    SCM m = moelab_router_metrics_alist(moelab_to_router(obj, 1, FUNC_NAME), FUNC_NAME);
     scm_remember_upto_here_1(obj);
     return m;
 }
@@ -332,7 +237,7 @@ SCM_DEFINE(moelab_router_state, "%router-state", 1, 0, 0, (SCM obj),
 #define FUNC_NAME "router-state"
 {
     moe_tensor *bias, *counters;
-    ROUTER_CHECK(FUNC_NAME, moe_router_state_save(router_of(obj, 1, FUNC_NAME), &bias, &counters));
+    ROUTER_CHECK(FUNC_NAME, moe_router_state_save(moelab_to_router(obj, 1, FUNC_NAME), &bias, &counters));
     scm_remember_upto_here_1(obj);
     SCM c = moelab_wrap(counters);
     SCM b = bias ? moelab_wrap(bias) : SCM_BOOL_F;
@@ -344,7 +249,7 @@ SCM_DEFINE(moelab_router_load_state_x, "%router-load-state!", 3, 0, 0, (SCM obj,
            "Restore what %router-state saved.")
 #define FUNC_NAME "router-load-state!"
 {
-    moe_router *r = router_of(obj, 1, FUNC_NAME);
+    moe_router *r = moelab_to_router(obj, 1, FUNC_NAME);
     ROUTER_CHECK(FUNC_NAME, moe_router_state_load(r, moelab_unwrap_opt(bias, 2, FUNC_NAME),
                                                   moelab_unwrap(counters, 3, FUNC_NAME)));
     scm_remember_upto_here_1(obj);
@@ -355,35 +260,30 @@ SCM_DEFINE(moelab_router_load_state_x, "%router-load-state!", 3, 0, 0, (SCM obj,
 
 /* ---- routings -------------------------------------------------------------------------- */
 
-SCM_DEFINE(moelab_routing_p, "%routing?", 1, 0, 0, (SCM obj), "True when @var{obj} is a routing.")
-{
-    return scm_from_bool(SCM_IS_A_P(obj, routing_class));
-}
-
 SCM_DEFINE(moelab_routing_ref, "%routing-ref", 2, 0, 0, (SCM obj, SCM field),
            "One part of a routing: a tensor (weights experts kept probs map logits counts "
            "aux-total) or a number (tokens capacity dropped).")
 #define FUNC_NAME "routing-ref"
 {
-    moe_routing *o = routing_of(obj, 1, FUNC_NAME);
+    moe_routing *o = moelab_to_routing(obj, 1, FUNC_NAME);
     char name[32];
     moelab_to_name(field, name, sizeof name, 2, FUNC_NAME, "symbol");
     SCM v;
     if (strcmp(name, "probs") == 0 || strcmp(name, "map") == 0) {
         ROUTER_CHECK(name[0] == 'p' ? "routing-probs" : "routing-map", moe_routing_dense(o));
-        v = share(name[0] == 'p' ? o->probs : o->map);
+        v = moelab_wrap_retained(name[0] == 'p' ? o->probs : o->map);
     } else if (strcmp(name, "weights") == 0) {
-        v = share(o->weights);
+        v = moelab_wrap_retained(o->weights);
     } else if (strcmp(name, "experts") == 0) {
-        v = share(o->experts);
+        v = moelab_wrap_retained(o->experts);
     } else if (strcmp(name, "kept") == 0) {
-        v = share(o->kept);
+        v = moelab_wrap_retained(o->kept);
     } else if (strcmp(name, "logits") == 0) {
-        v = share(o->logits);
+        v = moelab_wrap_retained(o->logits);
     } else if (strcmp(name, "counts") == 0) {
-        v = share(o->counts);
+        v = moelab_wrap_retained(o->counts);
     } else if (strcmp(name, "aux-total") == 0) {
-        v = share(o->aux_total);
+        v = moelab_wrap_retained(o->aux_total);
     } else if (strcmp(name, "tokens") == 0) {
         v = scm_from_int64(o->tokens);
     } else if (strcmp(name, "capacity") == 0) {
@@ -402,31 +302,12 @@ SCM_DEFINE(moelab_routing_aux_losses, "%routing-aux-losses", 1, 0, 0, (SCM obj),
            "The unscaled losses of a routing: alist (kind . 0-d tensor).")
 #define FUNC_NAME "routing-aux-losses"
 {
-    moe_routing *o = routing_of(obj, 1, FUNC_NAME);
+    moe_routing *o = moelab_to_routing(obj, 1, FUNC_NAME);
     SCM l = SCM_EOL;
     for (int i = o->n_aux - 1; i >= 0; i--)
-        l = scm_acons(sym(moe_aux_kind_name(o->aux_kind[i])), share(o->aux[i]), l);
+        l = scm_acons(sym(moe_aux_kind_name(o->aux_kind[i])), moelab_wrap_retained(o->aux[i]), l);
     scm_remember_upto_here_1(obj);
     return l;
-}
-#undef FUNC_NAME
-
-SCM_DEFINE(moelab_routing_repr, "%routing-repr", 1, 0, 0, (SCM obj), "The printed form of a routing.")
-#define FUNC_NAME "routing-repr"
-{
-    moe_routing *o = routing_of(obj, 1, FUNC_NAME);
-    char buf[256];
-    int n = snprintf(buf, sizeof buf, "#<routing T=%lld K=%lld E=%lld tokens=%lld",
-                     (long long)o->experts->shape[0], (long long)o->experts->shape[1],
-                     (long long)o->logits->shape[o->logits->ndim - 1], (long long)o->tokens);
-    if (o->capacity >= 0)
-        n += snprintf(buf + n, sizeof buf - (size_t)n, " capacity=%lld dropped=%lld",
-                      (long long)o->capacity, (long long)o->dropped);
-    for (int i = 0; i < o->n_aux && n < (int)sizeof buf - 24; i++)
-        n += snprintf(buf + n, sizeof buf - (size_t)n, " %s", moe_aux_kind_name(o->aux_kind[i]));
-    snprintf(buf + n, sizeof buf - (size_t)n, ">");
-    scm_remember_upto_here_1(obj);
-    return scm_from_utf8_string(buf);
 }
 #undef FUNC_NAME
 
@@ -442,7 +323,7 @@ SCM_DEFINE(moelab_make_balance_tracker, "%make-balance-tracker", 2, 0, 0, (SCM e
     moe_group *first = scm_is_pair(groups) ? moelab_to_group(SCM_CAR(groups), 2, FUNC_NAME) : NULL;
     moe_balance_tracker *tr;
     ROUTER_CHECK(FUNC_NAME, moe_balance_tracker_new(&tr, E, first));
-    SCM obj = scm_make_foreign_object_1(tracker_class, tr);
+    SCM obj = moelab_wrap_tracker(tr);
     if (scm_is_pair(groups))
         for (SCM l = SCM_CDR(groups); scm_is_pair(l); l = SCM_CDR(l)) {
             moe_group *g = moelab_to_group(SCM_CAR(l), 2, FUNC_NAME);
@@ -453,17 +334,11 @@ SCM_DEFINE(moelab_make_balance_tracker, "%make-balance-tracker", 2, 0, 0, (SCM e
 }
 #undef FUNC_NAME
 
-SCM_DEFINE(moelab_balance_tracker_p, "%balance-tracker?", 1, 0, 0, (SCM obj),
-           "True when @var{obj} is a balance tracker.")
-{
-    return scm_from_bool(SCM_IS_A_P(obj, tracker_class));
-}
-
 SCM_DEFINE(moelab_balance_tracker_reset_x, "%balance-tracker-reset!", 1, 0, 0, (SCM obj),
            "Clear the tracker's buffer (end of optimizer step).")
 #define FUNC_NAME "balance-tracker-reset!"
 {
-    moe_balance_tracker_reset(tracker_of(obj, 1, FUNC_NAME));
+    moe_balance_tracker_reset(moelab_to_tracker(obj, 1, FUNC_NAME));
     scm_remember_upto_here_1(obj);
     return SCM_UNSPECIFIED;
 }
@@ -473,7 +348,7 @@ SCM_DEFINE(moelab_balance_tracker_buffer_x, "%balance-tracker-buffer!", 2, 0, 0,
            "Buffer mode on (accumulate over micro-batches) or off.")
 #define FUNC_NAME "balance-tracker-buffer!"
 {
-    moe_balance_tracker_set_buffer(tracker_of(obj, 1, FUNC_NAME), bool_arg(on, 2, FUNC_NAME));
+    moe_balance_tracker_set_buffer(moelab_to_tracker(obj, 1, FUNC_NAME), bool_arg(on, 2, FUNC_NAME));
     scm_remember_upto_here_1(obj);
     return SCM_UNSPECIFIED;
 }
@@ -483,7 +358,7 @@ SCM_DEFINE(moelab_balance_tracker_state, "%balance-tracker-state", 1, 0, 0, (SCM
            "(counts tokens micro-batches experts buffer?) of a tracker.")
 #define FUNC_NAME "balance-tracker-state"
 {
-    moe_balance_tracker *tr = tracker_of(obj, 1, FUNC_NAME);
+    moe_balance_tracker *tr = moelab_to_tracker(obj, 1, FUNC_NAME);
     moe_tensor *counts;
     double tokens;
     ROUTER_CHECK(FUNC_NAME, moe_balance_tracker_counts(&counts, &tokens, tr));
@@ -500,7 +375,7 @@ SCM_DEFINE(moelab_balance_tracker_add_x, "%balance-tracker-add!", 3, 0, 0, (SCM 
            "Add @var{counts} [E] and @var{tokens} to the buffer without a collective.")
 #define FUNC_NAME "balance-tracker-add!"
 {
-    moe_balance_tracker *tr = tracker_of(obj, 1, FUNC_NAME);
+    moe_balance_tracker *tr = moelab_to_tracker(obj, 1, FUNC_NAME);
     ROUTER_CHECK(FUNC_NAME, moe_balance_tracker_add_counts(tr, moelab_unwrap(counts, 2, FUNC_NAME),
                                                            moelab_to_double(tokens, 3, FUNC_NAME)));
     scm_remember_upto_here_2(obj, counts);
@@ -620,7 +495,7 @@ static void aux_options(moe_aux_options *o, SCM options, const char *subr)
         } else if (strcmp(name, "group") == 0) {
             o->group = moelab_to_group(v, 3, subr);
         } else if (strcmp(name, "tracker") == 0) {
-            o->tracker = scm_is_false(v) ? NULL : tracker_of(v, 3, subr);
+            o->tracker = scm_is_false(v) ? NULL : moelab_to_tracker(v, 3, subr);
         } else if (strcmp(name, "loss-div-factor") == 0) {
             o->loss_div_factor = moelab_to_double_or(v, 0, 3, subr);
         } else if (strcmp(name, "num-layers") == 0) {
@@ -740,16 +615,6 @@ SCM_DEFINE(moelab_max_violation, "%max-violation", 1, 0, 0, (SCM counts), "MaxVi
 
 void moelab_init_router_func(void)
 {
-    router_class = scm_make_foreign_object_type(sym("<router>"), scm_list_1(sym("ptr")), finalize_router);
-    routing_class = scm_make_foreign_object_type(sym("<routing>"), scm_list_1(sym("ptr")), finalize_routing);
-    tracker_class =
-        scm_make_foreign_object_type(sym("<balance-tracker>"), scm_list_1(sym("ptr")), finalize_tracker);
-    scm_gc_protect_object(router_class);
-    scm_gc_protect_object(routing_class);
-    scm_gc_protect_object(tracker_class);
-    scm_c_define("<router>", router_class);
-    scm_c_define("<routing>", routing_class);
-    scm_c_define("<balance-tracker>", tracker_class);
 #ifndef SCM_MAGIC_SNARFER
 #include "router-func.x"
 #endif

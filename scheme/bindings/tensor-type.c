@@ -119,6 +119,8 @@ SCM moelab_wrap(moe_tensor *t)
     return scm_make_foreign_object_1(tensor_class, t);
 }
 
+SCM moelab_wrap_retained(moe_tensor *t) { return t ? moelab_wrap(moe_tensor_retain(t)) : SCM_BOOL_F; }
+
 moe_tensor *moelab_unwrap(SCM obj, int pos, const char *subr)
 {
     if (!SCM_IS_A_P(obj, tensor_class)) scm_wrong_type_arg_msg(subr, pos, obj, "tensor");

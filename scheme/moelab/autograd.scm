@@ -11,13 +11,17 @@
 (define-module (moelab autograd)
   #:use-module (moelab primitives)
   #:use-module (moelab tensor)
+  #:use-module ((moelab ops) #:select (t* tsum to-dtype))
+  #:use-module (ice-9 format)
+  #:use-module ((srfi srfi-1) #:select (drop))
   #:use-module (srfi srfi-9)
   #:export (requires-grad! requires-grad? backward! tensor-grad set-tensor-grad!
             zero-grad! detach tensor-grad-fn tensor-leaf? tensor-version
             grad-enabled? set-grad-enabled! with-no-grad with-grad no-grad
             register-hook! unregister-hook!
             define-autograd-function make-autograd-function
-            autograd-ctx? ctx-save! ctx-saved ctx-name))
+            autograd-ctx? ctx-save! ctx-saved ctx-name
+            grad-check))
 
 ;;; ---- per tensor ----------------------------------------------------------------
 
@@ -225,3 +229,113 @@ make-autograd-function. For example, a cube with its own derivative:
      (define name (make-autograd-function 'name forward backward)))
     ((_ name #:backward backward #:forward forward)
      (define name (make-autograd-function 'name forward backward)))))
+
+;;; ---- checking a gradient against finite differences ---------------------------------
+
+(define (leaves x)
+  "The leaves of the nested list X, in order (a number gives a one-element list)."
+  (let loop ((x x) (acc '()))
+    (cond ((null? x) acc)
+          ((pair? x) (loop (car x) (loop (cdr x) acc)))
+          (else (cons x acc)))))
+
+(define (unflatten vals shape)
+  "Nested lists of SHAPE filled from the flat list VALS (row-major)."
+  (if (null? shape)
+      (car vals)
+      (let ((n (car shape))
+            (step (apply * (cdr shape))))
+        (let loop ((i 0) (vs vals) (acc '()))
+          (if (= i n)
+              (reverse! acc)
+              (loop (1+ i) (drop vs step)
+                    (cons (unflatten vs (cdr shape)) acc)))))))
+
+(define (fmt-real x)
+  (cond ((not (real? x)) (format #f "~a" x))
+        ((nan? x) "nan")
+        ((inf? x) (if (> x 0) "+inf" "-inf"))
+        ((exact? x) (number->string x))
+        ((zero? x) "0.0")
+        ((and (>= (abs x) 1e-3) (< (abs x) 1e6))
+         (let* ((s (format #f "~,6f" x))
+                (end (string-length (string-trim-right s #\0))))
+           (substring s 0 (if (char=? (string-ref s (1- end)) #\.) (1+ end) end))))
+        (else (string-downcase (format #f "~,3e" x)))))
+
+(define (float-dtype? d)
+  (memq d '(f32 f64 bf16 f16)))
+
+(define (weights-for shape)
+  "Fixed pseudo-random weights in [0.5, 1.5) of SHAPE, as nested lists."
+  (let ((ws (map (lambda (k)
+                   (let ((x (* (1+ k) 0.6180339887498949)))
+                     (+ 0.5 (- x (floor x)))))
+                 (iota (apply * shape)))))
+    (unflatten ws shape)))
+
+(define* (grad-check f x #:key (eps 1e-6) (atol 1e-5) (rtol 1e-4)
+                     (max-elements 2048) (port (current-output-port)))
+  "Check the gradient of F, a procedure of one tensor returning a tensor, at
+the tensor X: backward! against central finite differences (step EPS) of the
+scalar sum(F(x) * W) for fixed weights W, all in f64.  An element passes when
+|analytic - numeric| <= ATOL + RTOL * |numeric|; at most MAX-ELEMENTS
+elements are checked.  Prints the max abs/rel error and PASS or FAIL, and
+returns #t on PASS."
+  (unless (procedure? f)
+    (error "grad-check: expected a procedure of one tensor, got" f))
+  (unless (and (tensor? x) (not (tensor-freed? x)))
+    (error "grad-check: expected a tensor input, got" x))
+  (unless (float-dtype? (tensor-dtype x))
+    (error "grad-check: the input must be a floating-point tensor, got dtype"
+           (tensor-dtype x)))
+  (let* ((shape (tensor-shape x))
+         (flat (map exact->inexact (leaves (tensor->list (detach x)))))
+         (n (length flat))
+         (make-input (lambda (vals grad?)
+                       (tensor (unflatten vals shape) #:dtype 'f64
+                               #:requires-grad grad?)))
+         (x64 (make-input flat #t))
+         (y (f x64))
+         (_ (unless (tensor? y)
+              (error "grad-check: F must return a tensor, got" y)))
+         (yshape (tensor-shape y))
+         (w (tensor (weights-for yshape) #:dtype 'f64))
+         (objective (lambda (out) (tsum (t* (to-dtype out 'f64) w))))
+         (_ (backward! (objective y)))
+         (g (tensor-grad x64))
+         (analytic (if g
+                       (map exact->inexact (leaves (tensor->list g)))
+                       (make-list n 0.0)))
+         (checked (min n max-elements))
+         (xs (list->vector flat))
+         (numeric
+          (with-no-grad
+           (lambda ()
+             (map (lambda (i)
+                    (let ((at (lambda (delta)
+                                (let ((v (vector-copy xs)))
+                                  (vector-set! v i (+ (vector-ref v i) delta))
+                                  (tensor-item (objective
+                                                (f (make-input (vector->list v) #f))))))))
+                      (/ (- (at eps) (at (- eps))) (* 2 eps))))
+                  (iota checked))))))
+    (let loop ((as analytic) (ns numeric) (max-abs 0.0) (max-rel 0.0) (ok? #t))
+      (if (null? ns)
+          (begin
+            (format port "grad-check: ~a of ~a element~:p of f64[~{~a~^ ~}], output [~{~a~^ ~}]~%"
+                    checked n shape yshape)
+            (unless g
+              (format port "  warning: no gradient reached the input (taken as zero)~%"))
+            (format port "  max abs error ~a, max rel error ~a (tolerance ~a + ~a*|numeric|)~%"
+                    (fmt-real max-abs) (fmt-real max-rel) atol rtol)
+            (format port "  ~a~%" (if ok? "PASS" "FAIL"))
+            ok?)
+          (let* ((a (car as))
+                 (num (car ns))
+                 (abs-err (abs (- a num)))
+                 (scale (max (abs a) (abs num)))
+                 (rel-err (if (> scale 1e-12) (/ abs-err scale) 0.0)))
+            (loop (cdr as) (cdr ns)
+                  (max max-abs abs-err) (max max-rel rel-err)
+                  (and ok? (<= abs-err (+ atol (* rtol (abs num)))))))))))

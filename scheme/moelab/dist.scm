@@ -38,7 +38,7 @@
   ;; recv! is also Guile's socket receive; this one takes a tensor
   #:replace (recv!)
   #:export (with-ranks current-rank world-size world-group
-            mesh-group mesh-coord mpi-launched?
+            mesh-group mesh-coord parse-mesh mpi-launched?
             group? group-size group-rank group-name group-ranks
             all-reduce! all-reduce all-gather reduce-scatter all-to-all
             broadcast! barrier
@@ -125,6 +125,16 @@ a dimension the mesh lacks, and outside with-ranks."
   (unless (symbol? dim) (wrong-type "mesh-coord" "a mesh dimension (tp cp ep dp pp)" dim))
   (let ((c (%current-context)))
     (%context-mesh-coord (and c (context-c c)) (symbol->string dim))))
+
+(define* (parse-mesh spec #:key (who "parse-mesh"))
+  "The mesh written in the string SPEC, as the alist that with-ranks takes
+as its @code{#:mesh}, in SPEC's order: @code{\"pp=2,dp=2\"} gives
+@code{((pp . 2) (dp . 2))}.  Items are NAME=SIZE (or NAME:SIZE) between
+spaces or commas; the names are tp, cp, ep, dp and pp, each at most once, and
+the sizes positive; @code{\"\"} gives the empty mesh.  Anything else raises
+moelab-error naming WHO and the text at fault.  @code{moelab train --mesh}
+reads its argument with it."
+  (%parse-mesh who spec))
 
 (define (mpi-launched?)
   "True when this process was started by mpirun (or srun), or already has an

@@ -134,10 +134,15 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
       (("--resume" dir . rest) (set! resume dir) (loop rest file steps settings listen))
       (("--allow-non-finite" . rest) (set! allow-non-finite? #t) (loop rest file steps settings listen))
       (("--mesh" spec . rest)
-       (let ((m (parse-mesh spec)))
-         (if m
-             (begin (set! mesh m) (loop rest file steps settings listen))
-             (usage-error "--mesh needs sizes such as pp=2,dp=2,ep=2 (dimensions pp, dp, ep), got '~a'" spec))))
+       (match (catch 'moelab-error
+                (lambda () (parse-mesh spec #:who "moelab train --mesh"))
+                (lambda (key who message args . _) (apply format #f message args)))
+         ((and (? pair? m) (? (lambda (m) (every (lambda (d) (memq (car d) '(pp dp ep))) m))))
+          (set! mesh m)
+          (loop rest file steps settings listen))
+         (why
+          (usage-error "--mesh needs sizes such as pp=2,dp=2,ep=2 (dimensions pp, dp, ep), got '~a'~a"
+                       spec (if (string? why) (string-append ": " why) "")))))
       (("--ranks" n . rest)
        (let ((k (string->number n)))
          (if (and k (exact-integer? k) (positive? k))
@@ -160,17 +165,6 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
               (format (current-error-port) "moelab train: ~a: no such file~%" file)
               1)
              (else (run-ranks file steps settings listen check? resume allow-non-finite? mesh ranks)))))))
-
-(define (parse-mesh spec)
-  ;; "pp=2,dp=2" -> ((pp . 2) (dp . 2)), or #f
-  (let ((parts (map (lambda (p) (string-split p #\=))
-                    (filter (lambda (s) (not (string-null? s))) (string-split spec #\,)))))
-    (and (pair? parts)
-         (every (lambda (p)
-                  (and (= (length p) 2) (member (car p) '("pp" "dp" "ep"))
-                       (let ((n (string->number (cadr p)))) (and n (exact-integer? n) (positive? n)))))
-                parts)
-         (map (lambda (p) (cons (string->symbol (car p)) (string->number (cadr p)))) parts))))
 
 (define (run-ranks file steps settings listen check? resume allow-non-finite? mesh ranks)
   ;; One rank, N thread ranks (--ranks), or this process's rank under mpirun.

@@ -1,30 +1,14 @@
 /* bench-comm.c — all-reduce and all-to-all bandwidth, 4 KiB to 64 MiB of f32
  * per rank, next to a plain memcpy of the same size.
- *
- *   bench-comm                       threads backend, 2 ranks (default)
- *   bench-comm --ranks N             threads backend, N ranks
- *   mpirun -np 2 bench-comm --mpi    MPI backend (also chosen when launched
- *                                    by mpirun); rank 0 prints
- *   --quick                          fewer sizes and iterations (smoke test)
+ * Options (bench-harness.h): --ranks N, --mpi, --quick (fewer sizes and
+ * iterations).
  *
  * Bandwidth = bytes of the tensor on one rank / time of one collective (the
  * "algorithm bandwidth"); memcpy = bytes / time of copying them once. The
  * target: the threads all-reduce at 64 MiB reaches half of memcpy's. */
 #include <omp.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
-#include "moelab.h"
-#include "dist/comm.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "bench-harness.h"
 
 static const size_t sizes_full[] = {4u << 10, 64u << 10, 1u << 20, 16u << 20, 64u << 20};
 static const size_t sizes_quick[] = {4u << 10, 1u << 20};
@@ -63,31 +47,31 @@ static moe_status run_rank(int rank, moe_group *g, void *p)
         /* all-reduce */
         MOE_TRY(moe_all_reduce_(t, MOE_REDUCE_SUM, g)); /* warm up */
         MOE_TRY(moe_barrier(g));
-        double t0 = now();
+        double t0 = bench_now();
         MOE_TRY(moe_all_reduce_(t, MOE_REDUCE_SUM, g));
         int iters;
-        MOE_TRY(agree_iters(&iters, now() - t0, b->budget, g));
+        MOE_TRY(agree_iters(&iters, bench_now() - t0, b->budget, g));
         MOE_TRY(moe_barrier(g));
-        t0 = now();
+        t0 = bench_now();
         for (int i = 0; i < iters; i++) MOE_TRY(moe_all_reduce_(t, MOE_REDUCE_AVG, g));
         MOE_TRY(moe_barrier(g));
-        if (rank == 0) b->ar[k] = (now() - t0) / iters;
+        if (rank == 0) b->ar[k] = (bench_now() - t0) / iters;
         /* all-to-all, even splits */
         MOE_TRY(moe_all_to_all(&y, NULL, t, NULL, g));
         moe_tensor_release(y);
         MOE_TRY(moe_barrier(g));
-        t0 = now();
+        t0 = bench_now();
         MOE_TRY(moe_all_to_all(&y, NULL, t, NULL, g));
         moe_tensor_release(y);
-        MOE_TRY(agree_iters(&iters, now() - t0, b->budget, g));
+        MOE_TRY(agree_iters(&iters, bench_now() - t0, b->budget, g));
         MOE_TRY(moe_barrier(g));
-        t0 = now();
+        t0 = bench_now();
         for (int i = 0; i < iters; i++) {
             MOE_TRY(moe_all_to_all(&y, NULL, t, NULL, g));
             moe_tensor_release(y);
         }
         MOE_TRY(moe_barrier(g));
-        if (rank == 0) b->a2a[k] = (now() - t0) / iters;
+        if (rank == 0) b->a2a[k] = (bench_now() - t0) / iters;
         moe_tensor_release(t);
     }
     return MOE_OK;
@@ -104,18 +88,18 @@ static double memcpy_seconds(size_t bytes, double budget)
     memset(a, 1, bytes);
     memset(c, 2, bytes);
     memcpy(c, a, bytes);
-    double t0 = now();
+    double t0 = bench_now();
     memcpy(c, a, bytes);
-    double trial = now() - t0;
+    double trial = bench_now() - t0;
     int iters = trial > 0 ? (int)(budget / trial) : 1000;
     if (iters < 3) iters = 3;
     if (iters > 2000) iters = 2000;
-    t0 = now();
+    t0 = bench_now();
     for (int i = 0; i < iters; i++) {
         memcpy(c, a, bytes);
         __asm__ __volatile__("" : : "r"(c) : "memory"); /* keep every copy */
     }
-    double s = (now() - t0) / iters;
+    double s = (bench_now() - t0) / iters;
     free(a);
     free(c);
     return s;
@@ -128,8 +112,9 @@ static const char *size_str(size_t b, char *buf, size_t n)
     return buf;
 }
 
-static void print_table(const bench *b, const char *backend, int nranks)
+static void print_table(const void *state, const char *backend, int nranks)
 {
+    const bench *b = state;
     int per = omp_get_max_threads();
     if (strcmp(backend, "threads") == 0) per = per / nranks > 1 ? per / nranks : 1;
     printf("comm bandwidth: %s backend, %d ranks, %d OpenMP threads per rank (GB/s = 1e9 bytes/s)\n", backend,
@@ -153,37 +138,10 @@ static void print_table(const bench *b, const char *backend, int nranks)
 
 int main(int argc, char **argv)
 {
-    bool mpi = moe_mpi_launched(), quick = false;
-    int nranks = 2;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--mpi") == 0) mpi = true;
-        else if (strcmp(argv[i], "--quick") == 0) quick = true;
-        else if (strcmp(argv[i], "--ranks") == 0 && i + 1 < argc) nranks = atoi(argv[++i]);
-        else {
-            fprintf(stderr, "usage: %s [--mpi] [--quick] [--ranks N]\n", argv[0]);
-            return 2;
-        }
-    }
-    bench b = {quick ? sizes_quick : sizes_full,
-               quick ? (int)(sizeof sizes_quick / sizeof *sizes_quick) : (int)(sizeof sizes_full / sizeof *sizes_full),
-               quick ? 0.05 : 0.6, {0}, {0}, NULL};
-    if (mpi) {
-        moe_group *world;
-        if (moe_mpi_world(&world) != MOE_OK) {
-            fprintf(stderr, "bench-comm: %s\n", moe_last_error());
-            return 1;
-        }
-        moe_status st = run_rank(moe_group_rank(world), world, &b);
-        if (st != MOE_OK) fprintf(stderr, "bench-comm (rank %d): %s\n", moe_group_rank(world), moe_last_error());
-        else if (moe_group_rank(world) == 0) print_table(&b, "mpi", moe_group_size(world));
-        moe_group_release(world);
-        moe_mpi_finalize();
-        return st == MOE_OK ? 0 : 1;
-    }
-    if (moe_threads_run(nranks, run_rank, &b, NULL) != MOE_OK) {
-        fprintf(stderr, "bench-comm: %s\n", moe_last_error());
-        return 1;
-    }
-    print_table(&b, "threads", nranks);
-    return 0;
+    bench_options o;
+    if (!bench_parse_args(&o, argc, argv)) return 2;
+    bench b = {o.quick ? sizes_quick : sizes_full,
+               o.quick ? (int)(sizeof sizes_quick / sizeof *sizes_quick) : (int)(sizeof sizes_full / sizeof *sizes_full),
+               o.quick ? 0.05 : 0.6, {0}, {0}, NULL};
+    return bench_run("bench-comm", &o, run_rank, &b, print_table);
 }

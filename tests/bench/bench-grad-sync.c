@@ -1,11 +1,7 @@
 /* bench-grad-sync.c — how much of the data-parallel gradient all-reduce a
  * grad sync hides behind backward, next to reducing after backward.
- *
- *   bench-grad-sync                       threads backend, 2 ranks (default)
- *   bench-grad-sync --ranks N             threads backend, N ranks
- *   mpirun -np 2 bench-grad-sync --mpi    MPI backend (also chosen when
- *                                         launched by mpirun); rank 0 prints
- *   --quick                               a small model, few steps (smoke test)
+ * Options (bench-harness.h): --ranks N, --mpi, --quick (a small model, few
+ * steps).
  *
  * The model: L layers h = tanh(h W_l), W_l f32 [D D], loss = mean(h^2), on
  * B rows per micro-batch, 2 micro-batches per step. Modes, each timed over
@@ -21,13 +17,7 @@
  * during backward per step. A start that overlaps backward (MPI) costs only
  * its launch and the checks of later hooks; one that runs at once (every
  * all-reduce on threads) costs its whole transfer inside backward. */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-
-#include "moelab.h"
-#include "dist/comm.h"
+#include "bench-harness.h"
 #include "dist/grad_sync.h"
 
 enum { MODES = 4, MICRO = 2, MAX_LAYERS = 32 };
@@ -39,13 +29,6 @@ typedef struct bench {
     int64_t early[MODES];                    /* buckets started during backward, per step */
     int buckets[MODES];
 } bench;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Forward and backward of one micro-batch X [B D]. */
 static moe_status micro_batch(moe_tensor *const *w, int layers, moe_tensor *x)
@@ -83,14 +66,14 @@ static moe_status one_step(int mode, moe_tensor *const *w, bench *b, moe_tensor 
     if (s) {
         MOE_TRY(moe_grad_sync_wait(s));
     } else if (mode == 1) {
-        double t0 = now();
+        double t0 = bench_now();
         for (int l = 0; l < b->layers; l++) {
             moe_tensor *gr = moe_tensor_grad(w[l]);
             moe_status st = moe_all_reduce_(gr, MOE_REDUCE_AVG, g);
             moe_tensor_release(gr);
             MOE_TRY(st);
         }
-        *after = now() - t0;
+        *after = bench_now() - t0;
     }
     return MOE_OK;
 }
@@ -123,14 +106,14 @@ static moe_status run_rank(int rank, moe_group *g, void *p)
         for (int i = 0; i < b->steps + 2 && st == MOE_OK; i++) {
             if (i == 2) {
                 st = moe_barrier(g);
-                t0 = now();
+                t0 = bench_now();
                 moe_grad_sync_get_stats(s, &before);
             }
             if (st == MOE_OK) st = one_step(mode, w, b, x, s, g, &after_s);
             if (i >= 2) total_after += after_s;
         }
         if (st == MOE_OK) st = moe_barrier(g);
-        double elapsed = now() - t0;
+        double elapsed = bench_now() - t0;
         moe_grad_sync_get_stats(s, &after);
         if (rank == 0) {
             b->step_s[mode] = elapsed / b->steps;
@@ -149,8 +132,9 @@ static moe_status run_rank(int rank, moe_group *g, void *p)
     return st;
 }
 
-static void print_table(const bench *b, const char *backend, int nranks)
+static void print_table(const void *state, const char *backend, int nranks)
 {
+    const bench *b = state;
     double mb = (double)b->layers * b->dim * b->dim * 4 / (1 << 20);
     printf("grad sync: %s backend, %d ranks; %d layers f32 [%d %d] (%.1f MB of gradients), "
            "%d rows x %d micro-batches per rank and step; %d steps\n",
@@ -167,36 +151,9 @@ static void print_table(const bench *b, const char *backend, int nranks)
 
 int main(int argc, char **argv)
 {
-    bool mpi = moe_mpi_launched(), quick = false;
-    int nranks = 2;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--mpi") == 0) mpi = true;
-        else if (strcmp(argv[i], "--quick") == 0) quick = true;
-        else if (strcmp(argv[i], "--ranks") == 0 && i + 1 < argc) nranks = atoi(argv[++i]);
-        else {
-            fprintf(stderr, "usage: %s [--mpi] [--quick] [--ranks N]\n", argv[0]);
-            return 2;
-        }
-    }
-    bench b = quick ? (bench){.layers = 4, .dim = 128, .rows = 16, .steps = 2}
-                    : (bench){.layers = 12, .dim = 768, .rows = 64, .steps = 5};
-    if (mpi) {
-        moe_group *world;
-        if (moe_mpi_world(&world) != MOE_OK) {
-            fprintf(stderr, "bench-grad-sync: %s\n", moe_last_error());
-            return 1;
-        }
-        moe_status st = run_rank(moe_group_rank(world), world, &b);
-        if (st != MOE_OK) fprintf(stderr, "bench-grad-sync (rank %d): %s\n", moe_group_rank(world), moe_last_error());
-        else if (moe_group_rank(world) == 0) print_table(&b, "mpi", moe_group_size(world));
-        moe_group_release(world);
-        moe_mpi_finalize();
-        return st == MOE_OK ? 0 : 1;
-    }
-    if (moe_threads_run(nranks, run_rank, &b, NULL) != MOE_OK) {
-        fprintf(stderr, "bench-grad-sync: %s\n", moe_last_error());
-        return 1;
-    }
-    print_table(&b, "threads", nranks);
-    return 0;
+    bench_options o;
+    if (!bench_parse_args(&o, argc, argv)) return 2;
+    bench b = o.quick ? (bench){.layers = 4, .dim = 128, .rows = 16, .steps = 2}
+                      : (bench){.layers = 12, .dim = 768, .rows = 64, .steps = 5};
+    return bench_run("bench-grad-sync", &o, run_rank, &b, print_table);
 }

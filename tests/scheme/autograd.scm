@@ -391,5 +391,36 @@
         (every (lambda (p) (equal? (tensor-shape (tensor-grad p)) (tensor-shape p))) params))
       (test-assert "the loss goes down" (< (last rest) (* 0.5 first))))))
 
+;;; ---- grad-check: backward! against finite differences ---------------------------------
+
+(test-group "grad-check"
+  (define (report thunk)
+    (call-with-output-string (lambda (port) (thunk port))))
+  ;; x³ has the gradient 3x² (recorded by the ops): the check passes
+  (let* ((ok #f)
+         (text (report (lambda (port)
+                         (set! ok (grad-check (lambda (x) (t* x (t* x x))) (tensor '(0.5 -1.0 2.0))
+                                              #:port port))))))
+    (test-eq "x³ passes" #t ok)
+    (test-assert "the report says PASS" (string-contains text "PASS"))
+    (test-assert "the report counts 3 elements of f64[3]" (string-contains text "3 of 3 elements of f64[3]")))
+  ;; detach hides x² from backward!: the analytic gradient is 1, the true one 2x + 1
+  (let* ((ok #t)
+         (text (report (lambda (port)
+                         (set! ok (grad-check (lambda (x) (t+ (detach (t* x x)) x)) (tensor '(1.0 2.0))
+                                              #:port port))))))
+    (test-eq "a wrong gradient fails" #f ok)
+    (test-assert "the report says FAIL" (string-contains text "FAIL"))
+    ;; through the weights W = 0.5 + frac(k·0.618…) of the objective sum(f(x)·W): the
+    ;; error is W·2x, largest at x = 2 (W = 0.7360679…): 2.9442719…
+    (test-assert "max abs error 2.944272" (string-contains text "max abs error 2.944272,")))
+  (test-assert "max-elements limits the checked elements"
+    (string-contains (report (lambda (port)
+                               (grad-check (lambda (x) (t* x 2)) (tensor '(1.0 2.0 3.0)) #:max-elements 2
+                                           #:port port)))
+                     "2 of 3 elements"))
+  (test-error "an integer input is refused" #t
+    (grad-check (lambda (x) x) (tensor '(1 2) #:dtype 'i32) #:port (%make-void-port "w"))))
+
 (test-end "autograd")
 (exit-with-test-status)

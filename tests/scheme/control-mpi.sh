@@ -10,38 +10,22 @@
 # moelab was built without MPI. Run by `make check` from the top build
 # directory.
 set -u
-builddir=$(pwd)
 : "${srcdir:=.}"
-. "$srcdir/tests/mpi-env.sh"
-run="$builddir/pre-inst-env $builddir/moelab"
+. "$srcdir/tests/testlib.sh"
 config=$srcdir/tests/scheme/control-train.scm
 corpus=$srcdir/tests/data/corpus
 
-command -v "$MPIRUN" >/dev/null 2>&1 || { echo "SKIP: $MPIRUN not found"; exit 77; }
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/moelab-control-mpi.XXXXXX") || exit 99
+test_setup control-mpi
 pid=
 cleanup() {
     if [ -n "$pid" ]; then kill "$pid" 2>/dev/null; fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-HOME=$tmp; export HOME
-LC_ALL=C.UTF-8; export LC_ALL
 MOELAB_NUM_THREADS=1; export MOELAB_NUM_THREADS
 # a rank that waits for a peer gives up after 60 s (and ends the job)
 MOELAB_COMM_TIMEOUT=60; export MOELAB_COMM_TIMEOUT
-
-# Also makes libtool's wrapper ready before mpirun starts two copies of it.
-$run -c '(exit (if %moelab-have-mpi? 0 77))' </dev/null >"$tmp/out" 2>&1
-status=$?
-if [ "$status" = 77 ]; then echo "SKIP: moelab was built without MPI"; exit 77; fi
-if [ "$status" != 0 ]; then echo "FAIL: moelab does not start"; cat "$tmp/out"; exit 1; fi
-
-failures=0
-pass() { echo "ok   $1"; }
-fail() { failures=$((failures + 1)); echo "FAIL $1"; }
-show() { sed 's/^/     | /' "$@" | tail -30; }
+skip_without_mpi
 # expect NAME FILE FIXED-STRING: FILE has a line with FIXED-STRING
 expect() {
     if grep -qF -- "$3" "$2"; then pass "$1"; else fail "$1: no '$3'"; show "$2"; fi
@@ -75,7 +59,7 @@ client() { timeout 120 guile --no-auto-compile "$tmp/client.scm" "$port" "$1" >"
 # job NAME ARGS…: start the job in the background (bounded by $GUARD);
 # each process's output also goes to files of its own (mpirun merges the
 # processes' output mid-line), $tmp/NAME/1/rank.R/stdout and stderr
-job() {
+job() { # (not mpi_run: $pid must be mpirun's own)
     name=$1; shift
     $GUARD "$MPIRUN" --oversubscribe --output-filename "$tmp/$name" -np 2 $run train "$config" \
         --set corpus="$corpus" --listen=$port "$@" </dev/null >"$tmp/$name.out" 2>&1 &

@@ -10,38 +10,19 @@
 # Exit 77 (skipped) when mpirun is missing or moelab was built without MPI.
 # Run by `make check` from the top build directory.
 set -u
-builddir=$(pwd)
 : "${srcdir:=.}"
-. "$srcdir/tests/mpi-env.sh"
-run="$builddir/pre-inst-env $builddir/moelab"
+. "$srcdir/tests/testlib.sh"
 example=$srcdir/examples/collectives.scm
-
-command -v "$MPIRUN" >/dev/null 2>&1 || { echo "SKIP: $MPIRUN not found"; exit 77; }
 test -f "$example" || { echo "dist-mpi.sh: $example not found"; exit 99; }
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/moelab-dist-mpi.XXXXXX") || exit 99
-trap 'rm -rf "$tmp"' EXIT
-HOME=$tmp; export HOME
-LC_ALL=C.UTF-8; export LC_ALL
+test_setup dist-mpi
 unset MOELAB_NUM_THREADS
-
-# The reference run also makes libtool's wrapper ready before mpirun starts
-# several copies of it at once.
-$run -c '(exit (if %moelab-have-mpi? 0 77))' </dev/null >"$tmp/out" 2>&1
-status=$?
-if [ "$status" = 77 ]; then echo "SKIP: moelab was built without MPI"; exit 77; fi
-if [ "$status" != 0 ]; then echo "FAIL: moelab does not start"; cat "$tmp/out"; exit 1; fi
-
-failures=0
-checks=0
-pass() { checks=$((checks + 1)); echo "ok   $1"; }
-fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAIL $1"; }
-show() { sed 's/^/     | /' "$@" | tail -40; }
+skip_without_mpi
 
 mpi() { # mpi NP ARGS...: output in $tmp/mpi.out and $tmp/mpi.err, status in $status
     np=$1
     shift
-    $GUARD "$MPIRUN" --oversubscribe -np "$np" $run "$@" \
+    mpi_run -np "$np" $run "$@" \
         </dev/null >"$tmp/mpi.out" 2>"$tmp/mpi.err"
     status=$?
 }

@@ -6,37 +6,25 @@
 # that its rank equals the reference. Then `moelab train --mesh` under mpirun. Exit 77 (skipped) when mpirun is
 # missing or moelab was built without MPI. Run by `make check`.
 set -u
-builddir=$(pwd)
 : "${srcdir:=.}"
-. "$srcdir/tests/mpi-env.sh"
-run="$builddir/pre-inst-env $builddir/moelab"
+. "$srcdir/tests/testlib.sh"
 script=$srcdir/tests/scheme/dist-train-rank.scm
 
-command -v "$MPIRUN" >/dev/null 2>&1 || { echo "SKIP: $MPIRUN not found"; exit 77; }
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/moelab-dist-train-mpi.XXXXXX") || exit 99
-trap 'rm -rf "$tmp"' EXIT
-HOME=$tmp; export HOME
-LC_ALL=C.UTF-8; export LC_ALL
+test_setup dist-train-mpi
 MOELAB_COMM_TIMEOUT=${MOELAB_COMM_TIMEOUT:-120}; export MOELAB_COMM_TIMEOUT
+skip_without_mpi
 
-$run -c '(exit (if %moelab-have-mpi? 0 77))' </dev/null >"$tmp/out" 2>&1
-status=$?
-if [ "$status" = 77 ]; then echo "SKIP: moelab was built without MPI"; exit 77; fi
-if [ "$status" != 0 ]; then echo "FAIL: moelab does not start"; cat "$tmp/out"; exit 1; fi
-
-failures=0
 check() { # check NP VARIANT MESH SCHEDULE
     np=$1
-    $GUARD "$MPIRUN" --oversubscribe -np "$np" $run "$script" "$2" "$3" "$4" \
+    mpi_run -np "$np" $run "$script" "$2" "$3" "$4" \
         </dev/null >"$tmp/mpi.out" 2>"$tmp/mpi.err"
     status=$?
     oks=$(grep -o ': rank ok' "$tmp/mpi.out" | wc -l)
     if [ "$status" = 0 ] && [ "$oks" = "$np" ]; then
-        echo "ok   mpirun -np $np: $2, $3 ($4): every rank equals the reference"
+        pass "mpirun -np $np: $2, $3 ($4): every rank equals the reference"
     else
-        failures=$((failures + 1))
-        echo "FAIL mpirun -np $np: $2, $3 ($4): status $status, $oks of $np ranks ok"
-        sed 's/^/     | /' "$tmp/mpi.out" "$tmp/mpi.err" | tail -30
+        fail "mpirun -np $np: $2, $3 ($4): status $status, $oks of $np ranks ok"
+        show "$tmp/mpi.out" "$tmp/mpi.err"
     fi
 }
 
@@ -56,17 +44,16 @@ corpus=$tmp/corpus
 for d in bible fortune c scheme python info; do
     mkdir -p "$corpus/$d"; cat "$srcdir"/core/moe/*.c > "$corpus/$d/train"; cat "$srcdir"/README.md > "$corpus/$d/val"
 done
-$GUARD "$MPIRUN" --oversubscribe -np 2 $run train "$srcdir/examples/train-small.scm" --steps 2 \
+mpi_run -np 2 $run train "$srcdir/examples/train-small.scm" --steps 2 \
     --set corpus="$corpus" --set seq-len=32 --set batch-size=2 --set eval-batches=1 \
     --set log="$tmp/m.jsonl" --mesh pp=2 </dev/null >"$tmp/train.out" 2>&1
 status=$?
 if [ "$status" = 0 ] && [ "$(grep -c 'done after 2 steps' "$tmp/train.out")" = 1 ] \
        && [ "$(grep -c '"grad_norm"' "$tmp/m.jsonl")" = 2 ] && grep -q '^layer 1 ' "$tmp/train.out"; then
-    echo "ok   mpirun -np 2 moelab train --mesh pp=2: one summary of both stages, one metrics file"
+    pass "mpirun -np 2 moelab train --mesh pp=2: one summary of both stages, one metrics file"
 else
-    failures=$((failures + 1))
-    echo "FAIL mpirun -np 2 moelab train --mesh pp=2: status $status"
-    sed 's/^/     | /' "$tmp/train.out" | tail -30
+    fail "mpirun -np 2 moelab train --mesh pp=2: status $status"
+    show "$tmp/train.out"
 fi
 
 [ "$failures" = 0 ]

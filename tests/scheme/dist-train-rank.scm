@@ -6,12 +6,6 @@
 (add-to-load-path (dirname (current-filename)))
 (use-modules (moelab) (dist-train-cases) (ice-9 match) (srfi srfi-1))
 
-(define (parse-mesh spec)
-  (map (lambda (part)
-         (match (string-split part #\=)
-           ((dim n) (cons (string->symbol dim) (string->number n)))))
-       (string-split spec #\,)))
-
 (match (command-line)
   ((_ variant spec schedule)
    (let* ((mesh (parse-mesh spec))

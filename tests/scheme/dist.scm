@@ -220,6 +220,24 @@
                                                      #:group (world-group)))
                             (lambda (t splits) (list (tensor-shape t) splits))))))))
 
+;;; ---- mesh specs (the core's parser) -------------------------------------------------------------
+
+(test-group "parse-mesh"
+  (test-equal "commas, in the spec's order" '((pp . 2) (dp . 2)) (parse-mesh "pp=2,dp=2"))
+  (test-equal "spaces and NAME:SIZE" '((dp . 2) (cp . 2) (tp . 2)) (parse-mesh " dp:2 cp=2, tp=2 "))
+  (test-equal "any size, whatever the world" '((ep . 3)) (parse-mesh "ep=3"))
+  (test-equal "the empty mesh" '() (parse-mesh ""))
+  (test-equal "what with-ranks takes" '(0 1 0 1)
+    (with-ranks 4 #:mesh (parse-mesh "tp=2,dp=2") (lambda (rank) (mesh-coord 'tp))))
+  (test-moelab-error "text that does not parse is named" "cannot parse 'dp=2,,ep'" (parse-mesh "dp=2,,ep"))
+  (test-moelab-error "an unknown dimension is named" "unknown dimension 'xp'" (parse-mesh "xp=2"))
+  (test-moelab-error "a dimension twice" "dimension pp given twice" (parse-mesh "pp=2 pp=2"))
+  (test-moelab-error "a size of 0" "dimension dp has size 0" (parse-mesh "dp=0"))
+  (test-moelab-error "the caller is named" "moelab train --mesh"
+    (parse-mesh "dp" #:who "moelab train --mesh"))
+  (test-equal "the error is an arg error" 'arg (moelab-error-status (lambda () (parse-mesh "dp=x"))))
+  (test-wrong-type "a symbol is not a spec" (parse-mesh 'dp=2)))
+
 ;;; ---- the mesh: dp=2 cp=2 tp=2 on 8 ranks -------------------------------------------------------
 ;;; world rank = tp + 2 cp + 4 dp
 

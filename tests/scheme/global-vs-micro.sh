@@ -8,24 +8,13 @@
 # (skipped) when mpirun is missing or moelab was built without MPI.
 # Run by `make check` from the top build directory.
 set -u
-builddir=$(pwd)
 : "${srcdir:=.}"
-. "$srcdir/tests/mpi-env.sh"
-run="$builddir/pre-inst-env $builddir/moelab"
+. "$srcdir/tests/testlib.sh"
 example=$srcdir/examples/global-vs-micro.scm
 test -f "$example" || { echo "global-vs-micro.sh: $example not found"; exit 99; }
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/moelab-gvm.XXXXXX") || exit 99
-trap 'rm -rf "$tmp"' EXIT
-HOME=$tmp; export HOME
-LC_ALL=C.UTF-8; export LC_ALL
+test_setup gvm
 unset MOELAB_NUM_THREADS
-
-failures=0
-checks=0
-pass() { checks=$((checks + 1)); echo "ok   $1"; }
-fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAIL $1"; }
-show() { sed 's/^/     | /' "$@" | tail -40; }
 
 # ---- threads -----------------------------------------------------------------
 $GUARD $run "$example" </dev/null >"$tmp/threads.out" 2>"$tmp/threads.err"
@@ -70,17 +59,8 @@ else
 fi
 
 # ---- mpirun -np 4 --------------------------------------------------------------
-if ! command -v "$MPIRUN" >/dev/null 2>&1; then
-    echo "SKIP: $MPIRUN not found ($checks checks, $failures failed)"
-    test "$failures" = 0 && exit 77 || exit 1
-fi
-$run -c '(exit (if %moelab-have-mpi? 0 77))' </dev/null >"$tmp/out" 2>&1
-status=$?
-if [ "$status" = 77 ]; then
-    echo "SKIP: moelab was built without MPI ($checks checks, $failures failed)"
-    test "$failures" = 0 && exit 77 || exit 1
-fi
-$GUARD "$MPIRUN" --oversubscribe -np 4 $run "$example" \
+skip_without_mpi
+mpi_run -np 4 $run "$example" \
     </dev/null >"$tmp/mpi.out" 2>"$tmp/mpi.err"
 status=$?
 if [ "$status" != 0 ]; then

@@ -9,24 +9,13 @@
 # 77 (skipped) when mpirun is missing or moelab was built without MPI. Run by
 # `make check` from the top build directory.
 set -u
-builddir=$(pwd)
 : "${srcdir:=.}"
-. "$srcdir/tests/mpi-env.sh"
-run="$builddir/pre-inst-env $builddir/moelab"
+. "$srcdir/tests/testlib.sh"
 script=$srcdir/tests/scheme/pipeline-ranks.scm
 test -f "$script" || { echo "pipeline-mpi.sh: $script not found"; exit 99; }
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/moelab-pipeline-mpi.XXXXXX") || exit 99
-trap 'rm -rf "$tmp"' EXIT
-HOME=$tmp; export HOME
-LC_ALL=C.UTF-8; export LC_ALL
+test_setup pipeline-mpi
 unset MOELAB_NUM_THREADS
-
-failures=0
-checks=0
-pass() { checks=$((checks + 1)); echo "ok   $1"; }
-fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAIL $1"; }
-show() { sed 's/^/     | /' "$@" | tail -20; }
 
 check_lines() { # FILE N WHAT
     same=$(grep -c '^rank [0-9]: [a-z0-9]* M=[0-9]*: gradient same as one process' "$1")
@@ -46,18 +35,10 @@ for np in 2 4; do
     check_lines "$tmp/threads-$np.out" "$np" "threads, $np stages"
 done
 
-if ! command -v "$MPIRUN" >/dev/null 2>&1; then
-    echo "SKIP: $MPIRUN not found ($checks checks, $failures failed)"
-    test "$failures" = 0 && exit 77 || exit 1
-fi
-$run -c '(exit (if %moelab-have-mpi? 0 77))' </dev/null >"$tmp/out" 2>&1
-if [ $? = 77 ]; then
-    echo "SKIP: moelab was built without MPI ($checks checks, $failures failed)"
-    test "$failures" = 0 && exit 77 || exit 1
-fi
+skip_without_mpi
 
 for np in 2 4; do
-    $GUARD "$MPIRUN" --oversubscribe -np "$np" $run "$script" "$np" </dev/null >"$tmp/mpi.out" 2>"$tmp/mpi.err"
+    mpi_run -np "$np" $run "$script" "$np" </dev/null >"$tmp/mpi.out" 2>"$tmp/mpi.err"
     status=$?
     if [ "$status" = 0 ]; then pass "mpirun -np $np: exit 0"; else fail "mpirun -np $np: exit status $status"; show "$tmp/mpi.err"; fi
     check_lines "$tmp/mpi.out" "$np" "mpirun -np $np"
@@ -72,7 +53,7 @@ for np in 2 4; do
 done
 
 # A stage that raises: the job ends (no hang), non-zero, naming the rank.
-$GUARD "$MPIRUN" --oversubscribe -np 4 $run "$script" 4 fail </dev/null >"$tmp/mpi.out" 2>"$tmp/mpi.err"
+mpi_run -np 4 $run "$script" 4 fail </dev/null >"$tmp/mpi.out" 2>"$tmp/mpi.err"
 status=$?
 if [ "$status" != 0 ] && [ "$status" != 124 ]; then pass "a stage that raises: mpirun exits $status"; else fail "a stage that raises: mpirun exit status $status"; fi
 if grep -q 'rank 1 failed: stage 1 gives up' "$tmp/mpi.err"; then

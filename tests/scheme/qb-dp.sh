@@ -8,23 +8,13 @@
 # missing or moelab was built without MPI. Run by `make check` from the top
 # build directory.
 set -u
-builddir=$(pwd)
 : "${srcdir:=.}"
-. "$srcdir/tests/mpi-env.sh"
-run="$builddir/pre-inst-env $builddir/moelab"
+. "$srcdir/tests/testlib.sh"
 script=$srcdir/tests/scheme/qb-dp-ranks.scm
 test -f "$script" || { echo "qb-dp.sh: $script not found"; exit 99; }
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/moelab-qb-dp.XXXXXX") || exit 99
-trap 'rm -rf "$tmp"' EXIT
-HOME=$tmp; export HOME
-LC_ALL=C.UTF-8; export LC_ALL
+test_setup qb-dp
 unset MOELAB_NUM_THREADS
-
-failures=0
-checks=0
-pass() { checks=$((checks + 1)); echo "ok   $1"; }
-fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAIL $1"; }
 
 check_lines() { # FILE WHAT
     n=$(grep -c '^rank [01]: beta .* same as one process with 2 micro-batches$' "$1")
@@ -41,16 +31,8 @@ status=$?
 if [ "$status" = 0 ]; then pass "threads: exit 0"; else fail "threads: exit status $status"; cat "$tmp/threads.err"; fi
 check_lines "$tmp/threads.out" threads
 
-if ! command -v "$MPIRUN" >/dev/null 2>&1; then
-    echo "SKIP: $MPIRUN not found ($checks checks, $failures failed)"
-    test "$failures" = 0 && exit 77 || exit 1
-fi
-$run -c '(exit (if %moelab-have-mpi? 0 77))' </dev/null >"$tmp/out" 2>&1
-if [ $? = 77 ]; then
-    echo "SKIP: moelab was built without MPI ($checks checks, $failures failed)"
-    test "$failures" = 0 && exit 77 || exit 1
-fi
-$GUARD "$MPIRUN" --oversubscribe -np 2 $run "$script" </dev/null >"$tmp/mpi.out" 2>"$tmp/mpi.err"
+skip_without_mpi
+mpi_run -np 2 $run "$script" </dev/null >"$tmp/mpi.out" 2>"$tmp/mpi.err"
 status=$?
 if [ "$status" = 0 ]; then pass "mpirun -np 2: exit 0"; else fail "mpirun -np 2: exit status $status"; tail -20 "$tmp/mpi.err"; fi
 check_lines "$tmp/mpi.out" "mpirun -np 2"

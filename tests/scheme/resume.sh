@@ -18,13 +18,10 @@
 #     the kill is never picked.
 # Run by `make check` from the build directory.
 set -u
-builddir=$(pwd)
 : "${srcdir:=.}"
-run="$builddir/pre-inst-env $builddir/moelab"
+. "$srcdir/tests/testlib.sh"
 script=$srcdir/tests/scheme/resume-run.scm
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/moelab-resume.XXXXXX") || exit 99
-trap 'rm -rf "$tmp"' EXIT
-HOME=$tmp; export HOME
+test_setup resume
 unset MOELAB_NUM_THREADS
 fail=0
 for v in micro global seq bias qb dp2; do
@@ -68,13 +65,11 @@ else
 fi
 
 # the same under mpirun (one process per rank), when moelab has MPI
-. "$srcdir/tests/mpi-env.sh"
-if command -v "$MPIRUN" >/dev/null 2>&1 &&
-   $run -c '(exit (if %moelab-have-mpi? 0 1))' </dev/null >/dev/null 2>&1; then
+if have_mpi; then
     sed -e "s|$tmp/mesh|$tmp/mpi|" "$tmp/mesh.scm" >"$tmp/mpi.scm"
-    if $GUARD "$MPIRUN" --oversubscribe -np 4 $run train "$tmp/mpi.scm" --mesh dp=2,ep=2 </dev/null >"$tmp/mpi1.out" 2>&1 &&
+    if mpi_run -np 4 $run train "$tmp/mpi.scm" --mesh dp=2,ep=2 </dev/null >"$tmp/mpi1.out" 2>&1 &&
        $run train "$tmp/mpi.scm" --steps 6 --resume "$tmp/mpi" >"$tmp/mpi2.out" 2>&1 &&
-       $GUARD "$MPIRUN" --oversubscribe -np 2 $run train "$tmp/mpi.scm" --steps 8 --resume "$tmp/mpi" --mesh pp=2 \
+       mpi_run -np 2 $run train "$tmp/mpi.scm" --steps 8 --resume "$tmp/mpi" --mesh pp=2 \
            </dev/null >"$tmp/mpi3.out" 2>&1 &&
        grep -q "resumed from $tmp/mpi/step-0000006 at step 6" "$tmp/mpi3.out" &&
        test -d "$tmp/mpi/step-0000008"; then

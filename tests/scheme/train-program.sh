@@ -82,6 +82,8 @@ $run train "$example" --steps 1 $small --ranks 2 --mesh pp=2,dp=2 </dev/null >"$
 check "train: a mesh of another size than --ranks" 2 $? "has 4 ranks but 2 were asked for" "$tmp/out"
 $run train "$example" --steps 1 $small --mesh tp=2 </dev/null >"$tmp/out" 2>&1
 check "train: an unknown mesh dimension" 2 $? "--mesh needs sizes such as" "$tmp/out"
+$run train "$example" --steps 1 $small --mesh pp=2,,dp </dev/null >"$tmp/out" 2>&1
+check "train: a mesh that does not parse is named" 2 $? "cannot parse 'pp=2,,dp'" "$tmp/out"
 
 # --set for a trainer setting the config does not read; --steps as (setting 'steps)
 $run train "$example" --steps 2 $small --set log="$tmp/b.jsonl" --set grad-accum=2 \
