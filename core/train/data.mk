@@ -30,9 +30,10 @@ VALGRIND_TESTS += $(DATA_TESTS)
 EXTRA_DIST += scripts/make-corpus
 
 ## ---- Guile bindings and the (moelab data) module ----------------------------
-libguile_moelab_la_SOURCES += scheme/bindings/data-func.c scheme/bindings/data-func.h \
-	scheme/bindings/dataset-func.c
-moelab_snarf_x += scheme/bindings/data-func.x scheme/bindings/dataset-func.x
+libguile_moelab_la_SOURCES += scheme/bindings/tokenizer-type.c scheme/bindings/data-func.c \
+	scheme/bindings/data-func.h scheme/bindings/dataset-type.c scheme/bindings/dataset-func.c
+moelab_snarf_x += scheme/bindings/tokenizer-type.x scheme/bindings/data-func.x \
+	scheme/bindings/dataset-type.x scheme/bindings/dataset-func.x
 moelab_sub_scm += scheme/moelab/data.scm
 scheme/moelab/data.go: scheme/moelab/tensor.go
 scheme/moelab.go: scheme/moelab/data.go

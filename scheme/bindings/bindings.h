@@ -18,9 +18,11 @@
  *   collective-func.c the collectives, point to point, timeouts
  *   grad-sync-type.c the <grad-sync> foreign object
  *   grad-sync-func.c bucketed gradient all-reduce
- *   data-func.c     the <tokenizer> foreign object, tokenizers and token files
- *                   (data-func.h: shared with datasets)
- *   dataset-func.c  the <dataset> foreign object and batches
+ *   tokenizer-type.c the <tokenizer> foreign object
+ *   data-func.c     tokenizers and token files (data-func.h: what the
+ *                   tokenizer and dataset pieces share)
+ *   dataset-type.c  the <dataset> foreign object
+ *   dataset-func.c  datasets, batches, the dataset state
  *   model-type.c    the <moe-transformer> foreign object
  *   model-func.c    the transformer, attention and RoPE primitives
  *   optimizer-type.c the <optimizer> foreign object
@@ -105,6 +107,8 @@ double moelab_to_double_or(SCM obj, double fallback, int pos, const char *subr);
 /* A Scheme value for element value V of dtype D: inexact real for floats,
  * exact integer for i32/i64, boolean for bool. */
 SCM moelab_from_element(moe_dtype d, double v);
+/* A symbol from C text: the keys of the alists the bindings hand back. */
+static inline SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
 /* ---- error.c ----------------------------------------------------------------- */
 void moelab_init_error(void);

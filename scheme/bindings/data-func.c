@@ -1,7 +1,6 @@
-/* data-func.c — tokenizers and token files from Scheme: the <tokenizer>
- * foreign object and the primitives behind (moelab data) that do not need a
- * dataset. A <tokenizer> holds one reference to its moe_tokenizer; the
- * finalizer drops it (once: the slot is cleared first). */
+/* data-func.c — tokenizers and token files from Scheme: the primitives
+ * behind (moelab data) that do not need a dataset (the <tokenizer> type
+ * itself is in tokenizer-type.c). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,27 +8,6 @@
 #include "data-func.h"
 #include "train/tokenizer.h"
 #include "train/tokfile.h"
-
-static SCM tokenizer_class = SCM_BOOL_F;
-
-static void finalize_tokenizer(SCM obj)
-{
-    moe_tokenizer *t = scm_foreign_object_ref(obj, 0);
-    if (!t) return;
-    scm_foreign_object_set_x(obj, 0, NULL);
-    moe_tokenizer_release(t);
-}
-
-moe_tokenizer *moelab_to_tokenizer(SCM obj, int pos, const char *subr)
-{
-    if (!SCM_IS_A_P(obj, tokenizer_class)) scm_wrong_type_arg_msg(subr, pos, obj, "tokenizer");
-    return scm_foreign_object_ref(obj, 0);
-}
-
-SCM moelab_wrap_tokenizer(moe_tokenizer *t)
-{
-    return scm_make_foreign_object_1(tokenizer_class, t);
-}
 
 /* A string argument as a new UTF-8 C string freed when the dynwind context ends. */
 char *moelab_dynwind_string(SCM obj, int pos, const char *subr)
@@ -64,11 +42,6 @@ SCM_DEFINE(moelab_make_tokenizer, "%make-tokenizer", 3, 0, 0, (SCM kind, SCM arg
     return moelab_wrap_tokenizer(t);
 }
 #undef FUNC_NAME
-
-SCM_DEFINE(moelab_tokenizer_p, "%tokenizer?", 1, 0, 0, (SCM obj), "True for a <tokenizer>.")
-{
-    return scm_from_bool(SCM_IS_A_P(obj, tokenizer_class));
-}
 
 SCM_DEFINE(moelab_tokenizer_info, "%tokenizer-info", 1, 0, 0, (SCM tok),
            "The tokenizer's kind, vocabulary size, end-of-document id and model file as an alist.")
@@ -275,10 +248,6 @@ SCM_DEFINE(moelab_write_token_file, "%write-token-file", 3, 0, 0, (SCM path, SCM
 
 void moelab_init_data_func(void)
 {
-    SCM slots = scm_list_1(scm_from_utf8_symbol("ptr"));
-    tokenizer_class = scm_make_foreign_object_type(scm_from_utf8_symbol("<tokenizer>"), slots, finalize_tokenizer);
-    scm_gc_protect_object(tokenizer_class);
-    scm_c_define("<tokenizer>", tokenizer_class);
 #ifndef SCM_MAGIC_SNARFER
 #include "data-func.x"
 #endif

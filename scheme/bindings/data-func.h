@@ -1,9 +1,10 @@
-/* data-func.h — what dataset-func.c borrows from data-func.c (not installed). */
+/* data-func.h — what the tokenizer and dataset bindings share (not installed). */
 #ifndef MOELAB_GUILE_DATA_FUNC_H
 #define MOELAB_GUILE_DATA_FUNC_H
 
 #include <libguile.h>
 
+#include "train/dataset.h"
 #include "train/tokenizer.h"
 
 /* The moe_tokenizer of a <tokenizer> (borrowed); wrong-type-arg otherwise. */
@@ -15,6 +16,13 @@ char *moelab_dynwind_string(SCM obj, int pos, const char *subr);
 /* A non-empty list of path strings, freed with the dynwind context. */
 const char **moelab_dynwind_paths(SCM list, int *n, int pos, const char *subr);
 
+/* The moe_dataset of a <dataset> (borrowed); wrong-type-arg otherwise. */
+moe_dataset *moelab_to_dataset(SCM obj, int pos, const char *subr);
+/* A new <dataset> owning DS. */
+SCM moelab_wrap_dataset(moe_dataset *ds);
+
+void moelab_init_tokenizer_type(void);
+void moelab_init_dataset_type(void);
 void moelab_init_data_func(void);
 void moelab_init_dataset_func(void);
 

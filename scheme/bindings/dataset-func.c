@@ -1,7 +1,6 @@
-/* dataset-func.c — datasets from Scheme: the <dataset> foreign object and
- * the primitives behind make-text-dataset, dataset-next-batch and the
- * dataset state. A <dataset> owns its moe_dataset (which holds its own
- * reference to the tokenizer); the finalizer frees it once. */
+/* dataset-func.c — datasets from Scheme: the primitives behind
+ * make-text-dataset, dataset-next-batch and the dataset state (the <dataset>
+ * type itself is in dataset-type.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,26 +9,8 @@
 #include "data-func.h"
 #include "train/dataset.h"
 
-static SCM dataset_class = SCM_BOOL_F;
-
 /* Native bytes per byte of reported heap (as the other bindings). */
 #define NATIVE_PER_HEAP 16
-
-static void finalize_dataset(SCM obj)
-{
-    moe_dataset *ds = scm_foreign_object_ref(obj, 0);
-    if (!ds) return;
-    scm_foreign_object_set_x(obj, 0, NULL);
-    moe_dataset_free(ds);
-}
-
-static moe_dataset *dataset_of(SCM obj, int pos, const char *subr)
-{
-    if (!SCM_IS_A_P(obj, dataset_class)) scm_wrong_type_arg_msg(subr, pos, obj, "dataset");
-    return scm_foreign_object_ref(obj, 0);
-}
-
-static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
 /* The text of a symbol or string into a dynwind-freed C string. */
 static char *dynwind_name(SCM obj, int pos, const char *subr, const char *what)
@@ -102,14 +83,9 @@ SCM_DEFINE(moelab_make_text_dataset, "%make-text-dataset", 8, 0, 0,
     }
     scm_gc_register_allocation(bytes / NATIVE_PER_HEAP);
     scm_remember_upto_here_1(tokenizer);
-    return scm_make_foreign_object_1(dataset_class, ds);
+    return moelab_wrap_dataset(ds);
 }
 #undef FUNC_NAME
-
-SCM_DEFINE(moelab_dataset_p, "%dataset?", 1, 0, 0, (SCM obj), "True for a <dataset>.")
-{
-    return scm_from_bool(SCM_IS_A_P(obj, dataset_class));
-}
 
 static int domain_arg(moe_dataset *ds, SCM domain, int pos, const char *subr)
 {
@@ -125,7 +101,7 @@ SCM_DEFINE(moelab_dataset_next_batch, "%dataset-next-batch", 3, 0, 0, (SCM datas
            "The next batch: (tokens targets row-domains); see dataset-next-batch.")
 #define FUNC_NAME "dataset-next-batch"
 {
-    moe_dataset *ds = dataset_of(dataset, 1, FUNC_NAME);
+    moe_dataset *ds = moelab_to_dataset(dataset, 1, FUNC_NAME);
     int64_t B = moelab_to_int64(batch, 2, FUNC_NAME);
     int d = domain_arg(ds, domain, 3, FUNC_NAME);
     if (B < 1 || B > (1 << 24)) moelab_throw(FUNC_NAME, MOE_ERR_ARG, "batch size must be in [1, 2^24], got %lld", (long long)B);
@@ -149,7 +125,7 @@ SCM_DEFINE(moelab_dataset_info, "%dataset-info", 1, 0, 0, (SCM dataset),
            "The dataset's settings and per-domain sizes as an alist; see dataset-info.")
 #define FUNC_NAME "dataset-info"
 {
-    moe_dataset *ds = dataset_of(dataset, 1, FUNC_NAME);
+    moe_dataset *ds = moelab_to_dataset(dataset, 1, FUNC_NAME);
     SCM doms = SCM_EOL;
     for (int d = moe_dataset_domain_count(ds) - 1; d >= 0; d--) {
         moe_dataset_domain_stats s;
@@ -176,7 +152,7 @@ SCM_DEFINE(moelab_dataset_tokenizer, "%dataset-tokenizer", 1, 0, 0, (SCM dataset
            "The tokenizer of the dataset (a new <tokenizer> sharing it).")
 #define FUNC_NAME "dataset-tokenizer"
 {
-    moe_dataset *ds = dataset_of(dataset, 1, FUNC_NAME);
+    moe_dataset *ds = moelab_to_dataset(dataset, 1, FUNC_NAME);
     SCM r = moelab_wrap_tokenizer(moe_tokenizer_retain((moe_tokenizer *)moe_dataset_tokenizer(ds)));
     scm_remember_upto_here_1(dataset);
     return r;
@@ -187,7 +163,7 @@ SCM_DEFINE(moelab_dataset_state, "%dataset-state", 1, 0, 0, (SCM dataset),
            "The sampler state as an alist; see dataset-state.")
 #define FUNC_NAME "dataset-state"
 {
-    moe_dataset *ds = dataset_of(dataset, 1, FUNC_NAME);
+    moe_dataset *ds = moelab_to_dataset(dataset, 1, FUNC_NAME);
     int64_t n = moe_dataset_state_size(ds);
     int64_t *s = malloc((size_t)n * sizeof *s);
     if (!s) moelab_throw(FUNC_NAME, MOE_ERR_NOMEM, "out of memory");
@@ -238,7 +214,7 @@ SCM_DEFINE(moelab_dataset_load_state_x, "%dataset-load-state!", 2, 0, 0, (SCM da
            "Restore a state from dataset-state; see dataset-load-state!.")
 #define FUNC_NAME "dataset-load-state!"
 {
-    moe_dataset *ds = dataset_of(dataset, 1, FUNC_NAME);
+    moe_dataset *ds = moelab_to_dataset(dataset, 1, FUNC_NAME);
     if (scm_ilength(state) < 0) scm_wrong_type_arg_msg(FUNC_NAME, 2, state, "dataset state alist");
     int D = moe_dataset_domain_count(ds);
     int64_t n = moe_dataset_state_size(ds);
@@ -276,7 +252,7 @@ SCM_DEFINE(moelab_dataset_reset_x, "%dataset-reset!", 1, 0, 0, (SCM dataset),
            "Back to the dataset's first batch; see dataset-reset!.")
 #define FUNC_NAME "dataset-reset!"
 {
-    moe_dataset_reset(dataset_of(dataset, 1, FUNC_NAME));
+    moe_dataset_reset(moelab_to_dataset(dataset, 1, FUNC_NAME));
     scm_remember_upto_here_1(dataset);
     return SCM_UNSPECIFIED;
 }
@@ -284,10 +260,6 @@ SCM_DEFINE(moelab_dataset_reset_x, "%dataset-reset!", 1, 0, 0, (SCM dataset),
 
 void moelab_init_dataset_func(void)
 {
-    SCM slots = scm_list_1(scm_from_utf8_symbol("ptr"));
-    dataset_class = scm_make_foreign_object_type(scm_from_utf8_symbol("<dataset>"), slots, finalize_dataset);
-    scm_gc_protect_object(dataset_class);
-    scm_c_define("<dataset>", dataset_class);
 #ifndef SCM_MAGIC_SNARFER
 #include "dataset-func.x"
 #endif

@@ -10,6 +10,8 @@
 void moelab_init_grad_sync_func(void); /* grad-sync-func.c */
 void moelab_init_layer_func(void); /* layer-func.c */
 void moelab_init_router_func(void); /* router-func.c */
+void moelab_init_tokenizer_type(void); /* tokenizer-type.c */
+void moelab_init_dataset_type(void); /* dataset-type.c */
 void moelab_init_data_func(void); /* data-func.c */
 void moelab_init_dataset_func(void); /* dataset-func.c */
 void moelab_init_model_func(void); /* model-func.c */
@@ -37,6 +39,8 @@ static void define_primitives(void *data)
     moelab_init_router_func();
     moelab_init_layer_type();
     moelab_init_layer_func();
+    moelab_init_tokenizer_type();
+    moelab_init_dataset_type();
     moelab_init_data_func();
     moelab_init_dataset_func();
     moelab_init_model_type();

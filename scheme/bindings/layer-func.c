@@ -17,7 +17,6 @@
 
 #include "bindings.h"
 
-static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
 static int64_t positive(SCM obj, const char *what, int pos, const char *subr)
 {

@@ -5,7 +5,6 @@
 
 static SCM log_class = SCM_BOOL_F;
 
-static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
 static void finalize_log(SCM obj)
 {

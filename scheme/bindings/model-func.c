@@ -19,7 +19,6 @@
 
 #include "bindings.h"
 
-static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
 
 /* ---- configuration ------------------------------------------------------------------- */

@@ -14,7 +14,6 @@
 
 #include "bindings.h"
 
-static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
 /* The printed form of OBJ for a message (cut at 80 bytes), in a
  * thread-local buffer good until the next call. */

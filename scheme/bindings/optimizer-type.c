@@ -7,7 +7,6 @@
 
 static SCM optimizer_class = SCM_BOOL_F;
 
-static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
 static void finalize_optimizer(SCM obj)
 {

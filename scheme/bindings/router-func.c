@@ -12,7 +12,6 @@
 
 #include "bindings.h"
 
-static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
 /* Raise the last C error naming SUBR; the core may name the operation
  * differently ("router-state-load!: …"), so its one-word prefix goes. */

@@ -18,7 +18,6 @@
 
 #include "bindings.h"
 
-static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
 /* #f for NaN ("none", "not yet"). */
 static SCM real_or_false(double v) { return isnan(v) ? SCM_BOOL_F : scm_from_double(v); }

@@ -14,7 +14,6 @@ static SCM router_class = SCM_BOOL_F;
 static SCM routing_class = SCM_BOOL_F;
 static SCM tracker_class = SCM_BOOL_F;
 
-static SCM sym(const char *name) { return scm_from_utf8_symbol(name); }
 
 static void finalize_router(SCM obj)
 {
