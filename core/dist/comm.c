@@ -273,7 +273,7 @@ moe_status moe_comm_check_peers(moe_group *g, moe_coll_kind kind, int64_t count,
  * the error (the runner poisons the world) or goes on to another collective
  * (its peers report "collectives out of order") or returns (its peers report
  * that it returned without entering). */
-static moe_status enter(moe_group *g, moe_coll_kind kind, int64_t count, moe_dtype dt, int64_t arg,
+moe_status moe_comm_enter(moe_group *g, moe_coll_kind kind, int64_t count, moe_dtype dt, int64_t arg,
                         moe_status local, bool force)
 {
     if (!g) return local;
@@ -286,7 +286,7 @@ static moe_status enter(moe_group *g, moe_coll_kind kind, int64_t count, moe_dty
 }
 
 /* After the rendezvous: a failure on this rank poisons the group. */
-static moe_status done(moe_group *g, moe_status st)
+moe_status moe_comm_done(moe_group *g, moe_status st)
 {
     if (st != MOE_OK) moe_comm_poison(g, st);
     return st;
@@ -294,7 +294,7 @@ static moe_status done(moe_group *g, moe_status st)
 
 /* ---- argument checks -------------------------------------------------------------- */
 
-static moe_status check_tensor(const char *op, const moe_tensor *t)
+moe_status moe_comm_check_tensor(const char *op, const moe_tensor *t)
 {
     if (!t) return moe_fail(MOE_ERR_ARG, op, "tensor argument is NULL");
     if (t->device != MOE_CPU && t->device != MOE_CUDA)
@@ -302,9 +302,9 @@ static moe_status check_tensor(const char *op, const moe_tensor *t)
     return MOE_OK;
 }
 
-static moe_status check_reduce(const char *op, const moe_tensor *t, moe_reduce_op rop)
+moe_status moe_comm_check_reduce(const char *op, const moe_tensor *t, moe_reduce_op rop)
 {
-    MOE_TRY(check_tensor(op, t));
+    MOE_TRY(moe_comm_check_tensor(op, t));
     if ((unsigned)rop >= MOE_REDUCE_OP_COUNT)
         return moe_fail(MOE_ERR_ARG, op, "unknown reduce op %d", (int)rop);
     if (t->dtype == MOE_BOOL && (rop == MOE_REDUCE_SUM || rop == MOE_REDUCE_AVG))
@@ -313,7 +313,7 @@ static moe_status check_reduce(const char *op, const moe_tensor *t, moe_reduce_o
     return MOE_OK;
 }
 
-static moe_status check_inplace(const char *op, const moe_tensor *t)
+moe_status moe_comm_check_inplace(const char *op, const moe_tensor *t)
 {
     if (moe_tensor_needs_grad(t))
         return moe_fail(MOE_ERR_STATE, op, "in-place collective on a tensor that requires grad "
@@ -332,7 +332,7 @@ static moe_group *exec_group(moe_group *g, const moe_tensor *t)
 }
 
 /* *OUT: a contiguous copy of T (or T retained) on DEVICE in DTYPE; no autograd. */
-static moe_status stage(moe_tensor **out, moe_tensor *t, moe_device device, moe_dtype dtype)
+moe_status moe_comm_stage(moe_tensor **out, moe_tensor *t, moe_device device, moe_dtype dtype)
 {
     *out = NULL;
     moe_status st;
@@ -348,7 +348,7 @@ static moe_status stage(moe_tensor **out, moe_tensor *t, moe_device device, moe_
 }
 
 /* DST ← SRC (same shape), converting dtype and device. */
-static moe_status unstage(moe_tensor *dst, moe_tensor *src)
+moe_status moe_comm_unstage(moe_tensor *dst, moe_tensor *src)
 {
     if (dst == src) return MOE_OK;
     MOE_NO_GRAD_BEGIN;
@@ -392,7 +392,7 @@ static moe_status unstaged_result(moe_tensor **res, moe_tensor *r, const moe_ten
         return MOE_OK;
     }
     MOE_TRY(moe_tensor_empty(res, t->dtype, t->device, r->ndim, r->shape));
-    return unstage(*res, r);
+    return moe_comm_unstage(*res, r);
 }
 
 /* The device and dtype a collective on T runs in on group EG. */
@@ -414,9 +414,9 @@ static moe_status all_reduce_inplace(moe_tensor *t, moe_reduce_op op, moe_group 
     moe_dtype dt;
     exec_layout(eg, t, true, &dev, &dt);
     moe_tensor *w = NULL;
-    moe_status st = stage(&w, t, dev, dt);
+    moe_status st = moe_comm_stage(&w, t, dev, dt);
     if (st == MOE_OK) st = eg->ops->all_reduce(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, op);
-    if (st == MOE_OK) st = unstage(t, w);
+    if (st == MOE_OK) st = moe_comm_unstage(t, w);
     moe_tensor_bump_version(t);
     moe_tensor_release(w);
     return st;
@@ -425,19 +425,19 @@ static moe_status all_reduce_inplace(moe_tensor *t, moe_reduce_op op, moe_group 
 moe_status moe_all_reduce_(moe_tensor *t, moe_reduce_op op, moe_group *g)
 {
     const char *opn = "all_reduce";
-    moe_status st = check_reduce(opn, t, op);
-    if (st == MOE_OK) st = check_inplace(opn, t);
+    moe_status st = moe_comm_check_reduce(opn, t, op);
+    if (st == MOE_OK) st = moe_comm_check_inplace(opn, t);
     if (!g) return st;
-    MOE_TRY(enter(g, MOE_COLL_ALL_REDUCE, st == MOE_OK ? moe_tensor_numel(t) : 0,
+    MOE_TRY(moe_comm_enter(g, MOE_COLL_ALL_REDUCE, st == MOE_OK ? moe_tensor_numel(t) : 0,
                   st == MOE_OK ? t->dtype : MOE_F32, op, st, t && exec_group(g, t) != g));
-    return done(g, all_reduce_inplace(t, op, g));
+    return moe_comm_done(g, all_reduce_inplace(t, op, g));
 }
 
 /* Out-of-place all-reduce into a fresh contiguous tensor (no autograd). */
-static moe_status all_reduce_copy(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
+moe_status moe_comm_all_reduce_copy(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
 {
     *out = NULL;
-    moe_status st = check_reduce("all_reduce", t, op);
+    moe_status st = moe_comm_check_reduce("all_reduce", t, op);
     moe_tensor *r = NULL;
     if (st == MOE_OK) {
         MOE_NO_GRAD_BEGIN;
@@ -445,9 +445,9 @@ static moe_status all_reduce_copy(moe_tensor **out, moe_tensor *t, moe_reduce_op
         MOE_NO_GRAD_END;
     }
     if (g) {
-        st = enter(g, MOE_COLL_ALL_REDUCE, st == MOE_OK ? moe_tensor_numel(t) : 0,
+        st = moe_comm_enter(g, MOE_COLL_ALL_REDUCE, st == MOE_OK ? moe_tensor_numel(t) : 0,
                    st == MOE_OK ? t->dtype : MOE_F32, op, st, t && exec_group(g, t) != g);
-        if (st == MOE_OK) st = done(g, all_reduce_inplace(r, op, g));
+        if (st == MOE_OK) st = moe_comm_done(g, all_reduce_inplace(r, op, g));
     }
     if (st != MOE_OK) {
         moe_tensor_release(r);
@@ -462,7 +462,7 @@ static void group_ctx_free(void *ctx) { moe_group_release(ctx); }
 
 static moe_status all_reduce_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 {
-    return all_reduce_copy(&gin[0], g, (moe_reduce_op)n->iargs[0], n->ctx);
+    return moe_comm_all_reduce_copy(&gin[0], g, (moe_reduce_op)n->iargs[0], n->ctx);
 }
 
 static moe_status record_with_group(moe_tensor *out, const char *name, moe_backward_fn bw,
@@ -500,10 +500,10 @@ moe_status moe_all_reduce(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe
         st = moe_fail(MOE_ERR_UNSUPPORTED, "all_reduce", "%s is not differentiable: detach the input "
                       "or use sum/avg", moe_reduce_op_name(op));
     if (st != MOE_OK) {
-        if (g) enter(g, MOE_COLL_ALL_REDUCE, 0, MOE_F32, op, st, false);
+        if (g) moe_comm_enter(g, MOE_COLL_ALL_REDUCE, 0, MOE_F32, op, st, false);
         return st;
     }
-    return finish_record(all_reduce_copy(out, t, op, g), out, "all_reduce", all_reduce_backward, t, g, op);
+    return finish_record(moe_comm_all_reduce_copy(out, t, op, g), out, "all_reduce", all_reduce_backward, t, g, op);
 }
 
 static moe_status identity_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
@@ -516,19 +516,19 @@ static moe_status identity_backward(moe_node *n, moe_tensor *g, moe_tensor **gin
 moe_status moe_all_reduce_identity_grad(moe_tensor **out, moe_tensor *t, moe_group *g)
 {
     *out = NULL;
-    return finish_record(all_reduce_copy(out, t, MOE_REDUCE_SUM, g), out, "all_reduce_identity_grad",
+    return finish_record(moe_comm_all_reduce_copy(out, t, MOE_REDUCE_SUM, g), out, "all_reduce_identity_grad",
                          identity_backward, t, g, MOE_REDUCE_SUM);
 }
 
 static moe_status sum_grad_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 {
-    return all_reduce_copy(&gin[0], g, MOE_REDUCE_SUM, n->ctx);
+    return moe_comm_all_reduce_copy(&gin[0], g, MOE_REDUCE_SUM, n->ctx);
 }
 
 moe_status moe_identity_all_reduce_grad(moe_tensor **out, moe_tensor *t, moe_group *g)
 {
     *out = NULL;
-    MOE_TRY(check_tensor("identity_all_reduce_grad", t));
+    MOE_TRY(moe_comm_check_tensor("identity_all_reduce_grad", t));
     MOE_TRY(moe_detach(out, t));
     return finish_record(MOE_OK, out, "identity_all_reduce_grad", sum_grad_backward, t, g,
                          MOE_REDUCE_SUM);
@@ -550,11 +550,11 @@ static moe_status gathered_shape(const moe_tensor *t, int n, int *ndim, int64_t 
     return MOE_OK;
 }
 
-static moe_status all_gather_impl(moe_tensor **out, moe_tensor *t, moe_group *g)
+moe_status moe_comm_all_gather(moe_tensor **out, moe_tensor *t, moe_group *g)
 {
     *out = NULL;
     const char *opn = "all_gather";
-    moe_status st = check_tensor(opn, t);
+    moe_status st = moe_comm_check_tensor(opn, t);
     int n = moe_group_size(g);
     if (!g) {
         if (st != MOE_OK) return st;
@@ -569,7 +569,7 @@ static moe_status all_gather_impl(moe_tensor **out, moe_tensor *t, moe_group *g)
         MOE_NO_GRAD_END;
         return st;
     }
-    MOE_TRY(enter(g, MOE_COLL_ALL_GATHER, st == MOE_OK ? moe_tensor_numel(t) : 0,
+    MOE_TRY(moe_comm_enter(g, MOE_COLL_ALL_GATHER, st == MOE_OK ? moe_tensor_numel(t) : 0,
                   st == MOE_OK ? t->dtype : MOE_F32, 0, st, t && exec_group(g, t) != g));
     moe_group *eg = exec_group(g, t);
     moe_device dev;
@@ -579,7 +579,7 @@ static moe_status all_gather_impl(moe_tensor **out, moe_tensor *t, moe_group *g)
     int64_t shape[MOE_MAX_DIMS];
     gathered_shape(t, n, &nd, shape);
     moe_tensor *w = NULL, *r = NULL, *res = NULL;
-    st = stage(&w, t, dev, dt);
+    st = moe_comm_stage(&w, t, dev, dt);
     if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, nd, shape);
     if (st == MOE_OK)
         st = eg->ops->all_gather(eg, moe_tensor_data(r), moe_tensor_data(w), moe_tensor_numel(w), dt);
@@ -588,19 +588,17 @@ static moe_status all_gather_impl(moe_tensor **out, moe_tensor *t, moe_group *g)
     moe_tensor_release(r);
     if (st != MOE_OK) {
         moe_tensor_release(res);
-        return done(g, st);
+        return moe_comm_done(g, st);
     }
     *out = res;
     return MOE_OK;
 }
 
-static moe_status reduce_scatter_impl(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g);
-
 /* iargs[0]: input ndim (0-dim input: the gradient is reshaped back). */
 static moe_status all_gather_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 {
     moe_tensor *r = NULL;
-    MOE_TRY(reduce_scatter_impl(&r, g, MOE_REDUCE_SUM, n->ctx));
+    MOE_TRY(moe_comm_reduce_scatter(&r, g, MOE_REDUCE_SUM, n->ctx));
     if (n->iargs[0] != 0) {
         gin[0] = r;
         return MOE_OK;
@@ -613,18 +611,18 @@ static moe_status all_gather_backward(moe_node *n, moe_tensor *g, moe_tensor **g
 moe_status moe_all_gather(moe_tensor **out, moe_tensor *t, moe_group *g)
 {
     *out = NULL;
-    return finish_record(all_gather_impl(out, t, g), out, "all_gather", all_gather_backward, t, g,
+    return finish_record(moe_comm_all_gather(out, t, g), out, "all_gather", all_gather_backward, t, g,
                          t ? t->ndim : 0);
 }
 
 /* ---- reduce-scatter ------------------------------------------------------------------------ */
 
-static moe_status reduce_scatter_impl(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
+moe_status moe_comm_reduce_scatter(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
 {
     *out = NULL;
     const char *opn = "reduce_scatter";
     int n = moe_group_size(g);
-    moe_status st = check_reduce(opn, t, op);
+    moe_status st = moe_comm_check_reduce(opn, t, op);
     if (st == MOE_OK && t->ndim == 0)
         st = moe_fail(MOE_ERR_SHAPE, opn, "input must have at least one dim (dim 0 is split over %d ranks)", n);
     if (st == MOE_OK && t->shape[0] % n != 0)
@@ -637,7 +635,7 @@ static moe_status reduce_scatter_impl(moe_tensor **out, moe_tensor *t, moe_reduc
         MOE_NO_GRAD_END;
         return st;
     }
-    MOE_TRY(enter(g, MOE_COLL_REDUCE_SCATTER, st == MOE_OK ? moe_tensor_numel(t) : 0,
+    MOE_TRY(moe_comm_enter(g, MOE_COLL_REDUCE_SCATTER, st == MOE_OK ? moe_tensor_numel(t) : 0,
                   st == MOE_OK ? t->dtype : MOE_F32, op, st, t && exec_group(g, t) != g));
     moe_group *eg = exec_group(g, t);
     moe_device dev;
@@ -647,7 +645,7 @@ static moe_status reduce_scatter_impl(moe_tensor **out, moe_tensor *t, moe_reduc
     memcpy(shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
     shape[0] /= n;
     moe_tensor *w = NULL, *r = NULL, *res = NULL;
-    st = stage(&w, t, dev, dt);
+    st = moe_comm_stage(&w, t, dev, dt);
     if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, t->ndim, shape);
     if (st == MOE_OK)
         st = eg->ops->reduce_scatter(eg, moe_tensor_data(r), moe_tensor_data(w), moe_tensor_numel(r), dt, op);
@@ -656,7 +654,7 @@ static moe_status reduce_scatter_impl(moe_tensor **out, moe_tensor *t, moe_reduc
     moe_tensor_release(r);
     if (st != MOE_OK) {
         moe_tensor_release(res);
-        return done(g, st);
+        return moe_comm_done(g, st);
     }
     *out = res;
     return MOE_OK;
@@ -665,9 +663,9 @@ static moe_status reduce_scatter_impl(moe_tensor **out, moe_tensor *t, moe_reduc
 static moe_status reduce_scatter_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 {
     moe_group *grp = n->ctx;
-    if (n->iargs[0] == MOE_REDUCE_SUM) return all_gather_impl(&gin[0], g, grp);
+    if (n->iargs[0] == MOE_REDUCE_SUM) return moe_comm_all_gather(&gin[0], g, grp);
     moe_tensor *r = NULL;
-    MOE_TRY(all_gather_impl(&r, g, grp));
+    MOE_TRY(moe_comm_all_gather(&r, g, grp));
     moe_status st = moe_mul_scalar(&gin[0], r, 1.0 / moe_group_size(grp));
     moe_tensor_release(r);
     return st;
@@ -679,10 +677,10 @@ moe_status moe_reduce_scatter(moe_tensor **out, moe_tensor *t, moe_reduce_op op,
     if (t && (op == MOE_REDUCE_MAX || op == MOE_REDUCE_MIN) && moe_tensor_needs_grad(t)) {
         moe_status st = moe_fail(MOE_ERR_UNSUPPORTED, "reduce_scatter", "%s is not differentiable: "
                                  "detach the input or use sum/avg", moe_reduce_op_name(op));
-        if (g) enter(g, MOE_COLL_REDUCE_SCATTER, 0, MOE_F32, op, st, false);
+        if (g) moe_comm_enter(g, MOE_COLL_REDUCE_SCATTER, 0, MOE_F32, op, st, false);
         return st;
     }
-    return finish_record(reduce_scatter_impl(out, t, op, g), out, "reduce_scatter",
+    return finish_record(moe_comm_reduce_scatter(out, t, op, g), out, "reduce_scatter",
                          reduce_scatter_backward, t, g, op);
 }
 
@@ -691,13 +689,13 @@ moe_status moe_reduce_scatter(moe_tensor **out, moe_tensor *t, moe_reduce_op op,
 /* Exchanged per peer before the data: rows sent, row width W, dtype. */
 enum { A2A_ROWS, A2A_WIDTH, A2A_DTYPE, A2A_INFO };
 
-static moe_status all_to_all_impl(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
+moe_status moe_comm_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
                                   const int64_t *send_splits, moe_group *g)
 {
     *out = NULL;
     const char *opn = "all_to_all";
     int n = moe_group_size(g);
-    moe_status st = check_tensor(opn, t);
+    moe_status st = moe_comm_check_tensor(opn, t);
     if (st == MOE_OK && t->ndim == 0)
         st = moe_fail(MOE_ERR_SHAPE, opn, "input must have at least one dim (rows are sent along dim 0)");
     int64_t *info = NULL, *sc = NULL; /* info: [2][N][A2A_INFO]; sc: [4][N] element counts */
@@ -727,7 +725,7 @@ static moe_status all_to_all_impl(moe_tensor **out, int64_t *recv_splits, moe_te
                           (long long)total, moe_shape_str(t), (long long)t->shape[0]);
     }
     if (g) {
-        st = enter(g, MOE_COLL_ALL_TO_ALL, st == MOE_OK ? width : 0, st == MOE_OK ? t->dtype : MOE_F32, 0,
+        st = moe_comm_enter(g, MOE_COLL_ALL_TO_ALL, st == MOE_OK ? width : 0, st == MOE_OK ? t->dtype : MOE_F32, 0,
                    st, t && exec_group(g, t) != g);
     }
     if (st != MOE_OK) {
@@ -772,7 +770,7 @@ static moe_status all_to_all_impl(moe_tensor **out, int64_t *recv_splits, moe_te
             send_counts[q] = info[q * A2A_INFO + A2A_ROWS] * width;
             recv_counts[q] = rinfo[q * A2A_INFO + A2A_ROWS] * width;
         }
-        st = stage(&w, t, dev, dt);
+        st = moe_comm_stage(&w, t, dev, dt);
         if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, t->ndim, shape);
         if (st == MOE_OK)
             st = eg->ops->all_to_all(eg, moe_tensor_data(r), recv_counts, moe_tensor_data(w), send_counts, dt);
@@ -786,7 +784,7 @@ static moe_status all_to_all_impl(moe_tensor **out, int64_t *recv_splits, moe_te
     free(sc);
     if (st != MOE_OK) {
         moe_tensor_release(res);
-        return g ? done(g, st) : st;
+        return g ? moe_comm_done(g, st) : st;
     }
     *out = res;
     return MOE_OK;
@@ -810,7 +808,7 @@ static moe_status all_to_all_backward(moe_node *n, moe_tensor *g, moe_tensor **g
 {
     a2a_ctx *c = n->ctx;
     /* the reverse exchange: send back what was received */
-    return all_to_all_impl(&gin[0], NULL, g, c->splits + c->n, c->g);
+    return moe_comm_all_to_all(&gin[0], NULL, g, c->splits + c->n, c->g);
 }
 
 moe_status moe_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
@@ -821,10 +819,10 @@ moe_status moe_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
     int64_t *splits = malloc(sizeof(int64_t) * 2 * (size_t)n);
     if (!splits) {
         moe_status st = moe_fail(MOE_ERR_NOMEM, "all_to_all", "out of memory");
-        if (g) enter(g, MOE_COLL_ALL_TO_ALL, 0, MOE_F32, 0, st, false);
+        if (g) moe_comm_enter(g, MOE_COLL_ALL_TO_ALL, 0, MOE_F32, 0, st, false);
         return st;
     }
-    moe_status st = all_to_all_impl(out, splits + n, t, send_splits, g);
+    moe_status st = moe_comm_all_to_all(out, splits + n, t, send_splits, g);
     if (st == MOE_OK && recv_splits) memcpy(recv_splits, splits + n, sizeof(int64_t) * (size_t)n);
     if (st != MOE_OK || !moe_tensor_needs_grad(t)) {
         free(splits);
@@ -852,36 +850,36 @@ moe_status moe_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
 
 /* ---- broadcast ------------------------------------------------------------------------------------ */
 
-static moe_status broadcast_impl(moe_tensor *t, int root, moe_group *g, bool inplace_check)
+moe_status moe_comm_broadcast(moe_tensor *t, int root, moe_group *g, bool inplace_check)
 {
     const char *opn = "broadcast";
-    moe_status st = check_tensor(opn, t);
-    if (st == MOE_OK && inplace_check) st = check_inplace(opn, t);
+    moe_status st = moe_comm_check_tensor(opn, t);
+    if (st == MOE_OK && inplace_check) st = moe_comm_check_inplace(opn, t);
     if (st == MOE_OK && (root < 0 || root >= moe_group_size(g)))
         st = moe_fail(MOE_ERR_ARG, opn, "root %d is not a rank of the group (size %d)", root, moe_group_size(g));
     if (!g) return st;
-    MOE_TRY(enter(g, MOE_COLL_BROADCAST, st == MOE_OK ? moe_tensor_numel(t) : 0,
+    MOE_TRY(moe_comm_enter(g, MOE_COLL_BROADCAST, st == MOE_OK ? moe_tensor_numel(t) : 0,
                   st == MOE_OK ? t->dtype : MOE_F32, root, st, t && exec_group(g, t) != g));
     moe_group *eg = exec_group(g, t);
     moe_device dev;
     moe_dtype dt;
     exec_layout(eg, t, false, &dev, &dt);
     moe_tensor *w = NULL;
-    st = stage(&w, t, dev, dt);
+    st = moe_comm_stage(&w, t, dev, dt);
     if (st == MOE_OK) st = eg->ops->broadcast(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, root);
-    if (st == MOE_OK && g->rank != root) st = unstage(t, w);
+    if (st == MOE_OK && g->rank != root) st = moe_comm_unstage(t, w);
     if (g->rank != root) moe_tensor_bump_version(t);
     moe_tensor_release(w);
-    return done(g, st);
+    return moe_comm_done(g, st);
 }
 
-moe_status moe_broadcast_(moe_tensor *t, int root, moe_group *g) { return broadcast_impl(t, root, g, true); }
+moe_status moe_broadcast_(moe_tensor *t, int root, moe_group *g) { return moe_comm_broadcast(t, root, g, true); }
 
 static moe_status broadcast_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
 {
     moe_group *grp = n->ctx;
     moe_tensor *r = NULL;
-    MOE_TRY(all_reduce_copy(&r, g, MOE_REDUCE_SUM, grp));
+    MOE_TRY(moe_comm_all_reduce_copy(&r, g, MOE_REDUCE_SUM, grp));
     if (moe_group_rank(grp) == n->iargs[0]) gin[0] = r;
     else moe_tensor_release(r); /* zero gradient off the root */
     return MOE_OK;
@@ -898,10 +896,10 @@ moe_status moe_broadcast(moe_tensor **out, moe_tensor *t, int root, moe_group *g
         MOE_NO_GRAD_END;
     }
     if (st != MOE_OK) {
-        if (g) enter(g, MOE_COLL_BROADCAST, 0, MOE_F32, root, st, false);
+        if (g) moe_comm_enter(g, MOE_COLL_BROADCAST, 0, MOE_F32, root, st, false);
         return st;
     }
-    st = broadcast_impl(r, root, g, false);
+    st = moe_comm_broadcast(r, root, g, false);
     if (st != MOE_OK) {
         moe_tensor_release(r);
         return st;
@@ -924,14 +922,14 @@ static moe_status check_peer(const char *op, moe_group *g, int peer, int tag)
 
 moe_status moe_send(moe_tensor *t, int dst, int tag, moe_group *g)
 {
-    MOE_TRY(check_tensor("send", t));
+    MOE_TRY(moe_comm_check_tensor("send", t));
     MOE_TRY(check_peer("send", g, dst, tag));
     moe_group *eg = exec_group(g, t);
     moe_device dev;
     moe_dtype dt;
     exec_layout(eg, t, false, &dev, &dt);
     moe_tensor *w = NULL;
-    moe_status st = stage(&w, t, dev, dt);
+    moe_status st = moe_comm_stage(&w, t, dev, dt);
     if (st == MOE_OK) st = eg->ops->send(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, dst, tag);
     moe_tensor_release(w);
     return st;
@@ -939,8 +937,8 @@ moe_status moe_send(moe_tensor *t, int dst, int tag, moe_group *g)
 
 moe_status moe_recv_(moe_tensor *t, int src, int tag, moe_group *g)
 {
-    MOE_TRY(check_tensor("recv", t));
-    MOE_TRY(check_inplace("recv", t));
+    MOE_TRY(moe_comm_check_tensor("recv", t));
+    MOE_TRY(moe_comm_check_inplace("recv", t));
     MOE_TRY(check_peer("recv", g, src, tag));
     moe_group *eg = exec_group(g, t);
     moe_device dev;
@@ -955,7 +953,7 @@ moe_status moe_recv_(moe_tensor *t, int src, int tag, moe_group *g)
         st = moe_tensor_empty(&w, dt, dev, t->ndim, t->shape);
     }
     if (st == MOE_OK) st = eg->ops->recv(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, src, tag);
-    if (st == MOE_OK) st = unstage(t, w);
+    if (st == MOE_OK) st = moe_comm_unstage(t, w);
     moe_tensor_bump_version(t);
     moe_tensor_release(w);
     return st;
@@ -964,8 +962,8 @@ moe_status moe_recv_(moe_tensor *t, int src, int tag, moe_group *g)
 moe_status moe_barrier(moe_group *g)
 {
     if (!g) return MOE_OK;
-    MOE_TRY(enter(g, MOE_COLL_BARRIER, 0, MOE_BOOL, 0, MOE_OK, false));
-    return done(g, g->ops->barrier(g));
+    MOE_TRY(moe_comm_enter(g, MOE_COLL_BARRIER, 0, MOE_BOOL, 0, MOE_OK, false));
+    return moe_comm_done(g, g->ops->barrier(g));
 }
 
 /* ---- groups: split and subset ----------------------------------------------------------------------------- */
@@ -974,10 +972,10 @@ moe_status moe_group_split(moe_group **out, moe_group *g, int color, int key)
 {
     *out = NULL;
     if (!g) return MOE_OK;
-    MOE_TRY(enter(g, MOE_COLL_SPLIT, 0, MOE_I32, 0, MOE_OK, false));
+    MOE_TRY(moe_comm_enter(g, MOE_COLL_SPLIT, 0, MOE_I32, 0, MOE_OK, false));
     moe_status st = g->ops->split(out, g, color, key);
     if (st == MOE_OK && *out) snprintf((*out)->name, sizeof (*out)->name, "%.16s/%d", g->name, color);
-    return done(g, st);
+    return moe_comm_done(g, st);
 }
 
 moe_status moe_group_subset(moe_group **out, moe_group *g, int n, const int *ranks)
@@ -996,10 +994,10 @@ moe_status moe_group_subset(moe_group **out, moe_group *g, int n, const int *ran
         if (ranks[i] == me) pos = i;
     }
     if (!g) return st;
-    MOE_TRY(enter(g, MOE_COLL_SPLIT, n, MOE_I32, 0, st, false));
+    MOE_TRY(moe_comm_enter(g, MOE_COLL_SPLIT, n, MOE_I32, 0, st, false));
     st = g->ops->split(out, g, pos >= 0 ? 0 : -1, pos);
     if (st == MOE_OK && *out) snprintf((*out)->name, sizeof (*out)->name, "%s", "subset");
-    return done(g, st);
+    return moe_comm_done(g, st);
 }
 
 moe_status moe_group_attach_nccl(moe_group *g, int device)
@@ -1056,7 +1054,7 @@ moe_status moe_work_wait(moe_work *w)
         if (st == MOE_OK && w->avg_divisor > 1)
             moe_cpu_divide(w->keep[0]->dtype, moe_tensor_data(w->keep[0]), moe_tensor_numel(w->keep[0]),
                            w->avg_divisor);
-        if (st == MOE_OK && w->copy_back) st = unstage(w->copy_back, w->keep[0]);
+        if (st == MOE_OK && w->copy_back) st = moe_comm_unstage(w->copy_back, w->keep[0]);
         if (st != MOE_OK) moe_comm_poison(w->g, st);
     } else if (st != MOE_OK) {
         moe_fail(st, "wait", "%s", w->message ? w->message : moe_status_name(st));
@@ -1075,16 +1073,16 @@ moe_status moe_all_reduce_async_(moe_work **work, moe_tensor *t, moe_reduce_op o
 {
     *work = NULL;
     if (g && g->ops->all_reduce_start && t && t->device == MOE_CPU && t->dtype != MOE_BF16 &&
-        check_reduce("all_reduce", t, op) == MOE_OK && check_inplace("all_reduce", t) == MOE_OK) {
-        moe_status st = enter(g, MOE_COLL_ALL_REDUCE, moe_tensor_numel(t), t->dtype, op, MOE_OK, false);
+        moe_comm_check_reduce("all_reduce", t, op) == MOE_OK && moe_comm_check_inplace("all_reduce", t) == MOE_OK) {
+        moe_status st = moe_comm_enter(g, MOE_COLL_ALL_REDUCE, moe_tensor_numel(t), t->dtype, op, MOE_OK, false);
         if (st != MOE_OK) return st;
         moe_tensor *w = NULL;
-        MOE_TRY(stage(&w, t, MOE_CPU, t->dtype));
+        MOE_TRY(moe_comm_stage(&w, t, MOE_CPU, t->dtype));
         moe_work *wk;
         st = work_new(&wk, g);
         if (st != MOE_OK) {
             moe_tensor_release(w);
-            return done(g, st);
+            return moe_comm_done(g, st);
         }
         wk->keep[0] = w;
         if (w != t) wk->copy_back = moe_tensor_retain(t);
@@ -1092,7 +1090,7 @@ moe_status moe_all_reduce_async_(moe_work **work, moe_tensor *t, moe_reduce_op o
         st = g->ops->all_reduce_start(wk, g, moe_tensor_data(w), moe_tensor_numel(w), t->dtype, op);
         if (st != MOE_OK) {
             work_free(wk);
-            return done(g, st);
+            return moe_comm_done(g, st);
         }
         *work = wk;
         return MOE_OK;
@@ -1103,7 +1101,7 @@ moe_status moe_all_reduce_async_(moe_work **work, moe_tensor *t, moe_reduce_op o
 moe_status moe_all_gather_async(moe_work **work, moe_tensor **out, moe_tensor *t, moe_group *g)
 {
     MOE_NO_GRAD_BEGIN;
-    moe_status st = all_gather_impl(out, t, g);
+    moe_status st = moe_comm_all_gather(out, t, g);
     MOE_NO_GRAD_END;
     return work_eager(work, g, st);
 }
@@ -1112,7 +1110,7 @@ moe_status moe_reduce_scatter_async(moe_work **work, moe_tensor **out, moe_tenso
                                     moe_group *g)
 {
     MOE_NO_GRAD_BEGIN;
-    moe_status st = reduce_scatter_impl(out, t, op, g);
+    moe_status st = moe_comm_reduce_scatter(out, t, op, g);
     MOE_NO_GRAD_END;
     return work_eager(work, g, st);
 }
@@ -1121,7 +1119,7 @@ moe_status moe_all_to_all_async(moe_work **work, moe_tensor **out, int64_t *recv
                                 const int64_t *send_splits, moe_group *g)
 {
     MOE_NO_GRAD_BEGIN;
-    moe_status st = all_to_all_impl(out, recv_splits, t, send_splits, g);
+    moe_status st = moe_comm_all_to_all(out, recv_splits, t, send_splits, g);
     MOE_NO_GRAD_END;
     return work_eager(work, g, st);
 }

@@ -101,6 +101,30 @@ moe_status moe_comm_check_peers(moe_group *g, moe_coll_kind kind, int64_t count,
 /* The poison/abort hook of G's backend, if any. */
 void moe_comm_poison(moe_group *g, moe_status code);
 
+/* ---- pieces of comm.c shared with the rest of the front end ------------------ */
+
+/* Every public collective passes through moe_comm_enter after its local
+ * checks, with LOCAL their result (see comm.c); moe_comm_done poisons G when
+ * ST, the result after the rendezvous, is a failure. */
+moe_status moe_comm_enter(moe_group *g, moe_coll_kind kind, int64_t count, moe_dtype dt, int64_t arg,
+                          moe_status local, bool force);
+moe_status moe_comm_done(moe_group *g, moe_status st);
+/* Argument checks, failing as OP. */
+moe_status moe_comm_check_tensor(const char *op, const moe_tensor *t);
+moe_status moe_comm_check_reduce(const char *op, const moe_tensor *t, moe_reduce_op rop);
+moe_status moe_comm_check_inplace(const char *op, const moe_tensor *t);
+/* *OUT: a contiguous copy of T (or T retained) on DEVICE in DTYPE; DST <- SRC. */
+moe_status moe_comm_stage(moe_tensor **out, moe_tensor *t, moe_device device, moe_dtype dtype);
+moe_status moe_comm_unstage(moe_tensor *dst, moe_tensor *src);
+/* The collectives on tensors without autograd (comm.h describes them). */
+moe_status moe_comm_all_reduce_copy(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g);
+moe_status moe_comm_all_gather(moe_tensor **out, moe_tensor *t, moe_group *g);
+moe_status moe_comm_reduce_scatter(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g);
+moe_status moe_comm_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
+                               const int64_t *send_splits, moe_group *g);
+/* INPLACE_CHECK: refuse a T that requires grad (the in-place form). */
+moe_status moe_comm_broadcast(moe_tensor *t, int root, moe_group *g, bool inplace_check);
+
 /* Backends. */
 extern const moe_comm_backend moe_comm_threads_backend;
 #ifdef MOELAB_HAVE_MPI
