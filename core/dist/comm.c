@@ -25,14 +25,8 @@
 
 NAME_TABLE(moe_reduce_op, reduce_op, MOE_REDUCE_OP_COUNT, "sum", "avg", "max", "min")
 
-static const char *const coll_names[] = {"all_reduce", "all_gather", "reduce_scatter", "all_to_all",
-                                         "broadcast",  "barrier",    "split"};
-_Static_assert(sizeof coll_names / sizeof *coll_names == MOE_COLL_KIND_COUNT, "collective name table");
-
-const char *moe_coll_name(moe_coll_kind k)
-{
-    return (unsigned)k < MOE_COLL_KIND_COUNT ? coll_names[k] : "?";
-}
+NAME_TABLE(moe_coll_kind, coll, MOE_COLL_KIND_COUNT, "all-reduce", "all-gather", "reduce-scatter",
+           "all-to-all", "broadcast", "barrier", "group-split")
 
 /* ---- settings ---------------------------------------------------------------- */
 
@@ -78,7 +72,7 @@ moe_status moe_comm_set_timeout(double seconds)
 {
     int64_t code = timeout_code(seconds);
     if (code == TIMEOUT_BAD_ENV)
-        return moe_fail(MOE_ERR_ARG, "set_comm_timeout", "%g s is not a timeout: give a positive number of "
+        return moe_fail(MOE_ERR_ARG, "set-comm-timeout!", "%g s is not a timeout: give a positive number of "
                         "seconds, or infinity to wait forever", seconds);
     atomic_store(&timeout_us, code);
     return MOE_OK;
@@ -321,7 +315,7 @@ static moe_status all_reduce_inplace(moe_tensor *t, moe_reduce_op op, moe_group 
 
 moe_status moe_all_reduce_(moe_tensor *t, moe_reduce_op op, moe_group *g)
 {
-    const char *opn = "all_reduce";
+    const char *opn = "all-reduce";
     moe_status st = moe_comm_check_reduce(opn, t, op);
     if (st == MOE_OK) st = moe_comm_check_inplace(opn, t);
     if (!g) return st;
@@ -334,7 +328,7 @@ moe_status moe_all_reduce_(moe_tensor *t, moe_reduce_op op, moe_group *g)
 moe_status moe_comm_all_reduce_copy(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
 {
     *out = NULL;
-    moe_status st = moe_comm_check_reduce("all_reduce", t, op);
+    moe_status st = moe_comm_check_reduce("all-reduce", t, op);
     moe_tensor *r = NULL;
     if (st == MOE_OK) {
         MOE_NO_GRAD_BEGIN;
@@ -373,7 +367,7 @@ static moe_status gathered_shape(const moe_tensor *t, int n, int *ndim, int64_t 
 moe_status moe_comm_all_gather(moe_tensor **out, moe_tensor *t, moe_group *g)
 {
     *out = NULL;
-    const char *opn = "all_gather";
+    const char *opn = "all-gather";
     moe_status st = moe_comm_check_tensor(opn, t);
     int n = moe_group_size(g);
     if (!g) {
@@ -419,7 +413,7 @@ moe_status moe_comm_all_gather(moe_tensor **out, moe_tensor *t, moe_group *g)
 moe_status moe_comm_reduce_scatter(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
 {
     *out = NULL;
-    const char *opn = "reduce_scatter";
+    const char *opn = "reduce-scatter";
     int n = moe_group_size(g);
     moe_status st = moe_comm_check_reduce(opn, t, op);
     if (st == MOE_OK && t->ndim == 0)
@@ -468,7 +462,7 @@ moe_status moe_comm_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tenso
                                   const int64_t *send_splits, moe_group *g)
 {
     *out = NULL;
-    const char *opn = "all_to_all";
+    const char *opn = "all-to-all";
     int n = moe_group_size(g);
     moe_status st = moe_comm_check_tensor(opn, t);
     if (st == MOE_OK && t->ndim == 0)
@@ -599,15 +593,16 @@ static moe_status check_peer(const char *op, moe_group *g, int peer, int tag)
     if (peer < 0 || peer >= moe_group_size(g))
         return moe_fail(MOE_ERR_ARG, op, "peer %d is not a rank of the group (size %d)", peer, moe_group_size(g));
     if (peer == moe_group_rank(g))
-        return moe_fail(MOE_ERR_ARG, op, "rank %d cannot %s itself", peer, op);
+        return moe_fail(MOE_ERR_ARG, op, "rank %d cannot %s itself", peer,
+                        strcmp(op, "send!") == 0 ? "send to" : "receive from");
     if (tag < 0) return moe_fail(MOE_ERR_ARG, op, "tag %d is negative", tag);
     return MOE_OK;
 }
 
 moe_status moe_send(moe_tensor *t, int dst, int tag, moe_group *g)
 {
-    MOE_TRY(moe_comm_check_tensor("send", t));
-    MOE_TRY(check_peer("send", g, dst, tag));
+    MOE_TRY(moe_comm_check_tensor("send!", t));
+    MOE_TRY(check_peer("send!", g, dst, tag));
     moe_group *eg = exec_group(g, t);
     moe_device dev;
     moe_dtype dt;
@@ -621,9 +616,9 @@ moe_status moe_send(moe_tensor *t, int dst, int tag, moe_group *g)
 
 moe_status moe_recv_(moe_tensor *t, int src, int tag, moe_group *g)
 {
-    MOE_TRY(moe_comm_check_tensor("recv", t));
-    MOE_TRY(moe_comm_check_inplace("recv", t));
-    MOE_TRY(check_peer("recv", g, src, tag));
+    MOE_TRY(moe_comm_check_tensor("recv!", t));
+    MOE_TRY(moe_comm_check_inplace("recv!", t));
+    MOE_TRY(check_peer("recv!", g, src, tag));
     moe_group *eg = exec_group(g, t);
     moe_device dev;
     moe_dtype dt;

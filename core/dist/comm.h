@@ -43,6 +43,11 @@
  *     integer sums).
  *   - tensors on CUDA use the group's NCCL communicator when one is attached,
  *     else they are staged through host memory.
+ *   - messages start with the operation's Scheme name, as (moelab dist)
+ *     exports it: "all-reduce: …" (the in-place and out-of-place forms
+ *     alike), "recv!: …", "with-ranks: …" (moe_threads_run, moe_mpi_world);
+ *     what Scheme has no procedure for is named in the same style
+ *     ("group-split", "attach-nccl").
  */
 #ifndef MOELAB_COMM_H
 #define MOELAB_COMM_H
@@ -200,7 +205,7 @@ void moe_comm_set_world(moe_group *g);
  * divided between the ranks (each gets max(1, threads/NRANKS)). Waits for all
  * ranks. RANK_STATUS (NRANKS entries, may be NULL) receives each rank's
  * status. Returns MOE_OK when every rank succeeded, else the status of the
- * lowest failing rank with "threads_run: rank R failed: <message>" (a rank
+ * lowest failing rank with "with-ranks: rank R failed: <message>" (a rank
  * that failed first poisons the world; the others then fail naming it). */
 typedef moe_status (*moe_rank_fn)(int rank, moe_group *world, void *ctx);
 moe_status moe_threads_run(int nranks, moe_rank_fn fn, void *ctx, moe_status *rank_status);

@@ -65,7 +65,7 @@ moe_status moe_all_reduce_async_(moe_work **work, moe_tensor *t, moe_reduce_op o
 {
     *work = NULL;
     if (g && g->ops->all_reduce_start && t && t->device == MOE_CPU && t->dtype != MOE_BF16 &&
-        moe_comm_check_reduce("all_reduce", t, op) == MOE_OK && moe_comm_check_inplace("all_reduce", t) == MOE_OK) {
+        moe_comm_check_reduce("all-reduce", t, op) == MOE_OK && moe_comm_check_inplace("all-reduce", t) == MOE_OK) {
         moe_status st = moe_comm_enter(g, MOE_COLL_ALL_REDUCE, moe_tensor_numel(t), t->dtype, op, MOE_OK, false);
         if (st != MOE_OK) return st;
         moe_tensor *w = NULL;

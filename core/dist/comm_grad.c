@@ -51,7 +51,7 @@ moe_status moe_all_reduce(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe
     *out = NULL;
     moe_status st = MOE_OK;
     if (t && (op == MOE_REDUCE_MAX || op == MOE_REDUCE_MIN) && moe_tensor_needs_grad(t))
-        st = moe_fail(MOE_ERR_UNSUPPORTED, "all_reduce", "%s is not differentiable: detach the input "
+        st = moe_fail(MOE_ERR_UNSUPPORTED, "all-reduce", "%s is not differentiable: detach the input "
                       "or use sum/avg", moe_reduce_op_name(op));
     if (st != MOE_OK) {
         if (g) moe_comm_enter(g, MOE_COLL_ALL_REDUCE, 0, MOE_F32, op, st, false);
@@ -82,7 +82,7 @@ static moe_status sum_grad_backward(moe_node *n, moe_tensor *g, moe_tensor **gin
 moe_status moe_identity_all_reduce_grad(moe_tensor **out, moe_tensor *t, moe_group *g)
 {
     *out = NULL;
-    MOE_TRY(moe_comm_check_tensor("identity_all_reduce_grad", t));
+    MOE_TRY(moe_comm_check_tensor("identity-all-reduce-grad", t));
     MOE_TRY(moe_detach(out, t));
     return finish_record(MOE_OK, out, "identity_all_reduce_grad", sum_grad_backward, t, g,
                          MOE_REDUCE_SUM);
@@ -128,7 +128,7 @@ moe_status moe_reduce_scatter(moe_tensor **out, moe_tensor *t, moe_reduce_op op,
 {
     *out = NULL;
     if (t && (op == MOE_REDUCE_MAX || op == MOE_REDUCE_MIN) && moe_tensor_needs_grad(t)) {
-        moe_status st = moe_fail(MOE_ERR_UNSUPPORTED, "reduce_scatter", "%s is not differentiable: "
+        moe_status st = moe_fail(MOE_ERR_UNSUPPORTED, "reduce-scatter", "%s is not differentiable: "
                                  "detach the input or use sum/avg", moe_reduce_op_name(op));
         if (g) moe_comm_enter(g, MOE_COLL_REDUCE_SCATTER, 0, MOE_F32, op, st, false);
         return st;
@@ -167,7 +167,7 @@ moe_status moe_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
     int n = moe_group_size(g);
     int64_t *splits = malloc(sizeof(int64_t) * 2 * (size_t)n);
     if (!splits) {
-        moe_status st = moe_fail(MOE_ERR_NOMEM, "all_to_all", "out of memory");
+        moe_status st = moe_fail(MOE_ERR_NOMEM, "all-to-all", "out of memory");
         if (g) moe_comm_enter(g, MOE_COLL_ALL_TO_ALL, 0, MOE_F32, 0, st, false);
         return st;
     }
@@ -184,7 +184,7 @@ moe_status moe_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
         free(splits);
         moe_tensor_release(*out);
         *out = NULL;
-        return moe_fail(MOE_ERR_NOMEM, "all_to_all", "out of memory");
+        return moe_fail(MOE_ERR_NOMEM, "all-to-all", "out of memory");
     }
     c->g = moe_group_retain(g);
     c->n = n;

@@ -11,7 +11,9 @@
 
 #include "../../kernels/cpu/collective.h"
 
-/* Descriptor kinds: also the names used in messages. */
+/* Descriptor kinds. Their names (moe_coll_name), used in messages, are the
+ * collectives' Scheme names (comm.h: messages); group-split has no Scheme
+ * procedure and is named in the same style. */
 typedef enum moe_coll_kind {
     MOE_COLL_ALL_REDUCE,
     MOE_COLL_ALL_GATHER,
@@ -23,6 +25,7 @@ typedef enum moe_coll_kind {
     MOE_COLL_KIND_COUNT
 } moe_coll_kind;
 const char *moe_coll_name(moe_coll_kind k);
+bool moe_coll_parse(const char *name, moe_coll_kind *out);
 
 typedef struct moe_comm_backend {
     const char *name;

@@ -131,7 +131,7 @@ moe_status moe_group_split(moe_group **out, moe_group *g, int color, int key)
 moe_status moe_group_subset(moe_group **out, moe_group *g, int n, const int *ranks)
 {
     *out = NULL;
-    const char *opn = "group_subset";
+    const char *opn = "group-subset";
     int size = moe_group_size(g), me = moe_group_rank(g), pos = -1;
     moe_status st = MOE_OK;
     if (n < 1 || n > size || !ranks)
@@ -153,13 +153,13 @@ moe_status moe_group_subset(moe_group **out, moe_group *g, int n, const int *ran
 moe_status moe_group_attach_nccl(moe_group *g, int device)
 {
 #ifdef MOELAB_HAVE_CUDA
-    if (!g) return moe_fail(MOE_ERR_ARG, "attach_nccl", "the trivial (NULL) group has no communicator");
+    if (!g) return moe_fail(MOE_ERR_ARG, "attach-nccl", "the trivial (NULL) group has no communicator");
     if (g->nccl) return MOE_OK;
     return moe_nccl_group_new(&g->nccl, g, device);
 #else
     (void)g;
     (void)device;
-    return moe_fail(MOE_ERR_UNSUPPORTED, "attach_nccl", "this build has no CUDA/NCCL backend "
+    return moe_fail(MOE_ERR_UNSUPPORTED, "attach-nccl", "this build has no CUDA/NCCL backend "
                     "(configure --with-cuda on a machine with the CUDA toolkit)");
 #endif
 }
@@ -199,7 +199,7 @@ void moe_launch_env(int *rank, int *size)
 moe_status moe_mpi_world(moe_group **out)
 {
     *out = NULL;
-    return moe_fail(MOE_ERR_UNSUPPORTED, "mpi_world", "this build has no MPI backend "
+    return moe_fail(MOE_ERR_UNSUPPORTED, "with-ranks", "this build has no MPI backend "
                     "(install libopenmpi-dev and re-run configure)");
 }
 
@@ -214,6 +214,6 @@ bool moe_mpi_failed(const char **message)
 moe_status moe_mpi_abort(const char *message)
 {
     (void)message;
-    return moe_fail(MOE_ERR_UNSUPPORTED, "mpi_abort", "this build has no MPI backend");
+    return moe_fail(MOE_ERR_UNSUPPORTED, "with-ranks", "this build has no MPI backend");
 }
 #endif

@@ -299,7 +299,7 @@ SCM_DEFINE(moelab_context_mesh_group, "%context-mesh-group", 2, 0, 0, (SCM ctx, 
     moe_group *g = NULL;
     moe_status st = moe_mesh_group(&g, lookup, d);
     free(d);
-    if (st != MOE_OK) moelab_throw_last_from(FUNC_NAME, "mesh_group");
+    if (st != MOE_OK) moelab_throw_last_from(FUNC_NAME, "mesh-group");
     if (!m) { /* one rank: the trivial group */
         moe_group_release(g);
         return make_group(NULL, NULL, FUNC_NAME);
@@ -421,7 +421,7 @@ static moe_status rank_fn(int rank, moe_group *world, void *ctx)
     if (st != MOE_OK) {
         int none = -1;
         atomic_compare_exchange_strong(&c->run->first_failed, &none, rank);
-        /* The message peers see ("all_gather: rank R failed: <it>"): the
+        /* The message peers see ("all-gather: rank R failed: <it>"): the
          * rank's own text, split at its first ": " into the "op" part that
          * moe_fail puts first. */
         char *colon = strstr(c->text, ": ");
@@ -467,7 +467,7 @@ SCM_DEFINE(moelab_threads_run, "%threads-run", 3, 0, 0, (SCM n, SCM mesh, SCM en
     scm_gc_unprotect_object(run.outcomes);
     free(spec);
     int first = atomic_load(&run.first_failed);
-    if (st != MOE_OK && first < 0) moelab_throw_last_from(FUNC_NAME, "threads_run"); /* the runner itself failed */
+    if (st != MOE_OK && first < 0) moelab_throw_last_from(FUNC_NAME, "with-ranks"); /* the runner itself failed */
     moe_clear_error();
     return scm_cons(first >= 0 ? scm_from_int(first) : SCM_BOOL_F, run.outcomes);
 }
@@ -540,7 +540,7 @@ SCM_DEFINE(moelab_mpi_open, "%mpi-open", 2, 0, 0, (SCM n, SCM mesh),
     int nr = moelab_to_int(n, 1, FUNC_NAME);
     if (!scm_is_false(mesh) && !scm_is_string(mesh)) scm_wrong_type_arg_msg(FUNC_NAME, 2, mesh, "string or #f");
     moe_group *w = NULL;
-    DIST_CHECK(FUNC_NAME, "mpi_world", moe_mpi_world(&w));
+    DIST_CHECK(FUNC_NAME, "with-ranks", moe_mpi_world(&w));
     int size = moe_group_size(w);
     if (nr != size) {
         moe_group_release(w);
@@ -647,7 +647,7 @@ SCM_DEFINE(moelab_all_reduce_x, "%all-reduce!", 3, 0, 0, (SCM t, SCM op, SCM g),
     moe_tensor *x = moelab_unwrap(t, 1, FUNC_NAME);
     moe_reduce_op o = to_reduce_op(op, 2, FUNC_NAME);
     moe_group *grp = use_group(g, 3, FUNC_NAME);
-    DIST_CHECK(FUNC_NAME, "all_reduce", moe_all_reduce_(x, o, grp));
+    DIST_CHECK(FUNC_NAME, "all-reduce", moe_all_reduce_(x, o, grp));
     scm_remember_upto_here_2(t, g);
     return t;
 }
@@ -661,7 +661,7 @@ SCM_DEFINE(moelab_all_reduce, "%all-reduce", 3, 0, 0, (SCM t, SCM op, SCM g),
     moe_tensor *x = moelab_unwrap(t, 1, FUNC_NAME), *r;
     moe_reduce_op o = to_reduce_op(op, 2, FUNC_NAME);
     moe_group *grp = use_group(g, 3, FUNC_NAME);
-    DIST_CHECK(FUNC_NAME, "all_reduce", moe_all_reduce(&r, x, o, grp));
+    DIST_CHECK(FUNC_NAME, "all-reduce", moe_all_reduce(&r, x, o, grp));
     scm_remember_upto_here_2(t, g);
     return moelab_wrap(r);
 }
@@ -673,7 +673,7 @@ SCM_DEFINE(moelab_all_gather, "%all-gather", 2, 0, 0, (SCM t, SCM g),
 {
     moe_tensor *x = moelab_unwrap(t, 1, FUNC_NAME), *r;
     moe_group *grp = use_group(g, 2, FUNC_NAME);
-    DIST_CHECK(FUNC_NAME, "all_gather", moe_all_gather(&r, x, grp));
+    DIST_CHECK(FUNC_NAME, "all-gather", moe_all_gather(&r, x, grp));
     scm_remember_upto_here_2(t, g);
     return moelab_wrap(r);
 }
@@ -686,7 +686,7 @@ SCM_DEFINE(moelab_reduce_scatter, "%reduce-scatter", 3, 0, 0, (SCM t, SCM op, SC
     moe_tensor *x = moelab_unwrap(t, 1, FUNC_NAME), *r;
     moe_reduce_op o = to_reduce_op(op, 2, FUNC_NAME);
     moe_group *grp = use_group(g, 3, FUNC_NAME);
-    DIST_CHECK(FUNC_NAME, "reduce_scatter", moe_reduce_scatter(&r, x, o, grp));
+    DIST_CHECK(FUNC_NAME, "reduce-scatter", moe_reduce_scatter(&r, x, o, grp));
     scm_remember_upto_here_2(t, g);
     return moelab_wrap(r);
 }
@@ -718,7 +718,7 @@ SCM_DEFINE(moelab_all_to_all, "%all-to-all", 3, 0, 0, (SCM t, SCM splits, SCM g)
     moe_status st = moe_all_to_all(&r, recv, x, send, grp);
     if (st != MOE_OK) {
         free(buf);
-        moelab_throw_last_from(FUNC_NAME, "all_to_all");
+        moelab_throw_last_from(FUNC_NAME, "all-to-all");
     }
     SCM l = SCM_EOL;
     for (int i = n - 1; i >= 0; i--) l = scm_cons(scm_from_int64(recv[i]), l);
@@ -751,7 +751,7 @@ SCM_DEFINE(moelab_send, "%send", 4, 0, 0, (SCM t, SCM dst, SCM tag, SCM g),
     int d = moelab_to_int(dst, 2, FUNC_NAME);
     int k = moelab_to_int(tag, 3, FUNC_NAME);
     moe_group *grp = use_group(g, 4, FUNC_NAME);
-    DIST_CHECK(FUNC_NAME, "send", moe_send(x, d, k, grp));
+    DIST_CHECK(FUNC_NAME, "send!", moe_send(x, d, k, grp));
     scm_remember_upto_here_2(t, g);
     return t;
 }
@@ -765,7 +765,7 @@ SCM_DEFINE(moelab_recv_x, "%recv!", 4, 0, 0, (SCM t, SCM src, SCM tag, SCM g),
     int s = moelab_to_int(src, 2, FUNC_NAME);
     int k = moelab_to_int(tag, 3, FUNC_NAME);
     moe_group *grp = use_group(g, 4, FUNC_NAME);
-    DIST_CHECK(FUNC_NAME, "recv", moe_recv_(x, s, k, grp));
+    DIST_CHECK(FUNC_NAME, "recv!", moe_recv_(x, s, k, grp));
     scm_remember_upto_here_2(t, g);
     return t;
 }
@@ -804,7 +804,7 @@ SCM_DEFINE(moelab_set_comm_timeout_x, "%set-comm-timeout!", 1, 0, 0, (SCM second
                      "to wait forever", text);
     }
     double prev = moe_comm_timeout();
-    DIST_CHECK(FUNC_NAME, "set_comm_timeout", moe_comm_set_timeout(s));
+    DIST_CHECK(FUNC_NAME, "set-comm-timeout!", moe_comm_set_timeout(s));
     return timeout_to_scm(prev);
 }
 #undef FUNC_NAME
@@ -814,7 +814,7 @@ SCM_DEFINE(moelab_comm_timeout, "%comm-timeout", 0, 0, 0, (void),
 #define FUNC_NAME "comm-timeout"
 {
     double s;
-    DIST_CHECK(FUNC_NAME, "comm_timeout", moe_comm_wait_limit("comm_timeout", &s));
+    DIST_CHECK(FUNC_NAME, "comm-timeout", moe_comm_wait_limit("comm-timeout", &s));
     return timeout_to_scm(s);
 }
 #undef FUNC_NAME
@@ -837,7 +837,7 @@ SCM_DEFINE(moelab_mpi_abort, "%mpi-abort", 1, 0, 0, (SCM message),
     scm_flush_all_ports();
     moe_mpi_abort(m); /* returns only when there is no MPI job */
     free(m);
-    moelab_throw_last_from(FUNC_NAME, "mpi_abort");
+    moelab_throw_last_from(FUNC_NAME, "with-ranks");
 }
 #undef FUNC_NAME
 

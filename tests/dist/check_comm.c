@@ -198,16 +198,16 @@ START_TEST(test_failing_rank)
     for (int blocked = 0; blocked < 2; blocked++) {
         fail_ctx c = {.failing = 2, .delay = blocked ? 0.2 : 0};
         moe_status rs[4];
-        FAILS(moe_threads_run(4, fail_rank, &c, rs), MOE_ERR_VALUE, "threads_run: rank 2 failed: model: boom on rank 2");
+        FAILS(moe_threads_run(4, fail_rank, &c, rs), MOE_ERR_VALUE, "with-ranks: rank 2 failed: model: boom on rank 2");
         for (int r = 0; r < 4; r++) {
             ck_assert_int_eq(rs[r], MOE_ERR_VALUE); /* the failing rank's status travels */
             if (r == 2) {
                 ck_assert_str_eq(moe_threads_rank_error(r), "model: boom on rank 2");
                 continue;
             }
-            ck_assert_msg(strstr(moe_threads_rank_error(r), "all_reduce: rank 2 failed: model: boom on rank 2"),
+            ck_assert_msg(strstr(moe_threads_rank_error(r), "all-reduce: rank 2 failed: model: boom on rank 2"),
                           "rank %d: %s", r, moe_threads_rank_error(r));
-            ck_assert_msg(strstr(c.msg[r], "all_reduce: rank 2 failed: model: boom on rank 2"), "rank %d: %s", r,
+            ck_assert_msg(strstr(c.msg[r], "all-reduce: rank 2 failed: model: boom on rank 2"), "rank %d: %s", r,
                           c.msg[r]);
             ck_assert_msg(c.elapsed[r] < 10, "rank %d waited %.1f s", r, c.elapsed[r]);
         }
@@ -306,7 +306,7 @@ START_TEST(test_mismatches)
     moe_status rs[3];
     ck_assert_int_ne(moe_threads_run(3, out_of_order, &c, rs), MOE_OK);
     for (int r = 0; r < 3; r++)
-        ck_assert_msg(strstr(c.msg[r], "collectives out of order: rank 0 called all_gather, rank 1 called all_reduce"),
+        ck_assert_msg(strstr(c.msg[r], "collectives out of order: rank 0 called all-gather, rank 1 called all-reduce"),
                       "rank %d: %s", r, c.msg[r]);
     memset(&c, 0, sizeof c);
     ck_assert_int_ne(moe_threads_run(3, dtype_mismatch, &c, rs), MOE_OK);
@@ -316,7 +316,7 @@ START_TEST(test_mismatches)
     memset(&c, 0, sizeof c);
     ck_assert_int_ne(moe_threads_run(3, op_mismatch, &c, rs), MOE_OK);
     for (int r = 0; r < 3; r++)
-        ck_assert_msg(strstr(c.msg[r], "all_reduce: reduce op mismatch: rank 0 passed sum, rank 1 passed max"),
+        ck_assert_msg(strstr(c.msg[r], "all-reduce: reduce op mismatch: rank 0 passed sum, rank 1 passed max"),
                       "rank %d: %s", r, c.msg[r]);
 }
 END_TEST
@@ -357,7 +357,7 @@ START_TEST(test_recv_mismatch)
     fail_ctx c = {0};
     moe_status rs[2];
     FAILS(moe_threads_run(2, recv_mismatch, &c, rs), MOE_ERR_SHAPE,
-          "recv: size mismatch: rank 0 sent 2 elements (f32), rank 1 expects 5 elements (f32)");
+          "recv!: size mismatch: rank 0 sent 2 elements (f32), rank 1 expects 5 elements (f32)");
     ck_assert_int_eq(rs[0], MOE_OK);
 }
 END_TEST
@@ -385,7 +385,7 @@ START_TEST(test_recv_timeout)
     moe_status st = moe_threads_run(2, recv_nobody, &c, NULL);
     moe_comm_set_timeout(300);
     ck_assert_int_eq(st, MOE_ERR_BACKEND);
-    ck_assert_msg(strstr(c.msg[0], "recv: timed out after 0.3 s waiting for rank 1 (tag 3)"), "%s", c.msg[0]);
+    ck_assert_msg(strstr(c.msg[0], "recv!: timed out after 0.3 s waiting for rank 1 (tag 3)"), "%s", c.msg[0]);
 }
 END_TEST
 
