@@ -112,7 +112,9 @@ static moe_status exchange_check(moe_group *g, moe_coll_kind kind, int64_t count
     peer_desc mine = {kind, count, dt, arg, local, {0}};
     if (local != MOE_OK) snprintf(mine.msg, sizeof mine.msg, "%s", moe_last_error());
     peer_desc *all = calloc((size_t)g->size, sizeof *all);
-    if (!all) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for the peer check");
+    if (!all)
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of peer-check descriptors (%d ranks)",
+                        (size_t)g->size * sizeof *all, g->size);
     moe_status st = g->ops->gather_entry ? g->ops->gather_entry(g, all, &mine, (int64_t)sizeof mine, op)
                                          : g->ops->all_gather(g, all, &mine, (int64_t)sizeof mine, MOE_BOOL);
     if (st != MOE_OK) {
@@ -472,7 +474,9 @@ moe_status moe_comm_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tenso
     if (st == MOE_OK) {
         info = calloc((size_t)n * 2 * A2A_INFO, sizeof *info);
         sc = calloc((size_t)n * 4, sizeof *sc);
-        if (!info || !sc) st = moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %d ranks' splits", n);
+        if (!info || !sc)
+            st = moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %zu bytes of all-to-all splits (%d ranks)",
+                          ((size_t)n * 2 * A2A_INFO + (size_t)n * 4) * sizeof(int64_t), n);
     }
     if (st == MOE_OK) {
         for (int d = 1; d < t->ndim; d++) width *= t->shape[d];

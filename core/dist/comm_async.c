@@ -8,10 +8,11 @@
 #include "comm_impl.h"
 #include "internal.h"
 
-static moe_status work_new(moe_work **out, moe_group *g)
+/* A handle for collective OP on G. */
+static moe_status work_new(moe_work **out, moe_group *g, const char *op)
 {
     *out = calloc(1, sizeof **out);
-    if (!*out) return moe_fail(MOE_ERR_NOMEM, "collective", "out of memory for a work handle");
+    if (!*out) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of a work handle", sizeof **out);
     (*out)->g = moe_group_retain(g);
     return MOE_OK;
 }
@@ -26,10 +27,10 @@ static void work_free(moe_work *w)
 }
 
 /* Wrap an eagerly run collective's result in a completed handle. */
-static moe_status work_eager(moe_work **work, moe_group *g, moe_status st)
+static moe_status work_eager(moe_work **work, moe_group *g, const char *op, moe_status st)
 {
     *work = NULL;
-    moe_status ws = work_new(work, g);
+    moe_status ws = work_new(work, g, op);
     if (ws != MOE_OK) return ws;
     (*work)->status = st;
     if (st != MOE_OK) (*work)->message = strdup(moe_last_error());
@@ -71,7 +72,7 @@ moe_status moe_all_reduce_async_(moe_work **work, moe_tensor *t, moe_reduce_op o
         moe_tensor *w = NULL;
         MOE_TRY(moe_comm_stage(&w, t, MOE_CPU, t->dtype));
         moe_work *wk;
-        st = work_new(&wk, g);
+        st = work_new(&wk, g, "all-reduce");
         if (st != MOE_OK) {
             moe_tensor_release(w);
             return moe_comm_done(g, st);
@@ -87,7 +88,7 @@ moe_status moe_all_reduce_async_(moe_work **work, moe_tensor *t, moe_reduce_op o
         *work = wk;
         return MOE_OK;
     }
-    return work_eager(work, g, moe_all_reduce_(t, op, g));
+    return work_eager(work, g, "all-reduce", moe_all_reduce_(t, op, g));
 }
 
 moe_status moe_all_gather_async(moe_work **work, moe_tensor **out, moe_tensor *t, moe_group *g)
@@ -95,7 +96,7 @@ moe_status moe_all_gather_async(moe_work **work, moe_tensor **out, moe_tensor *t
     MOE_NO_GRAD_BEGIN;
     moe_status st = moe_comm_all_gather(out, t, g);
     MOE_NO_GRAD_END;
-    return work_eager(work, g, st);
+    return work_eager(work, g, "all-gather", st);
 }
 
 moe_status moe_reduce_scatter_async(moe_work **work, moe_tensor **out, moe_tensor *t, moe_reduce_op op,
@@ -104,7 +105,7 @@ moe_status moe_reduce_scatter_async(moe_work **work, moe_tensor **out, moe_tenso
     MOE_NO_GRAD_BEGIN;
     moe_status st = moe_comm_reduce_scatter(out, t, op, g);
     MOE_NO_GRAD_END;
-    return work_eager(work, g, st);
+    return work_eager(work, g, "reduce-scatter", st);
 }
 
 moe_status moe_all_to_all_async(moe_work **work, moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
@@ -113,10 +114,10 @@ moe_status moe_all_to_all_async(moe_work **work, moe_tensor **out, int64_t *recv
     MOE_NO_GRAD_BEGIN;
     moe_status st = moe_comm_all_to_all(out, recv_splits, t, send_splits, g);
     MOE_NO_GRAD_END;
-    return work_eager(work, g, st);
+    return work_eager(work, g, "all-to-all", st);
 }
 
 moe_status moe_broadcast_async_(moe_work **work, moe_tensor *t, int root, moe_group *g)
 {
-    return work_eager(work, g, moe_broadcast_(t, root, g));
+    return work_eager(work, g, "broadcast", moe_broadcast_(t, root, g));
 }

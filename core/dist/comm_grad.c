@@ -167,7 +167,8 @@ moe_status moe_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
     int n = moe_group_size(g);
     int64_t *splits = malloc(sizeof(int64_t) * 2 * (size_t)n);
     if (!splits) {
-        moe_status st = moe_fail(MOE_ERR_NOMEM, "all-to-all", "out of memory");
+        moe_status st = moe_fail(MOE_ERR_NOMEM, "all-to-all", "out of memory for %zu bytes of all-to-all splits "
+                                 "(%d ranks)", sizeof(int64_t) * 2 * (size_t)n, n);
         if (g) moe_comm_enter(g, MOE_COLL_ALL_TO_ALL, 0, MOE_F32, 0, st, false);
         return st;
     }
@@ -184,7 +185,8 @@ moe_status moe_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
         free(splits);
         moe_tensor_release(*out);
         *out = NULL;
-        return moe_fail(MOE_ERR_NOMEM, "all-to-all", "out of memory");
+        return moe_fail(MOE_ERR_NOMEM, "all-to-all", "out of memory for %zu bytes of an all-to-all autograd node",
+                        sizeof *c);
     }
     c->g = moe_group_retain(g);
     c->n = n;

@@ -250,7 +250,9 @@ static moe_status ordered_reduce_scatter(moe_group *g, void *recv, const void *s
     if (!c || !buf || !srcs) {
         free(c);
         free(srcs);
-        return moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %lld elements of scratch", (long long)(mylen * n));
+        return moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %zu bytes of reduction scratch (%lld elements) and "
+                        "counts", (size_t)(mylen * n > 0 ? mylen * n : 1) * esz + (sizeof(int) * 4 + sizeof *srcs) * (size_t)n,
+                        (long long)(mylen * n));
     }
     for (int q = 0; q < n; q++) {
         int64_t lo, len;
@@ -288,7 +290,9 @@ static moe_status mpi_all_reduce(moe_group *g, void *buf, int64_t count, moe_dty
     }
     int n = g->size, me = g->rank;
     int *c = malloc(sizeof(int) * 2 * (size_t)n);
-    if (!c) return moe_fail(MOE_ERR_NOMEM, "all-reduce", "out of memory");
+    if (!c)
+        return moe_fail(MOE_ERR_NOMEM, "all-reduce", "out of memory for %zu bytes of all-reduce counts",
+                        sizeof(int) * 2 * (size_t)n);
     moe_status st = MOE_OK;
     for (int64_t off = 0; off < count && st == MOE_OK; off += CHUNK) {
         int64_t part = count - off < CHUNK ? count - off : CHUNK;
@@ -344,7 +348,9 @@ static moe_status mpi_all_to_all(moe_group *g, void *recv, const int64_t *recv_c
     MOE_TRY(usable("all-to-all"));
     int n = g->size;
     int *c = malloc(sizeof(int) * 4 * (size_t)n); /* send counts, send displs, recv counts, recv displs */
-    if (!c) return moe_fail(MOE_ERR_NOMEM, "all-to-all", "out of memory");
+    if (!c)
+        return moe_fail(MOE_ERR_NOMEM, "all-to-all", "out of memory for %zu bytes of all-to-all counts",
+                        sizeof(int) * 4 * (size_t)n);
     int64_t soff = 0, roff = 0;
     for (int q = 0; q < n; q++) {
         if (soff + send_counts[q] > INT_MAX || roff + recv_counts[q] > INT_MAX) {
@@ -472,7 +478,8 @@ static moe_status mpi_gather_entry(moe_group *g, void *recv, const void *send, i
     if (!reqs || !peer) {
         free(reqs);
         free(peer);
-        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for the peer check");
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of peer-check requests (%d ranks)",
+                        (sizeof *reqs + sizeof *peer) * 2 * (size_t)n, n);
     }
     int tag = tag_ub(), k = 0, rc = MPI_SUCCESS;
     memcpy((char *)recv + (size_t)me * (size_t)nbytes, send, (size_t)nbytes);
@@ -507,7 +514,8 @@ static moe_status wrap_comm(moe_group **out, MPI_Comm comm, bool owned)
     if (!mine || !impl) {
         free(mine);
         free(impl);
-        return moe_fail(MOE_ERR_NOMEM, "group", "out of memory");
+        return moe_fail(MOE_ERR_NOMEM, "group", "out of memory for %zu bytes of a group of %d ranks",
+                        sizeof(int) * 2 * (size_t)size + sizeof *impl, size);
     }
     MPI_Group gg, wg;
     MPI_Comm_group(comm, &gg);
@@ -612,7 +620,9 @@ static moe_status ordered_phase2(ordered_req *r)
     int64_t mylo, mylen;
     slice(r->count, n, me, &mylo, &mylen);
     const void **srcs = malloc(sizeof *srcs * (size_t)n);
-    if (!srcs) return moe_fail(MOE_ERR_NOMEM, "all-reduce", "out of memory");
+    if (!srcs)
+        return moe_fail(MOE_ERR_NOMEM, "all-reduce", "out of memory for %zu bytes of all-reduce sources",
+                        sizeof *srcs * (size_t)n);
     for (int q = 0; q < n; q++) srcs[q] = r->recv + (size_t)(q * mylen) * esz;
     moe_cpu_reduce_n(r->dt, (char *)r->buf + mylo * (int64_t)esz, srcs, n, mylen, r->op);
     free(srcs);
@@ -702,7 +712,9 @@ static moe_status ordered_start(moe_work *w, moe_group *g, void *buf, int64_t co
     }
     if (!r || !r->recv || !r->counts) {
         ordered_free(r);
-        return moe_fail(MOE_ERR_NOMEM, "all-reduce", "out of memory for %lld elements", (long long)(mylen * n));
+        return moe_fail(MOE_ERR_NOMEM, "all-reduce", "out of memory for %zu bytes of an asynchronous all-reduce "
+                        "(%lld elements received)", sizeof *r + (size_t)(mylen * n > 0 ? mylen * n : 1) * esz +
+                        sizeof(int) * 4 * (size_t)n, (long long)(mylen * n));
     }
     *r = (ordered_req){.req = MPI_REQUEST_NULL, .phase = 1, .g = g, .buf = buf, .dt = dt, .op = op,
                        .count = count, .bytes = count * (int64_t)esz, .recv = r->recv, .counts = r->counts};
@@ -742,7 +754,7 @@ static moe_status mpi_all_reduce_start(moe_work *w, moe_group *g, void *buf, int
         return MOE_OK;
     }
     mpi_req *r = malloc(sizeof *r);
-    if (!r) return moe_fail(MOE_ERR_NOMEM, "all-reduce", "out of memory");
+    if (!r) return moe_fail(MOE_ERR_NOMEM, "all-reduce", "out of memory for %zu bytes of an MPI request", sizeof *r);
     int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, mpi_type(dt), mpi_op(op), comm_of(g), &r->req);
     if (rc != MPI_SUCCESS) {
         free(r);

@@ -376,7 +376,7 @@ moe_status moe_nccl_group_new(moe_group **out, moe_group *host, int device)
         return moe_fail((moe_status)msg.status, opn, "rank 0 failed: %s", msg.why);
     if (st != MOE_OK) return st; /* NCCL init below would wait for this rank forever: the others time out */
     nccl_impl *im = calloc(1, sizeof *im);
-    if (!im) return moe_fail(MOE_ERR_NOMEM, opn, "out of memory");
+    if (!im) return moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %zu bytes of NCCL state", sizeof *im);
     im->device = device;
     im->host = host;
     ncclResult_t rc = api.CommInitRank(&im->comm, host->size, msg.id, host->rank);

@@ -95,6 +95,13 @@ static struct timespec deadline_after(double seconds)
 
 /* ---- world and shared state ------------------------------------------------------ */
 
+/* The bytes world_new allocates for N ranks (for messages). */
+static size_t world_bytes(int n)
+{
+    thr_world *w;
+    return sizeof *w + sizeof *w->exited * (size_t)n;
+}
+
 static thr_world *world_new(int n)
 {
     thr_world *w = calloc(1, sizeof *w);
@@ -131,6 +138,13 @@ static void world_unref(thr_world *w)
     int left = --w->refcount;
     pthread_mutex_unlock(&w->mu);
     if (left == 0) world_free(w);
+}
+
+/* The bytes shared_new_locked allocates for N ranks (for messages). */
+static size_t shared_bytes(int n)
+{
+    thr_shared *s;
+    return sizeof *s + (sizeof *s->slots + sizeof *s->inbox) * (size_t)n;
 }
 
 /* A shared state for N members with refcount N; w->mu must be held (or the
@@ -521,7 +535,9 @@ static moe_status threads_split(moe_group **out, moe_group *g, int color, int ke
     member *mem = malloc(sizeof *mem * (size_t)n);
     int *wr = malloc(sizeof *wr * (size_t)n);
     int m = 0, pos = -1;
-    if (st == MOE_OK && (!mem || !wr)) st = moe_fail(MOE_ERR_NOMEM, opn, "out of memory");
+    if (st == MOE_OK && (!mem || !wr))
+        st = moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %zu bytes of split members (%d ranks)",
+                      (sizeof *mem + sizeof *wr) * (size_t)n, n);
     if (st == MOE_OK && color >= 0) {
         for (int q = 0; q < n; q++)
             if (s->slots[q].color == color) mem[m++] = (member){s->slots[q].key, q};
@@ -540,7 +556,9 @@ static moe_status threads_split(moe_group **out, moe_group *g, int color, int ke
     thr_shared *ns = NULL;
     if (st == MOE_OK && color >= 0) {
         ns = s->slots[mem[0].rank].pub;
-        if (!ns) st = moe_fail(MOE_ERR_NOMEM, opn, "out of memory for a group of %d ranks", m);
+        if (!ns)
+            st = moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %zu bytes of the shared state of a group of %d ranks",
+                          shared_bytes(m), m);
     }
     inner_barrier(g); /* everyone has read the leader's slot */
     if (st == MOE_OK && ns) {
@@ -563,7 +581,7 @@ static moe_status threads_send(moe_group *g, const void *buf, int64_t count, moe
     thr_shared *s = g->impl;
     size_t bytes = (size_t)count * moe_dtype_size(dt);
     thr_msg *m = malloc(sizeof *m + bytes);
-    if (!m) return moe_fail(MOE_ERR_NOMEM, "send!", "out of memory for a %zu-byte message", bytes);
+    if (!m) return moe_fail(MOE_ERR_NOMEM, "send!", "out of memory for %zu bytes of a message", sizeof *m + bytes);
     *m = (thr_msg){NULL, g->rank, tag, count, dt};
     if (bytes) memcpy(m->data, buf, bytes);
     pthread_mutex_lock(&s->w->mu);
@@ -723,7 +741,8 @@ moe_status moe_threads_run(int nranks, moe_rank_fn fn, void *ctx, moe_status *ra
             free(s);
         }
         if (w) world_free(w);
-        return moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %d ranks", nranks);
+        return moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %zu bytes of the world and rank state of %d ranks",
+                        world_bytes(nranks) + shared_bytes(nranks) + sizeof *args * (size_t)nranks, nranks);
     }
     moe_status st = MOE_OK;
     int made = 0;

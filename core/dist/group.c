@@ -58,7 +58,8 @@ moe_status moe_group_alloc(moe_group **out, const moe_comm_backend *ops, int ran
     if (!g || !wr) {
         free(g);
         free(wr);
-        return moe_fail(MOE_ERR_NOMEM, "group", "out of memory for a group of %d ranks", size);
+        return moe_fail(MOE_ERR_NOMEM, "group", "out of memory for %zu bytes of a group of %d ranks",
+                        sizeof *g + sizeof(int) * (size_t)(size > 0 ? size : 1), size);
     }
     for (int i = 0; i < size; i++) wr[i] = world_ranks ? world_ranks[i] : i;
     g->ops = ops;

@@ -73,7 +73,7 @@ moe_status moe_mesh_new(moe_mesh **out, moe_group *world, int ndims, const char 
     *out = NULL;
     moe_status st = MOE_OK;
     moe_mesh *m = calloc(1, sizeof *m);
-    if (!m) return moe_fail(MOE_ERR_NOMEM, opn, "out of memory");
+    if (!m) return moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %zu bytes of a mesh", sizeof *m);
     for (int d = 0; d < NDIM; d++) m->size[d] = 1;
     if (ndims < 0 || ndims > NDIM || (ndims > 0 && (!names || !sizes)))
         st = moe_fail(MOE_ERR_ARG, opn, "%d dims given; between 0 and %d (tp cp ep dp pp)", ndims, NDIM);
