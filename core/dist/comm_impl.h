@@ -70,7 +70,7 @@ struct moe_group {
     const moe_comm_backend *ops;
     int rank, size;
     int *world_ranks; /* [size] world rank of each member */
-    int refcount;     /* atomic: see moe_group_release */
+    int refcount;     /* atomic: comm.h (groups) tells who holds references */
     void *impl;       /* backend state */
     moe_group *nccl;  /* device communicator over the same ranks, or NULL */
     char name[32];

@@ -84,10 +84,7 @@ moe_group *moe_group_retain(moe_group *g)
 
 void moe_group_release(moe_group *g)
 {
-    /* A handle belongs to one rank, and only that rank's thread runs
-     * collectives on it; but autograd nodes and async work hold references
-     * too, and a node may be freed on Guile's finalizer thread while the
-     * rank runs: the count is atomic. */
+    /* Any thread may drop the last reference (comm.h, groups): atomic. */
     if (!g || __atomic_sub_fetch(&g->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
     moe_group_release(g->nccl);
     if (g->ops && g->ops->destroy) g->ops->destroy(g);
