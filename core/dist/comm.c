@@ -240,8 +240,8 @@ moe_status moe_comm_stage(moe_tensor **out, moe_tensor *t, moe_device device, mo
     return st;
 }
 
-/* DST ← SRC (same shape), converting dtype and device. */
-moe_status moe_comm_unstage(moe_tensor *dst, moe_tensor *src)
+/* DST ← SRC (same shape), converting dtype and device; fails as OP. */
+moe_status moe_comm_unstage(moe_tensor *dst, moe_tensor *src, const char *op)
 {
     if (dst == src) return MOE_OK;
     MOE_NO_GRAD_BEGIN;
@@ -262,7 +262,7 @@ moe_status moe_comm_unstage(moe_tensor *dst, moe_tensor *src)
         if (st == MOE_OK) st = moe_to_dtype(&a, h, dst->dtype);
         if (st == MOE_OK) st = moe_to_device(&d, a, dst->device);
         if (st == MOE_OK && !moe_tensor_is_contiguous(dst))
-            st = moe_fail(MOE_ERR_UNSUPPORTED, "collective", "writing into a non-contiguous %s tensor "
+            st = moe_fail(MOE_ERR_UNSUPPORTED, op, "writing into a non-contiguous %s tensor "
                           "on the GPU is not supported: make it contiguous first", moe_shape_str(dst));
 #ifdef MOELAB_HAVE_CUDA
         if (st == MOE_OK)
@@ -278,14 +278,14 @@ moe_status moe_comm_unstage(moe_tensor *dst, moe_tensor *src)
 
 /* The output R of a collective (in its staging device and dtype) as a tensor
  * of T's device and dtype: R itself (retained) when they already match. */
-static moe_status unstaged_result(moe_tensor **res, moe_tensor *r, const moe_tensor *t)
+static moe_status unstaged_result(moe_tensor **res, moe_tensor *r, const moe_tensor *t, const char *op)
 {
     if (r->device == t->device && r->dtype == t->dtype) {
         *res = moe_tensor_retain(r);
         return MOE_OK;
     }
     MOE_TRY(moe_tensor_empty(res, t->dtype, t->device, r->ndim, r->shape));
-    return moe_comm_unstage(*res, r);
+    return moe_comm_unstage(*res, r, op);
 }
 
 /* The device and dtype a collective on T runs in on group EG. */
@@ -309,7 +309,7 @@ static moe_status all_reduce_inplace(moe_tensor *t, moe_reduce_op op, moe_group 
     moe_tensor *w = NULL;
     moe_status st = moe_comm_stage(&w, t, dev, dt);
     if (st == MOE_OK) st = eg->ops->all_reduce(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, op);
-    if (st == MOE_OK) st = moe_comm_unstage(t, w);
+    if (st == MOE_OK) st = moe_comm_unstage(t, w, "all-reduce");
     moe_tensor_bump_version(t);
     moe_tensor_release(w);
     return st;
@@ -399,7 +399,7 @@ moe_status moe_comm_all_gather(moe_tensor **out, moe_tensor *t, moe_group *g)
     if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, nd, shape);
     if (st == MOE_OK)
         st = eg->ops->all_gather(eg, moe_tensor_data(r), moe_tensor_data(w), moe_tensor_numel(w), dt);
-    if (st == MOE_OK) st = unstaged_result(&res, r, t);
+    if (st == MOE_OK) st = unstaged_result(&res, r, t, opn);
     moe_tensor_release(w);
     moe_tensor_release(r);
     if (st != MOE_OK) {
@@ -444,7 +444,7 @@ moe_status moe_comm_reduce_scatter(moe_tensor **out, moe_tensor *t, moe_reduce_o
     if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, t->ndim, shape);
     if (st == MOE_OK)
         st = eg->ops->reduce_scatter(eg, moe_tensor_data(r), moe_tensor_data(w), moe_tensor_numel(r), dt, op);
-    if (st == MOE_OK) st = unstaged_result(&res, r, t);
+    if (st == MOE_OK) st = unstaged_result(&res, r, t, opn);
     moe_tensor_release(w);
     moe_tensor_release(r);
     if (st != MOE_OK) {
@@ -547,7 +547,7 @@ moe_status moe_comm_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tenso
         if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, t->ndim, shape);
         if (st == MOE_OK)
             st = eg->ops->all_to_all(eg, moe_tensor_data(r), recv_counts, moe_tensor_data(w), send_counts, dt);
-        if (st == MOE_OK) st = unstaged_result(&res, r, t);
+        if (st == MOE_OK) st = unstaged_result(&res, r, t, opn);
     }
     if (st == MOE_OK && recv_splits)
         for (int q = 0; q < n; q++) recv_splits[q] = rinfo[q * A2A_INFO + A2A_ROWS];
@@ -582,7 +582,7 @@ moe_status moe_comm_broadcast(moe_tensor *t, int root, moe_group *g, bool inplac
     moe_tensor *w = NULL;
     st = moe_comm_stage(&w, t, dev, dt);
     if (st == MOE_OK) st = eg->ops->broadcast(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, root);
-    if (st == MOE_OK && g->rank != root) st = moe_comm_unstage(t, w);
+    if (st == MOE_OK && g->rank != root) st = moe_comm_unstage(t, w, opn);
     if (g->rank != root) moe_tensor_bump_version(t);
     moe_tensor_release(w);
     return moe_comm_done(g, st);
@@ -636,7 +636,7 @@ moe_status moe_recv_(moe_tensor *t, int src, int tag, moe_group *g)
         st = moe_tensor_empty(&w, dt, dev, t->ndim, t->shape);
     }
     if (st == MOE_OK) st = eg->ops->recv(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, src, tag);
-    if (st == MOE_OK) st = moe_comm_unstage(t, w);
+    if (st == MOE_OK) st = moe_comm_unstage(t, w, "recv!");
     moe_tensor_bump_version(t);
     moe_tensor_release(w);
     return st;

@@ -47,7 +47,8 @@ moe_status moe_work_wait(moe_work *w)
         if (st == MOE_OK && w->avg_divisor > 1)
             moe_cpu_divide(w->keep[0]->dtype, moe_tensor_data(w->keep[0]), moe_tensor_numel(w->keep[0]),
                            w->avg_divisor);
-        if (st == MOE_OK && w->copy_back) st = moe_comm_unstage(w->copy_back, w->keep[0]);
+        /* only the overlapped all-reduce copies back */
+        if (st == MOE_OK && w->copy_back) st = moe_comm_unstage(w->copy_back, w->keep[0], "all-reduce");
         if (st != MOE_OK) moe_comm_poison(w->g, st);
     } else if (st != MOE_OK) {
         moe_fail(st, "wait", "%s", w->message ? w->message : moe_status_name(st));

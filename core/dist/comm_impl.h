@@ -116,9 +116,10 @@ moe_status moe_comm_done(moe_group *g, moe_status st);
 moe_status moe_comm_check_tensor(const char *op, const moe_tensor *t);
 moe_status moe_comm_check_reduce(const char *op, const moe_tensor *t, moe_reduce_op rop);
 moe_status moe_comm_check_inplace(const char *op, const moe_tensor *t);
-/* *OUT: a contiguous copy of T (or T retained) on DEVICE in DTYPE; DST <- SRC. */
+/* *OUT: a contiguous copy of T (or T retained) on DEVICE in DTYPE; DST <- SRC,
+ * failing as OP. */
 moe_status moe_comm_stage(moe_tensor **out, moe_tensor *t, moe_device device, moe_dtype dtype);
-moe_status moe_comm_unstage(moe_tensor *dst, moe_tensor *src);
+moe_status moe_comm_unstage(moe_tensor *dst, moe_tensor *src, const char *op);
 /* The collectives on tensors without autograd (comm.h describes them). */
 moe_status moe_comm_all_reduce_copy(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g);
 moe_status moe_comm_all_gather(moe_tensor **out, moe_tensor *t, moe_group *g);

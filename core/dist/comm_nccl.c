@@ -100,7 +100,7 @@ static moe_status nccl_load(void)
     }
     bool ok = api.ok;
     pthread_mutex_unlock(&mu);
-    if (!ok) return moe_fail(MOE_ERR_UNSUPPORTED, "nccl", "%s", api.why);
+    if (!ok) return moe_fail(MOE_ERR_UNSUPPORTED, "attach-nccl", "%s", api.why); /* its only caller */
     return MOE_OK;
 }
 
