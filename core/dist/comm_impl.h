@@ -1,9 +1,11 @@
-/* comm_impl.h — the backend vtable behind comm.h; shared by comm.c and the
- * backends, not installed.
+/* comm_impl.h — the backend vtable behind comm.h; shared by the front end
+ * (group.c, comm.c, comm_grad.c, comm_async.c) and the backends, not
+ * installed.
  *
- * Backends move raw, contiguous buffers. comm.c does everything else: argument
- * checks, non-contiguous inputs, allocation, bf16 handling where a backend
- * lacks it, split exchange, autograd. Counts are in elements of DT. */
+ * Backends move raw, contiguous buffers. The front end does everything else:
+ * argument checks, non-contiguous inputs, allocation, bf16 handling where a
+ * backend lacks it, split exchange (comm.c), autograd (comm_grad.c). Counts
+ * are in elements of DT. */
 #ifndef MOELAB_COMM_IMPL_H
 #define MOELAB_COMM_IMPL_H
 
@@ -52,8 +54,8 @@ typedef struct moe_comm_backend {
     moe_status (*barrier)(moe_group *g);
     /* Collective over G; negative COLOR: *out = NULL. */
     moe_status (*split)(moe_group **out, moe_group *g, int color, int key);
-    /* Optional: start an all-reduce; fill W->finish/W->impl (comm.c calls
-     * finish in moe_work_wait). NULL: comm.c runs the blocking form eagerly. */
+    /* Optional: start an all-reduce; fill W->finish/W->impl (comm_async.c
+     * calls finish in moe_work_wait). NULL: the blocking form runs eagerly. */
     moe_status (*all_reduce_start)(moe_work *w, moe_group *g, void *buf, int64_t count, moe_dtype dt,
                                    moe_reduce_op op);
     /* Optional: the all-gather of NBYTES per rank of the peer check at the
@@ -87,7 +89,7 @@ struct moe_work {
     moe_status (*finish)(moe_work *w); /* backend completion, or NULL */
     bool (*test)(moe_work *w);         /* backend progress check, or NULL */
     void *impl;
-    /* post-processing done by comm.c after finish */
+    /* post-processing done by moe_work_wait after finish */
     moe_tensor *keep[4];   /* references held until the wait */
     moe_tensor *copy_back; /* non-contiguous target: copy keep[0] into it */
     moe_dtype bf16_from;   /* MOE_BF16 when keep[0] is an f32 staging copy */

@@ -804,7 +804,7 @@ static const moe_comm_backend *mpi_ops(void) { return &moe_comm_mpi_backend; }
 
 /* ---- the world ------------------------------------------------------------------------ */
 
-moe_group *moe_mpi_world_peek(void); /* comm.c */
+moe_group *moe_mpi_world_peek(void); /* group.c */
 moe_group *moe_mpi_world_peek(void) { return mpi_world_group; }
 
 moe_status moe_mpi_world(moe_group **out)
