@@ -123,6 +123,37 @@ START_TEST(test_null_group)
 }
 END_TEST
 
+/* Messages name the operation as (moelab dist) does, never the C function. */
+static moe_status never_runs(int rank, moe_group *world, void *p) { return MOE_OK; }
+
+START_TEST(test_scheme_names)
+{
+    moe_tensor *t = T(MOE_F32, 1, SHAPE(2), 1, 2), *b, *y = NULL;
+    OK(moe_tensor_zeros(&b, MOE_BOOL, MOE_CPU, 1, SHAPE(2)));
+    FAILS(moe_all_reduce_(b, MOE_REDUCE_SUM, NULL), MOE_ERR_DTYPE, "all-reduce: sum of a bool");
+    FAILS(moe_all_gather(&y, NULL, NULL), MOE_ERR_ARG, "all-gather: tensor argument is NULL");
+    FAILS(moe_reduce_scatter(&y, NULL, MOE_REDUCE_SUM, NULL), MOE_ERR_ARG, "reduce-scatter: tensor argument");
+    FAILS(moe_all_to_all(&y, NULL, t, (int64_t[]){1}, NULL), MOE_ERR_SHAPE, "all-to-all: send splits sum to 1");
+    FAILS(moe_broadcast_(t, 1, NULL), MOE_ERR_ARG, "broadcast: root 1");
+    FAILS(moe_send(t, 0, 0, NULL), MOE_ERR_ARG, "send!: rank 0 cannot send to itself");
+    FAILS(moe_recv_(t, 0, 0, NULL), MOE_ERR_ARG, "recv!: rank 0 cannot receive from itself");
+    moe_group *g = NULL;
+    FAILS(moe_group_subset(&g, NULL, 2, (int[]){0, 1}), MOE_ERR_ARG, "group-subset: 2 ranks requested");
+    ck_assert_ptr_null(g);
+    ck_assert(moe_group_attach_nccl(NULL, 0) != MOE_OK);
+    ck_assert_msg(strncmp(moe_last_error(), "attach-nccl: ", 13) == 0, "%s", moe_last_error());
+    FAILS(moe_identity_all_reduce_grad(&y, NULL, NULL), MOE_ERR_ARG, "identity-all-reduce-grad: tensor");
+    FAILS(moe_comm_set_timeout(-1), MOE_ERR_ARG, "set-comm-timeout!: -1 s is not a timeout");
+    FAILS(moe_threads_run(0, never_runs, NULL, NULL), MOE_ERR_ARG, "with-ranks: 0 ranks requested");
+    FAILS(moe_mesh_group(&g, NULL, "dp"), MOE_ERR_ARG, "mesh-group: mesh is NULL");
+    OK(moe_tensor_requires_grad_(t, true));
+    FAILS(moe_all_reduce(&y, t, MOE_REDUCE_MAX, NULL), MOE_ERR_UNSUPPORTED, "all-reduce: max is not differentiable");
+    FAILS(moe_reduce_scatter(&y, t, MOE_REDUCE_MIN, NULL), MOE_ERR_UNSUPPORTED, "reduce-scatter: min is not");
+    ck_assert_ptr_null(y);
+    RELEASE(t, b);
+}
+END_TEST
+
 /* ---- runner ----------------------------------------------------------------- */
 
 typedef struct info_ctx {
@@ -402,6 +433,7 @@ Suite *comm_suite(void)
     tc = tcase_create("groups");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_null_group);
+    tcase_add_test(tc, test_scheme_names);
     tcase_add_test(tc, test_runner);
     suite_add_tcase(s, tc);
     tc = tcase_create("failures");
