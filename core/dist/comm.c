@@ -1,7 +1,8 @@
-/* comm.c — process groups and collectives on tensors: argument checks,
- * staging (non-contiguous, bf16, device), split exchange for all-to-all,
- * dispatch through the backend vtable, and the differentiable forms with their
- * backwards side by side.
+/* comm.c — collectives on tensors, host side: names, settings, the peer
+ * check and rendezvous, argument checks, staging (non-contiguous, bf16,
+ * device), split exchange for all-to-all, and dispatch of the buffers through
+ * the backend vtable. The differentiable forms are in comm_grad.c, the
+ * asynchronous ones in comm_async.c, groups in group.c.
  *
  * Dimension letters: N ranks in the group, R rows (dim 0), W elements per row
  * (the product of the trailing dims). */
@@ -24,14 +25,8 @@
 
 NAME_TABLE(moe_reduce_op, reduce_op, MOE_REDUCE_OP_COUNT, "sum", "avg", "max", "min")
 
-static const char *const coll_names[] = {"all_reduce", "all_gather", "reduce_scatter", "all_to_all",
-                                         "broadcast",  "barrier",    "split"};
-_Static_assert(sizeof coll_names / sizeof *coll_names == MOE_COLL_KIND_COUNT, "collective name table");
-
-const char *moe_coll_name(moe_coll_kind k)
-{
-    return (unsigned)k < MOE_COLL_KIND_COUNT ? coll_names[k] : "?";
-}
+NAME_TABLE(moe_coll_kind, coll, MOE_COLL_KIND_COUNT, "all-reduce", "all-gather", "reduce-scatter",
+           "all-to-all", "broadcast", "barrier", "group-split")
 
 /* ---- settings ---------------------------------------------------------------- */
 
@@ -77,7 +72,7 @@ moe_status moe_comm_set_timeout(double seconds)
 {
     int64_t code = timeout_code(seconds);
     if (code == TIMEOUT_BAD_ENV)
-        return moe_fail(MOE_ERR_ARG, "set_comm_timeout", "%g s is not a timeout: give a positive number of "
+        return moe_fail(MOE_ERR_ARG, "set-comm-timeout!", "%g s is not a timeout: give a positive number of "
                         "seconds, or infinity to wait forever", seconds);
     atomic_store(&timeout_us, code);
     return MOE_OK;
@@ -94,110 +89,6 @@ moe_status moe_comm_wait_limit(const char *op, double *seconds)
 
 void moe_comm_set_check(bool on) { atomic_store(&check_on, on); }
 bool moe_comm_check(void) { return atomic_load(&check_on); }
-
-static _Thread_local moe_group *tls_world;
-#ifdef MOELAB_HAVE_MPI
-moe_group *moe_mpi_world_peek(void); /* comm_mpi.c */
-#endif
-
-moe_group *moe_comm_world(void)
-{
-    if (tls_world) return tls_world;
-#ifdef MOELAB_HAVE_MPI
-    return moe_mpi_world_peek();
-#else
-    return NULL;
-#endif
-}
-
-void moe_comm_set_world(moe_group *g) { tls_world = g; }
-
-bool moe_built_with_mpi(void)
-{
-#ifdef MOELAB_HAVE_MPI
-    return true;
-#else
-    return false;
-#endif
-}
-
-bool moe_built_with_nccl(void)
-{
-#ifdef MOELAB_HAVE_CUDA
-    return true;
-#else
-    return false;
-#endif
-}
-
-/* ---- groups --------------------------------------------------------------------- */
-
-moe_status moe_group_alloc(moe_group **out, const moe_comm_backend *ops, int rank, int size,
-                           const int *world_ranks, void *impl)
-{
-    *out = NULL;
-    moe_group *g = calloc(1, sizeof *g);
-    int *wr = malloc(sizeof(int) * (size_t)(size > 0 ? size : 1));
-    if (!g || !wr) {
-        free(g);
-        free(wr);
-        return moe_fail(MOE_ERR_NOMEM, "group", "out of memory for a group of %d ranks", size);
-    }
-    for (int i = 0; i < size; i++) wr[i] = world_ranks ? world_ranks[i] : i;
-    g->ops = ops;
-    g->rank = rank;
-    g->size = size;
-    g->world_ranks = wr;
-    g->refcount = 1;
-    g->impl = impl;
-    snprintf(g->name, sizeof g->name, "%s", "group");
-    *out = g;
-    return MOE_OK;
-}
-
-int moe_group_size(const moe_group *g) { return g ? g->size : 1; }
-int moe_group_rank(const moe_group *g) { return g ? g->rank : 0; }
-
-moe_group *moe_group_retain(moe_group *g)
-{
-    if (g) __atomic_add_fetch(&g->refcount, 1, __ATOMIC_RELAXED);
-    return g;
-}
-
-void moe_group_release(moe_group *g)
-{
-    /* A handle belongs to one rank, and only that rank's thread runs
-     * collectives on it; but autograd nodes and async work hold references
-     * too, and a node may be freed on Guile's finalizer thread while the
-     * rank runs: the count is atomic. */
-    if (!g || __atomic_sub_fetch(&g->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
-    moe_group_release(g->nccl);
-    if (g->ops && g->ops->destroy) g->ops->destroy(g);
-    free(g->world_ranks);
-    free(g);
-}
-
-const char *moe_group_backend(const moe_group *g) { return g ? g->ops->name : "self"; }
-
-int moe_group_world_rank(const moe_group *g, int i)
-{
-    if (!g) return i == 0 ? 0 : -1;
-    return i >= 0 && i < g->size ? g->world_ranks[i] : -1;
-}
-
-const char *moe_group_name(const moe_group *g) { return g ? g->name : "self"; }
-
-void moe_group_set_name(moe_group *g, const char *name)
-{
-    if (g) snprintf(g->name, sizeof g->name, "%s", name ? name : "");
-}
-
-bool moe_group_has_nccl(const moe_group *g) { return g && g->nccl; }
-
-void moe_comm_poison(moe_group *g, moe_status code)
-{
-    if (g && g->ops->poison) g->ops->poison(g, code, moe_last_error());
-}
 
 /* ---- peer checks (backends that cannot see their peers' arguments) ---------- */
 
@@ -221,7 +112,9 @@ static moe_status exchange_check(moe_group *g, moe_coll_kind kind, int64_t count
     peer_desc mine = {kind, count, dt, arg, local, {0}};
     if (local != MOE_OK) snprintf(mine.msg, sizeof mine.msg, "%s", moe_last_error());
     peer_desc *all = calloc((size_t)g->size, sizeof *all);
-    if (!all) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for the peer check");
+    if (!all)
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of peer-check descriptors (%d ranks)",
+                        (size_t)g->size * sizeof *all, g->size);
     moe_status st = g->ops->gather_entry ? g->ops->gather_entry(g, all, &mine, (int64_t)sizeof mine, op)
                                          : g->ops->all_gather(g, all, &mine, (int64_t)sizeof mine, MOE_BOOL);
     if (st != MOE_OK) {
@@ -273,7 +166,7 @@ moe_status moe_comm_check_peers(moe_group *g, moe_coll_kind kind, int64_t count,
  * the error (the runner poisons the world) or goes on to another collective
  * (its peers report "collectives out of order") or returns (its peers report
  * that it returned without entering). */
-static moe_status enter(moe_group *g, moe_coll_kind kind, int64_t count, moe_dtype dt, int64_t arg,
+moe_status moe_comm_enter(moe_group *g, moe_coll_kind kind, int64_t count, moe_dtype dt, int64_t arg,
                         moe_status local, bool force)
 {
     if (!g) return local;
@@ -286,7 +179,7 @@ static moe_status enter(moe_group *g, moe_coll_kind kind, int64_t count, moe_dty
 }
 
 /* After the rendezvous: a failure on this rank poisons the group. */
-static moe_status done(moe_group *g, moe_status st)
+moe_status moe_comm_done(moe_group *g, moe_status st)
 {
     if (st != MOE_OK) moe_comm_poison(g, st);
     return st;
@@ -294,7 +187,7 @@ static moe_status done(moe_group *g, moe_status st)
 
 /* ---- argument checks -------------------------------------------------------------- */
 
-static moe_status check_tensor(const char *op, const moe_tensor *t)
+moe_status moe_comm_check_tensor(const char *op, const moe_tensor *t)
 {
     if (!t) return moe_fail(MOE_ERR_ARG, op, "tensor argument is NULL");
     if (t->device != MOE_CPU && t->device != MOE_CUDA)
@@ -302,9 +195,9 @@ static moe_status check_tensor(const char *op, const moe_tensor *t)
     return MOE_OK;
 }
 
-static moe_status check_reduce(const char *op, const moe_tensor *t, moe_reduce_op rop)
+moe_status moe_comm_check_reduce(const char *op, const moe_tensor *t, moe_reduce_op rop)
 {
-    MOE_TRY(check_tensor(op, t));
+    MOE_TRY(moe_comm_check_tensor(op, t));
     if ((unsigned)rop >= MOE_REDUCE_OP_COUNT)
         return moe_fail(MOE_ERR_ARG, op, "unknown reduce op %d", (int)rop);
     if (t->dtype == MOE_BOOL && (rop == MOE_REDUCE_SUM || rop == MOE_REDUCE_AVG))
@@ -313,7 +206,7 @@ static moe_status check_reduce(const char *op, const moe_tensor *t, moe_reduce_o
     return MOE_OK;
 }
 
-static moe_status check_inplace(const char *op, const moe_tensor *t)
+moe_status moe_comm_check_inplace(const char *op, const moe_tensor *t)
 {
     if (moe_tensor_needs_grad(t))
         return moe_fail(MOE_ERR_STATE, op, "in-place collective on a tensor that requires grad "
@@ -332,7 +225,7 @@ static moe_group *exec_group(moe_group *g, const moe_tensor *t)
 }
 
 /* *OUT: a contiguous copy of T (or T retained) on DEVICE in DTYPE; no autograd. */
-static moe_status stage(moe_tensor **out, moe_tensor *t, moe_device device, moe_dtype dtype)
+moe_status moe_comm_stage(moe_tensor **out, moe_tensor *t, moe_device device, moe_dtype dtype)
 {
     *out = NULL;
     moe_status st;
@@ -347,8 +240,8 @@ static moe_status stage(moe_tensor **out, moe_tensor *t, moe_device device, moe_
     return st;
 }
 
-/* DST ← SRC (same shape), converting dtype and device. */
-static moe_status unstage(moe_tensor *dst, moe_tensor *src)
+/* DST ← SRC (same shape), converting dtype and device; fails as OP. */
+moe_status moe_comm_unstage(moe_tensor *dst, moe_tensor *src, const char *op)
 {
     if (dst == src) return MOE_OK;
     MOE_NO_GRAD_BEGIN;
@@ -369,7 +262,7 @@ static moe_status unstage(moe_tensor *dst, moe_tensor *src)
         if (st == MOE_OK) st = moe_to_dtype(&a, h, dst->dtype);
         if (st == MOE_OK) st = moe_to_device(&d, a, dst->device);
         if (st == MOE_OK && !moe_tensor_is_contiguous(dst))
-            st = moe_fail(MOE_ERR_UNSUPPORTED, "collective", "writing into a non-contiguous %s tensor "
+            st = moe_fail(MOE_ERR_UNSUPPORTED, op, "writing into a non-contiguous %s tensor "
                           "on the GPU is not supported: make it contiguous first", moe_shape_str(dst));
 #ifdef MOELAB_HAVE_CUDA
         if (st == MOE_OK)
@@ -385,14 +278,14 @@ static moe_status unstage(moe_tensor *dst, moe_tensor *src)
 
 /* The output R of a collective (in its staging device and dtype) as a tensor
  * of T's device and dtype: R itself (retained) when they already match. */
-static moe_status unstaged_result(moe_tensor **res, moe_tensor *r, const moe_tensor *t)
+static moe_status unstaged_result(moe_tensor **res, moe_tensor *r, const moe_tensor *t, const char *op)
 {
     if (r->device == t->device && r->dtype == t->dtype) {
         *res = moe_tensor_retain(r);
         return MOE_OK;
     }
     MOE_TRY(moe_tensor_empty(res, t->dtype, t->device, r->ndim, r->shape));
-    return unstage(*res, r);
+    return moe_comm_unstage(*res, r, op);
 }
 
 /* The device and dtype a collective on T runs in on group EG. */
@@ -414,9 +307,9 @@ static moe_status all_reduce_inplace(moe_tensor *t, moe_reduce_op op, moe_group 
     moe_dtype dt;
     exec_layout(eg, t, true, &dev, &dt);
     moe_tensor *w = NULL;
-    moe_status st = stage(&w, t, dev, dt);
+    moe_status st = moe_comm_stage(&w, t, dev, dt);
     if (st == MOE_OK) st = eg->ops->all_reduce(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, op);
-    if (st == MOE_OK) st = unstage(t, w);
+    if (st == MOE_OK) st = moe_comm_unstage(t, w, "all-reduce");
     moe_tensor_bump_version(t);
     moe_tensor_release(w);
     return st;
@@ -424,20 +317,20 @@ static moe_status all_reduce_inplace(moe_tensor *t, moe_reduce_op op, moe_group 
 
 moe_status moe_all_reduce_(moe_tensor *t, moe_reduce_op op, moe_group *g)
 {
-    const char *opn = "all_reduce";
-    moe_status st = check_reduce(opn, t, op);
-    if (st == MOE_OK) st = check_inplace(opn, t);
+    const char *opn = "all-reduce";
+    moe_status st = moe_comm_check_reduce(opn, t, op);
+    if (st == MOE_OK) st = moe_comm_check_inplace(opn, t);
     if (!g) return st;
-    MOE_TRY(enter(g, MOE_COLL_ALL_REDUCE, st == MOE_OK ? moe_tensor_numel(t) : 0,
+    MOE_TRY(moe_comm_enter(g, MOE_COLL_ALL_REDUCE, st == MOE_OK ? moe_tensor_numel(t) : 0,
                   st == MOE_OK ? t->dtype : MOE_F32, op, st, t && exec_group(g, t) != g));
-    return done(g, all_reduce_inplace(t, op, g));
+    return moe_comm_done(g, all_reduce_inplace(t, op, g));
 }
 
 /* Out-of-place all-reduce into a fresh contiguous tensor (no autograd). */
-static moe_status all_reduce_copy(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
+moe_status moe_comm_all_reduce_copy(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
 {
     *out = NULL;
-    moe_status st = check_reduce("all_reduce", t, op);
+    moe_status st = moe_comm_check_reduce("all-reduce", t, op);
     moe_tensor *r = NULL;
     if (st == MOE_OK) {
         MOE_NO_GRAD_BEGIN;
@@ -445,9 +338,9 @@ static moe_status all_reduce_copy(moe_tensor **out, moe_tensor *t, moe_reduce_op
         MOE_NO_GRAD_END;
     }
     if (g) {
-        st = enter(g, MOE_COLL_ALL_REDUCE, st == MOE_OK ? moe_tensor_numel(t) : 0,
+        st = moe_comm_enter(g, MOE_COLL_ALL_REDUCE, st == MOE_OK ? moe_tensor_numel(t) : 0,
                    st == MOE_OK ? t->dtype : MOE_F32, op, st, t && exec_group(g, t) != g);
-        if (st == MOE_OK) st = done(g, all_reduce_inplace(r, op, g));
+        if (st == MOE_OK) st = moe_comm_done(g, all_reduce_inplace(r, op, g));
     }
     if (st != MOE_OK) {
         moe_tensor_release(r);
@@ -455,83 +348,6 @@ static moe_status all_reduce_copy(moe_tensor **out, moe_tensor *t, moe_reduce_op
     }
     *out = r;
     return MOE_OK;
-}
-
-/* iargs[0]: reduce op. ctx: the group (a reference). */
-static void group_ctx_free(void *ctx) { moe_group_release(ctx); }
-
-static moe_status all_reduce_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
-{
-    return all_reduce_copy(&gin[0], g, (moe_reduce_op)n->iargs[0], n->ctx);
-}
-
-static moe_status record_with_group(moe_tensor *out, const char *name, moe_backward_fn bw,
-                                    moe_tensor *in, moe_group *g, int64_t iarg0, moe_node **node)
-{
-    *node = NULL;
-    if (!moe_tensor_needs_grad(in)) return MOE_OK;
-    MOE_TRY(moe_node_new(node, name, bw, 1, &in));
-    (*node)->ctx = moe_group_retain(g);
-    (*node)->ctx_free = group_ctx_free;
-    (*node)->iargs[0] = iarg0;
-    moe_node_attach(*node, out);
-    return MOE_OK;
-}
-
-/* Run a collective that made *OUT, then record its node; on failure drop *OUT. */
-static moe_status finish_record(moe_status st, moe_tensor **out, const char *name, moe_backward_fn bw,
-                                moe_tensor *in, moe_group *g, int64_t iarg0)
-{
-    if (st != MOE_OK) return st;
-    moe_node *node;
-    st = record_with_group(*out, name, bw, in, g, iarg0, &node);
-    if (st != MOE_OK) {
-        moe_tensor_release(*out);
-        *out = NULL;
-    }
-    return st;
-}
-
-moe_status moe_all_reduce(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
-{
-    *out = NULL;
-    moe_status st = MOE_OK;
-    if (t && (op == MOE_REDUCE_MAX || op == MOE_REDUCE_MIN) && moe_tensor_needs_grad(t))
-        st = moe_fail(MOE_ERR_UNSUPPORTED, "all_reduce", "%s is not differentiable: detach the input "
-                      "or use sum/avg", moe_reduce_op_name(op));
-    if (st != MOE_OK) {
-        if (g) enter(g, MOE_COLL_ALL_REDUCE, 0, MOE_F32, op, st, false);
-        return st;
-    }
-    return finish_record(all_reduce_copy(out, t, op, g), out, "all_reduce", all_reduce_backward, t, g, op);
-}
-
-static moe_status identity_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
-{
-    (void)n;
-    gin[0] = moe_tensor_retain(g);
-    return MOE_OK;
-}
-
-moe_status moe_all_reduce_identity_grad(moe_tensor **out, moe_tensor *t, moe_group *g)
-{
-    *out = NULL;
-    return finish_record(all_reduce_copy(out, t, MOE_REDUCE_SUM, g), out, "all_reduce_identity_grad",
-                         identity_backward, t, g, MOE_REDUCE_SUM);
-}
-
-static moe_status sum_grad_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
-{
-    return all_reduce_copy(&gin[0], g, MOE_REDUCE_SUM, n->ctx);
-}
-
-moe_status moe_identity_all_reduce_grad(moe_tensor **out, moe_tensor *t, moe_group *g)
-{
-    *out = NULL;
-    MOE_TRY(check_tensor("identity_all_reduce_grad", t));
-    MOE_TRY(moe_detach(out, t));
-    return finish_record(MOE_OK, out, "identity_all_reduce_grad", sum_grad_backward, t, g,
-                         MOE_REDUCE_SUM);
 }
 
 /* ---- all-gather -------------------------------------------------------------------------- */
@@ -550,11 +366,11 @@ static moe_status gathered_shape(const moe_tensor *t, int n, int *ndim, int64_t 
     return MOE_OK;
 }
 
-static moe_status all_gather_impl(moe_tensor **out, moe_tensor *t, moe_group *g)
+moe_status moe_comm_all_gather(moe_tensor **out, moe_tensor *t, moe_group *g)
 {
     *out = NULL;
-    const char *opn = "all_gather";
-    moe_status st = check_tensor(opn, t);
+    const char *opn = "all-gather";
+    moe_status st = moe_comm_check_tensor(opn, t);
     int n = moe_group_size(g);
     if (!g) {
         if (st != MOE_OK) return st;
@@ -569,7 +385,7 @@ static moe_status all_gather_impl(moe_tensor **out, moe_tensor *t, moe_group *g)
         MOE_NO_GRAD_END;
         return st;
     }
-    MOE_TRY(enter(g, MOE_COLL_ALL_GATHER, st == MOE_OK ? moe_tensor_numel(t) : 0,
+    MOE_TRY(moe_comm_enter(g, MOE_COLL_ALL_GATHER, st == MOE_OK ? moe_tensor_numel(t) : 0,
                   st == MOE_OK ? t->dtype : MOE_F32, 0, st, t && exec_group(g, t) != g));
     moe_group *eg = exec_group(g, t);
     moe_device dev;
@@ -579,52 +395,29 @@ static moe_status all_gather_impl(moe_tensor **out, moe_tensor *t, moe_group *g)
     int64_t shape[MOE_MAX_DIMS];
     gathered_shape(t, n, &nd, shape);
     moe_tensor *w = NULL, *r = NULL, *res = NULL;
-    st = stage(&w, t, dev, dt);
+    st = moe_comm_stage(&w, t, dev, dt);
     if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, nd, shape);
     if (st == MOE_OK)
         st = eg->ops->all_gather(eg, moe_tensor_data(r), moe_tensor_data(w), moe_tensor_numel(w), dt);
-    if (st == MOE_OK) st = unstaged_result(&res, r, t);
+    if (st == MOE_OK) st = unstaged_result(&res, r, t, opn);
     moe_tensor_release(w);
     moe_tensor_release(r);
     if (st != MOE_OK) {
         moe_tensor_release(res);
-        return done(g, st);
+        return moe_comm_done(g, st);
     }
     *out = res;
     return MOE_OK;
 }
 
-static moe_status reduce_scatter_impl(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g);
-
-/* iargs[0]: input ndim (0-dim input: the gradient is reshaped back). */
-static moe_status all_gather_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
-{
-    moe_tensor *r = NULL;
-    MOE_TRY(reduce_scatter_impl(&r, g, MOE_REDUCE_SUM, n->ctx));
-    if (n->iargs[0] != 0) {
-        gin[0] = r;
-        return MOE_OK;
-    }
-    moe_status st = moe_reshape(&gin[0], r, 0, NULL);
-    moe_tensor_release(r);
-    return st;
-}
-
-moe_status moe_all_gather(moe_tensor **out, moe_tensor *t, moe_group *g)
-{
-    *out = NULL;
-    return finish_record(all_gather_impl(out, t, g), out, "all_gather", all_gather_backward, t, g,
-                         t ? t->ndim : 0);
-}
-
 /* ---- reduce-scatter ------------------------------------------------------------------------ */
 
-static moe_status reduce_scatter_impl(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
+moe_status moe_comm_reduce_scatter(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
 {
     *out = NULL;
-    const char *opn = "reduce_scatter";
+    const char *opn = "reduce-scatter";
     int n = moe_group_size(g);
-    moe_status st = check_reduce(opn, t, op);
+    moe_status st = moe_comm_check_reduce(opn, t, op);
     if (st == MOE_OK && t->ndim == 0)
         st = moe_fail(MOE_ERR_SHAPE, opn, "input must have at least one dim (dim 0 is split over %d ranks)", n);
     if (st == MOE_OK && t->shape[0] % n != 0)
@@ -637,7 +430,7 @@ static moe_status reduce_scatter_impl(moe_tensor **out, moe_tensor *t, moe_reduc
         MOE_NO_GRAD_END;
         return st;
     }
-    MOE_TRY(enter(g, MOE_COLL_REDUCE_SCATTER, st == MOE_OK ? moe_tensor_numel(t) : 0,
+    MOE_TRY(moe_comm_enter(g, MOE_COLL_REDUCE_SCATTER, st == MOE_OK ? moe_tensor_numel(t) : 0,
                   st == MOE_OK ? t->dtype : MOE_F32, op, st, t && exec_group(g, t) != g));
     moe_group *eg = exec_group(g, t);
     moe_device dev;
@@ -647,43 +440,19 @@ static moe_status reduce_scatter_impl(moe_tensor **out, moe_tensor *t, moe_reduc
     memcpy(shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
     shape[0] /= n;
     moe_tensor *w = NULL, *r = NULL, *res = NULL;
-    st = stage(&w, t, dev, dt);
+    st = moe_comm_stage(&w, t, dev, dt);
     if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, t->ndim, shape);
     if (st == MOE_OK)
         st = eg->ops->reduce_scatter(eg, moe_tensor_data(r), moe_tensor_data(w), moe_tensor_numel(r), dt, op);
-    if (st == MOE_OK) st = unstaged_result(&res, r, t);
+    if (st == MOE_OK) st = unstaged_result(&res, r, t, opn);
     moe_tensor_release(w);
     moe_tensor_release(r);
     if (st != MOE_OK) {
         moe_tensor_release(res);
-        return done(g, st);
+        return moe_comm_done(g, st);
     }
     *out = res;
     return MOE_OK;
-}
-
-static moe_status reduce_scatter_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
-{
-    moe_group *grp = n->ctx;
-    if (n->iargs[0] == MOE_REDUCE_SUM) return all_gather_impl(&gin[0], g, grp);
-    moe_tensor *r = NULL;
-    MOE_TRY(all_gather_impl(&r, g, grp));
-    moe_status st = moe_mul_scalar(&gin[0], r, 1.0 / moe_group_size(grp));
-    moe_tensor_release(r);
-    return st;
-}
-
-moe_status moe_reduce_scatter(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g)
-{
-    *out = NULL;
-    if (t && (op == MOE_REDUCE_MAX || op == MOE_REDUCE_MIN) && moe_tensor_needs_grad(t)) {
-        moe_status st = moe_fail(MOE_ERR_UNSUPPORTED, "reduce_scatter", "%s is not differentiable: "
-                                 "detach the input or use sum/avg", moe_reduce_op_name(op));
-        if (g) enter(g, MOE_COLL_REDUCE_SCATTER, 0, MOE_F32, op, st, false);
-        return st;
-    }
-    return finish_record(reduce_scatter_impl(out, t, op, g), out, "reduce_scatter",
-                         reduce_scatter_backward, t, g, op);
 }
 
 /* ---- all-to-all ------------------------------------------------------------------------------ */
@@ -691,13 +460,13 @@ moe_status moe_reduce_scatter(moe_tensor **out, moe_tensor *t, moe_reduce_op op,
 /* Exchanged per peer before the data: rows sent, row width W, dtype. */
 enum { A2A_ROWS, A2A_WIDTH, A2A_DTYPE, A2A_INFO };
 
-static moe_status all_to_all_impl(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
+moe_status moe_comm_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
                                   const int64_t *send_splits, moe_group *g)
 {
     *out = NULL;
-    const char *opn = "all_to_all";
+    const char *opn = "all-to-all";
     int n = moe_group_size(g);
-    moe_status st = check_tensor(opn, t);
+    moe_status st = moe_comm_check_tensor(opn, t);
     if (st == MOE_OK && t->ndim == 0)
         st = moe_fail(MOE_ERR_SHAPE, opn, "input must have at least one dim (rows are sent along dim 0)");
     int64_t *info = NULL, *sc = NULL; /* info: [2][N][A2A_INFO]; sc: [4][N] element counts */
@@ -705,7 +474,9 @@ static moe_status all_to_all_impl(moe_tensor **out, int64_t *recv_splits, moe_te
     if (st == MOE_OK) {
         info = calloc((size_t)n * 2 * A2A_INFO, sizeof *info);
         sc = calloc((size_t)n * 4, sizeof *sc);
-        if (!info || !sc) st = moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %d ranks' splits", n);
+        if (!info || !sc)
+            st = moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %zu bytes of all-to-all splits (%d ranks)",
+                          ((size_t)n * 2 * A2A_INFO + (size_t)n * 4) * sizeof(int64_t), n);
     }
     if (st == MOE_OK) {
         for (int d = 1; d < t->ndim; d++) width *= t->shape[d];
@@ -727,7 +498,7 @@ static moe_status all_to_all_impl(moe_tensor **out, int64_t *recv_splits, moe_te
                           (long long)total, moe_shape_str(t), (long long)t->shape[0]);
     }
     if (g) {
-        st = enter(g, MOE_COLL_ALL_TO_ALL, st == MOE_OK ? width : 0, st == MOE_OK ? t->dtype : MOE_F32, 0,
+        st = moe_comm_enter(g, MOE_COLL_ALL_TO_ALL, st == MOE_OK ? width : 0, st == MOE_OK ? t->dtype : MOE_F32, 0,
                    st, t && exec_group(g, t) != g);
     }
     if (st != MOE_OK) {
@@ -772,11 +543,11 @@ static moe_status all_to_all_impl(moe_tensor **out, int64_t *recv_splits, moe_te
             send_counts[q] = info[q * A2A_INFO + A2A_ROWS] * width;
             recv_counts[q] = rinfo[q * A2A_INFO + A2A_ROWS] * width;
         }
-        st = stage(&w, t, dev, dt);
+        st = moe_comm_stage(&w, t, dev, dt);
         if (st == MOE_OK) st = moe_tensor_empty(&r, dt, dev, t->ndim, shape);
         if (st == MOE_OK)
             st = eg->ops->all_to_all(eg, moe_tensor_data(r), recv_counts, moe_tensor_data(w), send_counts, dt);
-        if (st == MOE_OK) st = unstaged_result(&res, r, t);
+        if (st == MOE_OK) st = unstaged_result(&res, r, t, opn);
     }
     if (st == MOE_OK && recv_splits)
         for (int q = 0; q < n; q++) recv_splits[q] = rinfo[q * A2A_INFO + A2A_ROWS];
@@ -786,129 +557,38 @@ static moe_status all_to_all_impl(moe_tensor **out, int64_t *recv_splits, moe_te
     free(sc);
     if (st != MOE_OK) {
         moe_tensor_release(res);
-        return g ? done(g, st) : st;
+        return g ? moe_comm_done(g, st) : st;
     }
     *out = res;
     return MOE_OK;
 }
 
-typedef struct a2a_ctx {
-    moe_group *g;
-    int n;
-    int64_t *splits; /* [2][N]: forward send splits, forward receive splits */
-} a2a_ctx;
-
-static void a2a_ctx_free(void *p)
-{
-    a2a_ctx *c = p;
-    moe_group_release(c->g);
-    free(c->splits);
-    free(c);
-}
-
-static moe_status all_to_all_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
-{
-    a2a_ctx *c = n->ctx;
-    /* the reverse exchange: send back what was received */
-    return all_to_all_impl(&gin[0], NULL, g, c->splits + c->n, c->g);
-}
-
-moe_status moe_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
-                          const int64_t *send_splits, moe_group *g)
-{
-    *out = NULL;
-    int n = moe_group_size(g);
-    int64_t *splits = malloc(sizeof(int64_t) * 2 * (size_t)n);
-    if (!splits) {
-        moe_status st = moe_fail(MOE_ERR_NOMEM, "all_to_all", "out of memory");
-        if (g) enter(g, MOE_COLL_ALL_TO_ALL, 0, MOE_F32, 0, st, false);
-        return st;
-    }
-    moe_status st = all_to_all_impl(out, splits + n, t, send_splits, g);
-    if (st == MOE_OK && recv_splits) memcpy(recv_splits, splits + n, sizeof(int64_t) * (size_t)n);
-    if (st != MOE_OK || !moe_tensor_needs_grad(t)) {
-        free(splits);
-        return st;
-    }
-    for (int q = 0; q < n; q++)
-        splits[q] = send_splits ? send_splits[q] : t->shape[0] / n;
-    a2a_ctx *c = malloc(sizeof *c);
-    if (!c) {
-        free(splits);
-        moe_tensor_release(*out);
-        *out = NULL;
-        return moe_fail(MOE_ERR_NOMEM, "all_to_all", "out of memory");
-    }
-    c->g = moe_group_retain(g);
-    c->n = n;
-    c->splits = splits;
-    st = moe_autograd_record(*out, "all_to_all", all_to_all_backward, 1, &t, 0, NULL, c, a2a_ctx_free);
-    if (st != MOE_OK) {
-        moe_tensor_release(*out);
-        *out = NULL;
-    }
-    return st;
-}
-
 /* ---- broadcast ------------------------------------------------------------------------------------ */
 
-static moe_status broadcast_impl(moe_tensor *t, int root, moe_group *g, bool inplace_check)
+moe_status moe_comm_broadcast(moe_tensor *t, int root, moe_group *g, bool inplace_check)
 {
     const char *opn = "broadcast";
-    moe_status st = check_tensor(opn, t);
-    if (st == MOE_OK && inplace_check) st = check_inplace(opn, t);
+    moe_status st = moe_comm_check_tensor(opn, t);
+    if (st == MOE_OK && inplace_check) st = moe_comm_check_inplace(opn, t);
     if (st == MOE_OK && (root < 0 || root >= moe_group_size(g)))
         st = moe_fail(MOE_ERR_ARG, opn, "root %d is not a rank of the group (size %d)", root, moe_group_size(g));
     if (!g) return st;
-    MOE_TRY(enter(g, MOE_COLL_BROADCAST, st == MOE_OK ? moe_tensor_numel(t) : 0,
+    MOE_TRY(moe_comm_enter(g, MOE_COLL_BROADCAST, st == MOE_OK ? moe_tensor_numel(t) : 0,
                   st == MOE_OK ? t->dtype : MOE_F32, root, st, t && exec_group(g, t) != g));
     moe_group *eg = exec_group(g, t);
     moe_device dev;
     moe_dtype dt;
     exec_layout(eg, t, false, &dev, &dt);
     moe_tensor *w = NULL;
-    st = stage(&w, t, dev, dt);
+    st = moe_comm_stage(&w, t, dev, dt);
     if (st == MOE_OK) st = eg->ops->broadcast(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, root);
-    if (st == MOE_OK && g->rank != root) st = unstage(t, w);
+    if (st == MOE_OK && g->rank != root) st = moe_comm_unstage(t, w, opn);
     if (g->rank != root) moe_tensor_bump_version(t);
     moe_tensor_release(w);
-    return done(g, st);
+    return moe_comm_done(g, st);
 }
 
-moe_status moe_broadcast_(moe_tensor *t, int root, moe_group *g) { return broadcast_impl(t, root, g, true); }
-
-static moe_status broadcast_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
-{
-    moe_group *grp = n->ctx;
-    moe_tensor *r = NULL;
-    MOE_TRY(all_reduce_copy(&r, g, MOE_REDUCE_SUM, grp));
-    if (moe_group_rank(grp) == n->iargs[0]) gin[0] = r;
-    else moe_tensor_release(r); /* zero gradient off the root */
-    return MOE_OK;
-}
-
-moe_status moe_broadcast(moe_tensor **out, moe_tensor *t, int root, moe_group *g)
-{
-    *out = NULL;
-    moe_tensor *r = NULL;
-    moe_status st = MOE_OK;
-    if (t) {
-        MOE_NO_GRAD_BEGIN;
-        st = moe_clone(&r, t);
-        MOE_NO_GRAD_END;
-    }
-    if (st != MOE_OK) {
-        if (g) enter(g, MOE_COLL_BROADCAST, 0, MOE_F32, root, st, false);
-        return st;
-    }
-    st = broadcast_impl(r, root, g, false);
-    if (st != MOE_OK) {
-        moe_tensor_release(r);
-        return st;
-    }
-    *out = r;
-    return finish_record(MOE_OK, out, "broadcast", broadcast_backward, t, g, root);
-}
+moe_status moe_broadcast_(moe_tensor *t, int root, moe_group *g) { return moe_comm_broadcast(t, root, g, true); }
 
 /* ---- point to point ---------------------------------------------------------------------------------- */
 
@@ -917,21 +597,22 @@ static moe_status check_peer(const char *op, moe_group *g, int peer, int tag)
     if (peer < 0 || peer >= moe_group_size(g))
         return moe_fail(MOE_ERR_ARG, op, "peer %d is not a rank of the group (size %d)", peer, moe_group_size(g));
     if (peer == moe_group_rank(g))
-        return moe_fail(MOE_ERR_ARG, op, "rank %d cannot %s itself", peer, op);
+        return moe_fail(MOE_ERR_ARG, op, "rank %d cannot %s itself", peer,
+                        strcmp(op, "send!") == 0 ? "send to" : "receive from");
     if (tag < 0) return moe_fail(MOE_ERR_ARG, op, "tag %d is negative", tag);
     return MOE_OK;
 }
 
 moe_status moe_send(moe_tensor *t, int dst, int tag, moe_group *g)
 {
-    MOE_TRY(check_tensor("send", t));
-    MOE_TRY(check_peer("send", g, dst, tag));
+    MOE_TRY(moe_comm_check_tensor("send!", t));
+    MOE_TRY(check_peer("send!", g, dst, tag));
     moe_group *eg = exec_group(g, t);
     moe_device dev;
     moe_dtype dt;
     exec_layout(eg, t, false, &dev, &dt);
     moe_tensor *w = NULL;
-    moe_status st = stage(&w, t, dev, dt);
+    moe_status st = moe_comm_stage(&w, t, dev, dt);
     if (st == MOE_OK) st = eg->ops->send(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, dst, tag);
     moe_tensor_release(w);
     return st;
@@ -939,9 +620,9 @@ moe_status moe_send(moe_tensor *t, int dst, int tag, moe_group *g)
 
 moe_status moe_recv_(moe_tensor *t, int src, int tag, moe_group *g)
 {
-    MOE_TRY(check_tensor("recv", t));
-    MOE_TRY(check_inplace("recv", t));
-    MOE_TRY(check_peer("recv", g, src, tag));
+    MOE_TRY(moe_comm_check_tensor("recv!", t));
+    MOE_TRY(moe_comm_check_inplace("recv!", t));
+    MOE_TRY(check_peer("recv!", g, src, tag));
     moe_group *eg = exec_group(g, t);
     moe_device dev;
     moe_dtype dt;
@@ -955,7 +636,7 @@ moe_status moe_recv_(moe_tensor *t, int src, int tag, moe_group *g)
         st = moe_tensor_empty(&w, dt, dev, t->ndim, t->shape);
     }
     if (st == MOE_OK) st = eg->ops->recv(eg, moe_tensor_data(w), moe_tensor_numel(w), dt, src, tag);
-    if (st == MOE_OK) st = unstage(t, w);
+    if (st == MOE_OK) st = moe_comm_unstage(t, w, "recv!");
     moe_tensor_bump_version(t);
     moe_tensor_release(w);
     return st;
@@ -964,223 +645,6 @@ moe_status moe_recv_(moe_tensor *t, int src, int tag, moe_group *g)
 moe_status moe_barrier(moe_group *g)
 {
     if (!g) return MOE_OK;
-    MOE_TRY(enter(g, MOE_COLL_BARRIER, 0, MOE_BOOL, 0, MOE_OK, false));
-    return done(g, g->ops->barrier(g));
+    MOE_TRY(moe_comm_enter(g, MOE_COLL_BARRIER, 0, MOE_BOOL, 0, MOE_OK, false));
+    return moe_comm_done(g, g->ops->barrier(g));
 }
-
-/* ---- groups: split and subset ----------------------------------------------------------------------------- */
-
-moe_status moe_group_split(moe_group **out, moe_group *g, int color, int key)
-{
-    *out = NULL;
-    if (!g) return MOE_OK;
-    MOE_TRY(enter(g, MOE_COLL_SPLIT, 0, MOE_I32, 0, MOE_OK, false));
-    moe_status st = g->ops->split(out, g, color, key);
-    if (st == MOE_OK && *out) snprintf((*out)->name, sizeof (*out)->name, "%.16s/%d", g->name, color);
-    return done(g, st);
-}
-
-moe_status moe_group_subset(moe_group **out, moe_group *g, int n, const int *ranks)
-{
-    *out = NULL;
-    const char *opn = "group_subset";
-    int size = moe_group_size(g), me = moe_group_rank(g), pos = -1;
-    moe_status st = MOE_OK;
-    if (n < 1 || n > size || !ranks)
-        st = moe_fail(MOE_ERR_ARG, opn, "%d ranks requested from a group of %d", n, size);
-    for (int i = 0; i < n && st == MOE_OK; i++) {
-        if (ranks[i] < 0 || ranks[i] >= size)
-            st = moe_fail(MOE_ERR_ARG, opn, "rank %d is not in the group (size %d)", ranks[i], size);
-        for (int j = 0; j < i && st == MOE_OK; j++)
-            if (ranks[j] == ranks[i]) st = moe_fail(MOE_ERR_ARG, opn, "rank %d listed twice", ranks[i]);
-        if (ranks[i] == me) pos = i;
-    }
-    if (!g) return st;
-    MOE_TRY(enter(g, MOE_COLL_SPLIT, n, MOE_I32, 0, st, false));
-    st = g->ops->split(out, g, pos >= 0 ? 0 : -1, pos);
-    if (st == MOE_OK && *out) snprintf((*out)->name, sizeof (*out)->name, "%s", "subset");
-    return done(g, st);
-}
-
-moe_status moe_group_attach_nccl(moe_group *g, int device)
-{
-#ifdef MOELAB_HAVE_CUDA
-    if (!g) return moe_fail(MOE_ERR_ARG, "attach_nccl", "the trivial (NULL) group has no communicator");
-    if (g->nccl) return MOE_OK;
-    return moe_nccl_group_new(&g->nccl, g, device);
-#else
-    (void)g;
-    (void)device;
-    return moe_fail(MOE_ERR_UNSUPPORTED, "attach_nccl", "this build has no CUDA/NCCL backend "
-                    "(configure --with-cuda on a machine with the CUDA toolkit)");
-#endif
-}
-
-/* ---- asynchronous collectives ---------------------------------------------------------------------------- */
-
-static moe_status work_new(moe_work **out, moe_group *g)
-{
-    *out = calloc(1, sizeof **out);
-    if (!*out) return moe_fail(MOE_ERR_NOMEM, "collective", "out of memory for a work handle");
-    (*out)->g = moe_group_retain(g);
-    return MOE_OK;
-}
-
-static void work_free(moe_work *w)
-{
-    for (int i = 0; i < 4; i++) moe_tensor_release(w->keep[i]);
-    moe_tensor_release(w->copy_back);
-    moe_group_release(w->g);
-    free(w->message);
-    free(w);
-}
-
-/* Wrap an eagerly run collective's result in a completed handle. */
-static moe_status work_eager(moe_work **work, moe_group *g, moe_status st)
-{
-    *work = NULL;
-    moe_status ws = work_new(work, g);
-    if (ws != MOE_OK) return ws;
-    (*work)->status = st;
-    if (st != MOE_OK) (*work)->message = strdup(moe_last_error());
-    return MOE_OK;
-}
-
-moe_status moe_work_wait(moe_work *w)
-{
-    if (!w) return MOE_OK;
-    moe_status st = w->status;
-    if (st == MOE_OK) {
-        if (w->finish) st = w->finish(w);
-        w->finish = NULL;
-        if (st == MOE_OK && w->avg_divisor > 1)
-            moe_cpu_divide(w->keep[0]->dtype, moe_tensor_data(w->keep[0]), moe_tensor_numel(w->keep[0]),
-                           w->avg_divisor);
-        if (st == MOE_OK && w->copy_back) st = unstage(w->copy_back, w->keep[0]);
-        if (st != MOE_OK) moe_comm_poison(w->g, st);
-    } else if (st != MOE_OK) {
-        moe_fail(st, "wait", "%s", w->message ? w->message : moe_status_name(st));
-    }
-    work_free(w);
-    return st;
-}
-
-bool moe_work_done(moe_work *w)
-{
-    if (!w || !w->finish) return true;
-    return w->test ? w->test(w) : false;
-}
-
-moe_status moe_all_reduce_async_(moe_work **work, moe_tensor *t, moe_reduce_op op, moe_group *g)
-{
-    *work = NULL;
-    if (g && g->ops->all_reduce_start && t && t->device == MOE_CPU && t->dtype != MOE_BF16 &&
-        check_reduce("all_reduce", t, op) == MOE_OK && check_inplace("all_reduce", t) == MOE_OK) {
-        moe_status st = enter(g, MOE_COLL_ALL_REDUCE, moe_tensor_numel(t), t->dtype, op, MOE_OK, false);
-        if (st != MOE_OK) return st;
-        moe_tensor *w = NULL;
-        MOE_TRY(stage(&w, t, MOE_CPU, t->dtype));
-        moe_work *wk;
-        st = work_new(&wk, g);
-        if (st != MOE_OK) {
-            moe_tensor_release(w);
-            return done(g, st);
-        }
-        wk->keep[0] = w;
-        if (w != t) wk->copy_back = moe_tensor_retain(t);
-        moe_tensor_bump_version(t); /* its values change by the time the work is done */
-        st = g->ops->all_reduce_start(wk, g, moe_tensor_data(w), moe_tensor_numel(w), t->dtype, op);
-        if (st != MOE_OK) {
-            work_free(wk);
-            return done(g, st);
-        }
-        *work = wk;
-        return MOE_OK;
-    }
-    return work_eager(work, g, moe_all_reduce_(t, op, g));
-}
-
-moe_status moe_all_gather_async(moe_work **work, moe_tensor **out, moe_tensor *t, moe_group *g)
-{
-    MOE_NO_GRAD_BEGIN;
-    moe_status st = all_gather_impl(out, t, g);
-    MOE_NO_GRAD_END;
-    return work_eager(work, g, st);
-}
-
-moe_status moe_reduce_scatter_async(moe_work **work, moe_tensor **out, moe_tensor *t, moe_reduce_op op,
-                                    moe_group *g)
-{
-    MOE_NO_GRAD_BEGIN;
-    moe_status st = reduce_scatter_impl(out, t, op, g);
-    MOE_NO_GRAD_END;
-    return work_eager(work, g, st);
-}
-
-moe_status moe_all_to_all_async(moe_work **work, moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
-                                const int64_t *send_splits, moe_group *g)
-{
-    MOE_NO_GRAD_BEGIN;
-    moe_status st = all_to_all_impl(out, recv_splits, t, send_splits, g);
-    MOE_NO_GRAD_END;
-    return work_eager(work, g, st);
-}
-
-moe_status moe_broadcast_async_(moe_work **work, moe_tensor *t, int root, moe_group *g)
-{
-    return work_eager(work, g, moe_broadcast_(t, root, g));
-}
-
-/* ---- launch environment -------------------------------------------------------------------------------------- */
-
-static bool env_int(const char *name, int *out)
-{
-    const char *v = getenv(name);
-    if (!v || !*v) return false;
-    char *end;
-    long x = strtol(v, &end, 10);
-    if (*end || x < 0 || x > 1 << 24) return false;
-    *out = (int)x;
-    return true;
-}
-
-bool moe_mpi_launched(void)
-{
-    int x;
-    return env_int("OMPI_COMM_WORLD_SIZE", &x) || env_int("PMI_SIZE", &x) || env_int("PMIX_RANK", &x) ||
-           env_int("PMI_RANK", &x);
-}
-
-void moe_launch_env(int *rank, int *size)
-{
-    int r = 0, s = 1;
-    if (env_int("OMPI_COMM_WORLD_SIZE", &s)) env_int("OMPI_COMM_WORLD_RANK", &r);
-    else if (env_int("PMI_SIZE", &s)) env_int("PMI_RANK", &r);
-    else if (env_int("WORLD_SIZE", &s)) env_int("RANK", &r);
-    if (s < 1) s = 1;
-    if (rank) *rank = r;
-    if (size) *size = s;
-}
-
-#ifndef MOELAB_HAVE_MPI
-moe_status moe_mpi_world(moe_group **out)
-{
-    *out = NULL;
-    return moe_fail(MOE_ERR_UNSUPPORTED, "mpi_world", "this build has no MPI backend "
-                    "(install libopenmpi-dev and re-run configure)");
-}
-
-moe_status moe_mpi_finalize(void) { return MOE_OK; }
-
-bool moe_mpi_failed(const char **message)
-{
-    if (message) *message = "";
-    return false;
-}
-
-moe_status moe_mpi_abort(const char *message)
-{
-    (void)message;
-    return moe_fail(MOE_ERR_UNSUPPORTED, "mpi_abort", "this build has no MPI backend");
-}
-#endif

@@ -43,6 +43,11 @@
  *     integer sums).
  *   - tensors on CUDA use the group's NCCL communicator when one is attached,
  *     else they are staged through host memory.
+ *   - messages start with the operation's Scheme name, as (moelab dist)
+ *     exports it: "all-reduce: …" (the in-place and out-of-place forms
+ *     alike), "recv!: …", "with-ranks: …" (moe_threads_run, moe_mpi_world);
+ *     what Scheme has no procedure for is named in the same style
+ *     ("group-split", "attach-nccl").
  */
 #ifndef MOELAB_COMM_H
 #define MOELAB_COMM_H
@@ -64,7 +69,25 @@ int moe_group_rank(const moe_group *g); /* 0 for NULL */
 /* In-place all-reduce of T over G (not recorded by autograd). */
 moe_status moe_all_reduce_(moe_tensor *t, moe_reduce_op op, moe_group *g);
 
-/* ---- groups ------------------------------------------------------------------ */
+/* ---- groups ------------------------------------------------------------------
+ * References. Each rank has its own handle of a group, and a handle counts
+ * its references. A call that returns a new reference (moe_mpi_world,
+ * moe_group_split, moe_group_subset, moe_mesh_group) leaves one release to
+ * the caller; moe_threads_run holds each rank's world handle for the run and
+ * lends it to the rank function (as moe_comm_world lends the world).
+ * Whatever keeps a group past a call retains it: the autograd node of a
+ * differentiable collective, an async work until its wait, a mesh (its world
+ * and its groups), a grad sync, and the objects that run collectives later
+ * (a router, an MoE layer, a model, a balance tracker: their groups); a
+ * handle owns its NCCL group and releases it with itself.
+ * Collectives on a handle run on its rank's thread only, but a reference may
+ * be dropped on any thread: Guile's finalizer thread frees tensors (with
+ * their nodes) and layers while the rank runs. So the count is atomic, and
+ * the threads backend's state shared by a group's handles is counted under
+ * its world's lock. The last release frees the backend state; on MPI that
+ * frees the communicator, an MPI call that must not race the rank's own, so
+ * the Scheme bindings keep every MPI group until the process exits (after
+ * moe_mpi_finalize, freeing makes no MPI call). */
 /* Take / drop a reference to this rank's handle of G (NULL is fine). */
 moe_group *moe_group_retain(moe_group *g);
 void moe_group_release(moe_group *g);
@@ -200,7 +223,7 @@ void moe_comm_set_world(moe_group *g);
  * divided between the ranks (each gets max(1, threads/NRANKS)). Waits for all
  * ranks. RANK_STATUS (NRANKS entries, may be NULL) receives each rank's
  * status. Returns MOE_OK when every rank succeeded, else the status of the
- * lowest failing rank with "threads_run: rank R failed: <message>" (a rank
+ * lowest failing rank with "with-ranks: rank R failed: <message>" (a rank
  * that failed first poisons the world; the others then fail naming it). */
 typedef moe_status (*moe_rank_fn)(int rank, moe_group *world, void *ctx);
 moe_status moe_threads_run(int nranks, moe_rank_fn fn, void *ctx, moe_status *rank_status);

@@ -1,9 +1,11 @@
-/* comm_impl.h — the backend vtable behind comm.h; shared by comm.c and the
- * backends, not installed.
+/* comm_impl.h — the backend vtable behind comm.h; shared by the front end
+ * (group.c, comm.c, comm_grad.c, comm_async.c) and the backends, not
+ * installed.
  *
- * Backends move raw, contiguous buffers. comm.c does everything else: argument
- * checks, non-contiguous inputs, allocation, bf16 handling where a backend
- * lacks it, split exchange, autograd. Counts are in elements of DT. */
+ * Backends move raw, contiguous buffers. The front end does everything else:
+ * argument checks, non-contiguous inputs, allocation, bf16 handling where a
+ * backend lacks it, split exchange (comm.c), autograd (comm_grad.c). Counts
+ * are in elements of DT. */
 #ifndef MOELAB_COMM_IMPL_H
 #define MOELAB_COMM_IMPL_H
 
@@ -11,7 +13,9 @@
 
 #include "../../kernels/cpu/collective.h"
 
-/* Descriptor kinds: also the names used in messages. */
+/* Descriptor kinds. Their names (moe_coll_name), used in messages, are the
+ * collectives' Scheme names (comm.h: messages); group-split has no Scheme
+ * procedure and is named in the same style. */
 typedef enum moe_coll_kind {
     MOE_COLL_ALL_REDUCE,
     MOE_COLL_ALL_GATHER,
@@ -23,6 +27,7 @@ typedef enum moe_coll_kind {
     MOE_COLL_KIND_COUNT
 } moe_coll_kind;
 const char *moe_coll_name(moe_coll_kind k);
+bool moe_coll_parse(const char *name, moe_coll_kind *out);
 
 typedef struct moe_comm_backend {
     const char *name;
@@ -49,8 +54,8 @@ typedef struct moe_comm_backend {
     moe_status (*barrier)(moe_group *g);
     /* Collective over G; negative COLOR: *out = NULL. */
     moe_status (*split)(moe_group **out, moe_group *g, int color, int key);
-    /* Optional: start an all-reduce; fill W->finish/W->impl (comm.c calls
-     * finish in moe_work_wait). NULL: comm.c runs the blocking form eagerly. */
+    /* Optional: start an all-reduce; fill W->finish/W->impl (comm_async.c
+     * calls finish in moe_work_wait). NULL: the blocking form runs eagerly. */
     moe_status (*all_reduce_start)(moe_work *w, moe_group *g, void *buf, int64_t count, moe_dtype dt,
                                    moe_reduce_op op);
     /* Optional: the all-gather of NBYTES per rank of the peer check at the
@@ -67,7 +72,7 @@ struct moe_group {
     const moe_comm_backend *ops;
     int rank, size;
     int *world_ranks; /* [size] world rank of each member */
-    int refcount;     /* atomic: see moe_group_release */
+    int refcount;     /* atomic: comm.h (groups) tells who holds references */
     void *impl;       /* backend state */
     moe_group *nccl;  /* device communicator over the same ranks, or NULL */
     char name[32];
@@ -84,7 +89,7 @@ struct moe_work {
     moe_status (*finish)(moe_work *w); /* backend completion, or NULL */
     bool (*test)(moe_work *w);         /* backend progress check, or NULL */
     void *impl;
-    /* post-processing done by comm.c after finish */
+    /* post-processing done by moe_work_wait after finish */
     moe_tensor *keep[4];   /* references held until the wait */
     moe_tensor *copy_back; /* non-contiguous target: copy keep[0] into it */
     moe_dtype bf16_from;   /* MOE_BF16 when keep[0] is an f32 staging copy */
@@ -100,6 +105,31 @@ moe_status moe_comm_check_peers(moe_group *g, moe_coll_kind kind, int64_t count,
 
 /* The poison/abort hook of G's backend, if any. */
 void moe_comm_poison(moe_group *g, moe_status code);
+
+/* ---- pieces of comm.c shared with the rest of the front end ------------------ */
+
+/* Every public collective passes through moe_comm_enter after its local
+ * checks, with LOCAL their result (see comm.c); moe_comm_done poisons G when
+ * ST, the result after the rendezvous, is a failure. */
+moe_status moe_comm_enter(moe_group *g, moe_coll_kind kind, int64_t count, moe_dtype dt, int64_t arg,
+                          moe_status local, bool force);
+moe_status moe_comm_done(moe_group *g, moe_status st);
+/* Argument checks, failing as OP. */
+moe_status moe_comm_check_tensor(const char *op, const moe_tensor *t);
+moe_status moe_comm_check_reduce(const char *op, const moe_tensor *t, moe_reduce_op rop);
+moe_status moe_comm_check_inplace(const char *op, const moe_tensor *t);
+/* *OUT: a contiguous copy of T (or T retained) on DEVICE in DTYPE; DST <- SRC,
+ * failing as OP. */
+moe_status moe_comm_stage(moe_tensor **out, moe_tensor *t, moe_device device, moe_dtype dtype);
+moe_status moe_comm_unstage(moe_tensor *dst, moe_tensor *src, const char *op);
+/* The collectives on tensors without autograd (comm.h describes them). */
+moe_status moe_comm_all_reduce_copy(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g);
+moe_status moe_comm_all_gather(moe_tensor **out, moe_tensor *t, moe_group *g);
+moe_status moe_comm_reduce_scatter(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe_group *g);
+moe_status moe_comm_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
+                               const int64_t *send_splits, moe_group *g);
+/* INPLACE_CHECK: refuse a T that requires grad (the in-place form). */
+moe_status moe_comm_broadcast(moe_tensor *t, int root, moe_group *g, bool inplace_check);
 
 /* Backends. */
 extern const moe_comm_backend moe_comm_threads_backend;

@@ -250,7 +250,9 @@ static moe_status ordered_reduce_scatter(moe_group *g, void *recv, const void *s
     if (!c || !buf || !srcs) {
         free(c);
         free(srcs);
-        return moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %lld elements of scratch", (long long)(mylen * n));
+        return moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %zu bytes of reduction scratch (%lld elements) and "
+                        "counts", (size_t)(mylen * n > 0 ? mylen * n : 1) * esz + (sizeof(int) * 4 + sizeof *srcs) * (size_t)n,
+                        (long long)(mylen * n));
     }
     for (int q = 0; q < n; q++) {
         int64_t lo, len;
@@ -273,22 +275,24 @@ static moe_status ordered_reduce_scatter(moe_group *g, void *recv, const void *s
 
 static moe_status mpi_all_reduce(moe_group *g, void *buf, int64_t count, moe_dtype dt, moe_reduce_op op)
 {
-    MOE_TRY(usable("all_reduce"));
+    MOE_TRY(usable("all-reduce"));
     size_t esz = moe_dtype_size(dt);
     if (order_free(dt, op)) {
         for (int64_t off = 0; off < count; off += CHUNK) {
             int c = (int)(count - off < CHUNK ? count - off : CHUNK);
             MPI_Request req;
-            CHECK_MPI("all_reduce", MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + off * (int64_t)esz, c, mpi_type(dt),
+            CHECK_MPI("all-reduce", MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + off * (int64_t)esz, c, mpi_type(dt),
                                                    mpi_op(op), comm_of(g), &req));
-            MOE_TRY(await1(g, "all_reduce", &req, (int64_t)c * (int64_t)esz));
+            MOE_TRY(await1(g, "all-reduce", &req, (int64_t)c * (int64_t)esz));
         }
         if (op == MOE_REDUCE_AVG) moe_cpu_divide(dt, buf, count, g->size);
         return MOE_OK;
     }
     int n = g->size, me = g->rank;
     int *c = malloc(sizeof(int) * 2 * (size_t)n);
-    if (!c) return moe_fail(MOE_ERR_NOMEM, "all_reduce", "out of memory");
+    if (!c)
+        return moe_fail(MOE_ERR_NOMEM, "all-reduce", "out of memory for %zu bytes of all-reduce counts",
+                        sizeof(int) * 2 * (size_t)n);
     moe_status st = MOE_OK;
     for (int64_t off = 0; off < count && st == MOE_OK; off += CHUNK) {
         int64_t part = count - off < CHUNK ? count - off : CHUNK;
@@ -296,7 +300,7 @@ static moe_status mpi_all_reduce(moe_group *g, void *buf, int64_t count, moe_dty
         int64_t lo, len;
         slice(part, n, me, &lo, &len);
         /* reduce-scatter: my slice, reduced in rank order, written in place */
-        st = ordered_reduce_scatter(g, p + lo * (int64_t)esz, p, part, dt, op, "all_reduce");
+        st = ordered_reduce_scatter(g, p + lo * (int64_t)esz, p, part, dt, op, "all-reduce");
         if (st != MOE_OK) break;
         /* all-gather the slices in place */
         for (int q = 0; q < n; q++) {
@@ -306,8 +310,8 @@ static moe_status mpi_all_reduce(moe_group *g, void *buf, int64_t count, moe_dty
         }
         MPI_Request req;
         int rc = MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, p, c, c + n, mpi_type(dt), comm_of(g), &req);
-        st = rc == MPI_SUCCESS ? await1(g, "all_reduce", &req, part * (int64_t)esz)
-                               : mpi_fail(rc, "all_reduce", "MPI_Iallgatherv", __FILE__, __LINE__);
+        st = rc == MPI_SUCCESS ? await1(g, "all-reduce", &req, part * (int64_t)esz)
+                               : mpi_fail(rc, "all-reduce", "MPI_Iallgatherv", __FILE__, __LINE__);
     }
     free(c);
     return st;
@@ -315,25 +319,25 @@ static moe_status mpi_all_reduce(moe_group *g, void *buf, int64_t count, moe_dty
 
 static moe_status mpi_all_gather(moe_group *g, void *recv, const void *send, int64_t count, moe_dtype dt)
 {
-    MOE_TRY(usable("all_gather"));
-    MOE_TRY(check_int_count("all_gather", count * g->size));
+    MOE_TRY(usable("all-gather"));
+    MOE_TRY(check_int_count("all-gather", count * g->size));
     MPI_Request req;
-    CHECK_MPI("all_gather", MPI_Iallgather(send, (int)count, mpi_type(dt), recv, (int)count, mpi_type(dt), comm_of(g),
+    CHECK_MPI("all-gather", MPI_Iallgather(send, (int)count, mpi_type(dt), recv, (int)count, mpi_type(dt), comm_of(g),
                                            &req));
-    return await1(g, "all_gather", &req, count * g->size * (int64_t)moe_dtype_size(dt));
+    return await1(g, "all-gather", &req, count * g->size * (int64_t)moe_dtype_size(dt));
 }
 
 static moe_status mpi_reduce_scatter(moe_group *g, void *recv, const void *send, int64_t count, moe_dtype dt,
                                      moe_reduce_op op)
 {
-    MOE_TRY(usable("reduce_scatter"));
-    MOE_TRY(check_int_count("reduce_scatter", count * g->size));
+    MOE_TRY(usable("reduce-scatter"));
+    MOE_TRY(check_int_count("reduce-scatter", count * g->size));
     if (!order_free(dt, op))
-        return ordered_reduce_scatter(g, recv, send, count * g->size, dt, op, "reduce_scatter");
+        return ordered_reduce_scatter(g, recv, send, count * g->size, dt, op, "reduce-scatter");
     MPI_Request req;
-    CHECK_MPI("reduce_scatter", MPI_Ireduce_scatter_block(send, recv, (int)count, mpi_type(dt), mpi_op(op),
+    CHECK_MPI("reduce-scatter", MPI_Ireduce_scatter_block(send, recv, (int)count, mpi_type(dt), mpi_op(op),
                                                           comm_of(g), &req));
-    MOE_TRY(await1(g, "reduce_scatter", &req, count * g->size * (int64_t)moe_dtype_size(dt)));
+    MOE_TRY(await1(g, "reduce-scatter", &req, count * g->size * (int64_t)moe_dtype_size(dt)));
     if (op == MOE_REDUCE_AVG) moe_cpu_divide(dt, recv, count, g->size);
     return MOE_OK;
 }
@@ -341,15 +345,17 @@ static moe_status mpi_reduce_scatter(moe_group *g, void *recv, const void *send,
 static moe_status mpi_all_to_all(moe_group *g, void *recv, const int64_t *recv_counts, const void *send,
                                  const int64_t *send_counts, moe_dtype dt)
 {
-    MOE_TRY(usable("all_to_all"));
+    MOE_TRY(usable("all-to-all"));
     int n = g->size;
     int *c = malloc(sizeof(int) * 4 * (size_t)n); /* send counts, send displs, recv counts, recv displs */
-    if (!c) return moe_fail(MOE_ERR_NOMEM, "all_to_all", "out of memory");
+    if (!c)
+        return moe_fail(MOE_ERR_NOMEM, "all-to-all", "out of memory for %zu bytes of all-to-all counts",
+                        sizeof(int) * 4 * (size_t)n);
     int64_t soff = 0, roff = 0;
     for (int q = 0; q < n; q++) {
         if (soff + send_counts[q] > INT_MAX || roff + recv_counts[q] > INT_MAX) {
             free(c);
-            return check_int_count("all_to_all", INT64_MAX);
+            return check_int_count("all-to-all", INT64_MAX);
         }
         c[q] = (int)send_counts[q];
         c[n + q] = (int)soff;
@@ -360,8 +366,8 @@ static moe_status mpi_all_to_all(moe_group *g, void *recv, const int64_t *recv_c
     }
     MPI_Request req;
     int rc = MPI_Ialltoallv(send, c, c + n, mpi_type(dt), recv, c + 2 * n, c + 3 * n, mpi_type(dt), comm_of(g), &req);
-    moe_status st = rc == MPI_SUCCESS ? await1(g, "all_to_all", &req, (soff + roff) * (int64_t)moe_dtype_size(dt))
-                                      : mpi_fail(rc, "all_to_all", "MPI_Ialltoallv", __FILE__, __LINE__);
+    moe_status st = rc == MPI_SUCCESS ? await1(g, "all-to-all", &req, (soff + roff) * (int64_t)moe_dtype_size(dt))
+                                      : mpi_fail(rc, "all-to-all", "MPI_Ialltoallv", __FILE__, __LINE__);
     free(c); /* only now: MPI reads the counts until the operation completes */
     return st;
 }
@@ -399,45 +405,45 @@ static moe_status check_tag(const char *op, int tag)
 
 static moe_status mpi_send(moe_group *g, const void *buf, int64_t count, moe_dtype dt, int dst, int tag)
 {
-    MOE_TRY(usable("send"));
-    MOE_TRY(check_int_count("send", count));
-    MOE_TRY(check_tag("send", tag));
+    MOE_TRY(usable("send!"));
+    MOE_TRY(check_int_count("send!", count));
+    MOE_TRY(check_tag("send!", tag));
     int64_t head[2] = {count, dt};
     MPI_Request reqs[2];
     int peer[2] = {dst, dst};
-    CHECK_MPI("send", MPI_Isend(head, 2, MPI_INT64_T, dst, 2 * tag, comm_of(g), &reqs[0]));
+    CHECK_MPI("send!", MPI_Isend(head, 2, MPI_INT64_T, dst, 2 * tag, comm_of(g), &reqs[0]));
     int rc = MPI_Isend(buf, (int)count, mpi_type(dt), dst, 2 * tag + 1, comm_of(g), &reqs[1]);
     if (rc != MPI_SUCCESS) {
         MPI_Request_free(&reqs[0]); /* a small message: it completes by itself */
-        return mpi_fail(rc, "send", "MPI_Isend", __FILE__, __LINE__);
+        return mpi_fail(rc, "send!", "MPI_Isend", __FILE__, __LINE__);
     }
-    return await(g, "send", 2, reqs, peer, count * (int64_t)moe_dtype_size(dt));
+    return await(g, "send!", 2, reqs, peer, count * (int64_t)moe_dtype_size(dt));
 }
 
 static moe_status mpi_recv(moe_group *g, void *buf, int64_t count, moe_dtype dt, int src, int tag)
 {
-    MOE_TRY(usable("recv"));
-    MOE_TRY(check_int_count("recv", count));
-    MOE_TRY(check_tag("recv", tag));
+    MOE_TRY(usable("recv!"));
+    MOE_TRY(check_int_count("recv!", count));
+    MOE_TRY(check_tag("recv!", tag));
     int64_t head[2];
     MPI_Request req;
-    CHECK_MPI("recv", MPI_Irecv(head, 2, MPI_INT64_T, src, 2 * tag, comm_of(g), &req));
-    MOE_TRY(await(g, "recv", 1, &req, &src, 0));
+    CHECK_MPI("recv!", MPI_Irecv(head, 2, MPI_INT64_T, src, 2 * tag, comm_of(g), &req));
+    MOE_TRY(await(g, "recv!", 1, &req, &src, 0));
     if (head[0] != count || head[1] != dt) {
         /* drain the payload so the channel stays in step, then report */
         moe_dtype sdt = head[1] >= 0 && head[1] < MOE_DTYPE_COUNT ? (moe_dtype)head[1] : MOE_BOOL;
         int64_t nbytes = (head[0] > 0 ? head[0] : 1) * (int64_t)moe_dtype_size(sdt);
         void *tmp = malloc((size_t)nbytes);
         if (tmp && MPI_Irecv(tmp, (int)head[0], mpi_type(sdt), src, 2 * tag + 1, comm_of(g), &req) == MPI_SUCCESS &&
-            await(g, "recv", 1, &req, &src, nbytes) != MOE_OK) {
+            await(g, "recv!", 1, &req, &src, nbytes) != MOE_OK) {
             return MOE_ERR_BACKEND; /* timed out: TMP stays with the pending request */
         }
         free(tmp);
-        return moe_fail(MOE_ERR_SHAPE, "recv", "size mismatch: rank %d sent %lld elements (%s), rank %d expects %lld elements (%s)",
+        return moe_fail(MOE_ERR_SHAPE, "recv!", "size mismatch: rank %d sent %lld elements (%s), rank %d expects %lld elements (%s)",
                         src, (long long)head[0], moe_dtype_name(sdt), g->rank, (long long)count, moe_dtype_name(dt));
     }
-    CHECK_MPI("recv", MPI_Irecv(buf, (int)count, mpi_type(dt), src, 2 * tag + 1, comm_of(g), &req));
-    return await(g, "recv", 1, &req, &src, count * (int64_t)moe_dtype_size(dt));
+    CHECK_MPI("recv!", MPI_Irecv(buf, (int)count, mpi_type(dt), src, 2 * tag + 1, comm_of(g), &req));
+    return await(g, "recv!", 1, &req, &src, count * (int64_t)moe_dtype_size(dt));
 }
 
 /* A barrier on G for OP. */
@@ -472,7 +478,8 @@ static moe_status mpi_gather_entry(moe_group *g, void *recv, const void *send, i
     if (!reqs || !peer) {
         free(reqs);
         free(peer);
-        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for the peer check");
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of peer-check requests (%d ranks)",
+                        (sizeof *reqs + sizeof *peer) * 2 * (size_t)n, n);
     }
     int tag = tag_ub(), k = 0, rc = MPI_SUCCESS;
     memcpy((char *)recv + (size_t)me * (size_t)nbytes, send, (size_t)nbytes);
@@ -507,7 +514,8 @@ static moe_status wrap_comm(moe_group **out, MPI_Comm comm, bool owned)
     if (!mine || !impl) {
         free(mine);
         free(impl);
-        return moe_fail(MOE_ERR_NOMEM, "group", "out of memory");
+        return moe_fail(MOE_ERR_NOMEM, "group", "out of memory for %zu bytes of a group of %d ranks",
+                        sizeof(int) * 2 * (size_t)size + sizeof *impl, size);
     }
     MPI_Group gg, wg;
     MPI_Comm_group(comm, &gg);
@@ -533,9 +541,9 @@ static moe_status mpi_split(moe_group **out, moe_group *g, int color, int key)
     *out = NULL;
     /* MPI_Comm_split blocks: wait (idle, with the timeout) until every
      * member has come, then split */
-    MOE_TRY(arrive_all(g, "split"));
+    MOE_TRY(arrive_all(g, "group-split"));
     MPI_Comm nc;
-    CHECK_MPI("split", MPI_Comm_split(comm_of(g), color < 0 ? MPI_UNDEFINED : color, key, &nc));
+    CHECK_MPI("group-split", MPI_Comm_split(comm_of(g), color < 0 ? MPI_UNDEFINED : color, key, &nc));
     if (nc == MPI_COMM_NULL) return MOE_OK;
     MPI_Comm_set_errhandler(nc, MPI_ERRORS_RETURN);
     moe_status st = wrap_comm(out, nc, true);
@@ -553,8 +561,8 @@ typedef struct mpi_req {
 static moe_status mpi_all_reduce_finish(moe_work *w)
 {
     mpi_req *r = w->impl;
-    moe_status st = usable("all_reduce");
-    if (st == MOE_OK) st = await1(w->g, "all_reduce", &r->req, r->bytes);
+    moe_status st = usable("all-reduce");
+    if (st == MOE_OK) st = await1(w->g, "all-reduce", &r->req, r->bytes);
     if (st != MOE_OK) return st; /* R stays with the pending request */
     free(r);
     w->impl = NULL;
@@ -612,7 +620,9 @@ static moe_status ordered_phase2(ordered_req *r)
     int64_t mylo, mylen;
     slice(r->count, n, me, &mylo, &mylen);
     const void **srcs = malloc(sizeof *srcs * (size_t)n);
-    if (!srcs) return moe_fail(MOE_ERR_NOMEM, "all_reduce", "out of memory");
+    if (!srcs)
+        return moe_fail(MOE_ERR_NOMEM, "all-reduce", "out of memory for %zu bytes of all-reduce sources",
+                        sizeof *srcs * (size_t)n);
     for (int q = 0; q < n; q++) srcs[q] = r->recv + (size_t)(q * mylen) * esz;
     moe_cpu_reduce_n(r->dt, (char *)r->buf + mylo * (int64_t)esz, srcs, n, mylen, r->op);
     free(srcs);
@@ -624,7 +634,7 @@ static moe_status ordered_phase2(ordered_req *r)
     }
     int rc = MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, r->buf, r->counts, r->counts + n, mpi_type(r->dt),
                              im->gather_comm, &r->req);
-    if (rc != MPI_SUCCESS) return mpi_fail(rc, "all_reduce", "MPI_Iallgatherv", __FILE__, __LINE__);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "all-reduce", "MPI_Iallgatherv", __FILE__, __LINE__);
     r->phase = 2;
     return MOE_OK;
 }
@@ -638,11 +648,11 @@ static moe_status ordered_advance(mpi_impl *im, ordered_req *until)
         ordered_req *h = im->queue_head;
         bool must = until && until->phase == 1;
         if (must) {
-            MOE_TRY(await1(h->g, "all_reduce", &h->req, h->bytes));
+            MOE_TRY(await1(h->g, "all-reduce", &h->req, h->bytes));
         } else {
             int flag = 0;
             int rc = MPI_Test(&h->req, &flag, MPI_STATUS_IGNORE);
-            if (rc != MPI_SUCCESS) return mpi_fail(rc, "all_reduce", "MPI_Test", __FILE__, __LINE__);
+            if (rc != MPI_SUCCESS) return mpi_fail(rc, "all-reduce", "MPI_Test", __FILE__, __LINE__);
             if (!flag) return MOE_OK;
         }
         im->queue_head = h->next;
@@ -660,12 +670,12 @@ static moe_status ordered_advance(mpi_impl *im, ordered_req *until)
 static moe_status ordered_finish(moe_work *w)
 {
     ordered_req *r = w->impl;
-    moe_status st = usable("all_reduce");
+    moe_status st = usable("all-reduce");
     if (st == MOE_OK) st = ordered_advance(w->g->impl, r);
     if (st == MOE_OK && r->phase == 3)
-        st = moe_fail(MOE_ERR_BACKEND, "all_reduce", "the all-gather phase of an asynchronous all-reduce could "
+        st = moe_fail(MOE_ERR_BACKEND, "all-reduce", "the all-gather phase of an asynchronous all-reduce could "
                       "not start");
-    if (st == MOE_OK) st = await1(w->g, "all_reduce", &r->req, r->bytes);
+    if (st == MOE_OK) st = await1(w->g, "all-reduce", &r->req, r->bytes);
     if (st != MOE_OK) return st; /* R stays with its pending request */
     ordered_free(r);
     w->impl = NULL;
@@ -692,7 +702,7 @@ static moe_status ordered_start(moe_work *w, moe_group *g, void *buf, int64_t co
     int64_t mylo, mylen;
     slice(count, n, me, &mylo, &mylen);
     if (im->gather_comm == MPI_COMM_NULL) { /* collective: every rank's first one */
-        CHECK_MPI("all_reduce", MPI_Comm_dup(im->comm, &im->gather_comm));
+        CHECK_MPI("all-reduce", MPI_Comm_dup(im->comm, &im->gather_comm));
         MPI_Comm_set_errhandler(im->gather_comm, MPI_ERRORS_RETURN);
     }
     ordered_req *r = calloc(1, sizeof *r);
@@ -702,7 +712,9 @@ static moe_status ordered_start(moe_work *w, moe_group *g, void *buf, int64_t co
     }
     if (!r || !r->recv || !r->counts) {
         ordered_free(r);
-        return moe_fail(MOE_ERR_NOMEM, "all_reduce", "out of memory for %lld elements", (long long)(mylen * n));
+        return moe_fail(MOE_ERR_NOMEM, "all-reduce", "out of memory for %zu bytes of an asynchronous all-reduce "
+                        "(%lld elements received)", sizeof *r + (size_t)(mylen * n > 0 ? mylen * n : 1) * esz +
+                        sizeof(int) * 4 * (size_t)n, (long long)(mylen * n));
     }
     *r = (ordered_req){.req = MPI_REQUEST_NULL, .phase = 1, .g = g, .buf = buf, .dt = dt, .op = op,
                        .count = count, .bytes = count * (int64_t)esz, .recv = r->recv, .counts = r->counts};
@@ -719,7 +731,7 @@ static moe_status ordered_start(moe_work *w, moe_group *g, void *buf, int64_t co
                             &r->req);
     if (rc != MPI_SUCCESS) {
         ordered_free(r);
-        return mpi_fail(rc, "all_reduce", "MPI_Ialltoallv", __FILE__, __LINE__);
+        return mpi_fail(rc, "all-reduce", "MPI_Ialltoallv", __FILE__, __LINE__);
     }
     if (im->queue_tail) im->queue_tail->next = r;
     else im->queue_head = r;
@@ -733,8 +745,8 @@ static moe_status ordered_start(moe_work *w, moe_group *g, void *buf, int64_t co
 static moe_status mpi_all_reduce_start(moe_work *w, moe_group *g, void *buf, int64_t count, moe_dtype dt,
                                        moe_reduce_op op)
 {
-    MOE_TRY(usable("all_reduce"));
-    MOE_TRY(check_int_count("all_reduce", count));
+    MOE_TRY(usable("all-reduce"));
+    MOE_TRY(check_int_count("all-reduce", count));
     if (!order_free(dt, op)) {
         if (dt != MOE_BF16 && count <= CHUNK && count <= INT_MAX / (g->size > 0 ? g->size : 1))
             return ordered_start(w, g, buf, count, dt, op);
@@ -742,11 +754,11 @@ static moe_status mpi_all_reduce_start(moe_work *w, moe_group *g, void *buf, int
         return MOE_OK;
     }
     mpi_req *r = malloc(sizeof *r);
-    if (!r) return moe_fail(MOE_ERR_NOMEM, "all_reduce", "out of memory");
+    if (!r) return moe_fail(MOE_ERR_NOMEM, "all-reduce", "out of memory for %zu bytes of an MPI request", sizeof *r);
     int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, mpi_type(dt), mpi_op(op), comm_of(g), &r->req);
     if (rc != MPI_SUCCESS) {
         free(r);
-        return mpi_fail(rc, "all_reduce", "MPI_Iallreduce", __FILE__, __LINE__);
+        return mpi_fail(rc, "all-reduce", "MPI_Iallreduce", __FILE__, __LINE__);
     }
     r->bytes = count * (int64_t)moe_dtype_size(dt);
     w->impl = r;
@@ -792,12 +804,12 @@ static const moe_comm_backend *mpi_ops(void) { return &moe_comm_mpi_backend; }
 
 /* ---- the world ------------------------------------------------------------------------ */
 
-moe_group *moe_mpi_world_peek(void); /* comm.c */
+moe_group *moe_mpi_world_peek(void); /* group.c */
 moe_group *moe_mpi_world_peek(void) { return mpi_world_group; }
 
 moe_status moe_mpi_world(moe_group **out)
 {
-    const char *opn = "mpi_world";
+    const char *opn = "with-ranks";
     *out = NULL;
     if (!mpi_world_group) {
         int init = 0, finalized = 0;
@@ -878,7 +890,7 @@ moe_status moe_mpi_finalize(void)
          * and one that fails aborts the job) */
         wait_for_everyone();
         we_initialized = false;
-        CHECK_MPI("mpi_finalize", MPI_Finalize());
+        CHECK_MPI("mpi-finalize", MPI_Finalize());
     }
     return MOE_OK;
 }
@@ -888,12 +900,12 @@ moe_status moe_mpi_abort(const char *message)
     int init = 0, finalized = 0;
     MPI_Initialized(&init);
     MPI_Finalized(&finalized);
-    if (!init || finalized) return moe_fail(MOE_ERR_STATE, "mpi_abort", "there is no MPI job to abort (MPI %s)",
+    if (!init || finalized) return moe_fail(MOE_ERR_STATE, "with-ranks", "there is no MPI job to abort (MPI %s)",
                                             init ? "was finalized" : "is not initialised");
     if (message && *message) {
         fprintf(stderr, "%s\n", message);
         fflush(stderr);
     }
     MPI_Abort(MPI_COMM_WORLD, 1);
-    return moe_fail(MOE_ERR_BACKEND, "mpi_abort", "MPI_Abort returned");
+    return moe_fail(MOE_ERR_BACKEND, "with-ranks", "MPI_Abort returned");
 }

@@ -100,7 +100,7 @@ static moe_status nccl_load(void)
     }
     bool ok = api.ok;
     pthread_mutex_unlock(&mu);
-    if (!ok) return moe_fail(MOE_ERR_UNSUPPORTED, "nccl", "%s", api.why);
+    if (!ok) return moe_fail(MOE_ERR_UNSUPPORTED, "attach-nccl", "%s", api.why); /* its only caller */
     return MOE_OK;
 }
 
@@ -196,43 +196,43 @@ static moe_status nccl_all_reduce(moe_group *g, void *buf, int64_t count, moe_dt
     ncclDataType_t t;
 #if NCCL_VERSION_CODE < 21000
     if (op == MOE_REDUCE_AVG)
-        return moe_fail(MOE_ERR_UNSUPPORTED, "all_reduce", "avg needs NCCL 2.10 or newer");
+        return moe_fail(MOE_ERR_UNSUPPORTED, "all-reduce", "avg needs NCCL 2.10 or newer");
 #endif
-    MOE_TRY(usable(g, "all_reduce"));
-    MOE_TRY(nccl_type("all_reduce", dt, &t));
-    CHECK_NCCL("all_reduce", api.AllReduce(buf, buf, (size_t)count, t, nccl_op(op), impl_of(g)->comm, impl_of(g)->stream));
-    return nccl_wait(g, "all_reduce");
+    MOE_TRY(usable(g, "all-reduce"));
+    MOE_TRY(nccl_type("all-reduce", dt, &t));
+    CHECK_NCCL("all-reduce", api.AllReduce(buf, buf, (size_t)count, t, nccl_op(op), impl_of(g)->comm, impl_of(g)->stream));
+    return nccl_wait(g, "all-reduce");
 }
 
 static moe_status nccl_all_gather(moe_group *g, void *recv, const void *send, int64_t count, moe_dtype dt)
 {
     ncclDataType_t t;
-    MOE_TRY(usable(g, "all_gather"));
-    MOE_TRY(nccl_type("all_gather", dt, &t));
-    CHECK_NCCL("all_gather", api.AllGather(send, recv, (size_t)count, t, impl_of(g)->comm, impl_of(g)->stream));
-    return nccl_wait(g, "all_gather");
+    MOE_TRY(usable(g, "all-gather"));
+    MOE_TRY(nccl_type("all-gather", dt, &t));
+    CHECK_NCCL("all-gather", api.AllGather(send, recv, (size_t)count, t, impl_of(g)->comm, impl_of(g)->stream));
+    return nccl_wait(g, "all-gather");
 }
 
 static moe_status nccl_reduce_scatter(moe_group *g, void *recv, const void *send, int64_t count, moe_dtype dt,
                                       moe_reduce_op op)
 {
     ncclDataType_t t;
-    MOE_TRY(usable(g, "reduce_scatter"));
-    MOE_TRY(nccl_type("reduce_scatter", dt, &t));
-    CHECK_NCCL("reduce_scatter", api.ReduceScatter(send, recv, (size_t)count, t, nccl_op(op), impl_of(g)->comm,
+    MOE_TRY(usable(g, "reduce-scatter"));
+    MOE_TRY(nccl_type("reduce-scatter", dt, &t));
+    CHECK_NCCL("reduce-scatter", api.ReduceScatter(send, recv, (size_t)count, t, nccl_op(op), impl_of(g)->comm,
                                                    impl_of(g)->stream));
-    return nccl_wait(g, "reduce_scatter");
+    return nccl_wait(g, "reduce-scatter");
 }
 
 static moe_status nccl_all_to_all(moe_group *g, void *recv, const int64_t *recv_counts, const void *send,
                                   const int64_t *send_counts, moe_dtype dt)
 {
     ncclDataType_t t;
-    MOE_TRY(usable(g, "all_to_all"));
-    MOE_TRY(nccl_type("all_to_all", dt, &t));
+    MOE_TRY(usable(g, "all-to-all"));
+    MOE_TRY(nccl_type("all-to-all", dt, &t));
     size_t esz = moe_dtype_size(dt);
     nccl_impl *im = impl_of(g);
-    CHECK_NCCL("all_to_all", api.GroupStart());
+    CHECK_NCCL("all-to-all", api.GroupStart());
     int64_t soff = 0, roff = 0;
     ncclResult_t rc = ncclSuccess;
     for (int q = 0; q < g->size && rc == ncclSuccess; q++) {
@@ -244,9 +244,9 @@ static moe_status nccl_all_to_all(moe_group *g, void *recv, const int64_t *recv_
         roff += recv_counts[q];
     }
     ncclResult_t end = api.GroupEnd();
-    CHECK_NCCL("all_to_all", rc);
-    CHECK_NCCL("all_to_all", end);
-    return nccl_wait(g, "all_to_all");
+    CHECK_NCCL("all-to-all", rc);
+    CHECK_NCCL("all-to-all", end);
+    return nccl_wait(g, "all-to-all");
 }
 
 static moe_status nccl_broadcast(moe_group *g, void *buf, int64_t count, moe_dtype dt, int root)
@@ -263,33 +263,33 @@ static moe_status nccl_broadcast(moe_group *g, void *buf, int64_t count, moe_dty
 static moe_status nccl_send(moe_group *g, const void *buf, int64_t count, moe_dtype dt, int dst, int tag)
 {
     ncclDataType_t t;
-    MOE_TRY(usable(g, "send"));
-    MOE_TRY(nccl_type("send", dt, &t));
+    MOE_TRY(usable(g, "send!"));
+    MOE_TRY(nccl_type("send!", dt, &t));
     moe_group *host = impl_of(g)->host;
     int64_t head[2] = {count, dt};
     MOE_TRY(host->ops->send(host, head, 2, MOE_I64, dst, tag));
     if (count == 0) return MOE_OK;
-    CHECK_NCCL("send", api.Send(buf, (size_t)count, t, dst, impl_of(g)->comm, impl_of(g)->stream));
-    return nccl_wait(g, "send");
+    CHECK_NCCL("send!", api.Send(buf, (size_t)count, t, dst, impl_of(g)->comm, impl_of(g)->stream));
+    return nccl_wait(g, "send!");
 }
 
 static moe_status nccl_recv(moe_group *g, void *buf, int64_t count, moe_dtype dt, int src, int tag)
 {
     ncclDataType_t t;
-    MOE_TRY(usable(g, "recv"));
-    MOE_TRY(nccl_type("recv", dt, &t));
+    MOE_TRY(usable(g, "recv!"));
+    MOE_TRY(nccl_type("recv!", dt, &t));
     moe_group *host = impl_of(g)->host;
     int64_t head[2];
     MOE_TRY(host->ops->recv(host, head, 2, MOE_I64, src, tag));
     if (head[0] != count || head[1] != dt)
-        return moe_fail(MOE_ERR_SHAPE, "recv", "size mismatch: rank %d sent %lld elements (%s), rank %d expects %lld "
+        return moe_fail(MOE_ERR_SHAPE, "recv!", "size mismatch: rank %d sent %lld elements (%s), rank %d expects %lld "
                         "elements (%s); the NCCL channel is now out of step",
                         src, (long long)head[0],
                         head[1] >= 0 && head[1] < MOE_DTYPE_COUNT ? moe_dtype_name((moe_dtype)head[1]) : "?", g->rank,
                         (long long)count, moe_dtype_name(dt));
     if (count == 0) return MOE_OK;
-    CHECK_NCCL("recv", api.Recv(buf, (size_t)count, t, src, impl_of(g)->comm, impl_of(g)->stream));
-    return nccl_wait(g, "recv");
+    CHECK_NCCL("recv!", api.Recv(buf, (size_t)count, t, src, impl_of(g)->comm, impl_of(g)->stream));
+    return nccl_wait(g, "recv!");
 }
 
 static moe_status nccl_barrier(moe_group *g)
@@ -304,7 +304,7 @@ static moe_status nccl_split(moe_group **out, moe_group *g, int color, int key)
     (void)color;
     (void)key;
     *out = NULL;
-    return moe_fail(MOE_ERR_UNSUPPORTED, "split", "split the host group, then attach NCCL to the sub-group");
+    return moe_fail(MOE_ERR_UNSUPPORTED, "group-split", "split the host group, then attach NCCL to the sub-group");
 }
 
 static void nccl_destroy(moe_group *g)
@@ -351,7 +351,7 @@ typedef struct id_msg {
 
 moe_status moe_nccl_group_new(moe_group **out, moe_group *host, int device)
 {
-    const char *opn = "attach_nccl";
+    const char *opn = "attach-nccl";
     *out = NULL;
     id_msg msg;
     memset(&msg, 0, sizeof msg);
@@ -376,7 +376,7 @@ moe_status moe_nccl_group_new(moe_group **out, moe_group *host, int device)
         return moe_fail((moe_status)msg.status, opn, "rank 0 failed: %s", msg.why);
     if (st != MOE_OK) return st; /* NCCL init below would wait for this rank forever: the others time out */
     nccl_impl *im = calloc(1, sizeof *im);
-    if (!im) return moe_fail(MOE_ERR_NOMEM, opn, "out of memory");
+    if (!im) return moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %zu bytes of NCCL state", sizeof *im);
     im->device = device;
     im->host = host;
     ncclResult_t rc = api.CommInitRank(&im->comm, host->size, msg.id, host->rank);
@@ -408,7 +408,7 @@ moe_status moe_nccl_group_new(moe_group **out, moe_group *host, int device)
     (void)host;
     (void)device;
     *out = NULL;
-    return moe_fail(MOE_ERR_UNSUPPORTED, "attach_nccl", "built without nccl.h: install NCCL's development "
+    return moe_fail(MOE_ERR_UNSUPPORTED, "attach-nccl", "built without nccl.h: install NCCL's development "
                     "headers where CUDA's are and rebuild");
 }
 

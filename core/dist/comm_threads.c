@@ -95,6 +95,13 @@ static struct timespec deadline_after(double seconds)
 
 /* ---- world and shared state ------------------------------------------------------ */
 
+/* The bytes world_new allocates for N ranks (for messages). */
+static size_t world_bytes(int n)
+{
+    thr_world *w;
+    return sizeof *w + sizeof *w->exited * (size_t)n;
+}
+
 static thr_world *world_new(int n)
 {
     thr_world *w = calloc(1, sizeof *w);
@@ -131,6 +138,13 @@ static void world_unref(thr_world *w)
     int left = --w->refcount;
     pthread_mutex_unlock(&w->mu);
     if (left == 0) world_free(w);
+}
+
+/* The bytes shared_new_locked allocates for N ranks (for messages). */
+static size_t shared_bytes(int n)
+{
+    thr_shared *s;
+    return sizeof *s + (sizeof *s->slots + sizeof *s->inbox) * (size_t)n;
 }
 
 /* A shared state for N members with refcount N; w->mu must be held (or the
@@ -403,7 +417,7 @@ static moe_status threads_all_reduce(moe_group *g, void *buf, int64_t count, moe
 {
     thr_shared *s = g->impl;
     thr_slot d = {.kind = MOE_COLL_ALL_REDUCE, .count = count, .dtype = dt, .arg = op, .recv = buf};
-    MOE_TRY(checked_arrive(g, "all_reduce", &d, true, "reduce op"));
+    MOE_TRY(checked_arrive(g, "all-reduce", &d, true, "reduce op"));
     /* Rank r owns slice r of every buffer: it reduces the slice from all
      * ranks' buffers in rank order and writes the result into all of them.
      * Nobody else touches slice r, so one pass suffices (a fused
@@ -423,7 +437,7 @@ static moe_status threads_all_gather(moe_group *g, void *recv, const void *send,
 {
     thr_shared *s = g->impl;
     thr_slot d = {.kind = MOE_COLL_ALL_GATHER, .count = count, .dtype = dt, .send = send};
-    MOE_TRY(checked_arrive(g, "all_gather", &d, true, NULL));
+    MOE_TRY(checked_arrive(g, "all-gather", &d, true, NULL));
     size_t bytes = (size_t)count * moe_dtype_size(dt);
     for (int q = 0; q < s->n; q++) moe_cpu_copy_bytes((char *)recv + (size_t)q * bytes, s->slots[q].send, bytes);
     inner_barrier(g);
@@ -435,7 +449,7 @@ static moe_status threads_reduce_scatter(moe_group *g, void *recv, const void *s
 {
     thr_shared *s = g->impl;
     thr_slot d = {.kind = MOE_COLL_REDUCE_SCATTER, .count = count, .dtype = dt, .arg = op, .send = send};
-    MOE_TRY(checked_arrive(g, "reduce_scatter", &d, true, "reduce op"));
+    MOE_TRY(checked_arrive(g, "reduce-scatter", &d, true, "reduce op"));
     int n = s->n;
     size_t esz = moe_dtype_size(dt);
     const void *srcs[n];
@@ -448,7 +462,7 @@ static moe_status threads_reduce_scatter(moe_group *g, void *recv, const void *s
 static moe_status threads_all_to_all(moe_group *g, void *recv, const int64_t *recv_counts, const void *send,
                                      const int64_t *send_counts, moe_dtype dt)
 {
-    const char *opn = "all_to_all";
+    const char *opn = "all-to-all";
     thr_shared *s = g->impl;
     thr_slot d = {.kind = MOE_COLL_ALL_TO_ALL, .dtype = dt, .send = send, .send_counts = send_counts,
                   .recv_counts = recv_counts};
@@ -511,7 +525,7 @@ static int member_cmp(const void *a, const void *b)
 
 static moe_status threads_split(moe_group **out, moe_group *g, int color, int key)
 {
-    const char *opn = "split";
+    const char *opn = "group-split";
     *out = NULL;
     thr_shared *s = g->impl;
     int n = s->n;
@@ -521,7 +535,9 @@ static moe_status threads_split(moe_group **out, moe_group *g, int color, int ke
     member *mem = malloc(sizeof *mem * (size_t)n);
     int *wr = malloc(sizeof *wr * (size_t)n);
     int m = 0, pos = -1;
-    if (st == MOE_OK && (!mem || !wr)) st = moe_fail(MOE_ERR_NOMEM, opn, "out of memory");
+    if (st == MOE_OK && (!mem || !wr))
+        st = moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %zu bytes of split members (%d ranks)",
+                      (sizeof *mem + sizeof *wr) * (size_t)n, n);
     if (st == MOE_OK && color >= 0) {
         for (int q = 0; q < n; q++)
             if (s->slots[q].color == color) mem[m++] = (member){s->slots[q].key, q};
@@ -540,7 +556,9 @@ static moe_status threads_split(moe_group **out, moe_group *g, int color, int ke
     thr_shared *ns = NULL;
     if (st == MOE_OK && color >= 0) {
         ns = s->slots[mem[0].rank].pub;
-        if (!ns) st = moe_fail(MOE_ERR_NOMEM, opn, "out of memory for a group of %d ranks", m);
+        if (!ns)
+            st = moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %zu bytes of the shared state of a group of %d ranks",
+                          shared_bytes(m), m);
     }
     inner_barrier(g); /* everyone has read the leader's slot */
     if (st == MOE_OK && ns) {
@@ -563,12 +581,12 @@ static moe_status threads_send(moe_group *g, const void *buf, int64_t count, moe
     thr_shared *s = g->impl;
     size_t bytes = (size_t)count * moe_dtype_size(dt);
     thr_msg *m = malloc(sizeof *m + bytes);
-    if (!m) return moe_fail(MOE_ERR_NOMEM, "send", "out of memory for a %zu-byte message", bytes);
+    if (!m) return moe_fail(MOE_ERR_NOMEM, "send!", "out of memory for %zu bytes of a message", sizeof *m + bytes);
     *m = (thr_msg){NULL, g->rank, tag, count, dt};
     if (bytes) memcpy(m->data, buf, bytes);
     pthread_mutex_lock(&s->w->mu);
     if (s->w->poisoned) {
-        moe_status st = poisoned_fail(s->w, "send");
+        moe_status st = poisoned_fail(s->w, "send!");
         pthread_mutex_unlock(&s->w->mu);
         free(m);
         return st;
@@ -586,7 +604,7 @@ static moe_status threads_recv(moe_group *g, void *buf, int64_t count, moe_dtype
     thr_shared *s = g->impl;
     thr_world *w = s->w;
     double timeout;
-    MOE_TRY(moe_comm_wait_limit("recv", &timeout));
+    MOE_TRY(moe_comm_wait_limit("recv!", &timeout));
     struct timespec deadline = deadline_after(isfinite(timeout) ? timeout : 0);
     char who[64];
     moe_status st = MOE_OK;
@@ -604,7 +622,7 @@ static moe_status threads_recv(moe_group *g, void *buf, int64_t count, moe_dtype
             poison_locked(w, g->world_ranks[src], MOE_ERR_STATE, "%s returned without sending tag %d",
                           rank_label(g, src, who, sizeof who), tag);
         if (w->poisoned) {
-            st = poisoned_fail(w, "recv");
+            st = poisoned_fail(w, "recv!");
             break;
         }
         int rc = isfinite(timeout) ? pthread_cond_timedwait(&w->cv, &w->mu, &deadline)
@@ -614,14 +632,14 @@ static moe_status threads_recv(moe_group *g, void *buf, int64_t count, moe_dtype
             rank_label(g, src, who, sizeof who);
             poison_locked(w, wr, MOE_ERR_BACKEND, "rank %d timed out after %g s in recv waiting for %s (tag %d)",
                           wr, timeout, who, tag);
-            st = moe_fail(MOE_ERR_BACKEND, "recv", "timed out after %g s waiting for %s (tag %d)", timeout, who, tag);
+            st = moe_fail(MOE_ERR_BACKEND, "recv!", "timed out after %g s waiting for %s (tag %d)", timeout, who, tag);
             break;
         }
     }
     pthread_mutex_unlock(&w->mu);
     if (st != MOE_OK) return st;
     if (m->count != count || m->dtype != dt) {
-        st = moe_fail(MOE_ERR_SHAPE, "recv", "size mismatch: %s sent %lld elements (%s), rank %d expects %lld elements (%s)",
+        st = moe_fail(MOE_ERR_SHAPE, "recv!", "size mismatch: %s sent %lld elements (%s), rank %d expects %lld elements (%s)",
                       rank_label(g, src, who, sizeof who), (long long)m->count, moe_dtype_name(m->dtype),
                       g->rank, (long long)count, moe_dtype_name(dt));
         threads_poison(g, st, moe_last_error());
@@ -708,7 +726,7 @@ static void keep_errors(const rank_arg *args, int n)
 
 moe_status moe_threads_run(int nranks, moe_rank_fn fn, void *ctx, moe_status *rank_status)
 {
-    const char *opn = "threads_run";
+    const char *opn = "with-ranks";
     if (nranks < 1 || nranks > 4096)
         return moe_fail(MOE_ERR_ARG, opn, "%d ranks requested; 1 to 4096 are supported", nranks);
     if (!fn) return moe_fail(MOE_ERR_ARG, opn, "rank function is NULL");
@@ -723,7 +741,8 @@ moe_status moe_threads_run(int nranks, moe_rank_fn fn, void *ctx, moe_status *ra
             free(s);
         }
         if (w) world_free(w);
-        return moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %d ranks", nranks);
+        return moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %zu bytes of the world and rank state of %d ranks",
+                        world_bytes(nranks) + shared_bytes(nranks) + sizeof *args * (size_t)nranks, nranks);
     }
     moe_status st = MOE_OK;
     int made = 0;

@@ -240,7 +240,8 @@ static moe_status make_buckets(moe_grad_sync *s, int64_t cap)
     if (!open || !s->b || !bytes) {
         free(open);
         free(bytes);
-        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %d parameters", s->n);
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of bucket tables (%d parameters)",
+                        (sizeof *open + sizeof *s->b + sizeof *bytes) * (size_t)s->n, s->n);
     }
     int nopen = 0;
     moe_status st = MOE_OK;
@@ -258,7 +259,8 @@ static moe_status make_buckets(moe_grad_sync *s, int64_t cap)
             i = s->nb++;
             s->b[i].members = malloc(sizeof(int) * (size_t)(p + 1));
             if (!s->b[i].members) {
-                st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for a bucket");
+                st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of bucket %d's members",
+                              sizeof(int) * (size_t)(p + 1), i);
                 break;
             }
             k = nopen;
@@ -304,7 +306,7 @@ moe_status moe_grad_sync_new(moe_grad_sync **out, moe_group *group, int n, moe_t
     *out = NULL;
     MOE_TRY(check_params(n, params, divisor, bucket_bytes));
     moe_grad_sync *s = calloc(1, sizeof *s);
-    if (!s) return moe_fail(MOE_ERR_NOMEM, "make-grad-sync", "out of memory");
+    if (!s) return moe_fail(MOE_ERR_NOMEM, "make-grad-sync", "out of memory for %zu bytes of a grad sync", sizeof *s);
     s->n = n;
     s->divisor = divisor;
     s->params = calloc((size_t)n, sizeof *s->params);
@@ -318,7 +320,10 @@ moe_status moe_grad_sync_new(moe_grad_sync **out, moe_group *group, int n, moe_t
     if (!s->params || !s->slices || !s->slots || !s->hook_ids || !s->bucket_of || !s->count || !s->expected ||
         !s->written) {
         moe_grad_sync_free(s);
-        return moe_fail(MOE_ERR_NOMEM, "make-grad-sync", "out of memory for %d parameters", n);
+        return moe_fail(MOE_ERR_NOMEM, "make-grad-sync", "out of memory for %zu bytes of per-parameter state "
+                        "(%d parameters)", (sizeof *s->params + sizeof *s->slices + sizeof *s->slots +
+                        sizeof *s->hook_ids + sizeof *s->bucket_of + sizeof *s->count + sizeof *s->expected +
+                        sizeof *s->written) * (size_t)n, n);
     }
     s->group = moe_group_retain(group);
     for (int p = 0; p < n; p++) s->params[p] = moe_tensor_retain(params[p]);
@@ -494,7 +499,9 @@ moe_status moe_grad_sync_wait(moe_grad_sync *s)
     moe_tensor **grads = NULL;
     if (st == MOE_OK) {
         grads = calloc((size_t)s->n, sizeof *grads);
-        if (!grads) st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        if (!grads)
+            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of gradient pointers (%d parameters)",
+                          sizeof *grads * (size_t)s->n, s->n);
         else st = unpack(s, grads);
         if (st != MOE_OK) snprintf(why, sizeof why, "%s", moe_last_error());
     }

@@ -2,6 +2,7 @@
 ## Headers install under $(includedir)/moelab/dist and are included as "dist/comm.h".
 libmoelab_la_SOURCES += \
 	core/dist/comm.c core/dist/comm_impl.h core/dist/comm_threads.c core/dist/mesh.c \
+	core/dist/group.c core/dist/comm_grad.c core/dist/comm_async.c \
 	core/dist/grad_sync.c \
 	kernels/cpu/collective.c kernels/cpu/collective.h
 moelabdistdir = $(includedir)/moelab/dist

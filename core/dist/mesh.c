@@ -73,7 +73,7 @@ moe_status moe_mesh_new(moe_mesh **out, moe_group *world, int ndims, const char 
     *out = NULL;
     moe_status st = MOE_OK;
     moe_mesh *m = calloc(1, sizeof *m);
-    if (!m) return moe_fail(MOE_ERR_NOMEM, opn, "out of memory");
+    if (!m) return moe_fail(MOE_ERR_NOMEM, opn, "out of memory for %zu bytes of a mesh", sizeof *m);
     for (int d = 0; d < NDIM; d++) m->size[d] = 1;
     if (ndims < 0 || ndims > NDIM || (ndims > 0 && (!names || !sizes)))
         st = moe_fail(MOE_ERR_ARG, opn, "%d dims given; between 0 and %d (tp cp ep dp pp)", ndims, NDIM);
@@ -184,7 +184,7 @@ int moe_mesh_coord(const moe_mesh *m, const char *dim)
 moe_status moe_mesh_coords(const moe_mesh *m, int world_rank, int *coords)
 {
     if (world_rank < 0 || world_rank >= moe_group_size(m->world))
-        return moe_fail(MOE_ERR_INDEX, "mesh_coords", "rank %d is not in the world of %d ranks", world_rank,
+        return moe_fail(MOE_ERR_INDEX, "mesh-coord", "rank %d is not in the world of %d ranks", world_rank,
                         moe_group_size(m->world));
     for (int d = 0; d < NDIM; d++) coords[d] = world_rank / m->stride[d] % m->size[d];
     return MOE_OK;
@@ -214,7 +214,7 @@ const char *moe_mesh_str(const moe_mesh *m)
 moe_status moe_mesh_group(moe_group **out, const moe_mesh *m, const char *dims)
 {
     *out = NULL;
-    if (!m) return moe_fail(MOE_ERR_ARG, "mesh_group", "mesh is NULL");
+    if (!m) return moe_fail(MOE_ERR_ARG, "mesh-group", "mesh is NULL");
     int mask = 0;
     const char *p = dims ? dims : "";
     while (*p) {
@@ -226,7 +226,7 @@ moe_status moe_mesh_group(moe_group **out, const moe_mesh *m, const char *dims)
         if (len == 4 && strncmp(start, "self", 4) == 0) continue;
         int d = dim_index(start, len);
         if (d < 0)
-            return moe_fail(MOE_ERR_ARG, "mesh_group", "unknown dimension '%.*s' in \"%s\": use tp, cp, ep, dp or pp",
+            return moe_fail(MOE_ERR_ARG, "mesh-group", "unknown dimension '%.*s' in \"%s\": use tp, cp, ep, dp or pp",
                             (int)len, start, dims);
         mask |= 1 << d;
     }

@@ -27,7 +27,7 @@ SCM_DEFINE(moelab_all_reduce_x, "%all-reduce!", 3, 0, 0, (SCM t, SCM op, SCM g),
     moe_tensor *x = moelab_unwrap(t, 1, FUNC_NAME);
     moe_reduce_op o = to_reduce_op(op, 2, FUNC_NAME);
     moe_group *grp = moelab_use_group(g, 3, FUNC_NAME);
-    DIST_CHECK(FUNC_NAME, "all_reduce", moe_all_reduce_(x, o, grp));
+    DIST_CHECK(FUNC_NAME, "all-reduce", moe_all_reduce_(x, o, grp));
     scm_remember_upto_here_2(t, g);
     return t;
 }
@@ -41,7 +41,7 @@ SCM_DEFINE(moelab_all_reduce, "%all-reduce", 3, 0, 0, (SCM t, SCM op, SCM g),
     moe_tensor *x = moelab_unwrap(t, 1, FUNC_NAME), *r;
     moe_reduce_op o = to_reduce_op(op, 2, FUNC_NAME);
     moe_group *grp = moelab_use_group(g, 3, FUNC_NAME);
-    DIST_CHECK(FUNC_NAME, "all_reduce", moe_all_reduce(&r, x, o, grp));
+    DIST_CHECK(FUNC_NAME, "all-reduce", moe_all_reduce(&r, x, o, grp));
     scm_remember_upto_here_2(t, g);
     return moelab_wrap(r);
 }
@@ -53,7 +53,7 @@ SCM_DEFINE(moelab_all_gather, "%all-gather", 2, 0, 0, (SCM t, SCM g),
 {
     moe_tensor *x = moelab_unwrap(t, 1, FUNC_NAME), *r;
     moe_group *grp = moelab_use_group(g, 2, FUNC_NAME);
-    DIST_CHECK(FUNC_NAME, "all_gather", moe_all_gather(&r, x, grp));
+    DIST_CHECK(FUNC_NAME, "all-gather", moe_all_gather(&r, x, grp));
     scm_remember_upto_here_2(t, g);
     return moelab_wrap(r);
 }
@@ -66,7 +66,7 @@ SCM_DEFINE(moelab_reduce_scatter, "%reduce-scatter", 3, 0, 0, (SCM t, SCM op, SC
     moe_tensor *x = moelab_unwrap(t, 1, FUNC_NAME), *r;
     moe_reduce_op o = to_reduce_op(op, 2, FUNC_NAME);
     moe_group *grp = moelab_use_group(g, 3, FUNC_NAME);
-    DIST_CHECK(FUNC_NAME, "reduce_scatter", moe_reduce_scatter(&r, x, o, grp));
+    DIST_CHECK(FUNC_NAME, "reduce-scatter", moe_reduce_scatter(&r, x, o, grp));
     scm_remember_upto_here_2(t, g);
     return moelab_wrap(r);
 }
@@ -98,7 +98,7 @@ SCM_DEFINE(moelab_all_to_all, "%all-to-all", 3, 0, 0, (SCM t, SCM splits, SCM g)
     moe_status st = moe_all_to_all(&r, recv, x, send, grp);
     if (st != MOE_OK) {
         free(buf);
-        moelab_throw_last_from(FUNC_NAME, "all_to_all");
+        moelab_throw_last_from(FUNC_NAME, "all-to-all");
     }
     SCM l = SCM_EOL;
     for (int i = n - 1; i >= 0; i--) l = scm_cons(scm_from_int64(recv[i]), l);
@@ -131,7 +131,7 @@ SCM_DEFINE(moelab_send, "%send", 4, 0, 0, (SCM t, SCM dst, SCM tag, SCM g),
     int d = moelab_to_int(dst, 2, FUNC_NAME);
     int k = moelab_to_int(tag, 3, FUNC_NAME);
     moe_group *grp = moelab_use_group(g, 4, FUNC_NAME);
-    DIST_CHECK(FUNC_NAME, "send", moe_send(x, d, k, grp));
+    DIST_CHECK(FUNC_NAME, "send!", moe_send(x, d, k, grp));
     scm_remember_upto_here_2(t, g);
     return t;
 }
@@ -145,7 +145,7 @@ SCM_DEFINE(moelab_recv_x, "%recv!", 4, 0, 0, (SCM t, SCM src, SCM tag, SCM g),
     int s = moelab_to_int(src, 2, FUNC_NAME);
     int k = moelab_to_int(tag, 3, FUNC_NAME);
     moe_group *grp = moelab_use_group(g, 4, FUNC_NAME);
-    DIST_CHECK(FUNC_NAME, "recv", moe_recv_(x, s, k, grp));
+    DIST_CHECK(FUNC_NAME, "recv!", moe_recv_(x, s, k, grp));
     scm_remember_upto_here_2(t, g);
     return t;
 }
@@ -184,7 +184,7 @@ SCM_DEFINE(moelab_set_comm_timeout_x, "%set-comm-timeout!", 1, 0, 0, (SCM second
                      "to wait forever", text);
     }
     double prev = moe_comm_timeout();
-    DIST_CHECK(FUNC_NAME, "set_comm_timeout", moe_comm_set_timeout(s));
+    DIST_CHECK(FUNC_NAME, "set-comm-timeout!", moe_comm_set_timeout(s));
     return timeout_to_scm(prev);
 }
 #undef FUNC_NAME
@@ -194,7 +194,7 @@ SCM_DEFINE(moelab_comm_timeout, "%comm-timeout", 0, 0, 0, (void),
 #define FUNC_NAME "comm-timeout"
 {
     double s;
-    DIST_CHECK(FUNC_NAME, "comm_timeout", moe_comm_wait_limit("comm_timeout", &s));
+    DIST_CHECK(FUNC_NAME, "comm-timeout", moe_comm_wait_limit("comm-timeout", &s));
     return timeout_to_scm(s);
 }
 #undef FUNC_NAME

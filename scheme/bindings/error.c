@@ -82,7 +82,7 @@ void moelab_throw_last_from(const char *subr, const char *cop)
 {
     moe_status code = moe_last_status();
     const char *m = moe_last_error();
-    /* The core's messages start with its operation ("all_gather: …"); SUBR
+    /* The core's messages start with its operation ("all-gather: …"); SUBR
      * is shown instead. COP NULL: any one-word prefix. */
     const char *colon = strstr(m, ": ");
     if (colon && (cop ? (size_t)(colon - m) == strlen(cop) && strncmp(m, cop, strlen(cop)) == 0

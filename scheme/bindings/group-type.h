@@ -3,9 +3,8 @@
  * (not installed).
  *
  * Ownership. A moe_group handle belongs to one rank, and only that rank's
- * thread runs collectives on it (its reference count is atomic only because
- * autograd nodes may be freed on another thread; see moe_group_release).
- * So no Scheme object owns a handle. Each run of a rank has a scope
+ * thread runs collectives on it (who holds references, and on which thread
+ * they may go: core/dist/comm.h, groups). So no Scheme object owns a handle. Each run of a rank has a scope
  * (dist_scope) that owns the handles it gives out (its world, its mesh and
  * the mesh groups asked for) and drops them on the rank's own thread when
  * the rank's procedure returns. A <group> points at its scope (an atomic

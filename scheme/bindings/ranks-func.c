@@ -99,7 +99,7 @@ SCM_DEFINE(moelab_context_mesh_group, "%context-mesh-group", 2, 0, 0, (SCM ctx, 
     moe_group *g = NULL;
     moe_status st = moe_mesh_group(&g, lookup, d);
     free(d);
-    if (st != MOE_OK) moelab_throw_last_from(FUNC_NAME, "mesh_group");
+    if (st != MOE_OK) moelab_throw_last_from(FUNC_NAME, "mesh-group");
     if (!m) { /* one rank: the trivial group */
         moe_group_release(g);
         return moelab_make_group(NULL, NULL, FUNC_NAME);
@@ -262,7 +262,7 @@ static moe_status rank_fn(int rank, moe_group *world, void *ctx)
     if (st != MOE_OK) {
         int none = -1;
         atomic_compare_exchange_strong(&c->run->first_failed, &none, rank);
-        /* The message peers see ("all_gather: rank R failed: <it>"): the
+        /* The message peers see ("all-gather: rank R failed: <it>"): the
          * rank's own text, split at its first ": " into the "op" part that
          * moe_fail puts first. */
         char *colon = strstr(c->text, ": ");
@@ -308,7 +308,7 @@ SCM_DEFINE(moelab_threads_run, "%threads-run", 3, 0, 0, (SCM n, SCM mesh, SCM en
     scm_gc_unprotect_object(run.outcomes);
     free(spec);
     int first = atomic_load(&run.first_failed);
-    if (st != MOE_OK && first < 0) moelab_throw_last_from(FUNC_NAME, "threads_run"); /* the runner itself failed */
+    if (st != MOE_OK && first < 0) moelab_throw_last_from(FUNC_NAME, "with-ranks"); /* the runner itself failed */
     moe_clear_error();
     return scm_cons(first >= 0 ? scm_from_int(first) : SCM_BOOL_F, run.outcomes);
 }
@@ -381,7 +381,7 @@ SCM_DEFINE(moelab_mpi_open, "%mpi-open", 2, 0, 0, (SCM n, SCM mesh),
     int nr = moelab_to_int(n, 1, FUNC_NAME);
     if (!scm_is_false(mesh) && !scm_is_string(mesh)) scm_wrong_type_arg_msg(FUNC_NAME, 2, mesh, "string or #f");
     moe_group *w = NULL;
-    DIST_CHECK(FUNC_NAME, "mpi_world", moe_mpi_world(&w));
+    DIST_CHECK(FUNC_NAME, "with-ranks", moe_mpi_world(&w));
     int size = moe_group_size(w);
     if (nr != size) {
         moe_group_release(w);
@@ -427,7 +427,7 @@ SCM_DEFINE(moelab_mpi_abort, "%mpi-abort", 1, 0, 0, (SCM message),
     scm_flush_all_ports();
     moe_mpi_abort(m); /* returns only when there is no MPI job */
     free(m);
-    moelab_throw_last_from(FUNC_NAME, "mpi_abort");
+    moelab_throw_last_from(FUNC_NAME, "with-ranks");
 }
 #undef FUNC_NAME
 

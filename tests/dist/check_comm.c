@@ -123,6 +123,37 @@ START_TEST(test_null_group)
 }
 END_TEST
 
+/* Messages name the operation as (moelab dist) does, never the C function. */
+static moe_status never_runs(int rank, moe_group *world, void *p) { return MOE_OK; }
+
+START_TEST(test_scheme_names)
+{
+    moe_tensor *t = T(MOE_F32, 1, SHAPE(2), 1, 2), *b, *y = NULL;
+    OK(moe_tensor_zeros(&b, MOE_BOOL, MOE_CPU, 1, SHAPE(2)));
+    FAILS(moe_all_reduce_(b, MOE_REDUCE_SUM, NULL), MOE_ERR_DTYPE, "all-reduce: sum of a bool");
+    FAILS(moe_all_gather(&y, NULL, NULL), MOE_ERR_ARG, "all-gather: tensor argument is NULL");
+    FAILS(moe_reduce_scatter(&y, NULL, MOE_REDUCE_SUM, NULL), MOE_ERR_ARG, "reduce-scatter: tensor argument");
+    FAILS(moe_all_to_all(&y, NULL, t, (int64_t[]){1}, NULL), MOE_ERR_SHAPE, "all-to-all: send splits sum to 1");
+    FAILS(moe_broadcast_(t, 1, NULL), MOE_ERR_ARG, "broadcast: root 1");
+    FAILS(moe_send(t, 0, 0, NULL), MOE_ERR_ARG, "send!: rank 0 cannot send to itself");
+    FAILS(moe_recv_(t, 0, 0, NULL), MOE_ERR_ARG, "recv!: rank 0 cannot receive from itself");
+    moe_group *g = NULL;
+    FAILS(moe_group_subset(&g, NULL, 2, (int[]){0, 1}), MOE_ERR_ARG, "group-subset: 2 ranks requested");
+    ck_assert_ptr_null(g);
+    ck_assert(moe_group_attach_nccl(NULL, 0) != MOE_OK);
+    ck_assert_msg(strncmp(moe_last_error(), "attach-nccl: ", 13) == 0, "%s", moe_last_error());
+    FAILS(moe_identity_all_reduce_grad(&y, NULL, NULL), MOE_ERR_ARG, "identity-all-reduce-grad: tensor");
+    FAILS(moe_comm_set_timeout(-1), MOE_ERR_ARG, "set-comm-timeout!: -1 s is not a timeout");
+    FAILS(moe_threads_run(0, never_runs, NULL, NULL), MOE_ERR_ARG, "with-ranks: 0 ranks requested");
+    FAILS(moe_mesh_group(&g, NULL, "dp"), MOE_ERR_ARG, "mesh-group: mesh is NULL");
+    OK(moe_tensor_requires_grad_(t, true));
+    FAILS(moe_all_reduce(&y, t, MOE_REDUCE_MAX, NULL), MOE_ERR_UNSUPPORTED, "all-reduce: max is not differentiable");
+    FAILS(moe_reduce_scatter(&y, t, MOE_REDUCE_MIN, NULL), MOE_ERR_UNSUPPORTED, "reduce-scatter: min is not");
+    ck_assert_ptr_null(y);
+    RELEASE(t, b);
+}
+END_TEST
+
 /* ---- runner ----------------------------------------------------------------- */
 
 typedef struct info_ctx {
@@ -198,16 +229,16 @@ START_TEST(test_failing_rank)
     for (int blocked = 0; blocked < 2; blocked++) {
         fail_ctx c = {.failing = 2, .delay = blocked ? 0.2 : 0};
         moe_status rs[4];
-        FAILS(moe_threads_run(4, fail_rank, &c, rs), MOE_ERR_VALUE, "threads_run: rank 2 failed: model: boom on rank 2");
+        FAILS(moe_threads_run(4, fail_rank, &c, rs), MOE_ERR_VALUE, "with-ranks: rank 2 failed: model: boom on rank 2");
         for (int r = 0; r < 4; r++) {
             ck_assert_int_eq(rs[r], MOE_ERR_VALUE); /* the failing rank's status travels */
             if (r == 2) {
                 ck_assert_str_eq(moe_threads_rank_error(r), "model: boom on rank 2");
                 continue;
             }
-            ck_assert_msg(strstr(moe_threads_rank_error(r), "all_reduce: rank 2 failed: model: boom on rank 2"),
+            ck_assert_msg(strstr(moe_threads_rank_error(r), "all-reduce: rank 2 failed: model: boom on rank 2"),
                           "rank %d: %s", r, moe_threads_rank_error(r));
-            ck_assert_msg(strstr(c.msg[r], "all_reduce: rank 2 failed: model: boom on rank 2"), "rank %d: %s", r,
+            ck_assert_msg(strstr(c.msg[r], "all-reduce: rank 2 failed: model: boom on rank 2"), "rank %d: %s", r,
                           c.msg[r]);
             ck_assert_msg(c.elapsed[r] < 10, "rank %d waited %.1f s", r, c.elapsed[r]);
         }
@@ -306,7 +337,7 @@ START_TEST(test_mismatches)
     moe_status rs[3];
     ck_assert_int_ne(moe_threads_run(3, out_of_order, &c, rs), MOE_OK);
     for (int r = 0; r < 3; r++)
-        ck_assert_msg(strstr(c.msg[r], "collectives out of order: rank 0 called all_gather, rank 1 called all_reduce"),
+        ck_assert_msg(strstr(c.msg[r], "collectives out of order: rank 0 called all-gather, rank 1 called all-reduce"),
                       "rank %d: %s", r, c.msg[r]);
     memset(&c, 0, sizeof c);
     ck_assert_int_ne(moe_threads_run(3, dtype_mismatch, &c, rs), MOE_OK);
@@ -316,7 +347,7 @@ START_TEST(test_mismatches)
     memset(&c, 0, sizeof c);
     ck_assert_int_ne(moe_threads_run(3, op_mismatch, &c, rs), MOE_OK);
     for (int r = 0; r < 3; r++)
-        ck_assert_msg(strstr(c.msg[r], "all_reduce: reduce op mismatch: rank 0 passed sum, rank 1 passed max"),
+        ck_assert_msg(strstr(c.msg[r], "all-reduce: reduce op mismatch: rank 0 passed sum, rank 1 passed max"),
                       "rank %d: %s", r, c.msg[r]);
 }
 END_TEST
@@ -357,7 +388,7 @@ START_TEST(test_recv_mismatch)
     fail_ctx c = {0};
     moe_status rs[2];
     FAILS(moe_threads_run(2, recv_mismatch, &c, rs), MOE_ERR_SHAPE,
-          "recv: size mismatch: rank 0 sent 2 elements (f32), rank 1 expects 5 elements (f32)");
+          "recv!: size mismatch: rank 0 sent 2 elements (f32), rank 1 expects 5 elements (f32)");
     ck_assert_int_eq(rs[0], MOE_OK);
 }
 END_TEST
@@ -385,7 +416,7 @@ START_TEST(test_recv_timeout)
     moe_status st = moe_threads_run(2, recv_nobody, &c, NULL);
     moe_comm_set_timeout(300);
     ck_assert_int_eq(st, MOE_ERR_BACKEND);
-    ck_assert_msg(strstr(c.msg[0], "recv: timed out after 0.3 s waiting for rank 1 (tag 3)"), "%s", c.msg[0]);
+    ck_assert_msg(strstr(c.msg[0], "recv!: timed out after 0.3 s waiting for rank 1 (tag 3)"), "%s", c.msg[0]);
 }
 END_TEST
 
@@ -402,6 +433,7 @@ Suite *comm_suite(void)
     tc = tcase_create("groups");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_null_group);
+    tcase_add_test(tc, test_scheme_names);
     tcase_add_test(tc, test_runner);
     suite_add_tcase(s, tc);
     tc = tcase_create("failures");

@@ -39,8 +39,8 @@ check() { # check MODE SECONDS NEEDLE
     fi
 }
 
-check skip 2 "all_reduce: timed out after 2 s waiting for rank 1 (group 'world' of 2 ranks)"
-check sleep 2 "all_reduce: timed out after 2 s waiting for rank 1 (group 'world' of 2 ranks)"
-check recv 1 "recv: timed out after 1 s waiting for rank 1 (group 'world' of 2 ranks)"
-check split 1 "split: timed out after 1 s waiting for rank 1 (group 'world' of 2 ranks)"
+check skip 2 "all-reduce: timed out after 2 s waiting for rank 1 (group 'world' of 2 ranks)"
+check sleep 2 "all-reduce: timed out after 2 s waiting for rank 1 (group 'world' of 2 ranks)"
+check recv 1 "recv!: timed out after 1 s waiting for rank 1 (group 'world' of 2 ranks)"
+check split 1 "group-split: timed out after 1 s waiting for rank 1 (group 'world' of 2 ranks)"
 exit $fail

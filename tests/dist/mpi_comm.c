@@ -21,7 +21,7 @@ static moe_status case_lonely_failure(int r, moe_group *g, void *ctx)
         RCHECK(st == MOE_ERR_DTYPE && strstr(moe_last_error(), "bool"), "own error: %s", moe_last_error());
     } else {
         char needle[64];
-        snprintf(needle, sizeof needle, "all_reduce: rank %d failed: all_reduce: sum of a bool", n - 1);
+        snprintf(needle, sizeof needle, "all-reduce: rank %d failed: all-reduce: sum of a bool", n - 1);
         RCHECK(st == MOE_ERR_DTYPE && strstr(moe_last_error(), needle), "peer error: %s", moe_last_error());
     }
     /* the world is still in step */
@@ -37,7 +37,7 @@ static moe_status case_op_mismatch(int r, moe_group *g, void *ctx)
     moe_tensor *t;
     RTRY(moe_tensor_ones(&t, MOE_F32, MOE_CPU, 1, (int64_t[]){3}));
     char needle[96];
-    snprintf(needle, sizeof needle, "all_reduce: reduce op mismatch: rank 0 passed sum, rank %d passed max", n - 1);
+    snprintf(needle, sizeof needle, "all-reduce: reduce op mismatch: rank 0 passed sum, rank %d passed max", n - 1);
     RFAILS(moe_all_reduce_(t, r == n - 1 ? MOE_REDUCE_MAX : MOE_REDUCE_SUM, g), MOE_ERR_ARG, needle);
     moe_tensor_release(t);
     RTRY(moe_barrier(g)); /* the world is still in step */

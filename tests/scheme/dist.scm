@@ -477,7 +477,7 @@ what happened instead."
                     (if (= rank 0)
                         (send! (zeros '(3)) 1)
                         (recv! (zeros '(2)) 0)))))
-  (test-moelab-error "a send to itself" "cannot send itself" (send! (zeros '(1)) 0))
+  (test-moelab-error "a send to itself" "cannot send to itself" (send! (zeros '(1)) 0))
   (test-moelab-error "a rank out of the group" "peer 3 is not a rank of the group (size 2)"
     (with-ranks 2 (lambda (rank) (recv! (zeros '(1)) 3))))
   (test-moelab-error "a negative tag" "tag -1 is negative"
