@@ -150,7 +150,7 @@ moe_status moe_replay_ids_read(int64_t **out, moe_tensor *ids, int64_t T, int64_
 moe_status moe_replay_push_record(moe_router *r, moe_tensor *ids);
 void moe_replay_free(moe_router *r);
 
-/* ---- router.c internals used by metrics.c --------------------------------------------- */
+/* ---- router.c: the router object, shared by its forward, state, replay and metrics ---- */
 
 struct moe_router {
     moe_router_config cfg;
@@ -196,5 +196,11 @@ struct moe_router {
     moe_tensor **record;
     int64_t n_record, cap_record;
 };
+
+/* Forget the forwards recorded for recomputation (and their given ids). */
+void moe_router_clear_recomputation(moe_router *r);
+/* Copy SRC into the router tensor DST (same shape, floating), as OP, without
+ * recording autograd. */
+moe_status moe_router_copy_into(const char *op, moe_tensor *dst, moe_tensor *src);
 
 #endif
