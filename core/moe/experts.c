@@ -12,26 +12,11 @@
 #include "../../kernels/cpu/grouped_gemm.h"
 #include "../../kernels/cuda/grouped_gemm.h"
 #include "../device.h"
+#include "../names.h"
 #include "experts.h"
 #include "internal.h"
 
-static const char *const act_names[] = {"swiglu", "gelu", "gelu-tanh"};
-_Static_assert(sizeof act_names / sizeof *act_names == MOE_ACTIVATION_COUNT, "activation names");
-
-const char *moe_activation_name(moe_activation a)
-{
-    return (unsigned)a < MOE_ACTIVATION_COUNT ? act_names[a] : "?";
-}
-
-bool moe_activation_parse(const char *name, moe_activation *out)
-{
-    for (int i = 0; i < MOE_ACTIVATION_COUNT; i++)
-        if (name && strcmp(name, act_names[i]) == 0) {
-            *out = (moe_activation)i;
-            return true;
-        }
-    return false;
-}
+NAME_TABLE(moe_activation, activation, MOE_ACTIVATION_COUNT, "swiglu", "gelu", "gelu-tanh")
 
 bool moe_activation_gated(moe_activation a) { return a == MOE_ACT_SWIGLU; }
 
