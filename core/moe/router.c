@@ -73,7 +73,7 @@ moe_status moe_router_new(moe_router **out, const moe_router_config *cfg)
     *out = NULL;
     MOE_TRY(moe_router_config_validate(cfg));
     moe_router *r = calloc(1, sizeof *r);
-    if (!r) return moe_fail(MOE_ERR_NOMEM, "make-router", "out of memory");
+    if (!r) return moe_fail_nomem("make-router", sizeof *r, "the router");
     r->cfg = *cfg;
     int64_t E = cfg->experts, D = cfg->hidden;
     r->bias_counts = calloc((size_t)E, sizeof(double));
@@ -83,7 +83,7 @@ moe_status moe_router_new(moe_router **out, const moe_router_config *cfg)
     r->ended_counts = calloc((size_t)E, sizeof(double));
     moe_status st = MOE_OK;
     if (!r->bias_counts || !r->batch_counts || !r->step_counts || !r->global_counts || !r->ended_counts)
-        st = moe_fail(MOE_ERR_NOMEM, "make-router", "out of memory");
+        st = moe_fail_nomem("make-router", 5 * sizeof(double) * (size_t)E, "the router's expert counters");
     moe_rng rng;
     moe_rng_init(&rng, cfg->seed ^ INIT_SEED_MIX);
     if (st == MOE_OK) st = init_weight(&r->weight, &rng, cfg->dtype, E, D);
@@ -92,7 +92,8 @@ moe_status moe_router_new(moe_router **out, const moe_router_config *cfg)
     if (st == MOE_OK && cfg->routing == MOE_ROUTING_QUANTILE_BALANCING) {
         st = moe_tensor_zeros(&r->qb_beta, MOE_F32, MOE_CPU, 1, &E);
         r->qb_sum = calloc((size_t)E, sizeof(double));
-        if (st == MOE_OK && !r->qb_sum) st = moe_fail(MOE_ERR_NOMEM, "make-router", "out of memory");
+        if (st == MOE_OK && !r->qb_sum)
+            st = moe_fail_nomem("make-router", sizeof(double) * (size_t)E, "the quantile sums");
     }
     if (st == MOE_OK && has_loss(cfg, MOE_AUX_GLOBAL_BATCH)) st = make_tracker(r);
     r->n_aux = cfg->n_losses;
@@ -144,7 +145,7 @@ void moe_router_set_recomputing(moe_router *r, bool recomputing)
 moe_status moe_router_set_grad_scale(moe_router *r, int64_t grad_accum, bool per_token_loss)
 {
     if (grad_accum < 1)
-        return moe_fail(MOE_ERR_ARG, "router-grad-scale!", "grad-accum must be >= 1, got %lld",
+        return moe_fail(MOE_ERR_ARG, "router-set-grad-scale!", "grad-accum must be >= 1, got %lld",
                         (long long)grad_accum);
     r->cfg.grad_accum = grad_accum;
     r->cfg.per_token_loss = per_token_loss;

@@ -57,7 +57,7 @@ static moe_status weights_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
         if (!moe_route_rows_backward(&p)) {
             moe_tensor_release(dz);
             moe_tensor_release(gc);
-            return moe_fail(MOE_ERR_NOMEM, "router backward", "out of memory for a row buffer of %lld bytes",
+            return moe_fail(MOE_ERR_NOMEM, "backward!", "out of memory for a row buffer of the router-weights backward (%lld bytes)",
                             (long long)(sizeof(double) * (size_t)(2 * p.K + 1)));
         }
         gin[0] = dz;
@@ -205,7 +205,7 @@ static moe_status build_terms(moe_aux_term_plan **out, int *n_out, moe_z_plan *z
     *n_out = 0;
     memset(zp, 0, sizeof *zp);
     moe_aux_term_plan *terms = calloc((size_t)c->n_losses + 1, sizeof *terms);
-    if (!terms) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+    if (!terms) return moe_fail_nomem(OP, sizeof *terms * ((size_t)c->n_losses + 1), "the loss terms");
     int n = 0;
     moe_status st = MOE_OK;
     for (int i = 0; i < c->n_losses && st == MOE_OK; i++) {
@@ -234,7 +234,7 @@ static moe_status build_terms(moe_aux_term_plan **out, int *n_out, moe_z_plan *z
             prm.acc_micro = f->gb_micro;
             prm.cur_tokens = f->gb_red[f->E];
         }
-        st = moe_aux_term_build(&terms[n], k, coeff, stats, sc, &prm);
+        st = moe_aux_term_build(&terms[n], OP, k, coeff, stats, sc, &prm);
         if (st == MOE_OK) n++;
     }
     if (st != MOE_OK) {
@@ -264,11 +264,11 @@ static moe_status loss_stats(fwd *f, moe_router *r, moe_tensor *doc_bounds)
     const void *s = moe_tensor_data(f->s);
     if (any_seq) {
         MOE_TRY(moe_scopes_sequences(&f->seqs, OP, f->B, f->S, doc_bounds));
-        MOE_TRY(moe_scope_stats_compute(&f->st_seqs, &f->seqs, s, f->s->dtype, f->rowsum, f->score,
+        MOE_TRY(moe_scope_stats_compute(&f->st_seqs, OP, &f->seqs, s, f->s->dtype, f->rowsum, f->score,
                                         c->loss_eps, f->valid, f->count_ids, f->T, f->E, f->K));
     }
     if (any_batch) {
-        MOE_TRY(moe_scopes_single(&f->single, f->T));
+        MOE_TRY(moe_scopes_single(&f->single, OP, f->T));
         if (any_seq) { /* the sequences tile the micro-batch: sum their statistics */
             moe_scope_stats *S = &f->st_single, *Q = &f->st_seqs;
             S->n = 1;
@@ -276,7 +276,8 @@ static moe_status loss_stats(fwd *f, moe_router *r, moe_tensor *doc_bounds)
             S->P = calloc((size_t)f->E, sizeof(double));
             S->C = calloc((size_t)f->E, sizeof(double));
             S->Tn = calloc(1, sizeof(double));
-            if (!S->P || !S->C || !S->Tn) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+            if (!S->P || !S->C || !S->Tn)
+                return moe_fail_nomem(OP, sizeof(double) * (size_t)(2 * f->E + 1), "the micro-batch's loss statistics");
             for (int64_t n = 0; n < Q->n; n++) {
                 for (int64_t i = 0; i < f->E; i++) {
                     S->P[i] += Q->P[n * f->E + i];
@@ -285,7 +286,7 @@ static moe_status loss_stats(fwd *f, moe_router *r, moe_tensor *doc_bounds)
                 S->Tn[0] += Q->Tn[n];
             }
         } else {
-            MOE_TRY(moe_scope_stats_compute(&f->st_single, &f->single, s, f->s->dtype, f->rowsum, f->score,
+            MOE_TRY(moe_scope_stats_compute(&f->st_single, OP, &f->single, s, f->s->dtype, f->rowsum, f->score,
                                             c->loss_eps, f->valid, f->count_ids, f->T, f->E, f->K));
         }
         if (local) { /* rank-local copy before the tp×cp reduction */
@@ -295,7 +296,8 @@ static moe_status loss_stats(fwd *f, moe_router *r, moe_tensor *doc_bounds)
             L->P = malloc(sizeof(double) * (size_t)f->E);
             L->C = malloc(sizeof(double) * (size_t)f->E);
             L->Tn = malloc(sizeof(double));
-            if (!L->P || !L->C || !L->Tn) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+            if (!L->P || !L->C || !L->Tn)
+                return moe_fail_nomem(OP, sizeof(double) * (size_t)(2 * f->E + 1), "the rank-local loss statistics");
             memcpy(L->P, S->P, sizeof(double) * (size_t)f->E);
             memcpy(L->C, S->C, sizeof(double) * (size_t)f->E);
             L->Tn[0] = S->Tn[0];
@@ -303,19 +305,20 @@ static moe_status loss_stats(fwd *f, moe_router *r, moe_tensor *doc_bounds)
         if (global) {
             f->gb_red = malloc(sizeof(double) * (size_t)(f->E + 1));
             f->gb_acc = malloc(sizeof(double) * (size_t)(f->E + 1));
-            if (!f->gb_red || !f->gb_acc) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+            if (!f->gb_red || !f->gb_acc)
+                return moe_fail_nomem(OP, 2 * sizeof(double) * (size_t)(f->E + 1), "the global-batch counts");
             MOE_TRY(moe_tracker_reduce(r->tracker, f->st_single.C, f->st_single.Tn[0], f->gb_red));
             if (c->training) {
-                MOE_TRY(moe_tracker_view(r->tracker, f->gb_red, f->gb_acc));
+                MOE_TRY(moe_tracker_view(r->tracker, OP, f->gb_red, f->gb_acc));
                 f->gb_micro = moe_tracker_view_micro(r->tracker);
             } else {
                 memcpy(f->gb_acc, f->gb_red, sizeof(double) * (size_t)(f->E + 1));
                 f->gb_micro = 1;
             }
         }
-        MOE_TRY(moe_scope_stats_reduce(&f->st_single, 2, groups));
+        MOE_TRY(moe_scope_stats_reduce(&f->st_single, OP, 2, groups));
     }
-    if (any_seq) MOE_TRY(moe_scope_stats_reduce(&f->st_seqs, 2, groups));
+    if (any_seq) MOE_TRY(moe_scope_stats_reduce(&f->st_seqs, OP, 2, groups));
     return MOE_OK;
 }
 
@@ -328,7 +331,9 @@ static moe_status push_record(moe_router *r, uint64_t offset, moe_tensor *given)
         uint64_t *g = realloc(r->rec_offsets, sizeof(uint64_t) * (size_t)cap);
         if (g) r->rec_offsets = g;
         moe_tensor **h = g ? realloc(r->rec_given, sizeof(moe_tensor *) * (size_t)cap) : NULL;
-        if (!g || !h) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+        if (!g || !h)
+            return moe_fail_nomem(OP, (sizeof(uint64_t) + sizeof(moe_tensor *)) * (size_t)cap,
+                                  "the record of forwards to recompute");
         r->rec_given = h;
         r->cap_rec = cap;
     }
@@ -363,10 +368,10 @@ moe_tensor *moe_routing_aux(const moe_routing *o, moe_aux_kind kind)
 
 moe_status moe_routing_dense(moe_routing *o)
 {
-    MOE_CHECK_NOT_NULL("routing-dense", o);
+    MOE_CHECK_NOT_NULL("routing-probs", o);
     if (o->probs && o->map) return MOE_OK;
     if (!o->priv || !o->weights)
-        return moe_fail(MOE_ERR_STATE, "routing-dense", "not a routing result of moe_router_forward");
+        return moe_fail(MOE_ERR_STATE, "routing-probs", "not a routing result of router-forward");
     int64_t T = o->weights->shape[0], K = o->weights->shape[1], E = o->priv->E;
     moe_dtype dt = o->priv->dtype;
     moe_tensor *probs = NULL, *map = NULL;
@@ -419,7 +424,7 @@ static moe_status qb_quantiles(fwd *f, moe_router *r)
     }
     moe_grad_set_enabled(prev);
     f->qb_q = malloc(sizeof(double) * (size_t)f->E);
-    if (st == MOE_OK && !f->qb_q) st = moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+    if (st == MOE_OK && !f->qb_q) st = moe_fail_nomem(OP, sizeof(double) * (size_t)f->E, "the quantiles");
     if (st == MOE_OK)
         st = moe_cpu_qb_quantiles(z->dtype, f->qb_q, moe_tensor_data(z), moe_tensor_data(r->qb_beta),
                                   z->shape[0], f->E, f->K);
@@ -543,7 +548,7 @@ static moe_status plan_routing(fwd *f, moe_router *r)
     p->given_ids = f->given;
     if (f->qb) { /* select top-K of z − β */
         f->qb_off = malloc(sizeof(double) * (size_t)E);
-        if (!f->qb_off) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+        if (!f->qb_off) return moe_fail_nomem(OP, sizeof(double) * (size_t)E, "the quantile-balancing offsets");
         const float *beta = moe_tensor_data(r->qb_beta);
         for (int64_t e = 0; e < E; e++) f->qb_off[e] = -(double)beta[e];
         p->sel_offset = f->qb_off;
@@ -560,7 +565,8 @@ static moe_status plan_routing(fwd *f, moe_router *r)
     f->count_ids = f->balance ? malloc(sizeof(int64_t) * (size_t)(T * K)) : NULL;
     f->log_d1 = malloc(sizeof(double) * (size_t)E);
     if (!f->rowsum || !f->lse || !f->entropy || !f->mass || (f->balance && !f->count_ids) || !f->log_d1)
-        return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+        return moe_fail_nomem(OP, sizeof(double) * (size_t)(4 * T + E) + (f->balance ? sizeof(int64_t) * (size_t)(T * K) : 0),
+                              "the routing pass's row statistics");
     MOE_TRY(moe_tensor_empty(&f->s, c->dtype, MOE_CPU, 2, (int64_t[]){T, E}));
     MOE_TRY(moe_tensor_empty(&f->ids_t, MOE_I64, MOE_CPU, 2, (int64_t[]){T, K}));
     MOE_TRY(moe_tensor_empty(&f->wu_t, MOE_F64, MOE_CPU, 2, (int64_t[]){T, K}));
@@ -597,8 +603,8 @@ static moe_status route(fwd *f, moe_router *r)
     bool ran = moe_route_rows(p);
     p->bad_rows = NULL;
     if (!ran)
-        return moe_fail(MOE_ERR_NOMEM, "router-forward", "out of memory for the per-thread routing scratch (%lld experts)",
-                        (long long)p->E);
+        return moe_fail(MOE_ERR_NOMEM, OP, "out of memory for the per-thread routing scratch of %lld experts (%zu bytes a thread)",
+                        (long long)p->E, moe_route_scratch_bytes(p->E, p->groups));
     if (bad) return nonfinite_error(f);
     f->kept = moe_tensor_data(f->kept_t);
     f->Tv = moe_route_kept(f->kept, f->valid, T, f->K);
@@ -616,7 +622,7 @@ static moe_status apply_capacity(fwd *f, moe_router *r)
     if (f->C < 0) return MOE_OK;
     if (c->pad_to_capacity) {
         f->pad_map = calloc((size_t)(f->T * f->E), 1);
-        if (!f->pad_map) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+        if (!f->pad_map) return moe_fail_nomem(OP, (size_t)(f->T * f->E), "the padding map");
     }
     return moe_cpu_capacity_drop(f->kept, &f->dropped, f->pad_map, f->ids, f->wu, f->T, f->K, f->E, f->C,
                                  c->drop_policy == MOE_DROP_PROBS);
@@ -675,7 +681,7 @@ static moe_status loss_values(fwd *f, moe_router *r, moe_routing *o, moe_tensor 
         if (st != MOE_OK) break;
         f->values[i] = c->losses[i].kind == MOE_AUX_Z ? zp.value : terms[0].value;
         if (!inject) { /* add mode: each loss its own node */
-            moe_aux_node_spec spec = {.z = f->z, .s = f->s, .valid = f->valid, .lse = f->lse,
+            moe_aux_node_spec spec = {.op = OP, .z = f->z, .s = f->s, .valid = f->valid, .lse = f->lse,
                                       .score = f->plan.score, .eps = c->loss_eps,
                                       .offset = f->plan.score_offset, .n_terms = n_terms,
                                       .terms = terms, .zterm = zp};
@@ -724,7 +730,7 @@ static moe_status inject_losses(fwd *f, moe_router *r)
         int n_terms = 0;
         moe_z_plan zp;
         MOE_TRY(build_terms(&terms, &n_terms, &zp, f, r, -1, false));
-        moe_aux_node_spec spec = {.z = f->z, .s = f->s, .valid = f->valid, .lse = f->lse,
+        moe_aux_node_spec spec = {.op = OP, .z = f->z, .s = f->s, .valid = f->valid, .lse = f->lse,
                                   .score = f->plan.score, .eps = c->loss_eps, .offset = f->plan.score_offset,
                                   .n_terms = n_terms, .terms = terms, .zterm = zp};
         MOE_TRY(moe_aux_node_make(&aux_graph, &spec)); /* takes the terms */
@@ -759,7 +765,8 @@ static moe_status outputs(fwd *f, moe_router *r, moe_routing *o)
     MOE_TRY(moe_tensor_zeros(&o->counts, MOE_I64, MOE_CPU, 1, &E));
     f->counts = calloc((size_t)E, sizeof(double));
     o->priv = calloc(1, sizeof *o->priv);
-    if (!f->counts || !o->priv) return moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+    if (!f->counts || !o->priv)
+        return moe_fail_nomem(OP, sizeof(double) * (size_t)E + sizeof *o->priv, "the routing's counts");
     int64_t *cp = moe_tensor_data(o->counts);
     moe_route_counts(cp, f->ids, f->kept, f->T * K);
     for (int64_t e = 0; e < E; e++) f->counts[e] = (double)cp[e];
@@ -786,7 +793,7 @@ static moe_status commit(fwd *f, moe_router *r, moe_routing *o)
 {
     const moe_router_config *c = &r->cfg;
     const int64_t E = f->E;
-    if (c->training && r->tracker && f->gb_red) MOE_TRY(moe_tracker_commit(r->tracker, f->gb_red));
+    if (c->training && r->tracker && f->gb_red) MOE_TRY(moe_tracker_commit(r->tracker, OP, f->gb_red));
     if (c->training && !f->recomp) MOE_TRY(push_record(r, f->offset, f->given_ids));
     if (c->replay == MOE_REPLAY_RECORD && !f->recomp) MOE_TRY(moe_replay_push_record(r, o->experts));
     if (f->replaying) r->replay_cursor++;
@@ -824,7 +831,7 @@ moe_status moe_router_forward_ids(moe_routing **out, moe_router *r, moe_tensor *
     fwd f = {.given_ids = given_ids, .C = -1};
     MOE_TRY(check_call(&f, r, x, valid, doc_bounds));
     moe_routing *o = calloc(1, sizeof *o);
-    moe_status st = o ? MOE_OK : moe_fail(MOE_ERR_NOMEM, OP, "out of memory");
+    moe_status st = o ? MOE_OK : moe_fail_nomem(OP, sizeof *o, "the routing result");
     if (st == MOE_OK) st = read_inputs(&f, x, valid, doc_bounds);
     if (st == MOE_OK) st = gate(&f, r, x, f.offset);
     if (st == MOE_OK && r->cfg.debug_routing == MOE_DEBUG_RANDOM) st = random_logits(&f, r);

@@ -12,7 +12,7 @@ moe_status moe_router_step(moe_router *r)
 {
     int64_t E = r->cfg.experts;
     double *buf = malloc(sizeof(double) * (size_t)(2 * (E + 1))); /* [bias counts, tok | step counts, tok] */
-    if (!buf) return moe_fail(MOE_ERR_NOMEM, "router-step!", "out of memory");
+    if (!buf) return moe_fail_nomem("router-step!", sizeof(double) * (size_t)(2 * (E + 1)), "the step's counts");
     memcpy(buf, r->bias_counts, sizeof(double) * (size_t)E);
     buf[E] = r->bias_tokens;
     memcpy(buf + E + 1, r->step_counts, sizeof(double) * (size_t)E);
@@ -33,7 +33,7 @@ moe_status moe_router_step(moe_router *r)
     double *qb = NULL;
     if (st == MOE_OK && r->qb_beta) {
         qb = malloc(sizeof(double) * (size_t)(E + 1));
-        if (!qb) st = moe_fail(MOE_ERR_NOMEM, "router-step!", "out of memory");
+        if (!qb) st = moe_fail_nomem("router-step!", sizeof(double) * (size_t)(E + 1), "the step's quantiles");
     }
     if (st == MOE_OK && qb) {
         memcpy(qb, r->qb_sum, sizeof(double) * (size_t)E);
@@ -70,7 +70,7 @@ moe_status moe_router_step(moe_router *r)
         float *d = malloc(sizeof(float) * (size_t)E);
         if (!d) {
             free(buf);
-            return moe_fail(MOE_ERR_NOMEM, "router-step!", "out of memory");
+            return moe_fail_nomem("router-step!", sizeof(float) * (size_t)E, "the expert-bias update");
         }
         for (int64_t e = 0; e < E; e++) {
             double off = mean - buf[e];
@@ -115,7 +115,7 @@ moe_status moe_router_state_save(moe_router *r, moe_tensor **bias, moe_tensor **
     int64_t E = r->cfg.experts;
     int64_t rows = r->qb_sum ? 4 : 3;
     double *buf = calloc((size_t)(rows * (E + 1)), sizeof(double)); /* [rows E+1] */
-    if (!buf) return moe_fail(MOE_ERR_NOMEM, "router-state", "out of memory");
+    if (!buf) return moe_fail_nomem("router-state", sizeof(double) * (size_t)(rows * (E + 1)), "the router's counters");
     memcpy(buf, r->bias_counts, sizeof(double) * (size_t)E);
     buf[E] = r->bias_tokens;
     if (r->tracker) memcpy(buf + E + 1, moe_tracker_buffer(r->tracker), sizeof(double) * (size_t)(E + 1));
@@ -168,7 +168,7 @@ moe_status moe_router_state_load(moe_router *r, moe_tensor *bias, moe_tensor *co
             return moe_fail(MOE_ERR_STATE, op, "counters %s hold quantile-balancing sums but the router "
                             "does not route by quantile balancing", moe_shape_str(counters));
         buf = malloc(sizeof(double) * (size_t)(rows * (E + 1)));
-        if (!buf) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        if (!buf) return moe_fail_nomem(op, sizeof(double) * (size_t)(rows * (E + 1)), "the counters");
         moe_status st = moe_tensor_to_doubles(counters, buf);
         if (st != MOE_OK) {
             free(buf);

@@ -24,13 +24,20 @@ typedef struct scratch {
     void *mem;
 } scratch;
 
+size_t moe_route_scratch_bytes(int64_t E, int64_t G)
+{
+    int64_t KG = E + 1; /* K, G and the group size are all <= E */
+    size_t nd = (size_t)(3 * E + KG + G + 1), ni = (size_t)(KG + E);
+    return nd * sizeof(double) + ni * sizeof(int64_t) + (4 * (size_t)E + 2) * sizeof(float);
+}
+
 static bool scratch_new(scratch *sc, int64_t E, int64_t K, int64_t G)
 {
     memset(sc, 0, sizeof *sc);
     (void)K;
-    int64_t KG = E + 1; /* K, G and the group size are all <= E */
-    size_t nd = (size_t)(3 * E + KG + G + 1), ni = (size_t)(KG + E);
-    sc->mem = malloc(nd * sizeof(double) + ni * sizeof(int64_t) + (4 * (size_t)E + 2) * sizeof(float));
+    int64_t KG = E + 1;
+    size_t nd = (size_t)(3 * E + KG + G + 1);
+    sc->mem = malloc(moe_route_scratch_bytes(E, G));
     if (!sc->mem) return false;
     double *d = sc->mem;
     sc->z = d;
