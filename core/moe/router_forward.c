@@ -144,6 +144,7 @@ static void fwd_free(fwd *f)
     moe_scope_stats_free(&f->st_seqs);
 }
 
+/* The padding mask VALID ([T], or [B S] for a 3-D x) as T bytes, nonzero = a real token. */
 static moe_status read_mask(fwd *f, moe_tensor *valid, bool allow_bs)
 {
     if (!valid) return MOE_OK;
