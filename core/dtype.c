@@ -3,6 +3,8 @@
 
 #include <math.h>
 
+#include "names.h"
+
 static const struct {
     const char *name;
     size_t size;
@@ -16,9 +18,7 @@ static const struct {
 _Static_assert(sizeof dtype_traits / sizeof *dtype_traits == MOE_DTYPE_COUNT,
                "one trait row per dtype");
 
-static const char *const device_names[] = {[MOE_CPU] = "cpu", [MOE_CUDA] = "cuda"};
-_Static_assert(sizeof device_names / sizeof *device_names == MOE_DEVICE_COUNT,
-               "one name per device");
+NAME_TABLE(moe_device, device, MOE_DEVICE_COUNT, [MOE_CPU] = "cpu", [MOE_CUDA] = "cuda")
 
 size_t moe_dtype_size(moe_dtype d) { return d < MOE_DTYPE_COUNT ? dtype_traits[d].size : 0; }
 const char *moe_dtype_name(moe_dtype d) { return d < MOE_DTYPE_COUNT ? dtype_traits[d].name : "?"; }
@@ -42,18 +42,6 @@ bool moe_dtype_parse(const char *name, moe_dtype *out)
 moe_dtype moe_dtype_promote(moe_dtype a, moe_dtype b)
 {
     return dtype_traits[a].rank >= dtype_traits[b].rank ? a : b;
-}
-
-const char *moe_device_name(moe_device d) { return d < MOE_DEVICE_COUNT ? device_names[d] : "?"; }
-
-bool moe_device_parse(const char *name, moe_device *out)
-{
-    for (int d = 0; d < MOE_DEVICE_COUNT; d++)
-        if (strcmp(name, device_names[d]) == 0) {
-            *out = (moe_device)d;
-            return true;
-        }
-    return false;
 }
 
 double moe_dtype_load(moe_dtype d, const void *p)

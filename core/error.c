@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "names.h"
+
 #define MESSAGE_MAX 1024
 
 static _Thread_local char last_message[MESSAGE_MAX];
@@ -11,27 +13,20 @@ static _Thread_local moe_status last_status;
 static moe_error_handler error_handler;
 static void *error_handler_ctx;
 
-static const char *const status_names[] = {
-    [MOE_OK] = "ok",
-    [MOE_ERR_ARG] = "bad argument",
-    [MOE_ERR_SHAPE] = "shape error",
-    [MOE_ERR_DTYPE] = "dtype error",
-    [MOE_ERR_DEVICE] = "device error",
-    [MOE_ERR_INDEX] = "index out of range",
-    [MOE_ERR_VALUE] = "invalid value",
-    [MOE_ERR_STATE] = "invalid state",
-    [MOE_ERR_NOMEM] = "out of memory",
-    [MOE_ERR_IO] = "i/o error",
-    [MOE_ERR_BACKEND] = "backend error",
-    [MOE_ERR_UNSUPPORTED] = "unsupported",
-};
-_Static_assert(sizeof status_names / sizeof *status_names == MOE_STATUS_COUNT,
-               "one name per status");
+/* What each status means: the text of an error raised without a message. */
+NAME_TABLE(moe_status, status, MOE_STATUS_COUNT, [MOE_OK] = "ok", [MOE_ERR_ARG] = "bad argument",
+           [MOE_ERR_SHAPE] = "shape error", [MOE_ERR_DTYPE] = "dtype error", [MOE_ERR_DEVICE] = "device error",
+           [MOE_ERR_INDEX] = "index out of range", [MOE_ERR_VALUE] = "invalid value",
+           [MOE_ERR_STATE] = "invalid state", [MOE_ERR_NOMEM] = "out of memory", [MOE_ERR_IO] = "i/o error",
+           [MOE_ERR_BACKEND] = "backend error", [MOE_ERR_UNSUPPORTED] = "unsupported")
 
-const char *moe_status_name(moe_status s)
-{
-    return (unsigned)s < MOE_STATUS_COUNT ? status_names[s] : "unknown status";
-}
+/* The status as a symbol: the last element of a moelab-error's arguments in
+ * Scheme ('shape, 'nomem), which handlers match on. */
+NAME_TABLE(moe_status, status_symbol, MOE_STATUS_COUNT, [MOE_OK] = "ok", [MOE_ERR_ARG] = "arg",
+           [MOE_ERR_SHAPE] = "shape", [MOE_ERR_DTYPE] = "dtype", [MOE_ERR_DEVICE] = "device",
+           [MOE_ERR_INDEX] = "index", [MOE_ERR_VALUE] = "value", [MOE_ERR_STATE] = "state",
+           [MOE_ERR_NOMEM] = "nomem", [MOE_ERR_IO] = "io", [MOE_ERR_BACKEND] = "backend",
+           [MOE_ERR_UNSUPPORTED] = "unsupported")
 
 const char *moe_last_error(void) { return last_message; }
 moe_status moe_last_status(void) { return last_status; }

@@ -7,6 +7,7 @@
 #define MOELAB_ERROR_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -28,8 +29,13 @@ typedef enum moe_status {
     MOE_STATUS_COUNT
 } moe_status;
 
-/* Name of a status ("shape error", …). */
+/* What a status means ("shape error", …; "?" for no status), and back. */
 const char *moe_status_name(moe_status s);
+bool moe_status_parse(const char *name, moe_status *out);
+/* A status's symbol ("shape", "nomem", …; "?" for no status), as the Scheme
+ * bindings raise it, and back. */
+const char *moe_status_symbol_name(moe_status s);
+bool moe_status_symbol_parse(const char *name, moe_status *out);
 
 /* The last error message of this thread ("" when none). */
 const char *moe_last_error(void);

@@ -18,6 +18,12 @@ moe_status moe_tensor_new_view(moe_tensor **out, const moe_tensor *like, moe_sto
 void moe_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides);
 
 /* Element byte pointer of T at flat element offset OFF into its storage. */
+/* The out-of-memory error of OP: how many bytes it asked for, and for what. */
+static inline moe_status moe_fail_nomem(const char *op, size_t bytes, const char *what)
+{
+    return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %s (%zu bytes)", what, bytes);
+}
+
 static inline char *moe_storage_ptr(const moe_tensor *t, int64_t off)
 {
     return (char *)t->storage->data + off * (int64_t)moe_dtype_size(t->dtype);

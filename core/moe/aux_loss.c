@@ -38,11 +38,11 @@ void moe_aux_options_default(moe_aux_options *o)
 
 /* ---- scopes ------------------------------------------------------------------------ */
 
-moe_status moe_scopes_single(moe_scopes *sc, int64_t T)
+moe_status moe_scopes_single(moe_scopes *sc, const char *op, int64_t T)
 {
     sc->n = 1;
     sc->bounds = malloc(2 * sizeof(int64_t));
-    if (!sc->bounds) return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory");
+    if (!sc->bounds) return moe_fail_nomem(op, 2 * sizeof(int64_t), "the micro-batch's scope bounds");
     sc->bounds[0] = 0;
     sc->bounds[1] = T;
     return MOE_OK;
@@ -56,7 +56,7 @@ moe_status moe_scopes_sequences(moe_scopes *sc, const char *op, int64_t B, int64
     sc->bounds = NULL;
     if (!doc_bounds) {
         sc->bounds = malloc(sizeof(int64_t) * (size_t)(B + 1));
-        if (!sc->bounds) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        if (!sc->bounds) return moe_fail_nomem(op, sizeof(int64_t) * (size_t)(B + 1), "the sequence bounds");
         for (int64_t b = 0; b <= B; b++) sc->bounds[b] = b * S;
         sc->n = B;
         return MOE_OK;
@@ -72,7 +72,7 @@ moe_status moe_scopes_sequences(moe_scopes *sc, const char *op, int64_t B, int64
     if (!v || !sc->bounds) {
         free(v);
         moe_scopes_free(sc);
-        return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        return moe_fail_nomem(op, (sizeof(double) + sizeof(int64_t)) * (size_t)n1, "the document bounds");
     }
     moe_status st = moe_tensor_to_doubles(doc_bounds, v);
     for (int64_t i = 0; st == MOE_OK && i < n1; i++) {
@@ -109,7 +109,7 @@ void moe_scope_stats_free(moe_scope_stats *st)
     st->P = st->C = st->Tn = NULL;
 }
 
-moe_status moe_scope_stats_compute(moe_scope_stats *st, const moe_scopes *sc, const void *s,
+moe_status moe_scope_stats_compute(moe_scope_stats *st, const char *op, const moe_scopes *sc, const void *s,
                                    moe_dtype dt, const double *rowsum, moe_score_fn score,
                                    double eps, const uint8_t *valid, const int64_t *count_ids,
                                    int64_t T, int64_t E, int64_t K)
@@ -122,11 +122,11 @@ moe_status moe_scope_stats_compute(moe_scope_stats *st, const moe_scopes *sc, co
     st->Tn = calloc(MOE_NZ(N), sizeof(double));
     if (!st->P || !st->C || !st->Tn) {
         moe_scope_stats_free(st);
-        return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory for loss statistics (%lld scopes of %lld experts)",
-                        (long long)N, (long long)E);
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for the loss statistics of %lld scopes of %lld experts (%zu bytes)",
+                        (long long)N, (long long)E, sizeof(double) * (2 * MOE_NZ(N * E) + MOE_NZ(N)));
     }
     moe_status status = moe_cpu_balance_stats(dt, st->P, st->C, st->Tn, s, rowsum, score, eps, valid,
-                                              count_ids, sc->bounds, N, T, E, K, "aux-loss");
+                                              count_ids, sc->bounds, N, T, E, K, op);
     if (status != MOE_OK) moe_scope_stats_free(st);
     return status;
 }
@@ -146,14 +146,14 @@ moe_status moe_reduce_doubles(double *buf, int64_t n, int n_groups, moe_group *c
     return MOE_OK;
 }
 
-moe_status moe_scope_stats_reduce(moe_scope_stats *st, int n_groups, moe_group *const *groups)
+moe_status moe_scope_stats_reduce(moe_scope_stats *st, const char *op, int n_groups, moe_group *const *groups)
 {
     bool any = false;
     for (int g = 0; g < n_groups; g++) any |= moe_group_size(groups[g]) > 1;
     if (!any) return MOE_OK;
     int64_t N = st->n, E = st->E, len = N * (E + 1);
     double *buf = malloc(sizeof(double) * MOE_NZ(len)); /* [N (E+1)] */
-    if (!buf) return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory");
+    if (!buf) return moe_fail_nomem(op, sizeof(double) * MOE_NZ(len), "the counts to reduce");
     for (int64_t n = 0; n < N; n++) {
         memcpy(buf + n * (E + 1), st->C + n * E, sizeof(double) * (size_t)E);
         buf[n * (E + 1) + E] = st->Tn[n];
@@ -178,7 +178,7 @@ void moe_aux_term_plan_free(moe_aux_term_plan *tp)
     tp->bounds = NULL;
 }
 
-moe_status moe_aux_term_build(moe_aux_term_plan *tp, moe_aux_kind kind, double coeff,
+moe_status moe_aux_term_build(moe_aux_term_plan *tp, const char *op, moe_aux_kind kind, double coeff,
                               const moe_scope_stats *stats, const moe_scopes *sc,
                               const moe_aux_params *prm)
 {
@@ -191,7 +191,8 @@ moe_status moe_aux_term_build(moe_aux_term_plan *tp, moe_aux_kind kind, double c
     tp->bounds = malloc(sizeof(int64_t) * (size_t)(N + 1));
     if (!tp->A || !tp->bounds) {
         moe_aux_term_plan_free(tp);
-        return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory");
+        return moe_fail_nomem(op, sizeof(double) * MOE_NZ(N * E) + sizeof(int64_t) * (size_t)(N + 1),
+                              "a loss term's coefficients");
     }
     memcpy(tp->bounds, sc->bounds, sizeof(int64_t) * (size_t)(N + 1));
     double kf = prm->k_in_f ? (double)prm->K : 1.0, dE = (double)E;
@@ -250,7 +251,7 @@ moe_status moe_aux_term_build(moe_aux_term_plan *tp, moe_aux_kind kind, double c
     }
     default:
         moe_aux_term_plan_free(tp);
-        return moe_fail(MOE_ERR_ARG, "aux-loss", "'%s' is not a balance loss", moe_aux_kind_name(kind));
+        return moe_fail(MOE_ERR_ARG, op, "'%s' is not a balance loss", moe_aux_kind_name(kind));
     }
     double v = 0;
     for (int64_t j = 0; j < N * E; j++) v += A[j] * stats->P[j];
@@ -320,7 +321,7 @@ static moe_status aux_segs_build(aux_segs *sg, const aux_ctx *c)
     int64_t nb = 2;
     for (int i = 0; i < c->n_terms; i++) nb += c->terms[i].n + 1;
     sg->bounds = malloc(sizeof(int64_t) * (size_t)nb);
-    if (!sg->bounds) return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory");
+    if (!sg->bounds) return moe_fail_nomem("backward!", sizeof(int64_t) * (size_t)nb, "the aux-loss backward's segments");
     int64_t m = 0;
     sg->bounds[m++] = 0;
     sg->bounds[m++] = c->T;
@@ -333,7 +334,9 @@ static moe_status aux_segs_build(aux_segs *sg, const aux_ctx *c)
     sg->n = u - 1;
     sg->W = calloc((size_t)(sg->n * E), sizeof(double));
     sg->Wf = malloc(sizeof(float) * (size_t)(sg->n * E));
-    if (!sg->W || !sg->Wf) return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory");
+    if (!sg->W || !sg->Wf)
+        return moe_fail_nomem("backward!", (sizeof(double) + sizeof(float)) * (size_t)(sg->n * E),
+                              "the aux-loss backward's weights");
     for (int64_t q = 0; q < sg->n; q++) {
         int64_t t0 = sg->bounds[q];
         for (int i = 0; i < c->n_terms; i++) {
@@ -368,7 +371,7 @@ static moe_status aux_backward(moe_node *node, moe_tensor *grad, moe_tensor **gi
         .seg_bounds = sg.bounds, .W = sg.W, .Wf = sg.Wf, .lse = c->zterm.on ? c->lse : NULL,
         .z_coeff = c->zterm.coeff, .z_count = c->zterm.n_valid, .g = g, .dz = moe_tensor_data(dz),
     };
-    st = moe_cpu_balance_backward(&p, "aux-loss");
+    st = moe_cpu_balance_backward(&p, "backward!");
     aux_segs_free(&sg);
     if (st != MOE_OK) {
         moe_tensor_release(dz);
@@ -392,7 +395,7 @@ moe_status moe_aux_node_make(moe_tensor **out, moe_aux_node_spec *spec)
     if (!moe_tensor_needs_grad(z)) goto plain;
     aux_ctx *c = calloc(1, sizeof *c);
     if (!c) {
-        st = moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory");
+        st = moe_fail_nomem(spec->op, sizeof *c, "the aux-loss node");
         moe_tensor_release(o);
         goto fail;
     }
@@ -418,7 +421,8 @@ moe_status moe_aux_node_make(moe_tensor **out, moe_aux_node_spec *spec)
     if ((spec->valid && !c->valid) || (spec->zterm.on && !c->lse)) {
         aux_ctx_free(c);
         moe_tensor_release(o);
-        return moe_fail(MOE_ERR_NOMEM, "aux-loss", "out of memory");
+        return moe_fail_nomem(spec->op, (size_t)T + (spec->zterm.on ? sizeof(double) * MOE_NZ(T) : 0),
+                              "the aux-loss node's mask and logsumexp");
     }
     moe_tensor *saved[2] = {spec->s, z};
     st = moe_autograd_record(o, "aux-loss", aux_backward, 1, &z, 2, saved, c, aux_ctx_free);
@@ -554,7 +558,7 @@ static moe_status loss_prepare(loss_in *in, const char *op, moe_tensor *logits,
     in->count_ids = malloc(sizeof(int64_t) * MOE_NZ(T * K));
     if (!in->rowsum || !in->lse || !in->count_ids) {
         loss_in_free(in);
-        return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        return moe_fail_nomem(op, (2 * sizeof(double) + K * sizeof(int64_t)) * MOE_NZ(T), "the loss scores' row sums, logsumexps and counted ids");
     }
     if (o->routing_ids) { /* i64 or i32 (checked above): exact in i64 */
         st = moe_tensor_to_host(o->routing_ids, MOE_I64, in->count_ids);
@@ -573,9 +577,11 @@ static moe_status loss_prepare(loss_in *in, const char *op, moe_tensor *logits,
         .select = false, .count_topk = true, .s = moe_tensor_data(in->s), .rowsum = in->rowsum,
         .lse = need_lse ? in->lse : NULL, .count_ids = o->routing_ids ? NULL : in->count_ids,
     };
-    if (!moe_route_rows(&p))
-        return moe_fail(MOE_ERR_NOMEM, "load-balancing-loss", "out of memory for the per-thread routing scratch (%lld experts)",
-                        (long long)p.E);
+    if (!moe_route_rows(&p)) {
+        loss_in_free(in);
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for the per-thread routing scratch of %lld experts (%zu bytes a thread)",
+                        (long long)p.E, moe_route_scratch_bytes(p.E, p.groups));
+    }
     return MOE_OK;
 }
 
@@ -589,9 +595,9 @@ static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_ki
     moe_scope_stats stats = {0};
     moe_status st;
     if (moe_aux_kind_is_sequence(kind)) st = moe_scopes_sequences(&sc, op, in->B, in->S, o->doc_bounds);
-    else st = moe_scopes_single(&sc, in->T);
+    else st = moe_scopes_single(&sc, op, in->T);
     if (st == MOE_OK)
-        st = moe_scope_stats_compute(&stats, &sc, moe_tensor_data(in->s), in->s->dtype, in->rowsum,
+        st = moe_scope_stats_compute(&stats, op, &sc, moe_tensor_data(in->s), in->s->dtype, in->rowsum,
                                      o->score, o->sigmoid_eps, in->valid, in->count_ids, in->T, in->E,
                                      o->top_k);
     moe_aux_params prm = {.K = o->top_k, .k_in_f = o->k_in_f, .loss_div_factor = o->loss_div_factor,
@@ -599,7 +605,7 @@ static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_ki
     double *red = NULL, *acc = NULL;
     if (st == MOE_OK && kind != MOE_AUX_OLMO_LOCAL_BATCH && kind != MOE_AUX_GLOBAL_BATCH) {
         moe_group *g = o->group;
-        st = moe_scope_stats_reduce(&stats, 1, &g);
+        st = moe_scope_stats_reduce(&stats, op, 1, &g);
     }
     if (st == MOE_OK && kind == MOE_AUX_GLOBAL_BATCH) {
         moe_balance_tracker *tr = o->tracker;
@@ -610,11 +616,11 @@ static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_ki
         if (st == MOE_OK) {
             red = malloc(sizeof(double) * (size_t)(in->E + 1));
             acc = malloc(sizeof(double) * (size_t)(in->E + 1));
-            if (!red || !acc) st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+            if (!red || !acc) st = moe_fail_nomem(op, 2 * sizeof(double) * (size_t)(in->E + 1), "the global-batch counts");
         }
         if (st == MOE_OK) st = moe_tracker_check_experts(tr, op);
         if (st == MOE_OK) st = moe_tracker_reduce(tr, stats.C, stats.Tn[0], red);
-        if (st == MOE_OK) st = moe_tracker_view(tr, red, acc);
+        if (st == MOE_OK) st = moe_tracker_view(tr, op, red, acc);
         /* P̄ divides by the micro-batch's tokens per data-parallel replica: its
          * tokens over all the tracker's ranks / |dp|, |dp| = those ranks / |group|.
          * With as many valid tokens on every replica that is the tp×cp sum; with
@@ -634,7 +640,7 @@ static moe_status balance_term(moe_aux_term_plan *tp, const char *op, moe_aux_ki
         prm.cur_tokens = red ? red[in->E] : 0;
         *gb_tr = tr;
     }
-    if (st == MOE_OK) st = moe_aux_term_build(tp, kind, 1.0, &stats, &sc, &prm);
+    if (st == MOE_OK) st = moe_aux_term_build(tp, op, kind, 1.0, &stats, &sc, &prm);
     free(acc);
     if (st == MOE_OK) *gb_red = red;
     else free(red);
@@ -664,17 +670,17 @@ moe_status moe_load_balancing_loss(moe_tensor **out, moe_aux_kind kind, moe_tens
     double *red = NULL;
     moe_balance_tracker *tr = NULL;
     moe_status st = tp ? balance_term(tp, op, kind, &in, options, &red, &tr)
-                       : moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+                       : moe_fail_nomem(op, sizeof *tp, "a loss term");
     if (st != MOE_OK) {
         free(tp);
         loss_in_free(&in);
         return st;
     }
-    moe_aux_node_spec spec = {.z = in.z, .s = in.s, .valid = in.valid, .score = options->score,
+    moe_aux_node_spec spec = {.op = op, .z = in.z, .s = in.s, .valid = in.valid, .score = options->score,
                               .eps = options->sigmoid_eps, .offset = options->score_offset,
                               .n_terms = 1, .terms = tp};
     st = moe_aux_node_make(out, &spec);
-    if (st == MOE_OK && tr) st = moe_tracker_commit(tr, red);
+    if (st == MOE_OK && tr) st = moe_tracker_commit(tr, op, red);
     if (st != MOE_OK) {
         moe_tensor_release(*out);
         *out = NULL;
@@ -699,7 +705,7 @@ moe_status moe_z_loss_div(moe_tensor **out, moe_tensor *logits, moe_tensor *vali
     o.valid = valid;
     loss_in in;
     MOE_TRY(loss_prepare(&in, "z-loss", logits, &o, false, true));
-    moe_aux_node_spec spec = {.z = in.z, .s = in.s, .valid = in.valid, .lse = in.lse,
+    moe_aux_node_spec spec = {.op = "z-loss", .z = in.z, .s = in.s, .valid = in.valid, .lse = in.lse,
                               .score = MOE_SCORE_SOFTMAX};
     moe_z_plan_compute(&spec.zterm, in.lse, in.valid, in.T, div);
     spec.zterm.coeff = 1.0;
@@ -766,7 +772,7 @@ moe_status moe_balance_stats_compute(moe_balance_stats *out, moe_tensor *counts)
                         moe_shape_str(counts));
     int64_t E = counts->shape[0];
     double *c = malloc(sizeof(double) * (size_t)E);
-    if (!c) return moe_fail(MOE_ERR_NOMEM, "balance-stats", "out of memory");
+    if (!c) return moe_fail_nomem("balance-stats", sizeof(double) * (size_t)E, "the counts");
     moe_status st = moe_tensor_to_doubles(counts, c);
     if (st == MOE_OK) st = moe_check_counts("balance-stats", c, E);
     if (st != MOE_OK) {

@@ -66,7 +66,7 @@ moe_status moe_router_config_preset(moe_router_config *c, const char *name)
     for (int i = 0; name && i < (int)(sizeof preset_names / sizeof *preset_names); i++)
         if (strcmp(name, preset_names[i]) == 0) which = i;
     if (which < 0)
-        return moe_fail(MOE_ERR_ARG, "router-preset",
+        return moe_fail(MOE_ERR_ARG, "make-router",
                         "unknown preset '%s'; known: megatron olmo-core torchtitan megablocks "
                         "deepseek-v3 qwen-global",
                         name ? name : "(null)");
@@ -158,16 +158,16 @@ moe_status moe_router_config_preset(moe_router_config *c, const char *name)
 moe_status moe_router_config_set_losses(moe_router_config *c, int n, const moe_aux_term *terms)
 {
     if (n < 0 || n > MOE_ROUTER_MAX_LOSSES)
-        return moe_fail(MOE_ERR_ARG, "router-losses", "%d losses given; at most %d", n, MOE_ROUTER_MAX_LOSSES);
+        return moe_fail(MOE_ERR_ARG, "make-router", "%d losses given; at most %d", n, MOE_ROUTER_MAX_LOSSES);
     for (int i = 0; i < n; i++) {
         if ((unsigned)terms[i].kind >= MOE_AUX_KIND_COUNT)
-            return moe_fail(MOE_ERR_ARG, "router-losses", "unknown loss kind %d", (int)terms[i].kind);
+            return moe_fail(MOE_ERR_ARG, "make-router", "unknown loss kind %d", (int)terms[i].kind);
         if (!(terms[i].coeff >= 0) || isinf(terms[i].coeff))
-            return moe_fail(MOE_ERR_ARG, "router-losses", "coefficient of '%s' must be finite and >= 0, got %g",
+            return moe_fail(MOE_ERR_ARG, "make-router", "coefficient of '%s' must be finite and >= 0, got %g",
                             moe_aux_kind_name(terms[i].kind), terms[i].coeff);
         for (int j = 0; j < i; j++)
             if (terms[j].kind == terms[i].kind)
-                return moe_fail(MOE_ERR_ARG, "router-losses", "loss '%s' listed twice",
+                return moe_fail(MOE_ERR_ARG, "make-router", "loss '%s' listed twice",
                                 moe_aux_kind_name(terms[i].kind));
     }
     set_loss(c, n, terms);

@@ -51,7 +51,7 @@ static moe_status check_routing_tensor(const char *op, const char *what, const m
 moe_status moe_dispatch_plan(moe_dispatch **out, moe_tensor *experts, moe_tensor *keep, int64_t E,
                              int64_t capacity, bool pad)
 {
-    static const char *op = "dispatch_plan";
+    static const char *op = "moe-forward";
     *out = NULL;
     MOE_CHECK_NOT_NULL(op, experts);
     MOE_CHECK_CPU(op, experts);
@@ -250,7 +250,7 @@ static moe_status check_rows(const char *op, const moe_tensor *x, int64_t rows, 
 
 moe_status moe_dispatch_permute(moe_tensor **out, moe_tensor *x, moe_dispatch *d)
 {
-    static const char *op = "dispatch_permute";
+    static const char *op = "moe-forward";
     *out = NULL;
     MOE_CHECK_NOT_NULL(op, x);
     MOE_CHECK_NOT_NULL(op, d);
@@ -328,7 +328,7 @@ done:
 
 moe_status moe_dispatch_combine(moe_tensor **out, moe_tensor *y, moe_tensor *w, moe_dispatch *d)
 {
-    static const char *op = "dispatch_combine";
+    static const char *op = "moe-forward";
     *out = NULL;
     MOE_CHECK_NOT_NULL(op, y);
     MOE_CHECK_NOT_NULL(op, d);

@@ -98,7 +98,7 @@ moe_status moe_ep_grouped_mlp(moe_tensor **out, moe_tensor *x, moe_tensor *w_gat
                               moe_tensor *b_down, const int64_t *group_sizes, moe_activation act,
                               moe_group *ep)
 {
-    static const char *op = "ep_grouped_mlp";
+    static const char *op = "moe-forward";
     *out = NULL;
     int P = moe_group_size(ep);
     if (P <= 1)
@@ -128,7 +128,7 @@ moe_status moe_ep_grouped_mlp(moe_tensor **out, moe_tensor *x, moe_tensor *w_gat
     int64_t *got = calloc((size_t)P, sizeof *got), *local = calloc((size_t)El, sizeof *local);
     int64_t *start = calloc((size_t)(P * El), sizeof *start);
     if (!send || !recv || !got || !local || !start) {
-        st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        st = moe_fail_nomem(op, sizeof(int64_t) * (size_t)(3 * P + El + P * El), "the expert-parallel row counts");
         goto done;
     }
     /* 1. Row counts: rank q gets row q of [P El]. */
@@ -158,7 +158,7 @@ moe_status moe_ep_grouped_mlp(moe_tensor **out, moe_tensor *x, moe_tensor *w_gat
     }
     p = calloc(1, sizeof *p);
     if (!p) {
-        st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        st = moe_fail_nomem(op, sizeof *p, "the expert-parallel permutation");
         goto done;
     }
     p->refcount = 1;
@@ -166,7 +166,7 @@ moe_status moe_ep_grouped_mlp(moe_tensor **out, moe_tensor *x, moe_tensor *w_gat
     p->fwd = malloc(sizeof *p->fwd * (size_t)(R ? R : 1));
     p->inv = malloc(sizeof *p->inv * (size_t)(R ? R : 1));
     if (!p->fwd || !p->inv) {
-        st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        st = moe_fail_nomem(op, (sizeof *p->fwd + sizeof *p->inv) * (size_t)(R ? R : 1), "the expert-parallel permutation");
         goto done;
     }
     moe_cpu_regroup_rows(p->fwd, p->inv, rc, start, P, El);

@@ -12,26 +12,11 @@
 #include "../../kernels/cpu/grouped_gemm.h"
 #include "../../kernels/cuda/grouped_gemm.h"
 #include "../device.h"
+#include "../names.h"
 #include "experts.h"
 #include "internal.h"
 
-static const char *const act_names[] = {"swiglu", "gelu", "gelu-tanh"};
-_Static_assert(sizeof act_names / sizeof *act_names == MOE_ACTIVATION_COUNT, "activation names");
-
-const char *moe_activation_name(moe_activation a)
-{
-    return (unsigned)a < MOE_ACTIVATION_COUNT ? act_names[a] : "?";
-}
-
-bool moe_activation_parse(const char *name, moe_activation *out)
-{
-    for (int i = 0; i < MOE_ACTIVATION_COUNT; i++)
-        if (name && strcmp(name, act_names[i]) == 0) {
-            *out = (moe_activation)i;
-            return true;
-        }
-    return false;
-}
+NAME_TABLE(moe_activation, activation, MOE_ACTIVATION_COUNT, "swiglu", "gelu", "gelu-tanh")
 
 bool moe_activation_gated(moe_activation a) { return a == MOE_ACT_SWIGLU; }
 
@@ -182,7 +167,7 @@ moe_status moe_grouped_mlp(moe_tensor **out, moe_tensor *x, moe_tensor *w_gate, 
                            moe_tensor *w_down, moe_tensor *b_gate, moe_tensor *b_up,
                            moe_tensor *b_down, const int64_t *group_sizes, moe_activation act)
 {
-    static const char *op = "grouped_mlp";
+    static const char *op = "moe-forward";
     *out = NULL;
     MOE_CHECK_NOT_NULL(op, x);
     MOE_CHECK_NOT_NULL(op, w_up);
@@ -235,14 +220,14 @@ moe_status moe_grouped_mlp(moe_tensor **out, moe_tensor *x, moe_tensor *w_gate, 
     moe_tensor *y = NULL, *scratch = NULL;
     moe_status st = MOE_OK;
     gmlp_ctx *c = calloc(1, sizeof *c);
-    if (!c) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    if (!c) return moe_fail_nomem(op, sizeof *c, "the expert MLP's node");
     c->act = act;
     c->E = E;
     c->D = D;
     c->F = F;
     c->off = malloc(sizeof *c->off * (size_t)(E + 1));
     if (!c->off) {
-        st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        st = moe_fail_nomem(op, sizeof *c->off * (size_t)(E + 1), "the experts' row offsets");
         goto done;
     }
     c->off[0] = 0;
@@ -345,7 +330,7 @@ static moe_status zeros_param(moe_tensor **out, moe_dtype dt, int64_t E, int64_t
 moe_status moe_experts_new(moe_experts **out, int64_t E, int64_t first, int64_t D, int64_t F,
                            moe_activation act, bool bias, moe_dtype dtype, uint64_t seed)
 {
-    static const char *op = "experts_new";
+    static const char *op = "make-moe-layer";
     *out = NULL;
     if (E < 1 || D < 1 || F < 1 || first < 0)
         return moe_fail(MOE_ERR_ARG, op, "need E, D, F >= 1 and first >= 0, got E=%lld D=%lld F=%lld first=%lld",
@@ -355,7 +340,7 @@ moe_status moe_experts_new(moe_experts **out, int64_t E, int64_t first, int64_t 
     if ((unsigned)act >= MOE_ACTIVATION_COUNT)
         return moe_fail(MOE_ERR_ARG, op, "unknown activation %d", (int)act);
     moe_experts *ex = calloc(1, sizeof *ex);
-    if (!ex) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    if (!ex) return moe_fail_nomem(op, sizeof *ex, "the experts");
     ex->activation = act;
     ex->E = E;
     ex->D = D;
@@ -395,7 +380,7 @@ moe_status moe_experts_forward(moe_tensor **out, moe_experts *ex, moe_tensor *x,
                                const int64_t *group_sizes)
 {
     *out = NULL;
-    MOE_CHECK_NOT_NULL("experts_forward", ex);
+    MOE_CHECK_NOT_NULL("moe-forward", ex);
     return moe_grouped_mlp(out, x, ex->w_gate, ex->w_up, ex->w_down, ex->b_gate, ex->b_up, ex->b_down,
                            group_sizes, ex->activation);
 }

@@ -88,7 +88,7 @@ moe_status moe_layer_parameter(const moe_layer *l, int i, const char **name, moe
     pentry p[MAX_PARAMS];
     int n = param_list(l, p);
     if (i < 0 || i >= n)
-        return moe_fail(MOE_ERR_INDEX, "moe_layer_parameter", "index %d out of range [0, %d)", i, n);
+        return moe_fail(MOE_ERR_INDEX, "moe-parameters", "index %d out of range [0, %d)", i, n);
     if (name) *name = p[i].name;
     if (t) *t = p[i].t;
     return MOE_OK;
@@ -247,7 +247,7 @@ moe_status moe_layer_new(moe_layer **out, const moe_layer_config *cfg)
     MOE_TRY(check_device(op, cfg, P));
 
     moe_layer *l = calloc(1, sizeof *l);
-    if (!l) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    if (!l) return moe_fail_nomem(op, sizeof *l, "the layer");
     moe_status st = MOE_OK;
     l->cfg = *cfg;
     l->cfg.router.hidden = cfg->hidden;
@@ -312,7 +312,7 @@ static moe_status routed(moe_tensor **out, moe_layer *l, moe_tensor *x2, moe_dis
     moe_experts *ex = l->experts;
     moe_tensor *xp = NULL, *y = NULL;
     int64_t *sizes = malloc(sizeof *sizes * (size_t)plan->E);
-    if (!sizes) return moe_fail(MOE_ERR_NOMEM, "moe-forward", "out of memory");
+    if (!sizes) return moe_fail_nomem("moe-forward", sizeof *sizes * (size_t)plan->E, "the experts' row counts");
     for (int64_t e = 0; e < plan->E; e++) sizes[e] = plan->offsets[e + 1] - plan->offsets[e];
     moe_status st = MOE_OK;
     MOE_TRYG(moe_dispatch_permute(&xp, x2, plan));

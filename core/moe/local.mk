@@ -1,7 +1,7 @@
 ## core/moe/local.mk — routers, aux losses, metrics: sources and tests.
 ## Headers install under $(includedir)/moelab/moe and are included as "moe/router.h".
 libmoelab_la_SOURCES += \
-	core/moe/router.c core/moe/config.c \
+	core/moe/router.c core/moe/router_forward.c core/moe/router_state.c core/moe/config.c \
 	core/moe/capacity.c core/moe/aux_loss.c core/moe/tracker.c core/moe/metrics.c core/moe/moe_internal.h \
 	core/moe/quantile.c core/moe/replay.c \
 	kernels/cpu/router.c kernels/cpu/router.h kernels/cpu/balance.c kernels/cpu/balance.h \

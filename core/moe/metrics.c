@@ -104,7 +104,7 @@ moe_status moe_router_log_reduce(moe_tensor **table, double aux_values[MOE_AUX_K
     }
     double *tab = calloc((size_t)(n_layers * E), sizeof(double)); /* [L E] */
     double vals[2 * MOE_AUX_KIND_COUNT] = {0};                    /* values, presence */
-    if (!tab) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    if (!tab) return moe_fail_nomem(op, sizeof(double) * (size_t)(n_layers * E), "the per-layer counts");
     for (int i = 0; i < n; i++) {
         const moe_router *r = routers[i];
         for (int64_t e = 0; e < E; e++) tab[layer_ids[i] * E + e] += r->step_counts[e];

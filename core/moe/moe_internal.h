@@ -37,7 +37,7 @@ typedef struct moe_scopes {
     int64_t n;
     int64_t *bounds; /* [N+1] */
 } moe_scopes;
-moe_status moe_scopes_single(moe_scopes *sc, int64_t T);
+moe_status moe_scopes_single(moe_scopes *sc, const char *op, int64_t T);
 /* Sequences: DOC_BOUNDS (i64 [N+1], checked) when given, else B rows of S. */
 moe_status moe_scopes_sequences(moe_scopes *sc, const char *op, int64_t B, int64_t S,
                                 moe_tensor *doc_bounds);
@@ -49,13 +49,13 @@ typedef struct moe_scope_stats {
     int64_t n, E;
     double *P, *C, *Tn;
 } moe_scope_stats;
-moe_status moe_scope_stats_compute(moe_scope_stats *st, const moe_scopes *sc, const void *s,
+moe_status moe_scope_stats_compute(moe_scope_stats *st, const char *op, const moe_scopes *sc, const void *s,
                                    moe_dtype dt, const double *rowsum, moe_score_fn score,
                                    double eps, const uint8_t *valid, const int64_t *count_ids,
                                    int64_t T, int64_t E, int64_t K);
 void moe_scope_stats_free(moe_scope_stats *st);
 /* Sum C and Tn of every scope over each group in turn (P stays local). */
-moe_status moe_scope_stats_reduce(moe_scope_stats *st, int n_groups, moe_group *const *groups);
+moe_status moe_scope_stats_reduce(moe_scope_stats *st, const char *op, int n_groups, moe_group *const *groups);
 
 /* A loss term: L = coeff·Σ_n Σ_i A[n][i]·P[n][i]; seg maps token → scope. */
 typedef struct moe_aux_term_plan {
@@ -87,7 +87,7 @@ typedef struct moe_aux_params {
 } moe_aux_params;
 /* Build term KIND (not z) from reduced STATS; STATS must be of the kind's
  * scopes (single for batch kinds, sequences for sequence kinds). */
-moe_status moe_aux_term_build(moe_aux_term_plan *tp, moe_aux_kind kind, double coeff,
+moe_status moe_aux_term_build(moe_aux_term_plan *tp, const char *op, moe_aux_kind kind, double coeff,
                               const moe_scope_stats *stats, const moe_scopes *sc,
                               const moe_aux_params *prm);
 
@@ -105,6 +105,7 @@ void moe_z_plan_compute(moe_z_plan *zp, const double *lse, const uint8_t *valid,
  * differentiable in Z. S [T E] are the base scores (kept for backward), LSE
  * [T] (z term) is copied, VALID copied. Takes over the terms' tables. */
 typedef struct moe_aux_node_spec {
+    const char *op; /* the operation recording it, for its errors */
     moe_tensor *z, *s;
     const uint8_t *valid;
     const double *lse;
@@ -131,11 +132,11 @@ moe_status moe_tracker_reduce(moe_balance_tracker *tr, const double *counts, dou
                               double *red);
 /* The buffer the loss sees if RED [E+1] is committed: ACC [E+1] (in recompute
  * mode, the snapshot of the replayed forward). */
-moe_status moe_tracker_view(moe_balance_tracker *tr, const double *red, double *acc);
+moe_status moe_tracker_view(moe_balance_tracker *tr, const char *op, const double *red, double *acc);
 /* The micro-batches the buffer of moe_tracker_view holds (this one included). */
 double moe_tracker_view_micro(const moe_balance_tracker *tr);
 /* Apply RED (no-op while recomputing, which advances the replay cursor). */
-moe_status moe_tracker_commit(moe_balance_tracker *tr, const double *red);
+moe_status moe_tracker_commit(moe_balance_tracker *tr, const char *op, const double *red);
 bool moe_tracker_recomputing(const moe_balance_tracker *tr);
 /* Raw buffer access for state save/load. */
 const double *moe_tracker_buffer(const moe_balance_tracker *tr);
@@ -150,7 +151,7 @@ moe_status moe_replay_ids_read(int64_t **out, moe_tensor *ids, int64_t T, int64_
 moe_status moe_replay_push_record(moe_router *r, moe_tensor *ids);
 void moe_replay_free(moe_router *r);
 
-/* ---- router.c internals used by metrics.c --------------------------------------------- */
+/* ---- router.c: the router object, shared by its forward, state, replay and metrics ---- */
 
 struct moe_router {
     moe_router_config cfg;
@@ -196,5 +197,11 @@ struct moe_router {
     moe_tensor **record;
     int64_t n_record, cap_record;
 };
+
+/* Forget the forwards recorded for recomputation (and their given ids). */
+void moe_router_clear_recomputation(moe_router *r);
+/* Copy SRC into the router tensor DST (same shape, floating), as OP, without
+ * recording autograd. */
+moe_status moe_router_copy_into(const char *op, moe_tensor *dst, moe_tensor *src);
 
 #endif

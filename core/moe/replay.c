@@ -19,7 +19,8 @@ moe_status moe_replay_ids_read(int64_t **out, moe_tensor *ids, int64_t T, int64_
         return moe_fail(MOE_ERR_SHAPE, op, "#:experts must be i64 [%lld %lld] (tokens, top-k), got %s %s",
                         (long long)T, (long long)K, moe_dtype_name(ids->dtype), moe_shape_str(ids));
     int64_t *p = malloc(sizeof(int64_t) * MOE_NZ(T * K));
-    if (!p) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %lld expert ids", (long long)(T * K));
+    if (!p) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %lld expert ids (%zu bytes)", (long long)(T * K),
+                            sizeof(int64_t) * MOE_NZ(T * K));
     moe_status st = moe_tensor_to_host(ids, MOE_I64, p); /* i64 or i32: exact */
     int64_t i = 0, j = 0;
     int bad = st == MOE_OK ? moe_route_check_ids(p, T, K, E, &i, &j) : 0;
@@ -50,7 +51,7 @@ moe_status moe_router_replay(moe_router *r, int64_t n, moe_tensor *const *ids)
                             moe_shape_str(ids[i]));
     }
     moe_tensor **list = n ? malloc(sizeof *list * (size_t)n) : NULL;
-    if (n && !list) return moe_fail(MOE_ERR_NOMEM, "router-replay!", "out of memory");
+    if (n && !list) return moe_fail_nomem("router-replay!", sizeof *list * (size_t)n, "the routings to replay");
     for (int64_t i = 0; i < n; i++) list[i] = moe_tensor_retain(ids[i]);
     for (int64_t i = 0; i < r->n_replay; i++) moe_tensor_release(r->replay_ids[i]);
     free(r->replay_ids);
@@ -65,7 +66,7 @@ moe_status moe_replay_push_record(moe_router *r, moe_tensor *ids)
     if (r->n_record == r->cap_record) {
         int64_t cap = r->cap_record ? 2 * r->cap_record : 8;
         moe_tensor **g = realloc(r->record, sizeof *g * (size_t)cap);
-        if (!g) return moe_fail(MOE_ERR_NOMEM, "router-forward", "out of memory for the routing record");
+        if (!g) return moe_fail_nomem("router-forward", sizeof *g * (size_t)cap, "the routing record");
         r->record = g;
         r->cap_record = cap;
     }

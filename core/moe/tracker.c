@@ -30,7 +30,7 @@ moe_status moe_balance_tracker_new(moe_balance_tracker **out, int64_t experts, m
     if (tr) tr->buf = calloc((size_t)experts + 1, sizeof(double));
     if (!tr || !tr->buf) {
         free(tr);
-        return moe_fail(MOE_ERR_NOMEM, "make-balance-tracker", "out of memory for a tracker of %zu bytes",
+        return moe_fail(MOE_ERR_NOMEM, "make-balance-tracker", "out of memory for the tracker (%zu bytes)",
                         sizeof *tr + sizeof(double) * ((size_t)experts + 1));
     }
     tr->E = experts;
@@ -44,7 +44,7 @@ moe_status moe_balance_tracker_add_group(moe_balance_tracker *tr, moe_group *gro
 {
     if (!group) return MOE_OK;
     if (tr->n_groups == TRACKER_MAX_GROUPS)
-        return moe_fail(MOE_ERR_ARG, "balance-tracker", "at most %d groups", TRACKER_MAX_GROUPS);
+        return moe_fail(MOE_ERR_ARG, "make-balance-tracker", "at most %d groups", TRACKER_MAX_GROUPS);
     tr->groups[tr->n_groups++] = moe_group_retain(group);
     return MOE_OK;
 }
@@ -101,7 +101,7 @@ moe_status moe_balance_tracker_add_counts(moe_balance_tracker *tr, moe_tensor *c
 {
     double *tmp = malloc(sizeof(double) * (size_t)tr->E);
     if (!tmp)
-        return moe_fail(MOE_ERR_NOMEM, "balance-tracker-add!", "out of memory for %zu bytes of counts",
+        return moe_fail(MOE_ERR_NOMEM, "balance-tracker-add-counts!", "out of memory for the counts (%zu bytes)",
                         sizeof(double) * (size_t)tr->E);
     moe_status st = read_counts(tmp, "balance-tracker-add!", counts, tr->E);
     if (st == MOE_OK) {
@@ -117,7 +117,7 @@ moe_status moe_balance_tracker_load(moe_balance_tracker *tr, moe_tensor *counts,
 {
     double *tmp = malloc(sizeof(double) * (size_t)tr->E);
     if (!tmp)
-        return moe_fail(MOE_ERR_NOMEM, "balance-tracker-load!", "out of memory for %zu bytes of counts",
+        return moe_fail(MOE_ERR_NOMEM, "router-load-state!", "out of memory for the tracker's counts (%zu bytes)",
                         sizeof(double) * (size_t)tr->E);
     moe_status st = read_counts(tmp, "balance-tracker-load!", counts, tr->E);
     if (st == MOE_OK) {
@@ -138,12 +138,12 @@ moe_status moe_tracker_reduce(moe_balance_tracker *tr, const double *counts, dou
     return moe_reduce_doubles(red, tr->E + 1, tr->n_groups, tr->groups);
 }
 
-moe_status moe_tracker_view(moe_balance_tracker *tr, const double *red, double *acc)
+moe_status moe_tracker_view(moe_balance_tracker *tr, const char *op, const double *red, double *acc)
 {
     int64_t n = tr->E + 1;
     if (tr->recomputing) {
         if (tr->cursor >= tr->n_snaps)
-            return moe_fail(MOE_ERR_STATE, "global-batch",
+            return moe_fail(MOE_ERR_STATE, op,
                             "recomputing micro-batch %lld but only %lld forwards were recorded "
                             "since the last reset",
                             (long long)tr->cursor + 1, (long long)tr->n_snaps);
@@ -160,7 +160,7 @@ double moe_tracker_view_micro(const moe_balance_tracker *tr)
     return tr->buffer ? (double)(tr->micro + 1) : 1.0;
 }
 
-moe_status moe_tracker_commit(moe_balance_tracker *tr, const double *red)
+moe_status moe_tracker_commit(moe_balance_tracker *tr, const char *op, const double *red)
 {
     int64_t n = tr->E + 1;
     if (tr->recomputing) {
@@ -171,7 +171,7 @@ moe_status moe_tracker_commit(moe_balance_tracker *tr, const double *red)
         int64_t cap = tr->cap_snaps ? 2 * tr->cap_snaps : 8;
         double *grown = realloc(tr->snaps, sizeof(double) * (size_t)(cap * n));
         if (!grown)
-            return moe_fail(MOE_ERR_NOMEM, "global-batch", "out of memory for %zu bytes of buffer snapshots",
+            return moe_fail(MOE_ERR_NOMEM, op, "out of memory for the global-batch buffer's snapshots (%zu bytes)",
                             sizeof(double) * (size_t)(cap * n));
         tr->snaps = grown;
         tr->cap_snaps = cap;

@@ -10,26 +10,11 @@
 #include <string.h>
 
 #include "../../kernels/cpu/attention.h"
+#include "../names.h"
 #include "attention.h"
 #include "internal.h"
 
-static const char *const impl_names[] = {"fused", "plain"};
-_Static_assert(sizeof impl_names / sizeof *impl_names == MOE_ATTENTION_IMPL_COUNT, "attention impl names");
-
-const char *moe_attention_impl_name(moe_attention_impl impl)
-{
-    return (unsigned)impl < MOE_ATTENTION_IMPL_COUNT ? impl_names[impl] : "?";
-}
-
-bool moe_attention_impl_parse(const char *name, moe_attention_impl *out)
-{
-    for (int i = 0; i < MOE_ATTENTION_IMPL_COUNT; i++)
-        if (name && strcmp(name, impl_names[i]) == 0) {
-            *out = (moe_attention_impl)i;
-            return true;
-        }
-    return false;
-}
+NAME_TABLE(moe_attention_impl, attention_impl, MOE_ATTENTION_IMPL_COUNT, "fused", "plain")
 
 static moe_cpu_attention problem(const moe_tensor *q, const moe_tensor *k, moe_dtype cd, bool causal)
 {

@@ -12,34 +12,11 @@
 
 #include "source.h"
 #include "tokfile.h"
+#include "../names.h"
 
-static const char *const batching_names[] = {
-    [MOE_BATCHING_SHUFFLED] = "shuffled",
-    [MOE_BATCHING_SINGLE_DOMAIN] = "single-domain",
-};
-_Static_assert(sizeof batching_names / sizeof *batching_names == MOE_BATCHING_COUNT, "one name per batching");
-static const char *const split_names[] = {[MOE_DATA_TRAIN] = "train", [MOE_DATA_VAL] = "val"};
-_Static_assert(sizeof split_names / sizeof *split_names == MOE_DATA_SPLIT_COUNT, "one name per split");
-
-const char *moe_batching_name(moe_batching b)
-{
-    return (unsigned)b < MOE_BATCHING_COUNT ? batching_names[b] : "unknown";
-}
-const char *moe_data_split_name(moe_data_split s) { return (unsigned)s < MOE_DATA_SPLIT_COUNT ? split_names[s] : "unknown"; }
-
-bool moe_batching_parse(const char *name, moe_batching *out)
-{
-    for (int i = 0; i < MOE_BATCHING_COUNT; i++)
-        if (strcmp(name, batching_names[i]) == 0) return *out = (moe_batching)i, true;
-    return false;
-}
-
-bool moe_data_split_parse(const char *name, moe_data_split *out)
-{
-    for (int i = 0; i < MOE_DATA_SPLIT_COUNT; i++)
-        if (strcmp(name, split_names[i]) == 0) return *out = (moe_data_split)i, true;
-    return false;
-}
+NAME_TABLE(moe_batching, batching, MOE_BATCHING_COUNT, [MOE_BATCHING_SHUFFLED] = "shuffled",
+           [MOE_BATCHING_SINGLE_DOMAIN] = "single-domain")
+NAME_TABLE(moe_data_split, data_split, MOE_DATA_SPLIT_COUNT, [MOE_DATA_TRAIN] = "train", [MOE_DATA_VAL] = "val")
 
 void moe_dataset_config_default(moe_dataset_config *cfg)
 {
@@ -96,10 +73,10 @@ static moe_status append(stream *s, const uint32_t *ids, int64_t n, const char *
 static char *split_path(const char *spec, moe_data_split split)
 {
     struct stat sb;
-    size_t len = strlen(spec) + strlen(split_names[split]) + 2;
+    size_t len = strlen(spec) + strlen(data_split_names[split]) + 2;
     char *path = malloc(len);
     if (!path) return NULL;
-    snprintf(path, len, "%s/%s", spec, split_names[split]);
+    snprintf(path, len, "%s/%s", spec, data_split_names[split]);
     if (stat(spec, &sb) == 0 && S_ISDIR(sb.st_mode) && stat(path, &sb) == 0) return path;
     snprintf(path, len, "%s", spec);
     return path;

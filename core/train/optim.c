@@ -9,16 +9,10 @@
 
 #include "../../kernels/cpu/elementwise.h"
 #include "../internal.h"
+#include "../names.h"
 #include "optim_internal.h"
 
-static const char *const kind_names[] = {[MOE_OPTIM_ADAMW] = "adamw", [MOE_OPTIM_SGD] = "sgd"};
-_Static_assert(sizeof kind_names / sizeof *kind_names == MOE_OPTIM_KIND_COUNT,
-               "one name per optimizer kind");
-
-const char *moe_optim_kind_name(moe_optim_kind k)
-{
-    return (unsigned)k < MOE_OPTIM_KIND_COUNT ? kind_names[k] : "?";
-}
+NAME_TABLE(moe_optim_kind, optim_kind, MOE_OPTIM_KIND_COUNT, [MOE_OPTIM_ADAMW] = "adamw", [MOE_OPTIM_SGD] = "sgd")
 
 void moe_optimizer_free(moe_optimizer *opt)
 {

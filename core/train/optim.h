@@ -47,6 +47,7 @@ typedef enum moe_optim_kind {
     MOE_OPTIM_KIND_COUNT
 } moe_optim_kind;
 const char *moe_optim_kind_name(moe_optim_kind k); /* "adamw", "sgd" */
+bool moe_optim_kind_parse(const char *name, moe_optim_kind *out);
 
 /* ---- AdamW: PyTorch's torch.optim.AdamW (decoupled decay, then the
  * bias-corrected Adam step, eps outside the square root) ------------------ */

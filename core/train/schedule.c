@@ -4,38 +4,11 @@
 #include <math.h>
 #include <string.h>
 
-static const char *const kind_names[] = {
-    [MOE_LR_CONSTANT] = "constant", [MOE_LR_COSINE] = "cosine", [MOE_LR_WSD] = "wsd"};
-_Static_assert(sizeof kind_names / sizeof *kind_names == MOE_LR_KIND_COUNT, "one name per schedule kind");
-static const char *const decay_names[] = {[MOE_WSD_LINEAR] = "linear", [MOE_WSD_1_SQRT] = "1-sqrt"};
-_Static_assert(sizeof decay_names / sizeof *decay_names == MOE_WSD_DECAY_COUNT, "one name per decay type");
+#include "../names.h"
 
-const char *moe_lr_kind_name(moe_lr_kind k) { return (unsigned)k < MOE_LR_KIND_COUNT ? kind_names[k] : "?"; }
-
-const char *moe_wsd_decay_name(moe_wsd_decay d)
-{
-    return (unsigned)d < MOE_WSD_DECAY_COUNT ? decay_names[d] : "?";
-}
-
-bool moe_lr_kind_parse(const char *name, moe_lr_kind *out)
-{
-    for (int k = 0; k < MOE_LR_KIND_COUNT; k++)
-        if (strcmp(name, kind_names[k]) == 0) {
-            *out = (moe_lr_kind)k;
-            return true;
-        }
-    return false;
-}
-
-bool moe_wsd_decay_parse(const char *name, moe_wsd_decay *out)
-{
-    for (int k = 0; k < MOE_WSD_DECAY_COUNT; k++)
-        if (strcmp(name, decay_names[k]) == 0) {
-            *out = (moe_wsd_decay)k;
-            return true;
-        }
-    return false;
-}
+NAME_TABLE(moe_lr_kind, lr_kind, MOE_LR_KIND_COUNT, [MOE_LR_CONSTANT] = "constant", [MOE_LR_COSINE] = "cosine",
+           [MOE_LR_WSD] = "wsd")
+NAME_TABLE(moe_wsd_decay, wsd_decay, MOE_WSD_DECAY_COUNT, [MOE_WSD_LINEAR] = "linear", [MOE_WSD_1_SQRT] = "1-sqrt")
 
 void moe_lr_schedule_default(moe_lr_schedule *s)
 {
@@ -54,7 +27,7 @@ moe_status moe_lr_schedule_validate(const moe_lr_schedule *s)
     const char *op = "make-lr-schedule";
     if ((unsigned)s->kind >= MOE_LR_KIND_COUNT)
         return moe_fail(MOE_ERR_ARG, op, "unknown schedule kind %d (constant, cosine or wsd)", (int)s->kind);
-    const char *kind = kind_names[s->kind];
+    const char *kind = lr_kind_names[s->kind];
     if (!isfinite(s->lr) || s->lr < 0) return moe_fail(MOE_ERR_ARG, op, "%s: lr must be finite and >= 0, got %g", kind, s->lr);
     if (s->warmup < 0) return moe_fail(MOE_ERR_ARG, op, "%s: warmup must be >= 0, got %lld", kind, (long long)s->warmup);
     if (s->kind == MOE_LR_CONSTANT) return MOE_OK;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../names.h"
 #include "source.h"
 #include "spm.h"
 
@@ -18,17 +19,8 @@ struct moe_tokenizer {
     char *model_path; /* sentencepiece */
 };
 
-static const char *const kind_names[] = {
-    [MOE_TOKENIZER_BYTES] = "bytes",
-    [MOE_TOKENIZER_SENTENCEPIECE] = "sentencepiece",
-    [MOE_TOKENIZER_IDS] = "ids",
-};
-_Static_assert(sizeof kind_names / sizeof *kind_names == MOE_TOKENIZER_KIND_COUNT, "one name per kind");
-
-const char *moe_tokenizer_kind_name(moe_tokenizer_kind k)
-{
-    return (unsigned)k < MOE_TOKENIZER_KIND_COUNT ? kind_names[k] : "unknown";
-}
+NAME_TABLE(moe_tokenizer_kind, tokenizer_kind, MOE_TOKENIZER_KIND_COUNT, [MOE_TOKENIZER_BYTES] = "bytes",
+           [MOE_TOKENIZER_SENTENCEPIECE] = "sentencepiece", [MOE_TOKENIZER_IDS] = "ids")
 
 static moe_status make(moe_tokenizer **out, moe_tokenizer_kind kind, int64_t vocab, int64_t end_id)
 {

@@ -33,6 +33,7 @@ typedef struct moe_tokenizer moe_tokenizer;
 
 /* "bytes", "sentencepiece", "ids". */
 const char *moe_tokenizer_kind_name(moe_tokenizer_kind k);
+bool moe_tokenizer_kind_parse(const char *name, moe_tokenizer_kind *out);
 
 moe_status moe_tokenizer_new_bytes(moe_tokenizer **out);
 /* OP names the calling operation in errors (NULL: "make-tokenizer"). */

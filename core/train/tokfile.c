@@ -7,31 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../names.h"
 #include "source.h"
 
-static const char *const format_names[] = {
-    [MOE_TOKFILE_U16] = "u16",
-    [MOE_TOKFILE_U32] = "u32",
-    [MOE_TOKFILE_BIN] = "bin",
-    [MOE_TOKFILE_BIN32] = "bin32",
-};
-_Static_assert(sizeof format_names / sizeof *format_names == MOE_TOKFILE_FORMAT_COUNT,
-               "one name per token file format");
-
-const char *moe_tokfile_format_name(moe_tokfile_format f)
-{
-    return (unsigned)f < MOE_TOKFILE_FORMAT_COUNT ? format_names[f] : "unknown";
-}
-
-bool moe_tokfile_format_parse(const char *name, moe_tokfile_format *out)
-{
-    for (int f = 0; f < MOE_TOKFILE_FORMAT_COUNT; f++)
-        if (strcmp(name, format_names[f]) == 0) {
-            *out = (moe_tokfile_format)f;
-            return true;
-        }
-    return false;
-}
+NAME_TABLE(moe_tokfile_format, tokfile_format, MOE_TOKFILE_FORMAT_COUNT, [MOE_TOKFILE_U16] = "u16",
+           [MOE_TOKFILE_U32] = "u32", [MOE_TOKFILE_BIN] = "bin", [MOE_TOKFILE_BIN32] = "bin32")
 
 static bool ends_with(const char *s, const char *suffix)
 {
@@ -129,7 +109,7 @@ moe_status moe_tokfile_read(uint32_t **tokens, int64_t *n, const char *path, moe
         int width = format == MOE_TOKFILE_U16 ? 2 : 4;
         if (len % (size_t)width) {
             st = moe_fail(MOE_ERR_IO, op, "'%s': %zu bytes is not a whole number of %s tokens", path, len,
-                          format_names[format]);
+                          tokfile_format_names[format]);
         } else {
             st = decode(tokens, bytes, (int64_t)(len / (size_t)width), width, path, op);
             if (st == MOE_OK) *n = (int64_t)(len / (size_t)width);
@@ -153,7 +133,7 @@ moe_status moe_tokfile_write(const char *path, const uint32_t *tokens, int64_t n
     for (int64_t i = 0; width == 2 && i < n; i++)
         if (tokens[i] > 0xffff)
             return moe_fail(MOE_ERR_VALUE, op, "token %u at position %lld does not fit the %s format (u16)",
-                            (unsigned)tokens[i], (long long)i, format_names[format]);
+                            (unsigned)tokens[i], (long long)i, tokfile_format_names[format]);
     size_t header = bin ? MOE_TOKFILE_HEADER_INTS * 4 : 0, size = header + (size_t)n * (size_t)width;
     unsigned char *buf = calloc(size ? size : 1, 1);
     if (!buf) return moe_fail(MOE_ERR_NOMEM, op, "out of memory writing '%s'", path);

@@ -24,13 +24,20 @@ typedef struct scratch {
     void *mem;
 } scratch;
 
+size_t moe_route_scratch_bytes(int64_t E, int64_t G)
+{
+    int64_t KG = E + 1; /* K, G and the group size are all <= E */
+    size_t nd = (size_t)(3 * E + KG + G + 1), ni = (size_t)(KG + E);
+    return nd * sizeof(double) + ni * sizeof(int64_t) + (4 * (size_t)E + 2) * sizeof(float);
+}
+
 static bool scratch_new(scratch *sc, int64_t E, int64_t K, int64_t G)
 {
     memset(sc, 0, sizeof *sc);
     (void)K;
-    int64_t KG = E + 1; /* K, G and the group size are all <= E */
-    size_t nd = (size_t)(3 * E + KG + G + 1), ni = (size_t)(KG + E);
-    sc->mem = malloc(nd * sizeof(double) + ni * sizeof(int64_t) + (4 * (size_t)E + 2) * sizeof(float));
+    int64_t KG = E + 1;
+    size_t nd = (size_t)(3 * E + KG + G + 1);
+    sc->mem = malloc(moe_route_scratch_bytes(E, G));
     if (!sc->mem) return false;
     double *d = sc->mem;
     sc->z = d;
@@ -232,6 +239,25 @@ static void uniform_row(int64_t t, const moe_route_plan *p, int64_t *ids)
     for (int64_t k = 0; k < p->K; k++) ids[k] = (t * p->K + k) % p->E;
 }
 
+/* The selections that replace a row's own top-k: replayed ids, forced
+ * uniform routing (unless it keeps the router's weights, which select
+ * first), the seeded imbalance. Writes ids [K] and returns true when one
+ * applies; false when the row selects by its own scores. One definition for
+ * both dtypes' rows. */
+static inline bool forced_row(int64_t t, const moe_route_plan *p, scratch *sc, int64_t *ids)
+{
+    if (p->given_ids) {
+        memcpy(ids, p->given_ids + t * p->K, sizeof(int64_t) * (size_t)p->K);
+    } else if (p->debug == MOE_DEBUG_UNIFORM && !p->debug_keep_weights) {
+        uniform_row(t, p, ids);
+    } else if (p->debug == MOE_DEBUG_IMBALANCE) {
+        debug_imbalance_row(t, p, sc, ids);
+    } else {
+        return false;
+    }
+    return true;
+}
+
 /* MegaBlocks' uniform debug routing: the weights just computed (from the
  * router's own selection) stay, paired with the forced ids; the ids they came
  * from go to weight_ids for the backward. */
@@ -389,13 +415,7 @@ static void route_row_f32(int64_t t, const moe_route_plan *p, scratch *sc)
     const float *sf = sc->sf;
     int64_t *ids = p->ids ? p->ids + t * K : NULL;
     if (p->select) {
-        if (p->given_ids) {
-            memcpy(ids, p->given_ids + t * K, sizeof(int64_t) * (size_t)K);
-        } else if (p->debug == MOE_DEBUG_UNIFORM && !p->debug_keep_weights) {
-            uniform_row(t, p, ids);
-        } else if (p->debug == MOE_DEBUG_IMBALANCE) {
-            debug_imbalance_row(t, p, sc, ids);
-        } else {
+        if (!forced_row(t, p, sc, ids)) {
             float *v = sc->vf;
             const float *base = p->select_on_logits ? zr : sf;
             if (p->sel_offset) { /* sinkhorn: compare z + log d1 in double, stored as f32 */
@@ -520,13 +540,7 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
 
     int64_t *ids = p->ids ? p->ids + t * K : NULL;
     if (p->select) {
-        if (p->given_ids) {
-            memcpy(ids, p->given_ids + t * K, sizeof(int64_t) * (size_t)K);
-        } else if (p->debug == MOE_DEBUG_UNIFORM && !p->debug_keep_weights) {
-            uniform_row(t, p, ids);
-        } else if (p->debug == MOE_DEBUG_IMBALANCE) {
-            debug_imbalance_row(t, p, sc, ids);
-        } else {
+        if (!forced_row(t, p, sc, ids)) {
             double *v = sc->v;
             const double *base = p->select_on_logits ? z : s;
             for (int64_t j = 0; j < E; j++) v[j] = base[j];

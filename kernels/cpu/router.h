@@ -175,6 +175,8 @@ typedef struct moe_route_plan {
     double *mass;                /* [T] Σ_k p_{t,id_k} */
     int64_t *bad_rows;           /* rows holding NaN/Inf (their outputs are placeholders) */
 } moe_route_plan;
+/* The bytes of one thread's scratch for rows of E experts in G groups. */
+size_t moe_route_scratch_bytes(int64_t E, int64_t G);
 /* False when a thread could not allocate its scratch (its rows are then
  * not computed): the caller reports it. */
 bool moe_route_rows(const moe_route_plan *p);

@@ -20,23 +20,6 @@
 
 static SCM moelab_error_key = SCM_BOOL_F;
 
-static const char *const status_symbols[] = {
-    [MOE_OK] = "ok",
-    [MOE_ERR_ARG] = "arg",
-    [MOE_ERR_SHAPE] = "shape",
-    [MOE_ERR_DTYPE] = "dtype",
-    [MOE_ERR_DEVICE] = "device",
-    [MOE_ERR_INDEX] = "index",
-    [MOE_ERR_VALUE] = "value",
-    [MOE_ERR_STATE] = "state",
-    [MOE_ERR_NOMEM] = "nomem",
-    [MOE_ERR_IO] = "io",
-    [MOE_ERR_BACKEND] = "backend",
-    [MOE_ERR_UNSUPPORTED] = "unsupported",
-};
-_Static_assert(sizeof status_symbols / sizeof *status_symbols == MOE_STATUS_COUNT,
-               "one symbol per status");
-
 void moelab_init_error(void)
 {
     moelab_error_key = scm_gc_protect_object(scm_from_utf8_symbol("moelab-error"));
@@ -75,7 +58,7 @@ static SCM_NORETURN void raise_message(const char *subr, moe_status code, const 
 
 const char *moelab_status_symbol(moe_status code)
 {
-    return (unsigned)code < MOE_STATUS_COUNT ? status_symbols[code] : "unknown";
+    return moe_status_symbol_name(code);
 }
 
 void moelab_throw_last_from(const char *subr, const char *cop)

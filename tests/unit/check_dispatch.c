@@ -149,7 +149,7 @@ START_TEST(plan_errors)
     moe_tensor *f = T(MOE_F64, 2, SHAPE(1, 2), 0, 1), *v = T(MOE_I64, 1, SHAPE(2), 0, 1);
     moe_tensor *keep_f = T(MOE_F32, 2, SHAPE(3, 2), 1, 1, 1, 1, 1, 1);
     moe_tensor *keep_s = T(MOE_BOOL, 2, SHAPE(2, 2), 1, 1, 1, 1);
-    FAILS(moe_dispatch_plan(&d, bad, NULL, 4, 0, false), MOE_ERR_INDEX, "expert id 4 at [0 1]");
+    FAILS(moe_dispatch_plan(&d, bad, NULL, 4, 0, false), MOE_ERR_INDEX, "moe-forward: expert id 4 at [0 1]");
     ck_assert_ptr_null(d);
     FAILS(moe_dispatch_plan(&d, f, NULL, 4, 0, false), MOE_ERR_DTYPE, "i64 or i32");
     FAILS(moe_dispatch_plan(&d, v, NULL, 4, 0, false), MOE_ERR_SHAPE, "[T K]");

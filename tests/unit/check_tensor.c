@@ -326,6 +326,12 @@ START_TEST(test_error_messages)
     ck_assert_str_eq(moe_last_error(), "demo: bad 3");
     ck_assert_int_eq(moe_last_status(), MOE_ERR_SHAPE);
     ck_assert_str_eq(moe_status_name(MOE_ERR_INDEX), "index out of range");
+    /* the one status → symbol table (the Scheme bindings raise these) */
+    ck_assert_str_eq(moe_status_symbol_name(MOE_ERR_NOMEM), "nomem");
+    ck_assert_str_eq(moe_status_symbol_name(MOE_STATUS_COUNT), "?");
+    moe_status parsed = MOE_OK;
+    ck_assert(moe_status_symbol_parse("unsupported", &parsed) && parsed == MOE_ERR_UNSUPPORTED);
+    ck_assert(!moe_status_symbol_parse("shape error", &parsed) && parsed == MOE_ERR_UNSUPPORTED);
     ck_assert_str_eq(moe_dims_str(3, SHAPE(4, 0, 2)), "[4 0 2]");
     ck_assert_str_eq(moe_dims_str(0, NULL), "[]");
 }
