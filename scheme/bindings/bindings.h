@@ -117,8 +117,6 @@ SCM_NORETURN void moelab_throw_last(const char *subr);
 /* The same, dropping the message's "COP: " prefix when the core named the
  * operation COP rather than SUBR (COP NULL: any one-word prefix). */
 SCM_NORETURN void moelab_throw_last_from(const char *subr, const char *cop);
-/* The symbol a moelab-error carries for CODE: ok, arg, shape, dtype, … */
-const char *moelab_status_symbol(moe_status code);
 /* Raise moelab-error with a message of our own. */
 SCM_NORETURN void moelab_throw(const char *subr, moe_status code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

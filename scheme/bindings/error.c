@@ -53,12 +53,7 @@ static SCM_NORETURN void raise_message(const char *subr, moe_status code, const 
     if (!*text) text = moe_status_name(code);
     SCM message = escaped_message(text);
     scm_error_scm(moelab_error_key, scm_from_utf8_string(subr), message, SCM_EOL,
-                  scm_list_1(scm_from_utf8_symbol(moelab_status_symbol(code))));
-}
-
-const char *moelab_status_symbol(moe_status code)
-{
-    return moe_status_symbol_name(code);
+                  scm_list_1(scm_from_utf8_symbol(moe_status_symbol_name(code))));
 }
 
 void moelab_throw_last_from(const char *subr, const char *cop)

@@ -208,7 +208,7 @@ static void rank_failed(rank_call *c, moe_status st, const char *text)
     c->st = st == MOE_OK ? MOE_ERR_STATE : st;
     snprintf(c->text, sizeof c->text, "%s", text && *text ? text : moe_status_name(c->st));
     SCM outcome = scm_cons(SCM_BOOL_F, scm_cons(scm_from_utf8_string(c->text),
-                                                scm_from_utf8_symbol(moelab_status_symbol(c->st))));
+                                                scm_from_utf8_symbol(moe_status_symbol_name(c->st))));
     scm_c_vector_set_x(c->run->outcomes, (size_t)c->rank, outcome);
 }
 
