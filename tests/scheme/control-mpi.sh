@@ -136,7 +136,7 @@ fi
 finish
 steps=$(sed -n 's/^\$2 = (\([0-9]*\) .*/\1/p' "$tmp/b.client")
 # the job ends (status 0, long before its 100000 steps): rank 1 stopped too
-if [ "$status" = 0 ] && grep -q "stopped after $steps steps" "$(out b 0 stdout)"; then
+if [ "$status" = 0 ] && grep -Eq "stopped after $steps steps? " "$(out b 0 stdout)"; then
     pass "trainer-stop! on rank 0 stops both ranks (exit 0)"
 else
     fail "trainer-stop! on rank 0 stops both ranks (status $status)"; show "$(out b 0 stdout)" "$(out b 1 stdout)"
