@@ -135,35 +135,48 @@ moe_status moe_mesh_new(moe_mesh **out, moe_group *world, int ndims, const char 
     return MOE_OK;
 }
 
+moe_status moe_mesh_spec_parse(const char *spec, int *ndims, const char **names, int *sizes)
+{
+    const char *opn = "mesh";
+    const char *p = spec ? spec : "";
+    bool seen[NDIM] = {false};
+    int n = 0;
+    *ndims = 0;
+    for (;;) {
+        while (*p && (isspace((unsigned char)*p) || *p == ',')) p++;
+        if (!*p) break;
+        const char *start = p;
+        while (*p && isalpha((unsigned char)*p)) p++;
+        int d = dim_index(start, (size_t)(p - start));
+        char *end = NULL;
+        long v = -1;
+        if ((*p == '=' || *p == ':') && isdigit((unsigned char)p[1])) v = strtol(p + 1, &end, 10);
+        if (p == start || v < 0 || n == NDIM || v > 1 << 20)
+            return moe_fail(MOE_ERR_ARG, opn, "cannot parse '%s': expected e.g. \"dp=2 cp=2 tp=2\"",
+                            spec ? spec : "");
+        if (d < 0)
+            return moe_fail(MOE_ERR_ARG, opn, "unknown dimension '%.*s' in '%s': use tp, cp, ep, dp or pp",
+                            (int)(p - start), start, spec);
+        if (seen[d]) return moe_fail(MOE_ERR_ARG, opn, "dimension %s given twice in '%s'", moe_mesh_dim_names[d], spec);
+        if (v < 1)
+            return moe_fail(MOE_ERR_ARG, opn, "dimension %s has size %ld in '%s'; sizes must be >= 1",
+                            moe_mesh_dim_names[d], v, spec);
+        seen[d] = true;
+        names[n] = moe_mesh_dim_names[d];
+        sizes[n] = (int)v;
+        n++;
+        p = end;
+    }
+    *ndims = n;
+    return MOE_OK;
+}
+
 moe_status moe_mesh_parse(moe_mesh **out, moe_group *world, const char *spec)
 {
     *out = NULL;
     const char *names[NDIM];
     int sizes[NDIM], n = 0;
-    char name_buf[NDIM][8];
-    const char *p = spec ? spec : "";
-    moe_status st = MOE_OK;
-    while (st == MOE_OK) {
-        while (*p && (isspace((unsigned char)*p) || *p == ',')) p++;
-        if (!*p) break;
-        const char *start = p;
-        while (*p && isalpha((unsigned char)*p)) p++;
-        size_t len = (size_t)(p - start);
-        char *end = NULL;
-        long v = -1;
-        if ((*p == '=' || *p == ':') && isdigit((unsigned char)p[1])) v = strtol(p + 1, &end, 10);
-        if (len == 0 || len >= sizeof name_buf[0] || v < 0 || n == NDIM || v > 1 << 20) {
-            st = moe_fail(MOE_ERR_ARG, "mesh", "cannot parse '%s': expected e.g. \"dp=2 cp=2 tp=2\"", spec ? spec : "");
-            break;
-        }
-        memcpy(name_buf[n], start, len);
-        name_buf[n][len] = 0;
-        names[n] = name_buf[n];
-        sizes[n] = (int)v;
-        n++;
-        p = end;
-    }
-    if (st != MOE_OK) return st;
+    MOE_TRY(moe_mesh_spec_parse(spec, &n, names, sizes));
     return moe_mesh_new(out, world, n, names, sizes);
 }
 

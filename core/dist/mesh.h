@@ -39,6 +39,11 @@ moe_status moe_mesh_new(moe_mesh **out, moe_group *world, int ndims, const char 
 /* The same from a spec such as "dp=2 cp=2 tp=2" (separators: spaces or
  * commas; "dp:2" also accepted). */
 moe_status moe_mesh_parse(moe_mesh **out, moe_group *world, const char *spec);
+/* Only read SPEC: its NDIMS (name, size) pairs in their order into NAMES
+ * (pointing into moe_mesh_dim_names) and SIZES, both MOE_MESH_MAX_DIMS
+ * long. Fails naming the text on bad syntax, an unknown or repeated
+ * dimension or a size < 1; needs no world. */
+moe_status moe_mesh_spec_parse(const char *spec, int *ndims, const char **names, int *sizes);
 /* Free M and its groups (NULL is fine); release groups taken from it first
  * or after, in any order. */
 void moe_mesh_free(moe_mesh *m);

@@ -154,31 +154,13 @@ SCM_DEFINE(moelab_parse_mesh, "%parse-mesh", 2, 0, 0, (SCM who, SCM spec),
     scm_dynwind_begin(0);
     char *text = scm_to_utf8_string(spec);
     scm_dynwind_free(text);
-    /* The core's parser checks the text, the names and the sizes. Over the
-     * one-rank world, a spec of more ranks fails only at the final count
-     * (MOE_ERR_SHAPE): that failure says the spec itself is good. */
-    moe_mesh *m = NULL;
-    moe_status st = moe_mesh_parse(&m, NULL, text);
-    moe_mesh_free(m);
-    if (st != MOE_OK && st != MOE_ERR_SHAPE) moelab_throw_last_from(op, "mesh");
-    moe_clear_error();
-    /* Well formed: NAME=SIZE or NAME:SIZE items between spaces and commas. */
+    const char *names[MOE_MESH_MAX_DIMS];
+    int sizes[MOE_MESH_MAX_DIMS], n = 0;
+    if (moe_mesh_spec_parse(text, &n, names, sizes) != MOE_OK) moelab_throw_last_from(op, "mesh");
     SCM out = SCM_EOL;
-    for (const char *p = text; *p;) {
-        if (isspace((unsigned char)*p) || *p == ',') {
-            p++;
-            continue;
-        }
-        const char *name = p;
-        while (isalpha((unsigned char)*p)) p++;
-        SCM dim = scm_from_utf8_symboln(name, (size_t)(p - name));
-        char *end;
-        long size = strtol(p + 1, &end, 10);
-        p = end;
-        out = scm_cons(scm_cons(dim, scm_from_long(size)), out);
-    }
+    for (int i = n - 1; i >= 0; i--) out = scm_cons(scm_cons(sym(names[i]), scm_from_int(sizes[i])), out);
     scm_dynwind_end();
-    return scm_reverse_x(out, SCM_EOL);
+    return out;
 }
 #undef FUNC_NAME
 

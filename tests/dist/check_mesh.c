@@ -161,6 +161,29 @@ START_TEST(test_mesh_one_rank)
 }
 END_TEST
 
+/* The spec alone, without a world: names in their order, sizes as given. */
+START_TEST(test_mesh_spec_parse)
+{
+    const char *names[MOE_MESH_MAX_DIMS];
+    int sizes[MOE_MESH_MAX_DIMS], n = -1;
+    OK(moe_mesh_spec_parse(" pp=2, dp:4 ep=3", &n, names, sizes));
+    ck_assert_int_eq(n, 3);
+    ck_assert_str_eq(names[0], "pp");
+    ck_assert_str_eq(names[1], "dp");
+    ck_assert_str_eq(names[2], "ep");
+    ck_assert_int_eq(sizes[0], 2);
+    ck_assert_int_eq(sizes[1], 4);
+    ck_assert_int_eq(sizes[2], 3);
+    OK(moe_mesh_spec_parse("", &n, names, sizes));
+    ck_assert_int_eq(n, 0);
+    FAILS(moe_mesh_spec_parse("pp=2,,dp", &n, names, sizes), MOE_ERR_ARG, "cannot parse 'pp=2,,dp'");
+    FAILS(moe_mesh_spec_parse("dp=2 xp=2", &n, names, sizes), MOE_ERR_ARG, "unknown dimension 'xp' in 'dp=2 xp=2'");
+    FAILS(moe_mesh_spec_parse("dp=2 dp:2", &n, names, sizes), MOE_ERR_ARG, "dp given twice in 'dp=2 dp:2'");
+    FAILS(moe_mesh_spec_parse("tp=0", &n, names, sizes), MOE_ERR_ARG, "size 0 in 'tp=0'");
+    FAILS(moe_mesh_spec_parse("tp=1 cp=1 ep=1 dp=1 pp=1 tp=1", &n, names, sizes), MOE_ERR_ARG, "cannot parse");
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("mesh");
@@ -171,6 +194,7 @@ int main(void)
     tcase_add_test(tc, test_mesh_pp_ep);
     tcase_add_test(tc, test_mesh_errors);
     tcase_add_test(tc, test_mesh_one_rank);
+    tcase_add_test(tc, test_mesh_spec_parse);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
