@@ -408,6 +408,31 @@ static void walk_release(node_list *claimed)
     pthread_mutex_unlock(&walk_lock);
 }
 
+/* A walk holds a reference to each node it claimed (in ORDER), so that a node
+ * stays valid while release_consumed frees the tensors around it; this lets
+ * the claims go and drops those references. */
+static void release_order(node_list *order)
+{
+    size_t len = order->len;
+    walk_release(order);
+    for (size_t i = 0; i < len; i++) moe_node_release(order->items[i]);
+}
+
+/* Node N has delivered its input gradients in a backward that frees the
+ * graph: its saved tensors and its inputs are of no more use, so let them go
+ * now rather than at the end of the walk. Activations then die as the
+ * backward passes them instead of all living until its last node. */
+static void release_consumed(moe_node *n)
+{
+    node_free_saved(n);
+    n->freed = true;
+    for (int i = 0; i < n->n_inputs; i++) {
+        moe_tensor *in = n->inputs[i];
+        n->inputs[i] = NULL;
+        moe_tensor_release(in);
+    }
+}
+
 typedef enum { CLAIM_NEW, CLAIM_MINE, CLAIM_BUSY } claim_result;
 
 /* Claim N for W. */
@@ -529,6 +554,7 @@ start:
     ended = walks_ended_now();
     if (walk_claim(&w, root->grad_fn) != CLAIM_NEW) goto busy;
     MOE_TRYG(list_push(&order, root->grad_fn));
+    moe_node_retain(root->grad_fn);
     root->grad_fn->pending = 0;
     moe_tensor_release(root->grad_fn->grad_acc);
     root->grad_fn->grad_acc = NULL;
@@ -542,6 +568,8 @@ start:
                           n->name);
             goto done;
         }
+        /* before any node runs: a failed check leaves the graph whole */
+        MOE_TRYG(check_saved_versions(n));
         for (int i = 0; i < n->n_inputs; i++) {
             moe_tensor *in = n->inputs[i];
             if (!in || !in->grad_fn) continue;
@@ -550,6 +578,7 @@ start:
             if (claim == CLAIM_BUSY) goto busy;
             if (claim == CLAIM_NEW) {
                 MOE_TRYG(list_push(&order, c));
+                moe_node_retain(c);
                 c->pending = 0;
                 moe_tensor_release(c->grad_acc);
                 c->grad_acc = NULL;
@@ -561,7 +590,7 @@ start:
     goto claimed;
 busy:
     /* Another walk holds a node: let go of ours, then wait for a walk to end. */
-    walk_release(&order);
+    release_order(&order);
     stack.len = 0;
     pthread_mutex_lock(&walk_lock);
     while (walks_ended == ended) pthread_cond_wait(&walk_ended, &walk_lock);
@@ -602,6 +631,7 @@ claimed:
             }
         }
         if (st != MOE_OK) goto done;
+        if (!retain_graph) release_consumed(n);
     }
 
 done:
@@ -616,7 +646,7 @@ done:
         }
     }
     moe_tensor_release(seed);
-    walk_release(&order);
+    release_order(&order);
     free(order.items);
     free(ready.items);
     free(stack.items);

@@ -11,20 +11,24 @@
 #include "../kernels/cuda/cuda.h"
 #endif
 
-/* Large host blocks are cached for reuse: a training step allocates the same
- * activation sizes every iteration, and fresh pages cost a page fault each
- * (a 64 MiB output loses over half its bandwidth to them). Blocks of at least
- * CACHE_MIN bytes, rounded to CACHE_ROUND, go to a small list on free and are
- * handed back for an allocation that fits them with at most a quarter to
- * spare (MoE buffers change size a little every step, so an exact-size rule
- * rarely hits and stale blocks pile up). A block keeps the size it was asked
- * for, never more than it has. When a freed block does not fit under
- * MOELAB_CPU_CACHE_MB (default 1024) MiB or in a free slot, the least recently
- * cached blocks make room; moe_allocator_empty_cache() returns it all to the
- * system. */
+/* Large host blocks are cached for reuse: fresh pages cost a page fault
+ * each (a 64 MiB output loses over half its bandwidth to them). Only blocks
+ * of at least CACHE_MIN bytes are cached: glibc serves anything smaller from
+ * its heap once a block of that size has been freed (its mmap threshold
+ * follows the freed sizes up to 32 MiB), so smaller blocks reuse warm pages
+ * anyway, and caching them here only pinned stale blocks beside the heap's
+ * own free memory (a training step's resident size grew by the cache's
+ * contents, step after step, at no gain in speed). Cached blocks, rounded to
+ * CACHE_ROUND, go to a small list on free and are handed back for an
+ * allocation that fits them with at most a quarter to spare (MoE buffers
+ * change size a little every step, so an exact-size rule rarely hits). A
+ * block keeps the size it was asked for, never more than it has. When a
+ * freed block does not fit under MOELAB_CPU_CACHE_MB (default 1024) MiB or
+ * in a free slot, the least recently cached blocks make room;
+ * moe_allocator_empty_cache() returns it all to the system. */
 #include <pthread.h>
 
-#define CACHE_MIN ((size_t)256 << 10)
+#define CACHE_MIN ((size_t)32 << 20) /* glibc's largest mmap threshold */
 #define CACHE_ROUND ((size_t)64 << 10)
 #define CACHE_SLOTS 64
 

@@ -281,6 +281,30 @@ START_TEST(test_grad_dtype_bf16_leaf)
 }
 END_TEST
 
+/* A backward that frees the graph lets each intermediate go once its node
+ * has run: with only the root held, what stays alive is the leaf, its
+ * gradient and the root (the nodes once pinned their inputs to the end). */
+START_TEST(test_backward_frees_activations)
+{
+    moe_tensor *x = leaf(1, SHAPE(1000), 7), *sq, *e, *y;
+    OK(moe_mul(&sq, x, x));
+    OK(moe_exp(&e, sq));
+    OK(moe_sum(&y, e, 0, NULL, false));
+    RELEASE(sq, e);
+    moe_memory_stats before, after;
+    moe_memory_stats_get(MOE_CPU, &before);
+    OK(moe_backward(y, NULL, false));
+    moe_memory_stats_get(MOE_CPU, &after);
+    /* gone: sq and e (8000 bytes each); new: x.grad (8000 bytes) */
+    ck_assert_int_eq(after.live_bytes - before.live_bytes, 8000 - 2 * 8000);
+    ck_assert_int_eq(after.live_storages - before.live_storages, 1 - 2);
+    const double *xv = moe_tensor_data(x), *gv = moe_tensor_data(x->grad);
+    for (int i = 0; i < 1000; i++) /* d/dx exp(x²) = 2x exp(x²) */
+        ck_assert_double_eq_tol(gv[i], 2 * xv[i] * exp(xv[i] * xv[i]), 1e-12 * (1 + fabs(gv[i])));
+    RELEASE(x, y);
+}
+END_TEST
+
 static Suite *autograd_suite(void)
 {
     Suite *s = suite_create("autograd");
@@ -293,6 +317,7 @@ static Suite *autograd_suite(void)
     tcase_add_test(c, test_hooks);
     tcase_add_test(c, test_custom_function);
     tcase_add_test(c, test_deep_chain_no_stack_overflow);
+    tcase_add_test(c, test_backward_frees_activations);
     suite_add_tcase(s, c);
     c = tcase_create("views");
     tcase_add_test(c, test_view_gradients);
