@@ -412,9 +412,7 @@ moe_status moe_one_hot(moe_tensor **out, moe_tensor *index, int64_t num_classes)
             MOE_TRYG(moe_bytes_to_host(host, v, sizeof *host * (size_t)n, idx->device));
             v = host;
         }
-        C = 0;
-        for (int64_t i = 0; i < n; i++)
-            if (v[i] + 1 > C) C = v[i] + 1;
+        C = moe_cpu_index_bound(v, n, 0, NULL);
     }
     char what[64];
     snprintf(what, sizeof what, "%lld classes", (long long)C);
