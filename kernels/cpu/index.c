@@ -377,6 +377,18 @@ void moe_cpu_histogram(int64_t *counts, const double *x, int64_t n, int64_t C, d
     }
 }
 
+void moe_cpu_histogram_range(const double *x, int64_t n, double *lo, double *hi)
+{
+    double mn = INFINITY, mx = -INFINITY; /* comparisons with NaN are false: skipped */
+    for (int64_t i = 0; i < n; i++) {
+        if (x[i] < mn) mn = x[i];
+        if (x[i] > mx) mx = x[i];
+    }
+    if (mn > mx) mn = mx = 0; /* no numbers at all */
+    *lo = mn;
+    *hi = mx;
+}
+
 /* ---- one entry per op, dtype as an argument (as the CUDA kernels) ---------------- */
 
 void moe_cpu_scatter_add(moe_dtype dt, void *out, const int64_t *out_strides, const void *src,
