@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/cpu/tokens.h"
 #include "../names.h"
 #include "source.h"
 #include "spm.h"
@@ -92,7 +93,7 @@ moe_status moe_tokenizer_encode(const moe_tokenizer *t, const char *text, size_t
     case MOE_TOKENIZER_BYTES: {
         uint32_t *out = malloc((len ? len : 1) * sizeof *out);
         if (!out) return moe_fail(MOE_ERR_NOMEM, op, "out of memory encoding %zu bytes", len);
-        for (size_t i = 0; i < len; i++) out[i] = (unsigned char)text[i];
+        moe_cpu_tokens_from_bytes(out, text, (int64_t)len);
         *ids = out;
         *n = (int64_t)len;
         return MOE_OK;
@@ -112,13 +113,13 @@ moe_status moe_tokenizer_decode(const moe_tokenizer *t, const uint32_t *ids, int
     if (!op) op = "tokenizer-decode";
     switch (t->kind) {
     case MOE_TOKENIZER_BYTES: {
-        for (int64_t i = 0; i < n; i++)
-            if (ids[i] > 255)
-                return moe_fail(MOE_ERR_INDEX, op, "token %u at position %lld is not a byte (vocabulary 256)",
-                                (unsigned)ids[i], (long long)i);
+        int64_t bad = moe_cpu_tokens_find_outside(ids, n, 256);
+        if (bad >= 0)
+            return moe_fail(MOE_ERR_INDEX, op, "token %u at position %lld is not a byte (vocabulary 256)",
+                            (unsigned)ids[bad], (long long)bad);
         char *out = malloc((size_t)n + 1);
         if (!out) return moe_fail(MOE_ERR_NOMEM, op, "out of memory decoding %lld tokens", (long long)n);
-        for (int64_t i = 0; i < n; i++) out[i] = (char)ids[i];
+        moe_cpu_tokens_to_bytes(out, ids, n);
         out[n] = '\0';
         *text = out;
         *len = (size_t)n;
