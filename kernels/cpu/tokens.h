@@ -16,4 +16,10 @@ int64_t moe_cpu_tokens_find_outside(const uint32_t *ids, int64_t n, int64_t voca
 void moe_cpu_tokens_from_bytes(uint32_t *ids, const char *bytes, int64_t n);
 void moe_cpu_tokens_to_bytes(char *bytes, const uint32_t *ids, int64_t n);
 
+/* Token files, little-endian whatever the host: IDS [N] ← P [N·WIDTH], and
+ * P [N·WIDTH] ← IDS [N] (WIDTH 2 or 4 bytes; ids that do not fit 2 bytes keep
+ * their low bytes). */
+void moe_cpu_tokens_unpack(uint32_t *ids, const unsigned char *p, int64_t n, int width);
+void moe_cpu_tokens_pack(unsigned char *p, const uint32_t *ids, int64_t n, int width);
+
 #endif
