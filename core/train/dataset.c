@@ -10,6 +10,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "../../kernels/cpu/random.h"
+#include "../../kernels/cpu/tokens.h"
 #include "source.h"
 #include "tokfile.h"
 #include "../names.h"
@@ -88,15 +90,15 @@ static moe_status add_token_file(stream *s, domain *d, const char *path, moe_tok
     uint32_t *ids;
     int64_t n;
     MOE_TRY(moe_tokfile_read(&ids, &n, path, f, op));
-    for (int64_t i = 0; i < n; i++)
-        if (ids[i] >= (uint64_t)vocab) {
-            moe_status st = moe_fail(MOE_ERR_VALUE, op,
-                                     "'%s' (domain '%s'): token %u at position %lld is outside the "
-                                     "tokenizer's vocabulary of %lld",
-                                     path, d->name, (unsigned)ids[i], (long long)i, (long long)vocab);
-            free(ids);
-            return st;
-        }
+    int64_t bad = moe_cpu_tokens_find_outside(ids, n, vocab);
+    if (bad >= 0) {
+        moe_status st = moe_fail(MOE_ERR_VALUE, op,
+                                 "'%s' (domain '%s'): token %u at position %lld is outside the "
+                                 "tokenizer's vocabulary of %lld",
+                                 path, d->name, (unsigned)ids[bad], (long long)bad, (long long)vocab);
+        free(ids);
+        return st;
+    }
     moe_status st = append(s, ids, n, op);
     free(ids);
     d->documents++;
@@ -185,17 +187,8 @@ static void build_order(moe_dataset *ds, int di)
 {
     domain *d = &ds->domains[di];
     if (!d->order) return;
-    int64_t n = d->sequences;
-    for (int64_t i = 0; i < n; i++) d->order[i] = (uint32_t)i;
     uint64_t stream_seed = ds->seed + 0x9e3779b97f4a7c15ull * (uint64_t)(di + 1);
-    uint64_t base = (uint64_t)d->epoch << 32;
-    for (int64_t i = n - 1; i > 0; i--) {
-        int64_t j = (int64_t)(moe_rng_uniform(stream_seed, base + (uint64_t)i) * (double)(i + 1));
-        if (j > i) j = i;
-        uint32_t t = d->order[i];
-        d->order[i] = d->order[j];
-        d->order[j] = t;
-    }
+    moe_cpu_shuffle(d->order, d->sequences, stream_seed, (uint64_t)d->epoch << 32);
 }
 
 /* One mixture draw: a domain with probability p_d. */
@@ -223,10 +216,8 @@ static void next_sequence(moe_dataset *ds, int di, int64_t *tokens, int64_t *tar
     int64_t j = d->order ? d->order[d->cursor] : d->cursor;
     d->cursor++;
     const uint32_t *src = d->tokens + j * ds->S;
-    for (int64_t s = 0; s < ds->S; s++) {
-        tokens[s] = src[s];
-        targets[s] = src[s + 1];
-    }
+    moe_cpu_tokens_widen(tokens, src, ds->S);
+    moe_cpu_tokens_widen(targets, src + 1, ds->S); /* the next token of each */
 }
 
 /* ---- construction ------------------------------------------------------------ */

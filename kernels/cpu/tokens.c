@@ -34,3 +34,8 @@ void moe_cpu_tokens_pack(unsigned char *p, const uint32_t *ids, int64_t n, int w
         for (int k = 0; k < width; k++) b[k] = (unsigned char)(ids[i] >> (8 * k));
     }
 }
+
+void moe_cpu_tokens_widen(int64_t *out, const uint32_t *ids, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) out[i] = ids[i];
+}

@@ -22,4 +22,7 @@ void moe_cpu_tokens_to_bytes(char *bytes, const uint32_t *ids, int64_t n);
 void moe_cpu_tokens_unpack(uint32_t *ids, const unsigned char *p, int64_t n, int width);
 void moe_cpu_tokens_pack(unsigned char *p, const uint32_t *ids, int64_t n, int width);
 
+/* OUT [N] (i64, as the model reads ids) ← IDS [N]. */
+void moe_cpu_tokens_widen(int64_t *out, const uint32_t *ids, int64_t n);
+
 #endif
