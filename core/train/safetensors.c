@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "../../kernels/cpu/copy.h"
 #include "safetensors.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -526,13 +527,11 @@ moe_status moe_safetensors_load_op(const char *op, moe_safetensors **out, const 
     const unsigned char *data = buf + 8 + hlen;
     for (int i = 0; i < n; i++) {
         if (es[i].dtype != MOE_BOOL) continue;
-        for (uint64_t b = es[i].begin; b < es[i].end; b++) {
-            if (data[b] > 1) {
-                st = moe_fail(MOE_ERR_VALUE, op, "%s: tensor \"%s\": BOOL element %" PRIu64
-                              " is %u (0 or 1 expected)", path, es[i].name, b - es[i].begin,
-                              data[b]);
-                goto done;
-            }
+        int64_t bad = moe_cpu_bool_find_bad(data + es[i].begin, (int64_t)(es[i].end - es[i].begin));
+        if (bad >= 0) {
+            st = moe_fail(MOE_ERR_VALUE, op, "%s: tensor \"%s\": BOOL element %" PRId64 " is %u (0 or 1 expected)",
+                          path, es[i].name, bad, data[es[i].begin + (uint64_t)bad]);
+            goto done;
         }
     }
     json_t *sum = meta ? json_object_get(meta, MOE_SAFETENSORS_CHECKSUM_KEY) : NULL;
