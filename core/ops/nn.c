@@ -122,7 +122,7 @@ static moe_status host_view(const char *op, const moe_tensor *t, const void **v,
     *v = moe_tensor_data(t);
     if (t->device == MOE_CPU || nbytes == 0) return MOE_OK;
     *host = malloc(nbytes);
-    if (!*host) return moe_fail(MOE_ERR_NOMEM, op, "out of host memory for %zu bytes", nbytes);
+    if (!*host) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of a host copy of %s", nbytes, moe_shape_str(t));
     *v = *host;
     return moe_bytes_to_host(*host, moe_tensor_data(t), nbytes, t->device);
 }

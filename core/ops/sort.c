@@ -85,8 +85,8 @@ static moe_status order_impl(const char *op, moe_tensor **values, moe_tensor **i
         ok = full ? moe_cpu_sort(c, vp, moe_tensor_data(ir), moe_tensor_data(x), R, E, first_big)
                   : moe_cpu_topk(c, vp, moe_tensor_data(ir), moe_tensor_data(x), R, E, k, first_big);
     if (!ok) {
-        st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for sort scratch (rows of %lld)",
-                      (long long)E);
+        st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of sort scratch per thread (rows of %lld)",
+                      (size_t)(2 * E + 1) * 2 * sizeof(int64_t), (long long)E);
         goto done;
     }
 

@@ -62,7 +62,7 @@ static moe_status append(stream *s, const uint32_t *ids, int64_t n, const char *
         int64_t cap = s->cap ? s->cap : 4096;
         while (cap < s->n + n) cap *= 2;
         uint32_t *v = realloc(s->v, (size_t)cap * sizeof *v);
-        if (!v) return moe_fail(MOE_ERR_NOMEM, op, "out of memory packing %lld tokens", (long long)(s->n + n));
+        if (!v) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes packing %lld tokens", (size_t)cap * sizeof *v, (long long)(s->n + n));
         s->v = v;
         s->cap = cap;
     }
@@ -144,7 +144,7 @@ static moe_status read_domain(domain *d, const moe_dataset_domain *spec, const m
     for (int i = 0; i < spec->n_sources && st == MOE_OK; i++) {
         char *path = split_path(spec->sources[i], ds->split);
         if (!path) {
-            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for the path of '%s' %s", spec->sources[i], what);
             break;
         }
         st = moe_file_list_add(&files, path, op, what);
@@ -260,7 +260,8 @@ moe_status moe_dataset_new(moe_dataset **out, const moe_dataset_config *cfg)
     if (!ds || !doms) {
         free(ds);
         free(doms);
-        return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of a dataset of %d domains",
+                        sizeof *ds + (size_t)cfg->n_domains * sizeof *doms, cfg->n_domains);
     }
     ds->domains = doms;
     ds->D = cfg->n_domains;
@@ -275,13 +276,15 @@ moe_status moe_dataset_new(moe_dataset **out, const moe_dataset_config *cfg)
     if (st == MOE_OK) ds->vocab = moe_tokenizer_vocab_size(ds->tokenizer);
     for (int i = 0; i < ds->D && st == MOE_OK; i++) {
         domain *d = &doms[i];
-        if (!(d->name = strdup(cfg->domains[i].name))) st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        if (!(d->name = strdup(cfg->domains[i].name)))
+            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of a domain name", strlen(cfg->domains[i].name) + 1);
         if (st == MOE_OK) st = read_domain(d, &cfg->domains[i], ds, op);
         if (st == MOE_OK && d->sequences > (int64_t)UINT32_MAX)
             st = moe_fail(MOE_ERR_VALUE, op, "domain '%s' has %lld sequences, more than 2^32", d->name,
                           (long long)d->sequences);
         if (st == MOE_OK && ds->shuffle && !(d->order = malloc((size_t)d->sequences * sizeof *d->order)))
-            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of the visiting order of domain '%s'",
+                          (size_t)d->sequences * sizeof *d->order, d->name);
     }
     if (st != MOE_OK) {
         moe_dataset_free(ds);

@@ -245,7 +245,7 @@ static moe_status read_file(const char *op, const char *path, unsigned char **bu
     unsigned char *b = malloc(n ? n : 1);
     if (!b) {
         fclose(f);
-        return moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory for %zu bytes", path, n);
+        return moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory for the file's %zu bytes", path, n);
     }
     size_t got = fread(b, 1, n, f);
     int err = ferror(f);
@@ -398,7 +398,9 @@ static moe_status build_result(const char *op, const char *path, const entry *es
     }
     if (!st || !st->names || !st->tensors || !st->meta_keys || !st->meta_values) {
         moe_safetensors_free(st);
-        return moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory", path);
+        return moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory for %zu bytes of tables (%d tensors, %d metadata entries)",
+                        path, sizeof(moe_safetensors) + ((size_t)n + 1) * (sizeof(char *) + sizeof(moe_tensor *))
+                                  + ((size_t)nm + 1) * 2 * sizeof(char *), n, nm);
     }
     for (int i = 0; i < n; i++) {
         moe_status s = moe_tensor_from_data(&st->tensors[i], es[i].dtype, MOE_CPU, es[i].ndim,
@@ -419,7 +421,8 @@ static moe_status build_result(const char *op, const char *path, const entry *es
             st->meta_values[i] = strdup(json_string_value(v));
             if (!st->meta_keys[i] || !st->meta_values[i]) {
                 moe_safetensors_free(st);
-                return moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory", path);
+                return moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory for %zu bytes of metadata entry \"%s\"", path,
+                                strlen(k) + strlen(json_string_value(v)) + 2, k);
             }
         }
     }
@@ -482,7 +485,8 @@ moe_status moe_safetensors_load_op(const char *op, moe_safetensors **out, const 
     int n = (int)json_object_size(root) - (meta ? 1 : 0);
     es = calloc((size_t)n + 1, sizeof *es);
     if (!es) {
-        st = moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory", path);
+        st = moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory for %zu bytes of the header's %d entries", path,
+                      ((size_t)n + 1) * sizeof *es, n);
         goto done;
     }
     int at = 0;

@@ -37,7 +37,8 @@ static moe_status decode(uint32_t **tokens, const unsigned char *p, int64_t n, i
     *tokens = NULL;
     if (n == 0) return MOE_OK;
     uint32_t *t = malloc((size_t)n * sizeof *t);
-    if (!t) return moe_fail(MOE_ERR_NOMEM, op, "out of memory reading %lld tokens of '%s'", (long long)n, path);
+    if (!t) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes reading %lld tokens of '%s'", (size_t)n * sizeof *t,
+                            (long long)n, path);
     moe_cpu_tokens_unpack(t, p, n, width);
     *tokens = t;
     return MOE_OK;
@@ -125,7 +126,7 @@ moe_status moe_tokfile_write(const char *path, const uint32_t *tokens, int64_t n
                         (unsigned)tokens[bad], (long long)bad, tokfile_format_names[format]);
     size_t header = bin ? MOE_TOKFILE_HEADER_INTS * 4 : 0, size = header + (size_t)n * (size_t)width;
     unsigned char *buf = calloc(size ? size : 1, 1);
-    if (!buf) return moe_fail(MOE_ERR_NOMEM, op, "out of memory writing '%s'", path);
+    if (!buf) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes writing '%s'", size ? size : 1, path);
     if (bin) { /* magic, version, token count; the rest of the header stays zero */
         uint32_t head[3] = {format == MOE_TOKFILE_BIN ? MOE_TOKFILE_MAGIC_U16 : MOE_TOKFILE_MAGIC_U32,
                             format == MOE_TOKFILE_BIN ? 1 : 7, (uint32_t)n};
