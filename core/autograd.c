@@ -130,7 +130,7 @@ moe_status moe_tensor_register_hook(moe_tensor *t, moe_hook_fn fn, void *ctx,
                         "tensor of shape %s does not require grad; its gradient is never computed",
                         moe_shape_str(t));
     moe_hook *h = calloc(1, sizeof *h);
-    if (!h) return moe_fail(MOE_ERR_NOMEM, "register-hook!", "out of memory");
+    if (!h) return moe_fail(MOE_ERR_NOMEM, "register-hook!", "out of memory for a hook of %zu bytes", sizeof *h);
     h->fn = fn;
     h->ctx = ctx;
     h->ctx_free = ctx_free;
@@ -189,7 +189,7 @@ moe_status moe_node_new(moe_node **out, const char *name, moe_backward_fn backwa
                         MOE_NODE_MAX_INPUTS);
     if (!backward) return moe_fail(MOE_ERR_ARG, name, "a node needs a backward function");
     moe_node *n = calloc(1, sizeof *n);
-    if (!n) return moe_fail(MOE_ERR_NOMEM, name, "out of memory for an autograd node");
+    if (!n) return moe_fail(MOE_ERR_NOMEM, name, "out of memory for an autograd node of %zu bytes", sizeof *n);
     n->name = name;
     n->backward = backward;
     n->n_inputs = n_inputs;
@@ -322,7 +322,7 @@ moe_status moe_function_apply(moe_tensor **out, const moe_function *fn, int n_in
         node = calloc(1, sizeof *node);
         if (!node) {
             if (ctx_free) ctx_free(ctx);
-            return moe_fail(MOE_ERR_NOMEM, fn->name, "out of memory");
+            return moe_fail(MOE_ERR_NOMEM, fn->name, "out of memory for an autograd node of %zu bytes", sizeof *node);
         }
         node->name = fn->name;
         node->backward = fn->backward;
@@ -364,7 +364,7 @@ static moe_status list_push(node_list *l, moe_node *n)
     if (l->len == l->cap) {
         size_t cap = l->cap ? 2 * l->cap : 64;
         moe_node **grown = realloc(l->items, cap * sizeof *grown);
-        if (!grown) return moe_fail(MOE_ERR_NOMEM, "backward", "out of memory for the graph walk");
+        if (!grown) return moe_fail(MOE_ERR_NOMEM, "backward!", "out of memory for %zu bytes of the graph walk", cap * sizeof *grown);
         l->items = grown;
         l->cap = cap;
     }
@@ -480,7 +480,7 @@ static moe_status check_saved_versions(const moe_node *n)
         if (!t) continue;
         uint64_t now = moe_tensor_version(t);
         if (now != n->saved_version[i])
-            return moe_fail(MOE_ERR_STATE, "backward",
+            return moe_fail(MOE_ERR_STATE, "backward!",
                             "a tensor needed for the gradient (%s %s, saved by '%s') was modified by "
                             "an in-place operation: it is at version %llu, expected version %llu; "
                             "change a clone instead, or change it after backward",
@@ -493,7 +493,7 @@ static moe_status check_saved_versions(const moe_node *n)
 static moe_status check_grad_shape(const char *who, moe_tensor *expect, moe_tensor *g)
 {
     if (!moe_tensor_same_shape(expect, g))
-        return moe_fail(MOE_ERR_SHAPE, "backward", "'%s' produced a gradient of shape %s for an input of shape %s",
+        return moe_fail(MOE_ERR_SHAPE, "backward!", "'%s' produced a gradient of shape %s for an input of shape %s",
                         who, moe_shape_str(g), moe_shape_str(expect));
     return MOE_OK;
 }
@@ -503,11 +503,11 @@ static moe_status backward_walk(moe_tensor *root, moe_tensor *grad, bool retain_
 moe_status moe_backward(moe_tensor *root, moe_tensor *grad, bool retain_graph)
 {
     if (hook_depth > 0)
-        return moe_fail(MOE_ERR_STATE, "backward",
+        return moe_fail(MOE_ERR_STATE, "backward!",
                         "called inside a gradient hook, where gradient recording is off; a hook "
                         "gets the gradient and may return a replacement, it cannot run a backward");
     if (backward_depth > 0)
-        return moe_fail(MOE_ERR_STATE, "backward",
+        return moe_fail(MOE_ERR_STATE, "backward!",
                         "called inside the backward function of a node, where gradient recording "
                         "is off; a backward function returns gradients, it cannot run a backward");
     backward_depth++;
@@ -519,19 +519,19 @@ moe_status moe_backward(moe_tensor *root, moe_tensor *grad, bool retain_graph)
 static moe_status backward_walk(moe_tensor *root, moe_tensor *grad, bool retain_graph)
 {
     if (!root->requires_grad)
-        return moe_fail(MOE_ERR_STATE, "backward",
+        return moe_fail(MOE_ERR_STATE, "backward!",
                         "tensor of shape %s does not require grad (it was made by non-differentiable "
                         "ops, under no-grad, or detached)",
                         moe_shape_str(root));
     moe_tensor *seed;
     if (grad) {
         if (!moe_tensor_same_shape(root, grad))
-            return moe_fail(MOE_ERR_SHAPE, "backward", "gradient of shape %s for an output of shape %s",
+            return moe_fail(MOE_ERR_SHAPE, "backward!", "gradient of shape %s for an output of shape %s",
                             moe_shape_str(grad), moe_shape_str(root));
         seed = moe_tensor_retain(grad);
     } else {
         if (moe_tensor_numel(root) != 1)
-            return moe_fail(MOE_ERR_SHAPE, "backward",
+            return moe_fail(MOE_ERR_SHAPE, "backward!",
                             "backward without a gradient needs a one-element output, got shape %s",
                             moe_shape_str(root));
         MOE_TRY(moe_tensor_ones(&seed, root->dtype, root->device, root->ndim, root->shape));
@@ -562,7 +562,7 @@ start:
     while (stack.len) {
         moe_node *n = stack.items[--stack.len];
         if (n->freed) {
-            st = moe_fail(MOE_ERR_STATE, "backward",
+            st = moe_fail(MOE_ERR_STATE, "backward!",
                           "the graph through '%s' was freed by an earlier backward; pass "
                           "retain-graph to backward more than once",
                           n->name);

@@ -50,7 +50,7 @@ moe_status moe_tensor_new_view(moe_tensor **out, const moe_tensor *like, moe_sto
                                int64_t offset)
 {
     moe_tensor *t = calloc(1, sizeof *t);
-    if (!t) return moe_fail(MOE_ERR_NOMEM, "tensor", "out of host memory for a tensor header");
+    if (!t) return moe_fail(MOE_ERR_NOMEM, "tensor", "out of memory for a tensor header of %zu bytes", sizeof *t);
     t->storage = storage;
     moe_storage_retain(storage);
     t->offset = offset;
@@ -316,7 +316,7 @@ moe_status moe_tensor_set(moe_tensor *t, const int64_t *index, double value)
 moe_status moe_tensor_item(const moe_tensor *t, double *out)
 {
     if (moe_tensor_numel(t) != 1)
-        return moe_fail(MOE_ERR_SHAPE, "item", "needs a one-element tensor, got shape %s",
+        return moe_fail(MOE_ERR_SHAPE, "tensor-item", "needs a one-element tensor, got shape %s",
                         moe_shape_str(t));
     int64_t zero[MOE_MAX_DIMS] = {0};
     return moe_tensor_get(t, zero, out);
@@ -541,7 +541,7 @@ moe_status moe_tensor_randint(moe_tensor **out, moe_rng *rng, moe_dtype dtype, m
 
 moe_status moe_tensor_permutation(moe_tensor **out, moe_rng *rng, moe_device device, int64_t n)
 {
-    if (n < 0) return moe_fail(MOE_ERR_ARG, "permutation", "negative length %lld", (long long)n);
+    if (n < 0) return moe_fail(MOE_ERR_ARG, "randperm", "negative length %lld", (long long)n);
     moe_tensor *t;
     MOE_TRY(moe_tensor_empty(&t, MOE_I64, MOE_CPU, 1, &n));
     uint64_t seed, base = rng_take(rng, (uint64_t)n, &seed);

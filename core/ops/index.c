@@ -361,7 +361,8 @@ moe_status moe_index_add(moe_tensor **out, moe_tensor *a, int dim, moe_tensor *i
         bool ok = moe_cpu_index_add(c, moe_tensor_data(res), moe_tensor_data(sc), moe_tensor_data(idx), P, N, M,
                                     Q);
         if (!ok) {
-            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %lld index entries", (long long)M);
+            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of scratch (%lld index entries into %lld rows)",
+                          sizeof(int64_t) * (size_t)(N + 1 + M), (long long)M, (long long)N);
             goto done;
         }
     }
@@ -406,15 +407,14 @@ moe_status moe_one_hot(moe_tensor **out, moe_tensor *index, int64_t num_classes)
         if (moe_on_cuda(idx) && n > 0) { /* the values, on the host */
             host = malloc(sizeof *host * (size_t)n);
             if (!host) {
-                st = moe_fail(MOE_ERR_NOMEM, op, "out of host memory for %lld indices", (long long)n);
+                st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of a host copy of %lld indices",
+                              sizeof *host * (size_t)n, (long long)n);
                 goto done;
             }
             MOE_TRYG(moe_bytes_to_host(host, v, sizeof *host * (size_t)n, idx->device));
             v = host;
         }
-        C = 0;
-        for (int64_t i = 0; i < n; i++)
-            if (v[i] + 1 > C) C = v[i] + 1;
+        C = moe_cpu_index_bound(v, n, 0, NULL);
     }
     char what[64];
     snprintf(what, sizeof what, "%lld classes", (long long)C);

@@ -94,7 +94,8 @@ static moe_status join_run(const char *op, moe_tensor **out, int n, moe_tensor *
         /* a join of joins, each small enough for one node */
         int groups = (n + MOE_NODE_MAX_INPUTS - 1) / MOE_NODE_MAX_INPUTS;
         moe_tensor **parts = calloc((size_t)groups, sizeof *parts);
-        if (!parts) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %d groups", groups);
+        if (!parts) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of partial results (%d groups)",
+                                      sizeof *parts * (size_t)groups, groups);
         for (int g = 0; g < groups && st == MOE_OK; g++) {
             int first = g * MOE_NODE_MAX_INPUTS;
             int len = n - first < MOE_NODE_MAX_INPUTS ? n - first : MOE_NODE_MAX_INPUTS;

@@ -11,11 +11,13 @@
  * kernels); the innermost call picks one by device (core/device.h). Both keep
  * row sums in double and parameter gradients as fixed chunks of CHUNK rows
  * summed in chunk order, so results do not depend on the thread count or the
- * launch shape. bf16 computes in f32. */
+ * launch shape. bf16 computes in f32. The host-side checks of ids and
+ * targets are CPU kernels too (kernels/cpu/index.c, kernels/cpu/nn.c). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/cpu/gemm.h"
 #include "../../kernels/cpu/index.h"
 #include "../../kernels/cpu/nn.h"
 #include "../../kernels/cuda/index.h"
@@ -120,7 +122,7 @@ static moe_status host_view(const char *op, const moe_tensor *t, const void **v,
     *v = moe_tensor_data(t);
     if (t->device == MOE_CPU || nbytes == 0) return MOE_OK;
     *host = malloc(nbytes);
-    if (!*host) return moe_fail(MOE_ERR_NOMEM, op, "out of host memory for %zu bytes", nbytes);
+    if (!*host) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of a host copy of %s", nbytes, moe_shape_str(t));
     *v = *host;
     return moe_bytes_to_host(*host, moe_tensor_data(t), nbytes, t->device);
 }
@@ -315,24 +317,20 @@ moe_status moe_cross_entropy(moe_tensor **out, moe_tensor *logits, moe_tensor *t
     MOE_TRYG(moe_as_compute(&tg, targets, MOE_I64));
     const int64_t *t;
     MOE_TRYG(host_view(op, tg, (const void **)&t, &t_host)); /* checked and counted on the host */
-    int64_t count = 0;
-    for (int64_t i = 0; i < N; i++) {
-        if (t[i] == ignore_index) continue;
-        if (t[i] < 0 || t[i] >= C) {
-            st = moe_fail(MOE_ERR_INDEX, op, "target %lld at position %lld is out of range for %lld classes",
-                          (long long)t[i], (long long)i, (long long)C);
-            goto done;
-        }
-        count++;
+    int64_t count, bad = moe_cpu_ce_targets(t, N, C, ignore_index, &count);
+    if (bad >= 0) {
+        st = moe_fail(MOE_ERR_INDEX, op, "target %lld at position %lld is out of range for %lld classes",
+                      (long long)t[bad], (long long)bad, (long long)C);
+        goto done;
     }
     MOE_TRYG(moe_as_compute(&cl, logits, cdt));
     MOE_TRYG(moe_tensor_empty(&lse, cdt, logits->device, 1, &N));
     MOE_TRYG(moe_tensor_empty(&loss, MOE_F64, logits->device, 1, &N));
     KERNEL(ce_fwd, loss, cdt, dp(loss), dp(lse), dp(cl), dp(tg), N, C, ignore_index);
-    double sum = 0; /* in row order on the host: deterministic */
+    double sum; /* in row order on the host: deterministic */
     const double *lv;
     MOE_TRYG(host_view(op, loss, (const void **)&lv, &loss_host));
-    for (int64_t i = 0; i < N; i++) sum += lv[i];
+    moe_cpu_sum_f64_rows(MOE_F64, &sum, lv, N, 1);
     MOE_TRYG(moe_tensor_scalar(&r, logits->dtype, logits->device, count ? sum / (double)count : NAN));
     moe_tensor *inputs[1] = {logits}, *saved[3] = {cl, tg, lse};
     MOE_TRYG(moe_autograd_record(r, op, cross_entropy_backward, 1, inputs, 3, saved, NULL, NULL));
@@ -396,13 +394,12 @@ moe_status moe_embedding(moe_tensor **out, moe_tensor *weight, moe_tensor *ids)
     MOE_TRYG(moe_as_compute(&idx, ids, MOE_I64));
     const int64_t *iv;
     MOE_TRYG(host_view(op, idx, (const void **)&iv, &iv_host)); /* checked on the host */
-    int64_t I = moe_tensor_numel(idx);
-    for (int64_t i = 0; i < I; i++)
-        if (iv[i] < 0 || iv[i] >= V) {
-            st = moe_fail(MOE_ERR_INDEX, op, "id %lld at position %lld is out of range for V = %lld rows",
-                          (long long)iv[i], (long long)i, (long long)V);
-            goto done;
-        }
+    int64_t I = moe_tensor_numel(idx), bad = moe_cpu_index_find_bad(iv, I, V);
+    if (bad >= 0) {
+        st = moe_fail(MOE_ERR_INDEX, op, "id %lld at position %lld is out of range for V = %lld rows",
+                      (long long)iv[bad], (long long)bad, (long long)V);
+        goto done;
+    }
     MOE_TRYG(moe_as_compute(&cw, weight, weight->dtype)); /* contiguous */
     int64_t shape[MOE_MAX_DIMS];
     memcpy(shape, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);

@@ -405,19 +405,19 @@ static moe_status extreme_all(const char *op, moe_tensor **out, moe_tensor *a, b
 
 moe_status moe_max(moe_tensor **values, moe_tensor **indices, moe_tensor *a, int dim, bool keepdim)
 {
-    MOE_CHECK_NOT_NULL("max", values);
-    return extreme_dim("max", values, indices, a, dim, keepdim, true);
+    MOE_CHECK_NOT_NULL("tmax", values);
+    return extreme_dim("tmax", values, indices, a, dim, keepdim, true);
 }
 
 moe_status moe_min(moe_tensor **values, moe_tensor **indices, moe_tensor *a, int dim, bool keepdim)
 {
-    MOE_CHECK_NOT_NULL("min", values);
-    return extreme_dim("min", values, indices, a, dim, keepdim, false);
+    MOE_CHECK_NOT_NULL("tmin", values);
+    return extreme_dim("tmin", values, indices, a, dim, keepdim, false);
 }
 
-moe_status moe_max_all(moe_tensor **out, moe_tensor *a) { return extreme_all("max-all", out, a, true); }
+moe_status moe_max_all(moe_tensor **out, moe_tensor *a) { return extreme_all("tmax", out, a, true); }
 
-moe_status moe_min_all(moe_tensor **out, moe_tensor *a) { return extreme_all("min-all", out, a, false); }
+moe_status moe_min_all(moe_tensor **out, moe_tensor *a) { return extreme_all("tmin", out, a, false); }
 
 moe_status moe_argmax(moe_tensor **out, moe_tensor *a, int dim, bool keepdim)
 {

@@ -85,8 +85,8 @@ static moe_status order_impl(const char *op, moe_tensor **values, moe_tensor **i
         ok = full ? moe_cpu_sort(c, vp, moe_tensor_data(ir), moe_tensor_data(x), R, E, first_big)
                   : moe_cpu_topk(c, vp, moe_tensor_data(ir), moe_tensor_data(x), R, E, k, first_big);
     if (!ok) {
-        st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for sort scratch (rows of %lld)",
-                      (long long)E);
+        st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of sort scratch per thread (rows of %lld)",
+                      (size_t)(2 * E + 1) * 2 * sizeof(int64_t), (long long)E);
         goto done;
     }
 
@@ -185,15 +185,11 @@ moe_status moe_bincount(moe_tensor **out, moe_tensor *input, moe_tensor *weights
     moe_tensor *x = NULL, *w = NULL, *sums = NULL, *r = NULL;
     MOE_TRYG(moe_as_compute(&x, input, MOE_I64)); /* x [n] */
     const int64_t *xv = moe_tensor_data(x);
-    int64_t C = minlength;
-    for (int64_t i = 0; i < n; i++) {
-        if (xv[i] < 0) {
-            st = moe_fail(MOE_ERR_VALUE, op,
-                          "negative value %lld at position %lld; counts need non-negative integers",
-                          (long long)xv[i], (long long)i);
-            goto done;
-        }
-        if (xv[i] >= C) C = xv[i] + 1;
+    int64_t bad, C = moe_cpu_index_bound(xv, n, minlength, &bad);
+    if (bad >= 0) {
+        st = moe_fail(MOE_ERR_VALUE, op, "negative value %lld at position %lld; counts need non-negative integers",
+                      (long long)xv[bad], (long long)bad);
+        goto done;
     }
     if (!weights) {
         MOE_TRYG(moe_tensor_empty(&r, MOE_I64, input->device, 1, &C)); /* r [C] */
@@ -235,16 +231,7 @@ moe_status moe_histogram(moe_tensor **out, moe_tensor *a, int64_t bins, double l
     MOE_TRYG(moe_as_compute(&x, a, MOE_F64)); /* x [n] */
     const double *xv = moe_tensor_data(x);
     int64_t n = moe_tensor_numel(x);
-    if (lo == hi) { /* the data's range (NaN skipped) */
-        double mn = INFINITY, mx = -INFINITY;
-        for (int64_t i = 0; i < n; i++) {
-            if (xv[i] < mn) mn = xv[i];
-            if (xv[i] > mx) mx = xv[i];
-        }
-        if (mn > mx) mn = mx = 0; /* no numbers at all */
-        lo = mn;
-        hi = mx;
-    }
+    if (lo == hi) moe_cpu_histogram_range(xv, n, &lo, &hi); /* the data's range */
     if (!isfinite(lo) || !isfinite(hi)) {
         st = moe_fail(MOE_ERR_VALUE, op, "range [%g, %g] is not finite; pass explicit bounds", lo,
                       hi);

@@ -57,7 +57,7 @@ moe_status moe_file_write_atomic(const char *op, const char *path, int nparts,
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 16);
     char dir[4096];
-    if (!tmp) return moe_fail(MOE_ERR_NOMEM, op, "out of memory writing %s", path);
+    if (!tmp) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of a temporary name beside %s", plen + 16, path);
     snprintf(tmp, plen + 16, "%s.tmp-XXXXXX", path);
     int fd = mkstemp(tmp);
     if (fd < 0) {

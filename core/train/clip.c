@@ -94,7 +94,7 @@ moe_status moe_clip_grad_norm(double *total_norm, int n, moe_tensor *const *para
         return MOE_OK;
     }
     moe_tensor **fresh = calloc((size_t)n, sizeof *fresh);
-    if (!fresh) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    if (!fresh) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of gradient slots (%d parameters)", (size_t)n * sizeof *fresh, n);
     moe_status st = MOE_OK;
     MOE_NO_GRAD_BEGIN;
     for (int i = 0; i < n && st == MOE_OK; i++)

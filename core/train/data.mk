@@ -8,7 +8,8 @@ libmoelab_la_SOURCES += \
 	core/train/tokfile.c core/train/tokfile.h \
 	core/train/tokenizer.c core/train/tokenizer.h \
 	core/train/spm.cc core/train/spm.h \
-	core/train/dataset.c core/train/dataset.h
+	core/train/dataset.c core/train/dataset.h \
+	kernels/cpu/tokens.c kernels/cpu/tokens.h
 libmoelab_la_LIBADD += $(SENTENCEPIECE_LIBS)
 ## spm.cc is the library's one C++ file (SentencePiece is a C++ library).
 AM_CXXFLAGS = $(WARN_CXXFLAGS) $(SANITIZE_CFLAGS) $(SENTENCEPIECE_CFLAGS)

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "../../kernels/cpu/random.h"
+#include "../../kernels/cpu/tokens.h"
 #include "source.h"
 #include "tokfile.h"
 #include "../names.h"
@@ -60,7 +62,7 @@ static moe_status append(stream *s, const uint32_t *ids, int64_t n, const char *
         int64_t cap = s->cap ? s->cap : 4096;
         while (cap < s->n + n) cap *= 2;
         uint32_t *v = realloc(s->v, (size_t)cap * sizeof *v);
-        if (!v) return moe_fail(MOE_ERR_NOMEM, op, "out of memory packing %lld tokens", (long long)(s->n + n));
+        if (!v) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes packing %lld tokens", (size_t)cap * sizeof *v, (long long)(s->n + n));
         s->v = v;
         s->cap = cap;
     }
@@ -88,15 +90,15 @@ static moe_status add_token_file(stream *s, domain *d, const char *path, moe_tok
     uint32_t *ids;
     int64_t n;
     MOE_TRY(moe_tokfile_read(&ids, &n, path, f, op));
-    for (int64_t i = 0; i < n; i++)
-        if (ids[i] >= (uint64_t)vocab) {
-            moe_status st = moe_fail(MOE_ERR_VALUE, op,
-                                     "'%s' (domain '%s'): token %u at position %lld is outside the "
-                                     "tokenizer's vocabulary of %lld",
-                                     path, d->name, (unsigned)ids[i], (long long)i, (long long)vocab);
-            free(ids);
-            return st;
-        }
+    int64_t bad = moe_cpu_tokens_find_outside(ids, n, vocab);
+    if (bad >= 0) {
+        moe_status st = moe_fail(MOE_ERR_VALUE, op,
+                                 "'%s' (domain '%s'): token %u at position %lld is outside the "
+                                 "tokenizer's vocabulary of %lld",
+                                 path, d->name, (unsigned)ids[bad], (long long)bad, (long long)vocab);
+        free(ids);
+        return st;
+    }
     moe_status st = append(s, ids, n, op);
     free(ids);
     d->documents++;
@@ -142,7 +144,7 @@ static moe_status read_domain(domain *d, const moe_dataset_domain *spec, const m
     for (int i = 0; i < spec->n_sources && st == MOE_OK; i++) {
         char *path = split_path(spec->sources[i], ds->split);
         if (!path) {
-            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for the path of '%s' %s", spec->sources[i], what);
             break;
         }
         st = moe_file_list_add(&files, path, op, what);
@@ -185,17 +187,8 @@ static void build_order(moe_dataset *ds, int di)
 {
     domain *d = &ds->domains[di];
     if (!d->order) return;
-    int64_t n = d->sequences;
-    for (int64_t i = 0; i < n; i++) d->order[i] = (uint32_t)i;
     uint64_t stream_seed = ds->seed + 0x9e3779b97f4a7c15ull * (uint64_t)(di + 1);
-    uint64_t base = (uint64_t)d->epoch << 32;
-    for (int64_t i = n - 1; i > 0; i--) {
-        int64_t j = (int64_t)(moe_rng_uniform(stream_seed, base + (uint64_t)i) * (double)(i + 1));
-        if (j > i) j = i;
-        uint32_t t = d->order[i];
-        d->order[i] = d->order[j];
-        d->order[j] = t;
-    }
+    moe_cpu_shuffle(d->order, d->sequences, stream_seed, (uint64_t)d->epoch << 32);
 }
 
 /* One mixture draw: a domain with probability p_d. */
@@ -223,10 +216,8 @@ static void next_sequence(moe_dataset *ds, int di, int64_t *tokens, int64_t *tar
     int64_t j = d->order ? d->order[d->cursor] : d->cursor;
     d->cursor++;
     const uint32_t *src = d->tokens + j * ds->S;
-    for (int64_t s = 0; s < ds->S; s++) {
-        tokens[s] = src[s];
-        targets[s] = src[s + 1];
-    }
+    moe_cpu_tokens_widen(tokens, src, ds->S);
+    moe_cpu_tokens_widen(targets, src + 1, ds->S); /* the next token of each */
 }
 
 /* ---- construction ------------------------------------------------------------ */
@@ -269,7 +260,8 @@ moe_status moe_dataset_new(moe_dataset **out, const moe_dataset_config *cfg)
     if (!ds || !doms) {
         free(ds);
         free(doms);
-        return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of a dataset of %d domains",
+                        sizeof *ds + (size_t)cfg->n_domains * sizeof *doms, cfg->n_domains);
     }
     ds->domains = doms;
     ds->D = cfg->n_domains;
@@ -284,13 +276,15 @@ moe_status moe_dataset_new(moe_dataset **out, const moe_dataset_config *cfg)
     if (st == MOE_OK) ds->vocab = moe_tokenizer_vocab_size(ds->tokenizer);
     for (int i = 0; i < ds->D && st == MOE_OK; i++) {
         domain *d = &doms[i];
-        if (!(d->name = strdup(cfg->domains[i].name))) st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        if (!(d->name = strdup(cfg->domains[i].name)))
+            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of a domain name", strlen(cfg->domains[i].name) + 1);
         if (st == MOE_OK) st = read_domain(d, &cfg->domains[i], ds, op);
         if (st == MOE_OK && d->sequences > (int64_t)UINT32_MAX)
             st = moe_fail(MOE_ERR_VALUE, op, "domain '%s' has %lld sequences, more than 2^32", d->name,
                           (long long)d->sequences);
         if (st == MOE_OK && ds->shuffle && !(d->order = malloc((size_t)d->sequences * sizeof *d->order)))
-            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of the visiting order of domain '%s'",
+                          (size_t)d->sequences * sizeof *d->order, d->name);
     }
     if (st != MOE_OK) {
         moe_dataset_free(ds);

@@ -133,7 +133,7 @@ static moe_status write_line(const char *op, moe_metrics_log *log, json_t *value
     char *line = realloc(text, n + 2);
     if (!line) {
         free(text);
-        return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for a %zu-byte line of %s", n + 2, log->path);
     }
     line[n] = '\n';
     line[n + 1] = '\0';
@@ -146,7 +146,7 @@ static moe_status write_line(const char *op, moe_metrics_log *log, json_t *value
 static moe_status make_parents(const char *op, const char *path)
 {
     char *dir = strdup(path);
-    if (!dir) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    if (!dir) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of the directory of %s", strlen(path) + 1, path);
     moe_status st = MOE_OK;
     for (char *p = dir + 1; *p && st == MOE_OK; p++) {
         if (*p != '/') continue;
@@ -195,7 +195,7 @@ static json_t *build_header(const char *op, json_t *given, moe_status *st)
     return h;
 nomem:
     json_decref(h);
-    *st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    *st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for the header record (a JSON object)");
     return NULL;
 }
 
@@ -209,7 +209,8 @@ moe_status moe_metrics_log_open(moe_metrics_log **out, const char *path, json_t 
     moe_metrics_log *log = calloc(1, sizeof *log);
     if (!log || !(log->path = strdup(path))) {
         free(log);
-        return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of a metrics log of %s", sizeof *log + strlen(path) + 1,
+                        path);
     }
     log->fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (append ? 0 : O_TRUNC), 0666);
     if (log->fd < 0) {
@@ -281,7 +282,7 @@ moe_status moe_metrics_read(json_t **out, const char *path)
     size_t cap = 0;
     ssize_t len;
     long lineno = 0;
-    moe_status st = all ? MOE_OK : moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    moe_status st = all ? MOE_OK : moe_fail(MOE_ERR_NOMEM, op, "out of memory for the records of %s (a JSON array)", path);
     while (st == MOE_OK && (len = getline(&line, &cap, f)) >= 0) {
         lineno++;
         if (blank(line)) continue;
@@ -294,7 +295,7 @@ moe_status moe_metrics_read(json_t **out, const char *path)
         } else if (!json_is_object(j)) {
             st = moe_fail(MOE_ERR_VALUE, op, "%s:%ld: a line must hold a JSON object", path, lineno);
         } else if (json_array_append(all, j) != 0) {
-            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+            st = moe_fail(MOE_ERR_NOMEM, op, "%s:%ld: out of memory for the record (%zd bytes of JSON)", path, lineno, len);
         }
         json_decref(j);
     }

@@ -27,7 +27,8 @@ moe_status moe_model_save_file(const moe_model *m, const char *path, int nmeta,
     moe_tensor **ts = calloc((size_t)n + 1, sizeof *ts);
     moe_status st = MOE_OK;
     if (!names || !ts) {
-        st = moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory", path);
+        st = moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory for %zu bytes of the list of %d tensors", path,
+                      ((size_t)n + 1) * (sizeof *names + sizeof *ts), n);
         goto done;
     }
     for (int i = 0; i < n; i++) MOE_TRYG(slot_get(m, i, &names[i], &ts[i]));

@@ -95,7 +95,7 @@ moe_status moe_optimizer_make(moe_optimizer **out, const moe_optim_rule *rule, d
         }
     }
     moe_optimizer *o = calloc(1, sizeof *o);
-    if (!o) return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+    if (!o) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of an optimizer", sizeof *o);
     o->rule = rule;
     o->lr = lr;
     o->n = n;
@@ -305,7 +305,8 @@ moe_status moe_optimizer_load_state(moe_optimizer *opt, int n, const char *const
     moe_status st = MOE_OK;
     MOE_NO_GRAD_BEGIN;
     if (!src || !counts || !conv) {
-        st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of bookkeeping for %d state entries",
+                      (size_t)count * (sizeof *src + sizeof *counts + sizeof *conv), count);
         goto done;
     }
     for (int j = 0; j < count; j++) src[j] = -1;

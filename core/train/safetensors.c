@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "../../kernels/cpu/copy.h"
 #include "safetensors.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -244,7 +245,7 @@ static moe_status read_file(const char *op, const char *path, unsigned char **bu
     unsigned char *b = malloc(n ? n : 1);
     if (!b) {
         fclose(f);
-        return moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory for %zu bytes", path, n);
+        return moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory for the file's %zu bytes", path, n);
     }
     size_t got = fread(b, 1, n, f);
     int err = ferror(f);
@@ -397,7 +398,9 @@ static moe_status build_result(const char *op, const char *path, const entry *es
     }
     if (!st || !st->names || !st->tensors || !st->meta_keys || !st->meta_values) {
         moe_safetensors_free(st);
-        return moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory", path);
+        return moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory for %zu bytes of tables (%d tensors, %d metadata entries)",
+                        path, sizeof(moe_safetensors) + ((size_t)n + 1) * (sizeof(char *) + sizeof(moe_tensor *))
+                                  + ((size_t)nm + 1) * 2 * sizeof(char *), n, nm);
     }
     for (int i = 0; i < n; i++) {
         moe_status s = moe_tensor_from_data(&st->tensors[i], es[i].dtype, MOE_CPU, es[i].ndim,
@@ -418,7 +421,8 @@ static moe_status build_result(const char *op, const char *path, const entry *es
             st->meta_values[i] = strdup(json_string_value(v));
             if (!st->meta_keys[i] || !st->meta_values[i]) {
                 moe_safetensors_free(st);
-                return moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory", path);
+                return moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory for %zu bytes of metadata entry \"%s\"", path,
+                                strlen(k) + strlen(json_string_value(v)) + 2, k);
             }
         }
     }
@@ -481,7 +485,8 @@ moe_status moe_safetensors_load_op(const char *op, moe_safetensors **out, const 
     int n = (int)json_object_size(root) - (meta ? 1 : 0);
     es = calloc((size_t)n + 1, sizeof *es);
     if (!es) {
-        st = moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory", path);
+        st = moe_fail(MOE_ERR_NOMEM, op, "%s: out of memory for %zu bytes of the header's %d entries", path,
+                      ((size_t)n + 1) * sizeof *es, n);
         goto done;
     }
     int at = 0;
@@ -526,13 +531,11 @@ moe_status moe_safetensors_load_op(const char *op, moe_safetensors **out, const 
     const unsigned char *data = buf + 8 + hlen;
     for (int i = 0; i < n; i++) {
         if (es[i].dtype != MOE_BOOL) continue;
-        for (uint64_t b = es[i].begin; b < es[i].end; b++) {
-            if (data[b] > 1) {
-                st = moe_fail(MOE_ERR_VALUE, op, "%s: tensor \"%s\": BOOL element %" PRIu64
-                              " is %u (0 or 1 expected)", path, es[i].name, b - es[i].begin,
-                              data[b]);
-                goto done;
-            }
+        int64_t bad = moe_cpu_bool_find_bad(data + es[i].begin, (int64_t)(es[i].end - es[i].begin));
+        if (bad >= 0) {
+            st = moe_fail(MOE_ERR_VALUE, op, "%s: tensor \"%s\": BOOL element %" PRId64 " is %u (0 or 1 expected)",
+                          path, es[i].name, bad, data[es[i].begin + (uint64_t)bad]);
+            goto done;
         }
     }
     json_t *sum = meta ? json_object_get(meta, MOE_SAFETENSORS_CHECKSUM_KEY) : NULL;

@@ -13,9 +13,11 @@
 static moe_status push(moe_file_list *list, const char *path, const char *op)
 {
     char **grown = realloc(list->paths, (size_t)(list->n + 1) * sizeof *grown);
-    if (!grown) return moe_fail(MOE_ERR_NOMEM, op, "out of memory listing files");
+    if (!grown) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes listing %lld files", (size_t)(list->n + 1) * sizeof *grown,
+                                (long long)(list->n + 1));
     list->paths = grown;
-    if (!(grown[list->n] = strdup(path))) return moe_fail(MOE_ERR_NOMEM, op, "out of memory listing files");
+    if (!(grown[list->n] = strdup(path)))
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of the path %s", strlen(path) + 1, path);
     list->n++;
     return MOE_OK;
 }
@@ -42,7 +44,7 @@ static moe_status walk(moe_file_list *list, const char *dir, const char *op)
         size_t len = strlen(dir) + strlen(names.paths[i]) + 2;
         char *path = malloc(len);
         if (!path) {
-            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory listing files");
+            st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of the path of %s in %s", len, names.paths[i], dir);
             break;
         }
         snprintf(path, len, "%s/%s", dir, names.paths[i]);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/cpu/tokens.h"
 #include "../names.h"
 #include "source.h"
 #include "spm.h"
@@ -25,7 +26,7 @@ NAME_TABLE(moe_tokenizer_kind, tokenizer_kind, MOE_TOKENIZER_KIND_COUNT, [MOE_TO
 static moe_status make(moe_tokenizer **out, moe_tokenizer_kind kind, int64_t vocab, int64_t end_id)
 {
     moe_tokenizer *t = calloc(1, sizeof *t);
-    if (!t) return moe_fail(MOE_ERR_NOMEM, "make-tokenizer", "out of memory");
+    if (!t) return moe_fail(MOE_ERR_NOMEM, "make-tokenizer", "out of memory for %zu bytes of a tokenizer", sizeof *t);
     t->refs = 1;
     t->kind = kind;
     t->vocab = vocab;
@@ -57,7 +58,8 @@ moe_status moe_tokenizer_new_sentencepiece(moe_tokenizer **out, const char *mode
     if (!path || make(&t, MOE_TOKENIZER_SENTENCEPIECE, moe_spm_vocab_size(spm), moe_spm_end_id(spm)) != MOE_OK) {
         free(path);
         moe_spm_free(spm);
-        return moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of a tokenizer of %s",
+                        sizeof(moe_tokenizer) + strlen(model_path) + 1, model_path);
     }
     t->spm = spm;
     t->model_path = path;
@@ -91,8 +93,8 @@ moe_status moe_tokenizer_encode(const moe_tokenizer *t, const char *text, size_t
     switch (t->kind) {
     case MOE_TOKENIZER_BYTES: {
         uint32_t *out = malloc((len ? len : 1) * sizeof *out);
-        if (!out) return moe_fail(MOE_ERR_NOMEM, op, "out of memory encoding %zu bytes", len);
-        for (size_t i = 0; i < len; i++) out[i] = (unsigned char)text[i];
+        if (!out) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of ids encoding %zu bytes", (len ? len : 1) * sizeof *out, len);
+        moe_cpu_tokens_from_bytes(out, text, (int64_t)len);
         *ids = out;
         *n = (int64_t)len;
         return MOE_OK;
@@ -112,13 +114,13 @@ moe_status moe_tokenizer_decode(const moe_tokenizer *t, const uint32_t *ids, int
     if (!op) op = "tokenizer-decode";
     switch (t->kind) {
     case MOE_TOKENIZER_BYTES: {
-        for (int64_t i = 0; i < n; i++)
-            if (ids[i] > 255)
-                return moe_fail(MOE_ERR_INDEX, op, "token %u at position %lld is not a byte (vocabulary 256)",
-                                (unsigned)ids[i], (long long)i);
+        int64_t bad = moe_cpu_tokens_find_outside(ids, n, 256);
+        if (bad >= 0)
+            return moe_fail(MOE_ERR_INDEX, op, "token %u at position %lld is not a byte (vocabulary 256)",
+                            (unsigned)ids[bad], (long long)bad);
         char *out = malloc((size_t)n + 1);
-        if (!out) return moe_fail(MOE_ERR_NOMEM, op, "out of memory decoding %lld tokens", (long long)n);
-        for (int64_t i = 0; i < n; i++) out[i] = (char)ids[i];
+        if (!out) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of text decoding %lld tokens", (size_t)n + 1, (long long)n);
+        moe_cpu_tokens_to_bytes(out, ids, n);
         out[n] = '\0';
         *text = out;
         *len = (size_t)n;
@@ -218,7 +220,7 @@ moe_status moe_tokenizer_train(moe_tokenizer **out, const char *model_path, cons
     int n = FIXED + o.n_extra;
     const char **keys = malloc((size_t)n * sizeof *keys), **values = malloc((size_t)n * sizeof *values);
     if (!keys || !values) {
-        st = moe_fail(MOE_ERR_NOMEM, op, "out of memory");
+        st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of %d trainer options", 2 * (size_t)n * sizeof *keys, n);
     } else {
         /* later keys win: the caller's extra options override the defaults */
         memcpy(keys, fixed_keys, sizeof fixed_keys);

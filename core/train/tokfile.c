@@ -1,5 +1,6 @@
 /* tokfile.c — raw u16/u32 token files and llm.c .bin shards, read and written
- * byte by byte in little-endian order (independent of the host's). */
+ * byte by byte in little-endian order (independent of the host's) by the
+ * token-stream kernels (kernels/cpu/tokens.c). */
 #include "tokfile.h"
 
 #include <errno.h>
@@ -7,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/cpu/tokens.h"
 #include "../names.h"
 #include "source.h"
 
@@ -28,19 +30,6 @@ bool moe_tokfile_format_of_path(const char *path, moe_tokfile_format *out)
     return true;
 }
 
-static uint32_t load_u32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void store_u32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)v;
-    p[1] = (unsigned char)(v >> 8);
-    p[2] = (unsigned char)(v >> 16);
-    p[3] = (unsigned char)(v >> 24);
-}
-
 /* N tokens of WIDTH bytes at P into a new array. */
 static moe_status decode(uint32_t **tokens, const unsigned char *p, int64_t n, int width, const char *path,
                          const char *op)
@@ -48,9 +37,9 @@ static moe_status decode(uint32_t **tokens, const unsigned char *p, int64_t n, i
     *tokens = NULL;
     if (n == 0) return MOE_OK;
     uint32_t *t = malloc((size_t)n * sizeof *t);
-    if (!t) return moe_fail(MOE_ERR_NOMEM, op, "out of memory reading %lld tokens of '%s'", (long long)n, path);
-    for (int64_t i = 0; i < n; i++)
-        t[i] = width == 2 ? (uint32_t)p[2 * i] | (uint32_t)p[2 * i + 1] << 8 : load_u32(p + 4 * i);
+    if (!t) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes reading %lld tokens of '%s'", (size_t)n * sizeof *t,
+                            (long long)n, path);
+    moe_cpu_tokens_unpack(t, p, n, width);
     *tokens = t;
     return MOE_OK;
 }
@@ -64,8 +53,9 @@ static moe_status read_bin(uint32_t **tokens, int64_t *n, const unsigned char *d
         return moe_fail(MOE_ERR_IO, op,
                         "'%s' is truncated: %zu bytes, shorter than the %zu-byte header of a .bin token file",
                         path, len, header);
-    int32_t magic = (int32_t)load_u32(data), version = (int32_t)load_u32(data + 4);
-    int32_t count = (int32_t)load_u32(data + 8);
+    uint32_t head[3]; /* magic, version, token count */
+    moe_cpu_tokens_unpack(head, data, 3, 4);
+    int32_t magic = (int32_t)head[0], version = (int32_t)head[1], count = (int32_t)head[2];
     int width;
     if (magic == MOE_TOKFILE_MAGIC_U16 && version == 1) width = 2;
     else if (magic == MOE_TOKFILE_MAGIC_U32 && version == 7) width = 4;
@@ -130,27 +120,19 @@ moe_status moe_tokfile_write(const char *path, const uint32_t *tokens, int64_t n
     if (bin && n > INT32_MAX)
         return moe_fail(MOE_ERR_ARG, op, "%lld tokens do not fit a .bin header (at most %d)", (long long)n,
                         INT32_MAX);
-    for (int64_t i = 0; width == 2 && i < n; i++)
-        if (tokens[i] > 0xffff)
-            return moe_fail(MOE_ERR_VALUE, op, "token %u at position %lld does not fit the %s format (u16)",
-                            (unsigned)tokens[i], (long long)i, tokfile_format_names[format]);
+    int64_t bad = width == 2 ? moe_cpu_tokens_find_outside(tokens, n, 0x10000) : -1;
+    if (bad >= 0)
+        return moe_fail(MOE_ERR_VALUE, op, "token %u at position %lld does not fit the %s format (u16)",
+                        (unsigned)tokens[bad], (long long)bad, tokfile_format_names[format]);
     size_t header = bin ? MOE_TOKFILE_HEADER_INTS * 4 : 0, size = header + (size_t)n * (size_t)width;
     unsigned char *buf = calloc(size ? size : 1, 1);
-    if (!buf) return moe_fail(MOE_ERR_NOMEM, op, "out of memory writing '%s'", path);
-    if (bin) {
-        store_u32(buf, format == MOE_TOKFILE_BIN ? MOE_TOKFILE_MAGIC_U16 : MOE_TOKFILE_MAGIC_U32);
-        store_u32(buf + 4, format == MOE_TOKFILE_BIN ? 1 : 7);
-        store_u32(buf + 8, (uint32_t)n);
+    if (!buf) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes writing '%s'", size ? size : 1, path);
+    if (bin) { /* magic, version, token count; the rest of the header stays zero */
+        uint32_t head[3] = {format == MOE_TOKFILE_BIN ? MOE_TOKFILE_MAGIC_U16 : MOE_TOKFILE_MAGIC_U32,
+                            format == MOE_TOKFILE_BIN ? 1 : 7, (uint32_t)n};
+        moe_cpu_tokens_pack(buf, head, 3, 4);
     }
-    for (int64_t i = 0; i < n; i++) {
-        unsigned char *p = buf + header + (size_t)i * (size_t)width;
-        if (width == 2) {
-            p[0] = (unsigned char)tokens[i];
-            p[1] = (unsigned char)(tokens[i] >> 8);
-        } else {
-            store_u32(p, tokens[i]);
-        }
-    }
+    moe_cpu_tokens_pack(buf + header, tokens, n, width);
     moe_status st = MOE_OK;
     FILE *f = fopen(path, "wb");
     if (!f) {

@@ -155,3 +155,10 @@ int64_t moe_cpu_find_first(const moe_tensor *t, double lo, double hi, bool insid
     }
     return -1;
 }
+
+int64_t moe_cpu_bool_find_bad(const unsigned char *p, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (p[i] > 1) return i;
+    return -1;
+}

@@ -21,5 +21,8 @@ void moe_cpu_eye(moe_dtype dt, void *out, int64_t n, int64_t m);
  * for which (LO <= v && v <= HI) == INSIDE (NaN is never inside), or -1;
  * its value goes to *VALUE. */
 int64_t moe_cpu_find_first(const moe_tensor *t, double lo, double hi, bool inside, double *value);
+/* Position of the first byte of P [N] that is neither 0 nor 1 (so not a
+ * stored bool element), or -1. */
+int64_t moe_cpu_bool_find_bad(const unsigned char *p, int64_t n);
 
 #endif

@@ -332,6 +332,17 @@ DEFINE_TOPK(double, topk_f64, sort_rows_f64)
 
 /* ---- counting ------------------------------------------------------------------------- */
 
+int64_t moe_cpu_index_bound(const int64_t *x, int64_t n, int64_t at_least, int64_t *first_negative)
+{
+    int64_t bound = at_least, negative = -1;
+    for (int64_t i = 0; i < n; i++) {
+        if (x[i] < 0 && negative < 0) negative = i;
+        if (x[i] >= bound) bound = x[i] + 1;
+    }
+    if (first_negative) *first_negative = negative;
+    return bound;
+}
+
 void moe_cpu_bincount(int64_t *counts, const int64_t *x, int64_t n, int64_t C)
 {
     memset(counts, 0, sizeof *counts * (size_t)C);
@@ -364,6 +375,18 @@ void moe_cpu_histogram(int64_t *counts, const double *x, int64_t n, int64_t C, d
             b++;
         counts[b]++;
     }
+}
+
+void moe_cpu_histogram_range(const double *x, int64_t n, double *lo, double *hi)
+{
+    double mn = INFINITY, mx = -INFINITY; /* comparisons with NaN are false: skipped */
+    for (int64_t i = 0; i < n; i++) {
+        if (x[i] < mn) mn = x[i];
+        if (x[i] > mx) mx = x[i];
+    }
+    if (mn > mx) mn = mx = 0; /* no numbers at all */
+    *lo = mn;
+    *hi = mx;
 }
 
 /* ---- one entry per op, dtype as an argument (as the CUDA kernels) ---------------- */

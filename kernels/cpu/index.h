@@ -63,6 +63,11 @@ bool moe_cpu_sort(moe_dtype dt, void *vals, int64_t *idx, const void *x, int64_t
                   bool descending);
 
 /* ---- counting ----------------------------------------------------------------
+ * bound: the number of classes or bins that values x [n] need: the larger of
+ * AT_LEAST and 1 + the largest value. FIRST_NEGATIVE (may be NULL) receives the
+ * position of the first negative value, or -1. */
+int64_t moe_cpu_index_bound(const int64_t *x, int64_t n, int64_t at_least, int64_t *first_negative);
+/*
  * bincount: out [C] (zeroed here) counts (i64) or sums weights w [n] (f64) of
  * the values x [n] (all in [0, C)); serial, so weighted sums have a fixed order. */
 void moe_cpu_bincount(int64_t *counts, const int64_t *x, int64_t n, int64_t C);
@@ -72,5 +77,7 @@ void moe_cpu_bincount_weighted(double *sums, const int64_t *x, const double *w, 
  * x == hi goes to the last bin; values outside (and NaN) are skipped. */
 void moe_cpu_histogram(int64_t *counts, const double *x, int64_t n, int64_t C, double lo,
                        double hi);
+/* The range [*lo, *hi] of x [n], NaN skipped; [0, 0] when x holds no numbers. */
+void moe_cpu_histogram_range(const double *x, int64_t n, double *lo, double *hi);
 
 #endif

@@ -226,6 +226,18 @@ void moe_cpu_chunks_sum(moe_dtype dt, void *out, const double *p, int64_t nch, i
     moe_cpu_sum_f64_rows(dt, out, p, nch, D); /* in chunk order */
 }
 
+int64_t moe_cpu_ce_targets(const int64_t *t, int64_t N, int64_t C, int64_t ignore, int64_t *count)
+{
+    int64_t counted = 0;
+    for (int64_t i = 0; i < N; i++) {
+        if (t[i] == ignore) continue;
+        if (t[i] < 0 || t[i] >= C) return *count = counted, i;
+        counted++;
+    }
+    *count = counted;
+    return -1;
+}
+
 void moe_cpu_ce_fwd(moe_dtype dt, double *loss, void *lse, const void *x, const int64_t *t, int64_t N,
                     int64_t C, int64_t ignore)
 {

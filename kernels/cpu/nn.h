@@ -28,6 +28,10 @@ void moe_cpu_ln_bwd(moe_dtype dt, void *dx, double *dwp, double *dbp, const void
                     int64_t chunk);
 /* out [D] = sum over the NCH chunks, in order, of p [NCH D] */
 void moe_cpu_chunks_sum(moe_dtype dt, void *out, const double *p, int64_t nch, int64_t D);
+/* cross-entropy's targets t [N]: *count gets how many are not IGNORE; the
+ * return is the position of the first that is neither IGNORE nor in [0, C),
+ * or -1 when all are fine (then *count is complete) */
+int64_t moe_cpu_ce_targets(const int64_t *t, int64_t N, int64_t C, int64_t ignore, int64_t *count);
 /* per row: lse [N] = log sum exp x, loss [N] (double) = lse - x[t]; 0 where t == ignore */
 void moe_cpu_ce_fwd(moe_dtype dt, double *loss, void *lse, const void *x, const int64_t *t, int64_t N,
                     int64_t C, int64_t ignore);

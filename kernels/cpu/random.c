@@ -51,3 +51,15 @@ void moe_cpu_permutation(int64_t *p, int64_t n, uint64_t seed, uint64_t base)
         p[j] = tmp;
     }
 }
+
+void moe_cpu_shuffle(uint32_t *order, int64_t n, uint64_t seed, uint64_t base)
+{
+    for (int64_t i = 0; i < n; i++) order[i] = (uint32_t)i;
+    for (int64_t i = n - 1; i > 0; i--) {
+        int64_t j = (int64_t)(moe_rng_bits_uniform(seed, base + (uint64_t)i) * (double)(i + 1));
+        if (j > i) j = i;
+        uint32_t t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+}

@@ -30,4 +30,10 @@ void moe_cpu_uniform(moe_dtype dt, void *out, int64_t n, uint64_t seed, uint64_t
  * for position i). */
 void moe_cpu_permutation(int64_t *p, int64_t n, uint64_t seed, uint64_t base);
 
+/* ORDER [N]: 0 … N-1 shuffled by Fisher–Yates, position i trading places
+ * with floor(u·(i+1)) for u the uniform draw at counter BASE + i: the
+ * dataset sampler's visiting order. (It scales a uniform draw where
+ * permutation takes a modulus; each keeps its sequence so that runs replay.) */
+void moe_cpu_shuffle(uint32_t *order, int64_t n, uint64_t seed, uint64_t base);
+
 #endif

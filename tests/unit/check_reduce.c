@@ -350,7 +350,11 @@ START_TEST(max_min_dim)
     OK(moe_min(&v, &i, t, 1, false));
     ASSERT_VALUES(v, 0, 1, 2, 5);
     ASSERT_VALUES(i, 0, 0, 1, 0);
-    RELEASE(v, i, t, x);
+    RELEASE(v, i);
+    /* errors name the Scheme procedures, tmax and tmin */
+    FAILS(moe_max(&v, &i, t, 2, false), MOE_ERR_INDEX, "tmax: ");
+    FAILS(moe_min(&v, &i, t, 2, false), MOE_ERR_INDEX, "tmin: ");
+    RELEASE(t, x);
 }
 END_TEST
 

@@ -74,7 +74,7 @@ START_TEST(test_from_data_get_set)
     ASSERT_VALUES(t, 0, 1, -7, 3, 4, 5, 6);
     ck_assert_float_eq(data[1], 2); /* from_data copied */
     FAILS(moe_tensor_get(t, SHAPE(2, 0), &v), MOE_ERR_INDEX, "index 2 out of range for dim 0 of shape [2 3]");
-    FAILS(moe_tensor_item(t, &v), MOE_ERR_SHAPE, "one-element");
+    FAILS(moe_tensor_item(t, &v), MOE_ERR_SHAPE, "tensor-item: needs a one-element tensor");
     RELEASE(t);
 }
 END_TEST
@@ -281,6 +281,7 @@ START_TEST(test_randint_permutation)
     moe_tensor *bad = NULL;
     FAILS(moe_tensor_randint(&bad, &r, MOE_I64, MOE_CPU, 3, 3, 1, SHAPE(2)), MOE_ERR_ARG, "empty range [3, 3)");
     FAILS(moe_tensor_randn(&bad, &r, MOE_I64, MOE_CPU, 1, SHAPE(2)), MOE_ERR_DTYPE, "floating dtype");
+    FAILS(moe_tensor_permutation(&bad, &r, MOE_CPU, -1), MOE_ERR_ARG, "randperm: negative length -1");
     RELEASE(a, p);
 }
 END_TEST
