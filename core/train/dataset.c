@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "../../kernels/cpu/random.h"
+#include "../../kernels/rng.h"
 #include "../../kernels/cpu/tokens.h"
 #include "source.h"
 #include "tokfile.h"
@@ -187,7 +188,7 @@ static void build_order(moe_dataset *ds, int di)
 {
     domain *d = &ds->domains[di];
     if (!d->order) return;
-    uint64_t stream_seed = ds->seed + 0x9e3779b97f4a7c15ull * (uint64_t)(di + 1);
+    uint64_t stream_seed = ds->seed + MOE_SPLITMIX64_GAMMA * (uint64_t)(di + 1);
     moe_cpu_shuffle(d->order, d->sequences, stream_seed, (uint64_t)d->epoch << 32);
 }
 
