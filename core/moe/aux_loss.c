@@ -1,5 +1,7 @@
-/* aux_loss.c — load-balancing losses, z-loss and balance statistics (the
- * balance tracker is tracker.c; see aux_loss.h for the maths of every variant).
+/* aux_loss.c — load-balancing losses and z-loss, with the scopes and the
+ * per-scope statistics they read (the balance tracker is tracker.c, the
+ * balance statistics of a count vector metrics.c; see aux_loss.h for the
+ * maths of every variant).
  *
  * Dimension letters: T tokens, E experts, K top-k, N scopes (the micro-batch,
  * or one per sequence/document).
@@ -749,61 +751,5 @@ moe_status moe_megablocks_batched_loss(moe_tensor **out, int n, moe_tensor *cons
         return st;
     }
     *out = total;
-    return MOE_OK;
-}
-
-/* ---- balance statistics ---------------------------------------------------------------- */
-
-moe_status moe_check_counts(const char *op, const double *c, int64_t E)
-{
-    for (int64_t e = 0; e < E; e++)
-        if (!(c[e] >= 0) || isinf(c[e]))
-            return moe_fail(MOE_ERR_VALUE, op, "counts must be finite and non-negative, but expert %lld has %g",
-                            (long long)e, c[e]);
-    return MOE_OK;
-}
-
-moe_status moe_balance_stats_compute(moe_balance_stats *out, moe_tensor *counts)
-{
-    memset(out, 0, sizeof *out);
-    MOE_CHECK_NOT_NULL("balance-stats", counts);
-    if (counts->ndim != 1 || counts->shape[0] < 1)
-        return moe_fail(MOE_ERR_SHAPE, "balance-stats", "counts must be a non-empty vector [E], got %s",
-                        moe_shape_str(counts));
-    int64_t E = counts->shape[0];
-    double *c = malloc(sizeof(double) * (size_t)E);
-    if (!c) return moe_fail_nomem("balance-stats", sizeof(double) * (size_t)E, "the counts");
-    moe_status st = moe_tensor_to_doubles(counts, c);
-    if (st == MOE_OK) st = moe_check_counts("balance-stats", c, E);
-    if (st != MOE_OK) {
-        free(c);
-        return st;
-    }
-    double sum = 0, mx = c[0], dead = 0;
-    for (int64_t i = 0; i < E; i++) {
-        sum += c[i];
-        mx = c[i] > mx ? c[i] : mx;
-        dead += c[i] == 0;
-    }
-    double mean = sum / (double)E, var = 0;
-    for (int64_t i = 0; i < E; i++) var += (c[i] - mean) * (c[i] - mean);
-    var /= (double)E;
-    out->total = sum;
-    out->dead_fraction = dead / (double)E;
-    if (mean != 0) {
-        out->max_violation = (mx - mean) / mean;
-        out->max_over_mean = mx / mean;
-        out->cv = sqrt(var) / mean;
-    }
-    free(c);
-    return MOE_OK;
-}
-
-moe_status moe_max_violation(double *out, moe_tensor *counts)
-{
-    moe_balance_stats s;
-    *out = 0;
-    MOE_TRY(moe_balance_stats_compute(&s, counts));
-    *out = s.max_violation;
     return MOE_OK;
 }

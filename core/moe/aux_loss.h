@@ -208,22 +208,6 @@ moe_status moe_megablocks_batched_loss(moe_tensor **out, int n, moe_tensor *cons
                                        moe_tensor *const *routing_ids,
                                        const moe_aux_options *options);
 
-/* ---- balance statistics of a count vector (no grad) -------------------------------- */
-
-typedef struct moe_balance_stats {
-    double max_violation; /* (max_i c_i − mean c)/mean c   (MaxVio) */
-    double cv;            /* std(c)/mean(c), population std */
-    double max_over_mean; /* max_i c_i / mean c */
-    double dead_fraction; /* fraction of experts with c_i == 0 */
-    double total;         /* Σ c_i */
-} moe_balance_stats;
-
-/* Statistics of COUNTS [E] (any numeric dtype; finite, non-negative). All
- * zero counts: ratios are 0, dead_fraction 1. */
-moe_status moe_balance_stats_compute(moe_balance_stats *out, moe_tensor *counts);
-/* MaxVio of COUNTS [E] alone. */
-moe_status moe_max_violation(double *out, moe_tensor *counts);
-
 #ifdef __cplusplus
 }
 #endif

@@ -21,6 +21,22 @@
 extern "C" {
 #endif
 
+/* ---- balance statistics of a count vector (no grad) -------------------------------- */
+
+typedef struct moe_balance_stats {
+    double max_violation; /* (max_i c_i − mean c)/mean c   (MaxVio) */
+    double cv;            /* std(c)/mean(c), population std */
+    double max_over_mean; /* max_i c_i / mean c */
+    double dead_fraction; /* fraction of experts with c_i == 0 */
+    double total;         /* Σ c_i */
+} moe_balance_stats;
+
+/* Statistics of COUNTS [E] (any numeric dtype; finite, non-negative). All
+ * zero counts: ratios are 0, dead_fraction 1. */
+moe_status moe_balance_stats_compute(moe_balance_stats *out, moe_tensor *counts);
+/* MaxVio of COUNTS [E] alone. */
+moe_status moe_max_violation(double *out, moe_tensor *counts);
+
 typedef struct moe_router_metrics {
     moe_tensor *tokens_per_expert;        /* [E] f64, batch window */
     moe_tensor *tokens_per_expert_step;   /* [E] f64, step window (local) */

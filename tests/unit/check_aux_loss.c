@@ -9,6 +9,7 @@
 
 #include "dist/comm.h"
 #include "moe/aux_loss.h"
+#include "moe/metrics.h"
 #include "testutil.h"
 
 static moe_tensor *bad;
