@@ -57,7 +57,7 @@ moe_status moe_all_reduce(moe_tensor **out, moe_tensor *t, moe_reduce_op op, moe
         if (g) moe_comm_enter(g, MOE_COLL_ALL_REDUCE, 0, MOE_F32, op, st, false);
         return st;
     }
-    return finish_record(moe_comm_all_reduce_copy(out, t, op, g), out, "all_reduce", all_reduce_backward, t, g, op);
+    return finish_record(moe_comm_all_reduce_copy(out, t, op, g), out, "all-reduce", all_reduce_backward, t, g, op);
 }
 
 static moe_status identity_backward(moe_node *n, moe_tensor *g, moe_tensor **gin)
@@ -107,7 +107,7 @@ static moe_status all_gather_backward(moe_node *n, moe_tensor *g, moe_tensor **g
 moe_status moe_all_gather(moe_tensor **out, moe_tensor *t, moe_group *g)
 {
     *out = NULL;
-    return finish_record(moe_comm_all_gather(out, t, g), out, "all_gather", all_gather_backward, t, g,
+    return finish_record(moe_comm_all_gather(out, t, g), out, "all-gather", all_gather_backward, t, g,
                          t ? t->ndim : 0);
 }
 
@@ -133,7 +133,7 @@ moe_status moe_reduce_scatter(moe_tensor **out, moe_tensor *t, moe_reduce_op op,
         if (g) moe_comm_enter(g, MOE_COLL_REDUCE_SCATTER, 0, MOE_F32, op, st, false);
         return st;
     }
-    return finish_record(moe_comm_reduce_scatter(out, t, op, g), out, "reduce_scatter",
+    return finish_record(moe_comm_reduce_scatter(out, t, op, g), out, "reduce-scatter",
                          reduce_scatter_backward, t, g, op);
 }
 
@@ -191,7 +191,7 @@ moe_status moe_all_to_all(moe_tensor **out, int64_t *recv_splits, moe_tensor *t,
     c->g = moe_group_retain(g);
     c->n = n;
     c->splits = splits;
-    st = moe_autograd_record(*out, "all_to_all", all_to_all_backward, 1, &t, 0, NULL, c, a2a_ctx_free);
+    st = moe_autograd_record(*out, "all-to-all", all_to_all_backward, 1, &t, 0, NULL, c, a2a_ctx_free);
     if (st != MOE_OK) {
         moe_tensor_release(*out);
         *out = NULL;

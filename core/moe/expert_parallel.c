@@ -80,7 +80,7 @@ static moe_status regroup(moe_tensor **out, moe_tensor *x, perm *p, bool inverse
     *out = NULL;
     moe_tensor *r;
     MOE_TRY(gather_rows(&r, x, inverse ? p->inv : p->fwd, p->n));
-    moe_status st = moe_autograd_record(r, "ep_regroup", regroup_backward, 1, &x, 0, NULL,
+    moe_status st = moe_autograd_record(r, "ep-regroup", regroup_backward, 1, &x, 0, NULL,
                                         perm_retain(p), perm_release);
     if (st != MOE_OK) {
         moe_tensor_release(r);

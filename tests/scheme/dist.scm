@@ -302,7 +302,7 @@
                            (w (t* (arange 1 9 #:dtype 'f64) (+ q 1))))
                       (backward! (tsum (t* (all-gather x) w)))
                       (tensor->list (tensor-grad x))))))
-  (test-equal "all-gather records a node" "all_gather"
+  (test-equal "all-gather records a node" "all-gather"
     (car (with-ranks 1 (lambda (r) (tensor-grad-fn (all-gather (tensor '(1) #:requires-grad #t)))))))
   ;; y = Σ_r x_r on every rank; loss_q = (q+1)·sum(y): dx_r = 1+2+3+4
   (test-equal "all-reduce sum" (make-list 4 '(10.0 10.0))
