@@ -11,6 +11,7 @@
 #include <locale.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <libguile.h>
 #include <omp.h>
@@ -99,12 +100,25 @@ static void inner_main(void *closure, int argc, char **argv)
     exit(code);
 }
 
+/* A plain C or POSIX locale (a bare root shell, a container, CI) would make
+ * every port ASCII and print the tables' × and ± as '?'. As Python does,
+ * take characters from C.UTF-8 instead when the system has it and LC_ALL
+ * does not say otherwise. Through the environment: libguile installs the
+ * environment's locale again when it starts (and child processes agree). */
+static void coerce_c_locale(void)
+{
+    const char *ctype = setlocale(LC_CTYPE, NULL);
+    if (getenv("LC_ALL") || !ctype || (strcmp(ctype, "C") != 0 && strcmp(ctype, "POSIX") != 0)) return;
+    if (setlocale(LC_CTYPE, "C.UTF-8")) setenv("LC_CTYPE", "C.UTF-8", 1);
+}
+
 int main(int argc, char **argv)
 {
     int threads = threads_from_env();
     if (threads > 0) omp_set_num_threads(threads);
     /* As the guile program does: the user's locale, so that ports speak UTF-8. */
     setlocale(LC_ALL, "");
+    coerce_c_locale();
     scm_boot_guile(argc, argv, inner_main, NULL);
     return 0; /* not reached: inner_main exits */
 }

@@ -74,6 +74,15 @@ check "-c: moelab error gives status 1" 1 'moelab-error in matmul: .*\[2 3\]' "$
 moelab -c '(exit 7)'
 check "-c: (exit 7)" 7 '' "$tmp/out"
 
+# ---- the C locale reads as C.UTF-8 (LC_ALL, when set, is obeyed) ---------------------
+times=$(printf '\303\227') # U+00D7 in UTF-8
+status=0
+env -u LC_ALL -u LANG -u LC_CTYPE $run -c '(display (string (integer->char #xd7)))' </dev/null >"$tmp/out" 2>"$tmp/err" || status=$?
+check "C locale: the program prints UTF-8" 0 "^$times\$" "$tmp/out"
+status=0
+env LC_ALL=C $run -c '(display (string (integer->char #xd7)))' </dev/null >"$tmp/out" 2>"$tmp/err" || status=$?
+check "LC_ALL=C is obeyed (ASCII)" 0 '^?*$' "$tmp/out"
+
 # ---- batch: moelab FILE ARG... -------------------------------------------------------
 cat >"$tmp/args.scm" <<'EOF'
 (write (command-line))
