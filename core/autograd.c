@@ -608,6 +608,8 @@ claimed:
         n->grad_acc = NULL;
         if (!g) MOE_TRYG(moe_tensor_zeros(&g, n->out_dtype, n->out_device, n->out_ndim, n->out_shape));
         st = run_hooks(n->hooks, &g);
+        /* again: a hook or an earlier node's backward may have changed a
+         * saved tensor in place since the walk checked it */
         if (st == MOE_OK) st = check_saved_versions(n);
         moe_tensor *gin[MOE_NODE_MAX_INPUTS] = {0};
         if (st == MOE_OK) st = n->backward(n, g, gin);
