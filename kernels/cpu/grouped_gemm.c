@@ -116,18 +116,17 @@ static void for_each_group(int64_t E, const int64_t *off, moe_cpu_group_mode mod
 
 /* ---- BLAS dispatch -------------------------------------------------------------- */
 
+/* Through gemm.c's wrappers: outside a parallel region (the serial
+ * schedule) they spread one product over the threads. */
 static inline void gemm(moe_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
                         double alpha, const void *a, int64_t lda, const void *b, int64_t ldb,
                         double beta, void *c, int64_t ldc)
 {
     if (m == 0 || n == 0) return;
     if (dt == MOE_F32)
-        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                    (int)m, (int)n, (int)k, (float)alpha, a, (int)lda, b, (int)ldb, (float)beta, c,
-                    (int)ldc);
+        moe_cpu_sgemm(ta, tb, m, n, k, (float)alpha, a, lda, b, ldb, (float)beta, c, ldc);
     else
-        cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                    (int)m, (int)n, (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
+        moe_cpu_dgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 static inline char *at(moe_dtype dt, const void *p, int64_t elems)

@@ -1,5 +1,7 @@
 /* check_matmul.c — matmul, bmm, linear: values, layouts, dtypes, errors,
  * gradients. */
+#include <omp.h>
+
 #include "testutil.h"
 
 /* Naive reference for a 2-D product, f64. */
@@ -17,6 +19,27 @@ static moe_tensor *ref_mm2(const moe_tensor *a, const moe_tensor *b)
                 OK(moe_tensor_get(b, SHAPE(p, j), &y));
                 cv[i * n + j] += x * y;
             }
+    return c;
+}
+
+/* The same reference from the operands' values in logical order: fast
+ * enough for products of a few million multiply-adds. */
+static moe_tensor *ref_mm2_fast(const moe_tensor *a, const moe_tensor *b)
+{
+    int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
+    double *av = malloc(sizeof *av * (size_t)(m * k)), *bv = malloc(sizeof *bv * (size_t)(k * n));
+    ck_assert_ptr_nonnull(av);
+    ck_assert_ptr_nonnull(bv);
+    OK(moe_tensor_to_doubles(a, av));
+    OK(moe_tensor_to_doubles(b, bv));
+    moe_tensor *c;
+    OK(moe_tensor_zeros(&c, MOE_F64, MOE_CPU, 2, SHAPE(m, n)));
+    double *cv = moe_tensor_data(c);
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t p = 0; p < k; p++)
+            for (int64_t j = 0; j < n; j++) cv[i * n + j] += av[i * k + p] * bv[p * n + j];
+    free(av);
+    free(bv);
     return c;
 }
 
@@ -157,6 +180,38 @@ START_TEST(test_transposed_views)
         tu_assert_close(c4, c2, tol, tol, "plain @ trans");
         RELEASE(a0, b0, at, bt, ac, bc, c1, c2, c3, c4);
     }
+}
+END_TEST
+
+/* Products big enough that gemm.c splits them over the threads, by rows
+ * (M >= N) and by columns (M < N), with sizes that are not whole tiles and
+ * transposed operands: every block lands where it belongs. */
+START_TEST(test_split_over_threads)
+{
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(2);
+    const int64_t sizes[][3] = {{300, 96, 200}, {200, 96, 300}, {70, 512, 64}};
+    moe_dtype dts[] = {MOE_F32, MOE_F64};
+    for (int d = 0; d < 2; d++)
+        for (int i = 0; i < 3; i++) {
+            int64_t m = sizes[i][0], k = sizes[i][1], n = sizes[i][2];
+            moe_tensor *a = tu_randn(dts[d], 2, SHAPE(m, k), 40 + i);
+            moe_tensor *b = tu_randn(dts[d], 2, SHAPE(k, n), 50 + i);
+            moe_tensor *a0 = tu_randn(dts[d], 2, SHAPE(k, m), 60 + i);
+            moe_tensor *b0 = tu_randn(dts[d], 2, SHAPE(n, k), 70 + i);
+            moe_tensor *at, *bt, *c1, *c2, *r1, *r2;
+            OK(moe_transpose(&at, a0, 0, 1)); /* [m k] stored transposed */
+            OK(moe_transpose(&bt, b0, 0, 1)); /* [k n] stored transposed */
+            OK(moe_matmul(&c1, a, b));
+            OK(moe_matmul(&c2, at, bt));
+            r1 = ref_mm2_fast(a, b);
+            r2 = ref_mm2_fast(at, bt);
+            double tol = dts[d] == MOE_F32 ? 1e-4 : 1e-12;
+            tu_assert_close(c1, r1, tol, tol, "split plain @ plain");
+            tu_assert_close(c2, r2, tol, tol, "split trans @ trans");
+            RELEASE(a, b, a0, b0, at, bt, c1, c2, r1, r2);
+        }
+    omp_set_num_threads(saved);
 }
 END_TEST
 
@@ -408,6 +463,7 @@ int main(void)
     TCase *tl = tcase_create("layouts");
     tcase_add_test(tl, test_transposed_views);
     tcase_add_test(tl, test_no_copies_for_views);
+    tcase_add_test(tl, test_split_over_threads);
     tcase_add_test(tl, test_strided_operands);
     suite_add_tcase(s, tl);
     TCase *tn = tcase_create("linear");
