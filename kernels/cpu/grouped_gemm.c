@@ -4,7 +4,6 @@
  * Dimension letters: E experts, N rows (expert-contiguous), n_e rows of
  * group e, D model dim, F expert ffn dim, S scratch slots (one per group
  * running at the same time). */
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>

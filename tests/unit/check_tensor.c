@@ -1,5 +1,9 @@
 /* check_tensor.c — tensors: creation, dtypes, views, copies, RNG, errors. */
 #include <omp.h>
+#include <stdlib.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "testutil.h"
 
@@ -286,6 +290,29 @@ START_TEST(test_randint_permutation)
 }
 END_TEST
 
+/* The first CPU tensor sets glibc's mmap threshold to 32 MiB (storage.c's
+ * tune_malloc): an 8 MiB block then comes from the heap, not a mapping of
+ * its own. Untuned, glibc's threshold starts at 128 KiB and maps it (the
+ * test runs in a fresh process, so nothing before it raised that). */
+START_TEST(test_malloc_tuned_for_tensors)
+{
+#if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
+    if (getenv("MALLOC_MMAP_THRESHOLD_") || getenv("GLIBC_TUNABLES") || getenv("MALLOC_TRIM_THRESHOLD_"))
+        return; /* the process keeps its own settings */
+    moe_tensor *t;
+    OK(moe_tensor_zeros(&t, MOE_F32, MOE_CPU, 1, SHAPE(16)));
+    struct mallinfo2 before = mallinfo2();
+    void *p = malloc((size_t)8 << 20);
+    ck_assert_ptr_nonnull(p);
+    struct mallinfo2 during = mallinfo2();
+    free(p);
+    RELEASE(t);
+    if (before.arena == 0 && during.arena == 0) return; /* a malloc without statistics (valgrind) */
+    ck_assert_uint_eq(during.hblks, before.hblks);
+#endif
+}
+END_TEST
+
 START_TEST(test_memory_stats_no_leak)
 {
     moe_memory_stats before, during, after;
@@ -362,6 +389,7 @@ static Suite *tensor_suite(void)
     suite_add_tcase(s, c);
     c = tcase_create("memory-errors");
     tcase_add_test(c, test_memory_stats_no_leak);
+    tcase_add_test(c, test_malloc_tuned_for_tensors);
     tcase_add_test(c, test_inplace_refused_on_grad_tensor);
     tcase_add_test(c, test_error_messages);
     suite_add_tcase(s, c);
