@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "gemm.h"
+#include "vector_math.h"
 
 /* The row loops vectorise: O3's cost model takes loops whose length is only
  * known at run time, and without trapping math the comparisons (max, the
@@ -40,25 +41,6 @@ static int64_t per_thread(const moe_cpu_attention *p)
 int64_t moe_cpu_attention_scratch(const moe_cpu_attention *p)
 {
     return per_thread(p) * omp_get_max_threads();
-}
-
-/* e^x in f32 for the x <= 0 the kernel feeds it (a score minus its row's
- * max or log-sum-exp; slightly positive values from rounding are fine):
- * x = n·ln 2 + r with |r| <= ln2/2 (Cody–Waite split), e^r by its degree-6
- * Taylor polynomial (relative error below 2e-7), 2^n through the exponent
- * bits; x below -87 saturates at e^-87 (negligible beside a row sum >= 1).
- * Plain arithmetic, unlike expf, so the row loops vectorise. */
-static inline float exp_f32(float x)
-{
-    x = x > -87.0f ? x : -87.0f;
-    float n = (x * 1.44269504089f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
-    union {
-        int32_t i;
-        float f;
-    } scale = {.i = ((int32_t)n + 127) << 23};
-    return p * scale.f;
 }
 
 /* Keys of block J0 (NK of them) visible to query I: the count from the start

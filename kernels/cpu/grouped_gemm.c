@@ -12,6 +12,7 @@
 #include "grouped_gemm.h"
 #include "gemm.h"
 #include "../gelu.h"
+#include "vector_math.h"
 
 #define PAR_MIN 32768 /* elementwise loops below this many elements stay on one thread */
 
@@ -176,33 +177,6 @@ void moe_cpu_grouped_gemm(moe_dtype dtype, int64_t E, const int64_t *off, moe_cp
 
 /* ---- activations ------------------------------------------------------------------------ */
 
-/* exp for f32 that vectorises: 2^n · p(r) with x = n ln2 + r, |r| <= ln2/2,
- * p a degree-6 polynomial (relative error ~2e-7). Inputs are clamped to the
- * range where the result is a normal float. */
-static inline __attribute__((always_inline)) float exp_f32(float x)
-{
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    const float shift = 12582912.0f; /* 1.5 * 2^23: rounds to an integer */
-    float t = x * 1.44269504088896341f + shift;
-    float n = t - shift;
-    float r = x - n * 0.693145751953125f;
-    r = r - n * 1.42860682030941723212e-6f;
-    float p = 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t ti, ni;
-    memcpy(&ti, &t, sizeof ti);
-    ni = ti - 0x4B400000; /* the bits of shift */
-    int32_t bits = (ni + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
 static inline __attribute__((always_inline)) double exp_f64(double x) { return exp(x); }
 static inline float erf_f32(float x) { return erff(x); }
 static inline double erf_f64(double x) { return erf(x); }
@@ -214,17 +188,9 @@ static inline double tanh_f64(double x) { return tanh(x); }
 #define GELU_C MOE_GELU_TANH_C
 #define GELU_A MOE_GELU_TANH_K
 
-/* The SwiGLU loops are compiled for AVX-512, AVX2 and baseline x86-64 and
- * picked at load time (GCC function multiversioning), so the vectorised exp
- * above runs 16 or 8 lanes wide on CPUs that have them. Not under
- * ThreadSanitizer: it instruments the resolver, which the dynamic loader
- * runs before TSan has started, and the program crashes at load. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && \
-    defined(__linux__) && !defined(__SANITIZE_THREAD__)
-#define SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SIMD_CLONES
-#endif
+/* The SwiGLU loops are compiled for AVX-512, AVX2 and baseline x86-64
+ * (SIMD_CLONES), so the vectorised exp runs 16 or 8 lanes wide on CPUs that
+ * have them. */
 
 #define CHUNK 4096 /* elements per task of the elementwise loops */
 
