@@ -1,40 +1,88 @@
 /* attention.c — fused causal attention on the CPU (see attention.h).
  *
  * Dimension letters: B batch, S sequence, H query heads, KV kv heads, hd
- * head dim, BQ/BK the query/key block sizes, nq/nk a block's rows.
+ * head dim, nq/nk the query rows/keys of one product.
  *
- * Forward, for the query block Qi of one (b, h), over key blocks Kj:
+ * Every product is one BLAS call on slices of the inputs, shaped so that
+ * OpenBLAS runs its small-matrix kernels, which read the operands where
+ * they are. A product A·Bᵀ of two row-major matrices (the scores q·kᵀ)
+ * would go through its general path instead, which first copies both
+ * operands into packed panels; so each task transposes K (and in the
+ * backward V) once into scratch, Kᵀ [hd S], and the score products become
+ * plain A·B.
+ *
+ * Forward: each block Qi of BQ query rows meets the keys it may see (all S,
+ * or under the causal mask those up to its last row) in chunks Kj of up to
+ * KC keys; for S <= KC in one chunk, whose softmax is then exact:
  *     s = scale·Qi Kjᵀ (masked)           m' = max(m, rowmax s)
  *     p = exp(s − m')                     l  = l·exp(m − m') + rowsum p
- *     acc = acc·exp(m − m') + p Vj        m  = m'
- * then out = acc / l and lse = m + log l.
- * Backward (D_i = rowsum(dout_i ⊙ out_i)), for every pair of blocks:
+ *     Oi = Oi·exp(m − m') + p Vj          m  = m'
+ * then Oi /= l and lse = m + log l.
+ * Backward, with D = rowsum(dO ⊙ O): each block Kj, Vj of BK keys meets the
+ * query rows that see it, in chunks Qi of up to QC rows:
  *     p = exp(scale·Qi Kjᵀ − lse_i)       dVj += pᵀ dOi
- *     ds = p ⊙ (dOi Vjᵀ − D_i)            dQi += scale·ds Kj,  dKj += scale·dsᵀ Qi */
+ *     ds = p ⊙ (dOi Vjᵀ − D_i)            dKj += scale·dsᵀ Qi,  dQi += scale·ds Kj
+ * Blocks are narrow (BQ = BK = 32) so that little work goes to the masked
+ * half of the blocks on the diagonal. The first product into every output
+ * row has β = 0, so no output needs clearing first. */
 #include "attention.h"
 
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
-#include <string.h>
 
 #include "gemm.h"
 #include "vector_math.h"
 
 /* The row loops vectorise: O3's cost model takes loops whose length is only
  * known at run time, and without trapping math the comparisons (max, the
- * clamp in exp_f32) become branch-free selects. Sums keep their order, so
- * the values are those of the scalar loops. */
+ * clamp in exp_f32) become branch-free selects. */
 #pragma GCC optimize("O3", "no-trapping-math")
 
-enum { BQ = 64, BK = 64 };
+/* KC is a multiple of BQ, so a forward chunk never starts past its block's
+ * first row (every row sees at least one key of every chunk it meets). */
+enum { BQ = 32, KC = 256, BK = 32, QC = 256 };
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* KT [hd S] ← K [S hd] (rows at stride LD), in 8×8 tiles that the compiler
+ * keeps in vector registers. */
+#define DEFINE_TRANSPOSE(T)                                                                        \
+    SIMD_CLONES static void transpose_##T(T *restrict kt, const T *restrict k, int64_t S,          \
+                                          int64_t hd, int64_t ld)                                  \
+    {                                                                                              \
+        int64_t j0 = 0;                                                                            \
+        for (; j0 + 8 <= S; j0 += 8) {                                                             \
+            int64_t d0 = 0;                                                                        \
+            for (; d0 + 8 <= hd; d0 += 8) {                                                        \
+                T t[8][8];                                                                         \
+                for (int a = 0; a < 8; a++)                                                        \
+                    for (int c = 0; c < 8; c++) t[a][c] = k[(j0 + a) * ld + d0 + c];               \
+                for (int c = 0; c < 8; c++)                                                        \
+                    for (int a = 0; a < 8; a++) kt[(d0 + c) * S + j0 + a] = t[a][c];               \
+            }                                                                                      \
+            for (; d0 < hd; d0++)                                                                  \
+                for (int a = 0; a < 8; a++) kt[d0 * S + j0 + a] = k[(j0 + a) * ld + d0];           \
+        }                                                                                          \
+        for (; j0 < S; j0++)                                                                       \
+            for (int64_t d = 0; d < hd; d++) kt[d * S + j0] = k[j0 * ld + d];                      \
+    }
+DEFINE_TRANSPOSE(float)
+DEFINE_TRANSPOSE(double)
+
+/* The forward's query rows per block and keys per chunk, the backward's
+ * keys per block and query rows per chunk, for this sequence length. */
+static int64_t block_rows(const moe_cpu_attention *p) { return min64(BQ, p->S); }
+static int64_t chunk_keys(const moe_cpu_attention *p) { return min64(KC, p->S); }
+static int64_t block_keys(const moe_cpu_attention *p) { return min64(BK, p->S); }
+static int64_t chunk_rows(const moe_cpu_attention *p) { return min64(QC, p->S); }
+
 static int64_t per_thread(const moe_cpu_attention *p)
 {
-    /* forward: s [BQ BK], acc [BQ hd], m, l [BQ]; backward: s, ds [BQ BK], D [S] */
-    int64_t fwd = BQ * BK + BQ * p->hd + 2 * BQ, bwd = 2 * BQ * BK + p->S;
+    /* forward: s [BQ KC], m, l, corr [BQ], Kᵀ [hd S];
+     * backward: s, ds [QC BK], D [S], Kᵀ, Vᵀ [hd S] */
+    int64_t fwd = block_rows(p) * chunk_keys(p) + 3 * block_rows(p) + p->hd * p->S,
+            bwd = 2 * chunk_rows(p) * block_keys(p) + p->S + 2 * p->hd * p->S;
     return fwd > bwd ? fwd : bwd;
 }
 
@@ -43,139 +91,160 @@ int64_t moe_cpu_attention_scratch(const moe_cpu_attention *p)
     return per_thread(p) * omp_get_max_threads();
 }
 
-/* Keys of block J0 (NK of them) visible to query I: the count from the start
- * of the block (0..NK). */
-static inline int64_t visible(bool causal, int64_t i, int64_t j0, int64_t nk)
-{
-    if (!causal) return nk;
-    int64_t n = i - j0 + 1;
-    return n < 0 ? 0 : (n > nk ? nk : n);
-}
-
-#define DEFINE_ATTENTION(T, GEMM, EXP, LOG, WIDE)                                                        \
-    static void forward_##T(const moe_cpu_attention *p, T *out, T *lse, const T *q, const T *k,   \
-                            const T *v, T *scratch)                                                 \
-    {                                                                                               \
-        const int64_t S = p->S, H = p->H, KV = p->KV, hd = p->hd, ldq = H * hd, ldk = KV * hd;    \
-        const T scale = (T)p->scale;                                                                \
-        _Pragma("omp parallel for schedule(static)")                                                \
-        for (int64_t bh = 0; bh < p->B * H; bh++) {                                                 \
-            int64_t b = bh / H, h = bh % H, g = h * KV / H;                                         \
-            T *s = scratch + (int64_t)omp_get_thread_num() * per_thread(p);                         \
-            T *acc = s + BQ * BK, *m = acc + BQ * hd, *l = m + BQ;                                  \
-            memset(s, 0, sizeof *s * BQ * BK); /* columns past a block's keys stay finite */       \
-            const T *Q = q + b * S * ldq + h * hd, *K = k + b * S * ldk + g * hd,                   \
-                    *V = v + b * S * ldk + g * hd;                                                  \
-            T *O = out + b * S * ldq + h * hd, *L = lse + bh * S;                                   \
-            for (int64_t i0 = 0; i0 < S; i0 += BQ) {                                                \
-                int64_t nq = min64(BQ, S - i0), jend = p->causal ? i0 + nq : S;                     \
-                for (int64_t r = 0; r < nq; r++) m[r] = -INFINITY, l[r] = 0;                        \
-                memset(acc, 0, sizeof *acc * (size_t)(nq * hd));                                    \
-                for (int64_t j0 = 0; j0 < jend; j0 += BK) {                                         \
-                    int64_t nk = min64(BK, jend - j0);                                              \
-                    GEMM(false, true, nq, nk, hd, scale, Q + i0 * ldq, ldq, K + j0 * ldk, ldk, 0,   \
-                         s, BK);                                                                    \
-                    for (int64_t r = 0; r < nq; r++) {                                              \
-                        T *sr = s + r * BK;                                                         \
-                        int64_t n = visible(p->causal, i0 + r, j0, nk);                             \
-                        T mx = m[r];                                                                \
-                        _Pragma("omp simd reduction(max : mx)")                                     \
-                        for (int64_t c = 0; c < n; c++) mx = sr[c] > mx ? sr[c] : mx;               \
-                        T corr = m[r] == -INFINITY ? 0 : EXP(m[r] - mx), sum = 0;                   \
-                        if (WIDE) /* the whole row: a fixed trip count that vectorises */           \
-                            for (int64_t c = 0; c < BK; c++) sr[c] = EXP(sr[c] - mx);               \
-                        else                                                                        \
-                            for (int64_t c = 0; c < n; c++) sr[c] = EXP(sr[c] - mx);                \
-                        for (int64_t c = n; c < BK; c++) sr[c] = 0;                                 \
-                        for (int64_t c = 0; c < n; c++) sum += sr[c];                               \
-                        if (n > 0) {                                                                \
-                            l[r] = l[r] * corr + sum;                                               \
-                            m[r] = mx;                                                              \
-                            if (corr != 1)                                                          \
-                                for (int64_t d = 0; d < hd; d++) acc[r * hd + d] *= corr;           \
-                        }                                                                           \
-                    }                                                                               \
-                    GEMM(false, false, nq, hd, nk, 1, s, BK, V + j0 * ldk, ldk, 1, acc, hd);        \
-                }                                                                                   \
-                for (int64_t r = 0; r < nq; r++) {                                                  \
-                    T inv = l[r] > 0 ? 1 / l[r] : 0;                                                \
-                    T *o = O + (i0 + r) * ldq;                                                      \
-                    for (int64_t d = 0; d < hd; d++) o[d] = acc[r * hd + d] * inv;                  \
-                    L[i0 + r] = l[r] > 0 ? m[r] + LOG(l[r]) : -INFINITY;                            \
-                }                                                                                   \
-            }                                                                                       \
-        }                                                                                           \
-    }                                                                                               \
-                                                                                                    \
-    static void backward_##T(const moe_cpu_attention *p, T *dq, T *dk, T *dv, const T *dout,       \
-                             const T *q, const T *k, const T *v, const T *out, const T *lse,        \
-                             T *scratch)                                                            \
-    {                                                                                               \
-        const int64_t S = p->S, H = p->H, KV = p->KV, hd = p->hd, ldq = H * hd, ldk = KV * hd;    \
-        const int64_t G = H / KV; /* query heads per kv head */                                     \
-        const T scale = (T)p->scale;                                                                \
-        _Pragma("omp parallel for schedule(static)")                                                \
-        for (int64_t bg = 0; bg < p->B * KV; bg++) {                                                \
-            int64_t b = bg / KV, g = bg % KV;                                                       \
-            T *s = scratch + (int64_t)omp_get_thread_num() * per_thread(p);                         \
-            T *ds = s + BQ * BK, *D = ds + BQ * BK;                                                 \
-            memset(s, 0, sizeof *s * 2 * BQ * BK); /* columns past a block's keys stay finite */   \
-            const T *K = k + b * S * ldk + g * hd, *V = v + b * S * ldk + g * hd;                   \
-            T *dK = dk + b * S * ldk + g * hd, *dV = dv + b * S * ldk + g * hd;                     \
-            for (int64_t j = 0; j < S; j++) {                                                       \
-                memset(dK + j * ldk, 0, sizeof *dK * (size_t)hd);                                   \
-                memset(dV + j * ldk, 0, sizeof *dV * (size_t)hd);                                   \
-            }                                                                                       \
-            for (int64_t h = g * G; h < (g + 1) * G; h++) {                                         \
-                const T *Q = q + b * S * ldq + h * hd, *dO = dout + b * S * ldq + h * hd,           \
-                        *O = out + b * S * ldq + h * hd, *L = lse + (b * H + h) * S;                \
-                T *dQ = dq + b * S * ldq + h * hd;                                                  \
-                for (int64_t i = 0; i < S; i++) {                                                   \
-                    T sum = 0;                                                                      \
-                    for (int64_t d = 0; d < hd; d++) sum += dO[i * ldq + d] * O[i * ldq + d];       \
-                    D[i] = sum;                                                                     \
-                    memset(dQ + i * ldq, 0, sizeof *dQ * (size_t)hd);                               \
-                }                                                                                   \
-                for (int64_t j0 = 0; j0 < S; j0 += BK) {                                            \
-                    int64_t nk = min64(BK, S - j0);                                                 \
-                    for (int64_t i0 = p->causal ? j0 / BQ * BQ : 0; i0 < S; i0 += BQ) {             \
-                        int64_t nq = min64(BQ, S - i0);                                             \
-                        GEMM(false, true, nq, nk, hd, scale, Q + i0 * ldq, ldq, K + j0 * ldk, ldk,  \
-                             0, s, BK);                                                             \
-                        GEMM(false, true, nq, nk, hd, 1, dO + i0 * ldq, ldq, V + j0 * ldk, ldk, 0,  \
-                             ds, BK);                                                               \
-                        for (int64_t r = 0; r < nq; r++) {                                          \
-                            T *sr = s + r * BK, *dsr = ds + r * BK, li = L[i0 + r],                 \
-                              Di = D[i0 + r];                                                       \
-                            int64_t n = visible(p->causal, i0 + r, j0, nk);                         \
-                            if (WIDE)                                                               \
-                                for (int64_t c = 0; c < BK; c++) {                                  \
-                                    T pr = EXP(sr[c] - li);                                         \
-                                    sr[c] = pr;                                                     \
-                                    dsr[c] = pr * (dsr[c] - Di);                                    \
-                                }                                                                   \
-                            else                                                                    \
-                                for (int64_t c = 0; c < n; c++) {                                   \
-                                    T pr = EXP(sr[c] - li);                                         \
-                                    sr[c] = pr;                                                     \
-                                    dsr[c] = pr * (dsr[c] - Di);                                    \
-                                }                                                                   \
-                            for (int64_t c = n; c < BK; c++) sr[c] = dsr[c] = 0;                    \
-                        }                                                                           \
-                        GEMM(true, false, nk, hd, nq, 1, s, BK, dO + i0 * ldq, ldq, 1,              \
-                             dV + j0 * ldk, ldk);                                                   \
-                        GEMM(false, false, nq, hd, nk, scale, ds, BK, K + j0 * ldk, ldk, 1,         \
-                             dQ + i0 * ldq, ldq);                                                   \
-                        GEMM(true, false, nk, hd, nq, scale, ds, BK, Q + i0 * ldq, ldq, 1,          \
-                             dK + j0 * ldk, ldk);                                                   \
-                    }                                                                               \
-                }                                                                                   \
-            }                                                                                       \
-        }                                                                                           \
+/* The row loops over the scores of nq query rows and nk keys. Row r sees
+ * the first min(first + r, nk) keys (first >= 1: the keys start at or
+ * before the first row's own position); the rest of the row is set to 0,
+ * so the products that follow add nothing for masked keys.
+ *
+ *   softmax_rows: S ← exp(S − m'), with the running max M, sum L and the
+ *                 factor CORR that rescales the rows' earlier output
+ *                 (FIRST_CHUNK: no earlier output; M, L start here).
+ *   grad_rows:    S ← p = exp(S − lse), DS ← p ⊙ (DS − D).
+ *   row_dots:     D[r] = dO[r]·O[r]. */
+#define DEFINE_ROWS(T, EXP)                                                                        \
+    SIMD_CLONES static void softmax_rows_##T(T *restrict s, int64_t lds, int64_t nq, int64_t nk,   \
+                                             int64_t first, bool first_chunk, T *restrict m,       \
+                                             T *restrict l, T *restrict corr)                      \
+    {                                                                                              \
+        for (int64_t r = 0; r < nq; r++) {                                                         \
+            T *sr = s + r * lds;                                                                   \
+            int64_t n = min64(first + r, nk);                                                      \
+            T mx = first_chunk ? sr[0] : m[r];                                                     \
+            _Pragma("omp simd reduction(max : mx)")                                                \
+            for (int64_t c = 0; c < n; c++) mx = sr[c] > mx ? sr[c] : mx;                          \
+            T sum = 0;                                                                             \
+            _Pragma("omp simd reduction(+ : sum)")                                                 \
+            for (int64_t c = 0; c < n; c++) {                                                      \
+                T e = EXP(sr[c] - mx);                                                             \
+                sr[c] = e;                                                                         \
+                sum += e;                                                                          \
+            }                                                                                      \
+            for (int64_t c = n; c < nk; c++) sr[c] = 0;                                            \
+            if (first_chunk) {                                                                     \
+                l[r] = sum;                                                                        \
+            } else {                                                                               \
+                corr[r] = EXP(m[r] - mx);                                                          \
+                l[r] = l[r] * corr[r] + sum;                                                       \
+            }                                                                                      \
+            m[r] = mx;                                                                             \
+        }                                                                                          \
+    }                                                                                              \
+    SIMD_CLONES static void grad_rows_##T(T *restrict s, T *restrict ds, int64_t lds, int64_t nq,  \
+                                          int64_t nk, int64_t first, const T *restrict lse,        \
+                                          const T *restrict D)                                     \
+    {                                                                                              \
+        for (int64_t r = 0; r < nq; r++) {                                                         \
+            T *sr = s + r * lds, *dsr = ds + r * lds, li = lse[r], Di = D[r];                      \
+            int64_t n = min64(first + r, nk);                                                      \
+            _Pragma("omp simd")                                                                    \
+            for (int64_t c = 0; c < n; c++) {                                                      \
+                T pr = EXP(sr[c] - li);                                                            \
+                sr[c] = pr;                                                                        \
+                dsr[c] = pr * (dsr[c] - Di);                                                       \
+            }                                                                                      \
+            for (int64_t c = n; c < nk; c++) sr[c] = dsr[c] = 0;                                   \
+        }                                                                                          \
+    }                                                                                              \
+    SIMD_CLONES static void row_dots_##T(T *restrict D, const T *restrict dO,                      \
+                                         const T *restrict O, int64_t ld, int64_t nq, int64_t hd)  \
+    {                                                                                              \
+        for (int64_t r = 0; r < nq; r++) {                                                         \
+            T sum = 0;                                                                             \
+            _Pragma("omp simd reduction(+ : sum)")                                                 \
+            for (int64_t d = 0; d < hd; d++) sum += dO[r * ld + d] * O[r * ld + d];                \
+            D[r] = sum;                                                                            \
+        }                                                                                          \
     }
 
-DEFINE_ATTENTION(float, moe_cpu_sgemm, exp_f32, logf, 1)
-DEFINE_ATTENTION(double, moe_cpu_dgemm, exp, log, 0)
+static inline __attribute__((always_inline)) double exp_f64(double x) { return exp(x); }
+DEFINE_ROWS(float, exp_f32)
+DEFINE_ROWS(double, exp_f64)
+
+#define DEFINE_ATTENTION(T, GEMM, LOG)                                                             \
+    static void forward_##T(const moe_cpu_attention *p, T *out, T *lse, const T *q, const T *k,    \
+                            const T *v, T *scratch)                                                \
+    {                                                                                              \
+        const int64_t S = p->S, H = p->H, KV = p->KV, hd = p->hd, ldq = H * hd, ldk = KV * hd;     \
+        const int64_t bq = block_rows(p), kc = chunk_keys(p);                                      \
+        const T scale = (T)p->scale;                                                               \
+        _Pragma("omp parallel for schedule(static)")                                               \
+        for (int64_t bh = 0; bh < p->B * H; bh++) {                                                \
+            int64_t b = bh / H, h = bh % H, g = h * KV / H;                                        \
+            T *s = scratch + (int64_t)omp_get_thread_num() * per_thread(p);                        \
+            T *m = s + bq * kc, *l = m + bq, *corr = l + bq, *Kt = corr + bq;                      \
+            const T *Q = q + b * S * ldq + h * hd, *K = k + b * S * ldk + g * hd,                  \
+                    *V = v + b * S * ldk + g * hd;                                                 \
+            T *O = out + b * S * ldq + h * hd, *L = lse + bh * S;                                  \
+            transpose_##T(Kt, K, S, hd, ldk);                                                      \
+            for (int64_t i0 = 0; i0 < S; i0 += bq) {                                               \
+                int64_t nq = min64(bq, S - i0), jend = p->causal ? i0 + nq : S;                    \
+                T *Oi = O + i0 * ldq;                                                              \
+                for (int64_t j0 = 0; j0 < jend; j0 += kc) {                                        \
+                    int64_t nk = min64(kc, jend - j0), first = p->causal ? i0 - j0 + 1 : nk;       \
+                    GEMM(false, false, nq, nk, hd, scale, Q + i0 * ldq, ldq, Kt + j0, S, 0,        \
+                         s, kc);                                                                   \
+                    softmax_rows_##T(s, kc, nq, nk, first, j0 == 0, m, l, corr);                   \
+                    if (j0 > 0)                                                                    \
+                        for (int64_t r = 0; r < nq; r++)                                           \
+                            for (int64_t d = 0; d < hd; d++) Oi[r * ldq + d] *= corr[r];           \
+                    GEMM(false, false, nq, hd, nk, 1, s, kc, V + j0 * ldk, ldk, j0 > 0, Oi, ldq);  \
+                }                                                                                  \
+                for (int64_t r = 0; r < nq; r++) {                                                 \
+                    T inv = 1 / l[r];                                                              \
+                    for (int64_t d = 0; d < hd; d++) Oi[r * ldq + d] *= inv;                       \
+                    L[i0 + r] = m[r] + LOG(l[r]);                                                  \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+                                                                                                   \
+    static void backward_##T(const moe_cpu_attention *p, T *dq, T *dk, T *dv, const T *dout,      \
+                             const T *q, const T *k, const T *v, const T *out, const T *lse,       \
+                             T *scratch)                                                           \
+    {                                                                                              \
+        const int64_t S = p->S, H = p->H, KV = p->KV, hd = p->hd, ldq = H * hd, ldk = KV * hd;     \
+        const int64_t G = H / KV; /* query heads per kv head */                                    \
+        const int64_t bk = block_keys(p), qc = chunk_rows(p);                                      \
+        const T scale = (T)p->scale;                                                               \
+        _Pragma("omp parallel for schedule(static)")                                               \
+        for (int64_t bg = 0; bg < p->B * KV; bg++) {                                               \
+            int64_t b = bg / KV, g = bg % KV;                                                      \
+            T *s = scratch + (int64_t)omp_get_thread_num() * per_thread(p);                        \
+            T *ds = s + qc * bk, *D = ds + qc * bk, *Kt = D + S, *Vt = Kt + hd * S;                \
+            const T *K = k + b * S * ldk + g * hd, *V = v + b * S * ldk + g * hd;                  \
+            T *dK = dk + b * S * ldk + g * hd, *dV = dv + b * S * ldk + g * hd;                    \
+            transpose_##T(Kt, K, S, hd, ldk);                                                      \
+            transpose_##T(Vt, V, S, hd, ldk);                                                      \
+            for (int64_t h = g * G; h < (g + 1) * G; h++) {                                        \
+                const T *Q = q + b * S * ldq + h * hd, *dO = dout + b * S * ldq + h * hd,          \
+                        *O = out + b * S * ldq + h * hd, *L = lse + (b * H + h) * S;               \
+                T *dQ = dq + b * S * ldq + h * hd;                                                 \
+                row_dots_##T(D, dO, O, ldq, S, hd);                                                \
+                for (int64_t j0 = 0; j0 < S; j0 += bk) {                                           \
+                    int64_t nk = min64(bk, S - j0), istart = p->causal ? j0 : 0;                   \
+                    const T *Kj = K + j0 * ldk;                                                    \
+                    for (int64_t i0 = istart; i0 < S; i0 += qc) {                                  \
+                        int64_t nq = min64(qc, S - i0), first = p->causal ? i0 - j0 + 1 : nk;      \
+                        T kv_beta = h > g * G || i0 > istart; /* dKj, dVj written before */        \
+                        GEMM(false, false, nq, nk, hd, scale, Q + i0 * ldq, ldq, Kt + j0, S, 0, s, \
+                             bk);                                                                  \
+                        GEMM(false, false, nq, nk, hd, 1, dO + i0 * ldq, ldq, Vt + j0, S, 0, ds,   \
+                             bk);                                                                  \
+                        grad_rows_##T(s, ds, bk, nq, nk, first, L + i0, D + i0);                   \
+                        GEMM(true, false, nk, hd, nq, 1, s, bk, dO + i0 * ldq, ldq, kv_beta,       \
+                             dV + j0 * ldk, ldk);                                                  \
+                        GEMM(true, false, nk, hd, nq, scale, ds, bk, Q + i0 * ldq, ldq, kv_beta,   \
+                             dK + j0 * ldk, ldk);                                                  \
+                        GEMM(false, false, nq, hd, nk, scale, ds, bk, Kj, ldk, j0 > 0,             \
+                             dQ + i0 * ldq, ldq);                                                  \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+DEFINE_ATTENTION(float, moe_cpu_sgemm, logf)
+DEFINE_ATTENTION(double, moe_cpu_dgemm, log)
 
 void moe_cpu_attention_forward(const moe_cpu_attention *p, void *out, void *lse, const void *q,
                                const void *k, const void *v, void *scratch)

@@ -3,11 +3,11 @@
  *
  * Dimension letters: B batch, S sequence, H query heads, KV key/value heads
  * (H % KV == 0; query head h reads kv head ⌊h·KV/H⌋), hd head dim. Every
- * buffer is contiguous in the layout the projections produce, so no
- * transposes are needed:
+ * buffer is contiguous in the layout the projections produce, so the op
+ * needs no copies:
  *     q, out, dq [B S H hd]     k, v, dk, dv [B S KV hd]     lse [B H S]
  *
- * The forward walks the keys in blocks for each block of queries, keeping a
+ * The forward walks the keys in chunks for each block of queries, keeping a
  * running max and sum per query row (the online softmax), so the S×S score
  * matrix never exists: besides the output only the log-sum-exp of each row
  * (lse, O(B·H·S)) is kept for the backward, which recomputes the
@@ -15,7 +15,8 @@
  * (single-threaded inside the OpenMP loop). The forward runs one (b, h) per
  * task, the backward one (b, kv head) per task, so every output element is
  * written by one thread in a fixed order: results do not depend on the
- * thread count. DTYPE is MOE_F32 or MOE_F64. */
+ * thread count. Scratch (per thread, O(S·hd)) holds one block's scores and
+ * a transposed copy of K (and V). DTYPE is MOE_F32 or MOE_F64. */
 #ifndef MOELAB_CPU_ATTENTION_H
 #define MOELAB_CPU_ATTENTION_H
 

@@ -1,8 +1,9 @@
 /* check_attention.c — RoPE and attention (core/nn): the fused kernel against
  * the plain composition of ops (values and gradients, f32 and f64, causal
  * and not, grouped-query heads, sequences that are not a multiple of the
- * kernel's block), f64 finite differences of both, hand-computed RoPE
- * values, determinism over thread counts, and the argument checks. */
+ * kernel's blocks or longer than its chunks), f64 finite differences of
+ * both, hand-computed RoPE values, determinism over thread counts, and the
+ * argument checks. */
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -59,6 +60,10 @@ START_TEST(fused_matches_plain)
     compare(MOE_F64, 1, 140, 4, 2, 8, true, 1e-12);  /* three key blocks, a partial one, GQA */
     compare(MOE_F64, 1, 70, 2, 1, 6, false, 1e-12);  /* one kv head, not causal */
     compare(MOE_F32, 2, 70, 2, 2, 16, true, 2e-5);
+    /* longer than the kernel's key chunks and query chunks (256): the forward's
+     * online softmax over several chunks, the backward's dK, dV summed over them */
+    compare(MOE_F64, 1, 600, 2, 1, 4, true, 1e-12);
+    compare(MOE_F64, 1, 300, 2, 2, 4, false, 1e-12);
 }
 END_TEST
 
