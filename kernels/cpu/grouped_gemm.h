@@ -92,16 +92,24 @@ typedef struct moe_cpu_ffn {
     const void *bd;         /* [E D] or NULL */
 } moe_cpu_ffn;
 
+/* Elements of scratch the forward (BACKWARD false) or the backward needs
+ * with SLOTS and MAX_ROWS from moe_cpu_group_plan: per slot, [MAX_ROWS F]
+ * blocks for h (forward); for dh, dU (SwiGLU) and h (backward). */
+int64_t moe_cpu_ffn_scratch(moe_cpu_ffn_act act, int slots, int64_t max_rows, int64_t F,
+                            bool backward);
+
 /* Forward: G [N F] = x Wg + bg (SwiGLU only; NULL otherwise), U [N F] =
- * x Wu + bu, Y [N D] = h Wd + bd. SCRATCH: SLOTS * MAX_ROWS * F elements
- * (from moe_cpu_group_plan) for h. */
+ * x Wu + bu, Y [N D] = h Wd + bd. SCRATCH: moe_cpu_ffn_scratch(..., false)
+ * elements. */
 void moe_cpu_ffn_forward(const moe_cpu_ffn *p, void *g, void *u, void *y, void *scratch,
                          moe_cpu_group_mode mode, int64_t max_rows);
 
 /* Backward from DY [N D] with the saved G and U. Any output may be NULL
  * (not needed): DX [N D], DWG/DWU [E D F], DWD [E F D], DBG/DBU [E F],
  * DBD [E D]. Weight gradients are written (not accumulated); empty experts
- * get zeros. SCRATCH: SLOTS * 2 * MAX_ROWS * F elements. */
+ * get zeros. The activation is evaluated once per element: the pass that
+ * turns dh into dG, dU also recomputes h for dWd. SCRATCH:
+ * moe_cpu_ffn_scratch(..., true) elements. */
 void moe_cpu_ffn_backward(const moe_cpu_ffn *p, const void *g, const void *u, const void *dy,
                           void *dx, void *dwg, void *dwu, void *dwd, void *dbg, void *dbu,
                           void *dbd, void *scratch, moe_cpu_group_mode mode, int64_t max_rows);
