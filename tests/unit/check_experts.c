@@ -257,6 +257,25 @@ START_TEST(edge_groups)
 }
 END_TEST
 
+/* Only the down projection trains (a frozen x and up/gate projections): the
+ * backward then skips dh and evaluates h alone for dWd and dbd. */
+START_TEST(down_projection_only)
+{
+    for (int a = 0; a < 3; a++) {
+        problem p;
+        problem_init(&p, MOE_F64, (moe_activation)a, 4, 5, 6, uneven, true, 110 + a);
+        OK(moe_tensor_requires_grad_(p.x, false));
+        for (int i = 0; i < 6; i++)
+            if (p.w[i] && i != 2 && i != 5) OK(moe_tensor_requires_grad_(p.w[i], false));
+        compare(&p, 1e-10);
+        /* and w_down alone */
+        OK(moe_tensor_requires_grad_(p.w[5], false));
+        compare(&p, 1e-10);
+        problem_free(&p);
+    }
+}
+END_TEST
+
 /* Many small groups and a few big ones under both schedules: the same
  * numbers (each group's product is the same BLAS call either way; only the
  * BLAS thread count differs, which may change rounding in some BLAS builds). */
@@ -521,6 +540,7 @@ int main(void)
     tcase_add_test(tc, gelu_f64);
     tcase_add_test(tc, f32_tolerance);
     tcase_add_test(tc, edge_groups);
+    tcase_add_test(tc, down_projection_only);
     tcase_add_test(tc, schedules_agree);
     tcase_add_test(tc, grouped_gemm_kernel);
     tcase_add_test(tc, accumulation_and_hooks);
