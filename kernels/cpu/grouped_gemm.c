@@ -113,6 +113,39 @@ static void for_each_group(int64_t E, const int64_t *off, moe_cpu_group_mode mod
     if (order != stack_order) free(order);
 }
 
+/* Run BODY(e, r0, r1, slot) over row ranges that cover every group's rows,
+ * for work whose rows are independent. Side by side: thread t of nt takes
+ * the rows [t N/nt, (t+1) N/nt) of the expert-ordered rows, the pieces of
+ * the groups that meet it (a group may be cut between threads), so every
+ * thread gets the same number of rows and none waits for the tail of a
+ * large group at the end; the cut depends only on OFF and nt. One after the
+ * other: whole groups. */
+typedef void (*rows_body)(int64_t e, int64_t r0, int64_t r1, int slot, void *ctx);
+
+static void for_each_row_range(int64_t E, const int64_t *off, moe_cpu_group_mode mode,
+                               rows_body body, void *ctx)
+{
+    int64_t nonempty = 0;
+    for (int64_t e = 0; e < E; e++) nonempty += off[e + 1] > off[e];
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nt > nonempty) nt = nonempty > 0 ? (int)nonempty : 1; /* moe_cpu_group_plan's slots */
+    if (mode != MOE_CPU_GROUP_PARALLEL || nt < 2) {
+        for (int64_t e = 0; e < E; e++)
+            if (off[e + 1] > off[e]) body(e, off[e], off[e + 1], 0, ctx);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), team = omp_get_num_threads();
+        int64_t total = off[E] - off[0];
+        int64_t lo = off[0] + total * t / team, hi = off[0] + total * (t + 1) / team;
+        for (int64_t e = 0; e < E; e++) {
+            int64_t r0 = off[e] > lo ? off[e] : lo, r1 = off[e + 1] < hi ? off[e + 1] : hi;
+            if (r0 < r1) body(e, r0, r1, t, ctx);
+        }
+    }
+}
+
 /* ---- BLAS dispatch -------------------------------------------------------------- */
 
 /* Through gemm.c's wrappers: outside a parallel region (the serial
@@ -357,12 +390,13 @@ typedef struct ffn_ctx {
     bool par_inner; /* elementwise loops may use threads (serial schedule) */
 } ffn_ctx;
 
-static void ffn_fw_body(int64_t e, int slot, void *vctx)
+/* Rows [R0, R1) of group e (rows are independent in the forward). */
+static void ffn_fw_rows(int64_t e, int64_t r0, int64_t r1, int slot, void *vctx)
 {
     const ffn_ctx *c = vctx;
     const moe_cpu_ffn *p = c->p;
     moe_dtype dt = p->dtype;
-    int64_t r0 = p->off[e], n = p->off[e + 1] - r0, D = p->D, F = p->F;
+    int64_t n = r1 - r0, D = p->D, F = p->F;
     const void *x = at(dt, p->x, r0 * D);
     void *g = p->act == MOE_CPU_FFN_SWIGLU ? at(dt, c->go, r0 * F) : NULL;
     void *u = at(dt, c->uo, r0 * F), *y = at(dt, c->y, r0 * D);
@@ -383,7 +417,7 @@ void moe_cpu_ffn_forward(const moe_cpu_ffn *p, void *g, void *u, void *y, void *
 {
     ffn_ctx c = {.p = p, .go = g, .uo = u, .y = y, .scratch = scratch, .max_rows = max_rows,
                  .par_inner = mode != MOE_CPU_GROUP_PARALLEL};
-    for_each_group(p->E, p->off, mode, true, ffn_fw_body, &c);
+    for_each_row_range(p->E, p->off, mode, ffn_fw_rows, &c);
 }
 
 /* ---- fused expert MLP: backward ----------------------------------------------------------- */
