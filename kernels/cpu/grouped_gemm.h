@@ -5,17 +5,22 @@
  * (group e owns rows [off[e], off[e+1])), n_e = off[e+1] - off[e], D model
  * dim, F expert ffn dim. All buffers are contiguous row-major, f32 or f64.
  *
- * One BLAS call per non-empty group, straight on the group's row block and
- * the group's weight slice (no copies). Two schedules:
- *   - side by side: an OpenMP loop over the groups (largest first, dynamic),
- *     BLAS single-threaded inside (the OpenMP build of OpenBLAS runs one
- *     thread inside a parallel region); chosen when the groups are small or
- *     even enough to keep every thread busy;
+ * One BLAS call per non-empty group (two where the fused MLP's forward cuts
+ * a group between threads), straight on the group's row block and the
+ * group's weight slice (no copies). Two schedules:
+ *   - side by side: BLAS single-threaded inside an OpenMP region (the
+ *     OpenMP build of OpenBLAS runs one thread inside a parallel region):
+ *     a loop over the groups (largest first, dynamic), except in the fused
+ *     MLP's forward, whose rows are independent: there each thread takes an
+ *     equal share of the expert-ordered rows, cutting a group where a share
+ *     ends; chosen when the groups are small or even enough to keep every
+ *     thread busy;
  *   - one at a time: each group's GEMM uses all BLAS threads.
- * Each group's product is the same BLAS call either way and every other loop
- * writes each element once in a fixed order, so a given thread count always
- * gives the same bits; across thread counts results agree to rounding (to
- * the bit where BLAS itself does not depend on its thread count). */
+ * Where groups are cut depends only on the offsets and the thread count,
+ * and every other loop writes each element once in a fixed order, so a
+ * given thread count always gives the same bits; across thread counts
+ * results agree to rounding (to the bit where BLAS itself does not depend
+ * on its thread count or on how a product's rows are split). */
 #ifndef MOELAB_CPU_GROUPED_GEMM_H
 #define MOELAB_CPU_GROUPED_GEMM_H
 

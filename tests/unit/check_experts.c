@@ -290,7 +290,7 @@ START_TEST(schedules_agree)
     problem p;
     problem_init(&p, MOE_F32, MOE_ACT_SWIGLU, 16, 32, 48, sizes, true, 100);
     enum { RUNS = 3 };
-    moe_tensor *y[RUNS], *gx[RUNS], *gw[RUNS];
+    moe_tensor *y[RUNS], *gx[RUNS], *gw[RUNS][6];
     moe_cpu_group_mode modes[RUNS] = {MOE_CPU_GROUP_SERIAL, MOE_CPU_GROUP_PARALLEL, MOE_CPU_GROUP_PARALLEL};
     int threads[RUNS] = {2, 2, 3};
     int saved = omp_get_max_threads();
@@ -303,7 +303,7 @@ START_TEST(schedules_agree)
         OK(moe_sum(&l, y[m], 0, NULL, false));
         OK(moe_backward(l, NULL, false));
         gx[m] = moe_tensor_retain(p.x->grad);
-        gw[m] = moe_tensor_retain(p.w[0]->grad);
+        for (int i = 0; i < 6; i++) gw[m][i] = moe_tensor_retain(p.w[i]->grad);
         moe_tensor_release(l);
     }
     moe_cpu_group_set_mode(MOE_CPU_GROUP_AUTO);
@@ -311,9 +311,13 @@ START_TEST(schedules_agree)
     for (int m = 1; m < RUNS; m++) {
         tu_assert_close(y[m], y[0], 1e-2, 1e-5, "y"); /* values reach ~1e3 with cancellation */
         tu_assert_close(gx[m], gx[0], 1e-2, 1e-5, "dx");
-        tu_assert_close(gw[m], gw[0], 1e-2, 1e-5, "dw_gate");
+        static const char *names[6] = {"dw_gate", "dw_up", "dw_down", "db_gate", "db_up", "db_down"};
+        for (int i = 0; i < 6; i++) tu_assert_close(gw[m][i], gw[0][i], 1e-2, 1e-5, names[i]);
     }
-    for (int m = 0; m < RUNS; m++) FREE_ALL(y[m], gx[m], gw[m]);
+    for (int m = 0; m < RUNS; m++) {
+        FREE_ALL(y[m], gx[m]);
+        for (int i = 0; i < 6; i++) moe_tensor_release(gw[m][i]);
+    }
     problem_free(&p);
 }
 END_TEST
