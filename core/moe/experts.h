@@ -15,8 +15,10 @@
  * per non-empty expert and GEMM (groups side by side on the OpenMP threads
  * when they are small, else one at a time with threaded BLAS; see
  * kernels/cpu/grouped_gemm.h) and saves the pre-activations; the backward
- * recomputes the activation and produces the gradients of the rows, every
- * weight and every bias (experts with no rows get zero gradients). */
+ * recomputes the activation in the same pass that forms its derivative
+ * (no [N F] activation is kept between forward and backward) and produces
+ * the gradients of the rows, every weight and every bias (experts with no
+ * rows get zero gradients). */
 #ifndef MOELAB_MOE_EXPERTS_H
 #define MOELAB_MOE_EXPERTS_H
 

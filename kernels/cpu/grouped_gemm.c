@@ -114,6 +114,39 @@ static void for_each_group(int64_t E, const int64_t *off, moe_cpu_group_mode mod
     if (order != stack_order) free(order);
 }
 
+/* Run BODY(e, r0, r1, slot) over row ranges that cover every group's rows,
+ * for work whose rows are independent. Side by side: thread t of nt takes
+ * the rows [t N/nt, (t+1) N/nt) of the expert-ordered rows, the pieces of
+ * the groups that meet it (a group may be cut between threads), so every
+ * thread gets the same number of rows and none waits for the tail of a
+ * large group at the end; the cut depends only on OFF and nt. One after the
+ * other: whole groups. */
+typedef void (*rows_body)(int64_t e, int64_t r0, int64_t r1, int slot, void *ctx);
+
+static void for_each_row_range(int64_t E, const int64_t *off, moe_cpu_group_mode mode,
+                               rows_body body, void *ctx)
+{
+    int64_t nonempty = 0;
+    for (int64_t e = 0; e < E; e++) nonempty += off[e + 1] > off[e];
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nt > nonempty) nt = nonempty > 0 ? (int)nonempty : 1; /* moe_cpu_group_plan's slots */
+    if (mode != MOE_CPU_GROUP_PARALLEL || nt < 2) {
+        for (int64_t e = 0; e < E; e++)
+            if (off[e + 1] > off[e]) body(e, off[e], off[e + 1], 0, ctx);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), team = omp_get_num_threads();
+        int64_t total = off[E] - off[0];
+        int64_t lo = off[0] + total * t / team, hi = off[0] + total * (t + 1) / team;
+        for (int64_t e = 0; e < E; e++) {
+            int64_t r0 = off[e] > lo ? off[e] : lo, r1 = off[e + 1] < hi ? off[e + 1] : hi;
+            if (r0 < r1) body(e, r0, r1, t, ctx);
+        }
+    }
+}
+
 /* ---- BLAS dispatch -------------------------------------------------------------- */
 
 /* Through gemm.c's wrappers: outside a parallel region (the serial
@@ -196,23 +229,32 @@ static inline double tanh_f64(double x) { return tanh(x); }
 
 /* The per-element maps, f32 and f64 from one template:
  *   act_fw:   h = act(g, u)
- *   act_bw:   (SwiGLU) dU = dh silu(g) into BU, dG = dh u silu'(g) into A (in place);
- *             (GELU)   dU = dh gelu'(u) into A (in place). */
+ *   act_bw:   h = act(g, u) into H (the backward's dWd = hᵀ dY needs it, and
+ *             the activation is already being evaluated), and from dh in A:
+ *             (SwiGLU) dU = dh silu(g) into BU, dG = dh u silu'(g) into A;
+ *             (GELU)   dU = dh gelu'(u) into A (in place).
+ * SwiGLU takes one exp and one division an element: s = σ(g), silu(g) = g s,
+ * silu'(g) = s (1 + g (1 - s)). */
 #define DEFINE_ACT(T, SFX)                                                                    \
     SIMD_CLONES static void swiglu_fw_##SFX(const T *restrict g, const T *restrict u,         \
                                             T *restrict h, int64_t n)                         \
     {                                                                                         \
         _Pragma("omp simd")                                                                   \
-        for (int64_t i = 0; i < n; i++) h[i] = g[i] / ((T)1 + exp_##SFX(-g[i])) * u[i];       \
+        for (int64_t i = 0; i < n; i++) {                                                     \
+            T x = g[i], s = (T)1 / ((T)1 + exp_##SFX(-x));                                    \
+            h[i] = x * s * u[i];                                                              \
+        }                                                                                     \
     }                                                                                         \
     SIMD_CLONES static void swiglu_bw_##SFX(const T *restrict g, const T *restrict u,         \
-                                            T *restrict a, T *restrict bu, int64_t n)         \
+                                            T *restrict a, T *restrict bu, T *restrict h,     \
+                                            int64_t n)                                        \
     {                                                                                         \
         _Pragma("omp simd")                                                                   \
         for (int64_t i = 0; i < n; i++) {                                                     \
-            T x = g[i], s = (T)1 / ((T)1 + exp_##SFX(-x)), dh = a[i];                         \
+            T x = g[i], s = (T)1 / ((T)1 + exp_##SFX(-x)), dh = a[i], up = u[i];              \
+            h[i] = x * s * up;                                                                \
             bu[i] = dh * x * s;                                                               \
-            a[i] = dh * u[i] * s * ((T)1 + x * ((T)1 - s));                                   \
+            a[i] = dh * up * s * ((T)1 + x * ((T)1 - s));                                     \
         }                                                                                     \
     }                                                                                         \
     static void act_fw_##SFX(moe_cpu_ffn_act act, const T *restrict g, const T *restrict u,   \
@@ -235,26 +277,29 @@ static inline double tanh_f64(double x) { return tanh(x); }
         }                                                                                     \
     }                                                                                         \
     static void act_bw_##SFX(moe_cpu_ffn_act act, const T *restrict g, const T *restrict u,   \
-                             T *restrict a, T *restrict bu, int64_t n, bool par)              \
+                             T *restrict a, T *restrict bu, T *restrict h, int64_t n, bool par) \
     {                                                                                         \
         if (act == MOE_CPU_FFN_SWIGLU) {                                                      \
             _Pragma("omp parallel for if (par && n > PAR_MIN) schedule(static)")              \
             for (int64_t b = 0; b < n; b += CHUNK)                                            \
-                swiglu_bw_##SFX(g + b, u + b, a + b, bu + b, n - b < CHUNK ? n - b : CHUNK);  \
+                swiglu_bw_##SFX(g + b, u + b, a + b, bu + b, h + b,                           \
+                                n - b < CHUNK ? n - b : CHUNK);                               \
         } else if (act == MOE_CPU_FFN_GELU) {                                                 \
             _Pragma("omp parallel for if (par && n > PAR_MIN) schedule(static)")              \
             for (int64_t i = 0; i < n; i++) {                                                 \
                 T x = u[i];                                                                   \
                 T cdf = (T)0.5 * ((T)1 + erf_##SFX(x * (T)SQRT1_2));                          \
                 T pdf = exp_##SFX((T)-0.5 * x * x) * (T)INV_SQRT_2PI;                         \
+                h[i] = x * cdf;                                                               \
                 a[i] *= cdf + x * pdf;                                                        \
             }                                                                                 \
         } else {                                                                              \
             _Pragma("omp parallel for if (par && n > PAR_MIN) schedule(static)")              \
             for (int64_t i = 0; i < n; i++) {                                                 \
                 T x = u[i], x2 = x * x;                                                       \
-                T th = tanh_##SFX((T)GELU_C * (x + (T)GELU_A * x2 * x));                      \
+                T th = tanh_##SFX((T)GELU_C * (x + (T)GELU_A * x * x * x)); /* as act_fw */   \
                 T dinner = (T)GELU_C * ((T)1 + (T)(3 * GELU_A) * x2);                         \
+                h[i] = (T)0.5 * x * ((T)1 + th);                                              \
                 a[i] *= (T)0.5 * ((T)1 + th) + (T)0.5 * x * ((T)1 - th * th) * dinner;        \
             }                                                                                 \
         }                                                                                     \
@@ -273,12 +318,12 @@ static void act_fw(moe_dtype dt, moe_cpu_ffn_act act, const void *g, const void 
 }
 
 static void act_bw(moe_dtype dt, moe_cpu_ffn_act act, const void *g, const void *u, void *a,
-                   void *bu, int64_t n, bool par)
+                   void *bu, void *h, int64_t n, bool par)
 {
     if (dt == MOE_F32)
-        act_bw_f32(act, g, u, a, bu, n, par);
+        act_bw_f32(act, g, u, a, bu, h, n, par);
     else
-        act_bw_f64(act, g, u, a, bu, n, par);
+        act_bw_f64(act, g, u, a, bu, h, n, par);
 }
 
 static void zero(moe_dtype dt, void *p, int64_t n)
@@ -287,6 +332,19 @@ static void zero(moe_dtype dt, void *p, int64_t n)
 }
 
 /* ---- fused expert MLP: forward ------------------------------------------------------------ */
+
+/* [MAX_ROWS F] blocks of scratch a slot uses: the forward's h; the
+ * backward's dh/dG, dU (SwiGLU only) and h. */
+static int scratch_blocks(moe_cpu_ffn_act act, bool backward)
+{
+    return backward ? (act == MOE_CPU_FFN_SWIGLU ? 3 : 2) : 1;
+}
+
+int64_t moe_cpu_ffn_scratch(moe_cpu_ffn_act act, int slots, int64_t max_rows, int64_t F,
+                            bool backward)
+{
+    return (int64_t)slots * scratch_blocks(act, backward) * max_rows * F;
+}
 
 typedef struct ffn_ctx {
     const moe_cpu_ffn *p;
@@ -298,12 +356,13 @@ typedef struct ffn_ctx {
     bool par_inner; /* elementwise loops may use threads (serial schedule) */
 } ffn_ctx;
 
-static void ffn_fw_body(int64_t e, int slot, void *vctx)
+/* Rows [R0, R1) of group e (rows are independent in the forward). */
+static void ffn_fw_rows(int64_t e, int64_t r0, int64_t r1, int slot, void *vctx)
 {
     const ffn_ctx *c = vctx;
     const moe_cpu_ffn *p = c->p;
     moe_dtype dt = p->dtype;
-    int64_t r0 = p->off[e], n = p->off[e + 1] - r0, D = p->D, F = p->F;
+    int64_t n = r1 - r0, D = p->D, F = p->F;
     const void *x = at(dt, p->x, r0 * D);
     void *g = p->act == MOE_CPU_FFN_SWIGLU ? at(dt, c->go, r0 * F) : NULL;
     void *u = at(dt, c->uo, r0 * F), *y = at(dt, c->y, r0 * D);
@@ -324,7 +383,7 @@ void moe_cpu_ffn_forward(const moe_cpu_ffn *p, void *g, void *u, void *y, void *
 {
     ffn_ctx c = {.p = p, .go = g, .uo = u, .y = y, .scratch = scratch, .max_rows = max_rows,
                  .par_inner = mode != MOE_CPU_GROUP_PARALLEL};
-    for_each_group(p->E, p->off, mode, true, ffn_fw_body, &c);
+    for_each_row_range(p->E, p->off, mode, ffn_fw_rows, &c);
 }
 
 /* ---- fused expert MLP: backward ----------------------------------------------------------- */
@@ -348,21 +407,27 @@ static void ffn_bw_body(int64_t e, int slot, void *vctx)
     }
     const void *x = at(dt, p->x, r0 * D), *dy = at(dt, c->dy, r0 * D);
     const void *g = swiglu ? at(dt, c->g, r0 * F) : NULL, *u = at(dt, c->u, r0 * F);
-    void *A = at(dt, c->scratch, (int64_t)slot * 2 * c->max_rows * F);
-    void *B = at(dt, A, c->max_rows * F);
+    /* The slot's scratch: dh (then dG, or dU for GELU) in A, SwiGLU's dU in
+     * B, the recomputed h in H. */
+    int64_t blk = c->max_rows * F;
+    void *A = at(dt, c->scratch, (int64_t)slot * scratch_blocks(p->act, true) * blk);
+    void *B = swiglu ? at(dt, A, blk) : NULL;
+    void *H = at(dt, A, (swiglu ? 2 : 1) * blk);
     const void *wg = swiglu ? at(dt, p->wg, e * wsz) : NULL, *wu = at(dt, p->wu, e * wsz);
     const void *wd = at(dt, p->wd, e * wsz);
     bool need_in = c->dx || c->dwg || c->dwu || c->dbg || c->dbu;
 
-    if (c->dwd) { /* dWd = hᵀ dY: recompute h into B */
-        act_fw(dt, p->act, g, u, B, n * F, c->par_inner);
-        gemm(dt, true, false, F, D, n, 1, B, F, dy, D, 0, at(dt, c->dwd, e * wsz), D);
-    }
     if (c->dbd) moe_cpu_sum_rows(dt, at(dt, c->dbd, e * D), dy, n, D);
+    if (need_in) {
+        /* dh = dY Wdᵀ into A; one pass over the activation then gives h and
+         * dG, dU (the activation's exp or erf evaluated once) */
+        gemm(dt, false, true, n, F, D, 1, dy, D, wd, D, 0, A, F);
+        act_bw(dt, p->act, g, u, A, B, H, n * F, c->par_inner);
+    } else if (c->dwd) {
+        act_fw(dt, p->act, g, u, H, n * F, c->par_inner);
+    }
+    if (c->dwd) gemm(dt, true, false, F, D, n, 1, H, F, dy, D, 0, at(dt, c->dwd, e * wsz), D);
     if (!need_in) return;
-    /* dh = dY Wdᵀ into A; then dG into A and dU into B (SwiGLU) or dU into A (GELU) */
-    gemm(dt, false, true, n, F, D, 1, dy, D, wd, D, 0, A, F);
-    act_bw(dt, p->act, g, u, A, B, n * F, c->par_inner);
     const void *dg = swiglu ? A : NULL, *du = swiglu ? B : A;
     if (dg && c->dwg) gemm(dt, true, false, D, F, n, 1, x, D, dg, F, 0, at(dt, c->dwg, e * wsz), F);
     if (dg && c->dbg) moe_cpu_sum_rows(dt, at(dt, c->dbg, e * F), dg, n, F);

@@ -5,17 +5,22 @@
  * (group e owns rows [off[e], off[e+1])), n_e = off[e+1] - off[e], D model
  * dim, F expert ffn dim. All buffers are contiguous row-major, f32 or f64.
  *
- * One BLAS call per non-empty group, straight on the group's row block and
- * the group's weight slice (no copies). Two schedules:
- *   - side by side: an OpenMP loop over the groups (largest first, dynamic),
- *     BLAS single-threaded inside (the OpenMP build of OpenBLAS runs one
- *     thread inside a parallel region); chosen when the groups are small or
- *     even enough to keep every thread busy;
+ * One BLAS call per non-empty group (two where the fused MLP's forward cuts
+ * a group between threads), straight on the group's row block and the
+ * group's weight slice (no copies). Two schedules:
+ *   - side by side: BLAS single-threaded inside an OpenMP region (the
+ *     OpenMP build of OpenBLAS runs one thread inside a parallel region):
+ *     a loop over the groups (largest first, dynamic), except in the fused
+ *     MLP's forward, whose rows are independent: there each thread takes an
+ *     equal share of the expert-ordered rows, cutting a group where a share
+ *     ends; chosen when the groups are small or even enough to keep every
+ *     thread busy;
  *   - one at a time: each group's GEMM uses all BLAS threads.
- * Each group's product is the same BLAS call either way and every other loop
- * writes each element once in a fixed order, so a given thread count always
- * gives the same bits; across thread counts results agree to rounding (to
- * the bit where BLAS itself does not depend on its thread count). */
+ * Where groups are cut depends only on the offsets and the thread count,
+ * and every other loop writes each element once in a fixed order, so a
+ * given thread count always gives the same bits; across thread counts
+ * results agree to rounding (to the bit where BLAS itself does not depend
+ * on its thread count or on how a product's rows are split). */
 #ifndef MOELAB_CPU_GROUPED_GEMM_H
 #define MOELAB_CPU_GROUPED_GEMM_H
 
@@ -92,16 +97,24 @@ typedef struct moe_cpu_ffn {
     const void *bd;         /* [E D] or NULL */
 } moe_cpu_ffn;
 
+/* Elements of scratch the forward (BACKWARD false) or the backward needs
+ * with SLOTS and MAX_ROWS from moe_cpu_group_plan: per slot, [MAX_ROWS F]
+ * blocks for h (forward); for dh, dU (SwiGLU) and h (backward). */
+int64_t moe_cpu_ffn_scratch(moe_cpu_ffn_act act, int slots, int64_t max_rows, int64_t F,
+                            bool backward);
+
 /* Forward: G [N F] = x Wg + bg (SwiGLU only; NULL otherwise), U [N F] =
- * x Wu + bu, Y [N D] = h Wd + bd. SCRATCH: SLOTS * MAX_ROWS * F elements
- * (from moe_cpu_group_plan) for h. */
+ * x Wu + bu, Y [N D] = h Wd + bd. SCRATCH: moe_cpu_ffn_scratch(..., false)
+ * elements. */
 void moe_cpu_ffn_forward(const moe_cpu_ffn *p, void *g, void *u, void *y, void *scratch,
                          moe_cpu_group_mode mode, int64_t max_rows);
 
 /* Backward from DY [N D] with the saved G and U. Any output may be NULL
  * (not needed): DX [N D], DWG/DWU [E D F], DWD [E F D], DBG/DBU [E F],
  * DBD [E D]. Weight gradients are written (not accumulated); empty experts
- * get zeros. SCRATCH: SLOTS * 2 * MAX_ROWS * F elements. */
+ * get zeros. The activation is evaluated once per element: the pass that
+ * turns dh into dG, dU also recomputes h for dWd. SCRATCH:
+ * moe_cpu_ffn_scratch(..., true) elements. */
 void moe_cpu_ffn_backward(const moe_cpu_ffn *p, const void *g, const void *u, const void *dy,
                           void *dx, void *dwg, void *dwu, void *dwd, void *dbg, void *dbu,
                           void *dbd, void *scratch, moe_cpu_group_mode mode, int64_t max_rows);

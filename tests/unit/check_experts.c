@@ -1,6 +1,7 @@
 /* check_experts.c — the fused grouped expert MLP and the experts module
  * (core/moe/experts.c, kernels/cpu/grouped_gemm.c), against a per-expert
  * reference composed from moelab's basic ops. */
+#include <omp.h>
 #include <string.h>
 
 #include "../../kernels/cpu/grouped_gemm.h"
@@ -257,9 +258,30 @@ START_TEST(edge_groups)
 }
 END_TEST
 
-/* Many small groups and a few big ones under both schedules: the same
- * numbers (each group's product is the same BLAS call either way; only the
- * BLAS thread count differs, which may change rounding in some BLAS builds). */
+/* Only the down projection trains (a frozen x and up/gate projections): the
+ * backward then skips dh and evaluates h alone for dWd and dbd. */
+START_TEST(down_projection_only)
+{
+    for (int a = 0; a < 3; a++) {
+        problem p;
+        problem_init(&p, MOE_F64, (moe_activation)a, 4, 5, 6, uneven, true, 110 + a);
+        OK(moe_tensor_requires_grad_(p.x, false));
+        for (int i = 0; i < 6; i++)
+            if (p.w[i] && i != 2 && i != 5) OK(moe_tensor_requires_grad_(p.w[i], false));
+        compare(&p, 1e-10);
+        /* and w_down alone */
+        OK(moe_tensor_requires_grad_(p.w[5], false));
+        compare(&p, 1e-10);
+        problem_free(&p);
+    }
+}
+END_TEST
+
+/* Many small groups and a few big ones under both schedules, side by side
+ * on 2 and 3 threads (the forward then cuts groups between threads): the
+ * same numbers up to rounding (a cut group's rows go through two BLAS
+ * calls; the BLAS thread count differs, which may change rounding in some
+ * BLAS builds). */
 START_TEST(schedules_agree)
 {
     int64_t sizes[16];
@@ -267,24 +289,35 @@ START_TEST(schedules_agree)
     sizes[5] = 200;
     problem p;
     problem_init(&p, MOE_F32, MOE_ACT_SWIGLU, 16, 32, 48, sizes, true, 100);
-    moe_tensor *y[2], *gx[2], *gw[2];
-    moe_cpu_group_mode modes[2] = {MOE_CPU_GROUP_PARALLEL, MOE_CPU_GROUP_SERIAL};
-    for (int m = 0; m < 2; m++) {
+    enum { RUNS = 3 };
+    moe_tensor *y[RUNS], *gx[RUNS], *gw[RUNS][6];
+    moe_cpu_group_mode modes[RUNS] = {MOE_CPU_GROUP_SERIAL, MOE_CPU_GROUP_PARALLEL, MOE_CPU_GROUP_PARALLEL};
+    int threads[RUNS] = {2, 2, 3};
+    int saved = omp_get_max_threads();
+    for (int m = 0; m < RUNS; m++) {
         moe_cpu_group_set_mode(modes[m]);
+        omp_set_num_threads(threads[m]);
         zero_grads(&p);
         moe_tensor *l;
         OK(fused(&y[m], &p));
         OK(moe_sum(&l, y[m], 0, NULL, false));
         OK(moe_backward(l, NULL, false));
         gx[m] = moe_tensor_retain(p.x->grad);
-        gw[m] = moe_tensor_retain(p.w[0]->grad);
+        for (int i = 0; i < 6; i++) gw[m][i] = moe_tensor_retain(p.w[i]->grad);
         moe_tensor_release(l);
     }
     moe_cpu_group_set_mode(MOE_CPU_GROUP_AUTO);
-    tu_assert_close(y[0], y[1], 1e-2, 1e-5, "y"); /* values reach ~1e3 with cancellation */
-    tu_assert_close(gx[0], gx[1], 1e-2, 1e-5, "dx");
-    tu_assert_close(gw[0], gw[1], 1e-2, 1e-5, "dw_gate");
-    FREE_ALL(y[0], y[1], gx[0], gx[1], gw[0], gw[1]);
+    omp_set_num_threads(saved);
+    for (int m = 1; m < RUNS; m++) {
+        tu_assert_close(y[m], y[0], 1e-2, 1e-5, "y"); /* values reach ~1e3 with cancellation */
+        tu_assert_close(gx[m], gx[0], 1e-2, 1e-5, "dx");
+        static const char *names[6] = {"dw_gate", "dw_up", "dw_down", "db_gate", "db_up", "db_down"};
+        for (int i = 0; i < 6; i++) tu_assert_close(gw[m][i], gw[0][i], 1e-2, 1e-5, names[i]);
+    }
+    for (int m = 0; m < RUNS; m++) {
+        FREE_ALL(y[m], gx[m]);
+        for (int i = 0; i < 6; i++) moe_tensor_release(gw[m][i]);
+    }
     problem_free(&p);
 }
 END_TEST
@@ -521,6 +554,7 @@ int main(void)
     tcase_add_test(tc, gelu_f64);
     tcase_add_test(tc, f32_tolerance);
     tcase_add_test(tc, edge_groups);
+    tcase_add_test(tc, down_projection_only);
     tcase_add_test(tc, schedules_agree);
     tcase_add_test(tc, grouped_gemm_kernel);
     tcase_add_test(tc, accumulation_and_hooks);
