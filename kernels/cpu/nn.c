@@ -43,31 +43,10 @@
 
 #define RMS_BLOCK 16 /* rows per call of the forward's row loop */
 
-/* OUT = the sum over jj in [0, N) of EXPR in double, over 16 lanes (two
- * AVX-512 registers; more lanes spill) folded in a fixed tree: every clone
- * adds in the same order whatever its vector width. */
-#define VEC_SUM(out, n, EXPR)                                                              \
-    do {                                                                                   \
-        double l_[16] = {0}, t_ = 0;                                                       \
-        int64_t j_ = 0;                                                                    \
-        for (; j_ + 16 <= (n); j_ += 16)                                                   \
-            for (int k_ = 0; k_ < 16; k_++) {                                              \
-                int64_t jj = j_ + k_;                                                      \
-                l_[k_] += (EXPR);                                                          \
-            }                                                                              \
-        for (; j_ < (n); j_++) {                                                           \
-            int64_t jj = j_;                                                               \
-            t_ += (EXPR);                                                                  \
-        }                                                                                  \
-        double a_ = ((l_[0] + l_[8]) + (l_[4] + l_[12])) + ((l_[2] + l_[10]) + (l_[6] + l_[14])); \
-        double b_ = ((l_[1] + l_[9]) + (l_[5] + l_[13])) + ((l_[3] + l_[11]) + (l_[7] + l_[15])); \
-        (out) = (a_ + b_) + t_;                                                            \
-    } while (0)
-
 /* The row loops are vectorised clones (simd.h) called from inside the
  * parallel loops: a block of rows per call for the forward, one chunk of
- * rows per call for the backward. The backward's g w x is formed in T and
- * summed in double. */
+ * rows per call for the backward. Row sums: MOE_SUM16 in double (the
+ * backward's g w x formed in T). */
 #define RMS_KERNELS(T, SUF)                                                                  \
     /* rows [r0, r1): y = x r w, rinv = r = 1/sqrt(mean(x²) + eps) */                        \
     MOE_SIMD_CLONES static void rms_fwd_rows_##SUF(T *restrict y, T *restrict rinv,          \
@@ -79,7 +58,7 @@
             const T *xr = x + r * D;                                                         \
             T *yr = y + r * D;                                                               \
             double ss;                                                                       \
-            VEC_SUM(ss, D, (double)xr[jj] * xr[jj]);                                         \
+            MOE_SUM16(double, ss, D, (double)xr[jj] * xr[jj]);                               \
             T ri = (T)(1.0 / sqrt(ss / (double)D + eps));                                    \
             rinv[r] = ri;                                                                    \
             _Pragma("omp simd")                                                              \
@@ -109,7 +88,7 @@
             T ri = rinv[r];                                                                  \
             if (dx) {                                                                        \
                 double dot;                                                                  \
-                VEC_SUM(dot, D, (double)(gr[jj] * w[jj] * xr[jj]));                         \
+                MOE_SUM16(double, dot, D, (double)(gr[jj] * w[jj] * xr[jj]));                \
                 T c = (T)((double)ri * ri * ri * dot / (double)D);                           \
                 T *dxr = dx + r * D;                                                         \
                 _Pragma("omp simd")                                                          \
