@@ -14,7 +14,7 @@
  * MOE_F64) like its CUDA twin in kernels/cuda/nn.cu. */
 #include "nn.h"
 #include "gemm.h"
-#include "simd.h"
+#include "vector_math.h"
 
 #include <math.h>
 #include <string.h>
@@ -43,22 +43,22 @@
 
 #define RMS_BLOCK 16 /* rows per call of the forward's row loop */
 
-/* The row loops are vectorised clones (simd.h) called from inside the
+/* The row loops are vectorised clones (vector_math.h) called from inside the
  * parallel loops: a block of rows per call for the forward, one chunk of
- * rows per call for the backward. Row sums: MOE_SUM16 in double (the
+ * rows per call for the backward. Row sums: SUM16 in double (the
  * backward's g w x formed in T). */
 #define RMS_KERNELS(T, SUF)                                                                  \
     /* rows [r0, r1): y = x r w, rinv = r = 1/sqrt(mean(x²) + eps) */                        \
-    MOE_SIMD_CLONES static void rms_fwd_rows_##SUF(T *restrict y, T *restrict rinv,          \
-                                                   const T *restrict x, const T *restrict w, \
-                                                   int64_t r0, int64_t r1, int64_t D,        \
-                                                   double eps)                               \
+    SIMD_CLONES static void rms_fwd_rows_##SUF(T *restrict y, T *restrict rinv,              \
+                                               const T *restrict x, const T *restrict w,     \
+                                               int64_t r0, int64_t r1, int64_t D,            \
+                                               double eps)                                   \
     {                                                                                        \
         for (int64_t r = r0; r < r1; r++) {                                                  \
             const T *xr = x + r * D;                                                         \
             T *yr = y + r * D;                                                               \
             double ss;                                                                       \
-            MOE_SUM16(double, ss, D, (double)xr[jj] * xr[jj]);                               \
+            SUM16(double, ss, D, (double)xr[jj] * xr[jj]);                                   \
             T ri = (T)(1.0 / sqrt(ss / (double)D + eps));                                    \
             rinv[r] = ri;                                                                    \
             _Pragma("omp simd")                                                              \
@@ -76,11 +76,11 @@
     }                                                                                        \
     /* rows [r0, r1): dx = r (g w - x r² mean(g w x)); p [D] (if any) = the                   \
      * rows' sum of g x r */                                                                 \
-    MOE_SIMD_CLONES static void rms_bwd_rows_##SUF(T *restrict dx, double *restrict p,       \
-                                                   const T *restrict g, const T *restrict x, \
-                                                   const T *restrict w,                      \
-                                                   const T *restrict rinv, int64_t r0,       \
-                                                   int64_t r1, int64_t D)                    \
+    SIMD_CLONES static void rms_bwd_rows_##SUF(T *restrict dx, double *restrict p,           \
+                                               const T *restrict g, const T *restrict x,     \
+                                               const T *restrict w,                          \
+                                               const T *restrict rinv, int64_t r0,           \
+                                               int64_t r1, int64_t D)                        \
     {                                                                                        \
         if (p) memset(p, 0, sizeof(double) * (size_t)D);                                     \
         for (int64_t r = r0; r < r1; r++) {                                                  \
@@ -88,7 +88,7 @@
             T ri = rinv[r];                                                                  \
             if (dx) {                                                                        \
                 double dot;                                                                  \
-                MOE_SUM16(double, dot, D, (double)(gr[jj] * w[jj] * xr[jj]));                \
+                SUM16(double, dot, D, (double)(gr[jj] * w[jj] * xr[jj]));                    \
                 T c = (T)((double)ri * ri * ri * dot / (double)D);                           \
                 T *dxr = dx + r * D;                                                         \
                 _Pragma("omp simd")                                                          \

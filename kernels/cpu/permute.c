@@ -2,23 +2,23 @@
  * combines of dispatch / un-permute and their backwards, the twin of the
  * row kernels in kernels/cuda/permute.cu. */
 #include "permute.h"
-#include "simd.h"
+#include "vector_math.h"
 
 #include <string.h>
 
 #define PAR_MIN 32768 /* loops below this many elements stay on one thread */
 #define ROW_BLOCK 32  /* rows (tokens) per call of a row loop */
 
-/* The row loops are vectorised clones (simd.h) called from inside the
+/* The row loops are vectorised clones (vector_math.h) called from inside the
  * parallel loops, a block of rows per call. rows_dot sums in T over
- * MOE_SUM16's lanes. */
+ * SUM16's lanes. */
 #define DEFINE_ROWS(T, SFX)                                                                   \
     /* rows [r0, r1) of the gather */                                                         \
-    MOE_SIMD_CLONES static void gather_block_##SFX(T *restrict out, const T *restrict x,      \
-                                                   const int64_t *restrict row_token,         \
-                                                   const int64_t *restrict row_slot,          \
-                                                   const T *restrict w, int64_t r0,           \
-                                                   int64_t r1, int64_t D)                     \
+    SIMD_CLONES static void gather_block_##SFX(T *restrict out, const T *restrict x,          \
+                                               const int64_t *restrict row_token,             \
+                                               const int64_t *restrict row_slot,              \
+                                               const T *restrict w, int64_t r0,               \
+                                               int64_t r1, int64_t D)                         \
     {                                                                                         \
         for (int64_t r = r0; r < r1; r++) {                                                   \
             T *o = out + r * D;                                                               \
@@ -45,10 +45,10 @@
                                (b + 1) * ROW_BLOCK < N ? (b + 1) * ROW_BLOCK : N, D);         \
     }                                                                                         \
     /* tokens [t0, t1) of the combine */                                                      \
-    MOE_SIMD_CLONES static void combine_block_##SFX(T *restrict out, const T *restrict y,     \
-                                                    const int64_t *restrict slot_row,         \
-                                                    const T *restrict w, int64_t t0,          \
-                                                    int64_t t1, int64_t K, int64_t D)         \
+    SIMD_CLONES static void combine_block_##SFX(T *restrict out, const T *restrict y,         \
+                                                const int64_t *restrict slot_row,             \
+                                                const T *restrict w, int64_t t0,              \
+                                                int64_t t1, int64_t K, int64_t D)             \
     {                                                                                         \
         for (int64_t t = t0; t < t1; t++) {                                                   \
             T *o = out + t * D;                                                               \
@@ -80,10 +80,10 @@
                                 (b + 1) * ROW_BLOCK < ntok ? (b + 1) * ROW_BLOCK : ntok, K, D); \
     }                                                                                         \
     /* tokens [t0, t1) of the dot products */                                                 \
-    MOE_SIMD_CLONES static void dot_block_##SFX(T *restrict out, const T *restrict g,         \
-                                                const T *restrict y,                          \
-                                                const int64_t *restrict slot_row, int64_t t0, \
-                                                int64_t t1, int64_t K, int64_t D)             \
+    SIMD_CLONES static void dot_block_##SFX(T *restrict out, const T *restrict g,             \
+                                            const T *restrict y,                              \
+                                            const int64_t *restrict slot_row, int64_t t0,     \
+                                            int64_t t1, int64_t K, int64_t D)                 \
     {                                                                                         \
         for (int64_t t = t0; t < t1; t++)                                                     \
             for (int64_t k = 0; k < K; k++) {                                                 \
@@ -91,7 +91,7 @@
                 T acc = 0;                                                                    \
                 if (r >= 0) {                                                                 \
                     const T *gr = g + t * D, *yr = y + r * D;                                 \
-                    MOE_SUM16(T, acc, D, gr[jj] * yr[jj]);                                    \
+                    SUM16(T, acc, D, gr[jj] * yr[jj]);                                        \
                 }                                                                             \
                 out[t * K + k] = acc;                                                         \
             }                                                                                 \

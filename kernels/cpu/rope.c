@@ -2,20 +2,20 @@
  *
  * Dimension letters: B batch, S sequence, N heads, hd head dim, P = hd/2.
  *
- * The loop over the pairs of a head is a vectorised clone (simd.h) called
+ * The loop over the pairs of a head is a vectorised clone (vector_math.h) called
  * from inside the parallel loop, a block of positions (b, s) per call. It
  * stays correct in place (OUT == X): step i reads and writes only elements
  * i and i + P. */
 #include "rope.h"
-#include "simd.h"
+#include "vector_math.h"
 
 #define POS_BLOCK 16 /* positions (b, s) per call of the row loop */
 
 #define DEFINE_ROPE(T)                                                                         \
     /* positions [q0, q1) of the B·S, each with its N heads */                                 \
-    MOE_SIMD_CLONES static void rope_rows_##T(T *out, const T *x, const double *cos,           \
-                                              const double *sin, int64_t q0, int64_t q1,       \
-                                              int64_t S, int64_t N, int64_t hd, bool inverse)  \
+    SIMD_CLONES static void rope_rows_##T(T *out, const T *x, const double *cos,               \
+                                          const double *sin, int64_t q0, int64_t q1,           \
+                                          int64_t S, int64_t N, int64_t hd, bool inverse)      \
     {                                                                                          \
         int64_t P = hd / 2;                                                                    \
         T sign = inverse ? (T)-1 : (T)1;                                                       \
