@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "../kernels/cpu/elementwise.h"
 #include "internal.h"
 
 static _Thread_local bool grad_disabled; /* zero-initialised: grad mode on */
@@ -81,17 +82,51 @@ void moe_tensor_set_grad(moe_tensor *t, moe_tensor *g)
 
 void moe_tensor_zero_grad(moe_tensor *t) { moe_tensor_set_grad(t, NULL); }
 
+/* T is the caller's alone: its one reference, over the whole of a storage
+ * that no other tensor (no view, no saved alias) shares and that moelab
+ * allocated (not borrowed memory). Nobody else can see a write into it. */
+static bool sole_owner(const moe_tensor *t)
+{
+    const moe_storage *s = t->storage;
+    return t->refcount == 1 && s->refcount == 1 && s->allocator && t->offset == 0 &&
+           s->nbytes == moe_tensor_nbytes(t) && moe_tensor_is_contiguous(t) && !t->grad_fn &&
+           !t->requires_grad;
+}
+
+/* ACC += G in place, where the caller holds ACC alone (sole_owner) and G
+ * has its shape, dtype (f32 or f64) and layout, both on the CPU: the same
+ * bits as moe_add without a new buffer. False: not done, add out of place. */
+static bool add_in_place(moe_tensor *acc, const moe_tensor *g)
+{
+    if (acc->device != MOE_CPU || g->device != MOE_CPU || acc->dtype != g->dtype ||
+        (acc->dtype != MOE_F32 && acc->dtype != MOE_F64) || !moe_tensor_same_shape(acc, g) ||
+        !moe_tensor_is_contiguous(g) || !sole_owner(acc))
+        return false;
+    moe_cpu_add_into(acc->dtype, moe_tensor_data(acc), moe_tensor_data(g), moe_tensor_numel(acc));
+    moe_tensor_bump_version(acc);
+    return true;
+}
+
 moe_status moe_grad_accumulate(moe_tensor *leaf, moe_tensor *g, bool fresh)
 {
     pthread_mutex_t *lock = grad_lock(leaf);
     pthread_mutex_lock(lock);
     moe_tensor *old = leaf->grad, *sum = NULL;
     moe_status st = MOE_OK;
-    if (!old && fresh) {
-        sum = moe_tensor_retain(g);
-    } else if (!old) { /* G may be a view of another tensor: keep a copy */
-        st = moe_tensor_empty(&sum, leaf->dtype, leaf->device, leaf->ndim, leaf->shape);
-        if (st == MOE_OK) st = moe_tensor_copy_(sum, g);
+    if (!old) {
+        /* keep G itself when nobody else holds it, else a copy (G may be a
+         * view of another tensor) */
+        fresh = fresh || (sole_owner(g) && g->dtype == leaf->dtype && g->device == leaf->device &&
+                          moe_tensor_same_shape(g, leaf));
+        if (fresh) {
+            sum = moe_tensor_retain(g);
+        } else {
+            st = moe_tensor_empty(&sum, leaf->dtype, leaf->device, leaf->ndim, leaf->shape);
+            if (st == MOE_OK) st = moe_tensor_copy_(sum, g);
+        }
+    } else if (add_in_place(old, g)) { /* the leaf alone holds its gradient */
+        sum = old;
+        old = NULL;
     } else {
         st = moe_add(&sum, old, g);
         if (st == MOE_OK && sum->dtype != leaf->dtype) {
@@ -445,11 +480,16 @@ static claim_result walk_claim(walk *w, moe_node *n)
     return expected == w ? CLAIM_MINE : CLAIM_BUSY;
 }
 
-/* Accumulate G into *ACC (taking over the reference to G). */
+/* Accumulate G into *ACC (taking over the reference to G): in place when
+ * the walk alone holds *ACC. */
 static moe_status accumulate(moe_tensor **acc, moe_tensor *g)
 {
     if (!*acc) {
         *acc = g;
+        return MOE_OK;
+    }
+    if (add_in_place(*acc, g)) {
+        moe_tensor_release(g);
         return MOE_OK;
     }
     moe_tensor *sum;

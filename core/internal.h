@@ -75,7 +75,9 @@ moe_status moe_from_compute(moe_tensor **out, moe_tensor *r, moe_dtype rt);
 /* autograd.c: add G into the accumulated gradient of LEAF (taking over G),
  * under the leaf's lock so that concurrent backward passes sum exactly. When
  * the leaf has no gradient yet, G is kept as is if FRESH (a new tensor of the
- * leaf's dtype and shape that nobody else holds), else copied. */
+ * leaf's dtype and shape that nobody else holds) or if it turns out to be
+ * the caller's alone, else copied; a gradient that the leaf alone holds is
+ * added to in place. */
 moe_status moe_grad_accumulate(moe_tensor *leaf, moe_tensor *g, bool fresh);
 
 /* Run an op body with grad mode off (backward functions compose ops). */

@@ -472,6 +472,21 @@ void moe_cpu_binary(moe_binop op, moe_dtype dt, void *out, const void *a, const 
     else binary_f64(op, out, a, b, it);
 }
 
+#define DEFINE_ADD_INTO(T, SFX)                                                     \
+    static void add_into_##SFX(T *restrict acc, const T *restrict g, int64_t n)     \
+    {                                                                               \
+        _Pragma("omp parallel for simd if (n > PAR_MIN) schedule(static)")          \
+        for (int64_t i = 0; i < n; i++) acc[i] += g[i];                             \
+    }
+DEFINE_ADD_INTO(float, f32)
+DEFINE_ADD_INTO(double, f64)
+
+void moe_cpu_add_into(moe_dtype dt, void *acc, const void *g, int64_t n)
+{
+    if (dt == MOE_F32) add_into_f32(acc, g, n);
+    else add_into_f64(acc, g, n);
+}
+
 void moe_cpu_unary(moe_unop op, const double *p, moe_dtype dt, void *out, const void *a, const moe_iter *it)
 {
     if (dt == MOE_F32) unary_f32(op, p, out, a, it);

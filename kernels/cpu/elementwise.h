@@ -4,10 +4,10 @@
  * Dimension letters: N elements of the output (flat), R rows, C the
  * innermost (row) length.
  *
- * Outputs are always fresh contiguous buffers in the compute dtype (f32 or
- * f64). Inputs are described by a moe_iter (kernels/iter.h, shared with the
- * CUDA kernels), so broadcast and non-contiguous inputs are read in place
- * without copies. Each entry takes the compute dtype DT (MOE_F32 or
+ * Outputs are fresh contiguous buffers in the compute dtype (f32 or f64),
+ * but for add_into's in-place sum. Inputs are described by a moe_iter
+ * (kernels/iter.h, shared with the CUDA kernels), so broadcast and
+ * non-contiguous inputs are read in place without copies. Each entry takes the compute dtype DT (MOE_F32 or
  * MOE_F64), as its CUDA twin in kernels/cuda/elementwise.h does; the f32
  * and f64 loops come from one template in elementwise.c. */
 #ifndef MOELAB_CPU_ELEMENTWISE_H
@@ -22,6 +22,10 @@
 /* out[N] = a op b; a, b point at element 0 of each input (iter: 2 inputs). */
 void moe_cpu_binary(moe_binop op, moe_dtype dt, void *out, const void *a, const void *b,
                     const moe_iter *it);
+
+/* acc[N] += g[N] in place, both contiguous (the gradient sums of autograd,
+ * which owns ACC); the same bits as out = acc + g. */
+void moe_cpu_add_into(moe_dtype dt, void *acc, const void *g, int64_t n);
 
 /* out[N] = f(a) (iter: 1 input). */
 void moe_cpu_unary(moe_unop op, const double *p, moe_dtype dt, void *out, const void *a,

@@ -5,14 +5,16 @@
  * width), N samples and C classes of cross_entropy, I ids, H chunks of CHUNK
  * rows.
  *
- * The row loops are written once for f32 and f64 (NN_KERNELS) and make one
- * pass per row, OpenMP across rows. Sums accumulate in double over eight
- * fixed lanes. Parameter gradients (dweight, dbias) reduce over rows in fixed
- * chunks of CHUNK rows that chunks_sum (gemm.c's column sum) then adds in
- * chunk order, so results do not depend on the thread count. Each entry point takes the compute dtype
- * (MOE_F32 or MOE_F64) like its CUDA twin in kernels/cuda/nn.cu. */
+ * The row loops are written once for f32 and f64 (RMS_KERNELS, NN_KERNELS),
+ * OpenMP across rows. Sums accumulate in double over fixed lanes (rms_norm:
+ * 16, in vectorised clones; the others: eight). Parameter gradients (dweight,
+ * dbias) reduce over rows in fixed chunks of CHUNK rows that chunks_sum
+ * (gemm.c's column sum) then adds in chunk order, so results do not depend on
+ * the thread count. Each entry point takes the compute dtype (MOE_F32 or
+ * MOE_F64) like its CUDA twin in kernels/cuda/nn.cu. */
 #include "nn.h"
 #include "gemm.h"
+#include "vector_math.h"
 
 #include <math.h>
 #include <string.h>
@@ -37,51 +39,85 @@
         (out) = ((l_[0] + l_[4]) + (l_[1] + l_[5])) + ((l_[2] + l_[6]) + (l_[3] + l_[7])) + t_; \
     } while (0)
 
-/* ---- kernels -------------------------------------------------------------------------- */
+/* ---- rms_norm ------------------------------------------------------------------------- */
 
-#define NN_KERNELS(T, SUF, EXP)                                                              \
-    /* y [R D] = x r w, r [R] = 1/sqrt(mean(x²) + eps) */                                     \
-    static void rms_fwd_##SUF(T *restrict y, T *restrict rinv, const T *restrict x,          \
-                              const T *restrict w, int64_t R, int64_t D, double eps)         \
+#define RMS_BLOCK 16 /* rows per call of the forward's row loop */
+
+/* The row loops are vectorised clones (vector_math.h) called from inside the
+ * parallel loops: a block of rows per call for the forward, one chunk of
+ * rows per call for the backward. Row sums: SUM16 in double (the
+ * backward's g w x formed in T). */
+#define RMS_KERNELS(T, SUF)                                                                  \
+    /* rows [r0, r1): y = x r w, rinv = r = 1/sqrt(mean(x²) + eps) */                        \
+    SIMD_CLONES static void rms_fwd_rows_##SUF(T *restrict y, T *restrict rinv,              \
+                                               const T *restrict x, const T *restrict w,     \
+                                               int64_t r0, int64_t r1, int64_t D,            \
+                                               double eps)                                   \
     {                                                                                        \
-        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
-        for (int64_t r = 0; r < R; r++) {                                                    \
+        for (int64_t r = r0; r < r1; r++) {                                                  \
             const T *xr = x + r * D;                                                         \
             T *yr = y + r * D;                                                               \
             double ss;                                                                       \
-            LANE_SUM(ss, D, (double)xr[jj] * xr[jj]);                                        \
+            SUM16(double, ss, D, (double)xr[jj] * xr[jj]);                                   \
             T ri = (T)(1.0 / sqrt(ss / (double)D + eps));                                    \
             rinv[r] = ri;                                                                    \
+            _Pragma("omp simd")                                                              \
             for (int64_t j = 0; j < D; j++) yr[j] = xr[j] * ri * w[j];                       \
         }                                                                                    \
     }                                                                                        \
-    /* dx = r (g w - x r² mean(g w x)); dwp [H D] += g x r per chunk */                      \
-    static void rms_bwd_##SUF(T *restrict dx, double *restrict dwp, const T *restrict g,     \
-                              const T *restrict x, const T *restrict w,                      \
-                              const T *restrict rinv, int64_t R, int64_t D, \
-                              int64_t chunk)                  \
+    static void rms_fwd_##SUF(T *y, T *rinv, const T *x, const T *w, int64_t R, int64_t D,   \
+                              double eps)                                                    \
     {                                                                                        \
-        int64_t nch = (R + chunk - 1) / chunk;                                               \
+        int64_t nb = (R + RMS_BLOCK - 1) / RMS_BLOCK;                                        \
         _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
-        for (int64_t ch = 0; ch < nch; ch++) {                                               \
-            double *p = dwp ? dwp + ch * D : NULL;                                           \
-            if (p) memset(p, 0, sizeof(double) * (size_t)D);                                 \
-            int64_t r1 = (ch + 1) * chunk < R ? (ch + 1) * chunk : R;                        \
-            for (int64_t r = ch * chunk; r < r1; r++) {                                      \
-                const T *gr = g + r * D, *xr = x + r * D;                                    \
-                T ri = rinv[r];                                                              \
-                if (dx) {                                                                    \
-                    double dot;                                                              \
-                    LANE_SUM(dot, D, (double)gr[jj] * w[jj] * xr[jj]);                       \
-                    T c = (T)((double)ri * ri * ri * dot / (double)D);                       \
-                    T *dxr = dx + r * D;                                                     \
-                    for (int64_t j = 0; j < D; j++) dxr[j] = ri * gr[j] * w[j] - xr[j] * c;  \
-                }                                                                            \
-                if (p)                                                                       \
-                    for (int64_t j = 0; j < D; j++) p[j] += (double)(gr[j] * xr[j] * ri);    \
+        for (int64_t b = 0; b < nb; b++)                                                     \
+            rms_fwd_rows_##SUF(y, rinv, x, w, b * RMS_BLOCK,                                 \
+                               (b + 1) * RMS_BLOCK < R ? (b + 1) * RMS_BLOCK : R, D, eps);   \
+    }                                                                                        \
+    /* rows [r0, r1): dx = r (g w - x r² mean(g w x)); p [D] (if any) = the                   \
+     * rows' sum of g x r */                                                                 \
+    SIMD_CLONES static void rms_bwd_rows_##SUF(T *restrict dx, double *restrict p,           \
+                                               const T *restrict g, const T *restrict x,     \
+                                               const T *restrict w,                          \
+                                               const T *restrict rinv, int64_t r0,           \
+                                               int64_t r1, int64_t D)                        \
+    {                                                                                        \
+        if (p) memset(p, 0, sizeof(double) * (size_t)D);                                     \
+        for (int64_t r = r0; r < r1; r++) {                                                  \
+            const T *gr = g + r * D, *xr = x + r * D;                                        \
+            T ri = rinv[r];                                                                  \
+            if (dx) {                                                                        \
+                double dot;                                                                  \
+                SUM16(double, dot, D, (double)(gr[jj] * w[jj] * xr[jj]));                    \
+                T c = (T)((double)ri * ri * ri * dot / (double)D);                           \
+                T *dxr = dx + r * D;                                                         \
+                _Pragma("omp simd")                                                          \
+                for (int64_t j = 0; j < D; j++) dxr[j] = ri * gr[j] * w[j] - xr[j] * c;      \
+            }                                                                                \
+            if (p) {                                                                         \
+                _Pragma("omp simd")                                                          \
+                for (int64_t j = 0; j < D; j++) p[j] += (double)(gr[j] * xr[j] * ri);        \
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
+    /* dwp [H D]: chunk ch of CHUNK rows sums into row ch, so the sum over                   \
+     * rows does not depend on the thread count */                                           \
+    static void rms_bwd_##SUF(T *dx, double *dwp, const T *g, const T *x, const T *w,        \
+                              const T *rinv, int64_t R, int64_t D, int64_t chunk)            \
+    {                                                                                        \
+        int64_t nch = (R + chunk - 1) / chunk;                                               \
+        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
+        for (int64_t ch = 0; ch < nch; ch++)                                                 \
+            rms_bwd_rows_##SUF(dx, dwp ? dwp + ch * D : NULL, g, x, w, rinv, ch * chunk,     \
+                               (ch + 1) * chunk < R ? (ch + 1) * chunk : R, D);              \
+    }
+
+RMS_KERNELS(float, f32)
+RMS_KERNELS(double, f64)
+
+/* ---- layer_norm, cross_entropy, embedding ------------------------------------------------ */
+
+#define NN_KERNELS(T, SUF, EXP)                                                              \
     /* y = (x - mean) rstd w + b; mean, rstd [R] */                                          \
     static void ln_fwd_##SUF(T *restrict y, T *restrict mean, T *restrict rstd,              \
                              const T *restrict x, const T *restrict w, const T *restrict b,  \

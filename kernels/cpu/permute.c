@@ -2,19 +2,25 @@
  * combines of dispatch / un-permute and their backwards, the twin of the
  * row kernels in kernels/cuda/permute.cu. */
 #include "permute.h"
+#include "vector_math.h"
 
 #include <string.h>
 
 #define PAR_MIN 32768 /* loops below this many elements stay on one thread */
+#define ROW_BLOCK 32  /* rows (tokens) per call of a row loop */
 
+/* The row loops are vectorised clones (vector_math.h) called from inside the
+ * parallel loops, a block of rows per call. rows_dot sums in T over
+ * SUM16's lanes. */
 #define DEFINE_ROWS(T, SFX)                                                                   \
-    static void rows_gather_##SFX(T *restrict out, const T *restrict x,                       \
-                                  const int64_t *restrict row_token,                          \
-                                  const int64_t *restrict row_slot, const T *restrict w,      \
-                                  int64_t N, int64_t D)                                       \
+    /* rows [r0, r1) of the gather */                                                         \
+    SIMD_CLONES static void gather_block_##SFX(T *restrict out, const T *restrict x,          \
+                                               const int64_t *restrict row_token,             \
+                                               const int64_t *restrict row_slot,              \
+                                               const T *restrict w, int64_t r0,               \
+                                               int64_t r1, int64_t D)                         \
     {                                                                                         \
-        _Pragma("omp parallel for if (N * D > PAR_MIN) schedule(static)")                     \
-        for (int64_t r = 0; r < N; r++) {                                                     \
+        for (int64_t r = r0; r < r1; r++) {                                                   \
             T *o = out + r * D;                                                               \
             int64_t t = row_token[r];                                                         \
             if (t < 0) {                                                                      \
@@ -22,18 +28,29 @@
             } else if (w) {                                                                   \
                 const T *xr = x + t * D;                                                      \
                 T s = w[row_slot[r]];                                                         \
+                _Pragma("omp simd")                                                           \
                 for (int64_t j = 0; j < D; j++) o[j] = s * xr[j];                             \
             } else {                                                                          \
                 memcpy(o, x + t * D, (size_t)D * sizeof(T));                                  \
             }                                                                                 \
         }                                                                                     \
     }                                                                                         \
-    static void rows_combine_##SFX(T *restrict out, const T *restrict y,                      \
-                                   const int64_t *restrict slot_row, const T *restrict w,     \
-                                   int64_t ntok, int64_t K, int64_t D)                        \
+    static void rows_gather_##SFX(T *out, const T *x, const int64_t *row_token,               \
+                                  const int64_t *row_slot, const T *w, int64_t N, int64_t D)  \
     {                                                                                         \
-        _Pragma("omp parallel for if (ntok * K * D > PAR_MIN) schedule(static)")              \
-        for (int64_t t = 0; t < ntok; t++) {                                                  \
+        int64_t nb = (N + ROW_BLOCK - 1) / ROW_BLOCK;                                         \
+        _Pragma("omp parallel for if (N * D > PAR_MIN) schedule(static)")                     \
+        for (int64_t b = 0; b < nb; b++)                                                      \
+            gather_block_##SFX(out, x, row_token, row_slot, w, b * ROW_BLOCK,                 \
+                               (b + 1) * ROW_BLOCK < N ? (b + 1) * ROW_BLOCK : N, D);         \
+    }                                                                                         \
+    /* tokens [t0, t1) of the combine */                                                      \
+    SIMD_CLONES static void combine_block_##SFX(T *restrict out, const T *restrict y,         \
+                                                const int64_t *restrict slot_row,             \
+                                                const T *restrict w, int64_t t0,              \
+                                                int64_t t1, int64_t K, int64_t D)             \
+    {                                                                                         \
+        for (int64_t t = t0; t < t1; t++) {                                                   \
             T *o = out + t * D;                                                               \
             bool first = true;                                                                \
             for (int64_t k = 0; k < K; k++) {                                                 \
@@ -41,31 +58,52 @@
                 if (r < 0) continue;                                                          \
                 const T *yr = y + r * D;                                                      \
                 T s = w ? w[t * K + k] : (T)1;                                                \
-                if (first)                                                                    \
+                if (first) {                                                                  \
+                    _Pragma("omp simd")                                                       \
                     for (int64_t j = 0; j < D; j++) o[j] = s * yr[j];                         \
-                else                                                                          \
+                } else {                                                                      \
+                    _Pragma("omp simd")                                                       \
                     for (int64_t j = 0; j < D; j++) o[j] += s * yr[j];                        \
+                }                                                                             \
                 first = false;                                                                \
             }                                                                                 \
             if (first) memset(o, 0, (size_t)D * sizeof(T));                                   \
         }                                                                                     \
     }                                                                                         \
-    static void rows_dot_##SFX(T *restrict out, const T *restrict g, const T *restrict y,     \
-                               const int64_t *restrict slot_row, int64_t ntok, int64_t K,     \
-                               int64_t D)                                                     \
+    static void rows_combine_##SFX(T *out, const T *y, const int64_t *slot_row, const T *w,   \
+                                   int64_t ntok, int64_t K, int64_t D)                        \
     {                                                                                         \
+        int64_t nb = (ntok + ROW_BLOCK - 1) / ROW_BLOCK;                                      \
         _Pragma("omp parallel for if (ntok * K * D > PAR_MIN) schedule(static)")              \
-        for (int64_t t = 0; t < ntok; t++) {                                                  \
+        for (int64_t b = 0; b < nb; b++)                                                      \
+            combine_block_##SFX(out, y, slot_row, w, b * ROW_BLOCK,                           \
+                                (b + 1) * ROW_BLOCK < ntok ? (b + 1) * ROW_BLOCK : ntok, K, D); \
+    }                                                                                         \
+    /* tokens [t0, t1) of the dot products */                                                 \
+    SIMD_CLONES static void dot_block_##SFX(T *restrict out, const T *restrict g,             \
+                                            const T *restrict y,                              \
+                                            const int64_t *restrict slot_row, int64_t t0,     \
+                                            int64_t t1, int64_t K, int64_t D)                 \
+    {                                                                                         \
+        for (int64_t t = t0; t < t1; t++)                                                     \
             for (int64_t k = 0; k < K; k++) {                                                 \
                 int64_t r = slot_row[t * K + k];                                              \
                 T acc = 0;                                                                    \
                 if (r >= 0) {                                                                 \
                     const T *gr = g + t * D, *yr = y + r * D;                                 \
-                    for (int64_t j = 0; j < D; j++) acc += gr[j] * yr[j];                     \
+                    SUM16(T, acc, D, gr[jj] * yr[jj]);                                        \
                 }                                                                             \
                 out[t * K + k] = acc;                                                         \
             }                                                                                 \
-        }                                                                                     \
+    }                                                                                         \
+    static void rows_dot_##SFX(T *out, const T *g, const T *y, const int64_t *slot_row,       \
+                               int64_t ntok, int64_t K, int64_t D)                            \
+    {                                                                                         \
+        int64_t nb = (ntok + ROW_BLOCK - 1) / ROW_BLOCK;                                      \
+        _Pragma("omp parallel for if (ntok * K * D > PAR_MIN) schedule(static)")              \
+        for (int64_t b = 0; b < nb; b++)                                                      \
+            dot_block_##SFX(out, g, y, slot_row, b * ROW_BLOCK,                               \
+                            (b + 1) * ROW_BLOCK < ntok ? (b + 1) * ROW_BLOCK : ntok, K, D);   \
     }
 
 DEFINE_ROWS(float, f32)

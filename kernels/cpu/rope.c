@@ -1,29 +1,47 @@
 /* rope.c — rotary position embeddings on the CPU (see rope.h).
  *
- * Dimension letters: B batch, S sequence, N heads, hd head dim, P = hd/2. */
+ * Dimension letters: B batch, S sequence, N heads, hd head dim, P = hd/2.
+ *
+ * The loop over the pairs of a head is a vectorised clone (vector_math.h) called
+ * from inside the parallel loop, a block of positions (b, s) per call. It
+ * stays correct in place (OUT == X): step i reads and writes only elements
+ * i and i + P. */
 #include "rope.h"
+#include "vector_math.h"
+
+#define POS_BLOCK 16 /* positions (b, s) per call of the row loop */
 
 #define DEFINE_ROPE(T)                                                                         \
-    static void rope_##T(T *out, const T *x, const double *cos, const double *sin, int64_t B, \
-                         int64_t S, int64_t N, int64_t hd, bool inverse)                       \
+    /* positions [q0, q1) of the B·S, each with its N heads */                                 \
+    SIMD_CLONES static void rope_rows_##T(T *out, const T *x, const double *cos,               \
+                                          const double *sin, int64_t q0, int64_t q1,           \
+                                          int64_t S, int64_t N, int64_t hd, bool inverse)      \
     {                                                                                          \
         int64_t P = hd / 2;                                                                    \
         T sign = inverse ? (T)-1 : (T)1;                                                       \
-        _Pragma("omp parallel for collapse(2) if (B * S * N * hd > 32768) schedule(static)")   \
-        for (int64_t b = 0; b < B; b++)                                                        \
-            for (int64_t s = 0; s < S; s++) {                                                  \
-                const double *c = cos + s * P, *sn = sin + s * P;                              \
-                for (int64_t n = 0; n < N; n++) {                                              \
-                    int64_t base = ((b * S + s) * N + n) * hd;                                 \
-                    const T *xr = x + base;                                                    \
-                    T *yr = out + base;                                                        \
-                    for (int64_t i = 0; i < P; i++) {                                          \
-                        T x1 = xr[i], x2 = xr[i + P], ci = (T)c[i], si = sign * (T)sn[i];      \
-                        yr[i] = x1 * ci - x2 * si;                                             \
-                        yr[i + P] = x2 * ci + x1 * si;                                         \
-                    }                                                                          \
+        for (int64_t q = q0; q < q1; q++) {                                                    \
+            const double *c = cos + (q % S) * P, *sn = sin + (q % S) * P;                      \
+            for (int64_t n = 0; n < N; n++) {                                                  \
+                int64_t base = (q * N + n) * hd;                                               \
+                const T *xr = x + base;                                                        \
+                T *yr = out + base;                                                            \
+                _Pragma("omp simd")                                                            \
+                for (int64_t i = 0; i < P; i++) {                                              \
+                    T x1 = xr[i], x2 = xr[i + P], ci = (T)c[i], si = sign * (T)sn[i];          \
+                    yr[i] = x1 * ci - x2 * si;                                                 \
+                    yr[i + P] = x2 * ci + x1 * si;                                             \
                 }                                                                              \
             }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+    static void rope_##T(T *out, const T *x, const double *cos, const double *sin, int64_t B, \
+                         int64_t S, int64_t N, int64_t hd, bool inverse)                       \
+    {                                                                                          \
+        int64_t Q = B * S, nb = (Q + POS_BLOCK - 1) / POS_BLOCK;                               \
+        _Pragma("omp parallel for if (B * S * N * hd > 32768) schedule(static)")               \
+        for (int64_t b = 0; b < nb; b++)                                                       \
+            rope_rows_##T(out, x, cos, sin, b * POS_BLOCK,                                     \
+                          (b + 1) * POS_BLOCK < Q ? (b + 1) * POS_BLOCK : Q, S, N, hd, inverse); \
     }
 
 DEFINE_ROPE(float)

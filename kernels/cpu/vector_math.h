@@ -1,8 +1,13 @@
 /* vector_math.h — what the vectorised row loops of the CPU kernels share:
  * an exp for f32 written in plain arithmetic (so a loop calling it
- * vectorises, unlike one calling expf) and SIMD_CLONES, which compiles a
+ * vectorises, unlike one calling expf), SIMD_CLONES, which compiles a
  * loop for AVX-512, AVX2 and baseline x86-64 and picks the widest the CPU
- * runs when the library loads (GCC function multiversioning). */
+ * runs when the library loads (GCC function multiversioning), and SUM16, a
+ * row sum over fixed lanes.
+ *
+ * OpenMP outlines the body of a `parallel` region into a function of its
+ * own that does not inherit the clones: call the cloned function inside the
+ * region (a block of rows per call), not around it. */
 #ifndef MOELAB_CPU_VECTOR_MATH_H
 #define MOELAB_CPU_VECTOR_MATH_H
 
@@ -45,5 +50,27 @@ static inline __attribute__((always_inline)) float exp_f32(float x)
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
 }
+
+/* OUT = the sum over jj in [0, N) of EXPR (which reads index jj), accumulated
+ * in ACC over 16 lanes (two AVX-512 registers of doubles; more lanes spill)
+ * folded in a fixed tree: every clone adds in the same order whatever its
+ * vector width, so results depend on neither the clone nor the threads. */
+#define SUM16(ACC, out, n, EXPR)                                                       \
+    do {                                                                               \
+        ACC l_[16] = {0}, t_ = 0;                                                      \
+        int64_t j_ = 0;                                                                \
+        for (; j_ + 16 <= (n); j_ += 16)                                               \
+            for (int k_ = 0; k_ < 16; k_++) {                                          \
+                int64_t jj = j_ + k_;                                                  \
+                l_[k_] += (EXPR);                                                      \
+            }                                                                          \
+        for (; j_ < (n); j_++) {                                                       \
+            int64_t jj = j_;                                                           \
+            t_ += (EXPR);                                                              \
+        }                                                                              \
+        ACC a_ = ((l_[0] + l_[8]) + (l_[4] + l_[12])) + ((l_[2] + l_[10]) + (l_[6] + l_[14])); \
+        ACC b_ = ((l_[1] + l_[9]) + (l_[5] + l_[13])) + ((l_[3] + l_[11]) + (l_[7] + l_[15])); \
+        (out) = (a_ + b_) + t_;                                                        \
+    } while (0)
 
 #endif

@@ -177,6 +177,46 @@ START_TEST(rope_values)
 }
 END_TEST
 
+/* Heads wider than the vector lanes (P = 20 pairs) over more positions than
+ * one block of the loop, forward and backward (the inverse turn), against
+ * the rotation computed here in double from the angles. */
+START_TEST(rope_wide_heads)
+{
+    const int64_t B = 2, S = 37, N = 3, hd = 40, P = hd / 2, n = B * S * N * hd;
+    const double theta = 500.0;
+    moe_tensor *c, *s;
+    OK(moe_rope_tables(&c, &s, S + 3, hd, theta));
+    for (int k = 0; k < 2; k++) {
+        moe_dtype dt = k ? MOE_F32 : MOE_F64;
+        double tol = k ? 2e-6 : 1e-13;
+        moe_tensor *x = qkv(dt, B, S, N, hd, 31), *g = qkv(dt, B, S, N, hd, 32), *y;
+        OK(moe_rope(&y, x, c, s));
+        OK(moe_backward(y, g, false));
+        double *xv = malloc(sizeof(double) * (size_t)n), *gv = malloc(sizeof(double) * (size_t)n);
+        double *ye = malloc(sizeof(double) * (size_t)n), *dxe = malloc(sizeof(double) * (size_t)n);
+        OK(moe_tensor_to_doubles(x, xv));
+        OK(moe_tensor_to_doubles(g, gv));
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t p = 0; p < S; p++)
+                for (int64_t h = 0; h < N; h++)
+                    for (int64_t i = 0; i < P; i++) {
+                        int64_t o = ((b * S + p) * N + h) * hd;
+                        double a = (double)p * pow(theta, -2.0 * (double)i / (double)hd);
+                        double ca = cos(a), sa = sin(a);
+                        ye[o + i] = xv[o + i] * ca - xv[o + i + P] * sa;
+                        ye[o + i + P] = xv[o + i + P] * ca + xv[o + i] * sa;
+                        dxe[o + i] = gv[o + i] * ca + gv[o + i + P] * sa;
+                        dxe[o + i + P] = gv[o + i + P] * ca - gv[o + i] * sa;
+                    }
+        tu_assert_values(y, (int)n, ye, tol, 0, "rope");
+        tu_assert_values(x->grad, (int)n, dxe, tol, 0, "rope backward");
+        free(xv), free(gv), free(ye), free(dxe);
+        RELEASE(x, g, y);
+    }
+    RELEASE(c, s);
+}
+END_TEST
+
 static moe_tensor *rope_c, *rope_s;
 static moe_status rope_fn(moe_tensor **out, moe_tensor **in, void *ctx)
 {
@@ -206,6 +246,7 @@ static Suite *suite(void)
     tcase_add_test(tc, bad_arguments);
     tcase_add_test(tc, rope_values);
     tcase_add_test(tc, rope_gradient);
+    tcase_add_test(tc, rope_wide_heads);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -50,6 +50,56 @@ START_TEST(test_shared_subgraph_and_accumulation)
 }
 END_TEST
 
+/* Gradient sums are written in place only into tensors nobody else holds. */
+START_TEST(test_accumulation_ownership)
+{
+    moe_tensor *w = T(MOE_F64, 1, SHAPE(3), 1, 2, 3), *c = T(MOE_F64, 1, SHAPE(3), 0.5, -1, 2);
+    moe_tensor *p, *y;
+    OK(moe_tensor_requires_grad_(w, true));
+    OK(moe_mul(&p, w, c));
+    OK(moe_sum(&y, p, 0, NULL, false));
+    /* the leaf keeps the engine's gradient and sums into it in place */
+    OK(moe_backward(y, NULL, true));
+    ASSERT_VALUES(w->grad, 0, 0.5, -1, 2);
+    const void *first = moe_tensor_data(w->grad);
+    OK(moe_backward(y, NULL, true));
+    ASSERT_VALUES(w->grad, 0, 1, -2, 4);
+    ck_assert_ptr_eq(moe_tensor_data(w->grad), first);
+    /* a gradient held elsewhere keeps its values: the sum is a new tensor */
+    moe_tensor *held = moe_tensor_grad(w);
+    OK(moe_backward(y, NULL, false));
+    ASSERT_VALUES(held, 0, 1, -2, 4);
+    ASSERT_VALUES(w->grad, 0, 1.5, -3, 6);
+    ck_assert_ptr_ne(w->grad, held);
+    RELEASE(held, p, y);
+    /* add's backward hands one tensor to both of its inputs: with ab = a + b,
+     * a = 2x and b = 3x, a's sum of that tensor and of d must leave b's c
+     * alone, whichever arrives first and whenever b's node runs. The terms
+     * ab c, a d and b e are added up in every order:
+     * dx = 2 (c + d) + 3 (c + e) */
+    moe_tensor *d = T(MOE_F64, 1, SHAPE(3), 4, 0.25, -1), *e = T(MOE_F64, 1, SHAPE(3), -2, 1, 0.5);
+    static const int orders[6][3] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
+    for (int o = 0; o < 6; o++) {
+        moe_tensor *x = T(MOE_F64, 1, SHAPE(3), 1, 1, 1), *a, *b, *ab, *t[3], *s01, *s, *l;
+        OK(moe_tensor_requires_grad_(x, true));
+        OK(moe_mul_scalar(&a, x, 2));
+        OK(moe_mul_scalar(&b, x, 3));
+        OK(moe_add(&ab, a, b));
+        OK(moe_mul(&t[0], ab, c));
+        OK(moe_mul(&t[1], a, d));
+        OK(moe_mul(&t[2], b, e));
+        OK(moe_add(&s01, t[orders[o][0]], t[orders[o][1]]));
+        OK(moe_add(&s, s01, t[orders[o][2]]));
+        OK(moe_sum(&l, s, 0, NULL, false));
+        OK(moe_backward(l, NULL, false));
+        ASSERT_VALUES(x->grad, 1e-15, 2 * (0.5 + 4) + 3 * (0.5 - 2), 2 * (-1 + 0.25) + 3 * (-1 + 1),
+                      2 * (2 - 1) + 3 * (2 + 0.5));
+        RELEASE(x, a, b, ab, t[0], t[1], t[2], s01, s, l);
+    }
+    RELEASE(w, c, d, e);
+}
+END_TEST
+
 START_TEST(test_backward_errors)
 {
     moe_tensor *x = T(MOE_F64, 1, SHAPE(2), 1, 2), *y, *g;
@@ -312,6 +362,7 @@ static Suite *autograd_suite(void)
     tcase_set_timeout(c, 60);
     tcase_add_test(c, test_chain_rule);
     tcase_add_test(c, test_shared_subgraph_and_accumulation);
+    tcase_add_test(c, test_accumulation_ownership);
     tcase_add_test(c, test_backward_errors);
     tcase_add_test(c, test_no_grad_and_detach);
     tcase_add_test(c, test_hooks);

@@ -224,6 +224,78 @@ START_TEST(noncontiguous_inputs)
 }
 END_TEST
 
+/* Rows wider than the vector lanes (with a tail) and more tokens than one
+ * block of the row loops, some slots dropped and some rows padding: permute,
+ * combine and their backwards against loops in double over the plan. */
+START_TEST(wide_rows)
+{
+    const int64_t Tn = 70, K = 2, E = 4, D = 37, S = Tn * K;
+    int64_t idv[140];
+    double keepv[140];
+    for (int64_t s = 0; s < S; s++) idv[s] = (s * 7 + s / 3) % E, keepv[s] = s % 9 != 4;
+    moe_tensor *ids, *keep;
+    OK(moe_tensor_from_data(&ids, MOE_I64, MOE_CPU, 2, SHAPE(Tn, K), idv));
+    OK(moe_tensor_empty(&keep, MOE_BOOL, MOE_CPU, 2, SHAPE(Tn, K)));
+    for (int64_t s = 0; s < S; s++) ((uint8_t *)moe_tensor_data(keep))[s] = (uint8_t)keepv[s];
+    moe_dispatch *d;
+    OK(moe_dispatch_plan(&d, ids, keep, E, 36, true)); /* some experts overflow, others pad */
+    ck_assert(d->n_dropped > 14);
+    int64_t N = d->rows;
+    for (int k = 0; k < 2; k++) {
+        moe_dtype dt = k ? MOE_F32 : MOE_F64;
+        double tol = k ? 1e-5 : 1e-12;
+        moe_tensor *x = tu_randn(dt, 2, SHAPE(Tn, D), 51), *y = tu_randn(dt, 2, SHAPE(N, D), 52);
+        moe_tensor *w = tu_randn(dt, 2, SHAPE(Tn, K), 53), *g = tu_randn(dt, 2, SHAPE(Tn, D), 54);
+        moe_tensor *gp = tu_randn(dt, 2, SHAPE(N, D), 55), *xp, *out;
+        OK(moe_tensor_requires_grad_(x, true));
+        OK(moe_tensor_requires_grad_(y, true));
+        OK(moe_tensor_requires_grad_(w, true));
+        OK(moe_dispatch_permute(&xp, x, d));
+        OK(moe_dispatch_combine(&out, y, w, d));
+        OK(moe_backward(xp, gp, false));
+        OK(moe_backward(out, g, false));
+        double *xv = malloc(sizeof(double) * (size_t)(Tn * D)), *yv = malloc(sizeof(double) * (size_t)(N * D));
+        double *wv = malloc(sizeof(double) * (size_t)S), *gv = malloc(sizeof(double) * (size_t)(Tn * D));
+        double *gpv = malloc(sizeof(double) * (size_t)(N * D));
+        double *e_xp = calloc((size_t)(N * D), sizeof(double)), *e_out = calloc((size_t)(Tn * D), sizeof(double));
+        double *e_dx = calloc((size_t)(Tn * D), sizeof(double)), *e_dy = calloc((size_t)(N * D), sizeof(double));
+        double *e_dw = calloc((size_t)S, sizeof(double));
+        OK(moe_tensor_to_doubles(x, xv));
+        OK(moe_tensor_to_doubles(y, yv));
+        OK(moe_tensor_to_doubles(w, wv));
+        OK(moe_tensor_to_doubles(g, gv));
+        OK(moe_tensor_to_doubles(gp, gpv));
+        for (int64_t s = 0; s < S; s++) {
+            int64_t r = d->slot_row[s], t = s / K;
+            if (r < 0) continue;
+            for (int64_t j = 0; j < D; j++) {
+                e_xp[r * D + j] = xv[t * D + j];
+                e_dx[t * D + j] += gpv[r * D + j];
+                e_out[t * D + j] += wv[s] * yv[r * D + j];
+                e_dy[r * D + j] = wv[s] * gv[t * D + j];
+                e_dw[s] += gv[t * D + j] * yv[r * D + j];
+            }
+        }
+        moe_tensor *ref[5];
+        OK(moe_tensor_from_data(&ref[0], MOE_F64, MOE_CPU, 2, SHAPE(N, D), e_xp));
+        OK(moe_tensor_from_data(&ref[1], MOE_F64, MOE_CPU, 2, SHAPE(Tn, D), e_out));
+        OK(moe_tensor_from_data(&ref[2], MOE_F64, MOE_CPU, 2, SHAPE(Tn, D), e_dx));
+        OK(moe_tensor_from_data(&ref[3], MOE_F64, MOE_CPU, 2, SHAPE(N, D), e_dy));
+        OK(moe_tensor_from_data(&ref[4], MOE_F64, MOE_CPU, 2, SHAPE(Tn, K), e_dw));
+        tu_assert_close(xp, ref[0], 0, 0, "permuted rows");
+        tu_assert_close(out, ref[1], tol, tol, "combined rows");
+        tu_assert_close(x->grad, ref[2], tol, tol, "dx");
+        tu_assert_close(y->grad, ref[3], tol, tol, "dy");
+        tu_assert_close(w->grad, ref[4], 10 * tol, tol, "dw");
+        free(xv), free(yv), free(wv), free(gv), free(gpv);
+        free(e_xp), free(e_out), free(e_dx), free(e_dy), free(e_dw);
+        FREE_ALL(x, y, w, g, gp, xp, out, ref[0], ref[1], ref[2], ref[3], ref[4]);
+    }
+    moe_dispatch_release(d);
+    FREE_ALL(ids, keep);
+}
+END_TEST
+
 /* ---- gradients ---------------------------------------------------------------- */
 
 typedef struct gctx {
@@ -309,6 +381,7 @@ int main(void)
     tc = tcase_create("permute-combine");
     tcase_add_test(tc, permute_combine_values);
     tcase_add_test(tc, noncontiguous_inputs);
+    tcase_add_test(tc, wide_rows);
     suite_add_tcase(s, tc);
     tc = tcase_create("gradients");
     tcase_add_test(tc, gradients);

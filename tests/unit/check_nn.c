@@ -50,6 +50,54 @@ START_TEST(test_rms_grad_values)
 }
 END_TEST
 
+/* Rows wide enough for the vectorised row sums (16 lanes, then a tail) and
+ * more rows than one chunk of the weight gradient, against the formulas
+ * evaluated here in double: y = x r w, dx = r (g w - x r² mean(g w x)),
+ * dw = sum over rows of g x r, with r = 1/sqrt(mean(x²) + eps). */
+START_TEST(test_rms_wide_rows)
+{
+    const int64_t R = 70, Ds[] = {37, 256};
+    for (int di = 0; di < 2; di++)
+        for (int k = 0; k < 2; k++) {
+            int64_t D = Ds[di];
+            moe_dtype dt = k ? MOE_F32 : MOE_F64;
+            double tol = k ? 2e-5 : 1e-12;
+            moe_tensor *x = tu_randn(dt, 2, SHAPE(R, D), 41), *w = tu_randn(dt, 1, SHAPE(D), 42);
+            moe_tensor *g = tu_randn(dt, 2, SHAPE(R, D), 43), *y;
+            OK(moe_tensor_requires_grad_(x, true));
+            OK(moe_tensor_requires_grad_(w, true));
+            OK(moe_rms_norm(&y, x, w, EPS));
+            OK(moe_backward(y, g, false));
+            double *xv = malloc(sizeof(double) * (size_t)(R * D)), *gv = malloc(sizeof(double) * (size_t)(R * D));
+            double *yv = malloc(sizeof(double) * (size_t)(R * D)), *dxv = malloc(sizeof(double) * (size_t)(R * D));
+            double *wv = malloc(sizeof(double) * (size_t)D), *dwv = calloc((size_t)D, sizeof(double));
+            OK(moe_tensor_to_doubles(x, xv));
+            OK(moe_tensor_to_doubles(g, gv));
+            OK(moe_tensor_to_doubles(w, wv));
+            for (int64_t r = 0; r < R; r++) {
+                const double *xr = xv + r * D, *gr = gv + r * D;
+                double ss = 0, dot = 0;
+                for (int64_t j = 0; j < D; j++) ss += xr[j] * xr[j], dot += gr[j] * wv[j] * xr[j];
+                double ri = 1 / sqrt(ss / (double)D + EPS);
+                for (int64_t j = 0; j < D; j++) {
+                    yv[r * D + j] = xr[j] * ri * wv[j];
+                    dxv[r * D + j] = ri * (gr[j] * wv[j] - xr[j] * ri * ri * dot / (double)D);
+                    dwv[j] += gr[j] * xr[j] * ri;
+                }
+            }
+            moe_tensor *ye, *dxe, *dwe;
+            OK(moe_tensor_from_data(&ye, MOE_F64, MOE_CPU, 2, SHAPE(R, D), yv));
+            OK(moe_tensor_from_data(&dxe, MOE_F64, MOE_CPU, 2, SHAPE(R, D), dxv));
+            OK(moe_tensor_from_data(&dwe, MOE_F64, MOE_CPU, 1, SHAPE(D), dwv));
+            tu_assert_close(y, ye, tol, tol, "y");
+            tu_assert_close(x->grad, dxe, tol, tol, "dx");
+            tu_assert_close(w->grad, dwe, 10 * tol, tol, "dw");
+            free(xv), free(gv), free(yv), free(dxv), free(wv), free(dwv);
+            RELEASE(x, w, g, y, ye, dxe, dwe);
+        }
+}
+END_TEST
+
 START_TEST(test_rms_layouts)
 {
     /* leading dims and a transposed (non-contiguous) x give the row results */
@@ -136,6 +184,22 @@ START_TEST(test_norm_deterministic)
         float *p = moe_tensor_data(grads[0][k]), *q = moe_tensor_data(grads[1][k]);
         ck_assert_int_eq(memcmp(p, q, 130 * sizeof(float)), 0);
     }
+    RELEASE(grads[0][0], grads[0][1], grads[1][0], grads[1][1]);
+    /* rms_norm: the weight's and the input's gradients */
+    OK(moe_tensor_requires_grad_(x, true));
+    for (int run = 0; run < 2; run++) {
+        omp_set_num_threads(run == 0 ? 1 : 3);
+        moe_tensor *y;
+        OK(moe_rms_norm(&y, x, w, EPS));
+        OK(moe_backward(y, g, false));
+        grads[run][0] = w->grad;
+        grads[run][1] = x->grad;
+        w->grad = x->grad = NULL;
+        moe_tensor_release(y);
+    }
+    omp_set_num_threads(saved);
+    ck_assert_int_eq(memcmp(moe_tensor_data(grads[0][0]), moe_tensor_data(grads[1][0]), 130 * sizeof(float)), 0);
+    ck_assert_int_eq(memcmp(moe_tensor_data(grads[0][1]), moe_tensor_data(grads[1][1]), 300 * 130 * sizeof(float)), 0);
     RELEASE(x, w, b, g, grads[0][0], grads[0][1], grads[1][0], grads[1][1]);
 }
 END_TEST
@@ -325,6 +389,7 @@ int main(void)
     tcase_add_test(tr, test_rms_values);
     tcase_add_test(tr, test_rms_grad_values);
     tcase_add_test(tr, test_rms_layouts);
+    tcase_add_test(tr, test_rms_wide_rows);
     suite_add_tcase(s, tr);
     TCase *tl = tcase_create("layer_norm");
     tcase_add_test(tl, test_layer_norm_values);
