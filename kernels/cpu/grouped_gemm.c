@@ -116,12 +116,30 @@ static void for_each_group(int64_t E, const int64_t *off, moe_cpu_group_mode mod
 
 /* Run BODY(e, r0, r1, slot) over row ranges that cover every group's rows,
  * for work whose rows are independent. Side by side: thread t of nt takes
- * the rows [t N/nt, (t+1) N/nt) of the expert-ordered rows, the pieces of
- * the groups that meet it (a group may be cut between threads), so every
- * thread gets the same number of rows and none waits for the tail of a
- * large group at the end; the cut depends only on OFF and nt. One after the
- * other: whole groups. */
+ * the rows [t N/nt, (t+1) N/nt) of the expert-ordered rows, each end moved
+ * to a tile edge (cut_on_tile), and the pieces of the groups that meet
+ * them (a group may be cut between threads), so every thread gets about
+ * the same number of rows and none waits for the tail of a large group at
+ * the end; the cut depends only on OFF and nt. One after the other: whole
+ * groups. */
 typedef void (*rows_body)(int64_t e, int64_t r0, int64_t r1, int slot, void *ctx);
+
+#define CUT_ALIGN 32 /* rows: whole micro-kernel tiles, as gemm.c's blocks */
+
+/* Row R moved to the nearest multiple of CUT_ALIGN rows from the start of
+ * the group it falls in (at most that group's end). BLAS handles the rows
+ * of a tile together, and a piece that ends inside a tile can give its rows
+ * other bits (OpenBLAS's AVX2 kernels do): on tile edges a cut group gives
+ * the bits of the whole group, so results match the one-thread run. */
+static int64_t cut_on_tile(int64_t E, const int64_t *off, int64_t r)
+{
+    for (int64_t e = 0; e < E; e++)
+        if (off[e] < r && r < off[e + 1]) {
+            int64_t q = off[e] + (r - off[e] + CUT_ALIGN / 2) / CUT_ALIGN * CUT_ALIGN;
+            return q < off[e + 1] ? q : off[e + 1];
+        }
+    return r;
+}
 
 static void for_each_row_range(int64_t E, const int64_t *off, moe_cpu_group_mode mode,
                                rows_body body, void *ctx)
@@ -139,7 +157,8 @@ static void for_each_row_range(int64_t E, const int64_t *off, moe_cpu_group_mode
     {
         int t = omp_get_thread_num(), team = omp_get_num_threads();
         int64_t total = off[E] - off[0];
-        int64_t lo = off[0] + total * t / team, hi = off[0] + total * (t + 1) / team;
+        int64_t lo = cut_on_tile(E, off, off[0] + total * t / team);
+        int64_t hi = cut_on_tile(E, off, off[0] + total * (t + 1) / team);
         for (int64_t e = 0; e < E; e++) {
             int64_t r0 = off[e] > lo ? off[e] : lo, r1 = off[e + 1] < hi ? off[e + 1] : hi;
             if (r0 < r1) body(e, r0, r1, t, ctx);

@@ -12,15 +12,15 @@
  *     OpenMP build of OpenBLAS runs one thread inside a parallel region):
  *     a loop over the groups (largest first, dynamic), except in the fused
  *     MLP's forward, whose rows are independent: there each thread takes an
- *     equal share of the expert-ordered rows, cutting a group where a share
- *     ends; chosen when the groups are small or even enough to keep every
- *     thread busy;
- *   - one at a time: each group's GEMM uses all BLAS threads.
+ *     equal share of the expert-ordered rows (to a 32-row tile), cutting a
+ *     group where a share ends; chosen when the groups are small or even
+ *     enough to keep every thread busy;
+ *   - one at a time: each group's GEMM is spread over the threads (gemm.c).
  * Where groups are cut depends only on the offsets and the thread count,
  * and every other loop writes each element once in a fixed order, so a
- * given thread count always gives the same bits; across thread counts
- * results agree to rounding (to the bit where BLAS itself does not depend
- * on its thread count or on how a product's rows are split). */
+ * given thread count always gives the same bits. Cuts fall on whole tiles
+ * of a group's rows, where BLAS gives a row the same bits as in the whole
+ * product, so one and two threads agree to the bit (check_model). */
 #ifndef MOELAB_CPU_GROUPED_GEMM_H
 #define MOELAB_CPU_GROUPED_GEMM_H
 
