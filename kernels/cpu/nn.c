@@ -21,24 +21,6 @@
 
 #define COL_BLOCK 256    /* columns per task when adding ids' rows */
 
-/* OUT = the sum over j in [0, N) of EXPR (which reads index jj), in double,
- * over eight independent lanes combined in a fixed order. */
-#define LANE_SUM(out, n, EXPR)                                                      \
-    do {                                                                            \
-        double l_[8] = {0}, t_ = 0;                                                 \
-        int64_t j_ = 0;                                                             \
-        for (; j_ + 8 <= (n); j_ += 8)                                              \
-            for (int k_ = 0; k_ < 8; k_++) {                                        \
-                int64_t jj = j_ + k_;                                               \
-                l_[k_] += (EXPR);                                                   \
-            }                                                                       \
-        for (; j_ < (n); j_++) {                                                    \
-            int64_t jj = j_;                                                        \
-            t_ += (EXPR);                                                           \
-        }                                                                           \
-        (out) = ((l_[0] + l_[4]) + (l_[1] + l_[5])) + ((l_[2] + l_[6]) + (l_[3] + l_[7])) + t_; \
-    } while (0)
-
 /* ---- rms_norm ------------------------------------------------------------------------- */
 
 #define RMS_BLOCK 16 /* rows per call of the forward's row loop */
@@ -128,9 +110,9 @@ RMS_KERNELS(double, f64)
             const T *xr = x + r * D;                                                         \
             T *yr = y + r * D;                                                               \
             double s, v;                                                                     \
-            LANE_SUM(s, D, (double)xr[jj]);                                                  \
+            SUM16(double, s, D, (double)xr[jj]);                                             \
             double mu = s / (double)D;                                                       \
-            LANE_SUM(v, D, ((double)xr[jj] - mu) * ((double)xr[jj] - mu));                   \
+            SUM16(double, v, D, ((double)xr[jj] - mu) * ((double)xr[jj] - mu));              \
             T rs = (T)(1.0 / sqrt(v / (double)D + eps)), m = (T)mu;                          \
             mean[r] = m;                                                                     \
             rstd[r] = rs;                                                                    \
@@ -156,8 +138,8 @@ RMS_KERNELS(double, f64)
                 T m = mean[r], rs = rstd[r];                                                 \
                 if (dx) {                                                                    \
                     double sg, sgx;                                                          \
-                    LANE_SUM(sg, D, (double)gr[jj] * w[jj]);                                 \
-                    LANE_SUM(sgx, D, (double)gr[jj] * w[jj] * ((xr[jj] - m) * rs));          \
+                    SUM16(double, sg, D, (double)gr[jj] * w[jj]);                            \
+                    SUM16(double, sgx, D, (double)gr[jj] * w[jj] * ((xr[jj] - m) * rs));     \
                     T a = (T)(sg / (double)D), c = (T)(sgx / (double)D);                     \
                     T *dxr = dx + r * D;                                                     \
                     for (int64_t j = 0; j < D; j++)                                          \
@@ -185,7 +167,7 @@ RMS_KERNELS(double, f64)
             T mx = xr[0];                                                                    \
             for (int64_t j = 1; j < C; j++) mx = xr[j] > mx ? xr[j] : mx;                    \
             double s;                                                                        \
-            LANE_SUM(s, C, (double)EXP(xr[jj] - mx));                                        \
+            SUM16(double, s, C, (double)EXP(xr[jj] - mx));                                   \
             double l = (double)mx + log(s);                                                  \
             lse[i] = (T)l;                                                                   \
             loss[i] = l - (double)xr[t[i]];                                                  \
