@@ -156,7 +156,6 @@ int64_t moe_cpu_attention_scratch(const moe_cpu_attention *p)
         }                                                                                          \
     }
 
-static inline __attribute__((always_inline)) double exp_f64(double x) { return exp(x); }
 DEFINE_ROWS(float, exp_f32)
 DEFINE_ROWS(double, exp_f64)
 

@@ -229,7 +229,6 @@ void moe_cpu_grouped_gemm(moe_dtype dtype, int64_t E, const int64_t *off, moe_cp
 
 /* ---- activations ------------------------------------------------------------------------ */
 
-static inline __attribute__((always_inline)) double exp_f64(double x) { return exp(x); }
 static inline float erf_f32(float x) { return erff(x); }
 static inline double erf_f64(double x) { return erf(x); }
 static inline float tanh_f32(float x) { return tanhf(x); }

@@ -1,9 +1,9 @@
 /* vector_math.h — what the vectorised row loops of the CPU kernels share:
  * an exp for f32 written in plain arithmetic (so a loop calling it
- * vectorises, unlike one calling expf), SIMD_CLONES, which compiles a
- * loop for AVX-512, AVX2 and baseline x86-64 and picks the widest the CPU
- * runs when the library loads (GCC function multiversioning), and SUM16, a
- * row sum over fixed lanes.
+ * vectorises, unlike one calling expf) and its f64 twin; SIMD_CLONES, which
+ * compiles a loop for AVX-512, AVX2 and baseline x86-64 and picks the widest
+ * the CPU runs when the library loads (GCC function multiversioning); and
+ * SUM16, a row sum over fixed lanes.
  *
  * OpenMP outlines the body of a `parallel` region into a function of its
  * own that does not inherit the clones: call the cloned function inside the
@@ -11,6 +11,7 @@
 #ifndef MOELAB_CPU_VECTOR_MATH_H
 #define MOELAB_CPU_VECTOR_MATH_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -50,6 +51,9 @@ static inline __attribute__((always_inline)) float exp_f32(float x)
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
 }
+
+/* The f64 twin, so that a loop template can call exp_##SFX for either dtype. */
+static inline __attribute__((always_inline)) double exp_f64(double x) { return exp(x); }
 
 /* OUT = the sum over jj in [0, N) of EXPR (which reads index jj), accumulated
  * in ACC over 16 lanes (two AVX-512 registers of doubles; more lanes spill)
