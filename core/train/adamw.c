@@ -42,25 +42,39 @@ moe_status moe_adamw_config_validate(const moe_adamw_config *cfg, const char *op
     return MOE_OK;
 }
 
-static void adamw_update(moe_optimizer *opt, int i, const moe_tensor *grad)
+static void adamw_update(moe_optimizer *opt, moe_tensor *const *grads, double grad_scale)
 {
     const moe_adamw_config *c = &opt->cfg.adamw;
-    double t = (double)opt->param_steps[i];
-    moe_cpu_adamw_step s = {
-        .lr = opt->lr,
-        .beta1 = c->beta1,
-        .beta2 = c->beta2,
-        .eps = c->eps,
-        .weight_decay = opt->decay[i] ? c->weight_decay : 0.0,
-        .bias_correction1 = 1.0 - pow(c->beta1, t),
-        .bias_correction2_sqrt = sqrt(1.0 - pow(c->beta2, t)),
-    };
-    moe_tensor *p = opt->params[i];
-    moe_cpu_adamw(p->dtype, moe_tensor_data(p), moe_tensor_data(grad), moe_tensor_data(moe_optim_slot(opt, i, 0)),
-                  moe_tensor_data(moe_optim_slot(opt, i, 1)), moe_tensor_numel(p), &s);
+    moe_cpu_adamw_item *items = opt->items;
+    int count = 0;
+    for (int i = 0; i < opt->n; i++) {
+        if (!grads[i]) continue;
+        double t = (double)opt->param_steps[i];
+        moe_tensor *p = opt->params[i];
+        items[count++] = (moe_cpu_adamw_item){
+            .dtype = p->dtype,
+            .param = moe_tensor_data(p),
+            .grad = moe_tensor_data(grads[i]),
+            .exp_avg = moe_tensor_data(moe_optim_slot(opt, i, 0)),
+            .exp_avg_sq = moe_tensor_data(moe_optim_slot(opt, i, 1)),
+            .n = moe_tensor_numel(p),
+            .step = {
+                .lr = opt->lr,
+                .beta1 = c->beta1,
+                .beta2 = c->beta2,
+                .eps = c->eps,
+                .weight_decay = opt->decay[i] ? c->weight_decay : 0.0,
+                .bias_correction1 = 1.0 - pow(c->beta1, t),
+                .bias_correction2_sqrt = sqrt(1.0 - pow(c->beta2, t)),
+                .grad_scale = grad_scale,
+            },
+        };
+    }
+    moe_cpu_adamw(count, items);
 }
 
-static const moe_optim_rule adamw_rule = {MOE_OPTIM_ADAMW, "make-adamw", adamw_update};
+static const moe_optim_rule adamw_rule = {MOE_OPTIM_ADAMW, "make-adamw", sizeof(moe_cpu_adamw_item),
+                                          adamw_update};
 
 moe_status moe_adamw_new(moe_optimizer **out, int n, const char *const *names, moe_tensor *const *params,
                          const moe_adamw_config *cfg)

@@ -26,29 +26,34 @@ static moe_status check_grads(const char *op, int n, moe_tensor *const *params)
     return MOE_OK;
 }
 
-/* Σ g² of one gradient, any layout. */
-static moe_status grad_sum_squares(double *out, moe_tensor *g)
-{
-    moe_tensor *c;
-    MOE_TRY(moe_contiguous(&c, g));
-    *out = moe_cpu_sum_squares(c->dtype, moe_tensor_data(c), moe_tensor_numel(c));
-    moe_tensor_release(c);
-    return MOE_OK;
-}
-
+/* The L2 norm of all gradients (any layout: a view is summed from a
+ * contiguous copy), summed in one pass over all of them. */
 static moe_status norm_of(const char *op, double *total_norm, int n, moe_tensor *const *params)
 {
     MOE_TRY(check_grads(op, n, params));
-    MOE_NO_GRAD_BEGIN;
-    double sum = 0;
+    if (n == 0) {
+        *total_norm = 0;
+        return MOE_OK;
+    }
+    moe_cpu_span *spans = malloc((size_t)n * sizeof *spans);
+    moe_tensor **copies = calloc((size_t)n, sizeof *copies);
     moe_status st = MOE_OK;
+    if (!spans || !copies)
+        st = moe_fail(MOE_ERR_NOMEM, op, "out of memory for the spans of %d gradients", n);
+    int count = 0;
+    MOE_NO_GRAD_BEGIN;
     for (int i = 0; i < n && st == MOE_OK; i++) {
-        double s = 0;
-        if (params[i]->grad) st = grad_sum_squares(&s, params[i]->grad);
-        sum += s;
+        moe_tensor *g = params[i]->grad;
+        if (!g) continue;
+        if (!moe_tensor_is_contiguous(g) && (st = moe_contiguous(&copies[i], g)) != MOE_OK) break;
+        if (copies[i]) g = copies[i];
+        spans[count++] = (moe_cpu_span){g->dtype, moe_tensor_data(g), moe_tensor_numel(g)};
     }
     MOE_NO_GRAD_END;
-    if (st == MOE_OK) *total_norm = sqrt(sum);
+    if (st == MOE_OK) *total_norm = sqrt(moe_cpu_sum_squares(count, spans));
+    for (int i = 0; copies && i < n; i++) moe_tensor_release(copies[i]);
+    free(copies);
+    free(spans);
     return st;
 }
 

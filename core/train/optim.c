@@ -31,6 +31,7 @@ void moe_optimizer_free(moe_optimizer *opt)
     free(opt->slots);
     free(opt->state_names);
     free(opt->grads);
+    free(opt->items);
     free(opt);
 }
 
@@ -109,8 +110,10 @@ moe_status moe_optimizer_make(moe_optimizer **out, const moe_optim_rule *rule, d
     o->slots = calloc((size_t)(n * (n_slots ? n_slots : 1)), sizeof *o->slots);
     o->state_names = calloc((size_t)n_state, sizeof *o->state_names);
     o->grads = calloc((size_t)n, sizeof *o->grads);
+    o->items = calloc((size_t)n, rule->item_size);
     moe_status st = MOE_OK;
-    if (!o->names || !o->params || !o->decay || !o->param_steps || !o->slots || !o->state_names || !o->grads)
+    if (!o->names || !o->params || !o->decay || !o->param_steps || !o->slots || !o->state_names || !o->grads ||
+        !o->items)
         goto nomem;
     if (!(o->state_names[0] = copy_text("step"))) goto nomem;
     for (int i = 0; i < n; i++) {
@@ -137,10 +140,14 @@ fail:
 
 /* ---- stepping ------------------------------------------------------------------------ */
 
-moe_status moe_optimizer_step(moe_optimizer *opt)
+moe_status moe_optimizer_step(moe_optimizer *opt) { return moe_optimizer_step_scaled(opt, 1.0); }
+
+moe_status moe_optimizer_step_scaled(moe_optimizer *opt, double grad_scale)
 {
     const char *op = "optimizer-step!";
     MOE_CHECK_NOT_NULL(op, opt);
+    if (!(grad_scale > 0) || !isfinite(grad_scale))
+        return moe_fail(MOE_ERR_ARG, op, "grad-scale must be finite and > 0, got %g", grad_scale);
     /* Check every gradient, and make the contiguous copies the kernels
      * need (only for gradients that are views), before the first parameter
      * changes. */
@@ -162,13 +169,11 @@ moe_status moe_optimizer_step(moe_optimizer *opt)
             st = moe_contiguous(&grads[i], g);
     }
     if (st == MOE_OK) {
-        for (int i = 0; i < opt->n; i++) {
-            if (!grads[i]) continue;
-            opt->param_steps[i]++;
-            opt->rule->update(opt, i, grads[i]);
-            /* a graph that saved this parameter now holds a stale value */
-            moe_tensor_bump_version(opt->params[i]);
-        }
+        for (int i = 0; i < opt->n; i++)
+            if (grads[i]) opt->param_steps[i]++;
+        opt->rule->update(opt, grads, grad_scale);
+        for (int i = 0; i < opt->n; i++) /* a graph that saved one now holds a stale value */
+            if (grads[i]) moe_tensor_bump_version(opt->params[i]);
         opt->step++;
     }
     for (int i = 0; i < opt->n; i++) {

@@ -92,6 +92,12 @@ void moe_optimizer_free(moe_optimizer *opt); /* NULL is fine */
  * anything changes. Gradients with NaN or Inf are used as they are (as
  * PyTorch does): check the norm from moe_clip_grad_norm to skip a step. */
 moe_status moe_optimizer_step(moe_optimizer *opt);
+/* The same with every gradient multiplied by GRAD_SCALE (finite, > 0) as it
+ * is read, in the gradient's precision: the update moe_clip_grad_norm
+ * followed by moe_optimizer_step makes, bit for bit, when GRAD_SCALE is
+ * the clipping factor max / (norm + 1e-6), without the pass that scales
+ * the gradients in memory (they keep their values). */
+moe_status moe_optimizer_step_scaled(moe_optimizer *opt, double grad_scale);
 /* Drop every parameter's gradient (PyTorch's zero_grad(set_to_none=True)). */
 void moe_optimizer_zero_grad(moe_optimizer *opt);
 double moe_optimizer_lr(const moe_optimizer *opt);

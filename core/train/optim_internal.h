@@ -8,11 +8,15 @@
 #define MOE_OPTIM_MAX_SLOTS 2
 
 /* What differs between optimizers: the per-parameter state tensors and the
- * update of one parameter from its (contiguous) gradient. */
+ * update. UPDATE updates every parameter i whose GRADS[i] (contiguous) is
+ * not NULL, its step count already advanced, with each gradient scaled by
+ * GRAD_SCALE first; ITEM_SIZE is the size of the rule's kernel item, of
+ * which the optimizer keeps one per parameter (ITEMS). */
 typedef struct moe_optim_rule {
     moe_optim_kind kind;
     const char *op; /* the Scheme procedure that makes one */
-    void (*update)(moe_optimizer *opt, int i, const moe_tensor *grad);
+    size_t item_size;
+    void (*update)(moe_optimizer *opt, moe_tensor *const *grads, double grad_scale);
 } moe_optim_rule;
 
 struct moe_optimizer {
@@ -33,6 +37,7 @@ struct moe_optimizer {
     moe_tensor **slots;    /* [n][n_slots], zeros of each parameter's shape */
     char **state_names;    /* [1 + n·(1 + n_slots)] */
     moe_tensor **grads;    /* [n], scratch of a step: no allocation per step */
+    void *items;           /* [n] kernel items of a step (rule->item_size each) */
 };
 
 static inline moe_tensor *moe_optim_slot(const moe_optimizer *opt, int i, int k)

@@ -30,23 +30,35 @@ moe_status moe_sgd_config_validate(const moe_sgd_config *cfg, const char *op)
     return MOE_OK;
 }
 
-static void sgd_update(moe_optimizer *opt, int i, const moe_tensor *grad)
+static void sgd_update(moe_optimizer *opt, moe_tensor *const *grads, double grad_scale)
 {
     const moe_sgd_config *c = &opt->cfg.sgd;
-    moe_cpu_sgd_step s = {
-        .lr = opt->lr,
-        .momentum = c->momentum,
-        .dampening = c->dampening,
-        .weight_decay = c->weight_decay,
-        .nesterov = c->nesterov,
-        .first = opt->param_steps[i] == 1,
-    };
-    moe_tensor *p = opt->params[i];
-    void *buf = opt->n_slots ? moe_tensor_data(moe_optim_slot(opt, i, 0)) : NULL;
-    moe_cpu_sgd(p->dtype, moe_tensor_data(p), moe_tensor_data(grad), buf, moe_tensor_numel(p), &s);
+    moe_cpu_sgd_item *items = opt->items;
+    int count = 0;
+    for (int i = 0; i < opt->n; i++) {
+        if (!grads[i]) continue;
+        moe_tensor *p = opt->params[i];
+        items[count++] = (moe_cpu_sgd_item){
+            .dtype = p->dtype,
+            .param = moe_tensor_data(p),
+            .grad = moe_tensor_data(grads[i]),
+            .buf = opt->n_slots ? moe_tensor_data(moe_optim_slot(opt, i, 0)) : NULL,
+            .n = moe_tensor_numel(p),
+            .step = {
+                .lr = opt->lr,
+                .momentum = c->momentum,
+                .dampening = c->dampening,
+                .weight_decay = c->weight_decay,
+                .grad_scale = grad_scale,
+                .nesterov = c->nesterov,
+                .first = opt->param_steps[i] == 1,
+            },
+        };
+    }
+    moe_cpu_sgd(count, items);
 }
 
-static const moe_optim_rule sgd_rule = {MOE_OPTIM_SGD, "make-sgd", sgd_update};
+static const moe_optim_rule sgd_rule = {MOE_OPTIM_SGD, "make-sgd", sizeof(moe_cpu_sgd_item), sgd_update};
 
 moe_status moe_sgd_new(moe_optimizer **out, int n, const char *const *names, moe_tensor *const *params,
                        const moe_sgd_config *cfg)

@@ -1,34 +1,87 @@
 /* optim.c — the optimizer update loops and the sum of squares behind
  * gradient clipping (see optim.h). One template per loop, instantiated for
- * float and double by a dtype switch. */
+ * float and double; every loop runs over many parameters in one parallel
+ * region. */
 #include "optim.h"
 
 #include <math.h>
 #include <omp.h>
 
-/* Below this many elements a loop runs on the calling thread: a parallel
- * region costs more than it saves. */
+/* Below this many elements in all a loop runs on the calling thread: a
+ * parallel region costs more than it saves. */
 #define PARALLEL_MIN 32768
+
+/* Elements per task of the update loops: small enough that the chunks of a
+ * step's parameters even out two threads of unequal speed, large enough
+ * that handing one out costs nothing next to its memory traffic. */
+#define CHUNK 16384
+
+/* Parameters per parallel region (the chunk table lives on the stack). */
+#define BATCH 64
 
 /* sqrt in the loop's own precision. */
 #define SQRT_OF(T, x) _Generic((T)0, float: sqrtf, double: sqrt)(x)
 
-/* AdamW over elements [lo, hi) of one thread's share. The scalars are
- * copied to locals of type T first: the loop then runs in T's own precision
- * (as PyTorch's does), vectorises (this file is built with -fno-math-errno,
- * so sqrt needs no errno branch), and never reloads them. */
+/* ---- the chunks of a batch of parameters ------------------------------------------ */
+
+/* Parameter i of the batch has N[i] elements and owns chunks
+ * [first[i], first[i + 1]). */
+typedef struct chunk_table {
+    int count;
+    int64_t first[BATCH + 1], n[BATCH], elements;
+} chunk_table;
+
+static void chunk_table_add(chunk_table *t, int64_t n)
+{
+    t->n[t->count] = n;
+    t->first[t->count + 1] = t->first[t->count] + (n + CHUNK - 1) / CHUNK;
+    t->count++;
+    t->elements += n;
+}
+
+/* The parameter that chunk C belongs to, and its element range [*lo, *hi). */
+static int chunk_range(const chunk_table *t, int64_t c, int64_t *lo, int64_t *hi)
+{
+    int i = 0;
+    while (t->first[i + 1] <= c) i++; /* BATCH is small: a scan will do */
+    *lo = (c - t->first[i]) * CHUNK;
+    *hi = *lo + CHUNK < t->n[i] ? *lo + CHUNK : t->n[i];
+    return i;
+}
+
+/* Run SPAN(item, lo, hi) over every chunk of ITEMS[0..COUNT), BATCH
+ * parameters to a parallel region. */
+#define FOR_EACH_CHUNK(COUNT, ITEMS, SPAN)                                                     \
+    for (int base = 0; base < (COUNT); base += BATCH) {                                        \
+        chunk_table t = {0};                                                                   \
+        for (int i = base; i < (COUNT) && i < base + BATCH; i++) chunk_table_add(&t, (ITEMS)[i].n); \
+        _Pragma("omp parallel for schedule(dynamic) if (t.elements >= PARALLEL_MIN)")         \
+        for (int64_t c = 0; c < t.first[t.count]; c++) {                                       \
+            int64_t lo, hi;                                                                    \
+            int i = chunk_range(&t, c, &lo, &hi);                                              \
+            SPAN(&(ITEMS)[base + i], lo, hi);                                                  \
+        }                                                                                      \
+    }
+
+/* ---- AdamW ---------------------------------------------------------------------- */
+
+/* AdamW over elements [lo, hi) of one parameter. The scalars are copied to
+ * locals of type T first: the loop then runs in T's own precision (as
+ * PyTorch's does), vectorises (this file is built with -fno-math-errno, so
+ * sqrt needs no errno branch), and never reloads them. */
 #define ADAMW_SPAN(T)                                                                          \
-    static void adamw_span_##T(                                                                \
-        T *restrict p, T *restrict m, T *restrict v, const T *restrict g, int64_t lo,          \
-        int64_t hi, const moe_cpu_adamw_step *s)                                               \
+    static void adamw_span_##T(const moe_cpu_adamw_item *it, int64_t lo, int64_t hi)           \
     {                                                                                          \
+        const moe_cpu_adamw_step *s = &it->step;                                               \
+        T *restrict p = it->param, *restrict m = it->exp_avg, *restrict v = it->exp_avg_sq;    \
+        const T *restrict g = it->grad;                                                        \
         const T decay = (T)(1.0 - s->lr * s->weight_decay), b1 = (T)s->beta1,                  \
                 b2 = (T)s->beta2, c1 = (T)(1.0 - s->beta1), c2 = (T)(1.0 - s->beta2);          \
         const T step_size = (T)(s->lr / s->bias_correction1), eps = (T)s->eps,                 \
-                bc2 = (T)s->bias_correction2_sqrt;                                             \
+                bc2 = (T)s->bias_correction2_sqrt, gs = (T)s->grad_scale;                      \
         _Pragma("omp simd")                                                                    \
         for (int64_t i = lo; i < hi; i++) {                                                    \
-            T gi = g[i];                                                                       \
+            T gi = g[i] * gs;                                                                  \
             T pd = p[i] * decay;                                                               \
             T mi = m[i] * b1 + c1 * gi;                                                        \
             T vi = v[i] * b2 + c2 * gi * gi;                                                   \
@@ -41,39 +94,41 @@
 ADAMW_SPAN(float)
 ADAMW_SPAN(double)
 
-void moe_cpu_adamw(moe_dtype dtype, void *param, const void *grad, void *exp_avg,
-                   void *exp_avg_sq, int64_t n, const moe_cpu_adamw_step *s)
+static void adamw_span(const moe_cpu_adamw_item *it, int64_t lo, int64_t hi)
 {
-#pragma omp parallel if (n >= PARALLEL_MIN)
-    {
-        int k = omp_get_thread_num(), t = omp_get_num_threads();
-        int64_t lo = n * k / t, hi = n * (k + 1) / t;
-        if (dtype == MOE_F64)
-            adamw_span_double(param, exp_avg, exp_avg_sq, grad, lo, hi, s);
-        else
-            adamw_span_float(param, exp_avg, exp_avg_sq, grad, lo, hi, s);
-    }
+    if (it->dtype == MOE_F64)
+        adamw_span_double(it, lo, hi);
+    else
+        adamw_span_float(it, lo, hi);
 }
+
+void moe_cpu_adamw(int count, const moe_cpu_adamw_item *items)
+{
+    FOR_EACH_CHUNK(count, items, adamw_span);
+}
+
+/* ---- SGD ------------------------------------------------------------------------ */
 
 /* One loop per case (first step, nesterov), so the loop body has no branch. */
 #define SGD_LOOP(T, BODY)                                                                      \
     do {                                                                                       \
-        T *restrict p = param, *restrict b = buf;                                              \
-        const T *restrict g = grad;                                                            \
-        const T lr = (T)s->lr, mu = (T)s->momentum, keep = (T)(1.0 - s->dampening),            \
-                wd = (T)s->weight_decay;                                                       \
-        (void)b, (void)mu, (void)keep;                                                         \
-        _Pragma("omp parallel for simd schedule(static) if (n >= PARALLEL_MIN)")              \
-        for (int64_t i = 0; i < n; i++) {                                                      \
-            T d = g[i] + wd * p[i];                                                            \
+        _Pragma("omp simd")                                                                    \
+        for (int64_t i = lo; i < hi; i++) {                                                    \
+            T d = g[i] * gs + wd * p[i];                                                       \
             BODY;                                                                              \
             p[i] = p[i] - lr * d;                                                              \
         }                                                                                      \
     } while (0)
 
-#define SGD_CASES(T)                                                                           \
-    do {                                                                                       \
-        if (!buf)                                                                              \
+#define SGD_SPAN(T)                                                                            \
+    static void sgd_span_##T(const moe_cpu_sgd_item *it, int64_t lo, int64_t hi)               \
+    {                                                                                          \
+        const moe_cpu_sgd_step *s = &it->step;                                                 \
+        T *restrict p = it->param, *restrict b = it->buf;                                      \
+        const T *restrict g = it->grad;                                                        \
+        const T lr = (T)s->lr, mu = (T)s->momentum, keep = (T)(1.0 - s->dampening),            \
+                wd = (T)s->weight_decay, gs = (T)s->grad_scale;                                \
+        if (!b)                                                                                \
             SGD_LOOP(T, (void)0);                                                              \
         else if (s->first && s->nesterov)                                                      \
             SGD_LOOP(T, b[i] = d; d = d + mu * d);                                             \
@@ -83,51 +138,73 @@ void moe_cpu_adamw(moe_dtype dtype, void *param, const void *grad, void *exp_avg
             SGD_LOOP(T, T bi = b[i] * mu + keep * d; b[i] = bi; d = d + mu * bi);              \
         else                                                                                   \
             SGD_LOOP(T, T bi = b[i] * mu + keep * d; b[i] = bi; d = bi);                       \
-    } while (0)
+    }
+SGD_SPAN(float)
+SGD_SPAN(double)
 
-void moe_cpu_sgd(moe_dtype dtype, void *param, const void *grad, void *buf, int64_t n,
-                 const moe_cpu_sgd_step *s)
+static void sgd_span(const moe_cpu_sgd_item *it, int64_t lo, int64_t hi)
 {
-    if (dtype == MOE_F64)
-        SGD_CASES(double);
+    if (it->dtype == MOE_F64)
+        sgd_span_double(it, lo, hi);
     else
-        SGD_CASES(float);
+        sgd_span_float(it, lo, hi);
 }
 
-/* The sum runs over a fixed number of slices (not one per thread), each
- * summed in order in LANES running sums (independent additions the CPU can
- * overlap) combined in order, and the slice sums are added in order: the
- * same bits for any thread count. */
+void moe_cpu_sgd(int count, const moe_cpu_sgd_item *items)
+{
+    FOR_EACH_CHUNK(count, items, sgd_span);
+}
+
+/* ---- the sum of squares ----------------------------------------------------------- */
+
+/* Each buffer is summed in a fixed number of slices (not one per thread),
+ * each in order in LANES running sums (independent additions the CPU can
+ * overlap) combined in order; the slice sums are added in order, then the
+ * buffers' sums: the same bits for any thread count. */
 #define SLICES 64
 #define LANES 8
 
-#define SUM_SQUARES(T)                                                                         \
-    do {                                                                                       \
-        const T *a = x;                                                                        \
-        _Pragma("omp parallel for schedule(static) if (n >= PARALLEL_MIN)")                   \
-        for (int k = 0; k < SLICES; k++) {                                                     \
-            int64_t lo = n * k / SLICES, hi = n * (k + 1) / SLICES, i = lo;                    \
-            double lane[LANES] = {0};                                                          \
-            for (; i + LANES <= hi; i += LANES)                                                \
-                for (int j = 0; j < LANES; j++) lane[j] += (double)a[i + j] * (double)a[i + j]; \
-            for (int j = 0; i < hi; i++, j++) lane[j] += (double)a[i] * (double)a[i];          \
-            double acc = 0;                                                                    \
-            for (int j = 0; j < LANES; j++) acc += lane[j];                                    \
-            part[k] = acc;                                                                     \
-        }                                                                                      \
-    } while (0)
+#define SLICE_SUM(T)                                                                           \
+    static double slice_sum_##T(const T *a, int64_t lo, int64_t hi)                            \
+    {                                                                                          \
+        double lane[LANES] = {0};                                                              \
+        int64_t i = lo;                                                                        \
+        for (; i + LANES <= hi; i += LANES)                                                    \
+            for (int j = 0; j < LANES; j++) lane[j] += (double)a[i + j] * (double)a[i + j];    \
+        for (int j = 0; i < hi; i++, j++) lane[j] += (double)a[i] * (double)a[i];              \
+        double acc = 0;                                                                        \
+        for (int j = 0; j < LANES; j++) acc += lane[j];                                        \
+        return acc;                                                                            \
+    }
+SLICE_SUM(float)
+SLICE_SUM(double)
 
-double moe_cpu_sum_squares(moe_dtype dtype, const void *x, int64_t n)
+double moe_cpu_sum_squares(int count, const moe_cpu_span *spans)
 {
-    double part[SLICES];
-    if (dtype == MOE_F64)
-        SUM_SQUARES(double);
-    else
-        SUM_SQUARES(float);
     double total = 0;
-    for (int k = 0; k < SLICES; k++) total += part[k];
+    for (int base = 0; base < count; base += BATCH) {
+        int m = count - base < BATCH ? count - base : BATCH;
+        int64_t elements = 0;
+        for (int i = 0; i < m; i++) elements += spans[base + i].n;
+        double part[BATCH][SLICES];
+#pragma omp parallel for schedule(dynamic) if (elements >= PARALLEL_MIN)
+        for (int task = 0; task < m * SLICES; task++) {
+            const moe_cpu_span *sp = &spans[base + task / SLICES];
+            int k = task % SLICES;
+            int64_t lo = sp->n * k / SLICES, hi = sp->n * (k + 1) / SLICES;
+            part[task / SLICES][k] = sp->dtype == MOE_F64 ? slice_sum_double(sp->data, lo, hi)
+                                                          : slice_sum_float(sp->data, lo, hi);
+        }
+        for (int i = 0; i < m; i++) {
+            double sum = 0;
+            for (int k = 0; k < SLICES; k++) sum += part[i][k];
+            total += sum;
+        }
+    }
     return total;
 }
+
+/* ---- scaling -------------------------------------------------------------------- */
 
 #define SCALE_LOOP(T)                                                                          \
     do {                                                                                       \

@@ -121,10 +121,12 @@ SCM_DEFINE(moelab_make_sgd, "%make-sgd", 6, 0, 0,
 }
 #undef FUNC_NAME
 
-SCM_DEFINE(moelab_optimizer_step_x, "%optimizer-step!", 1, 0, 0, (SCM obj), "One optimizer step.")
+SCM_DEFINE(moelab_optimizer_step_x, "%optimizer-step!", 2, 0, 0, (SCM obj, SCM grad_scale),
+           "One optimizer step, each gradient multiplied by GRAD-SCALE as it is read.")
 #define FUNC_NAME "optimizer-step!"
 {
-    MOELAB_CHECK(FUNC_NAME, moe_optimizer_step(moelab_to_optimizer(obj, 1, FUNC_NAME)));
+    moe_optimizer *o = moelab_to_optimizer(obj, 1, FUNC_NAME);
+    MOELAB_CHECK(FUNC_NAME, moe_optimizer_step_scaled(o, moelab_to_double(grad_scale, 2, FUNC_NAME)));
     scm_remember_upto_here_1(obj);
     return SCM_UNSPECIFIED;
 }

@@ -28,7 +28,7 @@
             plan-data-size plan-data-rank plan-stage plan-stages plan-last-stage?
             plan-first-stage? plan-schedule plan-zero plan-pp-group plan-data-group
             plan-rows plan-data-sum plan-world-sum plan-arm! plan-reduce-grads!
-            plan-grad-norm plan-scale-grads! plan-after-update! plan-routing-metrics
+            plan-grad-norm plan-after-update! plan-routing-metrics
             plan-gather-layers plan-comm-stats plan-moe-layers plan-local-rows plan-set-local-rows! plan-pipeline-stats plan-set-pipeline-stats!
             model-gather-parameters %default-mesh))
 
@@ -313,14 +313,6 @@ stage, expert slices once per expert-parallel rank."
          (total (car (plan-world-sum p (+ (/ (squared-norm dense) (plan-data-size p))
                                           (/ (squared-norm experts) (plan-dp p)))))))
     (sqrt total)))
-
-(define (plan-scale-grads! p factor)
-  (with-no-grad
-   (lambda ()
-     (for-each (lambda (q)
-                 (let ((g (tensor-grad (cdr q))))
-                   (when g (set-tensor-grad! (cdr q) (t* g factor)))))
-               (model-parameters (plan-model p))))))
 
 (define (plan-after-update! p)
   "After the optimizer step: under ZeRO-1 every parameter from the rank

@@ -25,7 +25,7 @@
   #:export (make-adamw make-sgd optimizer? optimizer-step! optimizer-zero-grad!
             optimizer-lr set-optimizer-lr! optimizer-steps optimizer-config
             optimizer-parameters optimizer-state optimizer-load-state!
-            clip-grad-norm! grad-norm
+            clip-grad-norm! grad-norm clip-scale
             make-lr-schedule lr-schedule-config
             make-metrics-log metrics-log? metrics-log-write! metrics-log-path
             metrics-log-close! read-jsonl json-line))
@@ -72,11 +72,15 @@ NESTEROV?); p ← p − lr·d, in place."
 (define-method (write (o <optimizer>) port) (display (%optimizer-repr o) port))
 (define-method (display (o <optimizer>) port) (display (%optimizer-repr o) port))
 
-(define (optimizer-step! o)
+(define* (optimizer-step! o #:key (grad-scale 1.0))
   "Update every parameter of O that has a gradient (those without one are
 skipped, their step count unchanged). Every gradient is checked first (shape,
-dtype, device): on an error nothing changes."
-  (%optimizer-step! o))
+dtype, device): on an error nothing changes. GRAD-SCALE (finite, > 0)
+multiplies each gradient as it is read, in its own precision, and leaves the
+gradients as they are: with the clipping factor (clip-scale) the update is,
+bit for bit, that of clip-grad-norm! followed by optimizer-step!, without a
+pass that scales the gradients in memory."
+  (%optimizer-step! o grad-scale))
 
 (define (optimizer-zero-grad! o)
   "Drop the gradients of O's parameters (the next backward! starts afresh)."
@@ -132,6 +136,14 @@ norm is returned and the gradients left as they are."
 (define (grad-norm params)
   "The L2 norm of all the gradients of PARAMS together, without clipping."
   (%grad-norm params))
+
+(define (clip-scale norm max)
+  "The factor by which clip-grad-norm! with maximum MAX scales gradients
+whose total norm is NORM: MAX/(NORM + 1e-6) when that is below 1 and NORM
+is finite, else 1. Pass it to optimizer-step! as #:grad-scale to clip
+inside the update."
+  (let ((s (/ max (+ norm 1e-6))))
+    (if (and (finite? norm) (< s 1.0)) s 1.0)))
 
 ;;; ---- schedules ------------------------------------------------------------------------
 

@@ -263,7 +263,8 @@ before backward, so the step's gradient is the mean over the
 GRAD-ACCUM·BATCH-SIZE sequences. SCHEDULE, a procedure from the step
 (0, 1, …) to the learning rate (make-lr-schedule), sets the rate before each
 step (#f keeps the optimizer's). CLIP, a positive number, clips the global
-gradient norm (clip-grad-norm!); #f only measures it. LOG, a file name, is
+gradient norm (as clip-grad-norm! would; the optimizer applies the factor
+as it reads the gradients); #f only measures it. LOG, a file name, is
 the metrics file (JSON Lines; line 1 holds the settings, see
 trainer-config); #f writes none. Every EVAL-EVERY steps (#f: never)
 trainer-run! evaluates on EVAL-BATCHES batches per domain of VAL-DATASET.
@@ -476,13 +477,17 @@ loaded expert-parallel rank's tokens over the mean)."
               ;; garbage collection: the graph they hold on to is large.
               (for-each tensor-free! (delete-duplicates (list scaled loss x y) eq?))
               (loop (+ i 1) (+ loss-sum value) (+ tokens count)))))
-        (let* ((params (optimizer-parameters o))
-               (norm (if (tr-clip tr) (clip-grad-norm! params (tr-clip tr)) (grad-norm params))))
-          (optimizer-step! o)
+        (let ((norm (grad-norm (optimizer-parameters o))))
+          (optimizer-step! o #:grad-scale (step-grad-scale tr norm))
           (let ((before (%model-router-metrics m)))
             (model-step! m)
             (finish-step! tr m o tokens (/ loss-sum n) lr norm t0
                           (local-routing-rows before (%model-router-metrics m))))))))
+
+;; Clipping happens inside the update: the optimizer reads every gradient
+;; times this factor (clip-grad-norm!'s), which saves a pass over them.
+(define (step-grad-scale tr norm)
+  (if (tr-clip tr) (clip-scale norm (tr-clip tr)) 1.0))
 
 (define (finish-step! tr m o tokens loss lr norm t0 rows)
   (optimizer-zero-grad! o)
@@ -556,9 +561,7 @@ loaded expert-parallel rank's tokens over the mean)."
                       0.0))
            (loss (/ (car (plan-world-sum plan local)) total))
            (norm (plan-grad-norm plan)))
-      (when (and (tr-clip tr) (finite? norm) (> norm (tr-clip tr)))
-        (plan-scale-grads! plan (/ (tr-clip tr) (+ norm 1e-6))))
-      (optimizer-step! o)
+      (optimizer-step! o #:grad-scale (step-grad-scale tr norm))
       (plan-after-update! plan)
       (let* ((before (%model-router-metrics m))
              (kinds (aux-kinds before)))

@@ -101,6 +101,42 @@ the difference, shown by the failure report."
                 (ref-params c)))))
    '("clip-above-f64" "clip-below-f64" "clip-above-f32" "clip-below-f32")))
 
+(test-group "clipping folded into the update"
+  ;; grads (3, 4) and (0, 12): norm 13; max 6.5 → factor 6.5/(13 + 1e-6)
+  (test-equal "clip-scale above the max" (/ 6.5 (+ 13 1e-6)) (clip-scale 13.0 6.5))
+  (test-equal "clip-scale below the max" 1.0 (clip-scale 6.0 6.5))
+  (test-equal "clip-scale of a non-finite norm" 1.0 (clip-scale +inf.0 6.5))
+  (let ((run (lambda (fold? make)
+               ;; two steps of f32 parameters; returns the parameters' values
+               (let* ((a (tensor '(1.0 -2.0) #:dtype 'f32 #:requires-grad #t))
+                      (b (tensor '(0.5 0.25) #:dtype 'f32 #:requires-grad #t))
+                      (o (make `(("a" . ,a) ("b" . ,b)))))
+                 (for-each
+                  (lambda (k)
+                    (set-tensor-grad! a (tensor (list (* 3.0 k) 4.0) #:dtype 'f32))
+                    (set-tensor-grad! b (tensor (list 0.0 (* 12.0 k)) #:dtype 'f32))
+                    (if fold?
+                        (let ((g (tensor->list (tensor-grad a))))
+                          (optimizer-step! o #:grad-scale (clip-scale (grad-norm (list a b)) 6.5))
+                          (test-equal "the gradients keep their values" g (tensor->list (tensor-grad a))))
+                        (begin (clip-grad-norm! (list a b) 6.5) (optimizer-step! o))))
+                  '(1.0 1.5))
+                 (append (tensor->list a) (tensor->list b))))))
+    (for-each
+     (lambda (make)
+       (test-equal "the same bits as clip-grad-norm! then optimizer-step!"
+         (run #f make) (run #t make)))
+     (list (lambda (ps) (make-adamw ps #:lr 0.1))
+           (lambda (ps) (make-sgd ps #:lr 0.1 #:momentum 0.9)))))
+  (let* ((w (tensor '(1.0 2.0) #:requires-grad #t))
+         (o (make-sgd `(("w" . ,w)) #:lr 1)))
+    (set-tensor-grad! w (tensor '(1.0 1.0)))
+    (optimizer-step! o #:grad-scale 0.5)
+    (test-values "grad-scale multiplies the gradient" '(0.5 1.5) w)
+    (test-moelab-error "grad-scale 0" "grad-scale must be finite and > 0, got 0"
+                       (optimizer-step! o #:grad-scale 0))
+    (test-values "a refused scale changes nothing" '(0.5 1.5) w)))
+
 (test-group "schedules against their formulas"
   (for-each
    (lambda (name)

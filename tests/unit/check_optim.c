@@ -648,6 +648,136 @@ START_TEST(test_thread_count_does_not_matter)
 }
 END_TEST
 
+/* ---- many parameters in one update, clipping folded in ---------------------------------- */
+
+#define MANY 70 /* more parameters than the kernels take to one parallel region (64) */
+
+/* MANY parameters of assorted sizes (one element, a chunk and a bit, ...;
+ * two in f64), from SEED. */
+static void make_many(moe_tensor **params, const char **names, char (*buf)[16], uint64_t seed)
+{
+    for (int i = 0; i < MANY; i++) {
+        int64_t n = i == 0 ? 1 : i == 1 ? 16384 + 3 : i == 2 ? 40000 : 97 * i + 5;
+        moe_dtype dt = i % 31 == 7 ? MOE_F64 : MOE_F32;
+        params[i] = tu_randn(dt, 1, SHAPE(n), seed + (uint64_t)i);
+        OK(moe_tensor_requires_grad_(params[i], true));
+        snprintf(buf[i], 16, "p%d", i);
+        names[i] = buf[i];
+    }
+}
+
+/* Fresh gradients for the parameters, from SEED. */
+static void new_grads(moe_tensor **params, uint64_t seed)
+{
+    for (int i = 0; i < MANY; i++) {
+        moe_tensor_release(params[i]->grad);
+        params[i]->grad = tu_randn(params[i]->dtype, 1, params[i]->shape, seed + (uint64_t)i);
+    }
+}
+
+static moe_optimizer *make_opt(bool adamw, int n, const char **names, moe_tensor **params)
+{
+    moe_optimizer *o;
+    if (adamw) {
+        moe_adamw_config cfg;
+        moe_adamw_config_default(&cfg);
+        cfg.lr = 1e-2;
+        OK(moe_adamw_new(&o, n, names, params, &cfg));
+    } else {
+        moe_sgd_config cfg;
+        moe_sgd_config_default(&cfg);
+        cfg.momentum = 0.9;
+        cfg.weight_decay = 0.01;
+        OK(moe_sgd_new(&o, n, names, params, &cfg));
+    }
+    return o;
+}
+
+/* P1 is P0 after a first step from the (clipped) gradient G, by the
+ * formulas: AdamW's first step moves each element by lr·g/(|g| + eps) after
+ * the decay (the bias corrections undo the (1 − β)); SGD's by lr·(g + wd·p). */
+static void assert_first_step(bool adamw, moe_tensor *p0, moe_tensor *g, moe_tensor *p1)
+{
+    int64_t n = moe_tensor_numel(p0);
+    double *x = malloc(sizeof *x * (size_t)n), *d = malloc(sizeof *d * (size_t)n),
+           *y = malloc(sizeof *y * (size_t)n);
+    OK(moe_tensor_to_doubles(p0, x));
+    OK(moe_tensor_to_doubles(g, d));
+    OK(moe_tensor_to_doubles(p1, y));
+    for (int64_t i = 0; i < n; i++) {
+        double want = adamw ? x[i] * (1 - 1e-2 * 0.1) - 1e-2 * d[i] / (fabs(d[i]) + 1e-8)
+                            : x[i] - 1e-2 * (d[i] + 0.01 * x[i]);
+        ck_assert_msg(fabs(y[i] - want) <= 1e-6 * (1 + fabs(want)), "element %lld of %lld: %.9g, expected %.9g",
+                      (long long)i, (long long)n, y[i], want);
+    }
+    free(x);
+    free(d);
+    free(y);
+}
+
+/* Two steps three ways, which must give the same bits: (a) clip-grad-norm!
+ * then a step, one optimizer over all parameters, one thread; (b) the norm,
+ * then a step with the clipping factor as grad scale, three threads; (c) one
+ * optimizer per parameter, clipped by the global factor (each parameter's
+ * update on its own). The gradients of (b) keep their values. */
+START_TEST(test_many_parameters_and_folded_clip)
+{
+    for (int adamw = 0; adamw < 2; adamw++) {
+        moe_tensor *a[MANY], *b[MANY], *c[MANY];
+        const char *names[MANY];
+        char buf[MANY][16];
+        make_many(a, names, buf, 100);
+        make_many(b, names, buf, 100);
+        make_many(c, names, buf, 100);
+        moe_optimizer *oa = make_opt(adamw, MANY, names, a), *ob = make_opt(adamw, MANY, names, b);
+        moe_optimizer *oc[MANY];
+        for (int i = 0; i < MANY; i++) oc[i] = make_opt(adamw, 1, &names[i], &c[i]);
+        int saved = omp_get_max_threads();
+        for (int step = 0; step < 2; step++) {
+            double na, nb, nc;
+            new_grads(a, 1000 + 100 * (uint64_t)step);
+            new_grads(b, 1000 + 100 * (uint64_t)step);
+            new_grads(c, 1000 + 100 * (uint64_t)step);
+            omp_set_num_threads(1);
+            OK(moe_clip_grad_norm(&na, MANY, a, 10.0));
+            moe_tensor *p0[MANY];
+            for (int i = 0; step == 0 && i < MANY; i++) p0[i] = copy_of(a[i]);
+            OK(moe_optimizer_step(oa));
+            for (int i = 0; step == 0 && i < MANY; i++) {
+                assert_first_step(adamw, p0[i], a[i]->grad, a[i]);
+                moe_tensor_release(p0[i]);
+            }
+            omp_set_num_threads(3);
+            OK(moe_grad_norm(&nb, MANY, b));
+            ck_assert(na == nb && na > 10); /* clipping is on */
+            double s = 10.0 / (nb + 1e-6);
+            moe_tensor *g0 = NULL;
+            OK(moe_clone(&g0, b[2]->grad));
+            OK(moe_optimizer_step_scaled(ob, s));
+            tu_assert_close(b[2]->grad, g0, 0, 0, "the gradient keeps its values");
+            moe_tensor_release(g0);
+            OK(moe_grad_norm(&nc, MANY, c));
+            ck_assert(nc == na);
+            for (int i = 0; i < MANY; i++) OK(moe_optimizer_step_scaled(oc[i], 10.0 / (nc + 1e-6)));
+        }
+        omp_set_num_threads(saved);
+        for (int i = 0; i < MANY; i++) {
+            tu_assert_close(b[i], a[i], 0, 0, "folded clip vs clip then step");
+            tu_assert_close(c[i], a[i], 0, 0, "one optimizer per parameter");
+        }
+        FAILS(moe_optimizer_step_scaled(ob, 0), MOE_ERR_ARG, "optimizer-step!: grad-scale must be finite and > 0, got 0");
+        FAILS(moe_optimizer_step_scaled(ob, NAN), MOE_ERR_ARG, "got nan");
+        ck_assert_int_eq(moe_optimizer_steps(ob), 2); /* the failed steps changed nothing */
+        moe_optimizer_free(oa);
+        moe_optimizer_free(ob);
+        for (int i = 0; i < MANY; i++) {
+            moe_optimizer_free(oc[i]);
+            RELEASE(a[i], b[i], c[i]);
+        }
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("optim");
@@ -665,6 +795,7 @@ int main(void)
     tcase_add_test(tc, test_clip_views_and_shared_grads);
     tcase_add_test(tc, test_clip_non_finite);
     tcase_add_test(tc, test_thread_count_does_not_matter);
+    tcase_add_test(tc, test_many_parameters_and_folded_clip);
     suite_add_tcase(s, tc);
     tc = tcase_create("state and errors");
     tcase_add_test(tc, test_state_round_trip);
