@@ -24,7 +24,12 @@
  *     ds = p ⊙ (dOi Vjᵀ − D_i)            dKj += scale·dsᵀ Qi,  dQi += scale·ds Kj
  * Blocks are narrow (BQ = BK = 32) so that little work goes to the masked
  * half of the blocks on the diagonal. The first product into every output
- * row has β = 0, so no output needs clearing first. */
+ * row has β = 0, so no output needs clearing first.
+ *
+ * The tasks (a batch row and a head; in the backward a kv head) go to the
+ * threads as they free up, so a thread slowed by something else does not
+ * hold the rest back; each task writes only its own rows, so which thread
+ * runs it does not change a bit. */
 #include "attention.h"
 
 #include <math.h>
@@ -166,7 +171,7 @@ DEFINE_ROWS(double, exp_f64)
         const int64_t S = p->S, H = p->H, KV = p->KV, hd = p->hd, ldq = H * hd, ldk = KV * hd;     \
         const int64_t bq = block_rows(p), kc = chunk_keys(p);                                      \
         const T scale = (T)p->scale;                                                               \
-        _Pragma("omp parallel for schedule(static)")                                               \
+        _Pragma("omp parallel for schedule(dynamic)")                                              \
         for (int64_t bh = 0; bh < p->B * H; bh++) {                                                \
             int64_t b = bh / H, h = bh % H, g = h * KV / H;                                        \
             T *s = scratch + (int64_t)omp_get_thread_num() * per_thread(p);                        \
@@ -205,7 +210,7 @@ DEFINE_ROWS(double, exp_f64)
         const int64_t G = H / KV; /* query heads per kv head */                                    \
         const int64_t bk = block_keys(p), qc = chunk_rows(p);                                      \
         const T scale = (T)p->scale;                                                               \
-        _Pragma("omp parallel for schedule(static)")                                               \
+        _Pragma("omp parallel for schedule(dynamic)")                                              \
         for (int64_t bg = 0; bg < p->B * KV; bg++) {                                               \
             int64_t b = bg / KV, g = bg % KV;                                                      \
             T *s = scratch + (int64_t)omp_get_thread_num() * per_thread(p);                        \
