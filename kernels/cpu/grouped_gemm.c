@@ -39,6 +39,18 @@ void moe_cpu_group_set_mode(moe_cpu_group_mode mode)
 
 moe_cpu_group_mode moe_cpu_group_get_mode(void) { return env_mode(); }
 
+/* Threads a side-by-side loop over these groups runs on: the team, but no
+ * more than there are non-empty groups (a thread with no group would only
+ * wait). moe_cpu_group_plan's slots, so thread t may use slot t. */
+static int team_size(int64_t E, const int64_t *off)
+{
+    int64_t nonempty = 0;
+    for (int64_t e = 0; e < E; e++) nonempty += off[e + 1] > off[e];
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nt > nonempty) nt = nonempty > 0 ? (int)nonempty : 1;
+    return nt;
+}
+
 moe_cpu_group_mode moe_cpu_group_plan(int64_t E, const int64_t *off, int *slots, int64_t *max_rows)
 {
     int64_t mx = 0, total = off[E] - off[0];
@@ -59,12 +71,7 @@ moe_cpu_group_mode moe_cpu_group_plan(int64_t E, const int64_t *off, int *slots,
         mode = (nt > 1 && nonempty >= 2 && (even || mx < 64)) ? MOE_CPU_GROUP_PARALLEL
                                                              : MOE_CPU_GROUP_SERIAL;
     }
-    if (mode == MOE_CPU_GROUP_PARALLEL) {
-        int s = nt < nonempty ? nt : nonempty;
-        *slots = s > 0 ? s : 1;
-    } else {
-        *slots = 1;
-    }
+    *slots = mode == MOE_CPU_GROUP_PARALLEL ? team_size(E, off) : 1;
     return mode;
 }
 
@@ -106,9 +113,7 @@ static void for_each_group(int64_t E, const int64_t *off, moe_cpu_group_mode mod
     int64_t nonempty = 0;
     for (int64_t e = 0; e < E; e++) nonempty += off[e + 1] > off[e];
     int64_t count = skip_empty ? nonempty : E;
-    /* The same count as moe_cpu_group_plan's slots: thread t uses slot t. */
-    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
-    if (nt > nonempty) nt = nonempty > 0 ? (int)nonempty : 1;
+    int nt = team_size(E, off);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (int64_t i = 0; i < count; i++) body(order[i], omp_get_thread_num(), ctx);
     if (order != stack_order) free(order);
@@ -144,10 +149,7 @@ static int64_t cut_on_tile(int64_t E, const int64_t *off, int64_t r)
 static void for_each_row_range(int64_t E, const int64_t *off, moe_cpu_group_mode mode,
                                rows_body body, void *ctx)
 {
-    int64_t nonempty = 0;
-    for (int64_t e = 0; e < E; e++) nonempty += off[e + 1] > off[e];
-    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
-    if (nt > nonempty) nt = nonempty > 0 ? (int)nonempty : 1; /* moe_cpu_group_plan's slots */
+    int nt = team_size(E, off);
     if (mode != MOE_CPU_GROUP_PARALLEL || nt < 2) {
         for (int64_t e = 0; e < E; e++)
             if (off[e + 1] > off[e]) body(e, off[e], off[e + 1], 0, ctx);
