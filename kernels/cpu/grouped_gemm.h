@@ -23,9 +23,13 @@
  *     threads (gemm.c).
  * Where groups are cut depends only on the offsets and the thread count,
  * and every other loop writes each element once in a fixed order, so a
- * given thread count always gives the same bits. Cuts fall on whole tiles
- * of a group's rows, where BLAS gives a row the same bits as in the whole
- * product, so one and two threads agree to the bit (check_model). */
+ * given thread count always gives the same bits. Cuts fall on 32-row
+ * tiles of a group's rows, so that BLAS gives a cut group's rows the bits
+ * of the whole product and one and two threads agree to the bit
+ * (check_model). That holds for the shapes tested, not for every kernel
+ * and shape: OpenBLAS's AVX2 sgemm (what runs under valgrind) works on
+ * 12-row tiles, and a piece of a few rows may take its small-matrix
+ * kernels. */
 #ifndef MOELAB_CPU_GROUPED_GEMM_H
 #define MOELAB_CPU_GROUPED_GEMM_H
 
