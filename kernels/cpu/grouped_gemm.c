@@ -364,7 +364,7 @@ int64_t moe_cpu_ffn_scratch(moe_cpu_ffn_act act, moe_cpu_group_mode mode, int sl
                             int64_t max_rows, int64_t N, int64_t F, bool backward)
 {
     /* The side-by-side backward keeps every row's dG, dU and h from its
-     * row step to its product step; otherwise one group per slot. */
+     * first loop to its second; otherwise one group per slot. */
     int64_t rows = backward && mode == MOE_CPU_GROUP_PARALLEL ? N : slots * max_rows;
     return scratch_blocks(act, backward) * rows * F;
 }
@@ -415,41 +415,48 @@ void moe_cpu_ffn_forward(const moe_cpu_ffn *p, void *g, void *u, void *y, void *
 
 /* ---- fused expert MLP: backward ----------------------------------------------------------- */
 
-/* Two steps. The row step: dh = dY Wdᵀ and one pass of the activation's
- * backward give dG, dU and h (its exp or erf evaluated once), row by row.
- * The product step: per group, dWd = hᵀ dY, dWg = xᵀ dG, dWu = xᵀ dU,
- * dX = dG Wgᵀ + dU Wuᵀ and the bias sums, each over all the group's rows.
- * Side by side: the row step for all groups split evenly by rows as in the
- * forward, then the products as separate tasks, costliest first, so that
- * no thread waits long for the last large group. One at a time: both
- * steps for a group, then the next. Either way every product has the
- * operands and shape it has in the other, cut only on row tiles. */
+/* Two steps. The first: dh = dY Wdᵀ and one pass of the activation's
+ * backward give dG, dU and h (its exp or erf evaluated once). The second:
+ * dWd = hᵀ dY, dWg = xᵀ dG, dWu = xᵀ dU, dX = dG Wgᵀ + dU Wuᵀ and the bias
+ * sums. Side by side: the first step of every group as tasks, then the
+ * second step's products of every group as separate tasks, each loop
+ * costliest first, so the short tasks at the end keep a thread from
+ * waiting long for the last large group. The first step does not cut a
+ * group by rows as the forward does: OpenBLAS gives a piece of a few rows
+ * of dY Wdᵀ (B transposed) other bits than the whole product, even on
+ * 32-row tiles. One at a time: both steps for a group, then the next.
+ * Either way every product has the same operands and shape. */
 
 enum { TASK_DOWN, TASK_GATE, TASK_UP, TASK_DX, TASK_KINDS }; /* one group's products */
 enum { SCR_DH, SCR_DU, SCR_H };                              /* dh then dG (GELU: dU), dU, h */
 
-/* Scratch block WHICH at row R of group e. */
-static void *bw_scratch(const ffn_ctx *c, int which, int64_t e, int64_t r)
+/* Group e's rows of scratch block WHICH. */
+static void *bw_scratch(const ffn_ctx *c, int which, int64_t e)
 {
     const moe_cpu_ffn *p = c->p;
     int blk = which == SCR_H && p->act != MOE_CPU_FFN_SWIGLU ? 1 : which; /* GELU: no dU block */
-    int64_t first = c->all_rows ? p->off[0] : p->off[e];
-    return at(p->dtype, c->scratch, blk * c->blk + (r - first) * p->F);
+    int64_t row = c->all_rows ? p->off[e] - p->off[0] : 0;
+    return at(p->dtype, c->scratch, blk * c->blk + row * p->F);
 }
 
-/* The row step for rows [R0, R1) of group e; h alone when only the down
- * projection wants gradients. */
-static void ffn_bw_rows(int64_t e, int64_t r0, int64_t r1, int slot, void *vctx)
+/* The first step for group e; h alone when only the down projection
+ * wants gradients. Its cost: rows (0: nothing to do). */
+static int64_t ffn_bw_act_cost(int64_t e, const void *vctx)
 {
-    (void)slot;
+    const ffn_ctx *c = vctx;
+    return c->need_in || c->dwd ? c->p->off[e + 1] - c->p->off[e] : 0;
+}
+
+static void ffn_bw_act(int64_t e, void *vctx)
+{
     const ffn_ctx *c = vctx;
     const moe_cpu_ffn *p = c->p;
     moe_dtype dt = p->dtype;
     bool swiglu = p->act == MOE_CPU_FFN_SWIGLU;
-    int64_t n = r1 - r0, D = p->D, F = p->F;
+    int64_t r0 = p->off[e], n = p->off[e + 1] - r0, D = p->D, F = p->F;
     const void *g = swiglu ? at(dt, c->g, r0 * F) : NULL, *u = at(dt, c->u, r0 * F);
-    void *dh = bw_scratch(c, SCR_DH, e, r0), *h = bw_scratch(c, SCR_H, e, r0);
-    void *du = swiglu ? bw_scratch(c, SCR_DU, e, r0) : NULL;
+    void *dh = bw_scratch(c, SCR_DH, e), *h = bw_scratch(c, SCR_H, e);
+    void *du = swiglu ? bw_scratch(c, SCR_DU, e) : NULL;
     if (c->need_in) {
         gemm(dt, false, true, n, F, D, 1, at(dt, c->dy, r0 * D), D, at(dt, p->wd, e * D * F), D, 0,
              dh, F);
@@ -497,12 +504,12 @@ static void ffn_bw_task(int64_t i, void *vctx)
     int64_t e = i / TASK_KINDS, r0 = p->off[e], n = p->off[e + 1] - r0, D = p->D, F = p->F;
     int64_t wsz = D * F;
     const void *x = at(dt, p->x, r0 * D), *dy = at(dt, c->dy, r0 * D);
-    const void *dg = swiglu ? bw_scratch(c, SCR_DH, e, r0) : NULL;
-    const void *du = bw_scratch(c, swiglu ? SCR_DU : SCR_DH, e, r0);
+    const void *dg = swiglu ? bw_scratch(c, SCR_DH, e) : NULL;
+    const void *du = bw_scratch(c, swiglu ? SCR_DU : SCR_DH, e);
     switch (i % TASK_KINDS) {
     case TASK_DOWN:
         if (c->dwd)
-            gemm(dt, true, false, F, D, n, 1, bw_scratch(c, SCR_H, e, r0), F, dy, D, 0,
+            gemm(dt, true, false, F, D, n, 1, bw_scratch(c, SCR_H, e), F, dy, D, 0,
                  at(dt, c->dwd, e * wsz), D);
         if (c->dbd) moe_cpu_sum_rows(dt, at(dt, c->dbd, e * D), dy, n, D);
         break;
@@ -548,18 +555,18 @@ void moe_cpu_ffn_backward(const moe_cpu_ffn *p, const void *g, const void *u, co
                  .par_inner = !side, .all_rows = side,
                  .blk = (side ? off[E] - off[0] : max_rows) * p->F,
                  .need_in = dx || dwg || dwu || dbg || dbu};
-    bool rows_step = c.need_in || dwd;
     for (int64_t e = 0; e < E; e++)
         if (off[e + 1] == off[e]) zero_group_grads(&c, e);
     if (side) {
-        /* Every row step ends (the loop's join) before any product starts. */
-        if (rows_step) for_each_row_range(E, off, mode, ffn_bw_rows, &c);
-        for_each_task(E * TASK_KINDS, ffn_bw_cost, ffn_bw_task, &c, team_size(E, off));
+        /* The first loop ends (its join) before any product starts. */
+        int nt = team_size(E, off);
+        for_each_task(E, ffn_bw_act_cost, ffn_bw_act, &c, nt);
+        for_each_task(E * TASK_KINDS, ffn_bw_cost, ffn_bw_task, &c, nt);
         return;
     }
     for (int64_t e = 0; e < E; e++) { /* BLAS threads inside each product (gemm.c) */
         if (off[e + 1] == off[e]) continue;
-        if (rows_step) ffn_bw_rows(e, off[e], off[e + 1], 0, &c);
+        if (ffn_bw_act_cost(e, &c) > 0) ffn_bw_act(e, &c);
         for (int k = 0; k < TASK_KINDS; k++)
             if (ffn_bw_cost(e * TASK_KINDS + k, &c) > 0) ffn_bw_task(e * TASK_KINDS + k, &c);
     }

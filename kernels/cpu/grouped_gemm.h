@@ -10,15 +10,14 @@
  * group's rows may be cut in two between threads. Two schedules:
  *   - side by side: BLAS single-threaded inside an OpenMP region (the
  *     OpenMP build of OpenBLAS runs one thread inside a parallel region).
- *     Work whose rows are independent (the fused MLP's forward; its
- *     backward's dh = dY Wdᵀ and activation pass) is split by rows: each
- *     thread takes an equal share of the expert-ordered rows, to a 32-row
- *     tile, cutting a group where a share ends. Work that needs a whole
- *     group (a plain grouped GEMM; the backward's weight gradients, bias
- *     sums and dX, which follow the row pass) runs as tasks of a dynamic
- *     loop, costliest first, so the cheap ones fill the threads' ends.
- *     Chosen when the groups are small or even enough to keep every
- *     thread busy;
+ *     The fused MLP's forward, whose rows are independent, is split by
+ *     rows: each thread takes an equal share of the expert-ordered rows,
+ *     to a 32-row tile, cutting a group where a share ends. The rest runs
+ *     as tasks of a dynamic loop, costliest first, so the cheap ones fill
+ *     the threads' ends: a plain grouped GEMM's groups; the backward's
+ *     dh = dY Wdᵀ with its activation pass per group, then (a second loop)
+ *     each group's dWd, dWg, dWu and dX as separate tasks. Chosen when the
+ *     groups are small or even enough to keep every thread busy;
  *   - one at a time: each group's GEMMs in turn, each spread over the
  *     threads (gemm.c).
  * Where groups are cut depends only on the offsets and the thread count,
@@ -111,7 +110,7 @@ typedef struct moe_cpu_ffn {
  * (off[E] - off[0]): [MAX_ROWS F] blocks per slot for h (forward), and for
  * dh, dU (SwiGLU) and h (serial backward); [N F] blocks of dh, dU and h for
  * the side-by-side backward, which keeps them for every row between its
- * row pass and its products. */
+ * two loops. */
 int64_t moe_cpu_ffn_scratch(moe_cpu_ffn_act act, moe_cpu_group_mode mode, int slots,
                             int64_t max_rows, int64_t N, int64_t F, bool backward);
 
