@@ -39,6 +39,18 @@ void moe_cpu_group_set_mode(moe_cpu_group_mode mode)
 
 moe_cpu_group_mode moe_cpu_group_get_mode(void) { return env_mode(); }
 
+/* Threads a side-by-side loop over these groups runs on: the team, but no
+ * more than there are non-empty groups (a thread with no group would only
+ * wait). moe_cpu_group_plan's slots, so thread t may use slot t. */
+static int team_size(int64_t E, const int64_t *off)
+{
+    int64_t nonempty = 0;
+    for (int64_t e = 0; e < E; e++) nonempty += off[e + 1] > off[e];
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nt > nonempty) nt = nonempty > 0 ? (int)nonempty : 1;
+    return nt;
+}
+
 moe_cpu_group_mode moe_cpu_group_plan(int64_t E, const int64_t *off, int *slots, int64_t *max_rows)
 {
     int64_t mx = 0, total = off[E] - off[0];
@@ -59,59 +71,47 @@ moe_cpu_group_mode moe_cpu_group_plan(int64_t E, const int64_t *off, int *slots,
         mode = (nt > 1 && nonempty >= 2 && (even || mx < 64)) ? MOE_CPU_GROUP_PARALLEL
                                                              : MOE_CPU_GROUP_SERIAL;
     }
-    if (mode == MOE_CPU_GROUP_PARALLEL) {
-        int s = nt < nonempty ? nt : nonempty;
-        *slots = s > 0 ? s : 1;
-    } else {
-        *slots = 1;
-    }
+    *slots = mode == MOE_CPU_GROUP_PARALLEL ? team_size(E, off) : 1;
     return mode;
 }
 
-/* Group indices ordered by decreasing size (ties: lower index first), so a
- * dynamic loop starts the long groups first. ORDER has E entries. */
-static void order_groups(int64_t E, const int64_t *off, int64_t *order)
+/* Run BODY(i) for the tasks i < N that have work (COST(i) > 0, in any
+ * unit proportional to their time). Side by side on NT threads: a dynamic
+ * loop that starts the costliest first (ties: lower index first), so the
+ * cheap tasks come last and even out the threads' ends. With one thread,
+ * or without memory for the order: in index order. */
+typedef void (*task_body)(int64_t i, void *ctx);
+typedef int64_t (*task_cost)(int64_t i, const void *ctx);
+
+typedef struct task_key {
+    int64_t cost, i;
+} task_key;
+
+static int by_cost(const void *va, const void *vb)
 {
-    for (int64_t e = 0; e < E; e++) order[e] = e;
-    for (int64_t i = 1; i < E; i++) { /* insertion sort: E is small */
-        int64_t v = order[i], nv = off[v + 1] - off[v], j = i;
-        while (j > 0 && off[order[j - 1] + 1] - off[order[j - 1]] < nv) {
-            order[j] = order[j - 1];
-            j--;
-        }
-        order[j] = v;
-    }
+    const task_key *a = va, *b = vb;
+    if (a->cost != b->cost) return a->cost > b->cost ? -1 : 1;
+    return (a->i > b->i) - (a->i < b->i);
 }
 
-/* Run BODY(e, slot) for every group: side by side (dynamic, largest first)
- * or one after the other. */
-typedef void (*group_body)(int64_t e, int slot, void *ctx);
-
-static void for_each_group(int64_t E, const int64_t *off, moe_cpu_group_mode mode, bool skip_empty,
-                           group_body body, void *ctx)
+static void for_each_task(int64_t n, task_cost cost, task_body body, void *ctx, int nt)
 {
-    if (mode != MOE_CPU_GROUP_PARALLEL || E < 2) {
-        for (int64_t e = 0; e < E; e++)
-            if (!skip_empty || off[e + 1] > off[e]) body(e, 0, ctx);
+    task_key stack_keys[256];
+    task_key *keys = nt < 2 ? NULL : n <= 256 ? stack_keys : malloc(sizeof *keys * (size_t)n);
+    if (!keys) {
+        for (int64_t i = 0; i < n; i++)
+            if (cost(i, ctx) > 0) body(i, ctx);
         return;
     }
-    int64_t stack_order[64];
-    int64_t *order = E <= 64 ? stack_order : malloc(sizeof *order * (size_t)E);
-    if (!order) { /* no memory for the order: natural order still works */
-        for (int64_t e = 0; e < E; e++)
-            if (!skip_empty || off[e + 1] > off[e]) body(e, 0, ctx);
-        return;
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t c = cost(i, ctx);
+        if (c > 0) keys[count++] = (task_key){c, i};
     }
-    order_groups(E, off, order);
-    int64_t nonempty = 0;
-    for (int64_t e = 0; e < E; e++) nonempty += off[e + 1] > off[e];
-    int64_t count = skip_empty ? nonempty : E;
-    /* The same count as moe_cpu_group_plan's slots: thread t uses slot t. */
-    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
-    if (nt > nonempty) nt = nonempty > 0 ? (int)nonempty : 1;
+    qsort(keys, (size_t)count, sizeof *keys, by_cost);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int64_t i = 0; i < count; i++) body(order[i], omp_get_thread_num(), ctx);
-    if (order != stack_order) free(order);
+    for (int64_t k = 0; k < count; k++) body(keys[k].i, ctx);
+    if (keys != stack_keys) free(keys);
 }
 
 /* Run BODY(e, r0, r1, slot) over row ranges that cover every group's rows,
@@ -144,10 +144,7 @@ static int64_t cut_on_tile(int64_t E, const int64_t *off, int64_t r)
 static void for_each_row_range(int64_t E, const int64_t *off, moe_cpu_group_mode mode,
                                rows_body body, void *ctx)
 {
-    int64_t nonempty = 0;
-    for (int64_t e = 0; e < E; e++) nonempty += off[e + 1] > off[e];
-    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
-    if (nt > nonempty) nt = nonempty > 0 ? (int)nonempty : 1; /* moe_cpu_group_plan's slots */
+    int nt = team_size(E, off);
     if (mode != MOE_CPU_GROUP_PARALLEL || nt < 2) {
         for (int64_t e = 0; e < E; e++)
             if (off[e + 1] > off[e]) body(e, off[e], off[e + 1], 0, ctx);
@@ -202,9 +199,14 @@ static const char *gmat_ptr(moe_dtype dt, const moe_cpu_gmat *g, const int64_t *
                                          : at(dt, g->data, e * g->stride);
 }
 
-static void gg_body(int64_t e, int slot, void *vctx)
+static int64_t gg_cost(int64_t e, const void *vctx)
 {
-    (void)slot;
+    const gg_ctx *x = vctx;
+    return x->off[e + 1] - x->off[e]; /* empty groups: skipped */
+}
+
+static void gg_body(int64_t e, void *vctx)
+{
     const gg_ctx *x = vctx;
     int64_t rows = x->off[e + 1] - x->off[e];
     bool a_rows = x->a.kind == MOE_CPU_GROUP_ROWS, b_rows = x->b.kind == MOE_CPU_GROUP_ROWS;
@@ -224,7 +226,7 @@ void moe_cpu_grouped_gemm(moe_dtype dtype, int64_t E, const int64_t *off, moe_cp
     int slots;
     int64_t max_rows;
     moe_cpu_group_mode mode = moe_cpu_group_plan(E, off, &slots, &max_rows);
-    for_each_group(E, off, mode, true, gg_body, &x);
+    for_each_task(E, gg_cost, gg_body, &x, mode == MOE_CPU_GROUP_PARALLEL ? slots : 1);
 }
 
 /* ---- activations ------------------------------------------------------------------------ */
@@ -351,17 +353,20 @@ static void zero(moe_dtype dt, void *p, int64_t n)
 
 /* ---- fused expert MLP: forward ------------------------------------------------------------ */
 
-/* [MAX_ROWS F] blocks of scratch a slot uses: the forward's h; the
- * backward's dh/dG, dU (SwiGLU only) and h. */
+/* [rows F] blocks of scratch: the forward's h; the backward's dh/dG, dU
+ * (SwiGLU only) and h. */
 static int scratch_blocks(moe_cpu_ffn_act act, bool backward)
 {
     return backward ? (act == MOE_CPU_FFN_SWIGLU ? 3 : 2) : 1;
 }
 
-int64_t moe_cpu_ffn_scratch(moe_cpu_ffn_act act, int slots, int64_t max_rows, int64_t F,
-                            bool backward)
+int64_t moe_cpu_ffn_scratch(moe_cpu_ffn_act act, moe_cpu_group_mode mode, int slots,
+                            int64_t max_rows, int64_t N, int64_t F, bool backward)
 {
-    return (int64_t)slots * scratch_blocks(act, backward) * max_rows * F;
+    /* The side-by-side backward keeps every row's dG, dU and h from its
+     * first loop to its second; otherwise one group per slot. */
+    int64_t rows = backward && mode == MOE_CPU_GROUP_PARALLEL ? N : slots * max_rows;
+    return scratch_blocks(act, backward) * rows * F;
 }
 
 typedef struct ffn_ctx {
@@ -372,6 +377,10 @@ typedef struct ffn_ctx {
     void *scratch;
     int64_t max_rows;
     bool par_inner; /* elementwise loops may use threads (serial schedule) */
+    /* backward: */
+    bool all_rows;  /* scratch blocks hold all N rows (else one group's) */
+    int64_t blk;    /* elements of a scratch block */
+    bool need_in;   /* dX or a gate/up gradient: dG, dU needed */
 } ffn_ctx;
 
 /* Rows [R0, R1) of group e (rows are independent in the forward). */
@@ -406,67 +415,161 @@ void moe_cpu_ffn_forward(const moe_cpu_ffn *p, void *g, void *u, void *y, void *
 
 /* ---- fused expert MLP: backward ----------------------------------------------------------- */
 
-static void ffn_bw_body(int64_t e, int slot, void *vctx)
+/* Two steps. The first: dh = dY Wdᵀ and one pass of the activation's
+ * backward give dG, dU and h (its exp or erf evaluated once). The second:
+ * dWd = hᵀ dY, dWg = xᵀ dG, dWu = xᵀ dU, dX = dG Wgᵀ + dU Wuᵀ and the bias
+ * sums. Side by side: the first step of every group as tasks, then the
+ * second step's products of every group as separate tasks, each loop
+ * costliest first, so the short tasks at the end keep a thread from
+ * waiting long for the last large group. The first step does not cut a
+ * group by rows as the forward does: OpenBLAS gives a piece of a few rows
+ * of dY Wdᵀ (B transposed) other bits than the whole product, even on
+ * 32-row tiles. One at a time: both steps for a group, then the next.
+ * Either way every product has the same operands and shape. */
+
+enum { TASK_DOWN, TASK_GATE, TASK_UP, TASK_DX, TASK_KINDS }; /* one group's products */
+enum { SCR_DH, SCR_DU, SCR_H };                              /* dh then dG (GELU: dU), dU, h */
+
+/* Group e's rows of scratch block WHICH. */
+static void *bw_scratch(const ffn_ctx *c, int which, int64_t e)
+{
+    const moe_cpu_ffn *p = c->p;
+    int blk = which == SCR_H && p->act != MOE_CPU_FFN_SWIGLU ? 1 : which; /* GELU: no dU block */
+    int64_t row = c->all_rows ? p->off[e] - p->off[0] : 0;
+    return at(p->dtype, c->scratch, blk * c->blk + row * p->F);
+}
+
+/* The first step for group e; h alone when only the down projection
+ * wants gradients. Its cost: rows (0: nothing to do). */
+static int64_t ffn_bw_act_cost(int64_t e, const void *vctx)
+{
+    const ffn_ctx *c = vctx;
+    return c->need_in || c->dwd ? c->p->off[e + 1] - c->p->off[e] : 0;
+}
+
+static void ffn_bw_act(int64_t e, void *vctx)
 {
     const ffn_ctx *c = vctx;
     const moe_cpu_ffn *p = c->p;
     moe_dtype dt = p->dtype;
     bool swiglu = p->act == MOE_CPU_FFN_SWIGLU;
     int64_t r0 = p->off[e], n = p->off[e + 1] - r0, D = p->D, F = p->F;
-    int64_t wsz = D * F;
-    if (n == 0) { /* no rows: zero gradients */
-        if (c->dwg) zero(dt, at(dt, c->dwg, e * wsz), wsz);
-        if (c->dwu) zero(dt, at(dt, c->dwu, e * wsz), wsz);
-        if (c->dwd) zero(dt, at(dt, c->dwd, e * wsz), wsz);
-        if (c->dbg) zero(dt, at(dt, c->dbg, e * F), F);
-        if (c->dbu) zero(dt, at(dt, c->dbu, e * F), F);
-        if (c->dbd) zero(dt, at(dt, c->dbd, e * D), D);
-        return;
-    }
-    const void *x = at(dt, p->x, r0 * D), *dy = at(dt, c->dy, r0 * D);
     const void *g = swiglu ? at(dt, c->g, r0 * F) : NULL, *u = at(dt, c->u, r0 * F);
-    /* The slot's scratch: dh (then dG, or dU for GELU) in A, SwiGLU's dU in
-     * B, the recomputed h in H. */
-    int64_t blk = c->max_rows * F;
-    void *A = at(dt, c->scratch, (int64_t)slot * scratch_blocks(p->act, true) * blk);
-    void *B = swiglu ? at(dt, A, blk) : NULL;
-    void *H = at(dt, A, (swiglu ? 2 : 1) * blk);
-    const void *wg = swiglu ? at(dt, p->wg, e * wsz) : NULL, *wu = at(dt, p->wu, e * wsz);
-    const void *wd = at(dt, p->wd, e * wsz);
-    bool need_in = c->dx || c->dwg || c->dwu || c->dbg || c->dbu;
-
-    if (c->dbd) moe_cpu_sum_rows(dt, at(dt, c->dbd, e * D), dy, n, D);
-    if (need_in) {
-        /* dh = dY Wdᵀ into A; one pass over the activation then gives h and
-         * dG, dU (the activation's exp or erf evaluated once) */
-        gemm(dt, false, true, n, F, D, 1, dy, D, wd, D, 0, A, F);
-        act_bw(dt, p->act, g, u, A, B, H, n * F, c->par_inner);
+    void *dh = bw_scratch(c, SCR_DH, e), *h = bw_scratch(c, SCR_H, e);
+    void *du = swiglu ? bw_scratch(c, SCR_DU, e) : NULL;
+    if (c->need_in) {
+        gemm(dt, false, true, n, F, D, 1, at(dt, c->dy, r0 * D), D, at(dt, p->wd, e * D * F), D, 0,
+             dh, F);
+        act_bw(dt, p->act, g, u, dh, du, h, n * F, c->par_inner);
     } else if (c->dwd) {
-        act_fw(dt, p->act, g, u, H, n * F, c->par_inner);
+        act_fw(dt, p->act, g, u, h, n * F, c->par_inner);
     }
-    if (c->dwd) gemm(dt, true, false, F, D, n, 1, H, F, dy, D, 0, at(dt, c->dwd, e * wsz), D);
-    if (!need_in) return;
-    const void *dg = swiglu ? A : NULL, *du = swiglu ? B : A;
-    if (dg && c->dwg) gemm(dt, true, false, D, F, n, 1, x, D, dg, F, 0, at(dt, c->dwg, e * wsz), F);
-    if (dg && c->dbg) moe_cpu_sum_rows(dt, at(dt, c->dbg, e * F), dg, n, F);
-    if (c->dwu) gemm(dt, true, false, D, F, n, 1, x, D, du, F, 0, at(dt, c->dwu, e * wsz), F);
-    if (c->dbu) moe_cpu_sum_rows(dt, at(dt, c->dbu, e * F), du, n, F);
-    if (c->dx) {
+}
+
+/* Task i: product i % TASK_KINDS of group i / TASK_KINDS. Its cost in rows
+ * times GEMMs, plus one for a bias sum; 0: nothing to do. */
+static int64_t ffn_bw_cost(int64_t i, const void *vctx)
+{
+    const ffn_ctx *c = vctx;
+    const moe_cpu_ffn *p = c->p;
+    int64_t e = i / TASK_KINDS, n = p->off[e + 1] - p->off[e];
+    bool swiglu = p->act == MOE_CPU_FFN_SWIGLU;
+    int64_t gemms = 0, sums = 0;
+    switch (i % TASK_KINDS) {
+    case TASK_DOWN:
+        gemms = c->dwd != NULL;
+        sums = c->dbd != NULL;
+        break;
+    case TASK_GATE:
+        gemms = swiglu && c->dwg;
+        sums = swiglu && c->dbg;
+        break;
+    case TASK_UP:
+        gemms = c->dwu != NULL;
+        sums = c->dbu != NULL;
+        break;
+    default:
+        gemms = c->dx ? (swiglu ? 2 : 1) : 0;
+        break;
+    }
+    return n == 0 ? 0 : n * gemms + sums;
+}
+
+static void ffn_bw_task(int64_t i, void *vctx)
+{
+    const ffn_ctx *c = vctx;
+    const moe_cpu_ffn *p = c->p;
+    moe_dtype dt = p->dtype;
+    bool swiglu = p->act == MOE_CPU_FFN_SWIGLU;
+    int64_t e = i / TASK_KINDS, r0 = p->off[e], n = p->off[e + 1] - r0, D = p->D, F = p->F;
+    int64_t wsz = D * F;
+    const void *x = at(dt, p->x, r0 * D), *dy = at(dt, c->dy, r0 * D);
+    const void *dg = swiglu ? bw_scratch(c, SCR_DH, e) : NULL;
+    const void *du = bw_scratch(c, swiglu ? SCR_DU : SCR_DH, e);
+    switch (i % TASK_KINDS) {
+    case TASK_DOWN:
+        if (c->dwd)
+            gemm(dt, true, false, F, D, n, 1, bw_scratch(c, SCR_H, e), F, dy, D, 0,
+                 at(dt, c->dwd, e * wsz), D);
+        if (c->dbd) moe_cpu_sum_rows(dt, at(dt, c->dbd, e * D), dy, n, D);
+        break;
+    case TASK_GATE:
+        if (c->dwg) gemm(dt, true, false, D, F, n, 1, x, D, dg, F, 0, at(dt, c->dwg, e * wsz), F);
+        if (c->dbg) moe_cpu_sum_rows(dt, at(dt, c->dbg, e * F), dg, n, F);
+        break;
+    case TASK_UP:
+        if (c->dwu) gemm(dt, true, false, D, F, n, 1, x, D, du, F, 0, at(dt, c->dwu, e * wsz), F);
+        if (c->dbu) moe_cpu_sum_rows(dt, at(dt, c->dbu, e * F), du, n, F);
+        break;
+    default: { /* one task, in this order, so dX gets the same bits either way */
         void *dx = at(dt, c->dx, r0 * D);
-        if (dg) gemm(dt, false, true, n, D, F, 1, dg, F, wg, F, 0, dx, D);
-        gemm(dt, false, true, n, D, F, 1, du, F, wu, F, dg ? 1 : 0, dx, D);
+        if (swiglu) gemm(dt, false, true, n, D, F, 1, dg, F, at(dt, p->wg, e * wsz), F, 0, dx, D);
+        gemm(dt, false, true, n, D, F, 1, du, F, at(dt, p->wu, e * wsz), F, swiglu ? 1 : 0, dx, D);
+        break;
     }
+    }
+}
+
+/* An expert with no rows: zero weight and bias gradients. */
+static void zero_group_grads(const ffn_ctx *c, int64_t e)
+{
+    moe_dtype dt = c->p->dtype;
+    int64_t D = c->p->D, F = c->p->F, wsz = D * F;
+    if (c->dwg) zero(dt, at(dt, c->dwg, e * wsz), wsz);
+    if (c->dwu) zero(dt, at(dt, c->dwu, e * wsz), wsz);
+    if (c->dwd) zero(dt, at(dt, c->dwd, e * wsz), wsz);
+    if (c->dbg) zero(dt, at(dt, c->dbg, e * F), F);
+    if (c->dbu) zero(dt, at(dt, c->dbu, e * F), F);
+    if (c->dbd) zero(dt, at(dt, c->dbd, e * D), D);
 }
 
 void moe_cpu_ffn_backward(const moe_cpu_ffn *p, const void *g, const void *u, const void *dy,
                           void *dx, void *dwg, void *dwu, void *dwd, void *dbg, void *dbu,
                           void *dbd, void *scratch, moe_cpu_group_mode mode, int64_t max_rows)
 {
+    int64_t E = p->E;
+    const int64_t *off = p->off;
+    bool side = mode == MOE_CPU_GROUP_PARALLEL;
     ffn_ctx c = {.p = p, .g = g, .u = u, .dy = dy, .dx = dx, .dwg = dwg, .dwu = dwu, .dwd = dwd,
                  .dbg = dbg, .dbu = dbu, .dbd = dbd, .scratch = scratch, .max_rows = max_rows,
-                 .par_inner = mode != MOE_CPU_GROUP_PARALLEL};
-    /* Empty groups still run (to zero their weight gradients), cheaply. */
-    for_each_group(p->E, p->off, mode, false, ffn_bw_body, &c);
+                 .par_inner = !side, .all_rows = side,
+                 .blk = (side ? off[E] - off[0] : max_rows) * p->F,
+                 .need_in = dx || dwg || dwu || dbg || dbu};
+    for (int64_t e = 0; e < E; e++)
+        if (off[e + 1] == off[e]) zero_group_grads(&c, e);
+    if (side) {
+        /* The first loop ends (its join) before any product starts. */
+        int nt = team_size(E, off);
+        for_each_task(E, ffn_bw_act_cost, ffn_bw_act, &c, nt);
+        for_each_task(E * TASK_KINDS, ffn_bw_cost, ffn_bw_task, &c, nt);
+        return;
+    }
+    for (int64_t e = 0; e < E; e++) { /* BLAS threads inside each product (gemm.c) */
+        if (off[e + 1] == off[e]) continue;
+        if (ffn_bw_act_cost(e, &c) > 0) ffn_bw_act(e, &c);
+        for (int k = 0; k < TASK_KINDS; k++)
+            if (ffn_bw_cost(e * TASK_KINDS + k, &c) > 0) ffn_bw_task(e * TASK_KINDS + k, &c);
+    }
 }
 
 double moe_cpu_ffn_flops(moe_cpu_ffn_act act, int64_t N, int64_t D, int64_t F, bool backward)

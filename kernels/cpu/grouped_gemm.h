@@ -5,22 +5,30 @@
  * (group e owns rows [off[e], off[e+1])), n_e = off[e+1] - off[e], D model
  * dim, F expert ffn dim. All buffers are contiguous row-major, f32 or f64.
  *
- * One BLAS call per non-empty group (two where the fused MLP's forward cuts
- * a group between threads), straight on the group's row block and the
- * group's weight slice (no copies). Two schedules:
+ * One BLAS call per non-empty group and product, straight on the group's
+ * row block and the group's weight slice (no copies); a product over a
+ * group's rows may be cut in two between threads. Two schedules:
  *   - side by side: BLAS single-threaded inside an OpenMP region (the
- *     OpenMP build of OpenBLAS runs one thread inside a parallel region):
- *     a loop over the groups (largest first, dynamic), except in the fused
- *     MLP's forward, whose rows are independent: there each thread takes an
- *     equal share of the expert-ordered rows (to a 32-row tile), cutting a
- *     group where a share ends; chosen when the groups are small or even
- *     enough to keep every thread busy;
- *   - one at a time: each group's GEMM is spread over the threads (gemm.c).
+ *     OpenMP build of OpenBLAS runs one thread inside a parallel region).
+ *     The fused MLP's forward, whose rows are independent, is split by
+ *     rows: each thread takes an equal share of the expert-ordered rows,
+ *     to a 32-row tile, cutting a group where a share ends. The rest runs
+ *     as tasks of a dynamic loop, costliest first, so the cheap ones fill
+ *     the threads' ends: a plain grouped GEMM's groups; the backward's
+ *     dh = dY Wdᵀ with its activation pass per group, then (a second loop)
+ *     each group's dWd, dWg, dWu and dX as separate tasks. Chosen when the
+ *     groups are small or even enough to keep every thread busy;
+ *   - one at a time: each group's GEMMs in turn, each spread over the
+ *     threads (gemm.c).
  * Where groups are cut depends only on the offsets and the thread count,
  * and every other loop writes each element once in a fixed order, so a
- * given thread count always gives the same bits. Cuts fall on whole tiles
- * of a group's rows, where BLAS gives a row the same bits as in the whole
- * product, so one and two threads agree to the bit (check_model). */
+ * given thread count always gives the same bits. Cuts fall on 32-row
+ * tiles of a group's rows, so that BLAS gives a cut group's rows the bits
+ * of the whole product and one and two threads agree to the bit
+ * (check_model). That holds for the shapes tested, not for every kernel
+ * and shape: OpenBLAS's AVX2 sgemm (what runs under valgrind) works on
+ * 12-row tiles, and a piece of a few rows may take its small-matrix
+ * kernels. */
 #ifndef MOELAB_CPU_GROUPED_GEMM_H
 #define MOELAB_CPU_GROUPED_GEMM_H
 
@@ -98,10 +106,13 @@ typedef struct moe_cpu_ffn {
 } moe_cpu_ffn;
 
 /* Elements of scratch the forward (BACKWARD false) or the backward needs
- * with SLOTS and MAX_ROWS from moe_cpu_group_plan: per slot, [MAX_ROWS F]
- * blocks for h (forward); for dh, dU (SwiGLU) and h (backward). */
-int64_t moe_cpu_ffn_scratch(moe_cpu_ffn_act act, int slots, int64_t max_rows, int64_t F,
-                            bool backward);
+ * under MODE, with SLOTS and MAX_ROWS from moe_cpu_group_plan, for N rows
+ * (off[E] - off[0]): [MAX_ROWS F] blocks per slot for h (forward), and for
+ * dh, dU (SwiGLU) and h (serial backward); [N F] blocks of dh, dU and h for
+ * the side-by-side backward, which keeps them for every row between its
+ * two loops. */
+int64_t moe_cpu_ffn_scratch(moe_cpu_ffn_act act, moe_cpu_group_mode mode, int slots,
+                            int64_t max_rows, int64_t N, int64_t F, bool backward);
 
 /* Forward: G [N F] = x Wg + bg (SwiGLU only; NULL otherwise), U [N F] =
  * x Wu + bu, Y [N D] = h Wd + bd. SCRATCH: moe_cpu_ffn_scratch(..., false)
@@ -114,7 +125,7 @@ void moe_cpu_ffn_forward(const moe_cpu_ffn *p, void *g, void *u, void *y, void *
  * DBD [E D]. Weight gradients are written (not accumulated); empty experts
  * get zeros. The activation is evaluated once per element: the pass that
  * turns dh into dG, dU also recomputes h for dWd. SCRATCH:
- * moe_cpu_ffn_scratch(..., true) elements. */
+ * moe_cpu_ffn_scratch(..., true) elements for the same MODE. */
 void moe_cpu_ffn_backward(const moe_cpu_ffn *p, const void *g, const void *u, const void *dy,
                           void *dx, void *dwg, void *dwu, void *dwd, void *dbg, void *dbu,
                           void *dbd, void *scratch, moe_cpu_group_mode mode, int64_t max_rows);

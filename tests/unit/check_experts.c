@@ -277,48 +277,92 @@ START_TEST(down_projection_only)
 }
 END_TEST
 
-/* Many small groups and a few big ones under both schedules, side by side
- * on 2 and 3 threads (the forward then cuts groups between threads): the
- * same numbers up to rounding (a cut group's rows go through two BLAS
- * calls; the BLAS thread count differs, which may change rounding in some
- * BLAS builds). */
+/* Groups of very unequal sizes (empty ones, ones smaller than a 32-row
+ * tile, one of 200 rows that a thread's share of the rows cuts) under both
+ * schedules, side by side on 2 and 3 threads (the forward then cuts a
+ * group between threads; the backward runs its two loops of tasks,
+ * largest first). In f64 each run matches the
+ * reference (values, every gradient, zeros for the empty experts); in f32
+ * the side-by-side runs match the one-at-a-time run up to rounding (a cut
+ * group's rows go through two BLAS calls; the BLAS thread count differs,
+ * which may change rounding in some BLAS builds). */
 START_TEST(schedules_agree)
 {
-    int64_t sizes[16];
-    for (int e = 0; e < 16; e++) sizes[e] = (e * 37) % 23;
-    sizes[5] = 200;
-    problem p;
-    problem_init(&p, MOE_F32, MOE_ACT_SWIGLU, 16, 32, 48, sizes, true, 100);
+    static const int64_t sizes[16] = {0, 14, 5, 19, 0, 200, 15, 6, 70, 11, 0, 16, 1, 33, 12, 3};
     enum { RUNS = 3 };
-    moe_tensor *y[RUNS], *gx[RUNS], *gw[RUNS][6];
     moe_cpu_group_mode modes[RUNS] = {MOE_CPU_GROUP_SERIAL, MOE_CPU_GROUP_PARALLEL, MOE_CPU_GROUP_PARALLEL};
     int threads[RUNS] = {2, 2, 3};
+    static const char *names[7] = {"dx", "dw_gate", "dw_up", "dw_down", "db_gate", "db_up", "db_down"};
     int saved = omp_get_max_threads();
-    for (int m = 0; m < RUNS; m++) {
-        moe_cpu_group_set_mode(modes[m]);
-        omp_set_num_threads(threads[m]);
-        zero_grads(&p);
-        moe_tensor *l;
-        OK(fused(&y[m], &p));
-        OK(moe_sum(&l, y[m], 0, NULL, false));
-        OK(moe_backward(l, NULL, false));
-        gx[m] = moe_tensor_retain(p.x->grad);
-        for (int i = 0; i < 6; i++) gw[m][i] = moe_tensor_retain(p.w[i]->grad);
-        moe_tensor_release(l);
+    for (int gated = 1; gated >= 0; gated--) { /* SwiGLU with biases; GELU without */
+        moe_activation act = gated ? MOE_ACT_SWIGLU : MOE_ACT_GELU;
+        problem p, p64;
+        problem_init(&p, MOE_F32, act, 16, 32, 48, sizes, gated, 100);
+        problem_init(&p64, MOE_F64, act, 16, 12, 20, sizes, gated, 200);
+        moe_tensor *y[RUNS], *g[RUNS][7];
+        for (int m = 0; m < RUNS; m++) {
+            moe_cpu_group_set_mode(modes[m]);
+            omp_set_num_threads(threads[m]);
+            compare(&p64, 1e-10);
+            zero_grads(&p);
+            moe_tensor *l;
+            OK(fused(&y[m], &p));
+            OK(moe_sum(&l, y[m], 0, NULL, false));
+            OK(moe_backward(l, NULL, false));
+            take_grads(&p, g[m]);
+            moe_tensor_release(l);
+        }
+        moe_cpu_group_set_mode(MOE_CPU_GROUP_AUTO);
+        omp_set_num_threads(saved);
+        for (int m = 1; m < RUNS; m++) {
+            tu_assert_close(y[m], y[0], 1e-2, 1e-5, "y"); /* values reach ~1e3 with cancellation */
+            for (int i = 0; i < 7; i++)
+                if (g[0][i]) tu_assert_close(g[m][i], g[0][i], 1e-2, 1e-5, names[i]);
+        }
+        for (int m = 0; m < RUNS; m++) {
+            moe_tensor_release(y[m]);
+            for (int i = 0; i < 7; i++) moe_tensor_release(g[m][i]);
+        }
+        problem_free(&p);
+        problem_free(&p64);
     }
-    moe_cpu_group_set_mode(MOE_CPU_GROUP_AUTO);
+}
+END_TEST
+
+/* The side-by-side backward on 1, 2 and 3 threads gives the same bits:
+ * its products take whole groups, never a piece of one. (A 24-row piece
+ * of dY Wdᵀ, as a row split on 32-row tiles of this 56-row group gives,
+ * gets other bits from OpenBLAS than the whole product.) */
+START_TEST(backward_bits_across_threads)
+{
+    int64_t off[3] = {0, 8, 64}, E = 2, N = 64, D = 32, F = 48;
+    moe_tensor *x = tu_randn(MOE_F32, 2, SHAPE(N, D), 1), *g = tu_randn(MOE_F32, 2, SHAPE(N, F), 2),
+               *u = tu_randn(MOE_F32, 2, SHAPE(N, F), 3), *dy = tu_randn(MOE_F32, 2, SHAPE(N, D), 4),
+               *wg = tu_randn(MOE_F32, 3, SHAPE(E, D, F), 5), *wu = tu_randn(MOE_F32, 3, SHAPE(E, D, F), 6),
+               *wd = tu_randn(MOE_F32, 3, SHAPE(E, F, D), 7);
+    moe_cpu_ffn p = {MOE_F32, MOE_CPU_FFN_SWIGLU, E, D, F, off, moe_tensor_data(x), moe_tensor_data(wg),
+                     moe_tensor_data(wu), moe_tensor_data(wd), NULL, NULL, NULL};
+    int64_t ssz = moe_cpu_ffn_scratch(MOE_CPU_FFN_SWIGLU, MOE_CPU_GROUP_PARALLEL, 3, 56, N, F, true);
+    moe_tensor *out[3][4], *scratch;
+    OK(moe_tensor_empty(&scratch, MOE_F32, MOE_CPU, 1, &ssz));
+    int saved = omp_get_max_threads();
+    for (int t = 0; t < 3; t++) {
+        OK(moe_tensor_empty(&out[t][0], MOE_F32, MOE_CPU, 2, SHAPE(N, D)));
+        for (int i = 1; i < 3; i++) OK(moe_tensor_empty(&out[t][i], MOE_F32, MOE_CPU, 3, SHAPE(E, D, F)));
+        OK(moe_tensor_empty(&out[t][3], MOE_F32, MOE_CPU, 3, SHAPE(E, F, D)));
+        omp_set_num_threads(t + 1);
+        moe_cpu_ffn_backward(&p, moe_tensor_data(g), moe_tensor_data(u), moe_tensor_data(dy),
+                             moe_tensor_data(out[t][0]), moe_tensor_data(out[t][1]),
+                             moe_tensor_data(out[t][2]), moe_tensor_data(out[t][3]), NULL, NULL, NULL,
+                             moe_tensor_data(scratch), MOE_CPU_GROUP_PARALLEL, 56);
+    }
     omp_set_num_threads(saved);
-    for (int m = 1; m < RUNS; m++) {
-        tu_assert_close(y[m], y[0], 1e-2, 1e-5, "y"); /* values reach ~1e3 with cancellation */
-        tu_assert_close(gx[m], gx[0], 1e-2, 1e-5, "dx");
-        static const char *names[6] = {"dw_gate", "dw_up", "dw_down", "db_gate", "db_up", "db_down"};
-        for (int i = 0; i < 6; i++) tu_assert_close(gw[m][i], gw[0][i], 1e-2, 1e-5, names[i]);
-    }
-    for (int m = 0; m < RUNS; m++) {
-        FREE_ALL(y[m], gx[m]);
-        for (int i = 0; i < 6; i++) moe_tensor_release(gw[m][i]);
-    }
-    problem_free(&p);
+    static const char *names[4] = {"dx", "dw_gate", "dw_up", "dw_down"};
+    for (int t = 1; t < 3; t++)
+        for (int i = 0; i < 4; i++) tu_assert_close(out[t][i], out[0][i], 0, 0, names[i]);
+    for (int t = 0; t < 3; t++)
+        for (int i = 0; i < 4; i++) moe_tensor_release(out[t][i]);
+    RELEASE(x, g, u, dy, wg, wu, wd, scratch);
 }
 END_TEST
 
@@ -556,6 +600,7 @@ int main(void)
     tcase_add_test(tc, edge_groups);
     tcase_add_test(tc, down_projection_only);
     tcase_add_test(tc, schedules_agree);
+    tcase_add_test(tc, backward_bits_across_threads);
     tcase_add_test(tc, grouped_gemm_kernel);
     tcase_add_test(tc, accumulation_and_hooks);
     suite_add_tcase(s, tc);
