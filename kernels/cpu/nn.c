@@ -14,6 +14,7 @@
  * MOE_F64) like its CUDA twin in kernels/cuda/nn.cu. */
 #include "nn.h"
 #include "gemm.h"
+#include "row_blocks.h"
 #include "vector_math.h"
 
 #include <math.h>
@@ -25,10 +26,10 @@
 
 #define RMS_BLOCK 16 /* rows per call of the forward's row loop */
 
-/* The row loops are vectorised clones (vector_math.h) called from inside the
- * parallel loops: a block of rows per call for the forward, one chunk of
- * rows per call for the backward. Row sums: SUM16 in double (the
- * backward's g w x formed in T). */
+/* The row loops are vectorised clones (vector_math.h) called from
+ * row_blocks.h's parallel loop: a block of rows per call for the forward,
+ * one chunk of rows per call for the backward. Row sums: SUM16 in double
+ * (the backward's g w x formed in T). */
 #define RMS_KERNELS(T, SUF)                                                                  \
     /* rows [r0, r1): y = x r w, rinv = r = 1/sqrt(mean(x²) + eps) */                        \
     SIMD_CLONES static void rms_fwd_rows_##SUF(T *restrict y, T *restrict rinv,              \
@@ -50,11 +51,8 @@
     static void rms_fwd_##SUF(T *y, T *rinv, const T *x, const T *w, int64_t R, int64_t D,   \
                               double eps)                                                    \
     {                                                                                        \
-        int64_t nb = (R + RMS_BLOCK - 1) / RMS_BLOCK;                                        \
-        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
-        for (int64_t b = 0; b < nb; b++)                                                     \
-            rms_fwd_rows_##SUF(y, rinv, x, w, b * RMS_BLOCK,                                 \
-                               (b + 1) * RMS_BLOCK < R ? (b + 1) * RMS_BLOCK : R, D, eps);   \
+        PARALLEL_ROW_BLOCKS(R, RMS_BLOCK, R * D, r0, r1,                                     \
+                            rms_fwd_rows_##SUF(y, rinv, x, w, r0, r1, D, eps));              \
     }                                                                                        \
     /* rows [r0, r1): dx = r (g w - x r² mean(g w x)); p [D] (if any) = the                   \
      * rows' sum of g x r */                                                                 \
@@ -82,16 +80,14 @@
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
-    /* dwp [H D]: chunk ch of CHUNK rows sums into row ch, so the sum over                   \
-     * rows does not depend on the thread count */                                           \
+    /* dwp [H D]: the chunk of rows [r0, r0 + chunk) sums into row r0 / chunk,               \
+     * so the sum over rows does not depend on the thread count */                           \
     static void rms_bwd_##SUF(T *dx, double *dwp, const T *g, const T *x, const T *w,        \
                               const T *rinv, int64_t R, int64_t D, int64_t chunk)            \
     {                                                                                        \
-        int64_t nch = (R + chunk - 1) / chunk;                                               \
-        _Pragma("omp parallel for if (R * D > 32768) schedule(static)")                      \
-        for (int64_t ch = 0; ch < nch; ch++)                                                 \
-            rms_bwd_rows_##SUF(dx, dwp ? dwp + ch * D : NULL, g, x, w, rinv, ch * chunk,     \
-                               (ch + 1) * chunk < R ? (ch + 1) * chunk : R, D);              \
+        PARALLEL_ROW_BLOCKS(R, chunk, R * D, r0, r1,                                         \
+                            rms_bwd_rows_##SUF(dx, dwp ? dwp + r0 / chunk * D : NULL, g, x,  \
+                                               w, rinv, r0, r1, D));                         \
     }
 
 RMS_KERNELS(float, f32)

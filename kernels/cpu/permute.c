@@ -2,16 +2,16 @@
  * combines of dispatch / un-permute and their backwards, the twin of the
  * row kernels in kernels/cuda/permute.cu. */
 #include "permute.h"
+#include "row_blocks.h"
 #include "vector_math.h"
 
 #include <string.h>
 
-#define PAR_MIN 32768 /* loops below this many elements stay on one thread */
-#define ROW_BLOCK 32  /* rows (tokens) per call of a row loop */
+#define ROW_BLOCK 32 /* rows (tokens) per call of a row loop */
 
-/* The row loops are vectorised clones (vector_math.h) called from inside the
- * parallel loops, a block of rows per call. rows_dot sums in T over
- * SUM16's lanes. */
+/* The row loops are vectorised clones (vector_math.h), a block of rows per
+ * call from row_blocks.h's parallel loop. rows_dot sums in T over SUM16's
+ * lanes. */
 #define DEFINE_ROWS(T, SFX)                                                                   \
     /* rows [r0, r1) of the gather */                                                         \
     SIMD_CLONES static void gather_block_##SFX(T *restrict out, const T *restrict x,          \
@@ -38,11 +38,8 @@
     static void rows_gather_##SFX(T *out, const T *x, const int64_t *row_token,               \
                                   const int64_t *row_slot, const T *w, int64_t N, int64_t D)  \
     {                                                                                         \
-        int64_t nb = (N + ROW_BLOCK - 1) / ROW_BLOCK;                                         \
-        _Pragma("omp parallel for if (N * D > PAR_MIN) schedule(static)")                     \
-        for (int64_t b = 0; b < nb; b++)                                                      \
-            gather_block_##SFX(out, x, row_token, row_slot, w, b * ROW_BLOCK,                 \
-                               (b + 1) * ROW_BLOCK < N ? (b + 1) * ROW_BLOCK : N, D);         \
+        PARALLEL_ROW_BLOCKS(N, ROW_BLOCK, N * D, r0, r1,                                      \
+                            gather_block_##SFX(out, x, row_token, row_slot, w, r0, r1, D));   \
     }                                                                                         \
     /* tokens [t0, t1) of the combine */                                                      \
     SIMD_CLONES static void combine_block_##SFX(T *restrict out, const T *restrict y,         \
@@ -73,11 +70,8 @@
     static void rows_combine_##SFX(T *out, const T *y, const int64_t *slot_row, const T *w,   \
                                    int64_t ntok, int64_t K, int64_t D)                        \
     {                                                                                         \
-        int64_t nb = (ntok + ROW_BLOCK - 1) / ROW_BLOCK;                                      \
-        _Pragma("omp parallel for if (ntok * K * D > PAR_MIN) schedule(static)")              \
-        for (int64_t b = 0; b < nb; b++)                                                      \
-            combine_block_##SFX(out, y, slot_row, w, b * ROW_BLOCK,                           \
-                                (b + 1) * ROW_BLOCK < ntok ? (b + 1) * ROW_BLOCK : ntok, K, D); \
+        PARALLEL_ROW_BLOCKS(ntok, ROW_BLOCK, ntok * K * D, t0, t1,                            \
+                            combine_block_##SFX(out, y, slot_row, w, t0, t1, K, D));          \
     }                                                                                         \
     /* tokens [t0, t1) of the dot products */                                                 \
     SIMD_CLONES static void dot_block_##SFX(T *restrict out, const T *restrict g,             \
@@ -99,11 +93,8 @@
     static void rows_dot_##SFX(T *out, const T *g, const T *y, const int64_t *slot_row,       \
                                int64_t ntok, int64_t K, int64_t D)                            \
     {                                                                                         \
-        int64_t nb = (ntok + ROW_BLOCK - 1) / ROW_BLOCK;                                      \
-        _Pragma("omp parallel for if (ntok * K * D > PAR_MIN) schedule(static)")              \
-        for (int64_t b = 0; b < nb; b++)                                                      \
-            dot_block_##SFX(out, g, y, slot_row, b * ROW_BLOCK,                               \
-                            (b + 1) * ROW_BLOCK < ntok ? (b + 1) * ROW_BLOCK : ntok, K, D);   \
+        PARALLEL_ROW_BLOCKS(ntok, ROW_BLOCK, ntok * K * D, t0, t1,                            \
+                            dot_block_##SFX(out, g, y, slot_row, t0, t1, K, D));              \
     }
 
 DEFINE_ROWS(float, f32)

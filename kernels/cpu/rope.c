@@ -2,11 +2,12 @@
  *
  * Dimension letters: B batch, S sequence, N heads, hd head dim, P = hd/2.
  *
- * The loop over the pairs of a head is a vectorised clone (vector_math.h) called
- * from inside the parallel loop, a block of positions (b, s) per call. It
+ * The loop over the pairs of a head is a vectorised clone (vector_math.h), a
+ * block of positions (b, s) per call from row_blocks.h's parallel loop. It
  * stays correct in place (OUT == X): step i reads and writes only elements
  * i and i + P. */
 #include "rope.h"
+#include "row_blocks.h"
 #include "vector_math.h"
 
 #define POS_BLOCK 16 /* positions (b, s) per call of the row loop */
@@ -37,11 +38,8 @@
     static void rope_##T(T *out, const T *x, const double *cos, const double *sin, int64_t B, \
                          int64_t S, int64_t N, int64_t hd, bool inverse)                       \
     {                                                                                          \
-        int64_t Q = B * S, nb = (Q + POS_BLOCK - 1) / POS_BLOCK;                               \
-        _Pragma("omp parallel for if (B * S * N * hd > 32768) schedule(static)")               \
-        for (int64_t b = 0; b < nb; b++)                                                       \
-            rope_rows_##T(out, x, cos, sin, b * POS_BLOCK,                                     \
-                          (b + 1) * POS_BLOCK < Q ? (b + 1) * POS_BLOCK : Q, S, N, hd, inverse); \
+        PARALLEL_ROW_BLOCKS(B * S, POS_BLOCK, B * S * N * hd, q0, q1,                          \
+                            rope_rows_##T(out, x, cos, sin, q0, q1, S, N, hd, inverse));       \
     }
 
 DEFINE_ROPE(float)

@@ -7,7 +7,8 @@
  *
  * OpenMP outlines the body of a `parallel` region into a function of its
  * own that does not inherit the clones: call the cloned function inside the
- * region (a block of rows per call), not around it. */
+ * region (a block of rows per call, as row_blocks.h's loop does), not
+ * around it. */
 #ifndef MOELAB_CPU_VECTOR_MATH_H
 #define MOELAB_CPU_VECTOR_MATH_H
 

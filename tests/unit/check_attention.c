@@ -217,6 +217,33 @@ START_TEST(rope_wide_heads)
 }
 END_TEST
 
+/* Positions in blocks on the OpenMP team: the same bits, forward and
+ * backward, on 1 and 3 threads for 111 positions (7 blocks, the last one
+ * short) and for 13 (one block), both big enough to run in parallel. */
+START_TEST(rope_thread_count_does_not_matter)
+{
+    const int64_t Bs[] = {3, 1}, Ss[] = {37, 13}, Ns[] = {4, 8}, hds[] = {80, 320};
+    int prev = omp_get_max_threads();
+    for (int c = 0; c < 2; c++) {
+        moe_tensor *cs, *sn, *y[2], *dx[2];
+        OK(moe_rope_tables(&cs, &sn, Ss[c], hds[c], 1e4));
+        for (int run = 0; run < 2; run++) {
+            omp_set_num_threads(run ? 3 : 1);
+            moe_tensor *x = qkv(MOE_F32, Bs[c], Ss[c], Ns[c], hds[c], 41);
+            moe_tensor *g = qkv(MOE_F32, Bs[c], Ss[c], Ns[c], hds[c], 42);
+            OK(moe_rope(&y[run], x, cs, sn));
+            OK(moe_backward(y[run], g, false));
+            dx[run] = moe_tensor_retain(x->grad);
+            RELEASE(x, g);
+        }
+        omp_set_num_threads(prev);
+        ck_assert(memcmp(moe_tensor_data(y[0]), moe_tensor_data(y[1]), moe_tensor_nbytes(y[0])) == 0);
+        ck_assert(memcmp(moe_tensor_data(dx[0]), moe_tensor_data(dx[1]), moe_tensor_nbytes(dx[0])) == 0);
+        RELEASE(cs, sn, y[0], y[1], dx[0], dx[1]);
+    }
+}
+END_TEST
+
 static moe_tensor *rope_c, *rope_s;
 static moe_status rope_fn(moe_tensor **out, moe_tensor **in, void *ctx)
 {
@@ -247,6 +274,7 @@ static Suite *suite(void)
     tcase_add_test(tc, rope_values);
     tcase_add_test(tc, rope_gradient);
     tcase_add_test(tc, rope_wide_heads);
+    tcase_add_test(tc, rope_thread_count_does_not_matter);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,4 +1,5 @@
 /* check_dispatch.c — dispatch plans, permute and combine (core/moe/dispatch.c). */
+#include <omp.h>
 #include <string.h>
 
 #include "moe/dispatch.h"
@@ -296,6 +297,60 @@ START_TEST(wide_rows)
 }
 END_TEST
 
+/* The row loops run their blocks of rows on the OpenMP team once a loop is
+ * big enough; the blocks follow the row count alone, so permute, combine
+ * and their backwards give the same bits on 1 and 3 threads: 301 tokens
+ * (more blocks than threads, the last one short) and 20 tokens of 1000 (the
+ * combine in a single block), with dropped slots and padding rows. */
+START_TEST(thread_count_does_not_matter)
+{
+    const int64_t K = 2, E = 5, Tns[] = {301, 20}, Ds[] = {130, 1000};
+    static const char *names[5] = {"permuted rows", "combined rows", "dx", "dy", "dw"};
+    int saved = omp_get_max_threads();
+    for (int c = 0; c < 2; c++)
+        for (int k = 0; k < 2; k++) {
+            int64_t Tn = Tns[c], D = Ds[c], S = Tn * K;
+            moe_dtype dt = k ? MOE_F32 : MOE_F64;
+            int64_t idv[602];
+            for (int64_t s = 0; s < S; s++) idv[s] = s % 7 < 3 ? 0 : s % 7 - 2; /* expert 0 overflows */
+            moe_tensor *ids;
+            moe_dispatch *d;
+            OK(moe_tensor_from_data(&ids, MOE_I64, MOE_CPU, 2, SHAPE(Tn, K), idv));
+            OK(moe_dispatch_plan(&d, ids, NULL, E, S / E, true));
+            ck_assert(d->n_dropped > 0 && d->rows > d->n_kept);
+            int64_t N = d->rows;
+            moe_tensor *res[2][5];
+            for (int run = 0; run < 2; run++) {
+                omp_set_num_threads(run ? 3 : 1);
+                moe_tensor *x = tu_randn(dt, 2, SHAPE(Tn, D), 61), *y = tu_randn(dt, 2, SHAPE(N, D), 62);
+                moe_tensor *w = tu_randn(dt, 2, SHAPE(Tn, K), 63), *g = tu_randn(dt, 2, SHAPE(Tn, D), 64);
+                moe_tensor *gp = tu_randn(dt, 2, SHAPE(N, D), 65);
+                OK(moe_tensor_requires_grad_(x, true));
+                OK(moe_tensor_requires_grad_(y, true));
+                OK(moe_tensor_requires_grad_(w, true));
+                OK(moe_dispatch_permute(&res[run][0], x, d));
+                OK(moe_dispatch_combine(&res[run][1], y, w, d));
+                OK(moe_backward(res[run][0], gp, false));
+                OK(moe_backward(res[run][1], g, false));
+                res[run][2] = moe_tensor_retain(x->grad);
+                res[run][3] = moe_tensor_retain(y->grad);
+                res[run][4] = moe_tensor_retain(w->grad);
+                FREE_ALL(x, y, w, g, gp);
+            }
+            omp_set_num_threads(saved);
+            for (int i = 0; i < 5; i++) {
+                ck_assert_msg(memcmp(moe_tensor_data(res[0][i]), moe_tensor_data(res[1][i]),
+                                     moe_tensor_nbytes(res[0][i])) == 0,
+                              "%s (%lld tokens, %s) differ between 1 and 3 threads", names[i],
+                              (long long)Tn, k ? "f32" : "f64");
+                FREE_ALL(res[0][i], res[1][i]);
+            }
+            moe_dispatch_release(d);
+            FREE_ALL(ids);
+        }
+}
+END_TEST
+
 /* ---- gradients ---------------------------------------------------------------- */
 
 typedef struct gctx {
@@ -382,6 +437,7 @@ int main(void)
     tcase_add_test(tc, permute_combine_values);
     tcase_add_test(tc, noncontiguous_inputs);
     tcase_add_test(tc, wide_rows);
+    tcase_add_test(tc, thread_count_does_not_matter);
     suite_add_tcase(s, tc);
     tc = tcase_create("gradients");
     tcase_add_test(tc, gradients);

@@ -204,6 +204,31 @@ START_TEST(test_norm_deterministic)
 }
 END_TEST
 
+/* rms_norm's rows in one block (forward) and one chunk (backward), in a
+ * loop big enough to run on the team: the same bits on 1 and 3 threads. */
+START_TEST(test_rms_one_block_threads)
+{
+    moe_tensor *x = tu_randn(MOE_F32, 2, SHAPE(9, 4000), 7), *w = tu_randn(MOE_F32, 1, SHAPE(4000), 8);
+    moe_tensor *g = tu_randn(MOE_F32, 2, SHAPE(9, 4000), 9), *res[2][3];
+    OK(moe_tensor_requires_grad_(x, true));
+    OK(moe_tensor_requires_grad_(w, true));
+    int saved = omp_get_max_threads();
+    for (int run = 0; run < 2; run++) {
+        omp_set_num_threads(run == 0 ? 1 : 3);
+        OK(moe_rms_norm(&res[run][0], x, w, EPS));
+        OK(moe_backward(res[run][0], g, false));
+        res[run][1] = x->grad;
+        res[run][2] = w->grad;
+        x->grad = w->grad = NULL;
+    }
+    omp_set_num_threads(saved);
+    for (int k = 0; k < 3; k++)
+        ck_assert_int_eq(memcmp(moe_tensor_data(res[0][k]), moe_tensor_data(res[1][k]),
+                                moe_tensor_nbytes(res[0][k])), 0);
+    RELEASE(x, w, g, res[0][0], res[0][1], res[0][2], res[1][0], res[1][1], res[1][2]);
+}
+END_TEST
+
 /* ---- cross_entropy -------------------------------------------------------------------- */
 
 static moe_tensor *logits34(moe_dtype dt)
@@ -390,6 +415,7 @@ int main(void)
     tcase_add_test(tr, test_rms_grad_values);
     tcase_add_test(tr, test_rms_layouts);
     tcase_add_test(tr, test_rms_wide_rows);
+    tcase_add_test(tr, test_rms_one_block_threads);
     suite_add_tcase(s, tr);
     TCase *tl = tcase_create("layer_norm");
     tcase_add_test(tl, test_layer_norm_values);
