@@ -49,8 +49,9 @@ static int chunk_range(const chunk_table *t, int64_t c, int64_t *lo, int64_t *hi
     return i;
 }
 
-/* Run SPAN(item, lo, hi) over every chunk of ITEMS[0..COUNT), BATCH
- * parameters to a parallel region. */
+/* Run SPAN_float or SPAN_double (by the item's dtype) on (item, lo, hi)
+ * for every chunk of ITEMS[0..COUNT), BATCH parameters to a parallel
+ * region. */
 #define FOR_EACH_CHUNK(COUNT, ITEMS, SPAN)                                                     \
     for (int base = 0; base < (COUNT); base += BATCH) {                                        \
         chunk_table t = {0};                                                                   \
@@ -58,8 +59,11 @@ static int chunk_range(const chunk_table *t, int64_t c, int64_t *lo, int64_t *hi
         _Pragma("omp parallel for schedule(dynamic) if (t.elements >= PARALLEL_MIN)")         \
         for (int64_t c = 0; c < t.first[t.count]; c++) {                                       \
             int64_t lo, hi;                                                                    \
-            int i = chunk_range(&t, c, &lo, &hi);                                              \
-            SPAN(&(ITEMS)[base + i], lo, hi);                                                  \
+            const __typeof__(*(ITEMS)) *it = &(ITEMS)[base + chunk_range(&t, c, &lo, &hi)];    \
+            if (it->dtype == MOE_F64)                                                          \
+                SPAN##_double(it, lo, hi);                                                     \
+            else                                                                               \
+                SPAN##_float(it, lo, hi);                                                      \
         }                                                                                      \
     }
 
@@ -93,14 +97,6 @@ static int chunk_range(const chunk_table *t, int64_t c, int64_t *lo, int64_t *hi
     }
 ADAMW_SPAN(float)
 ADAMW_SPAN(double)
-
-static void adamw_span(const moe_cpu_adamw_item *it, int64_t lo, int64_t hi)
-{
-    if (it->dtype == MOE_F64)
-        adamw_span_double(it, lo, hi);
-    else
-        adamw_span_float(it, lo, hi);
-}
 
 void moe_cpu_adamw(int count, const moe_cpu_adamw_item *items)
 {
@@ -141,14 +137,6 @@ void moe_cpu_adamw(int count, const moe_cpu_adamw_item *items)
     }
 SGD_SPAN(float)
 SGD_SPAN(double)
-
-static void sgd_span(const moe_cpu_sgd_item *it, int64_t lo, int64_t hi)
-{
-    if (it->dtype == MOE_F64)
-        sgd_span_double(it, lo, hi);
-    else
-        sgd_span_float(it, lo, hi);
-}
 
 void moe_cpu_sgd(int count, const moe_cpu_sgd_item *items)
 {
