@@ -3,6 +3,7 @@
  * and saving and loading the state. The update rules are in adamw.c and
  * sgd.c. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,7 @@ void moe_optimizer_free(moe_optimizer *opt)
     free(opt->state_names);
     free(opt->grads);
     free(opt->items);
+    pthread_mutex_destroy(&opt->lock);
     free(opt);
 }
 
@@ -97,6 +99,7 @@ moe_status moe_optimizer_make(moe_optimizer **out, const moe_optim_rule *rule, d
     }
     moe_optimizer *o = calloc(1, sizeof *o);
     if (!o) return moe_fail(MOE_ERR_NOMEM, op, "out of memory for %zu bytes of an optimizer", sizeof *o);
+    pthread_mutex_init(&o->lock, NULL);
     o->rule = rule;
     o->lr = lr;
     o->n = n;
@@ -148,13 +151,17 @@ moe_status moe_optimizer_step_scaled(moe_optimizer *opt, double grad_scale)
     MOE_CHECK_NOT_NULL(op, opt);
     if (!(grad_scale > 0) || !isfinite(grad_scale))
         return moe_fail(MOE_ERR_ARG, op, "grad-scale must be finite and > 0, got %g", grad_scale);
+    /* One step at a time: two threads (or two REPL clients) stepping one
+     * optimizer would share its per-step scratch. */
+    pthread_mutex_lock(&opt->lock);
     /* Check every gradient, and make the contiguous copies the kernels
      * need (only for gradients that are views), before the first parameter
-     * changes. */
+     * changes. The gradients are read as references (moe_tensor_grad), safe
+     * against a backward pass accumulating into them. */
     moe_tensor **grads = opt->grads;
     moe_status st = MOE_OK;
     for (int i = 0; i < opt->n && st == MOE_OK; i++) {
-        moe_tensor *p = opt->params[i], *g = p->grad;
+        moe_tensor *p = opt->params[i], *g = moe_tensor_grad(p);
         if (!g) continue;
         if (!moe_tensor_same_shape(p, g))
             st = moe_fail(MOE_ERR_SHAPE, op, "the gradient of \"%s\" is %s, the parameter %s", opt->names[i],
@@ -167,6 +174,7 @@ moe_status moe_optimizer_step_scaled(moe_optimizer *opt, double grad_scale)
             grads[i] = moe_tensor_retain(g);
         else
             st = moe_contiguous(&grads[i], g);
+        moe_tensor_release(g);
     }
     if (st == MOE_OK) {
         for (int i = 0; i < opt->n; i++)
@@ -180,6 +188,7 @@ moe_status moe_optimizer_step_scaled(moe_optimizer *opt, double grad_scale)
         moe_tensor_release(grads[i]);
         grads[i] = NULL;
     }
+    pthread_mutex_unlock(&opt->lock);
     return st;
 }
 
@@ -195,7 +204,9 @@ moe_status moe_optimizer_set_lr(moe_optimizer *opt, double lr)
 {
     if (!isfinite(lr) || lr < 0)
         return moe_fail(MOE_ERR_ARG, "set-optimizer-lr!", "the learning rate must be finite and >= 0, got %g", lr);
+    pthread_mutex_lock(&opt->lock);
     opt->lr = lr;
+    pthread_mutex_unlock(&opt->lock);
     return MOE_OK;
 }
 
@@ -293,8 +304,7 @@ static moe_status check_moment(const char *op, const char *name, const moe_tenso
     return MOE_OK;
 }
 
-moe_status moe_optimizer_load_state(moe_optimizer *opt, int n, const char *const *names,
-                                    moe_tensor *const *values)
+static moe_status load_state(moe_optimizer *opt, int n, const char *const *names, moe_tensor *const *values)
 {
     const char *op = "optimizer-load-state!";
     int count = moe_optimizer_state_count(opt);
@@ -378,5 +388,15 @@ done:
     free(conv);
     free(counts);
     free(src);
+    return st;
+}
+
+moe_status moe_optimizer_load_state(moe_optimizer *opt, int n, const char *const *names,
+                                    moe_tensor *const *values)
+{
+    MOE_CHECK_NOT_NULL("optimizer-load-state!", opt);
+    pthread_mutex_lock(&opt->lock); /* not in the middle of a step */
+    moe_status st = load_state(opt, n, names, values);
+    pthread_mutex_unlock(&opt->lock);
     return st;
 }

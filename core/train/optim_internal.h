@@ -3,6 +3,8 @@
 #ifndef MOELAB_TRAIN_OPTIM_INTERNAL_H
 #define MOELAB_TRAIN_OPTIM_INTERNAL_H
 
+#include <pthread.h>
+
 #include "optim.h"
 
 #define MOE_OPTIM_MAX_SLOTS 2
@@ -20,6 +22,7 @@ typedef struct moe_optim_rule {
 } moe_optim_rule;
 
 struct moe_optimizer {
+    pthread_mutex_t lock; /* held by a step, a state load and a learning-rate change */
     const moe_optim_rule *rule;
     union {
         moe_adamw_config adamw;

@@ -231,6 +231,51 @@ START_TEST(test_backward_from_hook_on_own_graph)
 }
 END_TEST
 
+/* Threads stepping one optimizer take turns: SGD (lr 0.25, no momentum)
+ * on a gradient of ones, STEPS_EACH steps from each of THREADS threads, ends
+ * exactly where as many steps one after another do (0.25 is exact), and
+ * counts every step; the learning rate is set meanwhile from the test's
+ * thread. The parameter is large enough (a step takes a while) that
+ * overlapping steps would lose updates. */
+#define STEPS_EACH 50
+#define STEP_ELEMS 200000
+
+static void *step_many(void *opt)
+{
+    for (int s = 0; s < STEPS_EACH; s++)
+        if (moe_optimizer_step(opt) != MOE_OK) return (void *)moe_last_error();
+    return NULL;
+}
+
+START_TEST(test_optimizer_steps_take_turns)
+{
+    moe_tensor *p, *g;
+    OK(moe_tensor_full(&p, MOE_F32, MOE_CPU, 1, SHAPE(STEP_ELEMS), 100));
+    OK(moe_tensor_requires_grad_(p, true));
+    OK(moe_tensor_ones(&g, MOE_F32, MOE_CPU, 1, SHAPE(STEP_ELEMS)));
+    moe_tensor_set_grad(p, g);
+    moe_sgd_config cfg;
+    moe_sgd_config_default(&cfg);
+    cfg.lr = 0.25;
+    moe_optimizer *opt;
+    OK(moe_sgd_new(&opt, 1, (const char *[]){"p"}, &p, &cfg));
+    pthread_t th[THREADS];
+    void *res[THREADS];
+    for (int k = 0; k < THREADS; k++) ck_assert_int_eq(pthread_create(&th[k], NULL, step_many, opt), 0);
+    for (int k = 0; k < 20; k++) OK(moe_optimizer_set_lr(opt, 0.25));
+    for (int k = 0; k < THREADS; k++) pthread_join(th[k], &res[k]);
+    for (int k = 0; k < THREADS; k++) ck_assert_msg(res[k] == NULL, "a step failed: %s", (const char *)res[k]);
+    ck_assert_int_eq(moe_optimizer_steps(opt), THREADS * STEPS_EACH);
+    double *v = malloc(sizeof *v * STEP_ELEMS);
+    OK(moe_tensor_to_doubles(p, v));
+    for (int i = 0; i < STEP_ELEMS; i++)
+        ck_assert_msg(v[i] == 100 - 0.25 * THREADS * STEPS_EACH, "element %d is %g", i, v[i]);
+    free(v);
+    moe_optimizer_free(opt);
+    RELEASE(p, g);
+}
+END_TEST
+
 static Suite *threads_suite(void)
 {
     Suite *s = suite_create("threads");
@@ -240,6 +285,7 @@ static Suite *threads_suite(void)
     tcase_add_test(c, test_shared_graph_walks_wait);
     tcase_add_test(c, test_references_across_threads);
     tcase_add_test(c, test_backward_from_hook_on_own_graph);
+    tcase_add_test(c, test_optimizer_steps_take_turns);
     suite_add_tcase(s, c);
     return s;
 }
