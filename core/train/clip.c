@@ -73,16 +73,24 @@ static bool scale_in_place(moe_tensor *const *params, int i)
     return true;
 }
 
+moe_status moe_clip_scale(double *scale, double norm, double max_norm, const char *op)
+{
+    if (!(max_norm > 0) || !isfinite(max_norm))
+        return moe_fail(MOE_ERR_ARG, op, "max must be finite and > 0, got %g", max_norm);
+    double s = max_norm / (norm + 1e-6);
+    *scale = isfinite(norm) && s < 1.0 ? s : 1.0;
+    return MOE_OK;
+}
+
 moe_status moe_clip_grad_norm(double *total_norm, int n, moe_tensor *const *params, double max_norm)
 {
     const char *op = "clip-grad-norm!";
-    if (!(max_norm > 0) || !isfinite(max_norm))
-        return moe_fail(MOE_ERR_ARG, op, "max must be finite and > 0, got %g", max_norm);
-    double norm;
+    double norm, scale;
+    MOE_TRY(moe_clip_scale(&scale, 0, max_norm, op)); /* MAX checked before any work */
     MOE_TRY(norm_of(op, &norm, n, params));
     *total_norm = norm;
-    double scale = max_norm / (norm + 1e-6);
-    if (!isfinite(norm) || scale >= 1.0) return MOE_OK;
+    MOE_TRY(moe_clip_scale(&scale, norm, max_norm, op));
+    if (scale == 1.0) return MOE_OK; /* a clipping factor is below 1 */
     /* Copies first (they may fail), then the scaling (it cannot). In the
      * usual case every gradient is scaled where it lies and nothing is
      * allocated. */

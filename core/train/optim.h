@@ -149,6 +149,11 @@ moe_status moe_clip_grad_norm(double *total_norm, int n, moe_tensor *const *para
                               double max_norm);
 /* The same norm, without clipping. */
 moe_status moe_grad_norm(double *total_norm, int n, moe_tensor *const *params);
+/* The factor moe_clip_grad_norm scales the gradients by for total norm NORM
+ * and maximum MAX_NORM (finite, > 0; else an error naming OP): MAX_NORM /
+ * (NORM + 1e-6) when that is below 1 and NORM is finite, else 1. Pass it to
+ * moe_optimizer_step_scaled to clip inside the update. */
+moe_status moe_clip_scale(double *scale, double norm, double max_norm, const char *op);
 
 #ifdef __cplusplus
 }

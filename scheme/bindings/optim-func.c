@@ -292,6 +292,17 @@ SCM_DEFINE(moelab_clip_grad_norm_x, "%clip-grad-norm!", 2, 0, 0, (SCM params, SC
 }
 #undef FUNC_NAME
 
+SCM_DEFINE(moelab_clip_scale, "%clip-scale", 2, 0, 0, (SCM norm, SCM max),
+           "clip-grad-norm!'s factor for gradients of total norm @var{norm}.")
+#define FUNC_NAME "clip-scale"
+{
+    double scale;
+    MOELAB_CHECK(FUNC_NAME, moe_clip_scale(&scale, moelab_to_double(norm, 1, FUNC_NAME),
+                                           moelab_to_double(max, 2, FUNC_NAME), FUNC_NAME));
+    return scm_from_double(scale);
+}
+#undef FUNC_NAME
+
 SCM_DEFINE(moelab_grad_norm, "%grad-norm", 1, 0, 0, (SCM params), "The L2 norm of all the gradients of @var{params}.")
 #define FUNC_NAME "grad-norm"
 {

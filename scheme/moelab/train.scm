@@ -138,12 +138,11 @@ norm is returned and the gradients left as they are."
   (%grad-norm params))
 
 (define (clip-scale norm max)
-  "The factor by which clip-grad-norm! with maximum MAX scales gradients
-whose total norm is NORM: MAX/(NORM + 1e-6) when that is below 1 and NORM
-is finite, else 1. Pass it to optimizer-step! as #:grad-scale to clip
-inside the update."
-  (let ((s (/ max (+ norm 1e-6))))
-    (if (and (finite? norm) (< s 1.0)) s 1.0)))
+  "The factor by which clip-grad-norm! with maximum MAX (finite, > 0) scales
+gradients whose total norm is NORM: MAX/(NORM + 1e-6) when that is below 1
+and NORM is finite, else 1. Pass it to optimizer-step! as #:grad-scale to
+clip inside the update."
+  (%clip-scale norm max))
 
 ;;; ---- schedules ------------------------------------------------------------------------
 

@@ -106,6 +106,7 @@ the difference, shown by the failure report."
   (test-equal "clip-scale above the max" (/ 6.5 (+ 13 1e-6)) (clip-scale 13.0 6.5))
   (test-equal "clip-scale below the max" 1.0 (clip-scale 6.0 6.5))
   (test-equal "clip-scale of a non-finite norm" 1.0 (clip-scale +inf.0 6.5))
+  (test-moelab-error "clip-scale max 0" "max must be finite and > 0, got 0" (clip-scale 13.0 0))
   (let ((run (lambda (fold? make)
                ;; two steps of f32 parameters; returns the parameters' values
                (let* ((a (tensor '(1.0 -2.0) #:dtype 'f32 #:requires-grad #t))
