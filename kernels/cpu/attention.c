@@ -3,13 +3,11 @@
  * Dimension letters: B batch, S sequence, H query heads, KV kv heads, hd
  * head dim, nq/nk the query rows/keys of one product.
  *
- * Every product is one BLAS call on slices of the inputs, shaped so that
- * OpenBLAS runs its small-matrix kernels, which read the operands where
- * they are. A product A·Bᵀ of two row-major matrices (the scores q·kᵀ)
- * would go through its general path instead, which first copies both
- * operands into packed panels; so each task transposes K (and in the
- * backward V) once into scratch, Kᵀ [hd S], and the score products become
- * plain A·B.
+ * Every product is one moe_cpu_sgemm call on slices of the inputs. A
+ * product A·Bᵀ of two row-major matrices (the scores q·kᵀ) would transpose
+ * B's slice in every call (sgemm.c's packing, or OpenBLAS's general path
+ * without AVX-512); so each task transposes K (and in the backward V) once
+ * into scratch, Kᵀ [hd S], and the score products become plain A·B.
  *
  * Forward: each block Qi of BQ query rows meets the keys it may see (all S,
  * or under the causal mask those up to its last row) in chunks Kj of up to

@@ -1,4 +1,6 @@
-/* gemm.c — strided, batched, broadcast GEMM on CBLAS (OpenBLAS preferred).
+/* gemm.c — strided, batched, broadcast GEMM: f32 on moelab's own kernel
+ * where the CPU has AVX-512 (sgemm.c), f64 and the rest on CBLAS (OpenBLAS
+ * preferred).
  *
  * Dimension letters: M rows of A and C, K inner dim, N columns of B and C,
  * B batch (any number of batch dims, broadcast through zero strides). */
@@ -8,6 +10,7 @@
 #include <string.h>
 
 #include "gemm.h"
+#include "sgemm.h"
 
 /* Can BLAS be called from inside our own OpenMP parallel region without
  * oversubscribing? The OpenMP (and the sequential) builds of OpenBLAS run
@@ -75,8 +78,8 @@ static void split_block(int64_t len, int parts, int p, int64_t *start, int64_t *
 /* The f32 and f64 wrappers from one template: C's rows (A's rows, its
  * columns when A is stored transposed) or C's columns (B's columns, its rows
  * when B is stored transposed) split over the threads. */
-#define DEFINE_GEMM(NAME, T, BLAS)                                                             \
-    void NAME(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a,          \
+#define DEFINE_GEMM(LINKAGE, NAME, T, BLAS)                                                    \
+    LINKAGE void NAME(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a,          \
               int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc)                 \
     {                                                                                          \
         bool by_rows = true;                                                                   \
@@ -99,8 +102,18 @@ static void split_block(int64_t len, int parts, int p, int64_t *start, int64_t *
         }                                                                                      \
     }
 
-DEFINE_GEMM(moe_cpu_sgemm, float, blas_s)
-DEFINE_GEMM(moe_cpu_dgemm, double, blas_d)
+DEFINE_GEMM(static, blas_sgemm, float, blas_s)
+DEFINE_GEMM(, moe_cpu_dgemm, double, blas_d)
+
+/* f32: our own kernel where the CPU has AVX-512 (sgemm.c says why), else BLAS. */
+void moe_cpu_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                   int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
+{
+    if (moe_cpu_sgemm_native_ok() &&
+        moe_cpu_sgemm_native(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc))
+        return;
+    blas_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
 
 /* ---- the batched product ------------------------------------------------------------ */
 

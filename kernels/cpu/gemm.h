@@ -1,6 +1,7 @@
-/* gemm.h — the CPU GEMM behind matmul, bmm and linear: one wrapper around
- * CBLAS for strided, batched, broadcast matrix products (the operand
- * description and the batch folding are in kernels/gemm_plan.h). */
+/* gemm.h — the CPU GEMM behind matmul, bmm and linear: strided, batched,
+ * broadcast matrix products (the operand description and the batch folding
+ * are in kernels/gemm_plan.h) on moelab's own f32 kernel where the CPU has
+ * AVX-512 (sgemm.h), else on CBLAS. */
 #ifndef MOELAB_CPU_GEMM_H
 #define MOELAB_CPU_GEMM_H
 
@@ -22,7 +23,9 @@ moe_status moe_cpu_gemm(moe_dtype dtype, int nb, const int64_t *bshape, moe_gemm
                         moe_gemm_mat b, moe_gemm_mat c, bool accumulate);
 
 /* Plain row-major GEMM on contiguous buffers (A [M K], B [K N], C [M N]):
- * C = alpha A B + beta C, with optional transposes of the stored A/B. */
+ * C = alpha A B + beta C, with optional transposes of the stored A/B.
+ * Outside a parallel region a large product runs over the OpenMP team;
+ * inside one, on the calling thread. */
 void moe_cpu_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                    const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
                    int64_t ldc);

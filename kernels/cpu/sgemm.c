@@ -1,0 +1,333 @@
+/* sgemm.c — moelab's own f32 GEMM for CPUs with AVX-512:
+ *     C [M N] = alpha op(A) [M K] op(B) [K N] + beta C, row-major.
+ *
+ * Dimension letters: M rows of A and C, K the inner dim, N columns of B and C.
+ *
+ * Why not BLAS here: a training step's products are thin (K and N of 256
+ * to 512). On them OpenBLAS spent about a sixth of its time packing both
+ * operands into its own layout and zeroing C before adding into it, and a
+ * product split over threads had each thread pack all of op(B).
+ *
+ * The scheme:
+ *   - op(B) is packed once per product into panels of NR columns ([K NR],
+ *     k-major, zero-padded at the right edge), shared by the whole team;
+ *   - A is read where it lies: the micro-kernel broadcasts A's elements
+ *     from MR rows (or, when A is stored transposed, MR neighbours);
+ *   - C is written once per block of KC inner indices;
+ *   - the work is cut into units of TILE_ROWS rows (by all panels, or a
+ *     run of them when rows are few), which the threads take one at a
+ *     time, so a core that runs slower for a while does not hold the other
+ *     back at the end.
+ *
+ * Every element of C is the same sum whichever thread computes it: over
+ * each block of KC inner indices a chain of FMAs from zero, the blocks
+ * added to C in order. Results are therefore deterministic and have the
+ * same bits on any number of threads. */
+#include <omp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sgemm.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_KERNEL 1
+#define TARGET __attribute__((target("avx512f,avx2,fma")))
+#endif
+
+#define MR 12           /* rows of the micro-tile: 12 x 2 accumulators, 2 B vectors */
+#define NR 32           /* columns of the micro-tile and of a packed panel: two zmm */
+#define KC 256          /* inner indices per micro-kernel call: a panel block is 32 KiB */
+#define KS (16 * KC)    /* inner indices packed at a time, */
+#define PACK_CAP (1 << 20) /* and at most this many floats of op(B) (4 MiB) */
+#define TILE_ROWS (4 * MR) /* rows of a unit of work */
+
+#ifdef HAVE_KERNEL
+
+/* ---- the per-thread pack buffer ------------------------------------------------------ */
+
+/* Kept from call to call (a training step should not call malloc), grown
+ * as needed, freed when its thread ends. */
+static pthread_key_t pack_key;
+static pthread_once_t pack_key_once = PTHREAD_ONCE_INIT;
+static __thread float *pack_buf;
+static __thread size_t pack_floats;
+
+static void pack_key_make(void)
+{
+    (void)pthread_key_create(&pack_key, free);
+}
+
+static float *pack_buffer(size_t floats)
+{
+    if (floats <= pack_floats) return pack_buf;
+    free(pack_buf);
+    pack_floats = 0;
+    pack_buf = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+    (void)pthread_once(&pack_key_once, pack_key_make);
+    (void)pthread_setspecific(pack_key, pack_buf);
+    if (pack_buf) pack_floats = floats;
+    return pack_buf;
+}
+
+/* One product's operands and the block of op(B) packed now: inner indices
+ * [k0, k0 + ks), columns [j0, j0 + nc). */
+typedef struct sgemm_job {
+    bool ta, tb;
+    int64_t m, k;
+    float alpha, beta;
+    const float *a, *b;
+    int64_t rsa, csa, ldb; /* op(A)(i, p) at a[i*rsa + p*csa] */
+    float *c;
+    int64_t ldc;
+    float *pack;
+    int64_t k0, ks, j0, nc, panels;
+} sgemm_job;
+
+static inline int64_t min64(int64_t x, int64_t y)
+{
+    return x < y ? x : y;
+}
+
+/* Panel P of the current block: columns j0 + P·NR onward (zeros past nc),
+ * inner indices [k0, k0 + ks), into the pack buffer as [ks NR]. */
+TARGET static void pack_panel(const sgemm_job *jb, int64_t p)
+{
+    float *restrict dst = jb->pack + p * jb->ks * NR;
+    int64_t col = jb->j0 + p * NR, w = min64(NR, jb->nc - p * NR), k0 = jb->k0, ks = jb->ks;
+    if (!jb->tb) { /* op(B)(q, j) = b[q*ldb + j]: whole rows of the panel */
+        __mmask16 m0 = w >= 16 ? 0xffff : (__mmask16)((1u << w) - 1);
+        __mmask16 m1 = w >= 32 ? 0xffff : w > 16 ? (__mmask16)((1u << (w - 16)) - 1) : 0;
+        for (int64_t q = 0; q < ks; q++) {
+            const float *row = jb->b + (k0 + q) * jb->ldb + col;
+            _mm512_store_ps(dst + q * NR, _mm512_maskz_loadu_ps(m0, row));
+            _mm512_store_ps(dst + q * NR + 16, _mm512_maskz_loadu_ps(m1, row + 16));
+        }
+    } else { /* op(B)(q, j) = b[j*ldb + q]: B's rows become the panel's columns */
+        for (int64_t j = 0; j < NR; j++) {
+            if (j < w) {
+                const float *src = jb->b + (col + j) * jb->ldb + k0;
+                for (int64_t q = 0; q < ks; q++) dst[q * NR + j] = src[q];
+            } else {
+                for (int64_t q = 0; q < ks; q++) dst[q * NR + j] = 0.0f;
+            }
+        }
+    }
+}
+
+/* C's MR_ x nr block at C += or = alpha · A's MR_ rows [kc] · the panel
+ * block BP [kc NR]. FIRST: the product's first inner block, where beta
+ * applies (beta 0: C is not read); later blocks add to C. MR_ is a
+ * constant at every call, so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) TARGET void
+micro_tile(int mr_, int64_t kc, const float *a, int64_t rsa, int64_t csa, const float *bp,
+           float *c, int64_t ldc, int nr, float alpha, float beta, bool first)
+{
+    __m512 lo[MR], hi[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < mr_; i++) lo[i] = hi[i] = _mm512_setzero_ps();
+    for (int64_t q = 0; q < kc; q++) {
+        __m512 b0 = _mm512_load_ps(bp + q * NR), b1 = _mm512_load_ps(bp + q * NR + 16);
+#pragma GCC unroll 16
+        for (int i = 0; i < mr_; i++) {
+            __m512 ai = _mm512_set1_ps(a[i * rsa + q * csa]);
+            lo[i] = _mm512_fmadd_ps(ai, b0, lo[i]);
+            hi[i] = _mm512_fmadd_ps(ai, b1, hi[i]);
+        }
+    }
+    __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+    __m512 va = _mm512_set1_ps(alpha);
+    bool overwrite = first && beta == 0.0f;
+    __m512 vs = _mm512_set1_ps(first ? beta : 1.0f);
+#pragma GCC unroll 16
+    for (int i = 0; i < mr_; i++) {
+        float *ci = c + i * ldc;
+        __m512 r0, r1;
+        if (overwrite) {
+            r0 = _mm512_mul_ps(va, lo[i]);
+            r1 = _mm512_mul_ps(va, hi[i]);
+        } else {
+            r0 = _mm512_fmadd_ps(va, lo[i], _mm512_mul_ps(vs, _mm512_maskz_loadu_ps(m0, ci)));
+            r1 = _mm512_fmadd_ps(va, hi[i], _mm512_mul_ps(vs, _mm512_maskz_loadu_ps(m1, ci + 16)));
+        }
+        _mm512_mask_storeu_ps(ci, m0, r0);
+        _mm512_mask_storeu_ps(ci + 16, m1, r1);
+    }
+}
+
+/* The same for the last rows of a tile, fewer than MR. */
+TARGET static void micro_edge(int mr, int64_t kc, const float *a, int64_t rsa, int64_t csa,
+                              const float *bp, float *c, int64_t ldc, int nr, float alpha,
+                              float beta, bool first)
+{
+    switch (mr) {
+#define EDGE(R)                                                                     \
+    case R: micro_tile(R, kc, a, rsa, csa, bp, c, ldc, nr, alpha, beta, first); break;
+        EDGE(1) EDGE(2) EDGE(3) EDGE(4) EDGE(5) EDGE(6)
+        EDGE(7) EDGE(8) EDGE(9) EDGE(10) EDGE(11)
+#undef EDGE
+    default: break;
+    }
+}
+
+/* A's rows [i, i + mr) over the inner indices [q, q + kc) when A is stored
+ * transposed ([K M]): the mr neighbours of each of kc rows of the stored A,
+ * copied into OUT [kc MR]. Read in place, those rows lie a whole row of
+ * the stored A apart, often a multiple of 4 KiB, where they crowd a few
+ * sets of L1 and evict each other before the next panel reuses them. */
+TARGET static void pack_a_columns(const sgemm_job *jb, int64_t i, int mr, int64_t q, int64_t kc,
+                                  float *restrict out)
+{
+    __mmask16 m = (__mmask16)((1u << mr) - 1);
+    const float *src = jb->a + q * jb->csa + i;
+    for (int64_t p = 0; p < kc; p++)
+        _mm512_mask_storeu_ps(out + p * MR, m, _mm512_maskz_loadu_ps(m, src + p * jb->csa));
+}
+
+/* Unit U of the current block: rows [r0, r0 + TILE_ROWS) by panels
+ * [p0, p1) (the block's panels cut into GROUPS runs). Each MR rows of A
+ * (12 KiB at KC) meet every panel of the unit while they are in L1. */
+TARGET static void run_unit(const sgemm_job *jb, int64_t u, int64_t groups)
+{
+    float apack[KC * MR + 16] __attribute__((aligned(64)));
+    int64_t g = u % groups, r0 = u / groups * TILE_ROWS, r1 = min64(jb->m, r0 + TILE_ROWS);
+    int64_t p0 = jb->panels * g / groups, p1 = jb->panels * (g + 1) / groups;
+    for (int64_t q0 = 0; q0 < jb->ks; q0 += KC) {
+        int64_t kc = min64(KC, jb->ks - q0), kabs = jb->k0 + q0;
+        bool first = kabs == 0;
+        for (int64_t i = r0; i < r1; i += MR) {
+            int mr = (int)min64(MR, r1 - i);
+            const float *a = jb->a + i * jb->rsa + kabs * jb->csa;
+            int64_t rsa = jb->rsa, csa = jb->csa;
+            if (jb->ta) {
+                pack_a_columns(jb, i, mr, kabs, kc, apack);
+                a = apack;
+                rsa = 1;
+                csa = MR;
+            }
+            for (int64_t p = p0; p < p1; p++) {
+                int64_t col = jb->j0 + p * NR;
+                const float *bp = jb->pack + p * jb->ks * NR + q0 * NR;
+                float *c = jb->c + i * jb->ldc + col;
+                int nr = (int)min64(NR, jb->nc - p * NR);
+                if (mr == MR)
+                    micro_tile(MR, kc, a, rsa, csa, bp, c, jb->ldc, nr, jb->alpha, jb->beta,
+                               first);
+                else
+                    micro_edge(mr, kc, a, rsa, csa, bp, c, jb->ldc, nr, jb->alpha, jb->beta,
+                               first);
+            }
+        }
+    }
+}
+
+/* Pack the current block, then run its units. TEAM: we are inside our own
+ * parallel region, whose loops share the work (their barriers keep the
+ * two phases and the blocks apart); else all on the calling thread, which
+ * may be inside somebody else's region, where a worksharing loop must not
+ * appear. A team takes units of whole row runs, each thread reading its
+ * own rows of A, unless that leaves fewer than UNITS_PER_THREAD each: then
+ * the panels are cut too. */
+#define UNITS_PER_THREAD 8
+static void run_block(const sgemm_job *jb, bool team)
+{
+    int64_t runs = (jb->m + TILE_ROWS - 1) / TILE_ROWS;
+    if (!team) {
+        for (int64_t p = 0; p < jb->panels; p++) pack_panel(jb, p);
+        for (int64_t u = 0; u < runs; u++) run_unit(jb, u, 1);
+        return;
+    }
+    int64_t want = (int64_t)UNITS_PER_THREAD * omp_get_num_threads();
+    int64_t groups = runs >= want ? 1 : min64(jb->panels, (want + runs - 1) / runs);
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < jb->panels; p++) pack_panel(jb, p);
+#pragma omp for schedule(dynamic)
+    for (int64_t u = 0; u < runs * groups; u++) run_unit(jb, u, groups);
+}
+
+/* Every block of op(B): inner indices in runs of KS, columns in runs of
+ * NC_MAX (the packed block within PACK_CAP floats). */
+static void run_blocks(sgemm_job *jb, int64_t n, int64_t nc_max, bool team)
+{
+    for (int64_t k0 = 0; k0 < jb->k; k0 += KS)
+        for (int64_t j0 = 0; j0 < n; j0 += nc_max) {
+            jb->k0 = k0;
+            jb->ks = min64(KS, jb->k - k0);
+            jb->j0 = j0;
+            jb->nc = min64(nc_max, n - j0);
+            jb->panels = (jb->nc + NR - 1) / NR;
+            run_block(jb, team);
+        }
+}
+
+/* C = beta C, the whole product when K or alpha is 0. */
+static void scale_c(int64_t m, int64_t n, float beta, float *c, int64_t ldc)
+{
+    for (int64_t i = 0; i < m; i++) {
+        float *row = c + i * ldc;
+        if (beta == 0.0f)
+            memset(row, 0, (size_t)n * sizeof(float));
+        else
+            for (int64_t j = 0; j < n; j++) row[j] *= beta;
+    }
+}
+
+static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
+static bool cpu_ok;
+
+static void cpu_check(void)
+{
+    __builtin_cpu_init();
+    cpu_ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+}
+
+bool moe_cpu_sgemm_native_ok(void)
+{
+    (void)pthread_once(&cpu_once, cpu_check);
+    return cpu_ok;
+}
+
+bool moe_cpu_sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                          float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                          float beta, float *c, int64_t ldc)
+{
+    if (m <= 0 || n <= 0) return true;
+    if (k <= 0 || alpha == 0.0f) { /* as BLAS: A and B are not read */
+        scale_c(m, n, beta, c, ldc);
+        return true;
+    }
+    int64_t ks_max = min64(k, KS), nc_max = PACK_CAP / ks_max / NR * NR;
+    if (nc_max < NR) nc_max = NR;
+    int64_t cols = min64(n, nc_max);
+    float *pack = pack_buffer((size_t)ks_max * (size_t)((cols + NR - 1) / NR * NR));
+    if (!pack) return false;
+    sgemm_job jb = {.ta = trans_a, .tb = trans_b, .m = m, .k = k, .alpha = alpha, .beta = beta,
+                    .a = a, .b = b, .rsa = trans_a ? 1 : lda, .csa = trans_a ? lda : 1, .ldb = ldb,
+                    .c = c, .ldc = ldc, .pack = pack};
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nt > 1 && 2.0 * (double)m * (double)n * (double)k >= MOE_CPU_SGEMM_SPLIT_FLOPS) {
+#pragma omp parallel num_threads(nt) firstprivate(jb)
+        run_blocks(&jb, n, nc_max, true);
+    } else {
+        run_blocks(&jb, n, nc_max, false);
+    }
+    return true;
+}
+
+#else /* no kernel for this CPU family: gemm.c calls BLAS */
+
+bool moe_cpu_sgemm_native_ok(void)
+{
+    return false;
+}
+
+bool moe_cpu_sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                          float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                          float beta, float *c, int64_t ldc)
+{
+    return false;
+}
+
+#endif

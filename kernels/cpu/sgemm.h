@@ -1,0 +1,28 @@
+/* sgemm.h — moelab's own f32 GEMM for CPUs with AVX-512, which gemm.c's
+ * moe_cpu_sgemm runs in place of BLAS where the CPU has it. */
+#ifndef MOELAB_CPU_SGEMM_H
+#define MOELAB_CPU_SGEMM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* True when this build and this CPU run the kernel (x86-64 with AVX-512F);
+ * checked once. Under valgrind, which hides AVX-512, it is false. */
+bool moe_cpu_sgemm_native_ok(void);
+
+/* C [M N] = alpha op(A) op(B) + beta C, row-major, op(A) [M K] (A stored
+ * [K M] when TRANS_A), op(B) [K N] (B stored [N K] when TRANS_B). With BETA
+ * 0, C is not read. Outside a parallel region, a product of at least
+ * MOE_CPU_SGEMM_SPLIT_FLOPS runs over the OpenMP team; inside one, on the
+ * calling thread. Each element of C is computed the same way either way,
+ * so results have the same bits on any number of threads. Returns false,
+ * having done nothing, when it cannot run: no kernel for this CPU, or no
+ * memory for the packed op(B) (the caller then uses BLAS). */
+bool moe_cpu_sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                          float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                          float beta, float *c, int64_t ldc);
+
+/* Smaller products stay on the calling thread: waking the team costs more. */
+#define MOE_CPU_SGEMM_SPLIT_FLOPS 4.0e6
+
+#endif

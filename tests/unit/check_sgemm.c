@@ -1,0 +1,182 @@
+/* check_sgemm.c — moelab's own f32 GEMM (kernels/cpu/sgemm.c): values
+ * against an f64 reference for every transpose, edge and block size, BLAS's
+ * alpha/beta rules, and the same bits on any number of threads.
+ *
+ * Where the CPU (or valgrind, which hides AVX-512) gives no kernel, the
+ * program says so and exits 77 (skipped). */
+#include <float.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../kernels/cpu/gemm.h"
+#include "../../kernels/cpu/sgemm.h"
+#include "testutil.h"
+
+/* Deterministic values in [-1, 1). */
+static float *filled(int64_t n, uint64_t seed)
+{
+    float *p = malloc(sizeof *p * (size_t)(n > 0 ? n : 1));
+    ck_assert_ptr_nonnull(p);
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (int64_t i = 0; i < n; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        p[i] = (float)((double)(x >> 11) / 4503599627370496.0 - 1.0);
+    }
+    return p;
+}
+
+/* One product: operands stored as TA/TB say, with leading dims PAD wider
+ * than they need to be; C starts as NaN when beta is 0 (it must not be
+ * read), else as values. Checked element by element against the f64
+ * product within 4·k·ε of Σ|alpha a b| + |beta c|. */
+static void check_one(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, float beta)
+{
+    const int64_t pad = 3;
+    int64_t lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
+    float *a = filled((ta ? k : m) * lda, 1 + m), *b = filled((tb ? n : k) * ldb, 2 + n);
+    float *c = filled(m * ldc, 3 + k), *c0 = malloc(sizeof *c0 * (size_t)(m * ldc + 1));
+    ck_assert_ptr_nonnull(c0);
+    if (beta == 0.0f)
+        for (int64_t i = 0; i < m * ldc; i++) c[i] = NAN;
+    memcpy(c0, c, sizeof *c * (size_t)(m * ldc));
+    ck_assert(moe_cpu_sgemm_native(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc));
+    for (int64_t i = 0; i < m; i++) {
+        for (int64_t j = 0; j < n; j++) {
+            double ref = 0, mag = 0;
+            for (int64_t p = 0; p < k; p++) {
+                double x = ta ? a[p * lda + i] : a[i * lda + p];
+                double y = tb ? b[j * ldb + p] : b[p * ldb + j];
+                ref += x * y;
+                mag += fabs(x * y);
+            }
+            ref *= alpha;
+            mag *= fabs(alpha);
+            if (beta != 0.0f) {
+                ref += (double)beta * c0[i * ldc + j];
+                mag += fabs((double)beta * c0[i * ldc + j]);
+            }
+            double got = c[i * ldc + j], tol = 4.0 * (double)(k + 2) * FLT_EPSILON * mag + 1e-30;
+            if (!(fabs(got - ref) <= tol))
+                ck_abort_msg("%c%c m %lld n %lld k %lld alpha %g beta %g: C[%lld][%lld] = %.9g, "
+                             "f64 %.9g",
+                             ta ? 'T' : 'N', tb ? 'T' : 'N', (long long)m, (long long)n,
+                             (long long)k, alpha, beta, (long long)i, (long long)j, got, ref);
+        }
+        for (int64_t j = n; j < ldc; j++) /* the padding of C is left alone */
+            ck_assert(memcmp(&c[i * ldc + j], &c0[i * ldc + j], sizeof *c) == 0);
+    }
+    free(a);
+    free(b);
+    free(c);
+    free(c0);
+}
+
+/* Shapes around the micro-tile (12 x 32), the inner block (256), a unit of
+ * rows (48), the inner run packed at a time (4096) and the column run that
+ * keeps the packed block within its cap; the larger ones go over the team. */
+static const int64_t shapes[][3] = {
+    {1, 1, 1},     {11, 31, 7},    {12, 32, 256}, {13, 33, 257},  {47, 64, 48},
+    {49, 70, 600}, {100, 65, 513}, {37, 300, 4500}, {250, 40, 130}, {3, 200, 700},
+};
+
+START_TEST(test_values_every_transpose)
+{
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int t = 0; t < 4; t++)
+            check_one(t & 2, t & 1, shapes[s][0], shapes[s][1], shapes[s][2], 1.0f, 0.0f);
+}
+END_TEST
+
+START_TEST(test_alpha_beta)
+{
+    const float ab[][2] = {{0.5f, 0.0f}, {1.0f, 1.0f}, {-2.0f, 0.25f}, {1.0f, -1.0f}};
+    for (size_t i = 0; i < sizeof ab / sizeof ab[0]; i++)
+        for (int t = 0; t < 4; t++) {
+            check_one(t & 2, t & 1, 13, 33, 257, ab[i][0], ab[i][1]);
+            check_one(t & 2, t & 1, 100, 65, 513, ab[i][0], ab[i][1]);
+        }
+}
+END_TEST
+
+/* K = 0 or alpha = 0: C = beta C, A and B not read (here NaN); beta 0
+ * clears C even where it held NaN. */
+START_TEST(test_empty_inner_and_zero_alpha)
+{
+    float a[6], b[6], c[6];
+    for (int i = 0; i < 6; i++) a[i] = b[i] = NAN;
+    for (int i = 0; i < 6; i++) c[i] = (float)i;
+    ck_assert(moe_cpu_sgemm_native(false, false, 2, 3, 0, 1.0f, a, 1, b, 3, 0.5f, c, 3));
+    for (int i = 0; i < 6; i++) ck_assert_float_eq(c[i], 0.5f * (float)i);
+    ck_assert(moe_cpu_sgemm_native(false, false, 2, 3, 2, 0.0f, a, 2, b, 3, 2.0f, c, 3));
+    for (int i = 0; i < 6; i++) ck_assert_float_eq(c[i], (float)i);
+    for (int i = 0; i < 6; i++) c[i] = NAN;
+    ck_assert(moe_cpu_sgemm_native(true, true, 2, 3, 0, 1.0f, a, 2, b, 1, 0.0f, c, 3));
+    for (int i = 0; i < 6; i++) ck_assert_float_eq(c[i], 0.0f);
+    ck_assert(moe_cpu_sgemm_native(false, false, 0, 3, 2, 1.0f, a, 2, b, 3, 0.0f, c, 3)); /* no rows */
+}
+END_TEST
+
+/* The product on 1, 2 and 3 threads, and on one thread inside a parallel
+ * region (the per-expert schedule), has the same bits; moe_cpu_sgemm, the
+ * dispatcher, runs this kernel. Shapes: many rows, few rows (the team also
+ * cuts the panels), more than one packed inner run. */
+START_TEST(test_same_bits_any_threads)
+{
+    static const int64_t big[][3] = {{2048, 256, 256}, {40, 256, 2048}, {300, 96, 5000}};
+    int saved = omp_get_max_threads();
+    for (size_t s = 0; s < sizeof big / sizeof big[0]; s++)
+        for (int t = 0; t < 4; t++) {
+            bool ta = t & 2, tb = t & 1;
+            int64_t m = big[s][0], n = big[s][1], k = big[s][2];
+            int64_t lda = ta ? m : k, ldb = tb ? k : n;
+            float *a = filled(m * k, 7), *b = filled(k * n, 8);
+            float *want = filled(m * n, 9), *got = malloc(sizeof *got * (size_t)(m * n));
+            ck_assert_ptr_nonnull(got);
+            omp_set_num_threads(1);
+            ck_assert(moe_cpu_sgemm_native(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, want, n));
+            for (int nt = 2; nt <= 4; nt++) {
+                memset(got, 0xff, sizeof *got * (size_t)(m * n));
+                if (nt <= 3) {
+                    omp_set_num_threads(nt);
+                    moe_cpu_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, got, n);
+                } else {
+                    omp_set_num_threads(2);
+#pragma omp parallel num_threads(2)
+                    if (omp_get_thread_num() == 1)
+                        ck_assert(moe_cpu_sgemm_native(ta, tb, m, n, k, 1.0f, a, lda, b, ldb,
+                                                       0.0f, got, n));
+                }
+                if (memcmp(want, got, sizeof *got * (size_t)(m * n)) != 0)
+                    ck_abort_msg("%c%c m %lld n %lld k %lld: %s differs from 1 thread",
+                                 ta ? 'T' : 'N', tb ? 'T' : 'N', (long long)m, (long long)n,
+                                 (long long)k, nt <= 3 ? "a team" : "inside a region");
+            }
+            free(a);
+            free(b);
+            free(want);
+            free(got);
+        }
+    omp_set_num_threads(saved);
+}
+END_TEST
+
+int main(void)
+{
+    if (!moe_cpu_sgemm_native_ok()) {
+        printf("check_sgemm: skipped: this CPU (or valgrind) has no AVX-512; "
+               "moe_cpu_sgemm uses BLAS\n");
+        return 77;
+    }
+    Suite *s = suite_create("sgemm");
+    TCase *tc = tcase_create("kernel");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_values_every_transpose);
+    tcase_add_test(tc, test_alpha_beta);
+    tcase_add_test(tc, test_empty_inner_and_zero_alpha);
+    tcase_add_test(tc, test_same_bits_any_threads);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}
