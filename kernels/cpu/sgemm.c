@@ -289,6 +289,85 @@ bool moe_cpu_sgemm_native_ok(void)
     return cpu_ok;
 }
 
+/* Columns of op(B) packed at a time for inner dim K (PACK_CAP floats), and
+ * the floats a pack buffer needs for a product of N columns. */
+static int64_t cols_per_block(int64_t k)
+{
+    int64_t nc = PACK_CAP / min64(k, KS) / NR * NR;
+    return nc < NR ? NR : nc;
+}
+
+static size_t pack_size(int64_t n, int64_t k)
+{
+    int64_t cols = min64(n, cols_per_block(k));
+    return (size_t)min64(k, KS) * (size_t)((cols + NR - 1) / NR * NR);
+}
+
+/* The whole product over the team (TEAM: called inside our own parallel
+ * region) or on the calling thread, op(B) packed into PACK. */
+static void run_product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                        const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                        float *c, int64_t ldc, float *pack, bool team)
+{
+    sgemm_job jb = {.ta = ta, .tb = tb, .m = m, .k = k, .alpha = alpha, .beta = beta, .a = a,
+                    .b = b, .rsa = ta ? 1 : lda, .csa = ta ? lda : 1, .ldb = ldb, .c = c,
+                    .ldc = ldc, .pack = pack};
+    run_blocks(&jb, n, cols_per_block(k), team);
+}
+
+/* ---- products cut along K ----------------------------------------------------------- */
+
+/* A product of few rows and a long inner dim (the weight gradients, xᵀ dy
+ * over all tokens) gives a team few units of rows, each of which reads
+ * all of op(B). Such a product is cut instead into parts of SPLIT_K inner
+ * indices (more per part when there would be over SPLIT_PARTS parts),
+ * which the threads take whole, each packing its own part of op(B); the
+ * parts' products are then added to C in order. The cut depends on the
+ * shape alone, so the sums, and the bits, are the same on any number of
+ * threads. */
+#define SPLIT_K 512
+#define SPLIT_PARTS 8
+#define SPLIT_MAX_ROWS 512
+
+/* Inner indices per part, or 0: no cut. */
+static int64_t split_part(int64_t m, int64_t k)
+{
+    if (m > SPLIT_MAX_ROWS || k < 4 * SPLIT_K) return 0;
+    int64_t part = (k + SPLIT_PARTS - 1) / SPLIT_PARTS;
+    part = (part + KC - 1) / KC * KC;
+    return part < SPLIT_K ? SPLIT_K : part;
+}
+
+/* Parts 1 … of the product go to [m n] blocks of scratch, part 0 into C
+ * (where beta applies); each part packs op(B) into scratch of its own, so
+ * all the memory is taken before any part starts. */
+static bool run_split(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                      const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                      float *c, int64_t ldc, int64_t part, int nt)
+{
+    int64_t parts = (k + part - 1) / part;
+    size_t per_pack = pack_size(n, part), per_out = (size_t)m * (size_t)n;
+    float *scratch = pack_buffer((size_t)parts * per_pack + (size_t)(parts - 1) * per_out);
+    if (!scratch) return false;
+    float *outs = scratch + (size_t)parts * per_pack; /* per_pack: whole panels, so aligned */
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(dynamic)
+    for (int64_t p = 0; p < parts; p++) {
+        int64_t q0 = p * part, len = min64(part, k - q0);
+        const float *ap = ta ? a + q0 * lda : a + q0, *bp = tb ? b + q0 : b + q0 * ldb;
+        float *dst = p == 0 ? c : outs + (size_t)(p - 1) * per_out;
+        run_product(ta, tb, m, n, len, alpha, ap, lda, bp, ldb, p == 0 ? beta : 0.0f, dst,
+                    p == 0 ? ldc : n, scratch + (size_t)p * per_pack, false);
+    }
+#pragma omp parallel for num_threads(nt) if (nt > 1 && m * n > 32768) schedule(static)
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t p = 1; p < parts; p++) {
+            const float *src = outs + (size_t)(p - 1) * per_out + (size_t)(i * n);
+            float *row = c + i * ldc;
+            for (int64_t j = 0; j < n; j++) row[j] += src[j];
+        }
+    return true;
+}
+
 bool moe_cpu_sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                           float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                           float beta, float *c, int64_t ldc)
@@ -298,20 +377,18 @@ bool moe_cpu_sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int6
         scale_c(m, n, beta, c, ldc);
         return true;
     }
-    int64_t ks_max = min64(k, KS), nc_max = PACK_CAP / ks_max / NR * NR;
-    if (nc_max < NR) nc_max = NR;
-    int64_t cols = min64(n, nc_max);
-    float *pack = pack_buffer((size_t)ks_max * (size_t)((cols + NR - 1) / NR * NR));
-    if (!pack) return false;
-    sgemm_job jb = {.ta = trans_a, .tb = trans_b, .m = m, .k = k, .alpha = alpha, .beta = beta,
-                    .a = a, .b = b, .rsa = trans_a ? 1 : lda, .csa = trans_a ? lda : 1, .ldb = ldb,
-                    .c = c, .ldc = ldc, .pack = pack};
     int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
-    if (nt > 1 && 2.0 * (double)m * (double)n * (double)k >= MOE_CPU_SGEMM_SPLIT_FLOPS) {
-#pragma omp parallel num_threads(nt) firstprivate(jb)
-        run_blocks(&jb, n, nc_max, true);
+    if (2.0 * (double)m * (double)n * (double)k < MOE_CPU_SGEMM_SPLIT_FLOPS) nt = 1;
+    int64_t part = split_part(m, k);
+    if (part > 0)
+        return run_split(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, part, nt);
+    float *pack = pack_buffer(pack_size(n, k));
+    if (!pack) return false;
+    if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+        run_product(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, pack, true);
     } else {
-        run_blocks(&jb, n, nc_max, false);
+        run_product(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, pack, false);
     }
     return true;
 }
