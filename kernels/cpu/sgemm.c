@@ -122,12 +122,18 @@ TARGET static void pack_panel(const sgemm_job *jb, int64_t p)
  * constant at every call, so the accumulators stay in registers. */
 static inline __attribute__((always_inline)) TARGET void
 micro_tile(int mr_, int64_t kc, const float *a, int64_t rsa, int64_t csa, const float *bp,
-           float *c, int64_t ldc, int nr, float alpha, float beta, bool first)
+           float *c, int64_t ldc, int nr, float alpha, float beta, bool first, const float *pf,
+           int64_t pfrs)
 {
     __m512 lo[MR], hi[MR];
 #pragma GCC unroll 16
     for (int i = 0; i < mr_; i++) lo[i] = hi[i] = _mm512_setzero_ps();
+    int64_t pr = 0, pc = 0;
     for (int64_t q = 0; q < kc; q++) {
+        _mm_prefetch((const char *)(pf + pr * pfrs + pc), _MM_HINT_T0);
+        pr++;
+        pc = pr == MR ? pc + 16 : pc;
+        pr = pr == MR ? 0 : pr;
         __m512 b0 = _mm512_load_ps(bp + q * NR), b1 = _mm512_load_ps(bp + q * NR + 16);
 #pragma GCC unroll 16
         for (int i = 0; i < mr_; i++) {
@@ -163,8 +169,8 @@ TARGET static void micro_edge(int mr, int64_t kc, const float *a, int64_t rsa, i
                               float beta, bool first)
 {
     switch (mr) {
-#define EDGE(R)                                                                     \
-    case R: micro_tile(R, kc, a, rsa, csa, bp, c, ldc, nr, alpha, beta, first); break;
+#define EDGE(R)                                                                           \
+    case R: micro_tile(R, kc, a, rsa, csa, bp, c, ldc, nr, alpha, beta, first, a, 0); break;
         EDGE(1) EDGE(2) EDGE(3) EDGE(4) EDGE(5) EDGE(6)
         EDGE(7) EDGE(8) EDGE(9) EDGE(10) EDGE(11)
 #undef EDGE
@@ -201,9 +207,14 @@ TARGET static void run_unit(const sgemm_job *jb, int64_t u, int64_t groups)
             int mr = (int)min64(MR, r1 - i);
             const float *a = jb->a + i * jb->rsa + kabs * jb->csa;
             int64_t rsa = jb->rsa, csa = jb->csa;
+            /* the next MR rows of A, fetched while these work: stored transposed,
+             * they are copied in a pass of their own instead */
+            const float *pf = a + MR * rsa;
+            int64_t pfrs = rsa;
             if (jb->ta) {
                 pack_a_columns(jb, i, mr, kabs, kc, apack);
-                a = apack;
+                a = pf = apack;
+                pfrs = 0;
                 rsa = 1;
                 csa = MR;
             }
@@ -214,7 +225,7 @@ TARGET static void run_unit(const sgemm_job *jb, int64_t u, int64_t groups)
                 int nr = (int)min64(NR, jb->nc - p * NR);
                 if (mr == MR)
                     micro_tile(MR, kc, a, rsa, csa, bp, c, jb->ldc, nr, jb->alpha, jb->beta,
-                               first);
+                               first, pf, pfrs);
                 else
                     micro_edge(mr, kc, a, rsa, csa, bp, c, jb->ldc, nr, jb->alpha, jb->beta,
                                first);
