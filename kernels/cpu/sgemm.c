@@ -178,18 +178,25 @@ TARGET static void micro_edge(int mr, int64_t kc, const float *a, int64_t rsa, i
     }
 }
 
-/* A's rows [i, i + mr) over the inner indices [q, q + kc) when A is stored
- * transposed ([K M]): the mr neighbours of each of kc rows of the stored A,
- * copied into OUT [kc MR]. Read in place, those rows lie a whole row of
- * the stored A apart, often a multiple of 4 KiB, where they crowd a few
- * sets of L1 and evict each other before the next panel reuses them. */
-TARGET static void pack_a_columns(const sgemm_job *jb, int64_t i, int mr, int64_t q, int64_t kc,
-                                  float *restrict out)
+/* A's rows [r0, r1) (at most TILE_ROWS) over the inner indices [q, q + kc)
+ * when A is stored transposed ([K M]), copied into OUT as one [kc MR]
+ * block per MR rows. Read in place, the kc rows of the stored A that the
+ * micro-kernel walks lie a whole row apart, often a multiple of 4 KiB,
+ * where they crowd a few sets of L1 and evict each other before the next
+ * panel reuses them; copied a row of the stored A at a time, every cache
+ * line of it is read once. */
+TARGET static void pack_a_columns(const sgemm_job *jb, int64_t r0, int64_t r1, int64_t q,
+                                  int64_t kc, float *restrict out)
 {
-    __mmask16 m = (__mmask16)((1u << mr) - 1);
-    const float *src = jb->a + q * jb->csa + i;
-    for (int64_t p = 0; p < kc; p++)
-        _mm512_mask_storeu_ps(out + p * MR, m, _mm512_maskz_loadu_ps(m, src + p * jb->csa));
+    const float *src = jb->a + q * jb->csa + r0;
+    int64_t blocks = (r1 - r0 + MR - 1) / MR;
+    for (int64_t p = 0; p < kc; p++, src += jb->csa)
+        for (int64_t blk = 0; blk < blocks; blk++) {
+            int64_t w = min64(MR, r1 - r0 - blk * MR);
+            __mmask16 m = (__mmask16)((1u << w) - 1);
+            _mm512_mask_storeu_ps(out + (blk * KC + p) * MR, m,
+                                  _mm512_maskz_loadu_ps(m, src + blk * MR));
+        }
 }
 
 /* Unit U of the current block: rows [r0, r0 + TILE_ROWS) by panels
@@ -197,12 +204,13 @@ TARGET static void pack_a_columns(const sgemm_job *jb, int64_t i, int mr, int64_
  * (12 KiB at KC) meet every panel of the unit while they are in L1. */
 TARGET static void run_unit(const sgemm_job *jb, int64_t u, int64_t groups)
 {
-    float apack[KC * MR + 16] __attribute__((aligned(64)));
+    float apack[TILE_ROWS / MR * KC * MR + 16] __attribute__((aligned(64)));
     int64_t g = u % groups, r0 = u / groups * TILE_ROWS, r1 = min64(jb->m, r0 + TILE_ROWS);
     int64_t p0 = jb->panels * g / groups, p1 = jb->panels * (g + 1) / groups;
     for (int64_t q0 = 0; q0 < jb->ks; q0 += KC) {
         int64_t kc = min64(KC, jb->ks - q0), kabs = jb->k0 + q0;
         bool first = kabs == 0;
+        if (jb->ta) pack_a_columns(jb, r0, r1, kabs, kc, apack);
         for (int64_t i = r0; i < r1; i += MR) {
             int mr = (int)min64(MR, r1 - i);
             const float *a = jb->a + i * jb->rsa + kabs * jb->csa;
@@ -212,8 +220,7 @@ TARGET static void run_unit(const sgemm_job *jb, int64_t u, int64_t groups)
             const float *pf = a + MR * rsa;
             int64_t pfrs = rsa;
             if (jb->ta) {
-                pack_a_columns(jb, i, mr, kabs, kc, apack);
-                a = pf = apack;
+                a = pf = apack + (i - r0) * KC;
                 pfrs = 0;
                 rsa = 1;
                 csa = MR;
