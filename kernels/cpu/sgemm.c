@@ -90,6 +90,31 @@ static inline int64_t min64(int64_t x, int64_t y)
     return x < y ? x : y;
 }
 
+/* R [16 rows][16] ← its transpose, in registers. */
+static inline __attribute__((always_inline)) TARGET void transpose16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) { /* pairs of rows interleaved */
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* 4 x 4 blocks within each 128-bit lane */
+        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int h = 0; h < 2; h++) /* then the lanes themselves */
+        for (int i = 0; i < 4; i++) {
+            t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0x88);
+            t[8 * h + 4 + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0xdd);
+        }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+        r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+    }
+}
+
 /* Panel P of the current block: columns j0 + P·NR onward (zeros past nc),
  * inner indices [k0, k0 + ks), into the pack buffer as [ks NR]. */
 TARGET static void pack_panel(const sgemm_job *jb, int64_t p)
@@ -104,13 +129,19 @@ TARGET static void pack_panel(const sgemm_job *jb, int64_t p)
             _mm512_store_ps(dst + q * NR, _mm512_maskz_loadu_ps(m0, row));
             _mm512_store_ps(dst + q * NR + 16, _mm512_maskz_loadu_ps(m1, row + 16));
         }
-    } else { /* op(B)(q, j) = b[j*ldb + q]: B's rows become the panel's columns */
-        for (int64_t j = 0; j < NR; j++) {
-            if (j < w) {
-                const float *src = jb->b + (col + j) * jb->ldb + k0;
-                for (int64_t q = 0; q < ks; q++) dst[q * NR + j] = src[q];
-            } else {
-                for (int64_t q = 0; q < ks; q++) dst[q * NR + j] = 0.0f;
+    } else { /* op(B)(q, j) = b[j*ldb + q]: B's rows become the panel's columns, */
+        for (int64_t h = 0; h < NR / 16; h++) { /* 16 by 16 */
+            int64_t rows = w - h * 16 < 0 ? 0 : min64(16, w - h * 16);
+            for (int64_t q = 0; q < ks; q += 16) {
+                int64_t n = min64(16, ks - q);
+                __mmask16 km = n == 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+                __m512 r[16];
+                for (int64_t j = 0; j < 16; j++)
+                    r[j] = j < rows ? _mm512_maskz_loadu_ps(
+                                          km, jb->b + (col + h * 16 + j) * jb->ldb + k0 + q)
+                                    : _mm512_setzero_ps();
+                transpose16(r);
+                for (int64_t t = 0; t < n; t++) _mm512_store_ps(dst + (q + t) * NR + h * 16, r[t]);
             }
         }
     }
