@@ -368,20 +368,22 @@ static void run_product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float
 
 /* A product of few rows and a long inner dim (the weight gradients, xᵀ dy
  * over all tokens) gives a team few units of rows, each of which reads
- * all of op(B). Such a product is cut instead into parts of SPLIT_K inner
+ * all of op(B). Such a product (at most SPLIT_MAX_ROWS rows, an inner dim
+ * of SPLIT_MIN_K or more) is cut instead into parts of SPLIT_K inner
  * indices (more per part when there would be over SPLIT_PARTS parts),
  * which the threads take whole, each packing its own part of op(B); the
  * parts' products are then added to C in order. The cut depends on the
  * shape alone, so the sums, and the bits, are the same on any number of
  * threads. */
-#define SPLIT_K 512
+#define SPLIT_K 256
 #define SPLIT_PARTS 8
 #define SPLIT_MAX_ROWS 512
+#define SPLIT_MIN_K 2048
 
 /* Inner indices per part, or 0: no cut. */
 static int64_t split_part(int64_t m, int64_t k)
 {
-    if (m > SPLIT_MAX_ROWS || k < 4 * SPLIT_K) return 0;
+    if (m > SPLIT_MAX_ROWS || k < SPLIT_MIN_K) return 0;
     int64_t part = (k + SPLIT_PARTS - 1) / SPLIT_PARTS;
     part = (part + KC - 1) / KC * KC;
     return part < SPLIT_K ? SPLIT_K : part;
