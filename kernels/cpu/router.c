@@ -576,11 +576,16 @@ static void route_row(int64_t t, const moe_route_plan *p, scratch *sc)
     }
 }
 
+/* A row costs far more than its E scores' worth of a plain loop (top-k,
+ * softmax, the loss counts): a few hundred rows already pay for waking the
+ * team. */
+#define ROUTE_PAR_ROWS 256
+
 bool moe_route_rows(const moe_route_plan *p)
 {
     const int64_t T = p->T;
     bool all_ok = true;
-#pragma omp parallel if (T * p->E > 32768)
+#pragma omp parallel if (T >= ROUTE_PAR_ROWS)
     {
         scratch sc;
         bool ok = scratch_new(&sc, p->E, p->K, p->groups);
