@@ -6,6 +6,7 @@
  * B batch (any number of batch dims, broadcast through zero strides). */
 #include <cblas.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <omp.h>
 #include <string.h>
 
@@ -105,11 +106,26 @@ static void split_block(int64_t len, int parts, int p, int64_t *start, int64_t *
 DEFINE_GEMM(static, blas_sgemm, float, blas_s)
 DEFINE_GEMM(, moe_cpu_dgemm, double, blas_d)
 
+/* MOELAB_SGEMM=blas: f32 products on BLAS even where the native kernel runs
+ * (to compare the two). Read once; 1 native, 0 BLAS. */
+static int use_native = -1;
+
+static bool native_wanted(void)
+{
+    int u = __atomic_load_n(&use_native, __ATOMIC_RELAXED);
+    if (u < 0) {
+        const char *s = getenv("MOELAB_SGEMM");
+        u = !(s && strcmp(s, "blas") == 0) && moe_cpu_sgemm_native_ok();
+        __atomic_store_n(&use_native, u, __ATOMIC_RELAXED);
+    }
+    return u;
+}
+
 /* f32: our own kernel where the CPU has AVX-512 (sgemm.c says why), else BLAS. */
 void moe_cpu_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                    int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
 {
-    if (moe_cpu_sgemm_native_ok() &&
+    if (native_wanted() &&
         moe_cpu_sgemm_native(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc))
         return;
     blas_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
