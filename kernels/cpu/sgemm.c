@@ -368,8 +368,8 @@ static void run_product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float
 
 /* A product of few rows and a long inner dim (the weight gradients, xᵀ dy
  * over all tokens) gives a team few units of rows, each of which reads
- * all of op(B). Such a product (at most SPLIT_MAX_ROWS rows, an inner dim
- * of SPLIT_MIN_K or more) is cut instead into parts of SPLIT_K inner
+ * all of op(B). Such a product (at most SPLIT_MAX_ROWS rows and
+ * SPLIT_MAX_OUT elements, an inner dim of SPLIT_MIN_K or more) is cut instead into parts of SPLIT_K inner
  * indices (more per part when there would be over SPLIT_PARTS parts),
  * which the threads take whole, each packing its own part of op(B); the
  * parts' products are then added to C in order. The cut depends on the
@@ -379,11 +379,12 @@ static void run_product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float
 #define SPLIT_PARTS 8
 #define SPLIT_MAX_ROWS 512
 #define SPLIT_MIN_K 2048
+#define SPLIT_MAX_OUT (1 << 19) /* floats of C: the parts' scratch stays within 14 MiB */
 
 /* Inner indices per part, or 0: no cut. */
-static int64_t split_part(int64_t m, int64_t k)
+static int64_t split_part(int64_t m, int64_t n, int64_t k)
 {
-    if (m > SPLIT_MAX_ROWS || k < SPLIT_MIN_K) return 0;
+    if (m > SPLIT_MAX_ROWS || m * n > SPLIT_MAX_OUT || k < SPLIT_MIN_K) return 0;
     int64_t part = (k + SPLIT_PARTS - 1) / SPLIT_PARTS;
     part = (part + KC - 1) / KC * KC;
     return part < SPLIT_K ? SPLIT_K : part;
@@ -430,7 +431,7 @@ bool moe_cpu_sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int6
     }
     int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
     if (2.0 * (double)m * (double)n * (double)k < MOE_CPU_SGEMM_SPLIT_FLOPS) nt = 1;
-    int64_t part = split_part(m, k);
+    int64_t part = split_part(m, n, k);
     if (part > 0)
         return run_split(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, part, nt);
     float *pack = pack_buffer(pack_size(n, k));
