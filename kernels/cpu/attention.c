@@ -35,6 +35,8 @@
 #include <stdint.h>
 
 #include "gemm.h"
+#include "sgemm.h"
+#include "transpose16.h"
 #include "vector_math.h"
 
 /* The row loops vectorise: O3's cost model takes loops whose length is only
@@ -51,7 +53,7 @@ static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 /* KT [hd S] ← K [S hd] (rows at stride LD), in 8×8 tiles that the compiler
  * keeps in vector registers. */
 #define DEFINE_TRANSPOSE(T)                                                                        \
-    SIMD_CLONES static void transpose_##T(T *restrict kt, const T *restrict k, int64_t S,          \
+    SIMD_CLONES static void transpose_plain_##T(T *restrict kt, const T *restrict k, int64_t S,    \
                                           int64_t hd, int64_t ld)                                  \
     {                                                                                              \
         int64_t j0 = 0;                                                                            \
@@ -72,6 +74,24 @@ static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
     }
 DEFINE_TRANSPOSE(float)
 DEFINE_TRANSPOSE(double)
+
+static void transpose_float(float *restrict kt, const float *restrict k, int64_t S, int64_t hd,
+                            int64_t ld)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (moe_cpu_sgemm_native_ok()) { /* 16 x 16 blocks in AVX-512 registers */
+        transpose16_matrix(kt, S, k, ld, S, hd);
+        return;
+    }
+#endif
+    transpose_plain_float(kt, k, S, hd, ld);
+}
+
+static void transpose_double(double *restrict kt, const double *restrict k, int64_t S, int64_t hd,
+                             int64_t ld)
+{
+    transpose_plain_double(kt, k, S, hd, ld);
+}
 
 /* The forward's query rows per block and keys per chunk, the backward's
  * keys per block and query rows per chunk, for this sequence length. */

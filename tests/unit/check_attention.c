@@ -60,6 +60,7 @@ START_TEST(fused_matches_plain)
     compare(MOE_F64, 1, 140, 4, 2, 8, true, 1e-12);  /* three key blocks, a partial one, GQA */
     compare(MOE_F64, 1, 70, 2, 1, 6, false, 1e-12);  /* one kv head, not causal */
     compare(MOE_F32, 2, 70, 2, 2, 16, true, 2e-5);
+    compare(MOE_F32, 1, 45, 4, 2, 12, true, 2e-5); /* Kᵀ's transpose with partial 16 x 16 blocks */
     /* longer than the kernel's key chunks and query chunks (256): the forward's
      * online softmax over several chunks, the backward's dK, dV summed over them */
     compare(MOE_F64, 1, 600, 2, 1, 4, true, 1e-12);
