@@ -30,7 +30,8 @@ uses (moelab); the value of its last expression is the trainer (make-trainer).
                      directory: its latest complete checkpoint); the step
                      count then counts from the start of the run
   --allow-non-finite resume even from NaN or infinite weights
-  --listen[=PORT]    a REPL server on 127.0.0.1:PORT (default 37146) while the
+  --listen[=PORT]    a REPL server on 127.0.0.1:PORT (default 37146; 0: one the
+                     system chooses, named on stderr) while the
                      run goes on: (current-trainer), trainer-pause!, …; with
                      several ranks on rank 0 only, where ,all-ranks EXPR
                      evaluates on every rank while the job is paused
@@ -225,12 +226,15 @@ status: 0, 1 on an error in the configuration or the run, 2 on bad usage,
               (let ((loaded (load-checkpoint! tr resume #:allow-non-finite? allow-non-finite?)))
                 (format #t "moelab train: resumed from ~a at step ~d~%" loaded (trainer-steps tr))))
             (when (and listen (zero? (launched-rank)))    ; rank 0 only
-              (save-module-excursion
-               (lambda ()
-                 (set-current-module module)
-                 (spawn-server (make-tcp-server-socket #:host "127.0.0.1" #:port listen))))
-              (format (current-error-port)
-                      "moelab train: REPL server on 127.0.0.1:~a; (current-trainer) is this run~%" listen)
+              ;; --listen=0: a port the system chooses, named in the message
+              (let ((socket (make-tcp-server-socket #:host "127.0.0.1" #:port listen)))
+                (save-module-excursion
+                 (lambda ()
+                   (set-current-module module)
+                   (spawn-server socket)))
+                (format (current-error-port)
+                        "moelab train: REPL server on 127.0.0.1:~a; (current-trainer) is this run~%"
+                        (sockaddr:port (getsockname socket))))
               (force-output (current-error-port)))
             (format #t "moelab train: ~a, ~d step~:p of ~d×~d sequences, ~d thread~:p~%"
                     file steps

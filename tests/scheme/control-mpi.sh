@@ -1,6 +1,7 @@
 #!/bin/sh
 # control-mpi.sh — one REPL driving a launched job: `mpirun -np 2 moelab
-# train CONFIG --listen=PORT` opens the REPL server on rank 0 only; a client
+# train CONFIG --listen=0` opens the REPL server on rank 0 only, on a port
+# the system chooses and the job names (a fixed one could be taken); a client
 # of it runs ,all-ranks and ,rank on both processes while the job is paused
 # (ranks, each rank's trainer, the config's definitions, a collective, an
 # error on rank 1, definitions that persist, a tensor), resumes it and the
@@ -62,15 +63,15 @@ client() { timeout 120 guile --no-auto-compile "$tmp/client.scm" "$port" "$1" >"
 job() { # (not mpi_run: $pid must be mpirun's own)
     name=$1; shift
     $GUARD "$MPIRUN" --oversubscribe --output-filename "$tmp/$name" -np 2 $run train "$config" \
-        --set corpus="$corpus" --listen=$port "$@" </dev/null >"$tmp/$name.out" 2>&1 &
+        --set corpus="$corpus" --listen=0 "$@" </dev/null >"$tmp/$name.out" 2>&1 &
     pid=$!
 }
 out() { echo "$tmp/$1/1/rank.$2/$3"; }    # out NAME RANK stdout|stderr
+# the port the system chose for job NAME's server (--listen=0), from rank 0's message
+server_port() { sed -n 's/.*REPL server on 127\.0\.0\.1:\([0-9][0-9]*\);.*/\1/p' "$(out "$1" 0 stderr)"; }
 finish() { # wait for the job; its status in $status
     wait "$pid"; status=$?; pid=
 }
-
-port=$((39000 + $$ % 1000))
 
 # ---- paused from the start: commands on both ranks, then resume -------------------
 job a --steps 4 --set paused=#t
@@ -79,7 +80,8 @@ if wait_for "$(out a 0 stdout)" "paused at step 0 on 2 ranks"; then
 else
     fail "the job waits at step 0 on 2 ranks"; show "$tmp/a.out"
 fi
-if grep -q "REPL server on 127.0.0.1:$port" "$(out a 0 stderr)" && ! grep -q "REPL server" "$(out a 1 stderr)"; then
+port=$(server_port a)
+if [ -n "$port" ] && [ "$port" != 0 ] && ! grep -q "REPL server" "$(out a 1 stderr)"; then
     pass "--listen: a REPL server on rank 0 only"
 else
     fail "--listen: a REPL server on rank 0 only"; show "$tmp/a.out"
@@ -119,9 +121,9 @@ else
 fi
 
 # ---- paused while training, then stopped ---------------------------------------------
-port=$((port + 1))
 job b --steps 100000
 if wait_for "$(out b 0 stderr)" "REPL server on"; then pass "second job: the server"; else fail "second job: the server"; show "$tmp/b.out"; fi
+port=$(server_port b)
 cat >"$tmp/b.scm" <<'EOF'
 (trainer-pause! (current-trainer))
 ,all-ranks (trainer-steps tr)

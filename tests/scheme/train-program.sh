@@ -128,8 +128,8 @@ check "train: Ctrl-C stops with a summary" 130 $status "stopped after" "$tmp/out
 check "train: Ctrl-C summary has the routing" 130 $status "^layer 0  MaxVio" "$tmp/out"
 
 # ---- --listen: a REPL attached to the run stops it ----------------------------------
-port=$((38000 + $$ % 1000))
-$run train "$example" --steps 100000 $small --set log="$tmp/e.jsonl" --listen=$port \
+# --listen=0: a port the system chooses (a fixed one could be taken), named on stderr
+$run train "$example" --steps 100000 $small --set log="$tmp/e.jsonl" --listen=0 \
     </dev/null >"$tmp/out" 2>&1 &
 pid=$!
 i=0
@@ -137,6 +137,8 @@ while [ $i -lt 600 ]; do
     [ -f "$tmp/e.jsonl" ] && [ "$(wc -l <"$tmp/e.jsonl")" -ge 3 ] && break
     sleep 0.1; i=$((i + 1))
 done
+port=$(sed -n 's/.*REPL server on 127\.0\.0\.1:\([0-9][0-9]*\);.*/\1/p' "$tmp/out")
+check "train --listen=0: the server names its port" 0 $? "REPL server on 127.0.0.1:[1-9]" "$tmp/out"
 cat >"$tmp/client.scm" <<EOS
 (use-modules (ice-9 rdelim))
 (define s (socket PF_INET SOCK_STREAM 0))
