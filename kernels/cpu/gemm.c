@@ -80,8 +80,8 @@ static void split_block(int64_t len, int parts, int p, int64_t *start, int64_t *
  * columns when A is stored transposed) or C's columns (B's columns, its rows
  * when B is stored transposed) split over the threads. */
 #define DEFINE_GEMM(LINKAGE, NAME, T, BLAS)                                                    \
-    LINKAGE void NAME(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a,          \
-              int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc)                 \
+    LINKAGE void NAME(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a,  \
+                      int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc)         \
     {                                                                                          \
         bool by_rows = true;                                                                   \
         int parts = split_parts(m, n, k, &by_rows);                                            \

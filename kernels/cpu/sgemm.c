@@ -10,9 +10,11 @@
  *
  * The scheme:
  *   - op(B) is packed once per product into panels of NR columns ([K NR],
- *     k-major, zero-padded at the right edge), shared by the whole team;
+ *     k-major, zero-padded at the right edge), shared by the whole team
+ *     (a product cut along K, below, packs each part on its own);
  *   - A is read where it lies: the micro-kernel broadcasts A's elements
- *     from MR rows (or, when A is stored transposed, MR neighbours);
+ *     from MR rows, fetching the next MR rows as it goes; only A stored
+ *     transposed is first copied, a unit's rows at a time;
  *   - C is written once per block of KC inner indices;
  *   - the work is cut into units of TILE_ROWS rows (by all panels, or a
  *     run of them when rows are few), which the threads take one at a
@@ -98,8 +100,7 @@ TARGET static void pack_panel(const sgemm_job *jb, int64_t p)
     float *restrict dst = jb->pack + p * jb->ks * NR;
     int64_t col = jb->j0 + p * NR, w = min64(NR, jb->nc - p * NR), k0 = jb->k0, ks = jb->ks;
     if (!jb->tb) { /* op(B)(q, j) = b[q*ldb + j]: whole rows of the panel */
-        __mmask16 m0 = w >= 16 ? 0xffff : (__mmask16)((1u << w) - 1);
-        __mmask16 m1 = w >= 32 ? 0xffff : w > 16 ? (__mmask16)((1u << (w - 16)) - 1) : 0;
+        __mmask16 m0 = first_lanes(w), m1 = first_lanes(w - 16);
         for (int64_t q = 0; q < ks; q++) {
             const float *row = jb->b + (k0 + q) * jb->ldb + col;
             _mm512_store_ps(dst + q * NR, _mm512_maskz_loadu_ps(m0, row));
@@ -110,7 +111,7 @@ TARGET static void pack_panel(const sgemm_job *jb, int64_t p)
             int64_t rows = w - h * 16 < 0 ? 0 : min64(16, w - h * 16);
             for (int64_t q = 0; q < ks; q += 16) {
                 int64_t n = min64(16, ks - q);
-                __mmask16 km = n == 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+                __mmask16 km = first_lanes(n);
                 __m512 r[16];
                 for (int64_t j = 0; j < 16; j++)
                     r[j] = j < rows ? _mm512_maskz_loadu_ps(
@@ -126,7 +127,9 @@ TARGET static void pack_panel(const sgemm_job *jb, int64_t p)
 /* C's MR_ x nr block at C += or = alpha · A's MR_ rows [kc] · the panel
  * block BP [kc NR]. FIRST: the product's first inner block, where beta
  * applies (beta 0: C is not read); later blocks add to C. MR_ is a
- * constant at every call, so the accumulators stay in registers. */
+ * constant at every call, so the accumulators stay in registers. One
+ * cache line a step is fetched from PF, MR rows at stride PFRS, 16 floats
+ * further every MR steps (the next rows of A). */
 static inline __attribute__((always_inline)) TARGET void
 micro_tile(int mr_, int64_t kc, const float *a, int64_t rsa, int64_t csa, const float *bp,
            float *c, int64_t ldc, int nr, float alpha, float beta, bool first, const float *pf,
@@ -149,8 +152,7 @@ micro_tile(int mr_, int64_t kc, const float *a, int64_t rsa, int64_t csa, const 
             hi[i] = _mm512_fmadd_ps(ai, b1, hi[i]);
         }
     }
-    __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+    __mmask16 m0 = first_lanes(nr), m1 = first_lanes(nr - 16);
     __m512 va = _mm512_set1_ps(alpha);
     bool overwrite = first && beta == 0.0f;
     __m512 vs = _mm512_set1_ps(first ? beta : 1.0f);
@@ -170,7 +172,8 @@ micro_tile(int mr_, int64_t kc, const float *a, int64_t rsa, int64_t csa, const 
     }
 }
 
-/* The same for the last rows of a tile, fewer than MR. */
+/* The same for the last rows of a tile, fewer than MR (no next rows to
+ * fetch: it prefetches its own). */
 TARGET static void micro_edge(int mr, int64_t kc, const float *a, int64_t rsa, int64_t csa,
                               const float *bp, float *c, int64_t ldc, int nr, float alpha,
                               float beta, bool first)
@@ -199,8 +202,7 @@ TARGET static void pack_a_columns(const sgemm_job *jb, int64_t r0, int64_t r1, i
     int64_t blocks = (r1 - r0 + MR - 1) / MR;
     for (int64_t p = 0; p < kc; p++, src += jb->csa)
         for (int64_t blk = 0; blk < blocks; blk++) {
-            int64_t w = min64(MR, r1 - r0 - blk * MR);
-            __mmask16 m = (__mmask16)((1u << w) - 1);
+            __mmask16 m = first_lanes(min64(MR, r1 - r0 - blk * MR));
             _mm512_mask_storeu_ps(out + (blk * KC + p) * MR, m,
                                   _mm512_maskz_loadu_ps(m, src + blk * MR));
         }
@@ -345,8 +347,9 @@ static void run_product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float
 /* A product of few rows and a long inner dim (the weight gradients, xᵀ dy
  * over all tokens) gives a team few units of rows, each of which reads
  * all of op(B). Such a product (at most SPLIT_MAX_ROWS rows and
- * SPLIT_MAX_OUT elements, an inner dim of SPLIT_MIN_K or more) is cut instead into parts of SPLIT_K inner
- * indices (more per part when there would be over SPLIT_PARTS parts),
+ * SPLIT_MAX_OUT elements, an inner dim of SPLIT_MIN_K or more) is cut
+ * instead into parts of SPLIT_K inner indices (more per part when there
+ * would be over SPLIT_PARTS parts),
  * which the threads take whole, each packing its own part of op(B); the
  * parts' products are then added to C in order. The cut depends on the
  * shape alone, so the sums, and the bits, are the same on any number of

@@ -1,6 +1,7 @@
 /* transpose16.h — floats transposed 16 by 16 in AVX-512 registers: the
- * packing of a transposed operand in sgemm.c and attention's Kᵀ and Vᵀ.
- * Callers check moe_cpu_sgemm_native_ok() (sgemm.h) first. */
+ * packing of a transposed operand in sgemm.c and attention's Kᵀ and Vᵀ;
+ * and the lane mask both use at a matrix's edge. Callers check
+ * moe_cpu_sgemm_native_ok() (sgemm.h) first. */
 #ifndef MOELAB_CPU_TRANSPOSE16_H
 #define MOELAB_CPU_TRANSPOSE16_H
 
@@ -9,6 +10,12 @@
 #include <stdint.h>
 
 #define TRANSPOSE16_TARGET __attribute__((target("avx512f,avx2,fma")))
+
+/* The first N of 16 lanes (none for N <= 0, all for N >= 16). */
+static inline __mmask16 first_lanes(int64_t n)
+{
+    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
 
 /* R [16 rows][16] ← its transpose. */
 static inline __attribute__((always_inline)) TRANSPOSE16_TARGET void transpose16(__m512 r[16])
@@ -43,10 +50,10 @@ static inline TRANSPOSE16_TARGET void transpose16_matrix(float *restrict dst, in
 {
     for (int64_t r0 = 0; r0 < rows; r0 += 16) {
         int64_t nr = rows - r0 < 16 ? rows - r0 : 16;
-        __mmask16 rm = nr == 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
+        __mmask16 rm = first_lanes(nr);
         for (int64_t c0 = 0; c0 < cols; c0 += 16) {
             int64_t nc = cols - c0 < 16 ? cols - c0 : 16;
-            __mmask16 cm = nc == 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
+            __mmask16 cm = first_lanes(nc);
             __m512 v[16];
             for (int64_t j = 0; j < 16; j++)
                 v[j] = j < nr ? _mm512_maskz_loadu_ps(cm, src + (r0 + j) * lds + c0)
