@@ -51,10 +51,10 @@ enum { BQ = 32, KC = 256, BK = 32, QC = 256 };
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* KT [hd S] ← K [S hd] (rows at stride LD), in 8×8 tiles that the compiler
- * keeps in vector registers. */
-#define DEFINE_TRANSPOSE(T)                                                                        \
-    SIMD_CLONES static void transpose_plain_##T(T *restrict kt, const T *restrict k, int64_t S,    \
-                                          int64_t hd, int64_t ld)                                  \
+ * keeps in vector registers: NAME, for elements of type T. */
+#define DEFINE_TRANSPOSE(T, NAME)                                                                  \
+    SIMD_CLONES static void NAME(T *restrict kt, const T *restrict k, int64_t S, int64_t hd,       \
+                                 int64_t ld)                                                       \
     {                                                                                              \
         int64_t j0 = 0;                                                                            \
         for (; j0 + 8 <= S; j0 += 8) {                                                             \
@@ -72,8 +72,8 @@ static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
         for (; j0 < S; j0++)                                                                       \
             for (int64_t d = 0; d < hd; d++) kt[d * S + j0] = k[j0 * ld + d];                      \
     }
-DEFINE_TRANSPOSE(float)
-DEFINE_TRANSPOSE(double)
+DEFINE_TRANSPOSE(float, transpose_plain_float)
+DEFINE_TRANSPOSE(double, transpose_double)
 
 static void transpose_float(float *restrict kt, const float *restrict k, int64_t S, int64_t hd,
                             int64_t ld)
@@ -85,12 +85,6 @@ static void transpose_float(float *restrict kt, const float *restrict k, int64_t
     }
 #endif
     transpose_plain_float(kt, k, S, hd, ld);
-}
-
-static void transpose_double(double *restrict kt, const double *restrict k, int64_t S, int64_t hd,
-                             int64_t ld)
-{
-    transpose_plain_double(kt, k, S, hd, ld);
 }
 
 /* The forward's query rows per block and keys per chunk, the backward's
