@@ -155,24 +155,22 @@ void moe_cpu_sgd(int count, const moe_cpu_sgd_item *items)
 #define SLICES 64
 #define LANES 8
 
-#define SLICE_SUM(T)                                                                           \
-    static double slice_sum_##T(const T *a, int64_t lo, int64_t hi)                            \
-    {                                                                                          \
-        double lane[LANES] = {0};                                                              \
-        int64_t i = lo;                                                                        \
-        for (; i + LANES <= hi; i += LANES)                                                    \
-            for (int j = 0; j < LANES; j++) lane[j] += (double)a[i + j] * (double)a[i + j];    \
-        for (int j = 0; i < hi; i++, j++) lane[j] += (double)a[i] * (double)a[i];              \
-        double acc = 0;                                                                        \
-        for (int j = 0; j < LANES; j++) acc += lane[j];                                        \
-        return acc;                                                                            \
-    }
-SLICE_SUM(double)
+static double slice_sum_double(const double *a, int64_t lo, int64_t hi)
+{
+    double lane[LANES] = {0};
+    int64_t i = lo;
+    for (; i + LANES <= hi; i += LANES)
+        for (int j = 0; j < LANES; j++) lane[j] += a[i + j] * a[i + j];
+    for (int j = 0; i < hi; i++, j++) lane[j] += a[i] * a[i];
+    double acc = 0;
+    for (int j = 0; j < LANES; j++) acc += lane[j];
+    return acc;
+}
 
-/* The float slice, the same sums as SLICE_SUM's, written with vector types
- * so that each step is one 8-wide conversion and multiply-add (a float's
- * square is exact in double, so a fused multiply-add rounds as the plain
- * add did). */
+/* The float slice: the same LANES running sums in double, written with
+ * vector types so that each step is one 8-wide conversion and multiply-add
+ * (a float's square is exact in double, so a fused multiply-add rounds as
+ * a plain add does). */
 typedef double lanes_d __attribute__((vector_size(LANES * sizeof(double))));
 typedef float lanes_f __attribute__((vector_size(LANES * sizeof(float))));
 
