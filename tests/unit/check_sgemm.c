@@ -15,16 +15,12 @@
 #include "../../kernels/cpu/sgemm.h"
 #include "testutil.h"
 
-/* Deterministic values in [-1, 1). */
+/* Deterministic values in [-1, 1) (the library's counter-based draws). */
 static float *filled(int64_t n, uint64_t seed)
 {
     float *p = malloc(sizeof *p * (size_t)(n > 0 ? n : 1));
     ck_assert_ptr_nonnull(p);
-    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-    for (int64_t i = 0; i < n; i++) {
-        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-        p[i] = (float)((double)(x >> 11) / 4503599627370496.0 - 1.0);
-    }
+    for (int64_t i = 0; i < n; i++) p[i] = (float)(2.0 * moe_rng_uniform(seed, (uint64_t)i) - 1.0);
     return p;
 }
 
