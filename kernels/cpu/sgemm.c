@@ -10,11 +10,12 @@
  *
  * The scheme:
  *   - op(B) is packed once per product into panels of NR columns ([K NR],
- *     k-major, zero-padded at the right edge), shared by the whole team
- *     (a product cut along K, below, packs each part on its own);
+ *     k-major, zero-padded at the right edge), shared by the whole team;
  *   - A is read where it lies: the micro-kernel broadcasts A's elements
- *     from MR rows, fetching the next MR rows as it goes; only A stored
- *     transposed is first copied, a unit's rows at a time;
+ *     from MR rows, fetching the next MR rows as it goes;
+ *   - a product of A stored transposed and B not (xᵀ dy) reads both where
+ *     they lie ("direct"); A stored transposed otherwise is first copied,
+ *     a unit's rows at a time;
  *   - C is written once per block of KC inner indices;
  *   - the work is cut into units of TILE_ROWS rows (by all panels, or a
  *     run of them when rows are few), which the threads take one at a
@@ -124,12 +125,38 @@ TARGET static void pack_panel(const sgemm_job *jb, int64_t p)
     }
 }
 
+/* C's MR_ x nr block (accumulators LO, HI: columns 0-15, 16-31) into C:
+ * C = alpha·acc + beta·C on the product's first inner block (FIRST; beta
+ * 0: C is not read), C += alpha·acc on later blocks. */
+static inline __attribute__((always_inline)) TARGET void
+update_c(int mr_, const __m512 *lo, const __m512 *hi, float *c, int64_t ldc, int nr, float alpha,
+         float beta, bool first)
+{
+    __mmask16 m0 = first_lanes(nr), m1 = first_lanes(nr - 16);
+    __m512 va = _mm512_set1_ps(alpha);
+    bool overwrite = first && beta == 0.0f;
+    __m512 vs = _mm512_set1_ps(first ? beta : 1.0f);
+#pragma GCC unroll 16
+    for (int i = 0; i < mr_; i++) {
+        float *ci = c + i * ldc;
+        __m512 r0, r1;
+        if (overwrite) {
+            r0 = _mm512_mul_ps(va, lo[i]);
+            r1 = _mm512_mul_ps(va, hi[i]);
+        } else {
+            r0 = _mm512_fmadd_ps(va, lo[i], _mm512_mul_ps(vs, _mm512_maskz_loadu_ps(m0, ci)));
+            r1 = _mm512_fmadd_ps(va, hi[i], _mm512_mul_ps(vs, _mm512_maskz_loadu_ps(m1, ci + 16)));
+        }
+        _mm512_mask_storeu_ps(ci, m0, r0);
+        _mm512_mask_storeu_ps(ci + 16, m1, r1);
+    }
+}
+
 /* C's MR_ x nr block at C += or = alpha · A's MR_ rows [kc] · the panel
- * block BP [kc NR]. FIRST: the product's first inner block, where beta
- * applies (beta 0: C is not read); later blocks add to C. MR_ is a
- * constant at every call, so the accumulators stay in registers. One
- * cache line a step is fetched from PF, MR rows at stride PFRS, 16 floats
- * further every MR steps (the next rows of A). */
+ * block BP [kc NR] (see update_c). MR_ is a constant at every call, so the
+ * accumulators stay in registers. One cache line a step is fetched from
+ * PF, MR rows at stride PFRS, 16 floats further every MR steps (the next
+ * rows of A). */
 static inline __attribute__((always_inline)) TARGET void
 micro_tile(int mr_, int64_t kc, const float *a, int64_t rsa, int64_t csa, const float *bp,
            float *c, int64_t ldc, int nr, float alpha, float beta, bool first, const float *pf,
@@ -152,24 +179,7 @@ micro_tile(int mr_, int64_t kc, const float *a, int64_t rsa, int64_t csa, const 
             hi[i] = _mm512_fmadd_ps(ai, b1, hi[i]);
         }
     }
-    __mmask16 m0 = first_lanes(nr), m1 = first_lanes(nr - 16);
-    __m512 va = _mm512_set1_ps(alpha);
-    bool overwrite = first && beta == 0.0f;
-    __m512 vs = _mm512_set1_ps(first ? beta : 1.0f);
-#pragma GCC unroll 16
-    for (int i = 0; i < mr_; i++) {
-        float *ci = c + i * ldc;
-        __m512 r0, r1;
-        if (overwrite) {
-            r0 = _mm512_mul_ps(va, lo[i]);
-            r1 = _mm512_mul_ps(va, hi[i]);
-        } else {
-            r0 = _mm512_fmadd_ps(va, lo[i], _mm512_mul_ps(vs, _mm512_maskz_loadu_ps(m0, ci)));
-            r1 = _mm512_fmadd_ps(va, hi[i], _mm512_mul_ps(vs, _mm512_maskz_loadu_ps(m1, ci + 16)));
-        }
-        _mm512_mask_storeu_ps(ci, m0, r0);
-        _mm512_mask_storeu_ps(ci + 16, m1, r1);
-    }
+    update_c(mr_, lo, hi, c, ldc, nr, alpha, beta, first);
 }
 
 /* The same for the last rows of a tile, fewer than MR (no next rows to
@@ -187,6 +197,115 @@ TARGET static void micro_edge(int mr, int64_t kc, const float *a, int64_t rsa, i
     default: break;
     }
 }
+
+/* ---- units of work ------------------------------------------------------------------- */
+
+/* A team takes units of whole row runs (TILE_ROWS rows by all panels),
+ * each thread reading its own rows of A, unless that leaves fewer than
+ * UNITS_PER_THREAD each: then the panels are cut into GROUPS runs too. */
+#define UNITS_PER_THREAD 8
+
+static int64_t row_runs(const sgemm_job *jb)
+{
+    return (jb->m + TILE_ROWS - 1) / TILE_ROWS;
+}
+
+static int64_t unit_groups(const sgemm_job *jb, int threads)
+{
+    int64_t runs = row_runs(jb), want = (int64_t)UNITS_PER_THREAD * threads;
+    return runs >= want ? 1 : min64(jb->panels, (want + runs - 1) / runs);
+}
+
+/* Unit U's rows [*r0, *r1) and panels [*p0, *p1). */
+static void unit_span(const sgemm_job *jb, int64_t u, int64_t groups, int64_t *r0, int64_t *r1,
+                      int64_t *p0, int64_t *p1)
+{
+    int64_t g = u % groups;
+    *r0 = u / groups * TILE_ROWS;
+    *r1 = min64(jb->m, *r0 + TILE_ROWS);
+    *p0 = jb->panels * g / groups;
+    *p1 = jb->panels * (g + 1) / groups;
+}
+
+/* ---- op(A) stored transposed, op(B) not: both read where they lie --------------------- */
+
+/* In such a product (the weight gradients, xᵀ dy over the tokens) A [K M]
+ * and B [K N] both have a row per inner index, so the MR elements of A
+ * and the NR of B that one step of the micro-kernel reads lie side by
+ * side: neither needs copying. Copying both cost about a tenth of these
+ * products' time, their M and N being small. The rows DIRECT_AHEAD steps
+ * on are fetched as the kernel goes. */
+#define DIRECT_AHEAD 16
+
+/* C's MR_ x nr block at C += or = alpha · A(:, MR_ columns)ᵀ [kc rows at
+ * stride LDA] · B(:, nr columns) [kc rows at stride LDB] (see update_c). */
+static inline __attribute__((always_inline)) TARGET void
+direct_tile(int mr_, int64_t kc, const float *a, int64_t lda, const float *b, int64_t ldb,
+            float *c, int64_t ldc, int nr, float alpha, float beta, bool first)
+{
+    __m512 lo[MR], hi[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < mr_; i++) lo[i] = hi[i] = _mm512_setzero_ps();
+    __mmask16 m0 = first_lanes(nr), m1 = first_lanes(nr - 16);
+    for (int64_t q = 0; q < kc; q++) {
+        const float *ar = a + q * lda, *br = b + q * ldb;
+        _mm_prefetch((const char *)(ar + DIRECT_AHEAD * lda), _MM_HINT_T0);
+        _mm_prefetch((const char *)(ar + DIRECT_AHEAD * lda + mr_ - 1), _MM_HINT_T0);
+        _mm_prefetch((const char *)(br + DIRECT_AHEAD * ldb), _MM_HINT_T0);
+        _mm_prefetch((const char *)(br + DIRECT_AHEAD * ldb + 16), _MM_HINT_T0);
+        __m512 b0 = _mm512_maskz_loadu_ps(m0, br), b1 = _mm512_maskz_loadu_ps(m1, br + 16);
+#pragma GCC unroll 16
+        for (int i = 0; i < mr_; i++) {
+            __m512 ai = _mm512_set1_ps(ar[i]);
+            lo[i] = _mm512_fmadd_ps(ai, b0, lo[i]);
+            hi[i] = _mm512_fmadd_ps(ai, b1, hi[i]);
+        }
+    }
+    update_c(mr_, lo, hi, c, ldc, nr, alpha, beta, first);
+}
+
+TARGET static void direct_edge(int mr, int64_t kc, const float *a, int64_t lda, const float *b,
+                               int64_t ldb, float *c, int64_t ldc, int nr, float alpha, float beta,
+                               bool first)
+{
+    switch (mr) {
+#define EDGE(R)                                                                           \
+    case R: direct_tile(R, kc, a, lda, b, ldb, c, ldc, nr, alpha, beta, first); break;
+        EDGE(1) EDGE(2) EDGE(3) EDGE(4) EDGE(5) EDGE(6)
+        EDGE(7) EDGE(8) EDGE(9) EDGE(10) EDGE(11)
+#undef EDGE
+    default: break;
+    }
+}
+
+/* Unit U of a direct product: rows [r0, r0 + TILE_ROWS) by panels [p0,
+ * p1) (see unit_span), over all inner indices in blocks of KC added in
+ * order, as a packed product adds them (so the bits are the same). */
+TARGET static void direct_unit(const sgemm_job *jb, int64_t u, int64_t groups)
+{
+    int64_t r0, r1, p0, p1;
+    unit_span(jb, u, groups, &r0, &r1, &p0, &p1);
+    for (int64_t q0 = 0; q0 < jb->k; q0 += KC) {
+        int64_t kc = min64(KC, jb->k - q0);
+        for (int64_t i = r0; i < r1; i += MR) {
+            int mr = (int)min64(MR, r1 - i);
+            const float *a = jb->a + q0 * jb->csa + i;
+            for (int64_t p = p0; p < p1; p++) {
+                const float *b = jb->b + q0 * jb->ldb + p * NR;
+                float *c = jb->c + i * jb->ldc + p * NR;
+                int nr = (int)min64(NR, jb->nc - p * NR);
+                if (mr == MR)
+                    direct_tile(MR, kc, a, jb->csa, b, jb->ldb, c, jb->ldc, nr, jb->alpha,
+                                jb->beta, q0 == 0);
+                else
+                    direct_edge(mr, kc, a, jb->csa, b, jb->ldb, c, jb->ldc, nr, jb->alpha,
+                                jb->beta, q0 == 0);
+            }
+        }
+    }
+}
+
+/* ---- op(A) stored transposed, copied --------------------------------------------------- */
 
 /* A's rows [r0, r1) (at most TILE_ROWS) over the inner indices [q, q + kc)
  * when A is stored transposed ([K M]), copied into OUT as one [kc MR]
@@ -214,8 +333,8 @@ TARGET static void pack_a_columns(const sgemm_job *jb, int64_t r0, int64_t r1, i
 TARGET static void run_unit(const sgemm_job *jb, int64_t u, int64_t groups)
 {
     float apack[TILE_ROWS / MR * KC * MR + 16] __attribute__((aligned(64)));
-    int64_t g = u % groups, r0 = u / groups * TILE_ROWS, r1 = min64(jb->m, r0 + TILE_ROWS);
-    int64_t p0 = jb->panels * g / groups, p1 = jb->panels * (g + 1) / groups;
+    int64_t r0, r1, p0, p1;
+    unit_span(jb, u, groups, &r0, &r1, &p0, &p1);
     for (int64_t q0 = 0; q0 < jb->ks; q0 += KC) {
         int64_t kc = min64(KC, jb->ks - q0), kabs = jb->k0 + q0;
         bool first = kabs == 0;
@@ -254,24 +373,31 @@ TARGET static void run_unit(const sgemm_job *jb, int64_t u, int64_t groups)
  * parallel region, whose loops share the work (their barriers keep the
  * two phases and the blocks apart); else all on the calling thread, which
  * may be inside somebody else's region, where a worksharing loop must not
- * appear. A team takes units of whole row runs, each thread reading its
- * own rows of A, unless that leaves fewer than UNITS_PER_THREAD each: then
- * the panels are cut too. */
-#define UNITS_PER_THREAD 8
+ * appear. */
 static void run_block(const sgemm_job *jb, bool team)
 {
-    int64_t runs = (jb->m + TILE_ROWS - 1) / TILE_ROWS;
     if (!team) {
         for (int64_t p = 0; p < jb->panels; p++) pack_panel(jb, p);
-        for (int64_t u = 0; u < runs; u++) run_unit(jb, u, 1);
+        for (int64_t u = 0; u < row_runs(jb); u++) run_unit(jb, u, 1);
         return;
     }
-    int64_t want = (int64_t)UNITS_PER_THREAD * omp_get_num_threads();
-    int64_t groups = runs >= want ? 1 : min64(jb->panels, (want + runs - 1) / runs);
+    int64_t groups = unit_groups(jb, omp_get_num_threads());
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < jb->panels; p++) pack_panel(jb, p);
 #pragma omp for schedule(dynamic)
-    for (int64_t u = 0; u < runs * groups; u++) run_unit(jb, u, groups);
+    for (int64_t u = 0; u < row_runs(jb) * groups; u++) run_unit(jb, u, groups);
+}
+
+/* A direct product's units (TEAM as for run_block). */
+static void run_direct(const sgemm_job *jb, bool team)
+{
+    if (!team) {
+        for (int64_t u = 0; u < row_runs(jb); u++) direct_unit(jb, u, 1);
+        return;
+    }
+    int64_t groups = unit_groups(jb, omp_get_num_threads());
+#pragma omp for schedule(dynamic)
+    for (int64_t u = 0; u < row_runs(jb) * groups; u++) direct_unit(jb, u, groups);
 }
 
 /* Every block of op(B): inner indices in runs of KS, columns in runs of
@@ -330,8 +456,14 @@ static size_t pack_size(int64_t n, int64_t k)
     return (size_t)min64(k, KS) * (size_t)((cols + NR - 1) / NR * NR);
 }
 
+/* A product whose A is stored transposed and B not runs direct (no pack). */
+static bool is_direct(bool ta, bool tb)
+{
+    return ta && !tb;
+}
+
 /* The whole product over the team (TEAM: called inside our own parallel
- * region) or on the calling thread, op(B) packed into PACK. */
+ * region) or on the calling thread, op(B) packed into PACK unless direct. */
 static void run_product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
                         const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
                         float *c, int64_t ldc, float *pack, bool team)
@@ -339,64 +471,13 @@ static void run_product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float
     sgemm_job jb = {.ta = ta, .tb = tb, .m = m, .k = k, .alpha = alpha, .beta = beta, .a = a,
                     .b = b, .rsa = ta ? 1 : lda, .csa = ta ? lda : 1, .ldb = ldb, .c = c,
                     .ldc = ldc, .pack = pack};
-    run_blocks(&jb, n, cols_per_block(k), team);
-}
-
-/* ---- products cut along K ----------------------------------------------------------- */
-
-/* A product of few rows and a long inner dim (the weight gradients, xᵀ dy
- * over all tokens) gives a team few units of rows, each of which reads
- * all of op(B). Such a product (at most SPLIT_MAX_ROWS rows and
- * SPLIT_MAX_OUT elements, an inner dim of SPLIT_MIN_K or more) is cut
- * instead into parts of SPLIT_K inner indices (more per part when there
- * would be over SPLIT_PARTS parts),
- * which the threads take whole, each packing its own part of op(B); the
- * parts' products are then added to C in order. The cut depends on the
- * shape alone, so the sums, and the bits, are the same on any number of
- * threads. */
-#define SPLIT_K 256
-#define SPLIT_PARTS 8
-#define SPLIT_MAX_ROWS 512
-#define SPLIT_MIN_K 2048
-#define SPLIT_MAX_OUT (1 << 19) /* floats of C: the parts' scratch stays within 14 MiB */
-
-/* Inner indices per part, or 0: no cut. */
-static int64_t split_part(int64_t m, int64_t n, int64_t k)
-{
-    if (m > SPLIT_MAX_ROWS || m * n > SPLIT_MAX_OUT || k < SPLIT_MIN_K) return 0;
-    int64_t part = (k + SPLIT_PARTS - 1) / SPLIT_PARTS;
-    part = (part + KC - 1) / KC * KC;
-    return part < SPLIT_K ? SPLIT_K : part;
-}
-
-/* Parts 1 … of the product go to [m n] blocks of scratch, part 0 into C
- * (where beta applies); each part packs op(B) into scratch of its own, so
- * all the memory is taken before any part starts. */
-static bool run_split(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
-                      const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
-                      float *c, int64_t ldc, int64_t part, int nt)
-{
-    int64_t parts = (k + part - 1) / part;
-    size_t per_pack = pack_size(n, part), per_out = (size_t)m * (size_t)n;
-    float *scratch = pack_buffer((size_t)parts * per_pack + (size_t)(parts - 1) * per_out);
-    if (!scratch) return false;
-    float *outs = scratch + (size_t)parts * per_pack; /* per_pack: whole panels, so aligned */
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(dynamic)
-    for (int64_t p = 0; p < parts; p++) {
-        int64_t q0 = p * part, len = min64(part, k - q0);
-        const float *ap = ta ? a + q0 * lda : a + q0, *bp = tb ? b + q0 : b + q0 * ldb;
-        float *dst = p == 0 ? c : outs + (size_t)(p - 1) * per_out;
-        run_product(ta, tb, m, n, len, alpha, ap, lda, bp, ldb, p == 0 ? beta : 0.0f, dst,
-                    p == 0 ? ldc : n, scratch + (size_t)p * per_pack, false);
+    if (is_direct(ta, tb)) {
+        jb.nc = n;
+        jb.panels = (n + NR - 1) / NR;
+        run_direct(&jb, team);
+    } else {
+        run_blocks(&jb, n, cols_per_block(k), team);
     }
-#pragma omp parallel for num_threads(nt) if (nt > 1 && m * n > 32768) schedule(static)
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t p = 1; p < parts; p++) {
-            const float *src = outs + (size_t)(p - 1) * per_out + (size_t)(i * n);
-            float *row = c + i * ldc;
-            for (int64_t j = 0; j < n; j++) row[j] += src[j];
-        }
-    return true;
 }
 
 bool moe_cpu_sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
@@ -410,11 +491,9 @@ bool moe_cpu_sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int6
     }
     int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
     if (2.0 * (double)m * (double)n * (double)k < MOE_CPU_SGEMM_SPLIT_FLOPS) nt = 1;
-    int64_t part = split_part(m, n, k);
-    if (part > 0)
-        return run_split(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, part, nt);
-    float *pack = pack_buffer(pack_size(n, k));
-    if (!pack) return false;
+    bool direct = is_direct(trans_a, trans_b);
+    float *pack = direct ? NULL : pack_buffer(pack_size(n, k));
+    if (!direct && !pack) return false;
     if (nt > 1) {
 #pragma omp parallel num_threads(nt)
         run_product(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, pack, true);

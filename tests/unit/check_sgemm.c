@@ -72,9 +72,9 @@ static void check_one(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
 
 /* Shapes around the micro-tile (12 x 32), the inner block (256), a unit of
  * rows (48), the inner run packed at a time (4096), the column run that
- * keeps the packed block within its cap, and the cut along K of a product
- * of few rows (at most 512) and a long inner dim (2048 or more); the larger
- * ones go over the team. */
+ * keeps the packed block within its cap, and few rows with a long inner
+ * dim (a weight's gradient: with A stored transposed, read direct); the
+ * larger ones go over the team. */
 static const int64_t shapes[][3] = {
     {1, 1, 1},     {11, 31, 7},    {12, 32, 256}, {13, 33, 257},  {47, 64, 48},
     {49, 70, 600}, {100, 65, 513}, {37, 300, 4500}, {250, 40, 130}, {3, 200, 700},
@@ -95,7 +95,7 @@ START_TEST(test_alpha_beta)
         for (int t = 0; t < 4; t++) {
             check_one(t & 2, t & 1, 13, 33, 257, ab[i][0], ab[i][1]);
             check_one(t & 2, t & 1, 100, 65, 513, ab[i][0], ab[i][1]);
-            check_one(t & 2, t & 1, 30, 40, 2100, ab[i][0], ab[i][1]); /* cut along K */
+            check_one(t & 2, t & 1, 30, 40, 2100, ab[i][0], ab[i][1]); /* many inner blocks */
         }
 }
 END_TEST
