@@ -125,6 +125,18 @@ TARGET static void pack_panel(const sgemm_job *jb, int64_t p)
     }
 }
 
+/* Ask for C's MR_ x NR block, for writing, as a micro-tile starts: by the
+ * time the tile is written, the lines are there (with beta 0, the first
+ * write would otherwise wait on them). */
+static inline __attribute__((always_inline)) TARGET void fetch_c(int mr_, float *c, int64_t ldc)
+{
+#pragma GCC unroll 16
+    for (int i = 0; i < mr_; i++) {
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_ET0);
+        _mm_prefetch((const char *)(c + i * ldc + 16), _MM_HINT_ET0);
+    }
+}
+
 /* C's MR_ x nr block (accumulators LO, HI: columns 0-15, 16-31) into C:
  * C = alpha·acc + beta·C on the product's first inner block (FIRST; beta
  * 0: C is not read), C += alpha·acc on later blocks. */
@@ -165,6 +177,7 @@ micro_tile(int mr_, int64_t kc, const float *a, int64_t rsa, int64_t csa, const 
     __m512 lo[MR], hi[MR];
 #pragma GCC unroll 16
     for (int i = 0; i < mr_; i++) lo[i] = hi[i] = _mm512_setzero_ps();
+    fetch_c(mr_, c, ldc);
     int64_t pr = 0, pc = 0;
     for (int64_t q = 0; q < kc; q++) {
         _mm_prefetch((const char *)(pf + pr * pfrs + pc), _MM_HINT_T0);
@@ -246,6 +259,7 @@ direct_tile(int mr_, int64_t kc, const float *a, int64_t lda, const float *b, in
     __m512 lo[MR], hi[MR];
 #pragma GCC unroll 16
     for (int i = 0; i < mr_; i++) lo[i] = hi[i] = _mm512_setzero_ps();
+    fetch_c(mr_, c, ldc);
     __mmask16 m0 = first_lanes(nr), m1 = first_lanes(nr - 16);
     for (int64_t q = 0; q < kc; q++) {
         const float *ar = a + q * lda, *br = b + q * ldb;
