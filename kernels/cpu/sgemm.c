@@ -319,15 +319,23 @@ TARGET static void direct_unit(const sgemm_job *jb, int64_t u, int64_t groups)
     }
 }
 
-/* ---- op(A) stored transposed, copied --------------------------------------------------- */
+/* ---- A copied ---------------------------------------------------------------------------- */
 
-/* A's rows [r0, r1) (at most TILE_ROWS) over the inner indices [q, q + kc)
- * when A is stored transposed ([K M]), copied into OUT as one [kc MR]
- * block per MR rows. Read in place, the kc rows of the stored A that the
- * micro-kernel walks lie a whole row apart, often a multiple of 4 KiB,
- * where they crowd a few sets of L1 and evict each other before the next
- * panel reuses them; copied a row of the stored A at a time, every cache
- * line of it is read once. */
+/* The micro-kernel reads MR rows of op(A) over KC inner indices again for
+ * every panel, so they should stay in L1. Where their lines lie a multiple
+ * of 4 KiB apart they crowd a few sets of L1 and evict each other before
+ * the next panel reuses them: so for A stored transposed (whose KC rows
+ * the kernel walks lie a whole row apart) and for A stored as is with
+ * rows a multiple of 4 KiB long, a unit's rows are first copied into one
+ * [kc MR] block per MR rows. */
+static bool copies_a(const sgemm_job *jb)
+{
+    return jb->ta || jb->rsa % 1024 == 0;
+}
+
+/* A stored transposed ([K M]): rows [r0, r1) (at most TILE_ROWS) over the
+ * inner indices [q, q + kc), a row of the stored A at a time (every cache
+ * line of it read once). */
 TARGET static void pack_a_columns(const sgemm_job *jb, int64_t r0, int64_t r1, int64_t q,
                                   int64_t kc, float *restrict out)
 {
@@ -341,6 +349,29 @@ TARGET static void pack_a_columns(const sgemm_job *jb, int64_t r0, int64_t r1, i
         }
 }
 
+/* The same for A stored as is: 16 inner indices of up to MR rows at a
+ * time, transposed in registers. */
+TARGET static void pack_a_rows(const sgemm_job *jb, int64_t r0, int64_t r1, int64_t q, int64_t kc,
+                               float *restrict out)
+{
+    for (int64_t i = r0; i < r1; i += MR) {
+        int64_t rows = min64(MR, r1 - i);
+        const float *src = jb->a + i * jb->rsa + q;
+        float *dst = out + (i - r0) * KC;
+        for (int64_t p = 0; p < kc; p += 16) {
+            int64_t n = min64(16, kc - p);
+            __mmask16 km = first_lanes(n);
+            __m512 r[16];
+            for (int64_t j = 0; j < 16; j++)
+                r[j] = j < rows ? _mm512_maskz_loadu_ps(km, src + j * jb->rsa + p)
+                                : _mm512_setzero_ps();
+            transpose16(r);
+            for (int64_t t = 0; t < n; t++)
+                _mm512_mask_storeu_ps(dst + (p + t) * MR, first_lanes(MR), r[t]);
+        }
+    }
+}
+
 /* Unit U of the current block: rows [r0, r0 + TILE_ROWS) by panels
  * [p0, p1) (the block's panels cut into GROUPS runs). Each MR rows of A
  * (12 KiB at KC) meet every panel of the unit while they are in L1. */
@@ -352,16 +383,20 @@ TARGET static void run_unit(const sgemm_job *jb, int64_t u, int64_t groups)
     for (int64_t q0 = 0; q0 < jb->ks; q0 += KC) {
         int64_t kc = min64(KC, jb->ks - q0), kabs = jb->k0 + q0;
         bool first = kabs == 0;
-        if (jb->ta) pack_a_columns(jb, r0, r1, kabs, kc, apack);
+        bool copied = copies_a(jb);
+        if (jb->ta)
+            pack_a_columns(jb, r0, r1, kabs, kc, apack);
+        else if (copied)
+            pack_a_rows(jb, r0, r1, kabs, kc, apack);
         for (int64_t i = r0; i < r1; i += MR) {
             int mr = (int)min64(MR, r1 - i);
             const float *a = jb->a + i * jb->rsa + kabs * jb->csa;
             int64_t rsa = jb->rsa, csa = jb->csa;
-            /* the next MR rows of A, fetched while these work: stored transposed,
-             * they are copied in a pass of their own instead */
+            /* the next MR rows of A, fetched while these work (when copied,
+             * that pass fetched them) */
             const float *pf = a + MR * rsa;
             int64_t pfrs = rsa;
-            if (jb->ta) {
+            if (copied) {
                 a = pf = apack + (i - r0) * KC;
                 pfrs = 0;
                 rsa = 1;

@@ -72,12 +72,14 @@ static void check_one(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
 
 /* Shapes around the micro-tile (12 x 32), the inner block (256), a unit of
  * rows (48), the inner run packed at a time (4096), the column run that
- * keeps the packed block within its cap, and few rows with a long inner
- * dim (a weight's gradient: with A stored transposed, read direct); the
- * larger ones go over the team. */
+ * keeps the packed block within its cap, few rows with a long inner dim
+ * (a weight's gradient: with A stored transposed, read direct), and rows of
+ * A a multiple of 4 KiB long (copied first); the larger ones go over the
+ * team. */
 static const int64_t shapes[][3] = {
     {1, 1, 1},     {11, 31, 7},    {12, 32, 256}, {13, 33, 257},  {47, 64, 48},
     {49, 70, 600}, {100, 65, 513}, {37, 300, 4500}, {250, 40, 130}, {3, 200, 700},
+    {29, 40, 1024},
 };
 
 START_TEST(test_values_every_transpose)
