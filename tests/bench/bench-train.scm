@@ -11,10 +11,14 @@
 ;;; batches to a temporary directory, then runs each side in a process of its
 ;;; own (so peak RSS is each side's alone): moelab (this file with --child,
 ;;; through trainer-step!) and PyTorch (train_torch.py, same weights and
-;;; batches). It checks that the first three step losses agree to 1e-4 and
-;;; prints tokens/s, peak RSS and the achieved model GFLOP/s against the sgemm
-;;; rate measured in the same run, with the targets: tokens/s >= 1.6x
-;;; PyTorch's, peak RSS <= 0.6x PyTorch's, GFLOP/s >= 70% of sgemm.
+;;; batches). The two take turns, a step each, so that both see the machine
+;;; in the same state: a virtual machine's cores drift in speed by 5-10%
+;;; from minute to minute, which, one side run after the other, moved the
+;;; ratio by as much. It checks that the first three step losses agree to
+;;; 1e-4 and prints tokens/s, peak RSS and the achieved model GFLOP/s
+;;; against the sgemm rate measured in the same run, with the targets:
+;;; tokens/s >= 1.6x PyTorch's, peak RSS <= 0.6x PyTorch's, GFLOP/s >= 70%
+;;; of sgemm.
 
 (use-modules (moelab) (ice-9 popen) (ice-9 rdelim) (ice-9 format) (ice-9 binary-ports)
              (srfi srfi-1) (srfi srfi-4))
@@ -77,7 +81,17 @@
                            #:optimizer (make-adamw (model-parameters m) #:lr lr #:betas '(0.9 . 0.95)
                                                    #:eps 1e-8 #:weight-decay 0.1)
                            #:dataset (make-data) #:batch-size B #:clip 1.0))
-         (metrics (map (lambda (i) (trainer-step! tr)) (iota steps)))
+         (metrics (map (lambda (i)
+                         ;; a step each time the parent asks (a line on stdin)
+                         (when (eof-object? (read-line))
+                           (format (current-error-port) "bench-train: stdin ended at step ~a~%" i)
+                           (exit 1))
+                         (let ((x (trainer-step! tr)))
+                           (format #t "step ~,3f~%" (assq-ref x 'step_ms))
+                           (force-output)
+                           x))
+                       (iota steps)))
+         (_ (read-line))                ; the other side is idle now
          (timed (drop metrics warmup))
          (step-s (/ (apply + (map (lambda (x) (assq-ref x 'step_ms)) timed)) (length timed) 1000.0)))
     (display (json-line `((losses . ,(map (lambda (x) (assq-ref x 'loss)) metrics))
@@ -90,19 +104,36 @@
 
 ;;; ---- the parent ----------------------------------------------------------------------
 
-(define (run-json . cmd)
-  ;; the last line of CMD's output, as JSON
-  (let* ((port (apply open-pipe* OPEN_READ cmd))
-         (lines (let loop ((acc '()))
-                  (let ((l (read-line port)))
-                    (if (eof-object? l) (reverse acc) (loop (cons l acc))))))
-         (status (close-pipe port)))
-    (unless (and (zero? status) (pair? lines))
-      (format (current-error-port) "bench-train: ~a failed:~%~{  ~a~%~}" cmd lines)
-      (exit 1))
-    (let ((file (string-append (tmpdir) "/line.jsonl")))
-      (call-with-output-file file (lambda (p) (display (last lines) p) (newline p)))
-      (car (read-jsonl file)))))
+;; A side: a process that takes a step each time it reads a line, answers
+;; "step MS", and at one more line measures its sgemm rate and prints its
+;; results as one JSON line.
+(define (start-side . cmd)
+  (cons cmd (apply open-pipe* OPEN_BOTH cmd)))
+
+(define (take-step! side)
+  (let ((port (cdr side)))
+    (display "step\n" port)
+    (force-output port)
+    (let ((l (read-line port)))
+      (unless (and (string? l) (string-prefix? "step " l))
+        (format (current-error-port) "bench-train: ~a answered ~s to a step~%" (car side) l)
+        (exit 1)))))
+
+(define (side-json side)
+  ;; ask the side for its results: the last line of its output, as JSON
+  (let ((cmd (car side)) (port (cdr side)))
+    (display "results\n" port)
+    (force-output port)
+    (let* ((lines (let loop ((acc '()))
+                    (let ((l (read-line port)))
+                      (if (eof-object? l) (reverse acc) (loop (cons l acc))))))
+           (status (close-pipe port)))
+      (unless (and (zero? status) (pair? lines))
+        (format (current-error-port) "bench-train: ~a failed:~%~{  ~a~%~}" cmd lines)
+        (exit 1))
+      (let ((file (string-append (tmpdir) "/line.jsonl")))
+        (call-with-output-file file (lambda (p) (display (last lines) p) (newline p)))
+        (car (read-jsonl file))))))
 
 (define %tmp #f)
 (define (tmpdir)
@@ -135,8 +166,12 @@
 (define (parent torch-script)
   (let ((dir (tmpdir)))
     (export-run dir)
-    (let* ((torch (run-json "/usr/bin/python3" torch-script dir))
-           (me (run-json "guile" "--no-auto-compile" (current-filename) "--child"))
+    (let* ((sides (list (start-side "/usr/bin/python3" torch-script dir)
+                        (start-side "guile" "--no-auto-compile" (current-filename) "--child")))
+           (_ (do ((i 0 (+ i 1))) ((= i steps)) ; turns, each side first every other step
+                (for-each take-step! (if (even? i) sides (reverse sides)))))
+           (torch (side-json (car sides)))
+           (me (side-json (cadr sides)))
            (ref (lambda (r k) (assq-ref r k)))
            (flop (ref me 'model_gflop))
            (sgemm (ref me 'sgemm_gflops))

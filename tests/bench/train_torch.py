@@ -10,6 +10,10 @@ bench-train.scm wrote to DIR:
 
     /usr/bin/python3 tests/bench/train_torch.py DIR
 
+It takes a step each time a line arrives on standard input and answers
+with "step MS"; one more line, and it measures the sgemm rate and prints
+its results (bench-train.scm's two sides take turns this way; `yes |` runs
+it alone).
 DIR/manifest.json: {"config": {...}, "params": {name: shape, ...},
 "steps": N, "warmup": W, "lr", "betas", "eps", "weight_decay", "clip",
 "threads"}; DIR/<name>.f32 each parameter (raw little-endian f32);
@@ -139,6 +143,8 @@ def main():
     coeffs = dict(man["losses"])
     losses, times = [], []
     for s in range(N):
+        if not sys.stdin.readline():
+            sys.exit("train_torch.py: standard input ended before step %d" % s)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         ce, aux = forward(p, c, tokens[s], targets[s], rope, mask, coeffs)
@@ -147,6 +153,8 @@ def main():
         opt.step()
         times.append(time.perf_counter() - t0)
         losses.append(ce.item())
+        print("step %.3f" % (1000 * times[-1]), flush=True)
+    sys.stdin.readline()  # the other side is idle now
     W = man["warmup"]
     step_s = sum(times[W:]) / len(times[W:])
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
