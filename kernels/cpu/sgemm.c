@@ -349,27 +349,15 @@ TARGET static void pack_a_columns(const sgemm_job *jb, int64_t r0, int64_t r1, i
         }
 }
 
-/* The same for A stored as is: 16 inner indices of up to MR rows at a
- * time, transposed in registers. */
+/* The same for A stored as is: each MR rows' [MR kc] block transposed into
+ * [kc MR] (lanes past a short last block's rows are left alone: the edge
+ * kernels read only their own rows). */
 TARGET static void pack_a_rows(const sgemm_job *jb, int64_t r0, int64_t r1, int64_t q, int64_t kc,
                                float *restrict out)
 {
-    for (int64_t i = r0; i < r1; i += MR) {
-        int64_t rows = min64(MR, r1 - i);
-        const float *src = jb->a + i * jb->rsa + q;
-        float *dst = out + (i - r0) * KC;
-        for (int64_t p = 0; p < kc; p += 16) {
-            int64_t n = min64(16, kc - p);
-            __mmask16 km = first_lanes(n);
-            __m512 r[16];
-            for (int64_t j = 0; j < 16; j++)
-                r[j] = j < rows ? _mm512_maskz_loadu_ps(km, src + j * jb->rsa + p)
-                                : _mm512_setzero_ps();
-            transpose16(r);
-            for (int64_t t = 0; t < n; t++)
-                _mm512_mask_storeu_ps(dst + (p + t) * MR, first_lanes(MR), r[t]);
-        }
-    }
+    for (int64_t i = r0; i < r1; i += MR)
+        transpose16_matrix(out + (i - r0) * KC, MR, jb->a + i * jb->rsa + q, jb->rsa,
+                           min64(MR, r1 - i), kc);
 }
 
 /* Unit U of the current block: rows [r0, r0 + TILE_ROWS) by panels
