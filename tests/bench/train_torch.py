@@ -14,6 +14,7 @@ It takes a step each time a line arrives on standard input and answers
 with "step MS"; one more line, and it measures the sgemm rate and prints
 its results (bench-train.scm's two sides take turns this way; `yes |` runs
 it alone).
+
 DIR/manifest.json: {"config": {...}, "params": {name: shape, ...},
 "steps": N, "warmup": W, "lr", "betas", "eps", "weight_decay", "clip",
 "threads"}; DIR/<name>.f32 each parameter (raw little-endian f32);
