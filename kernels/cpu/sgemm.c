@@ -267,7 +267,9 @@ direct_tile(int mr_, int64_t kc, const float *a, int64_t lda, const float *b, in
         _mm_prefetch((const char *)(ar + DIRECT_AHEAD * lda + mr_ - 1), _MM_HINT_T0);
         _mm_prefetch((const char *)(br + DIRECT_AHEAD * ldb), _MM_HINT_T0);
         _mm_prefetch((const char *)(br + DIRECT_AHEAD * ldb + 16), _MM_HINT_T0);
-        __m512 b0 = _mm512_maskz_loadu_ps(m0, br), b1 = _mm512_maskz_loadu_ps(m1, br + 16);
+        bool full = nr == NR; /* masked loads cost a full tile about 8% */
+        __m512 b0 = full ? _mm512_loadu_ps(br) : _mm512_maskz_loadu_ps(m0, br);
+        __m512 b1 = full ? _mm512_loadu_ps(br + 16) : _mm512_maskz_loadu_ps(m1, br + 16);
 #pragma GCC unroll 16
         for (int i = 0; i < mr_; i++) {
             __m512 ai = _mm512_set1_ps(ar[i]);
@@ -292,13 +294,13 @@ TARGET static void direct_edge(int mr, int64_t kc, const float *a, int64_t lda, 
     }
 }
 
-/* Unit U of a direct product: rows [r0, r0 + TILE_ROWS) by panels [p0,
- * p1) (see unit_span), over all inner indices in blocks of KC added in
- * order, as a packed product adds them (so the bits are the same). */
-TARGET static void direct_unit(const sgemm_job *jb, int64_t u, int64_t groups)
+/* Rows [r0, r1) by panels [p0, p1) of a direct product, over all inner
+ * indices in blocks of KC added in order, as a packed product adds them
+ * (so the bits are the same). The block loop is outermost: its KC rows of
+ * B (at most 512 KiB for these products) stay in L2 while every row of A
+ * meets them, instead of being read again from L3 for every few rows. */
+TARGET static void direct_part(const sgemm_job *jb, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
 {
-    int64_t r0, r1, p0, p1;
-    unit_span(jb, u, groups, &r0, &r1, &p0, &p1);
     for (int64_t q0 = 0; q0 < jb->k; q0 += KC) {
         int64_t kc = min64(KC, jb->k - q0);
         for (int64_t i = r0; i < r1; i += MR) {
@@ -308,7 +310,10 @@ TARGET static void direct_unit(const sgemm_job *jb, int64_t u, int64_t groups)
                 const float *b = jb->b + q0 * jb->ldb + p * NR;
                 float *c = jb->c + i * jb->ldc + p * NR;
                 int nr = (int)min64(NR, jb->nc - p * NR);
-                if (mr == MR)
+                if (mr == MR && nr == NR) /* the common case, as a constant */
+                    direct_tile(MR, kc, a, jb->csa, b, jb->ldb, c, jb->ldc, NR, jb->alpha,
+                                jb->beta, q0 == 0);
+                else if (mr == MR)
                     direct_tile(MR, kc, a, jb->csa, b, jb->ldb, c, jb->ldc, nr, jb->alpha,
                                 jb->beta, q0 == 0);
                 else
@@ -425,16 +430,22 @@ static void run_block(const sgemm_job *jb, bool team)
     for (int64_t u = 0; u < row_runs(jb) * groups; u++) run_unit(jb, u, groups);
 }
 
-/* A direct product's units (TEAM as for run_block). */
+/* A direct product on the calling thread, or (TEAM) cut in one part per
+ * thread along its longer side, rows in whole micro-tiles: each thread
+ * then reads all of the other operand but only its share of this one. */
 static void run_direct(const sgemm_job *jb, bool team)
 {
     if (!team) {
-        for (int64_t u = 0; u < row_runs(jb); u++) direct_unit(jb, u, 1);
+        direct_part(jb, 0, jb->m, 0, jb->panels);
         return;
     }
-    int64_t groups = unit_groups(jb, omp_get_num_threads());
-#pragma omp for schedule(dynamic)
-    for (int64_t u = 0; u < row_runs(jb) * groups; u++) direct_unit(jb, u, groups);
+    int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    int64_t tiles = (jb->m + MR - 1) / MR;
+    if (tiles >= jb->panels)
+        direct_part(jb, min64(jb->m, tiles * t / nt * MR), min64(jb->m, tiles * (t + 1) / nt * MR),
+                    0, jb->panels);
+    else
+        direct_part(jb, 0, jb->m, jb->panels * t / nt, jb->panels * (t + 1) / nt);
 }
 
 /* Every block of op(B): inner indices in runs of KS, columns in runs of
