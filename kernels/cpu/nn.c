@@ -6,8 +6,9 @@
  * rows.
  *
  * The row loops are written once for f32 and f64 (RMS_KERNELS, NN_KERNELS),
- * OpenMP across rows. Sums accumulate in double over fixed lanes (rms_norm:
- * 16, in vectorised clones; the others: eight). Parameter gradients (dweight,
+ * OpenMP across rows. Sums accumulate in double over fixed lanes (rms_norm
+ * and cross_entropy: 16, in vectorised clones, cross_entropy's exponentials
+ * a chunk of classes at a time; the others: eight). Parameter gradients (dweight,
  * dbias) reduce over rows in fixed chunks of CHUNK rows that chunks_sum
  * (gemm.c's column sum) then adds in chunk order, so results do not depend on
  * the thread count. Each entry point takes the compute dtype (MOE_F32 or
@@ -21,6 +22,7 @@
 #include <string.h>
 
 #define COL_BLOCK 256    /* columns per task when adding ids' rows */
+#define CE_CHUNK 256     /* classes exponentiated at a time (vectorised) before their sum */
 
 /* ---- rms_norm ------------------------------------------------------------------------- */
 
@@ -148,6 +150,29 @@ RMS_KERNELS(double, f64)
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
+    /* one row of the forward: its log-sum-exp; and of the backward: dx = scale softmax */ \
+    SIMD_CLONES static double ce_lse_row_##SUF(const T *restrict xr, int64_t C)              \
+    {                                                                                        \
+        T mx = xr[0], e[CE_CHUNK];                                                           \
+        _Pragma("omp simd reduction(max : mx)")                                              \
+        for (int64_t j = 1; j < C; j++) mx = xr[j] > mx ? xr[j] : mx;                        \
+        double s = 0;                                                                        \
+        for (int64_t j0 = 0; j0 < C; j0 += CE_CHUNK) {                                       \
+            int64_t n = C - j0 < CE_CHUNK ? C - j0 : CE_CHUNK;                               \
+            _Pragma("omp simd")                                                              \
+            for (int64_t j = 0; j < n; j++) e[j] = EXP(xr[j0 + j] - mx);                     \
+            double part;                                                                     \
+            SUM16(double, part, n, (double)e[jj]);                                           \
+            s += part;                                                                       \
+        }                                                                                    \
+        return (double)mx + log(s);                                                          \
+    }                                                                                        \
+    SIMD_CLONES static void ce_grad_row_##SUF(T *restrict dr, const T *restrict xr, T l,     \
+                                              int64_t C, T scale)                            \
+    {                                                                                        \
+        _Pragma("omp simd")                                                                  \
+        for (int64_t j = 0; j < C; j++) dr[j] = scale * EXP(xr[j] - l);                      \
+    }                                                                                        \
     /* per row: lse [N] = log sum exp x, loss [N] = lse - x[t] (0 where ignored) */          \
     static void ce_fwd_##SUF(double *restrict loss, T *restrict lse, const T *restrict x,    \
                              const int64_t *restrict t, int64_t N, int64_t C, int64_t ignore) \
@@ -160,11 +185,7 @@ RMS_KERNELS(double, f64)
                 lse[i] = 0;                                                                  \
                 continue;                                                                    \
             }                                                                                \
-            T mx = xr[0];                                                                    \
-            for (int64_t j = 1; j < C; j++) mx = xr[j] > mx ? xr[j] : mx;                    \
-            double s;                                                                        \
-            SUM16(double, s, C, (double)EXP(xr[jj] - mx));                                   \
-            double l = (double)mx + log(s);                                                  \
+            double l = ce_lse_row_##SUF(xr, C);                                              \
             lse[i] = (T)l;                                                                   \
             loss[i] = l - (double)xr[t[i]];                                                  \
         }                                                                                    \
@@ -176,14 +197,12 @@ RMS_KERNELS(double, f64)
     {                                                                                        \
         _Pragma("omp parallel for if (N * C > 32768) schedule(static)")                      \
         for (int64_t i = 0; i < N; i++) {                                                    \
-            const T *xr = x + i * C;                                                         \
             T *dr = dx + i * C;                                                              \
             if (t[i] == ignore) {                                                            \
                 memset(dr, 0, sizeof(T) * (size_t)C);                                        \
                 continue;                                                                    \
             }                                                                                \
-            T l = lse[i];                                                                    \
-            for (int64_t j = 0; j < C; j++) dr[j] = scale * EXP(xr[j] - l);                  \
+            ce_grad_row_##SUF(dr, x + i * C, lse[i], C, scale);                              \
             dr[t[i]] -= scale;                                                               \
         }                                                                                    \
     }                                                                                        \
@@ -203,8 +222,8 @@ RMS_KERNELS(double, f64)
         }                                                                                    \
     }
 
-NN_KERNELS(float, f32, expf)
-NN_KERNELS(double, f64, exp)
+NN_KERNELS(float, f32, exp_f32)
+NN_KERNELS(double, f64, exp_f64)
 
 void moe_cpu_rms_fwd(moe_dtype dt, void *y, void *rinv, const void *x, const void *w, int64_t R,
                      int64_t D, double eps)
