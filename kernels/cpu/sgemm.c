@@ -20,7 +20,9 @@
  *   - the work is cut into units of TILE_ROWS rows (by all panels, or a
  *     run of them when rows are few), which the threads take one at a
  *     time, so a core that runs slower for a while does not hold the other
- *     back at the end.
+ *     back at the end; a direct product is instead cut in one part per
+ *     thread along its longer side, each walking its inner blocks
+ *     outermost (see direct_part).
  *
  * Every element of C is the same sum whichever thread computes it: over
  * each block of KC inner indices a chain of FMAs from zero, the blocks
