@@ -81,7 +81,8 @@ static int chunk_range(const chunk_table *t, int64_t c, int64_t *lo, int64_t *hi
  * multiply-adds, so that every clone rounds as the baseline one does. */
 #define NO_CONTRACT __attribute__((optimize("fp-contract=off")))
 #define ADAMW_SPAN(T)                                                                          \
-    SIMD_CLONES NO_CONTRACT static void adamw_span_##T(const moe_cpu_adamw_item *it, int64_t lo, int64_t hi)           \
+    SIMD_CLONES NO_CONTRACT static void adamw_span_##T(const moe_cpu_adamw_item *it,           \
+                                                       int64_t lo, int64_t hi)                 \
     {                                                                                          \
         const moe_cpu_adamw_step *s = &it->step;                                               \
         T *restrict p = it->param, *restrict m = it->exp_avg, *restrict v = it->exp_avg_sq;    \
