@@ -72,6 +72,10 @@ moe_tensor *moelab_unwrap_opt(SCM obj, int pos, const char *subr);
  * moelab_wrap and by every primitive that hands Scheme another object that
  * holds tensors. Guile mode only. */
 void moelab_report_native_memory(void);
+/* Hold the reports back until the matching release (holds nest, from any
+ * thread); the last release reports the growth since the last report. */
+void moelab_hold_memory_reports(void);
+void moelab_release_memory_reports(void);
 /* Release device tensors queued by finalizers (run on a Guile thread). */
 void moelab_drain_release_queue(void);
 /* Drop a reference from a finalizer: host tensors at once, device tensors

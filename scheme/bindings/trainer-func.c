@@ -1,7 +1,8 @@
 /* trainer-func.c — what (moelab trainer) needs from C beyond the model,
  * optimizer and data primitives: every MoE layer's router metrics at once
  * (the per-token statistics stay in core/moe/metrics.c), the OpenMP thread
- * count, and the peak resident set size. */
+ * count, the peak resident set size, and a step's hold on the native memory
+ * reports. */
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -23,6 +24,26 @@ SCM_DEFINE(moelab_model_router_metrics, "%model-router-metrics", 1, 0, 0, (SCM m
                                                  FUNC_NAME),
                      r);
     scm_remember_upto_here_1(model);
+    return r;
+}
+#undef FUNC_NAME
+
+static void hold_reports(void *unused) { moelab_hold_memory_reports(); }
+static void release_reports(void *unused) { moelab_release_memory_reports(); }
+
+SCM_DEFINE(moelab_call_with_memory_reports_held, "%call-with-memory-reports-held", 1, 0, 0,
+           (SCM thunk),
+           "Call THUNK with the reports of native memory to the collector held back\n"
+           "(see moelab_hold_memory_reports); return its value.")
+#define FUNC_NAME s_moelab_call_with_memory_reports_held
+{
+    SCM_VALIDATE_THUNK(1, thunk);
+    scm_dynwind_begin(0);
+    hold_reports(NULL);
+    scm_dynwind_rewind_handler(hold_reports, NULL, 0);
+    scm_dynwind_unwind_handler(release_reports, NULL, SCM_F_WIND_EXPLICITLY);
+    SCM r = scm_call_0(thunk);
+    scm_dynwind_end();
     return r;
 }
 #undef FUNC_NAME

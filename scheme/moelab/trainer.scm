@@ -453,9 +453,13 @@ loaded expert-parallel rank's tokens over the mean)."
     (unless (model-training? m) (model-training! m #t))
     (catch #t
       (lambda ()
-        (if (tr-plan tr)
-            (parallel-step! tr (tr-plan tr) m o ds n b lr t0)
-            (accumulate-and-update! tr m o ds n b lr t0)))
+        ;; The step frees its activations and gradients itself: a collection
+        ;; triggered by their growth would find nothing to collect.
+        (%call-with-memory-reports-held
+         (lambda ()
+           (if (tr-plan tr)
+               (parallel-step! tr (tr-plan tr) m o ds n b lr t0)
+               (accumulate-and-update! tr m o ds n b lr t0)))))
       (lambda (key . args)
         ;; A failed micro-batch leaves no partial gradient behind.
         (optimizer-zero-grad! o)

@@ -3,7 +3,8 @@
 ;;; reproducible to the bit (1 and 2 threads); gradient accumulation equals
 ;;; the whole batch, and with each balancing loss equals the mean of the
 ;;; micro-batches' own gradients; the metrics file has the documented lines;
-;;; evaluation, pause/resume, settings and bad input.
+;;; evaluation, pause/resume, settings and bad input; a step does not set
+;;; off a collection.
 ;;;
 ;;; The corpus is data/corpus (scripts/make-corpus) when it has been built,
 ;;; else text from this source tree (manual, C, Scheme), so the suite also
@@ -310,6 +311,19 @@
       (test-equal "stop after the current step" 2 n))
     (test-equal "num-threads round trip" (num-threads) (begin (set-num-threads! (num-threads)) (num-threads)))
     (test-assert "peak-rss" (> (peak-rss) 1000000))))
+
+(test-group "no collection in a step"
+  ;; The step's activations and gradients (tens of MiB here) come and go
+  ;; within it; reported to the collector, they set off a collection every
+  ;; step.
+  (let* ((m (small-model #:hidden 128))
+         (tr (make-trainer #:model m #:optimizer (make-adamw (model-parameters m))
+                           #:dataset (dataset 'train 64) #:batch-size 16)))
+    (trainer-step! tr)
+    (gc)
+    (let ((before (assq-ref (gc-stats) 'gc-times)))
+      (for-each (lambda (i) (trainer-step! tr)) (iota 3))
+      (test-equal "3 steps, no collection" before (assq-ref (gc-stats) 'gc-times)))))
 
 (test-group "bad input"
   (let* ((m (small-model)) (o (make-adamw (model-parameters m))) (ds (dataset 'train 32)))
