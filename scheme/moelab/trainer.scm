@@ -485,8 +485,22 @@ loaded expert-parallel rank's tokens over the mean)."
           (optimizer-step! o #:grad-scale (step-grad-scale tr norm))
           (let ((before (%model-router-metrics m)))
             (model-step! m)
-            (finish-step! tr m o tokens (/ loss-sum n) lr norm t0
-                          (local-routing-rows before (%model-router-metrics m))))))))
+            (let* ((after (%model-router-metrics m))
+                   (rows (local-routing-rows before after)))
+              (free-router-metrics! before after)
+              (finish-step! tr m o tokens (/ loss-sum n) lr norm t0 rows)))))))
+
+;; The tensors in router metrics (counts, biases), freed once read. Left
+;; to the collector, which no longer runs within a step, they pinned small
+;; blocks between the freed activations that the next step's then went
+;; around, and the peak resident size grew by about 5%.
+(define (free-router-metrics! . lists)
+  (for-each (lambda (metrics)
+              (for-each (lambda (alist)
+                          (for-each (lambda (kv) (when (tensor? (cdr kv)) (tensor-free! (cdr kv))))
+                                    alist))
+                        metrics))
+            lists))
 
 ;; Clipping happens inside the update: the optimizer reads every gradient
 ;; times this factor (clip-grad-norm!'s), which saves a pass over them.
@@ -570,10 +584,11 @@ loaded expert-parallel rank's tokens over the mean)."
       (let* ((before (%model-router-metrics m))
              (kinds (aux-kinds before)))
         (model-step! m)
-        (let ((after (%model-router-metrics m)))
+        (let* ((after (%model-router-metrics m))
+               (rows (plan-routing-metrics plan before after kinds)))
           (plan-set-local-rows! plan (local-routing-rows before after))
-          (finish-step! tr m o (* n b (dataset-seq-len ds)) loss lr norm t0
-                        (plan-routing-metrics plan before after kinds)))))))
+          (free-router-metrics! before after)
+          (finish-step! tr m o (* n b (dataset-seq-len ds)) loss lr norm t0 rows))))))
 
 ;;; ---- state, for checkpoints ------------------------------------------------------------
 

@@ -3,8 +3,8 @@
 ;;; reproducible to the bit (1 and 2 threads); gradient accumulation equals
 ;;; the whole batch, and with each balancing loss equals the mean of the
 ;;; micro-batches' own gradients; the metrics file has the documented lines;
-;;; evaluation, pause/resume, settings and bad input; a step does not set
-;;; off a collection.
+;;; evaluation, pause/resume, settings and bad input; a step neither sets
+;;; off a collection nor leaves garbage tensors behind.
 ;;;
 ;;; The corpus is data/corpus (scripts/make-corpus) when it has been built,
 ;;; else text from this source tree (manual, C, Scheme), so the suite also
@@ -319,11 +319,14 @@
   (let* ((m (small-model #:hidden 128))
          (tr (make-trainer #:model m #:optimizer (make-adamw (model-parameters m))
                            #:dataset (dataset 'train 64) #:batch-size 16)))
+    (define (live-tensors) (assq-ref (assq-ref (memory-stats) 'cpu) 'live-tensors))
     (trainer-step! tr)
     (gc)
-    (let ((before (assq-ref (gc-stats) 'gc-times)))
+    (let ((before (assq-ref (gc-stats) 'gc-times)) (live (live-tensors)))
       (for-each (lambda (i) (trainer-step! tr)) (iota 3))
-      (test-equal "3 steps, no collection" before (assq-ref (gc-stats) 'gc-times)))))
+      (test-equal "3 steps, no collection" before (assq-ref (gc-stats) 'gc-times))
+      ;; nor do they leave garbage tensors for one
+      (test-equal "3 steps leave no tensor behind" live (live-tensors)))))
 
 (test-group "bad input"
   (let* ((m (small-model)) (o (make-adamw (model-parameters m))) (ds (dataset 'train 32)))
