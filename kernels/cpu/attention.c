@@ -3,19 +3,23 @@
  * Dimension letters: B batch, S sequence, H query heads, KV kv heads, hd
  * head dim, nq/nk the query rows/keys of one product.
  *
- * Every product is one moe_cpu_sgemm call on slices of the inputs. A
- * product A·Bᵀ of two row-major matrices (the scores q·kᵀ) would transpose
- * B's slice in every call (sgemm.c's packing, or OpenBLAS's general path
- * without AVX-512); so each task transposes K (and in the backward V) once
- * into scratch, Kᵀ [hd S], and the score products become plain A·B.
+ * Every product is one moe_cpu_sgemm call on slices of the inputs, which
+ * it reads where they lie. Products of the form A·Bᵀ copy B's slice
+ * transposed into a packed panel (sgemm.c), so each is arranged to make
+ * that slice a block of 32 rows: the forward takes its scores transposed,
+ * sᵀ = Kj Qiᵀ [keys queries], with the block of queries as B, and the
+ * probabilities then meet V as (sᵀ)ᵀ Vj, whose operands are both read in
+ * place; the backward's scores Qi Kjᵀ have the block of keys as B. Neither
+ * K nor V is ever copied whole.
  *
  * Forward: each block Qi of BQ query rows meets the keys it may see (all S,
  * or under the causal mask those up to its last row) in chunks Kj of up to
  * KC keys; for S <= KC in one chunk, whose softmax is then exact:
- *     s = scale·Qi Kjᵀ (masked)           m' = max(m, rowmax s)
- *     p = exp(s − m')                     l  = l·exp(m − m') + rowsum p
+ *     sᵀ = scale·Kj Qiᵀ (masked)          m' = max(m, colmax sᵀ)
+ *     pᵀ = exp(sᵀ − m')                   l  = l·exp(m − m') + colsum pᵀ
  *     Oi = Oi·exp(m − m') + p Vj          m  = m'
- * then Oi /= l and lse = m + log l.
+ * then Oi /= l and lse = m + log l; the column loops run the block's BQ
+ * queries side by side in vector lanes.
  * Backward, with D = rowsum(dO ⊙ O): each block Kj, Vj of BK keys meets the
  * query rows that see it, in chunks Qi of up to QC rows:
  *     p = exp(scale·Qi Kjᵀ − lse_i)       dVj += pᵀ dOi
@@ -36,7 +40,6 @@
 
 #include "gemm.h"
 #include "sgemm.h"
-#include "transpose16.h"
 #include "vector_math.h"
 
 /* The row loops vectorise: O3's cost model takes loops whose length is only
@@ -50,43 +53,6 @@ enum { BQ = 32, KC = 256, BK = 32, QC = 256 };
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* KT [hd S] ← K [S hd] (rows at stride LD), in 8×8 tiles that the compiler
- * keeps in vector registers: NAME, for elements of type T. */
-#define DEFINE_TRANSPOSE(T, NAME)                                                                  \
-    SIMD_CLONES static void NAME(T *restrict kt, const T *restrict k, int64_t S, int64_t hd,       \
-                                 int64_t ld)                                                       \
-    {                                                                                              \
-        int64_t j0 = 0;                                                                            \
-        for (; j0 + 8 <= S; j0 += 8) {                                                             \
-            int64_t d0 = 0;                                                                        \
-            for (; d0 + 8 <= hd; d0 += 8) {                                                        \
-                T t[8][8];                                                                         \
-                for (int a = 0; a < 8; a++)                                                        \
-                    for (int c = 0; c < 8; c++) t[a][c] = k[(j0 + a) * ld + d0 + c];               \
-                for (int c = 0; c < 8; c++)                                                        \
-                    for (int a = 0; a < 8; a++) kt[(d0 + c) * S + j0 + a] = t[a][c];               \
-            }                                                                                      \
-            for (; d0 < hd; d0++)                                                                  \
-                for (int a = 0; a < 8; a++) kt[d0 * S + j0 + a] = k[(j0 + a) * ld + d0];           \
-        }                                                                                          \
-        for (; j0 < S; j0++)                                                                       \
-            for (int64_t d = 0; d < hd; d++) kt[d * S + j0] = k[j0 * ld + d];                      \
-    }
-DEFINE_TRANSPOSE(float, transpose_plain_float)
-DEFINE_TRANSPOSE(double, transpose_double)
-
-static void transpose_float(float *restrict kt, const float *restrict k, int64_t S, int64_t hd,
-                            int64_t ld)
-{
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (moe_cpu_sgemm_native_ok()) { /* 16 x 16 blocks in AVX-512 registers */
-        transpose16_matrix(kt, S, k, ld, S, hd);
-        return;
-    }
-#endif
-    transpose_plain_float(kt, k, S, hd, ld);
-}
-
 /* The forward's query rows per block and keys per chunk, the backward's
  * keys per block and query rows per chunk, for this sequence length. */
 static int64_t block_rows(const moe_cpu_attention *p) { return min64(BQ, p->S); }
@@ -96,10 +62,9 @@ static int64_t chunk_rows(const moe_cpu_attention *p) { return min64(QC, p->S); 
 
 static int64_t per_thread(const moe_cpu_attention *p)
 {
-    /* forward: s [BQ KC], m, l, corr [BQ], Kᵀ [hd S];
-     * backward: s, ds [QC BK], D [S], Kᵀ, Vᵀ [hd S] */
-    int64_t fwd = block_rows(p) * chunk_keys(p) + 3 * block_rows(p) + p->hd * p->S,
-            bwd = 2 * chunk_rows(p) * block_keys(p) + p->S + 2 * p->hd * p->S;
+    /* forward: sᵀ [KC BQ], m, l, corr [BQ]; backward: s, ds [QC BK], D [S] */
+    int64_t fwd = chunk_keys(p) * block_rows(p) + 3 * block_rows(p),
+            bwd = 2 * chunk_rows(p) * block_keys(p) + p->S;
     return fwd > bwd ? fwd : bwd;
 }
 
@@ -108,43 +73,77 @@ int64_t moe_cpu_attention_scratch(const moe_cpu_attention *p)
     return per_thread(p) * omp_get_max_threads();
 }
 
-/* The row loops over the scores of nq query rows and nk keys. Row r sees
- * the first min(first + r, nk) keys (first >= 1: the keys start at or
- * before the first row's own position); the rest of the row is set to 0,
- * so the products that follow add nothing for masked keys.
+/* The loops over the scores of nq queries and nk keys. Query r sees the
+ * first min(first + r, nk) keys (first >= 1: the keys start at or before
+ * the first query's own position); its other scores are set to 0, so the
+ * products that follow add nothing for masked keys.
  *
- *   softmax_rows: S ← exp(S − m'), with the running max M, sum L and the
- *                 factor CORR that rescales the rows' earlier output
- *                 (FIRST_CHUNK: no earlier output; M, L start here).
- *   grad_rows:    S ← p = exp(S − lse), DS ← p ⊙ (DS − D).
+ *   softmax_cols: Sᵀ [nk nq] ← exp(Sᵀ − m'), a query per column, with the
+ *                 running max M, sum L and the factor CORR that rescales
+ *                 the queries' earlier output (FIRST_CHUNK: no earlier
+ *                 output; M, L start here). Keys below FIRST are seen by
+ *                 every column, key j >= FIRST by the columns r > j − FIRST.
+ *   grad_rows:    S [nq nk] ← p = exp(S − lse), DS ← p ⊙ (DS − D).
  *   row_dots:     D[r] = dO[r]·O[r]. */
 #define DEFINE_ROWS(T, EXP)                                                                        \
-    SIMD_CLONES static void softmax_rows_##T(T *restrict s, int64_t lds, int64_t nq, int64_t nk,   \
+    static inline __attribute__((always_inline)) void                                              \
+    softmax_cols_body_##T(T *restrict s, int64_t lds, int64_t nk, int nq, int64_t first,           \
+                          bool first_chunk, T *restrict m, T *restrict l, T *restrict corr)        \
+    {                                                                                              \
+        T mx[BQ], sum[BQ];                                                                         \
+        int64_t whole = min64(first, nk);                                                          \
+        for (int r = 0; r < nq; r++) {                                                             \
+            mx[r] = first_chunk ? s[r] : m[r];                                                     \
+            sum[r] = 0;                                                                            \
+        }                                                                                          \
+        for (int64_t j = 0; j < whole; j++) {                                                      \
+            const T *sj = s + j * lds;                                                             \
+            _Pragma("omp simd")                                                                    \
+            for (int r = 0; r < nq; r++) mx[r] = sj[r] > mx[r] ? sj[r] : mx[r];                    \
+        }                                                                                          \
+        for (int64_t j = whole; j < nk; j++) {                                                     \
+            const T *sj = s + j * lds;                                                             \
+            int lim = (int)(j - first);                                                            \
+            _Pragma("omp simd")                                                                    \
+            for (int r = 0; r < nq; r++) mx[r] = r > lim && sj[r] > mx[r] ? sj[r] : mx[r];         \
+        }                                                                                          \
+        for (int64_t j = 0; j < whole; j++) {                                                      \
+            T *sj = s + j * lds;                                                                   \
+            _Pragma("omp simd")                                                                    \
+            for (int r = 0; r < nq; r++) {                                                         \
+                T e = EXP(sj[r] - mx[r]);                                                          \
+                sj[r] = e;                                                                         \
+                sum[r] += e;                                                                       \
+            }                                                                                      \
+        }                                                                                          \
+        for (int64_t j = whole; j < nk; j++) {                                                     \
+            T *sj = s + j * lds;                                                                   \
+            int lim = (int)(j - first);                                                            \
+            _Pragma("omp simd")                                                                    \
+            for (int r = 0; r < nq; r++) {                                                         \
+                T e = r > lim ? EXP(sj[r] - mx[r]) : (T)0;                                         \
+                sj[r] = e;                                                                         \
+                sum[r] += e;                                                                       \
+            }                                                                                      \
+        }                                                                                          \
+        for (int r = 0; r < nq; r++) {                                                             \
+            if (first_chunk) {                                                                     \
+                l[r] = sum[r];                                                                     \
+            } else {                                                                               \
+                corr[r] = EXP(m[r] - mx[r]);                                                       \
+                l[r] = l[r] * corr[r] + sum[r];                                                    \
+            }                                                                                      \
+            m[r] = mx[r];                                                                          \
+        }                                                                                          \
+    }                                                                                              \
+    SIMD_CLONES static void softmax_cols_##T(T *restrict s, int64_t lds, int64_t nk, int64_t nq,   \
                                              int64_t first, bool first_chunk, T *restrict m,       \
                                              T *restrict l, T *restrict corr)                      \
     {                                                                                              \
-        for (int64_t r = 0; r < nq; r++) {                                                         \
-            T *sr = s + r * lds;                                                                   \
-            int64_t n = min64(first + r, nk);                                                      \
-            T mx = first_chunk ? sr[0] : m[r];                                                     \
-            _Pragma("omp simd reduction(max : mx)")                                                \
-            for (int64_t c = 0; c < n; c++) mx = sr[c] > mx ? sr[c] : mx;                          \
-            T sum = 0;                                                                             \
-            _Pragma("omp simd reduction(+ : sum)")                                                 \
-            for (int64_t c = 0; c < n; c++) {                                                      \
-                T e = EXP(sr[c] - mx);                                                             \
-                sr[c] = e;                                                                         \
-                sum += e;                                                                          \
-            }                                                                                      \
-            for (int64_t c = n; c < nk; c++) sr[c] = 0;                                            \
-            if (first_chunk) {                                                                     \
-                l[r] = sum;                                                                        \
-            } else {                                                                               \
-                corr[r] = EXP(m[r] - mx);                                                          \
-                l[r] = l[r] * corr[r] + sum;                                                       \
-            }                                                                                      \
-            m[r] = mx;                                                                             \
-        }                                                                                          \
+        if (nq == BQ) /* a whole block: the lanes' count is a constant */                          \
+            softmax_cols_body_##T(s, lds, nk, BQ, first, first_chunk, m, l, corr);                 \
+        else                                                                                       \
+            softmax_cols_body_##T(s, lds, nk, (int)nq, first, first_chunk, m, l, corr);            \
     }                                                                                              \
     SIMD_CLONES static void grad_rows_##T(T *restrict s, T *restrict ds, int64_t lds, int64_t nq,  \
                                           int64_t nk, int64_t first, const T *restrict lse,        \
@@ -187,23 +186,22 @@ DEFINE_ROWS(double, exp_f64)
         for (int64_t bh = 0; bh < p->B * H; bh++) {                                                \
             int64_t b = bh / H, h = bh % H, g = h * KV / H;                                        \
             T *s = scratch + (int64_t)omp_get_thread_num() * per_thread(p);                        \
-            T *m = s + bq * kc, *l = m + bq, *corr = l + bq, *Kt = corr + bq;                      \
+            T *m = s + kc * bq, *l = m + bq, *corr = l + bq;                                       \
             const T *Q = q + b * S * ldq + h * hd, *K = k + b * S * ldk + g * hd,                  \
                     *V = v + b * S * ldk + g * hd;                                                 \
             T *O = out + b * S * ldq + h * hd, *L = lse + bh * S;                                  \
-            transpose_##T(Kt, K, S, hd, ldk);                                                      \
             for (int64_t i0 = 0; i0 < S; i0 += bq) {                                               \
                 int64_t nq = min64(bq, S - i0), jend = p->causal ? i0 + nq : S;                    \
                 T *Oi = O + i0 * ldq;                                                              \
                 for (int64_t j0 = 0; j0 < jend; j0 += kc) {                                        \
                     int64_t nk = min64(kc, jend - j0), first = p->causal ? i0 - j0 + 1 : nk;       \
-                    GEMM(false, false, nq, nk, hd, scale, Q + i0 * ldq, ldq, Kt + j0, S, 0,        \
-                         s, kc);                                                                   \
-                    softmax_rows_##T(s, kc, nq, nk, first, j0 == 0, m, l, corr);                   \
+                    GEMM(false, true, nk, nq, hd, scale, K + j0 * ldk, ldk, Q + i0 * ldq, ldq, 0,  \
+                         s, bq);                                                                   \
+                    softmax_cols_##T(s, bq, nk, nq, first, j0 == 0, m, l, corr);                   \
                     if (j0 > 0)                                                                    \
                         for (int64_t r = 0; r < nq; r++)                                           \
                             for (int64_t d = 0; d < hd; d++) Oi[r * ldq + d] *= corr[r];           \
-                    GEMM(false, false, nq, hd, nk, 1, s, kc, V + j0 * ldk, ldk, j0 > 0, Oi, ldq);  \
+                    GEMM(true, false, nq, hd, nk, 1, s, bq, V + j0 * ldk, ldk, j0 > 0, Oi, ldq);   \
                 }                                                                                  \
                 for (int64_t r = 0; r < nq; r++) {                                                 \
                     T inv = 1 / l[r];                                                              \
@@ -226,11 +224,9 @@ DEFINE_ROWS(double, exp_f64)
         for (int64_t bg = 0; bg < p->B * KV; bg++) {                                               \
             int64_t b = bg / KV, g = bg % KV;                                                      \
             T *s = scratch + (int64_t)omp_get_thread_num() * per_thread(p);                        \
-            T *ds = s + qc * bk, *D = ds + qc * bk, *Kt = D + S, *Vt = Kt + hd * S;                \
+            T *ds = s + qc * bk, *D = ds + qc * bk;                                                \
             const T *K = k + b * S * ldk + g * hd, *V = v + b * S * ldk + g * hd;                  \
             T *dK = dk + b * S * ldk + g * hd, *dV = dv + b * S * ldk + g * hd;                    \
-            transpose_##T(Kt, K, S, hd, ldk);                                                      \
-            transpose_##T(Vt, V, S, hd, ldk);                                                      \
             for (int64_t h = g * G; h < (g + 1) * G; h++) {                                        \
                 const T *Q = q + b * S * ldq + h * hd, *dO = dout + b * S * ldq + h * hd,          \
                         *O = out + b * S * ldq + h * hd, *L = lse + (b * H + h) * S;               \
@@ -242,10 +238,10 @@ DEFINE_ROWS(double, exp_f64)
                     for (int64_t i0 = istart; i0 < S; i0 += qc) {                                  \
                         int64_t nq = min64(qc, S - i0), first = p->causal ? i0 - j0 + 1 : nk;      \
                         T kv_beta = h > g * G || i0 > istart; /* dKj, dVj written before */        \
-                        GEMM(false, false, nq, nk, hd, scale, Q + i0 * ldq, ldq, Kt + j0, S, 0, s, \
+                        GEMM(false, true, nq, nk, hd, scale, Q + i0 * ldq, ldq, Kj, ldk, 0, s,     \
                              bk);                                                                  \
-                        GEMM(false, false, nq, nk, hd, 1, dO + i0 * ldq, ldq, Vt + j0, S, 0, ds,   \
-                             bk);                                                                  \
+                        GEMM(false, true, nq, nk, hd, 1, dO + i0 * ldq, ldq, V + j0 * ldk, ldk, 0, \
+                             ds, bk);                                                              \
                         grad_rows_##T(s, ds, bk, nq, nk, first, L + i0, D + i0);                   \
                         GEMM(true, false, nk, hd, nq, 1, s, bk, dO + i0 * ldq, ldq, kv_beta,       \
                              dV + j0 * ldk, ldk);                                                  \

@@ -15,8 +15,8 @@
  * (single-threaded inside the OpenMP loop). The forward runs one (b, h) per
  * task, the backward one (b, kv head) per task, so every output element is
  * written by one thread in a fixed order: results do not depend on the
- * thread count. Scratch (per thread, O(S·hd)) holds one block's scores and
- * a transposed copy of K (and V). DTYPE is MOE_F32 or MOE_F64. */
+ * thread count. Scratch (per thread, O(S)) holds one block's scores. DTYPE
+ * is MOE_F32 or MOE_F64. */
 #ifndef MOELAB_CPU_ATTENTION_H
 #define MOELAB_CPU_ATTENTION_H
 
