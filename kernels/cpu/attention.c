@@ -91,32 +91,17 @@ int64_t moe_cpu_attention_scratch(const moe_cpu_attention *p)
                           bool first_chunk, T *restrict m, T *restrict l, T *restrict corr)        \
     {                                                                                              \
         T mx[BQ], sum[BQ];                                                                         \
-        int64_t whole = min64(first, nk);                                                          \
         for (int r = 0; r < nq; r++) {                                                             \
             mx[r] = first_chunk ? s[r] : m[r];                                                     \
             sum[r] = 0;                                                                            \
         }                                                                                          \
-        for (int64_t j = 0; j < whole; j++) {                                                      \
+        for (int64_t j = 0; j < nk; j++) {                                                         \
             const T *sj = s + j * lds;                                                             \
-            _Pragma("omp simd")                                                                    \
-            for (int r = 0; r < nq; r++) mx[r] = sj[r] > mx[r] ? sj[r] : mx[r];                    \
-        }                                                                                          \
-        for (int64_t j = whole; j < nk; j++) {                                                     \
-            const T *sj = s + j * lds;                                                             \
-            int lim = (int)(j - first);                                                            \
+            int lim = (int)(j - first); /* negative: the whole row */                              \
             _Pragma("omp simd")                                                                    \
             for (int r = 0; r < nq; r++) mx[r] = r > lim && sj[r] > mx[r] ? sj[r] : mx[r];         \
         }                                                                                          \
-        for (int64_t j = 0; j < whole; j++) {                                                      \
-            T *sj = s + j * lds;                                                                   \
-            _Pragma("omp simd")                                                                    \
-            for (int r = 0; r < nq; r++) {                                                         \
-                T e = EXP(sj[r] - mx[r]);                                                          \
-                sj[r] = e;                                                                         \
-                sum[r] += e;                                                                       \
-            }                                                                                      \
-        }                                                                                          \
-        for (int64_t j = whole; j < nk; j++) {                                                     \
+        for (int64_t j = 0; j < nk; j++) {                                                         \
             T *sj = s + j * lds;                                                                   \
             int lim = (int)(j - first);                                                            \
             _Pragma("omp simd")                                                                    \
