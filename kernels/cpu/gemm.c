@@ -121,7 +121,8 @@ static bool native_wanted(void)
     return u;
 }
 
-/* f32: our own kernel where the CPU has AVX-512 (sgemm.c says why), else BLAS. */
+/* f32: our own kernel where the CPU has AVX-512 or AVX2 (sgemm.c says why),
+ * else BLAS. */
 void moe_cpu_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                    int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
 {

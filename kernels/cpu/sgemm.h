@@ -1,14 +1,26 @@
-/* sgemm.h — moelab's own f32 GEMM for CPUs with AVX-512, which gemm.c's
- * moe_cpu_sgemm runs in place of BLAS where the CPU has it. */
+/* sgemm.h — moelab's own f32 GEMM for x86-64 CPUs with AVX-512 or AVX2
+ * and FMA, which gemm.c's moe_cpu_sgemm runs in place of BLAS where the
+ * CPU has them. */
 #ifndef MOELAB_CPU_SGEMM_H
 #define MOELAB_CPU_SGEMM_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
-/* True when this build and this CPU run the kernel (x86-64 with AVX-512F);
- * checked once. Under valgrind, which hides AVX-512, it is false. */
+/* True when this build and this CPU run a kernel (x86-64 with AVX-512F,
+ * or AVX2 and FMA); checked once. Under valgrind, which hides AVX-512, the
+ * AVX2 kernel runs. */
 bool moe_cpu_sgemm_native_ok(void);
+
+/* The kernel in use: "avx512", "avx2", or NULL where none runs. The widest
+ * the CPU has, unless the environment says MOELAB_SGEMM=avx2. */
+const char *moe_cpu_sgemm_native_kernel(void);
+
+/* Use the kernel NAME from now on (for tests and benchmarks, to compare
+ * the kernels on one CPU). False, changing nothing, when the CPU does not
+ * run it or there is no such kernel. Products already running finish on
+ * the kernel they started with. */
+bool moe_cpu_sgemm_native_select(const char *name);
 
 /* C [M N] = alpha op(A) op(B) + beta C, row-major, op(A) [M K] (A stored
  * [K M] when TRANS_A), op(B) [K N] (B stored [N K] when TRANS_B). With BETA

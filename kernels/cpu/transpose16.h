@@ -1,7 +1,7 @@
-/* transpose16.h — floats transposed 16 by 16 in AVX-512 registers: the
- * packing of a transposed operand in sgemm.c and attention's Kᵀ and Vᵀ;
- * and the lane mask both use at a matrix's edge. Callers check
- * moe_cpu_sgemm_native_ok() (sgemm.h) first. */
+/* transpose16.h — floats transposed 16 by 16 in AVX-512 registers, for
+ * the packing of a transposed operand in sgemm_avx512.c, and the lane mask
+ * it uses at a matrix's edge. Callers run only where the CPU has AVX-512
+ * (sgemm.c checks). */
 #ifndef MOELAB_CPU_TRANSPOSE16_H
 #define MOELAB_CPU_TRANSPOSE16_H
 

@@ -1,15 +1,26 @@
 /* check_sgemm.c — moelab's own f32 GEMM (kernels/cpu/sgemm.c): values
  * against an f64 reference for every transpose, edge and block size, BLAS's
- * alpha/beta rules, and the same bits on any number of threads.
+ * alpha/beta rules, the same bits on any number of threads, and the same
+ * bits from either kernel. Every test runs on each kernel the CPU has
+ * (AVX-512 and AVX2, or AVX2 alone; valgrind hides AVX-512).
  *
- * Where the CPU (or valgrind, which hides AVX-512) gives no kernel, the
- * program says so and exits 77 (skipped). */
+ * Where the CPU gives no kernel, the program says so and exits 77
+ * (skipped). */
 #include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
 
 #include "../../kernels/cpu/gemm.h"
 #include "../../kernels/cpu/sgemm.h"
@@ -70,16 +81,16 @@ static void check_one(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
     free(c0);
 }
 
-/* Shapes around the micro-tile (12 x 32), the inner block (256), a unit of
- * rows (48), the inner run packed at a time (4096), the column run that
- * keeps the packed block within its cap, few rows with a long inner dim
- * (a weight's gradient: with A stored transposed, read direct), and rows of
- * A a multiple of 4 KiB long (copied first); the larger ones go over the
- * team. */
+/* Shapes around the micro-tiles (12 x 32 and 6 x 16), the inner block
+ * (256), a unit of rows (48), the inner run packed at a time (4096), the
+ * column run that keeps the packed block within its cap, few rows with a
+ * long inner dim (a weight's gradient: with A stored transposed, read
+ * direct), and rows of A a multiple of 4 KiB long (copied first); the
+ * larger ones go over the team. */
 static const int64_t shapes[][3] = {
-    {1, 1, 1},     {11, 31, 7},    {12, 32, 256}, {13, 33, 257},  {47, 64, 48},
-    {49, 70, 600}, {100, 65, 513}, {37, 300, 4500}, {250, 40, 130}, {3, 200, 700},
-    {29, 40, 1024},
+    {1, 1, 1},      {11, 31, 7},    {12, 32, 256},   {13, 33, 257},  {47, 64, 48},
+    {49, 70, 600},  {100, 65, 513}, {37, 300, 4500}, {250, 40, 130}, {3, 200, 700},
+    {29, 40, 1024}, {5, 15, 9},     {6, 16, 256},    {7, 17, 255},   {17, 8, 1030},
 };
 
 START_TEST(test_values_every_transpose)
@@ -123,12 +134,15 @@ END_TEST
 /* The product on 1, 2 and 3 threads, and on one thread inside a parallel
  * region (the per-expert schedule), has the same bits; moe_cpu_sgemm, the
  * dispatcher, runs this kernel. Shapes: many rows, few rows (the team also
- * cuts the panels), more than one packed inner run. */
+ * cuts the panels), more than one packed inner run; under valgrind (about
+ * 50 times slower) smaller ones that still go over the team. */
 START_TEST(test_same_bits_any_threads)
 {
-    static const int64_t big[][3] = {{2048, 256, 256}, {40, 256, 2048}, {300, 96, 5000}};
+    static const int64_t full[][3] = {{2048, 256, 256}, {40, 256, 2048}, {300, 96, 5000}};
+    static const int64_t small[][3] = {{400, 64, 256}, {20, 96, 1100}, {30, 40, 4200}};
+    const int64_t(*big)[3] = RUNNING_ON_VALGRIND ? small : full;
     int saved = omp_get_max_threads();
-    for (size_t s = 0; s < sizeof big / sizeof big[0]; s++)
+    for (size_t s = 0; s < 3; s++)
         for (int t = 0; t < 4; t++) {
             bool ta = t & 2, tb = t & 1;
             int64_t m = big[s][0], n = big[s][1], k = big[s][2];
@@ -164,20 +178,92 @@ START_TEST(test_same_bits_any_threads)
 }
 END_TEST
 
+/* The AVX-512 and AVX2 kernels give the same bits (each element of C the
+ * same chain of FMAs over each inner block, in the same order), packed and
+ * direct, with edges in every direction and more than one inner block.
+ * Skipped on a CPU without AVX-512. */
+START_TEST(test_kernels_agree)
+{
+    const char *was = moe_cpu_sgemm_native_kernel();
+    if (!moe_cpu_sgemm_native_select("avx512")) {
+        printf("check_sgemm: kernels agree: skipped: no AVX-512 here\n");
+        return;
+    }
+    static const int64_t sh[][3] = {{2048, 256, 256}, {41, 77, 600}, {300, 96, 5000}};
+    for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++)
+        for (int t = 0; t < 4; t++) {
+            bool ta = t & 2, tb = t & 1;
+            int64_t m = sh[s][0], n = sh[s][1], k = sh[s][2];
+            int64_t lda = ta ? m : k, ldb = tb ? k : n;
+            float *a = filled(m * k, 17), *b = filled(k * n, 18);
+            float *c512 = filled(m * n, 19), *c2 = malloc(sizeof *c2 * (size_t)(m * n));
+            ck_assert_ptr_nonnull(c2);
+            memcpy(c2, c512, sizeof *c2 * (size_t)(m * n));
+            ck_assert(moe_cpu_sgemm_native_select("avx512"));
+            ck_assert(moe_cpu_sgemm_native(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 0.25f, c512, n));
+            ck_assert(moe_cpu_sgemm_native_select("avx2"));
+            ck_assert(moe_cpu_sgemm_native(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 0.25f, c2, n));
+            if (memcmp(c512, c2, sizeof *c2 * (size_t)(m * n)) != 0)
+                ck_abort_msg("%c%c m %lld n %lld k %lld: the AVX2 kernel's bits differ",
+                             ta ? 'T' : 'N', tb ? 'T' : 'N', (long long)m, (long long)n,
+                             (long long)k);
+            free(a);
+            free(b);
+            free(c512);
+            free(c2);
+        }
+    ck_assert(moe_cpu_sgemm_native_select(was));
+}
+END_TEST
+
+/* Selecting a kernel the CPU lacks, or one that does not exist, fails and
+ * changes nothing. */
+START_TEST(test_select)
+{
+    const char *was = moe_cpu_sgemm_native_kernel();
+    ck_assert(!moe_cpu_sgemm_native_select("avx1024"));
+    ck_assert(!moe_cpu_sgemm_native_select(NULL));
+    ck_assert_str_eq(moe_cpu_sgemm_native_kernel(), was);
+    ck_assert(moe_cpu_sgemm_native_select("avx2")); /* every CPU with a kernel has AVX2 */
+    ck_assert_str_eq(moe_cpu_sgemm_native_kernel(), "avx2");
+    ck_assert(moe_cpu_sgemm_native_select(was));
+}
+END_TEST
+
 int main(void)
 {
     if (!moe_cpu_sgemm_native_ok()) {
-        printf("check_sgemm: skipped: this CPU (or valgrind) has no AVX-512; "
+        printf("check_sgemm: skipped: this CPU has neither AVX-512 nor AVX2 with FMA; "
                "moe_cpu_sgemm uses BLAS\n");
         return 77;
     }
-    Suite *s = suite_create("sgemm");
-    TCase *tc = tcase_create("kernel");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_values_every_transpose);
-    tcase_add_test(tc, test_alpha_beta);
-    tcase_add_test(tc, test_empty_inner_and_zero_alpha);
-    tcase_add_test(tc, test_same_bits_any_threads);
-    suite_add_tcase(s, tc);
-    return tu_run(s);
+    const char *first = moe_cpu_sgemm_native_kernel();
+    int rc = EXIT_SUCCESS;
+    for (int pass = 0; pass < 2; pass++) {
+        /* the CPU's own kernel, then AVX2 where that was AVX-512 */
+        const char *name = pass == 0 ? first : "avx2";
+        if (pass == 1 && strcmp(first, "avx2") == 0) break;
+        if (!moe_cpu_sgemm_native_select(name)) {
+            printf("check_sgemm: cannot select the %s kernel\n", name);
+            return EXIT_FAILURE;
+        }
+        printf("check_sgemm: the %s kernel\n", name);
+        Suite *s = suite_create(name);
+        TCase *tc = tcase_create("values");
+        tcase_set_timeout(tc, 120);
+        tcase_add_test(tc, test_values_every_transpose);
+        tcase_add_test(tc, test_alpha_beta);
+        tcase_add_test(tc, test_empty_inner_and_zero_alpha);
+        suite_add_tcase(s, tc);
+        tc = tcase_create("threads"); /* large products */
+        tcase_set_timeout(tc, 120);
+        tcase_add_test(tc, test_same_bits_any_threads);
+        if (pass == 0) {
+            tcase_add_test(tc, test_kernels_agree);
+            tcase_add_test(tc, test_select);
+        }
+        suite_add_tcase(s, tc);
+        if (tu_run(s) != EXIT_SUCCESS) rc = EXIT_FAILURE;
+    }
+    return rc;
 }

@@ -1,0 +1,304 @@
+/* sgemm_avx2.c — sgemm.c's kernel for CPUs with AVX2 and FMA but no
+ * AVX-512: a micro-tile of 6 rows by 16 columns (two ymm), its 12
+ * accumulators, the two vectors of B and A's broadcast element filling 15
+ * of the 16 registers.
+ *
+ * The same scheme as sgemm_avx512.c, at half the width: A is read where it
+ * lies, its elements broadcast from MR rows while the next MR rows are
+ * fetched; C is written once per block of KC inner indices. */
+#include "sgemm_kernel.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define TARGET __attribute__((target("avx2,fma")))
+#define INLINE static inline __attribute__((always_inline)) TARGET
+
+#define MR 6               /* rows of the micro-tile: 6 x 2 accumulators, 2 B vectors */
+#define NR 16              /* columns of the micro-tile and of a packed panel: two ymm */
+#define TILE_ROWS (8 * MR) /* rows of a unit of work (as many as the AVX-512 kernel's) */
+/* Panels a row of micro-tiles walks before the next: their KC inner
+ * indices (256 KiB) stay in L2 (512 KiB on the AVX2 cores seen) while every
+ * row of the unit meets them, instead of coming from L3 for each. */
+#define PANEL_RUN 16
+
+/* The first N of 8 lanes, as a maskload/maskstore mask (none for N <= 0). */
+INLINE __m256i first8(int64_t n)
+{
+    int32_t k = n < 0 ? 0 : n > 8 ? 8 : (int32_t)n;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* R [8 rows][8] ← its transpose. */
+INLINE void transpose8(__m256 r[8])
+{
+    __m256 t[8];
+    for (int i = 0; i < 4; i++) { /* pairs of rows interleaved */
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) { /* 4 x 4 blocks within each 128-bit lane */
+        r[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) { /* then the lanes themselves */
+        t[i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x20);
+        t[4 + i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x31);
+    }
+    for (int i = 0; i < 8; i++) r[i] = t[i];
+}
+
+/* Eight floats at P, the first N of them (the rest zero). */
+INLINE __m256 load_first(const float *p, int64_t n)
+{
+    return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first8(n));
+}
+
+/* Panel P of the current block: columns j0 + P·NR onward (zeros past nc),
+ * inner indices [k0, k0 + ks), into the pack buffer as [ks NR]. */
+TARGET static void pack_panel(const sgemm_job *jb, int64_t p)
+{
+    float *restrict dst = jb->pack + p * jb->ks * NR;
+    int64_t col = jb->j0 + p * NR, w = min64(NR, jb->nc - p * NR), k0 = jb->k0, ks = jb->ks;
+    if (!jb->tb) { /* op(B)(q, j) = b[q*ldb + j]: whole rows of the panel */
+        for (int64_t q = 0; q < ks; q++) {
+            const float *row = jb->b + (k0 + q) * jb->ldb + col;
+            _mm256_store_ps(dst + q * NR, load_first(row, w));
+            _mm256_store_ps(dst + q * NR + 8, load_first(row + 8, w - 8));
+        }
+    } else { /* op(B)(q, j) = b[j*ldb + q]: B's rows become the panel's columns, */
+        for (int64_t h = 0; h < NR / 8; h++) { /* 8 by 8 */
+            int64_t rows = w - h * 8 < 0 ? 0 : min64(8, w - h * 8);
+            for (int64_t q = 0; q < ks; q += 8) {
+                int64_t n = min64(8, ks - q);
+                __m256 r[8];
+                for (int64_t j = 0; j < 8; j++)
+                    r[j] = j < rows ? load_first(jb->b + (col + h * 8 + j) * jb->ldb + k0 + q, n)
+                                    : _mm256_setzero_ps();
+                transpose8(r);
+                for (int64_t t = 0; t < n; t++) _mm256_store_ps(dst + (q + t) * NR + h * 8, r[t]);
+            }
+        }
+    }
+}
+
+/* Ask for C's MR_ x NR block, for writing, as a micro-tile starts (see
+ * sgemm_avx512.c). */
+INLINE void fetch_c(int mr_, float *c, int64_t ldc)
+{
+#pragma GCC unroll 8
+    for (int i = 0; i < mr_; i++) {
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_ET0);
+        _mm_prefetch((const char *)(c + i * ldc + NR - 1), _MM_HINT_ET0);
+    }
+}
+
+/* C's MR_ x nr block (accumulators LO, HI: columns 0-7, 8-15) into C:
+ * C = alpha·acc + beta·C on the product's first inner block (FIRST; beta
+ * 0: C is not read), C += alpha·acc on later blocks. */
+INLINE void update_c(int mr_, const __m256 *lo, const __m256 *hi, float *c, int64_t ldc, int nr,
+                     float alpha, float beta, bool first)
+{
+    __m256i m0 = first8(nr), m1 = first8(nr - 8);
+    bool full = nr == NR;
+    __m256 va = _mm256_set1_ps(alpha);
+    bool overwrite = first && beta == 0.0f;
+    __m256 vs = _mm256_set1_ps(first ? beta : 1.0f);
+#pragma GCC unroll 8
+    for (int i = 0; i < mr_; i++) {
+        float *ci = c + i * ldc;
+        __m256 r0, r1;
+        if (overwrite) {
+            r0 = _mm256_mul_ps(va, lo[i]);
+            r1 = _mm256_mul_ps(va, hi[i]);
+        } else {
+            __m256 c0 = full ? _mm256_loadu_ps(ci) : _mm256_maskload_ps(ci, m0);
+            __m256 c1 = full ? _mm256_loadu_ps(ci + 8) : _mm256_maskload_ps(ci + 8, m1);
+            r0 = _mm256_fmadd_ps(va, lo[i], _mm256_mul_ps(vs, c0));
+            r1 = _mm256_fmadd_ps(va, hi[i], _mm256_mul_ps(vs, c1));
+        }
+        if (full) {
+            _mm256_storeu_ps(ci, r0);
+            _mm256_storeu_ps(ci + 8, r1);
+        } else {
+            _mm256_maskstore_ps(ci, m0, r0);
+            _mm256_maskstore_ps(ci + 8, m1, r1);
+        }
+    }
+}
+
+/* C's MR_ x nr block at C += or = alpha · A's MR_ rows [kc] · the panel
+ * block BP [kc NR] (see update_c). A's rows are not fetched ahead, as the
+ * AVX-512 kernel does: here that made the training step about 10% slower
+ * (the same lines were asked for again on every panel). */
+INLINE void micro_tile(int mr_, int64_t kc, const float *a, int64_t rsa, int64_t csa,
+                       const float *bp, float *c, int64_t ldc, int nr, float alpha, float beta,
+                       bool first)
+{
+    __m256 lo[MR], hi[MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < mr_; i++) lo[i] = hi[i] = _mm256_setzero_ps();
+    fetch_c(mr_, c, ldc);
+    for (int64_t q = 0; q < kc; q++) {
+        __m256 b0 = _mm256_load_ps(bp + q * NR), b1 = _mm256_load_ps(bp + q * NR + 8);
+#pragma GCC unroll 8
+        for (int i = 0; i < mr_; i++) {
+            __m256 ai = _mm256_broadcast_ss(a + i * rsa + q * csa);
+            lo[i] = _mm256_fmadd_ps(ai, b0, lo[i]);
+            hi[i] = _mm256_fmadd_ps(ai, b1, hi[i]);
+        }
+    }
+    update_c(mr_, lo, hi, c, ldc, nr, alpha, beta, first);
+}
+
+/* The same for the last rows of a tile, fewer than MR. */
+TARGET static void micro_edge(int mr, int64_t kc, const float *a, int64_t rsa, int64_t csa,
+                              const float *bp, float *c, int64_t ldc, int nr, float alpha,
+                              float beta, bool first)
+{
+    switch (mr) {
+#define EDGE(R)                                                                           \
+    case R: micro_tile(R, kc, a, rsa, csa, bp, c, ldc, nr, alpha, beta, first); break;
+        EDGE(1) EDGE(2) EDGE(3) EDGE(4) EDGE(5)
+#undef EDGE
+    default: break;
+    }
+}
+
+/* ---- A copied (see copies_a) ------------------------------------------------------------- */
+
+/* A stored transposed ([K M]): rows [r0, r1) over the inner indices
+ * [q, q + kc), into one [kc MR] block per MR rows. Each step stores 8
+ * lanes where MR are due: the 2 past them land where the next step (or
+ * the next block) writes after, or in the slack at the end of the buffer. */
+TARGET static void pack_a_columns(const sgemm_job *jb, int64_t r0, int64_t r1, int64_t q,
+                                  int64_t kc, float *restrict out)
+{
+    for (int64_t i = r0; i < r1; i += MR) {
+        int64_t rows = min64(MR, r1 - i);
+        const float *src = jb->a + q * jb->csa + i;
+        float *blk = out + (i - r0) * KC;
+        for (int64_t p = 0; p < kc; p++) _mm256_storeu_ps(blk + p * MR, load_first(src + p * jb->csa, rows));
+    }
+}
+
+/* The same for A stored as is: each MR rows' [MR kc] block transposed 8
+ * inner indices at a time. Each step stores 8 lanes where MR are due: the
+ * 2 past them land where the next step (or the next block) writes after,
+ * or in the slack at the end of the buffer. */
+TARGET static void pack_a_rows(const sgemm_job *jb, int64_t r0, int64_t r1, int64_t q, int64_t kc,
+                               float *restrict out)
+{
+    for (int64_t i = r0; i < r1; i += MR) {
+        int64_t rows = min64(MR, r1 - i);
+        const float *src = jb->a + i * jb->rsa + q;
+        float *blk = out + (i - r0) * KC;
+        for (int64_t p = 0; p < kc; p += 8) {
+            int64_t n = min64(8, kc - p);
+            __m256 r[8];
+            for (int64_t j = 0; j < 8; j++)
+                r[j] = j < rows ? load_first(src + j * jb->rsa + p, n) : _mm256_setzero_ps();
+            transpose8(r);
+            for (int64_t t = 0; t < n; t++) _mm256_storeu_ps(blk + (p + t) * MR, r[t]);
+        }
+    }
+}
+
+/* ---- op(A) stored transposed, op(B) not ----------------------------------------------- */
+
+/* In such a product (the weight gradients, xᵀ dy over the tokens) the rows
+ * of both operands lie a multiple of 1 KiB apart, so read where they lie
+ * (as the AVX-512 kernel does) their lines crowd a few sets of L1, and at
+ * this width the kernel waits on L2 for them: about 55 GFLOP/s a core
+ * against BLAS's 85. So a thread copies the KC rows of a run of PANEL_RUN
+ * panels of B into its scratch (256 KiB, which stays in L2 while every row
+ * of its part meets them), and each MR columns of A into a [kc MR] tile
+ * (6 KiB, in L1 across the run's panels); micro_tile then multiplies them. */
+#define DIRECT_SCRATCH (KC * PANEL_RUN * NR)
+
+/* Rows [r0, r1) by panels [p0, p1) of a direct product, over all inner
+ * indices in blocks of KC added in order (as a packed product adds them,
+ * so the bits are the same), the block loop outermost. */
+TARGET static void direct_part(const sgemm_job *jb, float *scratch, int64_t r0, int64_t r1,
+                               int64_t p0, int64_t p1)
+{
+    float at[KC * MR + 16] __attribute__((aligned(64)));
+    for (int64_t q0 = 0; q0 < jb->k; q0 += KC)
+        for (int64_t pr0 = p0; pr0 < p1; pr0 += PANEL_RUN) {
+            int64_t kc = min64(KC, jb->k - q0), panels = min64(p1, pr0 + PANEL_RUN) - pr0;
+            sgemm_job run = *jb; /* the run's panels, packed as a block of their own */
+            run.pack = scratch;
+            run.k0 = q0;
+            run.ks = kc;
+            run.j0 = pr0 * NR;
+            run.nc = jb->nc - pr0 * NR;
+            for (int64_t p = 0; p < panels; p++) pack_panel(&run, p);
+            for (int64_t i = r0; i < r1; i += MR) {
+                int mr = (int)min64(MR, r1 - i);
+                pack_a_columns(jb, i, i + mr, q0, kc, at);
+                for (int64_t p = 0; p < panels; p++) {
+                    const float *bp = scratch + p * kc * NR;
+                    float *c = jb->c + i * jb->ldc + run.j0 + p * NR;
+                    int nr = (int)min64(NR, run.nc - p * NR);
+                    if (mr == MR)
+                        micro_tile(MR, kc, at, 1, MR, bp, c, jb->ldc, nr, jb->alpha, jb->beta,
+                                   q0 == 0);
+                    else
+                        micro_edge(mr, kc, at, 1, MR, bp, c, jb->ldc, nr, jb->alpha, jb->beta,
+                                   q0 == 0);
+                }
+            }
+        }
+}
+
+/* A unit of the current block: rows [r0, r1) (at most TILE_ROWS) by
+ * panels [p0, p1). Each MR rows of A (6 KiB at KC) meet every panel of the
+ * unit while they are in L1. */
+TARGET static void run_unit(const sgemm_job *jb, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
+{
+    float apack[TILE_ROWS / MR * KC * MR + 16] __attribute__((aligned(64)));
+    for (int64_t q0 = 0; q0 < jb->ks; q0 += KC) {
+        int64_t kc = min64(KC, jb->ks - q0), kabs = jb->k0 + q0;
+        bool first = kabs == 0;
+        bool copied = copies_a(jb);
+        if (jb->ta)
+            pack_a_columns(jb, r0, r1, kabs, kc, apack);
+        else if (copied)
+            pack_a_rows(jb, r0, r1, kabs, kc, apack);
+        for (int64_t pr0 = p0; pr0 < p1; pr0 += PANEL_RUN)
+        for (int64_t i = r0; i < r1; i += MR) {
+            int mr = (int)min64(MR, r1 - i);
+            const float *a = jb->a + i * jb->rsa + kabs * jb->csa;
+            int64_t rsa = jb->rsa, csa = jb->csa;
+            if (copied) {
+                a = apack + (i - r0) * KC;
+                rsa = 1;
+                csa = MR;
+            }
+            for (int64_t p = pr0; p < min64(p1, pr0 + PANEL_RUN); p++) {
+                const float *bp = jb->pack + p * jb->ks * NR + q0 * NR;
+                float *c = jb->c + i * jb->ldc + jb->j0 + p * NR;
+                int nr = (int)min64(NR, jb->nc - p * NR);
+                if (mr == MR)
+                    micro_tile(MR, kc, a, rsa, csa, bp, c, jb->ldc, nr, jb->alpha, jb->beta,
+                               first);
+                else
+                    micro_edge(mr, kc, a, rsa, csa, bp, c, jb->ldc, nr, jb->alpha, jb->beta,
+                               first);
+            }
+        }
+    }
+}
+
+const sgemm_kernel moe_sgemm_avx2 = {.name = "avx2", .mr = MR, .nr = NR, .tile_rows = TILE_ROWS,
+                                     .pack_panel = pack_panel, .run_unit = run_unit,
+                                     .direct_part = direct_part,
+                                     .direct_scratch = DIRECT_SCRATCH};
+
+#else
+
+const sgemm_kernel moe_sgemm_avx2 = {.name = NULL};
+
+#endif
