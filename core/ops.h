@@ -82,6 +82,10 @@ moe_status moe_sum_to_shape(moe_tensor **out, moe_tensor *g, int ndim, const int
 /* ---- linear algebra: core/ops/matmul.c ---------------------------------- */
 /* torch.matmul semantics: 1-D/2-D/batched with broadcast batch dims. */
 moe_status moe_matmul(moe_tensor **out, moe_tensor *a, moe_tensor *b);
+/* The kernel that runs f32 products on the CPU: "avx512" or "avx2"
+ * (moelab's own, chosen for the CPU) or "blas" (OpenBLAS: a CPU with
+ * neither, or MOELAB_SGEMM=blas). f64 products always run on BLAS. */
+const char *moe_matmul_cpu_kernel(void);
 /* [B M K] @ [B K N] → [B M N]. */
 moe_status moe_bmm(moe_tensor **out, moe_tensor *a, moe_tensor *b);
 /* y = x Wᵀ + bias; x [..., in], W [out, in], bias [out] or NULL. */

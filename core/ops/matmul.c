@@ -306,6 +306,11 @@ static moe_status check_operands(const char *op, moe_tensor *a, moe_tensor *b)
 
 /* ---- public ops ------------------------------------------------------------------------ */
 
+const char *moe_matmul_cpu_kernel(void)
+{
+    return moe_cpu_sgemm_kernel();
+}
+
 moe_status moe_matmul(moe_tensor **out, moe_tensor *a, moe_tensor *b)
 {
     *out = NULL;

@@ -121,6 +121,11 @@ static bool native_wanted(void)
     return u;
 }
 
+const char *moe_cpu_sgemm_kernel(void)
+{
+    return native_wanted() ? moe_cpu_sgemm_native_kernel() : "blas";
+}
+
 /* f32: our own kernel where the CPU has AVX-512 or AVX2 (sgemm.c says why),
  * else BLAS. */
 void moe_cpu_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,

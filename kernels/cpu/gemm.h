@@ -29,6 +29,9 @@ moe_status moe_cpu_gemm(moe_dtype dtype, int nb, const int64_t *bshape, moe_gemm
 void moe_cpu_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                    const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
                    int64_t ldc);
+/* Which kernel moe_cpu_sgemm runs: "avx512" or "avx2" (moelab's own,
+ * sgemm.h) or "blas" (no kernel for this CPU, or MOELAB_SGEMM=blas). */
+const char *moe_cpu_sgemm_kernel(void);
 void moe_cpu_dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
                    const double *a, int64_t lda, const double *b, int64_t ldb, double beta,
                    double *c, int64_t ldc);

@@ -88,6 +88,12 @@ SCALAR_OP(moelab_rsub_scalar, "%rsub-scalar", "sub", moe_rsub_scalar)
 SCALAR_OP(moelab_rdiv_scalar, "%rdiv-scalar", "div", moe_rdiv_scalar)
 SCALAR_OP(moelab_pow_scalar, "%pow-scalar", "pow", moe_pow_scalar)
 
+SCM_DEFINE(moelab_matmul_cpu_kernel, "%matmul-cpu-kernel", 0, 0, 0, (void),
+           "The kernel of f32 products on the CPU, as a symbol: avx512, avx2 or blas.")
+{
+    return scm_from_utf8_symbol(moe_matmul_cpu_kernel());
+}
+
 SCM_DEFINE(moelab_gelu, "%gelu", 2, 0, 0, (SCM a, SCM approximate),
            "GELU; @var{approximate} is 'none (exact, erf) or 'tanh.")
 #define FUNC_NAME "gelu"

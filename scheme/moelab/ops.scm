@@ -22,7 +22,7 @@
             t= t!= t< t<= t> t>=
             tsum tmean var tmax tmin argmax argmin
             softmax log-softmax logsumexp cumsum sum-to-shape
-            matmul bmm linear rms-norm layer-norm cross-entropy embedding
+            matmul matmul-cpu-kernel bmm linear rms-norm layer-norm cross-entropy embedding
             gather scatter-add index-select index-add
             cat stack split chunk one-hot topk tsort argsort bincount histogram
             reshape view transpose permute narrow tselect expand squeeze unsqueeze
@@ -304,6 +304,14 @@ flat index of the minimum of all elements. Ties: the lowest index."
 batched products with broadcast batch dims. @code{(matmul [4 8] [8 3])} →
 [4 3]."
   (%matmul a b "matmul"))
+
+(define (matmul-cpu-kernel)
+  "The kernel that runs f32 matrix products on the CPU, as a symbol:
+@code{avx512} or @code{avx2} (moelab's own, chosen for the CPU at start-up;
+@env{MOELAB_SGEMM}=avx2 picks @code{avx2} on a CPU with both) or
+@code{blas} (OpenBLAS: a CPU with neither, or @env{MOELAB_SGEMM}=blas).
+f64 products always run on BLAS."
+  (%matmul-cpu-kernel))
 
 (define (bmm a b)
   "Batched matrix product: [B M K] × [B K N] → [B M N]."

@@ -180,8 +180,8 @@
            (diffs (map (lambda (a b) (abs (- a b)))
                        (take (ref me 'losses) 3) (take (ref torch 'losses) 3))))
       (system* "rm" "-rf" dir (token-file))
-      (format #t "bench-train: V256 L4 D256 H4 E8 K2 F512, B~a S~a, AdamW + clip 1.0, ~a threads, ~a steps (~a timed)~%"
-              B S threads steps (- steps warmup))
+      (format #t "bench-train: V256 L4 D256 H4 E8 K2 F512, B~a S~a, AdamW + clip 1.0, ~a threads, ~a steps (~a timed), f32 products on ~a~%"
+              B S threads steps (- steps warmup) (matmul-cpu-kernel))
       (format #t "first three losses  moelab ~{~,8f ~}~%                    torch  ~{~,8f ~}  max |diff| ~,2e ~a~%"
               (take (ref me 'losses) 3) (take (ref torch 'losses) 3) (apply max diffs)
               (if (< (apply max diffs) 1e-4) "(ok, < 1e-4)" "(MISMATCH, >= 1e-4)"))

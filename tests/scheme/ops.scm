@@ -158,6 +158,28 @@
     (test-values "linear" '((5 11) (11 25)) (linear (tensor '((1 2) (3 4))) (tensor '((1 2) (3 4)))))
     (test-values "linear with bias" '((6 13)) (linear (tensor '((1 2))) m (tensor '(1 2))))))
 
+(test-group "the CPU's product kernel"
+  ;; the widest of moelab's kernels that /proc/cpuinfo's flags allow, unless
+  ;; MOELAB_SGEMM asks for BLAS or for AVX2
+  (let* ((flags (if (file-exists? "/proc/cpuinfo")
+                    (call-with-input-file "/proc/cpuinfo"
+                      (lambda (port)
+                        (let loop ()
+                          (let ((line (read-line port)))
+                            (cond ((eof-object? line) '())
+                                  ((string-prefix? "flags" line)
+                                   (string-tokenize (substring line (1+ (string-index line #\:)))))
+                                  (else (loop)))))))
+                    '()))
+         (has (lambda (f) (member f flags)))
+         (asked (getenv "MOELAB_SGEMM"))
+         (expected (cond ((equal? asked "blas") 'blas)
+                         ((not (string=? (utsname:machine (uname)) "x86_64")) 'blas)
+                         ((and (has "avx512f") (not (equal? asked "avx2"))) 'avx512)
+                         ((and (has "avx2") (has "fma")) 'avx2)
+                         (else 'blas))))
+    (test-eq "matmul-cpu-kernel names the kernel this CPU runs" expected (matmul-cpu-kernel))))
+
 (test-group "neural-net ops"
   ;; torch: x / sqrt(mean(x²) + 1e-6) * w
   (test-values "rms-norm" '((0.3651483473268884 0.7302966946537768 2.1908900839613303 0.7302966946537768))
