@@ -160,15 +160,19 @@ static void scale_c(int64_t m, int64_t n, float beta, float *c, int64_t ldc)
 /* ---- which kernel ------------------------------------------------------------------ */
 
 /* The kernel in use (NULL: none runs here), chosen once: the widest the
- * CPU has, or AVX2 where MOELAB_SGEMM=avx2 asks for it (to compare). */
+ * CPU runs, or AVX2 where MOELAB_SGEMM=avx2 asks for it (to compare). */
 static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
 static const sgemm_kernel *kernel_in_use;
 
+/* every kernel, the widest first */
+static const sgemm_kernel *const kernels[] = {&moe_sgemm_avx512, &moe_sgemm_avx2};
+#define KERNELS (sizeof kernels / sizeof kernels[0])
+
 static bool cpu_runs(const sgemm_kernel *kn)
 {
-    if (!kn->name) return false;
+    if (!kn->name || !__builtin_cpu_supports("fma")) return false;
     if (kn == &moe_sgemm_avx512) return __builtin_cpu_supports("avx512f");
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2");
 }
 
 static void cpu_check(void)
@@ -177,10 +181,9 @@ static void cpu_check(void)
     const char *want = getenv("MOELAB_SGEMM");
     bool avx2_asked = want && strcmp(want, "avx2") == 0;
     const sgemm_kernel *kn = NULL;
-    if (cpu_runs(&moe_sgemm_avx512) && !avx2_asked)
-        kn = &moe_sgemm_avx512;
-    else if (cpu_runs(&moe_sgemm_avx2))
-        kn = &moe_sgemm_avx2;
+    for (size_t i = 0; i < KERNELS && !kn; i++)
+        if (cpu_runs(kernels[i]) && !(avx2_asked && kernels[i] == &moe_sgemm_avx512))
+            kn = kernels[i];
     __atomic_store_n(&kernel_in_use, kn, __ATOMIC_RELEASE);
 }
 
@@ -203,11 +206,11 @@ const char *moe_cpu_sgemm_native_kernel(void)
 
 bool moe_cpu_sgemm_native_select(const char *name)
 {
-    const sgemm_kernel *const all[] = {&moe_sgemm_avx512, &moe_sgemm_avx2};
-    (void)current_kernel();
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        if (name && all[i]->name && strcmp(name, all[i]->name) == 0 && cpu_runs(all[i])) {
-            __atomic_store_n(&kernel_in_use, all[i], __ATOMIC_RELEASE);
+    (void)current_kernel(); /* the first choice must not overwrite this one later */
+    for (size_t i = 0; i < KERNELS; i++)
+        if (name && kernels[i]->name && strcmp(name, kernels[i]->name) == 0 &&
+            cpu_runs(kernels[i])) {
+            __atomic_store_n(&kernel_in_use, kernels[i], __ATOMIC_RELEASE);
             return true;
         }
     return false;

@@ -4,8 +4,10 @@
  * of the 16 registers.
  *
  * The same scheme as sgemm_avx512.c, at half the width: A is read where it
- * lies, its elements broadcast from MR rows while the next MR rows are
- * fetched; C is written once per block of KC inner indices. */
+ * lies, its elements broadcast from MR rows; C is written once per block
+ * of KC inner indices. Where it differs (no fetching of A ahead, runs of
+ * PANEL_RUN panels, the direct product's copies), the comments below say
+ * why. */
 #include "sgemm_kernel.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -180,7 +182,8 @@ TARGET static void pack_a_columns(const sgemm_job *jb, int64_t r0, int64_t r1, i
         int64_t rows = min64(MR, r1 - i);
         const float *src = jb->a + q * jb->csa + i;
         float *blk = out + (i - r0) * KC;
-        for (int64_t p = 0; p < kc; p++) _mm256_storeu_ps(blk + p * MR, load_first(src + p * jb->csa, rows));
+        for (int64_t p = 0; p < kc; p++)
+            _mm256_storeu_ps(blk + p * MR, load_first(src + p * jb->csa, rows));
     }
 }
 
@@ -267,26 +270,28 @@ TARGET static void run_unit(const sgemm_job *jb, int64_t r0, int64_t r1, int64_t
             pack_a_columns(jb, r0, r1, kabs, kc, apack);
         else if (copied)
             pack_a_rows(jb, r0, r1, kabs, kc, apack);
-        for (int64_t pr0 = p0; pr0 < p1; pr0 += PANEL_RUN)
-        for (int64_t i = r0; i < r1; i += MR) {
-            int mr = (int)min64(MR, r1 - i);
-            const float *a = jb->a + i * jb->rsa + kabs * jb->csa;
-            int64_t rsa = jb->rsa, csa = jb->csa;
-            if (copied) {
-                a = apack + (i - r0) * KC;
-                rsa = 1;
-                csa = MR;
-            }
-            for (int64_t p = pr0; p < min64(p1, pr0 + PANEL_RUN); p++) {
-                const float *bp = jb->pack + p * jb->ks * NR + q0 * NR;
-                float *c = jb->c + i * jb->ldc + jb->j0 + p * NR;
-                int nr = (int)min64(NR, jb->nc - p * NR);
-                if (mr == MR)
-                    micro_tile(MR, kc, a, rsa, csa, bp, c, jb->ldc, nr, jb->alpha, jb->beta,
-                               first);
-                else
-                    micro_edge(mr, kc, a, rsa, csa, bp, c, jb->ldc, nr, jb->alpha, jb->beta,
-                               first);
+        for (int64_t pr0 = p0; pr0 < p1; pr0 += PANEL_RUN) {
+            int64_t pr1 = min64(p1, pr0 + PANEL_RUN);
+            for (int64_t i = r0; i < r1; i += MR) {
+                int mr = (int)min64(MR, r1 - i);
+                const float *a = jb->a + i * jb->rsa + kabs * jb->csa;
+                int64_t rsa = jb->rsa, csa = jb->csa;
+                if (copied) {
+                    a = apack + (i - r0) * KC;
+                    rsa = 1;
+                    csa = MR;
+                }
+                for (int64_t p = pr0; p < pr1; p++) {
+                    const float *bp = jb->pack + p * jb->ks * NR + q0 * NR;
+                    float *c = jb->c + i * jb->ldc + jb->j0 + p * NR;
+                    int nr = (int)min64(NR, jb->nc - p * NR);
+                    if (mr == MR)
+                        micro_tile(MR, kc, a, rsa, csa, bp, c, jb->ldc, nr, jb->alpha, jb->beta,
+                                   first);
+                    else
+                        micro_edge(mr, kc, a, rsa, csa, bp, c, jb->ldc, nr, jb->alpha,
+                                   jb->beta, first);
+                }
             }
         }
     }

@@ -5,7 +5,9 @@
  * The driver packs op(B) into panels of the kernel's NR columns and cuts
  * the work into units of the kernel's tile rows; a kernel packs a panel,
  * runs a unit, and runs a part of a direct product (A stored transposed,
- * B not: both read where they lie). Every kernel sums each element of C
+ * B not), for which the driver packs nothing: the AVX-512 kernel reads
+ * both operands where they lie, the AVX2 kernel copies pieces of them into
+ * a scratch of each thread's own. Every kernel sums each element of C
  * the same way — over each block of KC inner indices a chain of FMAs
  * from zero, the blocks added to C in order — so the two give the same
  * bits. */
@@ -44,10 +46,10 @@ typedef struct sgemm_kernel {
     /* Rows [r0, r1) (at most tile_rows) by panels [p0, p1) of the block. */
     void (*run_unit)(const sgemm_job *jb, int64_t r0, int64_t r1, int64_t p0, int64_t p1);
     /* Rows [r0, r1) by panels [p0, p1) of a direct product, all inner
-     * blocks, with SCRATCH of direct_scratch floats its own. */
+     * blocks, with SCRATCH (direct_scratch floats) its own. */
     void (*direct_part)(const sgemm_job *jb, float *scratch, int64_t r0, int64_t r1, int64_t p0,
                         int64_t p1);
-    int64_t direct_scratch;
+    int64_t direct_scratch; /* floats of scratch a thread's direct part needs (0: none) */
 } sgemm_kernel;
 
 extern const sgemm_kernel moe_sgemm_avx512, moe_sgemm_avx2;

@@ -140,9 +140,10 @@ START_TEST(test_same_bits_any_threads)
 {
     static const int64_t full[][3] = {{2048, 256, 256}, {40, 256, 2048}, {300, 96, 5000}};
     static const int64_t small[][3] = {{400, 64, 256}, {20, 96, 1100}, {30, 40, 4200}};
+    _Static_assert(sizeof small == sizeof full, "as many small shapes as full ones");
     const int64_t(*big)[3] = RUNNING_ON_VALGRIND ? small : full;
     int saved = omp_get_max_threads();
-    for (size_t s = 0; s < 3; s++)
+    for (size_t s = 0; s < sizeof full / sizeof full[0]; s++)
         for (int t = 0; t < 4; t++) {
             bool ta = t & 2, tb = t & 1;
             int64_t m = big[s][0], n = big[s][1], k = big[s][2];
