@@ -173,24 +173,29 @@ static double slice_sum_double(const double *a, int64_t lo, int64_t hi)
 }
 
 /* The float slice: the same LANES running sums in double, written with
- * vector types so that each step is one 8-wide conversion and multiply-add
- * (a float's square is exact in double, so a fused multiply-add rounds as
- * a plain add does). */
-typedef double lanes_d __attribute__((vector_size(LANES * sizeof(double))));
-typedef float lanes_f __attribute__((vector_size(LANES * sizeof(float))));
+ * vector types so that each step is two 4-wide conversions and multiply-adds
+ * (a float's square is exact in double, so a fused multiply-add rounds as a
+ * plain add does).  Two 4-double halves, not one 8-double vector: without
+ * AVX-512 the compiler kept an 8-double vector on the stack, and the loop
+ * waited on its own stores. */
+typedef double half_d __attribute__((vector_size(LANES / 2 * sizeof(double))));
+typedef float half_f __attribute__((vector_size(LANES / 2 * sizeof(float))));
 
 SIMD_CLONES static double slice_sum_float(const float *a, int64_t lo, int64_t hi)
 {
-    lanes_d lane = {0};
+    half_d low = {0}, high = {0};
     int64_t i = lo;
     for (; i + LANES <= hi; i += LANES) {
-        lanes_f x;
+        half_f x, y;
         memcpy(&x, a + i, sizeof x);
-        lanes_d d = __builtin_convertvector(x, lanes_d);
-        lane += d * d;
+        memcpy(&y, a + i + LANES / 2, sizeof y);
+        half_d dx = __builtin_convertvector(x, half_d), dy = __builtin_convertvector(y, half_d);
+        low += dx * dx;
+        high += dy * dy;
     }
     double sums[LANES];
-    memcpy(sums, &lane, sizeof sums);
+    memcpy(sums, &low, sizeof low);
+    memcpy(sums + LANES / 2, &high, sizeof high);
     for (int j = 0; i < hi; i++, j++) sums[j] += (double)a[i] * (double)a[i];
     double acc = 0;
     for (int j = 0; j < LANES; j++) acc += sums[j];
