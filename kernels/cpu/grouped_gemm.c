@@ -14,6 +14,9 @@
 #include "../gelu.h"
 #include "vector_math.h"
 
+/* The activation loops vectorise on AVX2 too (see exp_f32). */
+#pragma GCC optimize("no-trapping-math")
+
 #define PAR_MIN 32768 /* elementwise loops below this many elements stay on one thread */
 
 /* ---- schedule ------------------------------------------------------------------- */

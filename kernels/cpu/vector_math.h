@@ -29,7 +29,12 @@
  * parts so that r is exact), p the degree-6 Taylor polynomial (relative
  * error ~2e-7), 2^n built in the exponent bits. Inputs are clamped to
  * [-87, 88], where the result is a normal float. Always inlined, so each
- * clone of a calling loop gets its own vector code. */
+ * clone of a calling loop gets its own vector code.
+ *
+ * A file whose loops call it compiles with
+ *   #pragma GCC optimize("no-trapping-math")
+ * Under trapping math GCC keeps the clamp's comparisons as branches unless
+ * it has AVX-512's masks, and the AVX2 and baseline clones stay scalar. */
 static inline __attribute__((always_inline)) float exp_f32(float x)
 {
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
