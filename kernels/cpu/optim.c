@@ -175,7 +175,7 @@ static double slice_sum_double(const double *a, int64_t lo, int64_t hi)
 /* The float slice: the same LANES running sums in double, written with
  * vector types so that each step is two 4-wide conversions and multiply-adds
  * (a float's square is exact in double, so a fused multiply-add rounds as a
- * plain add does).  Two 4-double halves, not one 8-double vector: without
+ * plain add does). Two 4-double halves, not one 8-double vector: without
  * AVX-512 the compiler kept an 8-double vector on the stack, and the loop
  * waited on its own stores. */
 typedef double half_d __attribute__((vector_size(LANES / 2 * sizeof(double))));

@@ -234,7 +234,7 @@ TARGET static void pack_a_rows(const sgemm_job *jb, int64_t r0, int64_t r1, int6
  * of its part meets them), and A's columns, TILE_ROWS at a time, into
  * [kc MR] tiles (6 KiB each, in L1 across the run's panels); micro_tile
  * then multiplies them. Copied one tile at a time, each line of A came in
- * from L3 for each of the 2-3 tiles it meets: 2-3% more step time. */
+ * from L3 for each of the 2-3 tiles it meets: 2-5% more step time. */
 #define DIRECT_SCRATCH (KC * PANEL_RUN * NR)
 
 /* Rows [r0, r1) by panels [p0, p1) of a direct product, over all inner
