@@ -6,8 +6,8 @@
  * The same scheme as sgemm_avx512.c, at half the width: A is read where it
  * lies, its elements broadcast from MR rows; C is written once per block
  * of KC inner indices. Where it differs (no fetching of A ahead, runs of
- * PANEL_RUN panels, the direct product's copies), the comments below say
- * why. */
+ * PANEL_RUN panels, the direct product's copies, except in small ones),
+ * the comments below say why. */
 #include "sgemm_kernel.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -132,19 +132,20 @@ INLINE void update_c(int mr_, const __m256 *lo, const __m256 *hi, float *c, int6
 }
 
 /* C's MR_ x nr block at C += or = alpha · A's MR_ rows [kc] · the panel
- * block BP [kc NR] (see update_c). A's rows are not fetched ahead, as the
- * AVX-512 kernel does: here that made the training step about 10% slower
- * (the same lines were asked for again on every panel). */
-INLINE void micro_tile(int mr_, int64_t kc, const float *a, int64_t rsa, int64_t csa,
-                       const float *bp, float *c, int64_t ldc, int nr, float alpha, float beta,
-                       bool first)
+ * BP [kc NR], whose rows lie LDBP floats apart (NR when packed; see
+ * update_c). A's rows are not fetched ahead, as the AVX-512 kernel does:
+ * here that made the training step about 10% slower (the same lines were
+ * asked for again on every panel). */
+INLINE void micro_tile_ld(int mr_, int64_t kc, const float *a, int64_t rsa, int64_t csa,
+                          const float *bp, int64_t ldbp, float *c, int64_t ldc, int nr,
+                          float alpha, float beta, bool first)
 {
     __m256 lo[MR], hi[MR];
 #pragma GCC unroll 8
     for (int i = 0; i < mr_; i++) lo[i] = hi[i] = _mm256_setzero_ps();
     fetch_c(mr_, c, ldc);
     for (int64_t q = 0; q < kc; q++) {
-        __m256 b0 = _mm256_load_ps(bp + q * NR), b1 = _mm256_load_ps(bp + q * NR + 8);
+        __m256 b0 = _mm256_loadu_ps(bp + q * ldbp), b1 = _mm256_loadu_ps(bp + q * ldbp + 8);
 #pragma GCC unroll 8
         for (int i = 0; i < mr_; i++) {
             __m256 ai = _mm256_broadcast_ss(a + i * rsa + q * csa);
@@ -153,6 +154,14 @@ INLINE void micro_tile(int mr_, int64_t kc, const float *a, int64_t rsa, int64_t
         }
     }
     update_c(mr_, lo, hi, c, ldc, nr, alpha, beta, first);
+}
+
+/* The same with B packed. */
+INLINE void micro_tile(int mr_, int64_t kc, const float *a, int64_t rsa, int64_t csa,
+                       const float *bp, float *c, int64_t ldc, int nr, float alpha, float beta,
+                       bool first)
+{
+    micro_tile_ld(mr_, kc, a, rsa, csa, bp, NR, c, ldc, nr, alpha, beta, first);
 }
 
 /* The same for the last rows of a tile, fewer than MR. */
@@ -165,6 +174,21 @@ TARGET static void micro_edge(int mr, int64_t kc, const float *a, int64_t rsa, i
     case R: micro_tile(R, kc, a, rsa, csa, bp, c, ldc, nr, alpha, beta, first); break;
         EDGE(1) EDGE(2) EDGE(3) EDGE(4) EDGE(5)
 #undef EDGE
+    default: break;
+    }
+}
+
+/* Any MR_ <= MR rows of a tile by a whole panel of B read where it lies,
+ * its rows LDB floats apart. */
+TARGET static void micro_strided(int mr, int64_t kc, const float *a, int64_t rsa, int64_t csa,
+                                 const float *b, int64_t ldb, float *c, int64_t ldc, float alpha,
+                                 float beta, bool first)
+{
+    switch (mr) {
+#define TILE(R)                                                                               \
+    case R: micro_tile_ld(R, kc, a, rsa, csa, b, ldb, c, ldc, NR, alpha, beta, first); break;
+        TILE(1) TILE(2) TILE(3) TILE(4) TILE(5) TILE(6)
+#undef TILE
     default: break;
     }
 }
@@ -237,12 +261,30 @@ TARGET static void pack_a_rows(const sgemm_job *jb, int64_t r0, int64_t r1, int6
  * from L3 for each of the 2-3 tiles it meets: 2-5% more step time. */
 #define DIRECT_SCRATCH (KC * PANEL_RUN * NR)
 
+/* A direct product this small (one block of inner indices, at most a
+ * unit of rows, at most 4 whole panels: attention's, whose inner dimension
+ * is a block of keys or queries) is read where it lies: its operands stay
+ * close for the whole product, and copying them cost more than it saved
+ * (attention's forward took 10-15% longer, its backward 6-10%). */
+static bool direct_in_place(const sgemm_job *jb)
+{
+    return jb->k <= KC && jb->m <= TILE_ROWS && jb->nc <= 4 * NR && jb->nc % NR == 0;
+}
+
 /* Rows [r0, r1) by panels [p0, p1) of a direct product, over all inner
  * indices in blocks of KC added in order (as a packed product adds them,
  * so the bits are the same), the block loop outermost. */
 TARGET static void direct_part(const sgemm_job *jb, float *scratch, int64_t r0, int64_t r1,
                                int64_t p0, int64_t p1)
 {
+    if (direct_in_place(jb)) {
+        for (int64_t i = r0; i < r1; i += MR)
+            for (int64_t p = p0; p < p1; p++)
+                micro_strided((int)min64(MR, r1 - i), jb->k, jb->a + i, 1, jb->csa,
+                              jb->b + p * NR, jb->ldb, jb->c + i * jb->ldc + p * NR, jb->ldc,
+                              jb->alpha, jb->beta, true);
+        return;
+    }
     float at[TILE_ROWS / MR * KC * MR] __attribute__((aligned(64)));
     for (int64_t q0 = 0; q0 < jb->k; q0 += KC)
         for (int64_t pr0 = p0; pr0 < p1; pr0 += PANEL_RUN) {

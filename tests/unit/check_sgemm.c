@@ -85,12 +85,14 @@ static void check_one(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
  * (256), a unit of rows (48), the inner run packed at a time (4096), the
  * column run that keeps the packed block within its cap, few rows with a
  * long inner dim (a weight's gradient: with A stored transposed, read
- * direct), and rows of A a multiple of 4 KiB long (copied first); the
- * larger ones go over the team. */
+ * direct), a direct product small enough to be read in place (attention's,
+ * 32 x 64 over 256 keys) and rows of A a multiple of 4 KiB long (copied
+ * first); the larger ones go over the team. */
 static const int64_t shapes[][3] = {
     {1, 1, 1},      {11, 31, 7},    {12, 32, 256},   {13, 33, 257},  {47, 64, 48},
     {49, 70, 600},  {100, 65, 513}, {37, 300, 4500}, {250, 40, 130}, {3, 200, 700},
     {29, 40, 1024}, {5, 15, 9},     {6, 16, 256},    {7, 17, 255},   {17, 8, 1030},
+    {32, 64, 256},
 };
 
 START_TEST(test_values_every_transpose)
@@ -109,6 +111,7 @@ START_TEST(test_alpha_beta)
             check_one(t & 2, t & 1, 13, 33, 257, ab[i][0], ab[i][1]);
             check_one(t & 2, t & 1, 100, 65, 513, ab[i][0], ab[i][1]);
             check_one(t & 2, t & 1, 30, 40, 2100, ab[i][0], ab[i][1]); /* many inner blocks */
+            check_one(t & 2, t & 1, 32, 48, 200, ab[i][0], ab[i][1]); /* direct: in place */
         }
 }
 END_TEST
