@@ -164,31 +164,18 @@ INLINE void micro_tile(int mr_, int64_t kc, const float *a, int64_t rsa, int64_t
     micro_tile_ld(mr_, kc, a, rsa, csa, bp, NR, c, ldc, nr, alpha, beta, first);
 }
 
-/* The same for the last rows of a tile, fewer than MR. */
-TARGET static void micro_edge(int mr, int64_t kc, const float *a, int64_t rsa, int64_t csa,
-                              const float *bp, float *c, int64_t ldc, int nr, float alpha,
-                              float beta, bool first)
+/* micro_tile_ld for any MR_ <= MR rows, called where that count is not
+ * known when compiling: the last rows of a tile (fewer than MR), and the
+ * tiles of a product read in place (B's rows LDBP floats apart). */
+TARGET static void micro_rows(int mr, int64_t kc, const float *a, int64_t rsa, int64_t csa,
+                              const float *bp, int64_t ldbp, float *c, int64_t ldc, int nr,
+                              float alpha, float beta, bool first)
 {
     switch (mr) {
-#define EDGE(R)                                                                           \
-    case R: micro_tile(R, kc, a, rsa, csa, bp, c, ldc, nr, alpha, beta, first); break;
-        EDGE(1) EDGE(2) EDGE(3) EDGE(4) EDGE(5)
-#undef EDGE
-    default: break;
-    }
-}
-
-/* Any MR_ <= MR rows of a tile by a whole panel of B read where it lies,
- * its rows LDB floats apart. */
-TARGET static void micro_strided(int mr, int64_t kc, const float *a, int64_t rsa, int64_t csa,
-                                 const float *b, int64_t ldb, float *c, int64_t ldc, float alpha,
-                                 float beta, bool first)
-{
-    switch (mr) {
-#define TILE(R)                                                                               \
-    case R: micro_tile_ld(R, kc, a, rsa, csa, b, ldb, c, ldc, NR, alpha, beta, first); break;
-        TILE(1) TILE(2) TILE(3) TILE(4) TILE(5) TILE(6)
-#undef TILE
+#define ROWS(R)                                                                               \
+    case R: micro_tile_ld(R, kc, a, rsa, csa, bp, ldbp, c, ldc, nr, alpha, beta, first); break;
+        ROWS(1) ROWS(2) ROWS(3) ROWS(4) ROWS(5) ROWS(6)
+#undef ROWS
     default: break;
     }
 }
@@ -280,9 +267,9 @@ TARGET static void direct_part(const sgemm_job *jb, float *scratch, int64_t r0, 
     if (direct_in_place(jb)) {
         for (int64_t i = r0; i < r1; i += MR)
             for (int64_t p = p0; p < p1; p++)
-                micro_strided((int)min64(MR, r1 - i), jb->k, jb->a + i, 1, jb->csa,
-                              jb->b + p * NR, jb->ldb, jb->c + i * jb->ldc + p * NR, jb->ldc,
-                              jb->alpha, jb->beta, true);
+                micro_rows((int)min64(MR, r1 - i), jb->k, jb->a + i, 1, jb->csa,
+                           jb->b + p * NR, jb->ldb, jb->c + i * jb->ldc + p * NR, jb->ldc, NR,
+                           jb->alpha, jb->beta, true);
         return;
     }
     float at[TILE_ROWS / MR * KC * MR] __attribute__((aligned(64)));
@@ -310,7 +297,7 @@ TARGET static void direct_part(const sgemm_job *jb, float *scratch, int64_t r0, 
                             micro_tile(MR, kc, a, 1, MR, bp, c, jb->ldc, nr, jb->alpha,
                                        jb->beta, q0 == 0);
                         else
-                            micro_edge(mr, kc, a, 1, MR, bp, c, jb->ldc, nr, jb->alpha,
+                            micro_rows(mr, kc, a, 1, MR, bp, NR, c, jb->ldc, nr, jb->alpha,
                                        jb->beta, q0 == 0);
                     }
                 }
@@ -351,7 +338,7 @@ TARGET static void run_unit(const sgemm_job *jb, int64_t r0, int64_t r1, int64_t
                         micro_tile(MR, kc, a, rsa, csa, bp, c, jb->ldc, nr, jb->alpha, jb->beta,
                                    first);
                     else
-                        micro_edge(mr, kc, a, rsa, csa, bp, c, jb->ldc, nr, jb->alpha,
+                        micro_rows(mr, kc, a, rsa, csa, bp, NR, c, jb->ldc, nr, jb->alpha,
                                    jb->beta, first);
                 }
             }

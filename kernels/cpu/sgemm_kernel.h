@@ -7,10 +7,10 @@
  * runs a unit, and runs a part of a direct product (A stored transposed,
  * B not), for which the driver packs nothing: the AVX-512 kernel reads
  * both operands where they lie, the AVX2 kernel copies pieces of them into
- * a scratch of each thread's own (unless the product is small). Every kernel sums each element of C
- * the same way — over each block of KC inner indices a chain of FMAs
- * from zero, the blocks added to C in order — so the two give the same
- * bits. */
+ * a scratch of each thread's own (unless the product is small). Every
+ * kernel sums each element of C the same way — over each block of KC inner
+ * indices a chain of FMAs from zero, the blocks added to C in order — so
+ * the two give the same bits. */
 #ifndef MOELAB_CPU_SGEMM_KERNEL_H
 #define MOELAB_CPU_SGEMM_KERNEL_H
 
