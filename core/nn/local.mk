@@ -9,7 +9,8 @@ libmoelab_la_SOURCES += \
 	core/nn/block.c core/nn/block.h \
 	core/nn/model.c core/nn/model.h \
 	kernels/cpu/rope.c kernels/cpu/rope.h \
-	kernels/cpu/attention.c kernels/cpu/attention.h
+	kernels/cpu/attention.c kernels/cpu/attention.h \
+	kernels/cpu/attention_avx2.c kernels/cpu/attention_avx2.h
 moelabnndir = $(includedir)/moelab/nn
 moelabnn_HEADERS = core/nn/rope.h core/nn/attention.h core/nn/mlp.h core/nn/model.h
 

@@ -61,10 +61,18 @@ START_TEST(fused_matches_plain)
     compare(MOE_F64, 1, 70, 2, 1, 6, false, 1e-12);  /* one kv head, not causal */
     compare(MOE_F32, 2, 70, 2, 2, 16, true, 2e-5);
     compare(MOE_F32, 1, 45, 4, 2, 12, true, 2e-5); /* Kᵀ's transpose with partial 16 x 16 blocks */
+    /* head dims that are a multiple of 16 (on AVX2 CPUs, the micro-tile
+     * path): a sequence of whole and partial 6-row tiles, 16-key panels and
+     * 48-key blocks, GQA, three heads' width and the model's shape */
+    compare(MOE_F32, 2, 53, 4, 2, 32, true, 2e-5);
+    compare(MOE_F32, 1, 61, 2, 1, 48, false, 2e-5);
+    compare(MOE_F32, 2, 256, 4, 4, 64, true, 2e-5);
     /* longer than the kernel's key chunks and query chunks (256): the forward's
      * online softmax over several chunks, the backward's dK, dV summed over them */
     compare(MOE_F64, 1, 600, 2, 1, 4, true, 1e-12);
     compare(MOE_F64, 1, 300, 2, 2, 4, false, 1e-12);
+    compare(MOE_F32, 1, 600, 2, 1, 16, true, 2e-5);
+    compare(MOE_F32, 1, 300, 2, 2, 32, false, 2e-5);
 }
 END_TEST
 
@@ -121,25 +129,28 @@ START_TEST(finite_differences)
 }
 END_TEST
 
-/* Bit-identical results on 1 and 2 threads. */
+/* Bit-identical results on 1 and 2 threads, for a head dim of 8 (the
+ * general path) and of 16 (the micro-tile path on AVX2 CPUs). */
 START_TEST(thread_count_does_not_matter)
 {
-    moe_tensor *q = qkv(MOE_F32, 2, 70, 4, 8, 11), *k = qkv(MOE_F32, 2, 70, 2, 8, 12),
-               *v = qkv(MOE_F32, 2, 70, 2, 8, 13);
-    moe_tensor *o1, *o2, *g1[3], *g2[3];
-    int prev = omp_get_max_threads();
-    omp_set_num_threads(1);
-    run(MOE_ATTENTION_FUSED, q, k, v, true, &o1, g1);
-    omp_set_num_threads(2);
-    run(MOE_ATTENTION_FUSED, q, k, v, true, &o2, g2);
-    omp_set_num_threads(prev);
-    ck_assert(memcmp(moe_tensor_data(o1), moe_tensor_data(o2), moe_tensor_nbytes(o1)) == 0);
-    for (int i = 0; i < 3; i++) {
-        ck_assert_msg(memcmp(moe_tensor_data(g1[i]), moe_tensor_data(g2[i]), moe_tensor_nbytes(g1[i])) == 0,
-                      "gradient %d differs between 1 and 2 threads", i);
-        RELEASE(g1[i], g2[i]);
+    for (int64_t hd = 8; hd <= 16; hd += 8) {
+        moe_tensor *q = qkv(MOE_F32, 2, 70, 4, hd, 11), *k = qkv(MOE_F32, 2, 70, 2, hd, 12),
+                   *v = qkv(MOE_F32, 2, 70, 2, hd, 13);
+        moe_tensor *o1, *o2, *g1[3], *g2[3];
+        int prev = omp_get_max_threads();
+        omp_set_num_threads(1);
+        run(MOE_ATTENTION_FUSED, q, k, v, true, &o1, g1);
+        omp_set_num_threads(2);
+        run(MOE_ATTENTION_FUSED, q, k, v, true, &o2, g2);
+        omp_set_num_threads(prev);
+        ck_assert(memcmp(moe_tensor_data(o1), moe_tensor_data(o2), moe_tensor_nbytes(o1)) == 0);
+        for (int i = 0; i < 3; i++) {
+            ck_assert_msg(memcmp(moe_tensor_data(g1[i]), moe_tensor_data(g2[i]), moe_tensor_nbytes(g1[i])) == 0,
+                          "hd %d: gradient %d differs between 1 and 2 threads", (int)hd, i);
+            RELEASE(g1[i], g2[i]);
+        }
+        RELEASE(q, k, v, o1, o2);
     }
-    RELEASE(q, k, v, o1, o2);
 }
 END_TEST
 
