@@ -7,7 +7,8 @@
  * lies, its elements broadcast from MR rows; C is written once per block
  * of KC inner indices. Where it differs (no fetching of A ahead, runs of
  * PANEL_RUN panels, the direct product's copies, except in small ones),
- * the comments below say why. */
+ * the comments below and in avx2_tile.h (the micro-tile, which
+ * attention_avx2.c runs too) say why. */
 #include "sgemm_kernel.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
