@@ -28,8 +28,9 @@
  * half of the blocks on the diagonal. The first product into every output
  * row has β = 0, so no output needs clearing first.
  *
- * On CPUs with AVX2, f32 attention with a head dim that is a multiple of
- * 16 runs in attention_avx2.c instead: the same sums on micro-tiles.
+ * Where the f32 products run on the AVX2 kernel, f32 attention with a
+ * head dim that is a multiple of 16 runs in attention_avx2.c instead: the
+ * same sums on that kernel's micro-tiles.
  *
  * The tasks (a batch row and a head; in the backward a kv head) go to the
  * threads as they free up, so a thread slowed by something else does not

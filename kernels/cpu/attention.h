@@ -12,8 +12,8 @@
  * matrix never exists: besides the output only the log-sum-exp of each row
  * (lse, O(B·H·S)) is kept for the backward, which recomputes the
  * probabilities block by block from it. Block products are moe_cpu_sgemm
- * calls (single-threaded inside the OpenMP loop), or on AVX2 CPUs in f32
- * runs of micro-tiles (attention_avx2.c). The forward runs one (b, h) per
+ * calls (single-threaded inside the OpenMP loop), or in f32 on the AVX2
+ * kernel runs of its micro-tiles (attention_avx2.c). The forward runs one (b, h) per
  * task, the backward one (b, kv head) per task, so every output element is
  * written by one thread in a fixed order: results do not depend on the
  * thread count. Scratch (per thread, O(S·hd)) holds one block's scores and,

@@ -1,7 +1,9 @@
-/* attention_avx2.c — attention.c's f32 attention on CPUs with AVX2 and
- * FMA, for head dims that are a multiple of 16: the same sums, but every
- * product is a run of the 6 x 16 micro-tiles of avx2_tile.h on operands
- * packed once per head, instead of a moe_cpu_sgemm call per block.
+/* attention_avx2.c — attention.c's f32 attention where the products run
+ * on the AVX2 kernel, for head dims that are a multiple of 16: the same
+ * sums, but every product is a run of the 6 x 16 micro-tiles of
+ * avx2_tile.h on operands packed once per head, instead of a
+ * moe_cpu_sgemm call per block. (Where they run on the AVX-512 kernel,
+ * attention.c's products were measured as they are; this path was not.)
  *
  * Why: at hd = 64 and S = 256 attention's block products are small (a
  * block of 32 queries by at most 256 keys), and through the general sgemm
@@ -57,9 +59,8 @@ static bool shape_fits(const moe_cpu_attention *p)
 
 bool moe_cpu_attention_avx2_fits(const moe_cpu_attention *p)
 {
-    /* the CPU's features were read before main (no __builtin_cpu_init) */
-    return shape_fits(p) && strcmp(moe_cpu_sgemm_kernel(), "blas") != 0 &&
-           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    /* the AVX2 kernel is chosen only where the CPU has AVX2 and FMA */
+    return shape_fits(p) && strcmp(moe_cpu_sgemm_kernel(), "avx2") == 0;
 }
 
 int64_t moe_cpu_attention_avx2_scratch(const moe_cpu_attention *p)

@@ -9,9 +9,11 @@
 
 #include "attention.h"
 
-/* True when this path runs P: f32, hd a multiple of 16, a CPU with AVX2
- * and FMA, and the f32 products on moelab's own kernels (MOELAB_SGEMM=blas
- * sends attention's products to BLAS too, through the general path). */
+/* True when this path runs P: f32, hd a multiple of 16, and the f32
+ * products on moelab's AVX2 kernel (the CPU has AVX2 and FMA but not
+ * AVX-512, or MOELAB_SGEMM=avx2 asked for it). Where they run on the
+ * AVX-512 kernel or on BLAS, attention takes attention.c's general path,
+ * on the same products. */
 bool moe_cpu_attention_avx2_fits(const moe_cpu_attention *p);
 
 /* Scratch floats each thread needs (0 for a P this path never takes). */
