@@ -78,7 +78,8 @@ int64_t moe_cpu_attention_avx2_scratch(const moe_cpu_attention *p)
 
 /* X [S hd] (rows LD apart) transposed, 16 rows to a panel: panel P holds
  * rows 16P.. as [hd 16], zeros past row S. */
-TARGET static void pack_rows_t(float *restrict dst, const float *x, int64_t ld, int64_t S, int64_t hd)
+TARGET static void pack_rows_t(float *restrict dst, const float *x, int64_t ld, int64_t S,
+                               int64_t hd)
 {
     for (int64_t j0 = 0; j0 < S; j0 += NR) {
         float *panel = dst + j0 * hd;
@@ -87,7 +88,8 @@ TARGET static void pack_rows_t(float *restrict dst, const float *x, int64_t ld, 
             for (int64_t d = 0; d < hd; d += 8) {
                 __m256 r[8];
                 for (int64_t j = 0; j < 8; j++)
-                    r[j] = j < rows ? _mm256_loadu_ps(x + (j0 + h + j) * ld + d) : _mm256_setzero_ps();
+                    r[j] = j < rows ? _mm256_loadu_ps(x + (j0 + h + j) * ld + d)
+                                    : _mm256_setzero_ps();
                 transpose8(r);
                 for (int t = 0; t < 8; t++) _mm256_storeu_ps(panel + (d + t) * NR + h, r[t]);
             }
@@ -211,7 +213,8 @@ void moe_cpu_attention_avx2_forward(const moe_cpu_attention *p, float *out, floa
 #pragma omp parallel for schedule(dynamic)
     for (int64_t bh = 0; bh < p->B * H; bh++) {
         int64_t b = bh / H, h = bh % H, g = h * KV / H;
-        float *kt = scratch + (int64_t)omp_get_thread_num() * per, *vp = kt + panel, *s = vp + panel;
+        float *kt = scratch + (int64_t)omp_get_thread_num() * per, *vp = kt + panel;
+        float *s = vp + panel;
         pack_rows_t(kt, k + b * S * ldk + g * hd, ldk, S, hd);
         pack_cols(vp, v + b * S * ldk + g * hd, ldk, S, hd);
         const float *Q = q + b * S * ldq + h * hd;
