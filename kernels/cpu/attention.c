@@ -250,6 +250,18 @@ DEFINE_ROWS(double, exp_f64)
 DEFINE_ATTENTION(float, moe_cpu_sgemm, logf)
 DEFINE_ATTENTION(double, moe_cpu_dgemm, log)
 
+void moe_cpu_attention_grad_rows(float *s, float *ds, int64_t lds, int64_t nq, int64_t nk,
+                                 int64_t first, const float *lse, const float *D)
+{
+    grad_rows_float(s, ds, lds, nq, nk, first, lse, D);
+}
+
+void moe_cpu_attention_row_dots(float *D, const float *dO, const float *O, int64_t ld,
+                                int64_t nq, int64_t hd)
+{
+    row_dots_float(D, dO, O, ld, nq, hd);
+}
+
 void moe_cpu_attention_forward(const moe_cpu_attention *p, void *out, void *lse, const void *q,
                                const void *k, const void *v, void *scratch)
 {

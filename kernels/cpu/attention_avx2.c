@@ -131,33 +131,10 @@ TARGET static float softmax_row(float *restrict s, int seen, int width, float *m
     return sum;
 }
 
-/* Rows of P (scores) and DS (dO·v) for one query, WIDTH entries computed
- * (a multiple of 16) of ALL: p = exp(s − lse), ds = p (ds − D) on the first
- * SEEN, zeros on the rest. */
-TARGET static void grad_row(float *restrict s, float *restrict ds, int seen, int width, int all,
-                            float lse, float D)
-{
-#pragma omp simd
-    for (int j = 0; j < width; j++) {
-        float p = j < seen ? exp_f32(s[j] - lse) : 0.0f;
-        s[j] = p;
-        ds[j] = j < seen ? p * (ds[j] - D) : 0.0f;
-    }
-    for (int j = width; j < all; j++) s[j] = ds[j] = 0;
-}
-
 TARGET static void scale_row(float *restrict x, int64_t n, float f)
 {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) x[i] *= f;
-}
-
-TARGET static float dot_row(const float *restrict x, const float *restrict y, int64_t n)
-{
-    float sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < n; i++) sum += x[i] * y[i];
-    return sum;
 }
 
 /* Keys of [j0, j0 + n) that query row I sees. */
@@ -234,7 +211,8 @@ typedef struct head_packs {
 } head_packs;
 
 /* Keys [j0, j0 + nk) against query rows [i0, i0 + nq): p and ds into the
- * chunk's scratch, dQ of those rows (DQB: beta, 0 on the first block). */
+ * chunk's scratch, and those rows' dQ (written on the first key block,
+ * added to on the later ones). */
 TARGET static void backward_rows(const moe_cpu_attention *p, const head_packs *hp, int64_t j0,
                                  int64_t nk, int64_t i0, int64_t nq, const float *Q,
                                  const float *dO, const float *L, const float *D, float *dQ,
@@ -252,9 +230,10 @@ TARGET static void backward_rows(const moe_cpu_attention *p, const head_packs *h
             micro_rows(mr, hd, dO + r0 * ldq, ldq, 1, hp->vt + (j0 + j) * hd, NR, dss + j, BK, NR,
                        1, 0, true);
         }
-        for (int r = 0; r < mr; r++)
-            grad_row(ps + r * BK, dss + r * BK, (int)seen_keys(p, r0 + r, j0, nk),
-                     (int)round16(vis), BK, L[r0 + r], D[r0 + r]);
+        /* row r sees min(r0 − j0 + 1 + r, nk) keys (all nk without the mask);
+         * the zeros past them stop at nk, the last column read below */
+        moe_cpu_attention_grad_rows(ps, dss, BK, mr, nk, p->causal ? r0 - j0 + 1 : nk, L + r0,
+                                    D + r0);
         for (int64_t d = 0; d < hd; d += NR)
             micro_rows(mr, vis, dss, BK, 1, hp->kp + d * S + j0 * NR, NR, dQ + r0 * ldq + d, ldq,
                        NR, scale, j0 > 0 ? 1.0f : 0.0f, true);
@@ -304,7 +283,7 @@ void moe_cpu_attention_avx2_backward(const moe_cpu_attention *p, float *dq, floa
             const float *Q = q + b * S * ldq + h * hd, *dO = dout + b * S * ldq + h * hd,
                         *O = out + b * S * ldq + h * hd, *L = lse + (b * H + h) * S;
             float *dQ = dq + b * S * ldq + h * hd;
-            for (int64_t i = 0; i < S; i++) D[i] = dot_row(dO + i * ldq, O + i * ldq, hd);
+            moe_cpu_attention_row_dots(D, dO, O, ldq, S, hd);
             pack_cols(qp, Q, ldq, S, hd);
             pack_cols(dop, dO, ldq, S, hd);
             for (int64_t j0 = 0; j0 < S; j0 += BK) {

@@ -22,6 +22,16 @@ int64_t moe_cpu_attention_avx2_scratch(const moe_cpu_attention *p);
 void moe_cpu_attention_avx2_forward(const moe_cpu_attention *p, float *out, float *lse,
                                     const float *q, const float *k, const float *v, float *scratch);
 
+/* attention.c's f32 row loops, which this path shares (SIMD clones):
+ *   grad_rows: for nq rows of S and DS (LDS apart), row r seeing the first
+ *              min(FIRST + r, NK) of NK keys: p = exp(s − LSE[r]) into S,
+ *              p (ds − D[r]) into DS, zeros on the rest of the NK;
+ *   row_dots:  D[r] = dO[r]·O[r] for NQ rows of HD (LD apart). */
+void moe_cpu_attention_grad_rows(float *s, float *ds, int64_t lds, int64_t nq, int64_t nk,
+                                 int64_t first, const float *lse, const float *D);
+void moe_cpu_attention_row_dots(float *D, const float *dO, const float *O, int64_t ld,
+                                int64_t nq, int64_t hd);
+
 void moe_cpu_attention_avx2_backward(const moe_cpu_attention *p, float *dq, float *dk, float *dv,
                                      const float *dout, const float *q, const float *k,
                                      const float *v, const float *out, const float *lse,
