@@ -130,17 +130,24 @@ static void run_direct(const sgemm_job *jb, bool team)
         kn->direct_part(jb, scratch, 0, jb->m, jb->panels * t / nt, jb->panels * (t + 1) / nt);
 }
 
-/* Every block of op(B): inner indices in runs of KS, columns in runs of
- * NC_MAX (the packed block within PACK_CAP floats). */
+/* The block of op(B) at inner index K0 and column J0: inner indices in
+ * runs of KS, columns in runs of NC_MAX (the packed block within PACK_CAP
+ * floats). */
+static void set_block(sgemm_job *jb, int64_t k0, int64_t j0, int64_t n, int64_t nc_max)
+{
+    jb->k0 = k0;
+    jb->ks = min64(KS, jb->k - k0);
+    jb->j0 = j0;
+    jb->nc = min64(nc_max, n - j0);
+    jb->panels = (jb->nc + jb->kern->nr - 1) / jb->kern->nr;
+}
+
+/* Every block of op(B), inner runs outermost. */
 static void run_blocks(sgemm_job *jb, int64_t n, int64_t nc_max, bool team)
 {
     for (int64_t k0 = 0; k0 < jb->k; k0 += KS)
         for (int64_t j0 = 0; j0 < n; j0 += nc_max) {
-            jb->k0 = k0;
-            jb->ks = min64(KS, jb->k - k0);
-            jb->j0 = j0;
-            jb->nc = min64(nc_max, n - j0);
-            jb->panels = (jb->nc + jb->kern->nr - 1) / jb->kern->nr;
+            set_block(jb, k0, j0, n, nc_max);
             run_block(jb, team);
         }
 }
@@ -256,6 +263,71 @@ static void run_product(const sgemm_kernel *kn, bool ta, bool tb, int64_t m, int
     }
 }
 
+/* ---- op(B) packed ahead ------------------------------------------------------------- */
+
+/* Floats op(B) [K N] takes packed by KN: its blocks one after the other,
+ * in run_blocks' order. */
+static size_t packed_floats(const sgemm_kernel *kn, int64_t k, int64_t n)
+{
+    sgemm_job jb = {.kern = kn, .k = k};
+    int64_t nc_max = cols_per_block(k, kn->nr);
+    size_t floats = 0;
+    for (int64_t k0 = 0; k0 < k; k0 += KS)
+        for (int64_t j0 = 0; j0 < n; j0 += nc_max) {
+            set_block(&jb, k0, j0, n, nc_max);
+            floats += (size_t)jb.ks * (size_t)(jb.panels * kn->nr);
+        }
+    return floats;
+}
+
+size_t moe_cpu_sgemm_pack_floats(int64_t k, int64_t n)
+{
+    (void)current_kernel();
+    size_t most = 0;
+    if (k <= 0 || n <= 0) return 0;
+    for (size_t i = 0; i < KERNELS; i++) /* whichever kernel is in use when packing */
+        if (cpu_runs(kernels[i])) {
+            size_t f = packed_floats(kernels[i], k, n);
+            most = f > most ? f : most;
+        }
+    return most;
+}
+
+bool moe_cpu_sgemm_pack(moe_cpu_sgemm_packed *pb, bool trans_b, int64_t k, int64_t n,
+                        const float *b, int64_t ldb, float *mem)
+{
+    const sgemm_kernel *kn = current_kernel();
+    if (!kn || k <= 0 || n <= 0) return false;
+    sgemm_job jb = {.kern = kn, .tb = trans_b, .k = k, .b = b, .ldb = ldb, .pack = mem};
+    int64_t nc_max = cols_per_block(k, kn->nr);
+    for (int64_t k0 = 0; k0 < k; k0 += KS)
+        for (int64_t j0 = 0; j0 < n; j0 += nc_max) {
+            set_block(&jb, k0, j0, n, nc_max);
+            for (int64_t p = 0; p < jb.panels; p++) kn->pack_panel(&jb, p);
+            jb.pack += jb.ks * jb.panels * kn->nr;
+        }
+    *pb = (moe_cpu_sgemm_packed){.kernel = kn, .data = mem, .k = k, .n = n};
+    return true;
+}
+
+void moe_cpu_sgemm_packed_product(const moe_cpu_sgemm_packed *pb, int64_t m, float alpha,
+                                  const float *a, int64_t lda, float beta, float *c, int64_t ldc)
+{
+    const sgemm_kernel *kn = pb->kernel;
+    if (m <= 0) return;
+    sgemm_job jb = {.kern = kn, .m = m, .k = pb->k, .alpha = alpha, .beta = beta, .a = a,
+                    .rsa = lda, .csa = 1, .c = c, .ldc = ldc,
+                    .pack = (float *)pb->data}; /* only read: a job packs nothing else */
+    int64_t nc_max = cols_per_block(pb->k, kn->nr);
+    for (int64_t k0 = 0; k0 < pb->k; k0 += KS)
+        for (int64_t j0 = 0; j0 < pb->n; j0 += nc_max) {
+            set_block(&jb, k0, j0, pb->n, nc_max);
+            for (int64_t r0 = 0; r0 < m; r0 += kn->tile_rows)
+                kn->run_unit(&jb, r0, min64(m, r0 + kn->tile_rows), 0, jb.panels);
+            jb.pack += jb.ks * jb.panels * kn->nr;
+        }
+}
+
 bool moe_cpu_sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                           float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                           float beta, float *c, int64_t ldc)
@@ -307,6 +379,22 @@ bool moe_cpu_sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int6
                           float beta, float *c, int64_t ldc)
 {
     return false;
+}
+
+size_t moe_cpu_sgemm_pack_floats(int64_t k, int64_t n)
+{
+    return 0;
+}
+
+bool moe_cpu_sgemm_pack(moe_cpu_sgemm_packed *pb, bool trans_b, int64_t k, int64_t n,
+                        const float *b, int64_t ldb, float *mem)
+{
+    return false;
+}
+
+void moe_cpu_sgemm_packed_product(const moe_cpu_sgemm_packed *pb, int64_t m, float alpha,
+                                  const float *a, int64_t lda, float beta, float *c, int64_t ldc)
+{
 }
 
 #endif

@@ -5,6 +5,7 @@
 #define MOELAB_CPU_SGEMM_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* True when this build and this CPU run a kernel (x86-64 with AVX-512F,
@@ -33,6 +34,31 @@ bool moe_cpu_sgemm_native_select(const char *name);
 bool moe_cpu_sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                           float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                           float beta, float *c, int64_t ldc);
+
+/* op(B) [K N] packed ahead, for several products on one thread that share
+ * it (an expert's weights, its tokens taken a piece at a time): packing
+ * it once, rather than in every product, keeps its copies to one. */
+typedef struct moe_cpu_sgemm_packed {
+    const void *kernel; /* the kernel that packed it, which runs its products */
+    const float *data;
+    int64_t k, n;
+} moe_cpu_sgemm_packed;
+
+/* Floats op(B) [K N] takes packed, on any kernel this CPU runs (0: none
+ * runs here). */
+size_t moe_cpu_sgemm_pack_floats(int64_t k, int64_t n);
+
+/* Pack op(B) (B stored [N K] when TRANS_B) into MEM (64-byte aligned, of
+ * moe_cpu_sgemm_pack_floats(K, N) floats) on the calling thread, for the
+ * kernel in use. False, doing nothing, where no kernel runs. */
+bool moe_cpu_sgemm_pack(moe_cpu_sgemm_packed *pb, bool trans_b, int64_t k, int64_t n,
+                        const float *b, int64_t ldb, float *mem);
+
+/* C [M N] = alpha A op(B) + beta C, A [M K] as stored (lda), op(B) packed
+ * by moe_cpu_sgemm_pack, on the calling thread: the bits of
+ * moe_cpu_sgemm_native's product. */
+void moe_cpu_sgemm_packed_product(const moe_cpu_sgemm_packed *pb, int64_t m, float alpha,
+                                  const float *a, int64_t lda, float beta, float *c, int64_t ldc);
 
 /* Smaller products stay on the calling thread: waking the team costs more. */
 #define MOE_CPU_SGEMM_SPLIT_FLOPS 4.0e6

@@ -1,7 +1,7 @@
 /* check_sgemm.c — moelab's own f32 GEMM (kernels/cpu/sgemm.c): values
  * against an f64 reference for every transpose, edge and block size, BLAS's
  * alpha/beta rules, the same bits on any number of threads, and the same
- * bits from either kernel. Every test runs on each kernel the CPU has
+ * bits from either kernel and with op(B) packed ahead. Every test runs on each kernel the CPU has
  * (AVX-512 and AVX2, or AVX2 alone; valgrind hides AVX-512).
  *
  * Where the CPU gives no kernel, the program says so and exits 77
@@ -220,6 +220,45 @@ START_TEST(test_kernels_agree)
 }
 END_TEST
 
+/* op(B) packed ahead (moe_cpu_sgemm_pack), then multiplied: the bits of
+ * the product packing it itself, for B stored either way, with edges,
+ * more than one inner run and more than one column run (37 x 300 over
+ * 4500); the packing stays within moe_cpu_sgemm_pack_floats. */
+START_TEST(test_packed_b)
+{
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int tb = 0; tb < 2; tb++) {
+            int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+            int64_t lda = k + 1, ldb = (tb ? k : n) + 2, ldc = n + 3;
+            size_t floats = moe_cpu_sgemm_pack_floats(k, n);
+            ck_assert_uint_ge(floats, (size_t)(k * n));
+            float *a = filled(m * lda, 21), *b = filled((tb ? n : k) * ldb, 22);
+            float *want = filled(m * ldc, 23), *got = malloc(sizeof *got * (size_t)(m * ldc));
+            float *mem = aligned_alloc(64, (floats + 16) * sizeof *mem);
+            ck_assert(got && mem);
+            memcpy(got, want, sizeof *got * (size_t)(m * ldc));
+            for (int i = 0; i < 16; i++) mem[floats + i] = -7.0f;
+            moe_cpu_sgemm_packed pb;
+            ck_assert(moe_cpu_sgemm_pack(&pb, tb, k, n, b, ldb, mem));
+            for (int i = 0; i < 16; i++) ck_assert(mem[floats + i] == -7.0f);
+            moe_cpu_sgemm_packed_product(&pb, m, 0.5f, a, lda, 0.25f, got, ldc);
+            ck_assert(moe_cpu_sgemm_native(false, tb, m, n, k, 0.5f, a, lda, b, ldb, 0.25f, want,
+                                           ldc));
+            if (memcmp(want, got, sizeof *got * (size_t)(m * ldc)) != 0)
+                ck_abort_msg("N%c m %lld n %lld k %lld: packed ahead, the bits differ",
+                             tb ? 'T' : 'N', (long long)m, (long long)n, (long long)k);
+            free(a);
+            free(b);
+            free(want);
+            free(got);
+            free(mem);
+        }
+    omp_set_num_threads(saved);
+}
+END_TEST
+
 /* Selecting a kernel the CPU lacks, or one that does not exist, fails and
  * changes nothing. */
 START_TEST(test_select)
@@ -258,6 +297,7 @@ int main(void)
         tcase_add_test(tc, test_values_every_transpose);
         tcase_add_test(tc, test_alpha_beta);
         tcase_add_test(tc, test_empty_inner_and_zero_alpha);
+        tcase_add_test(tc, test_packed_b);
         suite_add_tcase(s, tc);
         tc = tcase_create("threads"); /* large products */
         tcase_set_timeout(tc, 120);
