@@ -118,8 +118,8 @@ static moe_status gmlp_backward(moe_node *n, moe_tensor *grad, moe_tensor **gin)
     int slots;
     int64_t max_rows;
     moe_cpu_group_mode mode = moe_cpu_group_plan(c->E, c->off, &slots, &max_rows);
-    int64_t ssz = moe_cpu_ffn_scratch(cpu_act(c->act), mode, slots, max_rows, c->off[c->E], c->F,
-                                       true);
+    int64_t ssz = moe_cpu_ffn_scratch(cpu_act(c->act), mode, slots, max_rows, c->off[c->E], c->D,
+                                       c->F, true);
     MOE_TRYG(moe_tensor_empty(&scratch, dt, MOE_CPU, 1, &ssz));
     moe_cpu_ffn p;
     fill_ffn(&p, c, dt);
@@ -251,7 +251,7 @@ moe_status moe_grouped_mlp(moe_tensor **out, moe_tensor *x, moe_tensor *w_gate, 
     int slots;
     int64_t max_rows;
     moe_cpu_group_mode mode = moe_cpu_group_plan(E, c->off, &slots, &max_rows);
-    int64_t ssz = moe_cpu_ffn_scratch(cpu_act(act), mode, slots, max_rows, N, F, false);
+    int64_t ssz = moe_cpu_ffn_scratch(cpu_act(act), mode, slots, max_rows, N, D, F, false);
     MOE_TRYG(moe_tensor_empty(&scratch, dt, MOE_CPU, 1, &ssz));
     moe_cpu_ffn p;
     fill_ffn(&p, c, dt);

@@ -11,6 +11,7 @@
 
 #include "grouped_gemm.h"
 #include "gemm.h"
+#include "sgemm.h"
 #include "../gelu.h"
 #include "vector_math.h"
 
@@ -363,13 +364,34 @@ static int scratch_blocks(moe_cpu_ffn_act act, bool backward)
     return backward ? (act == MOE_CPU_FFN_SWIGLU ? 3 : 2) : 1;
 }
 
+/* Elements rounded up to whole 64-byte lines of floats (packed weights
+ * must start on one). */
+static int64_t whole_lines(int64_t elems)
+{
+    return (elems + 15) / 16 * 16;
+}
+
+/* Floats one expert's weights take packed for moelab's f32 kernel (Wg, Wu
+ * [D F] and Wd [F D]; 0 where no kernel runs). */
+static int64_t packed_expert_floats(moe_cpu_ffn_act act, int64_t D, int64_t F)
+{
+    int64_t in = whole_lines((int64_t)moe_cpu_sgemm_pack_floats(D, F));
+    int64_t out = whole_lines((int64_t)moe_cpu_sgemm_pack_floats(F, D));
+    return in == 0 || out == 0 ? 0 : (act == MOE_CPU_FFN_SWIGLU ? 2 : 1) * in + out;
+}
+
 int64_t moe_cpu_ffn_scratch(moe_cpu_ffn_act act, moe_cpu_group_mode mode, int slots,
-                            int64_t max_rows, int64_t N, int64_t F, bool backward)
+                            int64_t max_rows, int64_t N, int64_t D, int64_t F, bool backward)
 {
     /* The side-by-side backward keeps every row's dG, dU and h from its
-     * first loop to its second; otherwise one group per slot. */
-    int64_t rows = backward && mode == MOE_CPU_GROUP_PARALLEL ? N : slots * max_rows;
-    return scratch_blocks(act, backward) * rows * F;
+     * first loop to its second; otherwise one group per slot, and in the
+     * side-by-side forward the slot's packed weights after it. */
+    if (backward)
+        return scratch_blocks(act, true) *
+               (mode == MOE_CPU_GROUP_PARALLEL ? N : slots * max_rows) * F;
+    int64_t slot = whole_lines(max_rows * F);
+    if (mode == MOE_CPU_GROUP_PARALLEL) slot += packed_expert_floats(act, D, F);
+    return slots * slot;
 }
 
 typedef struct ffn_ctx {
@@ -386,26 +408,197 @@ typedef struct ffn_ctx {
     bool need_in;   /* dX or a gate/up gradient: dG, dU needed */
 } ffn_ctx;
 
-/* Rows [R0, R1) of group e (rows are independent in the forward). */
-static void ffn_fw_rows(int64_t e, int64_t r0, int64_t r1, int slot, void *vctx)
+/* One expert's weights packed (moe_cpu_sgemm_pack), kept by a thread of
+ * the side-by-side forward while it takes that expert's rows. */
+typedef struct packed_expert {
+    int64_t e; /* -1: none yet */
+    float *mem;
+    moe_cpu_sgemm_packed wg, wu, wd;
+} packed_expert;
+
+/* XW (x [n k] times an expert's weight W [k cols]) into OUT, through the
+ * packed W when there is one. */
+static void expert_product(moe_dtype dt, int64_t n, int64_t cols, int64_t k, const void *x,
+                           const void *w, const moe_cpu_sgemm_packed *packed, double beta,
+                           void *out)
 {
-    const ffn_ctx *c = vctx;
+    if (packed)
+        moe_cpu_sgemm_packed_product(packed, n, 1.0f, x, k, (float)beta, out, cols);
+    else
+        gemm(dt, false, false, n, cols, k, 1, x, k, w, cols, beta, out, cols);
+}
+
+/* Rows [R0, R1) of group e (rows are independent in the forward), h in
+ * scratch at H; PE: the expert's weights packed, or NULL. */
+static void ffn_fw_piece(const ffn_ctx *c, int64_t e, int64_t r0, int64_t r1, void *h,
+                         const packed_expert *pe)
+{
     const moe_cpu_ffn *p = c->p;
     moe_dtype dt = p->dtype;
     int64_t n = r1 - r0, D = p->D, F = p->F;
     const void *x = at(dt, p->x, r0 * D);
     void *g = p->act == MOE_CPU_FFN_SWIGLU ? at(dt, c->go, r0 * F) : NULL;
     void *u = at(dt, c->uo, r0 * F), *y = at(dt, c->y, r0 * D);
-    void *h = at(dt, c->scratch, (int64_t)slot * c->max_rows * F);
     if (g) {
         if (p->bg) moe_cpu_fill_rows(dt, g, n, F, at(dt, p->bg, e * F));
-        gemm(dt, false, false, n, F, D, 1, x, D, at(dt, p->wg, e * D * F), F, p->bg ? 1 : 0, g, F);
+        expert_product(dt, n, F, D, x, at(dt, p->wg, e * D * F), pe ? &pe->wg : NULL,
+                       p->bg ? 1 : 0, g);
     }
     if (p->bu) moe_cpu_fill_rows(dt, u, n, F, at(dt, p->bu, e * F));
-    gemm(dt, false, false, n, F, D, 1, x, D, at(dt, p->wu, e * D * F), F, p->bu ? 1 : 0, u, F);
+    expert_product(dt, n, F, D, x, at(dt, p->wu, e * D * F), pe ? &pe->wu : NULL, p->bu ? 1 : 0,
+                   u);
     act_fw(dt, p->act, g, u, h, n * F, c->par_inner);
     if (p->bd) moe_cpu_fill_rows(dt, y, n, D, at(dt, p->bd, e * D));
-    gemm(dt, false, false, n, D, F, 1, h, F, at(dt, p->wd, e * F * D), D, p->bd ? 1 : 0, y, D);
+    expert_product(dt, n, D, F, h, at(dt, p->wd, e * F * D), pe ? &pe->wd : NULL, p->bd ? 1 : 0,
+                   y);
+}
+
+static void ffn_fw_rows(int64_t e, int64_t r0, int64_t r1, int slot, void *vctx)
+{
+    const ffn_ctx *c = vctx;
+    int64_t h = slot * whole_lines(c->max_rows * c->p->F);
+    ffn_fw_piece(c, e, r0, r1, at(c->p->dtype, c->scratch, h), NULL);
+}
+
+/* ---- the side-by-side forward on moelab's kernel: rows taken, and stolen, a chunk at a time */
+
+/* Each thread starts on its share of the expert-ordered rows, as
+ * for_each_row_range cuts them, and takes them CHUNK_ROWS at a time from
+ * the front, each expert's weights packed once for all its chunks; a
+ * thread done with its share takes chunks from the back of the share with
+ * the most rows left (packing that expert's weights too, unless it holds
+ * them). So a core that runs slower for a while, as the two of a VM can by
+ * 10-20%, does not leave the other waiting at the end, as the fixed cut
+ * did (about 3 ms a layer in bench-train's step, whole steps 0-3.5% longer
+ * than this way); and a chunk's h (192 KiB at F 512) can stay in L2 from
+ * one product to the next. Chunks start on CUT_ALIGN rows from their
+ * group's start, so every row has the bits of the one-thread forward. */
+#define CHUNK_ROWS 96
+#define MAX_SHARES 64 /* threads that take part (more: the fixed cut) */
+
+static bool steal_first; /* moe_cpu_ffn_steal_first */
+
+void moe_cpu_ffn_steal_first(bool on)
+{
+    __atomic_store_n(&steal_first, on, __ATOMIC_RELAXED);
+}
+
+typedef struct row_share { /* rows [front, back) of a thread's share, not yet taken */
+    omp_lock_t lock;
+    int64_t front, back;
+} row_share;
+
+/* The group holding row R (off[e] <= r < off[e + 1], so never an empty one). */
+static int64_t group_of(int64_t E, const int64_t *off, int64_t r)
+{
+    int64_t e = 0;
+    while (off[e + 1] <= r) e++;
+    return e;
+}
+
+/* Take a chunk of S's rows from its front (FRONT) or its back, within one
+ * group: false when none are left. */
+static bool take_chunk(row_share *s, int64_t E, const int64_t *off, bool front, int64_t *e,
+                       int64_t *r0, int64_t *r1)
+{
+    omp_set_lock(&s->lock);
+    bool got = s->front < s->back;
+    if (got && front) {
+        *e = group_of(E, off, s->front);
+        *r0 = s->front;
+        int64_t end = off[*e] + (s->front - off[*e]) / CUT_ALIGN * CUT_ALIGN + CHUNK_ROWS;
+        *r1 = end < off[*e + 1] ? end : off[*e + 1];
+        if (*r1 > s->back) *r1 = s->back;
+        __atomic_store_n(&s->front, *r1, __ATOMIC_RELAXED);
+    } else if (got) {
+        *e = group_of(E, off, s->back - 1);
+        *r1 = s->back;
+        int64_t start = off[*e] + (s->back - 1 - off[*e]) / CUT_ALIGN * CUT_ALIGN -
+                        (CHUNK_ROWS - CUT_ALIGN);
+        if (start < off[*e]) start = off[*e];
+        *r0 = start > s->front ? start : s->front;
+        __atomic_store_n(&s->back, *r0, __ATOMIC_RELAXED);
+    }
+    omp_unset_lock(&s->lock);
+    return got;
+}
+
+/* The share with the most rows left but MINE (-1: none left). */
+static int fullest_share(row_share *shares, int n, int mine)
+{
+    int best = -1;
+    int64_t most = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t left = __atomic_load_n(&shares[i].back, __ATOMIC_RELAXED) -
+                       __atomic_load_n(&shares[i].front, __ATOMIC_RELAXED);
+        if (i != mine && left > most) {
+            most = left;
+            best = i;
+        }
+    }
+    return best;
+}
+
+/* Rows [R0, R1) of group e with its weights packed into PE. */
+static void fw_chunk(const ffn_ctx *c, packed_expert *pe, void *h, int64_t e, int64_t r0,
+                     int64_t r1)
+{
+    const moe_cpu_ffn *p = c->p;
+    int64_t D = p->D, F = p->F, in = whole_lines((int64_t)moe_cpu_sgemm_pack_floats(D, F));
+    if (pe->e != e) {
+        const float *wg = p->wg, *wu = p->wu, *wd = p->wd;
+        float *mem = pe->mem;
+        if (p->act == MOE_CPU_FFN_SWIGLU) {
+            moe_cpu_sgemm_pack(&pe->wg, false, D, F, wg + e * D * F, F, mem);
+            mem += in;
+        }
+        moe_cpu_sgemm_pack(&pe->wu, false, D, F, wu + e * D * F, F, mem);
+        moe_cpu_sgemm_pack(&pe->wd, false, F, D, wd + e * F * D, D, mem + in);
+        pe->e = e;
+    }
+    ffn_fw_piece(c, e, r0, r1, h, pe);
+}
+
+/* True when the forward can take its rows this way: f32 on moelab's
+ * kernel, side by side, the scratch laid out for it. */
+static bool fw_steals(const moe_cpu_ffn *p, moe_cpu_group_mode mode, void *scratch, int nt)
+{
+    return p->dtype == MOE_F32 && mode == MOE_CPU_GROUP_PARALLEL && nt >= 2 &&
+           nt <= MAX_SHARES && strcmp(moe_cpu_sgemm_kernel(), "blas") != 0 &&
+           packed_expert_floats(p->act, p->D, p->F) > 0 && (uintptr_t)scratch % 64 == 0;
+}
+
+static void ffn_fw_stealing(const ffn_ctx *c, int nt)
+{
+    const moe_cpu_ffn *p = c->p;
+    int64_t E = p->E, slot = whole_lines(c->max_rows * p->F);
+    const int64_t *off = p->off;
+    row_share shares[MAX_SHARES];
+    int team = nt;
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num();
+#pragma omp single
+        team = omp_get_num_threads();
+        int64_t total = off[E] - off[0];
+        shares[t].front = cut_on_tile(E, off, off[0] + total * t / team);
+        shares[t].back = cut_on_tile(E, off, off[0] + total * (t + 1) / team);
+        omp_init_lock(&shares[t].lock);
+#pragma omp barrier
+        float *mine = (float *)c->scratch + t * (slot + packed_expert_floats(p->act, p->D, p->F));
+        packed_expert pe = {.e = -1, .mem = mine + slot};
+        int64_t e, r0, r1;
+        if (__atomic_load_n(&steal_first, __ATOMIC_RELAXED) &&
+            take_chunk(&shares[(t + 1) % team], E, off, false, &e, &r0, &r1))
+            fw_chunk(c, &pe, mine, e, r0, r1);
+        while (take_chunk(&shares[t], E, off, true, &e, &r0, &r1))
+            fw_chunk(c, &pe, mine, e, r0, r1);
+        for (int v; (v = fullest_share(shares, team, t)) >= 0;)
+            if (take_chunk(&shares[v], E, off, false, &e, &r0, &r1))
+                fw_chunk(c, &pe, mine, e, r0, r1);
+#pragma omp barrier
+        omp_destroy_lock(&shares[t].lock);
+    }
 }
 
 void moe_cpu_ffn_forward(const moe_cpu_ffn *p, void *g, void *u, void *y, void *scratch,
@@ -413,7 +606,11 @@ void moe_cpu_ffn_forward(const moe_cpu_ffn *p, void *g, void *u, void *y, void *
 {
     ffn_ctx c = {.p = p, .go = g, .uo = u, .y = y, .scratch = scratch, .max_rows = max_rows,
                  .par_inner = mode != MOE_CPU_GROUP_PARALLEL};
-    for_each_row_range(p->E, p->off, mode, ffn_fw_rows, &c);
+    int nt = team_size(p->E, p->off);
+    if (fw_steals(p, mode, scratch, nt))
+        ffn_fw_stealing(&c, nt);
+    else
+        for_each_row_range(p->E, p->off, mode, ffn_fw_rows, &c);
 }
 
 /* ---- fused expert MLP: backward ----------------------------------------------------------- */

@@ -107,18 +107,25 @@ typedef struct moe_cpu_ffn {
 
 /* Elements of scratch the forward (BACKWARD false) or the backward needs
  * under MODE, with SLOTS and MAX_ROWS from moe_cpu_group_plan, for N rows
- * (off[E] - off[0]): [MAX_ROWS F] blocks per slot for h (forward), and for
- * dh, dU (SwiGLU) and h (serial backward); [N F] blocks of dh, dU and h for
- * the side-by-side backward, which keeps them for every row between its
- * two loops. */
+ * (off[E] - off[0]) of model dim D: [MAX_ROWS F] blocks per slot for h
+ * (forward; side by side, also room for an expert's weights packed), and
+ * for dh, dU (SwiGLU) and h (serial backward); [N F] blocks of dh, dU and h
+ * for the side-by-side backward, which keeps them for every row between
+ * its two loops. */
 int64_t moe_cpu_ffn_scratch(moe_cpu_ffn_act act, moe_cpu_group_mode mode, int slots,
-                            int64_t max_rows, int64_t N, int64_t F, bool backward);
+                            int64_t max_rows, int64_t N, int64_t D, int64_t F, bool backward);
 
 /* Forward: G [N F] = x Wg + bg (SwiGLU only; NULL otherwise), U [N F] =
  * x Wu + bu, Y [N D] = h Wd + bd. SCRATCH: moe_cpu_ffn_scratch(..., false)
  * elements. */
 void moe_cpu_ffn_forward(const moe_cpu_ffn *p, void *g, void *u, void *y, void *scratch,
                          moe_cpu_group_mode mode, int64_t max_rows);
+
+/* For tests: each thread of the side-by-side f32 forward on moelab's
+ * kernel first takes a chunk from the back of the next thread's share of
+ * the rows, as a thread done with its own share does, so that path runs
+ * whether or not a core falls behind. */
+void moe_cpu_ffn_steal_first(bool on);
 
 /* Backward from DY [N D] with the saved G and U. Any output may be NULL
  * (not needed): DX [N D], DWG/DWU [E D F], DWD [E F D], DBG/DBU [E F],

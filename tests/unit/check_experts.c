@@ -281,8 +281,10 @@ END_TEST
 /* Groups of very unequal sizes (empty ones, ones smaller than a 32-row
  * tile, one of 200 rows that a thread's share of the rows cuts) under both
  * schedules, side by side on 2 and 3 threads (the forward then cuts a
- * group between threads; the backward runs its two loops of tasks,
- * largest first). In f64 each run matches the
+ * group between threads, and on moelab's kernel takes it in chunks; the
+ * last run has each thread first take a chunk from the back of another's
+ * share; the backward runs its two loops of tasks, largest first). In
+ * f64 each run matches the
  * reference (values, every gradient, zeros for the empty experts); in f32
  * the side-by-side runs match the one-at-a-time run up to rounding (a cut
  * group's rows go through two BLAS calls; the BLAS thread count differs,
@@ -290,9 +292,10 @@ END_TEST
 START_TEST(schedules_agree)
 {
     static const int64_t sizes[16] = {0, 14, 5, 19, 0, 200, 15, 6, 70, 11, 0, 16, 1, 33, 12, 3};
-    enum { RUNS = 3 };
-    moe_cpu_group_mode modes[RUNS] = {MOE_CPU_GROUP_SERIAL, MOE_CPU_GROUP_PARALLEL, MOE_CPU_GROUP_PARALLEL};
-    int threads[RUNS] = {2, 2, 3};
+    enum { RUNS = 4 };
+    moe_cpu_group_mode modes[RUNS] = {MOE_CPU_GROUP_SERIAL, MOE_CPU_GROUP_PARALLEL,
+                                      MOE_CPU_GROUP_PARALLEL, MOE_CPU_GROUP_PARALLEL};
+    int threads[RUNS] = {2, 2, 3, 3};
     static const char *names[7] = {"dx", "dw_gate", "dw_up", "dw_down", "db_gate", "db_up", "db_down"};
     int saved = omp_get_max_threads();
     for (int gated = 1; gated >= 0; gated--) { /* SwiGLU with biases; GELU without */
@@ -304,6 +307,7 @@ START_TEST(schedules_agree)
         for (int m = 0; m < RUNS; m++) {
             moe_cpu_group_set_mode(modes[m]);
             omp_set_num_threads(threads[m]);
+            moe_cpu_ffn_steal_first(m == RUNS - 1);
             compare(&p64, 1e-10);
             zero_grads(&p);
             moe_tensor *l;
@@ -314,6 +318,7 @@ START_TEST(schedules_agree)
             moe_tensor_release(l);
         }
         moe_cpu_group_set_mode(MOE_CPU_GROUP_AUTO);
+        moe_cpu_ffn_steal_first(false);
         omp_set_num_threads(saved);
         for (int m = 1; m < RUNS; m++) {
             tu_assert_close(y[m], y[0], 1e-2, 1e-5, "y"); /* values reach ~1e3 with cancellation */
@@ -350,7 +355,8 @@ START_TEST(backward_bits_across_threads)
                *wd = tu_randn(MOE_F32, 3, SHAPE(E, F, D), 7);
     moe_cpu_ffn p = {MOE_F32, MOE_CPU_FFN_SWIGLU, E, D, F, off, moe_tensor_data(x), moe_tensor_data(wg),
                      moe_tensor_data(wu), moe_tensor_data(wd), NULL, NULL, NULL};
-    int64_t ssz = moe_cpu_ffn_scratch(MOE_CPU_FFN_SWIGLU, MOE_CPU_GROUP_PARALLEL, 3, 56, N, F, true);
+    int64_t ssz =
+        moe_cpu_ffn_scratch(MOE_CPU_FFN_SWIGLU, MOE_CPU_GROUP_PARALLEL, 3, 56, N, D, F, true);
     moe_tensor *out[3][4], *scratch;
     OK(moe_tensor_empty(&scratch, MOE_F32, MOE_CPU, 1, &ssz));
     int saved = omp_get_max_threads();
