@@ -44,6 +44,7 @@
 #include <stdint.h>
 
 #include "gemm.h"
+#include "int_math.h"
 #include "sgemm.h"
 #include "vector_math.h"
 
@@ -56,7 +57,6 @@
  * first row (every row sees at least one key of every chunk it meets). */
 enum { BQ = 32, KC = 256, BK = 32, QC = 256 };
 
-static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* The forward's query rows per block and keys per chunk, the backward's
  * keys per block and query rows per chunk, for this sequence length. */

@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "gemm.h"
+#include "int_math.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include "avx2_tile.h"
@@ -51,7 +52,6 @@ enum {
     QC = 256,  /* query rows per backward chunk */
 };
 
-static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t round16(int64_t n) { return (n + NR - 1) / NR * NR; }
 
 /* f32 and whole panels of head dims. */

@@ -17,6 +17,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "int_math.h"
+
 #define KC 256          /* inner indices per micro-kernel call */
 #define KS (16 * KC)    /* inner indices packed at a time, */
 #define PACK_CAP (1 << 20) /* and at most this many floats of op(B) (4 MiB) */
@@ -53,11 +55,6 @@ typedef struct sgemm_kernel {
 } sgemm_kernel;
 
 extern const sgemm_kernel moe_sgemm_avx512, moe_sgemm_avx2;
-
-static inline int64_t min64(int64_t x, int64_t y)
-{
-    return x < y ? x : y;
-}
 
 /* The micro-kernel reads MR rows of op(A) over KC inner indices again for
  * every panel, so they should stay in L1. Where their lines lie a multiple
