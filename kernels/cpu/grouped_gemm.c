@@ -488,8 +488,9 @@ typedef struct row_share { /* rows [front, back) of a thread's share, not yet ta
     int64_t front, back;
 } row_share;
 
-/* The group holding row R (off[e] <= r < off[e + 1], so never an empty one). */
-static int64_t group_of(int64_t E, const int64_t *off, int64_t r)
+/* The group holding row R < off[E] (off[e] <= r < off[e + 1], so never
+ * an empty one). */
+static int64_t group_of(const int64_t *off, int64_t r)
 {
     int64_t e = 0;
     while (off[e + 1] <= r) e++;
@@ -498,20 +499,20 @@ static int64_t group_of(int64_t E, const int64_t *off, int64_t r)
 
 /* Take a chunk of S's rows from its front (FRONT) or its back, within one
  * group: false when none are left. */
-static bool take_chunk(row_share *s, int64_t E, const int64_t *off, bool front, int64_t *e,
-                       int64_t *r0, int64_t *r1)
+static bool take_chunk(row_share *s, const int64_t *off, bool front, int64_t *e, int64_t *r0,
+                       int64_t *r1)
 {
     omp_set_lock(&s->lock);
     bool got = s->front < s->back;
     if (got && front) {
-        *e = group_of(E, off, s->front);
+        *e = group_of(off, s->front);
         *r0 = s->front;
         int64_t end = off[*e] + (s->front - off[*e]) / CUT_ALIGN * CUT_ALIGN + CHUNK_ROWS;
         *r1 = end < off[*e + 1] ? end : off[*e + 1];
         if (*r1 > s->back) *r1 = s->back;
         __atomic_store_n(&s->front, *r1, __ATOMIC_RELAXED);
     } else if (got) {
-        *e = group_of(E, off, s->back - 1);
+        *e = group_of(off, s->back - 1);
         *r1 = s->back;
         int64_t start = off[*e] + (s->back - 1 - off[*e]) / CUT_ALIGN * CUT_ALIGN -
                         (CHUNK_ROWS - CUT_ALIGN);
@@ -547,16 +548,14 @@ static void fw_chunk(const ffn_ctx *c, packed_expert *pe, void *h, int64_t e, in
     int64_t D = p->D, F = p->F, in = whole_lines((int64_t)moe_cpu_sgemm_pack_floats(D, F));
     if (pe->e != e) {
         const float *wg = p->wg, *wu = p->wu, *wd = p->wd;
-        float *mem = pe->mem;
-        if (p->act == MOE_CPU_FFN_SWIGLU) {
-            moe_cpu_sgemm_pack(&pe->wg, false, D, F, wg + e * D * F, F, mem);
-            mem += in;
-        }
-        moe_cpu_sgemm_pack(&pe->wu, false, D, F, wu + e * D * F, F, mem);
-        moe_cpu_sgemm_pack(&pe->wd, false, F, D, wd + e * F * D, D, mem + in);
-        pe->e = e;
+        float *mem = pe->mem + (p->act == MOE_CPU_FFN_SWIGLU ? in : 0);
+        bool packed = (p->act != MOE_CPU_FFN_SWIGLU ||
+                       moe_cpu_sgemm_pack(&pe->wg, false, D, F, wg + e * D * F, F, pe->mem)) &&
+                      moe_cpu_sgemm_pack(&pe->wu, false, D, F, wu + e * D * F, F, mem) &&
+                      moe_cpu_sgemm_pack(&pe->wd, false, F, D, wd + e * F * D, D, mem + in);
+        pe->e = packed ? e : -1;
     }
-    ffn_fw_piece(c, e, r0, r1, h, pe);
+    ffn_fw_piece(c, e, r0, r1, h, pe->e == e ? pe : NULL); /* not packed: as the fixed cut */
 }
 
 /* True when the forward can take its rows this way: f32 on moelab's
@@ -589,12 +588,12 @@ static void ffn_fw_stealing(const ffn_ctx *c, int nt)
         packed_expert pe = {.e = -1, .mem = mine + slot};
         int64_t e, r0, r1;
         if (__atomic_load_n(&steal_first, __ATOMIC_RELAXED) &&
-            take_chunk(&shares[(t + 1) % team], E, off, false, &e, &r0, &r1))
+            take_chunk(&shares[(t + 1) % team], off, false, &e, &r0, &r1))
             fw_chunk(c, &pe, mine, e, r0, r1);
-        while (take_chunk(&shares[t], E, off, true, &e, &r0, &r1))
+        while (take_chunk(&shares[t], off, true, &e, &r0, &r1))
             fw_chunk(c, &pe, mine, e, r0, r1);
         for (int v; (v = fullest_share(shares, team, t)) >= 0;)
-            if (take_chunk(&shares[v], E, off, false, &e, &r0, &r1))
+            if (take_chunk(&shares[v], off, false, &e, &r0, &r1))
                 fw_chunk(c, &pe, mine, e, r0, r1);
 #pragma omp barrier
         omp_destroy_lock(&shares[t].lock);
