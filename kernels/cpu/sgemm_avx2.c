@@ -20,18 +20,34 @@
  * row of the unit meets them, instead of coming from L3 for each. */
 #define PANEL_RUN 16
 
+/* Panels [P0, P1) of the current block, B stored as is (op(B)(q, j) =
+ * b[q*ldb + j]), row by row: each row's piece of B (a KiB for 16 panels)
+ * is read in one go. A direct product (a weight gradient, whose B, dY of a
+ * few MiB, comes from L3 or memory) packs its run of panels this way: its
+ * lines came in faster read along the rows than 64 bytes of every row for
+ * one panel, then the next 64 for the next. */
+TARGET static void pack_run(const sgemm_job *jb, int64_t p0, int64_t p1)
+{
+    int64_t ks = jb->ks;
+    for (int64_t q = 0; q < ks; q++) {
+        const float *row = jb->b + (jb->k0 + q) * jb->ldb + jb->j0;
+        for (int64_t p = p0; p < p1; p++) {
+            float *dst = jb->pack + (p * ks + q) * NR;
+            int64_t w = min64(NR, jb->nc - p * NR);
+            _mm256_store_ps(dst, load_first(row + p * NR, w));
+            _mm256_store_ps(dst + 8, load_first(row + p * NR + 8, w - 8));
+        }
+    }
+}
+
 /* Panel P of the current block: columns j0 + P·NR onward (zeros past nc),
  * inner indices [k0, k0 + ks), into the pack buffer as [ks NR]. */
 TARGET static void pack_panel(const sgemm_job *jb, int64_t p)
 {
     float *restrict dst = jb->pack + p * jb->ks * NR;
     int64_t col = jb->j0 + p * NR, w = min64(NR, jb->nc - p * NR), k0 = jb->k0, ks = jb->ks;
-    if (!jb->tb) { /* op(B)(q, j) = b[q*ldb + j]: whole rows of the panel */
-        for (int64_t q = 0; q < ks; q++) {
-            const float *row = jb->b + (k0 + q) * jb->ldb + col;
-            _mm256_store_ps(dst + q * NR, load_first(row, w));
-            _mm256_store_ps(dst + q * NR + 8, load_first(row + 8, w - 8));
-        }
+    if (!jb->tb) {
+        pack_run(jb, p, p + 1);
     } else { /* op(B)(q, j) = b[j*ldb + q]: B's rows become the panel's columns, */
         for (int64_t h = 0; h < NR / 8; h++) { /* 8 by 8 */
             int64_t rows = w - h * 8 < 0 ? 0 : min64(8, w - h * 8);
@@ -122,25 +138,6 @@ TARGET static void pack_a_rows(const sgemm_job *jb, int64_t r0, int64_t r1, int6
 
 /* ---- op(A) stored transposed, op(B) not ----------------------------------------------- */
 
-/* Panels [0, PANELS) of the current block, B stored as is, row by row:
- * each row's piece of B (a KiB for 16 panels) is read in one go, where
- * pack_panel reads 64 bytes of every row for one panel, then the next 64
- * of every row for the next; a weight gradient's B (dY, a few MiB) comes
- * from L3 or memory, and its lines came in faster read along the rows. */
-TARGET static void pack_run(const sgemm_job *jb, int64_t panels)
-{
-    int64_t ks = jb->ks;
-    for (int64_t q = 0; q < ks; q++) {
-        const float *row = jb->b + (jb->k0 + q) * jb->ldb + jb->j0;
-        for (int64_t p = 0; p < panels; p++) {
-            float *dst = jb->pack + (p * ks + q) * NR;
-            int64_t w = min64(NR, jb->nc - p * NR);
-            _mm256_store_ps(dst, load_first(row + p * NR, w));
-            _mm256_store_ps(dst + 8, load_first(row + p * NR + 8, w - 8));
-        }
-    }
-}
-
 /* In such a product (the weight gradients, xᵀ dy over the tokens) the rows
  * of both operands lie a multiple of 1 KiB apart, so read where they lie
  * (as the AVX-512 kernel does) their lines crowd a few sets of L1, and at
@@ -187,7 +184,7 @@ TARGET static void direct_part(const sgemm_job *jb, float *scratch, int64_t r0, 
             run.ks = kc;
             run.j0 = pr0 * NR;
             run.nc = jb->nc - pr0 * NR;
-            pack_run(&run, panels);
+            pack_run(&run, 0, panels);
             for (int64_t g0 = r0; g0 < r1; g0 += TILE_ROWS) {
                 int64_t g1 = min64(r1, g0 + TILE_ROWS);
                 pack_a_columns(jb, g0, g1, q0, kc, at);
