@@ -411,8 +411,9 @@ typedef struct ffn_ctx {
 /* One expert's weights packed (moe_cpu_sgemm_pack), kept by a thread of
  * the side-by-side forward while it takes that expert's rows. */
 typedef struct packed_expert {
-    int64_t e; /* -1: none yet */
-    float *mem;
+    int64_t e;   /* -1: none yet */
+    float *mem;  /* Wg (SwiGLU), Wu, then Wd, packed */
+    int64_t in;  /* floats of a [D F] weight packed, on whole lines */
     moe_cpu_sgemm_packed wg, wu, wd;
 } packed_expert;
 
@@ -545,7 +546,7 @@ static void fw_chunk(const ffn_ctx *c, packed_expert *pe, void *h, int64_t e, in
                      int64_t r1)
 {
     const moe_cpu_ffn *p = c->p;
-    int64_t D = p->D, F = p->F, in = whole_lines((int64_t)moe_cpu_sgemm_pack_floats(D, F));
+    int64_t D = p->D, F = p->F, in = pe->in;
     if (pe->e != e) {
         const float *wg = p->wg, *wu = p->wu, *wd = p->wd;
         float *mem = pe->mem + (p->act == MOE_CPU_FFN_SWIGLU ? in : 0);
@@ -570,7 +571,9 @@ static bool fw_steals(const moe_cpu_ffn *p, moe_cpu_group_mode mode, void *scrat
 static void ffn_fw_stealing(const ffn_ctx *c, int nt)
 {
     const moe_cpu_ffn *p = c->p;
-    int64_t E = p->E, slot = whole_lines(c->max_rows * p->F);
+    int64_t E = p->E, h_floats = whole_lines(c->max_rows * p->F);
+    int64_t slot = h_floats + packed_expert_floats(p->act, p->D, p->F);
+    int64_t in = whole_lines((int64_t)moe_cpu_sgemm_pack_floats(p->D, p->F));
     const int64_t *off = p->off;
     row_share shares[MAX_SHARES];
     int team = nt;
@@ -584,8 +587,8 @@ static void ffn_fw_stealing(const ffn_ctx *c, int nt)
         shares[t].back = cut_on_tile(E, off, off[0] + total * (t + 1) / team);
         omp_init_lock(&shares[t].lock);
 #pragma omp barrier
-        float *mine = (float *)c->scratch + t * (slot + packed_expert_floats(p->act, p->D, p->F));
-        packed_expert pe = {.e = -1, .mem = mine + slot};
+        float *mine = (float *)c->scratch + t * slot;
+        packed_expert pe = {.e = -1, .mem = mine + h_floats, .in = in};
         int64_t e, r0, r1;
         if (__atomic_load_n(&steal_first, __ATOMIC_RELAXED) &&
             take_chunk(&shares[(t + 1) % team], off, false, &e, &r0, &r1))
